@@ -1,0 +1,42 @@
+# The commands a user types. Every target installs what it needs first.
+#   make example   run a real Parsl workflow on a local dragond and show dragonctl's view
+#   make test      every test: C++ unit tests, integration tests, Parsl's own suite
+PYTHON ?= python3
+PREFIX ?= /usr/local
+BAZEL ?= bazel
+BIN := build-out/bin
+
+.PHONY: deps build install python example test unit-test integration-test parsl-suite clean
+
+deps:
+	bash deploy/install-deps.sh
+
+build: deps
+	$(BAZEL) build //daemon:dragond //agent:dragon-agent //client:dragonctl
+	mkdir -p $(BIN)
+	install -m 755 bazel-bin/daemon/dragond bazel-bin/agent/dragon-agent bazel-bin/client/dragonctl $(BIN)/
+
+python: deps
+	$(PYTHON) parsl_plugin/generate_stubs.py
+	$(PYTHON) -m pip install -q --no-build-isolation --no-deps -e parsl_plugin
+
+install: build python
+	install -m 755 $(BIN)/dragond $(BIN)/dragon-agent $(BIN)/dragonctl $(PREFIX)/bin/
+
+example: install
+	$(PYTHON) examples/workflow.py
+
+unit-test: deps
+	$(BAZEL) test //...
+
+integration-test: install
+	bash tests/run_integration.sh
+
+parsl-suite: install
+	bash tests/run_parsl_suite.sh
+
+test: unit-test integration-test parsl-suite
+
+clean:
+	rm -rf build-out
+	$(BAZEL) clean

@@ -1,0 +1,135 @@
+"""Shared fixtures for the integration tests: they start the real binaries.
+
+Binaries are taken from $DRAGON_BIN_DIR, else build-out/bin of this checkout
+(``make build`` puts them there). Every test gets its own DRAGON_HOME so that
+runs never see each other or the user's ~/.dragon.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BIN_DIR = Path(os.environ.get("DRAGON_BIN_DIR", REPO / "build-out" / "bin"))
+
+
+def binary(name: str) -> str:
+    path = BIN_DIR / name
+    if not path.exists():
+        pytest.fail(f"{path} not found: run 'make build' first (or set DRAGON_BIN_DIR)")
+    return str(path)
+
+
+@dataclass
+class Head:
+    address: str
+    run_dir: Path
+    home: Path
+    proc: subprocess.Popen
+    env: dict
+
+    def ctl(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+        """Runs dragonctl against this head (found through DRAGON_HOME, like a user would)."""
+        cp = subprocess.run([binary("dragonctl"), *args], env=self.env, capture_output=True,
+                            text=True, timeout=timeout)
+        if check and cp.returncode != 0:
+            raise AssertionError(f"dragonctl {' '.join(args)} exited {cp.returncode}:\n"
+                                 f"stdout: {cp.stdout}\nstderr: {cp.stderr}")
+        return cp
+
+    def ctl_json(self, *args: str):
+        return json.loads(self.ctl(*args, "--json").stdout)
+
+    def log(self) -> str:
+        parts = []
+        for p in sorted(self.run_dir.glob("*.log")):
+            parts.append(f"==== {p.name}\n{p.read_text(errors='replace')[-4000:]}")
+        return "\n".join(parts)
+
+
+def start_head(tmp_path: Path, *extra: str, timeout: float = 60) -> Head:
+    home = tmp_path / "dragon-home"
+    run_dir = home / "runs" / "test"
+    env = dict(os.environ, DRAGON_HOME=str(home), DRAGON_BIN_DIR=str(BIN_DIR),
+               PYTHON=sys.executable)
+    env.pop("DRAGON_HEAD", None)
+    proc = subprocess.Popen(
+        [binary("dragond"), "start", "--foreground", "--port", "0", "--run-dir", str(run_dir),
+         "--python", sys.executable, *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    head_json = run_dir / "head.json"
+    deadline = time.monotonic() + timeout
+    while not head_json.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"dragond exited {proc.returncode} before listening:\n{proc.stdout.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"dragond did not write {head_json} within {timeout}s")
+        time.sleep(0.05)
+    info = json.loads(head_json.read_text())
+    return Head(address=info["address"], run_dir=run_dir, home=home, proc=proc, env=env)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def wait_for_workers(head: Head, count: int, timeout: float = 60):
+    def ready():
+        nodes = head.ctl_json("nodes")["nodes"]
+        return sum(n.get("workers", 0) for n in nodes) >= count
+    wait_for(ready, timeout, f"{count} workers to register")
+
+
+def stop_head(head: Head, timeout: float = 30) -> None:
+    if head.proc.poll() is None:
+        head.proc.send_signal(signal.SIGTERM)
+        try:
+            head.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            head.proc.kill()
+            head.proc.wait()
+            raise AssertionError(f"dragond did not stop within {timeout}s of SIGTERM\n{head.log()}")
+
+
+def processes_of_run(run_dir: Path) -> list[str]:
+    """Command lines of live processes that belong to this run (by run dir on the command line or env)."""
+    found = []
+    needle = str(run_dir)
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit():
+            continue
+        try:
+            cmd = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            env = (proc_dir / "environ").read_bytes().decode(errors="replace")
+            stat = (proc_dir / "stat").read_text()
+        except OSError:
+            continue
+        if stat.split(") ", 1)[-1].startswith("Z"):
+            continue
+        if needle in cmd or f"DRAGON_RUN_DIR={needle}" in env:
+            found.append(f"{proc_dir.name}: {cmd}")
+    return found
+
+
+@pytest.fixture
+def head(tmp_path):
+    h = start_head(tmp_path, "--workers", "2")
+    try:
+        yield h
+    finally:
+        stop_head(h)
