@@ -1,0 +1,54 @@
+// Finding a running head (dragond) the way docs/INTERFACES.md "Finding the
+// head" fixes it, so that dragonctl, dragond stop and the tests all agree.
+#ifndef DRAGON_COMMON_HEAD_LOCATOR_H_
+#define DRAGON_COMMON_HEAD_LOCATOR_H_
+
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "proto/common.pb.h"
+
+namespace dragon::common {
+
+// What the caller was told explicitly; empty strings mean "not given".
+struct LocateOptions {
+  std::string explicit_address;  // --head HOST:PORT
+  std::string run_dir;           // --run-dir DIR
+};
+
+struct HeadLocation {
+  std::string address;  // HOST:PORT, validated
+  // Where the address came from, for messages: "--head", "$DRAGON_HEAD" or
+  // the path of the head.json that was read.
+  std::string source;
+  // Set when the address came from a head.json.
+  std::optional<dragon::v1::RunInfo> run_info;
+};
+
+// $DRAGON_HOME, or ~/.dragon ($HOME, else the passwd entry) when unset/empty.
+std::string DragonHome();
+
+// Checks that `value` is HOST:PORT (HOST may be a bracketed IPv6 literal,
+// PORT 1..65535). `what` names the value's origin in the error, e.g.
+// "--head" gives "bad --head address 'x': ...".
+absl::Status ValidateHostPort(absl::string_view value, absl::string_view what);
+
+// Parses a head.json file (RunInfo as protobuf JSON, snake_case names;
+// unknown fields are ignored so that a newer dragond can add some).
+// NotFound when the file does not exist; InvalidArgument when it cannot be
+// parsed or has no valid address.
+absl::StatusOr<dragon::v1::RunInfo> ReadRunInfo(const std::string& path);
+
+// First hit wins: explicit address, $DRAGON_HEAD, --run-dir DIR/head.json,
+// $DRAGON_HOME/current/head.json. When nothing gives an address the error
+// is NotFound with the INTERFACES.md text:
+//   no dragond is running (no $DRAGON_HEAD and no <path>/head.json); start
+//   one with 'dragond start'
+absl::StatusOr<HeadLocation> LocateHead(const LocateOptions& options);
+
+}  // namespace dragon::common
+
+#endif  // DRAGON_COMMON_HEAD_LOCATOR_H_
