@@ -1,0 +1,303 @@
+#include "client/format.h"
+
+#include <time.h>
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace dragon::client {
+namespace {
+
+using dragon::v1::TaskState;
+
+// The states a user can name, in lifecycle order (also the order of tables).
+constexpr std::pair<TaskState, const char*> kStates[] = {
+    {dragon::v1::PENDING, "pending"}, {dragon::v1::SCHEDULED, "scheduled"},
+    {dragon::v1::RUNNING, "running"}, {dragon::v1::DONE, "done"},
+    {dragon::v1::FAILED, "failed"},   {dragon::v1::CANCELLED, "cancelled"},
+};
+
+std::string OrDash(const std::string& s) { return s.empty() ? "-" : s; }
+
+std::string FormatBytes(uint64_t bytes) {
+  if (bytes < 1024) return absl::StrCat(bytes, " B");
+  const char* units[] = {"KiB", "MiB", "GiB", "TiB"};
+  double value = static_cast<double>(bytes) / 1024.0;
+  int unit = 0;
+  while (value >= 1024.0 && unit < 3) {
+    value /= 1024.0;
+    ++unit;
+  }
+  return absl::StrFormat("%.1f %s", value, units[unit]);
+}
+
+// "key:" padded to a common width, then the value; continuation lines of a
+// multi-line value (e.g. an error with a traceback) are indented under it.
+std::string FormatKeyValues(const std::vector<std::pair<std::string, std::string>>& items) {
+  size_t width = 0;
+  for (const auto& [key, value] : items) width = std::max(width, key.size() + 1);
+  std::string out;
+  const std::string indent(width + 2, ' ');
+  for (const auto& [key, value] : items) {
+    std::string label = key + ":";
+    label.resize(width, ' ');
+    std::vector<absl::string_view> lines = absl::StrSplit(value, '\n');
+    while (lines.size() > 1 && lines.back().empty()) lines.pop_back();
+    absl::StrAppend(&out, label, "  ", lines[0], "\n");
+    for (size_t i = 1; i < lines.size(); ++i) absl::StrAppend(&out, indent, lines[i], "\n");
+  }
+  return out;
+}
+
+// What the AGE/RUNTIME column shows: how long a waiting task has waited, how
+// long a running task has run, and how long a finished task ran (or, if it
+// never ran, how long it existed).
+std::string AgeOrRuntime(const dragon::v1::TaskInfo& task, int64_t now_us) {
+  const auto& t = task.times();
+  switch (task.state()) {
+    case dragon::v1::PENDING:
+    case dragon::v1::SCHEDULED:
+      return t.submitted_us() ? FormatDuration(now_us - t.submitted_us()) : "-";
+    case dragon::v1::RUNNING:
+      return t.running_us() ? FormatDuration(now_us - t.running_us()) : "-";
+    default:
+      if (t.finished_us() == 0) return "-";
+      if (t.running_us()) return FormatDuration(t.finished_us() - t.running_us());
+      if (t.submitted_us()) return FormatDuration(t.finished_us() - t.submitted_us());
+      return "-";
+  }
+}
+
+}  // namespace
+
+std::string StateName(TaskState state) {
+  for (const auto& [value, name] : kStates) {
+    if (value == state) return name;
+  }
+  return absl::AsciiStrToLower(dragon::v1::TaskState_Name(state).empty()
+                                   ? absl::StrCat("state_", static_cast<int>(state))
+                                   : dragon::v1::TaskState_Name(state));
+}
+
+std::optional<TaskState> ParseStateName(absl::string_view name) {
+  const std::string lower = absl::AsciiStrToLower(name);
+  for (const auto& [value, state_name] : kStates) {
+    if (lower == state_name) return value;
+  }
+  return std::nullopt;
+}
+
+std::string AcceptedStateNames() {
+  std::vector<std::string> names;
+  for (const auto& [value, name] : kStates) names.push_back(name);
+  return absl::StrJoin(names, ", ");
+}
+
+std::string OutcomeName(dragon::v1::Outcome outcome) {
+  switch (outcome) {
+    case dragon::v1::OUTCOME_UNSPECIFIED: return "-";
+    case dragon::v1::OK: return "ok";
+    case dragon::v1::APP_EXCEPTION: return "app exception";
+    case dragon::v1::SYSTEM_ERROR: return "system error";
+    case dragon::v1::CANCELED: return "cancelled";
+    default: return absl::StrCat("outcome ", static_cast<int>(outcome));
+  }
+}
+
+std::string FormatDuration(int64_t micros) {
+  // Clocks of different hosts can disagree by a little; never print "-3ms".
+  if (micros < 0) micros = 0;
+  if (micros < 1000) return absl::StrCat(micros, "us");
+  if (micros < 1000 * 1000) return absl::StrFormat("%.1fms", micros / 1e3);
+  if (micros < 10LL * 1000 * 1000) return absl::StrFormat("%.2fs", micros / 1e6);
+  if (micros < 60LL * 1000 * 1000) return absl::StrFormat("%.1fs", micros / 1e6);
+  const int64_t secs = micros / (1000 * 1000);
+  if (secs < 3600) return absl::StrFormat("%dm%02ds", secs / 60, secs % 60);
+  if (secs < 86400) return absl::StrFormat("%dh%02dm", secs / 3600, (secs % 3600) / 60);
+  return absl::StrFormat("%dd%02dh", secs / 86400, (secs % 86400) / 3600);
+}
+
+std::string FormatLocalTime(int64_t micros_since_epoch) {
+  if (micros_since_epoch == 0) return "-";
+  const time_t secs = static_cast<time_t>(micros_since_epoch / 1000000);
+  const int millis = static_cast<int>((micros_since_epoch % 1000000) / 1000);
+  struct tm local;
+  if (localtime_r(&secs, &local) == nullptr) return absl::StrCat(micros_since_epoch, "us");
+  char buf[64];
+  strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &local);
+  const long offset_min = local.tm_gmtoff / 60;
+  return absl::StrFormat("%s.%03d%c%02d:%02d", buf, millis, offset_min < 0 ? '-' : '+',
+                         std::labs(offset_min) / 60, std::labs(offset_min) % 60);
+}
+
+std::string FormatTable(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> widths;
+  for (const auto& row : rows) {
+    if (widths.size() < row.size()) widths.resize(row.size(), 0);
+    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
+  }
+  std::string out;
+  for (const auto& row : rows) {
+    std::string line;
+    for (size_t i = 0; i < row.size(); ++i) {
+      if (i > 0) line += "  ";
+      line += row[i];
+      if (i + 1 < row.size()) line.append(widths[i] - row[i].size(), ' ');
+    }
+    absl::StrAppend(&out, line, "\n");
+  }
+  return out;
+}
+
+std::string FormatStatus(const dragon::v1::StatusReply& reply, int64_t now_us) {
+  std::vector<std::pair<std::string, std::string>> items = {
+      {"version", absl::StrCat(OrDash(reply.head_version()), " (protocol ",
+                               reply.protocol_version(), ")")},
+      {"run id", OrDash(reply.run_id())},
+      {"address", OrDash(reply.address())},
+      {"pid", absl::StrCat(reply.pid())},
+      {"started", FormatLocalTime(reply.started_us())},
+      {"uptime", reply.started_us() ? FormatDuration(now_us - reply.started_us()) : "-"},
+      {"run dir", OrDash(reply.run_dir())},
+      {"nodes", absl::StrCat(reply.nodes())},
+      {"workers", absl::StrCat(reply.workers())},
+      {"sessions", absl::StrCat(reply.sessions())},
+  };
+  // The head keys counts by enum name ("PENDING"); fold them onto the names
+  // users type, keeping any key this build does not know.
+  std::map<std::string, uint64_t> counts;
+  uint64_t total = 0;
+  for (const auto& [key, count] : reply.tasks_by_state()) {
+    counts[absl::AsciiStrToLower(key)] += count;
+    total += count;
+  }
+  items.push_back({"tasks", absl::StrCat(total)});
+  for (const auto& [state, name] : kStates) {
+    auto it = counts.find(name);
+    items.push_back({absl::StrCat("  ", name), absl::StrCat(it == counts.end() ? 0 : it->second)});
+    if (it != counts.end()) counts.erase(it);
+  }
+  for (const auto& [name, count] : counts) {
+    if (count != 0) items.push_back({absl::StrCat("  ", name), absl::StrCat(count)});
+  }
+  return FormatKeyValues(items);
+}
+
+std::string FormatNodes(const dragon::v1::ListNodesReply& reply, int64_t now_us) {
+  if (reply.nodes().empty()) return "no nodes connected\n";
+  std::vector<std::vector<std::string>> rows = {
+      {"NODE", "HOST", "WORKERS", "BUSY", "ASSIGNED", "DONE", "STATE", "HEARTBEAT"}};
+  for (const auto& n : reply.nodes()) {
+    rows.push_back({OrDash(n.node_id()), OrDash(n.host()), absl::StrCat(n.workers()),
+                    absl::StrCat(n.busy_workers()), absl::StrCat(n.assigned_tasks()),
+                    absl::StrCat(n.tasks_done()), OrDash(n.state()),
+                    n.last_heartbeat_us()
+                        ? absl::StrCat(FormatDuration(now_us - n.last_heartbeat_us()), " ago")
+                        : "-"});
+  }
+  return FormatTable(rows);
+}
+
+std::string FormatTasks(const dragon::v1::ListTasksReply& reply, int64_t now_us) {
+  if (reply.tasks().empty()) return "no tasks\n";
+  std::vector<std::vector<std::string>> rows = {
+      {"ID", "STATE", "NAME", "NODE", "WORKER", "AGE/RUNTIME"}};
+  for (const auto& t : reply.tasks()) {
+    rows.push_back({absl::StrCat(t.task_id()), StateName(t.state()), OrDash(t.name()),
+                    OrDash(t.node()), t.worker_pid() ? absl::StrCat(t.worker_pid()) : "-",
+                    AgeOrRuntime(t, now_us)});
+  }
+  std::string out = FormatTable(rows);
+  if (reply.total_matching() > static_cast<uint64_t>(reply.tasks_size())) {
+    absl::StrAppend(&out, "(", reply.tasks_size(), " of ", reply.total_matching(),
+                    " matching tasks shown; use --limit N to see more)\n");
+  }
+  return out;
+}
+
+std::string FormatTask(const dragon::v1::TaskInfo& task, int64_t now_us) {
+  const auto& t = task.times();
+  std::vector<std::pair<std::string, std::string>> items = {
+      {"task", absl::StrCat(task.task_id())},
+      {"state", StateName(task.state())},
+      {"outcome", OutcomeName(task.outcome())},
+      {"name", OrDash(task.name())},
+      {"kind", absl::AsciiStrToLower(dragon::v1::TaskKind_Name(task.kind()))},
+      {"session", absl::StrCat(task.session_id(), " (client ref ", task.client_ref(), ")")},
+      {"node", OrDash(task.node())},
+      {"worker pid", task.worker_pid() ? absl::StrCat(task.worker_pid()) : "-"},
+      {"payload", FormatBytes(task.payload_bytes())},
+  };
+  // Each reached transition with the time since the previous reached one,
+  // so queueing, waiting for a worker and running time read off directly.
+  const std::pair<const char*, int64_t> stamps[] = {{"submitted", t.submitted_us()},
+                                                    {"scheduled", t.scheduled_us()},
+                                                    {"running", t.running_us()},
+                                                    {"finished", t.finished_us()}};
+  const char* prev_name = nullptr;
+  int64_t prev_us = 0;
+  for (const auto& [name, us] : stamps) {
+    std::string value = FormatLocalTime(us);
+    if (us != 0 && prev_name != nullptr) {
+      absl::StrAppend(&value, "  (+", FormatDuration(us - prev_us), " after ", prev_name, ")");
+    }
+    if (us != 0) {
+      prev_name = name;
+      prev_us = us;
+    }
+    items.push_back({name, value});
+  }
+  const int64_t end_us = t.finished_us() ? t.finished_us() : now_us;
+  const char* so_far = t.finished_us() ? "" : " so far";
+  if (t.running_us()) {
+    items.push_back({"runtime", absl::StrCat(FormatDuration(end_us - t.running_us()), so_far)});
+  }
+  if (t.submitted_us()) {
+    items.push_back({"total", absl::StrCat(FormatDuration(end_us - t.submitted_us()), so_far)});
+  }
+  if (!task.error().empty()) items.push_back({"error", task.error()});
+  return FormatKeyValues(items);
+}
+
+std::string FormatCancel(uint64_t task_id, const dragon::v1::CancelReply& reply) {
+  if (reply.state() == dragon::v1::CANCELLED &&
+      reply.previous_state() != dragon::v1::CANCELLED) {
+    return absl::StrCat("task ", task_id, " cancelled (was ", StateName(reply.previous_state()),
+                        ")\n");
+  }
+  if (reply.previous_state() == reply.state()) {
+    return absl::StrCat("task ", task_id, " had already ended (", StateName(reply.state()),
+                        "); nothing to cancel\n");
+  }
+  // E.g. the task finished while the head waited for its agent to confirm.
+  return absl::StrCat("task ", task_id, " is ", StateName(reply.state()), " (was ",
+                      StateName(reply.previous_state()), ")\n");
+}
+
+std::string ToJson(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  options.add_whitespace = true;
+  std::string out;
+  auto status = google::protobuf::util::MessageToJsonString(message, &out, options);
+  if (!status.ok()) {
+    // Only possible for a malformed message; still emit valid JSON.
+    out = absl::StrCat("{\"error\": \"cannot print ", message.GetTypeName(), " as JSON\"}");
+  }
+  if (out.empty() || out.back() != '\n') out += '\n';
+  return out;
+}
+
+}  // namespace dragon::client

@@ -1,0 +1,49 @@
+// How dragonctl shows HeadService replies: aligned tables and key: value
+// lines for people, protobuf JSON for scripts. Pure functions of the reply
+// and the current time, so that they can be tested on fixed inputs.
+#ifndef DRAGON_CLIENT_FORMAT_H_
+#define DRAGON_CLIENT_FORMAT_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+#include "google/protobuf/message.h"
+#include "proto/head.pb.h"
+
+namespace dragon::client {
+
+// Lower-case state name as users type it ("pending", ..., "cancelled").
+std::string StateName(dragon::v1::TaskState state);
+// The inverse of StateName, case-insensitive; nullopt for anything else.
+std::optional<dragon::v1::TaskState> ParseStateName(absl::string_view name);
+// "pending, scheduled, running, done, failed, cancelled".
+std::string AcceptedStateNames();
+
+std::string OutcomeName(dragon::v1::Outcome outcome);
+
+// A duration for people: "850us", "12.3ms", "4.25s", "3m07s", "2h05m", "3d04h".
+std::string FormatDuration(int64_t micros);
+// Local ISO-8601 time with milliseconds and offset, "2026-01-02T15:04:05.123+01:00";
+// "-" for 0 (the proto's "not reached").
+std::string FormatLocalTime(int64_t micros_since_epoch);
+
+// Columns separated by two spaces, each as wide as its widest cell; the
+// last column is not padded so that lines carry no trailing spaces.
+std::string FormatTable(const std::vector<std::vector<std::string>>& rows);
+
+std::string FormatStatus(const dragon::v1::StatusReply& reply, int64_t now_us);
+std::string FormatNodes(const dragon::v1::ListNodesReply& reply, int64_t now_us);
+std::string FormatTasks(const dragon::v1::ListTasksReply& reply, int64_t now_us);
+std::string FormatTask(const dragon::v1::TaskInfo& task, int64_t now_us);
+std::string FormatCancel(uint64_t task_id, const dragon::v1::CancelReply& reply);
+
+// Protobuf JSON with proto field names and every primitive field present
+// (zeros included), so that scripts can rely on the keys; ends in '\n'.
+std::string ToJson(const google::protobuf::Message& message);
+
+}  // namespace dragon::client
+
+#endif  // DRAGON_CLIENT_FORMAT_H_

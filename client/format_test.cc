@@ -1,0 +1,256 @@
+#include "client/format.h"
+
+#include <stdlib.h>
+#include <time.h>
+
+#include <catch2/catch.hpp>
+#include <string>
+
+namespace dragon::client {
+namespace {
+
+using dragon::v1::TaskState;
+
+// 2026-01-02T03:04:05.678Z in microseconds.
+constexpr int64_t kT0 = 1767323045678000;
+constexpr int64_t kSec = 1000000;
+
+// Local-time output depends on TZ; the tests pin it.
+void UseTimeZone(const char* tz) {
+  setenv("TZ", tz, 1);
+  tzset();
+}
+
+TEST_CASE("state names round-trip and reject anything else") {
+  CHECK(StateName(dragon::v1::PENDING) == "pending");
+  CHECK(StateName(dragon::v1::CANCELLED) == "cancelled");
+  for (TaskState s : {dragon::v1::PENDING, dragon::v1::SCHEDULED, dragon::v1::RUNNING,
+                      dragon::v1::DONE, dragon::v1::FAILED, dragon::v1::CANCELLED}) {
+    REQUIRE(ParseStateName(StateName(s)).has_value());
+    CHECK(*ParseStateName(StateName(s)) == s);
+  }
+  CHECK(*ParseStateName("RUNNING") == dragon::v1::RUNNING);
+  CHECK(!ParseStateName("canceled").has_value());
+  CHECK(!ParseStateName("").has_value());
+  CHECK(!ParseStateName("task_state_unspecified").has_value());
+  CHECK(AcceptedStateNames() == "pending, scheduled, running, done, failed, cancelled");
+}
+
+TEST_CASE("durations") {
+  CHECK(FormatDuration(-5) == "0us");
+  CHECK(FormatDuration(850) == "850us");
+  CHECK(FormatDuration(12345) == "12.3ms");
+  CHECK(FormatDuration(4250000) == "4.25s");
+  CHECK(FormatDuration(42 * kSec) == "42.0s");
+  CHECK(FormatDuration(187 * kSec) == "3m07s");
+  CHECK(FormatDuration((2 * 3600 + 5 * 60 + 9) * kSec) == "2h05m");
+  CHECK(FormatDuration((3 * 86400 + 4 * 3600) * kSec) == "3d04h");
+}
+
+TEST_CASE("local times are ISO with offset") {
+  UseTimeZone("UTC");
+  CHECK(FormatLocalTime(kT0) == "2026-01-02T03:04:05.678+00:00");
+  CHECK(FormatLocalTime(0) == "-");
+  UseTimeZone("IST-5:30");  // POSIX TZ syntax: 5h30 east of UTC
+  CHECK(FormatLocalTime(kT0) == "2026-01-02T08:34:05.678+05:30");
+  UseTimeZone("UTC");
+}
+
+TEST_CASE("tables align columns without trailing spaces") {
+  CHECK(FormatTable({{"ID", "STATE"}, {"12345", "running"}, {"7", "done"}}) ==
+        "ID     STATE\n"
+        "12345  running\n"
+        "7      done\n");
+}
+
+TEST_CASE("ps table") {
+  dragon::v1::ListTasksReply reply;
+  auto* running = reply.add_tasks();
+  running->set_task_id(3);
+  running->set_state(dragon::v1::RUNNING);
+  running->set_name("sleep_app");
+  running->set_node("local-0");
+  running->set_worker_pid(4242);
+  running->mutable_times()->set_submitted_us(kT0);
+  running->mutable_times()->set_running_us(kT0 + kSec);
+  auto* pending = reply.add_tasks();
+  pending->set_task_id(12);
+  pending->set_state(dragon::v1::PENDING);
+  pending->mutable_times()->set_submitted_us(kT0 + 2 * kSec);
+  auto* done = reply.add_tasks();
+  done->set_task_id(1);
+  done->set_state(dragon::v1::DONE);
+  done->set_name("add");
+  done->set_node("local-0");
+  done->set_worker_pid(4241);
+  done->mutable_times()->set_submitted_us(kT0);
+  done->mutable_times()->set_running_us(kT0 + 1000);
+  done->mutable_times()->set_finished_us(kT0 + 3500);
+  reply.set_total_matching(3);
+
+  const int64_t now = kT0 + 5 * kSec;
+  CHECK(FormatTasks(reply, now) ==
+        "ID  STATE    NAME       NODE     WORKER  AGE/RUNTIME\n"
+        "3   running  sleep_app  local-0  4242    4.00s\n"
+        "12  pending  -          -        -       3.00s\n"
+        "1   done     add        local-0  4241    2.5ms\n");
+
+  reply.set_total_matching(10);
+  CHECK(FormatTasks(reply, now).find("(3 of 10 matching tasks shown; use --limit N to see more)\n") !=
+        std::string::npos);
+  CHECK(FormatTasks(dragon::v1::ListTasksReply(), now) == "no tasks\n");
+}
+
+TEST_CASE("nodes table") {
+  dragon::v1::ListNodesReply reply;
+  auto* n = reply.add_nodes();
+  n->set_node_id("local-0");
+  n->set_host("n1");
+  n->set_workers(4);
+  n->set_busy_workers(3);
+  n->set_assigned_tasks(5);
+  n->set_tasks_done(1234);
+  n->set_state("connected");
+  n->set_last_heartbeat_us(kT0);
+  auto* lost = reply.add_nodes();
+  lost->set_node_id("n2-agent");
+  lost->set_host("n2");
+  lost->set_state("lost");
+  CHECK(FormatNodes(reply, kT0 + 800000) ==
+        "NODE      HOST  WORKERS  BUSY  ASSIGNED  DONE  STATE      HEARTBEAT\n"
+        "local-0   n1    4        3     5         1234  connected  800.0ms ago\n"
+        "n2-agent  n2    0        0     0         0     lost       -\n");
+  CHECK(FormatNodes(dragon::v1::ListNodesReply(), kT0) == "no nodes connected\n");
+}
+
+TEST_CASE("show: every transition with local time and durations, and the error") {
+  UseTimeZone("UTC");
+  dragon::v1::TaskInfo task;
+  task.set_task_id(7);
+  task.set_state(dragon::v1::FAILED);
+  task.set_kind(dragon::v1::PYTHON);
+  task.set_name("simulate");
+  task.set_session_id(2);
+  task.set_client_ref(40);
+  task.set_node("local-0");
+  task.set_worker_pid(999);
+  task.set_outcome(dragon::v1::SYSTEM_ERROR);
+  task.set_error("task 7 on node local-0: worker pid 999 died (killed by signal 9 SIGKILL)");
+  task.set_payload_bytes(2048);
+  auto* t = task.mutable_times();
+  t->set_submitted_us(kT0);
+  t->set_scheduled_us(kT0 + 1500);
+  t->set_running_us(kT0 + 2500);
+  t->set_finished_us(kT0 + 2500 + 3 * kSec);
+
+  CHECK(FormatTask(task, kT0 + 100 * kSec) ==
+        "task:        7\n"
+        "state:       failed\n"
+        "outcome:     system error\n"
+        "name:        simulate\n"
+        "kind:        python\n"
+        "session:     2 (client ref 40)\n"
+        "node:        local-0\n"
+        "worker pid:  999\n"
+        "payload:     2.0 KiB\n"
+        "submitted:   2026-01-02T03:04:05.678+00:00\n"
+        "scheduled:   2026-01-02T03:04:05.679+00:00  (+1.5ms after submitted)\n"
+        "running:     2026-01-02T03:04:05.680+00:00  (+1.0ms after scheduled)\n"
+        "finished:    2026-01-02T03:04:08.680+00:00  (+3.00s after running)\n"
+        "runtime:     3.00s\n"
+        "total:       3.00s\n"
+        "error:       task 7 on node local-0: worker pid 999 died (killed by signal 9 SIGKILL)\n");
+}
+
+TEST_CASE("show: a pending task has unreached transitions and a running total") {
+  UseTimeZone("UTC");
+  dragon::v1::TaskInfo task;
+  task.set_task_id(9);
+  task.set_state(dragon::v1::PENDING);
+  task.mutable_times()->set_submitted_us(kT0);
+  const std::string out = FormatTask(task, kT0 + 65 * kSec);
+  CHECK(out.find("scheduled:   -\n") != std::string::npos);
+  CHECK(out.find("finished:    -\n") != std::string::npos);
+  CHECK(out.find("total:       1m05s so far\n") != std::string::npos);
+  CHECK(out.find("runtime:") == std::string::npos);
+  CHECK(out.find("error:") == std::string::npos);
+}
+
+TEST_CASE("show: multi-line errors stay under their key") {
+  dragon::v1::TaskInfo task;
+  task.set_error("first line\nsecond line\n");
+  CHECK(FormatTask(task, kT0).find("error:       first line\n             second line\n") !=
+        std::string::npos);
+}
+
+TEST_CASE("status lists counts for every state, folding the head's enum-name keys") {
+  UseTimeZone("UTC");
+  dragon::v1::StatusReply reply;
+  reply.set_head_version("0.1.0");
+  reply.set_protocol_version(1);
+  reply.set_run_id("20260102-030405-77");
+  reply.set_address("127.0.0.1:4000");
+  reply.set_pid(77);
+  reply.set_started_us(kT0);
+  reply.set_run_dir("/home/u/.dragon/runs/20260102-030405-77");
+  reply.set_nodes(1);
+  reply.set_workers(2);
+  reply.set_sessions(1);
+  (*reply.mutable_tasks_by_state())["RUNNING"] = 2;
+  (*reply.mutable_tasks_by_state())["DONE"] = 10;
+  (*reply.mutable_tasks_by_state())["MIGRATING"] = 1;  // a state from a newer head
+
+  CHECK(FormatStatus(reply, kT0 + 3725 * kSec) ==
+        "version:      0.1.0 (protocol 1)\n"
+        "run id:       20260102-030405-77\n"
+        "address:      127.0.0.1:4000\n"
+        "pid:          77\n"
+        "started:      2026-01-02T03:04:05.678+00:00\n"
+        "uptime:       1h02m\n"
+        "run dir:      /home/u/.dragon/runs/20260102-030405-77\n"
+        "nodes:        1\n"
+        "workers:      2\n"
+        "sessions:     1\n"
+        "tasks:        13\n"
+        "  pending:    0\n"
+        "  scheduled:  0\n"
+        "  running:    2\n"
+        "  done:       10\n"
+        "  failed:     0\n"
+        "  cancelled:  0\n"
+        "  migrating:  1\n");
+}
+
+TEST_CASE("cancel messages") {
+  dragon::v1::CancelReply r;
+  r.set_previous_state(dragon::v1::RUNNING);
+  r.set_state(dragon::v1::CANCELLED);
+  CHECK(FormatCancel(5, r) == "task 5 cancelled (was running)\n");
+  r.set_previous_state(dragon::v1::DONE);
+  r.set_state(dragon::v1::DONE);
+  CHECK(FormatCancel(5, r) == "task 5 had already ended (done); nothing to cancel\n");
+  r.set_previous_state(dragon::v1::RUNNING);
+  r.set_state(dragon::v1::DONE);
+  CHECK(FormatCancel(5, r) == "task 5 is done (was running)\n");
+}
+
+TEST_CASE("JSON keeps proto names and prints zero fields") {
+  dragon::v1::TaskInfo task;
+  task.set_task_id(3);
+  task.set_state(dragon::v1::PENDING);
+  const std::string json = ToJson(task);
+  CHECK(json.back() == '\n');
+  CHECK(json.find("\"task_id\": \"3\"") != std::string::npos);  // uint64 is a JSON string
+  CHECK(json.find("\"state\": \"PENDING\"") != std::string::npos);
+  CHECK(json.find("\"worker_pid\": 0") != std::string::npos);
+  CHECK(json.find("\"error\": \"\"") != std::string::npos);
+  CHECK(json.find("workerPid") == std::string::npos);
+
+  dragon::v1::ListTasksReply empty;
+  const std::string list = ToJson(empty);
+  CHECK(list.find("\"tasks\": []") != std::string::npos);
+  CHECK(list.find("\"total_matching\": \"0\"") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace dragon::client

@@ -1,0 +1,200 @@
+#include "client/head_client.h"
+
+#include <chrono>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/head_locator.h"
+
+namespace dragon::client {
+namespace {
+
+std::string Seconds(absl::Duration d) { return absl::FormatDuration(d); }
+
+absl::StatusCode ToAbsl(grpc::StatusCode code) {
+  // gRPC and absl share the canonical code numbering.
+  return static_cast<absl::StatusCode>(static_cast<int>(code));
+}
+
+const char* CodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::CANCELLED: return "CANCELLED";
+    case grpc::StatusCode::UNKNOWN: return "UNKNOWN";
+    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
+    case grpc::StatusCode::ALREADY_EXISTS: return "ALREADY_EXISTS";
+    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
+    case grpc::StatusCode::ABORTED: return "ABORTED";
+    case grpc::StatusCode::OUT_OF_RANGE: return "OUT_OF_RANGE";
+    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL: return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS: return "DATA_LOSS";
+    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
+    default: return "OK";
+  }
+}
+
+}  // namespace
+
+absl::Status TranslateRpcError(const grpc::Status& status, const std::string& address,
+                               const char* method, uint64_t task_id, absl::Duration timeout,
+                               bool channel_was_ready) {
+  if (status.ok()) return absl::OkStatus();
+  const grpc::StatusCode code = status.error_code();
+  const std::string& msg = status.error_message();
+  switch (code) {
+    case grpc::StatusCode::UNAVAILABLE:
+      // A connected head can itself answer UNAVAILABLE (e.g. while shutting
+      // down); only a channel that never got up means "cannot reach".
+      if (!channel_was_ready) {
+        return absl::UnavailableError(absl::StrCat("cannot reach dragond at ", address, ": ", msg));
+      }
+      return absl::UnavailableError(
+          absl::StrCat("dragond at ", address, " is unavailable (", method, "): ", msg));
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      if (!channel_was_ready) {
+        return absl::UnavailableError(absl::StrCat("cannot reach dragond at ", address,
+                                                   ": no connection within ", Seconds(timeout)));
+      }
+      return absl::DeadlineExceededError(absl::StrCat("dragond at ", address, " did not answer ",
+                                                      method, " within ", Seconds(timeout)));
+    case grpc::StatusCode::NOT_FOUND:
+      if (task_id != 0) {
+        return absl::NotFoundError(absl::StrCat("no task ", task_id, " in this run"));
+      }
+      break;
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return absl::UnimplementedError(absl::StrCat("dragond at ", address, " does not support ",
+                                                   method, " (a different version?): ", msg));
+    case grpc::StatusCode::INVALID_ARGUMENT:
+    case grpc::StatusCode::FAILED_PRECONDITION:
+    case grpc::StatusCode::OUT_OF_RANGE:
+      // The head's own explanation is the useful part.
+      return absl::Status(ToAbsl(code), absl::StrCat(method, ": ", msg));
+    default:
+      break;
+  }
+  return absl::Status(ToAbsl(code), absl::StrCat(method, " at ", address, " failed: ",
+                                                 CodeName(code), ": ", msg));
+}
+
+absl::StatusOr<std::unique_ptr<HeadClient>> HeadClient::Create(const std::string& address,
+                                                               absl::Duration timeout) {
+  absl::Status valid = common::ValidateHostPort(address, "head");
+  if (!valid.ok()) return valid;
+  if (timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("the RPC timeout must be positive");
+  }
+  grpc::ChannelArguments args;
+  // Replies can be large (ListTasks with thousands of tasks and their errors).
+  args.SetMaxReceiveMessageSize(256 << 20);
+  auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  return std::unique_ptr<HeadClient>(new HeadClient(address, timeout, std::move(channel)));
+}
+
+HeadClient::HeadClient(std::string address, absl::Duration timeout,
+                       std::shared_ptr<grpc::Channel> channel)
+    : address_(std::move(address)),
+      timeout_(timeout),
+      channel_(std::move(channel)),
+      stub_(dragon::v1::HeadService::NewStub(channel_)) {}
+
+void HeadClient::Prepare(grpc::ClientContext* context) const {
+  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
+  // Fail fast (the default, made explicit): a refused connection should be
+  // reported at once, not retried until the deadline.
+  context->set_wait_for_ready(false);
+}
+
+absl::Status HeadClient::Translate(const grpc::Status& status, const char* method,
+                                   uint64_t task_id) const {
+  if (status.ok()) return absl::OkStatus();
+  const bool ready = channel_->GetState(false) == GRPC_CHANNEL_READY;
+  return TranslateRpcError(status, address_, method, task_id, timeout_, ready);
+}
+
+absl::Status HeadClient::Connect() {
+  const auto deadline = absl::ToChronoTime(absl::Now() + timeout_);
+  grpc_connectivity_state state = channel_->GetState(true);
+  while (state != GRPC_CHANNEL_READY) {
+    // gRPC keeps a channel in TRANSIENT_FAILURE while it backs off and
+    // retries (it does not pass through CONNECTING again), so waiting for a
+    // change would only run out the deadline on a refused address.
+    if (state == GRPC_CHANNEL_TRANSIENT_FAILURE) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot reach dragond at ", address_, ": connection failed"));
+    }
+    if (!channel_->WaitForStateChange(state, deadline)) {
+      return absl::UnavailableError(absl::StrCat("cannot reach dragond at ", address_,
+                                                 ": no connection within ", Seconds(timeout_)));
+    }
+    state = channel_->GetState(true);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<dragon::v1::StatusReply> HeadClient::Status() {
+  grpc::ClientContext context;
+  Prepare(&context);
+  dragon::v1::StatusReply reply;
+  absl::Status s = Translate(stub_->Status(&context, {}, &reply), "Status", 0);
+  if (!s.ok()) return s;
+  return reply;
+}
+
+absl::StatusOr<dragon::v1::ListNodesReply> HeadClient::ListNodes() {
+  grpc::ClientContext context;
+  Prepare(&context);
+  dragon::v1::ListNodesReply reply;
+  absl::Status s = Translate(stub_->ListNodes(&context, {}, &reply), "ListNodes", 0);
+  if (!s.ok()) return s;
+  return reply;
+}
+
+absl::StatusOr<dragon::v1::ListTasksReply> HeadClient::ListTasks(dragon::v1::TaskState state,
+                                                                 uint32_t limit) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  dragon::v1::ListTasksRequest request;
+  request.set_state(state);
+  request.set_limit(limit);
+  dragon::v1::ListTasksReply reply;
+  absl::Status s = Translate(stub_->ListTasks(&context, request, &reply), "ListTasks", 0);
+  if (!s.ok()) return s;
+  return reply;
+}
+
+absl::StatusOr<dragon::v1::TaskInfo> HeadClient::GetTask(uint64_t task_id) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  dragon::v1::GetTaskRequest request;
+  request.set_task_id(task_id);
+  dragon::v1::TaskInfo reply;
+  absl::Status s = Translate(stub_->GetTask(&context, request, &reply), "GetTask", task_id);
+  if (!s.ok()) return s;
+  return reply;
+}
+
+absl::StatusOr<dragon::v1::CancelReply> HeadClient::Cancel(uint64_t task_id) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  dragon::v1::CancelRequest request;
+  request.set_task_id(task_id);
+  dragon::v1::CancelReply reply;
+  absl::Status s = Translate(stub_->Cancel(&context, request, &reply), "Cancel", task_id);
+  if (!s.ok()) return s;
+  return reply;
+}
+
+absl::Status HeadClient::Shutdown() {
+  grpc::ClientContext context;
+  Prepare(&context);
+  dragon::v1::ShutdownReply reply;
+  return Translate(stub_->Shutdown(&context, {}, &reply), "Shutdown", 0);
+}
+
+}  // namespace dragon::client
