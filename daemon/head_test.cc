@@ -1,0 +1,220 @@
+// The Head's scheduling and bookkeeping, driven through its public API with
+// in-memory outboxes standing in for the gRPC streams.
+#include "daemon/head.h"
+
+#include <catch2/catch.hpp>
+
+namespace dragon::daemon {
+namespace {
+
+struct Fixture {
+  Head head{[] {
+    HeadOptions o;
+    o.run_id = "test";
+    o.version = "t";
+    o.max_payload_bytes = 100;
+    o.prefetch_per_worker = 1;
+    return o;
+  }()};
+  std::shared_ptr<SessionOutbox> session_box = std::make_shared<SessionOutbox>();
+  std::shared_ptr<AgentOutbox> agent_box = std::make_shared<AgentOutbox>();
+  SessionId session = 0;
+  AgentIndex agent = kNoAgent;
+
+  Fixture() {
+    dragon::v1::Hello hello;
+    hello.set_protocol_version(kProtocolVersion);
+    hello.set_cwd("/work");
+    auto welcome = head.OpenSession(hello, session_box, "test");
+    REQUIRE(welcome.ok());
+    session = welcome->session_id();
+  }
+
+  void AddAgent(uint32_t workers, const std::string& node = "n1") {
+    dragon::v1::Register reg;
+    reg.set_protocol_version(kProtocolVersion);
+    reg.set_node_id(node);
+    reg.set_workers(workers);
+    auto index = head.RegisterAgent(reg, agent_box, "test");
+    REQUIRE(index.ok());
+    agent = *index;
+  }
+
+  void Submit(int count, const std::string& payload = "p") {
+    dragon::v1::SubmitBatch batch;
+    for (int i = 0; i < count; ++i) {
+      auto* t = batch.add_tasks();
+      t->set_client_ref(next_ref++);
+      t->set_kind(dragon::v1::PYTHON);
+      t->set_payload(payload);
+    }
+    head.Submit(session, &batch);
+  }
+
+  // Task ids sent to the agent so far, in order.
+  std::vector<TaskId> SentToAgent() {
+    std::vector<TaskId> ids;
+    for (auto& m : agent_box->TakeAll()) {
+      for (auto& t : m.tasks().tasks()) {
+        ids.push_back(t.task_id());
+        CHECK(t.cwd() == "/work");
+      }
+    }
+    return ids;
+  }
+
+  std::vector<dragon::v1::ClientResult> Results() {
+    std::vector<dragon::v1::ClientResult> out;
+    for (auto& m : session_box->TakeAll()) {
+      for (auto& r : m.results().results()) out.push_back(r);
+    }
+    return out;
+  }
+
+  void Report(TaskId id, dragon::v1::Outcome outcome, const std::string& data = "") {
+    dragon::v1::AgentUpdate update;
+    auto* s = update.add_started();
+    s->set_task_id(id);
+    s->set_worker_pid(42);
+    auto* r = update.add_results();
+    r->set_task_id(id);
+    r->set_outcome(outcome);
+    r->set_data(data);
+    head.ApplyUpdate(agent, &update);
+  }
+
+  dragon::v1::TaskState State(TaskId id) { return head.GetTask(id)->state(); }
+
+  uint64_t next_ref = 100;
+};
+
+TEST_CASE("tasks flow from session to agent and results back", "[head]") {
+  Fixture f;
+  f.Submit(3);
+  auto accepted = f.session_box->TakeAll();
+  REQUIRE(accepted.size() == 1);
+  CHECK(accepted[0].accepted().task_ids_size() == 3);
+  CHECK(f.State(1) == dragon::v1::PENDING);
+
+  f.AddAgent(1);  // 1 worker + 1 prefetched
+  auto sent = f.SentToAgent();
+  CHECK(sent == std::vector<TaskId>{1, 2});
+  CHECK(f.State(1) == dragon::v1::SCHEDULED);
+  CHECK(f.State(3) == dragon::v1::PENDING);
+
+  f.Report(1, dragon::v1::OK, "result-bytes");
+  auto results = f.Results();
+  REQUIRE(results.size() == 1);
+  CHECK(results[0].client_ref() == 100);
+  CHECK(results[0].result().data() == "result-bytes");
+  CHECK(results[0].result().node() == "n1");
+  CHECK(results[0].result().worker_pid() == 42);
+  auto info = f.head.GetTask(1);
+  CHECK(info->state() == dragon::v1::DONE);
+  CHECK(info->times().running_us() > 0);
+  CHECK(info->times().finished_us() >= info->times().running_us());
+  CHECK(f.SentToAgent() == std::vector<TaskId>{3});  // freed room is refilled
+}
+
+TEST_CASE("an app exception is DONE, a system error FAILED", "[head]") {
+  Fixture f;
+  f.AddAgent(2);
+  f.Submit(2);
+  f.Report(1, dragon::v1::APP_EXCEPTION, "wrapped");
+  f.Report(2, dragon::v1::SYSTEM_ERROR);
+  CHECK(f.State(1) == dragon::v1::DONE);
+  CHECK(f.State(2) == dragon::v1::FAILED);
+}
+
+TEST_CASE("refused submissions come back at once as failures", "[head]") {
+  Fixture f;
+  f.Submit(1, std::string(101, 'x'));  // over max_payload_bytes
+  f.Submit(1, "");
+  auto results = f.Results();
+  REQUIRE(results.size() == 2);
+  CHECK(results[0].result().outcome() == dragon::v1::SYSTEM_ERROR);
+  CHECK_THAT(results[0].result().error(), Catch::Contains("exceeds the head's limit of 100 bytes"));
+  CHECK_THAT(results[1].result().error(), Catch::Contains("empty payload"));
+  CHECK(f.State(1) == dragon::v1::FAILED);
+}
+
+TEST_CASE("a client speaking another protocol version is refused", "[head]") {
+  Head head(HeadOptions{});
+  dragon::v1::Hello hello;
+  hello.set_protocol_version(99);
+  auto welcome = head.OpenSession(hello, std::make_shared<SessionOutbox>(), "peer");
+  CHECK(absl::IsFailedPrecondition(welcome.status()));
+  CHECK_THAT(std::string(welcome.status().message()), Catch::Contains("protocol version 99"));
+}
+
+TEST_CASE("cancelling a pending task ends it and tells the client", "[head]") {
+  Fixture f;
+  f.Submit(1);
+  auto reply = f.head.Cancel(1, "test", absl::ZeroDuration());
+  REQUIRE(reply.ok());
+  CHECK(reply->previous_state() == dragon::v1::PENDING);
+  CHECK(reply->state() == dragon::v1::CANCELLED);
+  auto results = f.Results();
+  REQUIRE(results.size() == 1);
+  CHECK(results[0].result().outcome() == dragon::v1::CANCELED);
+  f.AddAgent(1);
+  (void)f.agent_box->TakeAll();
+  CHECK(f.SentToAgent().empty());  // never dispatched
+  CHECK(absl::IsNotFound(f.head.Cancel(77, "test", absl::ZeroDuration()).status()));
+}
+
+TEST_CASE("cancelling a running task asks its agent", "[head]") {
+  Fixture f;
+  f.AddAgent(1);
+  (void)f.agent_box->TakeAll();
+  f.Submit(1);
+  (void)f.agent_box->TakeAll();
+  auto reply = f.head.Cancel(1, "test", absl::ZeroDuration());
+  REQUIRE(reply.ok());
+  CHECK(reply->state() == dragon::v1::SCHEDULED);  // agent has not confirmed yet
+  auto msgs = f.agent_box->TakeAll();
+  REQUIRE(msgs.size() == 1);
+  CHECK(msgs[0].cancel().task_ids(0) == 1);
+  f.Report(1, dragon::v1::CANCELED);
+  CHECK(f.State(1) == dragon::v1::CANCELLED);
+}
+
+TEST_CASE("a lost agent's unstarted tasks are re-queued, running ones fail", "[head]") {
+  Fixture f;
+  f.AddAgent(1, "lost-node");
+  (void)f.agent_box->TakeAll();
+  f.Submit(2);
+  dragon::v1::AgentUpdate update;
+  update.add_started()->set_task_id(1);
+  f.head.ApplyUpdate(f.agent, &update);
+  f.Results();
+  f.head.AgentLost(f.agent, "connection reset");
+  CHECK(f.State(1) == dragon::v1::FAILED);
+  CHECK(f.State(2) == dragon::v1::PENDING);
+  auto results = f.Results();
+  REQUIRE(results.size() == 1);
+  CHECK_THAT(results[0].result().error(), Catch::Contains("node lost-node"));
+  CHECK_THAT(results[0].result().error(), Catch::Contains("connection reset"));
+  // A new agent picks up the re-queued task.
+  f.agent_box = std::make_shared<AgentOutbox>();
+  f.AddAgent(1, "lost-node");
+  CHECK(f.SentToAgent() == std::vector<TaskId>{2});
+  auto nodes = f.head.ListNodes();
+  REQUIRE(nodes.nodes_size() == 2);
+  CHECK(nodes.nodes(0).state() == "lost");
+}
+
+TEST_CASE("closing a session cancels its unfinished tasks", "[head]") {
+  Fixture f;
+  f.Submit(2);
+  f.head.CloseSession(f.session, "client exited");
+  CHECK(f.State(1) == dragon::v1::CANCELLED);
+  CHECK(f.head.GetTask(1)->error().find("client exited") != std::string::npos);
+  dragon::v1::StatusReply status;
+  f.head.FillStatus(&status);
+  CHECK(status.tasks_by_state().at("CANCELLED") == 2);
+  CHECK(status.sessions() == 0);
+}
+
+}  // namespace
+}  // namespace dragon::daemon

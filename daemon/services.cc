@@ -1,0 +1,186 @@
+#include "daemon/services.h"
+
+#include <unistd.h>
+
+#include <memory>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "daemon/grpc_status.h"
+#include "daemon/message_batching.h"
+#include "spdlog/spdlog.h"
+
+namespace dragon::daemon {
+
+namespace {
+
+// Runs on its own thread for the life of one stream: writes whatever the
+// Head queued, merged. After a failed write (peer gone) it keeps draining
+// so that producers never block, and the reader notices the broken stream.
+template <typename Message, typename Stream, typename Merge>
+void WriterLoop(Outbox<Message>* outbox, Stream* stream, Merge merge, const std::string& who) {
+  std::vector<Message> drained;
+  bool broken = false;
+  while (outbox->Drain(&drained)) {
+    if (broken) {
+      drained.clear();
+      continue;
+    }
+    for (auto& msg : merge(&drained)) {
+      if (!stream->Write(msg)) {
+        spdlog::info("{}: write failed, peer gone", who);
+        broken = true;
+        break;
+      }
+    }
+    drained.clear();
+  }
+}
+
+}  // namespace
+
+HeadServiceImpl::HeadServiceImpl(Head* head,
+                                 std::function<void(const std::string&)> request_shutdown,
+                                 std::string address, std::string run_dir,
+                                 absl::Duration cancel_wait)
+    : head_(head),
+      request_shutdown_(std::move(request_shutdown)),
+      address_(std::move(address)),
+      run_dir_(std::move(run_dir)),
+      cancel_wait_(cancel_wait) {}
+
+grpc::Status HeadServiceImpl::Session(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<dragon::v1::HeadMessage, dragon::v1::ClientMessage>* stream) {
+  dragon::v1::ClientMessage msg;
+  if (!stream->Read(&msg)) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "session closed before Hello");
+  }
+  if (!msg.has_hello()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "the first message of a session must be Hello");
+  }
+  auto outbox = std::make_shared<SessionOutbox>();
+  auto welcome = head_->OpenSession(msg.hello(), outbox, context->peer());
+  if (!welcome.ok()) {
+    spdlog::warn("session from {} refused: {}", context->peer(), std::string(welcome.status().message()));
+    return ToGrpcStatus(welcome.status());
+  }
+  const SessionId id = welcome->session_id();
+  dragon::v1::HeadMessage welcome_msg;
+  *welcome_msg.mutable_welcome() = *welcome;
+  grpc::Status status = grpc::Status::OK;
+  if (!stream->Write(welcome_msg)) {
+    head_->CloseSession(id, "could not send Welcome");
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "client went away");
+  }
+  const std::string who = absl::StrCat("session ", id);
+  std::thread writer([&] { WriterLoop(outbox.get(), stream, [](auto* v) { return MergeForClient(v); }, who); });
+  std::string why = "client closed the stream";
+  while (stream->Read(&msg)) {
+    if (msg.has_submit()) {
+      head_->Submit(id, msg.mutable_submit());
+    } else {
+      why = "protocol error: unexpected message after Hello";
+      status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            "only SubmitBatch messages may follow Hello");
+      break;
+    }
+  }
+  if (context->IsCancelled()) why = "stream cancelled";
+  head_->CloseSession(id, why);  // also closes the outbox, ending the writer
+  writer.join();
+  return status;
+}
+
+grpc::Status HeadServiceImpl::Cancel(grpc::ServerContext* context,
+                                     const dragon::v1::CancelRequest* request,
+                                     dragon::v1::CancelReply* reply) {
+  auto result = head_->Cancel(request->task_id(), absl::StrCat("request from ", context->peer()),
+                              cancel_wait_);
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *reply = *result;
+  return grpc::Status::OK;
+}
+
+grpc::Status HeadServiceImpl::GetTask(grpc::ServerContext*, const dragon::v1::GetTaskRequest* request,
+                                      dragon::v1::TaskInfo* reply) {
+  auto info = head_->GetTask(request->task_id());
+  if (!info.ok()) return ToGrpcStatus(info.status());
+  *reply = *info;
+  return grpc::Status::OK;
+}
+
+grpc::Status HeadServiceImpl::ListTasks(grpc::ServerContext*,
+                                        const dragon::v1::ListTasksRequest* request,
+                                        dragon::v1::ListTasksReply* reply) {
+  if (!dragon::v1::TaskState_IsValid(request->state())) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("unknown task state ", request->state()));
+  }
+  *reply = head_->ListTasks(*request);
+  return grpc::Status::OK;
+}
+
+grpc::Status HeadServiceImpl::ListNodes(grpc::ServerContext*, const dragon::v1::ListNodesRequest*,
+                                        dragon::v1::ListNodesReply* reply) {
+  *reply = head_->ListNodes();
+  return grpc::Status::OK;
+}
+
+grpc::Status HeadServiceImpl::Status(grpc::ServerContext*, const dragon::v1::StatusRequest*,
+                                     dragon::v1::StatusReply* reply) {
+  head_->FillStatus(reply);
+  {
+    std::lock_guard<std::mutex> lock(address_mu_);
+    reply->set_address(address_);
+  }
+  reply->set_pid(getpid());
+  reply->set_run_dir(run_dir_);
+  return grpc::Status::OK;
+}
+
+grpc::Status HeadServiceImpl::Shutdown(grpc::ServerContext* context,
+                                       const dragon::v1::ShutdownRequest*,
+                                       dragon::v1::ShutdownReply*) {
+  request_shutdown_(absl::StrCat("Shutdown requested by ", context->peer()));
+  return grpc::Status::OK;
+}
+
+grpc::Status AgentServiceImpl::Connect(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<dragon::v1::HeadToAgent, dragon::v1::AgentMessage>* stream) {
+  dragon::v1::AgentMessage msg;
+  if (!stream->Read(&msg) || !msg.has_register_()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "the first message of an agent must be Register");
+  }
+  auto outbox = std::make_shared<AgentOutbox>();
+  auto index = head_->RegisterAgent(msg.register_(), outbox, context->peer());
+  if (!index.ok()) {
+    spdlog::error("agent from {} refused: {}", context->peer(), std::string(index.status().message()));
+    return ToGrpcStatus(index.status());
+  }
+  const std::string who = absl::StrCat("agent ", msg.register_().node_id());
+  std::thread writer([&] { WriterLoop(outbox.get(), stream, [](auto* v) { return MergeForAgent(v); }, who); });
+  std::string why = "agent closed its stream";
+  grpc::Status status = grpc::Status::OK;
+  while (stream->Read(&msg)) {
+    if (msg.has_update()) {
+      head_->ApplyUpdate(*index, msg.mutable_update());
+    } else if (msg.has_heartbeat()) {
+      head_->Heartbeat(*index, msg.heartbeat());
+    } else {
+      why = "protocol error: unexpected message after Register";
+      status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            "only updates and heartbeats may follow Register");
+      break;
+    }
+  }
+  if (context->IsCancelled()) why = "agent stream broke";
+  head_->AgentLost(*index, why);  // closes the outbox, ending the writer
+  writer.join();
+  return status;
+}
+
+}  // namespace dragon::daemon

@@ -1,0 +1,73 @@
+// gRPC front ends of the Head: HeadService for clients, AgentService for
+// agents. Each stream gets a reader (the handler thread gRPC gives it) and one
+// writer thread that drains the stream's outbox; neither is per task.
+#ifndef DRAGON_DAEMON_SERVICES_H_
+#define DRAGON_DAEMON_SERVICES_H_
+
+#include <functional>
+#include <mutex>
+#include <string>
+
+#include "daemon/head.h"
+#include "proto/agent.grpc.pb.h"
+#include "proto/head.grpc.pb.h"
+
+namespace dragon::daemon {
+
+class HeadServiceImpl final : public dragon::v1::HeadService::Service {
+ public:
+  // `request_shutdown` is called (once per Shutdown RPC) to stop dragond;
+  // it must not block on the server.
+  HeadServiceImpl(Head* head, std::function<void(const std::string&)> request_shutdown,
+                  std::string address, std::string run_dir, absl::Duration cancel_wait);
+
+  // The address is known only once the server listens.
+  void set_address(const std::string& address) {
+    std::lock_guard<std::mutex> lock(address_mu_);
+    address_ = address;
+  }
+
+  grpc::Status Session(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<dragon::v1::HeadMessage, dragon::v1::ClientMessage>* stream)
+      override;
+  grpc::Status Cancel(grpc::ServerContext* context, const dragon::v1::CancelRequest* request,
+                      dragon::v1::CancelReply* reply) override;
+  grpc::Status GetTask(grpc::ServerContext* context, const dragon::v1::GetTaskRequest* request,
+                       dragon::v1::TaskInfo* reply) override;
+  grpc::Status ListTasks(grpc::ServerContext* context,
+                         const dragon::v1::ListTasksRequest* request,
+                         dragon::v1::ListTasksReply* reply) override;
+  grpc::Status ListNodes(grpc::ServerContext* context,
+                         const dragon::v1::ListNodesRequest* request,
+                         dragon::v1::ListNodesReply* reply) override;
+  grpc::Status Status(grpc::ServerContext* context, const dragon::v1::StatusRequest* request,
+                      dragon::v1::StatusReply* reply) override;
+  grpc::Status Shutdown(grpc::ServerContext* context, const dragon::v1::ShutdownRequest* request,
+                        dragon::v1::ShutdownReply* reply) override;
+
+ private:
+  Head* head_;
+  std::function<void(const std::string&)> request_shutdown_;
+  std::mutex address_mu_;
+  std::string address_;
+  std::string run_dir_;
+  absl::Duration cancel_wait_;
+};
+
+class AgentServiceImpl final : public dragon::v1::AgentService::Service {
+ public:
+  explicit AgentServiceImpl(Head* head) : head_(head) {}
+
+  grpc::Status Connect(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<dragon::v1::HeadToAgent, dragon::v1::AgentMessage>* stream)
+      override;
+
+ private:
+  Head* head_;
+};
+
+}  // namespace dragon::daemon
+
+#endif  // DRAGON_DAEMON_SERVICES_H_
