@@ -24,6 +24,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/dashed_flags.h"
 #include "common/head_locator.h"
 #include "daemon/head.h"
 #include "daemon/local_launcher.h"
@@ -423,7 +424,9 @@ int main(int argc, char** argv) {
       "stop: asks the head found via --head, $DRAGON_HEAD, --run-dir or $DRAGON_HOME/current\n"
       "to stop its agents and exit, and waits for it.\n\n"
       "Run 'dragond --help' for every flag.");
-  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  std::vector<std::string> storage;
+  std::vector<char*> args = dragon::common::UnderscoreFlagNames(argc, argv, &storage);
+  std::vector<char*> positional = absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   if (positional.size() != 2) {
     std::cerr << "dragond: expected one command, 'start' or 'stop' (see dragond --help)" << std::endl;
     return 2;
