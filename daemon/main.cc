@@ -67,6 +67,19 @@ std::string SelfDir() {
   return path.substr(0, path.rfind('/'));
 }
 
+// Gone, or a zombie waiting for whoever adopted it to reap it.
+bool ProcessGone(pid_t pid) {
+  if (kill(pid, 0) != 0) return errno == ESRCH;
+  FILE* f = fopen(absl::StrCat("/proc/", pid, "/stat").c_str(), "r");
+  if (f == nullptr) return true;
+  char buf[512] = {0};
+  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+  fclose(f);
+  std::string stat(buf, n);
+  size_t paren = stat.rfind(") ");
+  return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z';
+}
+
 std::string Hostname() {
   char buf[256] = {0};
   gethostname(buf, sizeof(buf) - 1);
@@ -384,18 +397,23 @@ int Stop() {
       return 1;
     }
   }
+  // Drop our connection so the head's server has nothing left to drain.
+  stub.reset();
+  channel.reset();
   const pid_t pid = status.pid();
   const bool same_host = status.address().empty() || Hostname() == status.address().substr(0, status.address().rfind(':')) ||
                          absl::StartsWith(status.address(), "127.") ||
                          absl::StartsWith(status.address(), "localhost");
   absl::Time deadline = absl::Now() + absl::Seconds(timeout);
   while (absl::Now() < deadline) {
-    bool gone = same_host ? (kill(pid, 0) != 0 && errno == ESRCH) : false;
+    bool gone = same_host && ProcessGone(pid);
     if (!same_host) {
+      auto probe = dragon::v1::HeadService::NewStub(
+          grpc::CreateChannel(location->address, grpc::InsecureChannelCredentials()));
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
       dragon::v1::StatusReply ignored;
-      gone = !stub->Status(&ctx, dragon::v1::StatusRequest(), &ignored).ok();
+      gone = !probe->Status(&ctx, dragon::v1::StatusRequest(), &ignored).ok();
     }
     if (gone) {
       std::cout << "dragond: stopped head " << status.run_id() << " at " << location->address
