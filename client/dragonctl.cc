@@ -53,8 +53,8 @@ const Command kCommands[] = {
      "Columns: ID STATE NAME NODE WORKER AGE/RUNTIME. AGE/RUNTIME is how long a\n"
      "pending or scheduled task has waited, how long a running task has run, and\n"
      "how long a finished task ran.\n"
-     "  --state STATE   only tasks in STATE: pending, scheduled, running, done,\n"
-     "                  failed or cancelled\n"
+     "  --state STATE   only tasks in STATE, one of\n"
+     "                  pending, scheduled, running, done, failed, cancelled\n"
      "  --limit N       at most N tasks (0 = the head's default, 1000)\n",
      false},
     {"show", "TASK", "show one task: node, worker, state times, error",

@@ -233,7 +233,9 @@ std::string FormatTask(const dragon::v1::TaskInfo& task, int64_t now_us) {
       {"state", StateName(task.state())},
       {"outcome", OutcomeName(task.outcome())},
       {"name", OrDash(task.name())},
-      {"kind", absl::AsciiStrToLower(dragon::v1::TaskKind_Name(task.kind()))},
+      {"kind", task.kind() == dragon::v1::TASK_KIND_UNSPECIFIED
+                   ? "-"
+                   : absl::AsciiStrToLower(dragon::v1::TaskKind_Name(task.kind()))},
       {"session", absl::StrCat(task.session_id(), " (client ref ", task.client_ref(), ")")},
       {"node", OrDash(task.node())},
       {"worker pid", task.worker_pid() ? absl::StrCat(task.worker_pid()) : "-"},
