@@ -1,0 +1,91 @@
+// The agent's one stream to dragond (AgentService.Connect, proto/agent.proto):
+// registration, a reader thread that hands TaskBatch/CancelTasks to the pool,
+// and a writer that batches everything the pool reports into one
+// AgentUpdate per write (never one message per task), plus heartbeats.
+#ifndef DRAGON_AGENT_HEAD_CONNECTION_H_
+#define DRAGON_AGENT_HEAD_CONNECTION_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "agent/interfaces.h"
+#include "proto/agent.grpc.pb.h"
+
+namespace dragon::agent {
+
+// Both sides set the same limit (docs: the head uses 256 MiB too).
+inline constexpr int kMaxGrpcMessageBytes = 256 << 20;
+
+struct HeadConnectionOptions {
+  std::string head_address;  // HOST:PORT
+  v1::Register registration;
+  // How long Connect() keeps retrying an unreachable head.
+  absl::Duration connect_timeout = absl::Seconds(10);
+  // Heartbeat interval when the head does not say (Registered.heartbeat_interval_ms = 0).
+  absl::Duration default_heartbeat = absl::Seconds(1);
+  // A single AgentUpdate stops growing past this (it always holds at least
+  // one item), so a burst of large results stays below kMaxGrpcMessageBytes.
+  size_t max_update_bytes = 64u << 20;
+};
+
+class HeadConnection : public TaskEventSink {
+ public:
+  explicit HeadConnection(HeadConnectionOptions options);
+  ~HeadConnection() override;
+
+  // Opens the stream, sends Register and waits for Registered, retrying an
+  // unreachable head for up to connect_timeout. The error says
+  // "cannot reach dragond at ADDR: ..." or why the head refused.
+  absl::Status Connect();
+
+  // Serves the stream until it ends: the head closed it or said
+  // AgentShutdown (OK), Stop() was called (OK), or the connection broke
+  // (error naming the head). Tasks go to `handler`.
+  absl::Status Run(TaskHandler* handler);
+
+  // Ends Connect()/Run() from any thread (e.g. on SIGTERM).
+  void Stop(const std::string& why);
+
+  const v1::Registered& registered() const { return registered_; }
+
+  // TaskEventSink: queued for the writer; thread-safe.
+  void TaskStarted(v1::TaskStarted started) override;
+  void TaskFinished(v1::TaskResult result) override;
+
+ private:
+  using Stream = grpc::ClientReaderWriter<v1::AgentMessage, v1::HeadToAgent>;
+
+  void ReaderLoop(TaskHandler* handler);
+  // Moves queued events into *update, at most max_update_bytes (at least one).
+  bool TakeUpdate(v1::AgentUpdate* update) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  HeadConnectionOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::AgentService::Stub> stub_;
+  std::unique_ptr<grpc::ClientContext> context_;
+  std::unique_ptr<Stream> stream_;
+  v1::Registered registered_;
+
+  absl::Mutex mu_;
+  std::vector<v1::TaskStarted> started_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::TaskResult> results_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::string stop_reason_ ABSL_GUARDED_BY(mu_);
+  bool reader_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool shutdown_received_ ABSL_GUARDED_BY(mu_) = false;
+  std::string shutdown_reason_ ABSL_GUARDED_BY(mu_);
+  // The context of the call in progress, for Stop() to cancel.
+  grpc::ClientContext* live_context_ ABSL_GUARDED_BY(mu_) = nullptr;
+};
+
+}  // namespace dragon::agent
+
+#endif  // DRAGON_AGENT_HEAD_CONNECTION_H_

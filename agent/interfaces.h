@@ -1,0 +1,36 @@
+// The two directions between the head connection and the worker pool, as
+// interfaces so that either side can be unit-tested without the other.
+#ifndef DRAGON_AGENT_INTERFACES_H_
+#define DRAGON_AGENT_INTERFACES_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "proto/agent.pb.h"
+#include "proto/common.pb.h"
+
+namespace dragon::agent {
+
+// Where the pool reports what happened to tasks (the head connection batches
+// these into AgentUpdate messages). Called from the pool's thread.
+class TaskEventSink {
+ public:
+  virtual ~TaskEventSink() = default;
+  virtual void TaskStarted(v1::TaskStarted started) = 0;
+  virtual void TaskFinished(v1::TaskResult result) = 0;
+};
+
+// What the head connection asks of the pool. Thread-safe, never blocks on
+// task execution.
+class TaskHandler {
+ public:
+  virtual ~TaskHandler() = default;
+  virtual void SubmitTasks(std::vector<v1::TaskAssignment> tasks) = 0;
+  virtual void CancelTasks(std::vector<uint64_t> task_ids, std::string reason) = 0;
+  virtual int BusyWorkers() const = 0;
+};
+
+}  // namespace dragon::agent
+
+#endif  // DRAGON_AGENT_INTERFACES_H_

@@ -1,0 +1,231 @@
+// dragon-agent: one per node, launched by dragond (docs/INTERFACES.md).
+// Connects to the head, pre-forks Python workers, runs the tasks it is sent
+// and exits, killing its workers, when the head's stream ends.
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "agent/head_connection.h"
+#include "agent/worker_pool.h"
+#include "spdlog/sinks/basic_file_sink.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+
+ABSL_FLAG(std::string, head, "", "HOST:PORT of dragond's AgentService (required)");
+ABSL_FLAG(std::string, node_id, "", "this node's id, unique in the run (required)");
+ABSL_FLAG(std::string, run_dir, "",
+          "the run directory: the log goes to RUN_DIR/agent-NODE_ID.log, worker output to "
+          "RUN_DIR/workers/NODE_ID/ (required)");
+ABSL_FLAG(int, workers, 0, "number of Python workers; 0 = one per core");
+ABSL_FLAG(std::string, python, "python3",
+          "Python interpreter that runs 'python -m dragon_parsl.worker'; it must be able to "
+          "import parsl and dragon_parsl");
+ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error, critical or off");
+ABSL_FLAG(int, connect_timeout, 10, "seconds to keep retrying an unreachable head at startup");
+ABSL_FLAG(int, max_result_mb, 255,
+          "largest result (MiB) a worker may return; bigger ones fail the task. Must stay below "
+          "the 256 MiB gRPC message limit");
+
+namespace dragon::agent {
+namespace {
+
+constexpr char kAgentVersion[] = "0.1.0";
+
+// Set once the log file is open; whether stderr already is that file (it is
+// when dragond starts us: it sends our stdout/stderr to the same path).
+bool g_logging = false;
+bool g_stderr_is_log = false;
+
+int Fail(const std::string& message) {
+  if (g_logging) {
+    spdlog::critical("{}", message);
+    spdlog::default_logger()->flush();
+  }
+  // Once logging is set up, the logger's stderr sink (if any) has said it.
+  if (!g_logging) std::fprintf(stderr, "dragon-agent: %s\n", message.c_str());
+  return 1;
+}
+
+bool SameFile(int fd, const std::string& path) {
+  struct stat a {}, b {};
+  return fstat(fd, &a) == 0 && stat(path.c_str(), &b) == 0 && a.st_dev == b.st_dev &&
+         a.st_ino == b.st_ino;
+}
+
+// The documented spelling is --node-id (docs/INTERFACES.md); absl knows
+// flags only by their C++ names (node_id). Rewrites the name part of every
+// "--flag[=value]" argument, leaving values alone.
+void AcceptDashedFlagNames(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    char* a = argv[i];
+    if (a[0] != '-' || a[1] != '-') continue;
+    if (a[2] == '\0') break;  // "--": the rest are not flags
+    for (char* p = a + 2; *p != '\0' && *p != '='; ++p) {
+      if (*p == '-') *p = '_';
+    }
+  }
+}
+
+absl::Status SetUpLogging(const std::string& path, const std::string& level_name) {
+  const spdlog::level::level_enum level = spdlog::level::from_str(level_name);
+  if (level == spdlog::level::off && level_name != "off") {
+    return absl::InvalidArgumentError(absl::StrCat("unknown --log-level '", level_name, "'"));
+  }
+  std::shared_ptr<spdlog::logger> logger;
+  try {  // spdlog reports failures by exception; keep them inside this function
+    auto file = std::make_shared<spdlog::sinks::basic_file_sink_mt>(path, /*truncate=*/false);
+    file->set_level(level);
+    file->set_pattern("[%Y-%m-%d %H:%M:%S.%f] [%l] [%t] %v");
+    logger = std::make_shared<spdlog::logger>("agent", file);
+    // Problems also go to stderr for someone running the agent by hand;
+    // when dragond starts it, stderr is this same log file already.
+    g_stderr_is_log = SameFile(2, path);
+    if (!g_stderr_is_log) {
+      auto err = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
+      err->set_level(spdlog::level::err);
+      err->set_pattern("dragon-agent: %v");
+      logger->sinks().push_back(err);
+    }
+  } catch (const spdlog::spdlog_ex& e) {
+    return absl::InternalError(absl::StrCat("cannot open log file ", path, ": ", e.what()));
+  }
+  logger->set_level(level);
+  logger->flush_on(spdlog::level::warn);
+  spdlog::set_default_logger(logger);
+  spdlog::flush_every(std::chrono::seconds(1));
+  g_logging = true;
+  return absl::OkStatus();
+}
+
+uint32_t UsableCores() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return static_cast<uint32_t>(CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+int Main(int argc, char** argv) {
+  // Writes to a dead worker's pipe must fail with EPIPE, not kill the agent.
+  signal(SIGPIPE, SIG_IGN);
+  // SIGTERM/SIGINT/SIGHUP are taken by one thread with sigwait. They are
+  // blocked first thing, before any thread exists (spdlog's flusher, gRPC's),
+  // so that every thread inherits the mask and none dies of the default action.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  absl::SetProgramUsageMessage(
+      "runs Python workers for dragond on one node (started by dragond, not "
+      "normally by hand).\n"
+      "Usage: dragon-agent --head HOST:PORT --node-id ID --run-dir DIR [--workers N] "
+      "[--python PATH] [--log-level info]\n"
+      "Flag names may be written with - or _ (--node-id = --node_id).");
+  // absl's --help lists only flags from files named after the binary; ours
+  // live in agent/main.cc, so say which files count.
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::StrContains(file, "agent/main.cc");
+  };
+  absl::SetFlagsUsageConfig(usage);
+  AcceptDashedFlagNames(argc, argv);
+  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (rest.size() > 1) {
+    std::vector<std::string> extra(rest.begin() + 1, rest.end());
+    return Fail(absl::StrCat("unexpected arguments: ", absl::StrJoin(extra, " "),
+                             " (see --help)"));
+  }
+  const std::string head = absl::GetFlag(FLAGS_head);
+  const std::string node_id = absl::GetFlag(FLAGS_node_id);
+  const std::string run_dir = absl::GetFlag(FLAGS_run_dir);
+  if (head.empty() || node_id.empty() || run_dir.empty()) {
+    return Fail("--head, --node-id and --run-dir are required (see --help)");
+  }
+  if (node_id.find('/') != std::string::npos) {
+    return Fail(absl::StrCat("--node-id '", node_id, "' must not contain '/'"));
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(run_dir, ec);
+  if (ec) return Fail(absl::StrCat("cannot create run directory ", run_dir, ": ", ec.message()));
+  if (absl::Status s = SetUpLogging(absl::StrCat(run_dir, "/agent-", node_id, ".log"),
+                                    absl::GetFlag(FLAGS_log_level));
+      !s.ok()) {
+    return Fail(std::string(s.message()));
+  }
+
+  const uint32_t cores = UsableCores();
+  int workers = absl::GetFlag(FLAGS_workers);
+  if (workers < 0) return Fail("--workers must be >= 0");
+  if (workers == 0) workers = static_cast<int>(cores);
+  const int max_result_mb = absl::GetFlag(FLAGS_max_result_mb);
+  if (max_result_mb < 1 || max_result_mb > 255) return Fail("--max-result-mb must be in 1..255");
+
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  const uint64_t memory = static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) *
+                          static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  spdlog::info("dragon-agent {} pid {} node {} on {}: head {}, {} workers ({} cores), python {}",
+               kAgentVersion, getpid(), node_id, host, head, workers, cores,
+               absl::GetFlag(FLAGS_python));
+
+  HeadConnectionOptions copts;
+  copts.head_address = head;
+  copts.connect_timeout = absl::Seconds(absl::GetFlag(FLAGS_connect_timeout));
+  v1::Register& reg = copts.registration;
+  reg.set_node_id(node_id);
+  reg.set_host(host);
+  reg.set_cores(cores);
+  reg.set_memory_bytes(memory);
+  reg.set_pid(getpid());
+  reg.set_agent_version(kAgentVersion);
+  reg.set_workers(static_cast<uint32_t>(workers));
+  HeadConnection conn(copts);
+
+  std::thread([&conn, stop_signals] {
+    int sig = 0;
+    if (sigwait(&stop_signals, &sig) == 0) {
+      spdlog::info("received {}; stopping", sigabbrev_np(sig) ? sigabbrev_np(sig) : "signal");
+      conn.Stop(absl::StrCat("received SIG", sigabbrev_np(sig) ? sigabbrev_np(sig) : "?"));
+    }
+  }).detach();  // blocked in sigwait until the process exits; nothing to join
+
+  WorkerPoolOptions popts;
+  popts.node_id = node_id;
+  popts.run_dir = run_dir;
+  popts.workers = workers;
+  popts.worker_argv = {absl::GetFlag(FLAGS_python), "-m", "dragon_parsl.worker"};
+  popts.max_frame_bytes = static_cast<uint32_t>(max_result_mb) << 20;
+  WorkerPool pool(popts, &conn);
+  // Workers start importing parsl while we connect: both take a while.
+  if (absl::Status s = pool.Start(); !s.ok()) return Fail(std::string(s.message()));
+
+  absl::Status status = conn.Connect();
+  if (status.ok()) status = conn.Run(&pool);
+  pool.Shutdown();  // kills and reaps every worker: no orphan either way
+  if (!status.ok()) return Fail(std::string(status.message()));
+  spdlog::info("dragon-agent exits");
+  spdlog::default_logger()->flush();
+  return 0;
+}
+
+}  // namespace
+}  // namespace dragon::agent
+
+int main(int argc, char** argv) { return dragon::agent::Main(argc, argv); }

@@ -1,0 +1,266 @@
+#include "agent/pool_state.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "spdlog/spdlog.h"
+
+namespace dragon::agent {
+namespace {
+
+constexpr int64_t kFirstRestartDelayUs = 100'000;
+
+}  // namespace
+
+PoolState::PoolState(PoolOptions options, WorkerControl* control, TaskEventSink* sink,
+                     Clock now_us)
+    : options_(std::move(options)),
+      control_(control),
+      sink_(sink),
+      now_us_(std::move(now_us)),
+      slots_(std::max(1, options_.slots)) {}
+
+void PoolState::StartAll() {
+  for (int i = 0; i < slots(); ++i) {
+    if (slots_[i].state == SlotState::kDown) StartSlot(i);
+  }
+}
+
+std::optional<uint64_t> PoolState::slot_task(int slot) const {
+  if (slots_[slot].state != SlotState::kBusy) return std::nullopt;
+  return slots_[slot].task_id;
+}
+
+std::string PoolState::TaskPrefix(uint64_t task_id) const {
+  return absl::StrCat("task ", task_id, " on node ", options_.node_id, ": ");
+}
+
+void PoolState::Report(uint64_t task_id, v1::Outcome outcome, std::string error, int worker_pid,
+                       int64_t start_us) {
+  v1::TaskResult r;
+  r.set_task_id(task_id);
+  r.set_outcome(outcome);
+  r.set_error(std::move(error));
+  r.set_node(options_.node_id);
+  r.set_worker_pid(worker_pid);
+  const int64_t now = now_us_();
+  r.set_start_us(start_us != 0 ? start_us : now);
+  r.set_end_us(now);
+  sink_->TaskFinished(std::move(r));
+}
+
+void PoolState::Submit(v1::TaskAssignment task) {
+  const uint64_t id = task.task_id();
+  if (queued_ids_.count(id) != 0 || running_.count(id) != 0) {
+    // The head never sends a task twice; if it did, running it twice would
+    // be worse than ignoring the copy.
+    spdlog::warn("task {} submitted again while already queued or running; ignored", id);
+    return;
+  }
+  if (task.kind() != v1::PYTHON) {
+    Report(id, v1::SYSTEM_ERROR,
+           absl::StrCat(TaskPrefix(id), "this agent runs only PYTHON tasks, not ",
+                        v1::TaskKind_Name(task.kind())));
+    return;
+  }
+  queued_ids_.insert(id);
+  queue_.push_back(std::move(task));
+  FailQueuedIfBroken();
+  Dispatch();
+}
+
+void PoolState::Cancel(uint64_t task_id, const std::string& reason) {
+  const std::string why = reason.empty() ? "cancelled" : reason;
+  if (queued_ids_.erase(task_id) != 0) {
+    // Left in queue_ and skipped by Dispatch: erasing from the middle of a
+    // long deque for each cancel of a big batch would be quadratic.
+    Report(task_id, v1::CANCELED, why);
+    return;
+  }
+  auto it = running_.find(task_id);
+  if (it == running_.end()) {
+    spdlog::debug("cancel of task {}: not queued or running here (already finished)", task_id);
+    return;
+  }
+  const int slot = it->second;
+  const int pid = slots_[slot].pid;
+  // A worker cannot be interrupted in the middle of user code in any other
+  // safe way; it is replaced once its exit is seen.
+  FinishRunning(slot, v1::CANCELED, "", why);
+  slots_[slot].state = SlotState::kKilled;
+  spdlog::info("task {} cancelled while running: killing worker pid {} (slot {})", task_id, pid,
+               slot);
+  control_->KillWorker(slot);
+}
+
+void PoolState::OnReady(int slot) {
+  Slot& s = slots_[slot];
+  if (s.state != SlotState::kStarting) {
+    OnProtocolError(slot, absl::FailedPreconditionError("worker sent READY twice"));
+    return;
+  }
+  s.state = SlotState::kIdle;
+  s.consecutive_start_failures = 0;
+  start_failures_ = 0;
+  idle_.push_back(slot);
+  Dispatch();
+}
+
+void PoolState::OnTaskOutput(int slot, uint64_t task_id, v1::Outcome outcome, std::string data) {
+  Slot& s = slots_[slot];
+  if (s.state == SlotState::kKilled) return;  // cancelled meanwhile; already reported
+  if (s.state != SlotState::kBusy || s.task_id != task_id) {
+    OnProtocolError(slot, absl::FailedPreconditionError(absl::StrCat(
+                              "worker sent a result for task ", task_id, " while ",
+                              s.state == SlotState::kBusy ? absl::StrCat("running task ", s.task_id)
+                                                          : std::string("not running any task"))));
+    return;
+  }
+  FinishRunning(slot, outcome, std::move(data), "");
+  s.state = SlotState::kIdle;
+  idle_.push_back(slot);
+  Dispatch();
+}
+
+void PoolState::OnProtocolError(int slot, const absl::Status& error) {
+  Slot& s = slots_[slot];
+  if (s.state == SlotState::kKilled || s.state == SlotState::kDown) return;
+  spdlog::error("worker pid {} (slot {}) broke the pipe protocol: {}; killing it", s.pid, slot,
+                std::string(error.message()));
+  if (s.state == SlotState::kBusy) {
+    FinishRunning(slot, v1::SYSTEM_ERROR, "",
+                  absl::StrCat(TaskPrefix(s.task_id), "worker pid ", s.pid, ": ", error.message()));
+  }
+  RemoveIdle(slot);
+  s.state = SlotState::kKilled;
+  control_->KillWorker(slot);
+}
+
+void PoolState::OnWorkerExit(int slot, const std::string& how) {
+  Slot& s = slots_[slot];
+  const SlotState was = s.state;
+  if (was == SlotState::kDown) return;
+  if (was == SlotState::kBusy) {
+    const uint64_t id = s.task_id;
+    spdlog::error("worker pid {} (slot {}) died running task {} ({})", s.pid, slot, id, how);
+    FinishRunning(slot, v1::SYSTEM_ERROR, "",
+                  absl::StrCat(TaskPrefix(id), "worker pid ", s.pid, " died (", how, ")"));
+  }
+  RemoveIdle(slot);
+  s.state = SlotState::kDown;
+  if (was == SlotState::kStarting) {
+    StartFailed(slot, absl::StrCat("worker pid ", s.pid, " ", how, " before it was ready (see ",
+                                   control_->WorkerLogPath(slot), ")"));
+  } else {
+    if (was == SlotState::kIdle) spdlog::warn("idle worker pid {} (slot {}) {}", s.pid, slot, how);
+    s.restart_at_us = now_us_();  // a worker that was ready once: replace it at once
+  }
+  s.pid = 0;
+  Tick();
+}
+
+void PoolState::Tick() {
+  const int64_t now = now_us_();
+  for (int i = 0; i < slots(); ++i) {
+    if (slots_[i].state == SlotState::kDown && slots_[i].restart_at_us <= now) StartSlot(i);
+  }
+}
+
+std::optional<int64_t> PoolState::NextWakeUs() const {
+  std::optional<int64_t> next;
+  for (const Slot& s : slots_) {
+    if (s.state == SlotState::kDown && (!next || s.restart_at_us < *next)) next = s.restart_at_us;
+  }
+  return next;
+}
+
+void PoolState::StartSlot(int slot) {
+  absl::StatusOr<int> pid = control_->StartWorker(slot);
+  if (!pid.ok()) {
+    StartFailed(slot, absl::StrCat("cannot start a worker: ", pid.status().message()));
+    return;
+  }
+  Slot& s = slots_[slot];
+  s.state = SlotState::kStarting;
+  s.pid = *pid;
+  spdlog::debug("slot {}: started worker pid {}", slot, *pid);
+}
+
+void PoolState::StartFailed(int slot, const std::string& what) {
+  Slot& s = slots_[slot];
+  s.state = SlotState::kDown;
+  s.pid = 0;
+  ++s.consecutive_start_failures;
+  ++start_failures_;
+  last_start_failure_ = what;
+  int64_t delay = kFirstRestartDelayUs;
+  for (int i = 1; i < s.consecutive_start_failures && delay < options_.max_restart_delay_us; ++i) {
+    delay *= 2;
+  }
+  delay = std::min(delay, options_.max_restart_delay_us);
+  s.restart_at_us = now_us_() + delay;
+  spdlog::error("slot {}: {}; retrying in {} ms", slot, what, delay / 1000);
+  FailQueuedIfBroken();
+}
+
+void PoolState::FailQueuedIfBroken() {
+  // "Broken" = no worker is ready or busy and starts keep failing: waiting
+  // would hang the workflow silently, so tell the user why instead.
+  if (start_failures_ < options_.max_startup_failures || busy_ > 0 || !idle_.empty()) return;
+  for (auto& task : queue_) {
+    const uint64_t id = task.task_id();
+    if (queued_ids_.erase(id) == 0) continue;
+    Report(id, v1::SYSTEM_ERROR,
+           absl::StrCat(TaskPrefix(id), "no worker could start: ", last_start_failure_));
+  }
+  queue_.clear();
+}
+
+void PoolState::Dispatch() {
+  while (!queue_.empty() && !idle_.empty()) {
+    v1::TaskAssignment task = std::move(queue_.front());
+    queue_.pop_front();
+    const uint64_t id = task.task_id();
+    if (queued_ids_.erase(id) == 0) continue;  // cancelled while queued
+    const int slot = idle_.back();
+    idle_.pop_back();
+    Slot& s = slots_[slot];
+    s.state = SlotState::kBusy;
+    s.task_id = id;
+    s.start_us = now_us_();
+    ++busy_;
+    running_[id] = slot;
+    v1::TaskStarted started;
+    started.set_task_id(id);
+    started.set_worker_pid(s.pid);
+    started.set_start_us(s.start_us);
+    sink_->TaskStarted(std::move(started));
+    control_->SendTask(slot, std::move(task));
+  }
+}
+
+void PoolState::FinishRunning(int slot, v1::Outcome outcome, std::string data, std::string error) {
+  Slot& s = slots_[slot];
+  v1::TaskResult r;
+  r.set_task_id(s.task_id);
+  r.set_outcome(outcome);
+  r.set_data(std::move(data));
+  r.set_error(std::move(error));
+  r.set_node(options_.node_id);
+  r.set_worker_pid(s.pid);
+  r.set_start_us(s.start_us);
+  r.set_end_us(now_us_());
+  running_.erase(s.task_id);
+  --busy_;
+  // The caller sets the slot's next state; kIdle here would be wrong for a
+  // killed or dead worker.
+  s.state = SlotState::kKilled;
+  sink_->TaskFinished(std::move(r));
+}
+
+void PoolState::RemoveIdle(int slot) {
+  idle_.erase(std::remove(idle_.begin(), idle_.end(), slot), idle_.end());
+}
+
+}  // namespace dragon::agent

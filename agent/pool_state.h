@@ -1,0 +1,138 @@
+// The worker pool's bookkeeping, without processes or fds: which slot runs
+// which task, the queue of tasks waiting for a ready worker, cancellation,
+// worker death and restarts. WorkerPool drives it from real processes; the
+// unit test drives it from a scripted WorkerControl.
+//
+// Not thread-safe: owned and called by one thread (the pool thread).
+#ifndef DRAGON_AGENT_POOL_STATE_H_
+#define DRAGON_AGENT_POOL_STATE_H_
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "agent/interfaces.h"
+#include "proto/common.pb.h"
+
+namespace dragon::agent {
+
+// What PoolState asks of the process layer.
+class WorkerControl {
+ public:
+  virtual ~WorkerControl() = default;
+  // Starts a worker in `slot` and returns its pid. It may take tasks only
+  // after PoolState::OnReady(slot).
+  virtual absl::StatusOr<int> StartWorker(int slot) = 0;
+  // Hands the task to the ready, idle worker in `slot`. A delivery failure
+  // surfaces later as that worker's exit.
+  virtual void SendTask(int slot, v1::TaskAssignment task) = 0;
+  // SIGKILLs the worker in `slot`; its exit is still reported via OnWorkerExit.
+  virtual void KillWorker(int slot) = 0;
+  // The worker's stdout/stderr file, named in errors about failed starts.
+  virtual std::string WorkerLogPath(int slot) const = 0;
+};
+
+struct PoolOptions {
+  std::string node_id;
+  int slots = 1;
+  // A worker that dies before READY is restarted after 100 ms, doubling per
+  // consecutive failure up to this, so a broken Python does not fork-bomb.
+  int64_t max_restart_delay_us = 5'000'000;
+  // After this many failed starts in a row with no worker ready, queued and
+  // new tasks fail at once (naming the cause) instead of waiting forever.
+  int max_startup_failures = 3;
+};
+
+class PoolState {
+ public:
+  enum class SlotState {
+    kDown,      // no process; restart at restart_at_us
+    kStarting,  // started, READY not yet received
+    kIdle,      // ready, no task
+    kBusy,      // running a task
+    kKilled,    // SIGKILLed by us (cancel, protocol error); waiting for its exit
+  };
+
+  using Clock = std::function<int64_t()>;  // microseconds since the Unix epoch
+
+  PoolState(PoolOptions options, WorkerControl* control, TaskEventSink* sink, Clock now_us);
+
+  // Starts every slot's worker.
+  void StartAll();
+
+  void Submit(v1::TaskAssignment task);
+  // A queued task is dropped and a running one's worker killed; either way the
+  // task is reported CANCELED with `reason`. Unknown ids (already finished)
+  // are ignored: the head decides what a late cancel means.
+  void Cancel(uint64_t task_id, const std::string& reason);
+
+  // Events from the process layer.
+  void OnReady(int slot);
+  void OnTaskOutput(int slot, uint64_t task_id, v1::Outcome outcome, std::string data);
+  // The worker broke the pipe protocol (oversized or unexpected frame): it is
+  // killed and its task fails with the error's text.
+  void OnProtocolError(int slot, const absl::Status& error);
+  // The worker in `slot` has exited and been reaped; `how` is DescribeExit().
+  void OnWorkerExit(int slot, const std::string& how);
+
+  // Restarts workers whose restart time has come.
+  void Tick();
+  // When Tick next has something to do, if ever.
+  std::optional<int64_t> NextWakeUs() const;
+
+  int slots() const { return static_cast<int>(slots_.size()); }
+  int busy() const { return busy_; }
+  int idle() const { return static_cast<int>(idle_.size()); }
+  size_t queued() const { return queued_ids_.size(); }
+  SlotState slot_state(int slot) const { return slots_[slot].state; }
+  int slot_pid(int slot) const { return slots_[slot].pid; }
+  std::optional<uint64_t> slot_task(int slot) const;
+
+ private:
+  struct Slot {
+    SlotState state = SlotState::kDown;
+    int pid = 0;
+    int64_t restart_at_us = 0;
+    int consecutive_start_failures = 0;
+    uint64_t task_id = 0;  // valid in kBusy
+    int64_t start_us = 0;  // valid in kBusy
+  };
+
+  void Dispatch();
+  void StartSlot(int slot);
+  void StartFailed(int slot, const std::string& what);
+  void RemoveIdle(int slot);
+  // Reports the end of the task running in `slot`; the caller sets the
+  // slot's next state.
+  void FinishRunning(int slot, v1::Outcome outcome, std::string data, std::string error);
+  void FailQueuedIfBroken();
+  void Report(uint64_t task_id, v1::Outcome outcome, std::string error, int worker_pid = 0,
+              int64_t start_us = 0);
+  std::string TaskPrefix(uint64_t task_id) const;
+
+  PoolOptions options_;
+  WorkerControl* control_;
+  TaskEventSink* sink_;
+  Clock now_us_;
+
+  std::vector<Slot> slots_;
+  std::vector<int> idle_;  // stack: the most recently used worker is reused first (warm caches)
+  int busy_ = 0;
+  std::deque<v1::TaskAssignment> queue_;
+  std::unordered_set<uint64_t> queued_ids_;      // ids in queue_ not cancelled
+  std::unordered_map<uint64_t, int> running_;   // task id -> slot
+  // Failed starts since a worker last became ready, and the latest reason.
+  int start_failures_ = 0;
+  std::string last_start_failure_;
+};
+
+}  // namespace dragon::agent
+
+#endif  // DRAGON_AGENT_POOL_STATE_H_

@@ -1,0 +1,388 @@
+#include "agent/worker_pool.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "spdlog/spdlog.h"
+
+namespace dragon::agent {
+namespace {
+
+// Without a wakeup the loop still looks at every worker this often, so a
+// worker whose output pipe is held open by a process it forked is still
+// noticed when it dies.
+constexpr int kIdlePollMs = 100;
+// A worker whose pipe hit EOF normally exits within microseconds; one that
+// closed fd 4 and lives on is broken and is killed after this.
+constexpr int64_t kEofToExitUs = 1'000'000;
+// Upper bound on bytes read from one worker per loop pass, so one worker
+// streaming a huge result does not starve the others.
+constexpr size_t kMaxReadPerPass = 8u << 20;
+
+int64_t NowUs() { return absl::ToUnixMicros(absl::Now()); }
+
+}  // namespace
+
+class WorkerPool::Control : public WorkerControl {
+ public:
+  explicit Control(WorkerPool* pool) : pool_(pool) {}
+
+  absl::StatusOr<int> StartWorker(int slot) override {
+    const WorkerPoolOptions& o = pool_->options_;
+    WorkerSpec spec;
+    spec.argv = o.worker_argv;
+    spec.log_path = pool_->WorkerLogPath(slot);
+    spec.env = {{"DRAGON_NODE_ID", o.node_id},
+                {"DRAGON_WORKER_SLOT", absl::StrCat(slot)},
+                {"DRAGON_RUN_DIR", o.run_dir}};
+    // Output of a worker that is then SIGKILLed is otherwise lost in
+    // Python's buffer: exactly the output needed to understand why.
+    if (getenv("PYTHONUNBUFFERED") == nullptr) spec.env.emplace_back("PYTHONUNBUFFERED", "1");
+    absl::StatusOr<std::unique_ptr<WorkerProcess>> proc = WorkerProcess::Start(spec);
+    if (!proc.ok()) return proc.status();
+    const int pid = (*proc)->pid();
+    pool_->workers_[slot] = std::make_unique<Worker>(std::move(*proc), o.max_frame_bytes);
+    spdlog::debug("slot {}: worker pid {} started", slot, pid);
+    return pid;
+  }
+
+  void SendTask(int slot, v1::TaskAssignment task) override {
+    Worker* w = pool_->workers_[slot].get();
+    if (w == nullptr || w->proc->to_worker_fd() < 0) return;  // dying; its exit fails the task
+    common::AppendRunFrame(&w->out, task.task_id(), task.cwd(), task.payload());
+    pool_->WriteTo(slot);  // most frames fit the pipe: no extra poll round
+  }
+
+  void KillWorker(int slot) override {
+    Worker* w = pool_->workers_[slot].get();
+    if (w == nullptr) return;
+    absl::Status s = w->proc->Signal(SIGKILL);
+    if (!s.ok()) spdlog::error("slot {}: {}", slot, std::string(s.message()));
+    // Nothing it says from now on matters, and its exit is found by reaping.
+    w->proc->CloseToWorker();
+    w->proc->CloseFromWorker();
+    if (w->eof_us == 0) w->eof_us = NowUs();
+  }
+
+  std::string WorkerLogPath(int slot) const override { return pool_->WorkerLogPath(slot); }
+
+ private:
+  WorkerPool* pool_;
+};
+
+WorkerPool::WorkerPool(WorkerPoolOptions options, TaskEventSink* sink)
+    : options_(std::move(options)), sink_(sink), read_buf_(1 << 20) {
+  if (options_.workers < 1) options_.workers = 1;
+  control_ = std::make_unique<Control>(this);
+  PoolOptions po;
+  po.node_id = options_.node_id;
+  po.slots = options_.workers;
+  state_ = std::make_unique<PoolState>(po, control_.get(), sink_, NowUs);
+  workers_.resize(options_.workers);
+}
+
+WorkerPool::~WorkerPool() { Shutdown(); }
+
+std::string WorkerPool::WorkerLogPath(int slot) const {
+  return absl::StrCat(options_.run_dir, "/workers/", options_.node_id, "/worker-", slot, ".log");
+}
+
+absl::Status WorkerPool::Start() {
+  const std::string dir = absl::StrCat(options_.run_dir, "/workers/", options_.node_id);
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (event_fd_ < 0) return absl::InternalError(absl::StrCat("eventfd: ", strerror(errno)));
+  {
+    absl::MutexLock l(&mu_);
+    started_ = true;
+  }
+  thread_ = std::thread([this] { Loop(); });
+  absl::MutexLock l(&mu_);
+  mu_.Await(absl::Condition(&start_done_));
+  return start_status_;
+}
+
+void WorkerPool::Wake() {
+  uint64_t one = 1;
+  // A full counter (never in practice) still leaves the fd readable.
+  (void)!write(event_fd_, &one, sizeof(one));
+}
+
+void WorkerPool::SubmitTasks(std::vector<v1::TaskAssignment> tasks) {
+  if (tasks.empty()) return;
+  {
+    absl::MutexLock l(&mu_);
+    Command c;
+    c.tasks = std::move(tasks);
+    inbox_.push_back(std::move(c));
+  }
+  Wake();
+}
+
+void WorkerPool::CancelTasks(std::vector<uint64_t> task_ids, std::string reason) {
+  if (task_ids.empty()) return;
+  {
+    absl::MutexLock l(&mu_);
+    Command c;
+    c.cancel_ids = std::move(task_ids);
+    c.reason = std::move(reason);
+    inbox_.push_back(std::move(c));
+  }
+  Wake();
+}
+
+void WorkerPool::Shutdown() {
+  {
+    absl::MutexLock l(&mu_);
+    if (!started_ || joined_) return;
+    stop_ = true;
+  }
+  Wake();
+  if (thread_.joinable()) thread_.join();
+  absl::MutexLock l(&mu_);
+  joined_ = true;
+  if (event_fd_ >= 0) {
+    close(event_fd_);
+    event_fd_ = -1;
+  }
+}
+
+void WorkerPool::RunCommands() {
+  std::vector<Command> commands;
+  {
+    absl::MutexLock l(&mu_);
+    commands.swap(inbox_);
+  }
+  // In arrival order: a cancel must see the submit that preceded it.
+  for (Command& c : commands) {
+    for (v1::TaskAssignment& t : c.tasks) state_->Submit(std::move(t));
+    for (uint64_t id : c.cancel_ids) state_->Cancel(id, c.reason);
+  }
+}
+
+void WorkerPool::WriteTo(int slot) {
+  Worker* w = workers_[slot].get();
+  const int fd = w->proc->to_worker_fd();
+  while (fd >= 0 && w->out_off < w->out.size()) {
+    ssize_t n = write(fd, w->out.data() + w->out_off, w->out.size() - w->out_off);
+    if (n > 0) {
+      w->out_off += static_cast<size_t>(n);
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else if (n < 0 && errno == EAGAIN) {
+      return;  // poll for POLLOUT
+    } else {
+      // EPIPE: the worker is gone; its exit (seen by reaping) fails the task.
+      spdlog::warn("slot {}: writing to worker pid {} failed: {}", slot, w->proc->pid(),
+                   strerror(errno));
+      w->proc->CloseToWorker();
+      break;
+    }
+  }
+  w->out.clear();
+  w->out_off = 0;
+  // A 200 MiB payload must not stay allocated for the worker's lifetime.
+  if (w->out.capacity() > (4u << 20)) std::string().swap(w->out);
+}
+
+void WorkerPool::ReadFrom(int slot) {
+  Worker* w = workers_[slot].get();
+  size_t total = 0;
+  while (w->proc->from_worker_fd() >= 0 && total < kMaxReadPerPass) {
+    ssize_t n = read(w->proc->from_worker_fd(), read_buf_.data(), read_buf_.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) break;
+    if (n <= 0) {
+      // EOF: the worker exited (or closed fd 4); reaping tells how.
+      w->proc->CloseFromWorker();
+      w->eof_us = NowUs();
+      break;
+    }
+    total += static_cast<size_t>(n);
+    absl::Status s = w->decoder.Feed(read_buf_.data(), static_cast<size_t>(n));
+    // Hand over complete frames before acting on an error, so a result that
+    // arrived before garbage is not lost.
+    while (auto frame = w->decoder.Next()) {
+      const int pid = w->proc->pid();
+      switch (static_cast<common::FrameType>(frame->type)) {
+        case common::FrameType::kReady:
+          spdlog::info("slot {}: worker pid {} ready ({})", slot, pid, frame->body);
+          state_->OnReady(slot);
+          break;
+        case common::FrameType::kResult:
+          state_->OnTaskOutput(slot, frame->task_id, v1::OK, std::move(frame->body));
+          break;
+        case common::FrameType::kAppException:
+          state_->OnTaskOutput(slot, frame->task_id, v1::APP_EXCEPTION, std::move(frame->body));
+          break;
+        default:
+          state_->OnProtocolError(
+              slot, absl::DataLossError(absl::StrCat("worker sent an unexpected ",
+                                                     common::FrameTypeName(frame->type),
+                                                     " frame for task ", frame->task_id)));
+          break;
+      }
+      // Any of these may have killed the worker (closing its fds).
+      if (w->proc->from_worker_fd() < 0) return;
+    }
+    if (!s.ok()) {
+      state_->OnProtocolError(slot, absl::ResourceExhaustedError(absl::StrCat(
+                                        "its output cannot be read: ", s.message())));
+      return;
+    }
+  }
+}
+
+void WorkerPool::CheckExits(bool poll_all) {
+  const int64_t now = NowUs();
+  for (int slot = 0; slot < static_cast<int>(workers_.size()); ++slot) {
+    Worker* w = workers_[slot].get();
+    if (w == nullptr) continue;
+    const bool pipe_closed = w->proc->from_worker_fd() < 0;
+    if (!pipe_closed && !poll_all) continue;
+    std::optional<int> status = w->proc->TryReap();
+    if (!status) {
+      if (pipe_closed && now - w->eof_us > kEofToExitUs) {
+        spdlog::warn("slot {}: worker pid {} closed its pipe but did not exit; killing it", slot,
+                     w->proc->pid());
+        (void)w->proc->Signal(SIGKILL);
+        w->eof_us = now;  // and wait for it like for any other exit
+      }
+      continue;
+    }
+    // A result written just before exiting is still in the pipe.
+    if (!pipe_closed) ReadFrom(slot);
+    if (workers_[slot].get() != w) continue;  // replaced meanwhile
+    std::unique_ptr<Worker> dead = std::move(workers_[slot]);
+    const std::string how = DescribeExit(*status);
+    if (dead->decoder.buffered_bytes() > 0) {
+      spdlog::warn("slot {}: worker pid {} died in the middle of a frame ({} bytes)", slot,
+                   dead->proc->pid(), dead->decoder.buffered_bytes());
+    }
+    spdlog::info("slot {}: worker pid {} {}", slot, dead->proc->pid(), how);
+    dead.reset();
+    state_->OnWorkerExit(slot, how);  // may start the replacement in this slot
+  }
+}
+
+void WorkerPool::Loop() {
+  state_->StartAll();
+  {
+    absl::MutexLock l(&mu_);
+    start_done_ = true;
+  }
+  std::vector<pollfd> fds;
+  std::vector<int> fd_slot;  // slot of fds[i], -1 for the eventfd
+  int64_t last_full_check = NowUs();
+  while (true) {
+    {
+      absl::MutexLock l(&mu_);
+      if (stop_) break;
+    }
+    fds.clear();
+    fd_slot.clear();
+    fds.push_back({event_fd_, POLLIN, 0});
+    fd_slot.push_back(-1);
+    bool reaping = false;
+    for (int slot = 0; slot < static_cast<int>(workers_.size()); ++slot) {
+      Worker* w = workers_[slot].get();
+      if (w == nullptr) continue;
+      short events = 0;
+      if (w->proc->from_worker_fd() >= 0) {
+        fds.push_back({w->proc->from_worker_fd(), POLLIN, 0});
+        fd_slot.push_back(slot);
+      } else {
+        reaping = true;
+      }
+      if (w->proc->to_worker_fd() >= 0 && w->out_off < w->out.size()) {
+        events = POLLOUT;
+        fds.push_back({w->proc->to_worker_fd(), events, 0});
+        fd_slot.push_back(slot);
+      }
+    }
+    int timeout_ms = reaping ? 5 : kIdlePollMs;
+    if (std::optional<int64_t> wake = state_->NextWakeUs()) {
+      const int64_t until = (*wake - NowUs()) / 1000 + 1;
+      timeout_ms = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(timeout_ms, until)));
+    }
+    int n = poll(fds.data(), fds.size(), timeout_ms);
+    if (n < 0 && errno != EINTR) {
+      spdlog::critical("worker pool: poll failed: {}", strerror(errno));
+      break;
+    }
+    for (size_t i = 0; n > 0 && i < fds.size(); ++i) {
+      if (fds[i].revents == 0) continue;
+      const int slot = fd_slot[i];
+      if (slot < 0) {
+        uint64_t count;
+        (void)!read(event_fd_, &count, sizeof(count));
+        RunCommands();
+        continue;
+      }
+      Worker* w = workers_[slot].get();
+      if (w == nullptr) continue;
+      if (fds[i].fd == w->proc->from_worker_fd()) {
+        ReadFrom(slot);
+      } else if (fds[i].fd == w->proc->to_worker_fd()) {
+        WriteTo(slot);
+      }
+    }
+    const int64_t now = NowUs();
+    const bool full = now - last_full_check >= kIdlePollMs * 1000;
+    if (full) last_full_check = now;
+    CheckExits(full);
+    state_->Tick();
+    busy_.store(state_->busy(), std::memory_order_relaxed);
+    ready_.store(state_->busy() + state_->idle(), std::memory_order_relaxed);
+  }
+  StopAll();
+}
+
+void WorkerPool::StopAll() {
+  int live = 0;
+  for (auto& w : workers_) {
+    if (w == nullptr) continue;
+    // EOF lets an idle worker exit 0 by itself; SIGTERM stops a busy one.
+    w->proc->CloseToWorker();
+    (void)w->proc->Signal(SIGTERM);
+    ++live;
+  }
+  spdlog::info("worker pool: stopping {} workers", live);
+  const int64_t deadline = NowUs() + options_.term_grace_ms * 1000;
+  while (NowUs() < deadline) {
+    bool all = true;
+    for (auto& w : workers_) {
+      if (w != nullptr && !w->proc->TryReap()) all = false;
+    }
+    if (all) break;
+    usleep(10'000);
+  }
+  for (int slot = 0; slot < static_cast<int>(workers_.size()); ++slot) {
+    auto& w = workers_[slot];
+    if (w == nullptr) continue;
+    if (!w->proc->reaped()) {
+      spdlog::warn("slot {}: worker pid {} still running {} ms after SIGTERM; SIGKILL", slot,
+                   w->proc->pid(), options_.term_grace_ms);
+      (void)w->proc->Signal(SIGKILL);
+    }
+    const int status = w->proc->Wait();
+    spdlog::debug("slot {}: worker pid {} {}", slot, w->proc->pid(), DescribeExit(status));
+    w.reset();
+  }
+  busy_.store(0);
+  ready_.store(0);
+}
+
+}  // namespace dragon::agent

@@ -1,0 +1,110 @@
+// The agent's pool of pre-forked Python workers: one thread polls every
+// worker's pipes plus an eventfd (woken by SubmitTasks/CancelTasks/Shutdown),
+// feeds PoolState with what the workers say, and carries out what PoolState
+// decides (start, send, kill).
+#ifndef DRAGON_AGENT_WORKER_POOL_H_
+#define DRAGON_AGENT_WORKER_POOL_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "agent/interfaces.h"
+#include "agent/pool_state.h"
+#include "agent/worker_process.h"
+#include "common/framing.h"
+
+namespace dragon::agent {
+
+struct WorkerPoolOptions {
+  std::string node_id;
+  std::string run_dir;
+  int workers = 1;
+  // e.g. {"/usr/bin/python3", "-m", "dragon_parsl.worker"}
+  std::vector<std::string> worker_argv;
+  // Largest frame a worker may send (a result), see common::FrameDecoder.
+  uint32_t max_frame_bytes = 256u << 20;
+  // Shutdown: SIGTERM, then SIGKILL after this long.
+  int64_t term_grace_ms = 2000;
+};
+
+class WorkerPool : public TaskHandler {
+ public:
+  WorkerPool(WorkerPoolOptions options, TaskEventSink* sink);
+  ~WorkerPool() override;  // Shutdown()
+
+  // Creates the worker log directory and starts the pool thread, which
+  // forks the workers. Returns once they are started, not ready.
+  absl::Status Start();
+
+  // TaskHandler; thread-safe.
+  void SubmitTasks(std::vector<v1::TaskAssignment> tasks) override;
+  void CancelTasks(std::vector<uint64_t> task_ids, std::string reason) override;
+  int BusyWorkers() const override { return busy_.load(std::memory_order_relaxed); }
+
+  int ReadyWorkers() const { return ready_.load(std::memory_order_relaxed); }
+  int slots() const { return options_.workers; }
+  std::string WorkerLogPath(int slot) const;
+
+  // Stops every worker (EOF + SIGTERM, SIGKILL after term_grace_ms), reaps
+  // them and joins the pool thread. Idempotent, thread-safe.
+  void Shutdown();
+
+ private:
+  class Control;  // PoolState's WorkerControl over real processes
+
+  struct Worker {
+    explicit Worker(std::unique_ptr<WorkerProcess> p, uint32_t max_frame)
+        : proc(std::move(p)), decoder(max_frame) {}
+    std::unique_ptr<WorkerProcess> proc;
+    common::FrameDecoder decoder;
+    std::string out;      // frames not yet written to the worker
+    size_t out_off = 0;   // bytes of `out` already written
+    int64_t eof_us = 0;   // when its output pipe closed; 0 = still open
+  };
+
+  struct Command {
+    std::vector<v1::TaskAssignment> tasks;  // submit, or
+    std::vector<uint64_t> cancel_ids;       // cancel with
+    std::string reason;
+  };
+
+  void Loop();
+  void RunCommands();
+  void ReadFrom(int slot);
+  void WriteTo(int slot);
+  void CheckExits(bool poll_all);
+  void StopAll();
+  void Wake();
+
+  WorkerPoolOptions options_;
+  TaskEventSink* sink_;
+  std::unique_ptr<Control> control_;
+  std::unique_ptr<PoolState> state_;
+  // Indexed by slot; touched only by the pool thread.
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::vector<char> read_buf_;
+
+  int event_fd_ = -1;
+  std::thread thread_;
+  std::atomic<int> busy_{0};
+  std::atomic<int> ready_{0};
+
+  absl::Mutex mu_;
+  std::vector<Command> inbox_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status start_status_ ABSL_GUARDED_BY(mu_);
+  bool start_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool joined_ = false;
+};
+
+}  // namespace dragon::agent
+
+#endif  // DRAGON_AGENT_WORKER_POOL_H_
