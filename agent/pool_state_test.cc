@@ -1,0 +1,275 @@
+#include "agent/pool_state.h"
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+namespace dragon::agent {
+namespace {
+
+// Test double for the process layer: records what PoolState asked for.
+class ScriptedControl : public WorkerControl {
+ public:
+  absl::StatusOr<int> StartWorker(int slot) override {
+    starts.push_back(slot);
+    if (fail_starts) return absl::InternalError("fork: out of memory");
+    return next_pid++;
+  }
+  void SendTask(int slot, v1::TaskAssignment task) override {
+    sent.push_back({slot, task.task_id()});
+  }
+  void KillWorker(int slot) override { killed.push_back(slot); }
+  std::string WorkerLogPath(int slot) const override {
+    return "/run/workers/n1/worker-" + std::to_string(slot) + ".log";
+  }
+
+  int next_pid = 1000;
+  bool fail_starts = false;
+  std::vector<int> starts;
+  std::vector<std::pair<int, uint64_t>> sent;  // slot, task id
+  std::vector<int> killed;
+};
+
+class RecordingSink : public TaskEventSink {
+ public:
+  void TaskStarted(v1::TaskStarted s) override { started.push_back(s); }
+  void TaskFinished(v1::TaskResult r) override { results[r.task_id()] = r; }
+  std::vector<v1::TaskStarted> started;
+  std::map<uint64_t, v1::TaskResult> results;
+};
+
+v1::TaskAssignment Task(uint64_t id) {
+  v1::TaskAssignment t;
+  t.set_task_id(id);
+  t.set_kind(v1::PYTHON);
+  t.set_payload("payload");
+  return t;
+}
+
+struct Fixture {
+  explicit Fixture(int slots) : state(Options(slots), &control, &sink, [this] { return now; }) {}
+  static PoolOptions Options(int slots) {
+    PoolOptions o;
+    o.node_id = "n1";
+    o.slots = slots;
+    return o;
+  }
+  int64_t now = 1'000'000;
+  ScriptedControl control;
+  RecordingSink sink;
+  PoolState state;
+};
+
+using S = PoolState::SlotState;
+
+TEST_CASE("tasks wait until a worker has sent READY") {
+  Fixture f(2);
+  f.state.StartAll();
+  CHECK(f.control.starts == std::vector<int>{0, 1});
+  f.state.Submit(Task(1));
+  CHECK(f.control.sent.empty());
+  CHECK(f.state.queued() == 1);
+  f.state.OnReady(1);
+  REQUIRE(f.control.sent.size() == 1);
+  CHECK(f.control.sent[0] == std::make_pair(1, uint64_t{1}));
+  REQUIRE(f.sink.started.size() == 1);
+  CHECK(f.sink.started[0].worker_pid() == 1001);
+  CHECK(f.sink.started[0].start_us() == 1'000'000);
+  CHECK(f.state.busy() == 1);
+  CHECK(f.state.queued() == 0);
+}
+
+TEST_CASE("a result frees the worker for the next queued task, in order") {
+  Fixture f(1);
+  f.state.StartAll();
+  f.state.OnReady(0);
+  for (uint64_t id = 1; id <= 3; ++id) f.state.Submit(Task(id));
+  CHECK(f.control.sent.size() == 1);
+  f.now = 1'000'500;
+  f.state.OnTaskOutput(0, 1, v1::OK, "ret");
+  REQUIRE(f.sink.results.count(1) == 1);
+  const v1::TaskResult& r = f.sink.results[1];
+  CHECK(r.outcome() == v1::OK);
+  CHECK(r.data() == "ret");
+  CHECK(r.node() == "n1");
+  CHECK(r.worker_pid() == 1000);
+  CHECK(r.start_us() == 1'000'000);
+  CHECK(r.end_us() == 1'000'500);
+  REQUIRE(f.control.sent.size() == 2);
+  CHECK(f.control.sent[1].second == 2);
+  f.state.OnTaskOutput(0, 2, v1::APP_EXCEPTION, "wrapped");
+  CHECK(f.sink.results[2].outcome() == v1::APP_EXCEPTION);
+  CHECK(f.control.sent.back().second == 3);
+}
+
+TEST_CASE("a worker dying mid-task fails only its task, with the documented text, and is replaced") {
+  Fixture f(2);
+  f.state.StartAll();
+  f.state.OnReady(0);
+  f.state.OnReady(1);
+  f.state.Submit(Task(7));
+  f.state.Submit(Task(8));
+  const int slot7 = f.control.sent[0].second == 7 ? f.control.sent[0].first : f.control.sent[1].first;
+  const int pid7 = f.state.slot_pid(slot7);
+  f.state.OnWorkerExit(slot7, "killed by signal 9 SIGKILL");
+  REQUIRE(f.sink.results.count(7) == 1);
+  CHECK(f.sink.results[7].outcome() == v1::SYSTEM_ERROR);
+  CHECK(f.sink.results[7].error() ==
+        "task 7 on node n1: worker pid " + std::to_string(pid7) +
+            " died (killed by signal 9 SIGKILL)");
+  CHECK(f.sink.results.count(8) == 0);  // the other task is untouched
+  CHECK(f.state.slot_state(1 - slot7) == S::kBusy);
+  // Replaced at once (it had been ready before).
+  CHECK(f.control.starts.back() == slot7);
+  CHECK(f.state.slot_state(slot7) == S::kStarting);
+  CHECK(f.state.slot_pid(slot7) != pid7);
+  f.state.Submit(Task(9));
+  CHECK(f.control.sent.size() == 2);  // waits for the replacement's READY
+  f.state.OnReady(slot7);
+  CHECK(f.control.sent.back() == std::make_pair(slot7, uint64_t{9}));
+}
+
+TEST_CASE("exit code text is carried into the error") {
+  Fixture f(1);
+  f.state.StartAll();
+  f.state.OnReady(0);
+  f.state.Submit(Task(3));
+  f.state.OnWorkerExit(0, "exited with code 3");
+  CHECK(f.sink.results[3].error() == "task 3 on node n1: worker pid 1000 died (exited with code 3)");
+}
+
+TEST_CASE("cancelling a queued task reports CANCELED and never runs it") {
+  Fixture f(1);
+  f.state.StartAll();
+  f.state.OnReady(0);
+  f.state.Submit(Task(1));
+  f.state.Submit(Task(2));
+  f.state.Submit(Task(3));
+  f.state.Cancel(2, "user asked");
+  CHECK(f.sink.results[2].outcome() == v1::CANCELED);
+  CHECK(f.sink.results[2].error() == "user asked");
+  CHECK(f.state.queued() == 1);
+  f.state.OnTaskOutput(0, 1, v1::OK, "");
+  CHECK(f.control.sent.back().second == 3);  // 2 was skipped
+  CHECK(f.control.killed.empty());
+}
+
+TEST_CASE("cancelling a running task kills its worker, reports CANCELED once, and replaces it") {
+  Fixture f(1);
+  f.state.StartAll();
+  f.state.OnReady(0);
+  f.state.Submit(Task(5));
+  f.state.Submit(Task(6));
+  f.state.Cancel(5, "");
+  CHECK(f.control.killed == std::vector<int>{0});
+  CHECK(f.sink.results[5].outcome() == v1::CANCELED);
+  CHECK(f.sink.results[5].worker_pid() == 1000);
+  CHECK(f.state.slot_state(0) == S::kKilled);
+  // A late result from the killed worker is ignored, and so is its death.
+  f.state.OnTaskOutput(0, 5, v1::OK, "late");
+  CHECK(f.sink.results[5].outcome() == v1::CANCELED);
+  f.state.OnWorkerExit(0, "killed by signal 9 SIGKILL");
+  CHECK(f.sink.results.size() == 1);
+  CHECK(f.state.slot_state(0) == S::kStarting);
+  f.state.OnReady(0);
+  CHECK(f.control.sent.back().second == 6);
+}
+
+TEST_CASE("cancel of an unknown or finished task does nothing") {
+  Fixture f(1);
+  f.state.StartAll();
+  f.state.OnReady(0);
+  f.state.Submit(Task(1));
+  f.state.OnTaskOutput(0, 1, v1::OK, "");
+  f.state.Cancel(1, "too late");
+  f.state.Cancel(99, "never seen");
+  CHECK(f.sink.results.size() == 1);
+  CHECK(f.sink.results[1].outcome() == v1::OK);
+  CHECK(f.control.killed.empty());
+}
+
+TEST_CASE("a result for the wrong task is a protocol error that fails the running task") {
+  Fixture f(1);
+  f.state.StartAll();
+  f.state.OnReady(0);
+  f.state.Submit(Task(1));
+  f.state.OnTaskOutput(0, 42, v1::OK, "");
+  CHECK(f.control.killed == std::vector<int>{0});
+  CHECK(f.sink.results[1].outcome() == v1::SYSTEM_ERROR);
+  CHECK_THAT(f.sink.results[1].error(),
+             Catch::StartsWith("task 1 on node n1: worker pid 1000: ") &&
+                 Catch::Contains("result for task 42"));
+}
+
+TEST_CASE("workers that never get ready back off, then queued and new tasks fail with the cause") {
+  Fixture f(1);
+  f.state.StartAll();
+  f.state.Submit(Task(1));
+  f.state.OnWorkerExit(0, "exited with code 1");
+  CHECK(f.state.slot_state(0) == S::kDown);
+  REQUIRE(f.state.NextWakeUs().has_value());
+  CHECK(*f.state.NextWakeUs() == f.now + 100'000);
+  f.state.Tick();  // too early
+  CHECK(f.control.starts.size() == 1);
+  f.now += 100'000;
+  f.state.Tick();
+  CHECK(f.control.starts.size() == 2);
+  f.state.OnWorkerExit(0, "exited with code 1");
+  CHECK(*f.state.NextWakeUs() == f.now + 200'000);  // doubled
+  CHECK(f.sink.results.empty());  // two failures: still hoping
+  f.now += 200'000;
+  f.state.Tick();
+  f.state.OnWorkerExit(0, "exited with code 1");
+  REQUIRE(f.sink.results.count(1) == 1);
+  CHECK(f.sink.results[1].outcome() == v1::SYSTEM_ERROR);
+  CHECK(f.sink.results[1].error() ==
+        "task 1 on node n1: no worker could start: worker pid 1002 exited with code 1 before it "
+        "was ready (see /run/workers/n1/worker-0.log)");
+  f.state.Submit(Task(2));  // fails at once while broken
+  CHECK(f.sink.results[2].outcome() == v1::SYSTEM_ERROR);
+  // A worker that finally starts clears the condition.
+  f.now += 400'000;
+  f.state.Tick();
+  f.state.OnReady(0);
+  f.state.Submit(Task(3));
+  CHECK(f.sink.results.count(3) == 0);
+  CHECK(f.control.sent.back().second == 3);
+}
+
+TEST_CASE("a failing fork is retried like a failed start") {
+  Fixture f(1);
+  f.control.fail_starts = true;
+  f.state.StartAll();
+  CHECK(f.state.slot_state(0) == S::kDown);
+  f.control.fail_starts = false;
+  f.now += 100'000;
+  f.state.Tick();
+  CHECK(f.state.slot_state(0) == S::kStarting);
+}
+
+TEST_CASE("an idle worker that dies is replaced without failing anything") {
+  Fixture f(2);
+  f.state.StartAll();
+  f.state.OnReady(0);
+  f.state.OnReady(1);
+  f.state.OnWorkerExit(1, "killed by signal 15 SIGTERM");
+  CHECK(f.sink.results.empty());
+  CHECK(f.state.idle() == 1);
+  f.state.Submit(Task(1));
+  CHECK(f.control.sent.back() == std::make_pair(0, uint64_t{1}));
+}
+
+TEST_CASE("a non-PYTHON task is refused with a SYSTEM_ERROR naming the kind") {
+  Fixture f(1);
+  f.state.StartAll();
+  v1::TaskAssignment t = Task(4);
+  t.set_kind(v1::TASK_KIND_UNSPECIFIED);
+  f.state.Submit(t);
+  CHECK(f.sink.results[4].outcome() == v1::SYSTEM_ERROR);
+  CHECK_THAT(f.sink.results[4].error(), Catch::Contains("TASK_KIND_UNSPECIFIED"));
+}
+
+}  // namespace
+}  // namespace dragon::agent
