@@ -1,0 +1,48 @@
+"""dragon_parsl: Parsl executor for the Dragon task service.
+
+``from dragon_parsl import DragonExecutor``. The executor (and gRPC) is
+imported lazily so that ``python -m dragon_parsl.worker`` stays light.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from dragon_parsl.errors import (
+    DragonError,
+    HeadConnectionLost,
+    HeadNotFound,
+    HeadUnreachable,
+    LocalHeadError,
+    PayloadTooLarge,
+    ProtocolMismatch,
+    TaskCancelled,
+    TaskFailed,
+    WorkerLost,
+)
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dragon_parsl.executor import DragonExecutor
+
+__all__ = [
+    "DragonExecutor",
+    "DragonError",
+    "HeadConnectionLost",
+    "HeadNotFound",
+    "HeadUnreachable",
+    "LocalHeadError",
+    "PayloadTooLarge",
+    "ProtocolMismatch",
+    "TaskCancelled",
+    "TaskFailed",
+    "WorkerLost",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DragonExecutor":
+        from dragon_parsl.executor import DragonExecutor
+        return DragonExecutor
+    raise AttributeError(f"module 'dragon_parsl' has no attribute {name!r}")

@@ -1,0 +1,343 @@
+"""DragonExecutor: a Parsl executor backed by the Dragon task service (dragond)."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import functools
+import itertools
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from parsl.app.errors import RemoteExceptionWrapper
+from parsl.executors.base import ParslExecutor
+from parsl.executors.errors import InvalidResourceSpecification
+from parsl.monitoring.radios.base import RadioConfig
+from parsl.monitoring.radios.filesystem import FilesystemRadio
+from parsl.serialize import deserialize, pack_apply_message
+from parsl.serialize.errors import DeserializationError, SerializationError
+from parsl.utils import RepresentationMixin
+
+from dragon_parsl import _cwd
+from dragon_parsl.connection import PROTOCOL_VERSION, Session, Submission, default_client_name
+from dragon_parsl.errors import (
+    DragonError,
+    HeadConnectionLost,
+    PayloadTooLarge,
+    TaskCancelled,
+    TaskFailed,
+    system_error,
+)
+from dragon_parsl.local_head import LocalHead, address_from_home, find_binary
+from dragon_parsl._proto import common_pb2, head_pb2, head_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+# Resource specification keys this executor understands. dragond has no
+# per-task resources yet, so none: every key is refused rather than ignored.
+SUPPORTED_RESOURCE_KEYS: frozenset = frozenset()
+
+
+class DragonExecutor(ParslExecutor, RepresentationMixin):
+    """Runs Parsl apps on dragond's workers.
+
+    Parameters
+    ----------
+    address : str, optional
+        ``HOST:PORT`` of a running dragond, or ``"current"`` for
+        ``$DRAGON_HOME/current/head.json``. Default: ``$DRAGON_HEAD`` if set,
+        otherwise a private dragond is started (and stopped by ``shutdown()``).
+    label : str
+        Parsl executor label.
+    workers_per_node : int, optional
+        Workers of the embedded dragond (``--workers``); default one per core.
+        Ignored with an existing head.
+    dragond_path : str, optional
+        The dragond binary for the embedded head; default ``$DRAGON_BIN_DIR/dragond``, then PATH.
+    head_run_dir : str, optional
+        Run directory of the embedded head; default ``<parsl run dir>/dragon``
+        (a temporary directory when used outside a DataFlowKernel). Named so
+        because Parsl itself sets ``executor.run_dir``.
+    max_batch_tasks, max_batch_bytes : int
+        Caps of one SubmitBatch message. Whatever is queued is sent at once;
+        there is no waiting for a batch to fill.
+    connect_timeout : float
+        Seconds to wait for the head to answer (and send its Welcome).
+    head_start_timeout : float
+        Seconds to wait for the embedded dragond to listen.
+    storage_access, working_dir, remote_monitoring_radio
+        As for Parsl's other executors. Tasks run in the directory the
+        workflow was in when it submitted them.
+    """
+
+    def __init__(self, address: Optional[str] = None, label: str = "dragon",
+                 workers_per_node: Optional[int] = None, dragond_path: Optional[str] = None,
+                 head_run_dir: Optional[str] = None, max_batch_tasks: int = 1000,
+                 max_batch_bytes: int = 4 * 1024 * 1024, connect_timeout: float = 30.0,
+                 head_start_timeout: float = 60.0, storage_access: Optional[List[Any]] = None,
+                 working_dir: Optional[str] = None,
+                 remote_monitoring_radio: Optional[RadioConfig] = None) -> None:
+        super().__init__()
+        self.address = address
+        self.label = label
+        self.workers_per_node = workers_per_node
+        self.dragond_path = dragond_path
+        self.head_run_dir = head_run_dir
+        self.max_batch_tasks = max_batch_tasks
+        self.max_batch_bytes = max_batch_bytes
+        self.connect_timeout = connect_timeout
+        self.head_start_timeout = head_start_timeout
+        self.storage_access = storage_access
+        self.working_dir = working_dir
+        self.remote_monitoring_radio = (remote_monitoring_radio if remote_monitoring_radio is not None
+                                        else FilesystemRadio())
+
+        self.head_address: Optional[str] = None  # the address actually used
+        self.local_head: Optional[LocalHead] = None
+        self.session: Optional[Session] = None
+        self.welcome: Optional[head_pb2.Welcome] = None
+        self.max_payload_bytes = 0
+        self._tasks: Dict[int, cf.Future] = {}
+        self._lock = threading.Lock()
+        self._refs = itertools.count(1)
+        self._broken: Optional[DragonError] = None
+        self._started = False
+        self._shut_down = False
+        self._temp_run_dir: Optional[str] = None
+
+    # ------------------------------------------------------------------ start
+    def _resolve_address(self) -> Optional[str]:
+        """The address of an existing head, or None for the embedded default."""
+        if self.address:
+            if self.address == "current":
+                return address_from_home()
+            return self.address
+        env = os.environ.get("DRAGON_HEAD", "").strip()
+        if env:
+            return env
+        return None
+
+    def _embedded_run_dir(self) -> Path:
+        if self.head_run_dir:
+            return Path(self.head_run_dir).resolve()
+        if self.run_id is not None:  # inside a DFK, which set run_dir
+            return Path(self.run_dir) / "dragon"
+        self._temp_run_dir = tempfile.mkdtemp(prefix="dragon-parsl-")
+        return Path(self._temp_run_dir)
+
+    def start(self) -> None:
+        if self._started:
+            raise DragonError(f"DragonExecutor {self.label!r} is already started")
+        self._started = True
+        address = self._resolve_address()
+        if address is None:
+            dragond = find_binary("dragond", self.dragond_path)
+            self.local_head = LocalHead(self._embedded_run_dir(), dragond, workers=self.workers_per_node,
+                                        python=sys.executable)
+            address = self.local_head.start(self.head_start_timeout)
+        elif self.workers_per_node is not None:
+            logger.warning("DragonExecutor %s: workers_per_node=%s is ignored with an existing head (%s)",
+                           self.label, self.workers_per_node, address)
+        self.head_address = address
+        from dragon_parsl import __version__
+        self.session = Session(address, default_client_name(__version__),
+                               on_accepted=self._on_accepted, on_result=self._on_result,
+                               on_broken=self._on_broken, max_batch_tasks=self.max_batch_tasks,
+                               max_batch_bytes=self.max_batch_bytes)
+        try:
+            self.welcome = self.session.connect(self.connect_timeout)
+        except BaseException:
+            self.session = None
+            self._stop_local_head()
+            raise
+        self.max_payload_bytes = int(self.welcome.max_payload_bytes)
+        logger.info("DragonExecutor %s: session %d with dragond %s at %s (run %s, protocol %d, "
+                    "max payload %d bytes)", self.label, self.welcome.session_id, self.welcome.head_version,
+                    address, self.welcome.run_id, PROTOCOL_VERSION, self.max_payload_bytes)
+
+    @property
+    def run_info_dir(self) -> Optional[str]:
+        """The run directory of the embedded head (for ``dragonctl --run-dir``), if any."""
+        return str(self.local_head.run_dir) if self.local_head is not None else None
+
+    # ------------------------------------------------------------------ submit
+    def validate_resource_spec(self, resource_specification: Dict[str, Any]) -> None:
+        if not resource_specification:
+            return
+        unsupported = set(resource_specification) - SUPPORTED_RESOURCE_KEYS
+        if unsupported:
+            raise InvalidResourceSpecification(
+                unsupported,
+                f"DragonExecutor supports no parsl_resource_specification keys yet; "
+                f"unsupported: {', '.join(sorted(unsupported))}")
+
+    def submit(self, func: Callable, resource_specification: Dict[str, Any], *args: Any,
+               **kwargs: Any) -> cf.Future:
+        self.validate_resource_spec(resource_specification)
+        session = self.session
+        if session is None:
+            if self._broken is not None:
+                raise self._broken
+            raise DragonError(f"DragonExecutor {self.label!r} is not started (or already shut down)")
+        name = getattr(func, "__name__", None) or type(func).__name__
+        try:
+            cwd = os.getcwd()
+        except OSError:
+            cwd = session.cwd
+        call: Callable = func
+        if cwd != session.cwd:
+            # The session's tasks run in the directory of the Hello; a workflow
+            # that changed directory since gets its tasks run where it is now.
+            call = functools.partial(_cwd.run_in_dir, cwd, func)
+        try:
+            payload = pack_apply_message(call, args, kwargs, buffer_threshold=1 << 20)
+        except TypeError:
+            raise SerializationError(name)
+
+        fut: cf.Future = cf.Future()
+        fut.dragon_task_id = None  # type: ignore[attr-defined]
+        if self.max_payload_bytes and len(payload) > self.max_payload_bytes:
+            fut.set_exception(PayloadTooLarge(name, len(payload), self.max_payload_bytes))
+            return fut
+        with self._lock:
+            if self._broken is not None:
+                raise HeadConnectionLost(self._broken.address, self._broken.detail)  # type: ignore[attr-defined]
+            if self._shut_down:
+                raise DragonError(f"DragonExecutor {self.label!r} is shut down")
+            ref = next(self._refs)
+            fut.parsl_executor_task_id = ref  # type: ignore[attr-defined]
+            self._tasks[ref] = fut
+            session.submit(Submission(ref, payload, name))
+        return fut
+
+    # ------------------------------------------------------------------ results
+    def _on_accepted(self, client_ref: int, task_id: int) -> None:
+        fut = self._tasks.get(client_ref)
+        if fut is not None:
+            fut.dragon_task_id = task_id  # type: ignore[attr-defined]
+
+    def _on_result(self, r: "head_pb2.ClientResult") -> None:
+        with self._lock:
+            fut = self._tasks.pop(r.client_ref, None)
+        if fut is None:
+            logger.warning("DragonExecutor %s: result for unknown client_ref %d (task %d)", self.label,
+                           r.client_ref, r.task_id)
+            return
+        fut.dragon_task_id = r.task_id  # type: ignore[attr-defined]
+        res = r.result
+        outcome = res.outcome
+        try:
+            if outcome == common_pb2.OK:
+                try:
+                    value = deserialize(res.data)
+                except Exception as e:
+                    fut.set_exception(DeserializationError(
+                        f"result of task {r.task_id} (node {res.node}): {type(e).__name__}: {e}"))
+                else:
+                    fut.set_result(value)
+            elif outcome == common_pb2.APP_EXCEPTION:
+                fut.set_exception(self._app_exception(r))
+            elif outcome == common_pb2.SYSTEM_ERROR:
+                fut.set_exception(system_error(res.error, r.task_id, res.node, res.worker_pid))
+            elif outcome == common_pb2.CANCELED:
+                fut.set_exception(TaskCancelled(res.error or f"task {r.task_id} was cancelled", r.task_id))
+            else:
+                fut.set_exception(TaskFailed(
+                    f"task {r.task_id}: dragond reported unknown outcome {outcome} ({res.error})",
+                    task_id=r.task_id, node=res.node, worker_pid=res.worker_pid))
+        except cf.InvalidStateError:
+            pass  # the user cancelled the future; nothing to deliver
+
+    def _app_exception(self, r: "head_pb2.ClientResult") -> BaseException:
+        try:
+            s = deserialize(r.result.data)
+        except Exception as e:
+            return DeserializationError(f"exception of task {r.task_id} (node {r.result.node}) could not be "
+                                        f"deserialized: {type(e).__name__}: {e}")
+        if isinstance(s, RemoteExceptionWrapper):
+            try:
+                s.reraise()
+            except BaseException as e:  # the app's own exception, with its remote traceback
+                return e
+            return DeserializationError(f"task {r.task_id}: RemoteExceptionWrapper did not raise")
+        if isinstance(s, BaseException):
+            return s
+        return DeserializationError(f"task {r.task_id}: unknown exception-like type received: {type(s)}")
+
+    def _on_broken(self, error: DragonError) -> None:
+        with self._lock:
+            self._broken = error
+            tasks, self._tasks = self._tasks, {}
+        if tasks:
+            logger.error("DragonExecutor %s: %s; failing %d outstanding tasks", self.label, error, len(tasks))
+        else:
+            logger.error("DragonExecutor %s: %s", self.label, error)
+        address = getattr(error, "address", self.head_address or "?")
+        detail = getattr(error, "detail", str(error))
+        for fut in tasks.values():
+            try:
+                fut.set_exception(HeadConnectionLost(address, detail))
+            except cf.InvalidStateError:
+                pass
+
+    # ------------------------------------------------------------------ info
+    def outstanding(self) -> int:
+        """Tasks submitted and not yet finished."""
+        return len(self._tasks)
+
+    def _stub(self) -> head_pb2_grpc.HeadServiceStub:
+        if self.session is None or self.session._channel is None:
+            raise DragonError(f"DragonExecutor {self.label!r} is not connected")
+        return head_pb2_grpc.HeadServiceStub(self.session._channel)
+
+    def head_status(self, timeout: float = 10.0) -> "head_pb2.StatusReply":
+        return self._stub().Status(head_pb2.StatusRequest(), timeout=timeout)
+
+    def connected_workers(self, timeout: float = 10.0) -> int:
+        """Workers registered with the head (all nodes)."""
+        return int(self.head_status(timeout).workers)
+
+    def cancel_task(self, fut: cf.Future, timeout: float = 10.0) -> "head_pb2.CancelReply":
+        """Asks dragond to cancel the task behind ``fut`` (its future then fails with TaskCancelled)."""
+        task_id = getattr(fut, "dragon_task_id", None)
+        if not task_id:
+            raise DragonError("this future has no dragon task id (yet): it was not accepted by dragond")
+        return self._stub().Cancel(head_pb2.CancelRequest(task_id=task_id), timeout=timeout)
+
+    def monitor_resources(self) -> bool:
+        return True
+
+    # ------------------------------------------------------------------ shutdown
+    def shutdown(self) -> None:
+        logger.info("DragonExecutor %s: shutting down", self.label)
+        with self._lock:
+            self._shut_down = True
+            leftover, self._tasks = self._tasks, {}
+        session = self.session
+        if session is not None:
+            # With tasks still running there is nothing to wait for: end the stream now.
+            session.close(timeout=0.0 if leftover else 10.0)
+        for ref, fut in leftover.items():
+            try:
+                fut.set_exception(TaskCancelled(
+                    f"DragonExecutor {self.label!r} was shut down before task "
+                    f"{getattr(fut, 'dragon_task_id', None) or '(client ref %d)' % ref} finished",
+                    getattr(fut, "dragon_task_id", None) or 0))
+            except cf.InvalidStateError:
+                pass
+        self._stop_local_head()
+        super().shutdown()
+        logger.info("DragonExecutor %s: shut down", self.label)
+
+    def _stop_local_head(self) -> None:
+        head = self.local_head
+        if head is None:
+            return
+        rc = head.stop()
+        if self._temp_run_dir and rc == 0:
+            shutil.rmtree(self._temp_run_dir, ignore_errors=True)
+            self._temp_run_dir = None
