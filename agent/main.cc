@@ -23,6 +23,7 @@
 #include "absl/strings/str_join.h"
 #include "agent/head_connection.h"
 #include "agent/worker_pool.h"
+#include "common/dashed_flags.h"
 #include "spdlog/sinks/basic_file_sink.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -66,20 +67,6 @@ bool SameFile(int fd, const std::string& path) {
   struct stat a {}, b {};
   return fstat(fd, &a) == 0 && stat(path.c_str(), &b) == 0 && a.st_dev == b.st_dev &&
          a.st_ino == b.st_ino;
-}
-
-// The documented spelling is --node-id (docs/INTERFACES.md); absl knows
-// flags only by their C++ names (node_id). Rewrites the name part of every
-// "--flag[=value]" argument, leaving values alone.
-void AcceptDashedFlagNames(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    char* a = argv[i];
-    if (a[0] != '-' || a[1] != '-') continue;
-    if (a[2] == '\0') break;  // "--": the rest are not flags
-    for (char* p = a + 2; *p != '\0' && *p != '='; ++p) {
-      if (*p == '-') *p = '_';
-    }
-  }
 }
 
 absl::Status SetUpLogging(const std::string& path, const std::string& level_name) {
@@ -145,8 +132,10 @@ int Main(int argc, char** argv) {
     return absl::StrContains(file, "agent/main.cc");
   };
   absl::SetFlagsUsageConfig(usage);
-  AcceptDashedFlagNames(argc, argv);
-  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  // The documented spelling is --node-id; absl knows only node_id.
+  std::vector<std::string> arg_storage;
+  std::vector<char*> args = common::UnderscoreFlagNames(argc, argv, &arg_storage);
+  std::vector<char*> rest = absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   if (rest.size() > 1) {
     std::vector<std::string> extra(rest.begin() + 1, rest.end());
     return Fail(absl::StrCat("unexpected arguments: ", absl::StrJoin(extra, " "),
