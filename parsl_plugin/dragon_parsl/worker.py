@@ -107,6 +107,11 @@ def _run_one(body: bytes) -> tuple[int, bytes]:
                 raise FileNotFoundError(
                     f"cannot change to the task's working directory {cwd!r}: {e.strerror}") from None
         result = execute_task(payload)
+        if isinstance(result, RemoteExceptionWrapper):
+            # Parsl's python_app wraps apps (parsl.app.errors.wrap_error) so
+            # that what they raise is *returned* as a wrapper: that is still
+            # the app's exception, and the head must record APP_EXCEPTION.
+            return APP_EXCEPTION, serialize(result)
         return RESULT, serialize(result)
     except BaseException:  # noqa: BLE001  (SystemExit/KeyboardInterrupt from a task are its failure too)
         return APP_EXCEPTION, _wrap_current_exception()
