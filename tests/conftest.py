@@ -133,3 +133,49 @@ def head(tmp_path):
         yield h
     finally:
         stop_head(h)
+
+
+# ---------------------------------------------------------------- Parsl (dragon_parsl)
+# Tests of the Parsl executor load a DataFlowKernel against a head; the app
+# functions of a test module must be importable by the workers (dill pickles
+# functions of importable modules by reference), so tests/ is put on the
+# workers' PYTHONPATH through the environment the head inherits.
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def worker_pythonpath(monkeypatch):
+    """Makes modules in tests/ importable by workers of heads started afterwards."""
+    old = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR) + (os.pathsep + old if old else ""))
+    monkeypatch.setenv("DRAGON_BIN_DIR", str(BIN_DIR))
+    monkeypatch.delenv("DRAGON_HEAD", raising=False)
+
+
+def load_parsl(tmp_path: Path, *, retries: int = 0, **executor_kwargs):
+    """Loads a DFK with one DragonExecutor; returns (dfk, executor). Call dfk.cleanup()."""
+    import parsl
+    from parsl.config import Config
+    from dragon_parsl import DragonExecutor
+
+    executor = DragonExecutor(label="dragon", **executor_kwargs)
+    config = Config(executors=[executor], run_dir=str(tmp_path / "runinfo"), retries=retries,
+                    strategy="none")
+    return parsl.load(config), executor
+
+
+@pytest.fixture
+def parsl_dfk(worker_pythonpath, tmp_path):
+    """A head (2 workers) and a DFK connected to it: yields (dfk, executor, head)."""
+    h = start_head(tmp_path, "--workers", "2")
+    dfk = None
+    try:
+        dfk, executor = load_parsl(tmp_path, address=h.address)
+        yield dfk, executor, h
+    finally:
+        try:
+            if dfk is not None:
+                dfk.cleanup()
+        finally:
+            stop_head(h)

@@ -15,6 +15,7 @@ import getpass
 import logging
 import os
 import queue
+import re
 import socket
 import threading
 from dataclasses import dataclass
@@ -201,7 +202,9 @@ class Session:
                 pass
         if self.welcome is None:  # the handshake failed
             if code == grpc.StatusCode.FAILED_PRECONDITION and "protocol" in detail.lower():
-                self._handshake_error = ProtocolMismatch(self.address, PROTOCOL_VERSION, None, detail)
+                m = re.search(r"this dragond.*?speaks (?:protocol )?version (\d+)", detail)
+                head_version = int(m.group(1)) if m else None
+                self._handshake_error = ProtocolMismatch(self.address, PROTOCOL_VERSION, head_version, detail)
             else:
                 self._handshake_error = HeadUnreachable(self.address, f"session refused: {detail}")
             self._welcome_event.set()
