@@ -96,6 +96,7 @@ void PoolState::Cancel(uint64_t task_id, const std::string& reason) {
 
 void PoolState::OnReady(int slot) {
   Slot& s = slots_[slot];
+  if (s.exiting) return;  // READY, then died: nothing to give it
   if (s.state != SlotState::kStarting) {
     OnProtocolError(slot, absl::FailedPreconditionError("worker sent READY twice"));
     return;
@@ -118,9 +119,15 @@ void PoolState::OnTaskOutput(int slot, uint64_t task_id, v1::Outcome outcome, st
     return;
   }
   FinishRunning(slot, outcome, std::move(data), "");
+  if (s.exiting) return;  // stays kKilled until OnWorkerExit
   s.state = SlotState::kIdle;
   idle_.push_back(slot);
   Dispatch();
+}
+
+void PoolState::OnWorkerExiting(int slot) {
+  slots_[slot].exiting = true;
+  RemoveIdle(slot);
 }
 
 void PoolState::OnProtocolError(int slot, const absl::Status& error) {
@@ -149,6 +156,7 @@ void PoolState::OnWorkerExit(int slot, const std::string& how) {
   }
   RemoveIdle(slot);
   s.state = SlotState::kDown;
+  s.exiting = false;
   if (was == SlotState::kStarting) {
     StartFailed(slot, absl::StrCat("worker pid ", s.pid, " ", how, " before it was ready (see ",
                                    control_->WorkerLogPath(slot), ")"));

@@ -79,6 +79,9 @@ class PoolState {
   // The worker broke the pipe protocol (oversized or unexpected frame): it is
   // killed and its task fails with the error's text.
   void OnProtocolError(int slot, const absl::Status& error);
+  // The worker in `slot` is known to be dead but frames it wrote before
+  // dying are still to be delivered: they count, but it gets no new task.
+  void OnWorkerExiting(int slot);
   // The worker in `slot` has exited and been reaped; `how` is DescribeExit().
   void OnWorkerExit(int slot, const std::string& how);
 
@@ -103,6 +106,7 @@ class PoolState {
     int consecutive_start_failures = 0;
     uint64_t task_id = 0;  // valid in kBusy
     int64_t start_us = 0;  // valid in kBusy
+    bool exiting = false;  // see OnWorkerExiting
   };
 
   void Dispatch();

@@ -261,6 +261,22 @@ TEST_CASE("an idle worker that dies is replaced without failing anything") {
   CHECK(f.control.sent.back() == std::make_pair(0, uint64_t{1}));
 }
 
+TEST_CASE("a result read after the worker was reaped counts, but the dead worker gets no new task") {
+  Fixture f(1);
+  f.state.StartAll();
+  f.state.OnReady(0);
+  f.state.Submit(Task(1));
+  f.state.Submit(Task(2));
+  f.state.OnWorkerExiting(0);
+  f.state.OnTaskOutput(0, 1, v1::OK, "done");
+  CHECK(f.sink.results[1].outcome() == v1::OK);
+  CHECK(f.control.sent.size() == 1);  // task 2 still queued
+  f.state.OnWorkerExit(0, "exited with code 0");
+  CHECK(f.sink.results.count(2) == 0);
+  f.state.OnReady(0);  // the replacement
+  CHECK(f.control.sent.back() == std::make_pair(0, uint64_t{2}));
+}
+
 TEST_CASE("a non-PYTHON task is refused with a SYSTEM_ERROR naming the kind") {
   Fixture f(1);
   f.state.StartAll();

@@ -262,8 +262,12 @@ void WorkerPool::CheckExits(bool poll_all) {
       }
       continue;
     }
-    // A result written just before exiting is still in the pipe.
-    if (!pipe_closed) ReadFrom(slot);
+    // A result written just before exiting is still in the pipe; deliver
+    // it, but hand this dead worker no new task meanwhile.
+    if (!pipe_closed) {
+      state_->OnWorkerExiting(slot);
+      ReadFrom(slot);
+    }
     if (workers_[slot].get() != w) continue;  // replaced meanwhile
     std::unique_ptr<Worker> dead = std::move(workers_[slot]);
     const std::string how = DescribeExit(*status);
