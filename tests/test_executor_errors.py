@@ -1,0 +1,290 @@
+"""How DragonExecutor fails: bad address, protocol mismatch, resource specs, payload limits,
+payloads the worker cannot unpickle. Integration tests use the real binaries; the protocol
+mismatch tests also use a tiny in-test gRPC server (a unit test of the client's handshake)."""
+from __future__ import annotations
+
+import socket
+import sys
+import textwrap
+import time
+from concurrent import futures
+
+import grpc
+import pytest
+from parsl import python_app
+from parsl.executors.errors import InvalidResourceSpecification
+
+from conftest import load_parsl, start_head, stop_head
+
+from dragon_parsl import DragonExecutor, HeadNotFound, HeadUnreachable, PayloadTooLarge, ProtocolMismatch
+from dragon_parsl import TaskFailed, connection
+from dragon_parsl._proto import head_pb2, head_pb2_grpc
+
+
+@python_app
+def echo(x, parsl_resource_specification={}):
+    return x
+
+
+@python_app
+def length(blob):
+    return len(blob)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------ addresses
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_address_is_a_clear_error_at_start():
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    ex = DragonExecutor(address=address, connect_timeout=2)
+    t0 = time.monotonic()
+    with pytest.raises(HeadUnreachable) as info:
+        ex.start()
+    assert time.monotonic() - t0 < 15
+    assert str(info.value).startswith(f"cannot reach dragond at {address}: ")
+
+
+@pytest.mark.timeout(60)
+def test_dragon_head_env_is_used(monkeypatch):
+    address = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("DRAGON_HEAD", address)
+    ex = DragonExecutor(connect_timeout=1)
+    with pytest.raises(HeadUnreachable, match=f"cannot reach dragond at {address}"):
+        ex.start()
+    assert ex.local_head is None  # $DRAGON_HEAD given: no embedded head
+
+
+@pytest.mark.timeout(60)
+def test_address_current_without_a_running_head(monkeypatch, tmp_path):
+    monkeypatch.setenv("DRAGON_HOME", str(tmp_path))
+    with pytest.raises(HeadNotFound) as info:
+        DragonExecutor(address="current").start()
+    assert "no dragond is running" in str(info.value)
+    assert str(tmp_path / "current" / "head.json") in str(info.value)
+
+
+@pytest.mark.timeout(60)
+def test_missing_dragond_binary(monkeypatch, tmp_path):
+    monkeypatch.delenv("DRAGON_HEAD", raising=False)
+    monkeypatch.setenv("DRAGON_BIN_DIR", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    from dragon_parsl import LocalHeadError
+    with pytest.raises(LocalHeadError, match="cannot find dragond"):
+        DragonExecutor(head_run_dir=str(tmp_path / "run")).start()
+
+
+@pytest.mark.timeout(60)
+def test_embedded_dragond_that_fails_to_start_reports_its_output(monkeypatch, tmp_path):
+    fake = tmp_path / "dragond"
+    fake.write_text("#!/bin/sh\necho 'dragond: cannot bind: it is a test' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.delenv("DRAGON_HEAD", raising=False)
+    from dragon_parsl import LocalHeadError
+    with pytest.raises(LocalHeadError) as info:
+        DragonExecutor(dragond_path=str(fake), head_run_dir=str(tmp_path / "run")).start()
+    assert "exited with code 3" in str(info.value)
+    assert "cannot bind: it is a test" in str(info.value)
+
+
+# ------------------------------------------------------------------ protocol version
+
+
+class _OtherVersionHead(head_pb2_grpc.HeadServiceServicer):
+    """Answers Hello with a Welcome of another protocol version, or refuses it like dragond."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.hellos = []
+
+    def Session(self, request_iterator, context):
+        hello = next(request_iterator)
+        self.hellos.append(hello)
+        if self.mode == "refuse":
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"client '{hello.hello.client_name}' speaks protocol version "
+                          f"{hello.hello.protocol_version} but this dragond (9.9) speaks version 7; "
+                          f"use matching versions of dragon_parsl and dragond")
+        yield head_pb2.HeadMessage(welcome=head_pb2.Welcome(protocol_version=2, session_id=1,
+                                                            head_version="9.9", max_payload_bytes=1000))
+        for _ in request_iterator:
+            pass
+
+
+@pytest.fixture
+def other_version_head(request):
+    servicer = _OtherVersionHead(request.param)
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    head_pb2_grpc.add_HeadServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}", servicer
+    finally:
+        server.stop(0)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("other_version_head", ["welcome"], indirect=True)
+def test_welcome_with_other_protocol_version(other_version_head):
+    address, servicer = other_version_head
+    ex = DragonExecutor(address=address, connect_timeout=10)
+    with pytest.raises(ProtocolMismatch) as info:
+        ex.start()
+    msg = str(info.value)
+    assert "version 2" in msg and "version 1" in msg and address in msg, msg
+    hello = servicer.hellos[0].hello
+    assert hello.protocol_version == 1
+    assert hello.client_pid > 0 and hello.cwd and hello.client_name.startswith("dragon_parsl ")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("other_version_head", ["refuse"], indirect=True)
+def test_head_refuses_protocol_version(other_version_head):
+    address, _ = other_version_head
+    with pytest.raises(ProtocolMismatch) as info:
+        DragonExecutor(address=address, connect_timeout=10).start()
+    assert info.value.head_version == 7
+    assert "speaks version 7" in str(info.value) and "version 1" in str(info.value)
+
+
+@pytest.mark.timeout(120)
+def test_real_head_refuses_other_protocol_version(tmp_path, monkeypatch):
+    head = start_head(tmp_path, "--workers", "1")
+    try:
+        monkeypatch.setattr(connection, "PROTOCOL_VERSION", 99)
+        with pytest.raises(ProtocolMismatch) as info:
+            DragonExecutor(address=head.address, connect_timeout=10).start()
+        msg = str(info.value)
+        assert "99" in msg and "version 1" in msg and head.address in msg, msg
+        monkeypatch.undo()
+        # The head is fine and serves a matching client afterwards.
+        ex = DragonExecutor(address=head.address, connect_timeout=10)
+        ex.start()
+        ex.shutdown()
+        assert head.proc.poll() is None
+    finally:
+        stop_head(head)
+
+
+# ------------------------------------------------------------------ resource specification
+
+
+@pytest.mark.timeout(120)
+def test_unsupported_resource_specification(parsl_dfk):
+    dfk, executor, head = parsl_dfk
+    with pytest.raises(InvalidResourceSpecification) as info:
+        echo(1, parsl_resource_specification={"cores": 2, "gpus": 1}).result(timeout=30)
+    assert info.value.invalid_keys == {"cores", "gpus"}
+    assert "cores" in str(info.value) and "gpus" in str(info.value)
+    # Direct submit raises at once.
+    with pytest.raises(InvalidResourceSpecification):
+        executor.submit(len, {"walltime": 1}, "abc")
+    # An empty specification is accepted.
+    assert echo(5, parsl_resource_specification={}).result(timeout=30) == 5
+
+
+# ------------------------------------------------------------------ payload size
+
+
+@pytest.mark.timeout(120)
+def test_payload_over_the_limit(worker_pythonpath, tmp_path):
+    head = start_head(tmp_path, "--workers", "2", "--max-payload-mb", "1")
+    dfk = None
+    try:
+        dfk, executor = load_parsl(tmp_path, address=head.address)
+        assert executor.max_payload_bytes == 1 << 20
+        t0 = time.monotonic()
+        with pytest.raises(PayloadTooLarge) as info:
+            length(b"x" * (2 << 20)).result(timeout=30)
+        assert time.monotonic() - t0 < 10
+        assert info.value.limit == 1 << 20 and info.value.size > 2 << 20
+        assert "larger than the 1048576 bytes" in str(info.value)
+        # Just under the limit works.
+        assert length(b"y" * 500_000).result(timeout=60) == 500_000
+        # Without the client-side check the head refuses it itself; the future still fails.
+        executor.max_payload_bytes = 0
+        with pytest.raises(TaskFailed) as info2:
+            length(b"z" * (2 << 20)).result(timeout=30)
+        assert "exceeds" in str(info2.value) or "limit" in str(info2.value), str(info2.value)
+        assert length(b"w" * 10).result(timeout=60) == 10
+    finally:
+        try:
+            if dfk is not None:
+                dfk.cleanup()
+        finally:
+            stop_head(head)
+
+
+# ------------------------------------------------------------------ payload the worker cannot load
+
+
+@pytest.mark.timeout(120)
+def test_payload_the_worker_cannot_unpickle(parsl_dfk, tmp_path, monkeypatch):
+    dfk, executor, head = parsl_dfk
+    # A module only this client can import: the worker cannot unpickle a reference to it.
+    private = tmp_path / "client_only"
+    private.mkdir()
+    (private / "client_only_mod.py").write_text(textwrap.dedent("""
+        def triple(x):
+            return 3 * x
+    """))
+    monkeypatch.syspath_prepend(str(private))
+    import client_only_mod
+    assert client_only_mod.triple(2) == 6
+    fut = executor.submit(client_only_mod.triple, {}, 2)
+    with pytest.raises(ModuleNotFoundError) as info:
+        fut.result(timeout=60)
+    assert "client_only_mod" in str(info.value)
+    # An argument of a class the worker cannot import fails the same way.
+    (private / "client_only_types.py").write_text("class Point:\n    x = 1\n")
+    import client_only_types
+    fut2 = executor.submit(repr, {}, client_only_types.Point())
+    with pytest.raises(ModuleNotFoundError):
+        fut2.result(timeout=60)
+    # Head and workers survive: the next tasks work, on both workers.
+    assert [f.result(timeout=60) for f in [echo(i) for i in range(10)]] == list(range(10))
+    assert head.proc.poll() is None
+    assert executor.connected_workers() == 2
+    del sys.modules["client_only_mod"], sys.modules["client_only_types"]
+
+
+@pytest.mark.timeout(60)
+def test_submit_after_shutdown_raises(tmp_path):
+    head = start_head(tmp_path, "--workers", "1")
+    try:
+        ex = DragonExecutor(address=head.address)
+        ex.start()
+        fut = ex.submit(sum, {}, [1, 2, 3])
+        assert fut.result(timeout=30) == 6
+        assert fut.dragon_task_id > 0
+        ex.shutdown()
+        assert not ex.session._receiver.is_alive()
+        with pytest.raises(Exception, match="shut down|not started"):
+            ex.submit(sum, {}, [1])
+    finally:
+        stop_head(head)
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_with_outstanding_tasks_does_not_hang(tmp_path):
+    head = start_head(tmp_path, "--workers", "1")
+    try:
+        ex = DragonExecutor(address=head.address)
+        ex.start()
+        futs = [ex.submit(time.sleep, {}, 30) for _ in range(3)]
+        t0 = time.monotonic()
+        ex.shutdown()
+        assert time.monotonic() - t0 < 15
+        for f in futs:
+            assert f.done()
+            assert f.exception() is not None
+    finally:
+        stop_head(head)
+
