@@ -249,10 +249,6 @@ def test_views_after_parsl_tasks(head2, tmp_path):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=True, reason=(
-    "Parsl's python_app wraps the app (wrap_error) so that a raised exception is *returned* as a "
-    "RemoteExceptionWrapper; dragon_parsl.worker sends that as RESULT, so the head records "
-    "outcome OK. The worker should send APP_EXCEPTION for a RemoteExceptionWrapper result."))
 def test_show_app_exception_outcome(head2, tmp_path):
     wait_for_workers(head2, 2)
     with parsl_on(head2, tmp_path):
