@@ -33,6 +33,12 @@ HeadConnection::HeadConnection(HeadConnectionOptions options) : options_(std::mo
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  // A head whose machine vanished without closing TCP is noticed within
+  // ~20 s (dragond permits pings this often) and the agent then exits,
+  // killing its workers, instead of waiting for TCP's own timeout.
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   channel_ = grpc::CreateCustomChannel(options_.head_address, grpc::InsecureChannelCredentials(),
                                        args);
   stub_ = v1::AgentService::NewStub(channel_);
