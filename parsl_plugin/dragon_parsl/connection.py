@@ -38,11 +38,12 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    # Notice a head whose host vanished without closing TCP. dragond runs with
-    # gRPC's default server policy, which answers pings more frequent than
-    # every 5 minutes with GOAWAY "too_many_pings": stay above that.
-    ("grpc.keepalive_time_ms", 310_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
+    # Notice a head whose machine vanished without closing TCP. dragond permits
+    # pings every 5 s (daemon/main.cc: MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS);
+    # gRPC's default server policy would answer pings more frequent than every
+    # 5 minutes with GOAWAY "too_many_pings".
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
 ]
 
 _CLOSE = object()  # sentinel: end the request stream
