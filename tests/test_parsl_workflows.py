@@ -295,3 +295,40 @@ def test_head_killed_fails_outstanding_futures(parsl_dfk):
             except ProcessLookupError:
                 pass
 
+
+
+@pytest.mark.timeout(120)
+def test_embedded_head_goes_away_when_the_workflow_is_killed(worker_pythonpath, tmp_path):
+    # A workflow process killed with SIGKILL cannot shut its executor down: the embedded
+    # dragond (--exit-with-parent) and its agents and workers must still go away.
+    import subprocess
+    import sys
+    run_dir = tmp_path / "head"
+    script = tmp_path / "wf.py"
+    script.write_text(
+        "import sys, time\n"
+        "from dragon_parsl import DragonExecutor\n"
+        f"ex = DragonExecutor(head_run_dir={str(run_dir)!r}, workers_per_node=2)\n"
+        "ex.start()\n"
+        "fut = ex.submit(time.sleep, {}, 60)\n"
+        "print('started', ex.local_head.proc.pid, flush=True)\n"
+        "time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("started "), line
+        head_pid = int(line.split()[1])
+        wait_for(lambda: len(processes_of_run(run_dir)) >= 3, 30, "the head, agent and workers")
+        proc.kill()
+        proc.wait(timeout=10)
+        wait_for(lambda: not processes_of_run(run_dir), 30, "the embedded run's processes to exit")
+        assert not Path(f"/proc/{head_pid}").exists() or \
+            Path(f"/proc/{head_pid}/stat").read_text().split(") ", 1)[-1].startswith("Z")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for line in processes_of_run(run_dir):
+            try:
+                os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
