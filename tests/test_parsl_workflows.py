@@ -124,6 +124,31 @@ def test_python_app_results_and_task_ids(parsl_dfk):
     assert executor.connected_workers() == 2
 
 
+@python_app
+def write_relative(name, text):
+    import os
+    with open(name, "w") as f:
+        f.write(text)
+    return os.getcwd()
+
+
+@pytest.mark.timeout(120)
+def test_tasks_follow_the_workflows_working_directory(parsl_dfk, tmp_path, monkeypatch):
+    start_dir = os.getcwd()
+    assert write_relative("dragon-cwd-test-a.txt", "a").result(timeout=60) == start_dir
+    os.unlink(os.path.join(start_dir, "dragon-cwd-test-a.txt"))
+    # The workflow changes directory after the session was opened: relative paths follow it.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert write_relative("b.txt", "b").result(timeout=60) == str(elsewhere)
+    assert (elsewhere / "b.txt").read_text() == "b"
+    monkeypatch.undo()
+    # And back: the next task on the same workers runs in the session's directory again.
+    futs = [pid_and_cwd() for _ in range(4)]
+    assert [f.result(timeout=60)[1] for f in futs] == [start_dir] * 4
+
+
 @pytest.mark.timeout(120)
 def test_bash_app_stdout_file(parsl_dfk, tmp_path):
     out = tmp_path / "words.out"
