@@ -41,7 +41,7 @@ def make_config(name: str, workers: int, run_dir: str):
         from parsl.providers import LocalProvider
 
         executor = HighThroughputExecutor(
-            label="htex", max_workers_per_node=workers, cores_per_worker=0,
+            label="htex", max_workers_per_node=workers, cores_per_worker=1,
             provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1))
     else:
         raise SystemExit(f"unknown executor {name!r}; choose from {', '.join(EXECUTORS)}")
