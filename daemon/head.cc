@@ -195,6 +195,9 @@ void Head::ApplyUpdate(AgentIndex index, dragon::v1::AgentUpdate* update) {
     }
     (void)table_.Transition(task->id, dragon::v1::RUNNING, now);
     task->worker_pid = started.worker_pid();
+    // The agent's clock: a start and its result often arrive in one update,
+    // so the head's receipt times would show a runtime of zero.
+    if (started.start_us() > 0) task->running_us = started.start_us();
   }
   ResultsBySession results;
   for (auto& result : *update->mutable_results()) {
@@ -206,11 +209,14 @@ void Head::ApplyUpdate(AgentIndex index, dragon::v1::AgentUpdate* update) {
     }
     if (task->state == dragon::v1::SCHEDULED) {
       (void)table_.Transition(task->id, dragon::v1::RUNNING, now);
+      if (result.start_us() > 0) task->running_us = result.start_us();
     }
     if (result.worker_pid() != 0) task->worker_pid = result.worker_pid();
     ++agent.tasks_done;
+    // Finish at the agent's end time when it gave one (never before the start).
+    const int64_t end = result.end_us() > 0 ? std::max(result.end_us(), task->running_us) : now;
     FinishLocked(task, StateForOutcome(result.outcome()), result.outcome(),
-                 std::move(*result.mutable_error()), std::move(*result.mutable_data()), now,
+                 std::move(*result.mutable_error()), std::move(*result.mutable_data()), end,
                  &results);
   }
   SendResultsLocked(&results);
