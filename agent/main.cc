@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "agent/head_connection.h"
+#include "agent/simulated_pool.h"
 #include "agent/worker_pool.h"
 #include "common/dashed_flags.h"
 #include "spdlog/sinks/basic_file_sink.h"
@@ -42,6 +43,16 @@ ABSL_FLAG(int, connect_timeout, 10, "seconds to keep retrying an unreachable hea
 ABSL_FLAG(int, max_result_mb, 255,
           "largest result (MiB) a worker may return; bigger ones fail the task. Must stay below "
           "the 256 MiB gRPC message limit");
+ABSL_FLAG(int, simulate_workers, 0,
+          "BENCHMARK/TEST MODE, not for real runs: register this many worker slots but start "
+          "no Python; every task is reported as outcome OK with EMPTY data, worker pid 0 and the "
+          "error text 'simulated by dragon-agent --simulate-workers: the payload was not run' "
+          "(a Parsl client cannot unpickle it). The agent registers with version '<version> "
+          "(simulated workers)'. For measuring the head with hundreds of agents on one machine. "
+          "0 = off (real workers); excludes --workers");
+ABSL_FLAG(int64_t, simulate_task_us, 0,
+          "with --simulate-workers: microseconds each simulated task occupies its slot "
+          "(timers, no thread per task); 0 = ends at once");
 
 namespace dragon::agent {
 namespace {
@@ -124,6 +135,8 @@ int Main(int argc, char** argv) {
       "normally by hand).\n"
       "Usage: dragon-agent --head HOST:PORT --node-id ID --run-dir DIR [--workers N] "
       "[--python PATH] [--log-level info]\n"
+      "Benchmark mode (no Python, results are fake and marked as such): "
+      "--simulate-workers N [--simulate-task-us US]\n"
       "Flag names may be written with - or _ (--node-id = --node_id).");
   // absl's --help lists only flags from files named after the binary; ours
   // live in agent/main.cc, so say which files count.
@@ -162,6 +175,13 @@ int Main(int argc, char** argv) {
   const uint32_t cores = UsableCores();
   int workers = absl::GetFlag(FLAGS_workers);
   if (workers < 0) return Fail("--workers must be >= 0");
+  const int simulate = absl::GetFlag(FLAGS_simulate_workers);
+  const int64_t simulate_task_us = absl::GetFlag(FLAGS_simulate_task_us);
+  if (simulate < 0 || simulate > 4096) return Fail("--simulate-workers must be in 0..4096");
+  if (simulate_task_us < 0) return Fail("--simulate-task-us must be >= 0");
+  if (simulate > 0 && workers > 0) return Fail("--simulate-workers and --workers exclude each other");
+  if (simulate == 0 && simulate_task_us > 0) return Fail("--simulate-task-us needs --simulate-workers");
+  if (simulate > 0) workers = simulate;
   if (workers == 0) workers = static_cast<int>(cores);
   const int max_result_mb = absl::GetFlag(FLAGS_max_result_mb);
   if (max_result_mb < 1 || max_result_mb > 255) return Fail("--max-result-mb must be in 1..255");
@@ -170,9 +190,15 @@ int Main(int argc, char** argv) {
   gethostname(host, sizeof(host) - 1);
   const uint64_t memory = static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) *
                           static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-  spdlog::info("dragon-agent {} pid {} node {} on {}: head {}, {} workers ({} cores), python {}",
-               kAgentVersion, getpid(), node_id, host, head, workers, cores,
-               absl::GetFlag(FLAGS_python));
+  if (simulate > 0) {
+    spdlog::warn("dragon-agent {} pid {} node {} on {}: head {}, SIMULATED workers: {} slots, "
+                 "{} us per task; no task is really run (benchmark/test mode)",
+                 kAgentVersion, getpid(), node_id, host, head, workers, simulate_task_us);
+  } else {
+    spdlog::info("dragon-agent {} pid {} node {} on {}: head {}, {} workers ({} cores), python {}",
+                 kAgentVersion, getpid(), node_id, host, head, workers, cores,
+                 absl::GetFlag(FLAGS_python));
+  }
 
   HeadConnectionOptions copts;
   copts.head_address = head;
@@ -183,7 +209,8 @@ int Main(int argc, char** argv) {
   reg.set_cores(cores);
   reg.set_memory_bytes(memory);
   reg.set_pid(getpid());
-  reg.set_agent_version(kAgentVersion);
+  reg.set_agent_version(simulate > 0 ? absl::StrCat(kAgentVersion, " (simulated workers)")
+                                     : std::string(kAgentVersion));
   reg.set_workers(static_cast<uint32_t>(workers));
   HeadConnection conn(copts);
 
@@ -194,6 +221,22 @@ int Main(int argc, char** argv) {
       conn.Stop(absl::StrCat("received SIG", sigabbrev_np(sig) ? sigabbrev_np(sig) : "?"));
     }
   }).detach();  // blocked in sigwait until the process exits; nothing to join
+
+  if (simulate > 0) {
+    SimulatedPoolOptions sopts;
+    sopts.node_id = node_id;
+    sopts.slots = workers;
+    sopts.task_us = simulate_task_us;
+    SimulatedPool sim(sopts, &conn);
+    sim.Start();
+    absl::Status status = conn.Connect();
+    if (status.ok()) status = conn.Run(&sim);
+    sim.Shutdown();
+    if (!status.ok()) return Fail(std::string(status.message()));
+    spdlog::info("dragon-agent exits ({} simulated tasks ended)", sim.finished());
+    spdlog::default_logger()->flush();
+    return 0;
+  }
 
   WorkerPoolOptions popts;
   popts.node_id = node_id;

@@ -1,0 +1,138 @@
+#include "agent/simulated_pool.h"
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <thread>
+
+namespace dragon::agent {
+namespace {
+
+// Collects what the pool reports, like the head connection would.
+class Sink : public TaskEventSink {
+ public:
+  void TaskStarted(v1::TaskStarted s) override {
+    std::lock_guard<std::mutex> l(mu_);
+    ++started_[s.task_id()];
+  }
+  void TaskFinished(v1::TaskResult r) override {
+    std::lock_guard<std::mutex> l(mu_);
+    results_.emplace(r.task_id(), r);
+    ++result_count_[r.task_id()];
+  }
+  // Waits up to 10 s for `n` results.
+  bool WaitFor(size_t n) {
+    for (int i = 0; i < 2000; ++i) {
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        if (results_.size() >= n) return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return false;
+  }
+  std::mutex mu_;
+  std::map<uint64_t, int> started_;
+  std::map<uint64_t, int> result_count_;
+  std::multimap<uint64_t, v1::TaskResult> results_;
+};
+
+std::vector<v1::TaskAssignment> Tasks(uint64_t from, uint64_t to) {
+  std::vector<v1::TaskAssignment> out;
+  for (uint64_t id = from; id <= to; ++id) {
+    auto& t = out.emplace_back();
+    t.set_task_id(id);
+    t.set_kind(v1::PYTHON);
+    t.set_payload("payload");
+  }
+  return out;
+}
+
+TEST_CASE("every task ends exactly once, marked as simulated", "[simulated_pool]") {
+  Sink sink;
+  SimulatedPool pool({"sim-0", 4, 0}, &sink);
+  pool.Start();
+  pool.SubmitTasks(Tasks(1, 500));
+  pool.SubmitTasks(Tasks(501, 1000));
+  REQUIRE(sink.WaitFor(1000));
+  pool.Shutdown();
+  std::lock_guard<std::mutex> l(sink.mu_);
+  CHECK(sink.results_.size() == 1000);
+  for (auto& [id, count] : sink.result_count_) CHECK(count == 1);
+  for (auto& [id, count] : sink.started_) CHECK(count == 1);
+  const v1::TaskResult& r = sink.results_.find(7)->second;
+  CHECK(r.outcome() == v1::OK);
+  CHECK(r.data().empty());
+  CHECK(r.error() == kSimulatedMarker);
+  CHECK(r.node() == "sim-0");
+  CHECK(r.worker_pid() == 0);
+  CHECK(r.end_us() >= r.start_us());
+  CHECK(pool.finished() == 1000);
+}
+
+TEST_CASE("a task occupies its slot for the simulated time; slots limit concurrency",
+          "[simulated_pool]") {
+  Sink sink;
+  SimulatedPool pool({"sim-1", 3, 2000}, &sink);  // 3 slots, 2 ms per task
+  pool.Start();
+  const auto t0 = std::chrono::steady_clock::now();
+  pool.SubmitTasks(Tasks(1, 30));
+  REQUIRE(sink.WaitFor(30));
+  const auto elapsed = std::chrono::steady_clock::now() - t0;
+  // 30 tasks / 3 slots * 2 ms = 20 ms at least.
+  CHECK(elapsed >= std::chrono::milliseconds(20));
+  pool.Shutdown();
+  std::lock_guard<std::mutex> l(sink.mu_);
+  // Concurrency from the reported times: at most 3 tasks overlap at any start.
+  std::vector<std::pair<int64_t, int64_t>> spans;
+  for (auto& [id, r] : sink.results_) {
+    CHECK(r.end_us() - r.start_us() >= 2000);
+    spans.emplace_back(r.start_us(), r.end_us());
+  }
+  int max_overlap = 0;
+  for (auto& [start, end] : spans) {
+    int overlap = 0;
+    for (auto& [s2, e2] : spans) overlap += s2 <= start && start < e2;
+    max_overlap = std::max(max_overlap, overlap);
+  }
+  CHECK(max_overlap <= 3);
+  CHECK(max_overlap >= 2);
+}
+
+TEST_CASE("cancel ends queued and running tasks once, as CANCELED", "[simulated_pool]") {
+  Sink sink;
+  SimulatedPool pool({"sim-2", 1, 10'000'000}, &sink);  // one slot, 10 s per task
+  pool.Start();
+  pool.SubmitTasks(Tasks(1, 3));
+  for (int i = 0; i < 1000 && pool.BusyWorkers() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  REQUIRE(pool.BusyWorkers() == 1);
+  pool.CancelTasks({1, 3, 99}, "client session 1 closed");  // running, queued, unknown
+  REQUIRE(sink.WaitFor(2));
+  {
+    std::lock_guard<std::mutex> l(sink.mu_);
+    REQUIRE(sink.results_.size() == 2);
+    CHECK(sink.results_.find(1)->second.outcome() == v1::CANCELED);
+    CHECK(sink.results_.find(3)->second.outcome() == v1::CANCELED);
+    CHECK(sink.results_.find(3)->second.error() ==
+          "task 3 on node sim-2: client session 1 closed");
+  }
+  // Task 2 now holds the slot; task 3 never starts.
+  auto started2 = [&] {
+    std::lock_guard<std::mutex> l(sink.mu_);
+    return sink.started_.count(2) != 0;
+  };
+  for (int i = 0; i < 1000 && !started2(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  CHECK(started2());
+  CHECK(pool.BusyWorkers() == 1);
+  pool.Shutdown();
+  std::lock_guard<std::mutex> l(sink.mu_);
+  CHECK(sink.started_.count(3) == 0);
+}
+
+}  // namespace
+}  // namespace dragon::agent
