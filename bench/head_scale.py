@@ -1,0 +1,428 @@
+"""Scale of the head: scheduling throughput as agents grow, memory as the queue grows.
+
+    python bench/head_scale.py --quick --json-out results/head_scale.json
+    python bench/head_scale.py --full  --json-out results/head_scale.json
+
+(a) Throughput: for each agent count A, a fresh `dragond start --agents none`
+    plus A `dragon-agent --simulate-workers W` processes (benchmark mode: no
+    Python, every result is OK with empty data marked as simulated), then
+    `head_scale run` submits N no-op tasks over one Session and waits for all
+    results. tasks/s = N / (first submit .. last result). The load generator
+    also checks that every task ended exactly once and counts tasks per node.
+    The head's CPU time (from /proc) gives CPU microseconds per task, which is
+    less sensitive than tasks/s to other load on this machine.
+(b) Memory: a fresh dragond with no agents, `head_scale fill` submits Q tasks
+    of --payload-bytes each (they stay PENDING), then the head's VmRSS and
+    VmHWM are read from /proc/<pid>/status. bytes/task = (RSS - RSS at 0) / Q.
+    With a deep queue, `dragonctl ps` and `status` are timed too.
+
+Binaries: dragond, dragon-agent, dragonctl from $DRAGON_BIN_DIR, build-out/bin
+or bazel-bin (the newest found); head_scale from bazel-bin/bench (build it with
+`bazel build //bench:head_scale`). The last line of stdout is one JSON object
+(also written to --json-out) with the raw numbers, "table_md" and "plots".
+See bench/HEAD_SCALE.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+GiB = 1 << 30
+
+QUICK = dict(agents=[1, 4, 16], workers=8, tasks=20000, repeats=1, queues=[0, 100_000])
+FULL = dict(agents=[1, 4, 16, 64, 256], workers=8, tasks=100_000, repeats=3,
+            queues=[0, 100_000, 1_000_000])
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"[head_scale] {msg}", file=sys.stderr, flush=True)
+
+
+def find_binary(name: str, bin_dir: str | None) -> Path:
+    subdir = {"dragond": "daemon", "dragon-agent": "agent", "dragonctl": "client",
+              "head_scale": "bench"}[name]
+    candidates = []
+    if bin_dir:
+        candidates.append(Path(bin_dir) / name)
+    if os.environ.get("DRAGON_BIN_DIR"):
+        candidates.append(Path(os.environ["DRAGON_BIN_DIR"]) / name)
+    candidates += [REPO / "build-out" / "bin" / name, REPO / "bazel-bin" / subdir / name]
+    found = [p for p in candidates if p.is_file() and os.access(p, os.X_OK)]
+    if not found:
+        hint = ("bazel build //bench:head_scale" if name == "head_scale"
+                else "make build (or bazel build //daemon:dragond //agent:dragon-agent //client:dragonctl)")
+        raise BenchError(f"{name} not found (looked at {', '.join(str(c) for c in candidates)}); "
+                         f"run: {hint}")
+    if bin_dir:
+        return found[0]
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def proc_status(pid: int) -> dict:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "Threads"):
+                parts = value.split()
+                out[key] = int(parts[0]) * (1024 if len(parts) > 1 else 1)
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 (1-based) of the whole line.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Head:
+    """A dragond in the foreground with no agents of its own."""
+
+    def __init__(self, bins: dict, work: Path, name: str):
+        self.run_dir = work / name
+        self.env = dict(os.environ, DRAGON_HOME=str(work / "home"))
+        self.env.pop("DRAGON_HEAD", None)
+        self.proc = subprocess.Popen(
+            [str(bins["dragond"]), "start", "--foreground", "--agents", "none", "--port", "0",
+             "--run-dir", str(self.run_dir), "--no-current", "--log-level", "warn"],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        head_json = self.run_dir / "head.json"
+        deadline = time.monotonic() + 30
+        while not head_json.exists():
+            if self.proc.poll() is not None:
+                raise BenchError(f"dragond exited {self.proc.returncode}: {self.proc.stderr.read()}")
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise BenchError("dragond did not listen within 30 s")
+            time.sleep(0.02)
+        self.address = json.loads(head_json.read_text())["address"]
+        self.pid = self.proc.pid
+        self.agents: list[subprocess.Popen] = []
+
+    def start_agents(self, bins: dict, count: int, workers: int, task_us: int) -> None:
+        for i in range(count):
+            self.agents.append(subprocess.Popen(
+                [str(bins["dragon-agent"]), "--head", self.address, "--node-id", f"sim-{i:03d}",
+                 "--run-dir", str(self.run_dir), "--simulate-workers", str(workers),
+                 "--simulate-task-us", str(task_us), "--log-level", "warn",
+                 "--connect-timeout", "120"],
+                env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def agents_cpu(self) -> float:
+        total = 0.0
+        for a in self.agents:
+            try:
+                total += cpu_seconds(a.pid)
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        return total
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for a in self.agents:
+            try:
+                a.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                a.kill()
+                a.wait()
+        if self.proc.stderr:
+            self.proc.stderr.close()
+
+
+def run_generator(bins: dict, head: Head, args: list[str], timeout: float) -> dict:
+    cp = subprocess.run([str(bins["head_scale"]), "run", "--head", head.address, *args],
+                        capture_output=True, text=True, timeout=timeout)
+    lines = [l for l in cp.stdout.splitlines() if l.startswith("{")]
+    if cp.returncode != 0 or not lines:
+        raise BenchError(f"head_scale run {' '.join(args)} exited {cp.returncode}: "
+                         f"{cp.stderr.strip()} {cp.stdout.strip()[-500:]}")
+    return json.loads(lines[-1])
+
+
+def measure_throughput(bins: dict, work: Path, agents: int, workers: int, tasks: int,
+                       repeats: int, task_us: int, batch: int) -> dict:
+    head = Head(bins, work, f"tput-{agents}")
+    try:
+        t0 = time.monotonic()
+        head.start_agents(bins, agents, workers, task_us)
+        # A warm-up run that also waits until every agent has registered.
+        run_generator(bins, head, ["--tasks", str(max(1000, min(5000, tasks // 10))),
+                                   "--batch", str(batch), "--wait-nodes", str(agents),
+                                   "--timeout-s", "240"], timeout=300)
+        connect_s = time.monotonic() - t0
+        runs = []
+        for _ in range(repeats):
+            head_cpu0, agents_cpu0 = cpu_seconds(head.pid), head.agents_cpu()
+            r = run_generator(bins, head, ["--tasks", str(tasks), "--batch", str(batch),
+                                           "--timeout-s", "600"], timeout=660)
+            r["head_cpu_s"] = cpu_seconds(head.pid) - head_cpu0
+            r["agents_cpu_s"] = head.agents_cpu() - agents_cpu0
+            r["head_cpu_us_per_task"] = 1e6 * r["head_cpu_s"] / tasks
+            r["head_threads"] = proc_status(head.pid).get("Threads")
+            runs.append(r)
+        rss = proc_status(head.pid)
+    finally:
+        head.stop()
+    tps = [r["tasks_per_s"] for r in runs]
+    cpu = [r["head_cpu_us_per_task"] for r in runs]
+    return {
+        "agents": agents, "workers_per_agent": workers, "tasks": tasks, "task_us": task_us,
+        "repeats": repeats, "connect_and_warmup_s": round(connect_s, 2),
+        "tasks_per_s": statistics.median(tps), "tasks_per_s_min": min(tps),
+        "tasks_per_s_max": max(tps),
+        "head_cpu_us_per_task": statistics.median(cpu),
+        "head_rss_bytes_after": rss.get("VmRSS"),
+        "exactly_once": all(r["missing"] == 0 and r["duplicates"] == 0 and r["unknown"] == 0
+                            and r["ended"] == tasks for r in runs),
+        "all_simulated": all(r["simulated"] == tasks for r in runs),
+        "nodes_used": min(r["nodes_used"] for r in runs),
+        "runs": runs,
+    }
+
+
+def time_ctl(bins: dict, head: Head, *args: str) -> float | None:
+    if "dragonctl" not in bins:
+        return None
+    t0 = time.monotonic()
+    cp = subprocess.run([str(bins["dragonctl"]), "--head", head.address, "--timeout", "60",
+                         *args], capture_output=True, text=True, timeout=120)
+    if cp.returncode != 0:
+        raise BenchError(f"dragonctl {' '.join(args)} failed: {cp.stderr.strip()}")
+    return time.monotonic() - t0
+
+
+def measure_memory(bins: dict, work: Path, queued: int, payload: int, batch: int) -> dict:
+    head = Head(bins, work, f"mem-{queued}")
+    fill = None
+    try:
+        time.sleep(0.3)  # let the server's threads settle
+        before = proc_status(head.pid)
+        result = {"queued": queued, "payload_bytes": payload, "rss_bytes_empty": before["VmRSS"]}
+        if queued > 0:
+            fill = subprocess.Popen(
+                [str(bins["head_scale"]), "fill", "--head", head.address, "--tasks", str(queued),
+                 "--payload-bytes", str(payload), "--batch", str(batch), "--timeout-s", "600"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            line = fill.stdout.readline()
+            if not line.startswith("{"):
+                fill.kill()
+                raise BenchError(f"head_scale fill failed: {fill.stderr.read().strip()}")
+            result["fill"] = json.loads(line)
+            time.sleep(0.3)
+        st = proc_status(head.pid)
+        result["rss_bytes"] = st["VmRSS"]
+        result["hwm_bytes"] = st["VmHWM"]
+        if queued > 0:
+            result["bytes_per_task"] = (st["VmRSS"] - before["VmRSS"]) / queued
+            result["hwm_bytes_per_task"] = (st["VmHWM"] - before["VmRSS"]) / queued
+            result["dragonctl_status_s"] = time_ctl(bins, head, "status")
+            result["dragonctl_ps_pending_s"] = time_ctl(bins, head, "ps", "--state", "pending",
+                                                        "--limit", "100")
+            result["dragonctl_ps_done_s"] = time_ctl(bins, head, "ps", "--state", "done",
+                                                     "--limit", "100")
+    finally:
+        if fill is not None:
+            try:
+                fill.stdin.close()
+                fill.wait(timeout=60)
+            except (subprocess.TimeoutExpired, BrokenPipeError):
+                fill.kill()
+        head.stop()
+    return result
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "cpu_model": model, "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_at_start": os.getloadavg()}
+
+
+def fmt_int(x) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def build_table(tput: list, mem: list, targets: dict) -> str:
+    lines = ["| agents | workers/agent | tasks | tasks/s (median) | min..max | head CPU us/task | "
+             "exactly once |", "|---|---|---|---|---|---|---|"]
+    for t in tput:
+        lines.append(f"| {t['agents']} | {t['workers_per_agent']} | {t['tasks']:,} | "
+                     f"{fmt_int(t['tasks_per_s'])} | {fmt_int(t['tasks_per_s_min'])}.."
+                     f"{fmt_int(t['tasks_per_s_max'])} | {t['head_cpu_us_per_task']:.1f} | "
+                     f"{'yes' if t['exactly_once'] else 'NO'} |")
+    lines += ["", "| queued tasks | head RSS (MiB) | head peak RSS (MiB) | bytes/task (RSS) | "
+              "bytes/task (peak) |", "|---|---|---|---|---|"]
+    for m in mem:
+        bpt = m.get("bytes_per_task")
+        hpt = m.get("hwm_bytes_per_task")
+        lines.append(f"| {m['queued']:,} | {m['rss_bytes'] / 2**20:.0f} | "
+                     f"{m['hwm_bytes'] / 2**20:.0f} | {fmt_int(bpt)} | {fmt_int(hpt)} |")
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    for name, t in targets.items():
+        met = "n/a" if t["met"] is None else ("yes" if t["met"] else "NO")
+        lines.append(f"| {t['target']} | {t['measured']} | {met} |")
+    return "\n".join(lines)
+
+
+def check_targets(tput: list, mem: list) -> dict:
+    targets = {}
+    big = [m for m in mem if m["queued"] >= 1_000_000]
+    if big:
+        m = big[-1]
+        # Projected to exactly 1M if the run used more; peak counts, not just current.
+        peak = m["hwm_bytes"]
+        targets["rss_1m_queued"] = {
+            "target": "1M queued tasks in < 1 GiB of head memory",
+            "measured": f"{peak / 2**20:.0f} MiB peak, {m['rss_bytes'] / 2**20:.0f} MiB now "
+                        f"with {m['queued']:,} queued",
+            "met": peak < GiB}
+    else:
+        deepest = max(mem, key=lambda m: m["queued"]) if mem else None
+        if deepest and deepest["queued"] > 0:
+            proj = deepest["rss_bytes_empty"] + deepest["hwm_bytes_per_task"] * 1_000_000
+            targets["rss_1m_queued"] = {
+                "target": "1M queued tasks in < 1 GiB of head memory",
+                "measured": f"not run (--quick); projected from {deepest['queued']:,}: "
+                            f"{proj / 2**20:.0f} MiB",
+                "met": None}
+    if len(tput) >= 2:
+        first, last = tput[0], tput[-1]
+        best_before = max(t["tasks_per_s"] for t in tput[:-1])
+        ratio = last["tasks_per_s"] / best_before
+        cpu_ratio = last["head_cpu_us_per_task"] / first["head_cpu_us_per_task"]
+        targets["throughput_vs_agents"] = {
+            "target": f"scheduling throughput does not fall as agents grow to {last['agents']} "
+                      "(here: >= 90% of the best at fewer agents)",
+            "measured": f"{fmt_int(last['tasks_per_s'])} tasks/s at {last['agents']} agents = "
+                        f"{ratio:.2f}x the best at fewer ({fmt_int(best_before)}); head CPU/task "
+                        f"{cpu_ratio:.2f}x that at {first['agents']} agent(s)",
+            "met": ratio >= 0.9,
+            "ratio": ratio, "head_cpu_per_task_ratio": cpu_ratio}
+    return targets
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="agents 1,4,16; 20k tasks; queue 100k (~30 s)")
+    mode.add_argument("--full", action="store_true", help="agents 1..256; 100k tasks x3; queue 1M")
+    ap.add_argument("--json-out", help="also write the JSON result here")
+    ap.add_argument("--agents", help="comma-separated agent counts (overrides the mode)")
+    ap.add_argument("--workers", type=int, help="simulated workers per agent")
+    ap.add_argument("--tasks", type=int, help="tasks per throughput run")
+    ap.add_argument("--repeats", type=int, help="throughput runs per agent count")
+    ap.add_argument("--queues", help="comma-separated queue depths for the memory runs")
+    ap.add_argument("--task-us", type=int, default=0, help="simulated run time of each task")
+    ap.add_argument("--payload-bytes", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=1000, help="tasks per SubmitBatch")
+    ap.add_argument("--bin-dir", help="directory holding all four binaries")
+    args = ap.parse_args()
+    cfg = dict(FULL if args.full else QUICK)
+    if args.agents:
+        cfg["agents"] = [int(x) for x in args.agents.split(",")]
+    if args.queues:
+        cfg["queues"] = [int(x) for x in args.queues.split(",")]
+    for key in ("workers", "tasks", "repeats"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+
+    try:
+        bins = {n: find_binary(n, args.bin_dir) for n in ("dragond", "dragon-agent", "head_scale")}
+        try:
+            bins["dragonctl"] = find_binary("dragonctl", args.bin_dir)
+        except BenchError:
+            pass
+    except BenchError as e:
+        print(f"head_scale: {e}", file=sys.stderr)
+        return 2
+
+    started = time.monotonic()
+    result = {"benchmark": "head_scale", "mode": "full" if args.full else "quick",
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine(), "config": cfg | {"task_us": args.task_us,
+                                                     "payload_bytes": args.payload_bytes,
+                                                     "batch": args.batch},
+              "binaries": {k: str(v) for k, v in bins.items()}}
+    work = Path(tempfile.mkdtemp(prefix="head-scale-"))
+    tput, mem = [], []
+    try:
+        for a in cfg["agents"]:
+            log(f"throughput: {a} simulated agent(s) x {cfg['workers']} workers, "
+                f"{cfg['tasks']:,} tasks x {cfg['repeats']}")
+            t = measure_throughput(bins, work, a, cfg["workers"], cfg["tasks"], cfg["repeats"],
+                                   args.task_us, args.batch)
+            log(f"  {t['tasks_per_s']:,.0f} tasks/s (runs {[round(r['tasks_per_s']) for r in t['runs']]}),"
+                f" head {t['head_cpu_us_per_task']:.1f} us CPU/task, exactly once: {t['exactly_once']}")
+            tput.append(t)
+        for q in cfg["queues"]:
+            log(f"memory: {q:,} pending tasks of {args.payload_bytes} bytes")
+            m = measure_memory(bins, work, q, args.payload_bytes, args.batch)
+            log(f"  RSS {m['rss_bytes'] / 2**20:.0f} MiB, peak {m['hwm_bytes'] / 2**20:.0f} MiB"
+                + (f", {m['bytes_per_task']:.0f} bytes/task" if q else ""))
+            mem.append(m)
+    except (BenchError, subprocess.TimeoutExpired) as e:
+        print(f"head_scale: {e}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    targets = check_targets(tput, mem)
+    result.update({
+        "throughput": tput, "memory": mem, "targets": targets,
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "table_md": build_table(tput, mem, targets),
+        "plots": {
+            "sched_throughput_vs_agents": {
+                "x": [t["agents"] for t in tput],
+                "series": {"tasks/s": [t["tasks_per_s"] for t in tput]},
+                "xlabel": "agents", "ylabel": "tasks/s"},
+            "head_rss_vs_queue": {
+                "x": [m["queued"] for m in mem],
+                "series": {"RSS MiB": [m["rss_bytes"] / 2**20 for m in mem],
+                           "peak RSS MiB": [m["hwm_bytes"] / 2**20 for m in mem]},
+                "xlabel": "queued tasks", "ylabel": "MiB"},
+        },
+    })
+    text = json.dumps(result)
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(result, indent=1) + "\n")
+    print(result["table_md"], file=sys.stderr)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
