@@ -21,6 +21,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -202,6 +203,9 @@ int Serve(const std::string& run_dir, const std::string& run_id, int ready_fd) {
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  // gRPC sets SO_REUSEPORT by default: a second head on a busy port would
+  // silently share it with the first. Fail loudly instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
 
   const std::string dial_host = (host == "0.0.0.0" || host == "::" || host == "[::]") ? Hostname() : host;
   std::string address;  // set once listening; read by the service
@@ -319,7 +323,9 @@ int Start() {
   // Daemonize: the parent returns once the child listens (or says why not),
   // so that `dragond start && dragonctl status` works in a job script.
   int pipe_fds[2];
-  if (pipe(pipe_fds) != 0) {
+  // Close-on-exec: agents started by the daemon must not hold the write end,
+  // or the waiting parent would never see it close.
+  if (pipe2(pipe_fds, O_CLOEXEC) != 0) {
     std::cerr << "dragond: pipe failed: " << strerror(errno) << std::endl;
     return 1;
   }
@@ -333,7 +339,10 @@ int Start() {
     std::string line;
     char buf[512];
     ssize_t n;
-    while ((n = read(pipe_fds[0], buf, sizeof(buf))) > 0) line.append(buf, n);
+    while (line.find('\n') == std::string::npos &&
+           (n = read(pipe_fds[0], buf, sizeof(buf))) > 0) {
+      line.append(buf, n);
+    }
     close(pipe_fds[0]);
     while (!line.empty() && line.back() == '\n') line.pop_back();
     if (absl::StartsWith(line, "OK ")) {
@@ -442,6 +451,11 @@ int main(int argc, char** argv) {
       "stop: asks the head found via --head, $DRAGON_HEAD, --run-dir or $DRAGON_HOME/current\n"
       "to stop its agents and exit, and waits for it.\n\n"
       "Run 'dragond --help' for every flag.");
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::StrContains(file, "daemon/main.cc");
+  };
+  absl::SetFlagsUsageConfig(usage);
   std::vector<std::string> storage;
   std::vector<char*> args = dragon::common::UnderscoreFlagNames(argc, argv, &storage);
   std::vector<char*> positional = absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
