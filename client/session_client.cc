@@ -1,0 +1,327 @@
+#include "client/session_client.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <climits>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/head_locator.h"
+
+namespace dragon::client {
+namespace {
+
+// Results and submissions can be as large as the head's payload limit
+// (256 MiB by default) plus framing.
+constexpr int kMaxMessageBytes = INT_MAX;
+
+std::string GrpcText(const grpc::Status& s) {
+  std::string text = s.error_message();
+  if (text.empty()) text = absl::StrCat("gRPC status ", static_cast<int>(s.error_code()));
+  return text;
+}
+
+absl::StatusCode ToAbsl(grpc::StatusCode code) {
+  return static_cast<absl::StatusCode>(static_cast<int>(code));
+}
+
+std::string CurrentDir() {
+  char buf[4096];
+  if (getcwd(buf, sizeof(buf)) == nullptr) return "/";
+  return buf;
+}
+
+size_t ApproxBytes(const dragon::v1::TaskSubmission& t) {
+  return t.payload().size() + t.name().size() + 24;
+}
+
+}  // namespace
+
+SessionClient::SessionClient(SessionOptions options, SessionCallbacks callbacks)
+    : options_(std::move(options)), callbacks_(std::move(callbacks)) {}
+
+absl::StatusOr<std::unique_ptr<SessionClient>> SessionClient::Connect(SessionOptions options,
+                                                                      SessionCallbacks callbacks) {
+  if (absl::Status s = common::ValidateHostPort(options.address, "head"); !s.ok()) return s;
+  if (options.connect_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("the connect timeout must be positive");
+  }
+  if (options.max_batch_tasks == 0) options.max_batch_tasks = 1;
+  if (options.cwd.empty()) options.cwd = CurrentDir();
+  std::unique_ptr<SessionClient> client(new SessionClient(std::move(options), std::move(callbacks)));
+  if (absl::Status s = client->Open(); !s.ok()) return s;
+  return client;
+}
+
+absl::Status SessionClient::Open() {
+  const std::string& addr = options_.address;
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  args.SetMaxSendMessageSize(kMaxMessageBytes);
+  channel_ = grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args);
+  stub_ = dragon::v1::HeadService::NewStub(channel_);
+
+  const absl::Time deadline = absl::Now() + options_.connect_timeout;
+  // Wait for the TCP connection first so that "unreachable" is told apart
+  // from "reachable but refused". A refused port shows as TRANSIENT_FAILURE
+  // at once (gRPC then backs off without passing through CONNECTING).
+  grpc_connectivity_state state = channel_->GetState(true);
+  while (state != GRPC_CHANNEL_READY) {
+    if (state == GRPC_CHANNEL_TRANSIENT_FAILURE) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot reach dragond at ", addr, ": connection failed"));
+    }
+    if (!channel_->WaitForStateChange(state, absl::ToChronoTime(deadline))) {
+      return absl::UnavailableError(absl::StrCat("cannot reach dragond at ", addr,
+                                                 ": no connection within ",
+                                                 absl::FormatDuration(options_.connect_timeout)));
+    }
+    state = channel_->GetState(true);
+  }
+
+  stream_ = stub_->Session(&context_);
+  dragon::v1::ClientMessage hello_msg;
+  auto* hello = hello_msg.mutable_hello();
+  hello->set_protocol_version(kSessionProtocolVersion);
+  hello->set_client_name(options_.client_name);
+  hello->set_cwd(options_.cwd);
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  hello->set_client_host(host);
+  hello->set_client_pid(getpid());
+
+  // A head that accepts the connection but never answers must not hang us.
+  std::mutex wd_mu;
+  std::condition_variable wd_cv;
+  bool answered = false, timed_out = false;
+  std::thread watchdog([&] {
+    std::unique_lock<std::mutex> l(wd_mu);
+    if (!wd_cv.wait_until(l, absl::ToChronoTime(deadline), [&] { return answered; })) {
+      timed_out = true;
+      context_.TryCancel();
+    }
+  });
+  dragon::v1::HeadMessage reply;
+  const bool ok = stream_->Write(hello_msg) && stream_->Read(&reply);
+  {
+    std::lock_guard<std::mutex> l(wd_mu);
+    answered = true;
+  }
+  wd_cv.notify_all();
+  watchdog.join();
+
+  if (!ok) {
+    const grpc::Status st = stream_->Finish();
+    if (timed_out) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("dragond at ", addr, " did not answer Hello within ",
+                       absl::FormatDuration(options_.connect_timeout)));
+    }
+    if (st.error_code() == grpc::StatusCode::UNAVAILABLE) {
+      return absl::UnavailableError(absl::StrCat("cannot reach dragond at ", addr, ": ", GrpcText(st)));
+    }
+    if (st.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("dragond at ", addr, " ended the session before sending Welcome"));
+    }
+    return absl::Status(ToAbsl(st.error_code()),
+                        absl::StrCat("dragond at ", addr, " refused the session: ", GrpcText(st)));
+  }
+  if (!reply.has_welcome()) {
+    context_.TryCancel();
+    stream_->Finish();
+    return absl::FailedPreconditionError(
+        absl::StrCat("dragond at ", addr, " answered Hello with something other than Welcome; "
+                     "is it a dragond of the same version?"));
+  }
+  welcome_ = reply.welcome();
+  if (welcome_.protocol_version() != kSessionProtocolVersion) {
+    context_.TryCancel();
+    stream_->Finish();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "dragond at ", addr, " (", welcome_.head_version(), ") speaks protocol version ",
+        welcome_.protocol_version(), " but this client speaks version ", kSessionProtocolVersion));
+  }
+  sender_ = std::thread([this] { SenderLoop(); });
+  receiver_ = std::thread([this] { ReceiverLoop(); });
+  return absl::OkStatus();
+}
+
+SessionClient::~SessionClient() {
+  if (!joined_ && stream_ != nullptr && sender_.joinable()) (void)Close(absl::Seconds(2));
+}
+
+void SessionClient::Fail(absl::Status status) {
+  if (error_.ok()) error_ = std::move(status);
+}
+
+absl::Status SessionClient::Submit(dragon::v1::TaskSubmission task) {
+  bool was_empty;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!error_.ok()) return error_;
+    if (closing_) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the session with dragond at ", options_.address, " is closed"));
+    }
+    was_empty = queue_.empty();
+    queue_.push_back(std::move(task));
+  }
+  if (was_empty) send_cv_.notify_one();
+  return absl::OkStatus();
+}
+
+absl::Status SessionClient::SubmitMany(std::vector<dragon::v1::TaskSubmission> tasks) {
+  if (tasks.empty()) return absl::OkStatus();
+  bool was_empty;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!error_.ok()) return error_;
+    if (closing_) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the session with dragond at ", options_.address, " is closed"));
+    }
+    was_empty = queue_.empty();
+    if (was_empty) {
+      queue_.swap(tasks);
+    } else {
+      for (auto& t : tasks) queue_.push_back(std::move(t));
+    }
+  }
+  if (was_empty) send_cv_.notify_one();
+  return absl::OkStatus();
+}
+
+void SessionClient::SenderLoop() {
+  std::vector<dragon::v1::TaskSubmission> taken;
+  dragon::v1::ClientMessage msg;
+  bool write_failed = false;
+  while (true) {
+    {
+      std::unique_lock<std::mutex> l(mu_);
+      send_cv_.wait(l, [this] {
+        return !queue_.empty() || closing_ || receiver_done_ || !error_.ok();
+      });
+      if (queue_.empty() || receiver_done_ || !error_.ok()) break;
+      // Everything queued now; never wait for more to arrive.
+      taken.swap(queue_);
+    }
+    size_t i = 0;
+    while (i < taken.size() && !write_failed) {
+      auto* tasks = msg.mutable_submit()->mutable_tasks();
+      size_t bytes = 0;
+      while (i < taken.size() && static_cast<size_t>(tasks->size()) < options_.max_batch_tasks) {
+        const size_t size = ApproxBytes(taken[i]);
+        if (tasks->size() > 0 && bytes + size > options_.max_batch_bytes) break;
+        bytes += size;
+        *tasks->Add() = std::move(taken[i]);
+        ++i;
+      }
+      const int count = tasks->size();
+      if (!stream_->Write(msg)) {
+        // The receiver sees the end of the stream and says why.
+        write_failed = true;
+        break;
+      }
+      msg.Clear();
+      std::lock_guard<std::mutex> l(mu_);
+      ++batches_sent_;
+      tasks_sent_ += static_cast<uint64_t>(count);
+    }
+    taken.clear();
+    if (write_failed) break;
+  }
+  if (!write_failed) {
+    bool send_done;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      send_done = closing_ && !receiver_done_;
+    }
+    if (send_done) stream_->WritesDone();
+  }
+}
+
+void SessionClient::ReceiverLoop() {
+  dragon::v1::HeadMessage msg;
+  while (stream_->Read(&msg)) {
+    switch (msg.body_case()) {
+      case dragon::v1::HeadMessage::kResults:
+        if (callbacks_.on_results) callbacks_.on_results(msg.mutable_results());
+        break;
+      case dragon::v1::HeadMessage::kAccepted:
+        if (callbacks_.on_accepted) callbacks_.on_accepted(msg.accepted());
+        break;
+      default:
+        break;  // a second Welcome or something newer: nothing to do
+    }
+    msg.Clear();
+  }
+  // No more reads: stop the sender (a write now fails at once anyway)
+  // before Finish, which must not race a Write.
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    receiver_done_ = true;
+  }
+  send_cv_.notify_all();
+  if (sender_.joinable()) sender_.join();
+  const grpc::Status st = stream_->Finish();
+  absl::Status end;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (st.ok()) {
+      if (!closing_) {
+        end = absl::UnavailableError(
+            absl::StrCat("dragond at ", options_.address, " ended the session (shutting down?)"));
+      }
+    } else if (closing_ && st.error_code() == grpc::StatusCode::CANCELLED) {
+      end = absl::DeadlineExceededError(absl::StrCat(
+          "dragond at ", options_.address, " did not end the session in time after Close"));
+    } else {
+      end = absl::Status(ToAbsl(st.error_code()),
+                         absl::StrCat("the session with dragond at ", options_.address,
+                                      " broke: ", GrpcText(st)));
+    }
+    if (!end.ok()) Fail(end);
+    end_status_ = end;
+  }
+  if (callbacks_.on_end) callbacks_.on_end(end);
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    ended_cv_.notify_all();
+    ended_ = true;
+  }
+}
+
+absl::Status SessionClient::Close(absl::Duration timeout) {
+  std::unique_lock<std::mutex> l(mu_);
+  if (joined_) return end_status_;
+  closing_ = true;
+  send_cv_.notify_all();
+  if (!ended_cv_.wait_for(l, absl::ToChronoMicroseconds(timeout), [this] { return ended_; })) {
+    context_.TryCancel();
+    ended_cv_.wait(l, [this] { return ended_; });
+  }
+  l.unlock();
+  if (receiver_.joinable()) receiver_.join();
+  l.lock();
+  joined_ = true;
+  return end_status_;
+}
+
+absl::Status SessionClient::status() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return error_;
+}
+
+uint64_t SessionClient::batches_sent() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return batches_sent_;
+}
+
+uint64_t SessionClient::tasks_sent() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return tasks_sent_;
+}
+
+}  // namespace dragon::client

@@ -1,0 +1,135 @@
+// A reusable C++ client of HeadService.Session (proto/head.proto), the hot
+// path, for high-rate callers (bench/native_bench, load generators).
+//
+//   auto session = SessionClient::Connect(options, callbacks);   // Hello/Welcome
+//   session->Submit(task);          // queued; never blocks on the network
+//   ...results arrive on the receiver thread through callbacks.on_results...
+//   session->Close();               // ends the stream once everything is sent
+//
+// One sender thread drains everything queued since its last write into one
+// SubmitBatch (at most max_batch_tasks tasks / max_batch_bytes, but never
+// waits for a batch to fill: a lone task leaves at once). One receiver thread
+// hands each ResultBatch and Accepted message to the callbacks. Every failure
+// (head unreachable, refused Hello, broken stream) is an absl::Status naming
+// the head's address and the cause.
+#ifndef DRAGON_CLIENT_SESSION_CLIENT_H_
+#define DRAGON_CLIENT_SESSION_CLIENT_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "proto/head.grpc.pb.h"
+
+namespace dragon::client {
+
+// The protocol version this client speaks (proto/common.proto).
+inline constexpr uint32_t kSessionProtocolVersion = dragon::v1::PROTOCOL_VERSION_CURRENT;
+
+struct SessionOptions {
+  std::string address;  // HOST:PORT of dragond
+  std::string client_name = "dragon session_client";
+  // Tasks of this session run here; empty = this process's working directory.
+  std::string cwd;
+  // Connecting and the Hello/Welcome exchange must finish within this.
+  absl::Duration connect_timeout = absl::Seconds(10);
+  // One SubmitBatch holds at most this many tasks / about this many bytes
+  // (a single task larger than max_batch_bytes still goes, alone).
+  size_t max_batch_tasks = 1000;
+  size_t max_batch_bytes = 4u << 20;
+};
+
+struct SessionCallbacks {
+  // Called on the receiver thread, one call per ResultBatch message; the
+  // callee may move data out of the batch. Must not call Close().
+  std::function<void(dragon::v1::ResultBatch* batch)> on_results;
+  // Called on the receiver thread for each Accepted message (optional).
+  std::function<void(const dragon::v1::Accepted& accepted)> on_accepted;
+  // Called once, on the receiver thread, when the stream has ended: OK after
+  // Close(), otherwise the error (optional).
+  std::function<void(const absl::Status& status)> on_end;
+};
+
+class SessionClient {
+ public:
+  // Connects (waiting up to connect_timeout), sends Hello and waits for
+  // Welcome. Errors: "cannot reach dragond at ADDR: ...", the head's own
+  // refusal (e.g. a protocol version mismatch), or a Welcome with another
+  // protocol version.
+  static absl::StatusOr<std::unique_ptr<SessionClient>> Connect(SessionOptions options,
+                                                                SessionCallbacks callbacks);
+  ~SessionClient();  // Close() with a short grace, then cancels
+
+  SessionClient(const SessionClient&) = delete;
+  SessionClient& operator=(const SessionClient&) = delete;
+
+  const dragon::v1::Welcome& welcome() const { return welcome_; }
+  const std::string& address() const { return options_.address; }
+
+  // Queues tasks for the sender; returns at once. client_ref is the caller's
+  // and must be unique within the session (results carry it back). Fails
+  // once the session is closed or broken (the error says why).
+  absl::Status Submit(dragon::v1::TaskSubmission task);
+  absl::Status SubmitMany(std::vector<dragon::v1::TaskSubmission> tasks);
+
+  // Sends what is queued, half-closes the stream and waits up to `timeout`
+  // for the head to end it (the head cancels tasks of the session that are
+  // still unfinished). Returns OK, or the error the stream ended with.
+  // Idempotent.
+  absl::Status Close(absl::Duration timeout = absl::Seconds(10));
+
+  // OK while the stream is healthy, else why it is not.
+  absl::Status status() const;
+
+  // Counters (for benchmarks and tests).
+  uint64_t batches_sent() const;
+  uint64_t tasks_sent() const;
+
+ private:
+  using Stream = grpc::ClientReaderWriter<dragon::v1::ClientMessage, dragon::v1::HeadMessage>;
+
+  SessionClient(SessionOptions options, SessionCallbacks callbacks);
+  absl::Status Open();
+  void SenderLoop();
+  void ReceiverLoop();
+  void Fail(absl::Status status);
+
+  const SessionOptions options_;
+  const SessionCallbacks callbacks_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<dragon::v1::HeadService::Stub> stub_;
+  grpc::ClientContext context_;
+  std::unique_ptr<Stream> stream_;
+  dragon::v1::Welcome welcome_;
+
+  mutable std::mutex mu_;
+  std::condition_variable send_cv_;   // queue not empty, or closing
+  std::condition_variable ended_cv_;  // receiver done
+  std::vector<dragon::v1::TaskSubmission> queue_;
+  bool closing_ = false;       // Close() called: no new submissions
+  bool receiver_done_ = false;  // Read() returned false
+  bool ended_ = false;          // Finish() done and on_end called
+  absl::Status error_;         // first failure
+  absl::Status end_status_;    // how the stream ended (valid once receiver_done_)
+  uint64_t batches_sent_ = 0;
+  uint64_t tasks_sent_ = 0;
+
+  std::thread sender_;
+  std::thread receiver_;
+  bool joined_ = false;
+};
+
+}  // namespace dragon::client
+
+#endif  // DRAGON_CLIENT_SESSION_CLIENT_H_
