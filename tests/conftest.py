@@ -6,6 +6,7 @@ runs never see each other or the user's ~/.dragon.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -179,3 +180,26 @@ def parsl_dfk(worker_pythonpath, tmp_path):
                 dfk.cleanup()
         finally:
             stop_head(h)
+
+
+@contextlib.contextmanager
+def parsl_on(head: Head, tmp_path: Path):
+    """A Parsl DataFlowKernel with one DragonExecutor connected to `head`."""
+    import parsl
+    from parsl.config import Config
+    from dragon_parsl import DragonExecutor
+
+    dfk = parsl.load(Config(executors=[DragonExecutor(address=head.address)],
+                            run_dir=str(tmp_path / "runinfo"), strategy="none"))
+    try:
+        yield dfk
+    finally:
+        dfk.cleanup()
+        parsl.clear()
+
+
+def task_id_of(app_future) -> int:
+    """The head's id of a Parsl task (set by DragonExecutor on its future)."""
+    # Parsl hands the task to the executor on its launch thread: exec_fu may not exist yet.
+    return wait_for(lambda: getattr(app_future.task_record.get("exec_fu"), "dragon_task_id", None),
+                    30, "the head to accept the task")

@@ -11,16 +11,12 @@ import contextlib
 import os
 import re
 import signal
-import time
 from pathlib import Path
 
-import parsl
 import pytest
 from parsl import python_app
-from parsl.config import Config
 
-from conftest import processes_of_run, start_head, stop_head, wait_for, wait_for_workers
-from dragon_parsl import DragonExecutor
+from conftest import processes_of_run, start_head, stop_head, wait_for, wait_for_workers, parsl_on, task_id_of
 from dragon_parsl.errors import WorkerLost
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -71,22 +67,6 @@ def head2(tmp_path, monkeypatch):
         yield h
     finally:
         stop_head(h)
-
-
-@contextlib.contextmanager
-def parsl_on(head, tmp_path):
-    dfk = parsl.load(Config(executors=[DragonExecutor(address=head.address)],
-                            run_dir=str(tmp_path / "runinfo")))
-    try:
-        yield dfk
-    finally:
-        dfk.cleanup()
-        parsl.clear()
-
-
-def task_id_of(app_future) -> int:
-    return wait_for(lambda: getattr(app_future.task_record.get("exec_fu"), "dragon_task_id", None),
-                    30, "the head to accept the task")
 
 
 def only_node(head) -> str:

@@ -7,7 +7,6 @@ head and an unreachable head must fail fast with clear messages.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -16,13 +15,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import parsl
 import pytest
 from parsl import python_app
-from parsl.config import Config
 
-from conftest import binary, start_head, stop_head, wait_for, wait_for_workers
-from dragon_parsl import DragonExecutor
+from conftest import binary, start_head, stop_head, wait_for, wait_for_workers, parsl_on, task_id_of
 from dragon_parsl.errors import TaskCancelled
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -89,24 +85,6 @@ def head1(tmp_path, apps_importable):
         yield h
     finally:
         stop_head(h)
-
-
-@contextlib.contextmanager
-def parsl_on(head, tmp_path):
-    dfk = parsl.load(Config(executors=[DragonExecutor(address=head.address)],
-                            run_dir=str(tmp_path / "runinfo")))
-    try:
-        yield dfk
-    finally:
-        dfk.cleanup()
-        parsl.clear()
-
-
-def task_id_of(app_future) -> int:
-    """The head's id of a Parsl task (set by DragonExecutor on its future)."""
-    # Parsl hands the task to the executor on its launch thread: exec_fu may not exist yet.
-    return wait_for(lambda: getattr(app_future.task_record.get("exec_fu"), "dragon_task_id", None),
-                    30, "the head to accept the task")
 
 
 def no_head_env(tmp_path) -> dict:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from conftest import BIN_DIR, binary, processes_of_run, start_head, stop_head, wait_for, wait_for_workers
+from conftest import binary, processes_of_run, start_head, stop_head, wait_for
 from dragon_parsl._proto import agent_pb2, agent_pb2_grpc, common_pb2, head_pb2, head_pb2_grpc
 
 TESTS_DIR = Path(__file__).resolve().parent
