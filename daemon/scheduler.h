@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <set>
 #include <vector>
 
 #include "daemon/task_table.h"
@@ -36,13 +37,18 @@ class Scheduler {
   // One task assigned to `agent` has ended (or been taken back).
   void Release(AgentIndex agent);
 
-  // Hands queued tasks to agents with room, the least loaded first. Tasks for
-  // which `still_pending` is false (cancelled while queued) are dropped.
+  // Hands queued tasks to agents with room, one at a time to the least
+  // loaded (assigned / capacity; ties to the lowest index), so tasks spread
+  // evenly. Tasks for which `still_pending` is false (cancelled while queued)
+  // are dropped. Each assignment costs O(log agents with room), not
+  // O(agents): the agents with room are kept ordered by load.
   std::vector<Assignment> Assign(const std::function<bool(TaskId)>& still_pending);
 
   size_t queued() const { return queue_.size(); }
   int assigned(AgentIndex agent) const;
   int capacity(AgentIndex agent) const;
+  // Agents that can take at least one more task.
+  size_t agents_with_room() const { return open_.size(); }
 
  private:
   struct Slot {
@@ -50,9 +56,29 @@ class Scheduler {
     int capacity = 0;
     int assigned = 0;
   };
+  // An agent with room, as ordered in open_.
+  struct Load {
+    int assigned;
+    int capacity;
+    AgentIndex agent;
+  };
+  struct LessLoaded {
+    bool operator()(const Load& a, const Load& b) const {
+      // a.assigned / a.capacity < b.assigned / b.capacity, exactly.
+      const int64_t l = int64_t{a.assigned} * b.capacity;
+      const int64_t r = int64_t{b.assigned} * a.capacity;
+      return l != r ? l < r : a.agent < b.agent;
+    }
+  };
+  // Takes the agent out of open_ (if there) and puts it back if it has room
+  // after `change` is applied to its slot.
+  template <typename Change>
+  void Update(AgentIndex agent, Change change);
+
   int prefetch_per_worker_;
   std::deque<TaskId> queue_;
   std::vector<Slot> agents_;  // indexed by AgentIndex
+  std::set<Load, LessLoaded> open_;  // active agents with assigned < capacity
 };
 
 }  // namespace dragon::daemon

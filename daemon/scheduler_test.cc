@@ -1,6 +1,8 @@
 #include "daemon/scheduler.h"
 
 #include <catch2/catch.hpp>
+#include <map>
+#include <random>
 #include <set>
 
 namespace dragon::daemon {
@@ -65,6 +67,174 @@ TEST_CASE("re-queued tasks go first; removed agents get nothing", "[scheduler]")
   CHECK(a[0].task == 3);
   CHECK(a[0].agent == 1);
   CHECK(s.capacity(0) == 0);
+}
+
+TEST_CASE("256 agents: even spread, capacity never exceeded", "[scheduler][scale]") {
+  Scheduler s(1);
+  constexpr int kAgents = 256;
+  for (AgentIndex a = 0; a < kAgents; ++a) s.AddAgent(a, 8);  // capacity 16 each
+  for (TaskId t = 1; t <= 100000; ++t) s.Enqueue(t);
+  auto a = s.Assign(kAll);
+  REQUIRE(a.size() == kAgents * 16);
+  std::map<AgentIndex, int> per;
+  for (auto& x : a) ++per[x.agent];
+  CHECK(per.size() == kAgents);
+  for (auto& [agent, n] : per) CHECK(n == 16);
+  // Round-robin order: the first 256 assignments go to 256 different agents.
+  std::set<AgentIndex> first;
+  for (int i = 0; i < kAgents; ++i) first.insert(a[i].agent);
+  CHECK(first.size() == kAgents);
+  CHECK(s.agents_with_room() == 0);
+  CHECK(s.Assign(kAll).empty());
+  // Freed room goes where it was freed, at most that much.
+  s.Release(17);
+  s.Release(17);
+  s.Release(200);
+  auto b = s.Assign(kAll);
+  REQUIRE(b.size() == 3);
+  std::multiset<AgentIndex> got;
+  for (auto& x : b) got.insert(x.agent);
+  CHECK(got == std::multiset<AgentIndex>{17, 17, 200});
+  for (AgentIndex i = 0; i < kAgents; ++i) CHECK(s.assigned(i) == 16);
+}
+
+TEST_CASE("least loaded relative to size, with agents of different sizes", "[scheduler][scale]") {
+  Scheduler s(0);
+  s.AddAgent(0, 1);
+  s.AddAgent(1, 4);
+  s.AddAgent(2, 2);
+  for (TaskId t = 1; t <= 7; ++t) s.Enqueue(t);
+  auto a = s.Assign(kAll);
+  REQUIRE(a.size() == 7);
+  CHECK(s.assigned(0) == 1);
+  CHECK(s.assigned(1) == 4);
+  CHECK(s.assigned(2) == 2);
+  // The first three land on three different (all empty) agents, lowest index first.
+  CHECK(a[0].agent == 0);
+  CHECK(a[1].agent == 1);
+  CHECK(a[2].agent == 2);
+}
+
+TEST_CASE("removing agents out of many: they get nothing more, others fill", "[scheduler][scale]") {
+  Scheduler s(0);
+  for (AgentIndex a = 0; a < 100; ++a) s.AddAgent(a, 2);
+  for (AgentIndex a = 0; a < 100; a += 2) s.RemoveAgent(a);  // the even ones
+  for (TaskId t = 1; t <= 1000; ++t) s.Enqueue(t);
+  auto a = s.Assign(kAll);
+  REQUIRE(a.size() == 100);  // 50 agents x 2
+  for (auto& x : a) CHECK(x.agent % 2 == 1);
+  s.Release(0);  // releasing a removed agent changes nothing
+  CHECK(s.Assign(kAll).empty());
+  s.AddAgent(0, 3);  // re-registered under the same index: fresh capacity
+  auto b = s.Assign(kAll);
+  REQUIRE(b.size() == 3);
+  for (auto& x : b) CHECK(x.agent == 0);
+}
+
+// The rule the scheduler promises, as the obvious O(agents) scan it replaced.
+class ReferenceScheduler {
+ public:
+  explicit ReferenceScheduler(int prefetch) : prefetch_(prefetch) {}
+  void AddAgent(AgentIndex a, int workers) {
+    if (static_cast<size_t>(a) >= slots_.size()) slots_.resize(a + 1);
+    slots_[a] = {true, workers * (1 + prefetch_), 0};
+  }
+  void RemoveAgent(AgentIndex a) { slots_[a] = {}; }
+  void Release(AgentIndex a) {
+    if (slots_[a].assigned > 0) --slots_[a].assigned;
+  }
+  void Enqueue(TaskId t) { queue_.push_back(t); }
+  void Requeue(TaskId t) { queue_.push_front(t); }
+  std::vector<Assignment> Assign(const std::function<bool(TaskId)>& pending) {
+    std::vector<Assignment> out;
+    while (!queue_.empty()) {
+      AgentIndex best = kNoAgent;
+      double best_load = 1.0;
+      for (size_t i = 0; i < slots_.size(); ++i) {
+        const Slot& s = slots_[i];
+        if (!s.active || s.assigned >= s.capacity) continue;
+        double load = static_cast<double>(s.assigned) / s.capacity;
+        if (best == kNoAgent || load < best_load) {
+          best = static_cast<AgentIndex>(i);
+          best_load = load;
+        }
+      }
+      if (best == kNoAgent) break;
+      TaskId t = queue_.front();
+      queue_.pop_front();
+      if (!pending(t)) continue;
+      ++slots_[best].assigned;
+      out.push_back({best, t});
+    }
+    return out;
+  }
+
+ private:
+  struct Slot {
+    bool active = false;
+    int capacity = 0;
+    int assigned = 0;
+  };
+  int prefetch_;
+  std::vector<Slot> slots_;
+  std::deque<TaskId> queue_;
+};
+
+TEST_CASE("same decisions as the linear scan under random churn", "[scheduler][scale]") {
+  std::mt19937 rng(12345);
+  Scheduler fast(1);
+  ReferenceScheduler ref(1);
+  std::vector<std::vector<TaskId>> held(64);  // per agent, for releases
+  std::vector<bool> active(64, false);
+  TaskId next = 1;
+  auto pending = [](TaskId t) { return t % 17 != 0; };  // some were cancelled meanwhile
+  for (int step = 0; step < 20000; ++step) {
+    const int op = static_cast<int>(rng() % 100);
+    const AgentIndex a = static_cast<AgentIndex>(rng() % 64);
+    if (op < 3) {
+      const int workers = 1 + static_cast<int>(rng() % 8);
+      fast.AddAgent(a, workers);
+      ref.AddAgent(a, workers);
+      held[a].clear();
+      active[a] = true;
+    } else if (op < 5) {
+      if (static_cast<size_t>(a) < 64 && active[a]) {
+        fast.RemoveAgent(a);
+        ref.RemoveAgent(a);
+        for (TaskId t : held[a]) {
+          fast.Requeue(t);
+          ref.Requeue(t);
+        }
+        held[a].clear();
+        active[a] = false;
+      }
+    } else if (op < 50) {
+      const int n = 1 + static_cast<int>(rng() % 20);
+      for (int i = 0; i < n; ++i, ++next) {
+        fast.Enqueue(next);
+        ref.Enqueue(next);
+      }
+    } else if (op < 90) {
+      if (!held[a].empty()) {
+        const size_t k = rng() % held[a].size();
+        held[a].erase(held[a].begin() + static_cast<long>(k));
+        fast.Release(a);
+        ref.Release(a);
+      }
+    } else {
+      auto x = fast.Assign(pending);
+      auto y = ref.Assign(pending);
+      REQUIRE(x.size() == y.size());
+      for (size_t i = 0; i < x.size(); ++i) {
+        REQUIRE(x[i].agent == y[i].agent);
+        REQUIRE(x[i].task == y[i].task);
+        held[x[i].agent].push_back(x[i].task);
+      }
+      for (AgentIndex i = 0; i < 64; ++i) {
+        REQUIRE(fast.assigned(i) <= fast.capacity(i));
+      }
+    }
+  }
 }
 
 }  // namespace
