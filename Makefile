@@ -1,12 +1,13 @@
 # The commands a user types. Every target installs what it needs first.
 #   make example   run a real Parsl workflow on a local dragond and show dragonctl's view
 #   make test      every test: C++ unit tests, integration tests, Parsl's own suite
+#   make bench     every benchmark side by side (bench/README.md); results in bench/results/<date-time>/
 PYTHON ?= python3
 PREFIX ?= /usr/local
 BAZEL ?= bazel
 BIN := build-out/bin
 
-.PHONY: deps build install python example test unit-test integration-test parsl-suite clean
+.PHONY: deps build install python example test unit-test integration-test parsl-suite bench bench-deps clean
 
 deps:
 	bash deploy/install-deps.sh
@@ -36,6 +37,14 @@ parsl-suite: install
 	bash tests/run_parsl_suite.sh
 
 test: unit-test integration-test parsl-suite
+
+# Benchmark-only Python packages (matplotlib, numpy, dragonhpc, profilers): kept out of deps so CI stays light.
+bench-deps: deps
+	$(PYTHON) -m pip install -q -r bench/requirements.txt
+
+# BENCH_ARGS passes options to bench/run.py, e.g. make bench BENCH_ARGS="--quick" (see python bench/run.py --help).
+bench: install bench-deps
+	$(PYTHON) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build-out

@@ -15,6 +15,7 @@ APT_PACKAGES=(
 PY_PACKAGES=(
   "parsl==2026.10.26" "grpcio>=1.60" "grpcio-tools>=1.60" "protobuf>=4.21"
   "pytest>=7.4,<8" pytest-timeout pytest-random-order pandas "sqlalchemy>=2,<2.1"
+  numpy matplotlib
 )
 
 SUDO=""
@@ -36,7 +37,7 @@ PY=${PYTHON:-python3}
 need_pip=0
 "$PY" - 2>/dev/null <<'PYEOF' || need_pip=1
 import importlib, sys
-for m in ("parsl", "grpc", "grpc_tools", "google.protobuf", "pytest", "pytest_timeout", "random_order", "pandas", "sqlalchemy"):
+for m in ("parsl", "grpc", "grpc_tools", "google.protobuf", "pytest", "pytest_timeout", "random_order", "pandas", "sqlalchemy", "numpy", "matplotlib"):
     importlib.import_module(m)
 PYEOF
 if [ $need_pip = 1 ]; then

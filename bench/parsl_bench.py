@@ -1,0 +1,347 @@
+"""One measurement through Parsl: one executor, in this process, running the
+selected benchmarks (no-op throughput, sequential latency, image batch).
+
+bench/run.py starts one such process per executor and round and alternates
+executors; it passes everything in a JSON spec file (a single positional
+argument, so that dragonhpc's `dragon` launcher has no options of ours to
+misparse). By hand:
+
+    python bench/parsl_bench.py --executor dragon --benches noop latency --tasks 10000
+    dragon bench/parsl_bench.py SPEC.json      # dragonhpc executors need the dragon launcher
+
+Results go to the spec's "out" file (rewritten after each benchmark, so a
+later failure keeps the earlier numbers) and, as one JSON object, to the last
+line of stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections import deque
+
+EXECUTORS = ("dragon", "threadpool", "htex", "dragonhpc-batch", "dragonhpc-pool")
+BENCHES = ("latency", "noop", "images")  # the order they run in within one process
+DRAGONHPC = ("dragonhpc-batch", "dragonhpc-pool")
+
+
+# ---------------------------------------------------------------- the work
+def image_work(img, iterations: int, tile: int):
+    """Real numpy work on one image: `iterations` FFT smoothing passes over
+    tiles of the image (cycling through them); returns an image of the same
+    shape and dtype. Defined in __main__ so that every executor ships it by
+    value (dill), without needing bench/ on the workers' path."""
+    import numpy as np
+
+    out = img * 0.5
+    h, w = img.shape
+    tiles_per_row = max(1, w // tile)
+    ntiles = max(1, (h // tile) * tiles_per_row)
+    for k in range(iterations):
+        t = k % ntiles
+        r, c = (t // tiles_per_row) * tile, (t % tiles_per_row) * tile
+        block = img[r:r + tile, c:c + tile]
+        spec = np.fft.rfft2(block)
+        spec *= 0.25
+        out[r:r + tile, c:c + tile] += np.fft.irfft2(spec, s=block.shape)
+    return out
+
+
+def calibrate(size: int, compute_ms: float, tile: int, reps: int = 7) -> dict:
+    """Iterations of image_work that take compute_ms on one core here, and
+    what one call with that count measures (median of reps)."""
+    import numpy as np
+
+    img = np.random.default_rng(0).random((size, size))
+    image_work(img, 3, tile)
+    unit = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        image_work(img, 20, tile)
+        unit.append((time.perf_counter() - t) / 20)
+    iterations = max(1, round(compute_ms / 1000 / statistics.median(unit)))
+    calls = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        image_work(img, iterations, tile)
+        calls.append(time.perf_counter() - t)
+    return {"iterations": iterations, "tile": tile, "measured_ms": statistics.median(calls) * 1000,
+            "target_ms": compute_ms}
+
+
+# ---------------------------------------------------------------- executors
+def make_executor(name: str, workers: int, spec: dict):
+    if name == "dragon":
+        from dragon_parsl import DragonExecutor
+
+        return DragonExecutor(label="dragon", workers_per_node=workers)
+    if name == "threadpool":
+        from parsl.executors import ThreadPoolExecutor
+
+        return ThreadPoolExecutor(label="threadpool", max_threads=workers)
+    if name == "htex":
+        from parsl.executors import HighThroughputExecutor
+        from parsl.providers import LocalProvider
+
+        return HighThroughputExecutor(
+            label="htex", max_workers_per_node=workers, cores_per_worker=1,
+            provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1))
+    if name == "dragonhpc-batch":
+        from dragon.workflows.parsl_batch_executor import DragonBatchPoolExecutor
+
+        return DragonBatchPoolExecutor(label="dragonhpc_batch", max_processes=workers,
+                                       batch_size=int(spec.get("batch_size") or 4))
+    if name == "dragonhpc-pool":
+        from dragon.workflows.parsl_executor import DragonPoolExecutor
+
+        return DragonPoolExecutor(label="dragonhpc_pool", max_processes=workers)
+    raise SystemExit(f"unknown executor {name!r}; choose from {', '.join(EXECUTORS)}")
+
+
+def dragonhpc_batch_size(bench: str, spec: dict) -> int:
+    """DragonBatchPoolExecutor's batch size per benchmark: --dragonhpc-batch-size if given,
+    else what its docstring recommends (tasks / workers, capped at 10,000) for throughput,
+    1 for sequential latency (a partial batch waits 4 x 0.1 s) and its default 4 for the
+    windowed image batch."""
+    if spec.get("dragonhpc_batch_size"):
+        return int(spec["dragonhpc_batch_size"])
+    if bench == "noop":
+        return max(1, min(10_000, spec["tasks"] // spec["workers"]))
+    if bench == "latency":
+        return 1
+    return 4
+
+
+class Loaded:
+    """A DFK with one executor of the given kind (Parsl's logging as configured)."""
+
+    def __init__(self, name: str, workers: int, spec: dict, run_dir: str, batch_size: int = 0):
+        import parsl
+        from parsl.config import Config
+
+        self.executor = make_executor(name, workers, dict(spec, batch_size=batch_size))
+        logging_on = spec.get("parsl_logging", "default") != "off"
+        config = Config(executors=[self.executor], run_dir=run_dir, strategy="none",
+                        initialize_logging=logging_on)
+        self.dfk = parsl.load(config)
+
+    def close(self) -> None:
+        import parsl
+
+        try:
+            self.dfk.cleanup()
+        finally:
+            parsl.clear()
+
+
+def cpu_snapshot() -> tuple[float, float, float]:
+    """(wall, this process's CPU s, whole machine's busy CPU s) now."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    busy = (sum(fields[:8]) - idle) / tick
+    return time.perf_counter(), time.process_time(), busy
+
+
+def cpu_delta(a, b) -> dict:
+    return {"client_cpu_s": b[1] - a[1], "machine_busy_cpu_s": b[2] - a[2]}
+
+
+# ---------------------------------------------------------------- benchmarks
+def bench_noop(app, n: int, workers: int) -> dict:
+    [f.result() for f in [app(i) for i in range(4 * workers)]]  # warm: workers up, code cached
+    a = cpu_snapshot()
+    futures = [app(i) for i in range(n)]
+    submitted = time.perf_counter()
+    for i, f in enumerate(futures):
+        r = f.result()
+        if r != i:
+            raise RuntimeError(f"no-op task {i} returned {r!r}")
+    b = cpu_snapshot()
+    total = b[0] - a[0]
+    return {"tasks": n, "submit_s": submitted - a[0], "total_s": total, "tasks_per_s": n / total,
+            **cpu_delta(a, b)}
+
+
+def percentile(sorted_values: list, q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    k = (len(sorted_values) - 1) * q
+    lo = int(k)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
+
+
+def latency_stats(samples_ms: list) -> dict:
+    s = sorted(samples_ms)
+    return {"samples": len(s), "p50_ms": percentile(s, 0.5), "p99_ms": percentile(s, 0.99),
+            "mean_ms": statistics.fmean(s) if s else float("nan"), "min_ms": s[0] if s else float("nan"),
+            "max_ms": s[-1] if s else float("nan")}
+
+
+def bench_latency(app, n: int, workers: int, slow_ms: float = 100.0, slow_cap: int = 50) -> dict:
+    for i in range(2 * workers + 5):
+        app(i).result()
+    samples = []
+    note = ""
+    for i in range(n):
+        t = time.perf_counter()
+        r = app(i).result()
+        samples.append((time.perf_counter() - t) * 1000)
+        if r != i:
+            raise RuntimeError(f"latency task {i} returned {r!r}")
+        if len(samples) == 10 and n > slow_cap and statistics.median(samples) > slow_ms:
+            n = slow_cap
+            note = f"slow executor (median of first 10 > {slow_ms:g} ms): stopped at {slow_cap} samples"
+        if len(samples) >= n:
+            break
+    out = latency_stats(samples)
+    out["raw_ms"] = [round(x, 4) for x in samples]
+    if note:
+        out["note"] = note
+    return out
+
+
+def bench_images(app, spec: dict, workers: int) -> dict:
+    import numpy as np
+
+    n, size, window = spec["images"], spec["image_size"], spec["window"]
+    cal = spec["calibration"]
+    iterations, tile = cal["iterations"], cal["tile"]
+    rng = np.random.default_rng(1)
+    bases = [rng.random((size, size)) for _ in range(4)]
+
+    def image(i: int):
+        return bases[i % 4] + float(i)  # a new array per task, cheap to make
+
+    # Warm up (workers started, function shipped once) outside the clock.
+    [f.result() for f in [app(image(i), 1, tile) for i in range(2 * workers)]]
+    a = cpu_snapshot()
+    pending: deque = deque()
+    sent = 0
+    bad = 0
+    while sent < n and len(pending) < window:
+        pending.append(app(image(sent), iterations, tile))
+        sent += 1
+    while pending:
+        r = pending.popleft().result()
+        if r.shape != (size, size) or r.dtype != np.float64:
+            bad += 1
+        if sent < n:
+            pending.append(app(image(sent), iterations, tile))
+            sent += 1
+    b = cpu_snapshot()
+    if bad:
+        raise RuntimeError(f"{bad} image results had the wrong shape or dtype")
+    total = b[0] - a[0]
+    compute_s = cal["measured_ms"] / 1000
+    ideal = n * compute_s / workers
+    ideal_nominal = n * cal["target_ms"] / 1000 / workers
+    return {"images": n, "size": size, "window": window, "iterations": iterations,
+            "compute_ms": cal["measured_ms"], "target_ms": cal["target_ms"],
+            "bytes_per_image": size * size * 8, "total_s": total, "ideal_s": ideal,
+            "efficiency": ideal / total, "efficiency_nominal": ideal_nominal / total,
+            "images_per_s": n / total, **cpu_delta(a, b)}
+
+
+# ---------------------------------------------------------------- one process
+def write(out_path: str, result: dict) -> None:
+    tmp = out_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f)
+    os.replace(tmp, out_path)
+
+
+def run(spec: dict) -> dict:
+    from parsl import python_app
+
+    name, workers = spec["executor"], spec["workers"]
+    result: dict = {"executor": name, "workers": workers, "pid": os.getpid()}
+    try:
+        import dragon_parsl
+        result["dragon_parsl_file"] = dragon_parsl.__file__
+    except Exception:  # noqa: BLE001
+        pass
+    out = spec.get("out")
+
+    @python_app
+    def noop(x):
+        return x
+
+    work = python_app(image_work)
+
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as run_dir:
+        # dragonhpc's batch executor takes its batch size at construction: one DFK per
+        # benchmark for it; every other executor serves all benchmarks from one DFK.
+        per_bench = name == "dragonhpc-batch"
+        loaded = None
+        try:
+            for bench in [b for b in BENCHES if b in spec["benches"]]:
+                t0 = time.perf_counter()
+                try:
+                    if loaded is None or per_bench:
+                        if loaded is not None:
+                            loaded.close()
+                            loaded = None
+                        bs = dragonhpc_batch_size(bench, spec) if per_bench else 0
+                        loaded = Loaded(name, workers, spec, os.path.join(run_dir, bench), bs)
+                        if bs:
+                            result.setdefault("batch_size", {})[bench] = bs
+                    if bench == "noop":
+                        r = bench_noop(noop, spec["tasks"], workers)
+                    elif bench == "latency":
+                        r = bench_latency(noop, spec["samples"], workers)
+                    else:
+                        r = bench_images(work, spec, workers)
+                except Exception as e:  # noqa: BLE001  (recorded, the other benchmarks still run)
+                    r = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
+                r["elapsed_s"] = time.perf_counter() - t0
+                result[bench] = r
+                if out:
+                    write(out, result)
+        finally:
+            if loaded is not None:
+                loaded.close()
+    return result
+
+
+def main() -> int:
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        with open(sys.argv[1]) as f:
+            spec = json.load(f)
+    else:
+        p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--executor", choices=EXECUTORS, required=True)
+        p.add_argument("--benches", nargs="+", choices=BENCHES, default=list(BENCHES))
+        p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+        p.add_argument("--tasks", type=int, default=10000)
+        p.add_argument("--samples", type=int, default=300)
+        p.add_argument("--images", type=int, default=256)
+        p.add_argument("--image-size", type=int, default=512)
+        p.add_argument("--compute-ms", type=float, default=10.0)
+        p.add_argument("--window", type=int, default=16)
+        p.add_argument("--parsl-logging", choices=("default", "off"), default="default")
+        p.add_argument("--dragonhpc-batch-size", type=int, default=0)
+        p.add_argument("--out")
+        a = p.parse_args()
+        spec = {k: v for k, v in vars(a).items()}
+        if "images" in spec["benches"]:
+            spec["calibration"] = calibrate(a.image_size, a.compute_ms, min(128, a.image_size))
+    if spec["executor"] in DRAGONHPC:
+        import multiprocessing as mp
+
+        import dragon  # noqa: F401  (registers the "dragon" start method)
+        mp.set_start_method("dragon")
+    result = run(spec)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

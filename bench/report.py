@@ -1,0 +1,338 @@
+"""results.md and the PNG plots of a bench/run.py results.json.
+
+bench/run.py calls this at the end of a run; to redraw an existing run:
+    python bench/report.py bench/results/<date-time>/
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+NAMES = {
+    "dragon": "DragonExecutor",
+    "threadpool": "ThreadPoolExecutor",
+    "htex": "HighThroughputExecutor",
+    "dragonhpc-batch": "dragonhpc DragonBatchPoolExecutor",
+    "dragonhpc-pool": "dragonhpc DragonPoolExecutor",
+}
+SHORT = {"dragon": "Dragon", "threadpool": "ThreadPool", "htex": "HTEX",
+         "dragonhpc-batch": "dragonhpc\nBatchPool", "dragonhpc-pool": "dragonhpc\nPool"}
+COLORS = {"dragon": "#1f77b4", "threadpool": "#2ca02c", "htex": "#d62728",
+          "dragonhpc-batch": "#9467bd", "dragonhpc-pool": "#8c564b"}
+
+
+def fmt(x, digits: int = 0, suffix: str = "") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:,.{digits}f}{suffix}"
+
+
+def ratio(x) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def first_error(errors: list) -> str:
+    return errors[0].splitlines()[0][:300].replace("|", "/") if errors else ""
+
+
+# ---------------------------------------------------------------- markdown
+def markdown(res: dict) -> str:
+    m, s = res["machine"], res["settings"]
+    v = m["versions"]
+    parsl = res.get("parsl", {})
+    summ, rat = parsl.get("summary", {}), parsl.get("ratios", {})
+    execs = parsl.get("executors", [])
+    runs = parsl.get("runs", [])
+    L = []
+    L.append(f"# Benchmark results {m['date']}")
+    L.append("")
+    L.append(f"- machine: {m['cores']} cores, {m['cpu_model'] or '?'}, {m.get('mem_gib')} GiB, "
+             f"kernel {m.get('kernel')}, host {m['host']}; load average at start "
+             f"{', '.join(f'{x:.2f}' for x in m['loadavg_start'])}"
+             + (f", at end {', '.join(f'{x:.2f}' for x in m['loadavg_end'])}" if m.get("loadavg_end") else ""))
+    L.append(f"- versions: python {v['python']}, parsl {v['parsl']}, dragon_parsl {v['dragon_parsl']}, "
+             f"dragonhpc {v['dragonhpc'] or 'not installed'}, numpy {v['numpy']}, grpcio {v['grpcio']}; "
+             f"commit {m.get('git_commit')}")
+    L.append(f"- {res['dragonhpc']['detail']}")
+    L.append(f"- command: `{s['command']}`; {s['rounds']} round(s), executors alternating in rotating order, "
+             f"{s['workers']} workers each, Parsl logging: {s['parsl_logging']}")
+    for e, why in s.get("skipped_executors", {}).items():
+        L.append(f"- {NAMES.get(e, e)}: skipped ({why})")
+    L.append("")
+
+    tg = res.get("targets", [])
+    if tg:
+        L.append("## Targets (issue 4)")
+        L.append("")
+        L.append("| target | goal | measured | result | how |")
+        L.append("|---|---|---|---|---|")
+        for t in tg:
+            meas = t["measured"]
+            meas_s = f"{meas:.2f}" if isinstance(meas, (int, float)) else str(meas if meas is not None else "-")
+            L.append(f"| {t['target']} | {t['goal']} | {meas_s} | **{t['status']}** | "
+                     f"{t.get('detail', '')}{' (' + t['source'] + ')' if t.get('source') else ''} |")
+        L.append("")
+
+    if "noop" in summ:
+        ns = summ["noop"]
+        L.append(f"## No-op python_app throughput through Parsl ({s['tasks']:,} tasks submitted at once)")
+        L.append("")
+        L.append("| executor | median tasks/s | each round (tasks/s) | vs ThreadPool | vs HTEX | "
+                 "client CPU us/task | machine CPU us/task |")
+        L.append("|---|---|---|---|---|---|---|")
+        nr = rat.get("noop_tasks_per_s", {})
+        for e in execs:
+            x = ns.get(e, {})
+            if x.get("tasks_per_s") is None:
+                L.append(f"| {NAMES.get(e, e)} | failed: {first_error(x.get('errors', []))} | | | | | |")
+                continue
+            vs_tp = nr.get(f"{e}/threadpool", {}).get("median") if e != "threadpool" else 1.0
+            vs_h = nr.get(f"{e}/htex", {}).get("median") if e != "htex" else 1.0
+            L.append(f"| {NAMES.get(e, e)} | {fmt(x['tasks_per_s'])} | {', '.join(fmt(r) for r in x['runs'])} | "
+                     f"{ratio(vs_tp)} | {ratio(vs_h)} | {fmt(x['client_cpu_us_per_task'])} | "
+                     f"{fmt(x['machine_cpu_us_per_task'])} |")
+        L.append("")
+        L.append("Ratios are medians of the per-round ratios (each round runs every executor back to back). "
+                 "Client CPU is the workflow process (DFK + executor client); machine CPU is all busy CPU of "
+                 "the machine during the run (workers, daemons, and anything else running).")
+        L.append("")
+
+    if "latency" in summ:
+        ls = summ["latency"]
+        L.append("## Sequential round trip (one no-op task at a time)")
+        L.append("")
+        L.append("| executor | samples | p50 ms | p99 ms | mean ms | min ms | max ms | p50 vs ThreadPool | "
+                 "p50 vs HTEX |")
+        L.append("|---|---|---|---|---|---|---|---|---|")
+        lr = rat.get("latency_p50", {})
+        for e in execs:
+            x = ls.get(e, {})
+            if not x.get("samples"):
+                L.append(f"| {NAMES.get(e, e)} | failed: {first_error(x.get('errors', []))} | | | | | | | |")
+                continue
+            L.append(f"| {NAMES.get(e, e)} | {x['samples']} | {fmt(x['p50_ms'], 2)} | {fmt(x['p99_ms'], 2)} | "
+                     f"{fmt(x['mean_ms'], 2)} | {fmt(x['min_ms'], 2)} | {fmt(x['max_ms'], 2)} | "
+                     f"{ratio(lr.get(e + '/threadpool') if e != 'threadpool' else 1.0)} | "
+                     f"{ratio(lr.get(e + '/htex') if e != 'htex' else 1.0)} |")
+        notes = [f"{NAMES.get(e, e)}: {n}" for e in execs for n in ls.get(e, {}).get("notes", [])]
+        L.append("")
+        L.append("Percentiles over the samples of all rounds pooled." + (" " + "; ".join(notes) if notes else ""))
+        L.append("")
+
+    if "images" in summ:
+        ims = summ["images"]
+        cal = parsl.get("calibration", [])
+        L.append(f"## Image batch ({s['images']:,} images of {s['image_size']}x{s['image_size']} float64, "
+                 f"{s['compute_ms']:g} ms compute each, {s['window']} in flight)")
+        L.append("")
+        if cal:
+            L.append("Compute calibrated per round on one idle core: " + "; ".join(
+                f"round {c['round']}: {c['iterations']} FFT passes = {c['measured_ms']:.2f} ms" for c in cal)
+                + ". Ideal time = images x calibrated compute / workers.")
+            L.append("")
+        L.append("| executor | efficiency (median) | each round | time s | ideal s | images/s | "
+                 "time vs ThreadPool | time vs HTEX | client CPU ms/image |")
+        L.append("|---|---|---|---|---|---|---|---|---|")
+        ir = rat.get("images_time", {})
+        for e in execs:
+            x = ims.get(e, {})
+            if x.get("efficiency") is None:
+                L.append(f"| {NAMES.get(e, e)} | failed: {first_error(x.get('errors', []))} | | | | | | | |")
+                continue
+            L.append(f"| {NAMES.get(e, e)} | {fmt(x['efficiency'], 3)} | {', '.join(fmt(r, 3) for r in x['runs'])} | "
+                     f"{fmt(x['total_s'], 2)} | {fmt(x['ideal_s'], 2)} | {fmt(x['images_per_s'], 1)} | "
+                     f"{ratio(ir.get(e + '/threadpool', {}).get('median') if e != 'threadpool' else 1.0)} | "
+                     f"{ratio(ir.get(e + '/htex', {}).get('median') if e != 'htex' else 1.0)} | "
+                     f"{fmt(x['client_cpu_ms_per_image'], 2)} |")
+        L.append("")
+
+    failed = [r for r in runs if r.get("error")]
+    if failed:
+        L.append("## Failed measurements")
+        L.append("")
+        for r in failed:
+            L.append(f"- round {r['round']}, {NAMES.get(r['executor'], r['executor'])}: "
+                     f"{r['error'].splitlines()[0][:400]}")
+        L.append("")
+
+    for h, title in (("native", "Native throughput (C++ client, no Parsl)"), ("head_scale", "Scale of the head")):
+        hr = res.get(h, {})
+        L.append(f"## {title}")
+        L.append("")
+        if hr.get("status") != "ok":
+            L.append(hr.get("status", "not available: not run"))
+            L.append("")
+            continue
+        data = hr["result"]
+        L.append(f"From `{hr.get('command')}` ({hr.get('elapsed_s', 0):.0f} s); its JSON is in results.json "
+                 f"under \"{h}\".")
+        L.append("")
+        if isinstance(data.get("table_md"), str):
+            L.append(data["table_md"].rstrip())
+            L.append("")
+    return "\n".join(L) + "\n"
+
+
+# ---------------------------------------------------------------- plots
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_noop(res: dict, out: Path) -> list:
+    ns = res["parsl"]["summary"].get("noop")
+    execs = [e for e in res["parsl"]["executors"] if ns and ns.get(e, {}).get("tasks_per_s")]
+    if not execs:
+        return []
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    xs = range(len(execs))
+    ax.bar(xs, [ns[e]["tasks_per_s"] for e in execs], color=[COLORS.get(e, "gray") for e in execs], alpha=0.8)
+    for i, e in enumerate(execs):
+        ax.scatter([i] * len(ns[e]["runs"]), ns[e]["runs"], color="black", s=12, zorder=3)
+        ax.annotate(f"{ns[e]['tasks_per_s']:.0f}", (i, ns[e]["tasks_per_s"]), ha="center", va="bottom",
+                    fontsize=9, xytext=(0, 3), textcoords="offset points")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([SHORT.get(e, e) for e in execs], fontsize=9)
+    ax.set_ylabel("no-op tasks/s (median; dots: rounds)")
+    s = res["settings"]
+    ax.set_title(f"No-op python_app throughput through Parsl ({s['tasks']:,} tasks, {s['workers']} workers)")
+    fig.tight_layout()
+    p = out / "noop_throughput.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return [p]
+
+
+def plot_latency(res: dict, out: Path) -> list:
+    ls = res["parsl"]["summary"].get("latency")
+    execs = [e for e in res["parsl"]["executors"] if ls and ls.get(e, {}).get("samples")]
+    if not execs:
+        return []
+    runs = res["parsl"]["runs"]
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    xs = list(range(len(execs)))
+    w = 0.38
+    a1.bar([x - w / 2 for x in xs], [ls[e]["p50_ms"] for e in execs], w, label="p50",
+           color=[COLORS.get(e, "gray") for e in execs])
+    a1.bar([x + w / 2 for x in xs], [ls[e]["p99_ms"] for e in execs], w, label="p99",
+           color=[COLORS.get(e, "gray") for e in execs], alpha=0.45, hatch="//")
+    a1.set_yscale("log")
+    a1.set_xticks(xs)
+    a1.set_xticklabels([SHORT.get(e, e) for e in execs], fontsize=9)
+    a1.set_ylabel("round trip, ms (log)")
+    a1.set_title("Sequential no-op round trip: p50 (solid), p99 (hatched)")
+    for e in execs:
+        samples = sorted(x for r in runs if r["executor"] == e and isinstance(r.get("latency"), dict)
+                         for x in r["latency"].get("raw_ms", []))
+        if samples:
+            n = len(samples)
+            a2.plot(samples, [(i + 1) / n for i in range(n)], label=NAMES.get(e, e), color=COLORS.get(e))
+    a2.set_xscale("log")
+    a2.set_xlabel("round trip, ms (log)")
+    a2.set_ylabel("fraction of tasks")
+    a2.set_title("Latency distribution (CDF)")
+    a2.legend(fontsize=7)
+    a2.grid(alpha=0.3)
+    fig.tight_layout()
+    p = out / "latency.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return [p]
+
+
+def plot_images(res: dict, out: Path) -> list:
+    ims = res["parsl"]["summary"].get("images")
+    execs = [e for e in res["parsl"]["executors"] if ims and ims.get(e, {}).get("efficiency") is not None]
+    if not execs:
+        return []
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    xs = range(len(execs))
+    ax.bar(xs, [ims[e]["efficiency"] for e in execs], color=[COLORS.get(e, "gray") for e in execs], alpha=0.8)
+    for i, e in enumerate(execs):
+        ax.scatter([i] * len(ims[e]["runs"]), ims[e]["runs"], color="black", s=12, zorder=3)
+        ax.annotate(f"{ims[e]['efficiency']:.2f}\n({ims[e]['total_s']:.1f} s)", (i, ims[e]["efficiency"]),
+                    ha="center", va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points")
+    ax.axhline(0.9, color="gray", ls="--", lw=1)
+    ax.text(len(execs) - 0.5, 0.905, "target 0.90", ha="right", va="bottom", fontsize=8, color="gray")
+    ax.set_ylim(0, 1.15)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([SHORT.get(e, e) for e in execs], fontsize=9)
+    ax.set_ylabel("efficiency = ideal / measured time")
+    s = res["settings"]
+    ax.set_title(f"Image batch: {s['images']:,} x {s['image_size']}x{s['image_size']} float64, "
+                 f"{s['compute_ms']:g} ms each, {s['workers']} workers")
+    fig.tight_layout()
+    p = out / "image_efficiency.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return [p]
+
+
+def plot_hook(res: dict, h: str, out: Path) -> list:
+    hr = res.get(h, {})
+    plots = (hr.get("result") or {}).get("plots") if hr.get("status") == "ok" else None
+    if not isinstance(plots, dict):
+        return []
+    plt = _plt()
+    made = []
+    for name, spec in plots.items():
+        try:
+            x = spec["x"]
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            for label, ys in spec["series"].items():
+                ax.plot(x[:len(ys)], ys, marker="o", label=str(label))
+            ax.set_xlabel(spec.get("xlabel", ""))
+            ax.set_ylabel(spec.get("ylabel", ""))
+            ax.set_title(spec.get("title", f"{h}: {name}"))
+            if spec.get("xscale") in ("log", "linear"):
+                ax.set_xscale(spec["xscale"])
+            if spec.get("yscale") in ("log", "linear"):
+                ax.set_yscale(spec["yscale"])
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(name))
+            p = out / f"{h}_{safe}.png"
+            fig.savefig(p, dpi=110)
+            plt.close(fig)
+            made.append(p)
+        except Exception as e:  # noqa: BLE001  (a malformed plot spec must not lose the report)
+            hr.setdefault("plot_errors", []).append(f"{name}: {type(e).__name__}: {e}")
+    return made
+
+
+def write_report(res: dict, out: Path) -> str:
+    out = Path(out)
+    plots: list = []
+    plot_errors = []
+    for fn in (plot_noop, plot_latency, plot_images):
+        try:
+            plots += fn(res, out)
+        except Exception as e:  # noqa: BLE001
+            plot_errors.append(f"{fn.__name__}: {type(e).__name__}: {e}")
+    for h in ("native", "head_scale"):
+        try:
+            plots += plot_hook(res, h, out)
+        except Exception as e:  # noqa: BLE001
+            plot_errors.append(f"{h}: {type(e).__name__}: {e}")
+    md = markdown(res)
+    if plots:
+        md += "## Plots\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"
+    if plot_errors:
+        md += "\nPlots that failed: " + "; ".join(plot_errors) + "\n"
+    (out / "results.md").write_text(md)
+    return md
+
+
+if __name__ == "__main__":
+    d = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
+    print(write_report(json.loads((d / "results.json").read_text()), d))

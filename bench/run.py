@@ -1,0 +1,485 @@
+"""Every benchmark of bench/, side by side, in one run: `make bench` runs this with defaults.
+
+Writes into --out (default bench/results/<date-time>/):
+  results.json  every raw number, the settings and the machine (cores, CPU, versions, date)
+  results.md    tables (raw numbers, medians, ratios measured in this run) and the issue's targets
+  *.png         plots: no-op throughput, latency, image-batch efficiency, native and head-scale curves
+
+Through Parsl (bench/parsl_bench.py, one process per executor and round; executors alternate
+round by round, in a rotating order, since the machine drifts): no-op throughput, sequential
+round-trip latency and the image batch, on DragonExecutor, ThreadPoolExecutor,
+HighThroughputExecutor and, when PyPI's dragonhpc is installed, its DragonBatchPoolExecutor and
+DragonPoolExecutor (run under its `dragon` launcher). Every executor gets the same number of
+workers and the same Parsl logging settings. Then bench/native_bench.py and bench/head_scale.py
+if present (`python bench/<name>.py --quick|--full --json-out FILE`); their JSON is embedded
+verbatim. A benchmark that fails is reported with its reason; the run goes on.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+import parsl_bench  # noqa: E402
+from parsl_bench import BENCHES, DRAGONHPC, EXECUTORS  # noqa: E402
+
+HOOKS = ("native", "head_scale")  # bench/native_bench.py, bench/head_scale.py
+HOOK_FILES = {"native": "native_bench.py", "head_scale": "head_scale.py"}
+ONLY = BENCHES + HOOKS
+
+QUICK = dict(tasks=300, samples=20, images=16, image_size=64, rounds=1)
+FULL = dict(tasks=100_000, samples=500, images=4096, image_size=512, rounds=2)
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ---------------------------------------------------------------- machine
+def version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def dragonhpc_status() -> dict:
+    """Whether PyPI's dragonhpc can be run here: its package and its `dragon` launcher."""
+    ver = version("dragonhpc")
+    if ver is None or importlib.util.find_spec("dragon") is None:
+        return {"installed": False, "status": "not installed",
+                "detail": "dragonhpc: not installed (make bench-deps installs it)"}
+    launcher = shutil.which("dragon", path=os.path.dirname(sys.executable) + os.pathsep
+                            + os.environ.get("PATH", ""))
+    if launcher is None:
+        return {"installed": False, "version": ver, "status": "not installed",
+                "detail": "dragonhpc: package installed but its 'dragon' launcher is not on PATH"}
+    return {"installed": True, "version": ver, "status": "installed", "launcher": launcher,
+            "detail": f"dragonhpc {ver} ({launcher})"}
+
+
+def git_commit() -> str | None:
+    try:
+        cp = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return cp.stdout.strip() + ("+dirty" if dirty else "") if cp.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine_info(env: dict) -> dict:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        with open("/proc/meminfo") as f:
+            mem_gib = round(int(f.readline().split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    # dragon_parsl as the benchmark processes import it (this checkout's parsl_plugin first).
+    cp = subprocess.run([sys.executable, "-c", "import dragon_parsl; print(dragon_parsl.__version__); "
+                         "print(dragon_parsl.__file__)"], env=env, capture_output=True, text=True, timeout=60)
+    dp = cp.stdout.split() if cp.returncode == 0 else []
+    dragond = os.path.join(env.get("DRAGON_BIN_DIR", ""), "dragond")
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(), "cores": os.cpu_count(), "cpu_model": model, "mem_gib": mem_gib,
+        "kernel": platform.release(), "loadavg_start": os.getloadavg(),
+        "versions": {
+            "python": platform.python_version(), "parsl": version("parsl"),
+            "dragon_parsl": dp[0] if dp else None, "dragon_parsl_path": dp[1] if len(dp) > 1 else None,
+            "dragonhpc": version("dragonhpc"), "numpy": version("numpy"), "grpcio": version("grpcio"),
+            "protobuf": version("protobuf"), "matplotlib": version("matplotlib"),
+        },
+        "git_commit": git_commit(),
+        "dragond": dragond if os.path.exists(dragond) else shutil.which("dragond", path=env.get("PATH")),
+    }
+
+
+def bench_env() -> dict:
+    env = dict(os.environ)
+    bindir = os.path.dirname(sys.executable)
+    # HTEX starts its interchange from PATH: this interpreter's bin/ goes first.
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    # This checkout's dragon_parsl (clients and the workers dragond starts inherit it).
+    env["PYTHONPATH"] = str(REPO / "parsl_plugin") + (os.pathsep + env["PYTHONPATH"]
+                                                     if env.get("PYTHONPATH") else "")
+    if (REPO / "build-out" / "bin" / "dragond").exists():
+        env.setdefault("DRAGON_BIN_DIR", str(REPO / "build-out" / "bin"))
+    env.pop("DRAGON_HEAD", None)  # DragonExecutor starts its own private dragond
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = "1"  # one core per worker, for every executor alike
+    env.setdefault("MPLBACKEND", "Agg")
+    return env
+
+
+# ---------------------------------------------------------------- running one process
+def kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def run_process(cmd: list, env: dict, timeout: float, log_path: Path) -> tuple[int | None, str]:
+    """Runs cmd in its own session (so that everything it starts can be killed), output to log_path.
+    Returns (exit code or None on timeout, tail of its output)."""
+    with open(log_path, "w") as logf:
+        proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=str(REPO))
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            rc = None
+        kill_group(proc)  # leftovers (HTEX interchange, pools) of a finished or timed-out run
+        if rc is None:
+            proc.wait()
+    tail = log_path.read_text(errors="replace")[-4000:]
+    return rc, tail
+
+
+def shm_entries() -> set:
+    return set(glob.glob("/dev/shm/*"))
+
+
+def run_executor(name: str, spec: dict, env: dict, workdir: Path, timeout: float, rnd: int) -> dict:
+    spec = dict(spec, executor=name, out=str(workdir / f"r{rnd}-{name}.json"))
+    spec_path = workdir / f"r{rnd}-{name}-spec.json"
+    spec_path.write_text(json.dumps(spec))
+    script = str(BENCH / "parsl_bench.py")
+    if name in DRAGONHPC:
+        # The dragon launcher hangs if it is a session leader: `timeout` leads the session instead
+        # (setsid timeout N dragon ... works, see shared BASELINES.md).
+        cmd = ["timeout", "-k", "10", str(int(timeout)), "dragon", script, str(spec_path)]
+        shm_before = shm_entries()
+    else:
+        cmd = [sys.executable, script, str(spec_path)]
+    t0 = time.perf_counter()
+    rc, tail = run_process(cmd, env, timeout + 30, workdir / f"r{rnd}-{name}.log")
+    wall = time.perf_counter() - t0
+    result: dict = {}
+    if os.path.exists(spec["out"]):
+        try:
+            result = json.loads(Path(spec["out"]).read_text())
+        except json.JSONDecodeError:
+            result = {}
+    result.update(executor=name, round=rnd, process_s=wall, exit_code=rc)
+    if rc != 0:
+        reason = "timed out" if rc in (None, 124, 137) else f"exited with code {rc}"
+        result["error"] = f"{reason} after {wall:.0f} s; last output: {tail.strip()[-1500:]}"
+    if name in DRAGONHPC:
+        leftovers = shm_entries() - shm_before
+        if rc != 0 or leftovers:
+            cleanup = shutil.which("dragon-cleanup", path=env["PATH"])
+            if cleanup:
+                subprocess.run([cleanup], env=env, capture_output=True, timeout=120)
+            result["dragon_cleanup"] = {"shm_leftovers": len(leftovers), "ran": bool(cleanup)}
+    for b in spec["benches"]:
+        if b not in result:
+            result[b] = {"error": result.get("error", "not run")}
+    return result
+
+
+def run_hook(name: str, quick: bool, env: dict, workdir: Path, timeout: float) -> dict:
+    script = BENCH / HOOK_FILES[name]
+    if not script.exists():
+        return {"status": f"not available: bench/{HOOK_FILES[name]} does not exist"}
+    out = workdir / f"{name}.json"
+    cmd = [sys.executable, str(script), "--quick" if quick else "--full", "--json-out", str(out)]
+    t0 = time.perf_counter()
+    rc, tail = run_process(cmd, env, timeout, workdir / f"{name}.log")
+    wall = time.perf_counter() - t0
+    if rc != 0:
+        why = f"timed out after {timeout:.0f} s" if rc is None else f"exited with code {rc}"
+        return {"status": f"not available: {' '.join(cmd[1:3])} {why}", "output_tail": tail[-2000:],
+                "elapsed_s": wall}
+    data = None
+    if out.exists():
+        try:
+            data = json.loads(out.read_text())
+        except json.JSONDecodeError as e:
+            return {"status": f"not available: {out.name} is not JSON ({e})", "elapsed_s": wall}
+    else:  # the agreed fallback: one JSON object on the last stdout line
+        lines = [ln for ln in tail.splitlines() if ln.strip()]
+        try:
+            data = json.loads(lines[-1]) if lines else None
+        except json.JSONDecodeError:
+            data = None
+    if not isinstance(data, dict):
+        return {"status": f"not available: {HOOK_FILES[name]} wrote no JSON object", "elapsed_s": wall,
+                "output_tail": tail[-2000:]}
+    return {"status": "ok", "elapsed_s": wall, "command": " ".join(["python", f"bench/{HOOK_FILES[name]}",
+                                                                     *cmd[2:3], "--json-out", "FILE"]),
+            "result": data}
+
+
+# ---------------------------------------------------------------- summaries
+def median(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def summarize(runs: list, executors: list, benches: list) -> dict:
+    summary: dict = {}
+    ok = lambda r, b: isinstance(r.get(b), dict) and "error" not in r[b]  # noqa: E731
+    if "noop" in benches:
+        s = {}
+        for e in executors:
+            rs = [r for r in runs if r["executor"] == e and ok(r, "noop")]
+            errs = [r["noop"]["error"] for r in runs if r["executor"] == e and not ok(r, "noop")]
+            s[e] = {"tasks_per_s": median([r["noop"]["tasks_per_s"] for r in rs]),
+                    "runs": [r["noop"]["tasks_per_s"] for r in rs],
+                    "client_cpu_us_per_task": median([r["noop"]["client_cpu_s"] / r["noop"]["tasks"] * 1e6
+                                                      for r in rs]),
+                    "machine_cpu_us_per_task": median([r["noop"]["machine_busy_cpu_s"] / r["noop"]["tasks"] * 1e6
+                                                       for r in rs]),
+                    "errors": errs}
+        summary["noop"] = s
+    if "latency" in benches:
+        s = {}
+        for e in executors:
+            rs = [r for r in runs if r["executor"] == e and ok(r, "latency")]
+            pooled = [x for r in rs for x in r["latency"].get("raw_ms", [])]
+            st = parsl_bench.latency_stats(pooled) if pooled else {}
+            st["round_p50_ms"] = [r["latency"]["p50_ms"] for r in rs]
+            st["notes"] = sorted({r["latency"]["note"] for r in rs if r["latency"].get("note")})
+            st["errors"] = [r["latency"]["error"] for r in runs if r["executor"] == e and not ok(r, "latency")]
+            s[e] = st
+        summary["latency"] = s
+    if "images" in benches:
+        s = {}
+        for e in executors:
+            rs = [r for r in runs if r["executor"] == e and ok(r, "images")]
+            s[e] = {"efficiency": median([r["images"]["efficiency"] for r in rs]),
+                    "runs": [r["images"]["efficiency"] for r in rs],
+                    "total_s": median([r["images"]["total_s"] for r in rs]),
+                    "ideal_s": median([r["images"]["ideal_s"] for r in rs]),
+                    "images_per_s": median([r["images"]["images_per_s"] for r in rs]),
+                    "client_cpu_ms_per_image": median([r["images"]["client_cpu_s"] / r["images"]["images"] * 1e3
+                                                       for r in rs]),
+                    "errors": [r["images"]["error"] for r in runs if r["executor"] == e and not ok(r, "images")]}
+        summary["images"] = s
+    return summary
+
+
+def round_ratios(runs: list, bench: str, key: str, a: str, b: str) -> dict:
+    """a/b of `key` within each round where both ran, and their median."""
+    per = []
+    for rnd in sorted({r["round"] for r in runs}):
+        ra = next((r for r in runs if r["round"] == rnd and r["executor"] == a), None)
+        rb = next((r for r in runs if r["round"] == rnd and r["executor"] == b), None)
+        try:
+            per.append(ra[bench][key] / rb[bench][key])
+        except (TypeError, KeyError, ZeroDivisionError):
+            continue
+    return {"median": median(per), "rounds": per}
+
+
+def ratios(runs: list, summary: dict, executors: list) -> dict:
+    out: dict = {}
+    if "noop" in summary:
+        out["noop_tasks_per_s"] = {f"{e}/{ref}": round_ratios(runs, "noop", "tasks_per_s", e, ref)
+                                   for e in executors for ref in ("threadpool", "htex")
+                                   if ref in executors and e != ref}
+    if "latency" in summary:
+        lat = summary["latency"]
+        out["latency_p50"] = {}
+        for e in executors:
+            for ref in ("threadpool", "htex"):
+                if ref in executors and e != ref and lat.get(e, {}).get("p50_ms") and lat[ref].get("p50_ms"):
+                    out["latency_p50"][f"{e}/{ref}"] = lat[e]["p50_ms"] / lat[ref]["p50_ms"]
+    if "images" in summary:
+        out["images_time"] = {f"{e}/{ref}": round_ratios(runs, "images", "total_s", e, ref)
+                              for e in executors for ref in ("threadpool", "htex")
+                              if ref in executors and e != ref}
+    return out
+
+
+def targets(summary: dict, rat: dict) -> list:
+    rows = []
+
+    def add(name, goal, measured, ok, detail):
+        rows.append({"target": name, "goal": goal, "measured": measured,
+                     "status": "n/a" if measured is None else ("PASS" if ok else "MISS"), "detail": detail})
+
+    nr = rat.get("noop_tasks_per_s", {})
+    if "noop" in summary:
+        m = nr.get("dragon/htex", {}).get("median")
+        add("no-op throughput through Parsl vs HighThroughputExecutor", ">= 1.5x", m,
+            m is not None and m >= 1.5, "median over rounds of DragonExecutor/HTEX tasks/s")
+        m = nr.get("dragon/threadpool", {}).get("median")
+        add("no-op throughput through Parsl vs ThreadPoolExecutor (DFK ceiling)", ">= 0.8x", m,
+            m is not None and m >= 0.8, "median over rounds of DragonExecutor/ThreadPool tasks/s")
+    if "latency" in summary:
+        m = rat.get("latency_p50", {}).get("dragon/threadpool")
+        add("sequential latency p50 through Parsl vs ThreadPoolExecutor", "<= 1.5x", m,
+            m is not None and m <= 1.5, "p50 of all samples of all rounds, DragonExecutor/ThreadPool")
+    if "images" in summary:
+        m = summary["images"].get("dragon", {}).get("efficiency")
+        add("image batch efficiency (DragonExecutor)", ">= 0.90", m, m is not None and m >= 0.9,
+            "ideal (images x compute / workers) / measured, median over rounds")
+    return rows
+
+
+# ---------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="small counts (300 no-ops, 20 latency samples, 16 images of 64x64, 1 round): "
+                        "a smoke run of a few minutes; the hooks get --quick")
+    p.add_argument("--only", nargs="+", choices=ONLY, metavar="BENCH",
+                   help=f"run only these: {', '.join(ONLY)} (default: all)")
+    p.add_argument("--out", help="output directory (default bench/results/<date-time>/)")
+    p.add_argument("--executors", nargs="+", choices=EXECUTORS, default=list(EXECUTORS),
+                   help="Parsl executors to compare (dragonhpc ones are skipped when it is not installed)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="workers of every executor")
+    p.add_argument("--rounds", type=int, help="rounds of the Parsl benchmarks (default 2; --quick 1)")
+    p.add_argument("--tasks", type=int, help="no-op tasks per measurement (default 100000; --quick 300)")
+    p.add_argument("--samples", type=int, help="sequential latency samples (default 500; --quick 20)")
+    p.add_argument("--images", type=int, help="images in the batch (default 4096; --quick 16)")
+    p.add_argument("--image-size", type=int, help="image side in pixels, float64 (default 512; --quick 64)")
+    p.add_argument("--compute-ms", type=float, default=10.0, help="compute time per image (default 10 ms)")
+    p.add_argument("--window", type=int, default=0,
+                   help="images in flight at once (default 8 per worker); bounds memory: the client "
+                        "submits the next image as each result arrives")
+    p.add_argument("--parsl-logging", choices=("default", "off"), default="default",
+                   help="Parsl's logging for every executor: 'default' (parsl.log at DEBUG, what users "
+                        "get) or 'off' (Config(initialize_logging=False))")
+    p.add_argument("--dragonhpc-batch-size", type=int, default=0,
+                   help="batch_size of DragonBatchPoolExecutor (default: tasks/workers for no-op, "
+                        "1 for latency, 4 for images)")
+    p.add_argument("--timeout", type=float, default=0, help="seconds per executor process (default: from the counts)")
+    p.add_argument("--hook-timeout", type=float, default=0,
+                   help="seconds for each of native_bench.py and head_scale.py (default 150 quick, 1800 full)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    defaults = QUICK if args.quick else FULL
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    only = list(args.only or ONLY)
+    benches = [b for b in BENCHES if b in only]
+    hooks = [h for h in HOOKS if h in only]
+    window = args.window or 8 * args.workers
+
+    out = Path(args.out) if args.out else BENCH / "results" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "raw"
+    work.mkdir(exist_ok=True)
+    env = bench_env()
+    mach = machine_info(env)
+    dh = dragonhpc_status()
+    log(f"bench: output in {out}")
+    log(f"bench: {mach['cores']} cores, {mach['cpu_model']}, python {mach['versions']['python']}, "
+        f"parsl {mach['versions']['parsl']}, dragon_parsl {mach['versions']['dragon_parsl']} "
+        f"({mach['versions']['dragon_parsl_path']})")
+    log(f"bench: {dh['detail']}")
+
+    executors = [e for e in args.executors if e not in DRAGONHPC or dh["installed"]]
+    skipped = {e: dh["detail"] for e in args.executors if e not in executors}
+    spec = {"benches": benches, "workers": args.workers, "tasks": args.tasks, "samples": args.samples,
+            "images": args.images, "image_size": args.image_size, "compute_ms": args.compute_ms,
+            "window": window, "parsl_logging": args.parsl_logging,
+            "dragonhpc_batch_size": args.dragonhpc_batch_size}
+    timeout = args.timeout or (120 + args.tasks / 100 + args.samples * 0.5
+                               + args.images * args.compute_ms / 1000 * 15)
+    settings = dict(spec, rounds=args.rounds, quick=args.quick, executors=executors,
+                    skipped_executors=skipped, timeout_per_process_s=timeout, only=only,
+                    command=" ".join([os.path.relpath(sys.argv[0], REPO) if sys.argv[0] else "bench/run.py",
+                                      *(argv if argv is not None else sys.argv[1:])]))
+    results = {"schema": 1, "machine": mach, "settings": settings, "dragonhpc": dh,
+               "parsl": {"runs": [], "calibration": []}}
+
+    runs = results["parsl"]["runs"]
+    t_start = time.perf_counter()
+    if benches and executors:
+        for rnd in range(1, args.rounds + 1):
+            rspec = dict(spec)
+            if "images" in benches:
+                cal = parsl_bench.calibrate(args.image_size, args.compute_ms, min(128, args.image_size))
+                cal["round"] = rnd
+                results["parsl"]["calibration"].append(cal)
+                rspec["calibration"] = cal
+                log(f"round {rnd}: image work calibrated: {cal['iterations']} FFT passes on "
+                    f"{cal['tile']}x{cal['tile']} tiles = {cal['measured_ms']:.2f} ms per image "
+                    f"(target {args.compute_ms:g} ms)")
+            k = (rnd - 1) % len(executors)
+            order = executors[k:] + executors[:k]  # rotate: no executor always runs first
+            for name in order:
+                r = run_executor(name, rspec, env, work, timeout, rnd)
+                runs.append(r)
+                parts = []
+                for b in benches:
+                    x = r.get(b, {})
+                    if "error" in x:
+                        parts.append(f"{b}: FAILED ({x['error'].splitlines()[0][:160]})")
+                    elif b == "noop":
+                        parts.append(f"noop {x['tasks_per_s']:.0f} tasks/s")
+                    elif b == "latency":
+                        parts.append(f"latency p50 {x['p50_ms']:.2f} ms p99 {x['p99_ms']:.2f} ms")
+                    else:
+                        parts.append(f"images eff {x['efficiency']:.2f} ({x['total_s']:.1f} s)")
+                log(f"round {rnd}: {name:16s} " + "; ".join(parts) + f"  [{r['process_s']:.0f} s]")
+                with open(out / "results.json", "w") as f:  # partial results survive an interrupt
+                    json.dump(results, f, indent=1)
+    results["parsl"]["executors"] = executors
+    results["parsl"]["summary"] = summarize(runs, executors, benches)
+    results["parsl"]["ratios"] = ratios(runs, results["parsl"]["summary"], executors)
+    results["targets"] = targets(results["parsl"]["summary"], results["parsl"]["ratios"])
+
+    for h in HOOKS:
+        if h not in hooks:
+            results[h] = {"status": "not run (--only)"}
+            continue
+        log(f"bench: running bench/{HOOK_FILES[h]} ...")
+        ht = args.hook_timeout or (150 if args.quick else 1800)
+        results[h] = run_hook(h, args.quick, env, work, ht)
+        log(f"bench: {h}: {results[h]['status']}")
+        res = results[h].get("result") or {}
+        for t in res.get("targets", []) if isinstance(res.get("targets"), list) else []:
+            if isinstance(t, dict) and "target" in t:  # optional: rows in the same shape as ours
+                results["targets"].append(dict(t, source=h))
+
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    results["elapsed_s"] = time.perf_counter() - t_start
+    with open(out / "results.json", "w") as f:
+        json.dump(results, f, indent=1)
+
+    import report  # after the runs: matplotlib is only needed here
+
+    md = report.write_report(results, out)
+    log("")
+    log(md)
+    log(f"bench: wrote {out / 'results.json'}, {out / 'results.md'} and "
+        f"{len(list(out.glob('*.png')))} plots in {time.perf_counter() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
