@@ -1,5 +1,7 @@
 #include "daemon/task_table.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace dragon::daemon {
@@ -27,29 +29,47 @@ bool IsAllowedTransition(TaskState from, TaskState to) {
   }
 }
 
+const std::string& Task::name_or_empty() const {
+  static const std::string kEmpty;
+  return name != nullptr ? *name : kEmpty;
+}
+
+const std::string* TaskTable::Intern(std::string name) {
+  if (name.empty()) return nullptr;
+  auto it = names_.find(name);
+  if (it != names_.end()) return &*it;
+  if (names_.size() < kMaxInterned) return &*names_.insert(std::move(name)).first;
+  overflow_names_.push_back(std::make_unique<std::string>(std::move(name)));
+  return overflow_names_.back().get();
+}
+
 TaskId TaskTable::Add(dragon::v1::TaskKind kind, std::string name, SessionId session,
                       uint64_t client_ref, std::string payload, int64_t now_us) {
-  Task& task = tasks_.emplace_back();
-  task.id = tasks_.size();
+  if ((size_ & (kChunkSize - 1)) == 0) chunks_.push_back(std::make_unique<Task[]>(kChunkSize));
+  Task& task = At(size_);
+  ++size_;
+  task.id = size_;
   task.kind = kind;
-  task.name = std::move(name);
+  task.name = Intern(std::move(name));
   task.session = session;
   task.client_ref = client_ref;
   task.payload_bytes = payload.size();
   task.payload = std::move(payload);
   task.submitted_us = now_us;
   ++counts_[dragon::v1::PENDING];
+  SessionLive& live = live_by_session_[session];
+  if (live.live++ == 0) live.first = task.id;
   return task.id;
 }
 
 Task* TaskTable::Find(TaskId id) {
-  if (id == 0 || id > tasks_.size()) return nullptr;
-  return &tasks_[id - 1];
+  if (id == 0 || id > size_) return nullptr;
+  return &At(id - 1);
 }
 
 const Task* TaskTable::Find(TaskId id) const {
-  if (id == 0 || id > tasks_.size()) return nullptr;
-  return &tasks_[id - 1];
+  if (id == 0 || id > size_) return nullptr;
+  return &At(id - 1);
 }
 
 absl::Status TaskTable::Transition(TaskId id, TaskState to, int64_t now_us) {
@@ -74,12 +94,17 @@ absl::Status TaskTable::Transition(TaskId id, TaskState to, int64_t now_us) {
     case dragon::v1::RUNNING:
       task->running_us = now_us;
       break;
-    default:
+    default: {
       task->finished_us = now_us;
+      auto live = live_by_session_.find(task->session);
+      if (live != live_by_session_.end() && --live->second.live == 0) {
+        live_by_session_.erase(live);
+      }
       // Nothing needs the payload once the task has ended; free it now so a
       // long run's memory follows its live tasks, not its history.
       std::string().swap(task->payload);
       break;
+    }
   }
   return absl::OkStatus();
 }
@@ -90,20 +115,28 @@ uint64_t TaskTable::CountInState(TaskState state) const {
 }
 
 std::vector<const Task*> TaskTable::List(TaskState state, size_t limit, uint64_t* total) const {
+  const bool all = state == dragon::v1::TASK_STATE_UNSPECIFIED;
+  const uint64_t matching = all ? size_ : CountInState(state);
   std::vector<const Task*> out;
-  uint64_t matched = 0;
-  for (auto it = tasks_.rbegin(); it != tasks_.rend(); ++it) {
-    if (state != dragon::v1::TASK_STATE_UNSPECIFIED && it->state != state) continue;
-    ++matched;
-    if (out.size() < limit) out.push_back(&*it);
+  out.reserve(std::min<uint64_t>(limit, matching));
+  uint64_t seen = 0;  // matching tasks passed so far
+  for (uint64_t i = size_; i > 0 && out.size() < limit && seen < matching; --i) {
+    const Task& task = At(i - 1);
+    if (!all && task.state != state) continue;
+    ++seen;
+    out.push_back(&task);
   }
-  if (total != nullptr) *total = matched;
+  if (total != nullptr) *total = matching;
   return out;
 }
 
 std::vector<TaskId> TaskTable::LiveTasksOfSession(SessionId session) const {
   std::vector<TaskId> out;
-  for (const Task& task : tasks_) {
+  auto live = live_by_session_.find(session);
+  if (live == live_by_session_.end()) return out;
+  out.reserve(live->second.live);
+  for (uint64_t i = live->second.first - 1; i < size_ && out.size() < live->second.live; ++i) {
+    const Task& task = At(i);
     if (task.session == session && !IsTerminal(task.state)) out.push_back(task.id);
   }
   return out;
@@ -113,7 +146,7 @@ void FillTaskInfo(const Task& task, const std::string& node, dragon::v1::TaskInf
   info->set_task_id(task.id);
   info->set_state(task.state);
   info->set_kind(task.kind);
-  info->set_name(task.name);
+  info->set_name(task.name_or_empty());
   info->set_session_id(task.session);
   info->set_client_ref(task.client_ref);
   info->set_node(node);
