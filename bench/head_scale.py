@@ -57,9 +57,9 @@ def log(msg: str) -> None:
 def find_binary(name: str, bin_dir: str | None) -> Path:
     subdir = {"dragond": "daemon", "dragon-agent": "agent", "dragonctl": "client",
               "head_scale": "bench"}[name]
+    if bin_dir and (Path(bin_dir) / name).is_file():
+        return Path(bin_dir) / name
     candidates = []
-    if bin_dir:
-        candidates.append(Path(bin_dir) / name)
     if os.environ.get("DRAGON_BIN_DIR"):
         candidates.append(Path(os.environ["DRAGON_BIN_DIR"]) / name)
     candidates += [REPO / "build-out" / "bin" / name, REPO / "bazel-bin" / subdir / name]
@@ -69,8 +69,6 @@ def find_binary(name: str, bin_dir: str | None) -> Path:
                 else "make build (or bazel build //daemon:dragond //agent:dragon-agent //client:dragonctl)")
         raise BenchError(f"{name} not found (looked at {', '.join(str(c) for c in candidates)}); "
                          f"run: {hint}")
-    if bin_dir:
-        return found[0]
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
@@ -95,13 +93,13 @@ def cpu_seconds(pid: int) -> float:
 class Head:
     """A dragond in the foreground with no agents of its own."""
 
-    def __init__(self, bins: dict, work: Path, name: str):
+    def __init__(self, bins: dict, work: Path, name: str, extra: tuple = ()):
         self.run_dir = work / name
         self.env = dict(os.environ, DRAGON_HOME=str(work / "home"))
         self.env.pop("DRAGON_HEAD", None)
         self.proc = subprocess.Popen(
             [str(bins["dragond"]), "start", "--foreground", "--agents", "none", "--port", "0",
-             "--run-dir", str(self.run_dir), "--no-current", "--log-level", "warn"],
+             "--run-dir", str(self.run_dir), "--no-current", "--log-level", "warn", *extra],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         head_json = self.run_dir / "head.json"
         deadline = time.monotonic() + 30
@@ -163,8 +161,8 @@ def run_generator(bins: dict, head: Head, args: list[str], timeout: float) -> di
 
 
 def measure_throughput(bins: dict, work: Path, agents: int, workers: int, tasks: int,
-                       repeats: int, task_us: int, batch: int) -> dict:
-    head = Head(bins, work, f"tput-{agents}")
+                       repeats: int, task_us: int, batch: int, head_args: tuple = ()) -> dict:
+    head = Head(bins, work, f"tput-{agents}", head_args)
     try:
         t0 = time.monotonic()
         head.start_agents(bins, agents, workers, task_us)
@@ -347,7 +345,10 @@ def main() -> int:
     ap.add_argument("--task-us", type=int, default=0, help="simulated run time of each task")
     ap.add_argument("--payload-bytes", type=int, default=100)
     ap.add_argument("--batch", type=int, default=1000, help="tasks per SubmitBatch")
-    ap.add_argument("--bin-dir", help="directory holding all four binaries")
+    ap.add_argument("--bin-dir", help="take dragond, dragon-agent, dragonctl (and head_scale if "
+                    "there) from this directory")
+    ap.add_argument("--prefetch", type=int, help="dragond --prefetch (tasks queued per worker on "
+                    "an agent beyond the running one; dragond's default if not given)")
     args = ap.parse_args()
     cfg = dict(FULL if args.full else QUICK)
     if args.agents:
@@ -368,10 +369,11 @@ def main() -> int:
         print(f"head_scale: {e}", file=sys.stderr)
         return 2
 
+    head_args = ("--prefetch", str(args.prefetch)) if args.prefetch is not None else ()
     started = time.monotonic()
     result = {"benchmark": "head_scale", "mode": "full" if args.full else "quick",
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": machine(), "config": cfg | {"task_us": args.task_us,
+              "machine": machine(), "config": cfg | {"task_us": args.task_us, "prefetch": args.prefetch,
                                                      "payload_bytes": args.payload_bytes,
                                                      "batch": args.batch},
               "binaries": {k: str(v) for k, v in bins.items()}}
@@ -382,7 +384,7 @@ def main() -> int:
             log(f"throughput: {a} simulated agent(s) x {cfg['workers']} workers, "
                 f"{cfg['tasks']:,} tasks x {cfg['repeats']}")
             t = measure_throughput(bins, work, a, cfg["workers"], cfg["tasks"], cfg["repeats"],
-                                   args.task_us, args.batch)
+                                   args.task_us, args.batch, head_args)
             log(f"  {t['tasks_per_s']:,.0f} tasks/s (runs {[round(r['tasks_per_s']) for r in t['runs']]}),"
                 f" head {t['head_cpu_us_per_task']:.1f} us CPU/task, exactly once: {t['exactly_once']}")
             tput.append(t)
