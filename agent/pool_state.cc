@@ -58,9 +58,13 @@ void PoolState::Submit(v1::TaskAssignment task) {
     spdlog::warn("task {} submitted again while already queued or running; ignored", id);
     return;
   }
-  if (task.kind() != v1::PYTHON) {
+  if (exe_running_.count(id) != 0) {
+    spdlog::warn("task {} submitted again while its executable runs; ignored", id);
+    return;
+  }
+  if (task.kind() != v1::PYTHON && task.kind() != v1::EXECUTABLE) {
     Report(id, v1::SYSTEM_ERROR,
-           absl::StrCat(TaskPrefix(id), "this agent runs only PYTHON tasks, not ",
+           absl::StrCat(TaskPrefix(id), "this agent runs only PYTHON and EXECUTABLE tasks, not ",
                         v1::TaskKind_Name(task.kind())));
     return;
   }
@@ -76,6 +80,15 @@ void PoolState::Cancel(uint64_t task_id, const std::string& reason) {
     // Left in queue_ and skipped by Dispatch: erasing from the middle of a
     // long deque for each cancel of a big batch would be quadratic.
     Report(task_id, v1::CANCELED, why);
+    return;
+  }
+  if (auto exe = exe_running_.find(task_id); exe != exe_running_.end()) {
+    if (exe->second.cancelled) return;
+    exe->second.cancelled = true;
+    Report(task_id, v1::CANCELED, why, exe->second.pid, exe->second.start_us);
+    spdlog::info("task {} cancelled while running: killing executable pid {} and its process group",
+                 task_id, exe->second.pid);
+    control_->KillExecutable(task_id);  // the slot stays taken until it is reaped
     return;
   }
   auto it = running_.find(task_id);
@@ -168,6 +181,28 @@ void PoolState::OnWorkerExit(int slot, const std::string& how) {
   Tick();
 }
 
+void PoolState::OnExecutableDone(uint64_t task_id, v1::Outcome outcome, std::string data,
+                                 std::string error) {
+  auto it = exe_running_.find(task_id);
+  if (it == exe_running_.end()) return;
+  const RunningExecutable exe = it->second;
+  exe_running_.erase(it);
+  --busy_;
+  if (!exe.cancelled) {
+    v1::TaskResult r;
+    r.set_task_id(task_id);
+    r.set_outcome(outcome);
+    r.set_data(std::move(data));
+    if (!error.empty()) r.set_error(absl::StrCat(TaskPrefix(task_id), error));
+    r.set_node(options_.node_id);
+    r.set_worker_pid(exe.pid);
+    r.set_start_us(exe.start_us);
+    r.set_end_us(now_us_());
+    sink_->TaskFinished(std::move(r));
+  }
+  Dispatch();
+}
+
 void PoolState::Tick() {
   const int64_t now = now_us_();
   for (int i = 0; i < slots(); ++i) {
@@ -215,22 +250,52 @@ void PoolState::StartFailed(int slot, const std::string& what) {
 void PoolState::FailQueuedIfBroken() {
   // "Broken" = no worker is ready or busy and starts keep failing: waiting
   // would hang the workflow silently, so tell the user why instead.
-  if (start_failures_ < options_.max_startup_failures || busy_ > 0 || !idle_.empty()) return;
+  // Executables need no worker and stay queued.
+  if (start_failures_ < options_.max_startup_failures || busy_ > executables_running() ||
+      !idle_.empty()) {
+    return;
+  }
+  std::deque<v1::TaskAssignment> keep;
   for (auto& task : queue_) {
     const uint64_t id = task.task_id();
-    if (queued_ids_.erase(id) == 0) continue;
+    if (queued_ids_.count(id) == 0) continue;
+    if (task.kind() == v1::EXECUTABLE) {
+      keep.push_back(std::move(task));
+      continue;
+    }
+    queued_ids_.erase(id);
     Report(id, v1::SYSTEM_ERROR,
            absl::StrCat(TaskPrefix(id), "no worker could start: ", last_start_failure_));
   }
-  queue_.clear();
+  queue_.swap(keep);
 }
 
 void PoolState::Dispatch() {
-  while (!queue_.empty() && !idle_.empty()) {
-    v1::TaskAssignment task = std::move(queue_.front());
-    queue_.pop_front();
-    const uint64_t id = task.task_id();
-    if (queued_ids_.erase(id) == 0) continue;  // cancelled while queued
+  // FIFO over both kinds while a slot is free. A Python task at the front
+  // with no ready worker (workers still starting) does not hold back the
+  // executables behind it: they need only a slot.
+  size_t i = 0;
+  while (i < queue_.size() && busy_ < slots()) {
+    v1::TaskAssignment& front = queue_[i];
+    const uint64_t id = front.task_id();
+    if (queued_ids_.count(id) == 0) {  // cancelled while queued
+      queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(i));
+      continue;
+    }
+    if (front.kind() == v1::EXECUTABLE) {
+      v1::TaskAssignment task = std::move(front);
+      queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(i));
+      queued_ids_.erase(id);
+      StartExecutable(std::move(task));
+      continue;
+    }
+    if (idle_.empty()) {
+      ++i;  // look for executables behind it
+      continue;
+    }
+    v1::TaskAssignment task = std::move(front);
+    queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(i));
+    queued_ids_.erase(id);
     const int slot = idle_.back();
     idle_.pop_back();
     Slot& s = slots_[slot];
@@ -246,6 +311,25 @@ void PoolState::Dispatch() {
     sink_->TaskStarted(std::move(started));
     control_->SendTask(slot, std::move(task));
   }
+}
+
+void PoolState::StartExecutable(v1::TaskAssignment task) {
+  const uint64_t id = task.task_id();
+  absl::StatusOr<int> pid = control_->StartExecutable(task);
+  if (!pid.ok()) {
+    spdlog::warn("task {}: {}", id, std::string(pid.status().message()));
+    Report(id, v1::SYSTEM_ERROR, absl::StrCat(TaskPrefix(id), pid.status().message()));
+    return;
+  }
+  RunningExecutable& exe = exe_running_[id];
+  exe.pid = *pid;
+  exe.start_us = now_us_();
+  ++busy_;
+  v1::TaskStarted started;
+  started.set_task_id(id);
+  started.set_worker_pid(exe.pid);
+  started.set_start_us(exe.start_us);
+  sink_->TaskStarted(std::move(started));
 }
 
 void PoolState::FinishRunning(int slot, v1::Outcome outcome, std::string data, std::string error) {

@@ -37,6 +37,14 @@ class WorkerControl {
   virtual void KillWorker(int slot) = 0;
   // The worker's stdout/stderr file, named in errors about failed starts.
   virtual std::string WorkerLogPath(int slot) const = 0;
+  // Starts an EXECUTABLE task (payload = ExecutableSpec) without a worker and
+  // returns its pid; its end comes back via PoolState::OnExecutableDone. An
+  // error means it could not be started (the text names argv[0] and why).
+  virtual absl::StatusOr<int> StartExecutable(const v1::TaskAssignment& task) {
+    return absl::UnimplementedError("this agent cannot run executables");
+  }
+  // SIGKILLs a running executable's process group; its end is still reported.
+  virtual void KillExecutable(uint64_t task_id) {}
 };
 
 struct PoolOptions {
@@ -85,13 +93,23 @@ class PoolState {
   // The worker in `slot` has exited and been reaped; `how` is DescribeExit().
   void OnWorkerExit(int slot, const std::string& how);
 
+  // A started executable ended (outcome OK / APP_EXCEPTION with data =
+  // ExecutableResult, or SYSTEM_ERROR with `error` when it could not run).
+  // Frees its slot; reported unless it was cancelled.
+  void OnExecutableDone(uint64_t task_id, v1::Outcome outcome, std::string data,
+                        std::string error);
+
   // Restarts workers whose restart time has come.
   void Tick();
   // When Tick next has something to do, if ever.
   std::optional<int64_t> NextWakeUs() const;
 
   int slots() const { return static_cast<int>(slots_.size()); }
+  // Slots in use: Python workers running a task plus running executables
+  // (an executable occupies a slot, so there are never more tasks running
+  // than slots, which is what the head schedules for).
   int busy() const { return busy_; }
+  int executables_running() const { return static_cast<int>(exe_running_.size()); }
   int idle() const { return static_cast<int>(idle_.size()); }
   size_t queued() const { return queued_ids_.size(); }
   SlotState slot_state(int slot) const { return slots_[slot].state; }
@@ -109,7 +127,14 @@ class PoolState {
     bool exiting = false;  // see OnWorkerExiting
   };
 
+  struct RunningExecutable {
+    int pid = 0;
+    int64_t start_us = 0;
+    bool cancelled = false;  // reported CANCELED; waiting for its end to free the slot
+  };
+
   void Dispatch();
+  void StartExecutable(v1::TaskAssignment task);
   void StartSlot(int slot);
   void StartFailed(int slot, const std::string& what);
   void RemoveIdle(int slot);
@@ -129,7 +154,10 @@ class PoolState {
   std::vector<Slot> slots_;
   std::vector<int> idle_;  // stack: the most recently used worker is reused first (warm caches)
   int busy_ = 0;
+  // Both kinds, in arrival order; an executable does not wait behind Python
+  // tasks that have no ready worker.
   std::deque<v1::TaskAssignment> queue_;
+  std::unordered_map<uint64_t, RunningExecutable> exe_running_;
   std::unordered_set<uint64_t> queued_ids_;      // ids in queue_ not cancelled
   std::unordered_map<uint64_t, int> running_;   // task id -> slot
   // Failed starts since a worker last became ready, and the latest reason.

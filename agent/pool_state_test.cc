@@ -21,6 +21,16 @@ class ScriptedControl : public WorkerControl {
     sent.push_back({slot, task.task_id()});
   }
   void KillWorker(int slot) override { killed.push_back(slot); }
+  absl::StatusOr<int> StartExecutable(const v1::TaskAssignment& task) override {
+    if (task.payload() == "missing") {
+      return absl::NotFoundError("cannot execute 'missing': No such file or directory");
+    }
+    exe_started.push_back(task.task_id());
+    return next_pid++;
+  }
+  void KillExecutable(uint64_t task_id) override { exe_killed.push_back(task_id); }
+  std::vector<uint64_t> exe_started;
+  std::vector<uint64_t> exe_killed;
   std::string WorkerLogPath(int slot) const override {
     return "/run/workers/n1/worker-" + std::to_string(slot) + ".log";
   }
@@ -45,6 +55,14 @@ v1::TaskAssignment Task(uint64_t id) {
   t.set_task_id(id);
   t.set_kind(v1::PYTHON);
   t.set_payload("payload");
+  return t;
+}
+
+v1::TaskAssignment Exe(uint64_t id, std::string payload = "spec") {
+  v1::TaskAssignment t;
+  t.set_task_id(id);
+  t.set_kind(v1::EXECUTABLE);
+  t.set_payload(std::move(payload));
   return t;
 }
 
@@ -285,6 +303,86 @@ TEST_CASE("a non-PYTHON task is refused with a SYSTEM_ERROR naming the kind") {
   f.state.Submit(t);
   CHECK(f.sink.results[4].outcome() == v1::SYSTEM_ERROR);
   CHECK_THAT(f.sink.results[4].error(), Catch::Contains("TASK_KIND_UNSPECIFIED"));
+}
+
+}  // namespace
+}  // namespace dragon::agent
+
+namespace dragon::agent {
+namespace {
+
+TEST_CASE("executables take slots: never more tasks running than slots") {
+  Fixture f(2);
+  f.state.StartAll();
+  f.state.OnReady(0);
+  f.state.OnReady(1);
+  f.state.Submit(Exe(1));
+  f.state.Submit(Task(2));
+  f.state.Submit(Task(3));  // no slot left: waits although worker 1 idles
+  CHECK(f.control.exe_started == std::vector<uint64_t>{1});
+  CHECK(f.control.sent.size() == 1);
+  CHECK(f.state.busy() == 2);
+  CHECK(f.state.queued() == 1);
+  REQUIRE(f.sink.started.size() == 2);
+  CHECK(f.sink.started[0].task_id() == 1);
+  CHECK(f.sink.started[0].worker_pid() == 1002);  // the executable's pid
+  f.now += 10;
+  f.state.OnExecutableDone(1, v1::APP_EXCEPTION, "result-bytes", "'sh' (pid 1002) exited with code 3");
+  const v1::TaskResult& r = f.sink.results[1];
+  CHECK(r.outcome() == v1::APP_EXCEPTION);
+  CHECK(r.data() == "result-bytes");
+  CHECK(r.error() == "task 1 on node n1: 'sh' (pid 1002) exited with code 3");
+  CHECK(r.worker_pid() == 1002);
+  CHECK(r.end_us() - r.start_us() == 10);
+  CHECK(f.control.sent.size() == 2);  // task 3 got the freed slot
+  CHECK(f.state.busy() == 2);
+}
+
+TEST_CASE("executables do not wait for Python workers to start") {
+  Fixture f(2);
+  f.state.StartAll();
+  f.state.Submit(Task(1));
+  f.state.Submit(Exe(2));
+  CHECK(f.control.exe_started == std::vector<uint64_t>{2});
+  CHECK(f.state.queued() == 1);
+  f.state.OnReady(0);
+  CHECK(f.control.sent.size() == 1);
+  CHECK(f.state.busy() == 2);
+}
+
+TEST_CASE("an executable that cannot start fails at once; cancel of a running one kills it") {
+  Fixture f(1);
+  f.state.StartAll();
+  f.state.Submit(Exe(1, "missing"));
+  CHECK(f.sink.results[1].outcome() == v1::SYSTEM_ERROR);
+  CHECK(f.sink.results[1].error() ==
+        "task 1 on node n1: cannot execute 'missing': No such file or directory");
+  CHECK(f.state.busy() == 0);
+  f.state.Submit(Exe(2));
+  f.state.Submit(Exe(3));
+  f.state.Cancel(2, "cancelled by test");
+  CHECK(f.sink.results[2].outcome() == v1::CANCELED);
+  CHECK(f.control.exe_killed == std::vector<uint64_t>{2});
+  // The slot stays taken until the killed process is reaped.
+  CHECK(f.state.busy() == 1);
+  CHECK(f.control.exe_started == std::vector<uint64_t>{2});
+  f.state.OnExecutableDone(2, v1::APP_EXCEPTION, "x", "killed");
+  CHECK(f.sink.results[2].outcome() == v1::CANCELED);  // not overwritten
+  CHECK(f.control.exe_started == std::vector<uint64_t>{2, 3});
+}
+
+TEST_CASE("broken Python workers fail Python tasks but not executables") {
+  Fixture f(1);
+  f.control.fail_starts = true;
+  f.state.StartAll();
+  for (int i = 0; i < 3; ++i) {
+    f.now += 10'000'000;
+    f.state.Tick();
+  }
+  f.state.Submit(Task(1));
+  CHECK(f.sink.results[1].outcome() == v1::SYSTEM_ERROR);
+  f.state.Submit(Exe(2));
+  CHECK(f.control.exe_started == std::vector<uint64_t>{2});
 }
 
 }  // namespace

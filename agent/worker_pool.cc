@@ -76,6 +76,12 @@ class WorkerPool::Control : public WorkerControl {
 
   std::string WorkerLogPath(int slot) const override { return pool_->WorkerLogPath(slot); }
 
+  absl::StatusOr<int> StartExecutable(const v1::TaskAssignment& task) override {
+    return pool_->runner_->Start(task);
+  }
+
+  void KillExecutable(uint64_t task_id) override { pool_->runner_->Kill(task_id); }
+
  private:
   WorkerPool* pool_;
 };
@@ -84,6 +90,7 @@ WorkerPool::WorkerPool(WorkerPoolOptions options, TaskEventSink* sink)
     : options_(std::move(options)), sink_(sink), read_buf_(1 << 20) {
   if (options_.workers < 1) options_.workers = 1;
   control_ = std::make_unique<Control>(this);
+  runner_ = std::make_unique<ExecutableRunner>(&NowUs);
   PoolOptions po;
   po.node_id = options_.node_id;
   po.slots = options_.workers;
@@ -281,6 +288,14 @@ void WorkerPool::CheckExits(bool poll_all) {
   }
 }
 
+void WorkerPool::CollectExecutables() {
+  if (runner_->running() == 0) return;
+  for (ExecutableOutcome& done : runner_->Collect()) {
+    state_->OnExecutableDone(done.task_id, done.outcome, std::move(done.data),
+                             std::move(done.error));
+  }
+}
+
 void WorkerPool::Loop() {
   state_->StartAll();
   {
@@ -316,9 +331,13 @@ void WorkerPool::Loop() {
         fd_slot.push_back(slot);
       }
     }
+    const size_t exe_fds_begin = fds.size();
+    runner_->AppendPollFds(&fds);
+    fd_slot.resize(fds.size(), -2);  // -2: an executable's output pipe
     int timeout_ms = reaping ? 5 : kIdlePollMs;
-    if (std::optional<int64_t> wake = state_->NextWakeUs()) {
-      const int64_t until = (*wake - NowUs()) / 1000 + 1;
+    for (std::optional<int64_t> wake : {state_->NextWakeUs(), runner_->NextWakeUs()}) {
+      if (!wake) continue;
+      const int64_t until = (*wake - NowUs() + 999) / 1000;
       timeout_ms = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(timeout_ms, until)));
     }
     int n = poll(fds.data(), fds.size(), timeout_ms);
@@ -326,7 +345,7 @@ void WorkerPool::Loop() {
       spdlog::critical("worker pool: poll failed: {}", strerror(errno));
       break;
     }
-    for (size_t i = 0; n > 0 && i < fds.size(); ++i) {
+    for (size_t i = 0; n > 0 && i < exe_fds_begin; ++i) {
       if (fds[i].revents == 0) continue;
       const int slot = fd_slot[i];
       if (slot < 0) {
@@ -347,6 +366,9 @@ void WorkerPool::Loop() {
     const bool full = now - last_full_check >= kIdlePollMs * 1000;
     if (full) last_full_check = now;
     CheckExits(full);
+    // Reads executables' output and reaps the ones that ended (cheap when
+    // none runs).
+    CollectExecutables();
     state_->Tick();
     busy_.store(state_->busy(), std::memory_order_relaxed);
     ready_.store(state_->busy() + state_->idle(), std::memory_order_relaxed);
@@ -355,6 +377,10 @@ void WorkerPool::Loop() {
 }
 
 void WorkerPool::StopAll() {
+  if (runner_->running() > 0) {
+    spdlog::info("worker pool: killing {} running executable(s)", runner_->running());
+  }
+  runner_.reset();  // SIGKILLs and reaps their process groups
   int live = 0;
   for (auto& w : workers_) {
     if (w == nullptr) continue;

@@ -1,7 +1,9 @@
 // The agent's pool of pre-forked Python workers: one thread polls every
 // worker's pipes plus an eventfd (woken by SubmitTasks/CancelTasks/Shutdown),
 // feeds PoolState with what the workers say, and carries out what PoolState
-// decides (start, send, kill).
+// decides (start, send, kill). EXECUTABLE tasks are run by an
+// ExecutableRunner on the same thread (their output pipes are polled with
+// the workers'), each occupying one of the pool's slots.
 #ifndef DRAGON_AGENT_WORKER_POOL_H_
 #define DRAGON_AGENT_WORKER_POOL_H_
 
@@ -15,6 +17,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "agent/executable_runner.h"
 #include "agent/interfaces.h"
 #include "agent/pool_state.h"
 #include "agent/worker_process.h"
@@ -90,6 +93,8 @@ class WorkerPool : public TaskHandler {
   // Indexed by slot; touched only by the pool thread.
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<char> read_buf_;
+  std::unique_ptr<ExecutableRunner> runner_;  // pool thread only
+  void CollectExecutables();
 
   int event_fd_ = -1;
   std::thread thread_;

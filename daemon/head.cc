@@ -34,6 +34,28 @@ TaskState StateForOutcome(Outcome outcome) {
   }
 }
 
+// Why an EXECUTABLE payload cannot run, or "" when it can (the agent
+// reports everything that only running it can tell, e.g. a missing binary).
+std::string CheckExecutableSpec(const std::string& payload) {
+  dragon::v1::ExecutableSpec spec;
+  if (!spec.ParseFromString(payload)) {
+    return absl::StrCat("the payload of an EXECUTABLE task must be a serialized ExecutableSpec; ",
+                        payload.size(), " bytes could not be parsed as one");
+  }
+  if (spec.argv_size() == 0) return "ExecutableSpec has an empty argv";
+  if (spec.argv(0).empty()) return "ExecutableSpec has an empty argv[0]";
+  for (const std::string& arg : spec.argv()) {
+    if (arg.find('\0') != std::string::npos) return "ExecutableSpec argv holds a NUL byte";
+  }
+  for (const auto& [key, value] : spec.env()) {
+    if (key.empty() || key.find('=') != std::string::npos || key.find('\0') != std::string::npos ||
+        value.find('\0') != std::string::npos) {
+      return absl::StrCat("ExecutableSpec env has an invalid name '", key, "'");
+    }
+  }
+  return "";
+}
+
 }  // namespace
 
 Head::Head(HeadOptions options)
@@ -81,14 +103,16 @@ void Head::Submit(SessionId session_id, dragon::v1::SubmitBatch* batch) {
   ResultsBySession refused;
   for (auto& sub : *batch->mutable_tasks()) {
     std::string refusal;
-    if (sub.kind() != dragon::v1::PYTHON) {
+    if (sub.kind() != dragon::v1::PYTHON && sub.kind() != dragon::v1::EXECUTABLE) {
       refusal = absl::StrCat("task kind ", sub.kind(), " is not supported by this dragond");
-    } else if (sub.payload().empty()) {
-      refusal = "empty payload";
     } else if (sub.payload().size() > options_.max_payload_bytes) {
       refusal = absl::StrCat("payload of ", sub.payload().size(),
                              " bytes exceeds the head's limit of ", options_.max_payload_bytes,
                              " bytes (dragond --max-payload-mb)");
+    } else if (sub.kind() == dragon::v1::EXECUTABLE) {
+      refusal = CheckExecutableSpec(sub.payload());
+    } else if (sub.payload().empty()) {
+      refusal = "empty payload";
     }
     TaskId id = table_.Add(sub.kind(), std::move(*sub.mutable_name()), session_id,
                            sub.client_ref(), std::move(*sub.mutable_payload()), now);

@@ -138,6 +138,42 @@ TEST_CASE("refused submissions come back at once as failures", "[head]") {
   CHECK(f.State(1) == dragon::v1::FAILED);
 }
 
+TEST_CASE("executable tasks: a valid spec is scheduled, a bad one refused", "[head]") {
+  Fixture f;
+  auto submit_exe = [&](const std::string& payload) {
+    dragon::v1::SubmitBatch batch;
+    auto* t = batch.add_tasks();
+    t->set_client_ref(f.next_ref++);
+    t->set_kind(dragon::v1::EXECUTABLE);
+    t->set_payload(payload);
+    f.head.Submit(f.session, &batch);
+  };
+  dragon::v1::ExecutableSpec good;
+  good.add_argv("/bin/true");
+  submit_exe(good.SerializeAsString());
+  submit_exe("\xff\xff\xff garbage");
+  submit_exe(dragon::v1::ExecutableSpec().SerializeAsString());  // empty argv (and payload)
+  dragon::v1::ExecutableSpec bad_env;
+  bad_env.add_argv("x");
+  (*bad_env.mutable_env())["A=B"] = "c";
+  submit_exe(bad_env.SerializeAsString());
+  auto results = f.Results();
+  REQUIRE(results.size() == 3);
+  for (auto& r : results) CHECK(r.result().outcome() == dragon::v1::SYSTEM_ERROR);
+  CHECK_THAT(results[0].result().error(), Catch::Contains("task 2 refused"));
+  CHECK_THAT(results[0].result().error(), Catch::Contains("could not be parsed as"));
+  CHECK_THAT(results[1].result().error(), Catch::Contains("empty argv"));
+  CHECK_THAT(results[2].result().error(), Catch::Contains("invalid name 'A=B'"));
+  f.AddAgent(1);
+  std::vector<dragon::v1::TaskAssignment> sent;
+  for (auto& m : f.agent_box->TakeAll()) {
+    for (auto& t : m.tasks().tasks()) sent.push_back(t);
+  }
+  REQUIRE(sent.size() == 1);
+  CHECK(sent[0].kind() == dragon::v1::EXECUTABLE);
+  CHECK(sent[0].task_id() == 1);
+}
+
 TEST_CASE("a client speaking another protocol version is refused", "[head]") {
   Head head(HeadOptions{});
   dragon::v1::Hello hello;
