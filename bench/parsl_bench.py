@@ -149,13 +149,61 @@ def cpu_snapshot() -> tuple[float, float, float]:
     return time.perf_counter(), time.process_time(), busy
 
 
-def cpu_delta(a, b) -> dict:
-    return {"client_cpu_s": b[1] - a[1], "machine_busy_cpu_s": b[2] - a[2]}
+def tree_cpu() -> dict:
+    """CPU seconds (user+sys, including reaped children) of every process descended from this
+    one, summed by command name: dragond, dragon-agent and the workers of DragonExecutor; HTEX's
+    interchange, pool and workers. Unlike the machine's busy time this excludes whatever else
+    runs on the machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict = {}
+    info: dict = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+        except OSError:
+            continue
+        rest = stat.rsplit(")", 1)[1].split()
+        pid, ppid = int(d), int(rest[1])
+        children.setdefault(ppid, []).append(pid)
+        info[pid] = (cmd, sum(int(x) for x in rest[11:15]) / tick)
+    out: dict = {}
+    stack = list(children.get(os.getpid(), []))
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        cmd, cpu = info[pid]
+        out[_proc_name(cmd)] = out.get(_proc_name(cmd), 0.0) + cpu
+    return out
+
+
+def _proc_name(cmd: list) -> str:
+    args = [c.decode(errors="replace") for c in cmd if c]
+    if not args:
+        return "?"
+    exe = os.path.basename(args[0])
+    if exe.startswith("python"):
+        mod = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "-m"), None)
+        script = next((os.path.basename(a) for a in args[1:] if not a.startswith("-")), None)
+        return f"python {mod or script or ''}".strip()
+    return exe
+
+
+def cpu_delta(a, b, ta: dict | None = None, tb: dict | None = None) -> dict:
+    out = {"client_cpu_s": b[1] - a[1], "machine_busy_cpu_s": b[2] - a[2]}
+    if ta is not None and tb is not None:
+        out["service_cpu_s"] = {k: round(tb[k] - ta.get(k, 0.0), 3) for k in tb if tb[k] - ta.get(k, 0.0) > 0}
+    return out
 
 
 # ---------------------------------------------------------------- benchmarks
 def bench_noop(app, n: int, workers: int) -> dict:
     [f.result() for f in [app(i) for i in range(4 * workers)]]  # warm: workers up, code cached
+    ta = tree_cpu()
     a = cpu_snapshot()
     futures = [app(i) for i in range(n)]
     submitted = time.perf_counter()
@@ -164,9 +212,10 @@ def bench_noop(app, n: int, workers: int) -> dict:
         if r != i:
             raise RuntimeError(f"no-op task {i} returned {r!r}")
     b = cpu_snapshot()
+    tb = tree_cpu()
     total = b[0] - a[0]
     return {"tasks": n, "submit_s": submitted - a[0], "total_s": total, "tasks_per_s": n / total,
-            **cpu_delta(a, b)}
+            **cpu_delta(a, b, ta, tb)}
 
 
 def percentile(sorted_values: list, q: float) -> float:
@@ -222,6 +271,7 @@ def bench_images(app, spec: dict, workers: int) -> dict:
 
     # Warm up (workers started, function shipped once) outside the clock.
     [f.result() for f in [app(image(i), 1, tile) for i in range(2 * workers)]]
+    ta = tree_cpu()
     a = cpu_snapshot()
     pending: deque = deque()
     sent = 0
@@ -237,6 +287,7 @@ def bench_images(app, spec: dict, workers: int) -> dict:
             pending.append(app(image(sent), iterations, tile))
             sent += 1
     b = cpu_snapshot()
+    tb = tree_cpu()
     if bad:
         raise RuntimeError(f"{bad} image results had the wrong shape or dtype")
     total = b[0] - a[0]
@@ -247,7 +298,7 @@ def bench_images(app, spec: dict, workers: int) -> dict:
             "compute_ms": cal["measured_ms"], "target_ms": cal["target_ms"],
             "bytes_per_image": size * size * 8, "total_s": total, "ideal_s": ideal,
             "efficiency": ideal / total, "efficiency_nominal": ideal_nominal / total,
-            "images_per_s": n / total, **cpu_delta(a, b)}
+            "images_per_s": n / total, **cpu_delta(a, b, ta, tb)}
 
 
 # ---------------------------------------------------------------- one process
@@ -302,6 +353,9 @@ def run(spec: dict) -> dict:
                 except Exception as e:  # noqa: BLE001  (recorded, the other benchmarks still run)
                     r = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
                 r["elapsed_s"] = time.perf_counter() - t0
+                session = getattr(loaded.executor, "session", None) if loaded else None
+                if session is not None and hasattr(session, "batches_sent"):  # DragonExecutor
+                    r["dragon_submit_batches_total"] = session.batches_sent
                 result[bench] = r
                 if out:
                     write(out, result)

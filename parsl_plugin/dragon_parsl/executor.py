@@ -18,7 +18,7 @@ from parsl.executors.base import ParslExecutor
 from parsl.executors.errors import InvalidResourceSpecification
 from parsl.monitoring.radios.base import RadioConfig
 from parsl.monitoring.radios.filesystem import FilesystemRadio
-from parsl.serialize import deserialize, pack_apply_message
+from parsl.serialize import deserialize
 from parsl.serialize.errors import DeserializationError, SerializationError
 from parsl.utils import RepresentationMixin
 
@@ -33,6 +33,7 @@ from dragon_parsl.errors import (
     system_error,
 )
 from dragon_parsl.local_head import LocalHead, address_from_home, find_binary
+from dragon_parsl.worker import deserialize_view, pack_apply, tune_malloc
 from dragon_parsl._proto import common_pb2, head_pb2, head_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,12 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         Seconds to wait for the head to answer (and send its Welcome).
     head_start_timeout : float
         Seconds to wait for the embedded dragond to listen.
+    tune_malloc : bool
+        At start, set glibc's malloc so that freed multi-MiB buffers stay in
+        the heap (mmap threshold 64 MiB, trim threshold 256 MiB) instead of being
+        unmapped and page-faulted in again for every large task argument and
+        result; the workers always do this. Default True; a no-op when
+        ``MALLOC_MMAP_THRESHOLD_`` is set or off glibc.
     storage_access, working_dir, remote_monitoring_radio
         As for Parsl's other executors. Tasks run in the directory the
         workflow was in when it submitted them.
@@ -80,7 +87,7 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
                  max_batch_bytes: int = 4 * 1024 * 1024, connect_timeout: float = 30.0,
                  head_start_timeout: float = 60.0, storage_access: Optional[List[Any]] = None,
                  working_dir: Optional[str] = None,
-                 remote_monitoring_radio: Optional[RadioConfig] = None) -> None:
+                 remote_monitoring_radio: Optional[RadioConfig] = None, tune_malloc: bool = True) -> None:
         super().__init__()
         self.address = address
         self.label = label
@@ -91,6 +98,7 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         self.max_batch_bytes = max_batch_bytes
         self.connect_timeout = connect_timeout
         self.head_start_timeout = head_start_timeout
+        self.tune_malloc = tune_malloc
         self.storage_access = storage_access
         self.working_dir = working_dir
         self.remote_monitoring_radio = (remote_monitoring_radio if remote_monitoring_radio is not None
@@ -133,6 +141,8 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         if self._started:
             raise DragonError(f"DragonExecutor {self.label!r} is already started")
         self._started = True
+        if self.tune_malloc:
+            tune_malloc()
         address = self._resolve_address()
         if address is None:
             dragond = find_binary("dragond", self.dragond_path)
@@ -194,7 +204,10 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
             # that changed directory since gets its tasks run where it is now.
             call = functools.partial(_cwd.run_in_dir, cwd, func)
         try:
-            payload = pack_apply_message(call, args, kwargs, buffer_threshold=1 << 20)
+            # Byte for byte parsl.serialize.pack_apply_message, with one copy of large
+            # arguments instead of several (and no per-task "exceeds buffer threshold"
+            # warning: the payload limit below is what counts).
+            payload = pack_apply(call, args, kwargs)
         except TypeError:
             raise SerializationError(name)
 
@@ -233,7 +246,7 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         try:
             if outcome == common_pb2.OK:
                 try:
-                    value = deserialize(res.data)
+                    value = deserialize_view(res.data)
                 except Exception as e:
                     fut.set_exception(DeserializationError(
                         f"result of task {r.task_id} (node {res.node}): {type(e).__name__}: {e}"))
