@@ -214,11 +214,22 @@ absl::Status HeadConnection::Run(TaskHandler* handler) {
   auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return stop_ || reader_done_ || shutdown_received_ || !started_.empty() || !results_.empty();
   };
+  // Holding results back is free only while the pool has work queued for
+  // every slot that frees up; re-checked on every event the pool reports.
+  auto flush_now = [this, handler]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stop_ || reader_done_ || shutdown_received_ || handler->QueuedTasks() == 0 ||
+           results_.size() >= options_.coalesce_max_results;
+  };
+  absl::Time last_update = absl::InfinitePast();
   while (true) {
     v1::AgentMessage msg;
     {
       absl::MutexLock l(&mu_);
       mu_.AwaitWithDeadline(absl::Condition(&has_work), next_heartbeat);
+      if (!results_.empty() && options_.coalesce > absl::ZeroDuration()) {
+        const absl::Time until = last_update + options_.coalesce;
+        if (absl::Now() < until) mu_.AwaitWithDeadline(absl::Condition(&flush_now), until);
+      }
       if (stop_ || reader_done_ || shutdown_received_) break;
       // Everything queued since the last write goes out as one message.
       v1::AgentUpdate update;
@@ -230,6 +241,7 @@ absl::Status HeadConnection::Run(TaskHandler* handler) {
       next_heartbeat = absl::Now() + heartbeat;
     } else {
       ++updates;
+      last_update = absl::Now();
       spdlog::trace("update {}: {} started, {} results", updates, msg.update().started_size(),
                     msg.update().results_size());
     }

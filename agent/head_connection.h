@@ -34,6 +34,13 @@ struct HeadConnectionOptions {
   // A single AgentUpdate stops growing past this (it always holds at least
   // one item), so a burst of large results stays below kMaxGrpcMessageBytes.
   size_t max_update_bytes = 64u << 20;
+  // While the pool has tasks queued (no slot idles for want of work), an
+  // update waits until this long after the previous one so that a flood of
+  // short tasks costs one message per many results. An update whose pool has
+  // nothing queued leaves at once, so a lone task's latency is unchanged.
+  absl::Duration coalesce = absl::Microseconds(1000);
+  // ...but never holds more results than this.
+  size_t coalesce_max_results = 1024;
 };
 
 class HeadConnection : public TaskEventSink {

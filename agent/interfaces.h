@@ -29,6 +29,10 @@ class TaskHandler {
   virtual void SubmitTasks(std::vector<v1::TaskAssignment> tasks) = 0;
   virtual void CancelTasks(std::vector<uint64_t> task_ids, std::string reason) = 0;
   virtual int BusyWorkers() const = 0;
+  // Tasks received and waiting for a free slot. While it is > 0 no slot
+  // idles for want of a task, so the head connection may hold results back
+  // briefly and send more of them per message.
+  virtual int QueuedTasks() const { return 0; }
 };
 
 }  // namespace dragon::agent

@@ -372,6 +372,7 @@ void WorkerPool::Loop() {
     state_->Tick();
     busy_.store(state_->busy(), std::memory_order_relaxed);
     ready_.store(state_->busy() + state_->idle(), std::memory_order_relaxed);
+    queued_.store(static_cast<int>(state_->queued()), std::memory_order_relaxed);
   }
   StopAll();
 }
@@ -413,6 +414,7 @@ void WorkerPool::StopAll() {
   }
   busy_.store(0);
   ready_.store(0);
+  queued_.store(0);
 }
 
 }  // namespace dragon::agent

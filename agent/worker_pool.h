@@ -50,6 +50,7 @@ class WorkerPool : public TaskHandler {
   void SubmitTasks(std::vector<v1::TaskAssignment> tasks) override;
   void CancelTasks(std::vector<uint64_t> task_ids, std::string reason) override;
   int BusyWorkers() const override { return busy_.load(std::memory_order_relaxed); }
+  int QueuedTasks() const override { return queued_.load(std::memory_order_relaxed); }
 
   int ReadyWorkers() const { return ready_.load(std::memory_order_relaxed); }
   int slots() const { return options_.workers; }
@@ -100,6 +101,7 @@ class WorkerPool : public TaskHandler {
   std::thread thread_;
   std::atomic<int> busy_{0};
   std::atomic<int> ready_{0};
+  std::atomic<int> queued_{0};
 
   absl::Mutex mu_;
   std::vector<Command> inbox_ ABSL_GUARDED_BY(mu_);
