@@ -347,7 +347,13 @@ dragon::v1::ListNodesReply Head::ListNodes() const {
     node->set_agent_pid(agent.info.pid());
     node->set_agent_version(agent.info.agent_version());
     node->set_workers(agent.connected ? agent.info.workers() : 0);
-    node->set_busy_workers(agent.connected ? agent.busy_workers : 0);
+    // Counted from the task table rather than the last heartbeat, which can
+    // be seconds old: 'nodes' right after a burst must not show stale work.
+    uint32_t running = 0;
+    if (agent.connected) {
+      for (TaskId id : agent.tasks) running += table_.Find(id)->state == dragon::v1::RUNNING;
+    }
+    node->set_busy_workers(std::min(running, agent.info.workers()));
     node->set_assigned_tasks(static_cast<uint32_t>(agent.tasks.size()));
     node->set_tasks_done(agent.tasks_done);
     node->set_connected_us(agent.connected_us);
