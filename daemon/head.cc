@@ -202,8 +202,8 @@ absl::StatusOr<AgentIndex> Head::RegisterAgent(const dragon::v1::Register& reg,
 void Head::Heartbeat(AgentIndex index, const dragon::v1::Heartbeat& beat) {
   std::lock_guard<std::mutex> lock(mu_);
   Agent& agent = agents_[index];
+  // Liveness only: busy workers are known from the task table.
   agent.last_heartbeat_us = NowMicros();
-  agent.busy_workers = beat.busy_workers();
 }
 
 void Head::ApplyUpdate(AgentIndex index, dragon::v1::AgentUpdate* update) {

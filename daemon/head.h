@@ -89,7 +89,6 @@ class Head {
     dragon::v1::Register info;
     std::string peer;
     bool connected = true;
-    uint32_t busy_workers = 0;
     uint64_t tasks_done = 0;
     int64_t connected_us = 0;
     int64_t last_heartbeat_us = 0;
