@@ -12,14 +12,15 @@ from pathlib import Path
 
 NAMES = {
     "dragon": "DragonExecutor",
+    "dragon-prefetch": "DragonExecutor, prefetch",
     "threadpool": "ThreadPoolExecutor",
     "htex": "HighThroughputExecutor",
     "dragonhpc-batch": "dragonhpc DragonBatchPoolExecutor",
     "dragonhpc-pool": "dragonhpc DragonPoolExecutor",
 }
-SHORT = {"dragon": "Dragon", "threadpool": "ThreadPool", "htex": "HTEX",
+SHORT = {"dragon": "Dragon", "dragon-prefetch": "Dragon\nprefetch", "threadpool": "ThreadPool", "htex": "HTEX",
          "dragonhpc-batch": "dragonhpc\nBatchPool", "dragonhpc-pool": "dragonhpc\nPool"}
-COLORS = {"dragon": "#1f77b4", "threadpool": "#2ca02c", "htex": "#d62728",
+COLORS = {"dragon": "#1f77b4", "dragon-prefetch": "#17becf", "threadpool": "#2ca02c", "htex": "#d62728",
           "dragonhpc-batch": "#9467bd", "dragonhpc-pool": "#8c564b"}
 
 
@@ -130,7 +131,7 @@ def markdown(res: dict) -> str:
         if cal:
             L.append("Compute calibrated per round on one idle core: " + "; ".join(
                 f"round {c['round']}: {c['iterations']} FFT passes = {c['measured_ms']:.2f} ms" for c in cal)
-                + ". Ideal time = images x calibrated compute / workers.")
+                + " (thread CPU time). Ideal time = images x calibrated compute / workers.")
             L.append("")
         L.append("| executor | efficiency (median) | each round | time s | ideal s | images/s | "
                  "time vs ThreadPool | time vs HTEX | client CPU ms/image |")

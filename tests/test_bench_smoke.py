@@ -21,7 +21,7 @@ from conftest import BIN_DIR, REPO
 RUN = REPO / "bench" / "run.py"
 
 
-@pytest.mark.timeout(280)
+@pytest.mark.timeout(240)
 def test_bench_quick(tmp_path):
     if not (BIN_DIR / "dragond").exists():
         pytest.fail(f"{BIN_DIR}/dragond not found: run 'make build' first")
@@ -30,8 +30,8 @@ def test_bench_quick(tmp_path):
     out = tmp_path / "results"
     env = dict(os.environ, DRAGON_BIN_DIR=str(BIN_DIR), MPLBACKEND="Agg")
     env.pop("DRAGON_HEAD", None)
-    cp = subprocess.run([sys.executable, str(RUN), "--quick", "--out", str(out), "--hook-timeout", "75"],
-                        env=env, capture_output=True, text=True, timeout=270, cwd=str(REPO))
+    cp = subprocess.run([sys.executable, str(RUN), "--quick", "--out", str(out), "--hook-timeout", "60"],
+                        env=env, capture_output=True, text=True, timeout=230, cwd=str(REPO))
     assert cp.returncode == 0, f"bench/run.py --quick exited {cp.returncode}\n{cp.stdout[-4000:]}\n{cp.stderr[-4000:]}"
 
     res = json.loads((out / "results.json").read_text())

@@ -70,6 +70,12 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         Seconds to wait for the head to answer (and send its Welcome).
     head_start_timeout : float
         Seconds to wait for the embedded dragond to listen.
+    prefetch : int, optional
+        Tasks the embedded dragond queues on an agent per worker beyond the one
+        running (``dragond start --prefetch``): more than 1 hides the round trip
+        to the head between short tasks, at the price of tasks waiting behind a
+        long one on the same worker. Default: dragond's default. Ignored with an
+        existing head.
     tune_malloc : bool
         At start, set glibc's malloc so that freed multi-MiB buffers stay in
         the heap (mmap threshold 64 MiB, trim threshold 256 MiB) instead of being
@@ -87,7 +93,8 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
                  max_batch_bytes: int = 4 * 1024 * 1024, connect_timeout: float = 30.0,
                  head_start_timeout: float = 60.0, storage_access: Optional[List[Any]] = None,
                  working_dir: Optional[str] = None,
-                 remote_monitoring_radio: Optional[RadioConfig] = None, tune_malloc: bool = True) -> None:
+                 remote_monitoring_radio: Optional[RadioConfig] = None, tune_malloc: bool = True,
+                 prefetch: Optional[int] = None) -> None:
         super().__init__()
         self.address = address
         self.label = label
@@ -99,6 +106,7 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         self.connect_timeout = connect_timeout
         self.head_start_timeout = head_start_timeout
         self.tune_malloc = tune_malloc
+        self.prefetch = prefetch
         self.storage_access = storage_access
         self.working_dir = working_dir
         self.remote_monitoring_radio = (remote_monitoring_radio if remote_monitoring_radio is not None
@@ -146,12 +154,13 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         address = self._resolve_address()
         if address is None:
             dragond = find_binary("dragond", self.dragond_path)
+            extra = ["--prefetch", str(int(self.prefetch))] if self.prefetch is not None else []
             self.local_head = LocalHead(self._embedded_run_dir(), dragond, workers=self.workers_per_node,
-                                        python=sys.executable)
+                                        python=sys.executable, extra_args=extra)
             address = self.local_head.start(self.head_start_timeout)
-        elif self.workers_per_node is not None:
-            logger.warning("DragonExecutor %s: workers_per_node=%s is ignored with an existing head (%s)",
-                           self.label, self.workers_per_node, address)
+        elif self.workers_per_node is not None or self.prefetch is not None:
+            logger.warning("DragonExecutor %s: workers_per_node=%s, prefetch=%s are ignored with an existing "
+                           "head (%s)", self.label, self.workers_per_node, self.prefetch, address)
         self.head_address = address
         from dragon_parsl import __version__
         self.session = Session(address, default_client_name(__version__),
