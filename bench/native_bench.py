@@ -9,11 +9,13 @@ and `bazel build //bench:native_bench` (bazel-bin/bench/native_bench, or
 build-out/bin/native_bench, or $DRAGON_BIN_DIR/...), and says so if they are
 missing. For each worker count it starts a private dragond
 (`dragond start --foreground --port 0 --run-dir TMP --workers W --python
-sys.executable --prefetch 8`, with bench/ on the workers' PYTHONPATH), then runs
+sys.executable`, dragond's default adaptive prefetch, with bench/ on the workers'
+PYTHONPATH), then runs
 native_bench in throughput and latency mode for a no-op Python task (a
 Parsl-packed call of bench/noop_task.py:noop, packed once here) and for the
 executable /bin/true, and stops the head. Python throughput is also measured
-with dragond's default --prefetch (1), in its own head.
+with a fixed prefetch of 1 (`--prefetch 1 --max-prefetch 1`, no adaptation), in its
+own head, to show what the adaptation buys.
 
 The last stdout line is one JSON object (also written to --json-out): the
 machine, every raw run, medians, "table_md" (markdown) and "plots"
@@ -26,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import signal
 import statistics
 import subprocess
@@ -41,12 +42,11 @@ REPO = BENCH.parent
 
 QUICK = dict(workers=[1, 2], py_tasks=3000, exe_tasks=1000, latency_tasks=100, repeats=1)
 FULL = dict(workers=[1, 2, 4], py_tasks=100_000, exe_tasks=10_000, latency_tasks=1000, repeats=3)
-# dragond --prefetch for the runs: tasks queued on the agent per worker. With
-# dragond's default (1) every result must travel to the head before the
-# next-but-one task can; a deeper queue lets the agent coalesce results (see
-# agent/head_connection.h) and is what a flood of short tasks needs. The
-# default is measured too, for Python throughput ("python no-op, --prefetch 1").
-BENCH_PREFETCH = 8
+# The comparison head: a fixed queue of one task per worker beyond the running
+# one. Then every result must travel to the head before the next-but-one task
+# can; dragond's default adapts the queue to short tasks (daemon/scheduler.h),
+# which lets the agent coalesce results (agent/head_connection.h).
+FIXED_PREFETCH_ARGS = ["--prefetch", "1", "--max-prefetch", "1"]
 
 
 def log(msg: str) -> None:
@@ -88,9 +88,8 @@ def make_payload(path: Path, env: dict) -> None:
 
 
 class Dragond:
-    def __init__(self, dragond: str, workers: int, workdir: Path, env: dict, prefetch: int | None):
+    def __init__(self, dragond: str, workers: int, workdir: Path, env: dict, extra: list[str]):
         self.run_dir = workdir / f"run-w{workers}-{time.monotonic_ns()}"
-        extra = ["--prefetch", str(prefetch)] if prefetch is not None else []
         self.proc = subprocess.Popen(
             [dragond, "start", "--foreground", "--port", "0", "--run-dir", str(self.run_dir),
              "--workers", str(workers), "--python", sys.executable, "--no-current", *extra],
@@ -135,12 +134,12 @@ def median(xs):
 
 
 LABELS = {"python": "python no-op", "executable": "executable /bin/true",
-          "python_default_prefetch": "python no-op, --prefetch 1"}
+          "python_default_prefetch": "python no-op, fixed prefetch 1"}
 KINDS = ("python", "executable", "python_default_prefetch")
 
 
-def table(summary: dict, workers: list[int], prefetch: int) -> str:
-    rows = [f"dragond --prefetch {prefetch} unless the row says otherwise; end to end from the C++ "
+def table(summary: dict, workers: list[int]) -> str:
+    rows = ["dragond's default (adaptive) prefetch unless the row says otherwise; end to end from the C++ "
             "client (bench/native_bench.cc), first submit to last result.", "",
             "| workers | kind | throughput (tasks/s, median) | runs | latency p50 / p99 / mean (us) |",
             "|---|---|---|---|---|"]
@@ -169,9 +168,6 @@ def main() -> int:
     p.add_argument("--bin-dir", help="where dragond and native_bench are (default: build-out/bin, "
                    "then bazel-bin/bench for native_bench)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per native_bench run")
-    p.add_argument("--prefetch", type=int, default=BENCH_PREFETCH,
-                   help=f"dragond --prefetch for the main runs (default {BENCH_PREFETCH}); the "
-                        "Python throughput at dragond's default is measured as well")
     args = p.parse_args()
     cfg = dict(FULL if args.full else QUICK)
     if args.workers:
@@ -204,35 +200,34 @@ def main() -> int:
         payload = work / "noop.payload"
         make_payload(payload, env)
         result["python_payload_bytes"] = payload.stat().st_size
-        cfg["prefetch"] = args.prefetch
         for w in cfg["workers"]:
-            head = Dragond(dragond, w, work, env, None)
-            log(f"{w} worker(s), dragond's default prefetch: dragond at {head.address}")
+            head = Dragond(dragond, w, work, env, FIXED_PREFETCH_ARGS)
+            log(f"{w} worker(s), fixed prefetch 1: dragond at {head.address}")
             try:
                 for rep in range(cfg["repeats"]):
                     r = run_native(native, head.address, "python", "throughput", cfg["py_tasks"], payload,
                                    args.timeout)
-                    r.update(kind="python_default_prefetch", workers=w, repeat=rep, prefetch=None,
+                    r.update(kind="python_default_prefetch", workers=w, repeat=rep, prefetch=1,
                              measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-                    log(f"  python throughput (default prefetch): {r['tasks_per_s']:,.0f} tasks/s")
+                    log(f"  python throughput (fixed prefetch 1): {r['tasks_per_s']:,.0f} tasks/s")
                     result["runs"].append(r)
             finally:
                 head.stop()
-            head = Dragond(dragond, w, work, env, args.prefetch)
-            log(f"{w} worker(s), --prefetch {args.prefetch}: dragond at {head.address}")
+            head = Dragond(dragond, w, work, env, [])
+            log(f"{w} worker(s), default adaptive prefetch: dragond at {head.address}")
             try:
                 for rep in range(cfg["repeats"]):
                     for kind in ("python", "executable"):
                         n = cfg["py_tasks"] if kind == "python" else cfg["exe_tasks"]
                         r = run_native(native, head.address, kind, "throughput", n, payload, args.timeout)
-                        r.update(workers=w, repeat=rep, prefetch=args.prefetch, measured_at=datetime.now(timezone.utc).isoformat(
+                        r.update(workers=w, repeat=rep, prefetch="adaptive", measured_at=datetime.now(timezone.utc).isoformat(
                             timespec="seconds"))
                         log(f"  {kind} throughput: {r['tasks_per_s']:,.0f} tasks/s ({n} tasks)")
                         result["runs"].append(r)
                 for kind in ("python", "executable"):
                     r = run_native(native, head.address, kind, "latency", cfg["latency_tasks"], payload,
                                    args.timeout)
-                    r.update(workers=w, repeat=0, prefetch=args.prefetch, measured_at=datetime.now(timezone.utc).isoformat(
+                    r.update(workers=w, repeat=0, prefetch="adaptive", measured_at=datetime.now(timezone.utc).isoformat(
                         timespec="seconds"))
                     log(f"  {kind} latency: p50 {r['p50_us']:,.0f} us, p99 {r['p99_us']:,.0f} us")
                     result["runs"].append(r)
@@ -252,7 +247,7 @@ def main() -> int:
                 "latency": {k: lat[k] for k in ("p50_us", "p99_us", "mean_us", "hops_mean_us")} if lat else None}
     result["summary"] = summary
     result["machine"]["loadavg_end"] = os.getloadavg()
-    result["table_md"] = table(summary, cfg["workers"], args.prefetch)
+    result["table_md"] = table(summary, cfg["workers"])
     result["plots"] = {"native_throughput_vs_workers": {
         "x": cfg["workers"],
         "series": {LABELS[k]: [summary[k][str(w)]["tasks_per_s"] for w in cfg["workers"]]

@@ -61,7 +61,7 @@ std::string CheckExecutableSpec(const std::string& payload) {
 Head::Head(HeadOptions options)
     : options_(std::move(options)),
       started_us_(NowMicros()),
-      scheduler_(options_.prefetch_per_worker) {}
+      scheduler_(options_.prefetch_per_worker, options_.max_prefetch_per_worker) {}
 
 absl::StatusOr<dragon::v1::Welcome> Head::OpenSession(const dragon::v1::Hello& hello,
                                                       std::shared_ptr<SessionOutbox> outbox,
@@ -236,6 +236,10 @@ void Head::ApplyUpdate(AgentIndex index, dragon::v1::AgentUpdate* update) {
       if (result.start_us() > 0) task->running_us = result.start_us();
     }
     if (result.worker_pid() != 0) task->worker_pid = result.worker_pid();
+    if (result.end_us() > result.start_us() && result.start_us() > 0 &&
+        result.outcome() != dragon::v1::CANCELED) {
+      scheduler_.ObserveRuntime(index, result.end_us() - result.start_us());
+    }
     ++agent.tasks_done;
     // Finish at the agent's end time when it gave one (never before the start).
     const int64_t end = result.end_us() > 0 ? std::max(result.end_us(), task->running_us) : now;

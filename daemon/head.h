@@ -30,7 +30,8 @@ struct HeadOptions {
   std::string run_id;
   std::string version;
   uint64_t max_payload_bytes = 256ull << 20;
-  int prefetch_per_worker = 1;
+  int prefetch_per_worker = 1;      // minimum, and the start for a new agent
+  int max_prefetch_per_worker = 1;  // adaptive up to this for short tasks
   uint32_t heartbeat_interval_ms = 2000;
 };
 

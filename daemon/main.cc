@@ -49,7 +49,10 @@ ABSL_FLAG(bool, exit_with_parent, false, "start: shut down when the process that
 ABSL_FLAG(bool, no_current, false, "start: do not point $DRAGON_HOME/current at this run");
 ABSL_FLAG(std::string, log_level, "info", "log level: trace, debug, info, warn, error");
 ABSL_FLAG(int, max_payload_mb, 256, "start: largest task payload accepted, in MiB");
-ABSL_FLAG(int, prefetch, 1, "start: tasks queued on an agent per worker beyond the one running");
+ABSL_FLAG(int, prefetch, 1, "start: tasks queued on an agent per worker beyond the one running (the minimum)");
+ABSL_FLAG(int, max_prefetch, 16,
+          "start: for short tasks the per-worker queue grows up to this, to keep ~2 ms of work "
+          "queued per worker; = --prefetch turns adaptation off");
 ABSL_FLAG(std::string, agent_binary, "", "start: dragon-agent to launch (default: next to dragond)");
 ABSL_FLAG(std::string, head, "", "stop: HOST:PORT of the head to stop (default: $DRAGON_HEAD, then $DRAGON_HOME/current)");
 ABSL_FLAG(int, timeout, 30, "stop: seconds to wait for the head to exit");
@@ -143,6 +146,12 @@ absl::Status CheckStartFlags() {
     return absl::InvalidArgumentError(
         absl::StrCat("--prefetch ", absl::GetFlag(FLAGS_prefetch), " is not in 0..1000"));
   }
+  if (absl::GetFlag(FLAGS_max_prefetch) < absl::GetFlag(FLAGS_prefetch) ||
+      absl::GetFlag(FLAGS_max_prefetch) > 1000) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max-prefetch ", absl::GetFlag(FLAGS_max_prefetch), " is not in --prefetch (",
+        absl::GetFlag(FLAGS_prefetch), ")..1000"));
+  }
   if (absl::GetFlag(FLAGS_host).empty()) return absl::InvalidArgumentError("--host is empty");
   return absl::OkStatus();
 }
@@ -186,6 +195,7 @@ int Serve(const std::string& run_dir, const std::string& run_id, int ready_fd) {
   options.version = kVersion;
   options.max_payload_bytes = static_cast<uint64_t>(absl::GetFlag(FLAGS_max_payload_mb)) << 20;
   options.prefetch_per_worker = absl::GetFlag(FLAGS_prefetch);
+  options.max_prefetch_per_worker = absl::GetFlag(FLAGS_max_prefetch);
   Head head(options);
 
   const std::string host = absl::GetFlag(FLAGS_host);

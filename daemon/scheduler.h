@@ -20,12 +20,19 @@ struct Assignment {
 
 class Scheduler {
  public:
-  // An agent may hold (1 + prefetch_per_worker) tasks per worker, so that a
-  // worker that finishes finds its next task already on its node instead of
-  // waiting a round trip to the head.
-  explicit Scheduler(int prefetch_per_worker = 1);
+  // An agent may hold (1 + prefetch) tasks per worker, so that a worker that
+  // finishes finds its next task already on its node instead of waiting a
+  // round trip to the head. The prefetch adapts per agent to how long its
+  // tasks take: enough queued work per worker to cover kPrefetchWindowUs,
+  // between min_prefetch (also the start, before anything is known) and
+  // max_prefetch. Long tasks keep it at the minimum, so they spread evenly
+  // over nodes; floods of tiny tasks get deep queues and big batches.
+  static constexpr int64_t kPrefetchWindowUs = 2000;
+  explicit Scheduler(int min_prefetch = 1, int max_prefetch = 1);
 
   void AddAgent(AgentIndex agent, int workers);
+  // A task of `agent` ran for `runtime_us`; may change its capacity.
+  void ObserveRuntime(AgentIndex agent, int64_t runtime_us);
   // Forgets the agent; its tasks are the caller's to re-queue or fail.
   void RemoveAgent(AgentIndex agent);
 
@@ -47,6 +54,7 @@ class Scheduler {
   size_t queued() const { return queue_.size(); }
   int assigned(AgentIndex agent) const;
   int capacity(AgentIndex agent) const;
+  int prefetch(AgentIndex agent) const;
   // Agents that can take at least one more task.
   size_t agents_with_room() const { return open_.size(); }
 
@@ -55,6 +63,9 @@ class Scheduler {
     bool active = false;
     int capacity = 0;
     int assigned = 0;
+    int workers = 0;
+    int prefetch = 0;
+    double mean_runtime_us = -1;  // moving average; < 0 until the first task ends
   };
   // An agent with room, as ordered in open_.
   struct Load {
@@ -75,7 +86,10 @@ class Scheduler {
   template <typename Change>
   void Update(AgentIndex agent, Change change);
 
-  int prefetch_per_worker_;
+  int PrefetchFor(double mean_runtime_us) const;
+
+  int min_prefetch_;
+  int max_prefetch_;
   std::deque<TaskId> queue_;
   std::vector<Slot> agents_;  // indexed by AgentIndex
   std::set<Load, LessLoaded> open_;  // active agents with assigned < capacity

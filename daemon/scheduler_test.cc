@@ -237,5 +237,42 @@ TEST_CASE("same decisions as the linear scan under random churn", "[scheduler][s
   }
 }
 
+TEST_CASE("prefetch adapts to task length between its bounds", "[scheduler]") {
+  Scheduler s(1, 16);
+  s.AddAgent(0, 2);
+  CHECK(s.prefetch(0) == 1);  // nothing known yet: the minimum
+  CHECK(s.capacity(0) == 4);
+  for (int i = 0; i < 20; ++i) s.ObserveRuntime(0, 100);  // 100 us tasks: 2 ms / 100 us = 20
+  CHECK(s.prefetch(0) == 16);
+  CHECK(s.capacity(0) == 2 * 17);
+  for (int i = 0; i < 40; ++i) s.ObserveRuntime(0, 500);  // 2 ms / 500 us = 4
+  CHECK(s.prefetch(0) == 4);
+  for (int i = 0; i < 40; ++i) s.ObserveRuntime(0, 1000000);  // long tasks: back to the minimum
+  CHECK(s.prefetch(0) == 1);
+  CHECK(s.capacity(0) == 4);
+}
+
+TEST_CASE("a smaller capacity stops assignments until tasks end", "[scheduler]") {
+  Scheduler s(1, 8);
+  s.AddAgent(0, 1);
+  for (int i = 0; i < 10; ++i) s.ObserveRuntime(0, 1);
+  for (TaskId t = 1; t <= 20; ++t) s.Enqueue(t);
+  CHECK(s.Assign(kAll).size() == 9);  // 1 worker * (1 + 8)
+  for (int i = 0; i < 40; ++i) s.ObserveRuntime(0, 1000000);
+  CHECK(s.capacity(0) == 2);
+  for (int i = 0; i < 7; ++i) s.Release(0);
+  CHECK(s.Assign(kAll).empty());  // 2 assigned, capacity 2
+  s.Release(0);
+  CHECK(s.Assign(kAll).size() == 1);
+}
+
+TEST_CASE("equal bounds turn adaptation off", "[scheduler]") {
+  Scheduler s(2, 2);
+  s.AddAgent(0, 1);
+  for (int i = 0; i < 10; ++i) s.ObserveRuntime(0, 1);
+  CHECK(s.prefetch(0) == 2);
+  CHECK(s.capacity(0) == 3);
+}
+
 }  // namespace
 }  // namespace dragon::daemon
