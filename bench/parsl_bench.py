@@ -67,11 +67,16 @@ def calibrate(size: int, compute_ms: float, tile: int, reps: int = 7) -> dict:
         image_work(img, 20, tile)
         unit.append((time.thread_time() - t) / 20)
     iterations = max(1, round(compute_ms / 1000 / statistics.median(unit)))
-    calls = []
-    for _ in range(reps):
-        t = time.thread_time()
-        image_work(img, iterations, tile)
-        calls.append(time.thread_time() - t)
+    for attempt in range(3):  # correct the count against whole calls, then measure
+        calls = []
+        for _ in range(reps):
+            t = time.thread_time()
+            image_work(img, iterations, tile)
+            calls.append(time.thread_time() - t)
+        better = max(1, round(iterations * compute_ms / 1000 / statistics.median(calls)))
+        if attempt == 2 or abs(better - iterations) <= max(1, iterations // 50):
+            break
+        iterations = better
     return {"iterations": iterations, "tile": tile, "measured_ms": statistics.median(calls) * 1000,
             "target_ms": compute_ms}
 

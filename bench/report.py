@@ -71,7 +71,10 @@ def markdown(res: dict) -> str:
         L.append("|---|---|---|---|---|")
         for t in tg:
             meas = t["measured"]
-            meas_s = f"{meas:.2f}" if isinstance(meas, (int, float)) else str(meas if meas is not None else "-")
+            if isinstance(meas, (int, float)):
+                meas_s = f"{meas:,.0f}" if abs(meas) >= 100 else f"{meas:.2f}"
+            else:
+                meas_s = str(meas if meas is not None else "-")
             L.append(f"| {t['target']} | {t['goal']} | {meas_s} | **{t['status']}** | "
                      f"{t.get('detail', '')}{' (' + t['source'] + ')' if t.get('source') else ''} |")
         L.append("")

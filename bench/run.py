@@ -347,6 +347,39 @@ def targets(summary: dict, rat: dict) -> list:
     return rows
 
 
+def hook_targets(source: str, res: dict) -> list:
+    """Optional "targets" of a hook's JSON, as a list or a dict of rows with "target" and
+    "status" (PASS/MISS) or "met" (bool)."""
+    t = res.get("targets")
+    rows = list(t.values()) if isinstance(t, dict) else t if isinstance(t, list) else []
+    out = []
+    for r in rows:
+        if not isinstance(r, dict) or "target" not in r:
+            continue
+        status = r.get("status") or ({True: "PASS", False: "MISS"}.get(r.get("met"), "n/a"))
+        out.append({"target": str(r["target"]), "goal": str(r.get("goal", "")), "measured": r.get("measured"),
+                    "status": status, "detail": str(r.get("detail", "")), "source": source})
+    return out
+
+
+def native_targets(results: dict, workers: int) -> list:
+    """The issue's native targets (>= 10,000 no-op Python tasks/s, >= 5x HTEX through Parsl), if
+    native_bench.py's JSON has summary.python[<workers>].tasks_per_s (read defensively)."""
+    try:
+        tps = float(results["native"]["result"]["summary"]["python"][str(workers)]["tasks_per_s"])
+    except (KeyError, TypeError, ValueError):
+        return []
+    rows = [{"target": f"native no-op Python tasks/s ({workers} workers)", "goal": ">= 10,000", "measured": tps,
+             "status": "PASS" if tps >= 10_000 else "MISS", "detail": "bench/native_bench.py median",
+             "source": "native"}]
+    htex = results["parsl"].get("summary", {}).get("noop", {}).get("htex", {}).get("tasks_per_s")
+    if htex:
+        rows.append({"target": "native no-op throughput vs HighThroughputExecutor through Parsl", "goal": ">= 5x",
+                     "measured": tps / htex, "status": "PASS" if tps / htex >= 5 else "MISS",
+                     "detail": f"{tps:,.0f} native / {htex:,.0f} HTEX (this run)", "source": "native"})
+    return rows
+
+
 # ---------------------------------------------------------------- main
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -467,10 +500,8 @@ def main(argv=None) -> int:
         ht = args.hook_timeout or (150 if args.quick else 1800)
         results[h] = run_hook(h, args.quick, env, work, ht)
         log(f"bench: {h}: {results[h]['status']}")
-        res = results[h].get("result") or {}
-        for t in res.get("targets", []) if isinstance(res.get("targets"), list) else []:
-            if isinstance(t, dict) and "target" in t:  # optional: rows in the same shape as ours
-                results["targets"].append(dict(t, source=h))
+        results["targets"] += hook_targets(h, results[h].get("result") or {})
+    results["targets"] += native_targets(results, args.workers)
 
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["elapsed_s"] = time.perf_counter() - t_start
