@@ -71,11 +71,12 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
     head_start_timeout : float
         Seconds to wait for the embedded dragond to listen.
     prefetch : int, optional
-        Tasks the embedded dragond queues on an agent per worker beyond the one
-        running (``dragond start --prefetch``): more than 1 hides the round trip
-        to the head between short tasks, at the price of tasks waiting behind a
-        long one on the same worker. Default: dragond's default. Ignored with an
-        existing head.
+        ``dragond start --prefetch`` of the embedded dragond: the minimum number of
+        tasks queued on an agent per worker beyond the one running (dragond may
+        queue more for short tasks, up to its ``--max-prefetch``). More hides the
+        round trip to the head between short tasks, at the price of tasks waiting
+        behind a long one on the same worker. Default: dragond's default. Ignored
+        with an existing head.
     tune_malloc : bool
         At start, set glibc's malloc so that freed multi-MiB buffers stay in
         the heap (mmap threshold 64 MiB, trim threshold 256 MiB) instead of being
