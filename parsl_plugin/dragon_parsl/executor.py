@@ -81,8 +81,10 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         At start, set glibc's malloc so that freed multi-MiB buffers stay in
         the heap (mmap threshold 64 MiB, trim threshold 256 MiB) instead of being
         unmapped and page-faulted in again for every large task argument and
-        result; the workers always do this. Default True; a no-op when
-        ``MALLOC_MMAP_THRESHOLD_`` is set or off glibc.
+        result; the workers always do this. It changes how the whole workflow
+        process uses memory (up to 256 MiB of freed memory may stay mapped), so
+        it is opt-in: worth it for workflows that pass multi-MiB arrays. Default
+        False; a no-op when ``MALLOC_MMAP_THRESHOLD_`` is set or off glibc.
     storage_access, working_dir, remote_monitoring_radio
         As for Parsl's other executors. Tasks run in the directory the
         workflow was in when it submitted them.
@@ -94,7 +96,7 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
                  max_batch_bytes: int = 4 * 1024 * 1024, connect_timeout: float = 30.0,
                  head_start_timeout: float = 60.0, storage_access: Optional[List[Any]] = None,
                  working_dir: Optional[str] = None,
-                 remote_monitoring_radio: Optional[RadioConfig] = None, tune_malloc: bool = True,
+                 remote_monitoring_radio: Optional[RadioConfig] = None, tune_malloc: bool = False,
                  prefetch: Optional[int] = None) -> None:
         super().__init__()
         self.address = address
