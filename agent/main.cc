@@ -40,6 +40,9 @@ ABSL_FLAG(std::string, python, "python3",
           "import parsl and dragon_parsl");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error, critical or off");
 ABSL_FLAG(int, connect_timeout, 10, "seconds to keep retrying an unreachable head at startup");
+ABSL_FLAG(int, worker_ready_timeout, 120,
+          "seconds a new Python worker may take to import parsl and report ready before it is "
+          "killed and restarted");
 ABSL_FLAG(int, max_result_mb, 255,
           "largest result (MiB) a worker may return; bigger ones fail the task. Must stay below "
           "the 256 MiB gRPC message limit");
@@ -185,6 +188,7 @@ int Main(int argc, char** argv) {
   if (workers == 0) workers = static_cast<int>(cores);
   const int max_result_mb = absl::GetFlag(FLAGS_max_result_mb);
   if (max_result_mb < 1 || max_result_mb > 255) return Fail("--max-result-mb must be in 1..255");
+  if (absl::GetFlag(FLAGS_worker_ready_timeout) < 1) return Fail("--worker-ready-timeout must be >= 1");
 
   char host[256] = {};
   gethostname(host, sizeof(host) - 1);
@@ -244,6 +248,7 @@ int Main(int argc, char** argv) {
   popts.workers = workers;
   popts.worker_argv = {absl::GetFlag(FLAGS_python), "-m", "dragon_parsl.worker"};
   popts.max_frame_bytes = static_cast<uint32_t>(max_result_mb) << 20;
+  popts.ready_timeout_us = int64_t{absl::GetFlag(FLAGS_worker_ready_timeout)} * 1'000'000;
   WorkerPool pool(popts, &conn);
   // Workers start importing parsl while we connect: both take a while.
   if (absl::Status s = pool.Start(); !s.ok()) return Fail(std::string(s.message()));

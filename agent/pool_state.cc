@@ -171,8 +171,13 @@ void PoolState::OnWorkerExit(int slot, const std::string& how) {
   s.state = SlotState::kDown;
   s.exiting = false;
   if (was == SlotState::kStarting) {
-    StartFailed(slot, absl::StrCat("worker pid ", s.pid, " ", how, " before it was ready (see ",
-                                   control_->WorkerLogPath(slot), ")"));
+    const std::string what =
+        s.ready_timed_out
+            ? absl::StrCat("worker pid ", s.pid, " sent no READY within ",
+                           options_.ready_timeout_us / 1'000'000, " s and was killed")
+            : absl::StrCat("worker pid ", s.pid, " ", how, " before it was ready");
+    s.ready_timed_out = false;
+    StartFailed(slot, absl::StrCat(what, " (see ", control_->WorkerLogPath(slot), ")"));
   } else {
     if (was == SlotState::kIdle) spdlog::warn("idle worker pid {} (slot {}) {}", s.pid, slot, how);
     s.restart_at_us = now_us_();  // a worker that was ready once: replace it at once
@@ -206,14 +211,28 @@ void PoolState::OnExecutableDone(uint64_t task_id, v1::Outcome outcome, std::str
 void PoolState::Tick() {
   const int64_t now = now_us_();
   for (int i = 0; i < slots(); ++i) {
-    if (slots_[i].state == SlotState::kDown && slots_[i].restart_at_us <= now) StartSlot(i);
+    Slot& s = slots_[i];
+    if (s.state == SlotState::kDown && s.restart_at_us <= now) {
+      StartSlot(i);
+    } else if (s.state == SlotState::kStarting && !s.ready_timed_out &&
+               now - s.started_at_us >= options_.ready_timeout_us) {
+      spdlog::error("slot {}: worker pid {} sent no READY within {} s; killing it", i, s.pid,
+                    options_.ready_timeout_us / 1'000'000);
+      s.ready_timed_out = true;
+      control_->KillWorker(i);  // its exit comes back through OnWorkerExit
+    }
   }
 }
 
 std::optional<int64_t> PoolState::NextWakeUs() const {
   std::optional<int64_t> next;
   for (const Slot& s : slots_) {
-    if (s.state == SlotState::kDown && (!next || s.restart_at_us < *next)) next = s.restart_at_us;
+    std::optional<int64_t> at;
+    if (s.state == SlotState::kDown) at = s.restart_at_us;
+    if (s.state == SlotState::kStarting && !s.ready_timed_out) {
+      at = s.started_at_us + options_.ready_timeout_us;
+    }
+    if (at && (!next || *at < *next)) next = at;
   }
   return next;
 }
@@ -227,6 +246,8 @@ void PoolState::StartSlot(int slot) {
   Slot& s = slots_[slot];
   s.state = SlotState::kStarting;
   s.pid = *pid;
+  s.started_at_us = now_us_();
+  s.ready_timed_out = false;
   spdlog::debug("slot {}: started worker pid {}", slot, *pid);
 }
 

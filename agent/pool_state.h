@@ -56,6 +56,10 @@ struct PoolOptions {
   // After this many failed starts in a row with no worker ready, queued and
   // new tasks fail at once (naming the cause) instead of waiting forever.
   int max_startup_failures = 3;
+  // A worker that has not sent READY this long after its start (hung in an
+  // import, a stuck filesystem) is killed and counts as a failed start, so a
+  // slot never stays 'starting' forever.
+  int64_t ready_timeout_us = 120'000'000;
 };
 
 class PoolState {
@@ -99,7 +103,8 @@ class PoolState {
   void OnExecutableDone(uint64_t task_id, v1::Outcome outcome, std::string data,
                         std::string error);
 
-  // Restarts workers whose restart time has come.
+  // Restarts workers whose restart time has come; kills workers that did
+  // not get ready within ready_timeout_us.
   void Tick();
   // When Tick next has something to do, if ever.
   std::optional<int64_t> NextWakeUs() const;
@@ -122,6 +127,8 @@ class PoolState {
     int pid = 0;
     int64_t restart_at_us = 0;
     int consecutive_start_failures = 0;
+    int64_t started_at_us = 0;     // valid in kStarting
+    bool ready_timed_out = false;  // killed for not sending READY in time
     uint64_t task_id = 0;  // valid in kBusy
     int64_t start_us = 0;  // valid in kBusy
     bool exiting = false;  // see OnWorkerExiting

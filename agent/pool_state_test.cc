@@ -385,5 +385,30 @@ TEST_CASE("broken Python workers fail Python tasks but not executables") {
   CHECK(f.control.exe_started == std::vector<uint64_t>{2});
 }
 
+TEST_CASE("a worker that never sends READY is killed after the timeout and restarted") {
+  Fixture f(1);
+  f.state.StartAll();
+  REQUIRE(f.state.NextWakeUs().has_value());
+  CHECK(*f.state.NextWakeUs() == f.now + 120'000'000);
+  f.now += 119'000'000;
+  f.state.Tick();
+  CHECK(f.control.killed.empty());
+  f.now += 1'000'000;
+  f.state.Tick();
+  CHECK(f.control.killed == std::vector<int>{0});
+  f.state.Tick();  // killed once, not again while its exit is pending
+  CHECK(f.control.killed.size() == 1);
+  f.state.OnWorkerExit(0, "killed by signal 9 SIGKILL");
+  CHECK(f.state.slot_state(0) == S::kDown);
+  f.now += 100'000;  // first restart delay
+  f.state.Tick();
+  CHECK(f.control.starts.size() == 2);
+  CHECK(f.state.slot_state(0) == S::kStarting);
+  f.state.OnReady(0);
+  f.now += 500'000'000;
+  f.state.Tick();
+  CHECK(f.control.killed.size() == 1);  // a ready worker is never timed out
+}
+
 }  // namespace
 }  // namespace dragon::agent

@@ -94,6 +94,7 @@ WorkerPool::WorkerPool(WorkerPoolOptions options, TaskEventSink* sink)
   PoolOptions po;
   po.node_id = options_.node_id;
   po.slots = options_.workers;
+  po.ready_timeout_us = options_.ready_timeout_us;
   state_ = std::make_unique<PoolState>(po, control_.get(), sink_, NowUs);
   workers_.resize(options_.workers);
 }

@@ -35,6 +35,8 @@ struct WorkerPoolOptions {
   uint32_t max_frame_bytes = 256u << 20;
   // Shutdown: SIGTERM, then SIGKILL after this long.
   int64_t term_grace_ms = 2000;
+  // See PoolOptions::ready_timeout_us.
+  int64_t ready_timeout_us = 120'000'000;
 };
 
 class WorkerPool : public TaskHandler {
