@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,8 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from dragon_parsl.local_head import LocalHead, LocalHeadError
 
 REPO = Path(__file__).resolve().parent.parent
 GiB = 1 << 30
@@ -97,21 +98,13 @@ class Head:
         self.run_dir = work / name
         self.env = dict(os.environ, DRAGON_HOME=str(work / "home"))
         self.env.pop("DRAGON_HEAD", None)
-        self.proc = subprocess.Popen(
-            [str(bins["dragond"]), "start", "--foreground", "--agents", "none", "--port", "0",
-             "--run-dir", str(self.run_dir), "--no-current", "--log-level", "warn", *extra],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        head_json = self.run_dir / "head.json"
-        deadline = time.monotonic() + 30
-        while not head_json.exists():
-            if self.proc.poll() is not None:
-                raise BenchError(f"dragond exited {self.proc.returncode}: {self.proc.stderr.read()}")
-            if time.monotonic() > deadline:
-                self.proc.kill()
-                raise BenchError("dragond did not listen within 30 s")
-            time.sleep(0.02)
-        self.address = json.loads(head_json.read_text())["address"]
-        self.pid = self.proc.pid
+        self.local = LocalHead(self.run_dir, str(bins["dragond"]), extra_args=[
+            "--agents", "none", "--log-level", "warn", *extra], env=self.env)
+        try:
+            self.address = self.local.start(timeout=30)
+        except LocalHeadError as e:
+            raise BenchError(str(e)) from None
+        self.pid = self.local.proc.pid
         self.agents: list[subprocess.Popen] = []
 
     def start_agents(self, bins: dict, count: int, workers: int, task_us: int) -> None:
@@ -133,21 +126,13 @@ class Head:
         return total
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.local.stop(timeout=30)
         for a in self.agents:
             try:
                 a.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 a.kill()
                 a.wait()
-        if self.proc.stderr:
-            self.proc.stderr.close()
 
 
 def run_generator(bins: dict, head: Head, args: list[str], timeout: float) -> dict:

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,8 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from dragon_parsl.local_head import LocalHead
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -87,32 +88,11 @@ def make_payload(path: Path, env: dict) -> None:
     subprocess.run([sys.executable, "-c", code, str(path)], env=env, check=True, timeout=120)
 
 
-class Dragond:
-    def __init__(self, dragond: str, workers: int, workdir: Path, env: dict, extra: list[str]):
-        self.run_dir = workdir / f"run-w{workers}-{time.monotonic_ns()}"
-        self.proc = subprocess.Popen(
-            [dragond, "start", "--foreground", "--port", "0", "--run-dir", str(self.run_dir),
-             "--workers", str(workers), "--python", sys.executable, "--no-current", *extra],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        head_json = self.run_dir / "head.json"
-        deadline = time.monotonic() + 60
-        while not head_json.exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dragond exited {self.proc.returncode}: {self.proc.stdout.read()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("dragond did not write head.json within 60 s")
-            time.sleep(0.05)
-        self.address = json.loads(head_json.read_text())["address"]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def start_head(dragond: str, workers: int, workdir: Path, env: dict, extra: list[str]) -> LocalHead:
+    head = LocalHead(workdir / f"run-w{workers}-{time.monotonic_ns()}", dragond, workers=workers,
+                     python=sys.executable, extra_args=extra, env=env)
+    head.start(timeout=60)
+    return head
 
 
 def run_native(binary: str, address: str, kind: str, mode: str, tasks: int, payload: Path,
@@ -201,7 +181,7 @@ def main() -> int:
         make_payload(payload, env)
         result["python_payload_bytes"] = payload.stat().st_size
         for w in cfg["workers"]:
-            head = Dragond(dragond, w, work, env, FIXED_PREFETCH_ARGS)
+            head = start_head(dragond, w, work, env, FIXED_PREFETCH_ARGS)
             log(f"{w} worker(s), fixed prefetch 1: dragond at {head.address}")
             try:
                 for rep in range(cfg["repeats"]):
@@ -213,7 +193,7 @@ def main() -> int:
                     result["runs"].append(r)
             finally:
                 head.stop()
-            head = Dragond(dragond, w, work, env, [])
+            head = start_head(dragond, w, work, env, [])
             log(f"{w} worker(s), default adaptive prefetch: dragond at {head.address}")
             try:
                 for rep in range(cfg["repeats"]):

@@ -70,8 +70,10 @@ class LocalHead:
     """One embedded dragond process."""
 
     def __init__(self, run_dir: Path, dragond: str, workers: Optional[int] = None,
-                 python: str = sys.executable, extra_args: Optional[List[str]] = None) -> None:
+                 python: str = sys.executable, extra_args: Optional[List[str]] = None,
+                 env: Optional[dict] = None) -> None:
         self.run_dir = Path(run_dir)
+        self.env = env  # None: this process's environment
         self.dragond = dragond
         self.workers = workers
         self.python = python
@@ -101,7 +103,7 @@ class LocalHead:
         if head_json.exists():
             # A leftover of a killed run would give a dead address.
             head_json.unlink()
-        env = dict(os.environ)
+        env = dict(os.environ if self.env is None else self.env)
         env.pop("DRAGON_HEAD", None)
         bin_dir = str(Path(self.dragond).resolve().parent)
         env.setdefault("DRAGON_BIN_DIR", bin_dir)
