@@ -42,10 +42,6 @@ def first_error(errors: list) -> str:
 def markdown(res: dict) -> str:
     m, s = res["machine"], res["settings"]
     v = m["versions"]
-    parsl = res.get("parsl", {})
-    summ, rat = parsl.get("summary", {}), parsl.get("ratios", {})
-    execs = parsl.get("executors", [])
-    runs = parsl.get("runs", [])
     L = []
     L.append(f"# Benchmark results {m['date']}")
     L.append("")
@@ -58,7 +54,7 @@ def markdown(res: dict) -> str:
              f"commit {m.get('git_commit')}")
     L.append(f"- {res['dragonhpc']['detail']}")
     L.append(f"- command: `{s['command']}`; {s['rounds']} round(s), executors alternating in rotating order, "
-             f"{s['workers']} workers each, Parsl logging: {s['parsl_logging']}")
+             f"{s['workers']} workers each, Parsl logging: {logging_modes(s)}")
     for e, why in s.get("skipped_executors", {}).items():
         L.append(f"- {NAMES.get(e, e)}: skipped ({why})")
     L.append("")
@@ -79,9 +75,54 @@ def markdown(res: dict) -> str:
                      f"{t.get('detail', '')}{' (' + t['source'] + ')' if t.get('source') else ''} |")
         L.append("")
 
+    sections = parsl_sections(res)
+    for key, parsl, mode in sections:
+        L += parsl_markdown(parsl, s, f" (Parsl logging {mode})" if len(sections) > 1 else "")
+
+    for h, title in (("native", "Native throughput (C++ client, no Parsl)"), ("head_scale", "Scale of the head")):
+        hr = res.get(h, {})
+        L.append(f"## {title}")
+        L.append("")
+        if hr.get("status") != "ok":
+            L.append(hr.get("status", "not available: not run"))
+            L.append("")
+            continue
+        data = hr["result"]
+        L.append(f"From `{hr.get('command')}` ({hr.get('elapsed_s', 0):.0f} s); its JSON is in results.json "
+                 f"under \"{h}\".")
+        L.append("")
+        if isinstance(data.get("table_md"), str):
+            L.append(data["table_md"].rstrip())
+            L.append("")
+    return "\n".join(L) + "\n"
+
+
+def logging_modes(settings: dict) -> str:
+    m = settings.get("parsl_logging", "default")
+    return ", ".join(m) if isinstance(m, list) else str(m)
+
+
+def parsl_sections(res: dict) -> list:
+    """(key, section, logging mode) of every Parsl configuration in a results.json: "parsl" first,
+    then "parsl_logging_<mode>" (older results have only "parsl")."""
+    out = []
+    for key in ["parsl"] + sorted(k for k in res if k.startswith("parsl_logging_")):
+        if isinstance(res.get(key), dict):
+            sec = res[key]
+            mode = sec.get("logging") or (logging_modes(res["settings"]) if key == "parsl" else key[14:])
+            out.append((key, sec, mode))
+    return out
+
+
+def parsl_markdown(parsl: dict, s: dict, cond: str) -> list:
+    """The no-op, latency and image tables of one Parsl configuration."""
+    summ, rat = parsl.get("summary", {}), parsl.get("ratios", {})
+    execs = parsl.get("executors", [])
+    runs = parsl.get("runs", [])
+    L: list = []
     if "noop" in summ:
         ns = summ["noop"]
-        L.append(f"## No-op python_app throughput through Parsl ({s['tasks']:,} tasks submitted at once)")
+        L.append(f"## No-op python_app throughput through Parsl ({s['tasks']:,} tasks submitted at once){cond}")
         L.append("")
         L.append("| executor | median tasks/s | each round (tasks/s) | vs ThreadPool | vs HTEX | "
                  "client CPU us/task | machine CPU us/task |")
@@ -105,7 +146,7 @@ def markdown(res: dict) -> str:
 
     if "latency" in summ:
         ls = summ["latency"]
-        L.append("## Sequential round trip (one no-op task at a time)")
+        L.append(f"## Sequential round trip (one no-op task at a time){cond}")
         L.append("")
         L.append("| executor | samples | p50 ms | p99 ms | mean ms | min ms | max ms | p50 vs ThreadPool | "
                  "p50 vs HTEX |")
@@ -129,7 +170,7 @@ def markdown(res: dict) -> str:
         ims = summ["images"]
         cal = parsl.get("calibration", [])
         L.append(f"## Image batch ({s['images']:,} images of {s['image_size']}x{s['image_size']} float64, "
-                 f"{s['compute_ms']:g} ms compute each, {s['window']} in flight)")
+                 f"{s['compute_ms']:g} ms compute each, {s['window']} in flight){cond}")
         L.append("")
         if cal:
             L.append("Compute calibrated per round on one idle core: " + "; ".join(
@@ -154,29 +195,14 @@ def markdown(res: dict) -> str:
 
     failed = [r for r in runs if r.get("error")]
     if failed:
-        L.append("## Failed measurements")
+        L.append(f"## Failed measurements{cond}")
         L.append("")
         for r in failed:
             L.append(f"- round {r['round']}, {NAMES.get(r['executor'], r['executor'])}: "
                      f"{r['error'].splitlines()[0][:400]}")
         L.append("")
 
-    for h, title in (("native", "Native throughput (C++ client, no Parsl)"), ("head_scale", "Scale of the head")):
-        hr = res.get(h, {})
-        L.append(f"## {title}")
-        L.append("")
-        if hr.get("status") != "ok":
-            L.append(hr.get("status", "not available: not run"))
-            L.append("")
-            continue
-        data = hr["result"]
-        L.append(f"From `{hr.get('command')}` ({hr.get('elapsed_s', 0):.0f} s); its JSON is in results.json "
-                 f"under \"{h}\".")
-        L.append("")
-        if isinstance(data.get("table_md"), str):
-            L.append(data["table_md"].rstrip())
-            L.append("")
-    return "\n".join(L) + "\n"
+    return L
 
 
 # ---------------------------------------------------------------- plots
@@ -189,9 +215,9 @@ def _plt():
     return plt
 
 
-def plot_noop(res: dict, out: Path) -> list:
-    ns = res["parsl"]["summary"].get("noop")
-    execs = [e for e in res["parsl"]["executors"] if ns and ns.get(e, {}).get("tasks_per_s")]
+def plot_noop(parsl: dict, s: dict, out: Path, cond: str = "", suffix: str = "") -> list:
+    ns = parsl["summary"].get("noop")
+    execs = [e for e in parsl["executors"] if ns and ns.get(e, {}).get("tasks_per_s")]
     if not execs:
         return []
     plt = _plt()
@@ -205,21 +231,21 @@ def plot_noop(res: dict, out: Path) -> list:
     ax.set_xticks(list(xs))
     ax.set_xticklabels([SHORT.get(e, e) for e in execs], fontsize=9)
     ax.set_ylabel("no-op tasks/s (median; dots: rounds)")
-    s = res["settings"]
-    ax.set_title(f"No-op python_app throughput through Parsl ({s['tasks']:,} tasks, {s['workers']} workers)")
+    ax.set_title(f"No-op python_app throughput through Parsl ({s['tasks']:,} tasks, {s['workers']} workers)"
+                 + cond, fontsize=10)
     fig.tight_layout()
-    p = out / "noop_throughput.png"
+    p = out / f"noop_throughput{suffix}.png"
     fig.savefig(p, dpi=110)
     plt.close(fig)
     return [p]
 
 
-def plot_latency(res: dict, out: Path) -> list:
-    ls = res["parsl"]["summary"].get("latency")
-    execs = [e for e in res["parsl"]["executors"] if ls and ls.get(e, {}).get("samples")]
+def plot_latency(parsl: dict, s: dict, out: Path, cond: str = "", suffix: str = "") -> list:
+    ls = parsl["summary"].get("latency")
+    execs = [e for e in parsl["executors"] if ls and ls.get(e, {}).get("samples")]
     if not execs:
         return []
-    runs = res["parsl"]["runs"]
+    runs = parsl["runs"]
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
     xs = list(range(len(execs)))
@@ -232,7 +258,7 @@ def plot_latency(res: dict, out: Path) -> list:
     a1.set_xticks(xs)
     a1.set_xticklabels([SHORT.get(e, e) for e in execs], fontsize=9)
     a1.set_ylabel("round trip, ms (log)")
-    a1.set_title("Sequential no-op round trip: p50 (solid), p99 (hatched)")
+    a1.set_title("Sequential no-op round trip: p50 (solid), p99 (hatched)" + cond, fontsize=10)
     for e in execs:
         samples = sorted(x for r in runs if r["executor"] == e and isinstance(r.get("latency"), dict)
                          for x in r["latency"].get("raw_ms", []))
@@ -246,15 +272,15 @@ def plot_latency(res: dict, out: Path) -> list:
     a2.legend(fontsize=7)
     a2.grid(alpha=0.3)
     fig.tight_layout()
-    p = out / "latency.png"
+    p = out / f"latency{suffix}.png"
     fig.savefig(p, dpi=110)
     plt.close(fig)
     return [p]
 
 
-def plot_images(res: dict, out: Path) -> list:
-    ims = res["parsl"]["summary"].get("images")
-    execs = [e for e in res["parsl"]["executors"] if ims and ims.get(e, {}).get("efficiency") is not None]
+def plot_images(parsl: dict, s: dict, out: Path, cond: str = "", suffix: str = "") -> list:
+    ims = parsl["summary"].get("images")
+    execs = [e for e in parsl["executors"] if ims and ims.get(e, {}).get("efficiency") is not None]
     if not execs:
         return []
     plt = _plt()
@@ -271,11 +297,10 @@ def plot_images(res: dict, out: Path) -> list:
     ax.set_xticks(list(xs))
     ax.set_xticklabels([SHORT.get(e, e) for e in execs], fontsize=9)
     ax.set_ylabel("efficiency = ideal / measured time")
-    s = res["settings"]
     ax.set_title(f"Image batch: {s['images']:,} x {s['image_size']}x{s['image_size']} float64, "
-                 f"{s['compute_ms']:g} ms each, {s['workers']} workers")
+                 f"{s['compute_ms']:g} ms each, {s['workers']} workers" + cond, fontsize=10)
     fig.tight_layout()
-    p = out / "image_efficiency.png"
+    p = out / f"image_efficiency{suffix}.png"
     fig.savefig(p, dpi=110)
     plt.close(fig)
     return [p]
@@ -318,11 +343,15 @@ def write_report(res: dict, out: Path) -> str:
     out = Path(out)
     plots: list = []
     plot_errors = []
-    for fn in (plot_noop, plot_latency, plot_images):
-        try:
-            plots += fn(res, out)
-        except Exception as e:  # noqa: BLE001
-            plot_errors.append(f"{fn.__name__}: {type(e).__name__}: {e}")
+    sections = parsl_sections(res)
+    for key, parsl, mode in sections:
+        several = len(sections) > 1
+        for fn in (plot_noop, plot_latency, plot_images):
+            try:
+                plots += fn(parsl, res["settings"], out, f" (Parsl logging {mode})" if several else "",
+                            f"_logging_{mode}" if several and key != "parsl" else "")
+            except Exception as e:  # noqa: BLE001
+                plot_errors.append(f"{fn.__name__} ({key}): {type(e).__name__}: {e}")
     for h in ("native", "head_scale"):
         try:
             plots += plot_hook(res, h, out)

@@ -44,8 +44,9 @@ HOOKS = ("native", "head_scale")  # bench/native_bench.py, bench/head_scale.py
 HOOK_FILES = {"native": "native_bench.py", "head_scale": "head_scale.py"}
 ONLY = BENCHES + HOOKS
 
-QUICK = dict(tasks=300, samples=20, images=16, image_size=64, rounds=1)
-FULL = dict(tasks=100_000, samples=500, images=4096, image_size=512, rounds=2)
+QUICK = dict(tasks=300, samples=20, images=16, image_size=64, rounds=1, parsl_logging=["default"])
+FULL = dict(tasks=100_000, samples=500, images=4096, image_size=512, rounds=2, parsl_logging=["default", "off"])
+LOGGING_MODES = ("default", "off")
 
 
 def log(msg: str) -> None:
@@ -165,9 +166,11 @@ def shm_entries() -> set:
     return set(glob.glob("/dev/shm/*"))
 
 
-def run_executor(name: str, spec: dict, env: dict, workdir: Path, timeout: float, rnd: int) -> dict:
-    spec = dict(spec, executor=name, out=str(workdir / f"r{rnd}-{name}.json"))
-    spec_path = workdir / f"r{rnd}-{name}-spec.json"
+def run_executor(name: str, spec: dict, env: dict, workdir: Path, timeout: float, rnd: int,
+                 tag: str = "") -> dict:
+    stem = f"r{rnd}-{name}{tag}"
+    spec = dict(spec, executor=name, out=str(workdir / f"{stem}.json"))
+    spec_path = workdir / f"{stem}-spec.json"
     spec_path.write_text(json.dumps(spec))
     script = str(BENCH / "parsl_bench.py")
     if name in DRAGONHPC:
@@ -178,7 +181,7 @@ def run_executor(name: str, spec: dict, env: dict, workdir: Path, timeout: float
     else:
         cmd = [sys.executable, script, str(spec_path)]
     t0 = time.perf_counter()
-    rc, tail = run_process(cmd, env, timeout + 30, workdir / f"r{rnd}-{name}.log")
+    rc, tail = run_process(cmd, env, timeout + 30, workdir / f"{stem}.log")
     wall = time.perf_counter() - t0
     result: dict = {}
     if os.path.exists(spec["out"]):
@@ -318,10 +321,13 @@ def ratios(runs: list, summary: dict, executors: list) -> dict:
     return out
 
 
-def targets(summary: dict, rat: dict) -> list:
+def targets(summary: dict, rat: dict, condition: str = "") -> list:
+    """The issue's Parsl-level targets; `condition` (e.g. "Parsl logging off") is appended to
+    each target's name when the run measured more than one Parsl configuration."""
     rows = []
 
     def add(name, goal, measured, ok, detail):
+        name = f"{name} ({condition})" if condition else name
         rows.append({"target": name, "goal": goal, "measured": measured,
                      "status": "n/a" if measured is None else ("PASS" if ok else "MISS"), "detail": detail})
 
@@ -380,6 +386,57 @@ def native_targets(results: dict, workers: int) -> list:
     return rows
 
 
+def parsl_key(mode: str, index: int) -> str:
+    """results.json key of one Parsl logging mode: the first mode run is "parsl" (what the
+    report's headline and the native-vs-HTEX ratio use), any other "parsl_logging_<mode>"."""
+    return "parsl" if index == 0 else f"parsl_logging_{mode}"
+
+
+def write_json(path: Path, data: dict) -> None:
+    with open(path, "w") as f:  # rewritten after every measurement: partial results survive an interrupt
+        json.dump(data, f, indent=1)
+
+
+def run_parsl_rounds(section: dict, spec: dict, executors: list, benches: list, args, env: dict, work: Path,
+                     timeout: float, tag: str, save) -> None:
+    """Every round of every executor for one Parsl configuration, into section["runs"]."""
+    runs = section["runs"]
+    mode = spec["parsl_logging"]
+    for rnd in range(1, args.rounds + 1):
+        rspec = dict(spec)
+        if "images" in benches:
+            cal = parsl_bench.calibrate(args.image_size, args.compute_ms, min(128, args.image_size))
+            cal["round"] = rnd
+            section["calibration"].append(cal)
+            rspec["calibration"] = cal
+            log(f"round {rnd} (Parsl logging {mode}): image work calibrated: {cal['iterations']} FFT passes "
+                f"on {cal['tile']}x{cal['tile']} tiles = {cal['measured_ms']:.2f} ms per image "
+                f"(target {args.compute_ms:g} ms)")
+        k = (rnd - 1) % len(executors)
+        order = executors[k:] + executors[:k]  # rotate: no executor always runs first
+        for name in order:
+            r = run_executor(name, rspec, env, work, timeout, rnd, tag)
+            runs.append(r)
+            log(f"round {rnd} (Parsl logging {mode}): {name:16s} " + describe_run(r, benches)
+                + f"  [{r['process_s']:.0f} s]")
+            save()
+
+
+def describe_run(r: dict, benches: list) -> str:
+    parts = []
+    for b in benches:
+        x = r.get(b, {})
+        if "error" in x:
+            parts.append(f"{b}: FAILED ({x['error'].splitlines()[0][:160]})")
+        elif b == "noop":
+            parts.append(f"noop {x['tasks_per_s']:.0f} tasks/s")
+        elif b == "latency":
+            parts.append(f"latency p50 {x['p50_ms']:.2f} ms p99 {x['p99_ms']:.2f} ms")
+        else:
+            parts.append(f"images eff {x['efficiency']:.2f} ({x['total_s']:.1f} s)")
+    return "; ".join(parts)
+
+
 # ---------------------------------------------------------------- main
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -401,9 +458,12 @@ def parse_args(argv=None):
     p.add_argument("--window", type=int, default=0,
                    help="images in flight at once (default 8 per worker); bounds memory: the client "
                         "submits the next image as each result arrives")
-    p.add_argument("--parsl-logging", choices=("default", "off"), default="default",
+    p.add_argument("--parsl-logging", nargs="+", choices=LOGGING_MODES,
                    help="Parsl's logging for every executor: 'default' (parsl.log at DEBUG, what users "
-                        "get) or 'off' (Config(initialize_logging=False))")
+                        "get) and/or 'off' (Config(initialize_logging=False)); with both, every Parsl "
+                        "benchmark runs once per mode (default: both; --quick: default only). The "
+                        "DataFlowKernel's DEBUG logging costs more per task than most executors do, so "
+                        "it hides the differences between them")
     p.add_argument("--dragonhpc-batch-size", type=int, default=0,
                    help="batch_size of DragonBatchPoolExecutor (default: tasks/workers for no-op, "
                         "1 for latency, 4 for images)")
@@ -452,45 +512,22 @@ def main(argv=None) -> int:
                     skipped_executors=skipped, timeout_per_process_s=timeout, only=only,
                     command=" ".join([os.path.relpath(sys.argv[0], REPO) if sys.argv[0] else "bench/run.py",
                                       *(argv if argv is not None else sys.argv[1:])]))
-    results = {"schema": 1, "machine": mach, "settings": settings, "dragonhpc": dh,
-               "parsl": {"runs": [], "calibration": []}}
+    results = {"schema": 1, "machine": mach, "settings": settings, "dragonhpc": dh, "targets": []}
 
-    runs = results["parsl"]["runs"]
     t_start = time.perf_counter()
-    if benches and executors:
-        for rnd in range(1, args.rounds + 1):
-            rspec = dict(spec)
-            if "images" in benches:
-                cal = parsl_bench.calibrate(args.image_size, args.compute_ms, min(128, args.image_size))
-                cal["round"] = rnd
-                results["parsl"]["calibration"].append(cal)
-                rspec["calibration"] = cal
-                log(f"round {rnd}: image work calibrated: {cal['iterations']} FFT passes on "
-                    f"{cal['tile']}x{cal['tile']} tiles = {cal['measured_ms']:.2f} ms per image "
-                    f"(target {args.compute_ms:g} ms)")
-            k = (rnd - 1) % len(executors)
-            order = executors[k:] + executors[:k]  # rotate: no executor always runs first
-            for name in order:
-                r = run_executor(name, rspec, env, work, timeout, rnd)
-                runs.append(r)
-                parts = []
-                for b in benches:
-                    x = r.get(b, {})
-                    if "error" in x:
-                        parts.append(f"{b}: FAILED ({x['error'].splitlines()[0][:160]})")
-                    elif b == "noop":
-                        parts.append(f"noop {x['tasks_per_s']:.0f} tasks/s")
-                    elif b == "latency":
-                        parts.append(f"latency p50 {x['p50_ms']:.2f} ms p99 {x['p99_ms']:.2f} ms")
-                    else:
-                        parts.append(f"images eff {x['efficiency']:.2f} ({x['total_s']:.1f} s)")
-                log(f"round {rnd}: {name:16s} " + "; ".join(parts) + f"  [{r['process_s']:.0f} s]")
-                with open(out / "results.json", "w") as f:  # partial results survive an interrupt
-                    json.dump(results, f, indent=1)
-    results["parsl"]["executors"] = executors
-    results["parsl"]["summary"] = summarize(runs, executors, benches)
-    results["parsl"]["ratios"] = ratios(runs, results["parsl"]["summary"], executors)
-    results["targets"] = targets(results["parsl"]["summary"], results["parsl"]["ratios"])
+    modes = list(dict.fromkeys(args.parsl_logging))  # in the order given, once each
+    for i, mode in enumerate(modes):
+        key = parsl_key(mode, i)
+        section = results[key] = {"logging": mode, "runs": [], "calibration": []}
+        if benches and executors:
+            run_parsl_rounds(section, dict(spec, parsl_logging=mode), executors, benches, args, env, work,
+                             timeout, tag="" if i == 0 else f"-logging-{mode}",
+                             save=lambda: write_json(out / "results.json", results))
+        section["executors"] = executors
+        section["summary"] = summarize(section["runs"], executors, benches)
+        section["ratios"] = ratios(section["runs"], section["summary"], executors)
+        condition = f"Parsl logging {mode}" if len(modes) > 1 else ""
+        results["targets"] += targets(section["summary"], section["ratios"], condition)
 
     for h in HOOKS:
         if h not in hooks:
@@ -505,8 +542,7 @@ def main(argv=None) -> int:
 
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["elapsed_s"] = time.perf_counter() - t_start
-    with open(out / "results.json", "w") as f:
-        json.dump(results, f, indent=1)
+    write_json(out / "results.json", results)
 
     import report  # after the runs: matplotlib is only needed here
 
