@@ -207,7 +207,7 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
             raise DragonError(f"DragonExecutor {self.label!r} is not started (or already shut down)")
         name = getattr(func, "__name__", None) or type(func).__name__
         try:
-            cwd = os.getcwd()
+            cwd = _cwd.current_dir()
         except OSError:
             cwd = session.cwd
         call: Callable = func
@@ -246,8 +246,10 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
             fut.dragon_task_id = task_id  # type: ignore[attr-defined]
 
     def _on_result(self, r: "head_pb2.ClientResult") -> None:
-        with self._lock:
-            fut = self._tasks.pop(r.client_ref, None)
+        # No self._lock here: dict.pop is atomic under the GIL, and a contended lock on the
+        # receiver thread would hand the GIL to the submitting thread once per result. A
+        # future that shutdown() fails at the same moment is caught as InvalidStateError.
+        fut = self._tasks.pop(r.client_ref, None)
         if fut is None:
             logger.warning("DragonExecutor %s: result for unknown client_ref %d (task %d)", self.label,
                            r.client_ref, r.task_id)
