@@ -235,7 +235,8 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         if now - self._agents_checked_at < AGENT_HOSTS_RECHECK_S:
             return self._agents_local
         try:
-            nodes = self._stub().ListNodes(head_pb2.ListNodesRequest(), timeout=self.connect_timeout).nodes
+            nodes = self._stub().ListNodes(head_pb2.ListNodesRequest(),
+                                           timeout=min(self.connect_timeout, 5.0)).nodes
         except Exception as e:  # noqa: BLE001  (any failure: be safe, send inline)
             logger.warning("DragonExecutor %s: ListNodes failed (%s): task arguments go inline", self.label, e)
             nodes = None
