@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 import traceback
 
@@ -205,3 +207,41 @@ def test_large_arguments_through_shm_are_not_bound_by_the_heads_payload_limit(wo
                 parsl.clear()
         finally:
             stop_head(head)
+
+
+KILLED_CLIENT = """
+import os, sys, time
+import numpy as np
+from dragon_parsl import DragonExecutor
+
+def slow_sum(a):
+    import time
+    time.sleep(60)
+    return a.sum()
+
+ex = DragonExecutor(workers_per_node=1, shm_dir=sys.argv[1], head_run_dir=sys.argv[2])
+ex.start()
+ex.submit(slow_sum, {}, np.ones(1 << 18))
+print(ex.shm.path, flush=True)
+time.sleep(120)
+"""
+
+
+def test_directory_of_a_killed_client_is_swept_by_the_next_executor(worker_pythonpath, tmp_path, shm_base):
+    client = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, shm_base, str(tmp_path / "killed-head")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        left_behind = client.stdout.readline().strip()
+        assert left_behind.startswith(shm_base + "/dragon-"), left_behind
+        wait_for(lambda: os.listdir(left_behind), 30, "the argument file to be written")
+    finally:
+        client.kill()  # SIGKILL: no shutdown, the directory stays
+        client.wait()
+    assert os.path.isdir(left_behind)
+    dfk, executor = load_parsl(tmp_path, workers_per_node=1, shm_dir=shm_base)
+    try:
+        assert left_behind in executor.shm.swept and not os.path.exists(left_behind)
+        assert os.listdir(shm_base) == [os.path.basename(executor.shm.path)]
+    finally:
+        dfk.cleanup()
+        parsl.clear()

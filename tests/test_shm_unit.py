@@ -164,6 +164,11 @@ def test_result_that_cannot_be_written_goes_inline(tmp_path):
     assert shm.write_result(env, np.ones(THRESHOLD), task_id=1) is None  # worker.py then sends it inline
 
 
+def test_result_goes_inline_when_the_client_is_on_another_host(tmp_path):
+    env = shm.Envelope(host="elsewhere/other-boot", reply_dir=str(tmp_path), threshold=THRESHOLD)
+    assert shm.write_result(env, np.ones(THRESHOLD), task_id=1) is None and os.listdir(tmp_path) == []
+
+
 def test_worker_on_another_host_fails_the_task_naming_host_and_path(client_dir, monkeypatch):
     payload, arg_file = client_dir.pack_task(func_part(), (np.ones(THRESHOLD),), {}, allow_file=True)
     monkeypatch.setattr(shm, "_host_identity", "elsewhere/other-boot")
@@ -208,3 +213,47 @@ def test_directories_of_dead_clients_are_swept(tmp_path):
     assert os.path.isdir(live.path)
     live.remove()
     assert not os.path.exists(live.path)
+
+
+# ---------------------------------------------------------------- which agents may read argument files
+class _FakeHeadStub:
+    """Stands in for the head's ListNodes (unit test of the executor's policy only)."""
+
+    def __init__(self, nodes=None, error=None):
+        self.nodes, self.error, self.calls = nodes or [], error, 0
+
+    def ListNodes(self, request, timeout):
+        from dragon_parsl._proto import head_pb2
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        return head_pb2.ListNodesReply(nodes=self.nodes)
+
+
+def _node(host, pid, state="connected"):
+    from dragon_parsl._proto import head_pb2
+    return head_pb2.NodeInfo(node_id=host, host=host, agent_pid=pid, state=state)
+
+
+@pytest.mark.parametrize("nodes, error, expected", [
+    ([("self", "me")], None, True),
+    ([("self", "me"), ("self", "me")], None, True),
+    ([("self", "me"), ("other-host", "me")], None, False),  # one agent elsewhere: every argument inline
+    ([("self", "me"), ("other-host", "me", "lost")], None, True),  # a lost agent runs nothing
+    ([("self", "no-such-pid")], None, False),  # same name, but its agent is not a process here
+    ([], None, False),  # no agent yet: nothing is known
+    ([("self", "me")], RuntimeError("head busy"), False),
+])
+def test_arguments_use_shm_only_when_every_agent_is_on_this_host(nodes, error, expected, monkeypatch):
+    import socket
+
+    from dragon_parsl import DragonExecutor
+    hostname = socket.gethostname()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    pids = {"me": os.getpid(), "no-such-pid": dead.pid}
+    stub = _FakeHeadStub([_node(hostname if h == "self" else h, pids[p], *rest) for h, p, *rest in nodes], error)
+    ex = DragonExecutor(address="127.0.0.1:1")
+    monkeypatch.setattr(ex, "_stub", lambda: stub)
+    assert ex._agents_share_this_host() is expected
+    assert ex._agents_share_this_host() is expected and stub.calls == 1  # the answer is kept for a while
