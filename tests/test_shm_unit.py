@@ -257,3 +257,11 @@ def test_arguments_use_shm_only_when_every_agent_is_on_this_host(nodes, error, e
     monkeypatch.setattr(ex, "_stub", lambda: stub)
     assert ex._agents_share_this_host() is expected
     assert ex._agents_share_this_host() is expected and stub.calls == 1  # the answer is kept for a while
+
+
+def test_result_of_an_unknown_task_is_deleted_unread(client_dir):
+    rtype, body = worker._run_one(run_body(client_dir.pack_task(func_part(), (np.ones(THRESHOLD),), {},
+                                                                allow_file=True)[0]), task_id=9)
+    assert any(name.startswith("r9-") for name in client_dir.data_files())
+    client_dir.discard_result(body)
+    assert not any(name.startswith("r9-") for name in client_dir.data_files())

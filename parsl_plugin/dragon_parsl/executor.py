@@ -342,6 +342,8 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         if fut is None:
             logger.warning("DragonExecutor %s: result for unknown client_ref %d (task %d)", self.label,
                            r.client_ref, r.task_id)
+            if self.shm is not None and r.result.outcome == common_pb2.OK:
+                self.shm.discard_result(r.result.data)
             return
         fut.dragon_task_id = r.task_id  # type: ignore[attr-defined]
         res = r.result

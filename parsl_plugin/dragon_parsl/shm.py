@@ -523,5 +523,18 @@ class ClientDirectory:
         except FileNotFoundError:
             return []
 
+    def discard_result(self, data: Any) -> None:
+        """Deletes the file of a result envelope nobody will read (its task is unknown)."""
+        if is_envelope(data):
+            envelope = decode_envelope(data)
+            if os.path.dirname(envelope.file) == self.path:
+                _unlink_quietly(envelope.file)
+
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Removes the directory. A worker of a head that outlives this client may
+        still be creating a result file in it while it goes: try again then."""
+        for _ in range(3):
+            shutil.rmtree(self.path, ignore_errors=True)
+            if not os.path.exists(self.path):
+                return
+        logger.warning("could not remove %s; the next executor to start will", self.path)
