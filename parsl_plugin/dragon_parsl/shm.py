@@ -525,10 +525,15 @@ class ClientDirectory:
 
     def discard_result(self, data: Any) -> None:
         """Deletes the file of a result envelope nobody will read (its task is unknown)."""
-        if is_envelope(data):
+        if not is_envelope(data):
+            return
+        try:
             envelope = decode_envelope(data)
-            if os.path.dirname(envelope.file) == self.path:
-                _unlink_quietly(envelope.file)
+        except SharedMemoryError as e:
+            logger.warning("ignoring a result envelope that cannot be decoded: %s", e)
+            return
+        if os.path.dirname(envelope.file) == self.path:
+            _unlink_quietly(envelope.file)
 
     def remove(self) -> None:
         """Removes the directory. A worker of a head that outlives this client may

@@ -113,13 +113,6 @@ def unpack_apply_view(buf: Any) -> List[Any]:
     return out
 
 
-def execute_task(payload: Any) -> Any:
-    """Runs a packed Parsl task as ``parsl.executors.execute_task.execute_task`` does
-    (``f(*args, **kwargs)``), reading the payload in place."""
-    f, args, kwargs = unpack_apply_view(payload)
-    return f(*args, **kwargs)
-
-
 def tune_malloc() -> None:
     """Keeps freed multi-MiB buffers in the heap instead of returning them to the
     kernel, so that every large task argument and result does not pay page faults
@@ -253,7 +246,7 @@ def _run_one(body: Any, task_id: int = 0) -> tuple[int, Any]:
                     f"cannot change to the task's working directory {cwd!r}: {e.strerror}") from None
         (f, args, kwargs), envelope = _load_task(payload)
         del payload
-        result = f(*args, **kwargs)
+        result = f(*args, **kwargs)  # as parsl.executors.execute_task.execute_task does
         del f, args, kwargs  # a mapped argument file is unmapped once nothing refers to it
         if isinstance(result, RemoteExceptionWrapper):
             # Parsl's python_app wraps apps (parsl.app.errors.wrap_error) so
