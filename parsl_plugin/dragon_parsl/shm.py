@@ -30,6 +30,7 @@ import re
 import secrets
 import shutil
 import socket
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -54,10 +55,6 @@ _PICKLE_ID = b"01"
 _NEVER_OUT_OF_BAND = 1 << 62  # an oob_min no buffer reaches: everything in-band
 _DILL_ID = b"02"
 
-try:  # numpy is optional: without it there are no numpy arrays to special-case
-    from numpy import ndarray as _ndarray
-except ImportError:  # pragma: no cover
-    _ndarray = None
 
 
 # ---------------------------------------------------------------- identity
@@ -118,7 +115,10 @@ class _OutOfBandDillPickler(dill.Pickler):
     copies the data into the stream. Everything else is dill's."""
 
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
-        if _ndarray is not None and type(obj) is _ndarray and self.proto >= 5:
+        # numpy is looked up, not imported: a process holding an array has imported
+        # it, and workers should not pay for importing it at start.
+        numpy = sys.modules.get("numpy")
+        if numpy is not None and type(obj) is numpy.ndarray and self.proto >= 5:
             memo = self.memo.get(id(obj))
             if memo is not None:
                 self.write(self.get(memo[0]))
