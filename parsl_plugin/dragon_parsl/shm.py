@@ -51,10 +51,9 @@ _ALIGN = 64
 _PAD = bytes(_ALIGN)
 # writev(2) takes at most IOV_MAX (1024 on Linux) pieces per call.
 _IOV_CHUNK = 512
-_PICKLE_ID = b"01"
-_NEVER_OUT_OF_BAND = 1 << 62  # an oob_min no buffer reaches: everything in-band
+_PICKLE_ID = b"01"  # Parsl's serializer identifiers
 _DILL_ID = b"02"
-
+_NEVER_OUT_OF_BAND = 1 << 62  # an oob_min no buffer reaches: everything in-band
 
 
 # ---------------------------------------------------------------- identity
