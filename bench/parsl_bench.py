@@ -369,6 +369,8 @@ def run(spec: dict) -> dict:
                 session = getattr(loaded.executor, "session", None) if loaded else None
                 if session is not None and hasattr(session, "batches_sent"):  # DragonExecutor
                     r["dragon_submit_batches_total"] = session.batches_sent
+                if loaded is not None and hasattr(loaded.executor, "shm_counters"):  # DragonExecutor
+                    r["dragon_shm_total"] = loaded.executor.shm_counters()  # since the DFK started
                 result[bench] = r
                 if out:
                     write(out, result)

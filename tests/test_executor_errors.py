@@ -198,7 +198,9 @@ def test_payload_over_the_limit(worker_pythonpath, tmp_path):
     head = start_head(tmp_path, "--workers", "2", "--max-payload-mb", "1")
     dfk = None
     try:
-        dfk, executor = load_parsl(tmp_path, address=head.address)
+        # The limit is on bytes sent through gRPC: with the shared-memory path on, large
+        # arguments would not go there at all (test_shm_data_path.py checks that).
+        dfk, executor = load_parsl(tmp_path, address=head.address, shm_threshold=0)
         assert executor.max_payload_bytes == 1 << 20
         t0 = time.monotonic()
         with pytest.raises(PayloadTooLarge) as info:

@@ -97,6 +97,12 @@ class WorkerLost(TaskFailed):
     """The worker (or its node) running the task died."""
 
 
+class SharedMemoryError(DragonError):
+    """Task data in shared memory could not be read: its file is missing, or the
+    worker is on another host than the client that wrote it (the message names
+    the path and both hosts)."""
+
+
 class TaskCancelled(DragonError):
     """The task was cancelled before it finished (outcome CANCELED, or executor shutdown)."""
 

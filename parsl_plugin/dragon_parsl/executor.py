@@ -7,9 +7,11 @@ import itertools
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -22,7 +24,7 @@ from parsl.serialize import deserialize
 from parsl.serialize.errors import DeserializationError, SerializationError
 from parsl.utils import RepresentationMixin
 
-from dragon_parsl import _cwd
+from dragon_parsl import _cwd, shm
 from dragon_parsl.connection import PROTOCOL_VERSION, Session, Submission, default_client_name
 from dragon_parsl.errors import (
     DragonError,
@@ -33,7 +35,7 @@ from dragon_parsl.errors import (
     system_error,
 )
 from dragon_parsl.local_head import LocalHead, address_from_home, find_binary
-from dragon_parsl.worker import deserialize_view, pack_apply, tune_malloc
+from dragon_parsl.worker import deserialize_view, pack_apply, serialize_parts, tune_malloc
 from dragon_parsl._proto import common_pb2, head_pb2, head_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,9 @@ logger = logging.getLogger(__name__)
 # Resource specification keys this executor understands. dragond has no
 # per-task resources yet, so none: every key is refused rather than ignored.
 SUPPORTED_RESOURCE_KEYS: frozenset = frozenset()
+
+# How long the answer to "are all agents on this host?" (ListNodes) is trusted.
+AGENT_HOSTS_RECHECK_S = 5.0
 
 
 class DragonExecutor(ParslExecutor, RepresentationMixin):
@@ -85,6 +90,20 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         process uses memory (up to 256 MiB of freed memory may stay mapped), so
         it is opt-in: worth it for workflows that pass multi-MiB arrays. Default
         False; a no-op when ``MALLOC_MMAP_THRESHOLD_`` is set or off glibc.
+    shm_threshold : int, optional
+        Task arguments and results holding buffers (numpy arrays, ...) of at
+        least this many bytes, or pickling to at least this many bytes, go
+        through a file on the node-local ``shm_dir`` instead of gRPC; the task
+        message carries only a small envelope naming it (docs/INTERFACES.md).
+        Arguments take this path only when every agent of the head runs on this
+        host (always so for the embedded head); results whenever the worker is
+        on this host. Default 64 KiB; 0 or None turns the shared-memory path off
+        (every byte through gRPC, as with dragond's ``--max-payload-mb`` limit).
+    shm_dir : str
+        Where the executor makes its directory of task data files,
+        ``dragon-<user>-<pid>.<start>-<random>``; it must be node-local (a tmpfs,
+        so that files are memory). Default ``/dev/shm``. Removed at shutdown;
+        directories left by dead clients are removed when an executor starts.
     storage_access, working_dir, remote_monitoring_radio
         As for Parsl's other executors. Tasks run in the directory the
         workflow was in when it submitted them.
@@ -97,7 +116,9 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
                  head_start_timeout: float = 60.0, storage_access: Optional[List[Any]] = None,
                  working_dir: Optional[str] = None,
                  remote_monitoring_radio: Optional[RadioConfig] = None, tune_malloc: bool = False,
-                 prefetch: Optional[int] = None) -> None:
+                 prefetch: Optional[int] = None,
+                 shm_threshold: Optional[int] = shm.DEFAULT_THRESHOLD,
+                 shm_dir: str = shm.DEFAULT_DIR) -> None:
         super().__init__()
         self.address = address
         self.label = label
@@ -110,6 +131,8 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         self.head_start_timeout = head_start_timeout
         self.tune_malloc = tune_malloc
         self.prefetch = prefetch
+        self.shm_threshold = shm_threshold
+        self.shm_dir = shm_dir
         self.storage_access = storage_access
         self.working_dir = working_dir
         self.remote_monitoring_radio = (remote_monitoring_radio if remote_monitoring_radio is not None
@@ -127,6 +150,12 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         self._started = False
         self._shut_down = False
         self._temp_run_dir: Optional[str] = None
+        # The shared-memory data path: this executor's directory (None when off),
+        # each outstanding task's argument file, and whether all agents share this host.
+        self.shm: Optional[shm.ClientDirectory] = None
+        self._arg_files: Dict[int, str] = {}
+        self._agents_local = False
+        self._agents_checked_at = float("-inf")
 
     # ------------------------------------------------------------------ start
     def _resolve_address(self) -> Optional[str]:
@@ -177,9 +206,51 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
             self._stop_local_head()
             raise
         self.max_payload_bytes = int(self.welcome.max_payload_bytes)
+        self._open_shm_directory()
         logger.info("DragonExecutor %s: session %d with dragond %s at %s (run %s, protocol %d, "
                     "max payload %d bytes)", self.label, self.welcome.session_id, self.welcome.head_version,
                     address, self.welcome.run_id, PROTOCOL_VERSION, self.max_payload_bytes)
+
+    def _open_shm_directory(self) -> None:
+        if not self.shm_threshold or self.shm_threshold <= 0:
+            return
+        try:
+            self.shm = shm.ClientDirectory(self.shm_dir, int(self.shm_threshold))
+        except OSError as e:
+            logger.warning("DragonExecutor %s: cannot create a directory in %s (%s): large task data goes "
+                           "through gRPC", self.label, self.shm_dir, e)
+            return
+        for path in self.shm.swept:
+            logger.info("DragonExecutor %s: removed %s, left behind by a client that is gone", self.label, path)
+        logger.info("DragonExecutor %s: task data of %d bytes or more goes through %s", self.label,
+                    self.shm.threshold, self.shm.path)
+
+    def _agents_share_this_host(self) -> bool:
+        """True when every connected agent runs on this host, so workers can read
+        argument files written here. Asked of the head (ListNodes) at most every
+        few seconds; an embedded head's agent is always local."""
+        if self.local_head is not None:
+            return True
+        now = time.monotonic()
+        if now - self._agents_checked_at < AGENT_HOSTS_RECHECK_S:
+            return self._agents_local
+        try:
+            nodes = self._stub().ListNodes(head_pb2.ListNodesRequest(),
+                                           timeout=min(self.connect_timeout, 5.0)).nodes
+        except Exception as e:  # noqa: BLE001  (any failure: be safe, send inline)
+            logger.warning("DragonExecutor %s: ListNodes failed (%s): task arguments go inline", self.label, e)
+            nodes = None
+        connected = [n for n in nodes or [] if n.state != "lost"]
+        self._agents_local = bool(connected) and all(_is_local_agent(n) for n in connected)
+        self._agents_checked_at = now
+        return self._agents_local
+
+    def shm_counters(self) -> Dict[str, Any]:
+        """Tasks and bytes that went through shared memory and inline (arguments and
+        results), and ``dir``: the executor's directory (None when the path is off)."""
+        if self.shm is None:
+            return {"dir": None}
+        return {"dir": self.shm.path, **vars(self.shm.counters)}
 
     @property
     def run_info_dir(self) -> Optional[str]:
@@ -205,6 +276,8 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
             if self._broken is not None:
                 raise self._broken
             raise DragonError(f"DragonExecutor {self.label!r} is not started (or already shut down)")
+        if self._shut_down:
+            raise DragonError(f"DragonExecutor {self.label!r} is shut down")
         name = getattr(func, "__name__", None) or type(func).__name__
         try:
             cwd = _cwd.current_dir()
@@ -215,11 +288,16 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
             # The session's tasks run in the directory of the Hello; a workflow
             # that changed directory since gets its tasks run where it is now.
             call = functools.partial(_cwd.run_in_dir, cwd, func)
+        arg_file: Optional[str] = None
         try:
-            # Byte for byte parsl.serialize.pack_apply_message, with one copy of large
-            # arguments instead of several (and no per-task "exceeds buffer threshold"
-            # warning: the payload limit below is what counts).
-            payload = pack_apply(call, args, kwargs)
+            if self.shm is not None:
+                payload, arg_file = self.shm.pack_task(shm.Part.from_parsl(serialize_parts(call)), args,
+                                                       kwargs, allow_file=self._agents_share_this_host())
+            else:
+                # Byte for byte parsl.serialize.pack_apply_message, with one copy of large
+                # arguments instead of several (and no per-task "exceeds buffer threshold"
+                # warning: the payload limit below is what counts).
+                payload = pack_apply(call, args, kwargs)
         except TypeError:
             raise SerializationError(name)
 
@@ -228,16 +306,26 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         if self.max_payload_bytes and len(payload) > self.max_payload_bytes:
             fut.set_exception(PayloadTooLarge(name, len(payload), self.max_payload_bytes))
             return fut
-        with self._lock:
-            if self._broken is not None:
-                raise HeadConnectionLost(self._broken.address, self._broken.detail)  # type: ignore[attr-defined]
-            if self._shut_down:
-                raise DragonError(f"DragonExecutor {self.label!r} is shut down")
-            ref = next(self._refs)
-            fut.parsl_executor_task_id = ref  # type: ignore[attr-defined]
-            self._tasks[ref] = fut
-            session.submit(Submission(ref, payload, name))
+        try:
+            with self._lock:
+                if self._broken is not None:
+                    raise HeadConnectionLost(self._broken.address, self._broken.detail)  # type: ignore[attr-defined]
+                if self._shut_down:
+                    raise DragonError(f"DragonExecutor {self.label!r} is shut down")
+                ref = next(self._refs)
+                fut.parsl_executor_task_id = ref  # type: ignore[attr-defined]
+                self._tasks[ref] = fut
+                if arg_file is not None:
+                    self._arg_files[ref] = arg_file
+                session.submit(Submission(ref, payload, name))
+        except BaseException:
+            self._discard_arg_file(arg_file)
+            raise
         return fut
+
+    def _discard_arg_file(self, path: Optional[str]) -> None:
+        if path is not None and self.shm is not None:
+            self.shm.discard(path)
 
     # ------------------------------------------------------------------ results
     def _on_accepted(self, client_ref: int, task_id: int) -> None:
@@ -248,11 +336,17 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
     def _on_result(self, r: "head_pb2.ClientResult") -> None:
         # No self._lock here: dict.pop is atomic under the GIL, and a contended lock on the
         # receiver thread would hand the GIL to the submitting thread once per result. A
-        # future that shutdown() fails at the same moment is caught as InvalidStateError.
+        # future that shutdown() fails at the same moment is caught as InvalidStateError;
+        # shutdown() swaps both dicts, so a file is discarded by one side only.
         fut = self._tasks.pop(r.client_ref, None)
+        arg_file = self._arg_files.pop(r.client_ref, None)
+        # The task is over (done, failed or cancelled): no worker reads its arguments any more.
+        self._discard_arg_file(arg_file)
         if fut is None:
             logger.warning("DragonExecutor %s: result for unknown client_ref %d (task %d)", self.label,
                            r.client_ref, r.task_id)
+            if self.shm is not None and r.result.outcome == common_pb2.OK:
+                self.shm.discard_result(r.result.data)
             return
         fut.dragon_task_id = r.task_id  # type: ignore[attr-defined]
         res = r.result
@@ -260,7 +354,7 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         try:
             if outcome == common_pb2.OK:
                 try:
-                    value = deserialize_view(res.data)
+                    value = self._result_value(res.data)
                 except Exception as e:
                     fut.set_exception(DeserializationError(
                         f"result of task {r.task_id} (node {res.node}): {type(e).__name__}: {e}"))
@@ -278,6 +372,14 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
                     task_id=r.task_id, node=res.node, worker_pid=res.worker_pid))
         except cf.InvalidStateError:
             pass  # the user cancelled the future; nothing to deliver
+
+    def _result_value(self, data: bytes) -> Any:
+        if self.shm is None:
+            return deserialize_view(data)
+        if shm.is_envelope(data):
+            return self.shm.load_result(data)
+        self.shm.count_inline_result(len(data))
+        return deserialize_view(data)
 
     def _app_exception(self, r: "head_pb2.ClientResult") -> BaseException:
         try:
@@ -299,6 +401,9 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         with self._lock:
             self._broken = error
             tasks, self._tasks = self._tasks, {}
+            arg_files, self._arg_files = self._arg_files, {}
+        for path in arg_files.values():
+            self._discard_arg_file(path)
         if tasks:
             logger.error("DragonExecutor %s: %s; failing %d outstanding tasks", self.label, error, len(tasks))
         else:
@@ -357,6 +462,10 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
             except cf.InvalidStateError:
                 pass
         self._stop_local_head()
+        if self.shm is not None:
+            # After the head (and with it an embedded head's workers) stopped:
+            # nothing is left that would still read or write these files.
+            self.shm.remove()
         super().shutdown()
         logger.info("DragonExecutor %s: shut down", self.label)
 
@@ -368,3 +477,15 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         if self._temp_run_dir and rc == 0:
             shutil.rmtree(self._temp_run_dir, ignore_errors=True)
             self._temp_run_dir = None
+
+
+def _is_local_agent(node: "head_pb2.NodeInfo") -> bool:
+    """An agent on this host, run by this user: its workers can read this client's
+    files. The pid check also tells apart a same-named host (or a container) that
+    would not see this /dev/shm."""
+    if node.host != socket.gethostname() or node.agent_pid <= 0:
+        return False
+    try:
+        return os.stat(f"/proc/{node.agent_pid}").st_uid == os.getuid()
+    except OSError:
+        return False

@@ -5,8 +5,12 @@ process worker pool does (``execute_task``), and writes RESULT or
 APP_EXCEPTION frames to fd 4. The frame format is in docs/INTERFACES.md
 ("Worker pipe protocol"); the C++ side is common/framing.h.
 
-This module deliberately imports nothing else from dragon_parsl: the agent
-starts it with whatever interpreter it was given, and importing the
+A payload may be a shared-memory envelope (dragon_parsl.shm): the task's
+large arguments are then mapped from the client's file, and a large result is
+written into the client's directory instead of the pipe.
+
+This module imports only the light parts of dragon_parsl (shm, errors): the
+agent starts it with whatever interpreter it was given, and importing the
 executor (grpc, stubs) would only add start-up time to every worker.
 """
 from __future__ import annotations
@@ -21,6 +25,8 @@ import parsl  # noqa: F401  (loads parsl's serializers and their registrations)
 from parsl.app.errors import RemoteExceptionWrapper
 from parsl.serialize import deserialize, serialize
 from parsl.serialize import facade as _facade
+
+from dragon_parsl import shm
 
 IN_FD = 3
 OUT_FD = 4
@@ -105,13 +111,6 @@ def unpack_apply_view(buf: Any) -> List[Any]:
         out.append(deserialize_view(view[start:start + length]))
         pos = start + length
     return out
-
-
-def execute_task(payload: Any) -> Any:
-    """Runs a packed Parsl task as ``parsl.executors.execute_task.execute_task`` does
-    (``f(*args, **kwargs)``), reading the payload in place."""
-    f, args, kwargs = unpack_apply_view(payload)
-    return f(*args, **kwargs)
 
 
 def tune_malloc() -> None:
@@ -214,7 +213,26 @@ def _wrap_current_exception() -> bytes:
             return serialize(RemoteExceptionWrapper(*sys.exc_info()))
 
 
-def _run_one(body: Any) -> tuple[int, Any]:
+def _load_task(payload: Any) -> tuple[List[Any], "shm.Envelope | None"]:
+    """([func, args, kwargs], the envelope if the payload is one)."""
+    if not shm.is_envelope(payload):
+        return unpack_apply_view(payload), None
+    envelope = shm.decode_envelope(payload)
+    if envelope.file:
+        return shm.load_task(envelope), envelope
+    return unpack_apply_view(envelope.inline), envelope
+
+
+def _result_body(result: Any, envelope: "shm.Envelope | None", task_id: int) -> Any:
+    """The RESULT body: through the client's shm directory when the envelope allows, else inline."""
+    if envelope is not None:
+        body = shm.write_result(envelope, result, task_id)
+        if body is not None:
+            return body
+    return serialize_parts(result)
+
+
+def _run_one(body: Any, task_id: int = 0) -> tuple[int, Any]:
     """Runs the task in a RUN body; returns (frame type, frame body or its parts)."""
     try:
         (cwd_len,) = _U32.unpack_from(body, 0)
@@ -226,13 +244,16 @@ def _run_one(body: Any) -> tuple[int, Any]:
             except OSError as e:
                 raise FileNotFoundError(
                     f"cannot change to the task's working directory {cwd!r}: {e.strerror}") from None
-        result = execute_task(payload)
+        (f, args, kwargs), envelope = _load_task(payload)
+        del payload
+        result = f(*args, **kwargs)  # as parsl.executors.execute_task.execute_task does
+        del f, args, kwargs  # a mapped argument file is unmapped once nothing refers to it
         if isinstance(result, RemoteExceptionWrapper):
             # Parsl's python_app wraps apps (parsl.app.errors.wrap_error) so
             # that what they raise is *returned* as a wrapper: that is still
             # the app's exception, and the head must record APP_EXCEPTION.
             return APP_EXCEPTION, serialize(result)
-        return RESULT, serialize_parts(result)
+        return RESULT, _result_body(result, envelope, task_id)
     except BaseException:  # noqa: BLE001  (SystemExit/KeyboardInterrupt from a task are its failure too)
         return APP_EXCEPTION, _wrap_current_exception()
 
@@ -254,7 +275,7 @@ def main() -> int:
             print(f"dragon worker {os.getpid()}: unexpected frame type {ftype} for task {task_id}",
                   file=sys.stderr, flush=True)
             return 2
-        rtype, rbody = _run_one(body)
+        rtype, rbody = _run_one(body, task_id)
         del body, frame  # let a large payload go before the next read
         write_frame(rtype, task_id, rbody)
 

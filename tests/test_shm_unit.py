@@ -1,0 +1,267 @@
+"""Unit tests of the shared-memory data path (dragon_parsl.shm) without any binary:
+envelope encoding, files, the worker's handling of envelopes, fallbacks and errors.
+The end-to-end behaviour with real dragond, agents and workers is in
+test_shm_data_path.py."""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from parsl.app.errors import RemoteExceptionWrapper
+from parsl.serialize import deserialize
+
+from dragon_parsl import SharedMemoryError, shm, worker
+from dragon_parsl.worker import APP_EXCEPTION, RESULT, serialize_parts
+
+THRESHOLD = 64 * 1024
+
+
+@pytest.fixture
+def client_dir(tmp_path):
+    d = shm.ClientDirectory(str(tmp_path), THRESHOLD)
+    yield d
+    d.remove()
+
+
+def add_one(a):
+    return a + 1
+
+
+def func_part(func=add_one) -> shm.Part:
+    return shm.Part.from_parsl(serialize_parts(func))
+
+
+def run_body(payload: bytes) -> bytes:
+    """A worker RUN body (empty cwd) around a payload."""
+    return (0).to_bytes(4, "little") + payload
+
+
+def frame_body_bytes(body) -> bytes:
+    return b"".join(bytes(p) for p in body) if isinstance(body, list) else bytes(body)
+
+
+def raised_by(body) -> BaseException:
+    wrapper = deserialize(frame_body_bytes(body))
+    assert isinstance(wrapper, RemoteExceptionWrapper)
+    with pytest.raises(BaseException) as info:
+        wrapper.reraise()
+    return info.value
+
+
+# ---------------------------------------------------------------- envelopes
+def test_envelope_header_round_trip():
+    header = shm.encode_header(host="h/b", dir="/dev/shm/x", threshold=10, file="/dev/shm/x/a1", size=99,
+                               parts=[{"ser": "02", "body": [0, 5], "buffers": [[64, 30]]}])
+    assert header.startswith(shm.MAGIC) and header.endswith(b"\n") and header.count(b"\n") == 2
+    env = shm.decode_envelope(header)
+    assert (env.host, env.reply_dir, env.threshold, env.file, env.size) == ("h/b", "/dev/shm/x", 10,
+                                                                          "/dev/shm/x/a1", 99)
+    assert env.parts == [{"ser": "02", "body": [0, 5], "buffers": [[64, 30]]}]
+    assert bytes(env.inline) == b""
+
+
+def test_envelope_without_file_carries_a_classic_payload():
+    payload = shm.encode_header(host="h/b", dir="/d", threshold=10) + b"3\nabc"
+    env = shm.decode_envelope(payload)
+    assert env.file == "" and env.parts == [] and bytes(env.inline) == b"3\nabc"
+    assert shm.is_envelope(payload) and not shm.is_envelope(b"12\n02\n...")  # Parsl payloads start with a digit
+
+
+def test_malformed_envelope_is_a_clear_error():
+    with pytest.raises(SharedMemoryError, match="malformed"):
+        shm.decode_envelope(shm.MAGIC + b"{not json\n")
+
+
+# ---------------------------------------------------------------- serialization and files
+def test_large_numpy_buffers_go_out_of_band_small_ones_stay_in_band():
+    big, small = np.arange(THRESHOLD // 8 + 1, dtype=np.float64), np.arange(10.0)
+    part = shm.serialize_data((big, small, "text"), THRESHOLD)
+    assert part.identifier == b"02" and len(part.buffers) == 1
+    assert part.buffers[0].nbytes == big.nbytes and len(part.body) < 1000
+    assert not shm.serialize_data((small,), THRESHOLD).buffers
+
+
+def test_file_round_trip_is_aligned_zero_copy_and_copy_on_write(tmp_path):
+    a = np.random.default_rng(0).random((300, 300))
+    parts = [shm.serialize_data((a, {"k": a[:2]}), THRESHOLD), shm.serialize_data({"x": 1}, THRESHOLD)]
+    path = str(tmp_path / "f")
+    size, descriptors = shm.write_parts(path, parts)
+    assert os.path.getsize(path) == size
+    assert all(off % 64 == 0 for d in descriptors for off, _ in d["buffers"])
+    env = shm.Envelope(host=shm.host_identity(), file=path, size=size, parts=descriptors)
+    (got, extra), kwargs = shm.load_parts(env, shm.map_file(path, size, env.host))
+    assert np.array_equal(got, a) and np.array_equal(extra["k"], a[:2]) and kwargs == {"x": 1}
+    assert got.flags.writeable
+    got += 1  # the mapping is private: the file keeps the original
+    (again, _), _ = shm.load_parts(env, shm.map_file(path, size, env.host))
+    assert np.array_equal(again, a)
+
+
+def test_missing_file_names_the_path(tmp_path):
+    path = str(tmp_path / "gone")
+    with pytest.raises(SharedMemoryError, match="does not exist") as info:
+        shm.map_file(path, 10, "h/b")
+    assert path in str(info.value)
+
+
+# ---------------------------------------------------------------- client -> worker -> client
+def test_task_round_trip_through_the_worker(client_dir):
+    a = np.ones(THRESHOLD)  # 512 KiB
+    payload, arg_file = client_dir.pack_task(func_part(), (a,), {}, allow_file=True)
+    assert arg_file is not None and os.path.dirname(arg_file) == client_dir.path
+    assert len(payload) < 2000  # an envelope, not the data
+    rtype, body = worker._run_one(run_body(payload), task_id=7)
+    assert rtype == RESULT
+    assert shm.is_envelope(body)  # the large result came back through the client's directory
+    value = client_dir.load_result(body)
+    assert np.array_equal(value, a + 1)
+    client_dir.discard(arg_file)
+    assert client_dir.data_files() == []  # result file unlinked once mapped, argument file discarded
+    c = client_dir.counters
+    assert (c.args_shm_tasks, c.results_shm, c.args_inline_tasks, c.args_fallbacks) == (1, 1, 0, 0)
+
+
+def test_small_task_is_inline_with_a_reply_header(client_dir):
+    payload, arg_file = client_dir.pack_task(func_part(), (41,), {}, allow_file=True)
+    assert arg_file is None and shm.is_envelope(payload)
+    assert shm.decode_envelope(payload).reply_dir == client_dir.path
+    rtype, body = worker._run_one(run_body(payload))
+    assert rtype == RESULT and deserialize(frame_body_bytes(body)) == 42
+    assert client_dir.counters.args_inline_tasks == 1
+
+
+def test_arguments_inline_when_agents_may_be_elsewhere(client_dir):
+    a = np.ones(THRESHOLD)
+    payload, arg_file = client_dir.pack_task(func_part(), (a,), {}, allow_file=False)
+    assert arg_file is None and len(payload) > a.nbytes and client_dir.data_files() == []
+    rtype, body = worker._run_one(run_body(payload), task_id=3)
+    assert rtype == RESULT and np.array_equal(client_dir.load_result(body), a + 1)
+
+
+def test_write_failure_falls_back_to_inline_with_one_warning(tmp_path, caplog):
+    def full_tmpfs(path, pieces):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    d = shm.ClientDirectory(str(tmp_path), THRESHOLD, writer=full_tmpfs)
+    a = np.arange(THRESHOLD, dtype=np.float64)
+    with caplog.at_level(logging.WARNING, logger="dragon_parsl.shm"):
+        payload, arg_file = d.pack_task(func_part(), (a,), {"b": a[:10]}, allow_file=True)
+    assert arg_file is None and d.counters.args_fallbacks == 1 and d.counters.args_inline_tasks == 1
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "No space left" in warnings[0].getMessage()
+    (f, args, kwargs), _ = worker._load_task(memoryview(payload))
+    assert np.array_equal(args[0], a) and np.array_equal(kwargs["b"], a[:10])
+    d.remove()
+
+
+def test_result_that_cannot_be_written_goes_inline(tmp_path):
+    env = shm.Envelope(host=shm.host_identity(), reply_dir=str(tmp_path / "no-such-dir"), threshold=THRESHOLD)
+    assert shm.write_result(env, np.ones(THRESHOLD), task_id=1) is None  # worker.py then sends it inline
+
+
+def test_result_goes_inline_when_the_client_is_on_another_host(tmp_path):
+    env = shm.Envelope(host="elsewhere/other-boot", reply_dir=str(tmp_path), threshold=THRESHOLD)
+    assert shm.write_result(env, np.ones(THRESHOLD), task_id=1) is None and os.listdir(tmp_path) == []
+
+
+def test_worker_on_another_host_fails_the_task_naming_host_and_path(client_dir, monkeypatch):
+    payload, arg_file = client_dir.pack_task(func_part(), (np.ones(THRESHOLD),), {}, allow_file=True)
+    monkeypatch.setattr(shm, "_host_identity", "elsewhere/other-boot")
+    rtype, body = worker._run_one(run_body(payload))
+    assert rtype == APP_EXCEPTION
+    error = raised_by(body)
+    assert isinstance(error, SharedMemoryError)
+    assert arg_file in str(error) and "elsewhere/other-boot" in str(error) and "shm_threshold=0" in str(error)
+
+
+def test_worker_reports_a_missing_argument_file(client_dir):
+    payload, arg_file = client_dir.pack_task(func_part(), (np.ones(THRESHOLD),), {}, allow_file=True)
+    os.unlink(arg_file)
+    rtype, body = worker._run_one(run_body(payload))
+    error = raised_by(body)
+    assert rtype == APP_EXCEPTION and isinstance(error, SharedMemoryError) and arg_file in str(error)
+
+
+def test_result_file_outside_the_directory_is_refused(client_dir, tmp_path):
+    envelope = shm.encode_header(host=shm.host_identity(), file="/etc/passwd", size=1,
+                                 parts=[{"ser": "02", "body": [0, 1], "buffers": []}])
+    with pytest.raises(SharedMemoryError, match="not in this executor's directory"):
+        client_dir.load_result(envelope)
+    assert os.path.exists("/etc/passwd")
+
+
+# ---------------------------------------------------------------- directories
+def test_directories_of_dead_clients_are_swept(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    user = shm._safe_user()
+    stale = tmp_path / f"dragon-{user}-{dead.pid}.12345-abcd"
+    reused_pid = tmp_path / f"dragon-{user}-{os.getpid()}.1-abcd"  # our pid, but another start time
+    other_user = tmp_path / f"dragon-someoneelse-{dead.pid}.12345-abcd"
+    for d in (stale, reused_pid, other_user):
+        d.mkdir()
+        (d / "a1").write_bytes(b"x")
+    live = shm.ClientDirectory(str(tmp_path), THRESHOLD)
+    assert sorted(live.swept) == sorted([str(stale), str(reused_pid)])
+    assert not stale.exists() and not reused_pid.exists() and other_user.exists()
+    assert shm.sweep_stale_directories(str(tmp_path)) == []  # the live client's directory stays
+    assert os.path.isdir(live.path)
+    live.remove()
+    assert not os.path.exists(live.path)
+
+
+# ---------------------------------------------------------------- which agents may read argument files
+class _FakeHeadStub:
+    """Stands in for the head's ListNodes (unit test of the executor's policy only)."""
+
+    def __init__(self, nodes=None, error=None):
+        self.nodes, self.error, self.calls = nodes or [], error, 0
+
+    def ListNodes(self, request, timeout):
+        from dragon_parsl._proto import head_pb2
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        return head_pb2.ListNodesReply(nodes=self.nodes)
+
+
+def _node(host, pid, state="connected"):
+    from dragon_parsl._proto import head_pb2
+    return head_pb2.NodeInfo(node_id=host, host=host, agent_pid=pid, state=state)
+
+
+@pytest.mark.parametrize("nodes, error, expected", [
+    ([("self", "me")], None, True),
+    ([("self", "me"), ("self", "me")], None, True),
+    ([("self", "me"), ("other-host", "me")], None, False),  # one agent elsewhere: every argument inline
+    ([("self", "me"), ("other-host", "me", "lost")], None, True),  # a lost agent runs nothing
+    ([("self", "no-such-pid")], None, False),  # same name, but its agent is not a process here
+    ([], None, False),  # no agent yet: nothing is known
+    ([("self", "me")], RuntimeError("head busy"), False),
+])
+def test_arguments_use_shm_only_when_every_agent_is_on_this_host(nodes, error, expected, monkeypatch):
+    import socket
+
+    from dragon_parsl import DragonExecutor
+    hostname = socket.gethostname()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    pids = {"me": os.getpid(), "no-such-pid": dead.pid}
+    stub = _FakeHeadStub([_node(hostname if h == "self" else h, pids[p], *rest) for h, p, *rest in nodes], error)
+    ex = DragonExecutor(address="127.0.0.1:1")
+    monkeypatch.setattr(ex, "_stub", lambda: stub)
+    assert ex._agents_share_this_host() is expected
+    assert ex._agents_share_this_host() is expected and stub.calls == 1  # the answer is kept for a while
+
+
+def test_result_of_an_unknown_task_is_deleted_unread(client_dir):
+    rtype, body = worker._run_one(run_body(client_dir.pack_task(func_part(), (np.ones(THRESHOLD),), {},
+                                                                allow_file=True)[0]), task_id=9)
+    assert any(name.startswith("r9-") for name in client_dir.data_files())
+    client_dir.discard_result(body)
+    assert not any(name.startswith("r9-") for name in client_dir.data_files())
