@@ -402,7 +402,7 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
             self._broken = error
             tasks, self._tasks = self._tasks, {}
             arg_files, self._arg_files = self._arg_files, {}
-        for path in arg_files.values():
+        for path in list(arg_files.values()):  # list(): the receiver may still pop from it
             self._discard_arg_file(path)
         if tasks:
             logger.error("DragonExecutor %s: %s; failing %d outstanding tasks", self.label, error, len(tasks))
@@ -410,7 +410,7 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
             logger.error("DragonExecutor %s: %s", self.label, error)
         address = getattr(error, "address", self.head_address or "?")
         detail = getattr(error, "detail", str(error))
-        for fut in tasks.values():
+        for fut in list(tasks.values()):
             try:
                 fut.set_exception(HeadConnectionLost(address, detail))
             except cf.InvalidStateError:
@@ -453,7 +453,7 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         if session is not None:
             # With tasks still running there is nothing to wait for: end the stream now.
             session.close(timeout=0.0 if leftover else 10.0)
-        for ref, fut in leftover.items():
+        for ref, fut in list(leftover.items()):  # list(): the receiver may still pop from it
             try:
                 fut.set_exception(TaskCancelled(
                     f"DragonExecutor {self.label!r} was shut down before task "
