@@ -236,7 +236,10 @@ void Head::ApplyUpdate(AgentIndex index, dragon::v1::AgentUpdate* update) {
       if (result.start_us() > 0) task->running_us = result.start_us();
     }
     if (result.worker_pid() != 0) task->worker_pid = result.worker_pid();
-    if (result.end_us() > result.start_us() && result.start_us() > 0 &&
+    // end == start is a task shorter than the clock's microsecond, the
+    // shortest there is, not a missing time: it must count, or floods of
+    // tiny tasks never get a deeper prefetch.
+    if (result.end_us() >= result.start_us() && result.start_us() > 0 &&
         result.outcome() != dragon::v1::CANCELED) {
       scheduler_.ObserveRuntime(index, result.end_us() - result.start_us());
     }
