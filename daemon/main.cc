@@ -27,6 +27,7 @@
 #include "absl/strings/str_split.h"
 #include "common/dashed_flags.h"
 #include "common/head_locator.h"
+#include "daemon/agent_stream.h"
 #include "daemon/head.h"
 #include "daemon/local_launcher.h"
 #include "daemon/run_dir.h"
