@@ -15,6 +15,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/synchronization/mutex.h"
 #include "bench/sim_agent_host.h"
 #include "common/dashed_flags.h"
 
@@ -25,6 +26,8 @@ ABSL_FLAG(std::string, node_prefix, "sim-", "node ids are PREFIX000, PREFIX001, 
 ABSL_FLAG(int, connect_timeout, 120, "seconds for every agent to register");
 
 int main(int argc, char** argv) {
+  // As in dragond and dragon-agent: no lock-order tracking on every lock.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);
