@@ -301,11 +301,11 @@ def fmt_int(x) -> str:
 
 
 def build_table(tput: list, mem: list, targets: dict) -> str:
-    lines = ["| agents (mode) | workers/agent | tasks | tasks/s (median) | min..max | "
+    lines = ["| agents | agent mode | workers/agent | tasks | tasks/s (median) | min..max | "
              "head CPU us/task | tasks per head CPU-s | agents CPU us/task | head threads | "
-             "exactly once |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "exactly once |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in tput:
-        lines.append(f"| {t['agents']} ({t['agent_mode']}) | {t['workers_per_agent']} | "
+        lines.append(f"| {t['agents']} | {t['agent_mode']} | {t['workers_per_agent']} | "
                      f"{t['tasks']:,} | {fmt_int(t['tasks_per_s'])} | "
                      f"{fmt_int(t['tasks_per_s_min'])}..{fmt_int(t['tasks_per_s_max'])} | "
                      f"{t['head_cpu_us_per_task']:.1f} | {fmt_int(t['tasks_per_head_cpu_s'])} | "

@@ -37,8 +37,8 @@ void AgentStream::OnReadDone(bool ok) {
     {
       std::lock_guard<std::mutex> lock(link_->mu);
       outbox_ = outbox;
+      who_ = absl::StrCat("agent ", in_.register_().node_id());
     }
-    who_ = absl::StrCat("agent ", in_.register_().node_id());
     // Pushes Registered (and maybe tasks), which the hook starts writing.
     auto index = head_->RegisterAgent(in_.register_(), outbox, peer_);
     if (!index.ok()) {

@@ -54,9 +54,9 @@ class AgentStream final
   std::shared_ptr<Link> link_;
   dragon::v1::AgentMessage in_;
   AgentIndex index_ = kNoAgent;  // set once registered; read by the reading side only
-  std::string who_;
 
   // Guarded by link_->mu.
+  std::string who_;  // "agent NODE" for logs, once registered
   std::shared_ptr<AgentOutbox> outbox_;
   std::deque<dragon::v1::HeadToAgent> pending_;  // merged, front() being written
   bool writing_ = false;
