@@ -156,6 +156,19 @@ TEST_CASE("tasks shorter than a microsecond deepen the prefetch", "[head]") {
   };
   auto first = sent();
   REQUIRE(first.size() == 2);  // 1 worker x (1 + prefetch 1)
+  {
+    // A failure stamped with a single time (it never ran) is no runtime.
+    dragon::v1::AgentUpdate failed;
+    auto* r = failed.add_results();
+    r->set_task_id(first[0]);
+    r->set_outcome(dragon::v1::SYSTEM_ERROR);
+    r->set_start_us(1000);
+    r->set_end_us(1000);
+    head.ApplyUpdate(*agent, &failed);
+    auto refill = sent();
+    CHECK(refill.size() == 1);  // its one slot back, prefetch still 1
+    first = {first[1], refill[0]};
+  }
   dragon::v1::AgentUpdate update;
   for (TaskId id : first) {
     auto* r = update.add_results();
