@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "agent/update_builder.h"
 #include "spdlog/spdlog.h"
 
 namespace dragon::agent {
@@ -142,21 +143,19 @@ void HeadConnection::TaskFinished(v1::TaskResult result) {
   results_.push_back(std::move(result));
 }
 
-bool HeadConnection::TakeUpdate(v1::AgentUpdate* update) {
-  if (started_.empty() && results_.empty()) return false;
-  for (auto& s : started_) *update->add_started() = std::move(s);
-  started_.clear();
-  size_t bytes = update->ByteSizeLong();
-  size_t taken = 0;
-  while (taken < results_.size()) {
-    const size_t size = results_[taken].ByteSizeLong() + 16;
-    if (taken > 0 && bytes + size > options_.max_update_bytes) break;
-    bytes += size;
-    *update->add_results() = std::move(results_[taken]);
-    ++taken;
+void HeadConnection::TaskEvents(std::vector<v1::TaskStarted> started,
+                                std::vector<v1::TaskResult> results) {
+  absl::MutexLock l(&mu_);
+  if (started_.empty()) {
+    started_.swap(started);
+  } else {
+    for (auto& s : started) started_.push_back(std::move(s));
   }
-  results_.erase(results_.begin(), results_.begin() + static_cast<std::ptrdiff_t>(taken));
-  return true;
+  if (results_.empty()) {
+    results_.swap(results);
+  } else {
+    for (auto& r : results) results_.push_back(std::move(r));
+  }
 }
 
 void HeadConnection::ReaderLoop(TaskHandler* handler) {
@@ -233,7 +232,9 @@ absl::Status HeadConnection::Run(TaskHandler* handler) {
       if (stop_ || reader_done_ || shutdown_received_) break;
       // Everything queued since the last write goes out as one message.
       v1::AgentUpdate update;
-      if (TakeUpdate(&update)) *msg.mutable_update() = std::move(update);
+      if (TakeUpdate(&started_, &results_, options_.max_update_bytes, &update)) {
+        *msg.mutable_update() = std::move(update);
+      }
     }
     if (!msg.has_update()) {
       if (absl::Now() < next_heartbeat) continue;

@@ -66,13 +66,13 @@ class HeadConnection : public TaskEventSink {
   // TaskEventSink: queued for the writer; thread-safe.
   void TaskStarted(v1::TaskStarted started) override;
   void TaskFinished(v1::TaskResult result) override;
+  void TaskEvents(std::vector<v1::TaskStarted> started,
+                  std::vector<v1::TaskResult> results) override;
 
  private:
   using Stream = grpc::ClientReaderWriter<v1::AgentMessage, v1::HeadToAgent>;
 
   void ReaderLoop(TaskHandler* handler);
-  // Moves queued events into *update, at most max_update_bytes (at least one).
-  bool TakeUpdate(v1::AgentUpdate* update) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   HeadConnectionOptions options_;
   std::shared_ptr<grpc::Channel> channel_;

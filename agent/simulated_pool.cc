@@ -71,8 +71,7 @@ void SimulatedPool::SubmitTasks(std::vector<v1::TaskAssignment> tasks) {
     // simulated agents cost the machine as little as possible.
     Step(&started, &results);
   }
-  for (auto& s : started) sink_->TaskStarted(std::move(s));
-  for (auto& r : results) sink_->TaskFinished(std::move(r));
+  sink_->TaskEvents(std::move(started), std::move(results));
 }
 
 void SimulatedPool::CancelTasks(std::vector<uint64_t> task_ids, std::string reason) {
@@ -166,8 +165,8 @@ void SimulatedPool::Loop() {
       }
     }
     // Outside our lock: the sink takes its own, and SubmitTasks must not wait.
-    for (auto& s : started) sink_->TaskStarted(std::move(s));
-    for (auto& r : results) sink_->TaskFinished(std::move(r));
+    // All at once: one wake-up of the head connection's writer per burst.
+    sink_->TaskEvents(std::move(started), std::move(results));
     started.clear();
     results.clear();
   }

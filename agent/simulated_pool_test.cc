@@ -21,6 +21,14 @@ class Sink : public TaskEventSink {
     results_.emplace(r.task_id(), r);
     ++result_count_[r.task_id()];
   }
+  void TaskEvents(std::vector<v1::TaskStarted> started,
+                  std::vector<v1::TaskResult> results) override {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      ++bursts_;
+    }
+    TaskEventSink::TaskEvents(std::move(started), std::move(results));
+  }
   // Waits up to 10 s for `n` results.
   bool WaitFor(size_t n) {
     for (int i = 0; i < 2000; ++i) {
@@ -36,6 +44,7 @@ class Sink : public TaskEventSink {
   std::map<uint64_t, int> started_;
   std::map<uint64_t, int> result_count_;
   std::multimap<uint64_t, v1::TaskResult> results_;
+  int bursts_ = 0;  // TaskEvents calls
 };
 
 std::vector<v1::TaskAssignment> Tasks(uint64_t from, uint64_t to) {
@@ -47,6 +56,20 @@ std::vector<v1::TaskAssignment> Tasks(uint64_t from, uint64_t to) {
     t.set_payload("payload");
   }
   return out;
+}
+
+TEST_CASE("zero-time tasks are reported one burst per submitted batch", "[simulated_pool]") {
+  Sink sink;
+  SimulatedPool pool({"sim-0", 4, 0}, &sink);
+  pool.Start();
+  pool.SubmitTasks(Tasks(1, 300));
+  pool.SubmitTasks(Tasks(301, 400));
+  REQUIRE(sink.WaitFor(400));
+  pool.Shutdown();
+  std::lock_guard<std::mutex> l(sink.mu_);
+  // One TaskEvents call per batch: the head connection wakes twice, not 800 times.
+  CHECK(sink.bursts_ == 2);
+  CHECK(sink.started_.size() == 400);
 }
 
 TEST_CASE("every task ends exactly once, marked as simulated", "[simulated_pool]") {

@@ -4,21 +4,26 @@
     python bench/head_scale.py --full  --json-out results/head_scale.json
 
 (a) Throughput: for each agent count A, a fresh `dragond start --agents none`
-    plus A `dragon-agent --simulate-workers W` processes (benchmark mode: no
-    Python, every result is OK with empty data marked as simulated), then
+    plus A simulated agents (benchmark mode: no Python, every result is OK
+    with empty data marked as simulated), then
     `head_scale run` submits N no-op tasks over one Session and waits for all
     results. tasks/s = N / (first submit .. last result). The load generator
     also checks that every task ended exactly once and counts tasks per node.
     The head's CPU time (from /proc) gives CPU microseconds per task, which is
     less sensitive than tasks/s to other load on this machine.
+    --agent-mode process: A `dragon-agent --simulate-workers W` processes
+    (the default, as before). hosted: one `sim_agents --agents A` process
+    that hosts all A agents as real AgentService streams on gRPC's callback
+    API, so the load generator costs the 2 cores far less than 256 agent
+    processes do. Both: each count is run in each mode.
 (b) Memory: a fresh dragond with no agents, `head_scale fill` submits Q tasks
     of --payload-bytes each (they stay PENDING), then the head's VmRSS and
     VmHWM are read from /proc/<pid>/status. bytes/task = (RSS - RSS at 0) / Q.
     With a deep queue, `dragonctl ps` and `status` are timed too.
 
 Binaries: dragond, dragon-agent, dragonctl from $DRAGON_BIN_DIR, build-out/bin
-or bazel-bin (the newest found); head_scale from bazel-bin/bench (build it with
-`bazel build //bench:head_scale`). The last line of stdout is one JSON object
+or bazel-bin (the newest found); head_scale and sim_agents from bazel-bin/bench
+(build them with `bazel build //bench/...`). The last line of stdout is one JSON object
 (also written to --json-out) with the raw numbers, "table_md" and "plots".
 See bench/HEAD_SCALE.md.
 """
@@ -57,7 +62,7 @@ def log(msg: str) -> None:
 
 def find_binary(name: str, bin_dir: str | None) -> Path:
     subdir = {"dragond": "daemon", "dragon-agent": "agent", "dragonctl": "client",
-              "head_scale": "bench"}[name]
+              "head_scale": "bench", "sim_agents": "bench"}[name]
     if bin_dir and (Path(bin_dir) / name).is_file():
         return Path(bin_dir) / name
     candidates = []
@@ -66,7 +71,7 @@ def find_binary(name: str, bin_dir: str | None) -> Path:
     candidates += [REPO / "build-out" / "bin" / name, REPO / "bazel-bin" / subdir / name]
     found = [p for p in candidates if p.is_file() and os.access(p, os.X_OK)]
     if not found:
-        hint = ("bazel build //bench:head_scale" if name == "head_scale"
+        hint = ("bazel build //bench/..." if name in ("head_scale", "sim_agents")
                 else "make build (or bazel build //daemon:dragond //agent:dragon-agent //client:dragonctl)")
         raise BenchError(f"{name} not found (looked at {', '.join(str(c) for c in candidates)}); "
                          f"run: {hint}")
@@ -82,6 +87,24 @@ def proc_status(pid: int) -> dict:
                 parts = value.split()
                 out[key] = int(parts[0]) * (1024 if len(parts) > 1 else 1)
     return out
+
+
+def context_switches(pid: int) -> int:
+    """Voluntary + involuntary context switches of all of pid's live threads."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
@@ -107,7 +130,16 @@ class Head:
         self.pid = self.local.proc.pid
         self.agents: list[subprocess.Popen] = []
 
-    def start_agents(self, bins: dict, count: int, workers: int, task_us: int) -> None:
+    def start_agents(self, bins: dict, count: int, workers: int, task_us: int,
+                     mode: str = "process") -> None:
+        if mode == "hosted":
+            if task_us:
+                raise BenchError("--agent-mode hosted simulates zero-time tasks only (--task-us 0)")
+            self.agents.append(subprocess.Popen(
+                [str(bins["sim_agents"]), "--head", self.address, "--agents", str(count),
+                 "--workers", str(workers), "--node-prefix", "sim-", "--connect-timeout", "120"],
+                env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            return
         for i in range(count):
             self.agents.append(subprocess.Popen(
                 [str(bins["dragon-agent"]), "--head", self.address, "--node-id", f"sim-{i:03d}",
@@ -146,11 +178,12 @@ def run_generator(bins: dict, head: Head, args: list[str], timeout: float) -> di
 
 
 def measure_throughput(bins: dict, work: Path, agents: int, workers: int, tasks: int,
-                       repeats: int, task_us: int, batch: int, head_args: tuple = ()) -> dict:
-    head = Head(bins, work, f"tput-{agents}", head_args)
+                       repeats: int, task_us: int, batch: int, head_args: tuple = (),
+                       mode: str = "process") -> dict:
+    head = Head(bins, work, f"tput-{mode}-{agents}", head_args)
     try:
         t0 = time.monotonic()
-        head.start_agents(bins, agents, workers, task_us)
+        head.start_agents(bins, agents, workers, task_us, mode)
         # A warm-up run that also waits until every agent has registered.
         run_generator(bins, head, ["--tasks", str(max(1000, min(5000, tasks // 10))),
                                    "--batch", str(batch), "--wait-nodes", str(agents),
@@ -159,11 +192,15 @@ def measure_throughput(bins: dict, work: Path, agents: int, workers: int, tasks:
         runs = []
         for _ in range(repeats):
             head_cpu0, agents_cpu0 = cpu_seconds(head.pid), head.agents_cpu()
+            csw0 = context_switches(head.pid)
             r = run_generator(bins, head, ["--tasks", str(tasks), "--batch", str(batch),
                                            "--timeout-s", "600"], timeout=660)
             r["head_cpu_s"] = cpu_seconds(head.pid) - head_cpu0
             r["agents_cpu_s"] = head.agents_cpu() - agents_cpu0
             r["head_cpu_us_per_task"] = 1e6 * r["head_cpu_s"] / tasks
+            r["agents_cpu_us_per_task"] = 1e6 * r["agents_cpu_s"] / tasks
+            # Threads that ended during the run (the session's) are not counted.
+            r["head_context_switches"] = context_switches(head.pid) - csw0
             r["head_threads"] = proc_status(head.pid).get("Threads")
             runs.append(r)
         rss = proc_status(head.pid)
@@ -171,12 +208,19 @@ def measure_throughput(bins: dict, work: Path, agents: int, workers: int, tasks:
         head.stop()
     tps = [r["tasks_per_s"] for r in runs]
     cpu = [r["head_cpu_us_per_task"] for r in runs]
+    head_cpu = statistics.median(cpu)
     return {
+        "agent_mode": mode,
         "agents": agents, "workers_per_agent": workers, "tasks": tasks, "task_us": task_us,
         "repeats": repeats, "connect_and_warmup_s": round(connect_s, 2),
         "tasks_per_s": statistics.median(tps), "tasks_per_s_min": min(tps),
         "tasks_per_s_max": max(tps),
-        "head_cpu_us_per_task": statistics.median(cpu),
+        "head_cpu_us_per_task": head_cpu,
+        # The head's scheduling throughput per second of its own CPU: what
+        # tasks/s would be with a core to itself.
+        "tasks_per_head_cpu_s": 1e6 / head_cpu if head_cpu > 0 else None,
+        "agents_cpu_us_per_task": statistics.median(r["agents_cpu_us_per_task"] for r in runs),
+        "head_threads": runs[-1]["head_threads"],
         "head_rss_bytes_after": rss.get("VmRSS"),
         "exactly_once": all(r["missing"] == 0 and r["duplicates"] == 0 and r["unknown"] == 0
                             and r["ended"] == tasks for r in runs),
@@ -257,12 +301,15 @@ def fmt_int(x) -> str:
 
 
 def build_table(tput: list, mem: list, targets: dict) -> str:
-    lines = ["| agents | workers/agent | tasks | tasks/s (median) | min..max | head CPU us/task | "
-             "exactly once |", "|---|---|---|---|---|---|---|"]
+    lines = ["| agents | agent mode | workers/agent | tasks | tasks/s (median) | min..max | "
+             "head CPU us/task | tasks per head CPU-s | agents CPU us/task | head threads | "
+             "exactly once |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in tput:
-        lines.append(f"| {t['agents']} | {t['workers_per_agent']} | {t['tasks']:,} | "
-                     f"{fmt_int(t['tasks_per_s'])} | {fmt_int(t['tasks_per_s_min'])}.."
-                     f"{fmt_int(t['tasks_per_s_max'])} | {t['head_cpu_us_per_task']:.1f} | "
+        lines.append(f"| {t['agents']} | {t['agent_mode']} | {t['workers_per_agent']} | "
+                     f"{t['tasks']:,} | {fmt_int(t['tasks_per_s'])} | "
+                     f"{fmt_int(t['tasks_per_s_min'])}..{fmt_int(t['tasks_per_s_max'])} | "
+                     f"{t['head_cpu_us_per_task']:.1f} | {fmt_int(t['tasks_per_head_cpu_s'])} | "
+                     f"{t['agents_cpu_us_per_task']:.1f} | {t['head_threads']} | "
                      f"{'yes' if t['exactly_once'] else 'NO'} |")
     lines += ["", "| queued tasks | head RSS (MiB) | head peak RSS (MiB) | bytes/task (RSS) | "
               "bytes/task (peak) |", "|---|---|---|---|---|"]
@@ -299,19 +346,27 @@ def check_targets(tput: list, mem: list) -> dict:
                 "measured": f"not run (--quick); projected from {deepest['queued']:,}: "
                             f"{proj / 2**20:.0f} MiB",
                 "met": None}
-    if len(tput) >= 2:
-        first, last = tput[0], tput[-1]
-        best_before = max(t["tasks_per_s"] for t in tput[:-1])
+    for mode in dict.fromkeys(t["agent_mode"] for t in tput):
+        runs = [t for t in tput if t["agent_mode"] == mode]
+        if len(runs) < 2:
+            continue
+        first, last = runs[0], runs[-1]
+        best_before = max(t["tasks_per_s"] for t in runs[:-1])
         ratio = last["tasks_per_s"] / best_before
         cpu_ratio = last["head_cpu_us_per_task"] / first["head_cpu_us_per_task"]
-        targets["throughput_vs_agents"] = {
+        best_head = max(t["tasks_per_head_cpu_s"] for t in runs[:-1])
+        head_ratio = last["tasks_per_head_cpu_s"] / best_head
+        key = "throughput_vs_agents" + ("" if mode == "process" else f"_{mode}")
+        targets[key] = {
             "target": f"scheduling throughput does not fall as agents grow to {last['agents']} "
-                      "(here: >= 90% of the best at fewer agents)",
+                      f"({mode} agents; here: >= 90% of the best at fewer agents)",
             "measured": f"{fmt_int(last['tasks_per_s'])} tasks/s at {last['agents']} agents = "
-                        f"{ratio:.2f}x the best at fewer ({fmt_int(best_before)}); head CPU/task "
+                        f"{ratio:.2f}x the best at fewer ({fmt_int(best_before)}); per head "
+                        f"CPU-second {head_ratio:.2f}x the best; head CPU/task "
                         f"{cpu_ratio:.2f}x that at {first['agents']} agent(s)",
             "met": ratio >= 0.9,
-            "ratio": ratio, "head_cpu_per_task_ratio": cpu_ratio}
+            "ratio": ratio, "head_cpu_per_task_ratio": cpu_ratio,
+            "tasks_per_head_cpu_s_ratio": head_ratio}
     return targets
 
 
@@ -328,6 +383,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, help="throughput runs per agent count")
     ap.add_argument("--queues", help="comma-separated queue depths for the memory runs")
     ap.add_argument("--task-us", type=int, default=0, help="simulated run time of each task")
+    ap.add_argument("--agent-mode", default="process",
+                    help="comma-separated: process (one dragon-agent --simulate-workers per "
+                    "agent, the default) and/or hosted (all agents in one sim_agents process)")
     ap.add_argument("--payload-bytes", type=int, default=100)
     ap.add_argument("--batch", type=int, default=1000, help="tasks per SubmitBatch")
     ap.add_argument("--bin-dir", help="take dragond, dragon-agent, dragonctl (and head_scale if "
@@ -344,8 +402,14 @@ def main() -> int:
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
 
+    modes = [m for m in args.agent_mode.split(",") if m]
+    if not modes or any(m not in ("process", "hosted") for m in modes):
+        print(f"head_scale: --agent-mode takes process and/or hosted, not {args.agent_mode!r}",
+              file=sys.stderr)
+        return 2
     try:
-        bins = {n: find_binary(n, args.bin_dir) for n in ("dragond", "dragon-agent", "head_scale")}
+        needed = ["dragond", "dragon-agent", "head_scale"] + (["sim_agents"] if "hosted" in modes else [])
+        bins = {n: find_binary(n, args.bin_dir) for n in needed}
         try:
             bins["dragonctl"] = find_binary("dragonctl", args.bin_dir)
         except BenchError:
@@ -359,19 +423,21 @@ def main() -> int:
     result = {"benchmark": "head_scale", "mode": "full" if args.full else "quick",
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), "config": cfg | {"task_us": args.task_us, "prefetch": args.prefetch,
+                                                     "agent_modes": modes,
                                                      "payload_bytes": args.payload_bytes,
                                                      "batch": args.batch},
               "binaries": {k: str(v) for k, v in bins.items()}}
     work = Path(tempfile.mkdtemp(prefix="head-scale-"))
     tput, mem = [], []
     try:
-        for a in cfg["agents"]:
-            log(f"throughput: {a} simulated agent(s) x {cfg['workers']} workers, "
-                f"{cfg['tasks']:,} tasks x {cfg['repeats']}")
+        for mode, a in [(m, a) for m in modes for a in cfg["agents"]]:
+            log(f"throughput: {a} simulated agent(s) ({mode}) x {cfg['workers']} workers, "
+                f"{cfg['tasks']:,} tasks x {cfg['repeats']}, load avg {os.getloadavg()[0]:.1f}")
             t = measure_throughput(bins, work, a, cfg["workers"], cfg["tasks"], cfg["repeats"],
-                                   args.task_us, args.batch, head_args)
+                                   args.task_us, args.batch, head_args, mode)
             log(f"  {t['tasks_per_s']:,.0f} tasks/s (runs {[round(r['tasks_per_s']) for r in t['runs']]}),"
-                f" head {t['head_cpu_us_per_task']:.1f} us CPU/task, exactly once: {t['exactly_once']}")
+                f" head {t['head_cpu_us_per_task']:.1f} us CPU/task, agents "
+                f"{t['agents_cpu_us_per_task']:.1f} us CPU/task, exactly once: {t['exactly_once']}")
             tput.append(t)
         for q in cfg["queues"]:
             log(f"memory: {q:,} pending tasks of {args.payload_bytes} bytes")
@@ -392,8 +458,10 @@ def main() -> int:
         "table_md": build_table(tput, mem, targets),
         "plots": {
             "sched_throughput_vs_agents": {
-                "x": [t["agents"] for t in tput],
-                "series": {"tasks/s": [t["tasks_per_s"] for t in tput]},
+                "x": cfg["agents"],
+                "series": {("tasks/s" if m == "process" else f"tasks/s ({m} agents)"):
+                           [t["tasks_per_s"] for t in tput if t["agent_mode"] == m]
+                           for m in modes},
                 "xlabel": "agents", "ylabel": "tasks/s"},
             "head_rss_vs_queue": {
                 "x": [m["queued"] for m in mem],

@@ -236,8 +236,15 @@ void Head::ApplyUpdate(AgentIndex index, dragon::v1::AgentUpdate* update) {
       if (result.start_us() > 0) task->running_us = result.start_us();
     }
     if (result.worker_pid() != 0) task->worker_pid = result.worker_pid();
-    if (result.end_us() > result.start_us() && result.start_us() > 0 &&
-        result.outcome() != dragon::v1::CANCELED) {
+    // For a task that ran to its end, end == start is a task shorter than
+    // the clock's microsecond, the shortest there is, not a missing time: it
+    // must count, or floods of tiny tasks never get a deeper prefetch. A
+    // failure stamped with one time (e.g. it never started) tells nothing.
+    const bool completed =
+        result.outcome() == dragon::v1::OK || result.outcome() == dragon::v1::APP_EXCEPTION;
+    if (result.start_us() > 0 && result.outcome() != dragon::v1::CANCELED &&
+        (result.end_us() > result.start_us() ||
+         (completed && result.end_us() == result.start_us()))) {
       scheduler_.ObserveRuntime(index, result.end_us() - result.start_us());
     }
     ++agent.tasks_done;

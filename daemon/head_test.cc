@@ -116,6 +116,74 @@ TEST_CASE("tasks flow from session to agent and results back", "[head]") {
   CHECK(f.SentToAgent() == std::vector<TaskId>{3});  // freed room is refilled
 }
 
+TEST_CASE("tasks shorter than a microsecond deepen the prefetch", "[head]") {
+  // start_us == end_us is what an agent's microsecond clock reports for the
+  // shortest tasks; it must count as a runtime (of 0), not as a missing one.
+  Head head([] {
+    HeadOptions o;
+    o.run_id = "test";
+    o.version = "t";
+    o.prefetch_per_worker = 1;
+    o.max_prefetch_per_worker = 16;
+    return o;
+  }());
+  auto session_box = std::make_shared<SessionOutbox>();
+  auto agent_box = std::make_shared<AgentOutbox>();
+  dragon::v1::Hello hello;
+  hello.set_protocol_version(kProtocolVersion);
+  auto welcome = head.OpenSession(hello, session_box, "test");
+  REQUIRE(welcome.ok());
+  dragon::v1::Register reg;
+  reg.set_protocol_version(kProtocolVersion);
+  reg.set_node_id("n1");
+  reg.set_workers(1);
+  auto agent = head.RegisterAgent(reg, agent_box, "test");
+  REQUIRE(agent.ok());
+  dragon::v1::SubmitBatch batch;
+  for (int i = 0; i < 100; ++i) {
+    auto* t = batch.add_tasks();
+    t->set_client_ref(i);
+    t->set_kind(dragon::v1::PYTHON);
+    t->set_payload("p");
+  }
+  head.Submit(welcome->session_id(), &batch);
+  auto sent = [&] {
+    std::vector<TaskId> ids;
+    for (auto& m : agent_box->TakeAll()) {
+      for (auto& t : m.tasks().tasks()) ids.push_back(t.task_id());
+    }
+    return ids;
+  };
+  auto first = sent();
+  REQUIRE(first.size() == 2);  // 1 worker x (1 + prefetch 1)
+  {
+    // A failure stamped with a single time (it never ran) is no runtime.
+    dragon::v1::AgentUpdate failed;
+    auto* r = failed.add_results();
+    r->set_task_id(first[0]);
+    r->set_outcome(dragon::v1::SYSTEM_ERROR);
+    r->set_start_us(1000);
+    r->set_end_us(1000);
+    head.ApplyUpdate(*agent, &failed);
+    auto refill = sent();
+    CHECK(refill.size() == 1);  // its one slot back, prefetch still 1
+    first = {first[1], refill[0]};
+  }
+  dragon::v1::AgentUpdate update;
+  for (TaskId id : first) {
+    auto* r = update.add_results();
+    r->set_task_id(id);
+    r->set_outcome(dragon::v1::OK);
+    r->set_start_us(1000);
+    r->set_end_us(1000);
+  }
+  head.ApplyUpdate(*agent, &update);
+  // Prefetch 16 now: room for 17, sent as one batch of at least (16-1)/2.
+  auto next = sent();
+  CHECK(next.size() >= 7);
+  CHECK(next.size() <= 17);
+}
+
 TEST_CASE("an app exception is DONE, a system error FAILED", "[head]") {
   Fixture f;
   f.AddAgent(2);

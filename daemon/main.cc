@@ -25,8 +25,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "common/dashed_flags.h"
 #include "common/head_locator.h"
+#include "daemon/agent_stream.h"
 #include "daemon/head.h"
 #include "daemon/local_launcher.h"
 #include "daemon/run_dir.h"
@@ -451,6 +453,9 @@ int Stop() {
 }  // namespace dragon::daemon
 
 int main(int argc, char** argv) {
+  // Debian's Abseil is built with lock-order (deadlock) tracking on, and
+  // gRPC's own mutexes are absl::Mutex: every lock paid for a graph lookup.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   absl::SetProgramUsageMessage(
       "the head daemon of the Dragon task service.\n\n"
       "Usage:\n"

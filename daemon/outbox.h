@@ -1,10 +1,13 @@
 // A stream's queue of outgoing messages. Producers (the Head, under its lock)
-// push; the stream's one writer thread takes everything queued at once, so a
-// burst of results leaves in a few large writes rather than many small ones.
+// push; the stream's writer takes everything queued at once, so a burst of
+// results leaves in a few large writes rather than many small ones. The
+// writer is either a thread blocked in Drain() or, for streams on gRPC's
+// callback API, a hook run after each Push() and Close().
 #ifndef DRAGON_DAEMON_OUTBOX_H_
 #define DRAGON_DAEMON_OUTBOX_H_
 
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <utility>
 #include <vector>
@@ -14,6 +17,11 @@ namespace dragon::daemon {
 template <typename Message>
 class Outbox {
  public:
+  // Set before the outbox is shared. Runs on the pushing (or closing)
+  // thread, outside the outbox's lock but possibly under the caller's (the
+  // Head's): it must not call back into the Head. Not run for refused pushes.
+  void SetOnPush(std::function<void()> on_push) { on_push_ = std::move(on_push); }
+
   // Returns false (and drops the message) once the outbox is closed.
   bool Push(Message message) {
     {
@@ -22,6 +30,7 @@ class Outbox {
       queue_.push_back(std::move(message));
     }
     cv_.notify_one();
+    if (on_push_) on_push_();
     return true;
   }
 
@@ -52,9 +61,11 @@ class Outbox {
   void Close() {
     {
       std::lock_guard<std::mutex> lock(mu_);
+      if (closed_) return;
       closed_ = true;
     }
     cv_.notify_all();
+    if (on_push_) on_push_();
   }
 
   bool closed() const {
@@ -67,6 +78,7 @@ class Outbox {
   std::condition_variable cv_;
   std::vector<Message> queue_;
   bool closed_ = false;
+  std::function<void()> on_push_;
 };
 
 }  // namespace dragon::daemon

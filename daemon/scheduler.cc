@@ -28,20 +28,23 @@ void Scheduler::ObserveRuntime(AgentIndex agent, int64_t runtime_us) {
       slot.mean_runtime_us < 0 ? sample : slot.mean_runtime_us + (sample - slot.mean_runtime_us) / 8;
   const int prefetch = PrefetchFor(slot.mean_runtime_us);
   if (prefetch == slot.prefetch) return;
-  Update(agent, [&](Slot& s) {
-    s.prefetch = prefetch;
-    s.capacity = s.workers * (1 + prefetch);
-  });
+  Update(agent, [&](Slot& s) { SetPrefetch(&s, prefetch); });
+}
+
+void Scheduler::SetPrefetch(Slot* slot, int prefetch) const {
+  slot->prefetch = prefetch;
+  slot->capacity = slot->workers * (1 + prefetch);
+  slot->batch = std::max(1, slot->workers * (prefetch - min_prefetch_) / 2);
 }
 
 template <typename Change>
 void Scheduler::Update(AgentIndex agent, Change change) {
   Slot& slot = agents_[agent];
-  const bool was_open = slot.active && slot.assigned < slot.capacity;
+  const bool was_open = HasRoom(slot);
   std::set<Load, LessLoaded>::node_type node;
   if (was_open) node = open_.extract(Load{slot.assigned, slot.capacity, agent});
   change(slot);
-  if (!slot.active || slot.assigned >= slot.capacity) return;
+  if (!HasRoom(slot)) return;
   const Load now{slot.assigned, slot.capacity, agent};
   if (node.empty()) {
     open_.insert(now);
@@ -59,8 +62,7 @@ void Scheduler::AddAgent(AgentIndex agent, int workers) {
     slot = Slot{};
     slot.active = true;
     slot.workers = workers;
-    slot.prefetch = min_prefetch_;
-    slot.capacity = workers * (1 + min_prefetch_);
+    SetPrefetch(&slot, min_prefetch_);
   });
 }
 
@@ -79,14 +81,27 @@ void Scheduler::Release(AgentIndex agent) {
 std::vector<Assignment> Scheduler::Assign(const std::function<bool(TaskId)>& still_pending) {
   std::vector<Assignment> out;
   while (!queue_.empty() && !open_.empty()) {
-    TaskId task = queue_.front();
-    queue_.pop_front();
-    if (!still_pending(task)) continue;
     const AgentIndex best = open_.begin()->agent;
-    Update(best, [](Slot& slot) { ++slot.assigned; });
-    out.push_back({best, task});
+    // One batch in a row to the least loaded agent (room for it is what
+    // put the agent in open_); the Head sends the run as one message.
+    const int want = agents_[best].batch;
+    int given = 0;
+    while (given < want && !queue_.empty()) {
+      const TaskId task = queue_.front();
+      queue_.pop_front();
+      if (!still_pending(task)) continue;
+      out.push_back({best, task});
+      ++given;
+    }
+    if (given == 0) break;  // only cancelled tasks were left
+    Update(best, [given](Slot& slot) { slot.assigned += given; });
   }
   return out;
+}
+
+int Scheduler::batch(AgentIndex agent) const {
+  if (agent < 0 || static_cast<size_t>(agent) >= agents_.size()) return 0;
+  return agents_[agent].batch;
 }
 
 int Scheduler::assigned(AgentIndex agent) const {

@@ -27,6 +27,17 @@ class Scheduler {
   // between min_prefetch (also the start, before anything is known) and
   // max_prefetch. Long tasks keep it at the minimum, so they spread evenly
   // over nodes; floods of tiny tasks get deep queues and big batches.
+  //
+  // While an agent's prefetch is above the minimum, it is sent tasks in
+  // batches of at least batch() = workers * (prefetch - min_prefetch) / 2,
+  // and only once it has that much room. Why: handing a burst out one task
+  // at a time to the least loaded agent splits a submitted batch of B tasks
+  // into B / agents messages, so the messages per task (and the head's and
+  // agents' CPU per task) grow with the number of agents. An agent that
+  // waits for that much room still holds min_prefetch plus half its extra
+  // prefetch per worker, so its workers never run dry waiting for the refill.
+  // At the minimum prefetch (long tasks, or no adaptation) batch() is 1 and
+  // tasks spread one at a time exactly as before.
   static constexpr int64_t kPrefetchWindowUs = 2000;
   explicit Scheduler(int min_prefetch = 1, int max_prefetch = 1);
 
@@ -55,7 +66,9 @@ class Scheduler {
   int assigned(AgentIndex agent) const;
   int capacity(AgentIndex agent) const;
   int prefetch(AgentIndex agent) const;
-  // Agents that can take at least one more task.
+  // Fewest tasks the agent is sent at once (see above); 0 for unknown agents.
+  int batch(AgentIndex agent) const;
+  // Agents that can take at least one more batch.
   size_t agents_with_room() const { return open_.size(); }
 
  private:
@@ -65,6 +78,7 @@ class Scheduler {
     int assigned = 0;
     int workers = 0;
     int prefetch = 0;
+    int batch = 1;
     double mean_runtime_us = -1;  // moving average; < 0 until the first task ends
   };
   // An agent with room, as ordered in open_.
@@ -87,12 +101,17 @@ class Scheduler {
   void Update(AgentIndex agent, Change change);
 
   int PrefetchFor(double mean_runtime_us) const;
+  // Sets prefetch and what follows from it (capacity, batch).
+  void SetPrefetch(Slot* slot, int prefetch) const;
+  static bool HasRoom(const Slot& slot) {
+    return slot.active && slot.capacity - slot.assigned >= slot.batch;
+  }
 
   int min_prefetch_;
   int max_prefetch_;
   std::deque<TaskId> queue_;
   std::vector<Slot> agents_;  // indexed by AgentIndex
-  std::set<Load, LessLoaded> open_;  // active agents with assigned < capacity
+  std::set<Load, LessLoaded> open_;  // active agents with room for a batch
 };
 
 }  // namespace dragon::daemon

@@ -274,5 +274,75 @@ TEST_CASE("equal bounds turn adaptation off", "[scheduler]") {
   CHECK(s.capacity(0) == 3);
 }
 
+TEST_CASE("deep prefetch: tasks go out in batches, not one per agent", "[scheduler][scale]") {
+  Scheduler s(1, 16);
+  constexpr int kAgents = 256;
+  for (AgentIndex a = 0; a < kAgents; ++a) {
+    s.AddAgent(a, 8);
+    CHECK(s.batch(a) == 1);  // minimum prefetch: spread one at a time as before
+    for (int i = 0; i < 10; ++i) s.ObserveRuntime(a, 0);  // tasks shorter than a microsecond
+    REQUIRE(s.prefetch(a) == 16);
+  }
+  CHECK(s.capacity(0) == 8 * 17);
+  CHECK(s.batch(0) == 8 * (16 - 1) / 2);  // 60
+  // One submitted batch of 1,000 reaches 17 agents (16 x 60 + 40), not 256 x ~4.
+  for (TaskId t = 1; t <= 1000; ++t) s.Enqueue(t);
+  auto a = s.Assign(kAll);
+  REQUIRE(a.size() == 1000);
+  std::map<AgentIndex, int> per;
+  for (auto& x : a) ++per[x.agent];
+  CHECK(per.size() == 17);
+  for (AgentIndex i = 0; i < 16; ++i) CHECK(per[i] == 60);
+  CHECK(per[16] == 40);
+  // Each agent's tasks are consecutive, so the Head sends one message each.
+  for (size_t i = 1; i < a.size(); ++i) {
+    if (a[i].agent != a[i - 1].agent) CHECK(per.count(a[i].agent) == 1);
+  }
+  for (size_t i = 0; i + 1 < a.size(); ++i) CHECK(a[i].agent <= a[i + 1].agent);
+}
+
+TEST_CASE("deep prefetch: refilled only with room for a batch, never over capacity",
+          "[scheduler]") {
+  Scheduler s(1, 16);
+  s.AddAgent(0, 8);
+  for (int i = 0; i < 10; ++i) s.ObserveRuntime(0, 0);
+  REQUIRE(s.batch(0) == 60);
+  for (TaskId t = 1; t <= 1000; ++t) s.Enqueue(t);
+  // Two batches; the last 16 of room wait until a whole batch fits.
+  CHECK(s.Assign(kAll).size() == 120);
+  CHECK(s.agents_with_room() == 0);
+  // 43 tasks ended: 59 free slots, less than a batch; the agent still holds
+  // 77 tasks (~9.6 per worker), so it waits for more room.
+  for (int i = 0; i < 43; ++i) s.Release(0);
+  CHECK(s.Assign(kAll).empty());
+  CHECK(s.agents_with_room() == 0);
+  s.Release(0);
+  auto b = s.Assign(kAll);
+  CHECK(b.size() == 60);
+  CHECK(s.assigned(0) == 136);
+  // Back to long tasks: the batch falls to 1 and the usual capacity applies.
+  for (int i = 0; i < 40; ++i) s.ObserveRuntime(0, 1000000);
+  CHECK(s.batch(0) == 1);
+  CHECK(s.capacity(0) == 16);
+  for (int i = 0; i < 121; ++i) s.Release(0);  // 15 assigned, room for 1
+  CHECK(s.Assign(kAll).size() == 1);
+}
+
+TEST_CASE("deep prefetch: a burst smaller than a batch still goes out", "[scheduler]") {
+  Scheduler s(1, 16);
+  s.AddAgent(0, 8);
+  s.AddAgent(1, 8);
+  for (AgentIndex a = 0; a < 2; ++a) {
+    for (int i = 0; i < 10; ++i) s.ObserveRuntime(a, 0);
+  }
+  for (TaskId t = 1; t <= 7; ++t) s.Enqueue(t);
+  s.Enqueue(17);
+  auto a = s.Assign([](TaskId t) { return t != 17; });  // the last one was cancelled
+  REQUIRE(a.size() == 7);
+  for (auto& x : a) CHECK(x.agent == 0);
+  CHECK(s.queued() == 0);
+  CHECK(s.assigned(0) == 7);
+}
+
 }  // namespace
 }  // namespace dragon::daemon

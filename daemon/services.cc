@@ -147,40 +147,4 @@ grpc::Status HeadServiceImpl::Shutdown(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-grpc::Status AgentServiceImpl::Connect(
-    grpc::ServerContext* context,
-    grpc::ServerReaderWriter<dragon::v1::HeadToAgent, dragon::v1::AgentMessage>* stream) {
-  dragon::v1::AgentMessage msg;
-  if (!stream->Read(&msg) || !msg.has_register_()) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        "the first message of an agent must be Register");
-  }
-  auto outbox = std::make_shared<AgentOutbox>();
-  auto index = head_->RegisterAgent(msg.register_(), outbox, context->peer());
-  if (!index.ok()) {
-    spdlog::error("agent from {} refused: {}", context->peer(), std::string(index.status().message()));
-    return ToGrpcStatus(index.status());
-  }
-  const std::string who = absl::StrCat("agent ", msg.register_().node_id());
-  std::thread writer([&] { WriterLoop(outbox.get(), stream, [](auto* v) { return MergeForAgent(v); }, who); });
-  std::string why = "agent closed its stream";
-  grpc::Status status = grpc::Status::OK;
-  while (stream->Read(&msg)) {
-    if (msg.has_update()) {
-      head_->ApplyUpdate(*index, msg.mutable_update());
-    } else if (msg.has_heartbeat()) {
-      head_->Heartbeat(*index, msg.heartbeat());
-    } else {
-      why = "protocol error: unexpected message after Register";
-      status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                            "only updates and heartbeats may follow Register");
-      break;
-    }
-  }
-  if (context->IsCancelled()) why = "agent stream broke";
-  head_->AgentLost(*index, why);  // closes the outbox, ending the writer
-  writer.join();
-  return status;
-}
-
 }  // namespace dragon::daemon

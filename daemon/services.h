@@ -1,6 +1,7 @@
-// gRPC front ends of the Head: HeadService for clients, AgentService for
-// agents. Each stream gets a reader (the handler thread gRPC gives it) and one
-// writer thread that drains the stream's outbox; neither is per task.
+// gRPC front end of the Head for clients: HeadService. Each session stream
+// gets a reader (the handler thread gRPC gives it) and one writer thread that
+// drains the stream's outbox; neither is per task. (Agents, which can be
+// hundreds, are served without threads of their own: agent_stream.h.)
 #ifndef DRAGON_DAEMON_SERVICES_H_
 #define DRAGON_DAEMON_SERVICES_H_
 
@@ -9,7 +10,6 @@
 #include <string>
 
 #include "daemon/head.h"
-#include "proto/agent.grpc.pb.h"
 #include "proto/head.grpc.pb.h"
 
 namespace dragon::daemon {
@@ -53,19 +53,6 @@ class HeadServiceImpl final : public dragon::v1::HeadService::Service {
   std::string address_;
   std::string run_dir_;
   absl::Duration cancel_wait_;
-};
-
-class AgentServiceImpl final : public dragon::v1::AgentService::Service {
- public:
-  explicit AgentServiceImpl(Head* head) : head_(head) {}
-
-  grpc::Status Connect(
-      grpc::ServerContext* context,
-      grpc::ServerReaderWriter<dragon::v1::HeadToAgent, dragon::v1::AgentMessage>* stream)
-      override;
-
- private:
-  Head* head_;
 };
 
 }  // namespace dragon::daemon

@@ -72,3 +72,31 @@ def test_head_scale_quick(tmp_path, head_scale_bin):
     assert deep["bytes_per_task"] > 0
     assert "rss_1m_queued" in data["targets"] and "throughput_vs_agents" in data["targets"]
 
+
+
+SIM_AGENTS_BIN = REPO / "bazel-bin" / "bench" / "sim_agents"
+
+
+@pytest.mark.timeout(240)
+def test_head_scale_hosted_agents(tmp_path, head_scale_bin):
+    """--agent-mode hosted: all agents as streams of one sim_agents process."""
+    binary("dragond"), binary("dragon-agent")
+    if not SIM_AGENTS_BIN.exists() and shutil.which("bazel"):
+        subprocess.run(["bazel", "build", "//bench:sim_agents"], cwd=REPO, check=False,
+                       capture_output=True, timeout=600)
+    if not SIM_AGENTS_BIN.exists():
+        pytest.fail(f"{SIM_AGENTS_BIN} not found: run 'bazel build //bench:sim_agents'")
+    cp = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "head_scale.py"), "--agents", "1,16", "--queues", "0",
+         "--tasks", "20000", "--repeats", "1", "--agent-mode", "hosted", "--bin-dir", str(BIN_DIR)],
+        capture_output=True, text=True, timeout=200)
+    assert cp.returncode == 0, f"head_scale.py failed:\n{cp.stderr[-4000:]}\n{cp.stdout[-2000:]}"
+    data = json.loads(cp.stdout.strip().splitlines()[-1])
+    assert [t["agents"] for t in data["throughput"]] == [1, 16]
+    for t in data["throughput"]:
+        assert t["agent_mode"] == "hosted"
+        assert t["exactly_once"] and t["all_simulated"], t
+        assert t["nodes_used"] == t["agents"], t
+        assert t["tasks_per_head_cpu_s"] > 0 and t["agents_cpu_us_per_task"] >= 0
+    assert "throughput_vs_agents_hosted" in data["targets"]
+    assert "tasks/s (hosted agents)" in data["plots"]["sched_throughput_vs_agents"]["series"]
