@@ -44,6 +44,7 @@ bench-deps: deps
 
 # BENCH_ARGS passes options to bench/run.py, e.g. make bench BENCH_ARGS="--quick" (see python bench/run.py --help).
 bench: install bench-deps
+	$(BAZEL) build //bench/...
 	$(PYTHON) bench/run.py $(BENCH_ARGS)
 
 clean:
