@@ -79,9 +79,17 @@ def test_malformed_envelope_is_a_clear_error():
 
 # ---------------------------------------------------------------- serialization and files
 def test_large_numpy_buffers_go_out_of_band_small_ones_stay_in_band():
+    class Box:  # not plain data: pickled by dill, still with out-of-band buffers
+        def __init__(self, a):
+            self.a = a
+
+    big = np.arange(THRESHOLD // 8 + 1, dtype=np.float64)
+    part = shm.serialize_data(Box(big), THRESHOLD)
+    assert part.identifier == b"02" and len(part.buffers) == 1 and part.buffers[0].nbytes == big.nbytes
+
     big, small = np.arange(THRESHOLD // 8 + 1, dtype=np.float64), np.arange(10.0)
     part = shm.serialize_data((big, small, "text"), THRESHOLD)
-    assert part.identifier == b"02" and len(part.buffers) == 1
+    assert part.identifier == b"01" and len(part.buffers) == 1  # plain data: the C pickler
     assert part.buffers[0].nbytes == big.nbytes and len(part.body) < 1000
     assert not shm.serialize_data((small,), THRESHOLD).buffers
 
@@ -131,7 +139,7 @@ def test_small_task_is_inline_with_a_reply_header(client_dir):
     assert arg_file is None and shm.is_envelope(payload)
     assert shm.decode_envelope(payload).reply_dir == client_dir.path
     rtype, body = worker._run_one(run_body(payload))
-    assert rtype == RESULT and deserialize(frame_body_bytes(body)) == 42
+    assert rtype == RESULT and worker.deserialize_view(frame_body_bytes(body)) == 42
     assert client_dir.counters.args_inline_tasks == 1
 
 
@@ -265,3 +273,41 @@ def test_result_of_an_unknown_task_is_deleted_unread(client_dir):
     assert any(name.startswith("r9-") for name in client_dir.data_files())
     client_dir.discard_result(body)
     assert not any(name.startswith("r9-") for name in client_dir.data_files())
+
+
+# ---------------------------------------------------------------- plain data
+class IntSubclass(int):
+    pass
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("value, plain", [
+    (1, True), (2.5, True), ("s", True), (b"b", True), (None, True), (True, True),
+    ((1, "a", [2.0, None]), True), ({"k": (1, 2), 3: b"x"}, True),
+    (np.arange(10), True), (np.array([object()], dtype=object), False),
+    (IntSubclass(3), False), ({(1, 2): 3}, False), (add_one, False),
+    (list(range(65)), False), ([[[[1]]]], False), ({1, 2}, False),
+])
+def test_plain_data_is_exactly_the_builtin_values(value, plain):
+    assert shm.is_plain_data(value) is plain
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("value", [7, (1, "a", None), {"x": [1.5, b"y"]}, np.arange(12.0).reshape(3, 4),
+                                   IntSubclass(3), {1, 2}, add_one])
+def test_plain_and_dill_parts_read_back_the_same_value(value):
+    parts = serialize_parts(value)
+    expect_plain = shm.is_plain_data(value)
+    assert (parts[0] == b"01\n") is expect_plain
+    back = worker.deserialize_view(b"".join(parts))
+    if isinstance(value, np.ndarray):
+        assert np.array_equal(back, value)
+    elif callable(value):
+        assert back(1) == 2
+    else:
+        assert back == value and type(back) is type(value)
+    part = shm.serialize_data(value, 1 << 62) if not callable(value) else None
+    if part is not None:
+        assert (part.identifier == b"01") is expect_plain
+        assert shm.deserialize_part(part.identifier, part.body, part.buffers) == value \
+            if not isinstance(value, np.ndarray) else True
