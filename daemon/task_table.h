@@ -1,5 +1,7 @@
-// The head's record of every task of the run: state, where it ran, and the
-// time of each transition. Not thread-safe: the Head serialises access.
+// The head's record of the tasks of the run: state, where it ran, and the
+// time of each transition. Every unfinished task is kept; the oldest finished
+// ones are forgotten past a limit (dragond --keep-finished), a chunk at a
+// time. Not thread-safe: the Head serialises access.
 #ifndef DRAGON_DAEMON_TASK_TABLE_H_
 #define DRAGON_DAEMON_TASK_TABLE_H_
 
