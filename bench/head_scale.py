@@ -203,7 +203,10 @@ def measure_throughput(bins: dict, work: Path, agents: int, workers: int, tasks:
             r["agents_cpu_us_per_task"] = 1e6 * r["agents_cpu_s"] / tasks
             # Threads that ended during the run (the session's) are not counted.
             r["head_context_switches"] = context_switches(head.pid) - csw0
-            r["head_threads"] = proc_status(head.pid).get("Threads")
+            st = proc_status(head.pid)
+            r["head_threads"] = st.get("Threads")
+            # Per run, to see whether a long-lived head grows (dragond --keep-finished).
+            r["head_rss_bytes"] = st.get("VmRSS")
             runs.append(r)
         rss = proc_status(head.pid)
     finally:
@@ -396,6 +399,8 @@ def main() -> int:
                     "there) from this directory")
     ap.add_argument("--prefetch", type=int, help="dragond --prefetch (tasks queued per worker on "
                     "an agent beyond the running one; dragond's default if not given)")
+    ap.add_argument("--keep-finished", type=int, help="dragond --keep-finished (finished tasks "
+                    "the head keeps, -1 = all; dragond's default if not given)")
     args = ap.parse_args()
     cfg = dict(FULL if args.full else QUICK)
     if args.agents:
@@ -425,12 +430,15 @@ def main() -> int:
         return 2
 
     head_args = ("--prefetch", str(args.prefetch)) if args.prefetch is not None else ()
+    if args.keep_finished is not None:
+        head_args += ("--keep-finished", str(args.keep_finished))
     started = time.monotonic()
     result = {"benchmark": "head_scale", "mode": "full" if args.full else "quick",
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), "config": cfg | {"task_us": args.task_us, "prefetch": args.prefetch,
                                                      "agent_modes": modes,
                                                      "payload_bytes": args.payload_bytes,
+                                                     "keep_finished": args.keep_finished,
                                                      "batch": args.batch},
               "binaries": {k: str(v) for k, v in bins.items()}}
     work = Path(tempfile.mkdtemp(prefix="head-scale-"))
@@ -444,6 +452,8 @@ def main() -> int:
             log(f"  {t['tasks_per_s']:,.0f} tasks/s (runs {[round(r['tasks_per_s']) for r in t['runs']]}),"
                 f" head {t['head_cpu_us_per_task']:.1f} us CPU/task, agents "
                 f"{t['agents_cpu_us_per_task']:.1f} us CPU/task, exactly once: {t['exactly_once']}")
+            log(f"  per run: head us CPU/task {[round(r['head_cpu_us_per_task'], 1) for r in t['runs']]},"
+                f" head RSS MiB {[round((r['head_rss_bytes'] or 0) / 2**20) for r in t['runs']]}")
             tput.append(t)
         for q in cfg["queues"]:
             log(f"memory: {q:,} pending tasks of {args.payload_bytes} bytes")

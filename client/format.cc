@@ -182,14 +182,33 @@ std::string FormatStatus(const dragon::v1::StatusReply& reply, int64_t now_us) {
     counts[absl::AsciiStrToLower(key)] += count;
     total += count;
   }
+  // Finished tasks the head dropped under --keep-finished still count in
+  // the totals: they ran.
+  std::map<std::string, uint64_t> forgotten;
+  for (const auto& [key, count] : reply.forgotten_by_state()) {
+    forgotten[absl::AsciiStrToLower(key)] += count;
+    total += count;
+  }
+  auto count_text = [&forgotten](const std::string& name, uint64_t count) {
+    auto it = forgotten.find(name);
+    if (it == forgotten.end() || it->second == 0) return absl::StrCat(count);
+    return absl::StrCat(count, " (", it->second, " more forgotten)");
+  };
   items.push_back({"tasks", absl::StrCat(total)});
+  if (reply.keep_finished() != 0 || !forgotten.empty()) {
+    items.push_back({"keep finished",
+                     reply.keep_finished() < 0
+                         ? std::string("all (--keep-finished -1)")
+                         : absl::StrCat("newest ", reply.keep_finished(), " (--keep-finished)")});
+  }
   for (const auto& [state, name] : kStates) {
     auto it = counts.find(name);
-    items.push_back({absl::StrCat("  ", name), absl::StrCat(it == counts.end() ? 0 : it->second)});
+    items.push_back({absl::StrCat("  ", name),
+                     count_text(name, it == counts.end() ? 0 : it->second)});
     if (it != counts.end()) counts.erase(it);
   }
   for (const auto& [name, count] : counts) {
-    if (count != 0) items.push_back({absl::StrCat("  ", name), absl::StrCat(count)});
+    if (count != 0) items.push_back({absl::StrCat("  ", name), count_text(name, count)});
   }
   return FormatKeyValues(items);
 }

@@ -6,6 +6,8 @@
 #include <catch2/catch.hpp>
 #include <string>
 
+#include "absl/strings/match.h"
+
 namespace dragon::client {
 namespace {
 
@@ -219,6 +221,21 @@ TEST_CASE("status lists counts for every state, folding the head's enum-name key
         "  failed:     0\n"
         "  cancelled:  0\n"
         "  migrating:  1\n");
+}
+
+TEST_CASE("status shows what a head forgot under --keep-finished") {
+  dragon::v1::StatusReply reply;
+  (*reply.mutable_tasks_by_state())["DONE"] = 1000;
+  (*reply.mutable_tasks_by_state())["FAILED"] = 3;
+  (*reply.mutable_forgotten_by_state())["DONE"] = 4096;
+  reply.set_keep_finished(1000);
+  const std::string text = FormatStatus(reply, kT0);
+  CHECK(absl::StrContains(text, "tasks:          5099\n"));
+  CHECK(absl::StrContains(text, "keep finished:  newest 1000 (--keep-finished)\n"));
+  CHECK(absl::StrContains(text, "  done:         1000 (4096 more forgotten)\n"));
+  CHECK(absl::StrContains(text, "  failed:       3\n"));
+  reply.set_keep_finished(-1);
+  CHECK(absl::StrContains(FormatStatus(reply, kT0), "keep finished:  all (--keep-finished -1)\n"));
 }
 
 TEST_CASE("cancel messages") {

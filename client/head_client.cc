@@ -3,6 +3,7 @@
 #include <chrono>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/head_locator.h"
 
@@ -64,6 +65,11 @@ absl::Status TranslateRpcError(const grpc::Status& status, const std::string& ad
                                                       method, " within ", Seconds(timeout)));
     case grpc::StatusCode::NOT_FOUND:
       if (task_id != 0) {
+        // A head's message naming the task says whether it never existed or
+        // was forgotten under --keep-finished: keep it.
+        if (absl::StrContains(msg, absl::StrCat("task ", task_id, " "))) {
+          return absl::NotFoundError(msg);
+        }
         return absl::NotFoundError(absl::StrCat("no task ", task_id, " in this run"));
       }
       break;

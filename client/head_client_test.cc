@@ -175,6 +175,14 @@ TEST_CASE("error translation without a server") {
   CHECK(absl::IsNotFound(s));
   CHECK(s.message() == "ListNodes at h:1 failed: NOT_FOUND: x");
 
+  // The head's reason for a task it no longer has is passed on as is.
+  const std::string forgotten =
+      "task 7 finished and was forgotten: this head keeps only the newest 10 finished tasks";
+  s = TranslateRpcError(grpc::Status(grpc::StatusCode::NOT_FOUND, forgotten), "h:1", "GetTask", 7,
+                        t, true);
+  CHECK(absl::IsNotFound(s));
+  CHECK(s.message() == forgotten);
+
   s = TranslateRpcError(grpc::Status(grpc::StatusCode::INTERNAL, "boom"), "h:1", "Cancel", 3, t,
                         true);
   CHECK(absl::IsInternal(s));

@@ -61,6 +61,7 @@ std::string CheckExecutableSpec(const std::string& payload) {
 Head::Head(HeadOptions options)
     : options_(std::move(options)),
       started_us_(NowMicros()),
+      table_(options_.keep_finished),
       scheduler_(options_.prefetch_per_worker, options_.max_prefetch_per_worker) {}
 
 absl::StatusOr<dragon::v1::Welcome> Head::OpenSession(const dragon::v1::Hello& hello,
@@ -128,6 +129,7 @@ void Head::Submit(SessionId session_id, dragon::v1::SubmitBatch* batch) {
   if (accepted->client_refs_size() > 0) session->second.outbox->Push(std::move(accepted_msg));
   SendResultsLocked(&refused);
   DispatchLocked();
+  ForgetOldFinishedLocked();
 }
 
 void Head::CloseSession(SessionId session_id, const std::string& why) {
@@ -142,6 +144,7 @@ void Head::CloseSession(SessionId session_id, const std::string& why) {
   std::map<AgentIndex, dragon::v1::HeadToAgent> cancels;
   for (TaskId id : live) {
     Task* task = table_.Find(id);
+    if (task == nullptr) continue;  // live tasks are never forgotten; defensive
     if (task->state == dragon::v1::PENDING) {
       FinishLocked(task, dragon::v1::CANCELLED, dragon::v1::CANCELED,
                    absl::StrCat("client session ", session_id, " closed: ", why), "", now,
@@ -155,6 +158,7 @@ void Head::CloseSession(SessionId session_id, const std::string& why) {
   for (auto& [agent, msg] : cancels) agents_[agent].outbox->Push(std::move(msg));
   spdlog::info("session {} closed ({}); {} unfinished task(s) cancelled", session_id, why,
                live.size());
+  ForgetOldFinishedLocked();
 }
 
 absl::StatusOr<AgentIndex> Head::RegisterAgent(const dragon::v1::Register& reg,
@@ -256,6 +260,7 @@ void Head::ApplyUpdate(AgentIndex index, dragon::v1::AgentUpdate* update) {
   }
   SendResultsLocked(&results);
   DispatchLocked();
+  ForgetOldFinishedLocked();
 }
 
 void Head::AgentLost(AgentIndex index, const std::string& why) {
@@ -273,6 +278,7 @@ void Head::AgentLost(AgentIndex index, const std::string& why) {
   int requeued = 0, failed = 0;
   for (TaskId id : held) {
     Task* task = table_.Find(id);
+    if (task == nullptr) continue;  // held tasks are unfinished, never forgotten; defensive
     if (task->state == dragon::v1::SCHEDULED) {
       (void)table_.Transition(id, dragon::v1::PENDING, now);
       scheduler_.Requeue(id);
@@ -294,6 +300,7 @@ void Head::AgentLost(AgentIndex index, const std::string& why) {
   }
   SendResultsLocked(&results);
   DispatchLocked();
+  ForgetOldFinishedLocked();
   agents_cv_.notify_all();
 }
 
@@ -301,7 +308,7 @@ absl::StatusOr<dragon::v1::CancelReply> Head::Cancel(TaskId id, const std::strin
                                                      absl::Duration wait) {
   std::unique_lock<std::mutex> lock(mu_);
   Task* task = table_.Find(id);
-  if (task == nullptr) return absl::NotFoundError(absl::StrCat("no task ", id, " in this run"));
+  if (task == nullptr) return TaskNotFoundLocked(id);
   dragon::v1::CancelReply reply;
   reply.set_previous_state(task->state);
   if (task->state == dragon::v1::PENDING) {
@@ -316,18 +323,21 @@ absl::StatusOr<dragon::v1::CancelReply> Head::Cancel(TaskId id, const std::strin
     msg.mutable_cancel()->set_reason(absl::StrCat("cancelled by ", who));
     agents_[task->agent].outbox->Push(std::move(msg));
     spdlog::info("task {}: cancel sent to agent {} ({})", id, NodeNameLocked(task->agent), who);
+    ++cancel_waiters_;
     task_ended_cv_.wait_for(lock, absl::ToChronoMicroseconds(wait),
                             [&] { return IsTerminal(table_.Find(id)->state); });
+    --cancel_waiters_;
     task = table_.Find(id);
   }
   reply.set_state(task->state);
+  ForgetOldFinishedLocked();  // catch up on what waiting Cancels put off
   return reply;
 }
 
 absl::StatusOr<dragon::v1::TaskInfo> Head::GetTask(TaskId id) const {
   std::lock_guard<std::mutex> lock(mu_);
   const Task* task = table_.Find(id);
-  if (task == nullptr) return absl::NotFoundError(absl::StrCat("no task ", id, " in this run"));
+  if (task == nullptr) return TaskNotFoundLocked(id);
   dragon::v1::TaskInfo info;
   FillTaskInfo(*task, NodeNameLocked(task->agent), &info);
   return info;
@@ -362,7 +372,10 @@ dragon::v1::ListNodesReply Head::ListNodes() const {
     // be seconds old: 'nodes' right after a burst must not show stale work.
     uint32_t running = 0;
     if (agent.connected) {
-      for (TaskId id : agent.tasks) running += table_.Find(id)->state == dragon::v1::RUNNING;
+      for (TaskId id : agent.tasks) {
+        const Task* task = table_.Find(id);
+        running += task != nullptr && task->state == dragon::v1::RUNNING;
+      }
     }
     node->set_busy_workers(std::min(running, agent.info.workers()));
     node->set_assigned_tasks(static_cast<uint32_t>(agent.tasks.size()));
@@ -393,7 +406,14 @@ void Head::FillStatus(dragon::v1::StatusReply* reply) const {
   for (int s = dragon::v1::PENDING; s <= dragon::v1::CANCELLED; ++s) {
     (*counts)[dragon::v1::TaskState_Name(static_cast<TaskState>(s))] =
         table_.CountInState(static_cast<TaskState>(s));
+    const uint64_t forgotten = table_.ForgottenInState(static_cast<TaskState>(s));
+    if (forgotten > 0) {
+      (*reply->mutable_forgotten_by_state())[dragon::v1::TaskState_Name(
+          static_cast<TaskState>(s))] = forgotten;
+    }
   }
+  reply->set_keep_finished(table_.keep_finished());
+  reply->set_highest_task_id(table_.size());
 }
 
 void Head::BeginShutdown(const std::string& reason) {
@@ -474,6 +494,21 @@ void Head::SendResultsLocked(ResultsBySession* results) {
     if (session != sessions_.end()) session->second.outbox->Push(std::move(msg));
   }
   results->clear();
+}
+
+void Head::ForgetOldFinishedLocked() {
+  if (cancel_waiters_ > 0) return;  // the last Cancel to finish catches up
+  table_.ForgetOldFinished();
+}
+
+absl::Status Head::TaskNotFoundLocked(TaskId id) const {
+  if (table_.WasForgotten(id)) {
+    return absl::NotFoundError(absl::StrCat(
+        "task ", id, " finished and was forgotten: this head keeps only the newest ",
+        table_.keep_finished(), " finished tasks (dragond --keep-finished, rounded up to whole ",
+        kTaskChunkSize, "-task chunks)"));
+  }
+  return absl::NotFoundError(absl::StrCat("no task ", id, " in this run"));
 }
 
 const std::string& Head::NodeNameLocked(AgentIndex agent) const {

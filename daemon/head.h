@@ -33,6 +33,8 @@ struct HeadOptions {
   int prefetch_per_worker = 1;      // minimum, and the start for a new agent
   int max_prefetch_per_worker = 1;  // adaptive up to this for short tasks
   uint32_t heartbeat_interval_ms = 2000;
+  // Finished tasks kept for GetTask/ListTasks; kKeepAllFinished keeps all.
+  int64_t keep_finished = kDefaultKeepFinished;
 };
 
 using SessionOutbox = Outbox<dragon::v1::HeadMessage>;
@@ -105,6 +107,12 @@ class Head {
                     ResultsBySession* results);
   void SendResultsLocked(ResultsBySession* results);
   const std::string& NodeNameLocked(AgentIndex agent) const;
+  // Drops the oldest finished tasks past --keep-finished. Call only where no
+  // Task pointer is held, and not while a Cancel waits on its task.
+  void ForgetOldFinishedLocked();
+  // NotFound for an id the table cannot return, saying whether it was
+  // forgotten or never existed.
+  absl::Status TaskNotFoundLocked(TaskId id) const;
 
   const HeadOptions options_;
   const int64_t started_us_;
@@ -117,6 +125,9 @@ class Head {
   SessionId next_session_ = 1;
   std::vector<Agent> agents_;  // indexed by AgentIndex; lost agents stay for `nodes`
   bool shutting_down_ = false;
+  // Cancel calls waiting (lock released) on a task they hold: forgetting is
+  // put off meanwhile so that their task cannot vanish under them.
+  int cancel_waiters_ = 0;
 };
 
 }  // namespace dragon::daemon

@@ -4,24 +4,32 @@
 
 #include <catch2/catch.hpp>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "spdlog/spdlog.h"
+
 namespace dragon::daemon {
 namespace {
 
+HeadOptions TestOptions(int64_t keep_finished) {
+  HeadOptions o;
+  o.run_id = "test";
+  o.version = "t";
+  o.max_payload_bytes = 100;
+  o.prefetch_per_worker = 1;
+  o.keep_finished = keep_finished;
+  return o;
+}
+
 struct Fixture {
-  Head head{[] {
-    HeadOptions o;
-    o.run_id = "test";
-    o.version = "t";
-    o.max_payload_bytes = 100;
-    o.prefetch_per_worker = 1;
-    return o;
-  }()};
+  Head head;
   std::shared_ptr<SessionOutbox> session_box = std::make_shared<SessionOutbox>();
   std::shared_ptr<AgentOutbox> agent_box = std::make_shared<AgentOutbox>();
   SessionId session = 0;
   AgentIndex agent = kNoAgent;
 
-  Fixture() {
+  explicit Fixture(int64_t keep_finished = kDefaultKeepFinished)
+      : head(TestOptions(keep_finished)) {
     dragon::v1::Hello hello;
     hello.set_protocol_version(kProtocolVersion);
     hello.set_cwd("/work");
@@ -318,6 +326,122 @@ TEST_CASE("closing a session cancels its unfinished tasks", "[head]") {
   f.head.FillStatus(&status);
   CHECK(status.tasks_by_state().at("CANCELLED") == 2);
   CHECK(status.sessions() == 0);
+}
+
+// --- retention (--keep-finished) -------------------------------------------
+
+constexpr int kChunk = static_cast<int>(kTaskChunkSize);
+
+// These tests refuse thousands of tasks; each refusal logs a warning.
+struct QuietLog {
+  QuietLog() { spdlog::set_level(spdlog::level::err); }
+  ~QuietLog() { spdlog::set_level(spdlog::level::info); }
+};
+
+uint64_t StateCount(const google::protobuf::Map<std::string, uint64_t>& counts,
+                    const std::string& state) {
+  auto it = counts.find(state);
+  return it == counts.end() ? 0 : it->second;
+}
+
+TEST_CASE("forgotten tasks: GetTask, ListTasks and Status", "[head][retention]") {
+  QuietLog quiet;
+  Fixture f(/*keep_finished=*/0);
+  // Empty payloads are refused: they end (FAILED) at once, no agent needed.
+  f.Submit(2 * kChunk + 10, "");
+  f.Results();
+
+  auto forgotten = f.head.GetTask(1);
+  CHECK(absl::IsNotFound(forgotten.status()));
+  CHECK(forgotten.status().message() ==
+        "task 1 finished and was forgotten: this head keeps only the newest 0 finished tasks "
+        "(dragond --keep-finished, rounded up to whole 4096-task chunks)");
+  auto never = f.head.GetTask(2 * kChunk + 11);
+  CHECK(absl::IsNotFound(never.status()));
+  CHECK(never.status().message() == absl::StrCat("no task ", 2 * kChunk + 11, " in this run"));
+  REQUIRE(f.head.GetTask(2 * kChunk + 1).ok());
+
+  dragon::v1::ListTasksRequest all;
+  all.set_limit(100000);
+  auto listed = f.head.ListTasks(all);
+  CHECK(listed.total_matching() == 10);
+  REQUIRE(listed.tasks_size() == 10);
+  CHECK(listed.tasks(0).task_id() == 2 * kChunk + 10);
+  CHECK(listed.tasks(9).task_id() == 2 * kChunk + 1);
+
+  dragon::v1::StatusReply status;
+  f.head.FillStatus(&status);
+  CHECK(StateCount(status.tasks_by_state(), "FAILED") == 10);
+  CHECK(StateCount(status.forgotten_by_state(), "FAILED") == 2 * kChunk);
+  CHECK(status.forgotten_by_state().count("DONE") == 0);
+  CHECK(status.keep_finished() == 0);
+  CHECK(status.highest_task_id() == 2 * kChunk + 10);
+
+  auto cancel = f.head.Cancel(1, "test", absl::ZeroDuration());
+  CHECK(absl::IsNotFound(cancel.status()));
+  CHECK(absl::StrContains(cancel.status().message(), "forgotten"));
+}
+
+TEST_CASE("the default retention keeps a million finished tasks", "[head][retention]") {
+  QuietLog quiet;
+  Fixture f;
+  f.Submit(2 * kChunk, "");
+  CHECK(f.head.GetTask(1).ok());
+  dragon::v1::StatusReply status;
+  f.head.FillStatus(&status);
+  CHECK(status.keep_finished() == 1000000);
+  CHECK(status.forgotten_by_state().empty());
+}
+
+TEST_CASE("live tasks pin their chunk through agent loss and session close",
+          "[head][retention]") {
+  QuietLog quiet;
+  Fixture f(/*keep_finished=*/0);
+  f.AddAgent(1);
+  f.Submit(1);               // chunk 0: to the agent
+  f.Submit(kChunk - 1, "");  // the rest of chunk 0 ends at once
+  f.Submit(kChunk, "");      // chunk 1: all ended
+  f.Submit(1);               // chunk 2: prefetched by the agent
+  CHECK(f.SentToAgent() == std::vector<TaskId>{1, 2 * kChunk + 1});
+  CHECK(absl::IsNotFound(f.head.GetTask(kChunk + 1).status()));
+  CHECK(f.State(1) == dragon::v1::SCHEDULED);
+  CHECK(f.State(2) == dragon::v1::FAILED);  // kept: chunk 0 is pinned
+
+  // The node is lost: both go back to the queue, task 1 in its pinned chunk.
+  f.head.AgentLost(f.agent, "test");
+  CHECK(f.State(1) == dragon::v1::PENDING);
+  CHECK(f.State(2 * kChunk + 1) == dragon::v1::PENDING);
+
+  // The session closes: its live tasks on both sides of the forgotten chunk
+  // are cancelled; then nothing pins chunk 0 any more.
+  f.head.CloseSession(f.session, "test");
+  CHECK(absl::IsNotFound(f.head.GetTask(1).status()));
+  CHECK(f.State(2 * kChunk + 1) == dragon::v1::CANCELLED);  // the last chunk is kept
+  dragon::v1::StatusReply status;
+  f.head.FillStatus(&status);
+  CHECK(StateCount(status.forgotten_by_state(), "CANCELLED") == 1);
+  CHECK(StateCount(status.forgotten_by_state(), "FAILED") == 2 * kChunk - 1);
+  CHECK(StateCount(status.tasks_by_state(), "CANCELLED") == 1);
+}
+
+TEST_CASE("a task finished by its agent can be forgotten", "[head][retention]") {
+  QuietLog quiet;
+  Fixture f(/*keep_finished=*/0);
+  f.AddAgent(1);
+  f.Submit(1);
+  f.Submit(kChunk - 1, "");
+  CHECK(f.SentToAgent() == std::vector<TaskId>{1});
+  CHECK(f.head.GetTask(2).ok());
+  f.Report(1, dragon::v1::OK, "r");
+  auto results = f.Results();
+  REQUIRE(results.size() == static_cast<size_t>(kChunk));  // the refusals and task 1
+  CHECK(absl::IsNotFound(f.head.GetTask(1).status()));
+  // A late duplicate result for a forgotten task is ignored, not a crash.
+  f.Report(1, dragon::v1::OK, "again");
+  CHECK(f.Results().empty());
+  auto nodes = f.head.ListNodes();
+  REQUIRE(nodes.nodes_size() == 1);
+  CHECK(nodes.nodes(0).tasks_done() == 1);
 }
 
 }  // namespace

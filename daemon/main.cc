@@ -55,6 +55,11 @@ ABSL_FLAG(int, prefetch, 1, "start: tasks queued on an agent per worker beyond t
 ABSL_FLAG(int, max_prefetch, 16,
           "start: for short tasks the per-worker queue grows up to this, to keep ~2 ms of work "
           "queued per worker; = --prefetch turns adaptation off");
+ABSL_FLAG(int64_t, keep_finished, dragon::daemon::kDefaultKeepFinished,
+          "start: finished tasks the head keeps for 'dragonctl show/ps'; older ones are forgotten "
+          "(memory stays bounded), whole chunks of 4096 tasks at a time, so up to ~4096 more "
+          "are kept; 0 = keep none that can be dropped, -1 = keep all (memory grows with "
+          "every task)");
 ABSL_FLAG(std::string, agent_binary, "", "start: dragon-agent to launch (default: next to dragond)");
 ABSL_FLAG(std::string, head, "", "stop: HOST:PORT of the head to stop (default: $DRAGON_HEAD, then $DRAGON_HOME/current)");
 ABSL_FLAG(int, timeout, 30, "stop: seconds to wait for the head to exit");
@@ -155,7 +160,7 @@ absl::Status CheckStartFlags() {
         absl::GetFlag(FLAGS_prefetch), ")..1000"));
   }
   if (absl::GetFlag(FLAGS_host).empty()) return absl::InvalidArgumentError("--host is empty");
-  return absl::OkStatus();
+  return ValidateKeepFinished(absl::GetFlag(FLAGS_keep_finished));
 }
 
 // Serves until a signal, a Shutdown RPC or the death of the parent, then
@@ -198,6 +203,7 @@ int Serve(const std::string& run_dir, const std::string& run_id, int ready_fd) {
   options.max_payload_bytes = static_cast<uint64_t>(absl::GetFlag(FLAGS_max_payload_mb)) << 20;
   options.prefetch_per_worker = absl::GetFlag(FLAGS_prefetch);
   options.max_prefetch_per_worker = absl::GetFlag(FLAGS_max_prefetch);
+  options.keep_finished = absl::GetFlag(FLAGS_keep_finished);
   Head head(options);
 
   const std::string host = absl::GetFlag(FLAGS_host);

@@ -29,28 +29,43 @@ bool IsAllowedTransition(TaskState from, TaskState to) {
   }
 }
 
+absl::Status ValidateKeepFinished(int64_t keep_finished) {
+  if (keep_finished < kKeepAllFinished) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--keep-finished ", keep_finished,
+        " is not valid: use a number of finished tasks to keep (0 or more), or -1 to keep all"));
+  }
+  return absl::OkStatus();
+}
+
 const std::string& Task::name_or_empty() const {
   static const std::string kEmpty;
   return name != nullptr ? *name : kEmpty;
 }
 
-const std::string* TaskTable::Intern(std::string name) {
+TaskTable::TaskTable(int64_t keep_finished) : keep_finished_(keep_finished) {}
+
+const std::string* TaskTable::Intern(std::string name, Chunk* chunk) {
   if (name.empty()) return nullptr;
   auto it = names_.find(name);
   if (it != names_.end()) return &*it;
   if (names_.size() < kMaxInterned) return &*names_.insert(std::move(name)).first;
-  overflow_names_.push_back(std::make_unique<std::string>(std::move(name)));
-  return overflow_names_.back().get();
+  chunk->own_names.push_back(std::make_unique<std::string>(std::move(name)));
+  return chunk->own_names.back().get();
 }
 
 TaskId TaskTable::Add(dragon::v1::TaskKind kind, std::string name, SessionId session,
                       uint64_t client_ref, std::string payload, int64_t now_us) {
-  if ((size_ & (kChunkSize - 1)) == 0) chunks_.push_back(std::make_unique<Task[]>(kChunkSize));
+  if ((size_ & (kChunkSize - 1)) == 0) {
+    chunks_.emplace_back().tasks = std::make_unique<Task[]>(kChunkSize);
+  }
+  Chunk& chunk = chunks_[ChunkOf(size_)];
+  ++chunk.unfinished;
   Task& task = At(size_);
   ++size_;
   task.id = size_;
   task.kind = kind;
-  task.name = Intern(std::move(name));
+  task.name = Intern(std::move(name), &chunk);
   task.session = session;
   task.client_ref = client_ref;
   task.payload_bytes = payload.size();
@@ -63,13 +78,17 @@ TaskId TaskTable::Add(dragon::v1::TaskKind kind, std::string name, SessionId ses
 }
 
 Task* TaskTable::Find(TaskId id) {
-  if (id == 0 || id > size_) return nullptr;
+  if (id == 0 || id > size_ || IsForgottenIndex(id - 1)) return nullptr;
   return &At(id - 1);
 }
 
 const Task* TaskTable::Find(TaskId id) const {
-  if (id == 0 || id > size_) return nullptr;
+  if (id == 0 || id > size_ || IsForgottenIndex(id - 1)) return nullptr;
   return &At(id - 1);
+}
+
+bool TaskTable::WasForgotten(TaskId id) const {
+  return id != 0 && id <= size_ && IsForgottenIndex(id - 1);
 }
 
 absl::Status TaskTable::Transition(TaskId id, TaskState to, int64_t now_us) {
@@ -103,10 +122,46 @@ absl::Status TaskTable::Transition(TaskId id, TaskState to, int64_t now_us) {
       // Nothing needs the payload once the task has ended; free it now so a
       // long run's memory follows its live tasks, not its history.
       std::string().swap(task->payload);
+      NoteFinished(id - 1);
       break;
     }
   }
   return absl::OkStatus();
+}
+
+void TaskTable::NoteFinished(uint64_t index) {
+  const uint64_t chunk = ChunkOf(index);
+  const bool full = chunk + 1 < chunks_.size() || (size_ & (kChunkSize - 1)) == 0;
+  // The last task of a chunk is added while still unfinished, so a chunk can
+  // only become all-finished here, never in Add.
+  if (--chunks_[chunk].unfinished == 0 && full) finished_chunks_.insert(chunk);
+}
+
+uint64_t TaskTable::RetainedFinished() const {
+  return counts_[dragon::v1::DONE] + counts_[dragon::v1::FAILED] + counts_[dragon::v1::CANCELLED];
+}
+
+void TaskTable::ForgetOldFinished() {
+  if (keep_finished_ == kKeepAllFinished) return;
+  const uint64_t keep = static_cast<uint64_t>(keep_finished_);
+  while (!finished_chunks_.empty() && RetainedFinished() >= keep + kChunkSize) {
+    const uint64_t chunk = *finished_chunks_.begin();
+    finished_chunks_.erase(finished_chunks_.begin());
+    ForgetChunk(chunk);
+  }
+}
+
+void TaskTable::ForgetChunk(uint64_t chunk) {
+  Chunk& c = chunks_[chunk];
+  for (uint64_t i = 0; i < kChunkSize; ++i) {
+    const TaskState state = c.tasks[i].state;
+    --counts_[state];
+    ++forgotten_counts_[state];
+  }
+  forgotten_total_ += kChunkSize;
+  // Returns the tasks and every string they own (errors, own names).
+  c.tasks.reset();
+  std::vector<std::unique_ptr<std::string>>().swap(c.own_names);
 }
 
 uint64_t TaskTable::CountInState(TaskState state) const {
@@ -114,13 +169,22 @@ uint64_t TaskTable::CountInState(TaskState state) const {
   return counts_[state];
 }
 
+uint64_t TaskTable::ForgottenInState(TaskState state) const {
+  if (state < 0 || state > dragon::v1::CANCELLED) return 0;
+  return forgotten_counts_[state];
+}
+
 std::vector<const Task*> TaskTable::List(TaskState state, size_t limit, uint64_t* total) const {
   const bool all = state == dragon::v1::TASK_STATE_UNSPECIFIED;
-  const uint64_t matching = all ? size_ : CountInState(state);
+  const uint64_t matching = all ? retained() : CountInState(state);
   std::vector<const Task*> out;
   out.reserve(std::min<uint64_t>(limit, matching));
   uint64_t seen = 0;  // matching tasks passed so far
   for (uint64_t i = size_; i > 0 && out.size() < limit && seen < matching; --i) {
+    if (IsForgottenIndex(i - 1)) {
+      i = ChunkOf(i - 1) * kChunkSize + 1;  // the loop's --i moves to the chunk before
+      continue;
+    }
     const Task& task = At(i - 1);
     if (!all && task.state != state) continue;
     ++seen;
@@ -136,6 +200,10 @@ std::vector<TaskId> TaskTable::LiveTasksOfSession(SessionId session) const {
   if (live == live_by_session_.end()) return out;
   out.reserve(live->second.live);
   for (uint64_t i = live->second.first - 1; i < size_ && out.size() < live->second.live; ++i) {
+    if (IsForgottenIndex(i)) {
+      i = (ChunkOf(i) + 1) * kChunkSize - 1;  // the loop's ++i moves to the next chunk
+      continue;
+    }
     const Task& task = At(i);
     if (task.session == session && !IsTerminal(task.state)) out.push_back(task.id);
   }

@@ -165,5 +165,159 @@ TEST_CASE("live tasks of a session among many sessions", "[task_table][scale]") 
   CHECK(table.LiveTasksOfSession(1) == std::vector<TaskId>{again});
 }
 
+// --- retention (--keep-finished) -------------------------------------------
+
+constexpr uint64_t kChunk = kTaskChunkSize;
+
+// Adds `count` tasks of `session`; returns the first id.
+TaskId AddTasks(TaskTable* table, uint64_t count, SessionId session = 1) {
+  TaskId first = 0;
+  for (uint64_t i = 0; i < count; ++i) {
+    TaskId id = table->Add(dragon::v1::PYTHON, "f", session, i, "p", 0);
+    if (first == 0) first = id;
+  }
+  return first;
+}
+
+void End(TaskTable* table, TaskId id, TaskState state = dragon::v1::DONE) {
+  REQUIRE(table->Transition(id, dragon::v1::SCHEDULED, 1).ok());
+  REQUIRE(table->Transition(id, state, 1).ok());
+}
+
+void Finish(TaskTable* table, TaskId first, uint64_t count,
+            TaskState state = dragon::v1::DONE) {
+  for (TaskId id = first; id < first + count; ++id) End(table, id, state);
+}
+
+TEST_CASE("--keep-finished values are checked", "[task_table][retention]") {
+  CHECK(ValidateKeepFinished(-1).ok());
+  CHECK(ValidateKeepFinished(0).ok());
+  CHECK(ValidateKeepFinished(kDefaultKeepFinished).ok());
+  auto bad = ValidateKeepFinished(-2);
+  CHECK(absl::IsInvalidArgument(bad));
+  CHECK(bad.message() ==
+        "--keep-finished -2 is not valid: use a number of finished tasks to keep (0 or more), "
+        "or -1 to keep all");
+}
+
+TEST_CASE("retention forgets the oldest finished chunks and no more", "[task_table][retention]") {
+  TaskTable table(/*keep_finished=*/kChunk + 10);
+  AddTasks(&table, 4 * kChunk);
+  Finish(&table, 1, 4 * kChunk);
+  table.ForgetOldFinished();
+  // 4 chunks finished; keeping >= kChunk + 10 means 2 stay (3 would be
+  // needed only if one chunk fell below the limit).
+  CHECK(table.retained() == 2 * kChunk);
+  CHECK(table.CountInState(dragon::v1::DONE) == 2 * kChunk);
+  CHECK(table.ForgottenInState(dragon::v1::DONE) == 2 * kChunk);
+  CHECK(table.size() == 4 * kChunk);
+  CHECK(table.Find(1) == nullptr);
+  CHECK(table.Find(2 * kChunk) == nullptr);
+  CHECK(table.WasForgotten(2 * kChunk));
+  REQUIRE(table.Find(2 * kChunk + 1) != nullptr);
+  CHECK(table.Find(2 * kChunk + 1)->state == dragon::v1::DONE);
+  CHECK_FALSE(table.WasForgotten(2 * kChunk + 1));
+  CHECK_FALSE(table.WasForgotten(4 * kChunk + 1));  // never issued
+  CHECK_FALSE(table.WasForgotten(0));
+  CHECK(absl::IsNotFound(table.Transition(1, dragon::v1::DONE, 2)));
+  // Idempotent: nothing more to free.
+  table.ForgetOldFinished();
+  CHECK(table.retained() == 2 * kChunk);
+}
+
+TEST_CASE("the partly filled last chunk is never forgotten", "[task_table][retention]") {
+  TaskTable table(/*keep_finished=*/0);
+  AddTasks(&table, kChunk + 5);
+  Finish(&table, 1, kChunk + 5);
+  table.ForgetOldFinished();
+  CHECK(table.retained() == 5);
+  CHECK(table.Find(kChunk + 1) != nullptr);
+  // Filling it up: once all of it has finished, it goes too.
+  TaskId more = AddTasks(&table, kChunk - 5);
+  table.ForgetOldFinished();
+  CHECK(table.retained() == kChunk);
+  Finish(&table, more, kChunk - 5, dragon::v1::FAILED);
+  table.ForgetOldFinished();
+  CHECK(table.retained() == 0);
+  CHECK(table.ForgottenInState(dragon::v1::DONE) == kChunk + 5);
+  CHECK(table.ForgottenInState(dragon::v1::FAILED) == kChunk - 5);
+}
+
+TEST_CASE("a live task pins its chunk but not younger ones", "[task_table][retention]") {
+  TaskTable table(/*keep_finished=*/0);
+  AddTasks(&table, 3 * kChunk);
+  const TaskId long_runner = 7;
+  for (TaskId id = 1; id <= 3 * kChunk; ++id) {
+    if (id == long_runner) {
+      REQUIRE(table.Transition(id, dragon::v1::SCHEDULED, 1).ok());
+      REQUIRE(table.Transition(id, dragon::v1::RUNNING, 1).ok());
+    } else {
+      End(&table, id);
+    }
+  }
+  table.ForgetOldFinished();
+  CHECK(table.retained() == kChunk);  // chunk 0 only
+  REQUIRE(table.Find(long_runner) != nullptr);
+  CHECK(table.Find(long_runner)->state == dragon::v1::RUNNING);
+  CHECK(table.Find(1) != nullptr);  // same chunk as the runner
+  CHECK(table.Find(kChunk + 1) == nullptr);
+  CHECK(table.Find(3 * kChunk) == nullptr);
+  // Once it ends, its chunk goes as well.
+  REQUIRE(table.Transition(long_runner, dragon::v1::DONE, 2).ok());
+  table.ForgetOldFinished();
+  CHECK(table.retained() == 0);
+  CHECK(table.ForgottenInState(dragon::v1::DONE) == 3 * kChunk);
+}
+
+TEST_CASE("list and live tasks skip forgotten chunks", "[task_table][retention]") {
+  TaskTable table(/*keep_finished=*/0);
+  // Session 2 has a live task in chunk 0 and in chunk 2; chunk 1 finishes.
+  AddTasks(&table, 3 * kChunk);
+  for (TaskId id = 1; id <= 3 * kChunk; ++id) {
+    if (id == 3 || id == 2 * kChunk + 4) continue;
+    End(&table, id);
+  }
+  TaskId a = table.Add(dragon::v1::PYTHON, "f", 2, 0, "p", 0);
+  table.ForgetOldFinished();
+  CHECK(table.Find(kChunk + 1) == nullptr);
+  uint64_t total = 0;
+  auto all = table.List(dragon::v1::TASK_STATE_UNSPECIFIED, 1000000, &total);
+  CHECK(total == 2 * kChunk + 1);
+  REQUIRE(all.size() == 2 * kChunk + 1);
+  CHECK(all.front()->id == a);
+  CHECK(all[kChunk]->id == 2 * kChunk + 1);  // the oldest of chunk 2 ...
+  CHECK(all[kChunk + 1]->id == kChunk);      // ... then straight to chunk 0
+  CHECK(all.back()->id == 1);
+  auto pending = table.List(dragon::v1::PENDING, 10, &total);
+  CHECK(total == 3);
+  REQUIRE(pending.size() == 3);
+  CHECK(pending[0]->id == a);
+  CHECK(pending[1]->id == 2 * kChunk + 4);
+  CHECK(pending[2]->id == 3);
+  CHECK(table.LiveTasksOfSession(1) == std::vector<TaskId>{3, 2 * kChunk + 4});
+  CHECK(table.LiveTasksOfSession(2) == std::vector<TaskId>{a});
+}
+
+TEST_CASE("unbounded retention never forgets", "[task_table][retention]") {
+  TaskTable table(kKeepAllFinished);
+  AddTasks(&table, 3 * kChunk);
+  Finish(&table, 1, 3 * kChunk);
+  table.ForgetOldFinished();
+  CHECK(table.retained() == 3 * kChunk);
+  CHECK(table.Find(1) != nullptr);
+}
+
+TEST_CASE("names past the interning limit go with their chunk", "[task_table][retention]") {
+  TaskTable table(/*keep_finished=*/0);
+  for (uint64_t i = 0; i < 2 * kChunk + 1; ++i) {
+    table.Add(dragon::v1::PYTHON, "name-" + std::to_string(i), 1, i, "p", 0);
+  }
+  Finish(&table, 1, 2 * kChunk);
+  table.ForgetOldFinished();
+  REQUIRE(table.Find(2 * kChunk + 1) != nullptr);
+  CHECK(table.Find(2 * kChunk + 1)->name_or_empty() == "name-" + std::to_string(2 * kChunk));
+  CHECK(table.retained() == 1);
+}
+
 }  // namespace
 }  // namespace dragon::daemon

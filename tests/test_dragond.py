@@ -39,6 +39,7 @@ def home_env(tmp_path: Path) -> dict:
     (["start", "--port", "99999"], "--port 99999 is not in 0..65535"),
     (["start", "--workers", "-3"], "--workers -3 is not in 0..4096"),
     (["start", "--agents", "cloud"], "--agents 'cloud' is not supported"),
+    (["start", "--keep-finished", "-2"], "--keep-finished -2 is not valid"),
     (["launch"], "unknown command 'launch'"),
     ([], "expected one command"),
 ])
@@ -53,7 +54,8 @@ def test_bad_command_lines_exit_2_with_a_reason(tmp_path, args, message):
 def test_help_lists_the_flags(tmp_path):
     cp = dragond("--help", env=home_env(tmp_path))
     text = cp.stdout + cp.stderr
-    for flag in ("foreground", "port", "workers", "run_dir", "exit_with_parent", "head"):
+    for flag in ("foreground", "port", "workers", "run_dir", "exit_with_parent", "head",
+                 "keep_finished"):
         assert flag in text, flag
 
 

@@ -1,0 +1,111 @@
+"""dragond --keep-finished: a long-lived head forgets its oldest finished tasks.
+
+A real dragond with a small retention runs floods of tasks on a simulated
+agent (dragon-agent --simulate-workers, driven by bench's head_scale load
+generator, so 240k tasks take seconds). Then: status counts what was
+forgotten, `show` of a forgotten id says so (and differs from an id that never
+existed), `ps` lists only what is kept, and the head's RSS stops growing.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, binary, start_head, stop_head, wait_for
+
+HEAD_SCALE_BIN = REPO / "bazel-bin" / "bench" / "head_scale"
+CHUNK = 4096        # TaskTable chunk: tasks are forgotten a whole chunk at a time
+KEEP = 5000
+FLOOD = 40_000      # tasks per head_scale run
+
+
+@pytest.fixture(scope="module")
+def head_scale_bin():
+    if not HEAD_SCALE_BIN.exists() and shutil.which("bazel"):
+        subprocess.run(["bazel", "build", "//bench:head_scale"], cwd=REPO, check=False,
+                       capture_output=True, timeout=600)
+    if not HEAD_SCALE_BIN.exists():
+        pytest.fail(f"{HEAD_SCALE_BIN} not found: run 'bazel build //bench:head_scale'")
+    return HEAD_SCALE_BIN
+
+
+def vm_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def flood(head_scale_bin, address: str) -> None:
+    cp = subprocess.run([str(head_scale_bin), "run", "--head", address, "--tasks", str(FLOOD),
+                         "--batch", "1000", "--wait-nodes", "1", "--timeout-s", "60"],
+                        capture_output=True, text=True, timeout=90)
+    assert cp.returncode == 0, cp.stderr[-2000:]
+    result = json.loads(cp.stdout.strip().splitlines()[-1])
+    assert result["ended"] == FLOOD and result["duplicates"] == 0, result
+
+
+@pytest.mark.timeout(180)
+def test_old_finished_tasks_are_forgotten_and_memory_stays_flat(tmp_path, head_scale_bin):
+    head = start_head(tmp_path, "--agents", "none", "--keep-finished", str(KEEP),
+                      "--log-level", "warn")
+    agent = subprocess.Popen(
+        [binary("dragon-agent"), "--head", head.address, "--node-id", "sim-0",
+         "--run-dir", str(head.run_dir), "--simulate-workers", "8", "--log-level", "warn",
+         "--connect-timeout", "60"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: head.ctl_json("status")["workers"] == 8, 30, "the simulated agent")
+        # Two floods warm up gRPC's buffers and the allocator; four more would
+        # add ~40 MB to a head that kept everything (~250 B per task).
+        flood(head_scale_bin, head.address)
+        flood(head_scale_bin, head.address)
+        rss_warm = vm_rss_kib(head.proc.pid)
+        for _ in range(4):
+            flood(head_scale_bin, head.address)
+        rss_end = vm_rss_kib(head.proc.pid)
+        total = 6 * FLOOD
+
+        status = head.ctl_json("status")
+        kept = int(status["tasks_by_state"]["DONE"])
+        forgotten = int(status["forgotten_by_state"]["DONE"])
+        assert kept + forgotten == total
+        assert int(status["highest_task_id"]) == total
+        assert int(status["keep_finished"]) == KEEP
+        # At least KEEP are kept; beyond it, less than a chunk plus the
+        # partly filled last chunk.
+        assert KEEP <= kept < KEEP + 2 * CHUNK, status
+        assert forgotten % CHUNK == 0
+        text = " ".join(head.ctl("status").stdout.split())
+        assert f"done: {kept} ({forgotten} more forgotten)" in text, text
+        assert "keep finished: newest 5000 (--keep-finished)" in text, text
+
+        cp = head.ctl("show", "1", check=False)
+        assert cp.returncode == 1
+        assert cp.stderr == ("dragonctl: task 1 finished and was forgotten: this head keeps only "
+                             "the newest 5000 finished tasks (dragond --keep-finished, rounded up "
+                             "to whole 4096-task chunks)\n")
+        cp = head.ctl("show", str(total + 1), check=False)
+        assert cp.returncode == 1
+        assert cp.stderr == f"dragonctl: no task {total + 1} in this run\n"
+        cp = head.ctl("cancel", "1", check=False)
+        assert cp.returncode == 1 and "was forgotten" in cp.stderr
+        newest = head.ctl_json("show", str(total))
+        assert newest["state"] == "DONE"
+
+        ps = head.ctl_json("ps", "--limit", "100000")
+        assert int(ps["total_matching"]) == kept
+        ids = [int(t["task_id"]) for t in ps["tasks"]]
+        assert ids == list(range(total, total - kept, -1))
+
+        growth_mib = (rss_end - rss_warm) / 1024
+        assert growth_mib < 15, (f"head RSS grew {growth_mib:.1f} MiB over {4 * FLOOD} tasks "
+                                 f"({rss_warm} -> {rss_end} KiB)")
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
+        stop_head(head)
