@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -203,3 +204,19 @@ def task_id_of(app_future) -> int:
     # Parsl hands the task to the executor on its launch thread: exec_fu may not exist yet.
     return wait_for(lambda: getattr(app_future.task_record.get("exec_fu"), "dragon_task_id", None),
                     30, "the head to accept the task")
+
+
+# ---------------------------------------------------------------- bench's C++ load generator
+HEAD_SCALE_BIN = REPO / "bazel-bin" / "bench" / "head_scale"
+
+
+@pytest.fixture(scope="module")
+def head_scale_bin():
+    """bench/head_scale.cc's binary (a SessionClient that floods a head with tasks).
+    `bazel test //...` (make test) builds it; it is built here when a test runs alone."""
+    if not HEAD_SCALE_BIN.exists() and shutil.which("bazel"):
+        subprocess.run(["bazel", "build", "//bench:head_scale"], cwd=REPO, check=False,
+                       capture_output=True, timeout=600)
+    if not HEAD_SCALE_BIN.exists():
+        pytest.fail(f"{HEAD_SCALE_BIN} not found: run 'bazel build //bench:head_scale'")
+    return HEAD_SCALE_BIN

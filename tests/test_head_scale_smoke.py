@@ -16,19 +16,6 @@ import pytest
 
 from conftest import BIN_DIR, REPO, binary
 
-HEAD_SCALE_BIN = REPO / "bazel-bin" / "bench" / "head_scale"
-
-
-@pytest.fixture(scope="module")
-def head_scale_bin():
-    # `bazel test //...` (make test) builds it; build it here when run alone.
-    if not HEAD_SCALE_BIN.exists() and shutil.which("bazel"):
-        subprocess.run(["bazel", "build", "//bench:head_scale"], cwd=REPO, check=False,
-                       capture_output=True, timeout=600)
-    if not HEAD_SCALE_BIN.exists():
-        pytest.fail(f"{HEAD_SCALE_BIN} not found: run 'bazel build //bench:head_scale'")
-    return HEAD_SCALE_BIN
-
 
 @pytest.mark.timeout(240)
 def test_head_scale_quick(tmp_path, head_scale_bin):
@@ -71,7 +58,6 @@ def test_head_scale_quick(tmp_path, head_scale_bin):
     assert deep["rss_bytes"] > queues[0]["rss_bytes"]
     assert deep["bytes_per_task"] > 0
     assert "rss_1m_queued" in data["targets"] and "throughput_vs_agents" in data["targets"]
-
 
 
 SIM_AGENTS_BIN = REPO / "bazel-bin" / "bench" / "sim_agents"

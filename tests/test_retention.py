@@ -9,28 +9,16 @@ existed), `ps` lists only what is kept, and the head's RSS stops growing.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, binary, start_head, stop_head, wait_for
+from conftest import binary, start_head, stop_head, wait_for
 
-HEAD_SCALE_BIN = REPO / "bazel-bin" / "bench" / "head_scale"
 CHUNK = 4096        # TaskTable chunk: tasks are forgotten a whole chunk at a time
 KEEP = 5000
 FLOOD = 40_000      # tasks per head_scale run
-
-
-@pytest.fixture(scope="module")
-def head_scale_bin():
-    if not HEAD_SCALE_BIN.exists() and shutil.which("bazel"):
-        subprocess.run(["bazel", "build", "//bench:head_scale"], cwd=REPO, check=False,
-                       capture_output=True, timeout=600)
-    if not HEAD_SCALE_BIN.exists():
-        pytest.fail(f"{HEAD_SCALE_BIN} not found: run 'bazel build //bench:head_scale'")
-    return HEAD_SCALE_BIN
 
 
 def vm_rss_kib(pid: int) -> int:
