@@ -278,6 +278,8 @@ def summarize(runs: list, executors: list, benches: list) -> dict:
             rs = [r for r in runs if r["executor"] == e and ok(r, "images")]
             s[e] = {"efficiency": median([r["images"]["efficiency"] for r in rs]),
                     "runs": [r["images"]["efficiency"] for r in rs],
+                    "efficiency_task_compute": median([r["images"].get("efficiency_task_compute") for r in rs]),
+                    "task_compute_ms": median([r["images"].get("task_compute_ms") for r in rs]),
                     "total_s": median([r["images"]["total_s"] for r in rs]),
                     "ideal_s": median([r["images"]["ideal_s"] for r in rs]),
                     "images_per_s": median([r["images"]["images_per_s"] for r in rs]),
