@@ -311,3 +311,12 @@ def test_plain_and_dill_parts_read_back_the_same_value(value):
         assert (part.identifier == b"01") is expect_plain
         assert shm.deserialize_part(part.identifier, part.body, part.buffers) == value \
             if not isinstance(value, np.ndarray) else True
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("bad", [-1, "64k", 1.5, True])
+def test_a_bad_shm_threshold_is_refused_naming_the_option(bad):
+    from dragon_parsl import DragonExecutor
+
+    with pytest.raises(ValueError, match=r"shm_threshold must be a byte count >= 0"):
+        DragonExecutor(shm_threshold=bad)

@@ -131,6 +131,12 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         self.head_start_timeout = head_start_timeout
         self.tune_malloc = tune_malloc
         self.prefetch = prefetch
+        # A typo here would otherwise surface as a TypeError at start(), or (negative)
+        # silently turn the shared-memory path off.
+        if shm_threshold is not None and (isinstance(shm_threshold, bool) or not isinstance(shm_threshold, int)
+                                          or shm_threshold < 0):
+            raise ValueError(f"DragonExecutor: shm_threshold must be a byte count >= 0 (0 or None: off), "
+                             f"not {shm_threshold!r}")
         self.shm_threshold = shm_threshold
         self.shm_dir = shm_dir
         self.storage_access = storage_access
