@@ -7,6 +7,7 @@ mid-task and shm_threshold=0. Envelope details and failure paths without
 binaries: test_shm_unit.py."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -68,13 +69,14 @@ def shm_base():
     os.rmdir(base)
 
 
-@pytest.fixture
-def shm_dfk(worker_pythonpath, tmp_path, shm_base):
-    """A head with 2 workers on this host and a DFK whose executor uses shm under shm_base."""
-    head = start_head(tmp_path, "--workers", "2")
+@contextlib.contextmanager
+def head_and_dfk(tmp_path, head_args, **executor_kwargs):
+    """A head started with `head_args` and a DFK whose DragonExecutor (`executor_kwargs`)
+    is connected to it: yields (dfk, executor); cleans up both, whatever happened."""
+    head = start_head(tmp_path, *head_args)
     dfk = None
     try:
-        dfk, executor = load_parsl(tmp_path, address=head.address, shm_dir=shm_base)
+        dfk, executor = load_parsl(tmp_path, address=head.address, **executor_kwargs)
         yield dfk, executor
     finally:
         try:
@@ -83,6 +85,13 @@ def shm_dfk(worker_pythonpath, tmp_path, shm_base):
                 parsl.clear()
         finally:
             stop_head(head)
+
+
+@pytest.fixture
+def shm_dfk(worker_pythonpath, tmp_path, shm_base):
+    """A head with 2 workers on this host and a DFK whose executor uses shm under shm_base."""
+    with head_and_dfk(tmp_path, ["--workers", "2"], shm_dir=shm_base) as pair:
+        yield pair
 
 
 def image(i: int) -> np.ndarray:
@@ -170,21 +179,11 @@ def test_worker_killed_mid_task_with_a_large_argument(shm_dfk):
 
 
 def test_threshold_zero_sends_everything_through_grpc(worker_pythonpath, tmp_path, shm_base):
-    head = start_head(tmp_path, "--workers", "2")
-    dfk = None
-    try:
-        dfk, executor = load_parsl(tmp_path, address=head.address, shm_dir=shm_base, shm_threshold=0)
+    with head_and_dfk(tmp_path, ["--workers", "2"], shm_dir=shm_base, shm_threshold=0) as (dfk, executor):
         assert executor.shm is None and executor.shm_counters() == {"dir": None}
         img = image(7)
         assert np.array_equal(scaled(img, 2.0).result(timeout=60), img * 2.0)
         assert os.listdir(shm_base) == []  # no directory was ever made
-    finally:
-        try:
-            if dfk is not None:
-                dfk.cleanup()
-                parsl.clear()
-        finally:
-            stop_head(head)
 
 
 @python_app
@@ -194,19 +193,9 @@ def length(data):
 
 def test_large_arguments_through_shm_are_not_bound_by_the_heads_payload_limit(worker_pythonpath, tmp_path,
                                                                                shm_base):
-    head = start_head(tmp_path, "--workers", "1", "--max-payload-mb", "1")
-    dfk = None
-    try:
-        dfk, executor = load_parsl(tmp_path, address=head.address, shm_dir=shm_base)
+    with head_and_dfk(tmp_path, ["--workers", "1", "--max-payload-mb", "1"], shm_dir=shm_base) as (dfk, executor):
         assert length(b"x" * (2 << 20)).result(timeout=60) == 2 << 20  # a long bytes object: in-band, in the file
         assert executor.shm_counters()["args_shm_tasks"] == 1
-    finally:
-        try:
-            if dfk is not None:
-                dfk.cleanup()
-                parsl.clear()
-        finally:
-            stop_head(head)
 
 
 KILLED_CLIENT = """
