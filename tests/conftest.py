@@ -167,20 +167,32 @@ def load_parsl(tmp_path: Path, *, retries: int = 0, **executor_kwargs):
     return parsl.load(config), executor
 
 
+@contextlib.contextmanager
+def head_and_dfk(tmp_path: Path, head_args=("--workers", "2"), *, retries: int = 0, **executor_kwargs):
+    """A head started with `head_args` and a DFK whose DragonExecutor (`executor_kwargs`)
+    is connected to it: yields (dfk, executor, head); cleans up both, whatever happened
+    (a test may also have cleaned up the DFK itself)."""
+    import parsl
+
+    head = start_head(tmp_path, *head_args)
+    dfk = None
+    try:
+        dfk, executor = load_parsl(tmp_path, retries=retries, address=head.address, **executor_kwargs)
+        yield dfk, executor, head
+    finally:
+        try:
+            if dfk is not None and not dfk.cleanup_called:
+                dfk.cleanup()
+                parsl.clear()
+        finally:
+            stop_head(head)
+
+
 @pytest.fixture
 def parsl_dfk(worker_pythonpath, tmp_path):
     """A head (2 workers) and a DFK connected to it: yields (dfk, executor, head)."""
-    h = start_head(tmp_path, "--workers", "2")
-    dfk = None
-    try:
-        dfk, executor = load_parsl(tmp_path, address=h.address)
-        yield dfk, executor, h
-    finally:
-        try:
-            if dfk is not None:
-                dfk.cleanup()
-        finally:
-            stop_head(h)
+    with head_and_dfk(tmp_path) as triple:
+        yield triple
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import pytest
 from parsl import python_app
 from parsl.executors.errors import InvalidResourceSpecification
 
-from conftest import load_parsl, start_head, stop_head
+from conftest import head_and_dfk, start_head, stop_head
 
 from dragon_parsl import DragonExecutor, HeadNotFound, HeadUnreachable, PayloadTooLarge, ProtocolMismatch
 from dragon_parsl import TaskFailed, connection
@@ -195,12 +195,10 @@ def test_unsupported_resource_specification(parsl_dfk):
 
 @pytest.mark.timeout(120)
 def test_payload_over_the_limit(worker_pythonpath, tmp_path):
-    head = start_head(tmp_path, "--workers", "2", "--max-payload-mb", "1")
-    dfk = None
-    try:
+    with head_and_dfk(tmp_path, ["--workers", "2", "--max-payload-mb", "1"],
+                      shm_threshold=0) as (dfk, executor, head):
         # The limit is on bytes sent through gRPC: with the shared-memory path on, large
         # arguments would not go there at all (test_shm_data_path.py checks that).
-        dfk, executor = load_parsl(tmp_path, address=head.address, shm_threshold=0)
         assert executor.max_payload_bytes == 1 << 20
         t0 = time.monotonic()
         with pytest.raises(PayloadTooLarge) as info:
@@ -216,12 +214,6 @@ def test_payload_over_the_limit(worker_pythonpath, tmp_path):
             length(b"z" * (2 << 20)).result(timeout=30)
         assert "exceeds" in str(info2.value) or "limit" in str(info2.value), str(info2.value)
         assert length(b"w" * 10).result(timeout=60) == 10
-    finally:
-        try:
-            if dfk is not None:
-                dfk.cleanup()
-        finally:
-            stop_head(head)
 
 
 # ------------------------------------------------------------------ payload the worker cannot load

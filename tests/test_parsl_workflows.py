@@ -11,7 +11,7 @@ import pytest
 from parsl import bash_app, join_app, python_app
 from parsl.app.errors import BashExitFailure
 
-from conftest import load_parsl, processes_of_run, start_head, stop_head, wait_for
+from conftest import head_and_dfk, load_parsl, processes_of_run, wait_for
 
 from dragon_parsl import HeadConnectionLost, WorkerLost
 
@@ -198,10 +198,7 @@ def test_exceptions_keep_type_and_remote_traceback(parsl_dfk):
 
 @pytest.mark.timeout(180)
 def test_parsl_retries(worker_pythonpath, tmp_path):
-    head = start_head(tmp_path, "--workers", "2")
-    dfk = None
-    try:
-        dfk, _ = load_parsl(tmp_path, retries=3, address=head.address)
+    with head_and_dfk(tmp_path, retries=3):
         counter = tmp_path / "counter"
         assert fail_until(str(counter), 2).result(timeout=60) == 3
         assert counter.read_text() == "3"
@@ -210,12 +207,6 @@ def test_parsl_retries(worker_pythonpath, tmp_path):
         with pytest.raises(RuntimeError, match="planned failure 4 of 10"):
             fail_until(str(counter2), 10).result(timeout=60)
         assert counter2.read_text() == "4"
-    finally:
-        try:
-            if dfk is not None:
-                dfk.cleanup()
-        finally:
-            stop_head(head)
 
 
 @pytest.mark.timeout(300)

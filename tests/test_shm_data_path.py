@@ -7,7 +7,6 @@ mid-task and shm_threshold=0. Envelope details and failure paths without
 binaries: test_shm_unit.py."""
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -20,7 +19,7 @@ import parsl
 import pytest
 from parsl import python_app
 
-from conftest import load_parsl, start_head, stop_head, wait_for
+from conftest import head_and_dfk, load_parsl, wait_for
 from dragon_parsl import WorkerLost
 
 pytestmark = pytest.mark.timeout(180)
@@ -69,29 +68,11 @@ def shm_base():
     os.rmdir(base)
 
 
-@contextlib.contextmanager
-def head_and_dfk(tmp_path, head_args, **executor_kwargs):
-    """A head started with `head_args` and a DFK whose DragonExecutor (`executor_kwargs`)
-    is connected to it: yields (dfk, executor); cleans up both, whatever happened."""
-    head = start_head(tmp_path, *head_args)
-    dfk = None
-    try:
-        dfk, executor = load_parsl(tmp_path, address=head.address, **executor_kwargs)
-        yield dfk, executor
-    finally:
-        try:
-            if dfk is not None and not dfk.cleanup_called:  # a test may have shut down itself
-                dfk.cleanup()
-                parsl.clear()
-        finally:
-            stop_head(head)
-
-
 @pytest.fixture
 def shm_dfk(worker_pythonpath, tmp_path, shm_base):
     """A head with 2 workers on this host and a DFK whose executor uses shm under shm_base."""
-    with head_and_dfk(tmp_path, ["--workers", "2"], shm_dir=shm_base) as pair:
-        yield pair
+    with head_and_dfk(tmp_path, shm_dir=shm_base) as (dfk, executor, _):
+        yield dfk, executor
 
 
 def image(i: int) -> np.ndarray:
@@ -179,7 +160,7 @@ def test_worker_killed_mid_task_with_a_large_argument(shm_dfk):
 
 
 def test_threshold_zero_sends_everything_through_grpc(worker_pythonpath, tmp_path, shm_base):
-    with head_and_dfk(tmp_path, ["--workers", "2"], shm_dir=shm_base, shm_threshold=0) as (dfk, executor):
+    with head_and_dfk(tmp_path, shm_dir=shm_base, shm_threshold=0) as (dfk, executor, _):
         assert executor.shm is None and executor.shm_counters() == {"dir": None}
         img = image(7)
         assert np.array_equal(scaled(img, 2.0).result(timeout=60), img * 2.0)
@@ -193,7 +174,8 @@ def length(data):
 
 def test_large_arguments_through_shm_are_not_bound_by_the_heads_payload_limit(worker_pythonpath, tmp_path,
                                                                                shm_base):
-    with head_and_dfk(tmp_path, ["--workers", "1", "--max-payload-mb", "1"], shm_dir=shm_base) as (dfk, executor):
+    with head_and_dfk(tmp_path, ["--workers", "1", "--max-payload-mb", "1"],
+                      shm_dir=shm_base) as (dfk, executor, _):
         assert length(b"x" * (2 << 20)).result(timeout=60) == 2 << 20  # a long bytes object: in-band, in the file
         assert executor.shm_counters()["args_shm_tasks"] == 1
 
