@@ -156,15 +156,20 @@ void SessionClient::Fail(absl::Status status) {
   if (error_.ok()) error_ = std::move(status);
 }
 
+absl::Status SessionClient::AcceptingLocked() const {
+  if (!error_.ok()) return error_;
+  if (closing_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the session with dragond at ", options_.address, " is closed"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status SessionClient::Submit(dragon::v1::TaskSubmission task) {
   bool was_empty;
   {
     std::lock_guard<std::mutex> l(mu_);
-    if (!error_.ok()) return error_;
-    if (closing_) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("the session with dragond at ", options_.address, " is closed"));
-    }
+    if (absl::Status st = AcceptingLocked(); !st.ok()) return st;
     was_empty = queue_.empty();
     queue_.push_back(std::move(task));
   }
@@ -177,11 +182,7 @@ absl::Status SessionClient::SubmitMany(std::vector<dragon::v1::TaskSubmission> t
   bool was_empty;
   {
     std::lock_guard<std::mutex> l(mu_);
-    if (!error_.ok()) return error_;
-    if (closing_) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("the session with dragond at ", options_.address, " is closed"));
-    }
+    if (absl::Status st = AcceptingLocked(); !st.ok()) return st;
     was_empty = queue_.empty();
     if (was_empty) {
       queue_.swap(tasks);

@@ -104,6 +104,8 @@ class SessionClient {
   void SenderLoop();
   void ReceiverLoop();
   void Fail(absl::Status status);
+  // Why no task can be queued now (an earlier error, or Close() called); OK if one can. mu_ held.
+  absl::Status AcceptingLocked() const;
 
   const SessionOptions options_;
   const SessionCallbacks callbacks_;
