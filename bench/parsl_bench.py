@@ -91,7 +91,7 @@ def make_executor(name: str, workers: int, spec: dict):
     if name == "dragon":
         from dragon_parsl import DragonExecutor
 
-        return DragonExecutor(label="dragon", workers_per_node=workers)
+        return DragonExecutor(label="dragon", workers_per_node=workers, **spec.get("dragon_options", {}))
     if name == "dragon-prefetch":  # the same with tasks queued ahead on each worker's agent
         from dragon_parsl import DragonExecutor
 
@@ -381,6 +381,8 @@ def run(spec: dict) -> dict:
                 session = getattr(loaded.executor, "session", None) if loaded else None
                 if session is not None and hasattr(session, "batches_sent"):  # DragonExecutor
                     r["dragon_submit_batches_total"] = session.batches_sent
+                    r["dragon_lingers_total"] = getattr(session, "lingers", None)
+                    r["dragon_result_batches_total"] = getattr(session, "result_batches_received", None)
                 if loaded is not None and hasattr(loaded.executor, "shm_counters"):  # DragonExecutor
                     r["dragon_shm_total"] = loaded.executor.shm_counters()  # since the DFK started
                 result[bench] = r
@@ -390,6 +392,18 @@ def run(spec: dict) -> dict:
             if loaded is not None:
                 loaded.close()
     return result
+
+
+def parse_option(text: str, parser: argparse.ArgumentParser) -> tuple:
+    import ast
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        parser.error(f"--dragon-option {text!r}: expected NAME=VALUE, e.g. batch_linger_ms=0")
+    try:
+        return name, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parser.error(f"--dragon-option {text!r}: VALUE must be a Python literal (a number, a string in quotes, ...)")
 
 
 def main() -> int:
@@ -410,9 +424,13 @@ def main() -> int:
         p.add_argument("--parsl-logging", choices=("default", "off"), default="default")
         p.add_argument("--dragonhpc-batch-size", type=int, default=0)
         p.add_argument("--dragon-prefetch", type=int, default=8)
+        p.add_argument("--dragon-option", action="append", default=[], metavar="NAME=VALUE",
+                       help="a DragonExecutor option for --executor dragon, e.g. batch_linger_ms=0 "
+                            "(VALUE is a Python literal); repeatable")
         p.add_argument("--out")
         a = p.parse_args()
-        spec = {k: v for k, v in vars(a).items()}
+        spec = {k: v for k, v in vars(a).items() if k != "dragon_option"}
+        spec["dragon_options"] = dict(parse_option(o, p) for o in a.dragon_option)
         if "images" in spec["benches"]:
             spec["calibration"] = calibrate(a.image_size, a.compute_ms, min(128, a.image_size))
     if spec["executor"] in DRAGONHPC:

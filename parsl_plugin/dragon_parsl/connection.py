@@ -3,7 +3,9 @@
 Submissions are queued by :meth:`Session.submit` (never blocks on the network)
 and sent in ``SubmitBatch`` messages by the stream's request iterator, which
 blocks on the queue when there is nothing to send and drains everything queued
-(up to a count and a byte cap) when there is. One receiver thread reads
+(up to a count and a byte cap) when there is. When many tasks are already in
+flight it first lingers a few milliseconds, so that a burst leaves in one
+message rather than in one per wake-up of this thread. One receiver thread reads
 ``Accepted`` and ``ResultBatch`` messages and hands results to a callback.
 
 If the stream breaks, every outstanding submission is reported through
@@ -18,6 +20,7 @@ import queue
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional
 
@@ -69,7 +72,8 @@ class Session:
                  on_result: Callable[["head_pb2.ClientResult"], None],
                  on_broken: Callable[[DragonError], None],
                  max_batch_tasks: int = 1000, max_batch_bytes: int = 4 * 1024 * 1024,
-                 cwd: Optional[str] = None) -> None:
+                 cwd: Optional[str] = None, in_flight: Optional[Callable[[], int]] = None,
+                 linger_s: float = 0.0, linger_in_flight: int = 64) -> None:
         self.address = address
         self.client_name = client_name
         self.cwd = cwd or os.getcwd()
@@ -78,6 +82,9 @@ class Session:
         self._on_accepted = on_accepted
         self._on_result = on_result
         self._on_broken = on_broken
+        self._in_flight = in_flight
+        self.linger_s = max(0.0, float(linger_s))
+        self.linger_in_flight = max(1, int(linger_in_flight))
         self._queue: "queue.SimpleQueue[object]" = queue.SimpleQueue()
         self._channel: Optional[grpc.Channel] = None
         self._call = None
@@ -88,7 +95,10 @@ class Session:
         self._closing = False
         self.broken: Optional[DragonError] = None
         self._lock = threading.Lock()
+        # Counters, for benchmarks and tests: messages each way, and sends that lingered.
         self.batches_sent = 0
+        self.lingers = 0
+        self.result_batches_received = 0
 
     # ---------------------------------------------------------------- start
     def connect(self, timeout: float) -> "head_pb2.Welcome":
@@ -139,6 +149,12 @@ class Session:
             if item is _CLOSE:
                 return
             assert isinstance(item, Submission)
+            if self._should_linger():
+                # Enough tasks are in flight to keep the workers busy for a while: let the
+                # burst gather into one message instead of waking this thread, the head and
+                # the agent for every few tasks.
+                self.lingers += 1
+                time.sleep(self.linger_s)
             tasks: List[head_pb2.TaskSubmission] = []
             size = 0
             closing = False
@@ -165,6 +181,14 @@ class Session:
             if closing:
                 return
 
+    def _should_linger(self) -> bool:
+        if self.linger_s <= 0 or self._in_flight is None or self._closing:
+            return False
+        try:
+            return self._in_flight() >= self.linger_in_flight
+        except Exception:  # a heuristic: it must never break the stream
+            return False
+
     # ---------------------------------------------------------------- receive
     def _receive(self) -> None:
         call = self._call
@@ -174,6 +198,7 @@ class Session:
             for msg in call:
                 which = msg.WhichOneof("body")
                 if which == "results":
+                    self.result_batches_received += 1
                     for r in msg.results.results:
                         self._on_result(r)
                 elif which == "accepted":
