@@ -175,8 +175,10 @@ def parsl_markdown(parsl: dict, s: dict, cond: str) -> list:
         if cal:
             L.append("Compute calibrated per round on one idle core: " + "; ".join(
                 f"round {c['round']}: {c['iterations']} FFT passes = {c['measured_ms']:.2f} ms" for c in cal)
-                + " (thread CPU time). Ideal time = images x calibrated compute / workers (the headline "
-                "and the target). The last column is a diagnostic: the thread CPU time each task measured "
+                + " (thread CPU time, the fastest of 9 calls). Ideal time = images x compute / workers (the "
+                "headline and the target), where compute is the calibrated time, or the tasks' own mean "
+                "compute time when that is lower (marked *: the calibration came out slow, and must not "
+                "flatter the efficiency). The last column is a diagnostic: the thread CPU time each task measured "
                 "around its own compute, which grows when the run's other processes compete for the cores' "
                 "caches and memory; the efficiency computed from it is what is left once that slowdown of "
                 "the compute itself is counted as work.")
@@ -191,7 +193,9 @@ def parsl_markdown(parsl: dict, s: dict, cond: str) -> list:
             if x.get("efficiency") is None:
                 L.append(f"| {NAMES.get(e, e)} | failed: {first_error(x.get('errors', []))} | | | | | | | | |")
                 continue
-            L.append(f"| {NAMES.get(e, e)} | {fmt(x['efficiency'], 3)} | {', '.join(fmt(r, 3) for r in x['runs'])} | "
+            marks = x.get("runs_own_basis") or [False] * len(x["runs"])
+            rounds = ", ".join(fmt(r, 3) + ("*" if own else "") for r, own in zip(x["runs"], marks))
+            L.append(f"| {NAMES.get(e, e)} | {fmt(x['efficiency'], 3)} | {rounds} | "
                      f"{fmt(x['total_s'], 2)} | {fmt(x['ideal_s'], 2)} | {fmt(x['images_per_s'], 1)} | "
                      f"{ratio(ir.get(e + '/threadpool', {}).get('median') if e != 'threadpool' else 1.0)} | "
                      f"{ratio(ir.get(e + '/htex', {}).get('median') if e != 'htex' else 1.0)} | "

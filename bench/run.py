@@ -278,6 +278,7 @@ def summarize(runs: list, executors: list, benches: list) -> dict:
             rs = [r for r in runs if r["executor"] == e and ok(r, "images")]
             s[e] = {"efficiency": median([r["images"]["efficiency"] for r in rs]),
                     "runs": [r["images"]["efficiency"] for r in rs],
+                    "runs_own_basis": [r["images"].get("ideal_basis") == "tasks' own compute" for r in rs],
                     "efficiency_task_compute": median([r["images"].get("efficiency_task_compute") for r in rs]),
                     "task_compute_ms": median([r["images"].get("task_compute_ms") for r in rs]),
                     "total_s": median([r["images"]["total_s"] for r in rs]),
