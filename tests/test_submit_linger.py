@@ -69,6 +69,19 @@ def test_a_shallow_backlog_sends_at_once():
 
 
 @pytest.mark.timeout(30)
+def test_a_full_message_already_queued_goes_without_lingering():
+    s = Session("127.0.0.1:1", "test", on_accepted=lambda *a: None, on_result=lambda r: None,
+                on_broken=lambda e: None, cwd="/", in_flight=lambda: 10**6, linger_s=LINGER_S,
+                linger_in_flight=64, max_batch_tasks=100)
+    for i in range(150):
+        s.submit(Submission(i + 1, b"x", "noop"))
+    started = time.monotonic()
+    refs = first_batch(s)
+    assert refs == list(range(1, 101))
+    assert s.lingers == 0 and time.monotonic() - started < LINGER_S / 2
+
+
+@pytest.mark.timeout(30)
 def test_linger_zero_is_off_whatever_the_backlog():
     s = session(in_flight=10**6, linger_s=0.0)
     t = trickle(s)

@@ -184,6 +184,8 @@ class Session:
     def _should_linger(self) -> bool:
         if self.linger_s <= 0 or self._in_flight is None or self._closing:
             return False
+        if self._queue.qsize() >= self.max_batch_tasks:
+            return False  # a full message is already waiting: nothing to gather
         try:
             return self._in_flight() >= self.linger_in_flight
         except Exception:  # a heuristic: it must never break the stream
