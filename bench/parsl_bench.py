@@ -149,6 +149,12 @@ class Loaded:
         config = Config(executors=[self.executor], run_dir=run_dir, strategy="none",
                         initialize_logging=logging_on)
         self.dfk = parsl.load(config)
+        if spec.get("pin_client") is not None:
+            # After the executor started its processes, so that only this process's threads
+            # move; the same for every executor (DragonExecutor's client_cpu does the same).
+            from dragon_parsl._affinity import pin_process_threads
+
+            pin_process_threads(int(spec["pin_client"]))
 
     def close(self) -> None:
         import parsl
@@ -433,6 +439,8 @@ def main() -> int:
         p.add_argument("--parsl-logging", choices=("default", "off"), default="default")
         p.add_argument("--dragonhpc-batch-size", type=int, default=0)
         p.add_argument("--dragon-prefetch", type=int, default=8)
+        p.add_argument("--pin-client", type=int, default=None, metavar="CPU",
+                       help="move this process's threads onto CPU once the DFK is loaded")
         p.add_argument("--dragon-option", action="append", default=[], metavar="NAME=VALUE",
                        help="a DragonExecutor option for --executor dragon, e.g. batch_linger_ms=0 "
                             "(VALUE is a Python literal); repeatable")

@@ -473,6 +473,10 @@ def parse_args(argv=None):
     p.add_argument("--dragon-prefetch", type=int, default=8,
                    help="--prefetch of the dragond behind the 'dragon-prefetch' executor (default 8); "
                         "'dragon' uses dragond's default")
+    p.add_argument("--pin-client", type=int, default=None, metavar="CPU",
+                   help="move every thread of each workflow process onto this CPU once its DFK is loaded, "
+                        "whatever the executor (what DragonExecutor(client_cpu=CPU) does); the executors' "
+                        "own processes keep every CPU. Default: no pinning")
     p.add_argument("--timeout", type=float, default=0, help="seconds per executor process (default: from the counts)")
     p.add_argument("--hook-timeout", type=float, default=0,
                    help="seconds for each of native_bench.py and head_scale.py (default 150 quick, 1800 full)")
@@ -508,7 +512,8 @@ def main(argv=None) -> int:
     spec = {"benches": benches, "workers": args.workers, "tasks": args.tasks, "samples": args.samples,
             "images": args.images, "image_size": args.image_size, "compute_ms": args.compute_ms,
             "window": window, "parsl_logging": args.parsl_logging,
-            "dragonhpc_batch_size": args.dragonhpc_batch_size, "dragon_prefetch": args.dragon_prefetch}
+            "dragonhpc_batch_size": args.dragonhpc_batch_size, "dragon_prefetch": args.dragon_prefetch,
+            "pin_client": args.pin_client}
     timeout = args.timeout or (120 + args.tasks / 100 + args.samples * 0.5
                                + args.images * args.compute_ms / 1000 * 15)
     settings = dict(spec, rounds=args.rounds, quick=args.quick, executors=executors,

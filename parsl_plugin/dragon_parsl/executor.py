@@ -24,7 +24,7 @@ from parsl.serialize import deserialize
 from parsl.serialize.errors import DeserializationError, SerializationError
 from parsl.utils import RepresentationMixin
 
-from dragon_parsl import _cwd, shm
+from dragon_parsl import _affinity, _cwd, shm
 from dragon_parsl.connection import PROTOCOL_VERSION, Session, Submission, default_client_name
 from dragon_parsl.errors import (
     DragonError,
@@ -83,6 +83,17 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         goes at once. Default 10 ms; 0 turns it off.
     batch_linger_in_flight : int
         Outstanding tasks from which the sender lingers. Default 64.
+    client_cpu : int, optional
+        At the end of ``start()``, confine every thread of the workflow process (the
+        DataFlowKernel's, this executor's, the user's) to this CPU. Python threads take
+        turns on one interpreter lock, and handing it between CPUs is slow: under Parsl's
+        default logging the DFK then spends about twice the CPU per task
+        (bench/README.md). It changes the whole process: threads and processes it starts
+        afterwards inherit the CPU (another executor started later in the same Config, a
+        multi-threaded numpy in the workflow itself), so pick a CPU that no worker is
+        pinned to, and leave it off if the workflow process computes in parallel itself.
+        The embedded dragond, its agent and workers are started before and keep every CPU.
+        Default None: the process's affinity is left alone.
     connect_timeout : float
         Seconds to wait for the head to answer (and send its Welcome).
     head_start_timeout : float
@@ -131,7 +142,7 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
                  prefetch: Optional[int] = None,
                  shm_threshold: Optional[int] = shm.DEFAULT_THRESHOLD,
                  shm_dir: str = shm.DEFAULT_DIR, batch_linger_ms: float = 10.0,
-                 batch_linger_in_flight: int = 64) -> None:
+                 batch_linger_in_flight: int = 64, client_cpu: Optional[int] = None) -> None:
         super().__init__()
         self.address = address
         self.label = label
@@ -162,6 +173,11 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
                              f"not {batch_linger_in_flight!r}")
         self.batch_linger_ms = float(batch_linger_ms)
         self.batch_linger_in_flight = batch_linger_in_flight
+        if client_cpu is not None and (isinstance(client_cpu, bool) or not isinstance(client_cpu, int)
+                                       or client_cpu < 0):
+            raise ValueError(f"DragonExecutor: client_cpu must be a CPU number >= 0 (None: leave the "
+                             f"process's affinity alone), not {client_cpu!r}")
+        self.client_cpu = client_cpu
         self.storage_access = storage_access
         self.working_dir = working_dir
         self.remote_monitoring_radio = (remote_monitoring_radio if remote_monitoring_radio is not None
@@ -238,9 +254,22 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
             raise
         self.max_payload_bytes = int(self.welcome.max_payload_bytes)
         self._open_shm_directory()
+        self._pin_client_threads()
         logger.info("DragonExecutor %s: session %d with dragond %s at %s (run %s, protocol %d, "
                     "max payload %d bytes)", self.label, self.welcome.session_id, self.welcome.head_version,
                     address, self.welcome.run_id, PROTOCOL_VERSION, self.max_payload_bytes)
+
+    def _pin_client_threads(self) -> None:
+        """client_cpu: after the embedded head started (its processes keep every CPU)."""
+        if self.client_cpu is None:
+            return
+        try:
+            moved = _affinity.pin_process_threads(self.client_cpu)
+        except (ValueError, OSError) as e:
+            self.shutdown()
+            raise DragonError(f"DragonExecutor {self.label!r}: client_cpu={self.client_cpu}: {e}") from e
+        logger.info("DragonExecutor %s: the %d threads of the workflow process now run on CPU %d (client_cpu)",
+                    self.label, moved, self.client_cpu)
 
     def _open_shm_directory(self) -> None:
         if not self.shm_threshold or self.shm_threshold <= 0:
