@@ -157,26 +157,20 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         self.prefetch = prefetch
         # A typo here would otherwise surface as a TypeError at start(), or (negative)
         # silently turn the shared-memory path off.
-        if shm_threshold is not None and (isinstance(shm_threshold, bool) or not isinstance(shm_threshold, int)
-                                          or shm_threshold < 0):
-            raise ValueError(f"DragonExecutor: shm_threshold must be a byte count >= 0 (0 or None: off), "
-                             f"not {shm_threshold!r}")
+        if shm_threshold is not None:
+            _require_whole_number("shm_threshold", shm_threshold, 0, "a byte count >= 0 (0 or None: off)")
         self.shm_threshold = shm_threshold
         self.shm_dir = shm_dir
         if isinstance(batch_linger_ms, bool) or not isinstance(batch_linger_ms, (int, float)) \
                 or not 0 <= batch_linger_ms <= 1000:
             raise ValueError(f"DragonExecutor: batch_linger_ms must be a number of milliseconds in [0, 1000] "
                              f"(0: off), not {batch_linger_ms!r}")
-        if isinstance(batch_linger_in_flight, bool) or not isinstance(batch_linger_in_flight, int) \
-                or batch_linger_in_flight < 1:
-            raise ValueError(f"DragonExecutor: batch_linger_in_flight must be a task count >= 1, "
-                             f"not {batch_linger_in_flight!r}")
+        _require_whole_number("batch_linger_in_flight", batch_linger_in_flight, 1, "a task count >= 1")
         self.batch_linger_ms = float(batch_linger_ms)
         self.batch_linger_in_flight = batch_linger_in_flight
-        if client_cpu is not None and (isinstance(client_cpu, bool) or not isinstance(client_cpu, int)
-                                       or client_cpu < 0):
-            raise ValueError(f"DragonExecutor: client_cpu must be a CPU number >= 0 (None: leave the "
-                             f"process's affinity alone), not {client_cpu!r}")
+        if client_cpu is not None:
+            _require_whole_number("client_cpu", client_cpu, 0,
+                                  "a CPU number >= 0 (None: leave the process's affinity alone)")
         self.client_cpu = client_cpu
         self.storage_access = storage_access
         self.working_dir = working_dir
@@ -537,6 +531,12 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         if self._temp_run_dir and rc == 0:
             shutil.rmtree(self._temp_run_dir, ignore_errors=True)
             self._temp_run_dir = None
+
+
+def _require_whole_number(option: str, value: Any, minimum: int, what: str) -> None:
+    """Refuses, naming the option, anything but an int >= minimum (bool is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"DragonExecutor: {option} must be {what}, not {value!r}")
 
 
 def _is_local_agent(node: "head_pb2.NodeInfo") -> bool:
