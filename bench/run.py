@@ -480,7 +480,11 @@ def parse_args(argv=None):
     p.add_argument("--timeout", type=float, default=0, help="seconds per executor process (default: from the counts)")
     p.add_argument("--hook-timeout", type=float, default=0,
                    help="seconds for each of native_bench.py and head_scale.py (default 150 quick, 1800 full)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.pin_client is not None and args.pin_client not in os.sched_getaffinity(0):
+        p.error(f"--pin-client {args.pin_client}: not a CPU this process may run on "
+                f"(allowed: {sorted(os.sched_getaffinity(0))})")
+    return args
 
 
 def main(argv=None) -> int:

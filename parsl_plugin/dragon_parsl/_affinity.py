@@ -39,7 +39,7 @@ def _ranges(cpus: Set[int]) -> str:
     if not cpus:
         return "none"
     out, ordered = [], sorted(cpus)
-    start = prev = ordered[0] if ordered else None
+    start = prev = ordered[0]
     for c in ordered[1:] + [None]:
         if c is not None and c == prev + 1:
             prev = c
