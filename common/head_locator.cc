@@ -1,5 +1,6 @@
 #include "common/head_locator.h"
 
+#include <dirent.h>
 #include <pwd.h>
 #include <unistd.h>
 
@@ -9,10 +10,12 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/token.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace dragon::common {
@@ -119,7 +122,63 @@ absl::StatusOr<dragon::v1::RunInfo> ReadRunInfo(const std::string& path) {
   return info;
 }
 
-absl::StatusOr<HeadLocation> LocateHead(const LocateOptions& options) {
+namespace {
+
+// A head.json under $DRAGON_HOME whose address is `address`: current first,
+// then every run directory (a user with several heads on one machine).
+std::optional<dragon::v1::RunInfo> FindRunInfoFor(const std::string& address) {
+  const std::string home = DragonHome();
+  std::vector<std::string> candidates = {JoinPath(JoinPath(home, "current"), "head.json")};
+  const std::string runs = JoinPath(home, "runs");
+  if (DIR* dir = opendir(runs.c_str()); dir != nullptr) {
+    while (const dirent* entry = readdir(dir)) {
+      const std::string name = entry->d_name;
+      if (name == "." || name == "..") continue;
+      candidates.push_back(JoinPath(JoinPath(runs, name), "head.json"));
+    }
+    closedir(dir);
+  }
+  for (const std::string& path : candidates) {
+    absl::StatusOr<dragon::v1::RunInfo> info = ReadRunInfo(path);
+    if (info.ok() && info->address() == address) return *std::move(info);
+  }
+  return std::nullopt;
+}
+
+absl::Status FillCredentials(const LocateOptions& options, HeadLocation* location) {
+  if (!options.token_file.empty()) {
+    absl::StatusOr<std::string> token = ReadTokenFile(options.token_file);
+    if (!token.ok()) return token.status();
+    location->token = *std::move(token);
+    location->token_source = absl::StrCat("--token-file ", options.token_file);
+  } else if (const std::string env = GetEnv(kTokenEnv); !env.empty()) {
+    if (absl::Status valid = ValidateToken(env, absl::StrCat("$", kTokenEnv)); !valid.ok()) {
+      return valid;
+    }
+    location->token = env;
+    location->token_source = absl::StrCat("$", kTokenEnv);
+  } else if (location->run_info && !location->run_info->token_file().empty()) {
+    const std::string& path = location->run_info->token_file();
+    absl::StatusOr<std::string> token = ReadTokenFile(path);
+    if (!token.ok()) return token.status();
+    location->token = *std::move(token);
+    location->token_source = path;
+  } else {
+    location->token_source = absl::StrCat(
+        "no token found: not given (--token-file), no $", kTokenEnv, ", and no head.json under ",
+        DragonHome(), " names ", location->address);
+  }
+  if (!options.tls_ca.empty()) {
+    location->tls_ca = options.tls_ca;
+  } else if (const std::string env = GetEnv(kTlsCaEnv); !env.empty()) {
+    location->tls_ca = env;
+  } else if (location->run_info) {
+    location->tls_ca = location->run_info->tls_ca();
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<HeadLocation> LocateAddress(const LocateOptions& options) {
   HeadLocation location;
   if (!options.explicit_address.empty()) {
     absl::Status valid = ValidateHostPort(options.explicit_address, "--head");
@@ -151,6 +210,16 @@ absl::StatusOr<HeadLocation> LocateHead(const LocateOptions& options) {
   location.address = info->address();
   location.source = path;
   location.run_info = *std::move(info);
+  return location;
+}
+
+}  // namespace
+
+absl::StatusOr<HeadLocation> LocateHead(const LocateOptions& options) {
+  absl::StatusOr<HeadLocation> location = LocateAddress(options);
+  if (!location.ok()) return location;
+  if (!location->run_info) location->run_info = FindRunInfoFor(location->address);
+  if (absl::Status s = FillCredentials(options, &*location); !s.ok()) return s;
   return location;
 }
 

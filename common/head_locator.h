@@ -17,6 +17,8 @@ namespace dragon::common {
 struct LocateOptions {
   std::string explicit_address;  // --head HOST:PORT
   std::string run_dir;           // --run-dir DIR
+  std::string token_file;        // --token-file FILE
+  std::string tls_ca;            // --tls-ca FILE
 };
 
 struct HeadLocation {
@@ -24,8 +26,15 @@ struct HeadLocation {
   // Where the address came from, for messages: "--head", "$DRAGON_HEAD" or
   // the path of the head.json that was read.
   std::string source;
-  // Set when the address came from a head.json.
+  // Set when the address came from a head.json, or when a head.json of
+  // $DRAGON_HOME names the explicit address (that is where its token is).
   std::optional<dragon::v1::RunInfo> run_info;
+  // The run's token (empty: none found) and where it came from, for
+  // messages: "--token-file F", "$DRAGON_TOKEN", "F" (a token file) or a
+  // sentence saying where none was found.
+  std::string token;
+  std::string token_source;
+  std::string tls_ca;  // CA certificate to verify the head's TLS; empty: plaintext
 };
 
 // $DRAGON_HOME, or ~/.dragon ($HOME, else the passwd entry) when unset/empty.
@@ -47,6 +56,14 @@ absl::StatusOr<dragon::v1::RunInfo> ReadRunInfo(const std::string& path);
 // is NotFound with the INTERFACES.md text:
 //   no dragond is running (no $DRAGON_HEAD and no <path>/head.json); start
 //   one with 'dragond start'
+//
+// Then the credentials (docs/INTERFACES.md "Authentication"), first hit wins:
+// token: --token-file, $DRAGON_TOKEN, the token_file of the head.json the
+// address came from, or of a head.json under $DRAGON_HOME (current, then
+// runs/*) whose address is the one given; none found is not an error (the
+// head then refuses, saying where tokens are read). A token file that exists
+// but cannot be used (other users may read it, empty, unreadable) is an error.
+// TLS CA: --tls-ca, $DRAGON_TLS_CA, the tls_ca of that head.json.
 absl::StatusOr<HeadLocation> LocateHead(const LocateOptions& options);
 
 }  // namespace dragon::common
