@@ -8,17 +8,27 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dragon_parsl.errors import (
+    AuthenticationFailed,
+    CredentialsError,
     DragonError,
     HeadConnectionLost,
     HeadNotFound,
+    HeadShutDown,
     HeadUnreachable,
     LocalHeadError,
+    NoNodesAvailable,
+    NodeLost,
     PayloadTooLarge,
     ProtocolMismatch,
     SharedMemoryError,
     TaskCancelled,
+    TaskError,
     TaskFailed,
+    TaskRefused,
+    TaskTimedOut,
+    TaskTooLarge,
     WorkerLost,
+    WorkerStartFailed,
 )
 
 __version__ = "0.1.0"
@@ -28,17 +38,27 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "DragonExecutor",
+    "AuthenticationFailed",
+    "CredentialsError",
     "DragonError",
     "HeadConnectionLost",
     "HeadNotFound",
+    "HeadShutDown",
     "HeadUnreachable",
     "LocalHeadError",
+    "NoNodesAvailable",
+    "NodeLost",
     "PayloadTooLarge",
     "ProtocolMismatch",
     "SharedMemoryError",
     "TaskCancelled",
+    "TaskError",
     "TaskFailed",
+    "TaskRefused",
+    "TaskTimedOut",
+    "TaskTooLarge",
     "WorkerLost",
+    "WorkerStartFailed",
     "__version__",
 ]
 

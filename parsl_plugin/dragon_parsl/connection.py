@@ -9,15 +9,22 @@ message rather than in one per wake-up of this thread. One receiver thread reads
 ``Accepted`` and ``ResultBatch`` messages and hands results to a callback.
 
 If the stream breaks, every outstanding submission is reported through
-``on_broken`` and later submits raise :class:`HeadConnectionLost`.
+``on_broken`` and later submits raise :class:`HeadConnectionLost` (or
+:class:`AuthenticationFailed` when the head refused the token).
+
+The channel comes from :mod:`dragon_parsl.transport` (token, TLS, keepalive, no
+message limits). The handshake reads fields, never message text: a Welcome of
+another protocol version is a :class:`ProtocolMismatch`; UNAUTHENTICATED is an
+:class:`AuthenticationFailed`; any other refusal before a Welcome (an older head
+refusing the version with FAILED_PRECONDITION, ...) is a :class:`HeadUnreachable`.
 """
 from __future__ import annotations
 
+import copy
 import getpass
 import logging
 import os
 import queue
-import re
 import socket
 import threading
 import time
@@ -26,7 +33,14 @@ from typing import Callable, Iterator, List, Optional
 
 import grpc
 
-from dragon_parsl.errors import DragonError, HeadConnectionLost, HeadUnreachable, ProtocolMismatch
+from dragon_parsl import transport
+from dragon_parsl.errors import (
+    AuthenticationFailed,
+    DragonError,
+    HeadConnectionLost,
+    HeadUnreachable,
+    ProtocolMismatch,
+)
 
 try:
     from dragon_parsl._proto import common_pb2, head_pb2, head_pb2_grpc
@@ -37,17 +51,6 @@ except ImportError as e:  # pragma: no cover - depends on the build step
 logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = common_pb2.PROTOCOL_VERSION_CURRENT
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    # Notice a head whose machine vanished without closing TCP. dragond permits
-    # pings every 5 s (daemon/main.cc: MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS);
-    # gRPC's default server policy would answer pings more frequent than every
-    # 5 minutes with GOAWAY "too_many_pings".
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-]
 
 _CLOSE = object()  # sentinel: end the request stream
 
@@ -65,6 +68,8 @@ class Session:
     ``on_accepted(client_ref, task_id)`` and ``on_result(ClientResult)`` are
     called from the receiver thread. ``on_broken(exc)`` is called once, from the
     receiver thread, when the stream ends in any way other than :meth:`close`.
+    ``credentials`` (token, TLS CA) go to :func:`transport.make_channel`;
+    ``infra_retries`` goes in the Hello (None: the head's default).
     """
 
     def __init__(self, address: str, client_name: str,
@@ -73,8 +78,12 @@ class Session:
                  on_broken: Callable[[DragonError], None],
                  max_batch_tasks: int = 1000, max_batch_bytes: int = 4 * 1024 * 1024,
                  cwd: Optional[str] = None, in_flight: Optional[Callable[[], int]] = None,
-                 linger_s: float = 0.0, linger_in_flight: int = 64) -> None:
+                 linger_s: float = 0.0, linger_in_flight: int = 64,
+                 credentials: Optional[transport.Credentials] = None,
+                 infra_retries: Optional[int] = None) -> None:
         self.address = address
+        self.credentials = credentials or transport.Credentials()
+        self.infra_retries = infra_retries
         self.client_name = client_name
         self.cwd = cwd or os.getcwd()
         self.max_batch_tasks = max(1, int(max_batch_tasks))
@@ -103,7 +112,7 @@ class Session:
     # ---------------------------------------------------------------- start
     def connect(self, timeout: float) -> "head_pb2.Welcome":
         """Opens the channel and the stream, sends Hello, waits for Welcome."""
-        self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        self._channel = transport.make_channel(self.address, self.credentials)
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
@@ -115,24 +124,32 @@ class Session:
                                           daemon=True)
         self._receiver.start()
         if not self._welcome_event.wait(timeout):
-            self._call.cancel()
-            self._channel.close()
+            self._abandon()
             raise HeadUnreachable(self.address, f"no Welcome within {timeout:g}s after Hello")
         if self._handshake_error is not None:
-            self._channel.close()
+            self._abandon()
             raise self._handshake_error
         assert self.welcome is not None
         return self.welcome
 
+    def _abandon(self) -> None:
+        """A failed handshake: end the call, the request iterator and the channel."""
+        self._closing = True
+        self._queue.put(_CLOSE)  # gRPC's thread consuming the request iterator may wait on it
+        self._call.cancel()
+        self._channel.close()
+
     def _hello(self) -> "head_pb2.ClientMessage":
-        return head_pb2.ClientMessage(hello=head_pb2.Hello(
-            protocol_version=PROTOCOL_VERSION, client_name=self.client_name, cwd=self.cwd,
-            client_host=socket.gethostname(), client_pid=os.getpid()))
+        hello = head_pb2.Hello(protocol_version=PROTOCOL_VERSION, client_name=self.client_name, cwd=self.cwd,
+                               client_host=socket.gethostname(), client_pid=os.getpid())
+        if self.infra_retries is not None:  # unset: the head's default
+            hello.infra_retries = int(self.infra_retries)
+        return head_pb2.ClientMessage(hello=hello)
 
     # ---------------------------------------------------------------- send
     def submit(self, sub: Submission) -> None:
         if self.broken is not None:
-            raise self.broken
+            raise copy.copy(self.broken)
         if self._closing:
             raise DragonError(f"the session to dragond at {self.address} is closed")
         self._queue.put(sub)
@@ -195,7 +212,7 @@ class Session:
     def _receive(self) -> None:
         call = self._call
         code: Optional[grpc.StatusCode] = None
-        detail = "dragond ended the session stream"
+        detail = details = "dragond ended the session stream"
         try:
             for msg in call:
                 which = msg.WhichOneof("body")
@@ -219,7 +236,7 @@ class Session:
                     logger.warning("unknown message from dragond at %s: %s", self.address, which)
         except grpc.RpcError as e:
             code = e.code() if hasattr(e, "code") else None
-            details = e.details() if hasattr(e, "details") else str(e)
+            details = (e.details() if hasattr(e, "details") else None) or str(e)
             detail = f"{code.name if code else 'error'}: {details}"
         except Exception as e:  # a bug in a callback must not leave futures hanging
             logger.exception("DragonExecutor receiver failed")
@@ -229,23 +246,31 @@ class Session:
             except Exception:
                 pass
         if self.welcome is None:  # the handshake failed
-            if code == grpc.StatusCode.FAILED_PRECONDITION and "protocol" in detail.lower():
-                m = re.search(r"this dragond.*?speaks (?:protocol )?version (\d+)", detail)
-                head_version = int(m.group(1)) if m else None
-                self._handshake_error = ProtocolMismatch(self.address, PROTOCOL_VERSION, head_version, detail)
-            else:
-                self._handshake_error = HeadUnreachable(self.address, f"session refused: {detail}")
+            if self._handshake_error is None:  # not already a ProtocolMismatch from the Welcome
+                if code == grpc.StatusCode.UNAUTHENTICATED:
+                    self._handshake_error = self._auth_error(details)
+                else:
+                    self._handshake_error = HeadUnreachable(self.address, f"session refused: {detail}")
             self._welcome_event.set()
             return
         if self._closing:
             return  # whatever ends the stream after close() is the normal end
-        error = HeadConnectionLost(self.address, detail)
+        error: DragonError
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            error = self._auth_error(details)
+        else:
+            error = HeadConnectionLost(self.address, detail)
         self.broken = error
         # Wake the request iterator so that gRPC's consumer thread ends.
         self._queue.put(_CLOSE)
         self._on_broken(error)
 
+    def _auth_error(self, details: str) -> AuthenticationFailed:
+        return AuthenticationFailed(self.address, details, self.credentials.token_source)
+
     def _handle_welcome(self, w: "head_pb2.Welcome") -> None:
+        # A head of another version sends a Welcome carrying its own version, then ends
+        # the stream (FAILED_PRECONDITION): the field says it, not the message text.
         if w.protocol_version != PROTOCOL_VERSION:
             self._handshake_error = ProtocolMismatch(self.address, PROTOCOL_VERSION, w.protocol_version)
         else:
@@ -285,4 +310,4 @@ def default_client_name(version: str) -> str:
     return f"dragon_parsl {version} (parsl {parsl_version}, user {user})"
 
 
-__all__ = ["Session", "Submission", "PROTOCOL_VERSION", "CHANNEL_OPTIONS", "default_client_name"]
+__all__ = ["Session", "Submission", "PROTOCOL_VERSION", "default_client_name"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import copy
 import functools
 import itertools
 import logging
@@ -13,8 +14,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import grpc
 from parsl.app.errors import RemoteExceptionWrapper
 from parsl.executors.base import ParslExecutor
 from parsl.executors.errors import InvalidResourceSpecification
@@ -24,17 +26,17 @@ from parsl.serialize import deserialize
 from parsl.serialize.errors import DeserializationError, SerializationError
 from parsl.utils import RepresentationMixin
 
-from dragon_parsl import _affinity, _cwd, shm
+from dragon_parsl import _affinity, _cwd, shm, transport
 from dragon_parsl.connection import PROTOCOL_VERSION, Session, Submission, default_client_name
 from dragon_parsl.errors import (
+    AuthenticationFailed,
     DragonError,
-    HeadConnectionLost,
     PayloadTooLarge,
     TaskCancelled,
     TaskFailed,
-    system_error,
+    task_error,
 )
-from dragon_parsl.local_head import LocalHead, address_from_home, find_binary
+from dragon_parsl.local_head import LocalHead, find_binary
 from dragon_parsl.worker import deserialize_view, pack_apply, serialize_parts, tune_malloc
 from dragon_parsl._proto import common_pb2, head_pb2, head_pb2_grpc
 
@@ -57,6 +59,23 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         ``HOST:PORT`` of a running dragond, or ``"current"`` for
         ``$DRAGON_HOME/current/head.json``. Default: ``$DRAGON_HEAD`` if set,
         otherwise a private dragond is started (and stopped by ``shutdown()``).
+    token : str, optional
+        The run's token, for a head given by ``address`` or ``$DRAGON_HEAD``. Default:
+        ``$DRAGON_TOKEN``, else the token file named by the head.json the address came
+        from (``"current"``), or by a head.json under ``$DRAGON_HOME`` (``current``, then
+        ``runs/*``) whose address is the one given. Without one the head refuses the
+        client (:class:`~dragon_parsl.errors.AuthenticationFailed`, saying where the
+        token is read from). Never logged, and ``repr()`` shows ``<hidden>``. The embedded
+        head needs none: its own token file is used (a token given here is ignored).
+    tls_ca : str, optional
+        PEM file of the CA that signed the head's TLS certificate (dragond
+        ``--tls-ca``); with it the channel is TLS. Default: ``$DRAGON_TLS_CA``, else the
+        ``tls_ca`` of that head.json; none: plaintext.
+    infra_retries : int, optional
+        How many times a task whose node is lost while it runs is run again elsewhere
+        before it fails with :class:`~dragon_parsl.errors.NodeLost`; these runs do not
+        count against Parsl's ``retries``. 0 turns them off. Default None: the head's
+        (``dragond --infra-retries``).
     label : str
         Parsl executor label.
     workers_per_node : int, optional
@@ -142,9 +161,35 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
                  prefetch: Optional[int] = None,
                  shm_threshold: Optional[int] = shm.DEFAULT_THRESHOLD,
                  shm_dir: str = shm.DEFAULT_DIR, batch_linger_ms: float = 10.0,
-                 batch_linger_in_flight: int = 64, client_cpu: Optional[int] = None) -> None:
+                 batch_linger_in_flight: int = 64, client_cpu: Optional[int] = None,
+                 token: Optional[str] = None, tls_ca: Optional[str] = None,
+                 infra_retries: Optional[int] = None) -> None:
         super().__init__()
         self.address = address
+        if token is not None:  # the messages never show the value: it is a secret
+            if not isinstance(token, str):
+                raise ValueError(f"DragonExecutor: token must be a string (the run's token), not a "
+                                 f"{type(token).__name__}")
+            problem = transport.token_problem(token, "the token= argument")
+            if problem:
+                raise ValueError(f"DragonExecutor: token must be the run's token (8..256 printable characters "
+                                 f"without spaces, as in the run directory's token file): {problem}")
+        # RepresentationMixin's repr (which Parsl logs with the configuration) shows
+        # getattr(self, "token"): a Secret prints as <hidden>.
+        self.token: Optional[transport.Secret] = transport.Secret(token) if token is not None else None
+        if tls_ca is not None:
+            if not isinstance(tls_ca, (str, os.PathLike)) or not os.path.isfile(tls_ca):
+                why = "no such file" if isinstance(tls_ca, (str, os.PathLike)) else "not a path"
+                raise ValueError(f"DragonExecutor: tls_ca must be the path of the PEM file of the CA that "
+                                 f"signed the head's TLS certificate, not {tls_ca!r} ({why})")
+            tls_ca = os.fspath(tls_ca)
+        self.tls_ca = tls_ca
+        if infra_retries is not None:
+            _require_whole_number("infra_retries", infra_retries, 0,
+                                  "a number of reruns >= 0 (0: off; None: the head's default)")
+            if infra_retries >= 1 << 32:
+                raise ValueError(f"DragonExecutor: infra_retries must be below 2**32, not {infra_retries!r}")
+        self.infra_retries = infra_retries
         self.label = label
         self.workers_per_node = workers_per_node
         self.dragond_path = dragond_path
@@ -178,6 +223,7 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
                                         else FilesystemRadio())
 
         self.head_address: Optional[str] = None  # the address actually used
+        self.credentials: Optional[transport.Credentials] = None  # the token and CA actually used
         self.local_head: Optional[LocalHead] = None
         self.session: Optional[Session] = None
         self.welcome: Optional[head_pb2.Welcome] = None
@@ -197,16 +243,18 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         self._agents_checked_at = float("-inf")
 
     # ------------------------------------------------------------------ start
-    def _resolve_address(self) -> Optional[str]:
-        """The address of an existing head, or None for the embedded default."""
+    def _resolve_address(self) -> Tuple[Optional[str], Optional["transport.common_pb2.RunInfo"]]:
+        """The address of an existing head (None: the embedded default) and the head.json
+        it came from, if it came from one."""
         if self.address:
             if self.address == "current":
-                return address_from_home()
-            return self.address
+                _, info = transport.current_run_info()
+                return info.address, info
+            return self.address, None
         env = os.environ.get("DRAGON_HEAD", "").strip()
         if env:
-            return env
-        return None
+            return env, None
+        return None, None
 
     def _embedded_run_dir(self) -> Path:
         if self.head_run_dir:
@@ -222,25 +270,35 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         self._started = True
         if self.tune_malloc:
             tune_malloc()
-        address = self._resolve_address()
+        address, run_info = self._resolve_address()
         if address is None:
             dragond = find_binary("dragond", self.dragond_path)
             extra = ["--prefetch", str(int(self.prefetch))] if self.prefetch is not None else []
             self.local_head = LocalHead(self._embedded_run_dir(), dragond, workers=self.workers_per_node,
                                         python=sys.executable, extra_args=extra)
             address = self.local_head.start(self.head_start_timeout)
+            if self.token is not None or self.tls_ca is not None:
+                logger.warning("DragonExecutor %s: token and tls_ca are ignored with the embedded head, which "
+                               "makes its own token", self.label)
         elif self.workers_per_node is not None or self.prefetch is not None:
             logger.warning("DragonExecutor %s: workers_per_node=%s, prefetch=%s are ignored with an existing "
                            "head (%s)", self.label, self.workers_per_node, self.prefetch, address)
         self.head_address = address
         from dragon_parsl import __version__
-        self.session = Session(address, default_client_name(__version__),
-                               on_accepted=self._on_accepted, on_result=self._on_result,
-                               on_broken=self._on_broken, max_batch_tasks=self.max_batch_tasks,
-                               max_batch_bytes=self.max_batch_bytes,
-                               in_flight=self.outstanding, linger_s=self.batch_linger_ms / 1000.0,
-                               linger_in_flight=self.batch_linger_in_flight)
         try:
+            if self.local_head is not None:
+                self.credentials = self.local_head.credentials()
+            else:
+                self.credentials = transport.find_credentials(
+                    address, explicit_token=self.token.reveal() if self.token is not None else None,
+                    tls_ca=self.tls_ca, run_info=run_info)
+            self.session = Session(address, default_client_name(__version__),
+                                   on_accepted=self._on_accepted, on_result=self._on_result,
+                                   on_broken=self._on_broken, max_batch_tasks=self.max_batch_tasks,
+                                   max_batch_bytes=self.max_batch_bytes,
+                                   in_flight=self.outstanding, linger_s=self.batch_linger_ms / 1000.0,
+                                   linger_in_flight=self.batch_linger_in_flight,
+                                   credentials=self.credentials, infra_retries=self.infra_retries)
             self.welcome = self.session.connect(self.connect_timeout)
         except BaseException:
             self.session = None
@@ -250,8 +308,11 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         self._open_shm_directory()
         self._pin_client_threads()
         logger.info("DragonExecutor %s: session %d with dragond %s at %s (run %s, protocol %d, "
-                    "max payload %d bytes)", self.label, self.welcome.session_id, self.welcome.head_version,
-                    address, self.welcome.run_id, PROTOCOL_VERSION, self.max_payload_bytes)
+                    "max payload %d bytes, infra retries %d, token: %s, %s)", self.label,
+                    self.welcome.session_id, self.welcome.head_version, address, self.welcome.run_id,
+                    PROTOCOL_VERSION, self.max_payload_bytes, self.welcome.infra_retries,
+                    self.credentials.token_source,
+                    f"TLS with CA {self.credentials.tls_ca}" if self.credentials.tls_ca else "plaintext")
 
     def _pin_client_threads(self) -> None:
         """client_cpu: after the embedded head started (its processes keep every CPU)."""
@@ -289,8 +350,8 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         if now - self._agents_checked_at < AGENT_HOSTS_RECHECK_S:
             return self._agents_local
         try:
-            nodes = self._stub().ListNodes(head_pb2.ListNodesRequest(),
-                                           timeout=min(self.connect_timeout, 5.0)).nodes
+            nodes = self._unary("ListNodes", head_pb2.ListNodesRequest(),
+                                timeout=min(self.connect_timeout, 5.0)).nodes
         except Exception as e:  # noqa: BLE001  (any failure: be safe, send inline)
             logger.warning("DragonExecutor %s: ListNodes failed (%s): task arguments go inline", self.label, e)
             nodes = None
@@ -363,7 +424,7 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         try:
             with self._lock:
                 if self._broken is not None:
-                    raise HeadConnectionLost(self._broken.address, self._broken.detail)  # type: ignore[attr-defined]
+                    raise copy.copy(self._broken)
                 if self._shut_down:
                     raise DragonError(f"DragonExecutor {self.label!r} is shut down")
                 ref = next(self._refs)
@@ -416,10 +477,10 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
                     fut.set_result(value)
             elif outcome == common_pb2.APP_EXCEPTION:
                 fut.set_exception(self._app_exception(r))
-            elif outcome == common_pb2.SYSTEM_ERROR:
-                fut.set_exception(system_error(res.error, r.task_id, res.node, res.worker_pid))
-            elif outcome == common_pb2.CANCELED:
-                fut.set_exception(TaskCancelled(res.error or f"task {r.task_id} was cancelled", r.task_id))
+            elif outcome == common_pb2.SYSTEM_ERROR or outcome == common_pb2.CANCELED:
+                # The failure kind picks the class; the message is the head's, never parsed.
+                fut.set_exception(task_error(_failure_name(res.failure), res.error, r.task_id, res.node,
+                                             res.worker_pid, cancelled=outcome == common_pb2.CANCELED))
             else:
                 fut.set_exception(TaskFailed(
                     f"task {r.task_id}: dragond reported unknown outcome {outcome} ({res.error})",
@@ -462,11 +523,11 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
             logger.error("DragonExecutor %s: %s; failing %d outstanding tasks", self.label, error, len(tasks))
         else:
             logger.error("DragonExecutor %s: %s", self.label, error)
-        address = getattr(error, "address", self.head_address or "?")
-        detail = getattr(error, "detail", str(error))
         for fut in list(tasks.values()):
             try:
-                fut.set_exception(HeadConnectionLost(address, detail))
+                # HeadConnectionLost, or AuthenticationFailed when the head refused the token;
+                # one copy per future (each gets its own traceback when raised).
+                fut.set_exception(copy.copy(error))
             except cf.InvalidStateError:
                 pass
 
@@ -480,8 +541,19 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
             raise DragonError(f"DragonExecutor {self.label!r} is not connected")
         return head_pb2_grpc.HeadServiceStub(self.session._channel)
 
+    def _unary(self, method: str, request: Any, timeout: float) -> Any:
+        """One HeadService call; a refused token is an AuthenticationFailed, not a bare RpcError."""
+        stub = self._stub()
+        try:
+            return getattr(stub, method)(request, timeout=timeout)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                source = self.credentials.token_source if self.credentials is not None else "?"
+                raise AuthenticationFailed(self.head_address or "?", e.details() or "", source) from None
+            raise
+
     def head_status(self, timeout: float = 10.0) -> "head_pb2.StatusReply":
-        return self._stub().Status(head_pb2.StatusRequest(), timeout=timeout)
+        return self._unary("Status", head_pb2.StatusRequest(), timeout=timeout)
 
     def connected_workers(self, timeout: float = 10.0) -> int:
         """Workers registered with the head (all nodes)."""
@@ -492,7 +564,7 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         task_id = getattr(fut, "dragon_task_id", None)
         if not task_id:
             raise DragonError("this future has no dragon task id (yet): it was not accepted by dragond")
-        return self._stub().Cancel(head_pb2.CancelRequest(task_id=task_id), timeout=timeout)
+        return self._unary("Cancel", head_pb2.CancelRequest(task_id=task_id), timeout=timeout)
 
     def monitor_resources(self) -> bool:
         return True
@@ -537,6 +609,15 @@ def _require_whole_number(option: str, value: Any, minimum: int, what: str) -> N
     """Refuses, naming the option, anything but an int >= minimum (bool is not a number here)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"DragonExecutor: {option} must be {what}, not {value!r}")
+
+
+def _failure_name(failure: int) -> str:
+    """The FailureKind name of a result's failure field; a kind this client's stubs do not
+    know (a newer head) gets a name no class maps, i.e. TaskFailed."""
+    try:
+        return common_pb2.FailureKind.Name(failure)
+    except ValueError:
+        return f"FAILURE_KIND_{failure}"
 
 
 def _is_local_agent(node: "head_pb2.NodeInfo") -> bool:

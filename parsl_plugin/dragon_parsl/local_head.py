@@ -4,10 +4,15 @@ It runs ``dragond start --foreground --exit-with-parent --port 0`` with its own
 run directory, waits for ``<run_dir>/head.json`` and stops the process
 (SIGTERM, wait, SIGKILL) when asked. ``--exit-with-parent`` makes it go away
 even if this Python process is killed.
+
+Its credentials are the ones its head.json names (:meth:`LocalHead.credentials`):
+dragond writes the run's token to ``<run_dir>/token`` (mode 0600, in the 0700 run
+directory) and its path to head.json, so the embedded default needs nothing from
+the user. A ``$DRAGON_TOKEN`` or ``$DRAGON_TLS_CA`` of the user's environment
+belongs to some other head and is neither passed to it nor used with it.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -18,7 +23,8 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from dragon_parsl.errors import HeadNotFound, LocalHeadError
+from dragon_parsl import transport
+from dragon_parsl.errors import LocalHeadError
 
 logger = logging.getLogger(__name__)
 
@@ -47,25 +53,6 @@ def find_binary(name: str, explicit: Optional[str] = None) -> str:
                          f"and put build-out/bin on PATH or set $DRAGON_BIN_DIR")
 
 
-def read_head_json(path: Path) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
-def address_from_home() -> str:
-    """``$DRAGON_HOME/current/head.json`` (default ~/.dragon), as dragonctl resolves it."""
-    home = Path(os.environ.get("DRAGON_HOME") or Path.home() / ".dragon")
-    head_json = home / "current" / "head.json"
-    if not head_json.exists():
-        raise HeadNotFound(f"no dragond is running (no $DRAGON_HEAD and no {head_json}); "
-                           f"start one with 'dragond start'")
-    info = read_head_json(head_json)
-    address = info.get("address")
-    if not address:
-        raise HeadNotFound(f"{head_json} has no address")
-    return str(address)
-
-
 class LocalHead:
     """One embedded dragond process."""
 
@@ -80,7 +67,7 @@ class LocalHead:
         self.extra_args = list(extra_args or [])
         self.proc: Optional[subprocess.Popen] = None
         self.address: Optional[str] = None
-        self.info: dict = {}
+        self.run_info: Optional[transport.common_pb2.RunInfo] = None  # its head.json
 
     @property
     def command(self) -> List[str]:
@@ -98,13 +85,14 @@ class LocalHead:
 
     def start(self, timeout: float) -> str:
         """Starts dragond and returns its address once head.json exists."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         head_json = self.run_dir / "head.json"
         if head_json.exists():
             # A leftover of a killed run would give a dead address.
             head_json.unlink()
         env = dict(os.environ if self.env is None else self.env)
-        env.pop("DRAGON_HEAD", None)
+        for name in ("DRAGON_HEAD", transport.TOKEN_ENV, transport.TLS_CA_ENV):
+            env.pop(name, None)  # another head's: this one makes its own token
         bin_dir = str(Path(self.dragond).resolve().parent)
         env.setdefault("DRAGON_BIN_DIR", bin_dir)
         logger.info("Starting embedded dragond: %s", " ".join(self.command))
@@ -118,9 +106,8 @@ class LocalHead:
         while True:
             if head_json.exists():
                 try:
-                    self.info = read_head_json(head_json)
-                    if self.info.get("address"):
-                        break
+                    self.run_info = transport.read_run_info(head_json)
+                    break
                 except (OSError, ValueError):
                     pass  # written atomically, but be lenient
             rc = self.proc.poll()
@@ -133,10 +120,16 @@ class LocalHead:
                                      f"(command: {' '.join(self.command)}):\n{self.console()}")
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
-        self.address = str(self.info["address"])
+        self.address = self.run_info.address
         logger.info("Embedded dragond pid %d listening on %s (run dir %s)", self.proc.pid, self.address,
                     self.run_dir)
         return self.address
+
+    def credentials(self) -> transport.Credentials:
+        """The token (from the token_file its head.json names) and TLS CA of this head."""
+        if self.run_info is None:
+            raise LocalHeadError("the embedded dragond is not started")
+        return transport.run_credentials(self.run_info, str(self.run_dir / "head.json"))
 
     def stop(self, timeout: float = 20.0) -> Optional[int]:
         """SIGTERM, wait up to ``timeout``, then SIGKILL. Returns the exit code."""
