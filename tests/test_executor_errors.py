@@ -1,15 +1,13 @@
 """How DragonExecutor fails: bad address, protocol mismatch, resource specs, payload limits,
-payloads the worker cannot unpickle. Integration tests use the real binaries; the protocol
-mismatch tests also use a tiny in-test gRPC server (a unit test of the client's handshake)."""
+payloads the worker cannot unpickle. Integration tests use the real binaries; the handshake
+against a tiny in-test gRPC server is in test_transport_unit.py."""
 from __future__ import annotations
 
 import socket
 import sys
 import textwrap
 import time
-from concurrent import futures
 
-import grpc
 import pytest
 from parsl import python_app
 from parsl.executors.errors import InvalidResourceSpecification
@@ -17,8 +15,8 @@ from parsl.executors.errors import InvalidResourceSpecification
 from conftest import head_and_dfk, start_head, stop_head
 
 from dragon_parsl import DragonExecutor, HeadNotFound, HeadUnreachable, PayloadTooLarge, ProtocolMismatch
-from dragon_parsl import TaskFailed, connection
-from dragon_parsl._proto import head_pb2, head_pb2_grpc
+from dragon_parsl import TaskTooLarge, connection
+from dragon_parsl._proto import common_pb2
 
 
 @python_app
@@ -96,62 +94,8 @@ def test_embedded_dragond_that_fails_to_start_reports_its_output(monkeypatch, tm
 # ------------------------------------------------------------------ protocol version
 
 
-class _OtherVersionHead(head_pb2_grpc.HeadServiceServicer):
-    """Answers Hello with a Welcome of another protocol version, or refuses it like dragond."""
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-        self.hellos = []
-
-    def Session(self, request_iterator, context):
-        hello = next(request_iterator)
-        self.hellos.append(hello)
-        if self.mode == "refuse":
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"client '{hello.hello.client_name}' speaks protocol version "
-                          f"{hello.hello.protocol_version} but this dragond (9.9) speaks version 7; "
-                          f"use matching versions of dragon_parsl and dragond")
-        yield head_pb2.HeadMessage(welcome=head_pb2.Welcome(protocol_version=2, session_id=1,
-                                                            head_version="9.9", max_payload_bytes=1000))
-        for _ in request_iterator:
-            pass
-
-
-@pytest.fixture
-def other_version_head(request):
-    servicer = _OtherVersionHead(request.param)
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    head_pb2_grpc.add_HeadServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}", servicer
-    finally:
-        server.stop(0)
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("other_version_head", ["welcome"], indirect=True)
-def test_welcome_with_other_protocol_version(other_version_head):
-    address, servicer = other_version_head
-    ex = DragonExecutor(address=address, connect_timeout=10)
-    with pytest.raises(ProtocolMismatch) as info:
-        ex.start()
-    msg = str(info.value)
-    assert "version 2" in msg and "version 1" in msg and address in msg, msg
-    hello = servicer.hellos[0].hello
-    assert hello.protocol_version == 1
-    assert hello.client_pid > 0 and hello.cwd and hello.client_name.startswith("dragon_parsl ")
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("other_version_head", ["refuse"], indirect=True)
-def test_head_refuses_protocol_version(other_version_head):
-    address, _ = other_version_head
-    with pytest.raises(ProtocolMismatch) as info:
-        DragonExecutor(address=address, connect_timeout=10).start()
-    assert info.value.head_version == 7
-    assert "speaks version 7" in str(info.value) and "version 1" in str(info.value)
+# The handshake against an in-test gRPC head (a Welcome of another version, a refusal
+# before any Welcome, UNAUTHENTICATED) is tested in test_transport_unit.py.
 
 
 @pytest.mark.timeout(120)
@@ -161,8 +105,11 @@ def test_real_head_refuses_other_protocol_version(tmp_path, monkeypatch):
         monkeypatch.setattr(connection, "PROTOCOL_VERSION", 99)
         with pytest.raises(ProtocolMismatch) as info:
             DragonExecutor(address=head.address, connect_timeout=10).start()
+        # The head answers with a Welcome carrying its own version: read from the field.
+        assert info.value.head_version == common_pb2.PROTOCOL_VERSION_CURRENT
         msg = str(info.value)
-        assert "99" in msg and "version 1" in msg and head.address in msg, msg
+        assert "version 99" in msg and f"version {common_pb2.PROTOCOL_VERSION_CURRENT}" in msg, msg
+        assert head.address in msg, msg
         monkeypatch.undo()
         # The head is fine and serves a matching client afterwards.
         ex = DragonExecutor(address=head.address, connect_timeout=10)
@@ -206,12 +153,17 @@ def test_payload_over_the_limit(worker_pythonpath, tmp_path):
         assert time.monotonic() - t0 < 10
         assert info.value.limit == 1 << 20 and info.value.size > 2 << 20
         assert "larger than the 1048576 bytes" in str(info.value)
+        assert "dragond --max-payload-mb" in str(info.value) and "shm_threshold" in str(info.value)
+        assert isinstance(info.value, TaskTooLarge)
         # Just under the limit works.
         assert length(b"y" * 500_000).result(timeout=60) == 500_000
-        # Without the client-side check the head refuses it itself; the future still fails.
+        # Without the client-side check the head refuses it itself (FAILURE_TOO_LARGE); the future
+        # still fails, alone.
         executor.max_payload_bytes = 0
-        with pytest.raises(TaskFailed) as info2:
+        with pytest.raises(TaskTooLarge) as info2:
             length(b"z" * (2 << 20)).result(timeout=30)
+        assert not isinstance(info2.value, PayloadTooLarge)  # the head's refusal, not the client's
+        assert info2.value.failure == "FAILURE_TOO_LARGE"
         assert "exceeds" in str(info2.value) or "limit" in str(info2.value), str(info2.value)
         assert length(b"w" * 10).result(timeout=60) == 10
 
