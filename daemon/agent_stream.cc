@@ -10,10 +10,25 @@
 
 namespace dragon::daemon {
 
-AgentStream::AgentStream(Head* head, grpc::CallbackServerContext* context)
+AgentStream::AgentStream(Head* head, const common::TokenCheck* auth,
+                         grpc::CallbackServerContext* context)
     : head_(head), context_(context), peer_(context->peer()), link_(std::make_shared<Link>()) {
   link_->stream = this;
+  if (grpc::Status refused = auth->Check(*context); !refused.ok()) {
+    std::lock_guard<std::mutex> lock(link_->mu);
+    reads_done_ = true;
+    status_ = std::move(refused);
+    PumpLocked();  // nothing to write: finishes with the refusal
+    return;
+  }
   StartRead(&in_);
+}
+
+void AgentStream::Drop(const std::shared_ptr<Link>& link) {
+  std::lock_guard<std::mutex> lock(link->mu);
+  // Cancelling ends the read side (OnReadDone(false)) and fails the agent's
+  // writes, so a fenced agent can deliver nothing more; OnDone() follows.
+  if (link->stream != nullptr) link->stream->context_->TryCancel();
 }
 
 void AgentStream::OnReadDone(bool ok) {
@@ -40,13 +55,18 @@ void AgentStream::OnReadDone(bool ok) {
       who_ = absl::StrCat("agent ", in_.register_().node_id());
     }
     // Pushes Registered (and maybe tasks), which the hook starts writing.
-    auto index = head_->RegisterAgent(in_.register_(), outbox, peer_);
-    if (!index.ok()) {
-      spdlog::error("agent from {} refused: {}", peer_, std::string(index.status().message()));
-      EndReads("", ToGrpcStatus(index.status()));
+    AgentLink link{outbox, [weak = std::weak_ptr<Link>(link_)] {
+                     if (auto l = weak.lock()) Drop(l);
+                   },
+                   peer_};
+    auto registration = head_->RegisterAgent(in_.register_(), std::move(link));
+    if (!registration.ok()) {
+      spdlog::error("agent from {} refused: {}", peer_,
+                    std::string(registration.status().message()));
+      EndReads("", ToGrpcStatus(registration.status()));
       return;
     }
-    index_ = *index;
+    index_ = registration->index;
   } else if (in_.has_update()) {
     head_->ApplyUpdate(index_, in_.mutable_update());
   } else if (in_.has_heartbeat()) {

@@ -16,6 +16,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "common/transport.h"
 #include "daemon/head.h"
 #include "proto/agent.grpc.pb.h"
 
@@ -24,8 +25,9 @@ namespace dragon::daemon {
 class AgentStream final
     : public grpc::ServerBidiReactor<dragon::v1::AgentMessage, dragon::v1::HeadToAgent> {
  public:
-  // Starts reading; gRPC owns the object, which deletes itself in OnDone().
-  AgentStream(Head* head, grpc::CallbackServerContext* context);
+  // Checks the caller's token, then starts reading (or finishes at once with
+  // UNAUTHENTICATED); gRPC owns the object, which deletes itself in OnDone().
+  AgentStream(Head* head, const common::TokenCheck* auth, grpc::CallbackServerContext* context);
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -39,6 +41,8 @@ class AgentStream final
     std::mutex mu;
     AgentStream* stream = nullptr;
   };
+  // The Head's way to end this stream (a lost or fenced incarnation).
+  static void Drop(const std::shared_ptr<Link>& link);
 
   // The read side ended (agent closed, stream broke, protocol error): the
   // Head loses the agent, which closes the outbox; once it is written out
@@ -69,15 +73,16 @@ class AgentStream final
 // AgentService on the callback API: one AgentStream per Connect.
 class AgentServiceImpl final : public dragon::v1::AgentService::CallbackService {
  public:
-  explicit AgentServiceImpl(Head* head) : head_(head) {}
+  AgentServiceImpl(Head* head, const common::TokenCheck* auth) : head_(head), auth_(auth) {}
 
   grpc::ServerBidiReactor<dragon::v1::AgentMessage, dragon::v1::HeadToAgent>* Connect(
       grpc::CallbackServerContext* context) override {
-    return new AgentStream(head_, context);
+    return new AgentStream(head_, auth_, context);
   }
 
  private:
   Head* head_;
+  const common::TokenCheck* auth_;
 };
 
 }  // namespace dragon::daemon

@@ -4,6 +4,8 @@
 #include "daemon/agent_stream.h"
 
 #include <catch2/catch.hpp>
+
+#include "common/transport.h"
 #include <chrono>
 #include <memory>
 #include <thread>
@@ -13,6 +15,8 @@ namespace {
 
 using Stream = grpc::ClientReaderWriter<dragon::v1::AgentMessage, dragon::v1::HeadToAgent>;
 
+constexpr char kToken[] = "0123456789abcdef0123456789abcdef";
+
 struct Server {
   Head head{[] {
     HeadOptions o;
@@ -20,24 +24,23 @@ struct Server {
     o.version = "t";
     return o;
   }()};
-  AgentServiceImpl service{&head};
+  common::TokenCheck auth{kToken, "the test"};
+  AgentServiceImpl service{&head, &auth};
   std::unique_ptr<grpc::Server> server;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<dragon::v1::AgentService::Stub> stub;
   std::shared_ptr<SessionOutbox> session_box = std::make_shared<SessionOutbox>();
   SessionId session = 0;
+  int port = 0;
 
   Server() {
-    int port = 0;
     grpc::ServerBuilder builder;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    REQUIRE(common::ConfigureServer(&builder, "127.0.0.1:0", common::ServerTransport{}, &port).ok());
     builder.RegisterService(&service);
     server = builder.BuildAndStart();
     REQUIRE(server != nullptr);
     REQUIRE(port != 0);
-    channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
-                                  grpc::InsecureChannelCredentials());
-    stub = dragon::v1::AgentService::NewStub(channel);
+    stub = Stub(kToken);
     dragon::v1::Hello hello;
     hello.set_protocol_version(kProtocolVersion);
     auto welcome = head.OpenSession(hello, session_box, "test");
@@ -45,6 +48,15 @@ struct Server {
     session = welcome->session_id();
   }
   ~Server() { server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2)); }
+
+  std::unique_ptr<dragon::v1::AgentService::Stub> Stub(const std::string& token) {
+    common::ClientTransport transport;
+    transport.token = token;
+    auto made = common::MakeChannel("127.0.0.1:" + std::to_string(port), transport);
+    REQUIRE(made.ok());
+    channel = *made;
+    return dragon::v1::AgentService::NewStub(channel);
+  }
 
   void Submit(int count) {
     dragon::v1::SubmitBatch batch;
@@ -88,20 +100,34 @@ dragon::v1::AgentMessage Register(const std::string& node, uint32_t workers,
   return m;
 }
 
+// Reads Registered and the first Ping and answers it, as an agent's task
+// loop does; returns the incarnation.
+uint64_t Join(Stream* stream) {
+  dragon::v1::HeadToAgent msg;
+  REQUIRE(stream->Read(&msg));
+  REQUIRE(msg.has_registered());
+  const uint64_t incarnation = msg.registered().incarnation();
+  REQUIRE(stream->Read(&msg));
+  REQUIRE(msg.has_ping());
+  dragon::v1::AgentMessage beat;
+  beat.mutable_heartbeat()->set_ping_seq(msg.ping().seq());
+  REQUIRE(stream->Write(beat));
+  return incarnation;
+}
+
 TEST_CASE("an agent registers, gets tasks and returns results", "[agent_stream]") {
   Server s;
   grpc::ClientContext ctx;
   std::unique_ptr<Stream> stream = s.stub->Connect(&ctx);
   REQUIRE(stream->Write(Register("n1", 2)));
+  CHECK(Join(stream.get()) == 1);
   dragon::v1::HeadToAgent msg;
-  REQUIRE(stream->Read(&msg));
-  REQUIRE(msg.has_registered());
-  CHECK(msg.registered().run_id() == "test");
 
   s.Submit(10);
   int done = 0;
   while (done < 10) {
     REQUIRE(stream->Read(&msg));
+    if (msg.has_ping()) continue;
     REQUIRE(msg.has_tasks());
     dragon::v1::AgentMessage update;
     for (const auto& t : msg.tasks().tasks()) {
@@ -128,6 +154,10 @@ TEST_CASE("a refused Register ends the stream with the reason", "[agent_stream]"
   auto stream = s.stub->Connect(&ctx);
   REQUIRE(stream->Write(Register("n1", 2, kProtocolVersion + 1)));
   dragon::v1::HeadToAgent msg;
+  // The head's version comes in a field the agent reads, then the error.
+  REQUIRE(stream->Read(&msg));
+  REQUIRE(msg.has_registered());
+  CHECK(msg.registered().protocol_version() == kProtocolVersion);
   CHECK_FALSE(stream->Read(&msg));
   grpc::Status st = stream->Finish();
   CHECK(st.error_code() == grpc::StatusCode::FAILED_PRECONDITION);
@@ -154,9 +184,8 @@ TEST_CASE("a protocol error after Register loses the agent and re-queues its tas
   grpc::ClientContext ctx;
   auto stream = s.stub->Connect(&ctx);
   REQUIRE(stream->Write(Register("n1", 1)));
+  Join(stream.get());
   dragon::v1::HeadToAgent msg;
-  REQUIRE(stream->Read(&msg));
-  REQUIRE(msg.has_registered());
   REQUIRE(stream->Read(&msg));
   CHECK(msg.tasks().tasks_size() == 2);  // 1 worker x (1 + prefetch 1)
   REQUIRE(stream->Write(Register("n1", 1)));  // Register again: not allowed
@@ -177,13 +206,15 @@ TEST_CASE("a cancelled agent stream is lost; shutdown reaches the others", "[age
   REQUIRE(a->Write(Register("a", 1)));
   REQUIRE(b->Write(Register("b", 1)));
   dragon::v1::HeadToAgent msg;
-  REQUIRE(a->Read(&msg));
-  REQUIRE(b->Read(&msg));
+  Join(a.get());
+  Join(b.get());
   ctx1.TryCancel();
   CHECK(a->Finish().error_code() == grpc::StatusCode::CANCELLED);
   CHECK(s.WaitForNodeState("a", "lost"));
   s.head.BeginShutdown("test over");
-  REQUIRE(b->Read(&msg));
+  do {
+    REQUIRE(b->Read(&msg));
+  } while (msg.has_ping());
   REQUIRE(msg.has_shutdown());
   CHECK(msg.shutdown().reason() == "test over");
   REQUIRE(b->WritesDone());
@@ -200,9 +231,7 @@ TEST_CASE("many agents at once, each with its own tasks", "[agent_stream][scale]
     ctxs.push_back(std::make_unique<grpc::ClientContext>());
     streams.push_back(s.stub->Connect(ctxs.back().get()));
     REQUIRE(streams.back()->Write(Register("n" + std::to_string(i), 1)));
-    dragon::v1::HeadToAgent msg;
-    REQUIRE(streams.back()->Read(&msg));
-    REQUIRE(msg.has_registered());
+    Join(streams.back().get());
   }
   s.Submit(kAgents * 2);  // 2 per agent fills every agent exactly
   std::vector<std::thread> agents;
@@ -211,6 +240,7 @@ TEST_CASE("many agents at once, each with its own tasks", "[agent_stream][scale]
       dragon::v1::HeadToAgent msg;
       int got = 0;
       while (got < 2 && streams[i]->Read(&msg)) {
+        if (!msg.has_tasks()) continue;  // pings
         dragon::v1::AgentMessage update;
         for (const auto& t : msg.tasks().tasks()) {
           auto* r = update.mutable_update()->add_results();
@@ -228,6 +258,46 @@ TEST_CASE("many agents at once, each with its own tasks", "[agent_stream][scale]
   for (auto& t : agents) t.join();
   CHECK(s.WaitForResults(kAgents * 2) == kAgents * 2);
   for (auto& st : streams) CHECK(st->Finish().ok());
+}
+
+TEST_CASE("a stream without the right token is refused before anything else", "[agent_stream]") {
+  Server s;
+  for (const std::string token : {"", "fedcba9876543210fedcba9876543210"}) {
+    auto stub = s.Stub(token);
+    grpc::ClientContext ctx;
+    auto stream = stub->Connect(&ctx);
+    stream->Write(Register("intruder", 1));
+    dragon::v1::HeadToAgent msg;
+    CHECK_FALSE(stream->Read(&msg));
+    grpc::Status st = stream->Finish();
+    CHECK(st.error_code() == grpc::StatusCode::UNAUTHENTICATED);
+    CHECK(st.error_message().find("the test") != std::string::npos);
+  }
+  CHECK(s.head.ListNodes().nodes_size() == 0);
+}
+
+TEST_CASE("a restarted agent's registration drops the old incarnation's stream", "[agent_stream]") {
+  Server s;
+  grpc::ClientContext ctx1, ctx2;
+  auto old_stream = s.stub->Connect(&ctx1);
+  REQUIRE(old_stream->Write(Register("n1", 1)));
+  CHECK(Join(old_stream.get()) == 1);
+  auto new_stream = s.stub->Connect(&ctx2);
+  REQUIRE(new_stream->Write(Register("n1", 1)));
+  CHECK(Join(new_stream.get()) == 2);
+  // The old stream ends from the head's side: it can deliver nothing more.
+  dragon::v1::HeadToAgent msg;
+  while (old_stream->Read(&msg)) {
+  }
+  CHECK_FALSE(old_stream->Finish().ok());
+  auto nodes = s.head.ListNodes();
+  REQUIRE(nodes.nodes_size() == 1);
+  CHECK(nodes.nodes(0).incarnation() == 2);
+  CHECK(nodes.nodes(0).state() == "ready");
+  new_stream->WritesDone();
+  while (new_stream->Read(&msg)) {
+  }
+  new_stream->Finish();
 }
 
 }  // namespace

@@ -1,12 +1,19 @@
 // The head's state machine: task table, scheduler, client sessions and
 // agents, behind one lock. It knows nothing of gRPC: streams hand it decoded
 // messages and drain what it pushes into their outboxes, which keeps the
-// whole scheduling path unit-testable.
+// whole scheduling path unit-testable. Node liveness is the Membership's:
+// the Head asks it, and Tick() (called periodically by dragond, by hand in
+// tests with a fake clock) sends the pings and acts on its verdicts.
+//
+// The implementation is split by responsibility: head.cc (sessions, tasks,
+// dispatch, cancel), head_agents.cc (agents, liveness, drain, lost work),
+// head_queries.cc (what dragonctl reads).
 #ifndef DRAGON_DAEMON_HEAD_H_
 #define DRAGON_DAEMON_HEAD_H_
 
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -16,6 +23,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/clock.h"
+#include "daemon/membership.h"
 #include "daemon/outbox.h"
 #include "daemon/scheduler.h"
 #include "daemon/task_table.h"
@@ -25,6 +34,8 @@
 namespace dragon::daemon {
 
 inline constexpr uint32_t kProtocolVersion = dragon::v1::PROTOCOL_VERSION_CURRENT;
+// More runs of one task than this would only hide a broken workflow.
+inline constexpr uint32_t kMaxInfraRetries = 100;
 
 struct HeadOptions {
   std::string run_id;
@@ -32,9 +43,17 @@ struct HeadOptions {
   uint64_t max_payload_bytes = 256ull << 20;
   int prefetch_per_worker = 1;      // minimum, and the start for a new agent
   int max_prefetch_per_worker = 1;  // adaptive up to this for short tasks
-  uint32_t heartbeat_interval_ms = 2000;
   // Finished tasks kept for GetTask/ListTasks; kKeepAllFinished keeps all.
   int64_t keep_finished = kDefaultKeepFinished;
+  MembershipOptions membership;
+  // Runs of a task whose node is lost while it runs, elsewhere, before it
+  // fails with FAILURE_NODE_LOST; a session may ask for another number.
+  uint32_t infra_retries = 1;
+  // For StatusReply only: how clients must connect.
+  bool auth = false;
+  bool tls = false;
+  // The clock of membership deadlines; nullptr = the system clock.
+  const common::Clock* clock = nullptr;
 };
 
 using SessionOutbox = Outbox<dragon::v1::HeadMessage>;
@@ -42,11 +61,38 @@ using AgentOutbox = Outbox<dragon::v1::HeadToAgent>;
 
 int64_t NowMicros();
 
+// What the Head needs of an agent's stream besides its outbox.
+struct AgentLink {
+  std::shared_ptr<AgentOutbox> outbox;
+  // Ends the stream from the head's side (a lost or fenced incarnation); may
+  // be called with the Head's lock held, so it must not call into the Head.
+  std::function<void()> drop;
+  std::string peer;
+};
+
+struct AgentRegistration {
+  AgentIndex index = kNoAgent;
+  uint64_t incarnation = 0;
+};
+
+// Told to the launcher, with the Head's lock held (so it must only record
+// it and return): a node's incarnation was lost (not left on request).
+struct NodeLoss {
+  std::string node_id;
+  uint64_t incarnation = 0;
+  int pid = 0;
+  std::string host;
+  std::string reason;
+};
+
 class Head {
  public:
   explicit Head(HeadOptions options);
 
   // --- client sessions -----------------------------------------------------
+  // A protocol version mismatch is FailedPrecondition; the caller then sends
+  // a Welcome holding only this head's protocol_version before ending the
+  // stream, so that the client reads the mismatch from a field.
   absl::StatusOr<dragon::v1::Welcome> OpenSession(const dragon::v1::Hello& hello,
                                                   std::shared_ptr<SessionOutbox> outbox,
                                                   const std::string& peer);
@@ -56,15 +102,36 @@ class Head {
   void CloseSession(SessionId session, const std::string& why);
 
   // --- agents ----------------------------------------------------------------
-  absl::StatusOr<AgentIndex> RegisterAgent(const dragon::v1::Register& reg,
-                                           std::shared_ptr<AgentOutbox> outbox,
-                                           const std::string& peer);
+  // Admits an agent (Membership decides on incarnations and fencing) and
+  // pushes Registered and a first Ping. On a protocol mismatch it pushes a
+  // Registered holding only this head's version and fails.
+  absl::StatusOr<AgentRegistration> RegisterAgent(const dragon::v1::Register& reg,
+                                                  AgentLink link);
+  // The answer to a Ping.
   void Heartbeat(AgentIndex agent, const dragon::v1::Heartbeat& beat);
-  // Takes the result data out of `update`.
+  // Takes the result data out of `update`. Ignored from a lost incarnation.
   void ApplyUpdate(AgentIndex agent, dragon::v1::AgentUpdate* update);
-  // The agent's stream ended: tasks it had not started go back to the queue,
-  // tasks it was running fail with an error naming the node.
+  // The agent's stream ended. Unless the head asked it to go, the node is
+  // lost: tasks it had not started go back to the queue, tasks it was
+  // running are re-run elsewhere (infra retries) or fail with NODE_LOST.
   void AgentLost(AgentIndex agent, const std::string& why);
+
+  // Pings members that are due, declares silent ones lost (dropping their
+  // streams, re-placing their work) and fails queued work once no node has
+  // been left for the grace period. Call every ~100 ms.
+  void Tick();
+
+  // Stops (drain) or resumes placement on a node; on drain, tasks sent to it
+  // and not started are asked back.
+  absl::StatusOr<dragon::v1::NodeInfo> DrainNode(const std::string& node_id, bool drain);
+
+  // Called (lock held: record and return) for each node loss.
+  void SetNodeLossObserver(std::function<void(const NodeLoss&)> observer);
+  // The launcher could not (re)start an agent: added to the errors of work
+  // that fails for want of nodes.
+  void NoteLaunchProblem(const std::string& problem);
+  // The launcher started agents: queued work must not wait for them forever.
+  void ExpectNodes();
 
   // --- control ---------------------------------------------------------------
   // Cancels a task; for a task on an agent, waits up to `wait` for the agent
@@ -73,6 +140,7 @@ class Head {
                                                  absl::Duration wait);
   absl::StatusOr<dragon::v1::TaskInfo> GetTask(TaskId task) const;
   dragon::v1::ListTasksReply ListTasks(const dragon::v1::ListTasksRequest& request) const;
+  // One row per node: its latest incarnation.
   dragon::v1::ListNodesReply ListNodes() const;
   void FillStatus(dragon::v1::StatusReply* reply) const;
 
@@ -86,16 +154,18 @@ class Head {
     std::string cwd;
     std::string client;
     std::string peer;
+    uint32_t infra_retries = 0;
     std::shared_ptr<SessionOutbox> outbox;
   };
   struct Agent {
     dragon::v1::Register info;
-    std::string peer;
-    bool connected = true;
+    AgentLink link;
+    uint64_t incarnation = 0;
     uint64_t tasks_done = 0;
     int64_t connected_us = 0;
-    int64_t last_heartbeat_us = 0;
-    std::shared_ptr<AgentOutbox> outbox;
+    int64_t last_heartbeat_us = 0;  // wall clock, for people
+    uint32_t ready_workers = 0;     // as of the last heartbeat
+    bool ended = false;             // EndAgentLocked done: stream dropped, work taken back
     std::unordered_set<TaskId> tasks;  // assigned and not yet ended
   };
   using ResultsBySession = std::map<SessionId, dragon::v1::HeadMessage>;
@@ -103,10 +173,31 @@ class Head {
   // All below run with mu_ held.
   void DispatchLocked();
   void FinishLocked(Task* task, dragon::v1::TaskState state, dragon::v1::Outcome outcome,
-                    std::string error, std::string data, int64_t now,
-                    ResultsBySession* results);
+                    dragon::v1::FailureKind failure, std::string error, std::string data,
+                    int64_t now, ResultsBySession* results);
   void SendResultsLocked(ResultsBySession* results);
   const std::string& NodeNameLocked(AgentIndex agent) const;
+  // How an incarnation ended, which decides what EndAgentLocked does.
+  enum class AgentEnd {
+    kStreamEnded,    // its stream ended (broke, closed): lost; the launcher is told
+    kLeftOnRequest,  // the head told it to go (shutdown): gone
+    kSilent,         // heartbeats stopped: lost; its stream is dropped, the launcher told
+    kReplaced,       // a new incarnation registered: lost; its stream is dropped
+  };
+  // Cleans up after an incarnation whose membership has ended: closes (and
+  // for kSilent/kReplaced drops) its stream, takes its work back, tells the
+  // launcher of a loss it did not cause. Once per incarnation.
+  void EndAgentLocked(AgentIndex agent, const std::string& why, AgentEnd how,
+                      ResultsBySession* results);
+  // A task the lost `agent` was running: run again (infra retry) or failed.
+  void RetryOrFailLocked(Task* task, AgentIndex agent, const std::string& why, int64_t now,
+                         ResultsBySession* results);
+  // A task sent to `agent` and not started goes back to the front of the queue.
+  void RequeueLocked(Task* task, AgentIndex agent, int64_t now);
+  // Fails every queued task once the no-node grace has expired.
+  void FailQueuedWithoutNodesLocked(ResultsBySession* results);
+  void PingLocked(AgentIndex agent, uint64_t seq);
+  void FillNodeInfoLocked(AgentIndex agent, dragon::v1::NodeInfo* node) const;
   // Drops the oldest finished tasks past --keep-finished. Call only where no
   // Task pointer is held, and not while a Cancel waits on its task.
   void ForgetOldFinishedLocked();
@@ -121,10 +212,13 @@ class Head {
   std::condition_variable agents_cv_;      // wakes WaitForAgentsGone()
   TaskTable table_;
   Scheduler scheduler_;
+  Membership membership_;
   std::map<SessionId, Session> sessions_;
   SessionId next_session_ = 1;
-  std::vector<Agent> agents_;  // indexed by AgentIndex; lost agents stay for `nodes`
+  std::vector<Agent> agents_;  // indexed by AgentIndex (one per incarnation)
   bool shutting_down_ = false;
+  std::function<void(const NodeLoss&)> on_node_loss_;
+  std::string launch_problem_;
   // Cancel calls waiting (lock released) on a task they hold: forgetting is
   // put off meanwhile so that their task cannot vanish under them.
   int cancel_waiters_ = 0;

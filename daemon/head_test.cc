@@ -4,97 +4,14 @@
 
 #include <catch2/catch.hpp>
 
+#include "daemon/head_test_fixture.h"
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
 
 namespace dragon::daemon {
 namespace {
-
-HeadOptions TestOptions(int64_t keep_finished) {
-  HeadOptions o;
-  o.run_id = "test";
-  o.version = "t";
-  o.max_payload_bytes = 100;
-  o.prefetch_per_worker = 1;
-  o.keep_finished = keep_finished;
-  return o;
-}
-
-struct Fixture {
-  Head head;
-  std::shared_ptr<SessionOutbox> session_box = std::make_shared<SessionOutbox>();
-  std::shared_ptr<AgentOutbox> agent_box = std::make_shared<AgentOutbox>();
-  SessionId session = 0;
-  AgentIndex agent = kNoAgent;
-
-  explicit Fixture(int64_t keep_finished = kDefaultKeepFinished)
-      : head(TestOptions(keep_finished)) {
-    dragon::v1::Hello hello;
-    hello.set_protocol_version(kProtocolVersion);
-    hello.set_cwd("/work");
-    auto welcome = head.OpenSession(hello, session_box, "test");
-    REQUIRE(welcome.ok());
-    session = welcome->session_id();
-  }
-
-  void AddAgent(uint32_t workers, const std::string& node = "n1") {
-    dragon::v1::Register reg;
-    reg.set_protocol_version(kProtocolVersion);
-    reg.set_node_id(node);
-    reg.set_workers(workers);
-    auto index = head.RegisterAgent(reg, agent_box, "test");
-    REQUIRE(index.ok());
-    agent = *index;
-  }
-
-  void Submit(int count, const std::string& payload = "p") {
-    dragon::v1::SubmitBatch batch;
-    for (int i = 0; i < count; ++i) {
-      auto* t = batch.add_tasks();
-      t->set_client_ref(next_ref++);
-      t->set_kind(dragon::v1::PYTHON);
-      t->set_payload(payload);
-    }
-    head.Submit(session, &batch);
-  }
-
-  // Task ids sent to the agent so far, in order.
-  std::vector<TaskId> SentToAgent() {
-    std::vector<TaskId> ids;
-    for (auto& m : agent_box->TakeAll()) {
-      for (auto& t : m.tasks().tasks()) {
-        ids.push_back(t.task_id());
-        CHECK(t.cwd() == "/work");
-      }
-    }
-    return ids;
-  }
-
-  std::vector<dragon::v1::ClientResult> Results() {
-    std::vector<dragon::v1::ClientResult> out;
-    for (auto& m : session_box->TakeAll()) {
-      for (auto& r : m.results().results()) out.push_back(r);
-    }
-    return out;
-  }
-
-  void Report(TaskId id, dragon::v1::Outcome outcome, const std::string& data = "") {
-    dragon::v1::AgentUpdate update;
-    auto* s = update.add_started();
-    s->set_task_id(id);
-    s->set_worker_pid(42);
-    auto* r = update.add_results();
-    r->set_task_id(id);
-    r->set_outcome(outcome);
-    r->set_data(data);
-    head.ApplyUpdate(agent, &update);
-  }
-
-  dragon::v1::TaskState State(TaskId id) { return head.GetTask(id)->state(); }
-
-  uint64_t next_ref = 100;
-};
 
 TEST_CASE("tasks flow from session to agent and results back", "[head]") {
   Fixture f;
@@ -141,12 +58,7 @@ TEST_CASE("tasks shorter than a microsecond deepen the prefetch", "[head]") {
   hello.set_protocol_version(kProtocolVersion);
   auto welcome = head.OpenSession(hello, session_box, "test");
   REQUIRE(welcome.ok());
-  dragon::v1::Register reg;
-  reg.set_protocol_version(kProtocolVersion);
-  reg.set_node_id("n1");
-  reg.set_workers(1);
-  auto agent = head.RegisterAgent(reg, agent_box, "test");
-  REQUIRE(agent.ok());
+  auto agent = RegisterReady(&head, agent_box, "n1", 1);
   dragon::v1::SubmitBatch batch;
   for (int i = 0; i < 100; ++i) {
     auto* t = batch.add_tasks();
@@ -172,7 +84,7 @@ TEST_CASE("tasks shorter than a microsecond deepen the prefetch", "[head]") {
     r->set_outcome(dragon::v1::SYSTEM_ERROR);
     r->set_start_us(1000);
     r->set_end_us(1000);
-    head.ApplyUpdate(*agent, &failed);
+    head.ApplyUpdate(agent, &failed);
     auto refill = sent();
     CHECK(refill.size() == 1);  // its one slot back, prefetch still 1
     first = {first[1], refill[0]};
@@ -185,7 +97,7 @@ TEST_CASE("tasks shorter than a microsecond deepen the prefetch", "[head]") {
     r->set_start_us(1000);
     r->set_end_us(1000);
   }
-  head.ApplyUpdate(*agent, &update);
+  head.ApplyUpdate(agent, &update);
   // Prefetch 16 now: room for 17, sent as one batch of at least (16-1)/2.
   auto next = sent();
   CHECK(next.size() >= 7);
@@ -209,8 +121,11 @@ TEST_CASE("refused submissions come back at once as failures", "[head]") {
   auto results = f.Results();
   REQUIRE(results.size() == 2);
   CHECK(results[0].result().outcome() == dragon::v1::SYSTEM_ERROR);
-  CHECK_THAT(results[0].result().error(), Catch::Contains("exceeds the head's limit of 100 bytes"));
+  CHECK_THAT(results[0].result().error(),
+             Catch::Contains("more than the head's limit of 100 bytes per task"));
+  CHECK(results[0].result().failure() == dragon::v1::FAILURE_TOO_LARGE);
   CHECK_THAT(results[1].result().error(), Catch::Contains("empty payload"));
+  CHECK(results[1].result().failure() == dragon::v1::FAILURE_REFUSED);
   CHECK(f.State(1) == dragon::v1::FAILED);
 }
 
@@ -292,7 +207,7 @@ TEST_CASE("cancelling a running task asks its agent", "[head]") {
 }
 
 TEST_CASE("a lost agent's unstarted tasks are re-queued, running ones fail", "[head]") {
-  Fixture f;
+  Fixture f(kDefaultKeepFinished, /*infra_retries=*/0);
   f.AddAgent(1, "lost-node");
   (void)f.agent_box->TakeAll();
   f.Submit(2);
@@ -311,9 +226,11 @@ TEST_CASE("a lost agent's unstarted tasks are re-queued, running ones fail", "[h
   f.agent_box = std::make_shared<AgentOutbox>();
   f.AddAgent(1, "lost-node");
   CHECK(f.SentToAgent() == std::vector<TaskId>{2});
+  // One row per node: its latest incarnation.
   auto nodes = f.head.ListNodes();
-  REQUIRE(nodes.nodes_size() == 2);
-  CHECK(nodes.nodes(0).state() == "lost");
+  REQUIRE(nodes.nodes_size() == 1);
+  CHECK(nodes.nodes(0).state() == "ready");
+  CHECK(nodes.nodes(0).incarnation() == 2);
 }
 
 TEST_CASE("closing a session cancels its unfinished tasks", "[head]") {

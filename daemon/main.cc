@@ -7,10 +7,12 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <atomic>
 #include <iostream>
 #include <memory>
 #include <mutex>
@@ -30,10 +32,14 @@
 #include "common/head_locator.h"
 #include "daemon/agent_stream.h"
 #include "daemon/head.h"
-#include "daemon/local_launcher.h"
+#include "common/host.h"
+#include "common/token.h"
+#include "common/transport.h"
+#include "daemon/launchers/local_launcher.h"
 #include "daemon/run_dir.h"
 #include "daemon/services.h"
 #include "daemon/shutdown_signal.h"
+#include "daemon/stop_command.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/head.grpc.pb.h"
 #include "spdlog/sinks/basic_file_sink.h"
@@ -50,7 +56,9 @@ ABSL_FLAG(std::string, python, "", "start: Python interpreter for the workers (d
 ABSL_FLAG(bool, exit_with_parent, false, "start: shut down when the process that started dragond exits");
 ABSL_FLAG(bool, no_current, false, "start: do not point $DRAGON_HOME/current at this run");
 ABSL_FLAG(std::string, log_level, "info", "log level: trace, debug, info, warn, error");
-ABSL_FLAG(int, max_payload_mb, 256, "start: largest task payload accepted, in MiB");
+ABSL_FLAG(int, max_payload_mb, 256,
+          "start: largest task payload (arguments) and result, in MiB; a task over it fails "
+          "alone with an error naming its size (clients and agents are told at connect)");
 ABSL_FLAG(int, prefetch, 1, "start: tasks queued on an agent per worker beyond the one running (the minimum)");
 ABSL_FLAG(int, max_prefetch, 16,
           "start: for short tasks the per-worker queue grows up to this, to keep ~2 ms of work "
@@ -61,6 +69,30 @@ ABSL_FLAG(int64_t, keep_finished, dragon::daemon::kDefaultKeepFinished,
           "are kept; 0 = keep none that can be dropped, -1 = keep all (memory grows with "
           "every task)");
 ABSL_FLAG(std::string, agent_binary, "", "start: dragon-agent to launch (default: next to dragond)");
+ABSL_FLAG(std::string, auth, "token",
+          "start: 'token' (default): every client and agent must present the run's token, made "
+          "by dragond and kept in <run dir>/token (mode 0600; the run dir is 0700); 'none': no "
+          "authentication (anyone who reaches the port can drive the head; for benchmarks)");
+ABSL_FLAG(std::string, tls_cert, "", "start: PEM certificate (chain) of the head: serve over TLS");
+ABSL_FLAG(std::string, tls_key, "", "start: PEM private key of --tls-cert");
+ABSL_FLAG(std::string, tls_ca, "",
+          "start: PEM certificate of the CA that signed --tls-cert; agents verify the head with "
+          "it and clients find it in head.json (stop: the CA to verify the head with)");
+ABSL_FLAG(int, heartbeat_interval_ms, 1000, "start: the head pings every agent this often");
+ABSL_FLAG(int, heartbeat_timeout_ms, 4000,
+          "start: an agent not heard from for this long is lost (its running tasks run again "
+          "elsewhere, its queued tasks go back to the queue); agents give up on a head that has "
+          "not pinged them for this long");
+ABSL_FLAG(int, node_grace, 30,
+          "start: seconds queued tasks may wait for an agent to come back once none is left; "
+          "then they fail with an error saying why");
+ABSL_FLAG(int, infra_retries, 1,
+          "start: times a task whose node is lost while it runs is run again elsewhere before "
+          "it fails (not counted against Parsl's retries; a client may ask for another number)");
+ABSL_FLAG(int, agent_restarts, 5,
+          "start: restarts in a row of a dead or hung local agent before giving up");
+ABSL_FLAG(std::string, token_file, "",
+          "stop: file holding the head's token (default: $DRAGON_TOKEN, then the run's token file)");
 ABSL_FLAG(std::string, head, "", "stop: HOST:PORT of the head to stop (default: $DRAGON_HEAD, then $DRAGON_HOME/current)");
 ABSL_FLAG(int, timeout, 30, "stop: seconds to wait for the head to exit");
 
@@ -78,24 +110,7 @@ std::string SelfDir() {
   return path.substr(0, path.rfind('/'));
 }
 
-// Gone, or a zombie waiting for whoever adopted it to reap it.
-bool ProcessGone(pid_t pid) {
-  if (kill(pid, 0) != 0) return errno == ESRCH;
-  FILE* f = fopen(absl::StrCat("/proc/", pid, "/stat").c_str(), "r");
-  if (f == nullptr) return true;
-  char buf[512] = {0};
-  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-  fclose(f);
-  std::string stat(buf, n);
-  size_t paren = stat.rfind(") ");
-  return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z';
-}
-
-std::string Hostname() {
-  char buf[256] = {0};
-  gethostname(buf, sizeof(buf) - 1);
-  return buf;
-}
+using common::Hostname;
 
 absl::StatusOr<std::string> AbsolutePath(const std::string& path) {
   if (!path.empty() && path[0] == '/') return path;
@@ -160,6 +175,42 @@ absl::Status CheckStartFlags() {
         absl::GetFlag(FLAGS_prefetch), ")..1000"));
   }
   if (absl::GetFlag(FLAGS_host).empty()) return absl::InvalidArgumentError("--host is empty");
+  const std::string auth = absl::GetFlag(FLAGS_auth);
+  if (auth != "token" && auth != "none") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--auth '", auth, "' is not supported (use 'token' or 'none')"));
+  }
+  if (absl::GetFlag(FLAGS_tls_cert).empty() != absl::GetFlag(FLAGS_tls_key).empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  }
+  if (!absl::GetFlag(FLAGS_tls_ca).empty() && absl::GetFlag(FLAGS_tls_cert).empty()) {
+    return absl::InvalidArgumentError("--tls-ca needs --tls-cert and --tls-key");
+  }
+  const int interval = absl::GetFlag(FLAGS_heartbeat_interval_ms);
+  const int timeout = absl::GetFlag(FLAGS_heartbeat_timeout_ms);
+  if (interval < 50 || interval > 60000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--heartbeat-interval-ms ", interval, " is not in 50..60000"));
+  }
+  if (timeout < 2 * interval || timeout > 600000) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--heartbeat-timeout-ms ", timeout, " must be at least twice --heartbeat-interval-ms (",
+        interval, ") and at most 600000"));
+  }
+  if (absl::GetFlag(FLAGS_node_grace) < 0 || absl::GetFlag(FLAGS_node_grace) > 86400) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--node-grace ", absl::GetFlag(FLAGS_node_grace), " is not in 0..86400"));
+  }
+  if (absl::GetFlag(FLAGS_infra_retries) < 0 ||
+      absl::GetFlag(FLAGS_infra_retries) > static_cast<int>(kMaxInfraRetries)) {
+    return absl::InvalidArgumentError(absl::StrCat("--infra-retries ",
+                                                   absl::GetFlag(FLAGS_infra_retries),
+                                                   " is not in 0..", kMaxInfraRetries));
+  }
+  if (absl::GetFlag(FLAGS_agent_restarts) < 0 || absl::GetFlag(FLAGS_agent_restarts) > 1000) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--agent-restarts ", absl::GetFlag(FLAGS_agent_restarts), " is not in 0..1000"));
+  }
   return ValidateKeepFinished(absl::GetFlag(FLAGS_keep_finished));
 }
 
@@ -197,6 +248,22 @@ int Serve(const std::string& run_dir, const std::string& run_id, int ready_fd) {
                      " (it is installed next to dragond; or pass --agent-binary)")));
   }
 
+  // The run's secret, in the 0700 run directory: clients on this node find
+  // it there, agents get it through their environment.
+  std::string token;
+  const std::string token_path = absl::StrCat(run_dir, "/", common::kTokenFileName);
+  if (absl::GetFlag(FLAGS_auth) == "token") {
+    absl::StatusOr<std::string> made = common::NewToken();
+    if (!made.ok()) return fail(made.status());
+    token = *std::move(made);
+    if (auto st = common::WriteTokenFile(token_path, token); !st.ok()) return fail(st);
+  } else {
+    unlink(token_path.c_str());
+    spdlog::warn("authentication is off (--auth none): anyone who reaches this head's port can "
+                 "submit tasks, cancel them and stop the head");
+  }
+  const bool tls = !absl::GetFlag(FLAGS_tls_cert).empty();
+
   HeadOptions options;
   options.run_id = run_id;
   options.version = kVersion;
@@ -204,33 +271,35 @@ int Serve(const std::string& run_dir, const std::string& run_id, int ready_fd) {
   options.prefetch_per_worker = absl::GetFlag(FLAGS_prefetch);
   options.max_prefetch_per_worker = absl::GetFlag(FLAGS_max_prefetch);
   options.keep_finished = absl::GetFlag(FLAGS_keep_finished);
+  options.membership.heartbeat_interval = absl::Milliseconds(absl::GetFlag(FLAGS_heartbeat_interval_ms));
+  options.membership.heartbeat_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_heartbeat_timeout_ms));
+  options.membership.no_node_grace = absl::Seconds(absl::GetFlag(FLAGS_node_grace));
+  options.infra_retries = static_cast<uint32_t>(absl::GetFlag(FLAGS_infra_retries));
+  options.auth = !token.empty();
+  options.tls = tls;
   Head head(options);
 
   const std::string host = absl::GetFlag(FLAGS_host);
   const std::string listen = absl::StrCat(host, ":", absl::GetFlag(FLAGS_port));
   int selected_port = 0;
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &selected_port);
-  const int max_message = static_cast<int>(options.max_payload_bytes + (64u << 20));
-  builder.SetMaxReceiveMessageSize(max_message);
-  builder.SetMaxSendMessageSize(max_message);
-  // Notice peers that vanish without closing their connection (a node that
-  // lost power) instead of waiting for TCP to time out.
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
-  // gRPC sets SO_REUSEPORT by default: a second head on a busy port would
-  // silently share it with the first. Fail loudly instead.
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  common::ServerTransport transport;
+  transport.tls.cert = absl::GetFlag(FLAGS_tls_cert);
+  transport.tls.key = absl::GetFlag(FLAGS_tls_key);
+  transport.max_receive_bytes = options.max_payload_bytes + common::kMessageHeadroomBytes;
+  if (auto st = common::ConfigureServer(&builder, listen, transport, &selected_port); !st.ok()) {
+    return fail(st);
+  }
+  const common::TokenCheck auth(
+      token, absl::StrCat("$", common::kTokenEnv, " or the token file of the run (", token_path,
+                          ", named in head.json)"));
 
   const std::string dial_host = (host == "0.0.0.0" || host == "::" || host == "[::]") ? Hostname() : host;
   std::string address;  // set once listening; read by the service
   HeadServiceImpl head_service(
-      &head, [&shutdown](const std::string& why) { shutdown.Request(why); },
+      &head, &auth, [&shutdown](const std::string& why) { shutdown.Request(why); },
       "", run_dir, absl::Seconds(10));
-  AgentServiceImpl agent_service(&head);
+  AgentServiceImpl agent_service(&head, &auth);
   builder.RegisterService(&head_service);
   builder.RegisterService(&agent_service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -240,7 +309,25 @@ int Serve(const std::string& run_dir, const std::string& run_id, int ready_fd) {
   }
   address = absl::StrCat(dial_host, ":", selected_port);
   head_service.set_address(address);
-  spdlog::info("dragond {} listening on {} (run {}, run dir {})", kVersion, address, run_id, run_dir);
+  spdlog::info("dragond {} listening on {} (run {}, run dir {}, auth {}, tls {}, heartbeat {} ms / "
+               "timeout {} ms, node grace {} s, infra retries {})",
+               kVersion, address, run_id, run_dir, token.empty() ? "none" : "token",
+               tls ? "on" : "off", absl::GetFlag(FLAGS_heartbeat_interval_ms),
+               absl::GetFlag(FLAGS_heartbeat_timeout_ms), absl::GetFlag(FLAGS_node_grace),
+               options.infra_retries);
+
+  // Liveness: pings, expiry of silent agents, the no-node grace.
+  std::atomic<bool> ticking{true};
+  std::thread ticker([&head, &ticking] {
+    while (ticking.load()) {
+      head.Tick();
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+  });
+  auto stop_ticker = [&] {
+    ticking = false;
+    if (ticker.joinable()) ticker.join();
+  };
 
   dragon::v1::RunInfo info;
   info.set_run_id(run_id);
@@ -252,8 +339,11 @@ int Serve(const std::string& run_dir, const std::string& run_id, int ready_fd) {
   info.set_head_version(kVersion);
   info.set_protocol_version(kProtocolVersion);
   info.set_log_file(run_dir + "/dragond.log");
+  if (!token.empty()) info.set_token_file(token_path);
+  info.set_tls_ca(absl::GetFlag(FLAGS_tls_ca));
   const std::string home = dragon::common::DragonHome();
   if (auto st = WriteRunInfo(info); !st.ok()) {
+    stop_ticker();
     server->Shutdown();
     return fail(st);
   }
@@ -264,7 +354,11 @@ int Serve(const std::string& run_dir, const std::string& run_id, int ready_fd) {
 
   std::unique_ptr<Launcher> launcher;
   if (local_agent) {
-    launcher = std::make_unique<LocalLauncher>(Hostname());
+    LocalLauncherOptions lopts;
+    lopts.node_id = Hostname();
+    lopts.max_restarts = absl::GetFlag(FLAGS_agent_restarts);
+    lopts.report_problem = [&head](const std::string& problem) { head.NoteLaunchProblem(problem); };
+    launcher = std::make_unique<LocalLauncher>(lopts);
     AgentLaunchSpec spec;
     spec.agent_binary = agent_binary;
     spec.head_address = absl::StrCat(dial_host == host ? host : "127.0.0.1", ":", selected_port);
@@ -272,11 +366,19 @@ int Serve(const std::string& run_dir, const std::string& run_id, int ready_fd) {
     spec.python = absl::GetFlag(FLAGS_python);
     spec.workers_per_node = absl::GetFlag(FLAGS_workers);
     spec.log_level = absl::GetFlag(FLAGS_log_level);
+    spec.token = token;
+    spec.tls_ca = absl::GetFlag(FLAGS_tls_ca);
+    Launcher* l = launcher.get();
+    head.SetNodeLossObserver([l](const NodeLoss& loss) {
+      l->OnAgentLost(AgentLoss{loss.node_id, loss.pid, loss.reason});
+    });
     if (auto st = launcher->Launch(spec); !st.ok()) {
+      stop_ticker();
       server->Shutdown();
       RemoveRunInfo(home, run_dir);
       return fail(st);
     }
+    head.ExpectNodes();
   }
 
   const std::string ready = absl::StrCat("dragond: head listening on ", address, " (run dir ", run_dir, ")");
@@ -295,6 +397,7 @@ int Serve(const std::string& run_dir, const std::string& run_id, int ready_fd) {
     }
     launcher->Stop(absl::Seconds(5));
   }
+  stop_ticker();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   RemoveRunInfo(home, run_dir);
   spdlog::info("dragond stopped");
@@ -318,6 +421,12 @@ int Start() {
   run_dir = *abs_run_dir;
   if (auto st = MakeDirs(run_dir); !st.ok()) {
     std::cerr << "dragond: " << st.message() << std::endl;
+    return 1;
+  }
+  // Private: the run's token, logs and task output live here.
+  if (chmod(run_dir.c_str(), 0700) != 0) {
+    std::cerr << "dragond: cannot make " << run_dir << " private (chmod 700): " << strerror(errno)
+              << std::endl;
     return 1;
   }
   // A live head already owns this run directory: refuse rather than clobber.
@@ -389,72 +498,6 @@ int Start() {
   return Serve(run_dir, run_id, pipe_fds[1]);
 }
 
-int Stop() {
-  dragon::common::LocateOptions options;
-  options.explicit_address = absl::GetFlag(FLAGS_head);
-  options.run_dir = absl::GetFlag(FLAGS_run_dir);
-  auto location = dragon::common::LocateHead(options);
-  if (!location.ok()) {
-    std::cerr << "dragond: " << location.status().message() << std::endl;
-    return 1;
-  }
-  auto channel = grpc::CreateChannel(location->address, grpc::InsecureChannelCredentials());
-  auto stub = dragon::v1::HeadService::NewStub(channel);
-  const int timeout = absl::GetFlag(FLAGS_timeout);
-  // Learn the pid first so we can wait for the process itself to be gone.
-  dragon::v1::StatusReply status;
-  {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    grpc::Status st = stub->Status(&ctx, dragon::v1::StatusRequest(), &status);
-    if (!st.ok()) {
-      std::cerr << "dragond: cannot reach dragond at " << location->address << " (from "
-                << location->source << "): " << st.error_message() << std::endl;
-      return 1;
-    }
-  }
-  {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    dragon::v1::ShutdownReply reply;
-    grpc::Status st = stub->Shutdown(&ctx, dragon::v1::ShutdownRequest(), &reply);
-    if (!st.ok()) {
-      std::cerr << "dragond: Shutdown of " << location->address
-                << " failed: " << st.error_message() << std::endl;
-      return 1;
-    }
-  }
-  // Drop our connection so the head's server has nothing left to drain.
-  stub.reset();
-  channel.reset();
-  const pid_t pid = status.pid();
-  const bool same_host = status.address().empty() || Hostname() == status.address().substr(0, status.address().rfind(':')) ||
-                         absl::StartsWith(status.address(), "127.") ||
-                         absl::StartsWith(status.address(), "localhost");
-  absl::Time deadline = absl::Now() + absl::Seconds(timeout);
-  while (absl::Now() < deadline) {
-    bool gone = same_host && ProcessGone(pid);
-    if (!same_host) {
-      auto probe = dragon::v1::HeadService::NewStub(
-          grpc::CreateChannel(location->address, grpc::InsecureChannelCredentials()));
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
-      dragon::v1::StatusReply ignored;
-      gone = !probe->Status(&ctx, dragon::v1::StatusRequest(), &ignored).ok();
-    }
-    if (gone) {
-      std::cout << "dragond: stopped head " << status.run_id() << " at " << location->address
-                << std::endl;
-      return 0;
-    }
-    absl::SleepFor(absl::Milliseconds(50));
-  }
-  std::cerr << "dragond: head " << location->address << " (pid " << pid
-            << ") did not exit within " << timeout << "s; see " << status.run_dir()
-            << "/dragond.log" << std::endl;
-  return 1;
-}
-
 }  // namespace
 }  // namespace dragon::daemon
 
@@ -486,7 +529,15 @@ int main(int argc, char** argv) {
   }
   const std::string command = positional[1];
   if (command == "start") return dragon::daemon::Start();
-  if (command == "stop") return dragon::daemon::Stop();
+  if (command == "stop") {
+    dragon::daemon::StopOptions stop;
+    stop.locate.explicit_address = absl::GetFlag(FLAGS_head);
+    stop.locate.run_dir = absl::GetFlag(FLAGS_run_dir);
+    stop.locate.token_file = absl::GetFlag(FLAGS_token_file);
+    stop.locate.tls_ca = absl::GetFlag(FLAGS_tls_ca);
+    stop.timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout));
+    return dragon::daemon::Stop(stop);
+  }
   std::cerr << "dragond: unknown command '" << command << "' (use 'start' or 'stop'; see dragond --help)"
             << std::endl;
   return 2;

@@ -55,12 +55,13 @@ void Scheduler::Update(AgentIndex agent, Change change) {
   }
 }
 
-void Scheduler::AddAgent(AgentIndex agent, int workers) {
+void Scheduler::AddAgent(AgentIndex agent, int workers, bool paused) {
   if (agent < 0) return;
   if (static_cast<size_t>(agent) >= agents_.size()) agents_.resize(agent + 1);
   Update(agent, [&](Slot& slot) {
     slot = Slot{};
     slot.active = true;
+    slot.paused = paused;
     slot.workers = workers;
     SetPrefetch(&slot, min_prefetch_);
   });
@@ -69,6 +70,11 @@ void Scheduler::AddAgent(AgentIndex agent, int workers) {
 void Scheduler::RemoveAgent(AgentIndex agent) {
   if (agent < 0 || static_cast<size_t>(agent) >= agents_.size()) return;
   Update(agent, [](Slot& slot) { slot = Slot{}; });
+}
+
+void Scheduler::SetPaused(AgentIndex agent, bool paused) {
+  if (agent < 0 || static_cast<size_t>(agent) >= agents_.size()) return;
+  Update(agent, [paused](Slot& slot) { slot.paused = paused; });
 }
 
 void Scheduler::Release(AgentIndex agent) {

@@ -41,16 +41,27 @@ class Scheduler {
   static constexpr int64_t kPrefetchWindowUs = 2000;
   explicit Scheduler(int min_prefetch = 1, int max_prefetch = 1);
 
-  void AddAgent(AgentIndex agent, int workers);
+  // Added paused when `paused` (see SetPaused).
+  void AddAgent(AgentIndex agent, int workers, bool paused = false);
   // A task of `agent` ran for `runtime_us`; may change its capacity.
   void ObserveRuntime(AgentIndex agent, int64_t runtime_us);
   // Forgets the agent; its tasks are the caller's to re-queue or fail.
   void RemoveAgent(AgentIndex agent);
+  // A paused agent is given no task (joining, draining) but keeps its
+  // count of assigned tasks, which Release still lowers.
+  void SetPaused(AgentIndex agent, bool paused);
 
   void Enqueue(TaskId task) { queue_.push_back(task); }
   // For tasks that were assigned but never started (their node was lost):
   // they go first, since they have waited longest.
   void Requeue(TaskId task) { queue_.push_front(task); }
+
+  // Empties the queue (e.g. to fail everything queued); returns it in order.
+  std::vector<TaskId> TakeQueued() {
+    std::vector<TaskId> out(queue_.begin(), queue_.end());
+    queue_.clear();
+    return out;
+  }
 
   // One task assigned to `agent` has ended (or been taken back).
   void Release(AgentIndex agent);
@@ -74,6 +85,7 @@ class Scheduler {
  private:
   struct Slot {
     bool active = false;
+    bool paused = false;
     int capacity = 0;
     int assigned = 0;
     int workers = 0;
@@ -104,7 +116,7 @@ class Scheduler {
   // Sets prefetch and what follows from it (capacity, batch).
   void SetPrefetch(Slot* slot, int prefetch) const;
   static bool HasRoom(const Slot& slot) {
-    return slot.active && slot.capacity - slot.assigned >= slot.batch;
+    return slot.active && !slot.paused && slot.capacity - slot.assigned >= slot.batch;
   }
 
   int min_prefetch_;

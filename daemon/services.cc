@@ -39,11 +39,12 @@ void WriterLoop(Outbox<Message>* outbox, Stream* stream, Merge merge, const std:
 
 }  // namespace
 
-HeadServiceImpl::HeadServiceImpl(Head* head,
+HeadServiceImpl::HeadServiceImpl(Head* head, const common::TokenCheck* auth,
                                  std::function<void(const std::string&)> request_shutdown,
                                  std::string address, std::string run_dir,
                                  absl::Duration cancel_wait)
     : head_(head),
+      auth_(auth),
       request_shutdown_(std::move(request_shutdown)),
       address_(std::move(address)),
       run_dir_(std::move(run_dir)),
@@ -52,6 +53,7 @@ HeadServiceImpl::HeadServiceImpl(Head* head,
 grpc::Status HeadServiceImpl::Session(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<dragon::v1::HeadMessage, dragon::v1::ClientMessage>* stream) {
+  if (grpc::Status refused = auth_->Check(*context); !refused.ok()) return refused;
   dragon::v1::ClientMessage msg;
   if (!stream->Read(&msg)) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "session closed before Hello");
@@ -64,6 +66,13 @@ grpc::Status HeadServiceImpl::Session(
   auto welcome = head_->OpenSession(msg.hello(), outbox, context->peer());
   if (!welcome.ok()) {
     spdlog::warn("session from {} refused: {}", context->peer(), std::string(welcome.status().message()));
+    if (absl::IsFailedPrecondition(welcome.status())) {
+      // A protocol mismatch: the client reads this head's version from a
+      // Welcome field, then the stream's error says the rest.
+      dragon::v1::HeadMessage version;
+      version.mutable_welcome()->set_protocol_version(kProtocolVersion);
+      stream->Write(version);
+    }
     return ToGrpcStatus(welcome.status());
   }
   const SessionId id = welcome->session_id();
@@ -96,6 +105,7 @@ grpc::Status HeadServiceImpl::Session(
 grpc::Status HeadServiceImpl::Cancel(grpc::ServerContext* context,
                                      const dragon::v1::CancelRequest* request,
                                      dragon::v1::CancelReply* reply) {
+  if (grpc::Status refused = auth_->Check(*context); !refused.ok()) return refused;
   auto result = head_->Cancel(request->task_id(), absl::StrCat("request from ", context->peer()),
                               cancel_wait_);
   if (!result.ok()) return ToGrpcStatus(result.status());
@@ -103,17 +113,20 @@ grpc::Status HeadServiceImpl::Cancel(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-grpc::Status HeadServiceImpl::GetTask(grpc::ServerContext*, const dragon::v1::GetTaskRequest* request,
+grpc::Status HeadServiceImpl::GetTask(grpc::ServerContext* context,
+                                      const dragon::v1::GetTaskRequest* request,
                                       dragon::v1::TaskInfo* reply) {
+  if (grpc::Status refused = auth_->Check(*context); !refused.ok()) return refused;
   auto info = head_->GetTask(request->task_id());
   if (!info.ok()) return ToGrpcStatus(info.status());
   *reply = *info;
   return grpc::Status::OK;
 }
 
-grpc::Status HeadServiceImpl::ListTasks(grpc::ServerContext*,
+grpc::Status HeadServiceImpl::ListTasks(grpc::ServerContext* context,
                                         const dragon::v1::ListTasksRequest* request,
                                         dragon::v1::ListTasksReply* reply) {
+  if (grpc::Status refused = auth_->Check(*context); !refused.ok()) return refused;
   if (!dragon::v1::TaskState_IsValid(request->state())) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         absl::StrCat("unknown task state ", request->state()));
@@ -122,14 +135,18 @@ grpc::Status HeadServiceImpl::ListTasks(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status HeadServiceImpl::ListNodes(grpc::ServerContext*, const dragon::v1::ListNodesRequest*,
+grpc::Status HeadServiceImpl::ListNodes(grpc::ServerContext* context,
+                                        const dragon::v1::ListNodesRequest*,
                                         dragon::v1::ListNodesReply* reply) {
+  if (grpc::Status refused = auth_->Check(*context); !refused.ok()) return refused;
   *reply = head_->ListNodes();
   return grpc::Status::OK;
 }
 
-grpc::Status HeadServiceImpl::Status(grpc::ServerContext*, const dragon::v1::StatusRequest*,
+grpc::Status HeadServiceImpl::Status(grpc::ServerContext* context,
+                                     const dragon::v1::StatusRequest*,
                                      dragon::v1::StatusReply* reply) {
+  if (grpc::Status refused = auth_->Check(*context); !refused.ok()) return refused;
   head_->FillStatus(reply);
   {
     std::lock_guard<std::mutex> lock(address_mu_);
@@ -143,7 +160,23 @@ grpc::Status HeadServiceImpl::Status(grpc::ServerContext*, const dragon::v1::Sta
 grpc::Status HeadServiceImpl::Shutdown(grpc::ServerContext* context,
                                        const dragon::v1::ShutdownRequest*,
                                        dragon::v1::ShutdownReply*) {
+  if (grpc::Status refused = auth_->Check(*context); !refused.ok()) return refused;
   request_shutdown_(absl::StrCat("Shutdown requested by ", context->peer()));
+  return grpc::Status::OK;
+}
+
+grpc::Status HeadServiceImpl::DrainNode(grpc::ServerContext* context,
+                                        const dragon::v1::DrainNodeRequest* request,
+                                        dragon::v1::NodeInfo* reply) {
+  if (grpc::Status refused = auth_->Check(*context); !refused.ok()) return refused;
+  if (request->node_id().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "DrainNode needs a node_id");
+  }
+  auto info = head_->DrainNode(request->node_id(), request->drain());
+  if (!info.ok()) return ToGrpcStatus(info.status());
+  spdlog::info("node {} {} by {}", request->node_id(), request->drain() ? "drained" : "undrained",
+               context->peer());
+  *reply = *std::move(info);
   return grpc::Status::OK;
 }
 

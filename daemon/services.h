@@ -9,6 +9,7 @@
 #include <mutex>
 #include <string>
 
+#include "common/transport.h"
 #include "daemon/head.h"
 #include "proto/head.grpc.pb.h"
 
@@ -18,8 +19,10 @@ class HeadServiceImpl final : public dragon::v1::HeadService::Service {
  public:
   // `request_shutdown` is called (once per Shutdown RPC) to stop dragond;
   // it must not block on the server.
-  HeadServiceImpl(Head* head, std::function<void(const std::string&)> request_shutdown,
-                  std::string address, std::string run_dir, absl::Duration cancel_wait);
+  // Every RPC is refused unless `auth` accepts its token.
+  HeadServiceImpl(Head* head, const common::TokenCheck* auth,
+                  std::function<void(const std::string&)> request_shutdown, std::string address,
+                  std::string run_dir, absl::Duration cancel_wait);
 
   // The address is known only once the server listens.
   void set_address(const std::string& address) {
@@ -45,9 +48,12 @@ class HeadServiceImpl final : public dragon::v1::HeadService::Service {
                       dragon::v1::StatusReply* reply) override;
   grpc::Status Shutdown(grpc::ServerContext* context, const dragon::v1::ShutdownRequest* request,
                         dragon::v1::ShutdownReply* reply) override;
+  grpc::Status DrainNode(grpc::ServerContext* context, const dragon::v1::DrainNodeRequest* request,
+                         dragon::v1::NodeInfo* reply) override;
 
  private:
   Head* head_;
+  const common::TokenCheck* auth_;
   std::function<void(const std::string&)> request_shutdown_;
   std::mutex address_mu_;
   std::string address_;

@@ -23,7 +23,8 @@ bool IsAllowedTransition(TaskState from, TaskState to) {
       // an end when the agent reports start and end in one update.
       return to == dragon::v1::PENDING || to == dragon::v1::RUNNING || IsTerminal(to);
     case dragon::v1::RUNNING:
-      return IsTerminal(to);
+      // Back to PENDING when its node is lost and it is to be run elsewhere.
+      return to == dragon::v1::PENDING || IsTerminal(to);
     default:
       return false;
   }
@@ -105,6 +106,8 @@ absl::Status TaskTable::Transition(TaskId id, TaskState to, int64_t now_us) {
   switch (to) {
     case dragon::v1::PENDING:
       task->scheduled_us = 0;
+      task->running_us = 0;
+      task->worker_pid = 0;
       task->agent = kNoAgent;
       break;
     case dragon::v1::SCHEDULED:
@@ -227,6 +230,8 @@ void FillTaskInfo(const Task& task, const std::string& node, dragon::v1::TaskInf
   info->set_outcome(task.outcome);
   info->set_error(task.error);
   info->set_payload_bytes(task.payload_bytes);
+  info->set_failure(task.failure);
+  info->set_infra_attempts(task.infra_attempts);
 }
 
 }  // namespace dragon::daemon

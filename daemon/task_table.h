@@ -48,6 +48,9 @@ struct Task {
   dragon::v1::Outcome outcome = dragon::v1::OUTCOME_UNSPECIFIED;
   AgentIndex agent = kNoAgent;
   int32_t worker_pid = 0;
+  dragon::v1::FailureKind failure = dragon::v1::FAILURE_KIND_UNSPECIFIED;
+  // Times it went back to the queue because its node was lost while it ran.
+  uint8_t infra_attempts = 0;
 
   const std::string& name_or_empty() const;
 };
