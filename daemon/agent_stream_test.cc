@@ -290,10 +290,10 @@ TEST_CASE("a restarted agent's registration drops the old incarnation's stream",
   while (old_stream->Read(&msg)) {
   }
   CHECK_FALSE(old_stream->Finish().ok());
+  CHECK(s.WaitForNodeState("n1", "ready"));  // once the heartbeat written above arrived
   auto nodes = s.head.ListNodes();
   REQUIRE(nodes.nodes_size() == 1);
   CHECK(nodes.nodes(0).incarnation() == 2);
-  CHECK(nodes.nodes(0).state() == "ready");
   new_stream->WritesDone();
   while (new_stream->Read(&msg)) {
   }
