@@ -55,7 +55,8 @@ class TestHead final : public HeadService::Service {
         break;
     }
     dragon::v1::HeadMessage welcome;
-    welcome.mutable_welcome()->set_protocol_version(mode == Mode::kWrongVersion ? 99 : 1);
+    welcome.mutable_welcome()->set_protocol_version(
+        mode == Mode::kWrongVersion ? 99 : kSessionProtocolVersion);
     welcome.mutable_welcome()->set_session_id(7);
     welcome.mutable_welcome()->set_head_version("test");
     stream->Write(welcome);
