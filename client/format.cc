@@ -30,6 +30,10 @@ constexpr std::pair<TaskState, const char*> kStates[] = {
 
 std::string OrDash(const std::string& s) { return s.empty() ? "-" : s; }
 
+// Node membership states in lifecycle order (daemon/membership.h), so that
+// counts read in a fixed order; states a newer head adds follow by name.
+constexpr const char* kNodeStates[] = {"joining", "ready", "draining", "lost", "gone"};
+
 std::string FormatBytes(uint64_t bytes) {
   if (bytes < 1024) return absl::StrCat(bytes, " B");
   const char* units[] = {"KiB", "MiB", "GiB", "TiB"};
@@ -115,6 +119,29 @@ std::string OutcomeName(dragon::v1::Outcome outcome) {
   }
 }
 
+std::string FailureName(dragon::v1::FailureKind failure) {
+  switch (failure) {
+    case dragon::v1::FAILURE_KIND_UNSPECIFIED: return "-";
+    case dragon::v1::FAILURE_WORKER_LOST: return "worker lost";
+    case dragon::v1::FAILURE_NODE_LOST: return "node lost";
+    case dragon::v1::FAILURE_CANCELLED: return "cancelled";
+    case dragon::v1::FAILURE_TIMED_OUT: return "timed out";
+    case dragon::v1::FAILURE_TOO_LARGE: return "too large";
+    case dragon::v1::FAILURE_REFUSED: return "refused by the head";
+    case dragon::v1::FAILURE_NO_NODES: return "no node left to run it";
+    case dragon::v1::FAILURE_WORKER_START: return "workers cannot start";
+    case dragon::v1::FAILURE_SHUTDOWN: return "head shut down";
+    case dragon::v1::FAILURE_INTERNAL: return "internal error";
+    default: return absl::StrCat("failure ", static_cast<int>(failure));
+  }
+}
+
+std::string FormatBytesShort(uint64_t bytes) {
+  std::string text = FormatBytes(bytes);
+  text.erase(std::remove(text.begin(), text.end(), ' '), text.end());
+  return text;
+}
+
 std::string FormatDuration(int64_t micros) {
   // Clocks of different hosts can disagree by a little; never print "-3ms".
   if (micros < 0) micros = 0;
@@ -161,6 +188,25 @@ std::string FormatTable(const std::vector<std::vector<std::string>>& rows) {
 }
 
 std::string FormatStatus(const dragon::v1::StatusReply& reply, int64_t now_us) {
+  std::string nodes = absl::StrCat(reply.nodes());
+  // "nodes: 2 live; by state: 1 ready, 1 draining, 1 lost": `nodes` counts
+  // the live ones, nodes_by_state every node the head knows (lost and gone
+  // ones included).
+  if (!reply.nodes_by_state().empty()) {
+    std::map<std::string, uint32_t> by_state(reply.nodes_by_state().begin(),
+                                             reply.nodes_by_state().end());
+    std::vector<std::string> parts;
+    for (const char* state : kNodeStates) {
+      auto it = by_state.find(state);
+      if (it == by_state.end()) continue;
+      if (it->second != 0) parts.push_back(absl::StrCat(it->second, " ", state));
+      by_state.erase(it);
+    }
+    for (const auto& [state, count] : by_state) {
+      if (count != 0) parts.push_back(absl::StrCat(count, " ", state));
+    }
+    if (!parts.empty()) absl::StrAppend(&nodes, " live; by state: ", absl::StrJoin(parts, ", "));
+  }
   std::vector<std::pair<std::string, std::string>> items = {
       {"version", absl::StrCat(OrDash(reply.head_version()), " (protocol ",
                                reply.protocol_version(), ")")},
@@ -170,9 +216,19 @@ std::string FormatStatus(const dragon::v1::StatusReply& reply, int64_t now_us) {
       {"started", FormatLocalTime(reply.started_us())},
       {"uptime", reply.started_us() ? FormatDuration(now_us - reply.started_us()) : "-"},
       {"run dir", OrDash(reply.run_dir())},
-      {"nodes", absl::StrCat(reply.nodes())},
+      {"nodes", nodes},
       {"workers", absl::StrCat(reply.workers())},
       {"sessions", absl::StrCat(reply.sessions())},
+      {"auth", reply.auth() ? "on (clients and agents present the run's token)"
+                            : "off (dragond --auth none: anyone who reaches the port may use it)"},
+      {"tls", reply.tls() ? "on" : "off"},
+      {"heartbeat",
+       reply.heartbeat_interval_ms() == 0
+           ? std::string("-")
+           : absl::StrCat("every ", FormatDuration(reply.heartbeat_interval_ms() * 1000LL),
+                          ", a node is lost after ",
+                          FormatDuration(reply.heartbeat_timeout_ms() * 1000LL), " without one")},
+      {"infra retries", absl::StrCat(reply.infra_retries())},
   };
   // The head keys counts by enum name ("PENDING"); fold them onto the names
   // users type, keeping any key this build does not know.
@@ -215,17 +271,29 @@ std::string FormatStatus(const dragon::v1::StatusReply& reply, int64_t now_us) {
 
 std::string FormatNodes(const dragon::v1::ListNodesReply& reply, int64_t now_us) {
   if (reply.nodes().empty()) return "no nodes connected\n";
-  std::vector<std::vector<std::string>> rows = {
-      {"NODE", "HOST", "WORKERS", "BUSY", "ASSIGNED", "DONE", "STATE", "HEARTBEAT"}};
+  std::vector<std::vector<std::string>> rows = {{"NODE", "HOST", "STATE", "INC", "CORES", "MEM",
+                                                 "GPUS", "WORKERS", "READY", "RUNNING", "QUEUED",
+                                                 "DONE", "HEARTBEAT"}};
+  std::string reasons;
   for (const auto& n : reply.nodes()) {
-    rows.push_back({OrDash(n.node_id()), OrDash(n.host()), absl::StrCat(n.workers()),
-                    absl::StrCat(n.busy_workers()), absl::StrCat(n.assigned_tasks()),
-                    absl::StrCat(n.tasks_done()), OrDash(n.state()),
+    rows.push_back({OrDash(n.node_id()), OrDash(n.host()), OrDash(n.state()),
+                    n.incarnation() ? absl::StrCat(n.incarnation()) : "-",
+                    n.cores() ? absl::StrCat(n.cores()) : "-",
+                    n.memory_bytes() ? FormatBytesShort(n.memory_bytes()) : "-",
+                    absl::StrCat(n.gpus_size()), absl::StrCat(n.workers()),
+                    absl::StrCat(n.ready_workers()), absl::StrCat(n.running_tasks()),
+                    absl::StrCat(n.queued_tasks()), absl::StrCat(n.tasks_done()),
                     n.last_heartbeat_us()
                         ? absl::StrCat(FormatDuration(now_us - n.last_heartbeat_us()), " ago")
                         : "-"});
+    if (n.state() == "lost" || n.state() == "gone" || !n.lost_reason().empty()) {
+      absl::StrAppend(&reasons, "node ", OrDash(n.node_id()), " is ", OrDash(n.state()), ": ",
+                      n.lost_reason().empty() ? "no reason given" : n.lost_reason(), "\n");
+    }
   }
-  return FormatTable(rows);
+  std::string out = FormatTable(rows);
+  if (!reasons.empty()) absl::StrAppend(&out, "\n", reasons);
+  return out;
 }
 
 std::string FormatTasks(const dragon::v1::ListTasksReply& reply, int64_t now_us) {
@@ -260,6 +328,15 @@ std::string FormatTask(const dragon::v1::TaskInfo& task, int64_t now_us) {
       {"worker pid", task.worker_pid() ? absl::StrCat(task.worker_pid()) : "-"},
       {"payload", FormatBytes(task.payload_bytes())},
   };
+  // Why the service could not finish it, and how often it went back to the
+  // queue because its node was lost: shown only when there is something to say.
+  if (task.failure() != dragon::v1::FAILURE_KIND_UNSPECIFIED) {
+    items.insert(items.begin() + 3, {"failure", FailureName(task.failure())});
+  }
+  if (task.infra_attempts() != 0) {
+    items.push_back({"infra attempts",
+                     absl::StrCat(task.infra_attempts(), " (run again after its node was lost)")});
+  }
   // Each reached transition with the time since the previous reached one,
   // so queueing, waiting for a worker and running time read off directly.
   const std::pair<const char*, int64_t> stamps[] = {{"submitted", t.submitted_us()},
@@ -304,6 +381,21 @@ std::string FormatCancel(uint64_t task_id, const dragon::v1::CancelReply& reply)
   // E.g. the task finished while the head waited for its agent to confirm.
   return absl::StrCat("task ", task_id, " is ", StateName(reply.state()), " (was ",
                       StateName(reply.previous_state()), ")\n");
+}
+
+std::string FormatDrain(const dragon::v1::NodeInfo& node, bool drain) {
+  const std::string id = OrDash(node.node_id());
+  if (drain && node.state() == "draining") {
+    return absl::StrCat("node ", id, " is draining: no new tasks are placed on it; its ",
+                        node.running_tasks(), " running task(s) finish ('dragonctl nodes undrain ",
+                        id, "' resumes)\n");
+  }
+  if (!drain && node.state() == "ready") {
+    return absl::StrCat("node ", id, " is ready: tasks are placed on it again\n");
+  }
+  // E.g. a node still joining keeps that state; the drain applies once it is ready.
+  return absl::StrCat("node ", id, " is ", OrDash(node.state()), " (", drain ? "drain" : "undrain",
+                      " requested)\n");
 }
 
 std::string ToJson(const google::protobuf::Message& message) {

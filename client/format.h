@@ -23,6 +23,12 @@ std::optional<dragon::v1::TaskState> ParseStateName(absl::string_view name);
 std::string AcceptedStateNames();
 
 std::string OutcomeName(dragon::v1::Outcome outcome);
+// Why a task did not end with a value, for people: "node lost", "timed out", ...;
+// "-" for FAILURE_KIND_UNSPECIFIED.
+std::string FailureName(dragon::v1::FailureKind failure);
+
+// A byte count without spaces, for table cells: "512B", "1.5KiB", "15.6GiB".
+std::string FormatBytesShort(uint64_t bytes);
 
 // A duration for people: "850us", "12.3ms", "4.25s", "3m07s", "2h05m", "3d04h".
 std::string FormatDuration(int64_t micros);
@@ -39,6 +45,8 @@ std::string FormatNodes(const dragon::v1::ListNodesReply& reply, int64_t now_us)
 std::string FormatTasks(const dragon::v1::ListTasksReply& reply, int64_t now_us);
 std::string FormatTask(const dragon::v1::TaskInfo& task, int64_t now_us);
 std::string FormatCancel(uint64_t task_id, const dragon::v1::CancelReply& reply);
+// What `dragonctl nodes drain|undrain NODE` prints: the node's new state.
+std::string FormatDrain(const dragon::v1::NodeInfo& node, bool drain);
 
 // Protobuf JSON with proto field names and every primitive field present
 // (zeros included), so that scripts can rely on the keys; ends in '\n'.

@@ -103,26 +103,84 @@ TEST_CASE("ps table") {
   CHECK(FormatTasks(dragon::v1::ListTasksReply(), now) == "no tasks\n");
 }
 
-TEST_CASE("nodes table") {
+TEST_CASE("nodes table: membership columns, and why lost or gone nodes are") {
   dragon::v1::ListNodesReply reply;
   auto* n = reply.add_nodes();
   n->set_node_id("local-0");
   n->set_host("n1");
+  n->set_state("ready");
+  n->set_incarnation(1);
+  n->set_cores(8);
+  n->set_memory_bytes(16ull << 30);
+  n->add_gpus("0");
+  n->add_gpus("1");
   n->set_workers(4);
-  n->set_busy_workers(3);
-  n->set_assigned_tasks(5);
+  n->set_ready_workers(1);
+  n->set_running_tasks(3);
+  n->set_queued_tasks(5);
   n->set_tasks_done(1234);
-  n->set_state("connected");
   n->set_last_heartbeat_us(kT0);
+  auto* draining = reply.add_nodes();
+  draining->set_node_id("n3-agent");
+  draining->set_host("n3");
+  draining->set_state("draining");
+  draining->set_incarnation(2);
+  draining->set_cores(2);
+  draining->set_memory_bytes(1536ull << 20);
+  draining->set_workers(2);
+  draining->set_ready_workers(2);
+  draining->set_last_heartbeat_us(kT0 + 500000);
   auto* lost = reply.add_nodes();
   lost->set_node_id("n2-agent");
   lost->set_host("n2");
   lost->set_state("lost");
+  lost->set_incarnation(3);
+  lost->set_tasks_done(7);
+  lost->set_last_heartbeat_us(kT0 - 6 * kSec);
+  lost->set_lost_reason("no heartbeat for 4.00s");
+  auto* gone = reply.add_nodes();
+  gone->set_node_id("n4");
+  gone->set_state("gone");
   CHECK(FormatNodes(reply, kT0 + 800000) ==
-        "NODE      HOST  WORKERS  BUSY  ASSIGNED  DONE  STATE      HEARTBEAT\n"
-        "local-0   n1    4        3     5         1234  connected  800.0ms ago\n"
-        "n2-agent  n2    0        0     0         0     lost       -\n");
+        "NODE      HOST  STATE     INC  CORES  MEM      GPUS  WORKERS  READY  RUNNING  QUEUED  "
+        "DONE  HEARTBEAT\n"
+        "local-0   n1    ready     1    8      16.0GiB  2     4        1      3        5       "
+        "1234  800.0ms ago\n"
+        "n3-agent  n3    draining  2    2      1.5GiB   0     2        2      0        0       "
+        "0     300.0ms ago\n"
+        "n2-agent  n2    lost      3    -      -        0     0        0      0        0       "
+        "7     6.80s ago\n"
+        "n4        -     gone      -    -      -        0     0        0      0        0       "
+        "0     -\n"
+        "\n"
+        "node n2-agent is lost: no heartbeat for 4.00s\n"
+        "node n4 is gone: no reason given\n");
   CHECK(FormatNodes(dragon::v1::ListNodesReply(), kT0) == "no nodes connected\n");
+}
+
+TEST_CASE("drain and undrain say the node's new state") {
+  dragon::v1::NodeInfo node;
+  node.set_node_id("local-0");
+  node.set_state("draining");
+  node.set_running_tasks(2);
+  CHECK(FormatDrain(node, true) ==
+        "node local-0 is draining: no new tasks are placed on it; its 2 running task(s) finish "
+        "('dragonctl nodes undrain local-0' resumes)\n");
+  node.set_state("ready");
+  CHECK(FormatDrain(node, false) == "node local-0 is ready: tasks are placed on it again\n");
+  node.set_state("joining");
+  CHECK(FormatDrain(node, true) == "node local-0 is joining (drain requested)\n");
+}
+
+TEST_CASE("failure kinds in words") {
+  CHECK(FailureName(dragon::v1::FAILURE_KIND_UNSPECIFIED) == "-");
+  CHECK(FailureName(dragon::v1::FAILURE_NODE_LOST) == "node lost");
+  CHECK(FailureName(dragon::v1::FAILURE_WORKER_LOST) == "worker lost");
+  CHECK(FailureName(dragon::v1::FAILURE_TIMED_OUT) == "timed out");
+  CHECK(FailureName(dragon::v1::FAILURE_NO_NODES) == "no node left to run it");
+  CHECK(FailureName(static_cast<dragon::v1::FailureKind>(99)) == "failure 99");
+  CHECK(FormatBytesShort(512) == "512B");
+  CHECK(FormatBytesShort(1536) == "1.5KiB");
 }
 
 TEST_CASE("show: every transition with local time and durations, and the error") {
@@ -137,6 +195,8 @@ TEST_CASE("show: every transition with local time and durations, and the error")
   task.set_node("local-0");
   task.set_worker_pid(999);
   task.set_outcome(dragon::v1::SYSTEM_ERROR);
+  task.set_failure(dragon::v1::FAILURE_WORKER_LOST);
+  task.set_infra_attempts(1);
   task.set_error("task 7 on node local-0: worker pid 999 died (killed by signal 9 SIGKILL)");
   task.set_payload_bytes(2048);
   auto* t = task.mutable_times();
@@ -146,22 +206,25 @@ TEST_CASE("show: every transition with local time and durations, and the error")
   t->set_finished_us(kT0 + 2500 + 3 * kSec);
 
   CHECK(FormatTask(task, kT0 + 100 * kSec) ==
-        "task:        7\n"
-        "state:       failed\n"
-        "outcome:     system error\n"
-        "name:        simulate\n"
-        "kind:        python\n"
-        "session:     2 (client ref 40)\n"
-        "node:        local-0\n"
-        "worker pid:  999\n"
-        "payload:     2.0 KiB\n"
-        "submitted:   2026-01-02T03:04:05.678+00:00\n"
-        "scheduled:   2026-01-02T03:04:05.679+00:00  (+1.5ms after submitted)\n"
-        "running:     2026-01-02T03:04:05.680+00:00  (+1.0ms after scheduled)\n"
-        "finished:    2026-01-02T03:04:08.680+00:00  (+3.00s after running)\n"
-        "runtime:     3.00s\n"
-        "total:       3.00s\n"
-        "error:       task 7 on node local-0: worker pid 999 died (killed by signal 9 SIGKILL)\n");
+        "task:            7\n"
+        "state:           failed\n"
+        "outcome:         system error\n"
+        "failure:         worker lost\n"
+        "name:            simulate\n"
+        "kind:            python\n"
+        "session:         2 (client ref 40)\n"
+        "node:            local-0\n"
+        "worker pid:      999\n"
+        "payload:         2.0 KiB\n"
+        "infra attempts:  1 (run again after its node was lost)\n"
+        "submitted:       2026-01-02T03:04:05.678+00:00\n"
+        "scheduled:       2026-01-02T03:04:05.679+00:00  (+1.5ms after submitted)\n"
+        "running:         2026-01-02T03:04:05.680+00:00  (+1.0ms after scheduled)\n"
+        "finished:        2026-01-02T03:04:08.680+00:00  (+3.00s after running)\n"
+        "runtime:         3.00s\n"
+        "total:           3.00s\n"
+        "error:           task 7 on node local-0: worker pid 999 died (killed by signal 9 "
+        "SIGKILL)\n");
 }
 
 TEST_CASE("show: a pending task has unreached transitions and a running total") {
@@ -201,26 +264,51 @@ TEST_CASE("status lists counts for every state, folding the head's enum-name key
   (*reply.mutable_tasks_by_state())["RUNNING"] = 2;
   (*reply.mutable_tasks_by_state())["DONE"] = 10;
   (*reply.mutable_tasks_by_state())["MIGRATING"] = 1;  // a state from a newer head
+  reply.set_auth(true);
+  reply.set_heartbeat_interval_ms(1000);
+  reply.set_heartbeat_timeout_ms(4000);
+  reply.set_infra_retries(1);
+  (*reply.mutable_nodes_by_state())["ready"] = 1;
+  (*reply.mutable_nodes_by_state())["lost"] = 2;
+  (*reply.mutable_nodes_by_state())["gone"] = 0;
+  (*reply.mutable_nodes_by_state())["fenced"] = 1;  // a state from a newer head
 
   CHECK(FormatStatus(reply, kT0 + 3725 * kSec) ==
-        "version:      0.1.0 (protocol 1)\n"
-        "run id:       20260102-030405-77\n"
-        "address:      127.0.0.1:4000\n"
-        "pid:          77\n"
-        "started:      2026-01-02T03:04:05.678+00:00\n"
-        "uptime:       1h02m\n"
-        "run dir:      /home/u/.dragon/runs/20260102-030405-77\n"
-        "nodes:        1\n"
-        "workers:      2\n"
-        "sessions:     1\n"
-        "tasks:        13\n"
-        "  pending:    0\n"
-        "  scheduled:  0\n"
-        "  running:    2\n"
-        "  done:       10\n"
-        "  failed:     0\n"
-        "  cancelled:  0\n"
-        "  migrating:  1\n");
+        "version:        0.1.0 (protocol 1)\n"
+        "run id:         20260102-030405-77\n"
+        "address:        127.0.0.1:4000\n"
+        "pid:            77\n"
+        "started:        2026-01-02T03:04:05.678+00:00\n"
+        "uptime:         1h02m\n"
+        "run dir:        /home/u/.dragon/runs/20260102-030405-77\n"
+        "nodes:          1 live; by state: 1 ready, 2 lost, 1 fenced\n"
+        "workers:        2\n"
+        "sessions:       1\n"
+        "auth:           on (clients and agents present the run's token)\n"
+        "tls:            off\n"
+        "heartbeat:      every 1.00s, a node is lost after 4.00s without one\n"
+        "infra retries:  1\n"
+        "tasks:          13\n"
+        "  pending:      0\n"
+        "  scheduled:    0\n"
+        "  running:      2\n"
+        "  done:         10\n"
+        "  failed:       0\n"
+        "  cancelled:    0\n"
+        "  migrating:    1\n");
+}
+
+TEST_CASE("status of a head without authentication, and of an older head") {
+  dragon::v1::StatusReply reply;
+  reply.set_nodes(2);
+  reply.set_tls(true);
+  std::string text = FormatStatus(reply, kT0);
+  CHECK(absl::StrContains(text, "nodes:          2\n"));
+  CHECK(absl::StrContains(
+      text, "auth:           off (dragond --auth none: anyone who reaches the port may use it)\n"));
+  CHECK(absl::StrContains(text, "tls:            on\n"));
+  CHECK(absl::StrContains(text, "heartbeat:      -\n"));
+  CHECK(absl::StrContains(text, "infra retries:  0\n"));
 }
 
 TEST_CASE("status shows what a head forgot under --keep-finished") {
