@@ -1,34 +1,82 @@
-// dragonctl: look inside a running dragond (status, nodes, ps, show) and
-// cancel tasks. Finds the head like every other component does
-// (common/head_locator.h) and talks to it through HeadClient.
+// dragonctl: look inside a running dragond (status, nodes, ps, show), cancel
+// tasks and drain nodes. Finds the head and its token like every other
+// component does (common/head_locator.h) and talks to it through HeadClient.
+//
+// Command line: `dragonctl [FLAGS] COMMAND [ARGS]`, flags before or after the
+// command. Flags are absl flags (the ABSL_FLAGs below, parsed by
+// absl::ParseCommandLine, --run-dir and --run_dir alike); the command and
+// its arguments are the positional arguments absl leaves.
 //
 // Exit codes: 0 ok; 1 the head could not be found or reached, or refused the
-// request; 2 the command line is wrong (nothing was sent).
+// request; 2 the command line is wrong (nothing was sent). absl itself exits
+// 1 on a flag it cannot parse; its documented hook for fatal usage errors
+// (absl/flags/usage_config.h) is used below to say so in dragonctl's words
+// and exit 2 instead.
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
-#include "absl/strings/numbers.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "client/dragonctl_flags.h"
 #include "client/format.h"
 #include "client/head_client.h"
 #include "common/head_locator.h"
 
+ABSL_FLAG(std::string, head, "",
+          "the head to talk to (default: $DRAGON_HEAD, then the head.json of --run-dir, then "
+          "$DRAGON_HOME/current/head.json; DRAGON_HOME defaults to ~/.dragon)");
+ABSL_FLAG(std::string, run_dir, "", "use the head of the run in DIR (DIR/head.json)");
+ABSL_FLAG(std::string, token_file, "",
+          "read the run's token from FILE (mode 0600) (default: $DRAGON_TOKEN, then the token "
+          "file named by the head.json the head was found through, or by a head.json under "
+          "$DRAGON_HOME with the --head address)");
+ABSL_FLAG(std::string, tls_ca, "",
+          "verify the head's TLS certificate with the CA certificate in FILE (PEM) (default: "
+          "$DRAGON_TLS_CA, then the run's head.json; none: plaintext)");
+ABSL_FLAG(bool, json, false,
+          "print the head's reply as JSON (protobuf field names, every field present)");
+ABSL_FLAG(dragon::client::TimeoutFlag, timeout, dragon::client::TimeoutFlag{absl::Seconds(10)},
+          "give up on the head after SECS seconds");
+ABSL_FLAG(dragon::client::StateFlag, state, dragon::client::StateFlag{},
+          "ps: only tasks in STATE, one of pending, scheduled, running, done, failed, cancelled");
+ABSL_FLAG(dragon::client::LimitFlag, limit, dragon::client::LimitFlag{},
+          "ps: at most N tasks (0 = the head's default, 1000)");
+
 namespace dragon::client {
 namespace {
+
+constexpr char kVersion[] = "0.1.0";
 
 constexpr int kExitOk = 0;
 constexpr int kExitError = 1;
 constexpr int kExitUsage = 2;
+
+// While absl parses the command line: what it writes to std::cerr (its
+// "ERROR: ..." lines, replaced by dragonctl's own message). Null otherwise.
+std::ostringstream* g_absl_stderr = nullptr;
+
+bool IsDragonctlFlagFile(absl::string_view file) {
+  return absl::StrContains(file, "client/dragonctl.cc");
+}
 
 struct Command {
   const char* name;
@@ -39,15 +87,29 @@ struct Command {
 };
 
 const Command kCommands[] = {
-    {"status", "", "show the head: version, run, address, uptime, nodes, workers, task counts",
+    {"status", "", "show the head: address, uptime, auth, heartbeats, nodes, workers, tasks",
      "Shows the head's version, run id, address, pid, start time and uptime, run\n"
-     "directory, the number of nodes, workers and client sessions, and how many\n"
-     "tasks are in each state.\n",
+     "directory, the number of live nodes (and every node by state: joining, ready,\n"
+     "draining, lost, gone), workers and client sessions, whether clients must\n"
+     "present the run's token (auth) and TLS is on, the heartbeat interval and\n"
+     "after how long without one a node is lost, how often a task whose node is\n"
+     "lost is run again (infra retries), and how many tasks are in each state.\n",
      false},
-    {"nodes", "", "list the nodes (one agent each) with their workers and load",
-     "Columns: NODE HOST WORKERS BUSY ASSIGNED DONE STATE HEARTBEAT.\n"
-     "ASSIGNED counts tasks sent to the node and not finished; HEARTBEAT is the\n"
-     "time since the node's agent last reported.\n",
+    {"nodes", "[drain NODE | undrain NODE]", "list the nodes, or stop/resume placing tasks on one",
+     "'dragonctl nodes' lists the nodes (one agent each), one row per node:\n"
+     "  NODE HOST STATE INC CORES MEM GPUS WORKERS READY RUNNING QUEUED DONE HEARTBEAT\n"
+     "STATE is joining (registered, first heartbeat not yet answered), ready,\n"
+     "draining (no new tasks), lost (heartbeats stopped) or gone (left); INC is the\n"
+     "incarnation (1 for the node's first agent, +1 each time it registers again);\n"
+     "READY counts workers ready to run a task, RUNNING the tasks running there,\n"
+     "QUEUED the tasks sent to the node and not started; HEARTBEAT is the time\n"
+     "since the node's agent last answered. Under the table, a line per lost or\n"
+     "gone node says why.\n"
+     "\n"
+     "'dragonctl nodes drain NODE' stops placing tasks on NODE: its running tasks\n"
+     "finish, the tasks sent to it and not started go back to the queue.\n"
+     "'dragonctl nodes undrain NODE' places tasks on it again. Both print the\n"
+     "node's new state; an unknown NODE is an error (exit 1).\n",
      false},
     {"ps", "[--state STATE] [--limit N]", "list tasks",
      "Columns: ID STATE NAME NODE WORKER AGE/RUNTIME. AGE/RUNTIME is how long a\n"
@@ -57,10 +119,12 @@ const Command kCommands[] = {
      "                  pending, scheduled, running, done, failed, cancelled\n"
      "  --limit N       at most N tasks (0 = the head's default, 1000)\n",
      false},
-    {"show", "TASK", "show one task: node, worker, state times, error",
-     "Shows task TASK (an ID from 'dragonctl ps'): state, outcome, name, node,\n"
-     "worker pid, each state transition as local time with the time since the\n"
-     "previous one, runtime, and the error if there is one.\n",
+    {"show", "TASK", "show one task: node, worker, state times, failure, error",
+     "Shows task TASK (an ID from 'dragonctl ps'): state, outcome, why the service\n"
+     "could not finish it (failure: worker lost, node lost, timed out, ...), name,\n"
+     "node, worker pid, each state transition as local time with the time since the\n"
+     "previous one, runtime, how often it was run again because its node was lost\n"
+     "(infra attempts), and the error if there is one.\n",
      true},
     {"cancel", "TASK", "cancel a task that has not finished",
      "Cancels task TASK. A pending task is dropped; a running task's worker is\n"
@@ -70,16 +134,67 @@ const Command kCommands[] = {
     {"help", "[COMMAND]", "show this help, or the help of COMMAND", "", false},
 };
 
-const char kGlobalFlags[] =
-    "Flags (before or after the command):\n"
-    "  --head HOST:PORT  the head to talk to (default: $DRAGON_HEAD, then the\n"
-    "                    head.json of --run-dir, then $DRAGON_HOME/current/head.json;\n"
-    "                    DRAGON_HOME defaults to ~/.dragon)\n"
-    "  --run-dir DIR     use the head of the run in DIR (DIR/head.json)\n"
-    "  --json            print the head's reply as JSON (protobuf field names,\n"
-    "                    every field present)\n"
-    "  --timeout SECS    give up on the head after SECS seconds (default 10)\n"
-    "  -h, --help        show help\n";
+// How each flag is shown in the help, in this order; the description is the
+// flag's own help text (one place for both --help and absl's --helpfull).
+struct FlagDisplay {
+  const char* name;  // absl's name
+  const char* value;  // placeholder for its value; "" for a boolean
+};
+const FlagDisplay kFlagDisplay[] = {
+    {"head", "HOST:PORT"}, {"run_dir", "DIR"}, {"token_file", "FILE"}, {"tls_ca", "FILE"},
+    {"json", ""},          {"timeout", "SECS"}, {"state", "STATE"},    {"limit", "N"},
+};
+
+// `text` wrapped to lines of at most `width` characters, each after `indent`.
+std::string Wrap(const std::string& text, size_t indent, size_t width) {
+  std::string out, line;
+  for (absl::string_view word : absl::StrSplit(text, ' ', absl::SkipEmpty())) {
+    if (!line.empty() && indent + line.size() + 1 + word.size() > width) {
+      absl::StrAppend(&out, line, "\n", std::string(indent, ' '));
+      line.clear();
+    }
+    absl::StrAppend(&line, line.empty() ? "" : " ", word);
+  }
+  return out + line;
+}
+
+std::string FlagsHelp() {
+  constexpr size_t kIndent = 22;
+  std::vector<std::pair<std::string, std::string>> rows;
+  std::vector<std::string> shown;
+  auto add = [&rows, &shown](const absl::CommandLineFlag& flag, absl::string_view value) {
+    std::string left =
+        absl::StrCat("  ", DisplayFlag(flag.Name()), value.empty() ? "" : " ", value);
+    std::string help = flag.Help();
+    // Defaults that say something (not "" or an unset filter).
+    const std::string def = flag.DefaultValue();
+    if (!def.empty() && def != "false") absl::StrAppend(&help, " (default ", def, ")");
+    rows.emplace_back(std::move(left), std::move(help));
+    shown.emplace_back(flag.Name());
+  };
+  for (const FlagDisplay& d : kFlagDisplay) {
+    if (const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(d.name)) add(*flag, d.value);
+  }
+  // A flag defined here and missing from kFlagDisplay is still listed.
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (IsDragonctlFlagFile(flag->Filename()) &&
+        std::find(shown.begin(), shown.end(), std::string(name)) == shown.end()) {
+      add(*flag, "VALUE");
+    }
+  }
+  rows.emplace_back("  -h, --help", "show help (also 'dragonctl help [COMMAND]')");
+  std::string out =
+      "Flags (before or after the command; --run-dir and --run_dir both work):\n";
+  for (auto& [left, help] : rows) {
+    if (left.size() + 2 > kIndent) {
+      absl::StrAppend(&out, left, "\n", std::string(kIndent, ' '));
+    } else {
+      absl::StrAppend(&out, left, std::string(kIndent - left.size(), ' '));
+    }
+    absl::StrAppend(&out, Wrap(help, kIndent, 79), "\n");
+  }
+  return out;
+}
 
 const Command* FindCommand(const std::string& name) {
   for (const Command& c : kCommands) {
@@ -96,15 +211,17 @@ std::string CommandNames() {
 
 std::string GeneralHelp() {
   std::string out =
-      "usage: dragonctl [--head HOST:PORT] [--run-dir DIR] [--json] [--timeout SECS] "
-      "COMMAND [ARGS]\n\n"
-      "Look inside a running dragond and cancel tasks.\n\nCommands:\n";
+      "usage: dragonctl [--head HOST:PORT] [--run-dir DIR] [--token-file FILE] [--tls-ca FILE]\n"
+      "                 [--json] [--timeout SECS] COMMAND [ARGS]\n\n"
+      "Look inside a running dragond, cancel tasks and drain nodes.\n\nCommands:\n";
   std::vector<std::vector<std::string>> rows;
   for (const Command& c : kCommands) {
     rows.push_back({absl::StrCat("  ", c.name, *c.args ? " " : "", c.args), c.summary});
   }
   absl::StrAppend(&out, FormatTable(rows));
-  absl::StrAppend(&out, "\n", kGlobalFlags,
+  absl::StrAppend(&out, "\n", FlagsHelp(),
+                  "\nEvery request carries the run's token; a head that refuses it says where\n"
+                  "tokens are read from, and dragonctl says which one it sent.\n"
                   "\nExit codes: 0 ok, 1 the head is not reachable or refused, 2 bad usage.\n"
                   "'dragonctl help COMMAND' shows the details of one command.\n");
   return out;
@@ -113,108 +230,11 @@ std::string GeneralHelp() {
 std::string CommandHelp(const Command& c) {
   return absl::StrCat("usage: dragonctl [FLAGS] ", c.name, *c.args ? " " : "", c.args, "\n\n",
                       absl::AsciiStrToUpper(std::string(c.summary, 1)), c.summary + 1, ".\n\n",
-                      c.details, *c.details ? "\n" : "", kGlobalFlags);
+                      c.details, *c.details ? "\n" : "", FlagsHelp());
 }
 
-struct Options {
-  std::string head;
-  std::string run_dir;
-  bool json = false;
-  absl::Duration timeout = kDefaultTimeout;
-  bool help = false;
-  std::optional<dragon::v1::TaskState> state;
-  std::optional<uint32_t> limit;
-  std::vector<std::string> positional;
-};
-
-// A usage error: the message for stderr (without the "dragonctl: " prefix).
-struct UsageError {
-  std::string message;
-};
-
-std::optional<UsageError> ParseArgs(int argc, char** argv, Options* opts) {
-  bool only_positional = false;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    // "-5" is a (bad) task id, not a flag: let ParseTaskId explain it.
-    const bool negative_number = arg.size() > 1 && arg[0] == '-' && absl::ascii_isdigit(arg[1]);
-    if (only_positional || arg.empty() || arg[0] != '-' || arg == "-" || negative_number) {
-      opts->positional.push_back(arg);
-      continue;
-    }
-    if (arg == "--") {
-      only_positional = true;
-      continue;
-    }
-    if (arg == "-h" || arg == "--help") {
-      opts->help = true;
-      continue;
-    }
-    if (arg == "--json") {
-      opts->json = true;
-      continue;
-    }
-    // Flags with a value: "--name value" or "--name=value".
-    std::string name = arg, value;
-    bool has_value = false;
-    if (size_t eq = arg.find('='); eq != std::string::npos) {
-      name = arg.substr(0, eq);
-      value = arg.substr(eq + 1);
-      has_value = true;
-    }
-    if (name != "--head" && name != "--run-dir" && name != "--timeout" && name != "--state" &&
-        name != "--limit") {
-      return UsageError{absl::StrCat("unknown flag '", arg, "' (see 'dragonctl --help')")};
-    }
-    if (!has_value) {
-      if (i + 1 >= argc) return UsageError{absl::StrCat(name, " needs a value")};
-      value = argv[++i];
-    }
-    if (name == "--head") {
-      absl::Status valid = common::ValidateHostPort(value, "--head");
-      if (!valid.ok()) return UsageError{std::string(valid.message())};
-      opts->head = value;
-    } else if (name == "--run-dir") {
-      if (value.empty()) return UsageError{"--run-dir needs a directory"};
-      opts->run_dir = value;
-    } else if (name == "--timeout") {
-      double secs = 0;
-      if (!absl::SimpleAtod(value, &secs) || !(secs > 0) || secs > 86400) {
-        return UsageError{absl::StrCat("bad --timeout '", value,
-                                       "': expected a number of seconds > 0")};
-      }
-      opts->timeout = absl::Seconds(secs);
-    } else if (name == "--state") {
-      opts->state = ParseStateName(value);
-      if (!opts->state) {
-        return UsageError{absl::StrCat("unknown state '", value, "' for --state; accepted: ",
-                                       AcceptedStateNames())};
-      }
-    } else if (name == "--limit") {
-      uint32_t limit = 0;
-      const bool digits = !value.empty() && value.find_first_not_of("0123456789") == std::string::npos;
-      if (!digits || !absl::SimpleAtoi(value, &limit)) {
-        return UsageError{absl::StrCat("bad --limit '", value,
-                                       "': expected a whole number >= 0 (0 = the head's default)")};
-      }
-      opts->limit = limit;
-    }
-  }
-  return std::nullopt;
-}
-
-std::optional<UsageError> ParseTaskId(const std::string& text, uint64_t* id) {
-  const bool digits = !text.empty() && text.find_first_not_of("0123456789") == std::string::npos;
-  if (!digits || !absl::SimpleAtoi(text, id) || *id == 0) {
-    return UsageError{absl::StrCat("bad task id '", text,
-                                   "': expected a positive whole number (the ID column of "
-                                   "'dragonctl ps')")};
-  }
-  return std::nullopt;
-}
-
-int Usage(const UsageError& error) {
-  std::cerr << "dragonctl: " << error.message << "\n";
+int Usage(const std::string& message) {
+  std::cerr << "dragonctl: " << message << "\n";
   return kExitUsage;
 }
 
@@ -223,24 +243,23 @@ int Fail(const absl::Status& status) {
   return kExitError;
 }
 
-int Run(int argc, char** argv) {
-  Options opts;
-  if (auto err = ParseArgs(argc, argv, &opts)) return Usage(*err);
-
-  if (opts.positional.empty()) {
-    if (opts.help) {
+// `positional` is what absl::ParseCommandLine left: argv[0], the command and
+// its arguments.
+int Run(const std::vector<std::string>& positional, bool help) {
+  if (positional.size() < 2) {
+    if (help) {
       std::cout << GeneralHelp();
       return kExitOk;
     }
     std::cerr << GeneralHelp();
-    return Usage({"no command given"});
+    return Usage("no command given");
   }
-  const std::string& name = opts.positional[0];
+  const std::string& name = positional[1];
   const Command* command = FindCommand(name);
   if (command == nullptr) {
-    return Usage({absl::StrCat("unknown command '", name, "'; commands: ", CommandNames())});
+    return Usage(absl::StrCat("unknown command '", name, "'; commands: ", CommandNames()));
   }
-  std::vector<std::string> args(opts.positional.begin() + 1, opts.positional.end());
+  std::vector<std::string> args(positional.begin() + 2, positional.end());
 
   if (name == "help") {
     if (args.empty()) {
@@ -249,47 +268,71 @@ int Run(int argc, char** argv) {
     }
     const Command* about = FindCommand(args[0]);
     if (about == nullptr || args.size() > 1) {
-      return Usage({absl::StrCat("unknown command '", absl::StrJoin(args, " "),
-                                 "' for help; commands: ", CommandNames())});
+      return Usage(absl::StrCat("unknown command '", absl::StrJoin(args, " "),
+                                "' for help; commands: ", CommandNames()));
     }
     std::cout << (about->name == std::string("help") ? GeneralHelp() : CommandHelp(*about));
     return kExitOk;
   }
-  if (opts.help) {
+  if (help) {
     std::cout << CommandHelp(*command);
     return kExitOk;
   }
 
   // Everything the command line can get wrong is checked before any RPC.
-  if (name != "ps" && (opts.state || opts.limit)) {
-    return Usage({absl::StrCat(opts.state ? "--state" : "--limit", " is a flag of 'ps', not of '",
-                               name, "'")});
+  const std::optional<dragon::v1::TaskState> state = absl::GetFlag(FLAGS_state).value;
+  const std::optional<uint32_t> limit = absl::GetFlag(FLAGS_limit).value;
+  if (name != "ps" && (state || limit)) {
+    return Usage(absl::StrCat(state ? "--state" : "--limit", " is a flag of 'ps', not of '", name,
+                              "'"));
   }
   uint64_t task_id = 0;
+  std::optional<bool> drain;  // nodes drain|undrain NODE
+  std::string node_id;
   if (command->takes_task) {
     if (args.size() != 1) {
-      return Usage({absl::StrCat("'", name, "' takes one task id, got ", args.size(),
-                                 " arguments (usage: dragonctl ", name, " TASK)")});
+      return Usage(absl::StrCat("'", name, "' takes one task id, got ", args.size(),
+                                " arguments (usage: dragonctl ", name, " TASK)"));
     }
     if (auto err = ParseTaskId(args[0], &task_id)) return Usage(*err);
+  } else if (name == "nodes" && !args.empty()) {
+    if (args[0] != "drain" && args[0] != "undrain") {
+      return Usage(absl::StrCat("unknown 'nodes' command '", args[0],
+                                "'; use 'nodes', 'nodes drain NODE' or 'nodes undrain NODE'"));
+    }
+    if (args.size() != 2 || args[1].empty()) {
+      return Usage(absl::StrCat("'nodes ", args[0], "' takes one node id (the NODE column of "
+                                "'dragonctl nodes'), got ", args.size() - 1, " arguments"));
+    }
+    drain = args[0] == "drain";
+    node_id = args[1];
   } else if (!args.empty()) {
-    return Usage({absl::StrCat("'", name, "' takes no arguments, got '",
-                               absl::StrJoin(args, " "), "'")});
+    return Usage(absl::StrCat("'", name, "' takes no arguments, got '", absl::StrJoin(args, " "),
+                              "'"));
+  }
+  common::LocateOptions locate;
+  locate.explicit_address = absl::GetFlag(FLAGS_head);
+  locate.run_dir = absl::GetFlag(FLAGS_run_dir);
+  locate.token_file = absl::GetFlag(FLAGS_token_file);
+  locate.tls_ca = absl::GetFlag(FLAGS_tls_ca);
+  if (!locate.explicit_address.empty()) {
+    absl::Status valid = common::ValidateHostPort(locate.explicit_address, "--head");
+    if (!valid.ok()) return Usage(std::string(valid.message()));
   }
 
-  absl::StatusOr<common::HeadLocation> location =
-      common::LocateHead({opts.head, opts.run_dir});
+  absl::StatusOr<common::HeadLocation> location = common::LocateHead(locate);
   if (!location.ok()) return Fail(location.status());
   absl::StatusOr<std::unique_ptr<HeadClient>> client =
-      HeadClient::Create(location->address, opts.timeout);
+      HeadClient::Create(*location, absl::GetFlag(FLAGS_timeout).value);
   if (!client.ok()) return Fail(client.status());
   HeadClient& head = **client;
 
+  const bool json = absl::GetFlag(FLAGS_json);
   auto now_us = [] { return absl::ToUnixMicros(absl::Now()); };
   // Prints the reply as JSON or through `text`, or reports the failure.
   auto emit = [&](const auto& reply, auto text) -> int {
     if (!reply.ok()) return Fail(reply.status());
-    std::cout << (opts.json ? ToJson(*reply) : text(*reply));
+    std::cout << (json ? ToJson(*reply) : text(*reply));
     std::cout.flush();
     return std::cout.good() ? kExitOk : kExitError;
   };
@@ -297,12 +340,16 @@ int Run(int argc, char** argv) {
   if (name == "status") {
     return emit(head.Status(), [&](const auto& r) { return FormatStatus(r, now_us()); });
   }
+  if (name == "nodes" && drain) {
+    return emit(head.DrainNode(node_id, *drain),
+                [&](const auto& r) { return FormatDrain(r, *drain); });
+  }
   if (name == "nodes") {
     return emit(head.ListNodes(), [&](const auto& r) { return FormatNodes(r, now_us()); });
   }
   if (name == "ps") {
-    return emit(head.ListTasks(opts.state.value_or(dragon::v1::TASK_STATE_UNSPECIFIED),
-                               opts.limit.value_or(0)),
+    return emit(head.ListTasks(state.value_or(dragon::v1::TASK_STATE_UNSPECIFIED),
+                               limit.value_or(0)),
                 [&](const auto& r) { return FormatTasks(r, now_us()); });
   }
   if (name == "show") {
@@ -312,10 +359,60 @@ int Run(int argc, char** argv) {
     return emit(head.Cancel(task_id), [&](const auto& r) { return FormatCancel(task_id, r); });
   }
   // Every entry of kCommands is handled above.
-  return Usage({absl::StrCat("command '", name, "' is not implemented")});
+  return Usage(absl::StrCat("command '", name, "' is not implemented"));
+}
+
+// absl exits the process (status 1) when a flag cannot be parsed: if it ever
+// does so without calling the hook below, what it wrote is not lost.
+void ShowAbslStderrAtExit() {
+  if (g_absl_stderr != nullptr) std::fputs(g_absl_stderr->str().c_str(), stderr);
+}
+
+// The positional arguments (argv[0], command, arguments) after absl parsed
+// the flags; exits 2 on a usage error absl finds (see the hook below).
+std::vector<std::string> ParseFlags(PreparedArgs& prepared) {
+  std::ostringstream absl_stderr;
+  std::streambuf* real_stderr = std::cerr.rdbuf(absl_stderr.rdbuf());
+  g_absl_stderr = &absl_stderr;
+  std::atexit(ShowAbslStderrAtExit);
+  std::vector<char*> rest =
+      absl::ParseCommandLine(static_cast<int>(prepared.argv.size()), prepared.argv.data());
+  g_absl_stderr = nullptr;
+  std::cerr.rdbuf(real_stderr);
+  std::cerr << absl_stderr.str();  // warnings, if any
+  return std::vector<std::string>(rest.begin(), rest.end());
 }
 
 }  // namespace
 }  // namespace dragon::client
 
-int main(int argc, char** argv) { return dragon::client::Run(argc, argv); }
+// absl calls this after printing "ERROR: <message>" for a usage error that
+// makes ParseCommandLine exit (an unknown flag, a flag without its value, a
+// value its type refuses). dragonctl says it its own way and exits 2, the
+// code of every usage error.
+extern "C" void ABSL_INTERNAL_C_SYMBOL(AbslInternalReportFatalUsageError)(
+    absl::string_view message) {
+  if (dragon::client::g_absl_stderr == nullptr) return;  // not parsing dragonctl's argv
+  const std::string text =
+      absl::StrCat("dragonctl: ", dragon::client::RephraseFlagError(message), "\n");
+  std::fputs(text.c_str(), stderr);
+  std::fflush(stderr);
+  std::_Exit(dragon::client::kExitUsage);
+}
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "look inside a running dragond, cancel tasks and drain nodes.\n\n"
+      "usage: dragonctl [FLAGS] COMMAND [ARGS]; 'dragonctl help' lists the commands.");
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = dragon::client::IsDragonctlFlagFile;
+  usage.contains_helpshort_flags = dragon::client::IsDragonctlFlagFile;
+  usage.version_string = [] {
+    return absl::StrCat("dragonctl ", dragon::client::kVersion, " (protocol ",
+                        static_cast<int>(dragon::v1::PROTOCOL_VERSION_CURRENT), ")\n");
+  };
+  absl::SetFlagsUsageConfig(usage);
+  dragon::client::PreparedArgs prepared = dragon::client::PrepareArgs(argc, argv);
+  std::vector<std::string> positional = dragon::client::ParseFlags(prepared);
+  return dragon::client::Run(positional, prepared.help);
+}

@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/head_locator.h"
+#include "common/transport.h"
 
 namespace dragon::client {
 namespace {
@@ -41,36 +42,58 @@ const char* CodeName(grpc::StatusCode code) {
 
 }  // namespace
 
-absl::Status TranslateRpcError(const grpc::Status& status, const std::string& address,
-                               const char* method, uint64_t task_id, absl::Duration timeout,
-                               bool channel_was_ready) {
+absl::Status TranslateRpcError(const grpc::Status& status, const RpcErrorContext& context) {
   if (status.ok()) return absl::OkStatus();
   const grpc::StatusCode code = status.error_code();
   const std::string& msg = status.error_message();
+  const std::string& address = context.address;
+  const char* method = context.method;
   switch (code) {
     case grpc::StatusCode::UNAVAILABLE:
       // A connected head can itself answer UNAVAILABLE (e.g. while shutting
       // down); only a channel that never got up means "cannot reach".
-      if (!channel_was_ready) {
+      if (!context.channel_was_ready) {
         return absl::UnavailableError(absl::StrCat("cannot reach dragond at ", address, ": ", msg));
       }
       return absl::UnavailableError(
           absl::StrCat("dragond at ", address, " is unavailable (", method, "): ", msg));
     case grpc::StatusCode::DEADLINE_EXCEEDED:
-      if (!channel_was_ready) {
+      if (!context.channel_was_ready) {
         return absl::UnavailableError(absl::StrCat("cannot reach dragond at ", address,
-                                                   ": no connection within ", Seconds(timeout)));
+                                                   ": no connection within ",
+                                                   Seconds(context.timeout)));
       }
       return absl::DeadlineExceededError(absl::StrCat("dragond at ", address, " did not answer ",
-                                                      method, " within ", Seconds(timeout)));
+                                                      method, " within ",
+                                                      Seconds(context.timeout)));
+    case grpc::StatusCode::UNAUTHENTICATED: {
+      // The head says whether the token was missing or wrong and where
+      // tokens are read from; only this side knows which one it sent.
+      std::string text = msg.empty() ? absl::StrCat("dragond at ", address, " refused ", method,
+                                                    ": UNAUTHENTICATED")
+                                     : msg;
+      if (context.sent_token) {
+        absl::StrAppend(&text, "; the token this client sent came from ",
+                        context.token_source.empty() ? "an unnamed source" : context.token_source);
+      } else if (context.token_source.empty()) {
+        absl::StrAppend(&text, "; this client sent no token");
+      } else {
+        absl::StrAppend(&text, "; this client sent no token (", context.token_source, ")");
+      }
+      return absl::UnauthenticatedError(text);
+    }
     case grpc::StatusCode::NOT_FOUND:
-      if (task_id != 0) {
+      if (context.task_id != 0) {
         // A head's message naming the task says whether it never existed or
         // was forgotten under --keep-finished: keep it.
-        if (absl::StrContains(msg, absl::StrCat("task ", task_id, " "))) {
+        if (absl::StrContains(msg, absl::StrCat("task ", context.task_id, " "))) {
           return absl::NotFoundError(msg);
         }
-        return absl::NotFoundError(absl::StrCat("no task ", task_id, " in this run"));
+        return absl::NotFoundError(absl::StrCat("no task ", context.task_id, " in this run"));
+      }
+      if (!context.node_id.empty()) {
+        if (absl::StrContains(msg, context.node_id)) return absl::NotFoundError(msg);
+        return absl::NotFoundError(absl::StrCat("no node '", context.node_id, "' in this run"));
       }
       break;
     case grpc::StatusCode::UNIMPLEMENTED:
@@ -88,26 +111,33 @@ absl::Status TranslateRpcError(const grpc::Status& status, const std::string& ad
                                                  CodeName(code), ": ", msg));
 }
 
-absl::StatusOr<std::unique_ptr<HeadClient>> HeadClient::Create(const std::string& address,
-                                                               absl::Duration timeout) {
-  absl::Status valid = common::ValidateHostPort(address, "head");
+absl::StatusOr<std::unique_ptr<HeadClient>> HeadClient::Create(
+    const common::HeadLocation& location, absl::Duration timeout) {
+  absl::Status valid = common::ValidateHostPort(location.address, "head");
   if (!valid.ok()) return valid;
   if (timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("the RPC timeout must be positive");
   }
-  grpc::ChannelArguments args;
-  // Replies can be large (ListTasks with thousands of tasks and their errors).
-  args.SetMaxReceiveMessageSize(256 << 20);
-  auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
-  return std::unique_ptr<HeadClient>(new HeadClient(address, timeout, std::move(channel)));
+  common::ClientTransport transport;
+  transport.token = location.token;
+  transport.tls_ca = location.tls_ca;
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+      common::MakeChannel(location.address, transport);
+  if (!channel.ok()) return channel.status();
+  return std::unique_ptr<HeadClient>(new HeadClient(location.address, timeout,
+                                                    *std::move(channel), !location.token.empty(),
+                                                    location.token_source));
 }
 
 HeadClient::HeadClient(std::string address, absl::Duration timeout,
-                       std::shared_ptr<grpc::Channel> channel)
+                       std::shared_ptr<grpc::Channel> channel, bool sent_token,
+                       std::string token_source)
     : address_(std::move(address)),
       timeout_(timeout),
       channel_(std::move(channel)),
-      stub_(dragon::v1::HeadService::NewStub(channel_)) {}
+      stub_(dragon::v1::HeadService::NewStub(channel_)),
+      sent_token_(sent_token),
+      token_source_(std::move(token_source)) {}
 
 void HeadClient::Prepare(grpc::ClientContext* context) const {
   context->set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
@@ -117,10 +147,18 @@ void HeadClient::Prepare(grpc::ClientContext* context) const {
 }
 
 absl::Status HeadClient::Translate(const grpc::Status& status, const char* method,
-                                   uint64_t task_id) const {
+                                   uint64_t task_id, const std::string& node_id) const {
   if (status.ok()) return absl::OkStatus();
-  const bool ready = channel_->GetState(false) == GRPC_CHANNEL_READY;
-  return TranslateRpcError(status, address_, method, task_id, timeout_, ready);
+  RpcErrorContext context;
+  context.address = address_;
+  context.method = method;
+  context.timeout = timeout_;
+  context.channel_was_ready = channel_->GetState(false) == GRPC_CHANNEL_READY;
+  context.task_id = task_id;
+  context.node_id = node_id;
+  context.sent_token = sent_token_;
+  context.token_source = token_source_;
+  return TranslateRpcError(status, context);
 }
 
 absl::Status HeadClient::Connect() {
@@ -192,6 +230,20 @@ absl::StatusOr<dragon::v1::CancelReply> HeadClient::Cancel(uint64_t task_id) {
   request.set_task_id(task_id);
   dragon::v1::CancelReply reply;
   absl::Status s = Translate(stub_->Cancel(&context, request, &reply), "Cancel", task_id);
+  if (!s.ok()) return s;
+  return reply;
+}
+
+absl::StatusOr<dragon::v1::NodeInfo> HeadClient::DrainNode(const std::string& node_id,
+                                                           bool drain) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  dragon::v1::DrainNodeRequest request;
+  request.set_node_id(node_id);
+  request.set_drain(drain);
+  dragon::v1::NodeInfo reply;
+  absl::Status s =
+      Translate(stub_->DrainNode(&context, request, &reply), "DrainNode", 0, node_id);
   if (!s.ok()) return s;
   return reply;
 }

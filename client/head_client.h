@@ -14,18 +14,35 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/head_locator.h"
 #include "proto/head.grpc.pb.h"
 
 namespace dragon::client {
 
 inline constexpr absl::Duration kDefaultTimeout = absl::Seconds(10);
 
+// What a failed call was, for the message that explains it.
+struct RpcErrorContext {
+  std::string address;
+  const char* method = "";
+  absl::Duration timeout = kDefaultTimeout;
+  bool channel_was_ready = false;  // the connection was up when the call failed
+  uint64_t task_id = 0;            // NOT_FOUND names this task (0 = none)
+  std::string node_id;             // NOT_FOUND names this node (empty = none)
+  bool sent_token = false;
+  // Where the token came from, or why there was none (HeadLocation.token_source).
+  std::string token_source;
+};
+
 class HeadClient {
  public:
-  // Validates `address` (HOST:PORT) and opens a channel to it. The channel
-  // connects on the first RPC, within that RPC's deadline; nothing here blocks.
+  // Opens a channel to location.address through common::MakeChannel, with
+  // location's token (added to every call) and TLS CA. The channel connects
+  // on the first RPC, within that RPC's deadline; nothing here blocks.
+  // Fails for a malformed address, a non-positive timeout, or a TLS CA file
+  // that cannot be read.
   static absl::StatusOr<std::unique_ptr<HeadClient>> Create(
-      const std::string& address, absl::Duration timeout = kDefaultTimeout);
+      const common::HeadLocation& location, absl::Duration timeout = kDefaultTimeout);
 
   // Waits up to the timeout for the channel to be connected. Fails with
   // "cannot reach dragond at ADDR: ..." when the head does not answer; the
@@ -39,32 +56,38 @@ class HeadClient {
   // NotFound "no task ID in this run" for an id the head does not know.
   absl::StatusOr<dragon::v1::TaskInfo> GetTask(uint64_t task_id);
   absl::StatusOr<dragon::v1::CancelReply> Cancel(uint64_t task_id);
+  // Stops (drain) or resumes (!drain) placement of tasks on `node_id`; the
+  // node as it is afterwards. NotFound (the head's "no node 'ID' in this
+  // run") for a node the head does not know.
+  absl::StatusOr<dragon::v1::NodeInfo> DrainNode(const std::string& node_id, bool drain);
   absl::Status Shutdown();
 
   const std::string& address() const { return address_; }
 
  private:
-  HeadClient(std::string address, absl::Duration timeout,
-             std::shared_ptr<grpc::Channel> channel);
+  HeadClient(std::string address, absl::Duration timeout, std::shared_ptr<grpc::Channel> channel,
+             bool sent_token, std::string token_source);
 
   // Sets the deadline every call gets.
   void Prepare(grpc::ClientContext* context) const;
   // Turns a failed call into a message naming the head and the cause.
-  // `task_id` (0 = none) lets NOT_FOUND say which task was unknown.
-  absl::Status Translate(const grpc::Status& status, const char* method,
-                         uint64_t task_id) const;
+  // `task_id` (0 = none) and `node_id` let NOT_FOUND say what was unknown.
+  absl::Status Translate(const grpc::Status& status, const char* method, uint64_t task_id,
+                         const std::string& node_id = "") const;
 
   std::string address_;
   absl::Duration timeout_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<dragon::v1::HeadService::Stub> stub_;
+  bool sent_token_;
+  std::string token_source_;
 };
 
-// The message for a gRPC failure of `method` against `address`; exposed so
-// the mapping can be unit-tested without a server.
-absl::Status TranslateRpcError(const grpc::Status& status, const std::string& address,
-                               const char* method, uint64_t task_id, absl::Duration timeout,
-                               bool channel_was_ready);
+// The message for a gRPC failure; exposed so that the mapping can be
+// unit-tested without a server. UNAUTHENTICATED keeps the head's text (it
+// says whether the token was missing or wrong and where tokens are read
+// from) and adds where this client's token came from, or why it had none.
+absl::Status TranslateRpcError(const grpc::Status& status, const RpcErrorContext& context);
 
 }  // namespace dragon::client
 
