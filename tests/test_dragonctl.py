@@ -2,14 +2,17 @@
 
 Tasks are run through Parsl with DragonExecutor, then dragonctl's text and
 JSON views are checked against what the tasks themselves reported (e.g. the
-worker pid a task saw must be the pid `show` prints). Bad usage, a missing
-head and an unreachable head must fail fast with clear messages.
+worker pid a task saw must be the pid `show` prints). Draining the node keeps
+new tasks pending until it is undrained. Bad usage (exit 2), a missing head,
+an unreachable head and a wrong or missing token (exit 1) must fail fast with
+clear messages.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import time
@@ -22,6 +25,8 @@ from conftest import binary, start_head, stop_head, wait_for, wait_for_workers, 
 from dragon_parsl.errors import TaskCancelled
 
 TESTS_DIR = Path(__file__).resolve().parent
+NODES_HEADER = ["NODE", "HOST", "STATE", "INC", "CORES", "MEM", "GPUS", "WORKERS", "READY", "RUNNING",
+                "QUEUED", "DONE", "HEARTBEAT"]
 ISO_TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
 STATES = "pending, scheduled, running, done, failed, cancelled"
 
@@ -69,9 +74,20 @@ def apps_importable(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
 
 
+def started_head(tmp_path, monkeypatch, *args):
+    """A head, and this process's $DRAGON_HOME pointed at its home, so that the
+    DragonExecutor of parsl_on finds the run's token as a user's would (the
+    token file named by the head.json under $DRAGON_HOME with its address)."""
+    h = start_head(tmp_path, *args)
+    monkeypatch.setenv("DRAGON_HOME", str(h.home))
+    for name in ("DRAGON_TOKEN", "DRAGON_TLS_CA"):
+        monkeypatch.delenv(name, raising=False)
+    return h
+
+
 @pytest.fixture
-def head2(tmp_path, apps_importable):
-    h = start_head(tmp_path, "--workers", "2")
+def head2(tmp_path, apps_importable, monkeypatch):
+    h = started_head(tmp_path, monkeypatch, "--workers", "2")
     try:
         yield h
     finally:
@@ -79,8 +95,8 @@ def head2(tmp_path, apps_importable):
 
 
 @pytest.fixture
-def head1(tmp_path, apps_importable):
-    h = start_head(tmp_path, "--workers", "1")
+def head1(tmp_path, apps_importable, monkeypatch):
+    h = started_head(tmp_path, monkeypatch, "--workers", "1")
     try:
         yield h
     finally:
@@ -88,9 +104,15 @@ def head1(tmp_path, apps_importable):
 
 
 def no_head_env(tmp_path) -> dict:
+    """An environment in which dragonctl finds no head and no token by itself."""
     env = dict(os.environ, DRAGON_HOME=str(tmp_path / "no-dragon-here"))
-    env.pop("DRAGON_HEAD", None)
+    for name in ("DRAGON_HEAD", "DRAGON_TOKEN", "DRAGON_TLS_CA"):
+        env.pop(name, None)
     return env
+
+
+def run_token(head) -> str:
+    return (head.run_dir / "token").read_text().strip()
 
 
 def run_ctl(env, *args, timeout=30) -> subprocess.CompletedProcess:
@@ -111,8 +133,9 @@ def key_values(text: str) -> dict:
 
 
 def table(text: str) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of an aligned table whose cells contain no spaces."""
-    lines = [l for l in text.splitlines() if l and not l.startswith("(")]
+    """Header and rows of an aligned table whose cells contain no spaces (up to
+    the first blank line: `nodes` says below it why nodes are lost or gone)."""
+    lines = [l for l in text.split("\n\n")[0].splitlines() if l and not l.startswith("(")]
     return lines[0].split(), [l.split() for l in lines[1:]]
 
 
@@ -152,7 +175,10 @@ def test_views_after_parsl_tasks(head2, tmp_path):
         assert st["address"] == head.address
         assert st["pid"] == str(head.proc.pid)
         assert Path(st["run dir"]).resolve() == head.run_dir.resolve()
-        assert st["nodes"] == "1" and st["workers"] == "2"
+        assert st["nodes"] == "1 live; by state: 1 ready" and st["workers"] == "2"
+        assert st["auth"].startswith("on") and st["tls"] == "off"
+        assert re.fullmatch(r"every \S+, a node is lost after \S+ without one", st["heartbeat"]), st
+        assert st["infra retries"] == "1"
         assert int(st["sessions"]) >= 1
         # An app that raised still ends DONE (its exception is its result).
         assert st["tasks"] == "7" and st["done"] == "7" and st["failed"] == "0"
@@ -160,20 +186,27 @@ def test_views_after_parsl_tasks(head2, tmp_path):
         sj = head.ctl_json("status")
         assert sj["address"] == head.address and sj["pid"] == head.proc.pid
         assert int(sj["tasks_by_state"]["DONE"]) == 7
-        assert sj["run_id"] and sj["head_version"] and sj["protocol_version"] == 1
+        assert sj["run_id"] and sj["head_version"] and sj["protocol_version"] == 2
+        assert sj["auth"] is True and sj["tls"] is False and sj["nodes_by_state"] == {"ready": 1}
+        assert sj["heartbeat_interval_ms"] > 0 and sj["heartbeat_timeout_ms"] > sj["heartbeat_interval_ms"]
 
         # nodes
         header, rows = table(head.ctl("nodes").stdout)
-        assert header == ["NODE", "HOST", "WORKERS", "BUSY", "ASSIGNED", "DONE", "STATE", "HEARTBEAT"]
+        assert header == NODES_HEADER
         assert len(rows) == 1
-        node_id, _host, workers, busy, assigned, done, state = rows[0][:7]
-        assert (workers, busy, assigned, done, state) == ("2", "0", "0", "7", "connected")
+        row = dict(zip(header, rows[0]))
+        node_id = row["NODE"]
+        assert (row["STATE"], row["INC"], row["WORKERS"], row["RUNNING"], row["QUEUED"], row["DONE"]) == \
+            ("ready", "1", "2", "0", "0", "7")
+        assert int(row["CORES"]) >= 1 and row["MEM"].endswith("B") and row["GPUS"].isdigit()
+        assert rows[0][-1] == "ago"  # HEARTBEAT: "<age> ago"
         # The head counts a result when it forwards it; allow a moment anyway.
-        wait_for(lambda: head.ctl_json("nodes")["nodes"][0]["busy_workers"] == 0, 10, "idle workers")
+        wait_for(lambda: head.ctl_json("nodes")["nodes"][0]["running_tasks"] == 0, 10, "idle workers")
         nj = head.ctl_json("nodes")["nodes"]
         assert len(nj) == 1 and nj[0]["node_id"] == node_id
         assert nj[0]["workers"] == 2 and int(nj[0]["tasks_done"]) == 7
-        assert nj[0]["agent_pid"] > 0 and nj[0]["state"] == "connected"
+        assert nj[0]["agent_pid"] > 0 and nj[0]["state"] == "ready" and nj[0]["incarnation"] == "1"
+        assert nj[0]["lost_reason"] == "" and nj[0]["queued_tasks"] == 0
 
         # ps: every task, with the worker pid the task itself saw
         header, rows = table(head.ctl("ps").stdout)
@@ -209,6 +242,8 @@ def test_views_after_parsl_tasks(head2, tmp_path):
         times = [int(tj["times"][k]) for k in ("submitted_us", "scheduled_us", "running_us", "finished_us")]
         assert 0 < times[0] <= times[1] <= times[2] <= times[3], times
         assert tj["worker_pid"] == pid_of[tid] and tj["outcome"] == "OK" and tj["error"] == ""
+        assert tj["failure"] == "FAILURE_KIND_UNSPECIFIED" and tj["infra_attempts"] == 0
+        assert "failure" not in sh and "infra attempts" not in sh
 
         # show: the task whose app raised (its outcome: test_show_app_exception_outcome)
         assert key_values(head.ctl("show", str(bad_id)).stdout)["state"] == "done"
@@ -219,11 +254,15 @@ def test_views_after_parsl_tasks(head2, tmp_path):
         by_dir = run_ctl(elsewhere, "status", "--json", "--run-dir", str(head.run_dir))
         assert by_dir.returncode == 0, by_dir.stderr
         assert json.loads(by_dir.stdout)["run_id"] == sj["run_id"]
-        by_addr = run_ctl(elsewhere, "--head", head.address, "--json", "show", str(tid))
+        # An address alone does not bring the token: --token-file or $DRAGON_TOKEN does.
+        by_addr = run_ctl(elsewhere, "--head", head.address, "--json", "show", str(tid),
+                          "--token-file", str(head.run_dir / "token"))
         assert by_addr.returncode == 0, by_addr.stderr
         assert int(json.loads(by_addr.stdout)["task_id"]) == tid
-        by_env = run_ctl(dict(elsewhere, DRAGON_HEAD=head.address), "nodes", "--json")
-        assert by_env.returncode == 0 and json.loads(by_env.stdout)["nodes"][0]["node_id"] == node_id
+        by_env = run_ctl(dict(elsewhere, DRAGON_HEAD=head.address, DRAGON_TOKEN=run_token(head)),
+                         "nodes", "--json")
+        assert by_env.returncode == 0, by_env.stderr
+        assert json.loads(by_env.stdout)["nodes"][0]["node_id"] == node_id
 
 
 @pytest.mark.timeout(120)
@@ -252,7 +291,8 @@ def test_json_has_every_field_of_a_fresh_head(head):
     wait_for_workers(head, 2)
     st = head.ctl_json("status")
     for key in ("head_version", "protocol_version", "run_id", "address", "pid", "started_us",
-                "run_dir", "nodes", "workers", "sessions", "tasks_by_state"):
+                "run_dir", "nodes", "workers", "sessions", "tasks_by_state", "auth", "tls",
+                "heartbeat_interval_ms", "heartbeat_timeout_ms", "infra_retries", "nodes_by_state"):
         assert key in st, key
     ps = head.ctl_json("ps")
     assert ps == {"tasks": [], "total_matching": "0"}
@@ -260,8 +300,183 @@ def test_json_has_every_field_of_a_fresh_head(head):
     node = head.ctl_json("nodes")["nodes"][0]
     for key in ("node_id", "host", "cores", "memory_bytes", "agent_pid", "agent_version", "workers",
                 "busy_workers", "assigned_tasks", "tasks_done", "connected_us", "last_heartbeat_us",
-                "state"):
+                "state", "incarnation", "gpus", "running_tasks", "queued_tasks", "ready_workers",
+                "lost_reason"):
         assert key in node, key
+
+
+@pytest.mark.timeout(120)
+def test_nodes_of_a_fresh_head(head):
+    """The local node is ready, in its first incarnation, with no reason line under the table."""
+    wait_for(lambda: head.ctl_json("nodes")["nodes"][0]["state"] == "ready", 60, "the node to be ready")
+    text = head.ctl("nodes").stdout
+    header, rows = table(text)
+    assert header == NODES_HEADER and len(rows) == 1
+    row = dict(zip(header, rows[0]))
+    assert (row["STATE"], row["INC"], row["RUNNING"], row["QUEUED"], row["DONE"]) == ("ready", "1", "0", "0", "0")
+    assert "\n\n" not in text and " is lost" not in text
+    node = head.ctl_json("nodes")["nodes"][0]
+    assert node["incarnation"] == "1" and node["cores"] >= 1 and int(node["memory_bytes"]) > 0
+    assert isinstance(node["gpus"], list) and row["GPUS"] == str(len(node["gpus"]))
+    assert row["WORKERS"] == str(node["workers"])
+
+
+# --- drain / undrain ----------------------------------------------------------
+
+def stays(predicate, seconds: float, what: str, interval: float = 0.1):
+    """Asserts that `predicate` holds throughout `seconds` (observing that
+    something does not happen needs a window; nothing waits on it)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert predicate(), what
+        time.sleep(interval)
+
+
+@pytest.mark.timeout(240)
+def test_drain_keeps_new_tasks_pending_until_undrain(head1, tmp_path):
+    head = head1
+    wait_for(lambda: [n["state"] for n in head.ctl_json("nodes")["nodes"]] == ["ready"], 60,
+             "the node to be ready")
+    wait_for_workers(head, 1)
+    node_id = head.ctl_json("nodes")["nodes"][0]["node_id"]
+
+    # An unknown node: exit 1 with the head's message, nothing on stdout.
+    for command in ("drain", "undrain"):
+        cp = head.ctl("nodes", command, "no-such-node", check=False)
+        assert cp.returncode == 1, cp
+        assert cp.stderr == "dragonctl: no node 'no-such-node' in this run\n" and cp.stdout == ""
+
+    cp = head.ctl("nodes", "drain", node_id)
+    assert cp.stdout == (f"node {node_id} is draining: no new tasks are placed on it; its 0 running "
+                         f"task(s) finish ('dragonctl nodes undrain {node_id}' resumes)\n")
+    header, rows = table(head.ctl("nodes").stdout)
+    assert dict(zip(header, rows[0]))["STATE"] == "draining"
+    assert head.ctl_json("status")["nodes_by_state"] == {"draining": 1}
+    assert key_values(head.ctl("status").stdout)["nodes"] == "1 live; by state: 1 draining"
+    # Draining a draining node changes nothing; --json gives the node.
+    drained = head.ctl_json("nodes", "drain", node_id)
+    assert drained["node_id"] == node_id and drained["state"] == "draining"
+
+    with parsl_on(head, tmp_path):
+        futures = [adder(i, 1) for i in range(3)]
+        ids = {task_id_of(f) for f in futures}
+
+        def pending_ids():
+            return {int(t["task_id"]) for t in head.ctl_json("ps", "--state", "pending")["tasks"]}
+
+        wait_for(lambda: pending_ids() == ids, 30, "the new tasks to be pending")
+        header, rows = table(head.ctl("ps", "--state", "pending").stdout)
+        assert {int(r[0]) for r in rows} == ids and {r[1] for r in rows} == {"pending"}
+        # Nothing is placed on a draining node: they stay pending, the node idle.
+        stays(lambda: pending_ids() == ids
+              and head.ctl_json("nodes")["nodes"][0]["queued_tasks"] == 0, 2.0,
+              "tasks stay pending while the node drains")
+        assert not any(f.done() for f in futures)
+
+        cp = head.ctl("nodes", "undrain", node_id)
+        assert cp.stdout == f"node {node_id} is ready: tasks are placed on it again\n"
+        assert [f.result(timeout=120)[0] for f in futures] == [1, 2, 3]
+        assert pending_ids() == set()
+        for tid in ids:
+            assert head.ctl_json("show", str(tid))["state"] == "DONE"
+    assert head.ctl_json("status")["nodes_by_state"] == {"ready": 1}
+
+
+# --- authentication -------------------------------------------------------------
+
+@pytest.mark.timeout(120)
+def test_wrong_token_is_refused(head, tmp_path):
+    token_path = head.run_dir / "token"
+    env = dict(head.env, DRAGON_TOKEN="wrong" * 8)
+    for args in (["status"], ["nodes"], ["ps"], ["show", "1"], ["cancel", "1"],
+                 ["nodes", "drain", "local-0"]):
+        cp = run_ctl(env, *args)
+        assert cp.returncode == 1, (args, cp)
+        assert cp.stdout == ""
+        err = cp.stderr
+        assert err.startswith("dragonctl: dragond refused the request: it carried a wrong token"), err
+        # where tokens are read from (the head's words), and which one was sent (dragonctl's)
+        assert "$DRAGON_TOKEN" in err and str(token_path) in err, err
+        assert err.endswith("; the token this client sent came from $DRAGON_TOKEN\n"), err
+
+    # A token file with the wrong token: the message names the file.
+    wrong_file = tmp_path / "wrong-token"
+    wrong_file.write_text("0" * 64 + "\n")
+    wrong_file.chmod(0o600)
+    cp = run_ctl(head.env, "status", "--token-file", str(wrong_file))
+    assert cp.returncode == 1
+    assert "carried a wrong token" in cp.stderr
+    assert cp.stderr.endswith(f"the token this client sent came from --token-file {wrong_file}\n")
+    # ... and the right one works, with the address alone (no head.json found).
+    cp = run_ctl(no_head_env(tmp_path), "--head", head.address, "--token-file", str(token_path),
+                 "status", "--json")
+    assert cp.returncode == 0, cp.stderr
+    assert json.loads(cp.stdout)["auth"] is True
+
+    # A token file other users may read is refused before anything is sent.
+    wrong_file.chmod(0o644)
+    cp = run_ctl(head.env, "status", "--token-file", str(wrong_file))
+    assert cp.returncode == 1 and "chmod 600" in cp.stderr, cp.stderr
+
+
+@pytest.mark.timeout(120)
+def test_no_token_found(head, tmp_path):
+    """--head given, and no head.json under $DRAGON_HOME names it: no token is sent."""
+    env = no_head_env(tmp_path)
+    cp = run_ctl(env, "--head", head.address, "nodes")
+    assert cp.returncode == 1, cp
+    assert cp.stdout == ""
+    err = cp.stderr
+    assert err.startswith("dragonctl: dragond refused the request: it carried no token"), err
+    assert "$DRAGON_TOKEN" in err and str(head.run_dir / "token") in err, err
+    assert "; this client sent no token (no token found" in err, err
+    assert env["DRAGON_HOME"] in err, err
+
+
+def make_certs(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a certificate for 127.0.0.1/localhost signed by it (openssl, made here)."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "1", "-subj", "/CN=dragonctl test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "head.key", "-out", "head.csr",
+        "-subj", "/CN=localhost")
+    (directory / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "head.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "head.pem", "-days", "1", "-extfile", "san.ext")
+    return directory / "ca.pem", directory / "head.pem", directory / "head.key"
+
+
+@pytest.mark.timeout(120)
+def test_tls_head(tmp_path):
+    """Over TLS: the CA comes from head.json, --tls-ca or $DRAGON_TLS_CA; without it, no answer."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca, cert, key = make_certs(certs)
+    head = start_head(tmp_path, "--workers", "1", "--tls-cert", str(cert), "--tls-key", str(key),
+                      "--tls-ca", str(ca))
+    try:
+        st = key_values(head.ctl("status").stdout)
+        assert st["tls"] == "on" and st["auth"].startswith("on")
+        wait_for_workers(head, 1)  # the agent, too, talks TLS
+        env = no_head_env(tmp_path)
+        token = ["--token-file", str(head.run_dir / "token")]
+        cp = run_ctl(env, "--head", head.address, *token, "--tls-ca", str(ca), "status", "--json")
+        assert cp.returncode == 0, cp.stderr
+        assert json.loads(cp.stdout)["tls"] is True
+        cp = run_ctl(dict(env, DRAGON_TLS_CA=str(ca)), "--head", head.address, *token, "nodes")
+        assert cp.returncode == 0, cp.stderr
+        # Plaintext to a TLS port: the head is not reachable, whatever the token.
+        cp = run_ctl(env, "--head", head.address, *token, "--timeout", "3", "status")
+        assert cp.returncode == 1
+        assert cp.stderr.startswith(f"dragonctl: cannot reach dragond at {head.address}: "), cp.stderr
+        # A CA file that cannot be read is named.
+        cp = run_ctl(env, "--head", head.address, *token, "--tls-ca", str(certs / "missing.pem"), "status")
+        assert cp.returncode == 1 and str(certs / "missing.pem") in cp.stderr, cp.stderr
+    finally:
+        stop_head(head)
 
 
 # --- cancel -------------------------------------------------------------------
@@ -332,17 +547,28 @@ def test_cancel_pending_and_running_tasks(head1, tmp_path):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("args, message", [
     (["show", "abc"], "dragonctl: bad task id 'abc': expected a positive whole number"),
-    (["cancel", "-3"], "dragonctl: bad task id '-3'"),
+    # absl takes "-3" for a flag; dragonctl still says what is wrong with it.
+    (["cancel", "-3"], "dragonctl: bad task id '-3': expected a positive whole number"),
+    (["show", "--", "-5"], "dragonctl: bad task id '-5': expected a positive whole number"),
     (["show"], "dragonctl: 'show' takes one task id, got 0 arguments"),
-    (["ps", "--state", "sleeping"], f"dragonctl: unknown state 'sleeping' for --state; accepted: {STATES}"),
-    (["ps", "--limit", "many"], "dragonctl: bad --limit 'many'"),
+    (["ps", "--state", "sleeping"], f"dragonctl: bad --state 'sleeping': expected one of {STATES}"),
+    (["ps", "--limit", "many"], "dragonctl: bad --limit 'many': expected a whole number >= 0"),
+    (["ps", "--limit=-1"], "dragonctl: bad --limit '-1'"),
     (["frobnicate"], "dragonctl: unknown command 'frobnicate'; commands: status, nodes, ps, show, cancel, help"),
-    (["status", "--verbose"], "dragonctl: unknown flag '--verbose'"),
+    (["status", "--verbose"], "dragonctl: unknown flag '--verbose' (see 'dragonctl --help')"),
+    (["--run-dirr", "x", "status"], "dragonctl: unknown flag '--run-dirr'"),
     (["--head", "localhost", "status"], "dragonctl: bad --head address 'localhost': expected HOST:PORT"),
     (["status", "--head"], "dragonctl: --head needs a value"),
+    (["status", "--token-file"], "dragonctl: --token-file needs a value"),
     (["nodes", "--state", "done"], "dragonctl: --state is a flag of 'ps', not of 'nodes'"),
+    (["status", "--limit", "3"], "dragonctl: --limit is a flag of 'ps', not of 'status'"),
     (["status", "now"], "dragonctl: 'status' takes no arguments, got 'now'"),
-    (["--timeout", "-1", "status"], "dragonctl: bad --timeout '-1'"),
+    (["nodes", "drain"], "dragonctl: 'nodes drain' takes one node id"),
+    (["nodes", "undrain", "a", "b"], "dragonctl: 'nodes undrain' takes one node id"),
+    (["nodes", "evict", "n1"], "dragonctl: unknown 'nodes' command 'evict'; use 'nodes', 'nodes drain NODE' or 'nodes undrain NODE'"),
+    (["--timeout", "-1", "status"], "dragonctl: bad --timeout '-1': expected a number of seconds > 0"),
+    (["--timeout=soon", "status"], "dragonctl: bad --timeout 'soon'"),
+    (["--json=maybe", "status"], "dragonctl: bad --json 'maybe'"),
     ([], "dragonctl: no command given"),
 ])
 def test_usage_errors_exit_2(tmp_path, args, message):
@@ -350,6 +576,8 @@ def test_usage_errors_exit_2(tmp_path, args, message):
     assert cp.returncode == 2, cp
     assert message in cp.stderr
     assert cp.stdout == ""
+    # dragonctl's words only: absl's own "ERROR: ..." line is not shown as well.
+    assert "ERROR" not in cp.stderr, cp.stderr
 
 
 @pytest.mark.timeout(60)
@@ -358,12 +586,15 @@ def test_help_lists_every_command_and_flag(tmp_path):
     for args in (["--help"], ["help"], ["-h"]):
         cp = run_ctl(env, *args)
         assert cp.returncode == 0 and cp.stderr == ""
-        for word in ("status", "nodes", "ps", "show TASK", "cancel TASK", "help [COMMAND]",
-                     "--head HOST:PORT", "--run-dir DIR", "--json", "--timeout", "--state", "--limit"):
+        for word in ("status", "nodes [drain NODE | undrain NODE]", "ps", "show TASK", "cancel TASK",
+                     "help [COMMAND]", "--head HOST:PORT", "--run-dir DIR", "--token-file FILE",
+                     "--tls-ca FILE", "--json", "--timeout SECS", "--state STATE", "--limit N",
+                     "$DRAGON_TOKEN", "Exit codes: 0 ok, 1 the head is not reachable or refused, 2 bad usage"):
             assert word in cp.stdout, word
     for command, words in {"ps": ["--state STATE", "--limit N", STATES],
-                           "show": ["show TASK"], "cancel": ["cancel TASK", "killed"],
-                           "status": ["uptime"], "nodes": ["HEARTBEAT"]}.items():
+                           "show": ["show TASK", "infra attempts"], "cancel": ["cancel TASK", "killed"],
+                           "status": ["uptime", "heartbeat"],
+                           "nodes": [" ".join(NODES_HEADER), "drain NODE", "undrain NODE", "incarnation"]}.items():
         for args in (["help", command], [command, "--help"]):
             cp = run_ctl(env, *args)
             assert cp.returncode == 0, cp
