@@ -4,14 +4,16 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "agent/update_builder.h"
+#include "common/transport.h"
 #include "spdlog/spdlog.h"
 
 namespace dragon::agent {
 namespace {
 
-constexpr uint32_t kProtocolVersion = 1;
+constexpr uint32_t kProtocolVersion = v1::PROTOCOL_VERSION_CURRENT;
 // After we close our side, how long the head gets to end the stream before
 // we cancel it ourselves (the agent must exit promptly, never hang).
 constexpr absl::Duration kCloseGrace = absl::Seconds(2);
@@ -25,24 +27,22 @@ std::string GrpcError(const grpc::Status& s) {
 
 }  // namespace
 
-HeadConnection::HeadConnection(HeadConnectionOptions options) : options_(std::move(options)) {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(kMaxGrpcMessageBytes);
-  args.SetMaxSendMessageSize(kMaxGrpcMessageBytes);
+HeadConnection::HeadConnection(HeadConnectionOptions options) : options_(std::move(options)) {}
+
+absl::Status HeadConnection::MakeChannel() {
+  if (channel_ != nullptr) return absl::OkStatus();
+  common::ClientTransport transport;
+  transport.token = options_.token;
+  transport.tls_ca = options_.tls_ca;
   // The head is often still starting when its agents are launched: retry
   // the TCP connect every few hundred ms instead of gRPC's default backoff.
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  // A head whose machine vanished without closing TCP is noticed within
-  // ~20 s (dragond permits pings this often) and the agent then exits,
-  // killing its workers, instead of waiting for TCP's own timeout.
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  channel_ = grpc::CreateCustomChannel(options_.head_address, grpc::InsecureChannelCredentials(),
-                                       args);
+  transport.fast_reconnect = true;
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+      common::MakeChannel(options_.head_address, transport);
+  if (!channel.ok()) return channel.status();
+  channel_ = *std::move(channel);
   stub_ = v1::AgentService::NewStub(channel_);
+  return absl::OkStatus();
 }
 
 HeadConnection::~HeadConnection() = default;
@@ -55,9 +55,22 @@ void HeadConnection::Stop(const std::string& why) {
   if (live_context_ != nullptr) live_context_->TryCancel();
 }
 
-absl::Status HeadConnection::Connect() {
+absl::Status HeadConnection::Connect(uint64_t previous_incarnation, absl::Duration timeout) {
   const std::string& addr = options_.head_address;
-  const absl::Time deadline = absl::Now() + options_.connect_timeout;
+  if (absl::Status s = MakeChannel(); !s.ok()) return s;
+  const absl::Time deadline =
+      absl::Now() + (timeout > absl::ZeroDuration() ? timeout : options_.connect_timeout);
+  options_.registration.set_previous_incarnation(previous_incarnation);
+  {
+    // Whatever an earlier stream left queued belongs to a fenced incarnation.
+    absl::MutexLock l(&mu_);
+    started_.clear();
+    results_.clear();
+    released_.clear();
+    heartbeat_.reset();
+    reader_done_ = false;
+    shutdown_received_ = false;
+  }
   std::string last_error = "no attempt made";
   for (int attempt = 1;; ++attempt) {
     context_ = std::make_unique<grpc::ClientContext>();
@@ -99,14 +112,18 @@ absl::Status HeadConnection::Connect() {
       }
       registered_ = reply.registered();
       if (registered_.protocol_version() != kProtocolVersion) {
+        // A head of another version says so in this field, then ends the stream.
         context_->TryCancel();
         stream_->Finish();
         return absl::FailedPreconditionError(
             absl::StrCat("dragond at ", addr, " speaks protocol version ",
                          registered_.protocol_version(), ", this agent speaks ", kProtocolVersion));
       }
-      spdlog::info("registered with dragond at {} (run {}, heartbeat every {} ms) after {} attempt(s)",
-                   addr, registered_.run_id(), registered_.heartbeat_interval_ms(), attempt);
+      spdlog::info("registered with dragond at {} as incarnation {} (run {}, pinged every {} ms, "
+                   "timeout {} ms, payload limit {} bytes) after {} attempt(s)",
+                   addr, registered_.incarnation(), registered_.run_id(),
+                   registered_.heartbeat_interval_ms(), registered_.heartbeat_timeout_ms(),
+                   registered_.max_payload_bytes(), attempt);
       return absl::OkStatus();
     }
     const grpc::Status status = stream_->Finish();
@@ -115,13 +132,24 @@ absl::Status HeadConnection::Connect() {
       live_context_ = nullptr;
       if (stop_) return absl::CancelledError(absl::StrCat("stopped: ", stop_reason_));
     }
-    if (status.error_code() != grpc::StatusCode::UNAVAILABLE &&
-        status.error_code() != grpc::StatusCode::CANCELLED &&
-        status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
-      // The head is there and said no (e.g. duplicate node id): retrying
-      // would only repeat the answer.
-      return absl::FailedPreconditionError(
-          absl::StrCat("dragond at ", addr, " refused this agent: ", GrpcError(status)));
+    // The head is there and said no: retrying would only repeat the answer.
+    switch (status.error_code()) {
+      case grpc::StatusCode::UNAVAILABLE:
+      case grpc::StatusCode::CANCELLED:
+      case grpc::StatusCode::DEADLINE_EXCEEDED:
+        break;
+      case grpc::StatusCode::UNAUTHENTICATED:
+        return absl::UnauthenticatedError(absl::StrCat(
+            "dragond at ", addr, " refused this agent: ", GrpcError(status), " (this agent ",
+            options_.token.empty() ? "had no token: none in $DRAGON_TOKEN or --token-file"
+                                   : "sent the token it was given",
+            ")"));
+      case grpc::StatusCode::ALREADY_EXISTS:
+        return absl::AlreadyExistsError(
+            absl::StrCat("dragond at ", addr, " refused this agent: ", GrpcError(status)));
+      default:
+        return absl::FailedPreconditionError(
+            absl::StrCat("dragond at ", addr, " refused this agent: ", GrpcError(status)));
     }
     last_error = status.error_code() == grpc::StatusCode::CANCELLED
                      ? "no answer to Register"
@@ -158,6 +186,16 @@ void HeadConnection::TaskEvents(std::vector<v1::TaskStarted> started,
   }
 }
 
+void HeadConnection::Heartbeat(v1::Heartbeat beat) {
+  absl::MutexLock l(&mu_);
+  heartbeat_ = std::move(beat);  // only the latest answer matters
+}
+
+void HeadConnection::TasksReleased(std::vector<uint64_t> task_ids) {
+  absl::MutexLock l(&mu_);
+  for (uint64_t id : task_ids) released_.push_back(id);
+}
+
 void HeadConnection::ReaderLoop(TaskHandler* handler) {
   v1::HeadToAgent msg;
   while (stream_->Read(&msg)) {
@@ -177,6 +215,22 @@ void HeadConnection::ReaderLoop(TaskHandler* handler) {
         std::vector<uint64_t> ids(c.task_ids().begin(), c.task_ids().end());
         spdlog::info("head cancels {} task(s): {}", ids.size(), c.reason());
         handler->CancelTasks(std::move(ids), c.reason());
+        break;
+      }
+      case v1::HeadToAgent::kPing: {
+        {
+          absl::MutexLock l(&mu_);
+          last_ping_ = absl::Now();
+        }
+        // Answered by the pool's loop, not here: this thread being alive
+        // says nothing about the loop that runs the tasks.
+        handler->Ping(msg.ping().seq());
+        break;
+      }
+      case v1::HeadToAgent::kReclaim: {
+        std::vector<uint64_t> ids(msg.reclaim().task_ids().begin(), msg.reclaim().task_ids().end());
+        spdlog::info("head asks back {} task(s): {}", ids.size(), msg.reclaim().reason());
+        handler->ReclaimTasks(std::move(ids));
         break;
       }
       case v1::HeadToAgent::kShutdown: {
@@ -201,57 +255,91 @@ void HeadConnection::ReaderLoop(TaskHandler* handler) {
 }
 
 absl::Status HeadConnection::Run(TaskHandler* handler) {
+  const absl::Duration ping_timeout =
+      registered_.heartbeat_timeout_ms() > 0
+          ? absl::Milliseconds(registered_.heartbeat_timeout_ms())
+          : options_.default_heartbeat_timeout;
+  {
+    absl::MutexLock l(&mu_);
+    last_ping_ = absl::Now();  // the head pings right after Registered
+  }
   std::thread reader([this, handler] { ReaderLoop(handler); });
-  const absl::Duration heartbeat =
-      registered_.heartbeat_interval_ms() > 0
-          ? absl::Milliseconds(registered_.heartbeat_interval_ms())
-          : options_.default_heartbeat;
-  absl::Time next_heartbeat = absl::Now() + heartbeat;
   bool stream_broken = false;
+  std::string head_silent;  // set when the head stopped pinging
   uint64_t updates = 0;
 
   auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return stop_ || reader_done_ || shutdown_received_ || !started_.empty() || !results_.empty();
+    return stop_ || reader_done_ || shutdown_received_ || !started_.empty() || !results_.empty() ||
+           !released_.empty() || heartbeat_.has_value();
   };
   // Holding results back is free only while the pool has work queued for
   // every slot that frees up; re-checked on every event the pool reports.
   auto flush_now = [this, handler]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return stop_ || reader_done_ || shutdown_received_ || handler->QueuedTasks() == 0 ||
-           results_.size() >= options_.coalesce_max_results;
+           results_.size() >= options_.coalesce_max_results || heartbeat_.has_value();
   };
   absl::Time last_update = absl::InfinitePast();
   while (true) {
+    v1::AgentMessage beat;
     v1::AgentMessage msg;
     {
       absl::MutexLock l(&mu_);
-      mu_.AwaitWithDeadline(absl::Condition(&has_work), next_heartbeat);
+      // Wake at least every quarter timeout to look at the head's pings.
+      mu_.AwaitWithTimeout(absl::Condition(&has_work), ping_timeout / 4);
       if (!results_.empty() && options_.coalesce > absl::ZeroDuration()) {
         const absl::Time until = last_update + options_.coalesce;
         if (absl::Now() < until) mu_.AwaitWithDeadline(absl::Condition(&flush_now), until);
       }
       if (stop_ || reader_done_ || shutdown_received_) break;
+      const absl::Duration silent = absl::Now() - last_ping_;
+      if (silent >= ping_timeout) {
+        // Hung head, cut link, or this agent was stopped (SIGSTOP) for that
+        // long: the head has declared it lost by now. Nothing it still holds
+        // may be delivered.
+        head_silent = absl::StrFormat("no ping from the head for %.1f s (heartbeat timeout %.1f s)",
+                                      absl::ToDoubleSeconds(silent),
+                                      absl::ToDoubleSeconds(ping_timeout));
+        break;
+      }
+      if (heartbeat_) {
+        *beat.mutable_heartbeat() = std::move(*heartbeat_);
+        heartbeat_.reset();
+      }
       // Everything queued since the last write goes out as one message.
       v1::AgentUpdate update;
-      if (TakeUpdate(&started_, &results_, options_.max_update_bytes, &update)) {
+      if (TakeUpdate(&started_, &results_, options_.max_update_bytes, &update) ||
+          !released_.empty()) {
+        for (uint64_t id : released_) update.add_released(id);
+        released_.clear();
         *msg.mutable_update() = std::move(update);
       }
     }
-    if (!msg.has_update()) {
-      if (absl::Now() < next_heartbeat) continue;
-      msg.mutable_heartbeat()->set_busy_workers(static_cast<uint32_t>(handler->BusyWorkers()));
-      next_heartbeat = absl::Now() + heartbeat;
-    } else {
-      ++updates;
-      last_update = absl::Now();
-      spdlog::trace("update {}: {} started, {} results", updates, msg.update().started_size(),
-                    msg.update().results_size());
+    if (beat.has_heartbeat() && !stream_->Write(beat)) {
+      stream_broken = true;
+      break;
     }
+    if (!msg.has_update()) continue;
+    ++updates;
+    last_update = absl::Now();
+    spdlog::trace("update {}: {} started, {} results, {} released", updates,
+                  msg.update().started_size(), msg.update().results_size(),
+                  msg.update().released_size());
     if (!stream_->Write(msg)) {
       stream_broken = true;  // the reader sees the end and the status says why
       break;
     }
   }
 
+  if (!head_silent.empty()) {
+    spdlog::error("giving up on dragond at {}: {}", options_.head_address, head_silent);
+    context_->TryCancel();
+    reader.join();
+    stream_->Finish();
+    absl::MutexLock l(&mu_);
+    live_context_ = nullptr;
+    return absl::UnavailableError(
+        absl::StrCat("lost dragond at ", options_.head_address, ": ", head_silent));
+  }
   if (!stream_broken) stream_->WritesDone();
   {
     absl::MutexLock l(&mu_);

@@ -1,12 +1,15 @@
 // The agent's one stream to dragond (AgentService.Connect, proto/agent.proto):
-// registration, a reader thread that hands TaskBatch/CancelTasks to the pool,
-// and a writer that batches everything the pool reports into one
-// AgentUpdate per write (never one message per task), plus heartbeats.
+// registration, a reader thread that hands TaskBatch/CancelTasks/ReclaimTasks
+// and Pings to the pool, and a writer that batches everything the pool
+// reports into one AgentUpdate per write (never one message per task), plus
+// the pool's answers to pings (heartbeats). The writer also watches the
+// head's pings: none for the heartbeat timeout and the head is given up on.
 #ifndef DRAGON_AGENT_HEAD_CONNECTION_H_
 #define DRAGON_AGENT_HEAD_CONNECTION_H_
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,16 +24,15 @@
 
 namespace dragon::agent {
 
-// Both sides set the same limit (docs: the head uses 256 MiB too).
-inline constexpr int kMaxGrpcMessageBytes = 256 << 20;
-
 struct HeadConnectionOptions {
   std::string head_address;  // HOST:PORT
+  std::string token;         // the run's token (empty: none sent)
+  std::string tls_ca;        // CA certificate to verify the head with ("" = plaintext)
   v1::Register registration;
   // How long Connect() keeps retrying an unreachable head.
   absl::Duration connect_timeout = absl::Seconds(10);
-  // Heartbeat interval when the head does not say (Registered.heartbeat_interval_ms = 0).
-  absl::Duration default_heartbeat = absl::Seconds(1);
+  // Heartbeat timeout when the head does not say (Registered.heartbeat_timeout_ms = 0).
+  absl::Duration default_heartbeat_timeout = absl::Seconds(4);
   // A single AgentUpdate stops growing past this (it always holds at least
   // one item), so a burst of large results stays below kMaxGrpcMessageBytes.
   size_t max_update_bytes = 64u << 20;
@@ -49,13 +51,20 @@ class HeadConnection : public TaskEventSink {
   ~HeadConnection() override;
 
   // Opens the stream, sends Register and waits for Registered, retrying an
-  // unreachable head for up to connect_timeout. The error says
-  // "cannot reach dragond at ADDR: ..." or why the head refused.
-  absl::Status Connect();
+  // unreachable head for up to `timeout` (connect_timeout when zero).
+  // `previous_incarnation` is 0 for this process's first registration, else
+  // the incarnation it had before it lost the head. Anything queued from an
+  // earlier stream is dropped. Errors: Unavailable "cannot reach dragond at
+  // ADDR: ...", Unauthenticated (wrong or no token), AlreadyExists (a newer
+  // agent serves this node: this one is stale), FailedPrecondition (another
+  // protocol version, or any other refusal).
+  absl::Status Connect(uint64_t previous_incarnation = 0,
+                       absl::Duration timeout = absl::ZeroDuration());
 
   // Serves the stream until it ends: the head closed it or said
-  // AgentShutdown (OK), Stop() was called (OK), or the connection broke
-  // (error naming the head). Tasks go to `handler`.
+  // AgentShutdown (OK), Stop() was called (OK), or the connection broke or
+  // the head stopped pinging (Unavailable, naming the head and why). Tasks
+  // go to `handler`.
   absl::Status Run(TaskHandler* handler);
 
   // Ends Connect()/Run() from any thread (e.g. on SIGTERM).
@@ -68,11 +77,14 @@ class HeadConnection : public TaskEventSink {
   void TaskFinished(v1::TaskResult result) override;
   void TaskEvents(std::vector<v1::TaskStarted> started,
                   std::vector<v1::TaskResult> results) override;
+  void Heartbeat(v1::Heartbeat beat) override;
+  void TasksReleased(std::vector<uint64_t> task_ids) override;
 
  private:
   using Stream = grpc::ClientReaderWriter<v1::AgentMessage, v1::HeadToAgent>;
 
   void ReaderLoop(TaskHandler* handler);
+  absl::Status MakeChannel();
 
   HeadConnectionOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -84,6 +96,9 @@ class HeadConnection : public TaskEventSink {
   absl::Mutex mu_;
   std::vector<v1::TaskStarted> started_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::TaskResult> results_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint64_t> released_ ABSL_GUARDED_BY(mu_);
+  std::optional<v1::Heartbeat> heartbeat_ ABSL_GUARDED_BY(mu_);  // to send
+  absl::Time last_ping_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::string stop_reason_ ABSL_GUARDED_BY(mu_);
   bool reader_done_ ABSL_GUARDED_BY(mu_) = false;

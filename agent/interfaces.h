@@ -28,6 +28,11 @@ class TaskEventSink {
     for (auto& s : started) TaskStarted(std::move(s));
     for (auto& r : results) TaskFinished(std::move(r));
   }
+  // The answer to the head's ping `beat.ping_seq()`, from the loop that runs
+  // the tasks: if that loop hangs, the head stops hearing from this agent.
+  virtual void Heartbeat(v1::Heartbeat beat) = 0;
+  // Tasks given back after TaskHandler::ReclaimTasks (never started here).
+  virtual void TasksReleased(std::vector<uint64_t> task_ids) = 0;
 };
 
 // What the head connection asks of the pool. Thread-safe, never blocks on
@@ -37,6 +42,11 @@ class TaskHandler {
   virtual ~TaskHandler() = default;
   virtual void SubmitTasks(std::vector<v1::TaskAssignment> tasks) = 0;
   virtual void CancelTasks(std::vector<uint64_t> task_ids, std::string reason) = 0;
+  // Of these, the tasks not started yet are dropped (not reported as ended)
+  // and handed back through TaskEventSink::TasksReleased; the others run on.
+  virtual void ReclaimTasks(std::vector<uint64_t> task_ids) = 0;
+  // Answer with TaskEventSink::Heartbeat(seq) from the task loop.
+  virtual void Ping(uint64_t seq) = 0;
   virtual int BusyWorkers() const = 0;
   // Tasks received and waiting for a free slot. While it is > 0 no slot
   // idles for want of a task, so the head connection may hold results back

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -23,9 +24,13 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "agent/head_connection.h"
+#include "agent/incarnations.h"
+#include "agent/node_resources.h"
 #include "agent/simulated_pool.h"
 #include "agent/worker_pool.h"
 #include "common/dashed_flags.h"
+#include "common/host.h"
+#include "common/token.h"
 #include "spdlog/sinks/basic_file_sink.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -44,9 +49,17 @@ ABSL_FLAG(int, connect_timeout, 10, "seconds to keep retrying an unreachable hea
 ABSL_FLAG(int, worker_ready_timeout, 120,
           "seconds a new Python worker may take to import parsl and report ready before it is "
           "killed and restarted");
-ABSL_FLAG(int, max_result_mb, 255,
-          "largest result (MiB) a worker may return; bigger ones fail the task. Must stay below "
-          "the 256 MiB gRPC message limit");
+ABSL_FLAG(std::string, token_file, "",
+          "file holding the run's token (mode 0600); default: $DRAGON_TOKEN, which dragond's "
+          "launchers set (a token is never passed on the command line)");
+ABSL_FLAG(std::string, tls_ca, "", "PEM certificate of the CA that signed the head's TLS certificate");
+ABSL_FLAG(std::string, gpus, "",
+          "GPU ids this agent may hand out, comma-separated (default: CUDA_VISIBLE_DEVICES, "
+          "ROCR_VISIBLE_DEVICES, else what nvidia-smi lists, else none); 'none' for none");
+ABSL_FLAG(int, rejoin_timeout, 30,
+          "seconds an agent that lost its head (stream broken, or no ping within the heartbeat "
+          "timeout) keeps trying to register again, as a new incarnation, after killing what it "
+          "ran; then it exits. 0: exit at once");
 ABSL_FLAG(int, simulate_workers, 0,
           "BENCHMARK/TEST MODE, not for real runs: register this many worker slots but start "
           "no Python; every task is reported as outcome OK with EMPTY data, worker pid 0 and the "
@@ -113,12 +126,6 @@ absl::Status SetUpLogging(const std::string& path, const std::string& level_name
   spdlog::flush_every(std::chrono::seconds(1));
   g_logging = true;
   return absl::OkStatus();
-}
-
-uint32_t UsableCores() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return static_cast<uint32_t>(CPU_COUNT(&set));
-  return std::max(1u, std::thread::hardware_concurrency());
 }
 
 int Main(int argc, char** argv) {
@@ -191,26 +198,44 @@ int Main(int argc, char** argv) {
   if (simulate == 0 && simulate_task_us > 0) return Fail("--simulate-task-us needs --simulate-workers");
   if (simulate > 0) workers = simulate;
   if (workers == 0) workers = static_cast<int>(cores);
-  const int max_result_mb = absl::GetFlag(FLAGS_max_result_mb);
-  if (max_result_mb < 1 || max_result_mb > 255) return Fail("--max-result-mb must be in 1..255");
+  if (absl::GetFlag(FLAGS_rejoin_timeout) < 0) return Fail("--rejoin-timeout must be >= 0");
   if (absl::GetFlag(FLAGS_worker_ready_timeout) < 1) return Fail("--worker-ready-timeout must be >= 1");
 
-  char host[256] = {};
-  gethostname(host, sizeof(host) - 1);
-  const uint64_t memory = static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) *
-                          static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  // The token: from the environment (as dragond's launchers hand it over)
+  // or a file; then out of the environment, so workers and tasks never see it.
+  std::string token;
+  if (const std::string file = absl::GetFlag(FLAGS_token_file); !file.empty()) {
+    absl::StatusOr<std::string> read = common::ReadTokenFile(file);
+    if (!read.ok()) return Fail(std::string(read.status().message()));
+    token = *std::move(read);
+  } else if (const char* env = std::getenv(common::kTokenEnv); env != nullptr && *env != '\0') {
+    if (absl::Status s = common::ValidateToken(env, absl::StrCat("$", common::kTokenEnv)); !s.ok()) {
+      return Fail(std::string(s.message()));
+    }
+    token = env;
+  }
+  unsetenv(common::kTokenEnv);
+
+  absl::StatusOr<std::vector<std::string>> gpus = DetectGpus(absl::GetFlag(FLAGS_gpus));
+  if (!gpus.ok()) return Fail(std::string(gpus.status().message()));
+  const std::string host = common::Hostname();
+  const uint64_t memory = UsableMemoryBytes();
   if (simulate > 0) {
     spdlog::warn("dragon-agent {} pid {} node {} on {}: head {}, SIMULATED workers: {} slots, "
                  "{} us per task; no task is really run (benchmark/test mode)",
                  kAgentVersion, getpid(), node_id, host, head, workers, simulate_task_us);
   } else {
-    spdlog::info("dragon-agent {} pid {} node {} on {}: head {}, {} workers ({} cores), python {}",
-                 kAgentVersion, getpid(), node_id, host, head, workers, cores,
-                 absl::GetFlag(FLAGS_python));
+    spdlog::info("dragon-agent {} pid {} node {} on {}: head {}, {} workers ({} cores, {} MiB, "
+                 "gpus [{}]), python {}, token {}",
+                 kAgentVersion, getpid(), node_id, host, head, workers, cores, memory >> 20,
+                 absl::StrJoin(*gpus, ","), absl::GetFlag(FLAGS_python),
+                 token.empty() ? "none" : "given");
   }
 
   HeadConnectionOptions copts;
   copts.head_address = head;
+  copts.token = token;
+  copts.tls_ca = absl::GetFlag(FLAGS_tls_ca);
   copts.connect_timeout = absl::Seconds(absl::GetFlag(FLAGS_connect_timeout));
   v1::Register& reg = copts.registration;
   reg.set_node_id(node_id);
@@ -221,6 +246,7 @@ int Main(int argc, char** argv) {
   reg.set_agent_version(simulate > 0 ? absl::StrCat(kAgentVersion, " (simulated workers)")
                                      : std::string(kAgentVersion));
   reg.set_workers(static_cast<uint32_t>(workers));
+  for (const std::string& gpu : *gpus) reg.add_gpus(gpu);
   HeadConnection conn(copts);
 
   std::thread([&conn, stop_signals] {
@@ -231,38 +257,45 @@ int Main(int argc, char** argv) {
     }
   }).detach();  // blocked in sigwait until the process exits; nothing to join
 
+  uint64_t simulated_finished = 0;
+  ServeIncarnation serve;
   if (simulate > 0) {
-    SimulatedPoolOptions sopts;
-    sopts.node_id = node_id;
-    sopts.slots = workers;
-    sopts.task_us = simulate_task_us;
-    SimulatedPool sim(sopts, &conn);
-    sim.Start();
-    absl::Status status = conn.Connect();
-    if (status.ok()) status = conn.Run(&sim);
-    sim.Shutdown();
-    if (!status.ok()) return Fail(std::string(status.message()));
-    spdlog::info("dragon-agent exits ({} simulated tasks ended)", sim.finished());
-    spdlog::default_logger()->flush();
-    return 0;
+    serve = [&](const v1::Registered&) {
+      SimulatedPoolOptions sopts;
+      sopts.node_id = node_id;
+      sopts.slots = workers;
+      sopts.task_us = simulate_task_us;
+      SimulatedPool sim(sopts, &conn);
+      sim.Start();
+      absl::Status status = conn.Run(&sim);
+      sim.Shutdown();
+      simulated_finished += sim.finished();
+      return status;
+    };
+  } else {
+    serve = [&](const v1::Registered& registered) {
+      WorkerPoolOptions popts;
+      popts.node_id = node_id;
+      popts.run_dir = run_dir;
+      popts.workers = workers;
+      popts.worker_argv = {absl::GetFlag(FLAGS_python), "-m", "dragon_parsl.worker"};
+      if (registered.max_payload_bytes() > 0) popts.max_result_bytes = registered.max_payload_bytes();
+      popts.ready_timeout_us = int64_t{absl::GetFlag(FLAGS_worker_ready_timeout)} * 1'000'000;
+      WorkerPool pool(popts, &conn);
+      if (absl::Status s = pool.Start(); !s.ok()) return s;
+      absl::Status status = conn.Run(&pool);
+      pool.Shutdown();  // kills and reaps every worker: no orphan either way
+      return status;
+    };
   }
-
-  WorkerPoolOptions popts;
-  popts.node_id = node_id;
-  popts.run_dir = run_dir;
-  popts.workers = workers;
-  popts.worker_argv = {absl::GetFlag(FLAGS_python), "-m", "dragon_parsl.worker"};
-  popts.max_frame_bytes = static_cast<uint32_t>(max_result_mb) << 20;
-  popts.ready_timeout_us = int64_t{absl::GetFlag(FLAGS_worker_ready_timeout)} * 1'000'000;
-  WorkerPool pool(popts, &conn);
-  // Workers start importing parsl while we connect: both take a while.
-  if (absl::Status s = pool.Start(); !s.ok()) return Fail(std::string(s.message()));
-
-  absl::Status status = conn.Connect();
-  if (status.ok()) status = conn.Run(&pool);
-  pool.Shutdown();  // kills and reaps every worker: no orphan either way
+  absl::Status status =
+      RunIncarnations(&conn, absl::Seconds(absl::GetFlag(FLAGS_rejoin_timeout)), serve);
   if (!status.ok()) return Fail(std::string(status.message()));
-  spdlog::info("dragon-agent exits");
+  if (simulate > 0) {
+    spdlog::info("dragon-agent exits ({} simulated tasks ended)", simulated_finished);
+  } else {
+    spdlog::info("dragon-agent exits");
+  }
   spdlog::default_logger()->flush();
   return 0;
 }

@@ -36,11 +36,12 @@ std::string PoolState::TaskPrefix(uint64_t task_id) const {
   return absl::StrCat("task ", task_id, " on node ", options_.node_id, ": ");
 }
 
-void PoolState::Report(uint64_t task_id, v1::Outcome outcome, std::string error, int worker_pid,
-                       int64_t start_us) {
+void PoolState::Report(uint64_t task_id, v1::Outcome outcome, v1::FailureKind failure,
+                       std::string error, int worker_pid, int64_t start_us) {
   v1::TaskResult r;
   r.set_task_id(task_id);
   r.set_outcome(outcome);
+  r.set_failure(failure);
   r.set_error(std::move(error));
   r.set_node(options_.node_id);
   r.set_worker_pid(worker_pid);
@@ -63,7 +64,7 @@ void PoolState::Submit(v1::TaskAssignment task) {
     return;
   }
   if (task.kind() != v1::PYTHON && task.kind() != v1::EXECUTABLE) {
-    Report(id, v1::SYSTEM_ERROR,
+    Report(id, v1::SYSTEM_ERROR, v1::FAILURE_REFUSED,
            absl::StrCat(TaskPrefix(id), "this agent runs only PYTHON and EXECUTABLE tasks, not ",
                         v1::TaskKind_Name(task.kind())));
     return;
@@ -79,13 +80,14 @@ void PoolState::Cancel(uint64_t task_id, const std::string& reason) {
   if (queued_ids_.erase(task_id) != 0) {
     // Left in queue_ and skipped by Dispatch: erasing from the middle of a
     // long deque for each cancel of a big batch would be quadratic.
-    Report(task_id, v1::CANCELED, why);
+    Report(task_id, v1::CANCELED, v1::FAILURE_CANCELLED, why);
     return;
   }
   if (auto exe = exe_running_.find(task_id); exe != exe_running_.end()) {
     if (exe->second.cancelled) return;
     exe->second.cancelled = true;
-    Report(task_id, v1::CANCELED, why, exe->second.pid, exe->second.start_us);
+    Report(task_id, v1::CANCELED, v1::FAILURE_CANCELLED, why, exe->second.pid,
+           exe->second.start_us);
     spdlog::info("task {} cancelled while running: killing executable pid {} and its process group",
                  task_id, exe->second.pid);
     control_->KillExecutable(task_id);  // the slot stays taken until it is reaped
@@ -100,7 +102,7 @@ void PoolState::Cancel(uint64_t task_id, const std::string& reason) {
   const int pid = slots_[slot].pid;
   // A worker cannot be interrupted in the middle of user code in any other
   // safe way; it is replaced once its exit is seen.
-  FinishRunning(slot, v1::CANCELED, "", why);
+  FinishRunning(slot, v1::CANCELED, v1::FAILURE_CANCELLED, "", why);
   slots_[slot].state = SlotState::kKilled;
   spdlog::info("task {} cancelled while running: killing worker pid {} (slot {})", task_id, pid,
                slot);
@@ -131,11 +133,43 @@ void PoolState::OnTaskOutput(int slot, uint64_t task_id, v1::Outcome outcome, st
                                                           : std::string("not running any task"))));
     return;
   }
-  FinishRunning(slot, outcome, std::move(data), "");
+  FinishRunning(slot, outcome, v1::FAILURE_KIND_UNSPECIFIED, std::move(data), "");
+  BackToIdle(slot);
+}
+
+void PoolState::OnTaskTooLarge(int slot, uint64_t task_id, uint64_t bytes) {
+  Slot& s = slots_[slot];
+  if (s.state == SlotState::kKilled) return;
+  if (s.state != SlotState::kBusy || s.task_id != task_id) {
+    OnProtocolError(slot, absl::FailedPreconditionError(
+                              absl::StrCat("worker said the result of task ", task_id,
+                                           " is too large while not running it")));
+    return;
+  }
+  FinishRunning(
+      slot, v1::SYSTEM_ERROR, v1::FAILURE_TOO_LARGE, "",
+      absl::StrCat(TaskPrefix(task_id), "its result is ", bytes, " bytes, more than the ",
+                   options_.max_result_bytes,
+                   " bytes dragond accepts per task (dragond --max-payload-mb); return large data "
+                   "in files, or let it go through shared memory (DragonExecutor(shm_threshold=...))"));
+  BackToIdle(slot);
+}
+
+void PoolState::BackToIdle(int slot) {
+  Slot& s = slots_[slot];
   if (s.exiting) return;  // stays kKilled until OnWorkerExit
   s.state = SlotState::kIdle;
   idle_.push_back(slot);
   Dispatch();
+}
+
+std::vector<uint64_t> PoolState::Reclaim(const std::vector<uint64_t>& task_ids) {
+  std::vector<uint64_t> released;
+  for (uint64_t id : task_ids) {
+    // Left in queue_ and skipped by Dispatch, as for a cancel.
+    if (queued_ids_.erase(id) != 0) released.push_back(id);
+  }
+  return released;
 }
 
 void PoolState::OnWorkerExiting(int slot) {
@@ -149,7 +183,7 @@ void PoolState::OnProtocolError(int slot, const absl::Status& error) {
   spdlog::error("worker pid {} (slot {}) broke the pipe protocol: {}; killing it", s.pid, slot,
                 std::string(error.message()));
   if (s.state == SlotState::kBusy) {
-    FinishRunning(slot, v1::SYSTEM_ERROR, "",
+    FinishRunning(slot, v1::SYSTEM_ERROR, v1::FAILURE_INTERNAL, "",
                   absl::StrCat(TaskPrefix(s.task_id), "worker pid ", s.pid, ": ", error.message()));
   }
   RemoveIdle(slot);
@@ -164,7 +198,7 @@ void PoolState::OnWorkerExit(int slot, const std::string& how) {
   if (was == SlotState::kBusy) {
     const uint64_t id = s.task_id;
     spdlog::error("worker pid {} (slot {}) died running task {} ({})", s.pid, slot, id, how);
-    FinishRunning(slot, v1::SYSTEM_ERROR, "",
+    FinishRunning(slot, v1::SYSTEM_ERROR, v1::FAILURE_WORKER_LOST, "",
                   absl::StrCat(TaskPrefix(id), "worker pid ", s.pid, " died (", how, ")"));
   }
   RemoveIdle(slot);
@@ -285,7 +319,7 @@ void PoolState::FailQueuedIfBroken() {
       continue;
     }
     queued_ids_.erase(id);
-    Report(id, v1::SYSTEM_ERROR,
+    Report(id, v1::SYSTEM_ERROR, v1::FAILURE_WORKER_START,
            absl::StrCat(TaskPrefix(id), "no worker could start: ", last_start_failure_));
   }
   queue_.swap(keep);
@@ -339,7 +373,8 @@ void PoolState::StartExecutable(v1::TaskAssignment task) {
   absl::StatusOr<int> pid = control_->StartExecutable(task);
   if (!pid.ok()) {
     spdlog::warn("task {}: {}", id, std::string(pid.status().message()));
-    Report(id, v1::SYSTEM_ERROR, absl::StrCat(TaskPrefix(id), pid.status().message()));
+    Report(id, v1::SYSTEM_ERROR, v1::FAILURE_KIND_UNSPECIFIED,
+           absl::StrCat(TaskPrefix(id), pid.status().message()));
     return;
   }
   RunningExecutable& exe = exe_running_[id];
@@ -353,11 +388,13 @@ void PoolState::StartExecutable(v1::TaskAssignment task) {
   sink_->TaskStarted(std::move(started));
 }
 
-void PoolState::FinishRunning(int slot, v1::Outcome outcome, std::string data, std::string error) {
+void PoolState::FinishRunning(int slot, v1::Outcome outcome, v1::FailureKind failure,
+                              std::string data, std::string error) {
   Slot& s = slots_[slot];
   v1::TaskResult r;
   r.set_task_id(s.task_id);
   r.set_outcome(outcome);
+  r.set_failure(failure);
   r.set_data(std::move(data));
   r.set_error(std::move(error));
   r.set_node(options_.node_id);

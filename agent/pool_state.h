@@ -60,6 +60,9 @@ struct PoolOptions {
   // import, a stuck filesystem) is killed and counts as a failed start, so a
   // slot never stays 'starting' forever.
   int64_t ready_timeout_us = 120'000'000;
+  // The largest result a task may return (the head's payload limit), for
+  // the error of one that is larger.
+  uint64_t max_result_bytes = 256ull << 20;
 };
 
 class PoolState {
@@ -84,10 +87,16 @@ class PoolState {
   // task is reported CANCELED with `reason`. Unknown ids (already finished)
   // are ignored: the head decides what a late cancel means.
   void Cancel(uint64_t task_id, const std::string& reason);
+  // Drops those of `task_ids` that are queued (not started), without
+  // reporting them, and returns them (the head re-places them).
+  std::vector<uint64_t> Reclaim(const std::vector<uint64_t>& task_ids);
 
   // Events from the process layer.
   void OnReady(int slot);
   void OnTaskOutput(int slot, uint64_t task_id, v1::Outcome outcome, std::string data);
+  // The worker's result (or exception) of `bytes` was over the limit and not
+  // sent: the task fails with FAILURE_TOO_LARGE; the worker takes the next.
+  void OnTaskTooLarge(int slot, uint64_t task_id, uint64_t bytes);
   // The worker broke the pipe protocol (oversized or unexpected frame): it is
   // killed and its task fails with the error's text.
   void OnProtocolError(int slot, const absl::Status& error);
@@ -147,10 +156,13 @@ class PoolState {
   void RemoveIdle(int slot);
   // Reports the end of the task running in `slot`; the caller sets the
   // slot's next state.
-  void FinishRunning(int slot, v1::Outcome outcome, std::string data, std::string error);
+  void FinishRunning(int slot, v1::Outcome outcome, v1::FailureKind failure, std::string data,
+                     std::string error);
+  // The slot's worker goes back to idle after the task it ran ended.
+  void BackToIdle(int slot);
   void FailQueuedIfBroken();
-  void Report(uint64_t task_id, v1::Outcome outcome, std::string error, int worker_pid = 0,
-              int64_t start_us = 0);
+  void Report(uint64_t task_id, v1::Outcome outcome, v1::FailureKind failure, std::string error,
+              int worker_pid = 0, int64_t start_us = 0);
   std::string TaskPrefix(uint64_t task_id) const;
 
   PoolOptions options_;

@@ -46,6 +46,8 @@ class RecordingSink : public TaskEventSink {
  public:
   void TaskStarted(v1::TaskStarted s) override { started.push_back(s); }
   void TaskFinished(v1::TaskResult r) override { results[r.task_id()] = r; }
+  void Heartbeat(v1::Heartbeat) override {}
+  void TasksReleased(std::vector<uint64_t>) override {}
   std::vector<v1::TaskStarted> started;
   std::map<uint64_t, v1::TaskResult> results;
 };
@@ -134,6 +136,7 @@ TEST_CASE("a worker dying mid-task fails only its task, with the documented text
   f.state.OnWorkerExit(slot7, "killed by signal 9 SIGKILL");
   REQUIRE(f.sink.results.count(7) == 1);
   CHECK(f.sink.results[7].outcome() == v1::SYSTEM_ERROR);
+  CHECK(f.sink.results[7].failure() == v1::FAILURE_WORKER_LOST);
   CHECK(f.sink.results[7].error() ==
         "task 7 on node n1: worker pid " + std::to_string(pid7) +
             " died (killed by signal 9 SIGKILL)");
@@ -408,6 +411,45 @@ TEST_CASE("a worker that never sends READY is killed after the timeout and resta
   f.now += 500'000'000;
   f.state.Tick();
   CHECK(f.control.killed.size() == 1);  // a ready worker is never timed out
+}
+
+}  // namespace
+}  // namespace dragon::agent
+
+namespace dragon::agent {
+namespace {
+
+TEST_CASE("a result over the limit fails its task alone and the worker takes the next") {
+  Fixture f(1);
+  f.state.StartAll();
+  f.state.OnReady(0);
+  f.state.Submit(Task(1));
+  f.state.Submit(Task(2));
+  f.state.OnTaskTooLarge(0, 1, 300ull << 20);
+  REQUIRE(f.sink.results.count(1) == 1);
+  const v1::TaskResult& r = f.sink.results[1];
+  CHECK(r.outcome() == v1::SYSTEM_ERROR);
+  CHECK(r.failure() == v1::FAILURE_TOO_LARGE);
+  CHECK(r.error().find("its result is 314572800 bytes, more than the 268435456 bytes") !=
+        std::string::npos);
+  CHECK(r.error().find("--max-payload-mb") != std::string::npos);
+  CHECK(f.control.killed.empty());
+  CHECK(f.control.sent.back().second == 2);  // same worker, next task
+}
+
+TEST_CASE("reclaim drops queued tasks without reporting them; running ones stay") {
+  Fixture f(1);
+  f.state.StartAll();
+  f.state.OnReady(0);
+  for (uint64_t id = 1; id <= 3; ++id) f.state.Submit(Task(id));
+  auto released = f.state.Reclaim({1, 3, 42});
+  CHECK(released == std::vector<uint64_t>{3});
+  CHECK(f.state.queued() == 1);
+  f.state.OnTaskOutput(0, 1, v1::OK, "r");
+  CHECK(f.control.sent.back().second == 2);
+  f.state.OnTaskOutput(0, 2, v1::OK, "r");
+  CHECK(f.control.sent.size() == 2);  // 3 never runs
+  CHECK(f.sink.results.count(3) == 0);
 }
 
 }  // namespace

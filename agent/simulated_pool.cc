@@ -93,6 +93,20 @@ void SimulatedPool::CancelTasks(std::vector<uint64_t> task_ids, std::string reas
   wake_ = true;
 }
 
+void SimulatedPool::ReclaimTasks(std::vector<uint64_t> task_ids) {
+  absl::MutexLock l(&mu_);
+  for (uint64_t id : task_ids) {
+    if (queued_.erase(id) != 0) released_.push_back(id);  // left in queue_, skipped
+  }
+  wake_ = true;
+}
+
+void SimulatedPool::Ping(uint64_t seq) {
+  absl::MutexLock l(&mu_);
+  ping_seq_ = seq;
+  wake_ = true;
+}
+
 v1::TaskResult SimulatedPool::MakeResult(uint64_t task_id, v1::Outcome outcome, int64_t start_us,
                                          int64_t end_us, std::string error) const {
   v1::TaskResult r;
@@ -149,13 +163,25 @@ int64_t SimulatedPool::Step(std::vector<v1::TaskStarted>* started,
 void SimulatedPool::Loop() {
   std::vector<v1::TaskStarted> started;
   std::vector<v1::TaskResult> results;
+  std::vector<uint64_t> released;
+  uint64_t ping = 0;
+  v1::Heartbeat beat;
   auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return wake_ || stop_; };
   while (true) {
     {
       absl::MutexLock l(&mu_);
       if (stop_) return;
       const int64_t next = Step(&started, &results);
-      if (started.empty() && results.empty()) {
+      released.swap(released_);
+      ping = ping_seq_;
+      ping_seq_ = 0;
+      if (ping != 0) {
+        beat.set_ping_seq(ping);
+        beat.set_busy_workers(static_cast<uint32_t>(running_.size()));
+        beat.set_ready_workers(static_cast<uint32_t>(options_.slots));
+        beat.set_queued_tasks(static_cast<uint32_t>(queued_.size()));
+      }
+      if (started.empty() && results.empty() && released.empty() && ping == 0) {
         if (next == 0) {
           mu_.Await(absl::Condition(&woken));
         } else {
@@ -166,9 +192,14 @@ void SimulatedPool::Loop() {
     }
     // Outside our lock: the sink takes its own, and SubmitTasks must not wait.
     // All at once: one wake-up of the head connection's writer per burst.
-    sink_->TaskEvents(std::move(started), std::move(results));
+    if (!started.empty() || !results.empty()) {
+      sink_->TaskEvents(std::move(started), std::move(results));
+    }
+    if (!released.empty()) sink_->TasksReleased(std::move(released));
+    if (ping != 0) sink_->Heartbeat(beat);
     started.clear();
     results.clear();
+    released.clear();
   }
 }
 

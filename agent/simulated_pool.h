@@ -51,6 +51,9 @@ class SimulatedPool : public TaskHandler {
   // TaskHandler; thread-safe.
   void SubmitTasks(std::vector<v1::TaskAssignment> tasks) override;
   void CancelTasks(std::vector<uint64_t> task_ids, std::string reason) override;
+  void ReclaimTasks(std::vector<uint64_t> task_ids) override;
+  // Answered from the timer thread, the loop that "runs" the tasks.
+  void Ping(uint64_t seq) override;
   int BusyWorkers() const override;
 
   // Tasks that ended here so far (any outcome).
@@ -89,6 +92,8 @@ class SimulatedPool : public TaskHandler {
       ABSL_GUARDED_BY(mu_);
   std::vector<v1::TaskResult> cancelled_ ABSL_GUARDED_BY(mu_);  // to report
   uint64_t finished_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t ping_seq_ ABSL_GUARDED_BY(mu_) = 0;          // to answer; 0 = none
+  std::vector<uint64_t> released_ ABSL_GUARDED_BY(mu_);  // reclaimed, to report
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool started_ = false;

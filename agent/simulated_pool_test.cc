@@ -29,6 +29,26 @@ class Sink : public TaskEventSink {
     }
     TaskEventSink::TaskEvents(std::move(started), std::move(results));
   }
+  void Heartbeat(v1::Heartbeat beat) override {
+    std::lock_guard<std::mutex> l(mu_);
+    beats_.push_back(beat);
+  }
+  void TasksReleased(std::vector<uint64_t> ids) override {
+    std::lock_guard<std::mutex> l(mu_);
+    released_.insert(released_.end(), ids.begin(), ids.end());
+  }
+  // Waits up to 10 s for `pred` (called with mu_ held).
+  template <typename Pred>
+  bool WaitUntil(Pred pred) {
+    for (int i = 0; i < 2000; ++i) {
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        if (pred()) return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return false;
+  }
   // Waits up to 10 s for `n` results.
   bool WaitFor(size_t n) {
     for (int i = 0; i < 2000; ++i) {
@@ -44,6 +64,8 @@ class Sink : public TaskEventSink {
   std::map<uint64_t, int> started_;
   std::map<uint64_t, int> result_count_;
   std::multimap<uint64_t, v1::TaskResult> results_;
+  std::vector<v1::Heartbeat> beats_;
+  std::vector<uint64_t> released_;
   int bursts_ = 0;  // TaskEvents calls
 };
 
@@ -155,6 +177,39 @@ TEST_CASE("cancel ends queued and running tasks once, as CANCELED", "[simulated_
   pool.Shutdown();
   std::lock_guard<std::mutex> l(sink.mu_);
   CHECK(sink.started_.count(3) == 0);
+}
+
+TEST_CASE("pings are answered from the timer loop with the pool's counts", "[simulated_pool]") {
+  Sink sink;
+  SimulatedPool pool({"sim-3", 2, 10'000'000}, &sink);
+  pool.Start();
+  pool.SubmitTasks(Tasks(1, 3));
+  pool.Ping(7);
+  REQUIRE(sink.WaitUntil([&] { return !sink.beats_.empty(); }));
+  {
+    std::lock_guard<std::mutex> l(sink.mu_);
+    CHECK(sink.beats_[0].ping_seq() == 7);
+    CHECK(sink.beats_[0].ready_workers() == 2);
+  }
+  pool.Shutdown();
+}
+
+TEST_CASE("reclaim gives back queued tasks only; they never start", "[simulated_pool]") {
+  Sink sink;
+  SimulatedPool pool({"sim-4", 1, 10'000'000}, &sink);  // one slot, 10 s per task
+  pool.Start();
+  pool.SubmitTasks(Tasks(1, 3));
+  for (int i = 0; i < 1000 && pool.BusyWorkers() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  REQUIRE(pool.BusyWorkers() == 1);
+  pool.ReclaimTasks({1, 2, 3, 99});
+  REQUIRE(sink.WaitUntil([&] { return sink.released_.size() == 2; }));
+  pool.Shutdown();
+  std::lock_guard<std::mutex> l(sink.mu_);
+  CHECK(sink.released_ == std::vector<uint64_t>{2, 3});
+  CHECK(sink.started_.count(2) == 0);
+  CHECK(sink.results_.empty());  // released tasks are not reported as ended
 }
 
 }  // namespace

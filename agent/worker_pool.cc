@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "spdlog/spdlog.h"
@@ -44,14 +45,19 @@ class WorkerPool::Control : public WorkerControl {
     spec.log_path = pool_->WorkerLogPath(slot);
     spec.env = {{"DRAGON_NODE_ID", o.node_id},
                 {"DRAGON_WORKER_SLOT", absl::StrCat(slot)},
-                {"DRAGON_RUN_DIR", o.run_dir}};
+                {"DRAGON_RUN_DIR", o.run_dir},
+                {"DRAGON_MAX_RESULT_BYTES", absl::StrCat(o.max_result_bytes)}};
     // Output of a worker that is then SIGKILLed is otherwise lost in
     // Python's buffer: exactly the output needed to understand why.
     if (getenv("PYTHONUNBUFFERED") == nullptr) spec.env.emplace_back("PYTHONUNBUFFERED", "1");
     absl::StatusOr<std::unique_ptr<WorkerProcess>> proc = WorkerProcess::Start(spec);
     if (!proc.ok()) return proc.status();
     const int pid = (*proc)->pid();
-    pool_->workers_[slot] = std::make_unique<Worker>(std::move(*proc), o.max_frame_bytes);
+    // Headroom over the limit: the worker checks the limit on the result's
+    // pickled size; a frame past this is a worker ignoring it.
+    const uint64_t max_frame = std::min<uint64_t>(o.max_result_bytes + (1u << 20), UINT32_MAX);
+    pool_->workers_[slot] =
+        std::make_unique<Worker>(std::move(*proc), static_cast<uint32_t>(max_frame));
     spdlog::debug("slot {}: worker pid {} started", slot, pid);
     return pid;
   }
@@ -95,6 +101,7 @@ WorkerPool::WorkerPool(WorkerPoolOptions options, TaskEventSink* sink)
   po.node_id = options_.node_id;
   po.slots = options_.workers;
   po.ready_timeout_us = options_.ready_timeout_us;
+  po.max_result_bytes = options_.max_result_bytes;
   state_ = std::make_unique<PoolState>(po, control_.get(), sink_, NowUs);
   workers_.resize(options_.workers);
 }
@@ -128,27 +135,40 @@ void WorkerPool::Wake() {
   (void)!write(event_fd_, &one, sizeof(one));
 }
 
-void WorkerPool::SubmitTasks(std::vector<v1::TaskAssignment> tasks) {
-  if (tasks.empty()) return;
+void WorkerPool::Push(Command command) {
   {
     absl::MutexLock l(&mu_);
-    Command c;
-    c.tasks = std::move(tasks);
-    inbox_.push_back(std::move(c));
+    inbox_.push_back(std::move(command));
   }
   Wake();
 }
 
+void WorkerPool::SubmitTasks(std::vector<v1::TaskAssignment> tasks) {
+  if (tasks.empty()) return;
+  Command c;
+  c.tasks = std::move(tasks);
+  Push(std::move(c));
+}
+
 void WorkerPool::CancelTasks(std::vector<uint64_t> task_ids, std::string reason) {
   if (task_ids.empty()) return;
-  {
-    absl::MutexLock l(&mu_);
-    Command c;
-    c.cancel_ids = std::move(task_ids);
-    c.reason = std::move(reason);
-    inbox_.push_back(std::move(c));
-  }
-  Wake();
+  Command c;
+  c.cancel_ids = std::move(task_ids);
+  c.reason = std::move(reason);
+  Push(std::move(c));
+}
+
+void WorkerPool::ReclaimTasks(std::vector<uint64_t> task_ids) {
+  if (task_ids.empty()) return;
+  Command c;
+  c.reclaim_ids = std::move(task_ids);
+  Push(std::move(c));
+}
+
+void WorkerPool::Ping(uint64_t seq) {
+  Command c;
+  c.ping_seq = seq;
+  Push(std::move(c));
 }
 
 void WorkerPool::Shutdown() {
@@ -177,6 +197,20 @@ void WorkerPool::RunCommands() {
   for (Command& c : commands) {
     for (v1::TaskAssignment& t : c.tasks) state_->Submit(std::move(t));
     for (uint64_t id : c.cancel_ids) state_->Cancel(id, c.reason);
+    if (!c.reclaim_ids.empty()) {
+      std::vector<uint64_t> released = state_->Reclaim(c.reclaim_ids);
+      spdlog::info("head asked back {} task(s); {} had not started and are given back",
+                   c.reclaim_ids.size(), released.size());
+      if (!released.empty()) sink_->TasksReleased(std::move(released));
+    }
+    if (c.ping_seq != 0) {
+      v1::Heartbeat beat;
+      beat.set_ping_seq(c.ping_seq);
+      beat.set_busy_workers(static_cast<uint32_t>(state_->busy()));
+      beat.set_ready_workers(static_cast<uint32_t>(state_->busy() + state_->idle()));
+      beat.set_queued_tasks(static_cast<uint32_t>(state_->queued()));
+      sink_->Heartbeat(std::move(beat));
+    }
   }
 }
 
@@ -235,6 +269,17 @@ void WorkerPool::ReadFrom(int slot) {
         case common::FrameType::kAppException:
           state_->OnTaskOutput(slot, frame->task_id, v1::APP_EXCEPTION, std::move(frame->body));
           break;
+        case common::FrameType::kResultTooLarge: {
+          uint64_t bytes = 0;
+          if (!absl::SimpleAtoi(frame->body, &bytes)) {
+            state_->OnProtocolError(slot, absl::DataLossError(absl::StrCat(
+                                              "RESULT_TOO_LARGE frame for task ", frame->task_id,
+                                              " without a size")));
+            break;
+          }
+          state_->OnTaskTooLarge(slot, frame->task_id, bytes);
+          break;
+        }
         default:
           state_->OnProtocolError(
               slot, absl::DataLossError(absl::StrCat("worker sent an unexpected ",

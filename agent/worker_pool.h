@@ -31,8 +31,11 @@ struct WorkerPoolOptions {
   int workers = 1;
   // e.g. {"/usr/bin/python3", "-m", "dragon_parsl.worker"}
   std::vector<std::string> worker_argv;
-  // Largest frame a worker may send (a result), see common::FrameDecoder.
-  uint32_t max_frame_bytes = 256u << 20;
+  // Largest result a task may return (the head's payload limit, told at
+  // registration). Workers are told it ($DRAGON_MAX_RESULT_BYTES) and send a
+  // RESULT_TOO_LARGE frame instead of a larger result; a worker that sends
+  // one anyway breaks the protocol and is killed.
+  uint64_t max_result_bytes = 256ull << 20;
   // Shutdown: SIGTERM, then SIGKILL after this long.
   int64_t term_grace_ms = 2000;
   // See PoolOptions::ready_timeout_us.
@@ -51,6 +54,8 @@ class WorkerPool : public TaskHandler {
   // TaskHandler; thread-safe.
   void SubmitTasks(std::vector<v1::TaskAssignment> tasks) override;
   void CancelTasks(std::vector<uint64_t> task_ids, std::string reason) override;
+  void ReclaimTasks(std::vector<uint64_t> task_ids) override;
+  void Ping(uint64_t seq) override;
   int BusyWorkers() const override { return busy_.load(std::memory_order_relaxed); }
   int QueuedTasks() const override { return queued_.load(std::memory_order_relaxed); }
 
@@ -79,7 +84,10 @@ class WorkerPool : public TaskHandler {
     std::vector<v1::TaskAssignment> tasks;  // submit, or
     std::vector<uint64_t> cancel_ids;       // cancel with
     std::string reason;
+    std::vector<uint64_t> reclaim_ids;      // give back if not started, or
+    uint64_t ping_seq = 0;                  // answer this ping
   };
+  void Push(Command command);
 
   void Loop();
   void RunCommands();

@@ -33,6 +33,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/dashed_flags.h"
+#include "common/head_locator.h"
+#include "common/transport.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/head.grpc.pb.h"
 
@@ -57,11 +59,17 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(256 << 20);
-  args.SetMaxSendMessageSize(256 << 20);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+// A channel to the head with the run's token ($DRAGON_TOKEN, or the token
+// file of the head.json under $DRAGON_HOME that names the address).
+absl::StatusOr<std::shared_ptr<grpc::Channel>> HeadChannel(const std::string& address) {
+  dragon::common::LocateOptions locate;
+  locate.explicit_address = address;
+  auto location = dragon::common::LocateHead(locate);
+  if (!location.ok()) return location.status();
+  dragon::common::ClientTransport transport;
+  transport.token = location->token;
+  transport.tls_ca = location->tls_ca;
+  return dragon::common::MakeChannel(location->address, transport);
 }
 
 int Die(const std::string& message) {
@@ -208,8 +216,9 @@ int Run(bool fill) {
   if (head.empty()) return Die("--head is required");
   if (tasks < 1) return Die("--tasks must be >= 1");
   const auto deadline = Clock::now() + std::chrono::seconds(absl::GetFlag(FLAGS_timeout_s));
-  auto channel = MakeChannel(head);
-  auto stub = dragon::v1::HeadService::NewStub(channel);
+  auto channel = HeadChannel(head);
+  if (!channel.ok()) return Die(std::string(channel.status().message()));
+  auto stub = dragon::v1::HeadService::NewStub(*channel);
   const int wait_nodes = absl::GetFlag(FLAGS_wait_nodes);
   if (wait_nodes > 0 && !WaitForNodes(stub.get(), wait_nodes, deadline)) {
     return Die(absl::StrCat("the head at ", head, " did not reach ", wait_nodes, " agents"));

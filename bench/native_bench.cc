@@ -37,6 +37,7 @@
 #include "absl/time/clock.h"
 #include "client/session_client.h"
 #include "common/dashed_flags.h"
+#include "common/head_locator.h"
 
 ABSL_FLAG(std::string, head, "", "HOST:PORT of dragond (required)");
 ABSL_FLAG(std::string, kind, "python", "python (payload from --payload-file) or executable");
@@ -220,8 +221,14 @@ int Main(int argc, char** argv) {
   const auto deadline = Clock::now() + std::chrono::seconds(absl::GetFlag(FLAGS_timeout_s));
 
   Results results;
+  dragon::common::LocateOptions locate;
+  locate.explicit_address = head;
+  auto location = dragon::common::LocateHead(locate);
+  if (!location.ok()) return Die(std::string(location.status().message()));
   SessionOptions options;
-  options.address = head;
+  options.address = location->address;
+  options.token = location->token;
+  options.tls_ca = location->tls_ca;
   options.client_name = absl::StrCat("native_bench (", kind, " ", mode, ")");
   auto session = SessionClient::Connect(options, results.Callbacks());
   if (!session.ok()) return Die(std::string(session.status().message()));

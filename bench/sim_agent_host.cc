@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <optional>
 #include <utility>
 
 #include <grpcpp/grpcpp.h>
@@ -10,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "agent/simulated_pool.h"
+#include "common/transport.h"
 #include "proto/agent.grpc.pb.h"
 
 namespace dragon::bench {
@@ -27,14 +29,9 @@ int64_t NowUs() { return absl::ToUnixMicros(absl::Now()); }
 class SimAgentHost::Agent
     : public grpc::ClientBidiReactor<dragon::v1::AgentMessage, dragon::v1::HeadToAgent> {
  public:
-  Agent(SimAgentHost* host, std::string node, int workers, const std::string& address)
-      : host_(host), node_(std::move(node)) {
-    grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(256 << 20);
-    args.SetMaxSendMessageSize(256 << 20);
-    // Its own TCP connection, like an agent on its own node.
-    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    channel_ = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  Agent(SimAgentHost* host, std::string node, int workers,
+        std::shared_ptr<grpc::Channel> channel)
+      : host_(host), node_(std::move(node)), workers_(workers), channel_(std::move(channel)) {
     stub_ = dragon::v1::AgentService::NewStub(channel_);
     stub_->async()->Connect(&context_, this);
     dragon::v1::AgentMessage reg;
@@ -79,6 +76,13 @@ class SimAgentHost::Agent
         Send(std::move(msg));
         break;
       }
+      case dragon::v1::HeadToAgent::kPing: {
+        dragon::v1::AgentMessage beat;
+        beat.mutable_heartbeat()->set_ping_seq(in_.ping().seq());
+        beat.mutable_heartbeat()->set_ready_workers(static_cast<uint32_t>(workers_));
+        Send(std::move(beat));
+        break;
+      }
       case dragon::v1::HeadToAgent::kCancel:
         break;  // every task already ended when it arrived
       case dragon::v1::HeadToAgent::kShutdown: {
@@ -98,7 +102,12 @@ class SimAgentHost::Agent
     absl::MutexLock l(&mu_);
     writing_ = false;
     if (!ok) return;  // broken stream: the read fails too
-    if (has_pending_) {
+    if (pending_beat_) {
+      out_ = std::move(*pending_beat_);
+      pending_beat_.reset();
+      writing_ = true;
+      StartWrite(&out_);
+    } else if (has_pending_) {
       has_pending_ = false;
       out_ = std::move(pending_);
       pending_.Clear();
@@ -126,6 +135,10 @@ class SimAgentHost::Agent
       StartWrite(&out_);
       return;
     }
+    if (msg.has_heartbeat()) {
+      pending_beat_ = std::move(msg);  // only the latest answer matters
+      return;
+    }
     if (!has_pending_) {
       pending_ = std::move(msg);
       has_pending_ = true;
@@ -138,6 +151,7 @@ class SimAgentHost::Agent
 
   SimAgentHost* const host_;
   const std::string node_;
+  const int workers_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<dragon::v1::AgentService::Stub> stub_;
   grpc::ClientContext context_;
@@ -147,6 +161,7 @@ class SimAgentHost::Agent
   dragon::v1::AgentMessage out_ ABSL_GUARDED_BY(mu_);      // being written
   dragon::v1::AgentMessage pending_ ABSL_GUARDED_BY(mu_);  // next, merged
   bool has_pending_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<dragon::v1::AgentMessage> pending_beat_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool closing_ ABSL_GUARDED_BY(mu_) = false;
 };
@@ -163,10 +178,15 @@ absl::Status SimAgentHost::Start(absl::Duration timeout) {
   if (options_.agents < 1 || options_.workers < 1) {
     return absl::InvalidArgumentError("agents and workers must be >= 1");
   }
+  common::ClientTransport transport;
+  transport.token = options_.token;
+  transport.own_connection = true;  // its own TCP connection, like an agent on its own node
   for (int i = 0; i < options_.agents; ++i) {
+    absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+        common::MakeChannel(options_.head_address, transport);
+    if (!channel.ok()) return channel.status();
     agents_.push_back(std::make_unique<Agent>(
-        this, absl::StrFormat("%s%03d", options_.node_prefix, i), options_.workers,
-        options_.head_address));
+        this, absl::StrFormat("%s%03d", options_.node_prefix, i), options_.workers, *channel));
   }
   absl::MutexLock l(&mu_);
   auto settled = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {

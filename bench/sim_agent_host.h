@@ -4,7 +4,8 @@
 // speaks the real protocol: Register, then every TaskBatch is answered by
 // one AgentUpdate with a result per task, outcome OK, EMPTY data, worker pid
 // 0 and the error text agent::kSimulatedMarker, exactly what `dragon-agent
-// --simulate-workers W` sends for zero-time tasks. AgentShutdown ends it.
+// --simulate-workers W` sends for zero-time tasks; every Ping is answered at
+// once with a Heartbeat. AgentShutdown ends it.
 //
 // Why: 256 dragon-agent processes, each with its reader, writer, gRPC and
 // logging threads, cost this 2-core machine more CPU than the head they are
@@ -29,6 +30,7 @@ struct SimAgentHostOptions {
   std::string node_prefix = "sim-"; // node ids are PREFIX000, PREFIX001, ...
   int agents = 1;
   int workers = 8;  // registered worker slots per agent
+  std::string token;  // the run's token
 };
 
 class SimAgentHost {

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "agent/simulated_pool.h"
+#include "common/transport.h"
 #include "daemon/agent_stream.h"
 
 namespace dragon::bench {
@@ -23,10 +24,12 @@ TEST_CASE("hosted agents register, answer every task once, leave on shutdown",
     o.max_prefetch_per_worker = 16;
     return o;
   }());
-  daemon::AgentServiceImpl service(&head);
+  const std::string token = "0123456789abcdef0123456789abcdef";
+  common::TokenCheck auth(token, "the test");
+  daemon::AgentServiceImpl service(&head, &auth);
   int port = 0;
   grpc::ServerBuilder builder;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  REQUIRE(common::ConfigureServer(&builder, "127.0.0.1:0", common::ServerTransport{}, &port).ok());
   builder.RegisterService(&service);
   auto server = builder.BuildAndStart();
   REQUIRE(server != nullptr);
@@ -35,6 +38,7 @@ TEST_CASE("hosted agents register, answer every task once, leave on shutdown",
   options.head_address = "127.0.0.1:" + std::to_string(port);
   options.agents = 20;
   options.workers = 4;
+  options.token = token;
   SimAgentHost host(options);
   REQUIRE(host.Start(absl::Seconds(30)).ok());
   const dragon::v1::ListNodesReply nodes = head.ListNodes();

@@ -18,12 +18,16 @@
 #include "absl/synchronization/mutex.h"
 #include "bench/sim_agent_host.h"
 #include "common/dashed_flags.h"
+#include "common/head_locator.h"
 
 ABSL_FLAG(std::string, head, "", "HOST:PORT of dragond's AgentService (required)");
 ABSL_FLAG(int, agents, 1, "number of simulated agents (streams)");
 ABSL_FLAG(int, workers, 8, "worker slots each agent registers");
 ABSL_FLAG(std::string, node_prefix, "sim-", "node ids are PREFIX000, PREFIX001, ...");
 ABSL_FLAG(int, connect_timeout, 120, "seconds for every agent to register");
+ABSL_FLAG(std::string, token_file, "",
+          "file with the run's token (default: $DRAGON_TOKEN; the run's token file when "
+          "neither is given and the head is found under $DRAGON_HOME)");
 
 int main(int argc, char** argv) {
   // As in dragond and dragon-agent: no lock-order tracking on every lock.
@@ -43,8 +47,17 @@ int main(int argc, char** argv) {
     std::cerr << "sim_agents: --head is required" << std::endl;
     return 2;
   }
+  dragon::common::LocateOptions locate;
+  locate.explicit_address = absl::GetFlag(FLAGS_head);
+  locate.token_file = absl::GetFlag(FLAGS_token_file);
+  absl::StatusOr<dragon::common::HeadLocation> location = dragon::common::LocateHead(locate);
+  if (!location.ok()) {
+    std::cerr << "sim_agents: " << location.status().message() << std::endl;
+    return 2;
+  }
   dragon::bench::SimAgentHostOptions options;
-  options.head_address = absl::GetFlag(FLAGS_head);
+  options.head_address = location->address;
+  options.token = location->token;
   options.agents = absl::GetFlag(FLAGS_agents);
   options.workers = absl::GetFlag(FLAGS_workers);
   options.node_prefix = absl::GetFlag(FLAGS_node_prefix);

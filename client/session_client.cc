@@ -8,13 +8,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/head_locator.h"
+#include "common/transport.h"
 
 namespace dragon::client {
 namespace {
-
-// Results and submissions can be as large as the head's payload limit
-// (256 MiB by default) plus framing.
-constexpr int kMaxMessageBytes = INT_MAX;
 
 std::string GrpcText(const grpc::Status& s) {
   std::string text = s.error_message();
@@ -56,10 +53,12 @@ absl::StatusOr<std::unique_ptr<SessionClient>> SessionClient::Connect(SessionOpt
 
 absl::Status SessionClient::Open() {
   const std::string& addr = options_.address;
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
-  args.SetMaxSendMessageSize(kMaxMessageBytes);
-  channel_ = grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args);
+  common::ClientTransport transport;
+  transport.token = options_.token;
+  transport.tls_ca = options_.tls_ca;
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = common::MakeChannel(addr, transport);
+  if (!channel.ok()) return channel.status();
+  channel_ = *std::move(channel);
   stub_ = dragon::v1::HeadService::NewStub(channel_);
 
   const absl::Time deadline = absl::Now() + options_.connect_timeout;
@@ -165,7 +164,17 @@ absl::Status SessionClient::AcceptingLocked() const {
   return absl::OkStatus();
 }
 
+absl::Status SessionClient::CheckSize(const dragon::v1::TaskSubmission& task) const {
+  const uint64_t limit = welcome_.max_payload_bytes();
+  if (limit == 0 || task.payload().size() <= limit) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "task '", task.name(), "' (client_ref ", task.client_ref(), "): its payload is ",
+      task.payload().size(), " bytes, more than the ", limit, " bytes dragond at ",
+      options_.address, " accepts per task (dragond --max-payload-mb)"));
+}
+
 absl::Status SessionClient::Submit(dragon::v1::TaskSubmission task) {
+  if (absl::Status st = CheckSize(task); !st.ok()) return st;
   bool was_empty;
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -179,6 +188,9 @@ absl::Status SessionClient::Submit(dragon::v1::TaskSubmission task) {
 
 absl::Status SessionClient::SubmitMany(std::vector<dragon::v1::TaskSubmission> tasks) {
   if (tasks.empty()) return absl::OkStatus();
+  for (const auto& task : tasks) {
+    if (absl::Status st = CheckSize(task); !st.ok()) return st;
+  }
   bool was_empty;
   {
     std::lock_guard<std::mutex> l(mu_);

@@ -39,6 +39,8 @@ inline constexpr uint32_t kSessionProtocolVersion = dragon::v1::PROTOCOL_VERSION
 
 struct SessionOptions {
   std::string address;  // HOST:PORT of dragond
+  std::string token;    // the run's token (common::LocateHead finds it)
+  std::string tls_ca;   // CA certificate to verify the head with; empty: plaintext
   std::string client_name = "dragon session_client";
   // Tasks of this session run here; empty = this process's working directory.
   std::string cwd;
@@ -79,7 +81,10 @@ class SessionClient {
 
   // Queues tasks for the sender; returns at once. client_ref is the caller's
   // and must be unique within the session (results carry it back). Fails
-  // once the session is closed or broken (the error says why).
+  // once the session is closed or broken (the error says why), and for a
+  // task whose payload exceeds the head's limit (Welcome.max_payload_bytes):
+  // Submit refuses that task alone; SubmitMany queues none of the batch,
+  // naming the first such task.
   absl::Status Submit(dragon::v1::TaskSubmission task);
   absl::Status SubmitMany(std::vector<dragon::v1::TaskSubmission> tasks);
 
@@ -106,6 +111,8 @@ class SessionClient {
   void Fail(absl::Status status);
   // Why no task can be queued now (an earlier error, or Close() called); OK if one can. mu_ held.
   absl::Status AcceptingLocked() const;
+  // OK, or why the head would refuse the task for its size.
+  absl::Status CheckSize(const dragon::v1::TaskSubmission& task) const;
 
   const SessionOptions options_;
   const SessionCallbacks callbacks_;

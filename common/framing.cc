@@ -44,6 +44,8 @@ std::string FrameTypeName(uint8_t type) {
       return "RESULT";
     case FrameType::kAppException:
       return "APP_EXCEPTION";
+    case FrameType::kResultTooLarge:
+      return "RESULT_TOO_LARGE";
   }
   return absl::StrCat("type ", type);
 }

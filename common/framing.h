@@ -25,6 +25,9 @@ enum class FrameType : uint8_t {
   kRun = 2,           // agent -> worker: u32 cwd_len, cwd, Parsl payload
   kResult = 3,        // worker -> agent: serialized return value
   kAppException = 4,  // worker -> agent: serialized RemoteExceptionWrapper
+  // worker -> agent: the task's result (or exception) would be larger than
+  // $DRAGON_MAX_RESULT_BYTES and was not sent; body = its size, in decimal.
+  kResultTooLarge = 5,
 };
 
 // Name for logs and error messages ("READY", ..., or "type 17").

@@ -87,6 +87,7 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& ad
   args.SetMaxReceiveMessageSize(-1);
   args.SetMaxSendMessageSize(-1);
   SetKeepalive(transport.keepalive, &args);
+  if (transport.own_connection) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   if (transport.fast_reconnect) {
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);

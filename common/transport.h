@@ -51,6 +51,9 @@ struct ClientTransport {
   // Reconnect within ~100 ms-1 s instead of gRPC's default backoff (agents
   // start while the head may still be starting).
   bool fast_reconnect = false;
+  // A TCP connection of this channel's own, not shared with other channels
+  // to the same address (many simulated nodes in one benchmark process).
+  bool own_connection = false;
 };
 
 struct TlsServerFiles {

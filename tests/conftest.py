@@ -50,6 +50,17 @@ class Head:
     def ctl_json(self, *args: str):
         return json.loads(self.ctl(*args, "--json").stdout)
 
+    @property
+    def token(self) -> str:
+        """The run's token (dragond writes it 0600 in the run dir), for clients in this process."""
+        return (self.run_dir / "token").read_text().strip()
+
+    def channel(self):
+        """A gRPC channel to this head with its token (dragon_parsl.transport, like any client)."""
+        from dragon_parsl import transport
+        return transport.make_channel(self.address, transport.find_credentials(
+            self.address, run_info=transport.read_run_info(self.run_dir / "head.json")))
+
     def log(self) -> str:
         parts = []
         for p in sorted(self.run_dir.glob("*.log")):
@@ -177,6 +188,7 @@ def head_and_dfk(tmp_path: Path, head_args=("--workers", "2"), *, retries: int =
     head = start_head(tmp_path, *head_args)
     dfk = None
     try:
+        executor_kwargs.setdefault("token", head.token)
         dfk, executor = load_parsl(tmp_path, retries=retries, address=head.address, **executor_kwargs)
         yield dfk, executor, head
     finally:
@@ -202,7 +214,7 @@ def parsl_on(head: Head, tmp_path: Path):
     from parsl.config import Config
     from dragon_parsl import DragonExecutor
 
-    dfk = parsl.load(Config(executors=[DragonExecutor(address=head.address)],
+    dfk = parsl.load(Config(executors=[DragonExecutor(address=head.address, token=head.token)],
                             run_dir=str(tmp_path / "runinfo"), strategy="none"))
     try:
         yield dfk

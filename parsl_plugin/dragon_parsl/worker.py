@@ -36,6 +36,7 @@ READY = 1
 RUN = 2
 RESULT = 3
 APP_EXCEPTION = 4
+RESULT_TOO_LARGE = 5  # body: the size of what was not sent, in decimal
 
 _HEADER = struct.Struct("<IBQ")  # length, type, task_id
 _HEADER_SIZE = _HEADER.size  # 13
@@ -271,12 +272,25 @@ def _run_one(body: Any, task_id: int = 0) -> tuple[int, Any]:
         return APP_EXCEPTION, _wrap_current_exception()
 
 
+def max_result_bytes() -> int:
+    """The head's per-task limit, told by the agent ($DRAGON_MAX_RESULT_BYTES); 0 = none."""
+    try:
+        return max(0, int(os.environ.get("DRAGON_MAX_RESULT_BYTES", "0")))
+    except ValueError:
+        return 0
+
+
+def body_size(body: Any) -> int:
+    return sum(len(p) for p in body) if isinstance(body, list) else len(body)
+
+
 def main() -> int:
     # Keep the pipes out of processes a task starts; otherwise a leftover
     # child holding fd 4 would hide this worker's death from the agent.
     os.set_inheritable(IN_FD, False)
     os.set_inheritable(OUT_FD, False)
     tune_malloc()
+    limit = max_result_bytes()
     reader = FrameReader(IN_FD)
     write_frame(READY, 0, f"pid {os.getpid()} python {sys.version.split()[0]}".encode())
     while True:
@@ -290,6 +304,12 @@ def main() -> int:
             return 2
         rtype, rbody = _run_one(body, task_id)
         del body, frame  # let a large payload go before the next read
+        size = body_size(rbody)
+        if limit and size > limit:
+            # Not sent: it would only be refused. The task fails alone, saying its size.
+            del rbody
+            write_frame(RESULT_TOO_LARGE, task_id, str(size).encode())
+            continue
         write_frame(rtype, task_id, rbody)
 
 

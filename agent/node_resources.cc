@@ -1,0 +1,91 @@
+#include "agent/node_resources.h"
+
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace dragon::agent {
+namespace {
+
+std::string ReadFirstLine(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  return std::string(absl::StripAsciiWhitespace(line));
+}
+
+// GPUs nvidia-smi lists ("GPU 0: ..." per line), when it is installed.
+std::vector<std::string> NvidiaSmiGpus() {
+  std::vector<std::string> ids;
+  FILE* p = popen("nvidia-smi -L 2>/dev/null", "r");
+  if (p == nullptr) return ids;
+  char line[512];
+  int n = 0;
+  while (fgets(line, sizeof(line), p) != nullptr) {
+    if (absl::StartsWith(line, "GPU ")) ids.push_back(absl::StrCat(n++));
+  }
+  if (pclose(p) != 0) ids.clear();  // not installed, or no driver: no GPUs
+  return ids;
+}
+
+}  // namespace
+
+uint32_t UsableCores() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return static_cast<uint32_t>(CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+uint64_t UsableMemoryBytes() {
+  const uint64_t physical = static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) *
+                            static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  // cgroup v2: "0::/path" in /proc/self/cgroup, the limit in memory.max.
+  const std::string cgroup = ReadFirstLine("/proc/self/cgroup");
+  if (!absl::StartsWith(cgroup, "0::")) return physical;
+  const std::string max = ReadFirstLine(absl::StrCat("/sys/fs/cgroup", cgroup.substr(3), "/memory.max"));
+  uint64_t limit = 0;
+  if (absl::SimpleAtoi(max, &limit) && limit > 0) return std::min(physical, limit);
+  return physical;  // "max" or unreadable: no cgroup limit
+}
+
+absl::StatusOr<std::vector<std::string>> ParseDeviceList(const std::string& list,
+                                                         const std::string& origin) {
+  std::vector<std::string> ids;
+  for (absl::string_view part : absl::StrSplit(list, ',')) {
+    part = absl::StripAsciiWhitespace(part);
+    if (part.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(origin, " '", list, "' has an empty entry; expected ids like 0,1,2"));
+    }
+    ids.emplace_back(part);
+  }
+  return ids;
+}
+
+absl::StatusOr<std::vector<std::string>> DetectGpus(const std::string& flag) {
+  if (flag == "none") return std::vector<std::string>{};
+  if (!flag.empty()) return ParseDeviceList(flag, "--gpus");
+  for (const char* name : {"CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"}) {
+    const char* value = std::getenv(name);
+    if (value == nullptr) continue;
+    const std::string list = value;
+    // Set but empty, or CUDA's "no devices" spellings: the job has none.
+    if (list.empty() || list == "NoDevFiles" || list == "-1") return std::vector<std::string>{};
+    return ParseDeviceList(list, absl::StrCat("$", name));
+  }
+  return NvidiaSmiGpus();
+}
+
+}  // namespace dragon::agent
