@@ -6,7 +6,6 @@
 #include <limits.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -31,6 +30,7 @@
 #include "common/dashed_flags.h"
 #include "common/head_locator.h"
 #include "daemon/agent_stream.h"
+#include "daemon/daemonize.h"
 #include "daemon/head.h"
 #include "common/host.h"
 #include "common/token.h"
@@ -42,8 +42,6 @@
 #include "daemon/stop_command.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/head.grpc.pb.h"
-#include "spdlog/sinks/basic_file_sink.h"
-#include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 
 ABSL_FLAG(bool, foreground, false, "start: serve in the foreground instead of daemonizing (for job scripts)");
@@ -119,31 +117,6 @@ absl::StatusOr<std::string> AbsolutePath(const std::string& path) {
     return absl::InternalError(absl::StrCat("getcwd failed: ", strerror(errno)));
   }
   return absl::StrCat(cwd, "/", path);
-}
-
-absl::Status SetUpLogging(const std::string& log_file, bool to_stderr) {
-  try {
-    std::vector<spdlog::sink_ptr> sinks;
-    sinks.push_back(std::make_shared<spdlog::sinks::basic_file_sink_mt>(log_file));
-    if (to_stderr) {
-      auto err = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
-      err->set_level(spdlog::level::warn);
-      sinks.push_back(err);
-    }
-    auto logger = std::make_shared<spdlog::logger>("dragond", sinks.begin(), sinks.end());
-    auto level = spdlog::level::from_str(absl::GetFlag(FLAGS_log_level));
-    if (level == spdlog::level::off && absl::GetFlag(FLAGS_log_level) != "off") {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unknown --log-level '", absl::GetFlag(FLAGS_log_level),
-                       "' (use trace, debug, info, warn, error)"));
-    }
-    logger->set_level(level);
-    logger->flush_on(spdlog::level::info);
-    spdlog::set_default_logger(logger);
-  } catch (const spdlog::spdlog_ex& e) {
-    return absl::InternalError(absl::StrCat("cannot open log ", log_file, ": ", e.what()));
-  }
-  return absl::OkStatus();
 }
 
 absl::Status CheckStartFlags() {
@@ -392,10 +365,11 @@ int Serve(const std::string& run_dir, const std::string& run_id, int ready_fd) {
   spdlog::info("shutting down: {}", why);
   head.BeginShutdown(why);
   if (launcher != nullptr) {
-    if (!head.WaitForAgentsGone(absl::Seconds(10))) {
-      spdlog::warn("agents did not disconnect within 10s");
-    }
-    launcher->Stop(absl::Seconds(5));
+    // Stops restarting at once, waits for the agents told to leave, then kills what is left.
+    launcher->Stop(absl::Seconds(10));
+  }
+  if (!head.WaitForAgentsGone(absl::Seconds(launcher != nullptr ? 2 : 10))) {
+    spdlog::warn("agents did not disconnect in time");
   }
   stop_ticker();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
@@ -440,62 +414,15 @@ int Start() {
   const std::string log_file = run_dir + "/dragond.log";
 
   if (absl::GetFlag(FLAGS_foreground)) {
-    if (auto st = SetUpLogging(log_file, true); !st.ok()) {
+    if (auto st = SetUpLogging(log_file, absl::GetFlag(FLAGS_log_level), true); !st.ok()) {
       std::cerr << "dragond: " << st.message() << std::endl;
       return 1;
     }
     return Serve(run_dir, run_id, -1);
   }
 
-  // Daemonize: the parent returns once the child listens (or says why not),
-  // so that `dragond start && dragonctl status` works in a job script.
-  int pipe_fds[2];
-  // Close-on-exec: agents started by the daemon must not hold the write end,
-  // or the waiting parent would never see it close.
-  if (pipe2(pipe_fds, O_CLOEXEC) != 0) {
-    std::cerr << "dragond: pipe failed: " << strerror(errno) << std::endl;
-    return 1;
-  }
-  pid_t pid = fork();
-  if (pid < 0) {
-    std::cerr << "dragond: fork failed: " << strerror(errno) << std::endl;
-    return 1;
-  }
-  if (pid > 0) {
-    close(pipe_fds[1]);
-    std::string line;
-    char buf[512];
-    ssize_t n;
-    while (line.find('\n') == std::string::npos &&
-           (n = read(pipe_fds[0], buf, sizeof(buf))) > 0) {
-      line.append(buf, n);
-    }
-    close(pipe_fds[0]);
-    while (!line.empty() && line.back() == '\n') line.pop_back();
-    if (absl::StartsWith(line, "OK ")) {
-      std::cout << line.substr(3) << std::endl;
-      return 0;
-    }
-    if (absl::StartsWith(line, "ERROR ")) {
-      std::cerr << "dragond: " << line.substr(6) << std::endl;
-    } else {
-      std::cerr << "dragond: the daemon exited before it was ready; see " << log_file << std::endl;
-    }
-    return 1;
-  }
-  close(pipe_fds[0]);
-  setsid();
-  int null_fd = open("/dev/null", O_RDWR);
-  int log_fd = open(log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  dup2(null_fd, 0);
-  dup2(log_fd >= 0 ? log_fd : null_fd, 1);
-  dup2(log_fd >= 0 ? log_fd : null_fd, 2);
-  if (auto st = SetUpLogging(log_file, false); !st.ok()) {
-    std::string text = absl::StrCat("ERROR ", st.message(), "\n");
-    (void)!write(pipe_fds[1], text.data(), text.size());
-    return 1;
-  }
-  return Serve(run_dir, run_id, pipe_fds[1]);
+  return Daemonize(log_file, absl::GetFlag(FLAGS_log_level),
+                   [&](int ready_fd) { return Serve(run_dir, run_id, ready_fd); });
 }
 
 }  // namespace
