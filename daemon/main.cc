@@ -198,7 +198,9 @@ int Serve(const std::string& run_dir, const std::string& run_id, int ready_fd) {
     close(ready_fd);
     ready_fd = -1;
   };
+  std::string written_token_file;  // removed again if the start fails
   auto fail = [&](const absl::Status& st) {
+    if (!written_token_file.empty()) unlink(written_token_file.c_str());
     spdlog::error("{}", std::string(st.message()));
     report(absl::StrCat("ERROR ", st.message()));
     if (ready_fd < 0 && !absl::GetFlag(FLAGS_foreground)) return 1;
@@ -230,6 +232,7 @@ int Serve(const std::string& run_dir, const std::string& run_id, int ready_fd) {
     if (!made.ok()) return fail(made.status());
     token = *std::move(made);
     if (auto st = common::WriteTokenFile(token_path, token); !st.ok()) return fail(st);
+    written_token_file = token_path;
   } else {
     unlink(token_path.c_str());
     spdlog::warn("authentication is off (--auth none): anyone who reaches this head's port can "
@@ -374,6 +377,8 @@ int Serve(const std::string& run_dir, const std::string& run_id, int ready_fd) {
   stop_ticker();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   RemoveRunInfo(home, run_dir);
+  // The token of a stopped head opens nothing; it is not left lying around.
+  if (!token.empty()) unlink(token_path.c_str());
   spdlog::info("dragond stopped");
   spdlog::shutdown();
   return 0;
