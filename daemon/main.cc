@@ -337,7 +337,11 @@ int Serve(const std::string& run_dir, const std::string& run_id, int ready_fd) {
     launcher = std::make_unique<LocalLauncher>(lopts);
     AgentLaunchSpec spec;
     spec.agent_binary = agent_binary;
-    spec.head_address = absl::StrCat(dial_host == host ? host : "127.0.0.1", ":", selected_port);
+    // Listening on every interface, the local agent dials loopback; over TLS it dials the
+    // advertised HOST:PORT instead, a name the head's certificate names (it is the address
+    // clients verify too), or verification fails and the agent never registers.
+    spec.head_address =
+        tls ? address : absl::StrCat(dial_host == host ? host : "127.0.0.1", ":", selected_port);
     spec.run_dir = run_dir;
     spec.python = absl::GetFlag(FLAGS_python);
     spec.workers_per_node = absl::GetFlag(FLAGS_workers);
