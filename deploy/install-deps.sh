@@ -9,7 +9,7 @@ APT_PACKAGES=(
   build-essential pkg-config
   protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev libgrpc-dev
   libabsl-dev libspdlog-dev libfmt-dev catch2 libucx-dev
-  procps psmisc iproute2
+  procps psmisc iproute2 openssl
 )
 
 PY_PACKAGES=(
