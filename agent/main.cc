@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -208,11 +209,14 @@ int Main(int argc, char** argv) {
     absl::StatusOr<std::string> read = common::ReadTokenFile(file);
     if (!read.ok()) return Fail(std::string(read.status().message()));
     token = *std::move(read);
-  } else if (const char* env = std::getenv(common::kTokenEnv); env != nullptr && *env != '\0') {
+  } else if (char* env = std::getenv(common::kTokenEnv); env != nullptr && *env != '\0') {
     if (absl::Status s = common::ValidateToken(env, absl::StrCat("$", common::kTokenEnv)); !s.ok()) {
       return Fail(std::string(s.message()));
     }
     token = env;
+    // Scrubbed where it lies: unsetenv alone leaves the value in the initial
+    // environment block that /proc/PID/environ shows.
+    std::fill(env, env + token.size(), '\0');
   }
   unsetenv(common::kTokenEnv);
 
