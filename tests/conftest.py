@@ -56,10 +56,18 @@ class Head:
         return (self.run_dir / "token").read_text().strip()
 
     def channel(self):
-        """A gRPC channel to this head with its token (dragon_parsl.transport, like any client)."""
+        """A gRPC channel to this head with the credentials its own head.json names (its token,
+        its TLS CA; none for ``--auth none``), built by dragon_parsl.transport like any client's.
+        A $DRAGON_TOKEN of the test's environment is not used: it belongs to no head of the test."""
         from dragon_parsl import transport
-        return transport.make_channel(self.address, transport.find_credentials(
-            self.address, run_info=transport.read_run_info(self.run_dir / "head.json")))
+        head_json = self.run_dir / "head.json"
+        return transport.make_channel(self.address, transport.run_credentials(
+            transport.read_run_info(head_json), str(head_json)))
+
+    def agent_env(self, **extra: str) -> dict:
+        """The environment for a dragon-agent (or sim_agents) started by a test against this
+        head: the head's, with the run's token in $DRAGON_TOKEN (never on a command line)."""
+        return dict(self.env, DRAGON_TOKEN=self.token, **extra)
 
     def log(self) -> str:
         parts = []
@@ -68,27 +76,89 @@ class Head:
         return "\n".join(parts)
 
 
+# Every dragond start_head started, so that none outlives its test (see _no_head_left_running).
+_started_heads: list[subprocess.Popen] = []
+
+
 def start_head(tmp_path: Path, *extra: str, timeout: float = 60) -> Head:
+    """A foreground dragond with its run dir under `tmp_path` (and DRAGON_HOME next to it).
+
+    It runs with --exit-with-parent: should pytest itself die (a timeout that kills the process,
+    a crash) the head, its agents and workers go too instead of living on with ppid 1. A head its
+    test did not stop is stopped after the test (_no_head_left_running)."""
     home = tmp_path / "dragon-home"
     run_dir = home / "runs" / "test"
+    # The test's own token or address must not leak into the head (its agents read DRAGON_TOKEN).
     env = dict(os.environ, DRAGON_HOME=str(home), DRAGON_BIN_DIR=str(BIN_DIR),
                PYTHON=sys.executable)
     env.pop("DRAGON_HEAD", None)
+    env.pop("DRAGON_TOKEN", None)
     proc = subprocess.Popen(
-        [binary("dragond"), "start", "--foreground", "--port", "0", "--run-dir", str(run_dir),
-         "--python", sys.executable, *extra],
+        [binary("dragond"), "start", "--foreground", "--exit-with-parent", "--port", "0",
+         "--run-dir", str(run_dir), "--python", sys.executable, *extra],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _started_heads.append(proc)
     head_json = run_dir / "head.json"
     deadline = time.monotonic() + timeout
-    while not head_json.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"dragond exited {proc.returncode} before listening:\n{proc.stdout.read()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"dragond did not write {head_json} within {timeout}s")
-        time.sleep(0.05)
-    info = json.loads(head_json.read_text())
+    try:
+        while not head_json.exists():
+            if proc.poll() is not None:
+                raise AssertionError(f"dragond exited {proc.returncode} before listening:\n{proc.stdout.read()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"dragond did not write {head_json} within {timeout}s")
+            time.sleep(0.05)
+        info = json.loads(head_json.read_text())
+    except BaseException:  # also a pytest-timeout or Ctrl-C while waiting
+        _terminate(proc)
+        raise
     return Head(address=info["address"], run_dir=run_dir, home=home, proc=proc, env=env)
+
+
+def _terminate(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM (dragond then stops its agents and workers), SIGKILL after `timeout`; reaps it."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"_dragon_rep_{report.when}", report)
+
+
+@pytest.fixture(autouse=True)
+def _no_head_left_running(request):
+    """The safety net: after each test (and after its other fixtures' teardown), stops every
+    dragond started during the test that is still running, whether the test passed, failed or
+    timed out, so that no head, agent or worker outlives it. A test that passed and still left a
+    head running gets a warning naming it (its own cleanup is missing)."""
+    first = len(_started_heads)
+    yield
+    left = [p for p in _started_heads[first:] if p.poll() is None]
+    for proc in left:
+        _terminate(proc)
+    del _started_heads[first:]
+    call = getattr(request.node, "_dragon_rep_call", None)
+    if left and call is not None and call.passed:
+        import warnings
+        warnings.warn(pytest.PytestWarning(
+            f"{request.node.nodeid} left {len(left)} dragond running (stopped now): "
+            + "; ".join(" ".join(map(str, p.args)) for p in left)))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Heads of fixtures of a wider scope, or of an interrupted run: none outlives pytest."""
+    for proc in _started_heads:
+        _terminate(proc, timeout=10)
+    _started_heads.clear()
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
@@ -188,7 +258,8 @@ def head_and_dfk(tmp_path: Path, head_args=("--workers", "2"), *, retries: int =
     head = start_head(tmp_path, *head_args)
     dfk = None
     try:
-        executor_kwargs.setdefault("token", head.token)
+        if (head.run_dir / "token").exists():  # none with --auth none
+            executor_kwargs.setdefault("token", head.token)
         dfk, executor = load_parsl(tmp_path, retries=retries, address=head.address, **executor_kwargs)
         yield dfk, executor, head
     finally:
