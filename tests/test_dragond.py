@@ -107,15 +107,20 @@ def test_port_in_use_is_a_clear_error(tmp_path):
         stop_head(h)
 
 
-def _session_stub(address: str) -> head_pb2_grpc.HeadServiceStub:
-    return head_pb2_grpc.HeadServiceStub(grpc.insecure_channel(address))
+# Protocol version 2 (proto/common.proto PROTOCOL_VERSION_CURRENT) since issue 10.
+PROTOCOL = 2
+
+
+def _session_stub(head) -> head_pb2_grpc.HeadServiceStub:
+    """The head's client service over a channel carrying the run's token."""
+    return head_pb2_grpc.HeadServiceStub(head.channel())
 
 
 @pytest.mark.timeout(60)
 def test_malformed_streams_are_refused_and_the_head_keeps_serving(tmp_path):
     h = start_head(tmp_path, "--agents", "none")
     try:
-        stub = _session_stub(h.address)
+        stub = _session_stub(h)
         # A session that starts with a submission instead of Hello.
         first = head_pb2.ClientMessage(submit=head_pb2.SubmitBatch())
         with pytest.raises(grpc.RpcError) as err:
@@ -123,14 +128,14 @@ def test_malformed_streams_are_refused_and_the_head_keeps_serving(tmp_path):
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "first message of a session must be Hello" in err.value.details()
         # A Hello, then a second Hello.
-        hello = head_pb2.ClientMessage(hello=head_pb2.Hello(protocol_version=1, cwd="/"))
+        hello = head_pb2.ClientMessage(hello=head_pb2.Hello(protocol_version=PROTOCOL, cwd="/"))
         with pytest.raises(grpc.RpcError) as err:
             list(stub.Session(iter([hello, hello]), timeout=10))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         # An agent that registers with no workers, and one with no node id.
-        agents = agent_pb2_grpc.AgentServiceStub(grpc.insecure_channel(h.address))
-        for reg, text in [(agent_pb2.Register(protocol_version=1, node_id="x", workers=0), "0 workers"),
-                          (agent_pb2.Register(protocol_version=1, workers=2), "without node_id"),
+        agents = agent_pb2_grpc.AgentServiceStub(h.channel())
+        for reg, text in [(agent_pb2.Register(protocol_version=PROTOCOL, node_id="x", workers=0), "0 workers"),
+                          (agent_pb2.Register(protocol_version=PROTOCOL, workers=2), "without node_id"),
                           (agent_pb2.Register(protocol_version=7, node_id="y", workers=1), "protocol version 7")]:
             with pytest.raises(grpc.RpcError) as err:
                 list(agents.Connect(iter([agent_pb2.AgentMessage(register=reg)]), timeout=10))
@@ -143,7 +148,7 @@ def test_malformed_streams_are_refused_and_the_head_keeps_serving(tmp_path):
             stub.ListTasks(head_pb2.ListTasksRequest(state=77), timeout=10)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         # The head is still fine.
-        assert stub.Status(head_pb2.StatusRequest(), timeout=10).protocol_version == 1
+        assert stub.Status(head_pb2.StatusRequest(), timeout=10).protocol_version == PROTOCOL
     finally:
         stop_head(h)
 
@@ -153,9 +158,9 @@ def test_bad_submissions_fail_alone(tmp_path):
     """An empty payload and an unknown kind come back as failures; the session goes on."""
     h = start_head(tmp_path, "--agents", "none", "--max-payload-mb", "1")
     try:
-        stub = _session_stub(h.address)
+        stub = _session_stub(h)
         msgs = [
-            head_pb2.ClientMessage(hello=head_pb2.Hello(protocol_version=1, cwd="/")),
+            head_pb2.ClientMessage(hello=head_pb2.Hello(protocol_version=PROTOCOL, cwd="/")),
             head_pb2.ClientMessage(submit=head_pb2.SubmitBatch(tasks=[
                 head_pb2.TaskSubmission(client_ref=1, kind=common_pb2.PYTHON, payload=b""),
                 head_pb2.TaskSubmission(client_ref=2, kind=common_pb2.TaskKind.Value("TASK_KIND_UNSPECIFIED"),
@@ -179,8 +184,12 @@ def test_bad_submissions_fail_alone(tmp_path):
         assert accepted == [4]  # queued: no agent to run it
         assert "empty payload" in results[1].error
         assert "not supported" in results[2].error
-        assert "exceeds the head's limit of 1048576 bytes" in results[3].error
+        # Since issue 10 the refusal names the size, the limit and the option, with its own kind.
+        assert ("its payload is 2097152 bytes, more than the head's limit of 1048576 bytes per task "
+                "(dragond --max-payload-mb)") in results[3].error
         assert all(r.outcome == common_pb2.SYSTEM_ERROR for r in results.values())
+        assert [results[ref].failure for ref in (1, 2, 3)] == [
+            common_pb2.FAILURE_REFUSED, common_pb2.FAILURE_REFUSED, common_pb2.FAILURE_TOO_LARGE]
         status = h.ctl_json("status")
         assert int(status["tasks_by_state"]["FAILED"]) == 3
     finally:
@@ -206,9 +215,11 @@ def test_a_worker_that_ignores_sigterm_does_not_hold_up_stop(tmp_path, worker_py
 
     h = start_head(tmp_path, "--workers", "1")
     marker = tmp_path / "pid"
-    dfk = parsl.load(Config(executors=[DragonExecutor(address=h.address)],
-                            run_dir=str(tmp_path / "runinfo"), strategy="none"))
+    dfk = None
     try:
+        # Inside the try: a DFK that fails to load (a refused token, ...) must not leave the head.
+        dfk = parsl.load(Config(executors=[DragonExecutor(address=h.address, token=h.token)],
+                                run_dir=str(tmp_path / "runinfo"), strategy="none"))
         fut = python_app(ignore_sigterm_and_sleep_task)(str(marker))
         wait_for(marker.exists, 60, "the stubborn task to start")
         worker_pid = int(marker.read_text())
@@ -222,5 +233,9 @@ def test_a_worker_that_ignores_sigterm_does_not_hold_up_stop(tmp_path, worker_py
         with pytest.raises(Exception):
             fut.result(timeout=30)  # the head went away: the future fails, it does not hang
     finally:
-        dfk.cleanup()
-        parsl.clear()
+        try:
+            if dfk is not None:
+                dfk.cleanup()
+                parsl.clear()
+        finally:
+            stop_head(h)

@@ -22,8 +22,8 @@ pytestmark = pytest.mark.timeout(120)
 class Session:
     """A minimal HeadService.Session client: submissions in, results out."""
 
-    def __init__(self, address: str, cwd: str = "/"):
-        self.channel = grpc.insecure_channel(address)
+    def __init__(self, head, cwd: str = "/"):
+        self.channel = head.channel()  # carries the run's token
         self.stub = head_pb2_grpc.HeadServiceStub(self.channel)
         self.outgoing: queue.Queue = queue.Queue()
         self.results: dict[int, head_pb2.ClientResult] = {}
@@ -98,7 +98,7 @@ def session_head(tmp_path):
     s = None
     try:
         wait_for_workers(h, 2)
-        s = Session(h.address, cwd=str(tmp_path))
+        s = Session(h, cwd=str(tmp_path))
         yield s, h
     finally:
         if s is not None:
@@ -223,7 +223,7 @@ def test_no_leftover_processes_after_stop(tmp_path):
     s = None
     try:
         wait_for_workers(h, 1)
-        s = Session(h.address, cwd=str(tmp_path))
+        s = Session(h, cwd=str(tmp_path))
         marker = f"dragon-leftover-{os.getpid()}-{time.monotonic_ns()}"
         s.submit(1, spec("sh", "-c", f"sleep 60 # {marker}"))
         tid = s.wait_task_id(1)

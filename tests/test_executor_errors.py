@@ -104,7 +104,7 @@ def test_real_head_refuses_other_protocol_version(tmp_path, monkeypatch):
     try:
         monkeypatch.setattr(connection, "PROTOCOL_VERSION", 99)
         with pytest.raises(ProtocolMismatch) as info:
-            DragonExecutor(address=head.address, connect_timeout=10).start()
+            DragonExecutor(address=head.address, token=head.token, connect_timeout=10).start()
         # The head answers with a Welcome carrying its own version: read from the field.
         assert info.value.head_version == common_pb2.PROTOCOL_VERSION_CURRENT
         msg = str(info.value)
@@ -112,7 +112,7 @@ def test_real_head_refuses_other_protocol_version(tmp_path, monkeypatch):
         assert head.address in msg, msg
         monkeypatch.undo()
         # The head is fine and serves a matching client afterwards.
-        ex = DragonExecutor(address=head.address, connect_timeout=10)
+        ex = DragonExecutor(address=head.address, token=head.token, connect_timeout=10)
         ex.start()
         ex.shutdown()
         assert head.proc.poll() is None
@@ -205,7 +205,7 @@ def test_payload_the_worker_cannot_unpickle(parsl_dfk, tmp_path, monkeypatch):
 def test_submit_after_shutdown_raises(tmp_path):
     head = start_head(tmp_path, "--workers", "1")
     try:
-        ex = DragonExecutor(address=head.address)
+        ex = DragonExecutor(address=head.address, token=head.token)
         ex.start()
         fut = ex.submit(sum, {}, [1, 2, 3])
         assert fut.result(timeout=30) == 6
@@ -222,7 +222,7 @@ def test_submit_after_shutdown_raises(tmp_path):
 def test_shutdown_with_outstanding_tasks_does_not_hang(tmp_path):
     head = start_head(tmp_path, "--workers", "1")
     try:
-        ex = DragonExecutor(address=head.address)
+        ex = DragonExecutor(address=head.address, token=head.token)
         ex.start()
         futs = [ex.submit(time.sleep, {}, 30) for _ in range(3)]
         t0 = time.monotonic()

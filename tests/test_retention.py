@@ -28,10 +28,12 @@ def vm_rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
-def flood(head_scale_bin, address: str) -> None:
-    cp = subprocess.run([str(head_scale_bin), "run", "--head", address, "--tasks", str(FLOOD),
+def flood(head_scale_bin, head) -> None:
+    # The head's environment: head_scale finds the run's token through the head.json under
+    # $DRAGON_HOME that names --head.
+    cp = subprocess.run([str(head_scale_bin), "run", "--head", head.address, "--tasks", str(FLOOD),
                          "--batch", "1000", "--wait-nodes", "1", "--timeout-s", "60"],
-                        capture_output=True, text=True, timeout=90)
+                        env=head.env, capture_output=True, text=True, timeout=90)
     assert cp.returncode == 0, cp.stderr[-2000:]
     result = json.loads(cp.stdout.strip().splitlines()[-1])
     assert result["ended"] == FLOOD and result["duplicates"] == 0, result
@@ -41,20 +43,22 @@ def flood(head_scale_bin, address: str) -> None:
 def test_old_finished_tasks_are_forgotten_and_memory_stays_flat(tmp_path, head_scale_bin):
     head = start_head(tmp_path, "--agents", "none", "--keep-finished", str(KEEP),
                       "--log-level", "warn")
-    agent = subprocess.Popen(
-        [binary("dragon-agent"), "--head", head.address, "--node-id", "sim-0",
-         "--run-dir", str(head.run_dir), "--simulate-workers", "8", "--log-level", "warn",
-         "--connect-timeout", "60"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    agent = None
     try:
+        # The run's token in the agent's environment ($DRAGON_TOKEN), not on its command line.
+        agent = subprocess.Popen(
+            [binary("dragon-agent"), "--head", head.address, "--node-id", "sim-0",
+             "--run-dir", str(head.run_dir), "--simulate-workers", "8", "--log-level", "warn",
+             "--connect-timeout", "60"],
+            env=head.agent_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: head.ctl_json("status")["workers"] == 8, 30, "the simulated agent")
         # Two floods warm up gRPC's buffers and the allocator; four more would
         # add ~40 MB to a head that kept everything (~250 B per task).
-        flood(head_scale_bin, head.address)
-        flood(head_scale_bin, head.address)
+        flood(head_scale_bin, head)
+        flood(head_scale_bin, head)
         rss_warm = vm_rss_kib(head.proc.pid)
         for _ in range(4):
-            flood(head_scale_bin, head.address)
+            flood(head_scale_bin, head)
         rss_end = vm_rss_kib(head.proc.pid)
         total = 6 * FLOOD
 
@@ -94,6 +98,13 @@ def test_old_finished_tasks_are_forgotten_and_memory_stays_flat(tmp_path, head_s
         assert growth_mib < 15, (f"head RSS grew {growth_mib:.1f} MiB over {4 * FLOOD} tasks "
                                  f"({rss_warm} -> {rss_end} KiB)")
     finally:
-        agent.terminate()
-        agent.wait(timeout=30)
-        stop_head(head)
+        try:
+            if agent is not None:
+                agent.terminate()
+                try:
+                    agent.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    agent.kill()
+                    agent.wait()
+        finally:
+            stop_head(head)

@@ -117,9 +117,10 @@ def test_a_real_burst_lingers_loses_nothing_and_a_lone_task_goes_at_once(tmp_pat
     from dragon_parsl import DragonExecutor
 
     head = start_head(tmp_path, "--workers", "2")
-    ex = DragonExecutor(address=head.address, batch_linger_ms=20, batch_linger_in_flight=16,
-                        shm_threshold=0)
+    ex = None
     try:
+        ex = DragonExecutor(address=head.address, token=head.token, batch_linger_ms=20,
+                            batch_linger_in_flight=16, shm_threshold=0)
         ex.start()
         # A burst far deeper than the threshold: every result comes back, in order of refs.
         futures = [ex.submit(abs, {}, -i) for i in range(3000)]
@@ -135,5 +136,8 @@ def test_a_real_burst_lingers_loses_nothing_and_a_lone_task_goes_at_once(tmp_pat
         assert ex.session.lingers == lingered
         assert per_call < 1.0, f"a lone task took {per_call:.3f}s"  # generous: a loaded CI machine
     finally:
-        ex.shutdown()
-        stop_head(head)
+        try:
+            if ex is not None:
+                ex.shutdown()
+        finally:
+            stop_head(head)
