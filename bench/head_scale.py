@@ -127,9 +127,19 @@ class Head:
             "--agents", "none", "--log-level", "warn", *extra], env=self.env)
         try:
             self.address = self.local.start(timeout=30)
+            token = self.local.credentials().token
         except LocalHeadError as e:
+            self.local.stop()
             raise BenchError(str(e)) from None
+        except Exception as e:  # a token file that cannot be used (CredentialsError)
+            self.local.stop()
+            raise BenchError(f"cannot use the token of {self.run_dir}: {e}") from None
         self.pid = self.local.proc.pid
+        # For everything that talks to this head (agents, sim_agents, head_scale, dragonctl): the
+        # run's token in $DRAGON_TOKEN, never on a command line (none with --auth none).
+        self.client_env = dict(self.env)
+        if token:
+            self.client_env["DRAGON_TOKEN"] = token
         self.agents: list[subprocess.Popen] = []
 
     def start_agents(self, bins: dict, count: int, workers: int, task_us: int,
@@ -140,7 +150,7 @@ class Head:
             self.agents.append(subprocess.Popen(
                 [str(bins["sim_agents"]), "--head", self.address, "--agents", str(count),
                  "--workers", str(workers), "--node-prefix", "sim-", "--connect-timeout", "120"],
-                env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                env=self.client_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             return
         for i in range(count):
             self.agents.append(subprocess.Popen(
@@ -148,7 +158,7 @@ class Head:
                  "--run-dir", str(self.run_dir), "--simulate-workers", str(workers),
                  "--simulate-task-us", str(task_us), "--log-level", "warn",
                  "--connect-timeout", "120"],
-                env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                env=self.client_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     def agents_cpu(self) -> float:
         total = 0.0
@@ -171,7 +181,7 @@ class Head:
 
 def run_generator(bins: dict, head: Head, args: list[str], timeout: float) -> dict:
     cp = subprocess.run([str(bins["head_scale"]), "run", "--head", head.address, *args],
-                        capture_output=True, text=True, timeout=timeout)
+                        env=head.client_env, capture_output=True, text=True, timeout=timeout)
     lines = [l for l in cp.stdout.splitlines() if l.startswith("{")]
     if cp.returncode != 0 or not lines:
         raise BenchError(f"head_scale run {' '.join(args)} exited {cp.returncode}: "
@@ -240,7 +250,8 @@ def time_ctl(bins: dict, head: Head, *args: str) -> float | None:
         return None
     t0 = time.monotonic()
     cp = subprocess.run([str(bins["dragonctl"]), "--head", head.address, "--timeout", "60",
-                         *args], capture_output=True, text=True, timeout=120)
+                         *args], env=head.client_env, capture_output=True, text=True,
+                        timeout=120)
     if cp.returncode != 0:
         raise BenchError(f"dragonctl {' '.join(args)} failed: {cp.stderr.strip()}")
     return time.monotonic() - t0
@@ -257,7 +268,7 @@ def measure_memory(bins: dict, work: Path, queued: int, payload: int, batch: int
             fill = subprocess.Popen(
                 [str(bins["head_scale"]), "fill", "--head", head.address, "--tasks", str(queued),
                  "--payload-bytes", str(payload), "--batch", str(batch), "--timeout-s", "600"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                env=head.client_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             line = fill.stdout.readline()
             if not line.startswith("{"):
                 fill.kill()

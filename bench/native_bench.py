@@ -95,13 +95,21 @@ def start_head(dragond: str, workers: int, workdir: Path, env: dict, extra: list
     return head
 
 
-def run_native(binary: str, address: str, kind: str, mode: str, tasks: int, payload: Path,
-               timeout: float) -> dict:
-    cmd = [binary, "--head", address, "--kind", kind, "--mode", mode, "--tasks", str(tasks),
+def client_env(head: LocalHead, env: dict) -> dict:
+    """`env` with the head's token in $DRAGON_TOKEN (never on native_bench's command line);
+    unchanged for a head without authentication."""
+    token = head.credentials().token
+    return dict(env, DRAGON_TOKEN=token) if token else dict(env)
+
+
+def run_native(binary: str, head: LocalHead, env: dict, kind: str, mode: str, tasks: int,
+               payload: Path, timeout: float) -> dict:
+    cmd = [binary, "--head", head.address, "--kind", kind, "--mode", mode, "--tasks", str(tasks),
            "--json", "--timeout-s", str(int(timeout))]
     if kind == "python":
         cmd += ["--payload-file", str(payload)]
-    cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30)
+    cp = subprocess.run(cmd, env=client_env(head, env), capture_output=True, text=True,
+                        timeout=timeout + 30)
     lines = [ln for ln in cp.stdout.splitlines() if ln.strip()]
     if cp.returncode != 0 or not lines:
         raise RuntimeError(f"{' '.join(cmd)} exited {cp.returncode}: {cp.stderr.strip()[-2000:]}")
@@ -185,7 +193,7 @@ def main() -> int:
             log(f"{w} worker(s), fixed prefetch 1: dragond at {head.address}")
             try:
                 for rep in range(cfg["repeats"]):
-                    r = run_native(native, head.address, "python", "throughput", cfg["py_tasks"], payload,
+                    r = run_native(native, head, env, "python", "throughput", cfg["py_tasks"], payload,
                                    args.timeout)
                     r.update(kind="python_default_prefetch", workers=w, repeat=rep, prefetch=1,
                              measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -199,13 +207,13 @@ def main() -> int:
                 for rep in range(cfg["repeats"]):
                     for kind in ("python", "executable"):
                         n = cfg["py_tasks"] if kind == "python" else cfg["exe_tasks"]
-                        r = run_native(native, head.address, kind, "throughput", n, payload, args.timeout)
+                        r = run_native(native, head, env, kind, "throughput", n, payload, args.timeout)
                         r.update(workers=w, repeat=rep, prefetch="adaptive", measured_at=datetime.now(timezone.utc).isoformat(
                             timespec="seconds"))
                         log(f"  {kind} throughput: {r['tasks_per_s']:,.0f} tasks/s ({n} tasks)")
                         result["runs"].append(r)
                 for kind in ("python", "executable"):
-                    r = run_native(native, head.address, kind, "latency", cfg["latency_tasks"], payload,
+                    r = run_native(native, head, env, kind, "latency", cfg["latency_tasks"], payload,
                                    args.timeout)
                     r.update(workers=w, repeat=0, prefetch="adaptive", measured_at=datetime.now(timezone.utc).isoformat(
                         timespec="seconds"))
