@@ -238,7 +238,7 @@ class _FakeHeadStub:
         return head_pb2.ListNodesReply(nodes=self.nodes)
 
 
-def _node(host, pid, state="connected"):
+def _node(host, pid, state="ready"):
     from dragon_parsl._proto import head_pb2
     return head_pb2.NodeInfo(node_id=host, host=host, agent_pid=pid, state=state)
 
@@ -248,6 +248,9 @@ def _node(host, pid, state="connected"):
     ([("self", "me"), ("self", "me")], None, True),
     ([("self", "me"), ("other-host", "me")], None, False),  # one agent elsewhere: every argument inline
     ([("self", "me"), ("other-host", "me", "lost")], None, True),  # a lost agent runs nothing
+    ([("self", "me"), ("other-host", "me", "gone")], None, True),  # nor one that left
+    ([("self", "me"), ("other-host", "me", "draining")], None, False),  # it still runs tasks
+    ([("self", "me", "joining"), ("other-host", "me", "joining")], None, False),
     ([("self", "no-such-pid")], None, False),  # same name, but its agent is not a process here
     ([], None, False),  # no agent yet: nothing is known
     ([("self", "me")], RuntimeError("head busy"), False),

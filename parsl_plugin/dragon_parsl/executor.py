@@ -46,6 +46,9 @@ logger = logging.getLogger(__name__)
 # per-task resources yet, so none: every key is refused rather than ignored.
 SUPPORTED_RESOURCE_KEYS: frozenset = frozenset()
 
+# Node states (NodeInfo.state) of agents that may still run tasks; "lost" and "gone" may not.
+LIVE_NODE_STATES = frozenset({"joining", "ready", "draining"})
+
 # How long the answer to "are all agents on this host?" (ListNodes) is trusted.
 AGENT_HOSTS_RECHECK_S = 5.0
 
@@ -355,7 +358,7 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         except Exception as e:  # noqa: BLE001  (any failure: be safe, send inline)
             logger.warning("DragonExecutor %s: ListNodes failed (%s): task arguments go inline", self.label, e)
             nodes = None
-        connected = [n for n in nodes or [] if n.state != "lost"]
+        connected = [n for n in nodes or [] if n.state in LIVE_NODE_STATES]
         self._agents_local = bool(connected) and all(_is_local_agent(n) for n in connected)
         self._agents_checked_at = now
         return self._agents_local
