@@ -12,9 +12,11 @@ with `--auth token` and one with `--auth none`:
                   --run-dir $DRAGON_HOME/runs/MODE-rN
 
 (their own $DRAGON_HOME under a temp dir, dragond's other defaults, heartbeats on), waits until
-`dragonctl nodes --json` shows each one's W workers ready, and runs, against one head and then
-the other (which goes first alternates from round to round; the idle head costs only its
-heartbeats, so the two measurements of a pair are seconds apart):
+`dragonctl nodes --json` shows each one's W workers ready, and runs each benchmark four times,
+ABBA (token, none, none, token; the order reversed every other round): the idle head costs only
+its heartbeats, so the runs of a round are seconds apart, a drift within the round hits both
+modes alike, and the two runs of one mode give an A/A ratio (the same head, nothing different
+but time), the noise against which token/none is read:
 
   native  bazel-bin/bench/native_bench --head ADDR --kind python --mode throughput --tasks N
           (the C++ client of bench/native_bench.py, no-op Parsl-packed Python tasks);
@@ -26,7 +28,7 @@ then stops both heads. Clients find the token the way a user's do: through the h
 $DRAGON_HOME (a head with `--auth none` names no token file, and they send none). Besides tasks/s,
 the CPU seconds of dragond and of its agent and workers during each measurement (from /proc)
 give CPU per task, which moves less with other load than tasks/s does. Ratios token/none are
-taken within each round (the two heads ran back to back) and their median is reported, with
+taken within each round (the mean of each mode's two runs) and their median is reported, with
 every raw number. Parsl's logging is off by default: under its DEBUG logging the DFK costs ten
 times what the executor does and would hide any difference.
 
@@ -219,22 +221,31 @@ def summarize(runs: list, benches: list) -> dict:
                        "runs": [round(r["tasks_per_s"]) for r in rs],
                        "head_cpu_us_per_task": median([1e6 * r["head_cpu_s"] / r["tasks"] for r in rs]),
                        "agent_cpu_us_per_task": median([1e6 * r["agent_cpu_s"] / r["tasks"] for r in rs])}
-        per_round = []
-        cpu_round = []
+        per_round, cpu_round, aa = [], [], []
         for rnd in sorted({r["round"] for r in runs}):
-            on = next((r for r in runs if r["bench"] == b and r["round"] == rnd and r["auth"] == "token"
-                       and "error" not in r), None)
-            off = next((r for r in runs if r["bench"] == b and r["round"] == rnd and r["auth"] == "none"
-                        and "error" not in r), None)
-            if on and off:
-                per_round.append(on["tasks_per_s"] / off["tasks_per_s"])
-                if off["head_cpu_s"] > 0:
-                    cpu_round.append(on["head_cpu_s"] / off["head_cpu_s"])
+            got = {mode: [r for r in runs if r["bench"] == b and r["round"] == rnd and r["auth"] == mode
+                          and "error" not in r] for mode in MODES}
+            if not (got["token"] and got["none"]):
+                continue
+            on = statistics.fmean(r["tasks_per_s"] for r in got["token"])
+            off = statistics.fmean(r["tasks_per_s"] for r in got["none"])
+            per_round.append(on / off)
+            cpu_on = sum(r["head_cpu_s"] for r in got["token"]) / sum(r["tasks"] for r in got["token"])
+            cpu_off = sum(r["head_cpu_s"] for r in got["none"]) / sum(r["tasks"] for r in got["none"])
+            if cpu_off > 0:
+                cpu_round.append(cpu_on / cpu_off)
+            for mode in MODES:  # the same head, the same round: only noise between them
+                if len(got[mode]) == 2:
+                    aa.append(got[mode][0]["tasks_per_s"] / got[mode][1]["tasks_per_s"])
         s["ratio_token_over_none"] = {"median": median(per_round), "rounds": [round(x, 4) for x in per_round],
                                       "min": min(per_round) if per_round else None,
                                       "max": max(per_round) if per_round else None}
         s["head_cpu_ratio_token_over_none"] = {"median": median(cpu_round),
                                                "rounds": [round(x, 4) for x in cpu_round]}
+        # Noise: first over second run of the same mode in the same round (no difference but time).
+        s["aa_ratios"] = {"ratios": [round(x, 4) for x in aa], "min": min(aa) if aa else None,
+                          "max": max(aa) if aa else None,
+                          "median_abs_deviation": median([abs(x - 1) for x in aa])}
         s["errors"] = [r["error"] for r in runs if r["bench"] == b and "error" in r]
         out[b] = s
     return out
@@ -251,14 +262,17 @@ def table(summary: dict, cfg: dict) -> str:
     rows = [f"{cfg['rounds']} rounds, `--auth token` and `--auth none` side by side in each (two fresh heads, "
             f"which one is measured first alternating), {cfg['workers']} workers; native {cfg['native_tasks']:,} no-ops, Parsl "
             f"{cfg['parsl_tasks']:,} no-ops (Parsl logging {cfg['parsl_logging']}). Ratio: median of the "
-            f"per-round ratios token/none.", "",
-            "| benchmark | auth token: tasks/s (rounds) | auth none: tasks/s (rounds) | token/none per round | "
-            "token/none (median) | head CPU us/task token / none |", "|---|---|---|---|---|---|"]
+            f"per-round ratios token/none, each mode measured twice per round "
+            f"(ABBA order) and averaged.", "",
+            "| benchmark | auth token: tasks/s (runs) | auth none: tasks/s (runs) | token/none per round | "
+            "token/none (median) | noise: same auth, same round (A/A) | head CPU us/task token / none |",
+            "|---|---|---|---|---|---|---|"]
     for b, s in summary.items():
-        on, off, rt = s["token"], s["none"], s["ratio_token_over_none"]
+        on, off, rt, aa = s["token"], s["none"], s["ratio_token_over_none"], s["aa_ratios"]
         rows.append(f"| {LABELS[b]} | {fmt(on['tasks_per_s'])} ({', '.join(f'{x:,}' for x in on['runs'])}) | "
                     f"{fmt(off['tasks_per_s'])} ({', '.join(f'{x:,}' for x in off['runs'])}) | "
                     f"{', '.join(f'{x:.3f}' for x in rt['rounds'])} | {fmt(rt['median'], 3)} | "
+                    f"{fmt(aa['min'], 3)}..{fmt(aa['max'], 3)} (median deviation {fmt(aa['median_abs_deviation'], 3)}) | "
                     f"{fmt(on['head_cpu_us_per_task'], 1)} / {fmt(off['head_cpu_us_per_task'], 1)} |")
     return "\n".join(rows)
 
@@ -346,9 +360,11 @@ def main() -> int:
                 h.start(args.workers)
             by_mode = {h.mode: h for h in heads}
             for b in args.benches:
-                for mode in order:
+                # ABBA: a drift during the round hits both modes alike, and the two runs of one
+                # mode give an A/A ratio, the noise against which the A/B ratio is read.
+                for rep, mode in enumerate(order + order[::-1]):
                     head = by_mode[mode]
-                    rec = {"bench": b, "auth": mode, "round": rnd,
+                    rec = {"bench": b, "auth": mode, "round": rnd, "rep": 1 if rep < len(order) else 2,
                            "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
                     try:
                         if b == "native":
