@@ -24,7 +24,13 @@ but time), the noise against which token/none is read:
           --dragon-option address='ADDR' --parsl-logging off|default
           (DragonExecutor through Parsl's DFK, all M submitted at once);
 
-then stops both heads. Clients find the token the way a user's do: through the head.json under
+then stops both heads, and then
+  sim     bench/head_scale.py's throughput run, ABBA as well, each run on a fresh
+          `dragond --agents none --auth MODE` with 4 `dragon-agent --simulate-workers 8` processes
+          and `head_scale run` submitting no-ops (no Python anywhere: the service's own path, the
+          least noisy of the three, and where a per-task cost of the token would show first).
+
+Clients find the token the way a user's do: through the head.json under
 $DRAGON_HOME (a head with `--auth none` names no token file, and they send none). Besides tasks/s,
 the CPU seconds of dragond and of its agent and workers during each measurement (from /proc)
 give CPU per task, which moves less with other load than tasks/s does. Ratios token/none are
@@ -54,8 +60,9 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 
-QUICK = dict(rounds=2, native_tasks=10_000, parsl_tasks=3_000)
-FULL = dict(rounds=10, native_tasks=50_000, parsl_tasks=10_000)
+QUICK = dict(rounds=2, native_tasks=10_000, parsl_tasks=3_000, sim_tasks=50_000)
+FULL = dict(rounds=10, native_tasks=50_000, parsl_tasks=10_000, sim_tasks=300_000)
+SIM_AGENTS, SIM_WORKERS = 4, 8
 MODES = ("token", "none")
 LIMIT = 0.03  # issue 10: the cost of authentication must stay under 3%
 
@@ -180,7 +187,7 @@ def run_native(bins: dict, head: Head, tasks: int, payload: Path, timeout: float
         raise BenchError(f"native_bench exited {cp.returncode}: {cp.stderr.strip()[-1500:]}")
     r = last_json(cp.stdout)
     return {"tasks": tasks, "tasks_per_s": r["tasks_per_s"], "head_cpu_s": c1[0] - c0[0],
-            "agent_cpu_s": c1[1] - c0[1], "raw": r}
+            "agent_cpu_s": c1[1] - c0[1], "client_cpu_s": r.get("client_cpu_s"), "raw": r}
 
 
 def run_parsl(head: Head, tasks: int, workers: int, logging_mode: str, timeout: float) -> dict:
@@ -197,6 +204,30 @@ def run_parsl(head: Head, tasks: int, workers: int, logging_mode: str, timeout: 
         raise BenchError(f"parsl_bench.py noop failed: {r['error']}")
     return {"tasks": tasks, "tasks_per_s": r["tasks_per_s"], "head_cpu_s": c1[0] - c0[0],
             "agent_cpu_s": c1[1] - c0[1], "client_cpu_s": r.get("client_cpu_s"), "raw": r}
+
+
+def run_sim(work: Path, mode: str, tasks: int, bin_dir: str | None, env: dict) -> dict:
+    """head_scale.py's throughput run: a fresh `dragond --agents none --auth MODE` and SIM_AGENTS
+    `dragon-agent --simulate-workers` processes (no Python: every task is the service's own path),
+    `head_scale run` submitting `tasks` no-ops; tasks/s and the head's and agents' CPU per task."""
+    import head_scale
+
+    work.mkdir(parents=True, exist_ok=True)
+    bins = {n: head_scale.find_binary(n, bin_dir) for n in ("dragond", "dragon-agent", "head_scale")}
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)  # head_scale.Head takes os.environ: no DRAGON_TOKEN/DRAGON_HEAD of ours
+    try:
+        t = head_scale.measure_throughput(bins, work, SIM_AGENTS, SIM_WORKERS, tasks, 1, 0, 1000,
+                                          ("--auth", mode), "process")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    if not t["exactly_once"]:
+        raise BenchError(f"head_scale run: not every task ended exactly once: {t['runs']}")
+    return {"tasks": tasks, "tasks_per_s": t["tasks_per_s"],
+            "head_cpu_s": t["head_cpu_us_per_task"] * tasks / 1e6,
+            "agent_cpu_s": t["agents_cpu_us_per_task"] * tasks / 1e6, "raw": t["runs"][0]}
 
 
 def make_payload(path: Path, env: dict) -> None:
@@ -220,7 +251,9 @@ def summarize(runs: list, benches: list) -> dict:
             s[mode] = {"tasks_per_s": median([r["tasks_per_s"] for r in rs]),
                        "runs": [round(r["tasks_per_s"]) for r in rs],
                        "head_cpu_us_per_task": median([1e6 * r["head_cpu_s"] / r["tasks"] for r in rs]),
-                       "agent_cpu_us_per_task": median([1e6 * r["agent_cpu_s"] / r["tasks"] for r in rs])}
+                       "agent_cpu_us_per_task": median([1e6 * r["agent_cpu_s"] / r["tasks"] for r in rs]),
+                       "client_cpu_us_per_task": median([1e6 * r["client_cpu_s"] / r["tasks"] for r in rs
+                                                         if r.get("client_cpu_s") is not None])}
         per_round, cpu_round, aa = [], [], []
         for rnd in sorted({r["round"] for r in runs}):
             got = {mode: [r for r in runs if r["bench"] == b and r["round"] == rnd and r["auth"] == mode
@@ -255,25 +288,29 @@ def fmt(x, d=0):
     return "n/a" if x is None else f"{x:,.{d}f}"
 
 
-LABELS = {"native": "native (C++ client)", "parsl": "Parsl + DragonExecutor"}
+LABELS = {"native": "native (C++ client)", "parsl": "Parsl + DragonExecutor",
+          "sim": f"service only ({SIM_AGENTS} simulated agents)"}
 
 
 def table(summary: dict, cfg: dict) -> str:
     rows = [f"{cfg['rounds']} rounds, `--auth token` and `--auth none` side by side in each (two fresh heads, "
             f"which one is measured first alternating), {cfg['workers']} workers; native {cfg['native_tasks']:,} no-ops, Parsl "
-            f"{cfg['parsl_tasks']:,} no-ops (Parsl logging {cfg['parsl_logging']}). Ratio: median of the "
+            f"{cfg['parsl_tasks']:,} no-ops (Parsl logging {cfg['parsl_logging']}), service only "
+            f"{cfg['sim_tasks']:,} no-ops on {SIM_AGENTS} simulated agents. Ratio: median of the "
             f"per-round ratios token/none, each mode measured twice per round "
             f"(ABBA order) and averaged.", "",
             "| benchmark | auth token: tasks/s (runs) | auth none: tasks/s (runs) | token/none per round | "
-            "token/none (median) | noise: same auth, same round (A/A) | head CPU us/task token / none |",
-            "|---|---|---|---|---|---|---|"]
+            "token/none (median) | noise: same auth, same round (A/A) | head CPU us/task token / none | "
+            "client CPU us/task token / none |",
+            "|---|---|---|---|---|---|---|---|"]
     for b, s in summary.items():
         on, off, rt, aa = s["token"], s["none"], s["ratio_token_over_none"], s["aa_ratios"]
         rows.append(f"| {LABELS[b]} | {fmt(on['tasks_per_s'])} ({', '.join(f'{x:,}' for x in on['runs'])}) | "
                     f"{fmt(off['tasks_per_s'])} ({', '.join(f'{x:,}' for x in off['runs'])}) | "
                     f"{', '.join(f'{x:.3f}' for x in rt['rounds'])} | {fmt(rt['median'], 3)} | "
                     f"{fmt(aa['min'], 3)}..{fmt(aa['max'], 3)} (median deviation {fmt(aa['median_abs_deviation'], 3)}) | "
-                    f"{fmt(on['head_cpu_us_per_task'], 1)} / {fmt(off['head_cpu_us_per_task'], 1)} |")
+                    f"{fmt(on['head_cpu_us_per_task'], 2)} / {fmt(off['head_cpu_us_per_task'], 2)} | "
+                    f"{fmt(on['client_cpu_us_per_task'], 1)} / {fmt(off['client_cpu_us_per_task'], 1)} |")
     return "\n".join(rows)
 
 
@@ -303,7 +340,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int)
     p.add_argument("--native-tasks", type=int)
     p.add_argument("--parsl-tasks", type=int)
-    p.add_argument("--benches", nargs="+", choices=("native", "parsl"), default=["native", "parsl"])
+    p.add_argument("--benches", nargs="+", choices=("native", "parsl", "sim"), default=["native", "parsl", "sim"])
+    p.add_argument("--sim-tasks", type=int)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--parsl-logging", choices=("off", "default"), default="off",
                    help="Parsl's logging in the Parsl benchmark (default off: see above)")
@@ -313,7 +351,7 @@ def main() -> int:
     p.add_argument("--md-out")
     args = p.parse_args()
     cfg = dict(FULL if args.full or not args.quick else QUICK)
-    for k in ("rounds", "native_tasks", "parsl_tasks"):
+    for k in ("rounds", "native_tasks", "parsl_tasks", "sim_tasks"):
         if getattr(args, k):
             cfg[k] = getattr(args, k)
     cfg.update(workers=args.workers, parsl_logging=args.parsl_logging, benches=args.benches)
@@ -359,7 +397,7 @@ def main() -> int:
                 heads.append(h)
                 h.start(args.workers)
             by_mode = {h.mode: h for h in heads}
-            for b in args.benches:
+            for b in [b for b in args.benches if b != "sim"]:
                 # ABBA: a drift during the round hits both modes alike, and the two runs of one
                 # mode give an A/A ratio, the noise against which the A/B ratio is read.
                 for rep, mode in enumerate(order + order[::-1]):
@@ -380,6 +418,18 @@ def main() -> int:
                     result["runs"].append(rec)
             while heads:
                 heads.pop().stop()
+            if "sim" in args.benches:  # head_scale.py's own fresh head per run
+                for rep, mode in enumerate(order + order[::-1]):
+                    rec = {"bench": "sim", "auth": mode, "round": rnd, "rep": 1 if rep < len(order) else 2,
+                           "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                    try:
+                        rec.update(run_sim(tmp / "sim", mode, cfg["sim_tasks"], args.bin_dir, env))
+                        log(f"round {rnd} sim    auth {mode:5s}: {rec['tasks_per_s']:,.0f} tasks/s, "
+                            f"head {1e6 * rec['head_cpu_s'] / rec['tasks']:.2f} us CPU/task")
+                    except Exception as e:  # noqa: BLE001  (head_scale's BenchError, a timeout)
+                        rec["error"] = f"{type(e).__name__}: {e}"
+                        log(f"round {rnd} sim auth {mode}: FAILED: {rec['error']}")
+                    result["runs"].append(rec)
     except KeyboardInterrupt as e:
         interrupted = str(e) or "Ctrl-C"
         log(f"interrupted ({interrupted})")
