@@ -97,6 +97,7 @@ def start_head(tmp_path: Path, *extra: str, timeout: float = 60) -> Head:
         [binary("dragond"), "start", "--foreground", "--exit-with-parent", "--port", "0",
          "--run-dir", str(run_dir), "--python", sys.executable, *extra],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc.dragon_run_dir = run_dir  # for _terminate's last resort
     _started_heads.append(proc)
     head_json = run_dir / "head.json"
     deadline = time.monotonic() + timeout
@@ -115,7 +116,8 @@ def start_head(tmp_path: Path, *extra: str, timeout: float = 60) -> Head:
 
 
 def _terminate(proc: subprocess.Popen, timeout: float = 30) -> None:
-    """SIGTERM (dragond then stops its agents and workers), SIGKILL after `timeout`; reaps it."""
+    """SIGTERM (dragond then stops its agents and workers), SIGKILL after `timeout`; reaps it.
+    A head that had to be killed cannot stop its agents: they and their workers are killed too."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -123,6 +125,10 @@ def _terminate(proc: subprocess.Popen, timeout: float = 30) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+            run_dir = getattr(proc, "dragon_run_dir", None)
+            for line in processes_of_run(run_dir) if run_dir is not None else []:
+                with contextlib.suppress(OSError, ValueError):
+                    os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
     if proc.stdout is not None:
         proc.stdout.close()
 
