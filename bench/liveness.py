@@ -508,7 +508,7 @@ def main() -> int:
         result["interrupted"] = interrupted
     result["machine"]["loadavg_end"] = os.getloadavg()
     xs = list(range(1, cfg["tries"] + 1))
-    result["plots"] = {"liveness_detection_per_try": {
+    result["plots"] = {"detection_per_try": {
         "x": xs,
         "series": {f"{k}: declared lost (s)": [next((r.get("detect_s") for r in result["tries"]
                                                      if r["signal"] == k and r["try"] == i), None) for i in xs]

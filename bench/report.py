@@ -39,6 +39,12 @@ def first_error(errors: list) -> str:
 
 
 # ---------------------------------------------------------------- markdown
+HOOK_TITLES = (("native", "Native throughput (C++ client, no Parsl)"), ("head_scale", "Scale of the head"),
+               ("liveness", "Agent failure detection (issue 10)"),
+               ("auth_cost", "Cost of authentication (issue 10)"))
+OPTIONAL_HOOKS = ("liveness", "auth_cost")
+
+
 def markdown(res: dict) -> str:
     m, s = res["machine"], res["settings"]
     v = m["versions"]
@@ -79,7 +85,9 @@ def markdown(res: dict) -> str:
     for key, parsl, mode in sections:
         L += parsl_markdown(parsl, s, f" (Parsl logging {mode})" if len(sections) > 1 else "")
 
-    for h, title in (("native", "Native throughput (C++ client, no Parsl)"), ("head_scale", "Scale of the head")):
+    for h, title in HOOK_TITLES:
+        if h in OPTIONAL_HOOKS and h not in res:
+            continue  # a results.json from before these hooks existed
         hr = res.get(h, {})
         L.append(f"## {title}")
         L.append("")
@@ -362,7 +370,7 @@ def write_report(res: dict, out: Path) -> str:
                             f"_logging_{mode}" if several and key != "parsl" else "")
             except Exception as e:  # noqa: BLE001
                 plot_errors.append(f"{fn.__name__} ({key}): {type(e).__name__}: {e}")
-    for h in ("native", "head_scale"):
+    for h, _ in HOOK_TITLES:
         try:
             plots += plot_hook(res, h, out)
         except Exception as e:  # noqa: BLE001

@@ -10,7 +10,8 @@ round by round, in a rotating order, since the machine drifts): no-op throughput
 round-trip latency and the image batch, on DragonExecutor, ThreadPoolExecutor,
 HighThroughputExecutor and, when PyPI's dragonhpc is installed, its DragonBatchPoolExecutor and
 DragonPoolExecutor (run under its `dragon` launcher). Every executor gets the same number of
-workers and the same Parsl logging settings. Then bench/native_bench.py and bench/head_scale.py
+workers and the same Parsl logging settings. Then bench/native_bench.py, bench/head_scale.py,
+bench/liveness.py (agent failure detection) and bench/auth_cost.py (authentication on next to off)
 if present (`python bench/<name>.py --quick|--full --json-out FILE`); their JSON is embedded
 verbatim. A benchmark that fails is reported with its reason; the run goes on.
 """
@@ -40,8 +41,9 @@ sys.path.insert(0, str(BENCH))
 import parsl_bench  # noqa: E402
 from parsl_bench import BENCHES, DRAGONHPC, EXECUTORS  # noqa: E402
 
-HOOKS = ("native", "head_scale")  # bench/native_bench.py, bench/head_scale.py
-HOOK_FILES = {"native": "native_bench.py", "head_scale": "head_scale.py"}
+HOOKS = ("native", "head_scale", "liveness", "auth_cost")  # bench/<HOOK_FILES[name]>
+HOOK_FILES = {"native": "native_bench.py", "head_scale": "head_scale.py", "liveness": "liveness.py",
+              "auth_cost": "auth_cost.py"}
 ONLY = BENCHES + HOOKS
 
 QUICK = dict(tasks=300, samples=20, images=16, image_size=64, rounds=1, parsl_logging=["default"])
@@ -479,7 +481,8 @@ def parse_args(argv=None):
                         "own processes keep every CPU. Default: no pinning")
     p.add_argument("--timeout", type=float, default=0, help="seconds per executor process (default: from the counts)")
     p.add_argument("--hook-timeout", type=float, default=0,
-                   help="seconds for each of native_bench.py and head_scale.py (default 150 quick, 1800 full)")
+                   help="seconds for each of native_bench.py, head_scale.py, liveness.py and auth_cost.py "
+                        "(default 150 quick, 1800 full)")
     args = p.parse_args(argv)
     if args.pin_client is not None and args.pin_client not in os.sched_getaffinity(0):
         p.error(f"--pin-client {args.pin_client}: not a CPU this process may run on "

@@ -58,5 +58,5 @@ def test_liveness_quick(tmp_path):
 
     assert "| SIGKILL (kill -9) | 3 (0) |" in data["table_md"] and "| SIGSTOP (hung) | 3 (0) |" in data["table_md"]
     assert md.read_text().strip() == data["table_md"].strip()
-    plot = data["plots"]["liveness_detection_per_try"]
+    plot = data["plots"]["detection_per_try"]
     assert plot["x"] == [1, 2, 3] and all(len(v) == 3 for v in plot["series"].values())
