@@ -412,6 +412,9 @@ def main() -> int:
                     "an agent beyond the running one; dragond's default if not given)")
     ap.add_argument("--keep-finished", type=int, help="dragond --keep-finished (finished tasks "
                     "the head keeps, -1 = all; dragond's default if not given)")
+    ap.add_argument("--head-arg", action="append", default=[], metavar="ARG",
+                    help="an extra dragond start argument for the throughput heads, e.g. "
+                    "--head-arg=--heartbeat-interval-ms=60000; repeatable")
     args = ap.parse_args()
     cfg = dict(FULL if args.full else QUICK)
     if args.agents:
@@ -443,6 +446,7 @@ def main() -> int:
     head_args = ("--prefetch", str(args.prefetch)) if args.prefetch is not None else ()
     if args.keep_finished is not None:
         head_args += ("--keep-finished", str(args.keep_finished))
+    head_args += tuple(args.head_arg)
     started = time.monotonic()
     result = {"benchmark": "head_scale", "mode": "full" if args.full else "quick",
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -450,6 +454,7 @@ def main() -> int:
                                                      "agent_modes": modes,
                                                      "payload_bytes": args.payload_bytes,
                                                      "keep_finished": args.keep_finished,
+                                                     "head_args": args.head_arg,
                                                      "batch": args.batch},
               "binaries": {k: str(v) for k, v in bins.items()}}
     work = Path(tempfile.mkdtemp(prefix="head-scale-"))
