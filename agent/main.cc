@@ -37,7 +37,9 @@
 #include "spdlog/spdlog.h"
 
 ABSL_FLAG(std::string, head, "", "HOST:PORT of dragond's AgentService (required)");
-ABSL_FLAG(std::string, node_id, "", "this node's id, unique in the run (required)");
+ABSL_FLAG(std::string, node_id, "",
+          "this node's id, unique in the run (default: the host name, as under srun, where one "
+          "command starts the agents of every node)");
 ABSL_FLAG(std::string, run_dir, "",
           "the run directory: the log goes to RUN_DIR/agent-NODE_ID.log, worker output to "
           "RUN_DIR/workers/NODE_ID/ (required)");
@@ -171,10 +173,11 @@ int Main(int argc, char** argv) {
                              " (see --help)"));
   }
   const std::string head = absl::GetFlag(FLAGS_head);
-  const std::string node_id = absl::GetFlag(FLAGS_node_id);
+  const std::string node_id =
+      absl::GetFlag(FLAGS_node_id).empty() ? common::Hostname() : absl::GetFlag(FLAGS_node_id);
   const std::string run_dir = absl::GetFlag(FLAGS_run_dir);
-  if (head.empty() || node_id.empty() || run_dir.empty()) {
-    return Fail("--head, --node-id and --run-dir are required (see --help)");
+  if (head.empty() || run_dir.empty()) {
+    return Fail("--head and --run-dir are required (see --help)");
   }
   if (node_id.find('/') != std::string::npos) {
     return Fail(absl::StrCat("--node-id '", node_id, "' must not contain '/'"));

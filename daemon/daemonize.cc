@@ -60,24 +60,34 @@ int Daemonize(const std::string& log_file, const std::string& log_level,
   }
   if (pid > 0) {
     close(pipe_fds[1]);
-    std::string line;
+    // PROGRESS lines while agents start, then OK or ERROR.
+    std::string pending;
     char buf[512];
     ssize_t n;
-    while (line.find('\n') == std::string::npos &&
-           (n = read(pipe_fds[0], buf, sizeof(buf))) > 0) {
-      line.append(buf, n);
+    while (true) {
+      size_t eol;
+      while ((eol = pending.find('\n')) != std::string::npos) {
+        const std::string line = pending.substr(0, eol);
+        pending.erase(0, eol + 1);
+        if (absl::StartsWith(line, "PROGRESS ")) {
+          std::cerr << "dragond: " << line.substr(9) << std::endl;
+        } else if (absl::StartsWith(line, "OK ")) {
+          close(pipe_fds[0]);
+          std::cout << line.substr(3) << std::endl;
+          return 0;
+        } else if (absl::StartsWith(line, "ERROR ")) {
+          close(pipe_fds[0]);
+          std::cerr << "dragond: " << line.substr(6) << std::endl;
+          return 1;
+        }
+      }
+      n = read(pipe_fds[0], buf, sizeof(buf));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      pending.append(buf, static_cast<size_t>(n));
     }
     close(pipe_fds[0]);
-    while (!line.empty() && line.back() == '\n') line.pop_back();
-    if (absl::StartsWith(line, "OK ")) {
-      std::cout << line.substr(3) << std::endl;
-      return 0;
-    }
-    if (absl::StartsWith(line, "ERROR ")) {
-      std::cerr << "dragond: " << line.substr(6) << std::endl;
-    } else {
-      std::cerr << "dragond: the daemon exited before it was ready; see " << log_file << std::endl;
-    }
+    std::cerr << "dragond: the daemon exited before it was ready; see " << log_file << std::endl;
     return 1;
   }
   close(pipe_fds[0]);

@@ -49,9 +49,10 @@ struct HeadOptions {
   // Runs of a task whose node is lost while it runs, elsewhere, before it
   // fails with FAILURE_NODE_LOST; a session may ask for another number.
   uint32_t infra_retries = 1;
-  // For StatusReply only: how clients must connect.
+  // For StatusReply only: how clients must connect, how agents are started.
   bool auth = false;
   bool tls = false;
+  std::string launcher;
   // The clock of membership deadlines; nullptr = the system clock.
   const common::Clock* clock = nullptr;
 };
@@ -125,6 +126,10 @@ class Head {
   // and not started are asked back.
   absl::StatusOr<dragon::v1::NodeInfo> DrainNode(const std::string& node_id, bool drain);
 
+  // Drains the node, then tells its agent to leave once it runs nothing;
+  // it is then gone (not lost). NotFound / FailedPrecondition as DrainNode.
+  absl::StatusOr<dragon::v1::NodeInfo> RemoveNode(const std::string& node_id);
+
   // Called (lock held: record and return) for each node loss.
   void SetNodeLossObserver(std::function<void(const NodeLoss&)> observer);
   // The launcher could not (re)start an agent: added to the errors of work
@@ -166,6 +171,7 @@ class Head {
     int64_t last_heartbeat_us = 0;  // wall clock, for people
     uint32_t ready_workers = 0;     // as of the last heartbeat
     bool ended = false;             // EndAgentLocked done: stream dropped, work taken back
+    bool removing = false;          // RemoveNode: leaves once it runs nothing
     std::unordered_set<TaskId> tasks;  // assigned and not yet ended
   };
   using ResultsBySession = std::map<SessionId, dragon::v1::HeadMessage>;
@@ -197,6 +203,8 @@ class Head {
   // Fails every queued task once the no-node grace has expired.
   void FailQueuedWithoutNodesLocked(ResultsBySession* results);
   void PingLocked(AgentIndex agent, uint64_t seq);
+  // A node being removed that runs nothing any more is told to leave.
+  void FinishRemovalLocked(AgentIndex agent);
   void FillNodeInfoLocked(AgentIndex agent, dragon::v1::NodeInfo* node) const;
   // Drops the oldest finished tasks past --keep-finished. Call only where no
   // Task pointer is held, and not while a Cancel waits on its task.

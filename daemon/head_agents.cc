@@ -176,16 +176,53 @@ void Head::ApplyUpdate(AgentIndex index, dragon::v1::AgentUpdate* update) {
       RequeueLocked(task, index, now);
     }
   }
+  if (agent.removing) FinishRemovalLocked(index);
   SendResultsLocked(&results);
   DispatchLocked();
   ForgetOldFinishedLocked();
 }
 
+void Head::FinishRemovalLocked(AgentIndex index) {
+  Agent& agent = agents_[index];
+  if (!agent.tasks.empty() || !membership_.Live(index)) return;
+  dragon::v1::HeadToAgent bye;
+  bye.mutable_shutdown()->set_reason(absl::StrCat("node ", agent.info.node_id(), " is removed"));
+  if (agent.link.outbox->Push(std::move(bye))) {
+    spdlog::info("node {} runs nothing any more: its agent is told to leave", agent.info.node_id());
+  }
+}
+
+absl::StatusOr<dragon::v1::NodeInfo> Head::RemoveNode(const std::string& node_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<AgentIndex> index = membership_.SetDrain(node_id, true);
+  if (!index.ok()) return index.status();
+  scheduler_.SetPaused(*index, true);
+  Agent& agent = agents_[*index];
+  agent.removing = true;
+  dragon::v1::HeadToAgent reclaim;
+  for (TaskId id : agent.tasks) {
+    const Task* task = table_.Find(id);
+    if (task != nullptr && task->state == dragon::v1::SCHEDULED) {
+      reclaim.mutable_reclaim()->add_task_ids(id);
+    }
+  }
+  if (reclaim.reclaim().task_ids_size() > 0) {
+    reclaim.mutable_reclaim()->set_reason(absl::StrCat("node ", node_id, " is being removed"));
+    agent.link.outbox->Push(std::move(reclaim));
+  }
+  spdlog::info("node {} is being removed: no new tasks; it leaves once its {} task(s) end",
+               node_id, agent.tasks.size());
+  FinishRemovalLocked(*index);
+  dragon::v1::NodeInfo info;
+  FillNodeInfoLocked(*index, &info);
+  return info;
+}
+
 void Head::AgentLost(AgentIndex index, const std::string& why) {
   std::lock_guard<std::mutex> lock(mu_);
   ResultsBySession results;
-  // Gone when the head asked for it (shutdown); any other end is a loss.
-  const bool left = shutting_down_;
+  // Gone when the head asked for it (shutdown, removal); any other end is a loss.
+  const bool left = shutting_down_ || agents_[index].removing;
   if (left) {
     membership_.Leave(index, why);
   } else {

@@ -259,6 +259,36 @@ TEST_CASE("drain asks back unstarted tasks; they run elsewhere; undrain resumes"
   CHECK(absl::IsNotFound(f.head.DrainNode("nope", true).status()));
 }
 
+TEST_CASE("a removed node finishes its running task, gives back the rest, then leaves as gone",
+          "[liveness]") {
+  Fixture f;
+  f.AddAgent(1, "a");
+  f.Submit(2);
+  CHECK(f.SentToAgent() == std::vector<TaskId>{1, 2});
+  f.Started(1);
+  auto info = f.head.RemoveNode("a");
+  REQUIRE(info.ok());
+  CHECK(info->state() == "draining");
+  CHECK(info->removing());
+  auto asked = f.agent_box->TakeAll();
+  REQUIRE(asked.size() == 1);
+  CHECK(asked[0].reclaim().task_ids_size() == 1);
+  dragon::v1::AgentUpdate released;
+  released.add_released(2);
+  f.head.ApplyUpdate(f.agent, &released);
+  CHECK(f.agent_box->TakeAll().empty());  // task 1 still runs: not told to leave yet
+  f.Report(1, dragon::v1::OK, "r");
+  auto bye = f.agent_box->TakeAll();
+  REQUIRE_FALSE(bye.empty());
+  CHECK(bye.back().has_shutdown());
+  f.head.AgentLost(f.agent, "agent closed its stream");
+  CHECK(f.head.ListNodes().nodes(0).state() == "gone");
+  // Leaving on request starts no grace: task 2 waits for a node, it does not fail.
+  f.clock.Advance(absl::Seconds(60));
+  f.head.Tick();
+  CHECK(f.State(2) == dragon::v1::PENDING);
+}
+
 TEST_CASE("agents leaving at shutdown are gone, not lost, and no retry happens", "[liveness]") {
   Fixture f;
   f.AddAgent(1);

@@ -59,6 +59,7 @@ void Head::FillNodeInfoLocked(AgentIndex index, dragon::v1::NodeInfo* node) cons
   node->set_last_heartbeat_us(agent.last_heartbeat_us);
   node->set_state(NodeStateName(member.state));
   node->set_incarnation(agent.incarnation);
+  node->set_removing(agent.removing);
   if (!live) node->set_lost_reason(member.reason);
 }
 
@@ -110,6 +111,7 @@ void Head::FillStatus(dragon::v1::StatusReply* reply) const {
   reply->set_heartbeat_timeout_ms(
       static_cast<uint32_t>(absl::ToInt64Milliseconds(options_.membership.heartbeat_timeout)));
   reply->set_infra_retries(options_.infra_retries);
+  reply->set_launcher(options_.launcher);
 }
 
 }  // namespace dragon::daemon

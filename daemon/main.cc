@@ -2,21 +2,14 @@
 //   dragond start [flags]   start a head (and its agents) for this allocation
 //   dragond stop  [flags]   stop a running head cleanly
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdio>
-#include <atomic>
 #include <iostream>
-#include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -25,31 +18,45 @@
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "common/dashed_flags.h"
 #include "common/head_locator.h"
-#include "daemon/agent_stream.h"
 #include "daemon/daemonize.h"
-#include "daemon/head.h"
-#include "common/host.h"
-#include "common/token.h"
-#include "common/transport.h"
-#include "daemon/launchers/local_launcher.h"
 #include "daemon/run_dir.h"
-#include "daemon/services.h"
-#include "daemon/shutdown_signal.h"
+#include "daemon/serve.h"
+#include "daemon/start_config.h"
 #include "daemon/stop_command.h"
-#include "grpcpp/grpcpp.h"
-#include "proto/head.grpc.pb.h"
-#include "spdlog/spdlog.h"
 
 ABSL_FLAG(bool, foreground, false, "start: serve in the foreground instead of daemonizing (for job scripts)");
-ABSL_FLAG(std::string, host, "127.0.0.1", "start: address to listen on (0.0.0.0 for all interfaces)");
+ABSL_FLAG(std::string, listen, "",
+          "start: where to listen: an address (10.0.0.5, 0.0.0.0 for every interface), a host "
+          "name, or an interface (ib0); default: 127.0.0.1 with a local agent, every interface "
+          "with agents on other nodes (advertising the address that routes to them)");
+ABSL_FLAG(std::string, host, "", "start: the same as --listen (older name)");
 ABSL_FLAG(int, port, 0, "start: port to listen on (0 = any free port)");
 ABSL_FLAG(std::string, run_dir, "", "start: run directory (default $DRAGON_HOME/runs/<run id>); stop: the run to stop");
 ABSL_FLAG(int, workers, 0, "start: Python workers per agent (0 = one per core)");
-ABSL_FLAG(std::string, agents, "local", "start: where to start agents: 'local' (one on this node) or 'none'");
+ABSL_FLAG(std::string, launcher, "auto",
+          "start: how agents are started: auto (slurm inside a Slurm job, pbs inside a PBS job, "
+          "else local), local (one on this node), ssh (--hosts/--hostfile), slurm, pbs, or none "
+          "(agents started by hand connect)");
+ABSL_FLAG(std::string, agents, "", "start: the same as --launcher (older name: 'local' or 'none')");
+ABSL_FLAG(std::string, hosts, "", "start, --launcher ssh: hosts to start an agent on, h1,h2,...");
+ABSL_FLAG(std::string, hostfile, "",
+          "start, --launcher ssh: file listing the hosts, one per line ('#' comments; repeated "
+          "hosts count once)");
+ABSL_FLAG(bool, allow_missing, false,
+          "start: go on without the nodes whose agent could not start (they are named); "
+          "default: such a node fails the start");
+ABSL_FLAG(std::string, ssh_command, "ssh",
+          "start, --launcher ssh: the ssh program and options before the host, e.g. "
+          "'ssh -F ~/.ssh/cluster_config' (always run with BatchMode=yes)");
+ABSL_FLAG(std::string, agent_env, "PYTHONPATH",
+          "start: comma-separated names of variables of dragond's environment that agents on "
+          "other nodes get too");
+ABSL_FLAG(int, start_timeout, 120,
+          "start: seconds for every agent to register and answer; dragond start fails (naming "
+          "the nodes) after that unless --allow-missing");
 ABSL_FLAG(std::string, python, "", "start: Python interpreter for the workers (default: python3 on PATH)");
 ABSL_FLAG(bool, exit_with_parent, false, "start: shut down when the process that started dragond exits");
 ABSL_FLAG(bool, no_current, false, "start: do not point $DRAGON_HOME/current at this run");
@@ -97,19 +104,6 @@ ABSL_FLAG(int, timeout, 30, "stop: seconds to wait for the head to exit");
 namespace dragon::daemon {
 namespace {
 
-constexpr char kVersion[] = "0.1.0";
-
-std::string SelfDir() {
-  char buf[PATH_MAX];
-  ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-  if (n <= 0) return ".";
-  buf[n] = '\0';
-  std::string path(buf);
-  return path.substr(0, path.rfind('/'));
-}
-
-using common::Hostname;
-
 absl::StatusOr<std::string> AbsolutePath(const std::string& path) {
   if (!path.empty() && path[0] == '/') return path;
   char cwd[PATH_MAX];
@@ -119,282 +113,69 @@ absl::StatusOr<std::string> AbsolutePath(const std::string& path) {
   return absl::StrCat(cwd, "/", path);
 }
 
-absl::Status CheckStartFlags() {
-  int port = absl::GetFlag(FLAGS_port);
-  if (port < 0 || port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat("--port ", port, " is not in 0..65535"));
-  }
-  if (absl::GetFlag(FLAGS_workers) < 0 || absl::GetFlag(FLAGS_workers) > 4096) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--workers ", absl::GetFlag(FLAGS_workers), " is not in 0..4096"));
-  }
-  const std::string agents = absl::GetFlag(FLAGS_agents);
-  if (agents != "local" && agents != "none") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--agents '", agents, "' is not supported (use 'local' or 'none')"));
-  }
-  int mb = absl::GetFlag(FLAGS_max_payload_mb);
-  if (mb < 1 || mb > 1900) {
-    return absl::InvalidArgumentError(absl::StrCat("--max-payload-mb ", mb, " is not in 1..1900"));
-  }
-  if (absl::GetFlag(FLAGS_prefetch) < 0 || absl::GetFlag(FLAGS_prefetch) > 1000) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--prefetch ", absl::GetFlag(FLAGS_prefetch), " is not in 0..1000"));
-  }
-  if (absl::GetFlag(FLAGS_max_prefetch) < absl::GetFlag(FLAGS_prefetch) ||
-      absl::GetFlag(FLAGS_max_prefetch) > 1000) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--max-prefetch ", absl::GetFlag(FLAGS_max_prefetch), " is not in --prefetch (",
-        absl::GetFlag(FLAGS_prefetch), ")..1000"));
-  }
-  if (absl::GetFlag(FLAGS_host).empty()) return absl::InvalidArgumentError("--host is empty");
-  const std::string auth = absl::GetFlag(FLAGS_auth);
-  if (auth != "token" && auth != "none") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--auth '", auth, "' is not supported (use 'token' or 'none')"));
-  }
-  if (absl::GetFlag(FLAGS_tls_cert).empty() != absl::GetFlag(FLAGS_tls_key).empty()) {
-    return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
-  }
-  if (!absl::GetFlag(FLAGS_tls_ca).empty() && absl::GetFlag(FLAGS_tls_cert).empty()) {
-    return absl::InvalidArgumentError("--tls-ca needs --tls-cert and --tls-key");
-  }
-  const int interval = absl::GetFlag(FLAGS_heartbeat_interval_ms);
-  const int timeout = absl::GetFlag(FLAGS_heartbeat_timeout_ms);
-  if (interval < 50 || interval > 60000) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--heartbeat-interval-ms ", interval, " is not in 50..60000"));
-  }
-  if (timeout < 2 * interval || timeout > 600000) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--heartbeat-timeout-ms ", timeout, " must be at least twice --heartbeat-interval-ms (",
-        interval, ") and at most 600000"));
-  }
-  if (absl::GetFlag(FLAGS_node_grace) < 0 || absl::GetFlag(FLAGS_node_grace) > 86400) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--node-grace ", absl::GetFlag(FLAGS_node_grace), " is not in 0..86400"));
-  }
-  if (absl::GetFlag(FLAGS_infra_retries) < 0 ||
-      absl::GetFlag(FLAGS_infra_retries) > static_cast<int>(kMaxInfraRetries)) {
-    return absl::InvalidArgumentError(absl::StrCat("--infra-retries ",
-                                                   absl::GetFlag(FLAGS_infra_retries),
-                                                   " is not in 0..", kMaxInfraRetries));
-  }
-  if (absl::GetFlag(FLAGS_agent_restarts) < 0 || absl::GetFlag(FLAGS_agent_restarts) > 1000) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--agent-restarts ", absl::GetFlag(FLAGS_agent_restarts), " is not in 0..1000"));
-  }
-  return ValidateKeepFinished(absl::GetFlag(FLAGS_keep_finished));
-}
-
-// Serves until a signal, a Shutdown RPC or the death of the parent, then
-// stops agents and sessions in order. `ready_fd` (or -1) receives one line,
-// "OK <address>" or "ERROR <message>", for the process that daemonized us.
-int Serve(const std::string& run_dir, const std::string& run_id, int ready_fd) {
-  auto report = [&](const std::string& line) {
-    if (ready_fd < 0) return;
-    std::string text = line + "\n";
-    (void)!write(ready_fd, text.data(), text.size());
-    close(ready_fd);
-    ready_fd = -1;
-  };
-  std::string written_token_file;  // removed again if the start fails
-  auto fail = [&](const absl::Status& st) {
-    if (!written_token_file.empty()) unlink(written_token_file.c_str());
-    spdlog::error("{}", std::string(st.message()));
-    report(absl::StrCat("ERROR ", st.message()));
-    if (ready_fd < 0 && !absl::GetFlag(FLAGS_foreground)) return 1;
-    std::cerr << "dragond: " << st.message() << std::endl;
-    return 1;
-  };
-
-  ShutdownSignal shutdown;
-  shutdown.WatchSignals();
-  if (absl::GetFlag(FLAGS_exit_with_parent)) {
-    shutdown.WatchParent();
-  }
-
-  std::string agent_binary = absl::GetFlag(FLAGS_agent_binary);
-  if (agent_binary.empty()) agent_binary = SelfDir() + "/dragon-agent";
-  const bool local_agent = absl::GetFlag(FLAGS_agents) == "local";
-  if (local_agent && access(agent_binary.c_str(), X_OK) != 0) {
-    return fail(absl::NotFoundError(
-        absl::StrCat("cannot find dragon-agent at ", agent_binary,
-                     " (it is installed next to dragond; or pass --agent-binary)")));
-  }
-
-  // The run's secret, in the 0700 run directory: clients on this node find
-  // it there, agents get it through their environment.
-  std::string token;
-  const std::string token_path = absl::StrCat(run_dir, "/", common::kTokenFileName);
-  if (absl::GetFlag(FLAGS_auth) == "token") {
-    absl::StatusOr<std::string> made = common::NewToken();
-    if (!made.ok()) return fail(made.status());
-    token = *std::move(made);
-    if (auto st = common::WriteTokenFile(token_path, token); !st.ok()) return fail(st);
-    written_token_file = token_path;
-  } else {
-    unlink(token_path.c_str());
-    spdlog::warn("authentication is off (--auth none): anyone who reaches this head's port can "
-                 "submit tasks, cancel them and stop the head");
-  }
-  const bool tls = !absl::GetFlag(FLAGS_tls_cert).empty();
-
-  HeadOptions options;
-  options.run_id = run_id;
-  options.version = kVersion;
-  options.max_payload_bytes = static_cast<uint64_t>(absl::GetFlag(FLAGS_max_payload_mb)) << 20;
-  options.prefetch_per_worker = absl::GetFlag(FLAGS_prefetch);
-  options.max_prefetch_per_worker = absl::GetFlag(FLAGS_max_prefetch);
-  options.keep_finished = absl::GetFlag(FLAGS_keep_finished);
-  options.membership.heartbeat_interval = absl::Milliseconds(absl::GetFlag(FLAGS_heartbeat_interval_ms));
-  options.membership.heartbeat_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_heartbeat_timeout_ms));
-  options.membership.no_node_grace = absl::Seconds(absl::GetFlag(FLAGS_node_grace));
-  options.infra_retries = static_cast<uint32_t>(absl::GetFlag(FLAGS_infra_retries));
-  options.auth = !token.empty();
-  options.tls = tls;
-  Head head(options);
-
+absl::StatusOr<StartConfig> StartConfigFromFlags() {
+  StartConfig c;
+  c.foreground = absl::GetFlag(FLAGS_foreground);
+  c.listen = absl::GetFlag(FLAGS_listen);
   const std::string host = absl::GetFlag(FLAGS_host);
-  const std::string listen = absl::StrCat(host, ":", absl::GetFlag(FLAGS_port));
-  int selected_port = 0;
-  grpc::ServerBuilder builder;
-  common::ServerTransport transport;
-  transport.tls.cert = absl::GetFlag(FLAGS_tls_cert);
-  transport.tls.key = absl::GetFlag(FLAGS_tls_key);
-  transport.max_receive_bytes = options.max_payload_bytes + common::kMessageHeadroomBytes;
-  if (auto st = common::ConfigureServer(&builder, listen, transport, &selected_port); !st.ok()) {
-    return fail(st);
-  }
-  const common::TokenCheck auth(
-      token, absl::StrCat("$", common::kTokenEnv, " or the token file of the run (", token_path,
-                          ", named in head.json)"));
-
-  const std::string dial_host = (host == "0.0.0.0" || host == "::" || host == "[::]") ? Hostname() : host;
-  std::string address;  // set once listening; read by the service
-  HeadServiceImpl head_service(
-      &head, &auth, [&shutdown](const std::string& why) { shutdown.Request(why); },
-      "", run_dir, absl::Seconds(10));
-  AgentServiceImpl agent_service(&head, &auth);
-  builder.RegisterService(&head_service);
-  builder.RegisterService(&agent_service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || selected_port == 0) {
-    return fail(absl::UnavailableError(absl::StrCat(
-        "cannot listen on ", listen, " (address in use, or not an address of this host?)")));
-  }
-  address = absl::StrCat(dial_host, ":", selected_port);
-  head_service.set_address(address);
-  spdlog::info("dragond {} listening on {} (run {}, run dir {}, auth {}, tls {}, heartbeat {} ms / "
-               "timeout {} ms, node grace {} s, infra retries {})",
-               kVersion, address, run_id, run_dir, token.empty() ? "none" : "token",
-               tls ? "on" : "off", absl::GetFlag(FLAGS_heartbeat_interval_ms),
-               absl::GetFlag(FLAGS_heartbeat_timeout_ms), absl::GetFlag(FLAGS_node_grace),
-               options.infra_retries);
-
-  // Liveness: pings, expiry of silent agents, the no-node grace.
-  std::atomic<bool> ticking{true};
-  std::thread ticker([&head, &ticking] {
-    while (ticking.load()) {
-      head.Tick();
-      absl::SleepFor(absl::Milliseconds(100));
+  if (!host.empty()) {
+    if (!c.listen.empty() && c.listen != host) {
+      return absl::InvalidArgumentError("--host is the older name of --listen: give one of them");
     }
-  });
-  auto stop_ticker = [&] {
-    ticking = false;
-    if (ticker.joinable()) ticker.join();
-  };
-
-  dragon::v1::RunInfo info;
-  info.set_run_id(run_id);
-  info.set_address(address);
-  info.set_pid(getpid());
-  info.set_host(Hostname());
-  info.set_started_us(NowMicros());
-  info.set_run_dir(run_dir);
-  info.set_head_version(kVersion);
-  info.set_protocol_version(kProtocolVersion);
-  info.set_log_file(run_dir + "/dragond.log");
-  if (!token.empty()) info.set_token_file(token_path);
-  info.set_tls_ca(absl::GetFlag(FLAGS_tls_ca));
-  const std::string home = dragon::common::DragonHome();
-  if (auto st = WriteRunInfo(info); !st.ok()) {
-    stop_ticker();
-    server->Shutdown();
-    return fail(st);
+    c.listen = host;
   }
-  if (!absl::GetFlag(FLAGS_no_current)) {
-    if (auto st = MakeDirs(home); !st.ok()) spdlog::warn("{}", std::string(st.message()));
-    else if (auto st2 = UpdateCurrentLink(home, run_dir); !st2.ok()) spdlog::warn("{}", std::string(st2.message()));
-  }
-
-  std::unique_ptr<Launcher> launcher;
-  if (local_agent) {
-    LocalLauncherOptions lopts;
-    lopts.node_id = Hostname();
-    lopts.max_restarts = absl::GetFlag(FLAGS_agent_restarts);
-    lopts.report_problem = [&head](const std::string& problem) { head.NoteLaunchProblem(problem); };
-    launcher = std::make_unique<LocalLauncher>(lopts);
-    AgentLaunchSpec spec;
-    spec.agent_binary = agent_binary;
-    // Listening on every interface, the local agent dials loopback; over TLS it dials the
-    // advertised HOST:PORT instead, a name the head's certificate names (it is the address
-    // clients verify too), or verification fails and the agent never registers.
-    spec.head_address =
-        tls ? address : absl::StrCat(dial_host == host ? host : "127.0.0.1", ":", selected_port);
-    spec.run_dir = run_dir;
-    spec.python = absl::GetFlag(FLAGS_python);
-    spec.workers_per_node = absl::GetFlag(FLAGS_workers);
-    spec.log_level = absl::GetFlag(FLAGS_log_level);
-    spec.token = token;
-    spec.tls_ca = absl::GetFlag(FLAGS_tls_ca);
-    Launcher* l = launcher.get();
-    head.SetNodeLossObserver([l](const NodeLoss& loss) {
-      l->OnAgentLost(AgentLoss{loss.node_id, loss.pid, loss.reason});
-    });
-    if (auto st = launcher->Launch(spec); !st.ok()) {
-      stop_ticker();
-      server->Shutdown();
-      RemoveRunInfo(home, run_dir);
-      return fail(st);
+  c.port = absl::GetFlag(FLAGS_port);
+  c.run_dir = absl::GetFlag(FLAGS_run_dir);
+  c.workers = absl::GetFlag(FLAGS_workers);
+  c.python = absl::GetFlag(FLAGS_python);
+  c.exit_with_parent = absl::GetFlag(FLAGS_exit_with_parent);
+  c.no_current = absl::GetFlag(FLAGS_no_current);
+  c.log_level = absl::GetFlag(FLAGS_log_level);
+  c.max_payload_mb = absl::GetFlag(FLAGS_max_payload_mb);
+  c.prefetch = absl::GetFlag(FLAGS_prefetch);
+  c.max_prefetch = absl::GetFlag(FLAGS_max_prefetch);
+  c.keep_finished = absl::GetFlag(FLAGS_keep_finished);
+  c.agent_binary = absl::GetFlag(FLAGS_agent_binary);
+  c.auth = absl::GetFlag(FLAGS_auth);
+  c.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  c.tls_key = absl::GetFlag(FLAGS_tls_key);
+  c.tls_ca = absl::GetFlag(FLAGS_tls_ca);
+  c.heartbeat_interval_ms = absl::GetFlag(FLAGS_heartbeat_interval_ms);
+  c.heartbeat_timeout_ms = absl::GetFlag(FLAGS_heartbeat_timeout_ms);
+  c.node_grace_s = absl::GetFlag(FLAGS_node_grace);
+  c.infra_retries = absl::GetFlag(FLAGS_infra_retries);
+  c.start_timeout_s = absl::GetFlag(FLAGS_start_timeout);
+  c.allow_missing = absl::GetFlag(FLAGS_allow_missing);
+  c.agent_env = absl::GetFlag(FLAGS_agent_env);
+  c.launcher.kind = absl::GetFlag(FLAGS_launcher);
+  const std::string agents = absl::GetFlag(FLAGS_agents);
+  if (!agents.empty()) {
+    if (agents != "local" && agents != "none") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--agents '", agents, "' is not supported (use 'local' or 'none'; or "
+                       "--launcher ", kLauncherKinds, ")"));
     }
-    head.ExpectNodes();
+    if (c.launcher.kind != "auto" && c.launcher.kind != agents) {
+      return absl::InvalidArgumentError("--agents is the older name of --launcher: give one of them");
+    }
+    c.launcher.kind = agents;
   }
-
-  const std::string ready = absl::StrCat("dragond: head listening on ", address, " (run dir ", run_dir, ")");
-  if (ready_fd >= 0) {
-    report(absl::StrCat("OK ", ready));
-  } else {
-    std::cout << ready << std::endl;
-  }
-
-  const std::string why = shutdown.Wait();
-  spdlog::info("shutting down: {}", why);
-  head.BeginShutdown(why);
-  if (launcher != nullptr) {
-    // Stops restarting at once, waits for the agents told to leave, then kills what is left.
-    launcher->Stop(absl::Seconds(10));
-  }
-  if (!head.WaitForAgentsGone(absl::Seconds(launcher != nullptr ? 2 : 10))) {
-    spdlog::warn("agents did not disconnect in time");
-  }
-  stop_ticker();
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  RemoveRunInfo(home, run_dir);
-  // The token of a stopped head opens nothing; it is not left lying around.
-  if (!token.empty()) unlink(token_path.c_str());
-  spdlog::info("dragond stopped");
-  spdlog::shutdown();
-  return 0;
+  c.launcher.agent_restarts = absl::GetFlag(FLAGS_agent_restarts);
+  c.launcher.hosts = absl::GetFlag(FLAGS_hosts);
+  c.launcher.hostfile = absl::GetFlag(FLAGS_hostfile);
+  c.launcher.ssh_command = absl::GetFlag(FLAGS_ssh_command);
+  if (absl::Status s = c.Validate(); !s.ok()) return s;
+  return c;
 }
 
 int Start() {
-  if (auto st = CheckStartFlags(); !st.ok()) {
-    std::cerr << "dragond: " << st.message() << std::endl;
+  absl::StatusOr<StartConfig> config = StartConfigFromFlags();
+  if (!config.ok()) {
+    std::cerr << "dragond: " << config.status().message() << std::endl;
     return 2;
   }
   const std::string run_id = NewRunId();
-  std::string run_dir = absl::GetFlag(FLAGS_run_dir);
+  std::string run_dir = config->run_dir;
   if (run_dir.empty()) run_dir = absl::StrCat(dragon::common::DragonHome(), "/runs/", run_id);
   auto abs_run_dir = AbsolutePath(run_dir);
   if (!abs_run_dir.ok()) {
@@ -422,16 +203,16 @@ int Start() {
   }
   const std::string log_file = run_dir + "/dragond.log";
 
-  if (absl::GetFlag(FLAGS_foreground)) {
-    if (auto st = SetUpLogging(log_file, absl::GetFlag(FLAGS_log_level), true); !st.ok()) {
+  if (config->foreground) {
+    if (auto st = SetUpLogging(log_file, config->log_level, true); !st.ok()) {
       std::cerr << "dragond: " << st.message() << std::endl;
       return 1;
     }
-    return Serve(run_dir, run_id, -1);
+    return Serve(*config, run_dir, run_id, -1);
   }
 
-  return Daemonize(log_file, absl::GetFlag(FLAGS_log_level),
-                   [&](int ready_fd) { return Serve(run_dir, run_id, ready_fd); });
+  return Daemonize(log_file, config->log_level,
+                   [&](int ready_fd) { return Serve(*config, run_dir, run_id, ready_fd); });
 }
 
 }  // namespace
@@ -441,13 +222,19 @@ int main(int argc, char** argv) {
   // Debian's Abseil is built with lock-order (deadlock) tracking on, and
   // gRPC's own mutexes are absl::Mutex: every lock paid for a graph lookup.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  // Writing to a child that already died (an ssh whose stdin carries the
+  // token) must fail with EPIPE, not kill the head.
+  signal(SIGPIPE, SIG_IGN);
   absl::SetProgramUsageMessage(
       "the head daemon of the Dragon task service.\n\n"
       "Usage:\n"
-      "  dragond start [--foreground] [--host H] [--port P] [--workers N] [--run-dir D] ...\n"
+      "  dragond start [--foreground] [--launcher auto|local|ssh|slurm|pbs|none] [--listen A]\n"
+      "                [--hosts h1,h2 | --hostfile F] [--port P] [--workers N] [--run-dir D] ...\n"
       "  dragond stop  [--head HOST:PORT | --run-dir D] [--timeout S]\n\n"
-      "start: runs the head and one agent on this node; prints the address and writes\n"
-      "<run dir>/head.json ($DRAGON_HOME/current points at the newest run).\n"
+      "start: runs the head and its agents (one on this node; inside a Slurm or PBS job one on\n"
+      "every node of the job; with --launcher ssh one on each host), waits until they are\n"
+      "ready, prints the address and writes <run dir>/head.json ($DRAGON_HOME/current points\n"
+      "at the newest run).\n"
       "stop: asks the head found via --head, $DRAGON_HEAD, --run-dir or $DRAGON_HOME/current\n"
       "to stop its agents and exit, and waits for it.\n\n"
       "Run 'dragond --help' for every flag.");

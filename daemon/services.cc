@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "daemon/grpc_status.h"
 #include "daemon/message_batching.h"
 #include "spdlog/spdlog.h"
@@ -176,6 +177,45 @@ grpc::Status HeadServiceImpl::DrainNode(grpc::ServerContext* context,
   if (!info.ok()) return ToGrpcStatus(info.status());
   spdlog::info("node {} {} by {}", request->node_id(), request->drain() ? "drained" : "undrained",
                context->peer());
+  *reply = *std::move(info);
+  return grpc::Status::OK;
+}
+
+grpc::Status HeadServiceImpl::AddNodes(grpc::ServerContext* context,
+                                       const dragon::v1::AddNodesRequest* request,
+                                       dragon::v1::AddNodesReply* reply) {
+  if (grpc::Status refused = auth_->Check(*context); !refused.ok()) return refused;
+  if (request->hosts().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "AddNodes needs at least one host");
+  }
+  NodeAdder adder;
+  {
+    std::lock_guard<std::mutex> lock(address_mu_);
+    adder = node_adder_;
+  }
+  if (!adder) {
+    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                        "this head has no launcher that can add nodes (dragond start --launcher "
+                        "ssh can; agents started by hand just connect)");
+  }
+  spdlog::info("AddNodes {} requested by {}", absl::StrJoin(request->hosts(), ","),
+               context->peer());
+  auto added = adder(*request);
+  if (!added.ok()) return ToGrpcStatus(added.status());
+  *reply = *std::move(added);
+  return grpc::Status::OK;
+}
+
+grpc::Status HeadServiceImpl::RemoveNode(grpc::ServerContext* context,
+                                         const dragon::v1::RemoveNodeRequest* request,
+                                         dragon::v1::NodeInfo* reply) {
+  if (grpc::Status refused = auth_->Check(*context); !refused.ok()) return refused;
+  if (request->node_id().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "RemoveNode needs a node_id");
+  }
+  auto info = head_->RemoveNode(request->node_id());
+  if (!info.ok()) return ToGrpcStatus(info.status());
+  spdlog::info("node {} removal requested by {}", request->node_id(), context->peer());
   *reply = *std::move(info);
   return grpc::Status::OK;
 }

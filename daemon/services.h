@@ -24,6 +24,15 @@ class HeadServiceImpl final : public dragon::v1::HeadService::Service {
                   std::function<void(const std::string&)> request_shutdown, std::string address,
                   std::string run_dir, absl::Duration cancel_wait);
 
+  // Starts agents on more hosts and waits for them (the launcher's AddNodes);
+  // without one, AddNodes answers UNIMPLEMENTED.
+  using NodeAdder = std::function<absl::StatusOr<dragon::v1::AddNodesReply>(
+      const dragon::v1::AddNodesRequest&)>;
+  void set_node_adder(NodeAdder adder) {
+    std::lock_guard<std::mutex> lock(address_mu_);
+    node_adder_ = std::move(adder);
+  }
+
   // The address is known only once the server listens.
   void set_address(const std::string& address) {
     std::lock_guard<std::mutex> lock(address_mu_);
@@ -50,13 +59,18 @@ class HeadServiceImpl final : public dragon::v1::HeadService::Service {
                         dragon::v1::ShutdownReply* reply) override;
   grpc::Status DrainNode(grpc::ServerContext* context, const dragon::v1::DrainNodeRequest* request,
                          dragon::v1::NodeInfo* reply) override;
+  grpc::Status AddNodes(grpc::ServerContext* context, const dragon::v1::AddNodesRequest* request,
+                        dragon::v1::AddNodesReply* reply) override;
+  grpc::Status RemoveNode(grpc::ServerContext* context, const dragon::v1::RemoveNodeRequest* request,
+                          dragon::v1::NodeInfo* reply) override;
 
  private:
   Head* head_;
   const common::TokenCheck* auth_;
   std::function<void(const std::string&)> request_shutdown_;
-  std::mutex address_mu_;
+  std::mutex address_mu_;  // also guards node_adder_
   std::string address_;
+  NodeAdder node_adder_;
   std::string run_dir_;
   absl::Duration cancel_wait_;
 };

@@ -1,13 +1,16 @@
 // Starts the run's agents. One implementation per way of reaching nodes
-// (local now; ssh, Slurm and PBS later), each in its own file here; every
-// one builds the agent's command line and environment with BuildAgentCommand
-// (agent_command.h), so that they differ only in how they reach nodes.
+// (local, ssh, slurm, pbs), each in its own file here, picked by
+// MakeLauncher (launcher_factory.h); every one builds the agent's command
+// line and environment with BuildAgentCommand (agent_command.h), so that they
+// differ only in how they reach nodes.
 #ifndef DRAGON_DAEMON_LAUNCHERS_LAUNCHER_H_
 #define DRAGON_DAEMON_LAUNCHERS_LAUNCHER_H_
 
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -21,10 +24,14 @@ struct AgentLaunchSpec {
   std::string python;        // interpreter for the workers ("" = agent default)
   int workers_per_node = 0;  // 0 = one per core
   std::string log_level;
-  // The run's token: handed to the agent in its environment, never on its
-  // command line (which every user on the node can read with ps).
+  // The run's token: handed to the agent in its environment (or on the stdin
+  // of a remote shell), never on its command line, which every user on the
+  // node can read with ps.
   std::string token;
   std::string tls_ca;  // CA certificate file the agent verifies the head with; "" = plaintext
+  // Variables of dragond's environment an agent started elsewhere gets too
+  // (dragond start --agent-env), e.g. PYTHONPATH.
+  std::vector<std::pair<std::string, std::string>> forwarded_env;
 };
 
 // What a launcher learns from the head about one of its agents.
@@ -34,22 +41,48 @@ struct AgentLoss {
   std::string reason;
 };
 
+// Where a launcher says how starting agents goes. Thread-safe.
+class LaunchObserver {
+ public:
+  virtual ~LaunchObserver() = default;
+  // For people, while they wait ("job 42: PENDING (Resources)").
+  virtual void Progress(const std::string& message) = 0;
+  // An agent could not be started on `node` (its ssh failed, its step ended...).
+  virtual void NodeFailed(const std::string& node, const std::string& why) = 0;
+  // The launcher could not (re)start agents: added to the errors of work
+  // that then fails for want of nodes.
+  virtual void Problem(const std::string& problem) { (void)problem; }
+};
+
 class Launcher {
  public:
   virtual ~Launcher() = default;
-  virtual absl::Status Launch(const AgentLaunchSpec& spec) = 0;
+  virtual std::string name() const = 0;
+  // Starts the agents and returns once they are started (not registered).
+  // Failures of single nodes come later through `observer`, which must
+  // outlive the launcher.
+  virtual absl::Status Launch(const AgentLaunchSpec& spec, LaunchObserver* observer) = 0;
+  // The node ids whose agents the head should wait for.
+  virtual std::vector<std::string> ExpectedNodes() const = 0;
   // The head declared an agent lost (heartbeats stopped, stream broke).
   // Called with the head's lock held: record it and return. A launcher that
   // can restart agents kills that one (it may be hung) and starts another.
-  virtual void OnAgentLost(const AgentLoss& loss) {}
-  // Waits up to `grace` for the agents to exit on their own (they were told
-  // to), then kills what is left and reaps it.
+  virtual void OnAgentLost(const AgentLoss& loss) { (void)loss; }
+  // Starts agents on more hosts of a running head (dragonctl nodes add).
+  virtual absl::Status AddNodes(const std::vector<std::string>& hosts) {
+    (void)hosts;
+    return absl::UnimplementedError(CannotAddNodes());
+  }
+  // Waits up to `grace` for the agents to exit on their own (the head told
+  // them to), then ends what is left, here and on remote nodes, and
+  // whatever it created (srun steps, batch jobs). No restart after this.
   virtual void Stop(absl::Duration grace) = 0;
-};
 
-// Where a launcher reports that it could not (re)start an agent, for the
-// errors of work that then fails for want of nodes.
-using LaunchProblemSink = std::function<void(const std::string& problem)>;
+ protected:
+  std::string CannotAddNodes() const {
+    return "the " + name() + " launcher cannot add nodes to a running head (the ssh launcher can)";
+  }
+};
 
 }  // namespace dragon::daemon
 

@@ -1,11 +1,8 @@
 #include "daemon/launchers/local_launcher.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,24 +12,16 @@
 
 #include "absl/strings/str_cat.h"
 #include "daemon/launchers/agent_command.h"
+#include "daemon/launchers/child_process.h"
 #include "spdlog/spdlog.h"
 
-extern char** environ;
-
 namespace dragon::daemon {
-namespace {
-
-std::string DescribeStatus(int status) {
-  if (WIFSIGNALED(status)) return absl::StrCat("was killed by signal ", WTERMSIG(status));
-  return absl::StrCat("exited with code ", WEXITSTATUS(status));
-}
-
-}  // namespace
 
 LocalLauncher::~LocalLauncher() { Stop(absl::Seconds(2)); }
 
-absl::Status LocalLauncher::Launch(const AgentLaunchSpec& spec) {
+absl::Status LocalLauncher::Launch(const AgentLaunchSpec& spec, LaunchObserver* observer) {
   spec_ = spec;
+  observer_ = observer;
   absl::StatusOr<pid_t> pid = Spawn();
   if (!pid.ok()) return pid.status();
   {
@@ -50,40 +39,14 @@ absl::StatusOr<pid_t> LocalLauncher::Spawn() {
                                             " is not executable: ", strerror(errno)));
   }
   const AgentCommand cmd = BuildAgentCommand(spec_, options_.node_id);
-  std::vector<std::string> env = MergeEnvironment(environ, cmd.env);
-  // Everything below is prepared before fork: the child may only exec.
-  std::vector<char*> argv, envp;
-  std::vector<std::string> args = cmd.argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  for (auto& e : env) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  int out_fd = open(cmd.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-  if (out_fd < 0) {
-    return absl::InternalError(absl::StrCat("cannot open ", cmd.log_path, ": ", strerror(errno)));
-  }
-  const pid_t parent = getpid();
-  pid_t pid = fork();
-  if (pid < 0) {
-    close(out_fd);
-    return absl::InternalError(absl::StrCat("fork failed: ", strerror(errno)));
-  }
-  if (pid == 0) {
-    // The agent must not outlive dragond, even if dragond is killed -9.
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (getppid() != parent) _exit(1);
-    int null_fd = open("/dev/null", O_RDONLY);
-    dup2(null_fd, 0);
-    dup2(out_fd, 1);
-    dup2(out_fd, 2);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    execve(argv[0], argv.data(), envp.data());
-    dprintf(2, "dragond: cannot exec %s: %s\n", argv[0], strerror(errno));
-    _exit(127);
-  }
-  close(out_fd);
+  ChildSpec child;
+  child.argv = cmd.argv;
+  child.env = cmd.env;
+  child.log_path = cmd.log_path;
+  absl::StatusOr<ChildProcess> started = ChildProcess::Start(child);
+  if (!started.ok()) return started.status();
+  const pid_t pid = started->pid();
+  child_.emplace(*std::move(started));
   spdlog::info("local agent {} started: pid {} ({})", options_.node_id, pid, spec_.agent_binary);
   return pid;
 }
@@ -97,13 +60,12 @@ void LocalLauncher::OnAgentLost(const AgentLoss& loss) {
 }
 
 std::string LocalLauncher::ReapLocked() {
-  if (pid_ <= 0) return "";
-  int status = 0;
-  pid_t r = waitpid(pid_, &status, WNOHANG);
-  if (r == 0 || (r < 0 && errno == EINTR)) return "";
-  const std::string how = r == pid_ ? DescribeStatus(status) : "vanished";
+  if (pid_ <= 0 || !child_) return "";
+  std::optional<std::string> how = child_->TryReap();
+  if (!how) return "";
   pid_ = -1;
-  return how;
+  child_.reset();
+  return *how;
 }
 
 absl::Duration LocalLauncher::Backoff() const {
@@ -130,7 +92,7 @@ void LocalLauncher::Supervise() {
     if (kill_requested_ && pid_ > 0) {
       spdlog::warn("local agent {} (pid {}) was declared lost by the head ({}); killing it",
                    options_.node_id, pid_, lost_reason_);
-      kill(pid_, SIGKILL);
+      child_->Signal(SIGKILL);
     }
     kill_requested_ = false;
     if (pid_ > 0) {
@@ -153,7 +115,7 @@ void LocalLauncher::Supervise() {
           " restarts in a row failed, the last because ", last_failure, " (see ", spec_.run_dir,
           "/agent-", options_.node_id, ".log)");
       spdlog::error("{}; giving up", problem);
-      if (options_.report_problem) options_.report_problem(problem);
+      if (observer_ != nullptr) observer_->Problem(problem);
       continue;  // no restart is planned any more: the loop only waits for Stop
     }
     ++restarts_in_row_;
@@ -180,33 +142,18 @@ void LocalLauncher::Stop(absl::Duration grace) {
     cv_.notify_all();
   }
   if (supervisor_.joinable()) supervisor_.join();
-  std::unique_lock<std::mutex> lock(mu_);
-  if (pid_ <= 0) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (pid_ <= 0 || !child_) return;
   const pid_t pid = pid_;
-  absl::Time deadline = absl::Now() + grace;
-  std::string how;
-  while ((how = ReapLocked()).empty() && absl::Now() < deadline) {
-    cv_.wait_for(lock, std::chrono::milliseconds(20));
+  std::optional<std::string> how = child_->WaitFor(grace);
+  if (!how) {
+    spdlog::warn("local agent {} (pid {}) still running after {}; stopping it", options_.node_id,
+                 pid, absl::FormatDuration(grace));
+    how = child_->Terminate(absl::Seconds(5));
   }
-  if (how.empty()) {
-    spdlog::warn("local agent {} (pid {}) still running after {}; sending SIGTERM",
-                 options_.node_id, pid, absl::FormatDuration(grace));
-    kill(pid, SIGTERM);
-    deadline = absl::Now() + absl::Seconds(5);
-    while ((how = ReapLocked()).empty() && absl::Now() < deadline) {
-      cv_.wait_for(lock, std::chrono::milliseconds(20));
-    }
-    if (how.empty()) {
-      spdlog::error("local agent {} (pid {}) ignored SIGTERM; killing it", options_.node_id, pid);
-      kill(pid, SIGKILL);
-      int status = 0;
-      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-      }
-      how = DescribeStatus(status);
-      pid_ = -1;
-    }
-  }
-  spdlog::info("local agent {} (pid {}) {}", options_.node_id, pid, how);
+  pid_ = -1;
+  child_.reset();
+  spdlog::info("local agent {} (pid {}) {}", options_.node_id, pid, *how);
 }
 
 }  // namespace dragon::daemon

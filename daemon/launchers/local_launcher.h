@@ -10,10 +10,12 @@
 
 #include <condition_variable>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "daemon/launchers/child_process.h"
 #include "daemon/launchers/launcher.h"
 
 namespace dragon::daemon {
@@ -26,7 +28,6 @@ struct LocalLauncherOptions {
   absl::Duration first_backoff = absl::Milliseconds(500);
   absl::Duration max_backoff = absl::Seconds(8);
   absl::Duration stable_after = absl::Seconds(30);
-  LaunchProblemSink report_problem;  // optional
 };
 
 class LocalLauncher final : public Launcher {
@@ -34,7 +35,9 @@ class LocalLauncher final : public Launcher {
   explicit LocalLauncher(LocalLauncherOptions options) : options_(std::move(options)) {}
   ~LocalLauncher() override;
 
-  absl::Status Launch(const AgentLaunchSpec& spec) override;
+  std::string name() const override { return "local"; }
+  absl::Status Launch(const AgentLaunchSpec& spec, LaunchObserver* observer) override;
+  std::vector<std::string> ExpectedNodes() const override { return {options_.node_id}; }
   void OnAgentLost(const AgentLoss& loss) override;
   // No more restarts; then as Launcher::Stop.
   void Stop(absl::Duration grace) override;
@@ -48,9 +51,11 @@ class LocalLauncher final : public Launcher {
 
   const LocalLauncherOptions options_;
   AgentLaunchSpec spec_;
+  LaunchObserver* observer_ = nullptr;
   std::mutex mu_;
   std::condition_variable cv_;
   pid_t pid_ = -1;           // the running agent, -1 when none
+  std::optional<ChildProcess> child_;
   absl::Time started_at_;
   bool stopping_ = false;
   bool kill_requested_ = false;  // the head lost the running agent
