@@ -10,6 +10,11 @@ APT_PACKAGES=(
   protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev libgrpc-dev
   libabsl-dev libspdlog-dev libfmt-dev catch2 libucx-dev
   procps psmisc iproute2 openssl
+  # test beds (tests/testbed/): four ssh hosts in network namespaces, a real Slurm cluster
+  # with the torque (qsub) wrappers; MPICH and UCX tools for the MPI work
+  openssh-server openssh-client util-linux
+  munge slurmctld slurmd slurm-client slurm-wlm-torque
+  ucx-utils mpich libmpich-dev
 )
 
 PY_PACKAGES=(
@@ -28,7 +33,20 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: apt packages to install: ${missing[*]}"
   $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q -o DPkg::Lock::Timeout=120 \
+    --no-install-recommends "${missing[@]}"
+  # Where apt starts services (systemd, no policy-rc.d), installing slurmctld and slurmd starts
+  # them, and they would later read the test bed's /etc/slurm/slurm.conf beside its own daemons
+  # (tests/testbed/slurm.sh): stop and disable the ones this run installed. munged may run:
+  # the test bed uses a running munged as it is.
+  for svc in slurmctld slurmd; do
+    case " ${missing[*]} " in *" $svc "*) ;; *) continue ;; esac
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+      $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    elif command -v service >/dev/null; then
+      $SUDO service "$svc" stop >/dev/null 2>&1 || true
+    fi
+  done
 else
   echo "install-deps: apt packages already installed"
 fi
