@@ -334,6 +334,8 @@ def one_try(bins: dict, home: Path, kind: str, index: int, workers: int, head_ar
         rec["orphans"] = [{"pid": p, "command": v[1]} for p, v in old.items() if alive(p, v[0])]
     except TryFailed as e:
         rec["error"] = str(e)
+    except (subprocess.SubprocessError, OSError, ValueError, KeyError) as e:  # dragonctl hung, bad JSON, ...
+        rec["error"] = f"{type(e).__name__}: {e}"
     finally:
         rec["leftovers_at_stop"] = head.stop()
         heads.remove(head)
