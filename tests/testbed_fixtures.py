@@ -31,6 +31,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -134,6 +135,42 @@ def _link_exists(name: str) -> bool:
 
 # ---------------------------------------------------------------- the beds, one per process
 
+# One pytest session at a time may own the beds of this machine: `up` begins with `down`, so a
+# second session bringing a bed up would tear down the first one's in the middle of its tests.
+# The first bed a session brings up takes this lock (waiting for another session to finish),
+# the last one it takes down lets it go. One lock for all beds: no lock-order deadlock.
+SESSION_LOCK = Path("/run/lock/dragon-testbeds.session")
+
+
+class _SessionLock:
+    def __init__(self):
+        self.fd: int | None = None
+        self.holders = 0
+
+    def take(self, bed: str) -> None:
+        import fcntl
+        if self.holders == 0:
+            SESSION_LOCK.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(SESSION_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"testbed: another test session holds {SESSION_LOCK}; waiting for it before "
+                      f"bringing up the {bed} bed", file=sys.stderr, flush=True)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            self.fd = fd
+        self.holders += 1
+
+    def give(self) -> None:
+        self.holders -= 1
+        if self.holders == 0 and self.fd is not None:
+            os.close(self.fd)  # closing releases the flock
+            self.fd = None
+
+
+_SESSION = _SessionLock()
+
+
 class _Bed:
     """One test bed script's lifetime in this process: up once, down once (finalizer, atexit,
     SIGTERM, whichever comes first), then a check that nothing is left."""
@@ -169,6 +206,7 @@ class _Bed:
                 pytest.fail(self.up_error, pytrace=False)
             if not self.is_up:
                 _install_exit_handlers()
+                _SESSION.take(self.name)
                 self.is_up = True                 # "may be up": a SIGTERM from here on runs down
                 rc, out, took = _run_script(self.script, *self.up_args(), env=self.script_env(),
                                             timeout=180)
@@ -198,7 +236,10 @@ class _Bed:
             if not self.is_up:
                 return []
             self.is_up = False
-        rc, out, took = _run_script(self.script, "down", env=self.script_env(), timeout=120)
+        try:
+            rc, out, took = _run_script(self.script, "down", env=self.script_env(), timeout=120)
+        finally:
+            _SESSION.give()
         self.down_seconds = took
         problems = [] if rc == 0 else [f"{self.script.name} down exited {rc}: {out.strip()}"]
         deadline = time.monotonic() + 5           # killed daemons: let them go (or PID 1 reap them)
