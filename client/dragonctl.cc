@@ -1,5 +1,5 @@
 // dragonctl: look inside a running dragond (status, nodes, ps, show), cancel
-// tasks and drain nodes. Finds the head and its token like every other
+// tasks, drain nodes, add nodes (ssh launcher) and remove them. Finds the head and its token like every other
 // component does (common/head_locator.h) and talks to it through HeadClient.
 //
 // Command line: `dragonctl [FLAGS] COMMAND [ARGS]`, flags before or after the
@@ -60,6 +60,9 @@ ABSL_FLAG(dragon::client::StateFlag, state, dragon::client::StateFlag{},
           "ps: only tasks in STATE, one of pending, scheduled, running, done, failed, cancelled");
 ABSL_FLAG(dragon::client::LimitFlag, limit, dragon::client::LimitFlag{},
           "ps: at most N tasks (0 = the head's default, 1000)");
+ABSL_FLAG(bool, wait, false,
+          "nodes remove: wait until the node is gone (its running tasks ended and its agent "
+          "left), saying every 5 s what it still runs; exit 1 if it is lost instead");
 
 namespace dragon::client {
 namespace {
@@ -78,15 +81,22 @@ bool IsDragonctlFlagFile(absl::string_view file) {
   return absl::StrContains(file, "client/dragonctl.cc");
 }
 
+// More forms of a command, each its own line in the synopsis.
+struct Form {
+  const char* args;
+  const char* summary;
+};
+
 struct Command {
   const char* name;
   const char* args;  // positional arguments, for the synopsis
   const char* summary;
   const char* details;
   bool takes_task;  // exactly one TASK argument
+  std::vector<Form> more = {};
 };
 
-const Command kCommands[] = {
+const std::vector<Command> kCommands = {
     {"status", "", "show the head: address, uptime, auth, heartbeats, nodes, workers, tasks",
      "Shows the head's version, run id, address, pid, start time and uptime, run\n"
      "directory, the number of live nodes (and every node by state: joining, ready,\n"
@@ -109,8 +119,20 @@ const Command kCommands[] = {
      "'dragonctl nodes drain NODE' stops placing tasks on NODE: its running tasks\n"
      "finish, the tasks sent to it and not started go back to the queue.\n"
      "'dragonctl nodes undrain NODE' places tasks on it again. Both print the\n"
-     "node's new state; an unknown NODE is an error (exit 1).\n",
-     false},
+     "node's new state; an unknown NODE is an error (exit 1).\n"
+     "\n"
+     "'dragonctl nodes add HOST...' starts an agent on each HOST (hosts may also be\n"
+     "given as h1,h2) through the head's launcher (dragond --launcher ssh) and waits\n"
+     "until each is ready or has failed (the head waits up to 60 s, so this call\n"
+     "may take --timeout plus 60 s). It prints each added node's state, and each\n"
+     "host that could not be added as 'HOST: why' on stderr (exit 1 if any).\n"
+     "'dragonctl nodes remove NODE' drains NODE and has its agent leave once its\n"
+     "running tasks end: they finish, the tasks sent to it and not started go back\n"
+     "to the queue, and the node ends 'gone'. With --wait it waits for that,\n"
+     "saying every 5 s what NODE still runs; exit 1 if NODE is lost meanwhile.\n",
+     false,
+     {{"add HOST...", "start agents on more hosts (dragond --launcher ssh)"},
+      {"remove NODE [--wait]", "drain NODE, then have its agent leave (it ends 'gone')"}}},
     {"ps", "[--state STATE] [--limit N]", "list tasks",
      "Columns: ID STATE NAME NODE WORKER AGE/RUNTIME. AGE/RUNTIME is how long a\n"
      "pending or scheduled task has waited, how long a running task has run, and\n"
@@ -143,6 +165,7 @@ struct FlagDisplay {
 const FlagDisplay kFlagDisplay[] = {
     {"head", "HOST:PORT"}, {"run_dir", "DIR"}, {"token_file", "FILE"}, {"tls_ca", "FILE"},
     {"json", ""},          {"timeout", "SECS"}, {"state", "STATE"},    {"limit", "N"},
+    {"wait", ""},
 };
 
 // `text` wrapped to lines of at most `width` characters, each after `indent`.
@@ -213,10 +236,12 @@ std::string GeneralHelp() {
   std::string out =
       "usage: dragonctl [--head HOST:PORT] [--run-dir DIR] [--token-file FILE] [--tls-ca FILE]\n"
       "                 [--json] [--timeout SECS] COMMAND [ARGS]\n\n"
-      "Look inside a running dragond, cancel tasks and drain nodes.\n\nCommands:\n";
+      "Look inside a running dragond, cancel tasks, drain, add and remove nodes.\n\n"
+      "Commands:\n";
   std::vector<std::vector<std::string>> rows;
   for (const Command& c : kCommands) {
     rows.push_back({absl::StrCat("  ", c.name, *c.args ? " " : "", c.args), c.summary});
+    for (const Form& f : c.more) rows.push_back({absl::StrCat("  ", c.name, " ", f.args), f.summary});
   }
   absl::StrAppend(&out, FormatTable(rows));
   absl::StrAppend(&out, "\n", FlagsHelp(),
@@ -228,7 +253,9 @@ std::string GeneralHelp() {
 }
 
 std::string CommandHelp(const Command& c) {
-  return absl::StrCat("usage: dragonctl [FLAGS] ", c.name, *c.args ? " " : "", c.args, "\n\n",
+  std::string more;
+  for (const Form& f : c.more) absl::StrAppend(&more, "       dragonctl [FLAGS] ", c.name, " ", f.args, "\n");
+  return absl::StrCat("usage: dragonctl [FLAGS] ", c.name, *c.args ? " " : "", c.args, "\n", more, "\n",
                       absl::AsciiStrToUpper(std::string(c.summary, 1)), c.summary + 1, ".\n\n",
                       c.details, *c.details ? "\n" : "", FlagsHelp());
 }
@@ -241,6 +268,36 @@ int Usage(const std::string& message) {
 int Fail(const absl::Status& status) {
   std::cerr << "dragonctl: " << status.message() << "\n";
   return kExitError;
+}
+
+// `nodes remove NODE --wait`: polls ListNodes until NODE (the incarnation
+// RemoveNode answered for) is gone (exit 0) or lost (exit 1), saying every
+// 5 s on stderr what it still runs. A head that stops answering ends the
+// wait (exit 1) after --timeout, like any call.
+int WaitUntilGone(HeadClient& head, const std::string& node_id, uint64_t incarnation, bool json) {
+  const absl::Time start = absl::Now();
+  absl::Time next_report = start + absl::Seconds(5);
+  while (true) {
+    absl::StatusOr<dragon::v1::ListNodesReply> nodes = head.ListNodes();
+    if (!nodes.ok()) return Fail(nodes.status());
+    const RemovalState where = DescribeRemoval(*nodes, node_id, incarnation);
+    const std::string took =
+        FormatDuration(absl::ToInt64Microseconds(absl::Now() - start));
+    if (where.kind == RemovalState::kGone) {
+      if (!json) std::cout << where.text << " after " << took << "\n";
+      std::cout.flush();
+      return std::cout.good() ? kExitOk : kExitError;
+    }
+    if (where.kind == RemovalState::kLost) {
+      std::cerr << "dragonctl: " << where.text << "\n";
+      return kExitError;
+    }
+    if (absl::Now() >= next_report) {
+      std::cerr << "dragonctl: waiting " << took << " so far; " << where.text << "\n";
+      next_report = absl::Now() + absl::Seconds(5);
+    }
+    absl::SleepFor(absl::Milliseconds(200));
+  }
 }
 
 // `positional` is what absl::ParseCommandLine left: argv[0], the command and
@@ -286,8 +343,16 @@ int Run(const std::vector<std::string>& positional, bool help) {
     return Usage(absl::StrCat(state ? "--state" : "--limit", " is a flag of 'ps', not of '", name,
                               "'"));
   }
+  const bool wait = absl::GetFlag(FLAGS_wait);
+  const std::string sub = name == "nodes" && !args.empty() ? args[0] : "";
+  if (wait && sub != "remove") {
+    return Usage(absl::StrCat("--wait is a flag of 'nodes remove', not of '", name,
+                              sub.empty() ? "" : " ", sub, "'"));
+  }
   uint64_t task_id = 0;
   std::optional<bool> drain;  // nodes drain|undrain NODE
+  std::vector<std::string> add_hosts;  // nodes add HOST...
+  bool remove = false;                 // nodes remove NODE
   std::string node_id;
   if (command->takes_task) {
     if (args.size() != 1) {
@@ -295,16 +360,24 @@ int Run(const std::vector<std::string>& positional, bool help) {
                                 " arguments (usage: dragonctl ", name, " TASK)"));
     }
     if (auto err = ParseTaskId(args[0], &task_id)) return Usage(*err);
+  } else if (name == "nodes" && sub == "add") {
+    if (auto err = ParseHostArgs({args.begin() + 1, args.end()}, &add_hosts)) return Usage(*err);
   } else if (name == "nodes" && !args.empty()) {
-    if (args[0] != "drain" && args[0] != "undrain") {
-      return Usage(absl::StrCat("unknown 'nodes' command '", args[0],
-                                "'; use 'nodes', 'nodes drain NODE' or 'nodes undrain NODE'"));
+    if (sub != "drain" && sub != "undrain" && sub != "remove") {
+      return Usage(absl::StrCat("unknown 'nodes' command '", sub,
+                                "'; use 'nodes', 'nodes drain NODE' or 'nodes undrain NODE' "
+                                "(placement), 'nodes add HOST...' or 'nodes remove NODE' "
+                                "(membership)"));
     }
     if (args.size() != 2 || args[1].empty()) {
-      return Usage(absl::StrCat("'nodes ", args[0], "' takes one node id (the NODE column of "
+      return Usage(absl::StrCat("'nodes ", sub, "' takes one node id (the NODE column of "
                                 "'dragonctl nodes'), got ", args.size() - 1, " arguments"));
     }
-    drain = args[0] == "drain";
+    if (sub == "remove") {
+      remove = true;
+    } else {
+      drain = sub == "drain";
+    }
     node_id = args[1];
   } else if (!args.empty()) {
     return Usage(absl::StrCat("'", name, "' takes no arguments, got '", absl::StrJoin(args, " "),
@@ -339,6 +412,25 @@ int Run(const std::vector<std::string>& positional, bool help) {
 
   if (name == "status") {
     return emit(head.Status(), [&](const auto& r) { return FormatStatus(r, now_us()); });
+  }
+  if (name == "nodes" && !add_hosts.empty()) {
+    absl::StatusOr<dragon::v1::AddNodesReply> added = head.AddNodes(add_hosts);
+    if (!added.ok()) return Fail(added.status());
+    std::cout << (json ? ToJson(*added) : FormatAddedNodes(*added));
+    std::cout.flush();
+    const std::string failures = FormatAddFailures(*added, add_hosts.size());
+    for (absl::string_view line : absl::StrSplit(failures, '\n', absl::SkipEmpty())) {
+      std::cerr << "dragonctl: " << line << "\n";
+    }
+    return !failures.empty() || !std::cout.good() ? kExitError : kExitOk;
+  }
+  if (name == "nodes" && remove) {
+    absl::StatusOr<dragon::v1::NodeInfo> removing = head.RemoveNode(node_id);
+    if (!removing.ok()) return Fail(removing.status());
+    std::cout << (json ? ToJson(*removing) : FormatRemove(*removing));
+    std::cout.flush();
+    if (!wait) return std::cout.good() ? kExitOk : kExitError;
+    return WaitUntilGone(head, node_id, removing->incarnation(), json);
   }
   if (name == "nodes" && drain) {
     return emit(head.DrainNode(node_id, *drain),
@@ -402,7 +494,7 @@ extern "C" void ABSL_INTERNAL_C_SYMBOL(AbslInternalReportFatalUsageError)(
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "look inside a running dragond, cancel tasks and drain nodes.\n\n"
+      "look inside a running dragond, cancel tasks, drain, add and remove nodes.\n\n"
       "usage: dragonctl [FLAGS] COMMAND [ARGS]; 'dragonctl help' lists the commands.");
   absl::FlagsUsageConfig usage;
   usage.contains_help_flags = dragon::client::IsDragonctlFlagFile;

@@ -1,5 +1,6 @@
 #include "client/dragonctl_flags.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/ascii.h"
@@ -7,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "client/format.h"
 #include "common/dashed_flags.h"
@@ -134,6 +136,34 @@ std::string RephraseFlagError(absl::string_view message) {
     }
   }
   return std::string(message);
+}
+
+std::optional<std::string> ParseHostArgs(const std::vector<std::string>& args,
+                                         std::vector<std::string>* hosts) {
+  hosts->clear();
+  for (const std::string& arg : args) {
+    for (absl::string_view part : absl::StrSplit(arg, ',')) {
+      const std::string host(absl::StripAsciiWhitespace(part));
+      if (host.empty()) {
+        return absl::StrCat("bad host list '", arg, "': an empty host name");
+      }
+      if (host[0] == '-') {
+        return absl::StrCat("bad host '", host, "': a host name does not start with '-'");
+      }
+      for (char c : host) {
+        if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' &&
+            c != '_' && c != ':' && c != '@') {
+          return absl::StrCat("bad host '", host, "': a host name cannot hold '",
+                              std::string(1, c), "'");
+        }
+      }
+      if (std::find(hosts->begin(), hosts->end(), host) == hosts->end()) hosts->push_back(host);
+    }
+  }
+  if (hosts->empty()) {
+    return "'nodes add' takes one or more hosts (usage: dragonctl nodes add HOST...)";
+  }
+  return std::nullopt;
 }
 
 std::optional<std::string> ParseTaskId(absl::string_view text, uint64_t* id) {

@@ -68,6 +68,14 @@ std::string RephraseFlagError(absl::string_view absl_message);
 // "dragonctl: " prefix) explains what is expected.
 std::optional<std::string> ParseTaskId(absl::string_view text, uint64_t* id);
 
+// The hosts of `nodes add HOST...`: each argument is a host or a
+// comma-separated list of them; repeated hosts count once, in the order
+// given. The error (without the "dragonctl: " prefix) names the bad
+// argument: none given, an empty name, one starting with '-', or one with
+// characters a host name cannot hold (whitespace, quotes, '/', ...).
+std::optional<std::string> ParseHostArgs(const std::vector<std::string>& args,
+                                         std::vector<std::string>* hosts);
+
 }  // namespace dragon::client
 
 #endif  // DRAGON_CLIENT_DRAGONCTL_FLAGS_H_

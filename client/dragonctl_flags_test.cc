@@ -114,5 +114,26 @@ TEST_CASE("task ids are positive whole numbers") {
   }
 }
 
+TEST_CASE("nodes add: hosts as arguments or comma lists, each once") {
+  std::vector<std::string> hosts;
+  CHECK_FALSE(ParseHostArgs({"h4"}, &hosts).has_value());
+  CHECK(hosts == std::vector<std::string>{"h4"});
+  CHECK_FALSE(ParseHostArgs({"h3,h4", "h5", " h3 ", "root@n1.cluster"}, &hosts).has_value());
+  CHECK(hosts == std::vector<std::string>{"h3", "h4", "h5", "root@n1.cluster"});
+
+  auto err = ParseHostArgs({}, &hosts);
+  REQUIRE(err.has_value());
+  CHECK(*err == "'nodes add' takes one or more hosts (usage: dragonctl nodes add HOST...)");
+  err = ParseHostArgs({"h1,,h2"}, &hosts);
+  REQUIRE(err.has_value());
+  CHECK(*err == "bad host list 'h1,,h2': an empty host name");
+  err = ParseHostArgs({"-oProxyCommand=x"}, &hosts);
+  REQUIRE(err.has_value());
+  CHECK(*err == "bad host '-oProxyCommand=x': a host name does not start with '-'");
+  err = ParseHostArgs({"h1;reboot"}, &hosts);
+  REQUIRE(err.has_value());
+  CHECK(*err == "bad host 'h1;reboot': a host name cannot hold ';'");
+}
+
 }  // namespace
 }  // namespace dragon::client

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <set>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -396,6 +397,75 @@ std::string FormatDrain(const dragon::v1::NodeInfo& node, bool drain) {
   // E.g. a node still joining keeps that state; the drain applies once it is ready.
   return absl::StrCat("node ", id, " is ", OrDash(node.state()), " (", drain ? "drain" : "undrain",
                       " requested)\n");
+}
+
+std::string FormatAddedNodes(const dragon::v1::AddNodesReply& reply) {
+  std::set<std::string> failed;
+  for (const std::string& f : reply.failed()) failed.insert(f.substr(0, f.find(": ")));
+  std::string out;
+  for (const auto& n : reply.nodes()) {
+    if (failed.count(n.node_id()) != 0) continue;
+    absl::StrAppend(&out, "node ", OrDash(n.node_id()), " is ", OrDash(n.state()), " (host ",
+                    OrDash(n.host()), ", incarnation ", n.incarnation(), ", ", n.workers(),
+                    " worker(s))\n");
+  }
+  return out;
+}
+
+std::string FormatAddFailures(const dragon::v1::AddNodesReply& reply, size_t asked) {
+  if (reply.failed().empty()) return "";
+  std::string out;
+  for (const std::string& f : reply.failed()) {
+    absl::StrAppend(&out, f, f.empty() || f.back() != '\n' ? "\n" : "");
+  }
+  absl::StrAppend(&out, reply.failed_size(), " of ", std::max<size_t>(asked, reply.failed_size()),
+                  " host(s) could not be added\n");
+  return out;
+}
+
+std::string FormatRemove(const dragon::v1::NodeInfo& node) {
+  const std::string id = OrDash(node.node_id());
+  if (node.state() == "gone") return absl::StrCat("node ", id, " is gone\n");
+  const uint32_t running = node.running_tasks();
+  const uint32_t queued = node.queued_tasks();
+  if (running == 0 && queued == 0) {
+    return absl::StrCat("node ", id, " runs nothing: its agent is told to leave and the node "
+                        "will be gone ('dragonctl nodes' shows it)\n");
+  }
+  std::string out = absl::StrCat("node ", id, " is being removed: no new tasks are placed on it; "
+                                 "its ", running, " running task(s) finish");
+  if (queued > 0) absl::StrAppend(&out, ", its ", queued, " task(s) not started go back to the queue");
+  absl::StrAppend(&out, "; then its agent leaves and the node is gone ('dragonctl nodes' shows it)\n");
+  return out;
+}
+
+RemovalState DescribeRemoval(const dragon::v1::ListNodesReply& nodes, const std::string& node_id,
+                             uint64_t incarnation) {
+  for (const auto& n : nodes.nodes()) {
+    if (n.node_id() != node_id) continue;
+    if (incarnation != 0 && n.incarnation() != incarnation) {
+      // ListNodes shows a node's latest incarnation: the one removed has ended.
+      return {RemovalState::kGone,
+              absl::StrCat("node ", node_id, " incarnation ", incarnation,
+                           " has ended; incarnation ", n.incarnation(), " registered since (",
+                           OrDash(n.state()), ")")};
+    }
+    if (n.state() == "gone") {
+      return {RemovalState::kGone,
+              absl::StrCat("node ", node_id, " is gone",
+                           n.lost_reason().empty() ? "" : absl::StrCat(" (", n.lost_reason(), ")"))};
+    }
+    if (n.state() == "lost") {
+      return {RemovalState::kLost,
+              absl::StrCat("node ", node_id, " was lost before it left: ",
+                           n.lost_reason().empty() ? "no reason given" : n.lost_reason(),
+                           " (its running tasks run again elsewhere or fail with NodeLost)")};
+    }
+    return {RemovalState::kLeaving,
+            absl::StrCat("node ", node_id, " is ", OrDash(n.state()), ": ", n.running_tasks(),
+                         " running task(s), ", n.queued_tasks(), " not started")};
+  }
+  return {RemovalState::kLost, absl::StrCat("no node '", node_id, "' in this run any more")};
 }
 
 std::string ToJson(const google::protobuf::Message& message) {

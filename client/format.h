@@ -48,6 +48,30 @@ std::string FormatCancel(uint64_t task_id, const dragon::v1::CancelReply& reply)
 // What `dragonctl nodes drain|undrain NODE` prints: the node's new state.
 std::string FormatDrain(const dragon::v1::NodeInfo& node, bool drain);
 
+// What `dragonctl nodes add HOST...` prints on stdout: one line per added
+// node with its state ("node h4 is ready (host h4, incarnation 1, 2
+// workers)"). Nodes of hosts that failed are left out: the reply may list an
+// earlier incarnation of such a host (lost or gone), which was not added.
+std::string FormatAddedNodes(const dragon::v1::AddNodesReply& reply);
+// The hosts of an AddNodes reply that could not be added, one "HOST: why" a
+// line (the head's words), then "N of M host(s) could not be added";
+// "" when none failed. `asked` is the number of hosts requested.
+std::string FormatAddFailures(const dragon::v1::AddNodesReply& reply, size_t asked);
+
+// What `dragonctl nodes remove NODE` prints: the node drains and its agent
+// leaves once its running tasks end.
+std::string FormatRemove(const dragon::v1::NodeInfo& node);
+
+// Where the removal of `node_id` (incarnation `incarnation`, as RemoveNode
+// returned it) stands in a ListNodes reply, for `nodes remove --wait`.
+struct RemovalState {
+  enum Kind { kLeaving, kGone, kLost };
+  Kind kind = kLeaving;
+  std::string text;  // for people: what is left to do, or how it ended
+};
+RemovalState DescribeRemoval(const dragon::v1::ListNodesReply& nodes, const std::string& node_id,
+                             uint64_t incarnation);
+
 // Protobuf JSON with proto field names and every primitive field present
 // (zeros included), so that scripts can rely on the keys; ends in '\n'.
 std::string ToJson(const google::protobuf::Message& message);

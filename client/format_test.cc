@@ -172,6 +172,94 @@ TEST_CASE("drain and undrain say the node's new state") {
   CHECK(FormatDrain(node, true) == "node local-0 is joining (drain requested)\n");
 }
 
+TEST_CASE("nodes add: each added node's state, and each host that failed") {
+  dragon::v1::AddNodesReply reply;
+  auto* h4 = reply.add_nodes();
+  h4->set_node_id("h4");
+  h4->set_host("h4");
+  h4->set_state("ready");
+  h4->set_incarnation(1);
+  h4->set_workers(2);
+  CHECK(FormatAddedNodes(reply) == "node h4 is ready (host h4, incarnation 1, 2 worker(s))\n");
+  CHECK(FormatAddFailures(reply, 1).empty());
+
+  // An earlier incarnation of a host whose new agent failed: not "added".
+  auto* h2 = reply.add_nodes();
+  h2->set_node_id("h2");
+  h2->set_host("h2");
+  h2->set_state("gone");
+  h2->set_incarnation(1);
+
+  reply.add_failed("h2: ssh to h2 exited with code 255: ssh: connect to host h2: timed out\n");
+  reply.add_failed("h9: ssh to h9 exited with code 255: Could not resolve hostname h9");
+  CHECK(FormatAddedNodes(reply) == "node h4 is ready (host h4, incarnation 1, 2 worker(s))\n");
+  CHECK(FormatAddFailures(reply, 3) ==
+        "h2: ssh to h2 exited with code 255: ssh: connect to host h2: timed out\n"
+        "h9: ssh to h9 exited with code 255: Could not resolve hostname h9\n"
+        "2 of 3 host(s) could not be added\n");
+  CHECK(FormatAddedNodes(dragon::v1::AddNodesReply()).empty());
+}
+
+TEST_CASE("nodes remove: the node drains, then leaves") {
+  dragon::v1::NodeInfo node;
+  node.set_node_id("h2");
+  node.set_state("draining");
+  node.set_removing(true);
+  node.set_running_tasks(2);
+  node.set_queued_tasks(5);
+  CHECK(FormatRemove(node) ==
+        "node h2 is being removed: no new tasks are placed on it; its 2 running task(s) finish, "
+        "its 5 task(s) not started go back to the queue; then its agent leaves and the node is "
+        "gone ('dragonctl nodes' shows it)\n");
+  node.set_queued_tasks(0);
+  CHECK(FormatRemove(node) ==
+        "node h2 is being removed: no new tasks are placed on it; its 2 running task(s) finish; "
+        "then its agent leaves and the node is gone ('dragonctl nodes' shows it)\n");
+  node.set_running_tasks(0);
+  CHECK(FormatRemove(node) ==
+        "node h2 runs nothing: its agent is told to leave and the node will be gone "
+        "('dragonctl nodes' shows it)\n");
+  node.set_state("gone");
+  CHECK(FormatRemove(node) == "node h2 is gone\n");
+}
+
+TEST_CASE("nodes remove --wait: leaving, gone, lost, replaced, vanished") {
+  dragon::v1::ListNodesReply nodes;
+  auto* other = nodes.add_nodes();
+  other->set_node_id("h1");
+  other->set_state("ready");
+  auto* n = nodes.add_nodes();
+  n->set_node_id("h2");
+  n->set_incarnation(1);
+  n->set_state("draining");
+  n->set_running_tasks(3);
+  RemovalState r = DescribeRemoval(nodes, "h2", 1);
+  CHECK(r.kind == RemovalState::kLeaving);
+  CHECK(r.text == "node h2 is draining: 3 running task(s), 0 not started");
+
+  n->set_state("gone");
+  n->set_lost_reason("agent closed its stream");
+  r = DescribeRemoval(nodes, "h2", 1);
+  CHECK(r.kind == RemovalState::kGone);
+  CHECK(r.text == "node h2 is gone (agent closed its stream)");
+
+  n->set_state("lost");
+  n->set_lost_reason("no heartbeat for 4.0 s");
+  r = DescribeRemoval(nodes, "h2", 1);
+  CHECK(r.kind == RemovalState::kLost);
+  CHECK(absl::StrContains(r.text, "node h2 was lost before it left: no heartbeat for 4.0 s"));
+
+  n->set_incarnation(2);
+  n->set_state("ready");
+  r = DescribeRemoval(nodes, "h2", 1);
+  CHECK(r.kind == RemovalState::kGone);
+  CHECK(r.text == "node h2 incarnation 1 has ended; incarnation 2 registered since (ready)");
+
+  r = DescribeRemoval(nodes, "h7", 1);
+  CHECK(r.kind == RemovalState::kLost);
+  CHECK(r.text == "no node 'h7' in this run any more");
+}
+
 TEST_CASE("failure kinds in words") {
   CHECK(FailureName(dragon::v1::FAILURE_KIND_UNSPECIFIED) == "-");
   CHECK(FailureName(dragon::v1::FAILURE_NODE_LOST) == "node lost");

@@ -97,9 +97,16 @@ absl::Status TranslateRpcError(const grpc::Status& status, const RpcErrorContext
       }
       break;
     case grpc::StatusCode::UNIMPLEMENTED:
-      return absl::UnimplementedError(absl::StrCat("dragond at ", address, " does not support ",
-                                                   method, " (a different version?): ", msg));
+      // gRPC's own answer for a method the server lacks carries no text; a
+      // head that has the method and says why it cannot do it does.
+      if (msg.empty() || absl::StrContains(msg, "Method not found")) {
+        return absl::UnimplementedError(absl::StrCat("dragond at ", address, " does not support ",
+                                                     method, " (a different version?)",
+                                                     msg.empty() ? "" : ": ", msg));
+      }
+      return absl::UnimplementedError(absl::StrCat(method, ": ", msg));
     case grpc::StatusCode::INVALID_ARGUMENT:
+    case grpc::StatusCode::ALREADY_EXISTS:
     case grpc::StatusCode::FAILED_PRECONDITION:
     case grpc::StatusCode::OUT_OF_RANGE:
       // The head's own explanation is the useful part.
@@ -139,8 +146,8 @@ HeadClient::HeadClient(std::string address, absl::Duration timeout,
       sent_token_(sent_token),
       token_source_(std::move(token_source)) {}
 
-void HeadClient::Prepare(grpc::ClientContext* context) const {
-  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
+void HeadClient::Prepare(grpc::ClientContext* context, absl::Duration extra) const {
+  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout_ + extra));
   // Fail fast (the default, made explicit): a refused connection should be
   // reported at once, not retried until the deadline.
   context->set_wait_for_ready(false);
@@ -244,6 +251,30 @@ absl::StatusOr<dragon::v1::NodeInfo> HeadClient::DrainNode(const std::string& no
   dragon::v1::NodeInfo reply;
   absl::Status s =
       Translate(stub_->DrainNode(&context, request, &reply), "DrainNode", 0, node_id);
+  if (!s.ok()) return s;
+  return reply;
+}
+
+absl::StatusOr<dragon::v1::AddNodesReply> HeadClient::AddNodes(
+    const std::vector<std::string>& hosts) {
+  grpc::ClientContext context;
+  Prepare(&context, kAddNodesWait);
+  dragon::v1::AddNodesRequest request;
+  for (const std::string& host : hosts) request.add_hosts(host);
+  dragon::v1::AddNodesReply reply;
+  absl::Status s = Translate(stub_->AddNodes(&context, request, &reply), "AddNodes", 0);
+  if (!s.ok()) return s;
+  return reply;
+}
+
+absl::StatusOr<dragon::v1::NodeInfo> HeadClient::RemoveNode(const std::string& node_id) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  dragon::v1::RemoveNodeRequest request;
+  request.set_node_id(node_id);
+  dragon::v1::NodeInfo reply;
+  absl::Status s =
+      Translate(stub_->RemoveNode(&context, request, &reply), "RemoveNode", 0, node_id);
   if (!s.ok()) return s;
   return reply;
 }

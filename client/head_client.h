@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -20,6 +21,9 @@
 namespace dragon::client {
 
 inline constexpr absl::Duration kDefaultTimeout = absl::Seconds(10);
+// How long dragond waits for the agents of an AddNodes to register
+// (daemon/serve.cc); AddNodes waits that much longer than other calls.
+inline constexpr absl::Duration kAddNodesWait = absl::Seconds(60);
 
 // What a failed call was, for the message that explains it.
 struct RpcErrorContext {
@@ -60,6 +64,18 @@ class HeadClient {
   // node as it is afterwards. NotFound (the head's "no node 'ID' in this
   // run") for a node the head does not know.
   absl::StatusOr<dragon::v1::NodeInfo> DrainNode(const std::string& node_id, bool drain);
+  // Starts agents on `hosts` (a head whose launcher can: ssh) and returns
+  // once each is ready or failed: the head waits up to kAddNodesWait for
+  // them, so this call's deadline is the timeout plus that. A host whose
+  // agent did not start is in the reply's `failed` ("HOST: why"), not an
+  // error; a head that cannot add nodes at all, or a host it refuses (a bad
+  // name, an agent already running there), is.
+  absl::StatusOr<dragon::v1::AddNodesReply> AddNodes(const std::vector<std::string>& hosts);
+  // Drains `node_id` and has its agent leave once its running tasks end
+  // (the node is then "gone"); the node as it is right after the request.
+  // NotFound as for DrainNode; FailedPrecondition for a node that is lost
+  // or gone already.
+  absl::StatusOr<dragon::v1::NodeInfo> RemoveNode(const std::string& node_id);
   absl::Status Shutdown();
 
   const std::string& address() const { return address_; }
@@ -68,8 +84,9 @@ class HeadClient {
   HeadClient(std::string address, absl::Duration timeout, std::shared_ptr<grpc::Channel> channel,
              bool sent_token, std::string token_source);
 
-  // Sets the deadline every call gets.
-  void Prepare(grpc::ClientContext* context) const;
+  // Sets the deadline every call gets (the timeout, plus `extra`).
+  void Prepare(grpc::ClientContext* context,
+               absl::Duration extra = absl::ZeroDuration()) const;
   // Turns a failed call into a message naming the head and the cause.
   // `task_id` (0 = none) and `node_id` let NOT_FOUND say what was unknown.
   absl::Status Translate(const grpc::Status& status, const char* method, uint64_t task_id,

@@ -72,6 +72,42 @@ class TestHead final : public HeadService::Service {
     reply->set_state(request->drain() ? "draining" : "ready");
     return grpc::Status::OK;
   }
+  grpc::Status AddNodes(grpc::ServerContext* context, const dragon::v1::AddNodesRequest* request,
+                        dragon::v1::AddNodesReply* reply) override {
+    // The real head waits for the agents: longer than the client's timeout.
+    std::this_thread::sleep_for(std::chrono::milliseconds(1300));
+    if (context->deadline() < std::chrono::system_clock::now() + std::chrono::seconds(30)) {
+      return grpc::Status(grpc::StatusCode::INTERNAL, "the client's deadline leaves no time to wait");
+    }
+    for (const std::string& host : request->hosts()) {
+      if (host == "h1") {
+        return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, "an agent on h1 is already running");
+      }
+      if (host == "bad") {
+        reply->add_failed("bad: ssh to bad exited with code 255");
+        continue;
+      }
+      auto* n = reply->add_nodes();
+      n->set_node_id(host);
+      n->set_state("ready");
+    }
+    return grpc::Status::OK;
+  }
+  grpc::Status RemoveNode(grpc::ServerContext*, const dragon::v1::RemoveNodeRequest* request,
+                          dragon::v1::NodeInfo* reply) override {
+    if (request->node_id() == "lost-1") {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          "node lost-1 is lost (no heartbeat): there is nothing to drain");
+    }
+    if (request->node_id() != "local-0") {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          absl::StrCat("no node '", request->node_id(), "' in this run"));
+    }
+    reply->set_node_id(request->node_id());
+    reply->set_state("draining");
+    reply->set_removing(true);
+    return grpc::Status::OK;
+  }
   // ListNodes is left unimplemented on purpose (UNIMPLEMENTED path).
 
  private:
@@ -151,6 +187,51 @@ TEST_CASE("unary RPCs against a live server") {
   auto undrained = (*client)->DrainNode("local-0", false);
   REQUIRE(undrained.ok());
   CHECK(undrained->state() == "ready");
+}
+
+TEST_CASE("AddNodes waits for the agents beyond the timeout; RemoveNode") {
+  Server server;
+  auto client = HeadClient::Create(At(server.address), absl::Seconds(1));
+  REQUIRE(client.ok());
+
+  auto added = (*client)->AddNodes({"h4", "bad"});
+  REQUIRE(added.ok());
+  REQUIRE(added->nodes_size() == 1);
+  CHECK(added->nodes(0).node_id() == "h4");
+  CHECK(added->nodes(0).state() == "ready");
+  REQUIRE(added->failed_size() == 1);
+  CHECK(added->failed(0) == "bad: ssh to bad exited with code 255");
+
+  auto again = (*client)->AddNodes({"h1"});
+  CHECK(absl::IsAlreadyExists(again.status()));
+  CHECK(again.status().message() == "AddNodes: an agent on h1 is already running");
+
+  auto removing = (*client)->RemoveNode("local-0");
+  REQUIRE(removing.ok());
+  CHECK(removing->state() == "draining");
+  CHECK(removing->removing());
+  auto unknown = (*client)->RemoveNode("n9");
+  CHECK(absl::IsNotFound(unknown.status()));
+  CHECK(unknown.status().message() == "no node 'n9' in this run");
+  auto lost = (*client)->RemoveNode("lost-1");
+  CHECK(absl::IsFailedPrecondition(lost.status()));
+  CHECK(lost.status().message() ==
+        "RemoveNode: node lost-1 is lost (no heartbeat): there is nothing to drain");
+}
+
+TEST_CASE("UNIMPLEMENTED: a head without the method, or one saying why it cannot") {
+  RpcErrorContext context;
+  context.address = "h:1";
+  context.method = "AddNodes";
+  context.channel_was_ready = true;
+  absl::Status s = TranslateRpcError(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, ""), context);
+  CHECK(absl::IsUnimplemented(s));
+  CHECK(s.message() == "dragond at h:1 does not support AddNodes (a different version?)");
+  s = TranslateRpcError(
+      grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this head has no launcher that can add nodes"),
+      context);
+  CHECK(absl::IsUnimplemented(s));
+  CHECK(s.message() == "AddNodes: this head has no launcher that can add nodes");
 }
 
 TEST_CASE("server errors become clear messages") {
