@@ -9,6 +9,7 @@
 #include <memory>
 #include <thread>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -37,6 +38,17 @@ std::string SelfDir() {
   buf[n] = '\0';
   std::string path(buf);
   return path.substr(0, path.rfind('/'));
+}
+
+// `text` on one line: trailing whitespace dropped, each line break (with the
+// blanks around it) replaced by "; ".
+std::string OneLine(const std::string& text) {
+  std::vector<std::string> lines;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    line = absl::StripAsciiWhitespace(line);
+    if (!line.empty()) lines.emplace_back(line);
+  }
+  return absl::StrJoin(lines, "; ");
 }
 
 // Writes lines for the process that daemonized us (or the terminal).
@@ -70,8 +82,11 @@ class Reporter {
   }
 
  private:
+  // The parent reads one line per message (daemonize.cc): a message holding
+  // newlines (an ssh log's tail in a node's failure) lost everything after
+  // the first one there, other nodes' failures and the hint included.
   void Write(const std::string& line) {
-    std::string text = line + "\n";
+    std::string text = OneLine(line) + "\n";
     (void)!write(fd_, text.data(), text.size());
   }
   void Close() {

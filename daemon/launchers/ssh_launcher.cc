@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <fstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -117,6 +118,7 @@ void SshLauncher::Monitor() {
         if (size_t at = tail.find(kPidLine); at != std::string::npos) {
           tail.erase(at, tail.find('\n', at) - at + 1);
         }
+        tail = std::string(absl::StripAsciiWhitespace(tail));
         const std::string why = absl::StrCat("ssh to ", host, " ", *how,
                                              tail.empty() ? "" : ": ", tail);
         spdlog::warn("agent on {}: {}", host, why);
