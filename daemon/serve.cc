@@ -215,6 +215,9 @@ int Serve(const StartConfig& config, const std::string& run_dir, const std::stri
   });
   const std::string home = common::DragonHome();
   auto abandon = [&](const absl::Status& st) {
+    // Agents that registered leave when told, as at a normal stop; without
+    // this the launcher waited out its grace and then ended each one over ssh.
+    head.BeginShutdown(std::string(st.message()));
     if (launcher != nullptr) launcher->Stop(absl::Seconds(2));
     ticking = false;
     ticker.join();
