@@ -75,9 +75,8 @@ StartupOutcome WaitForAgents(const Head& head, const StartupObserver& observer,
   }
 }
 
-absl::Status CheckStartup(const StartupOutcome& outcome, bool allow_missing,
-                          absl::Duration timeout, const std::string& run_dir) {
-  if (outcome.failed.empty() && outcome.missing.empty()) return absl::OkStatus();
+std::vector<std::string> StartupProblems(const StartupOutcome& outcome, absl::Duration timeout,
+                                         const std::string& run_dir) {
   std::vector<std::string> problems;
   for (const auto& [node, why] : outcome.failed) {
     problems.push_back(absl::StrCat(node, ": ", why));
@@ -87,6 +86,13 @@ absl::Status CheckStartup(const StartupOutcome& outcome, bool allow_missing,
                                     absl::FormatDuration(timeout), " (see ", run_dir, "/agent-",
                                     node, ".log on that node; dragond --start-timeout)"));
   }
+  return problems;
+}
+
+absl::Status CheckStartup(const StartupOutcome& outcome, bool allow_missing,
+                          absl::Duration timeout, const std::string& run_dir) {
+  if (outcome.failed.empty() && outcome.missing.empty()) return absl::OkStatus();
+  const std::vector<std::string> problems = StartupProblems(outcome, timeout, run_dir);
   const std::string text = absl::StrJoin(problems, "; ");
   if (allow_missing && !outcome.ready.empty()) {
     spdlog::warn("starting without {} node(s) (--allow-missing): {}", problems.size(), text);

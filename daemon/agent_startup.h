@@ -55,6 +55,11 @@ StartupOutcome WaitForAgents(const Head& head, const StartupObserver& observer,
                              const std::vector<std::string>& nodes, int64_t since_us,
                              absl::Duration timeout, const ProgressSink& progress);
 
+// One "NODE: why" per node of `outcome` that is not ready: its failure, or
+// that it did not register within `timeout` (and where its log is).
+std::vector<std::string> StartupProblems(const StartupOutcome& outcome, absl::Duration timeout,
+                                         const std::string& run_dir);
+
 // OK when every node is ready, or with `allow_missing` at least one is;
 // else an error naming each node that did not come and why (or where its log
 // is), and the options that matter.

@@ -283,6 +283,13 @@ int Serve(const StartConfig& config, const std::string& run_dir, const std::stri
     }
     agents_text = absl::StrCat("; ", outcome.ready.size(), " of ", nodes.size(), " agent(s) ready (",
                                launcher_name, ": ", absl::StrJoin(outcome.ready, ", "), ")");
+    // --allow-missing: say on the terminal, not only in the log, which nodes
+    // the run goes on without, and why.
+    if (const std::vector<std::string> without = StartupProblems(outcome, timeout, run_dir);
+        !without.empty()) {
+      absl::StrAppend(&agents_text, "; started without ", without.size(),
+                      " node(s) (--allow-missing): ", absl::StrJoin(without, "; "));
+    }
     head_service.set_node_adder([&head, l, &observer, &run_dir](
                                     const dragon::v1::AddNodesRequest& request)
                                     -> absl::StatusOr<dragon::v1::AddNodesReply> {
