@@ -41,7 +41,12 @@ std::string SshLauncher::RemoteCommand(const std::string& host) const {
   if (!spec_.token.empty()) {
     absl::StrAppend(&line, "IFS= read -r DRAGON_TOKEN && export DRAGON_TOKEN && ");
   }
-  absl::StrAppend(&line, "exec env");
+  // The agent and its tasks are no ssh session: with SSH_CLIENT set, bash
+  // (as Debian and others build it) takes every `bash -c` a task starts for a
+  // command run by sshd and sources ~/.bashrc first (a bash_app then paid
+  // ~90 ms for pyenv's init on the test hosts, and a chatty .bashrc could
+  // write into its output).
+  absl::StrAppend(&line, "exec env -u SSH_CLIENT -u SSH2_CLIENT -u SSH_CONNECTION");
   for (const auto& [name, value] : spec_.forwarded_env) {
     absl::StrAppend(&line, " ", ShellQuote(absl::StrCat(name, "=", value)));
   }

@@ -44,6 +44,7 @@ std::string WriteFakeSsh(const std::string& dir) {
          "host=$1; shift\n"
          "if [ \"$host\" = down ]; then echo \"ssh: connect to host down port 22: Connection "
          "refused\" >&2; exit 255; fi\n"
+         "export SSH_CLIENT='10.0.0.1 40000 22' SSH_CONNECTION='10.0.0.1 40000 10.0.0.2 22'\n"
          "FAKE_SSH_HOST=$host exec sh -c \"$1\"\n";
   out.close();
   chmod(path.c_str(), 0755);
@@ -64,7 +65,8 @@ TEST_CASE("the remote command reads the token from stdin and carries no secret")
   spec.forwarded_env = {{"PYTHONPATH", "/a b/c"}};
   {
     std::ofstream agent(spec.agent_binary);
-    agent << "#!/bin/sh\necho \"agent $* token=$DRAGON_TOKEN py=$PYTHONPATH\"\n";
+    agent << "#!/bin/sh\necho \"agent $* token=$DRAGON_TOKEN py=$PYTHONPATH "
+             "ssh=[$SSH_CLIENT$SSH2_CLIENT$SSH_CONNECTION]\"\n";
   }
   chmod(spec.agent_binary.c_str(), 0755);
   SshLauncherOptions fake = options;
@@ -87,6 +89,8 @@ TEST_CASE("the remote command reads the token from stdin and carries no secret")
   CHECK(log.find("--node-id=h1") != std::string::npos);
   CHECK(log.find("token=" + spec.token) != std::string::npos);
   CHECK(log.find("py=/a b/c") != std::string::npos);
+  // Nothing of the ssh session reaches the agent (and the shells its tasks start).
+  CHECK(log.find("ssh=[]") != std::string::npos);
   run.Stop(absl::Seconds(2));
 }
 
