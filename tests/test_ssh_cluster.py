@@ -555,6 +555,10 @@ def test_nodes_add_to_a_head_that_cannot_add_nodes(tmp_path):
     """The local launcher cannot add nodes: dragonctl says so (exit 1), the head keeps serving."""
     head = start_head(tmp_path, "--workers", "1")
     try:
+        # After the start: while dragond waits for its agents, AddNodes answers that this head
+        # has no launcher that can add nodes (the launcher is handed to it once the start is over).
+        wait_for(lambda: [n["state"] for n in head.ctl_json("nodes")["nodes"]] == ["ready"], 60,
+                 "the local agent to be ready")
         cp = head.ctl("nodes", "add", "h4", check=False)
         assert cp.returncode == 1, cp
         assert cp.stderr == ("dragonctl: AddNodes: the local launcher cannot add nodes to a running head "
