@@ -42,10 +42,22 @@ std::vector<std::string> NvidiaSmiGpus() {
 
 }  // namespace
 
+uint32_t CapCores(uint32_t affinity, const char* slurm_cpus_on_node) {
+  uint32_t cores = std::max(1u, affinity);
+  uint32_t cap = 0;
+  if (slurm_cpus_on_node != nullptr &&
+      absl::SimpleAtoi(absl::StripAsciiWhitespace(slurm_cpus_on_node), &cap) && cap > 0) {
+    cores = std::min(cores, cap);
+  }
+  return cores;
+}
+
 uint32_t UsableCores() {
   cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return static_cast<uint32_t>(CPU_COUNT(&set));
-  return std::max(1u, std::thread::hardware_concurrency());
+  const uint32_t affinity = sched_getaffinity(0, sizeof(set), &set) == 0
+                                ? static_cast<uint32_t>(CPU_COUNT(&set))
+                                : std::thread::hardware_concurrency();
+  return CapCores(affinity, std::getenv("SLURM_CPUS_ON_NODE"));
 }
 
 uint64_t UsableMemoryBytes() {

@@ -20,6 +20,18 @@ struct ScopedEnv {
   bool had_ = false;
 };
 
+TEST_CASE("cores: the affinity, capped by the Slurm job's CPUs on the node") {
+  CHECK(CapCores(8, nullptr) == 8);
+  CHECK(CapCores(8, "2") == 2);
+  CHECK(CapCores(2, "8") == 2);
+  CHECK(CapCores(8, "") == 8);
+  CHECK(CapCores(8, "lots") == 8);
+  CHECK(CapCores(8, "0") == 8);
+  CHECK(CapCores(0, nullptr) == 1);
+  ScopedEnv slurm("SLURM_CPUS_ON_NODE", "1");
+  CHECK(UsableCores() == 1);
+}
+
 TEST_CASE("the --gpus flag wins over the environment") {
   ScopedEnv cuda("CUDA_VISIBLE_DEVICES", "5,6");
   auto gpus = DetectGpus("0,1");

@@ -1,6 +1,7 @@
 // dragond: the head daemon of the Dragon task service.
 //   dragond start [flags]   start a head (and its agents) for this allocation
 //   dragond stop  [flags]   stop a running head cleanly
+//   dragond agents [flags]  inside a batch job: start its agents for a head elsewhere
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
@@ -22,6 +23,7 @@
 #include "common/dashed_flags.h"
 #include "common/head_locator.h"
 #include "daemon/daemonize.h"
+#include "daemon/launchers/job_agents.h"
 #include "daemon/run_dir.h"
 #include "daemon/serve.h"
 #include "daemon/start_config.h"
@@ -57,6 +59,30 @@ ABSL_FLAG(std::string, agent_env, "PYTHONPATH",
 ABSL_FLAG(int, start_timeout, 120,
           "start: seconds for every agent to register and answer; dragond start fails (naming "
           "the nodes) after that unless --allow-missing");
+ABSL_FLAG(int, nodes, 0,
+          "start, --launcher slurm|pbs from a login node: submit a job of this many nodes "
+          "(with --time) whose agents dial back to this head; without --nodes those launchers "
+          "start the agents of the job dragond runs in");
+ABSL_FLAG(std::string, time, "",
+          "start, --launcher slurm|pbs with --nodes: the job's walltime, as sbatch takes it: "
+          "MINUTES, MINUTES:SECONDS, HOURS:MINUTES:SECONDS, DAYS-HOURS[:MINUTES[:SECONDS]]");
+ABSL_FLAG(std::string, partition, "", "start, --launcher slurm with --nodes: sbatch --partition");
+ABSL_FLAG(std::string, account, "",
+          "start, --launcher slurm|pbs with --nodes: the account to charge (sbatch --account, "
+          "qsub -A)");
+ABSL_FLAG(std::string, queue, "", "start, --launcher pbs with --nodes: qsub -q");
+ABSL_FLAG(std::string, sbatch_arg, "",
+          "start, --launcher slurm with --nodes: one more sbatch option (repeat the flag for "
+          "each, e.g. --sbatch-arg=--qos=debug --sbatch-arg=--constraint=cpu); they follow the "
+          "job script's #SBATCH lines and override them");
+ABSL_FLAG(std::string, qsub_arg, "",
+          "start, --launcher pbs with --nodes: one more qsub option (repeat the flag for each)");
+ABSL_FLAG(std::string, pbs_exec, "ssh",
+          "start (inside a PBS job, or in the job --launcher pbs --nodes submits) and agents: "
+          "how agents reach the job's other nodes: ssh (password-less ssh between the job's "
+          "nodes), pbsdsh (Torque's pbsdsh -h HOST), or mpiexec (one MPICH/Hydra-style "
+          "mpiexec -n N --ppn 1 --hosts ...); pbsdsh and mpiexec read the token from the run "
+          "directory, which must then be on a shared filesystem");
 ABSL_FLAG(std::string, python, "", "start: Python interpreter for the workers (default: python3 on PATH)");
 ABSL_FLAG(bool, exit_with_parent, false, "start: shut down when the process that started dragond exits");
 ABSL_FLAG(bool, no_current, false, "start: do not point $DRAGON_HOME/current at this run");
@@ -97,11 +123,53 @@ ABSL_FLAG(int, infra_retries, 1,
 ABSL_FLAG(int, agent_restarts, 5,
           "start: restarts in a row of a dead or hung local agent before giving up");
 ABSL_FLAG(std::string, token_file, "",
-          "stop: file holding the head's token (default: $DRAGON_TOKEN, then the run's token file)");
-ABSL_FLAG(std::string, head, "", "stop: HOST:PORT of the head to stop (default: $DRAGON_HEAD, then $DRAGON_HOME/current)");
+          "stop, agents: file holding the head's token (default: $DRAGON_TOKEN, then, for stop, "
+          "the run's token file)");
+ABSL_FLAG(std::string, head, "",
+          "stop: HOST:PORT of the head to stop (default: $DRAGON_HEAD, then "
+          "$DRAGON_HOME/current); agents: the head the agents dial (required)");
 ABSL_FLAG(int, timeout, 30, "stop: seconds to wait for the head to exit");
 
 namespace dragon::daemon {
+namespace {
+
+// --sbatch-arg and --qsub-arg may be repeated (absl keeps only the last value
+// of a flag, and a vector flag splits on commas, which sbatch options hold):
+// taken out of argv before absl parses it.
+std::vector<std::string> g_sbatch_args;
+std::vector<std::string> g_qsub_args;
+
+}  // namespace
+
+std::vector<char*> TakeRepeatedArgs(int argc, char** argv) {
+  std::vector<char*> rest;
+  for (int i = 0; i < argc; ++i) {
+    std::string arg = argv[i];
+    std::vector<std::string>* into = nullptr;
+    std::string name;
+    for (const char* flag : {"--sbatch-arg", "--sbatch_arg", "--qsub-arg", "--qsub_arg"}) {
+      if (arg == flag || absl::StartsWith(arg, std::string(flag) + "=")) {
+        name = flag;
+        into = absl::StrContains(flag, "sbatch") ? &g_sbatch_args : &g_qsub_args;
+      }
+    }
+    if (into == nullptr || i == 0) {
+      rest.push_back(argv[i]);
+      continue;
+    }
+    if (arg.size() > name.size()) {
+      into->push_back(arg.substr(name.size() + 1));
+    } else if (i + 1 < argc) {
+      into->push_back(argv[++i]);
+    } else {
+      std::cerr << "dragond: " << name << " needs a value (e.g. " << name << "=--qos=debug)"
+                << std::endl;
+      exit(2);
+    }
+  }
+  return rest;
+}
+
 namespace {
 
 absl::StatusOr<std::string> AbsolutePath(const std::string& path) {
@@ -164,8 +232,40 @@ absl::StatusOr<StartConfig> StartConfigFromFlags() {
   c.launcher.hosts = absl::GetFlag(FLAGS_hosts);
   c.launcher.hostfile = absl::GetFlag(FLAGS_hostfile);
   c.launcher.ssh_command = absl::GetFlag(FLAGS_ssh_command);
+  c.launcher.nodes = absl::GetFlag(FLAGS_nodes);
+  c.launcher.time = absl::GetFlag(FLAGS_time);
+  c.launcher.partition = absl::GetFlag(FLAGS_partition);
+  c.launcher.account = absl::GetFlag(FLAGS_account);
+  c.launcher.queue = absl::GetFlag(FLAGS_queue);
+  c.launcher.sbatch_args = g_sbatch_args;
+  c.launcher.qsub_args = g_qsub_args;
+  c.launcher.pbs_exec = absl::GetFlag(FLAGS_pbs_exec);
   if (absl::Status s = c.Validate(); !s.ok()) return s;
   return c;
+}
+
+// dragond agents: the agents of the batch job this runs in, for a head elsewhere.
+int Agents() {
+  JobAgentsConfig c;
+  c.head = absl::GetFlag(FLAGS_head);
+  c.run_dir = absl::GetFlag(FLAGS_run_dir);
+  c.token_file = absl::GetFlag(FLAGS_token_file);
+  c.launcher.kind = absl::GetFlag(FLAGS_launcher);
+  c.launcher.pbs_exec = absl::GetFlag(FLAGS_pbs_exec);
+  c.launcher.ssh_command = absl::GetFlag(FLAGS_ssh_command);
+  c.agent_binary = absl::GetFlag(FLAGS_agent_binary);
+  if (c.agent_binary.empty()) {
+    char buf[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+    std::string self = n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+    c.agent_binary = self.substr(0, self.rfind('/') + 1) + "dragon-agent";
+  }
+  c.workers = absl::GetFlag(FLAGS_workers);
+  c.python = absl::GetFlag(FLAGS_python);
+  c.log_level = absl::GetFlag(FLAGS_log_level);
+  c.tls_ca = absl::GetFlag(FLAGS_tls_ca);
+  c.agent_env = absl::GetFlag(FLAGS_agent_env);
+  return RunJobAgents(c);
 }
 
 int Start() {
@@ -230,28 +330,42 @@ int main(int argc, char** argv) {
       "Usage:\n"
       "  dragond start [--foreground] [--launcher auto|local|ssh|slurm|pbs|none] [--listen A]\n"
       "                [--hosts h1,h2 | --hostfile F] [--port P] [--workers N] [--run-dir D] ...\n"
-      "  dragond stop  [--head HOST:PORT | --run-dir D] [--timeout S]\n\n"
+      "  dragond start --launcher slurm --nodes N --time T [--partition P] [--account A]\n"
+      "                [--sbatch-arg ARG]... [--listen A]                    (from a login node)\n"
+      "  dragond start --launcher pbs --nodes N --time T [--queue Q] [--account A]\n"
+      "                [--qsub-arg ARG]... [--pbs-exec ssh|pbsdsh|mpiexec]  (from a login node)\n"
+      "  dragond stop  [--head HOST:PORT | --run-dir D] [--timeout S]\n"
+      "  dragond agents --head HOST:PORT --run-dir D [--pbs-exec X]        (inside a batch job)\n\n"
       "start: runs the head and its agents (one on this node; inside a Slurm or PBS job one on\n"
       "every node of the job; with --launcher ssh one on each host), waits until they are\n"
       "ready, prints the address and writes <run dir>/head.json ($DRAGON_HOME/current points\n"
       "at the newest run).\n"
+      "With --launcher slurm|pbs and --nodes it submits that job itself, shows how it waits,\n"
+      "and its agents dial back to this head; stop cancels it.\n"
       "stop: asks the head found via --head, $DRAGON_HEAD, --run-dir or $DRAGON_HOME/current\n"
-      "to stop its agents and exit, and waits for it.\n\n"
+      "to stop its agents and exit, and waits for it.\n"
+      "agents: inside a batch job, starts one agent on every node of the job for the head at\n"
+      "--head (token from $DRAGON_TOKEN) and waits until they are gone; the job script of\n"
+      "--launcher pbs runs it.\n\n"
       "Run 'dragond --help' for every flag.");
   absl::FlagsUsageConfig usage;
   usage.contains_help_flags = [](absl::string_view file) {
     return absl::StrContains(file, "daemon/main.cc");
   };
   absl::SetFlagsUsageConfig(usage);
+  std::vector<char*> kept = dragon::daemon::TakeRepeatedArgs(argc, argv);
   std::vector<std::string> storage;
-  std::vector<char*> args = dragon::common::UnderscoreFlagNames(argc, argv, &storage);
+  std::vector<char*> args =
+      dragon::common::UnderscoreFlagNames(static_cast<int>(kept.size()), kept.data(), &storage);
   std::vector<char*> positional = absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   if (positional.size() != 2) {
-    std::cerr << "dragond: expected one command, 'start' or 'stop' (see dragond --help)" << std::endl;
+    std::cerr << "dragond: expected one command, 'start', 'stop' or 'agents' (see dragond --help)"
+              << std::endl;
     return 2;
   }
   const std::string command = positional[1];
   if (command == "start") return dragon::daemon::Start();
+  if (command == "agents") return dragon::daemon::Agents();
   if (command == "stop") {
     dragon::daemon::StopOptions stop;
     stop.locate.explicit_address = absl::GetFlag(FLAGS_head);
@@ -261,7 +375,7 @@ int main(int argc, char** argv) {
     stop.timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout));
     return dragon::daemon::Stop(stop);
   }
-  std::cerr << "dragond: unknown command '" << command << "' (use 'start' or 'stop'; see dragond --help)"
-            << std::endl;
+  std::cerr << "dragond: unknown command '" << command
+            << "' (use 'start', 'stop' or 'agents'; see dragond --help)" << std::endl;
   return 2;
 }

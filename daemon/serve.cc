@@ -7,6 +7,7 @@
 #include <atomic>
 #include <iostream>
 #include <memory>
+#include <mutex>
 #include <thread>
 
 #include "absl/strings/ascii.h"
@@ -97,6 +98,41 @@ class Reporter {
   bool foreground_;
 };
 
+// Why dragond was told to stop, for a launcher still waiting in Launch (a
+// batch job pending): a thread waits on the ShutdownSignal and keeps the
+// reason; the guard makes sure that thread ends before Serve returns.
+class StopWatch {
+ public:
+  explicit StopWatch(ShutdownSignal* shutdown) : shutdown_(shutdown) {
+    thread_ = std::thread([this] {
+      std::string why = shutdown_->Wait();
+      std::lock_guard<std::mutex> lock(mu_);
+      why_ = why;
+    });
+  }
+  ~StopWatch() {
+    shutdown_->Request("dragond start did not complete");
+    thread_.join();
+  }
+  std::string why() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return why_;
+  }
+
+ private:
+  ShutdownSignal* shutdown_;
+  std::mutex mu_;
+  std::string why_;
+  std::thread thread_;
+};
+
+std::string SelfExe() {
+  char buf[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) return "";
+  return std::string(buf, static_cast<size_t>(n));
+}
+
 std::vector<std::pair<std::string, std::string>> ForwardedEnv(const std::string& names) {
   std::vector<std::pair<std::string, std::string>> env;
   for (absl::string_view name : absl::StrSplit(names, ',', absl::SkipEmpty())) {
@@ -123,6 +159,8 @@ int Serve(const StartConfig& config, const std::string& run_dir, const std::stri
 
   LauncherConfig launcher_config = config.launcher;
   if (launcher_config.local_node_id.empty()) launcher_config.local_node_id = common::Hostname();
+  launcher_config.start_timeout_s = config.start_timeout_s;
+  if (launcher_config.dragond_binary.empty()) launcher_config.dragond_binary = SelfExe();
   absl::StatusOr<std::unique_ptr<Launcher>> made = MakeLauncher(launcher_config, ProcessEnv());
   if (!made.ok()) return fail(made.status());
   std::unique_ptr<Launcher> launcher = *std::move(made);
@@ -170,8 +208,9 @@ int Serve(const StartConfig& config, const std::string& run_dir, const std::stri
   options.launcher = launcher_name;
   Head head(options);
 
-  absl::StatusOr<ListenPlan> plan = PlanListen(
-      config.listen, remote_agents, launcher ? launcher->ExpectedNodes() : std::vector<std::string>{});
+  absl::StatusOr<ListenPlan> plan =
+      PlanListen(config.listen, remote_agents,
+                 launcher ? launcher->ListenPeers() : std::vector<std::string>{});
   if (!plan.ok()) return fail(plan.status());
   const std::string listen = absl::StrCat(plan->bind_host, ":", config.port);
   int selected_port = 0;
@@ -249,6 +288,7 @@ int Serve(const StartConfig& config, const std::string& run_dir, const std::stri
   }
 
   StartupObserver observer(&head, [&reporter](const std::string& m) { reporter.Progress(m); });
+  StopWatch stop_watch(&shutdown);
   std::string agents_text;
   if (launcher != nullptr) {
     AgentLaunchSpec spec;
@@ -266,6 +306,7 @@ int Serve(const StartConfig& config, const std::string& run_dir, const std::stri
     spec.token = token;
     spec.tls_ca = config.tls_ca;
     if (remote_agents) spec.forwarded_env = ForwardedEnv(config.agent_env);
+    spec.stop_requested = [&stop_watch] { return stop_watch.why(); };
     Launcher* l = launcher.get();
     head.SetNodeLossObserver([l](const NodeLoss& loss) {
       l->OnAgentLost(AgentLoss{loss.node_id, loss.pid, loss.reason});

@@ -2,7 +2,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/ascii.h"
 #include "daemon/head.h"
+#include "daemon/launchers/pbs_launcher.h"
+#include "daemon/launchers/slurm_tools.h"
 
 namespace dragon::daemon {
 namespace {
@@ -50,6 +53,30 @@ absl::Status StartConfig::Validate() const {
         "--heartbeat-timeout-ms ", heartbeat_timeout_ms,
         " must be at least twice --heartbeat-interval-ms (", heartbeat_interval_ms,
         ") and at most 600000"));
+  }
+  if (launcher.nodes < 0 || launcher.nodes > 100000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--nodes ", launcher.nodes, " must be at least 1 (and at most 100000)"));
+  }
+  if (!launcher.time.empty()) {
+    if (auto t = ParseSlurmTime(launcher.time, "--time"); !t.ok()) return t.status();
+  }
+  const std::pair<const char*, const std::string*> names[] = {
+      {"--partition", &launcher.partition}, {"--account", &launcher.account},
+      {"--queue", &launcher.queue}};
+  for (const auto& [flag, value] : names) {
+    for (char c : *value) {
+      if (absl::ascii_isspace(static_cast<unsigned char>(c)) ||
+          absl::ascii_iscntrl(static_cast<unsigned char>(c)) || c == '#' || c == '\'') {
+        return absl::InvalidArgumentError(
+            absl::StrCat(flag, " '", *value, "' is not a name (it holds spaces or symbols)"));
+      }
+    }
+  }
+  if (launcher.pbs_exec != "ssh" && launcher.pbs_exec != "pbsdsh" &&
+      launcher.pbs_exec != "mpiexec") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--pbs-exec '", launcher.pbs_exec, "' is not one of ", kPbsExecKinds));
   }
   for (absl::string_view name : absl::StrSplit(agent_env, ',', absl::SkipEmpty())) {
     if (name.find('=') != absl::string_view::npos || name == "DRAGON_TOKEN") {

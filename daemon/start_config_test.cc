@@ -35,6 +35,21 @@ TEST_CASE("each bad value is refused naming its flag") {
   c.agent_env = "PYTHONPATH,DRAGON_TOKEN";
   CHECK(Problem(c).find("--agent-env") != std::string::npos);
   c = StartConfig{};
+  c.launcher.nodes = -1;
+  CHECK(Problem(c).find("--nodes -1 must be at least 1") != std::string::npos);
+  c = StartConfig{};
+  c.launcher.time = "5x";
+  CHECK(Problem(c).find("--time '5x'") != std::string::npos);
+  c = StartConfig{};
+  c.launcher.time = "1-12:00:00";
+  CHECK(Problem(c).empty());
+  c = StartConfig{};
+  c.launcher.partition = "de bug";
+  CHECK(Problem(c).find("--partition 'de bug'") != std::string::npos);
+  c = StartConfig{};
+  c.launcher.pbs_exec = "rsh";
+  CHECK(Problem(c).find("--pbs-exec 'rsh'") != std::string::npos);
+  c = StartConfig{};
   c.keep_finished = -5;
   CHECK(Problem(c).find("--keep-finished") != std::string::npos);
 }

@@ -10,16 +10,15 @@ namespace dragon::daemon {
 
 AgentCommand BuildAgentCommand(const AgentLaunchSpec& spec, const std::string& node_id) {
   AgentCommand cmd;
-  cmd.argv = {spec.agent_binary,
-              absl::StrCat("--head=", spec.head_address),
-              absl::StrCat("--node-id=", node_id),
-              absl::StrCat("--run-dir=", spec.run_dir),
-              absl::StrCat("--workers=", spec.workers_per_node),
-              absl::StrCat("--log-level=", spec.log_level)};
+  cmd.argv = {spec.agent_binary, absl::StrCat("--head=", spec.head_address)};
+  if (!node_id.empty()) cmd.argv.push_back(absl::StrCat("--node-id=", node_id));
+  cmd.argv.insert(cmd.argv.end(), {absl::StrCat("--run-dir=", spec.run_dir),
+                                   absl::StrCat("--workers=", spec.workers_per_node),
+                                   absl::StrCat("--log-level=", spec.log_level)});
   if (!spec.python.empty()) cmd.argv.push_back(absl::StrCat("--python=", spec.python));
   if (!spec.tls_ca.empty()) cmd.argv.push_back(absl::StrCat("--tls-ca=", spec.tls_ca));
   if (!spec.token.empty()) cmd.env.emplace_back(common::kTokenEnv, spec.token);
-  cmd.log_path = absl::StrCat(spec.run_dir, "/agent-", node_id, ".log");
+  if (!node_id.empty()) cmd.log_path = absl::StrCat(spec.run_dir, "/agent-", node_id, ".log");
   return cmd;
 }
 

@@ -18,6 +18,8 @@ struct AgentCommand {
   std::string log_path;  // where the agent's stdout/stderr should go
 };
 
+// `node_id` "": no --node-id (the agent takes its host name: one command
+// starting the agents of many nodes, as srun does), and no log_path.
 AgentCommand BuildAgentCommand(const AgentLaunchSpec& spec, const std::string& node_id);
 
 // `base` (e.g. environ) with `env` set on top, as NAME=VALUE strings.

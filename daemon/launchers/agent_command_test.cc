@@ -48,6 +48,13 @@ TEST_CASE("optional flags appear only when set") {
   CHECK(std::find(full.argv.begin(), full.argv.end(), "--tls-ca=/etc/ca.pem") != full.argv.end());
 }
 
+TEST_CASE("no node id: the agent takes its host name (one srun for every node)") {
+  AgentCommand cmd = BuildAgentCommand(Spec(), "");
+  for (const std::string& arg : cmd.argv) CHECK_FALSE(absl::StartsWith(arg, "--node-id"));
+  CHECK(cmd.argv[2] == "--run-dir=/runs/r1");
+  CHECK(cmd.log_path.empty());
+}
+
 TEST_CASE("MergeEnvironment replaces variables it sets and keeps the rest") {
   std::string a = "PATH=/bin", b = "DRAGON_TOKEN=old", c = "HOME=/root";
   char* base[] = {a.data(), b.data(), c.data(), nullptr};

@@ -32,7 +32,13 @@ struct AgentLaunchSpec {
   // Variables of dragond's environment an agent started elsewhere gets too
   // (dragond start --agent-env), e.g. PYTHONPATH.
   std::vector<std::pair<std::string, std::string>> forwarded_env;
+  // Why dragond is stopping ("" while it is not): a launcher that waits in
+  // Launch (for a batch job to start) polls it and gives up when it is set.
+  std::function<std::string()> stop_requested;
 };
+
+// The environment as launchers read it (tests pass their own).
+using EnvLookup = std::function<std::string(const char* name)>;
 
 // What a launcher learns from the head about one of its agents.
 struct AgentLoss {
@@ -60,10 +66,17 @@ class Launcher {
   virtual std::string name() const = 0;
   // Starts the agents and returns once they are started (not registered).
   // Failures of single nodes come later through `observer`, which must
-  // outlive the launcher.
+  // outlive the launcher. A launcher that submits a batch job returns once
+  // the job runs (saying how the wait goes through observer->Progress), or
+  // with an error naming the job's state when it fails, is cancelled, or
+  // does not start in time (it cancels it then).
   virtual absl::Status Launch(const AgentLaunchSpec& spec, LaunchObserver* observer) = 0;
-  // The node ids whose agents the head should wait for.
+  // The node ids whose agents the head should wait for. A launcher that
+  // submits a batch job knows them only once Launch returned (the job runs).
   virtual std::vector<std::string> ExpectedNodes() const = 0;
+  // Hosts where agents will run, or near them, asked before Launch to pick
+  // the address agents can reach the head at (--listen's default).
+  virtual std::vector<std::string> ListenPeers() const { return ExpectedNodes(); }
   // The head declared an agent lost (heartbeats stopped, stream broke).
   // Called with the head's lock held: record it and return. A launcher that
   // can restart agents kills that one (it may be hung) and starts another.

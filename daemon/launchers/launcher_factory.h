@@ -24,10 +24,22 @@ struct LauncherConfig {
   std::string hosts;          // ssh: --hosts h1,h2
   std::string hostfile;       // ssh: --hostfile F
   std::string ssh_command = "ssh";  // ssh: the program and its options, split on spaces
+  // slurm, pbs: with `nodes` (> 0) and `time`, submit a job of that many
+  // nodes from a login node; without, start agents inside the job dragond
+  // runs in.
+  int nodes = 0;
+  std::string time;       // Slurm's formats (ParseSlurmTime)
+  std::string partition;  // slurm
+  std::string account;    // slurm, pbs
+  std::string queue;      // pbs
+  std::vector<std::string> sbatch_args;  // slurm: more sbatch options
+  std::vector<std::string> qsub_args;    // pbs: more qsub options
+  std::string pbs_exec = "ssh";          // pbs: ssh, pbsdsh or mpiexec
+  int start_timeout_s = 120;             // slurm, pbs: for the submitted job to start
+  std::string dragond_binary;            // pbs: the job script runs `dragond agents`
 };
 
-// The environment as the factory reads it (tests pass their own).
-using EnvLookup = std::function<std::string(const char* name)>;
+// The process's environment (EnvLookup: launcher.h).
 EnvLookup ProcessEnv();
 
 // "auto" resolved against the environment; other kinds are returned as given.
@@ -35,7 +47,9 @@ std::string ResolveLauncherKind(const std::string& kind, const EnvLookup& env);
 
 // nullptr for "none" (agents are started by someone else). Errors name the
 // option that is wrong (unknown launcher, a malformed or empty host list, a
-// launcher whose requirements are missing).
+// launcher whose requirements are missing: no Slurm in PATH, not inside a
+// job and no --nodes, ...). Inside a Slurm job this runs `scontrol show
+// hostnames` for the job's nodes.
 absl::StatusOr<std::unique_ptr<Launcher>> MakeLauncher(const LauncherConfig& config,
                                                        const EnvLookup& env);
 
