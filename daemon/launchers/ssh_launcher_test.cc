@@ -82,7 +82,8 @@ TEST_CASE("the remote command reads the token from stdin and carries no secret")
   for (int i = 0; i < 200; ++i) {
     std::ifstream in(dir + "/ssh-h1.log");
     std::getline(in, log, '\0');
-    if (log.find("agent ") != std::string::npos) break;
+    // The fake agent's own line, not the shell's "dragon-agent remote pid" before it.
+    if (log.find(" token=") != std::string::npos) break;
     absl::SleepFor(absl::Milliseconds(20));
   }
   CHECK(log.find("dragon-agent remote pid ") != std::string::npos);
