@@ -23,6 +23,7 @@
 #include "common/dashed_flags.h"
 #include "common/head_locator.h"
 #include "daemon/daemonize.h"
+#include "daemon/launchers/launcher_factory.h"
 #include "daemon/launchers/job_agents.h"
 #include "daemon/run_dir.h"
 #include "daemon/serve.h"
@@ -273,6 +274,15 @@ int Start() {
   if (!config.ok()) {
     std::cerr << "dragond: " << config.status().message() << std::endl;
     return 2;
+  }
+  // The launcher's options (kind, hosts, job options) are checked here too,
+  // before anything starts: a mistake in them is a usage error (2), a missing
+  // tool or job environment an error (1).
+  if (absl::StatusOr<std::unique_ptr<Launcher>> launcher =
+          MakeLauncher(config->ResolvedLauncher(), ProcessEnv());
+      !launcher.ok()) {
+    std::cerr << "dragond: " << launcher.status().message() << std::endl;
+    return absl::IsInvalidArgument(launcher.status()) ? 2 : 1;
   }
   const std::string run_id = NewRunId();
   std::string run_dir = config->run_dir;

@@ -32,14 +32,6 @@
 namespace dragon::daemon {
 namespace {
 
-std::string SelfDir() {
-  char buf[PATH_MAX];
-  ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-  if (n <= 0) return ".";
-  buf[n] = '\0';
-  std::string path(buf);
-  return path.substr(0, path.rfind('/'));
-}
 
 // `text` on one line: trailing whitespace dropped, each line break (with the
 // blanks around it) replaced by "; ".
@@ -126,12 +118,6 @@ class StopWatch {
   std::thread thread_;
 };
 
-std::string SelfExe() {
-  char buf[PATH_MAX];
-  ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-  if (n <= 0) return "";
-  return std::string(buf, static_cast<size_t>(n));
-}
 
 std::vector<std::pair<std::string, std::string>> ForwardedEnv(const std::string& names) {
   std::vector<std::pair<std::string, std::string>> env;
@@ -157,18 +143,15 @@ int Serve(const StartConfig& config, const std::string& run_dir, const std::stri
   shutdown.WatchSignals();
   if (config.exit_with_parent) shutdown.WatchParent();
 
-  LauncherConfig launcher_config = config.launcher;
-  if (launcher_config.local_node_id.empty()) launcher_config.local_node_id = common::Hostname();
-  launcher_config.start_timeout_s = config.start_timeout_s;
-  if (launcher_config.dragond_binary.empty()) launcher_config.dragond_binary = SelfExe();
-  absl::StatusOr<std::unique_ptr<Launcher>> made = MakeLauncher(launcher_config, ProcessEnv());
+  absl::StatusOr<std::unique_ptr<Launcher>> made =
+      MakeLauncher(config.ResolvedLauncher(), ProcessEnv());
   if (!made.ok()) return fail(made.status());
   std::unique_ptr<Launcher> launcher = *std::move(made);
   const std::string launcher_name = launcher ? launcher->name() : "none";
   const bool remote_agents = launcher != nullptr && launcher_name != "local";
 
   std::string agent_binary =
-      config.agent_binary.empty() ? SelfDir() + "/dragon-agent" : config.agent_binary;
+      config.agent_binary.empty() ? common::SelfDir() + "/dragon-agent" : config.agent_binary;
   if (launcher != nullptr && access(agent_binary.c_str(), X_OK) != 0) {
     return fail(absl::NotFoundError(
         absl::StrCat("cannot find dragon-agent at ", agent_binary,
@@ -313,24 +296,7 @@ int Serve(const StartConfig& config, const std::string& run_dir, const std::stri
     });
     const int64_t launched_us = NowMicros();
     if (auto st = launcher->Launch(spec, &observer); !st.ok()) return abandon(st);
-    head.ExpectNodes();
-    const std::vector<std::string> nodes = launcher->ExpectedNodes();
-    const absl::Duration timeout = absl::Seconds(config.start_timeout_s);
-    StartupOutcome outcome = WaitForAgents(
-        head, observer, nodes, launched_us, timeout,
-        [&reporter](const std::string& m) { reporter.Progress(m); });
-    if (auto st = CheckStartup(outcome, config.allow_missing, timeout, run_dir); !st.ok()) {
-      return abandon(st);
-    }
-    agents_text = absl::StrCat("; ", outcome.ready.size(), " of ", nodes.size(), " agent(s) ready (",
-                               launcher_name, ": ", absl::StrJoin(outcome.ready, ", "), ")");
-    // --allow-missing: say on the terminal, not only in the log, which nodes
-    // the run goes on without, and why.
-    if (const std::vector<std::string> without = StartupProblems(outcome, timeout, run_dir);
-        !without.empty()) {
-      absl::StrAppend(&agents_text, "; started without ", without.size(),
-                      " node(s) (--allow-missing): ", absl::StrJoin(without, "; "));
-    }
+    // Set once launched but before the start's wait: `dragonctl nodes add` works meanwhile.
     head_service.set_node_adder([&head, l, &observer, &run_dir](
                                     const dragon::v1::AddNodesRequest& request)
                                     -> absl::StatusOr<dragon::v1::AddNodesReply> {
@@ -353,6 +319,24 @@ int Serve(const StartConfig& config, const std::string& run_dir, const std::stri
       }
       return reply;
     });
+    head.ExpectNodes();
+    const std::vector<std::string> nodes = launcher->ExpectedNodes();
+    const absl::Duration timeout = absl::Seconds(config.start_timeout_s);
+    StartupOutcome outcome = WaitForAgents(
+        head, observer, nodes, launched_us, timeout,
+        [&reporter](const std::string& m) { reporter.Progress(m); });
+    if (auto st = CheckStartup(outcome, config.allow_missing, timeout, run_dir); !st.ok()) {
+      return abandon(st);
+    }
+    agents_text = absl::StrCat("; ", outcome.ready.size(), " of ", nodes.size(), " agent(s) ready (",
+                               launcher_name, ": ", absl::StrJoin(outcome.ready, ", "), ")");
+    // --allow-missing: say on the terminal, not only in the log, which nodes
+    // the run goes on without, and why.
+    if (const std::vector<std::string> without = StartupProblems(outcome, timeout, run_dir);
+        !without.empty()) {
+      absl::StrAppend(&agents_text, "; started without ", without.size(),
+                      " node(s) (--allow-missing): ", absl::StrJoin(without, "; "));
+    }
   }
 
   reporter.Ready(absl::StrCat("dragond: head listening on ", address, " (run dir ", run_dir, ")",

@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/ascii.h"
+#include "common/host.h"
 #include "daemon/head.h"
 #include "daemon/launchers/pbs_launcher.h"
 #include "daemon/launchers/slurm_tools.h"
@@ -17,6 +18,14 @@ absl::Status InRange(const char* flag, int64_t value, int64_t low, int64_t high)
 }
 
 }  // namespace
+
+LauncherConfig StartConfig::ResolvedLauncher() const {
+  LauncherConfig resolved = launcher;
+  if (resolved.local_node_id.empty()) resolved.local_node_id = common::Hostname();
+  resolved.start_timeout_s = start_timeout_s;
+  if (resolved.dragond_binary.empty()) resolved.dragond_binary = common::SelfExe();
+  return resolved;
+}
 
 absl::Status StartConfig::Validate() const {
   absl::Status checks[] = {

@@ -39,6 +39,9 @@ struct StartConfig {
 
   // The first problem, as an error naming the flag and the accepted values.
   absl::Status Validate() const;
+  // The launcher's options with what dragond knows of itself filled in (this
+  // host's name, its own path, the start timeout).
+  LauncherConfig ResolvedLauncher() const;
 };
 
 }  // namespace dragon::daemon

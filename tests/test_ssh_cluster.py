@@ -503,26 +503,26 @@ def test_nodes_add_and_remove_while_tasks_run(netns_hosts, ssh_heads, tmp_path):
 # ---------------------------------------------------------------- bad input
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("hostfile, args, message", [
-    ("", [], "the host file {hostfile} lists no hosts"),
-    ("# only a comment\n\n   \n", [], "the host file {hostfile} lists no hosts"),
+@pytest.mark.parametrize("hostfile, args, message, code", [
+    ("", [], "the host file {hostfile} lists no hosts", 2),
+    ("# only a comment\n\n   \n", [], "the host file {hostfile} lists no hosts", 2),
     ("h1\n-oProxyCommand=touch /tmp/x\n", [],
-     "{hostfile} line 2: '-oProxyCommand=touch' starts with '-' (it would be read as an ssh option)"),
-    ("h1\nh2;reboot\n", [], "{hostfile} line 2: 'h2;reboot' is not a host name (it holds ';')"),
-    (None, ["--hostfile", "/nonexistent/hosts"], "cannot read the host file /nonexistent/hosts"),
-    (None, ["--hosts", "h1,,h2"], "--hosts: '' is empty"),
-    (None, ["--hosts", "h1", "--hostfile", "{hostfile}"], "give --hosts or --hostfile, not both"),
-    (None, [], "--launcher ssh needs --hosts h1,h2,... or --hostfile FILE"),
-    (None, ["--launcher", "teleport"], "--launcher 'teleport' is not one of auto, local, ssh, slurm, pbs, none"),
+     "{hostfile} line 2: '-oProxyCommand=touch' starts with '-' (it would be read as an ssh option)", 2),
+    ("h1\nh2;reboot\n", [], "{hostfile} line 2: 'h2;reboot' is not a host name (it holds ';')", 2),
+    (None, ["--hostfile", "/nonexistent/hosts"], "cannot read the host file /nonexistent/hosts", 1),
+    (None, ["--hosts", "h1,,h2"], "--hosts: '' is empty", 2),
+    (None, ["--hosts", "h1", "--hostfile", "{hostfile}"], "give --hosts or --hostfile, not both", 2),
+    (None, [], "--launcher ssh needs --hosts h1,h2,... or --hostfile FILE", 2),
+    (None, ["--launcher", "teleport"], "--launcher 'teleport' is not one of auto, local, ssh, slurm, pbs, none", 2),
     (None, ["--launcher", "local", "--hosts", "h1,h2"],
-     "--hosts and --hostfile are options of --launcher ssh, not of 'local'"),
+     "--hosts and --hostfile are options of --launcher ssh, not of 'local'", 2),
     (None, ["--hosts", "h1", "--listen", "nosuchif7"],
-     "--listen 'nosuchif7' is neither an address, an interface of this host, nor a host name"),
+     "--listen 'nosuchif7' is neither an address, an interface of this host, nor a host name", 1),
 ], ids=["empty-hostfile", "comments-only", "option-in-hostfile", "shell-in-hostfile", "missing-hostfile",
         "empty-host", "hosts-and-hostfile", "no-hosts", "unknown-launcher", "hosts-with-local",
         "unknown-interface"])
 def test_bad_input_is_a_clear_error_and_leaves_nothing(netns_hosts, no_service_left, tmp_path, hostfile,
-                                                      args, message):
+                                                      args, message, code):
     tb = netns_hosts
     env = run_env(tmp_path / "home")
     path = tmp_path / "hosts"
@@ -535,9 +535,10 @@ def test_bad_input_is_a_clear_error_and_leaves_nothing(netns_hosts, no_service_l
     cp = dragond("start", *launcher, "--ssh-command", str(tb.ssh), *args, "--run-dir", str(run_dir),
                  "--python", sys.executable, env=env, timeout=60)
     try:
-        # dragond exits 2 for flags it refuses while parsing and 1 for what the launcher refuses
-        # (these): the error is found after the start began (docs/INTERFACES.md, dragond).
-        assert cp.returncode == 1, cp
+        # dragond exits 2 for a wrong option (the launcher's options are checked before anything
+        # starts) and 1 for what it cannot do with right ones (a file it cannot read, an
+        # interface this host does not have): docs/INTERFACES.md, dragond.
+        assert cp.returncode == code, cp
         assert cp.stdout == ""
         assert f"dragond: {message.format(hostfile=path)}" in cp.stderr, cp.stderr
         assert_nothing_of_run_left(run_dir, grace=5)
@@ -555,8 +556,7 @@ def test_nodes_add_to_a_head_that_cannot_add_nodes(tmp_path):
     """The local launcher cannot add nodes: dragonctl says so (exit 1), the head keeps serving."""
     head = start_head(tmp_path, "--workers", "1")
     try:
-        # After the start: while dragond waits for its agents, AddNodes answers that this head
-        # has no launcher that can add nodes (the launcher is handed to it once the start is over).
+        # The local launcher answers for itself once the head has launched its agent.
         wait_for(lambda: [n["state"] for n in head.ctl_json("nodes")["nodes"]] == ["ready"], 60,
                  "the local agent to be ready")
         cp = head.ctl("nodes", "add", "h4", check=False)
