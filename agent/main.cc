@@ -24,6 +24,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "agent/head_connection.h"
 #include "agent/incarnations.h"
 #include "agent/node_resources.h"
@@ -59,6 +61,17 @@ ABSL_FLAG(std::string, tls_ca, "", "PEM certificate of the CA that signed the he
 ABSL_FLAG(std::string, gpus, "",
           "GPU ids this agent may hand out, comma-separated (default: CUDA_VISIBLE_DEVICES, "
           "ROCR_VISIBLE_DEVICES, else what nvidia-smi lists, else none); 'none' for none");
+ABSL_FLAG(std::string, block_id, "",
+          "the block (a batch job a Parsl provider started for DragonExecutor) this agent belongs "
+          "to; 'dragonctl nodes' shows it, and the node id defaults to HOST-bBLOCK");
+ABSL_FLAG(int64_t, job_end, 0,
+          "when this node's allocation ends, in Unix seconds; default (0): $SLURM_JOB_END_TIME "
+          "where Slurm sets it, else unknown (with both, the earlier counts). The head places no "
+          "new task here from --drain-before-end seconds before it");
+ABSL_FLAG(int, drain_before_end, 60,
+          "seconds before the allocation's end (--job-end) from which the head places no new task "
+          "on this node: tasks sent and not started go back to the queue, running ones may finish "
+          "(those still running at the end are run again elsewhere)");
 ABSL_FLAG(int, rejoin_timeout, 30,
           "seconds an agent that lost its head (stream broken, or no ping within the heartbeat "
           "timeout) keeps trying to register again, as a new incarnation, after killing what it "
@@ -153,6 +166,8 @@ int Main(int argc, char** argv) {
       "normally by hand).\n"
       "Usage: dragon-agent --head HOST:PORT --node-id ID --run-dir DIR [--workers N] "
       "[--python PATH] [--log-level info]\n"
+      "In a Parsl provider's block: dragon-agent --head HOST:PORT --run-dir DIR --token-file "
+      "DIR/token --block-id B [--job-end UNIX_SECONDS] [--drain-before-end S]\n"
       "Benchmark mode (no Python, results are fake and marked as such): "
       "--simulate-workers N [--simulate-task-us US]\n"
       "Flag names may be written with - or _ (--node-id = --node_id).");
@@ -173,8 +188,20 @@ int Main(int argc, char** argv) {
                              " (see --help)"));
   }
   const std::string head = absl::GetFlag(FLAGS_head);
-  const std::string node_id =
-      absl::GetFlag(FLAGS_node_id).empty() ? common::Hostname() : absl::GetFlag(FLAGS_node_id);
+  const std::string block_id = absl::GetFlag(FLAGS_block_id);
+  if (!block_id.empty()) {
+    if (std::string problem = BlockIdProblem(block_id); !problem.empty()) return Fail(problem);
+  }
+  const std::string node_id = absl::GetFlag(FLAGS_node_id).empty()
+                                  ? DefaultNodeId(common::Hostname(), block_id)
+                                  : absl::GetFlag(FLAGS_node_id);
+  const int drain_before_end = absl::GetFlag(FLAGS_drain_before_end);
+  if (drain_before_end < 0 || drain_before_end > 7 * 24 * 3600) {
+    return Fail("--drain-before-end must be a number of seconds in 0..604800");
+  }
+  if (absl::GetFlag(FLAGS_job_end) < 0) return Fail("--job-end must be Unix seconds (0: unknown)");
+  const int64_t job_end_us =
+      AllocationEndMicros(absl::GetFlag(FLAGS_job_end), std::getenv("SLURM_JOB_END_TIME"));
   const std::string run_dir = absl::GetFlag(FLAGS_run_dir);
   if (head.empty() || run_dir.empty()) {
     return Fail("--head and --run-dir are required (see --help)");
@@ -238,6 +265,16 @@ int Main(int argc, char** argv) {
                  absl::StrJoin(*gpus, ","), absl::GetFlag(FLAGS_python),
                  token.empty() ? "none" : "given");
   }
+  if (!block_id.empty() || job_end_us > 0) {
+    const int64_t left_s = job_end_us > 0 ? job_end_us / 1'000'000 - absl::ToUnixSeconds(absl::Now()) : 0;
+    spdlog::info("block {}; allocation end {} ({}); no new tasks from {} s before it",
+                 block_id.empty() ? "-" : block_id,
+                 job_end_us > 0 ? absl::FormatTime("%Y-%m-%d %H:%M:%S %Z", absl::FromUnixMicros(job_end_us),
+                                                   absl::LocalTimeZone())
+                                : "unknown",
+                 job_end_us > 0 ? absl::StrCat("in ", left_s, " s") : "--job-end, $SLURM_JOB_END_TIME",
+                 drain_before_end);
+  }
 
   HeadConnectionOptions copts;
   copts.head_address = head;
@@ -254,6 +291,9 @@ int Main(int argc, char** argv) {
                                      : std::string(kAgentVersion));
   reg.set_workers(static_cast<uint32_t>(workers));
   for (const std::string& gpu : *gpus) reg.add_gpus(gpu);
+  reg.set_block_id(block_id);
+  reg.set_job_end_us(job_end_us);
+  reg.set_drain_before_end_ms(static_cast<uint32_t>(drain_before_end) * 1000u);
   HeadConnection conn(copts);
 
   std::thread([&conn, stop_signals] {

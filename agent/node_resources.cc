@@ -100,4 +100,31 @@ absl::StatusOr<std::vector<std::string>> DetectGpus(const std::string& flag) {
   return NvidiaSmiGpus();
 }
 
+int64_t AllocationEndMicros(int64_t flag_seconds, const char* slurm_job_end_time) {
+  int64_t end_s = flag_seconds > 0 ? flag_seconds : 0;
+  int64_t slurm_s = 0;
+  if (slurm_job_end_time != nullptr &&
+      absl::SimpleAtoi(absl::StripAsciiWhitespace(slurm_job_end_time), &slurm_s) && slurm_s > 0) {
+    end_s = end_s == 0 ? slurm_s : std::min(end_s, slurm_s);
+  }
+  return end_s * 1'000'000;
+}
+
+std::string BlockIdProblem(const std::string& block_id) {
+  if (block_id.empty() || block_id.size() > 64) {
+    return absl::StrCat("--block-id must be 1..64 characters, not ", block_id.size());
+  }
+  for (char c : block_id) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') {
+      return absl::StrCat("--block-id '", block_id,
+                          "' may hold only letters, digits, '.', '_' and '-'");
+    }
+  }
+  return "";
+}
+
+std::string DefaultNodeId(const std::string& host, const std::string& block_id) {
+  return block_id.empty() ? host : absl::StrCat(host, "-b", block_id);
+}
+
 }  // namespace dragon::agent

@@ -36,6 +36,21 @@ absl::StatusOr<std::vector<std::string>> DetectGpus(const std::string& flag);
 absl::StatusOr<std::vector<std::string>> ParseDeviceList(const std::string& list,
                                                          const std::string& origin);
 
+// When this node's allocation (batch job) ends, in microseconds since the
+// epoch, 0 = unknown: the earlier of `flag_seconds` (dragon-agent --job-end,
+// Unix seconds; <= 0 = not given) and `slurm_job_end_time` ($SLURM_JOB_END_TIME,
+// which newer Slurm releases set; unset, empty, 0 or malformed = not given).
+int64_t AllocationEndMicros(int64_t flag_seconds, const char* slurm_job_end_time);
+
+// "" when `block_id` can name a block (1..64 characters: letters, digits,
+// '.', '_', '-'), else why not.
+std::string BlockIdProblem(const std::string& block_id);
+
+// The node id of an agent of block `block_id` on `host` when none is given:
+// HOST-bBLOCK, so that the agents of two blocks on one host (LocalProvider)
+// stay apart; HOST alone without a block.
+std::string DefaultNodeId(const std::string& host, const std::string& block_id);
+
 }  // namespace dragon::agent
 
 #endif  // DRAGON_AGENT_NODE_RESOURCES_H_

@@ -69,5 +69,28 @@ TEST_CASE("cores and memory are positive") {
   CHECK(UsableMemoryBytes() > (64ull << 20));
 }
 
+
+TEST_CASE("the allocation's end: --job-end or $SLURM_JOB_END_TIME, the earlier of the two") {
+  CHECK(AllocationEndMicros(0, nullptr) == 0);
+  CHECK(AllocationEndMicros(-5, nullptr) == 0);
+  CHECK(AllocationEndMicros(1'800'000'000, nullptr) == 1'800'000'000'000'000);
+  CHECK(AllocationEndMicros(0, "1800000100") == 1'800'000'100'000'000);
+  CHECK(AllocationEndMicros(1'800'000'000, "1800000100") == 1'800'000'000'000'000);
+  CHECK(AllocationEndMicros(1'800'000'200, " 1800000100\n") == 1'800'000'100'000'000);
+  CHECK(AllocationEndMicros(1'800'000'000, "") == 1'800'000'000'000'000);
+  CHECK(AllocationEndMicros(1'800'000'000, "0") == 1'800'000'000'000'000);
+  CHECK(AllocationEndMicros(0, "Unknown") == 0);
+}
+
+TEST_CASE("block ids and the node id of a block's agent") {
+  CHECK(BlockIdProblem("0").empty());
+  CHECK(BlockIdProblem("block-12_a.b").empty());
+  CHECK_THAT(BlockIdProblem(""), Catch::Contains("1..64"));
+  CHECK_THAT(BlockIdProblem(std::string(65, 'x')), Catch::Contains("1..64"));
+  CHECK_THAT(BlockIdProblem("a/b"), Catch::Contains("only letters"));
+  CHECK_THAT(BlockIdProblem("a b"), Catch::Contains("only letters"));
+  CHECK(DefaultNodeId("n1", "") == "n1");
+  CHECK(DefaultNodeId("n1", "3") == "n1-b3");
+}
 }  // namespace
 }  // namespace dragon::agent

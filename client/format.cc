@@ -272,21 +272,42 @@ std::string FormatStatus(const dragon::v1::StatusReply& reply, int64_t now_us) {
 
 std::string FormatNodes(const dragon::v1::ListNodesReply& reply, int64_t now_us) {
   if (reply.nodes().empty()) return "no nodes connected\n";
-  std::vector<std::vector<std::string>> rows = {{"NODE", "HOST", "STATE", "INC", "CORES", "MEM",
-                                                 "GPUS", "WORKERS", "READY", "RUNNING", "QUEUED",
-                                                 "DONE", "HEARTBEAT"}};
+  // Agents of a Parsl provider's blocks (DragonExecutor(provider=...)) show their block, and
+  // when their allocation ends; a run without any keeps the table as it was.
+  bool blocks = false, ends = false;
+  for (const auto& n : reply.nodes()) {
+    blocks |= !n.block_id().empty();
+    ends |= n.job_end_us() > 0;
+  }
+  std::vector<std::string> header = {"NODE", "HOST"};
+  if (blocks) header.push_back("BLOCK");
+  for (const char* h : {"STATE", "INC", "CORES", "MEM", "GPUS", "WORKERS", "READY", "RUNNING",
+                        "QUEUED", "DONE", "HEARTBEAT"}) {
+    header.push_back(h);
+  }
+  if (ends) header.push_back("ENDS IN");
+  std::vector<std::vector<std::string>> rows = {header};
   std::string reasons;
   for (const auto& n : reply.nodes()) {
-    rows.push_back({OrDash(n.node_id()), OrDash(n.host()), OrDash(n.state()),
-                    n.incarnation() ? absl::StrCat(n.incarnation()) : "-",
-                    n.cores() ? absl::StrCat(n.cores()) : "-",
-                    n.memory_bytes() ? FormatBytesShort(n.memory_bytes()) : "-",
-                    absl::StrCat(n.gpus_size()), absl::StrCat(n.workers()),
-                    absl::StrCat(n.ready_workers()), absl::StrCat(n.running_tasks()),
-                    absl::StrCat(n.queued_tasks()), absl::StrCat(n.tasks_done()),
-                    n.last_heartbeat_us()
-                        ? absl::StrCat(FormatDuration(now_us - n.last_heartbeat_us()), " ago")
-                        : "-"});
+    std::vector<std::string> row = {OrDash(n.node_id()), OrDash(n.host())};
+    if (blocks) row.push_back(OrDash(n.block_id()));
+    for (std::string cell :
+         {OrDash(n.state()), n.incarnation() ? absl::StrCat(n.incarnation()) : "-",
+          n.cores() ? absl::StrCat(n.cores()) : "-",
+          n.memory_bytes() ? FormatBytesShort(n.memory_bytes()) : "-",
+          absl::StrCat(n.gpus_size()), absl::StrCat(n.workers()), absl::StrCat(n.ready_workers()),
+          absl::StrCat(n.running_tasks()), absl::StrCat(n.queued_tasks()),
+          absl::StrCat(n.tasks_done()),
+          n.last_heartbeat_us() ? absl::StrCat(FormatDuration(now_us - n.last_heartbeat_us()), " ago")
+                                : std::string("-")}) {
+      row.push_back(std::move(cell));
+    }
+    if (ends) {
+      row.push_back(n.job_end_us() <= 0          ? "-"
+                    : n.job_end_us() <= now_us ? "ended"
+                                               : FormatDuration(n.job_end_us() - now_us));
+    }
+    rows.push_back(std::move(row));
     if (n.state() == "lost" || n.state() == "gone" || !n.lost_reason().empty()) {
       absl::StrAppend(&reasons, "node ", OrDash(n.node_id()), " is ", OrDash(n.state()), ": ",
                       n.lost_reason().empty() ? "no reason given" : n.lost_reason(), "\n");

@@ -158,6 +158,40 @@ TEST_CASE("nodes table: membership columns, and why lost or gone nodes are") {
   CHECK(FormatNodes(dragon::v1::ListNodesReply(), kT0) == "no nodes connected\n");
 }
 
+TEST_CASE("nodes: agents of a provider's blocks show their block and when their allocation ends") {
+  dragon::v1::ListNodesReply reply;
+  auto* a = reply.add_nodes();
+  a->set_node_id("n1-b0");
+  a->set_host("n1");
+  a->set_block_id("0");
+  a->set_state("ready");
+  a->set_incarnation(1);
+  a->set_cores(2);
+  a->set_workers(2);
+  a->set_job_end_us(kT0 + 90 * 1000000);
+  a->set_last_heartbeat_us(kT0 - 500000);
+  auto* b = reply.add_nodes();
+  b->set_node_id("n2-b1");
+  b->set_host("n2");
+  b->set_block_id("1");
+  b->set_state("draining");
+  b->set_incarnation(1);
+  b->set_job_end_us(kT0 - 1);
+  auto* c = reply.add_nodes();
+  c->set_node_id("local");
+  c->set_host("h");
+  c->set_state("ready");
+  CHECK(FormatNodes(reply, kT0) ==
+        "NODE   HOST  BLOCK  STATE     INC  CORES  MEM  GPUS  WORKERS  READY  RUNNING  QUEUED  DONE  "
+        "HEARTBEAT    ENDS IN\n"
+        "n1-b0  n1    0      ready     1    2      -    0     2        0      0        0       0     "
+        "500.0ms ago  1m30s\n"
+        "n2-b1  n2    1      draining  1    -      -    0     0        0      0        0       0     "
+        "-            ended\n"
+        "local  h     -      ready     -    -      -    0     0        0      0        0       0     "
+        "-            -\n");
+}
+
 TEST_CASE("drain and undrain say the node's new state") {
   dragon::v1::NodeInfo node;
   node.set_node_id("local-0");

@@ -118,8 +118,9 @@ class Head {
   void AgentLost(AgentIndex agent, const std::string& why);
 
   // Pings members that are due, declares silent ones lost (dropping their
-  // streams, re-placing their work) and fails queued work once no node has
-  // been left for the grace period. Call every ~100 ms.
+  // streams, re-placing their work), drains nodes whose allocation is about
+  // to end (their drain window has begun) and fails queued work once no node
+  // has been left for the grace period. Call every ~100 ms.
   void Tick();
 
   // Stops (drain) or resumes placement on a node; on drain, tasks sent to it
@@ -203,6 +204,12 @@ class Head {
   // Fails every queued task once the no-node grace has expired.
   void FailQueuedWithoutNodesLocked(ResultsBySession* results);
   void PingLocked(AgentIndex agent, uint64_t seq);
+  // Asks the agent to give back the tasks it was sent and has not started
+  // (drain, removal, the end of its allocation); returns how many.
+  int AskBackUnstartedLocked(AgentIndex agent, const std::string& reason);
+  // Drains the nodes whose allocation ends within their drain window
+  // (Register.job_end_us - drain_before_end_ms), once each.
+  void DrainEndingLocked();
   // A node being removed that runs nothing any more is told to leave.
   void FinishRemovalLocked(AgentIndex agent);
   void FillNodeInfoLocked(AgentIndex agent, dragon::v1::NodeInfo* node) const;

@@ -85,9 +85,22 @@ absl::StatusOr<AgentRegistration> Head::RegisterAgent(const dragon::v1::Register
   // No task until its task loop has answered a ping (joining -> ready).
   scheduler_.AddAgent(index, static_cast<int>(reg.workers()), /*paused=*/true);
   for (auto [due, seq] : membership_.TakeDuePings()) PingLocked(due, seq);
-  spdlog::info("agent {} registered: incarnation {}, host {} pid {} cores {} workers {} gpus {} ({})",
+  std::string block;
+  if (!reg.block_id().empty()) block = absl::StrCat(", block ", reg.block_id());
+  if (reg.job_end_us() > 0) {
+    const absl::Time end = absl::FromUnixMicros(reg.job_end_us());
+    const absl::Duration window = absl::Milliseconds(reg.drain_before_end_ms());
+    membership_.SetAllocationEnd(index, end, window);
+    absl::StrAppend(&block, ", allocation ends in ",
+                    absl::FormatDuration(absl::Trunc(end - membership_.clock()->Now(),
+                                                     absl::Seconds(1))),
+                    " (no new tasks from ", absl::FormatDuration(window), " before)");
+  }
+  spdlog::info("agent {} registered: incarnation {}, host {} pid {} cores {} workers {} gpus {}{} ({})",
                reg.node_id(), admission->incarnation, reg.host(), reg.pid(), reg.cores(),
-               reg.workers(), reg.gpus_size(), agent.link.peer);
+               reg.workers(), reg.gpus_size(), block, agent.link.peer);
+  // An allocation that already ends within its window: draining from the start.
+  DrainEndingLocked();
   SendResultsLocked(&results);
   DispatchLocked();
   return AgentRegistration{index, admission->incarnation};
@@ -192,13 +205,8 @@ void Head::FinishRemovalLocked(AgentIndex index) {
   }
 }
 
-absl::StatusOr<dragon::v1::NodeInfo> Head::RemoveNode(const std::string& node_id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  absl::StatusOr<AgentIndex> index = membership_.SetDrain(node_id, true);
-  if (!index.ok()) return index.status();
-  scheduler_.SetPaused(*index, true);
-  Agent& agent = agents_[*index];
-  agent.removing = true;
+int Head::AskBackUnstartedLocked(AgentIndex index, const std::string& reason) {
+  Agent& agent = agents_[index];
   dragon::v1::HeadToAgent reclaim;
   for (TaskId id : agent.tasks) {
     const Task* task = table_.Find(id);
@@ -206,10 +214,39 @@ absl::StatusOr<dragon::v1::NodeInfo> Head::RemoveNode(const std::string& node_id
       reclaim.mutable_reclaim()->add_task_ids(id);
     }
   }
-  if (reclaim.reclaim().task_ids_size() > 0) {
-    reclaim.mutable_reclaim()->set_reason(absl::StrCat("node ", node_id, " is being removed"));
+  const int asked = reclaim.reclaim().task_ids_size();
+  if (asked > 0) {
+    reclaim.mutable_reclaim()->set_reason(reason);
     agent.link.outbox->Push(std::move(reclaim));
   }
+  return asked;
+}
+
+void Head::DrainEndingLocked() {
+  for (AgentIndex index : membership_.TakeEnding()) {
+    scheduler_.SetPaused(index, true);
+    const Member& member = membership_.member(index);
+    const Agent& agent = agents_[index];
+    const std::string ends = absl::FormatDuration(absl::Trunc(
+        member.allocation_end - membership_.clock()->Now(), absl::Seconds(1)));
+    const int asked = AskBackUnstartedLocked(
+        index, absl::StrCat("node ", agent.info.node_id(), "'s allocation ends in ", ends));
+    spdlog::info("node {}{}: its allocation ends in {} (drain window {} ms): draining, no new "
+                 "tasks; {} task(s) not started asked back, {} running may finish",
+                 agent.info.node_id(),
+                 agent.info.block_id().empty() ? "" : absl::StrCat(" (block ", agent.info.block_id(), ")"),
+                 ends, agent.info.drain_before_end_ms(), asked, agent.tasks.size() - asked);
+  }
+}
+
+absl::StatusOr<dragon::v1::NodeInfo> Head::RemoveNode(const std::string& node_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<AgentIndex> index = membership_.SetDrain(node_id, true);
+  if (!index.ok()) return index.status();
+  scheduler_.SetPaused(*index, true);
+  Agent& agent = agents_[*index];
+  agent.removing = true;
+  AskBackUnstartedLocked(*index, absl::StrCat("node ", node_id, " is being removed"));
   spdlog::info("node {} is being removed: no new tasks; it leaves once its {} task(s) end",
                node_id, agent.tasks.size());
   FinishRemovalLocked(*index);
@@ -320,6 +357,7 @@ void Head::Tick() {
     EndAgentLocked(index, membership_.member(index).reason, AgentEnd::kSilent, &results);
   }
   for (auto [index, seq] : membership_.TakeDuePings()) PingLocked(index, seq);
+  DrainEndingLocked();
   FailQueuedWithoutNodesLocked(&results);
   SendResultsLocked(&results);
   DispatchLocked();
@@ -347,20 +385,8 @@ absl::StatusOr<dragon::v1::NodeInfo> Head::DrainNode(const std::string& node_id,
   absl::StatusOr<AgentIndex> index = membership_.SetDrain(node_id, drain);
   if (!index.ok()) return index.status();
   scheduler_.SetPaused(*index, !membership_.Schedulable(*index));
-  Agent& agent = agents_[*index];
   if (drain) {
-    dragon::v1::HeadToAgent reclaim;
-    for (TaskId id : agent.tasks) {
-      const Task* task = table_.Find(id);
-      if (task != nullptr && task->state == dragon::v1::SCHEDULED) {
-        reclaim.mutable_reclaim()->add_task_ids(id);
-      }
-    }
-    const int asked = reclaim.reclaim().task_ids_size();
-    if (asked > 0) {
-      reclaim.mutable_reclaim()->set_reason(absl::StrCat("node ", node_id, " is draining"));
-      agent.link.outbox->Push(std::move(reclaim));
-    }
+    const int asked = AskBackUnstartedLocked(*index, absl::StrCat("node ", node_id, " is draining"));
     spdlog::info("node {} draining: no new tasks; {} task(s) not started asked back", node_id,
                  asked);
   } else {

@@ -317,5 +317,144 @@ TEST_CASE("status counts nodes by state and reports the liveness settings", "[li
   CHECK(status.infra_retries() == 1);
 }
 
+// --- the end of a node's allocation (a Parsl provider's block) ------------------------------
+
+// Registers an agent of block `block` whose allocation ends `ends_in` from now (fake clock)
+// and that drains `window` before; answers its first ping. Returns its index.
+AgentIndex RegisterBlockAgent(Fixture* f, std::shared_ptr<AgentOutbox> box, const std::string& node,
+                              uint32_t workers, const std::string& block, absl::Duration ends_in,
+                              absl::Duration window) {
+  dragon::v1::Register reg;
+  reg.set_protocol_version(kProtocolVersion);
+  reg.set_node_id(node);
+  reg.set_workers(workers);
+  reg.set_pid(2000);
+  reg.set_block_id(block);
+  reg.set_job_end_us(absl::ToUnixMicros(f->clock.Now() + ends_in));
+  reg.set_drain_before_end_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(window)));
+  auto registration = f->head.RegisterAgent(reg, AgentLink{box, nullptr, "test"});
+  REQUIRE(registration.ok());
+  AnswerPings(&f->head, registration->index, box.get());
+  return registration->index;
+}
+
+const dragon::v1::NodeInfo* FindNode(const dragon::v1::ListNodesReply& nodes, const std::string& id) {
+  for (const auto& n : nodes.nodes()) {
+    if (n.node_id() == id) return &n;
+  }
+  return nullptr;
+}
+
+TEST_CASE("a node is drained once its allocation ends within its drain window", "[liveness][block]") {
+  Fixture f;
+  auto box = std::make_shared<AgentOutbox>();
+  const AgentIndex a =
+      RegisterBlockAgent(&f, box, "n1-b3", 1, "3", absl::Seconds(100), absl::Seconds(30));
+  auto nodes = f.head.ListNodes();
+  REQUIRE(nodes.nodes_size() == 1);
+  CHECK(nodes.nodes(0).state() == "ready");
+  CHECK(nodes.nodes(0).block_id() == "3");
+  CHECK(nodes.nodes(0).job_end_us() == absl::ToUnixMicros(f.clock.Now() + absl::Seconds(100)));
+
+  f.Submit(2);
+  CHECK(Fixture::TasksIn(box->TakeAll()) == std::vector<TaskId>{1, 2});
+  f.Started(1, a);
+  // Heartbeats keep it alive; before end - window nothing changes.
+  for (int i = 0; i < 69; ++i) {
+    f.clock.Advance(absl::Seconds(1));
+    f.head.Tick();
+    CHECK(Fixture::TasksIn(box->TakeAll()).empty());
+    dragon::v1::Heartbeat beat;
+    beat.set_ping_seq(1000 + i);
+    f.head.Heartbeat(a, beat);
+  }
+  CHECK(f.head.ListNodes().nodes(0).state() == "ready");
+
+  // 70 s in: 30 s before the end. Draining: task 2 (not started) is asked back, task 1 runs on.
+  f.clock.Advance(absl::Seconds(1));
+  f.head.Tick();
+  CHECK(f.head.ListNodes().nodes(0).state() == "draining");
+  std::vector<uint64_t> asked;
+  std::string reason;
+  for (const auto& m : box->TakeAll()) {
+    if (!m.has_reclaim()) continue;
+    asked.assign(m.reclaim().task_ids().begin(), m.reclaim().task_ids().end());
+    reason = m.reclaim().reason();
+  }
+  CHECK(asked == std::vector<uint64_t>{2});
+  CHECK_THAT(reason, Catch::Contains("allocation ends in 30s"));
+  dragon::v1::AgentUpdate released;
+  released.add_released(2);
+  f.head.ApplyUpdate(a, &released);
+  CHECK(f.State(2) == dragon::v1::PENDING);
+
+  // No new task starts on it in the drain window; another block's node takes them.
+  f.Submit(1);
+  f.head.Tick();
+  CHECK(Fixture::TasksIn(box->TakeAll()).empty());
+  auto box_b = std::make_shared<AgentOutbox>();
+  RegisterBlockAgent(&f, box_b, "n2-b4", 2, "4", absl::Hours(1), absl::Seconds(30));
+  CHECK(Fixture::TasksIn(box_b->TakeAll()) == std::vector<TaskId>{2, 3});
+
+  // The running task finishes on the draining node; it is drained only once.
+  f.Report(1, dragon::v1::OK, "r", a);
+  CHECK(f.State(1) == dragon::v1::DONE);
+  f.clock.Advance(absl::Seconds(1));
+  f.head.Tick();
+  for (const auto& m : box->TakeAll()) CHECK_FALSE(m.has_reclaim());
+  CHECK(FindNode(f.head.ListNodes(), "n1-b3")->state() == "draining");
+}
+
+TEST_CASE("a task still running when the allocation ends is run again elsewhere", "[liveness][block]") {
+  Fixture f;
+  auto box = std::make_shared<AgentOutbox>();
+  const AgentIndex a =
+      RegisterBlockAgent(&f, box, "n1-b1", 1, "1", absl::Seconds(20), absl::Seconds(10));
+  f.Submit(1);
+  CHECK(Fixture::TasksIn(box->TakeAll()) == std::vector<TaskId>{1});
+  f.Started(1, a);
+  // 20 s, answering every ping: draining from 10 s on.
+  for (int i = 0; i < 20; ++i) {
+    f.clock.Advance(absl::Seconds(1));
+    f.head.Tick();
+    AnswerPings(&f.head, a, box.get());
+    CHECK(FindNode(f.head.ListNodes(), "n1-b1")->state() == (i < 9 ? "ready" : "draining"));
+  }
+  // The batch system ends the job: the agent's stream ends with the task still running.
+  f.head.AgentLost(a, "stream ended");
+  CHECK(FindNode(f.head.ListNodes(), "n1-b1")->state() == "lost");
+  CHECK(f.State(1) == dragon::v1::PENDING);
+  CHECK(f.head.GetTask(1)->infra_attempts() == 1);  // an infrastructure retry, not the app's
+  CHECK(f.Results().empty());
+  auto box_b = std::make_shared<AgentOutbox>();
+  RegisterBlockAgent(&f, box_b, "n2-b2", 1, "2", absl::Hours(1), absl::Seconds(60));
+  CHECK(Fixture::TasksIn(box_b->TakeAll()) == std::vector<TaskId>{1});
+}
+
+TEST_CASE("an agent whose allocation already ends within its window never gets a task",
+          "[liveness][block]") {
+  Fixture f;
+  f.Submit(1);
+  auto box = std::make_shared<AgentOutbox>();
+  RegisterBlockAgent(&f, box, "n1-b9", 4, "9", absl::Seconds(50), absl::Seconds(60));
+  CHECK(f.head.ListNodes().nodes(0).state() == "draining");
+  CHECK(Fixture::TasksIn(box->TakeAll()).empty());
+  f.clock.Advance(absl::Seconds(1));
+  f.head.Tick();
+  CHECK(Fixture::TasksIn(box->TakeAll()).empty());
+  CHECK(f.State(1) == dragon::v1::PENDING);
+}
+
+TEST_CASE("an agent without an allocation end is never drained for it", "[liveness][block]") {
+  Fixture f;
+  f.AddAgent(1, "plain");
+  f.clock.Advance(absl::Hours(24 * 365));
+  f.head.Tick();
+  auto node = f.head.ListNodes().nodes(0);
+  CHECK(node.state() == "lost");  // silent for a year, but not drained for an end
+  CHECK(node.job_end_us() == 0);
+  CHECK(node.block_id().empty());
+}
+
 }  // namespace
 }  // namespace dragon::daemon

@@ -60,6 +60,8 @@ void Head::FillNodeInfoLocked(AgentIndex index, dragon::v1::NodeInfo* node) cons
   node->set_state(NodeStateName(member.state));
   node->set_incarnation(agent.incarnation);
   node->set_removing(agent.removing);
+  node->set_block_id(agent.info.block_id());
+  node->set_job_end_us(agent.info.job_end_us());
   if (!live) node->set_lost_reason(member.reason);
 }
 

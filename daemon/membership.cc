@@ -112,6 +112,26 @@ absl::StatusOr<AgentIndex> Membership::SetDrain(const std::string& node_id, bool
   return latest->second;
 }
 
+void Membership::SetAllocationEnd(AgentIndex index, absl::Time end, absl::Duration drain_before) {
+  Member& m = members_[index];
+  m.allocation_end = end;
+  m.drain_at = end == absl::InfiniteFuture() ? end : end - drain_before;
+}
+
+std::vector<AgentIndex> Membership::TakeEnding() {
+  std::vector<AgentIndex> ending;
+  const absl::Time now = clock_->Now();
+  for (size_t i = 0; i < members_.size(); ++i) {
+    Member& m = members_[i];
+    if (!IsLive(m) || m.drained_for_end || now < m.drain_at) continue;
+    m.drained_for_end = true;
+    m.drain_requested = true;
+    if (m.state != NodeState::kJoining) m.state = NodeState::kDraining;
+    ending.push_back(static_cast<AgentIndex>(i));
+  }
+  return ending;
+}
+
 std::vector<std::pair<AgentIndex, uint64_t>> Membership::TakeDuePings() {
   std::vector<std::pair<AgentIndex, uint64_t>> due;
   const absl::Time now = clock_->Now();

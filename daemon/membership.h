@@ -60,6 +60,11 @@ struct Member {
   absl::Time last_ping;
   uint64_t ping_seq = 0;    // of the last ping sent
   std::string reason;       // why lost or gone
+  // Its allocation (batch job) ends at `allocation_end`; from `drain_at`
+  // (that end minus the agent's drain window) it takes no new tasks.
+  absl::Time allocation_end = absl::InfiniteFuture();
+  absl::Time drain_at = absl::InfiniteFuture();
+  bool drained_for_end = false;  // TakeEnding returned it (once)
 };
 
 // What Admit decided.
@@ -76,6 +81,7 @@ class Membership {
   Membership(MembershipOptions options, const common::Clock* clock);
 
   const MembershipOptions& options() const { return options_; }
+  const common::Clock* clock() const { return clock_; }
 
   // A node registers. `previous_incarnation` is 0 for a freshly started
   // agent process (it replaces a live incarnation of the node, which is
@@ -103,6 +109,14 @@ class Membership {
   // unknown node, FailedPrecondition for one that is lost or gone. Returns
   // the member's index.
   absl::StatusOr<AgentIndex> SetDrain(const std::string& node_id, bool drain);
+
+  // The member's allocation ends at `end`; it is drained `drain_before`
+  // earlier (TakeEnding). InfiniteFuture: unknown, never drained for it.
+  void SetAllocationEnd(AgentIndex index, absl::Time end, absl::Duration drain_before);
+  // Live members whose drain point (allocation end minus drain window) has
+  // passed and that were not drained for it yet: now draining (as SetDrain,
+  // so a joining one drains once ready), each returned once.
+  std::vector<AgentIndex> TakeEnding();
 
   // Live members whose next ping is due, each with the seq to send; marks
   // them pinged.

@@ -201,5 +201,39 @@ TEST_CASE("ExpectNodes starts the grace for agents that never register") {
   CHECK_FALSE(m.NoNodeGraceExpired());
 }
 
+TEST_CASE("a member is drained once, when its allocation's end minus its window has come") {
+  FakeClock clock;
+  Membership m(Options(), &clock);
+  AgentIndex a = Join(&m, "n1");
+  AgentIndex b = Join(&m, "n2");
+  m.SetAllocationEnd(a, clock.Now() + absl::Seconds(100), absl::Seconds(60));
+  CHECK(m.TakeEnding().empty());
+  clock.Advance(absl::Seconds(39));
+  CHECK(m.TakeEnding().empty());
+  clock.Advance(absl::Seconds(1));
+  CHECK(m.TakeEnding() == std::vector<AgentIndex>{a});
+  CHECK(m.member(a).state == NodeState::kDraining);
+  CHECK_FALSE(m.Schedulable(a));
+  CHECK(m.TakeEnding().empty());  // once
+  CHECK(m.Schedulable(b));        // no end: never
+  // Undrained by hand, it is not drained again for the same end.
+  REQUIRE(m.SetDrain("n1", false).ok());
+  clock.Advance(absl::Seconds(10));
+  CHECK(m.TakeEnding().empty());
+  CHECK(m.Schedulable(a));
+}
+
+TEST_CASE("a joining member whose window has begun drains once ready") {
+  FakeClock clock;
+  Membership m(Options(), &clock);
+  auto admitted = m.Admit("n1", 0, 10);
+  REQUIRE(admitted.ok());
+  m.SetAllocationEnd(admitted->index, clock.Now() + absl::Seconds(5), absl::Seconds(60));
+  CHECK(m.TakeEnding() == std::vector<AgentIndex>{admitted->index});
+  CHECK(m.member(admitted->index).state == NodeState::kJoining);
+  m.Answered(admitted->index, 1);
+  CHECK(m.member(admitted->index).state == NodeState::kDraining);
+}
+
 }  // namespace
 }  // namespace dragon::daemon
