@@ -116,6 +116,11 @@ void Head::Submit(SessionId session_id, dragon::v1::SubmitBatch* batch) {
     }
     TaskId id = table_.Add(sub.kind(), std::move(*sub.mutable_name()), session_id,
                            sub.client_ref(), std::move(*sub.mutable_payload()), now);
+    Task* task = nullptr;
+    if (sub.has_resources()) {
+      task = table_.Find(id);
+      if (refusal.empty()) refusal = AdmitResourcesLocked(task, sub.resources(), &kind);
+    }
     if (!refusal.empty()) {
       FinishLocked(table_.Find(id), dragon::v1::FAILED, dragon::v1::SYSTEM_ERROR, kind,
                    absl::StrCat("task ", id, " refused: ", refusal), "", now, &refused);
@@ -123,7 +128,11 @@ void Head::Submit(SessionId session_id, dragon::v1::SubmitBatch* batch) {
     }
     accepted->add_client_refs(sub.client_ref());
     accepted->add_task_ids(id);
-    scheduler_.Enqueue(id);
+    if (task == nullptr) {
+      scheduler_.Enqueue(id);  // the plain fast path
+    } else {
+      EnqueueLocked(task, /*front=*/false);
+    }
   }
   if (accepted->client_refs_size() > 0) session->second.outbox->Push(std::move(accepted_msg));
   // With no node left for the grace period, new work fails at once too.
@@ -215,12 +224,14 @@ bool Head::WaitForAgentsGone(absl::Duration timeout) {
 void Head::DispatchLocked() {
   if (scheduler_.queued() == 0 || shutting_down_) return;
   const int64_t now = NowMicros();
-  auto assignments = scheduler_.Assign([this](TaskId id) {
+  auto pending = [this](TaskId id) {
     const Task* task = table_.Find(id);
     return task != nullptr && task->state == dragon::v1::PENDING;
-  });
-  if (assignments.empty()) return;
+  };
   std::map<AgentIndex, dragon::v1::HeadToAgent> batches;
+  // Placed tasks first: the cores they take shrink the agents' plain slots.
+  DispatchPlacedLocked(now, &batches);
+  auto assignments = scheduler_.Assign(pending);
   for (const Assignment& a : assignments) {
     Task* task = table_.Find(a.task);
     (void)table_.Transition(a.task, dragon::v1::SCHEDULED, now);
@@ -234,6 +245,10 @@ void Head::DispatchLocked() {
     assignment->set_payload(task->payload);
     auto session = sessions_.find(task->session);
     if (session != sessions_.end()) assignment->set_cwd(session->second.cwd);
+    // A plain task with a walltime: the one limit its agent enforces.
+    if (task->resources && task->resources->walltime_s > 0) {
+      assignment->mutable_grant()->set_walltime_s(task->resources->walltime_s);
+    }
   }
   for (auto& [agent, msg] : batches) agents_[agent].link.outbox->Push(std::move(msg));
 }
@@ -248,10 +263,7 @@ void Head::FinishLocked(Task* task, TaskState state, Outcome outcome,
   task->outcome = outcome;
   task->failure = failure;
   task->error = error;
-  if (task->agent != kNoAgent) {
-    scheduler_.Release(task->agent);
-    agents_[task->agent].tasks.erase(task->id);
-  }
+  UnplaceLocked(task);
   if (state == dragon::v1::FAILED) spdlog::warn("{}", error);
   task_ended_cv_.notify_all();
   if (results == nullptr || sessions_.count(task->session) == 0) return;

@@ -196,6 +196,33 @@ class Head {
   // launcher of a loss it did not cause. Once per incarnation.
   void EndAgentLocked(AgentIndex agent, const std::string& why, AgentEnd how,
                       ResultsBySession* results);
+  // --- resources (head_resources.cc) ---
+  // Checks and records a submission's ResourceRequest on its task; returns
+  // why it is refused ("" when accepted) and sets *kind (REFUSED for a
+  // malformed request, UNSATISFIABLE for one no node or set of nodes of this
+  // head could ever hold).
+  std::string AdmitResourcesLocked(Task* task, const dragon::v1::ResourceRequest& request,
+                                   dragon::v1::FailureKind* kind);
+  // Queues a pending task on its path (plain slots or placed); `front`: it
+  // was taken back from a node and goes before its equals.
+  void EnqueueLocked(Task* task, bool front);
+  // Undoes a task's placement: its slot or resources are free again, it
+  // leaves its agents' task sets, the hold-only members of its gang are told
+  // to let go. Its state is the caller's.
+  void UnplaceLocked(Task* task);
+  // Places what fits of the placed tasks; their assignments go into
+  // `batches` (the leader's with the payload, hold-only ones for members).
+  void DispatchPlacedLocked(int64_t now, std::map<AgentIndex, dragon::v1::HeadToAgent>* batches);
+  // The lost `member` held a share of a gang task led elsewhere: its leader
+  // is told to cancel; its report then re-runs or fails the task.
+  void GangMemberLostLocked(Task* task, AgentIndex member, const std::string& why);
+  // A result for a task whose gang lost a member: true when handled here
+  // (re-queued as an infrastructure retry, or failed as NODE_LOST).
+  bool GangBrokenResultLocked(Task* task, const dragon::v1::TaskResult& result, int64_t now,
+                              ResultsBySession* results);
+  // Why a request of `task` cannot ever be placed, for its error.
+  std::string UnsatisfiableTextLocked(const Task& task) const;
+
   // A task the lost `agent` was running: run again (infra retry) or failed.
   void RetryOrFailLocked(Task* task, AgentIndex agent, const std::string& why, int64_t now,
                          ResultsBySession* results);

@@ -84,6 +84,8 @@ absl::StatusOr<AgentRegistration> Head::RegisterAgent(const dragon::v1::Register
   agent.link.outbox->Push(std::move(registered));
   // No task until its task loop has answered a ping (joining -> ready).
   scheduler_.AddAgent(index, static_cast<int>(reg.workers()), /*paused=*/true);
+  scheduler_.SetAgentResources(index, reg.cores(), reg.memory_bytes(),
+                               static_cast<uint32_t>(reg.gpus_size()), reg.host(), reg.node_id());
   for (auto [due, seq] : membership_.TakeDuePings()) PingLocked(due, seq);
   std::string block;
   if (!reg.block_id().empty()) block = absl::StrCat(", block ", reg.block_id());
@@ -160,6 +162,10 @@ void Head::ApplyUpdate(AgentIndex index, dragon::v1::AgentUpdate* update) {
                    agent.info.node_id(), result.task_id());
       continue;
     }
+    if (task->resources && !task->resources->gang_lost.empty() &&
+        GangBrokenResultLocked(task, result, now, &results)) {
+      continue;
+    }
     if (task->state == dragon::v1::SCHEDULED) {
       (void)table_.Transition(task->id, dragon::v1::RUNNING, now);
       if (result.start_us() > 0) task->running_us = result.start_us();
@@ -171,7 +177,8 @@ void Head::ApplyUpdate(AgentIndex index, dragon::v1::AgentUpdate* update) {
     // failure stamped with one time (e.g. it never started) tells nothing.
     const bool completed =
         result.outcome() == dragon::v1::OK || result.outcome() == dragon::v1::APP_EXCEPTION;
-    if (result.start_us() > 0 && result.outcome() != dragon::v1::CANCELED &&
+    // Placed tasks (multi-core, MPI) say nothing about the plain flood's pace.
+    if (!task->placed() && result.start_us() > 0 && result.outcome() != dragon::v1::CANCELED &&
         (result.end_us() > result.start_us() ||
          (completed && result.end_us() == result.start_us()))) {
       scheduler_.ObserveRuntime(index, result.end_us() - result.start_us());
@@ -273,10 +280,10 @@ void Head::AgentLost(AgentIndex index, const std::string& why) {
 }
 
 void Head::RequeueLocked(Task* task, AgentIndex agent, int64_t now) {
-  scheduler_.Release(agent);
-  agents_[agent].tasks.erase(task->id);
+  (void)agent;  // task->agent; a gang's members are let go as well
+  UnplaceLocked(task);
   (void)table_.Transition(task->id, dragon::v1::PENDING, now);
-  scheduler_.Requeue(task->id);
+  EnqueueLocked(task, /*front=*/true);
 }
 
 void Head::RetryOrFailLocked(Task* task, AgentIndex index, const std::string& why, int64_t now,
@@ -323,6 +330,11 @@ void Head::EndAgentLocked(AgentIndex index, const std::string& why, AgentEnd how
   for (TaskId id : held) {
     Task* task = table_.Find(id);
     if (task == nullptr) continue;  // held tasks are unfinished, never forgotten; defensive
+    if (task->agent != index) {
+      // A hold-only share of a gang led by another node.
+      GangMemberLostLocked(task, index, why);
+      continue;
+    }
     if (task->state == dragon::v1::SCHEDULED) {
       RequeueLocked(task, index, now);
       ++requeued;

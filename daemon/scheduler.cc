@@ -32,9 +32,10 @@ void Scheduler::ObserveRuntime(AgentIndex agent, int64_t runtime_us) {
 }
 
 void Scheduler::SetPrefetch(Slot* slot, int prefetch) const {
+  const int plain = std::max(0, slot->workers - slot->held);
   slot->prefetch = prefetch;
-  slot->capacity = slot->workers * (1 + prefetch);
-  slot->batch = std::max(1, slot->workers * (prefetch - min_prefetch_) / 2);
+  slot->capacity = plain * (1 + prefetch);
+  slot->batch = std::max(1, plain * (prefetch - min_prefetch_) / 2);
 }
 
 template <typename Change>
@@ -67,14 +68,71 @@ void Scheduler::AddAgent(AgentIndex agent, int workers, bool paused) {
   });
 }
 
+void Scheduler::SetAgentResources(AgentIndex agent, uint32_t cores, uint64_t memory,
+                                  uint32_t gpus, std::string host, std::string name) {
+  if (agent < 0 || static_cast<size_t>(agent) >= agents_.size()) return;
+  pool_.AddAgent(agent, cores, memory, gpus, agents_[agent].paused, std::move(host),
+                 std::move(name));
+  SyncHeld(agent);
+}
+
 void Scheduler::RemoveAgent(AgentIndex agent) {
   if (agent < 0 || static_cast<size_t>(agent) >= agents_.size()) return;
   Update(agent, [](Slot& slot) { slot = Slot{}; });
+  pool_.RemoveAgent(agent);
 }
 
 void Scheduler::SetPaused(AgentIndex agent, bool paused) {
   if (agent < 0 || static_cast<size_t>(agent) >= agents_.size()) return;
   Update(agent, [paused](Slot& slot) { slot.paused = paused; });
+  pool_.SetPaused(agent, paused);
+}
+
+void Scheduler::SyncHeld(AgentIndex agent) {
+  if (agent < 0 || static_cast<size_t>(agent) >= agents_.size() || !agents_[agent].active) return;
+  const int held = static_cast<int>(pool_.held_cores(agent));
+  if (held == agents_[agent].held) return;
+  Update(agent, [&](Slot& slot) {
+    slot.held = held;
+    SetPrefetch(&slot, slot.prefetch);
+  });
+}
+
+std::vector<Placement> Scheduler::AssignPlaced(const std::function<bool(TaskId)>& still_pending) {
+  if (pool_.queued() == 0) return {};
+  std::vector<Placement> out = pool_.Assign(still_pending);
+  for (const Placement& p : out) {
+    for (const NodeGrant& g : p.nodes) SyncHeld(g.agent);
+  }
+  return out;
+}
+
+void Scheduler::ReleasePlaced(TaskId task) {
+  for (AgentIndex a : pool_.Release(task)) SyncHeld(a);
+}
+
+TaskId Scheduler::PopPlain() {
+  if (other_queued_ > 0) {
+    auto it = other_queues_.begin();  // the highest priority
+    if (it->first > 0 || queue_.empty()) {
+      const TaskId t = it->second.front();
+      it->second.pop_front();
+      if (it->second.empty()) other_queues_.erase(it);
+      --other_queued_;
+      return t;
+    }
+  }
+  const TaskId t = queue_.front();
+  queue_.pop_front();
+  return t;
+}
+
+std::vector<TaskId> Scheduler::TakeQueued() {
+  std::vector<TaskId> out;
+  out.reserve(queued());
+  while (plain_queued() > 0) out.push_back(PopPlain());
+  for (TaskId t : pool_.TakeQueued()) out.push_back(t);
+  return out;
 }
 
 void Scheduler::Release(AgentIndex agent) {
@@ -86,15 +144,14 @@ void Scheduler::Release(AgentIndex agent) {
 
 std::vector<Assignment> Scheduler::Assign(const std::function<bool(TaskId)>& still_pending) {
   std::vector<Assignment> out;
-  while (!queue_.empty() && !open_.empty()) {
+  while (plain_queued() > 0 && !open_.empty()) {
     const AgentIndex best = open_.begin()->agent;
     // One batch in a row to the least loaded agent (room for it is what
     // put the agent in open_); the Head sends the run as one message.
     const int want = agents_[best].batch;
     int given = 0;
-    while (given < want && !queue_.empty()) {
-      const TaskId task = queue_.front();
-      queue_.pop_front();
+    while (given < want && plain_queued() > 0) {
+      const TaskId task = PopPlain();
       if (!still_pending(task)) continue;
       out.push_back({best, task});
       ++given;

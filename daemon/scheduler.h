@@ -6,9 +6,11 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <set>
 #include <vector>
 
+#include "daemon/resources.h"
 #include "daemon/task_table.h"
 
 namespace dragon::daemon {
@@ -18,6 +20,13 @@ struct Assignment {
   TaskId task;
 };
 
+// Two paths share each agent. Plain tasks (no resource request, or one that
+// names only priority/walltime) take one slot each through the adaptive
+// prefetch below, the fast path of floods of tiny tasks. Placed tasks (cores,
+// memory, GPUs, MPI) go through the ResourcePool (daemon/resources.h:
+// concrete CPU/GPU ids, reservation and backfill, gangs); the cores they hold
+// on an agent are taken out of its plain slots, so the two never count the
+// same core twice.
 class Scheduler {
  public:
   // An agent may hold (1 + prefetch) tasks per worker, so that a worker that
@@ -43,6 +52,9 @@ class Scheduler {
 
   // Added paused when `paused` (see SetPaused).
   void AddAgent(AgentIndex agent, int workers, bool paused = false);
+  // What the agent registered, for placed tasks (call after AddAgent).
+  void SetAgentResources(AgentIndex agent, uint32_t cores, uint64_t memory, uint32_t gpus,
+                         std::string host = "", std::string name = "");
   // A task of `agent` ran for `runtime_us`; may change its capacity.
   void ObserveRuntime(AgentIndex agent, int64_t runtime_us);
   // Forgets the agent; its tasks are the caller's to re-queue or fail.
@@ -51,17 +63,25 @@ class Scheduler {
   // count of assigned tasks, which Release still lowers.
   void SetPaused(AgentIndex agent, bool paused);
 
-  void Enqueue(TaskId task) { queue_.push_back(task); }
+  // Plain tasks: higher priority first, then in order of arrival.
+  void Enqueue(TaskId task, int32_t priority = 0) { QueueOf(priority).push_back(task); }
   // For tasks that were assigned but never started (their node was lost):
-  // they go first, since they have waited longest.
-  void Requeue(TaskId task) { queue_.push_front(task); }
+  // they go first among their priority, since they have waited longest.
+  void Requeue(TaskId task, int32_t priority = 0) { QueueOf(priority).push_front(task); }
 
-  // Empties the queue (e.g. to fail everything queued); returns it in order.
-  std::vector<TaskId> TakeQueued() {
-    std::vector<TaskId> out(queue_.begin(), queue_.end());
-    queue_.clear();
-    return out;
+  // Placed tasks (see ResourcePool::Enqueue).
+  void EnqueuePlaced(TaskId task, const ResourceNeed& need, int32_t priority, bool front = false) {
+    pool_.Enqueue(task, need, priority, front);
   }
+  // Places what fits (ResourcePool::Assign) and shrinks the plain slots of
+  // the agents that now hold more.
+  std::vector<Placement> AssignPlaced(const std::function<bool(TaskId)>& still_pending);
+  // A placed task ended or was taken back: its resources are free again.
+  void ReleasePlaced(TaskId task);
+  const ResourcePool& pool() const { return pool_; }
+
+  // Empties both queues (e.g. to fail everything queued); returns them.
+  std::vector<TaskId> TakeQueued();
 
   // One task assigned to `agent` has ended (or been taken back).
   void Release(AgentIndex agent);
@@ -73,7 +93,8 @@ class Scheduler {
   // O(agents): the agents with room are kept ordered by load.
   std::vector<Assignment> Assign(const std::function<bool(TaskId)>& still_pending);
 
-  size_t queued() const { return queue_.size(); }
+  size_t queued() const { return plain_queued() + pool_.queued(); }
+  size_t plain_queued() const { return queue_.size() + other_queued_; }
   int assigned(AgentIndex agent) const;
   int capacity(AgentIndex agent) const;
   int prefetch(AgentIndex agent) const;
@@ -89,6 +110,7 @@ class Scheduler {
     int capacity = 0;
     int assigned = 0;
     int workers = 0;
+    int held = 0;  // cores placed tasks hold: not plain slots
     int prefetch = 0;
     int batch = 1;
     double mean_runtime_us = -1;  // moving average; < 0 until the first task ends
@@ -119,9 +141,22 @@ class Scheduler {
     return slot.active && !slot.paused && slot.capacity - slot.assigned >= slot.batch;
   }
 
+  std::deque<TaskId>& QueueOf(int32_t priority) {
+    if (priority == 0) return queue_;
+    ++other_queued_;
+    return other_queues_[priority];
+  }
+  // Removes and returns the next plain task (call only when plain_queued()).
+  TaskId PopPlain();
+  void SyncHeld(AgentIndex agent);
+
   int min_prefetch_;
   int max_prefetch_;
-  std::deque<TaskId> queue_;
+  std::deque<TaskId> queue_;  // priority 0, by far the common case
+  // Other priorities, highest first (empty deques are erased).
+  std::map<int32_t, std::deque<TaskId>, std::greater<int32_t>> other_queues_;
+  size_t other_queued_ = 0;
+  ResourcePool pool_;
   std::vector<Slot> agents_;  // indexed by AgentIndex
   std::set<Load, LessLoaded> open_;  // active agents with room for a batch
 };

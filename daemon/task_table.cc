@@ -232,6 +232,10 @@ void FillTaskInfo(const Task& task, const std::string& node, dragon::v1::TaskInf
   info->set_payload_bytes(task.payload_bytes);
   info->set_failure(task.failure);
   info->set_infra_attempts(task.infra_attempts);
+  if (task.resources) {
+    *info->mutable_resources() = task.resources->request;
+    if (task.resources->grant.ByteSizeLong() > 0) *info->mutable_grant() = task.resources->grant;
+  }
 }
 
 }  // namespace dragon::daemon

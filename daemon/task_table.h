@@ -25,8 +25,43 @@ using SessionId = uint64_t;
 using AgentIndex = int32_t;
 inline constexpr AgentIndex kNoAgent = -1;
 
+// What a placed task needs on each node it runs on (daemon/resources.h).
+struct ResourceNeed {
+  uint32_t cores = 1;   // per node: ranks per node x cores per rank
+  uint64_t memory = 0;  // bytes per node; 0 = not asked (neither limited nor accounted)
+  uint32_t gpus = 0;    // per node
+  uint32_t nodes = 1;   // distinct agents (an MPI gang); the first one leads
+  // Only agents whose host or node id is one of these (ResourceRequest.hosts,
+  // @mpi_app's Policy); empty = any.
+  std::vector<std::string> hosts;
+};
+
+// The resources of a task submitted with a ResourceRequest (absent for the
+// plain tasks that make up floods: they cost nothing here).
+struct TaskResources {
+  dragon::v1::ResourceRequest request;  // as submitted
+  // Placed by the ResourcePool with concrete CPU/GPU ids (the request names
+  // cores, memory, GPUs or MPI ranks/nodes); otherwise the task takes the
+  // plain path (one slot) and only priority and walltime apply.
+  bool placed = false;
+  bool mpi = false;
+  ResourceNeed need;
+  uint32_t ranks_per_node = 0;  // MPI, normalized
+  uint32_t ranks = 0;
+  uint32_t walltime_s = 0;
+  int32_t priority = 0;
+  // Once placed: the leader's grant (TaskInfo.grant) and the other members
+  // of its gang, which hold their share (hold-only) until it ends.
+  dragon::v1::ResourceGrant grant;
+  std::vector<int32_t> members;
+  // A member's node was lost while the gang held it: why. The leader was
+  // told to cancel; its report decides between an infrastructure retry and
+  // a failure (daemon/head_resources.cc).
+  std::string gang_lost;
+};
+
 // One task. Laid out for a deep queue: a million queued tasks cost this
-// struct (~150 bytes) plus their payload, nothing per task elsewhere in the
+// struct (~160 bytes) plus their payload, nothing per task elsewhere in the
 // table (bench/HEAD_SCALE.md).
 struct Task {
   TaskId id = 0;
@@ -51,8 +86,12 @@ struct Task {
   dragon::v1::FailureKind failure = dragon::v1::FAILURE_KIND_UNSPECIFIED;
   // Times it went back to the queue because its node was lost while it ran.
   uint8_t infra_attempts = 0;
+  // Null unless it was submitted with a ResourceRequest.
+  std::unique_ptr<TaskResources> resources;
 
   const std::string& name_or_empty() const;
+  int32_t priority() const { return resources ? resources->priority : 0; }
+  bool placed() const { return resources && resources->placed; }
 };
 
 bool IsTerminal(dragon::v1::TaskState state);
