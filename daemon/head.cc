@@ -206,6 +206,7 @@ absl::StatusOr<dragon::v1::CancelReply> Head::Cancel(TaskId id, const std::strin
 void Head::BeginShutdown(const std::string& reason) {
   std::lock_guard<std::mutex> lock(mu_);
   shutting_down_ = true;
+  EndAllTaskIOLocked("dragond is shutting down");
   for (size_t i = 0; i < agents_.size(); ++i) {
     if (!membership_.Live(static_cast<AgentIndex>(i))) continue;
     dragon::v1::HeadToAgent msg;
@@ -257,6 +258,7 @@ void Head::FinishLocked(Task* task, TaskState state, Outcome outcome,
                         dragon::v1::FailureKind failure, std::string error, std::string data,
                         int64_t now, ResultsBySession* results) {
   if (!table_.Transition(task->id, state, now).ok()) return;
+  if (!io_channels_.empty()) TaskIOTaskEndedLocked(*task);
   if (failure == dragon::v1::FAILURE_KIND_UNSPECIFIED && outcome == dragon::v1::CANCELED) {
     failure = dragon::v1::FAILURE_CANCELLED;
   }

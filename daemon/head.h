@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -27,6 +28,7 @@
 #include "daemon/membership.h"
 #include "daemon/outbox.h"
 #include "daemon/scheduler.h"
+#include "daemon/task_io.h"
 #include "daemon/task_table.h"
 #include "proto/agent.pb.h"
 #include "proto/head.pb.h"
@@ -150,6 +152,24 @@ class Head {
   dragon::v1::ListNodesReply ListNodes() const;
   void FillStatus(dragon::v1::StatusReply* reply) const;
 
+  // --- TaskIO and TaskLogs (head_task_io.cc) --------------------------------
+  // Attaches a client's TaskIO stream to the MPI job of `open.task_id()`:
+  // frames for the client go to `client`, which the head ends (with the
+  // status the stream finishes with) after the end of rank 0's stdout, or
+  // when the task ended without running, its node was lost, another client
+  // attached, or the client broke the window. A second attach replaces the
+  // first. NotFound (no such task), FailedPrecondition (not an MPI job, or it
+  // ended before it ran), Unavailable (its node is lost).
+  absl::StatusOr<uint64_t> OpenTaskIO(const dragon::v1::TaskIOFrame& open,
+                                      std::shared_ptr<TaskIOClient> client, const std::string& peer);
+  // Stdin data, its end, and acks of stdout from the client.
+  void TaskIOFromClient(uint64_t channel, dragon::v1::TaskIOFrame frame);
+  // The client went away (its stream ended or broke): the agent stops sending.
+  void CloseTaskIO(uint64_t channel, const std::string& why);
+  // Asks the agent that ran the task for its output and waits up to `wait`.
+  absl::StatusOr<dragon::v1::TaskLogsReply> TaskLogs(const dragon::v1::TaskLogsRequest& request,
+                                                     absl::Duration wait);
+
   // Tells every agent to stop and closes every session.
   void BeginShutdown(const std::string& reason);
   // True once no agent is connected any more (or `timeout` passed: false).
@@ -191,6 +211,19 @@ class Head {
     kSilent,         // heartbeats stopped: lost; its stream is dropped, the launcher told
     kReplaced,       // a new incarnation registered: lost; its stream is dropped
   };
+  // --- TaskIO and TaskLogs (head_task_io.cc) ---
+  // An agent's update: its TaskIO frames and TaskLogs answers; opens of
+  // channels whose task has now started (or ended after running) go out.
+  void TaskIOUpdateLocked(AgentIndex agent, dragon::v1::AgentUpdate* update);
+  // A task ended: a channel that never reached an agent ends with it.
+  void TaskIOTaskEndedLocked(const Task& task);
+  // The agent's incarnation ended: its channels and logs queries fail.
+  void EndTaskIOOfAgentLocked(AgentIndex agent, const std::string& why);
+  void EndAllTaskIOLocked(const std::string& why);
+  void EndTaskIOChannelLocked(uint64_t channel, absl::Status status);
+  void SendTaskIOOpenLocked(uint64_t channel, TaskIOChannel* ch);
+  void PushTaskIOLocked(AgentIndex agent, std::vector<dragon::v1::TaskIOFrame> frames);
+
   // Cleans up after an incarnation whose membership has ended: closes (and
   // for kSilent/kReplaced drops) its stream, takes its work back, tells the
   // launcher of a loss it did not cause. Once per incarnation.
@@ -264,6 +297,13 @@ class Head {
   // Cancel calls waiting (lock released) on a task they hold: forgetting is
   // put off meanwhile so that their task cannot vanish under them.
   int cancel_waiters_ = 0;
+  // TaskIO channels by id, the channel of each task, TaskLogs calls waiting.
+  std::map<uint64_t, TaskIOChannel> io_channels_;
+  std::unordered_map<TaskId, uint64_t> io_by_task_;
+  uint64_t next_io_channel_ = 1;
+  std::map<uint64_t, TaskLogsWait*> logs_waits_;
+  uint64_t next_logs_query_ = 1;
+  std::condition_variable logs_cv_;
 };
 
 }  // namespace dragon::daemon

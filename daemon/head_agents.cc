@@ -196,6 +196,9 @@ void Head::ApplyUpdate(AgentIndex index, dragon::v1::AgentUpdate* update) {
       RequeueLocked(task, index, now);
     }
   }
+  if (update->task_io_size() > 0 || update->task_logs_size() > 0 || !io_channels_.empty()) {
+    TaskIOUpdateLocked(index, update);
+  }
   if (agent.removing) FinishRemovalLocked(index);
   SendResultsLocked(&results);
   DispatchLocked();
@@ -323,6 +326,7 @@ void Head::EndAgentLocked(AgentIndex index, const std::string& why, AgentEnd how
   if ((how == AgentEnd::kSilent || how == AgentEnd::kReplaced) && agent.link.drop) {
     agent.link.drop();
   }
+  EndTaskIOOfAgentLocked(index, why);
   std::vector<TaskId> held(agent.tasks.begin(), agent.tasks.end());
   // Re-queued at the front in reverse, so that the oldest ends up first.
   std::sort(held.rbegin(), held.rend());

@@ -2,7 +2,10 @@
 
 #include <unistd.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -203,6 +206,80 @@ grpc::Status HeadServiceImpl::AddNodes(grpc::ServerContext* context,
   auto added = adder(*request);
   if (!added.ok()) return ToGrpcStatus(added.status());
   *reply = *std::move(added);
+  return grpc::Status::OK;
+}
+
+grpc::Status HeadServiceImpl::TaskIO(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<dragon::v1::TaskIOFrame, dragon::v1::TaskIOFrame>* stream) {
+  if (grpc::Status refused = auth_->Check(*context); !refused.ok()) return refused;
+  dragon::v1::TaskIOFrame frame;
+  if (!stream->Read(&frame)) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "TaskIO stream closed before its open");
+  }
+  if (!frame.open() || frame.task_id() == 0) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "the first TaskIO frame must be an open naming the task (task_id, open)");
+  }
+  auto client = std::make_shared<TaskIOClient>();
+  absl::StatusOr<uint64_t> channel = head_->OpenTaskIO(frame, client, context->peer());
+  if (!channel.ok()) return ToGrpcStatus(channel.status());
+  // The writer sends what the head queues until the head ends the channel;
+  // a failed write means the client is gone.
+  std::mutex done_mu;
+  std::condition_variable done_cv;
+  bool writer_done = false;
+  std::thread writer([&, channel = *channel] {
+    std::vector<dragon::v1::TaskIOFrame> drained;
+    bool broken = false;
+    while (client->outbox.Drain(&drained)) {
+      for (auto& f : drained) {
+        if (!broken && !stream->Write(f)) {
+          broken = true;
+          head_->CloseTaskIO(channel, "the client's stream broke");
+        }
+      }
+      drained.clear();
+    }
+    std::lock_guard<std::mutex> lock(done_mu);
+    writer_done = true;
+    done_cv.notify_all();
+  });
+  while (stream->Read(&frame)) head_->TaskIOFromClient(*channel, std::move(frame));
+  // The client half-closed (it may still read stdout: the head ends the
+  // channel at stdout's end) or went away, which only IsCancelled tells.
+  {
+    std::unique_lock<std::mutex> lock(done_mu);
+    while (!done_cv.wait_for(lock, std::chrono::milliseconds(200), [&] { return writer_done; })) {
+      if (context->IsCancelled()) {
+        lock.unlock();
+        head_->CloseTaskIO(*channel, "the client went away");
+        lock.lock();
+      }
+    }
+  }
+  writer.join();
+  return ToGrpcStatus(client->status());
+}
+
+grpc::Status HeadServiceImpl::TaskLogs(grpc::ServerContext* context,
+                                       const dragon::v1::TaskLogsRequest* request,
+                                       dragon::v1::TaskLogsReply* reply) {
+  if (grpc::Status refused = auth_->Check(*context); !refused.ok()) return refused;
+  if (request->task_id() == 0) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "TaskLogs needs a task_id");
+  }
+  // Within the client's deadline (dragonctl --timeout), at most 30 s.
+  absl::Duration wait = absl::Seconds(30);
+  const auto deadline = context->deadline();
+  if (deadline != std::chrono::system_clock::time_point::max()) {
+    wait = std::min(wait, absl::FromChrono(deadline - std::chrono::system_clock::now()) -
+                              absl::Milliseconds(200));
+    if (wait < absl::Milliseconds(100)) wait = absl::Milliseconds(100);
+  }
+  auto logs = head_->TaskLogs(*request, wait);
+  if (!logs.ok()) return ToGrpcStatus(logs.status());
+  *reply = *std::move(logs);
   return grpc::Status::OK;
 }
 

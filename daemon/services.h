@@ -63,6 +63,13 @@ class HeadServiceImpl final : public dragon::v1::HeadService::Service {
                         dragon::v1::AddNodesReply* reply) override;
   grpc::Status RemoveNode(grpc::ServerContext* context, const dragon::v1::RemoveNodeRequest* request,
                           dragon::v1::NodeInfo* reply) override;
+  // Rank 0's stdin/stdout of an MPI job (daemon/head_task_io.cc): a reader
+  // (this handler's thread) and a writer thread per stream.
+  grpc::Status TaskIO(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<dragon::v1::TaskIOFrame, dragon::v1::TaskIOFrame>* stream) override;
+  grpc::Status TaskLogs(grpc::ServerContext* context, const dragon::v1::TaskLogsRequest* request,
+                        dragon::v1::TaskLogsReply* reply) override;
 
  private:
   Head* head_;
