@@ -67,6 +67,8 @@ absl::Status HeadConnection::Connect(uint64_t previous_incarnation, absl::Durati
     started_.clear();
     results_.clear();
     released_.clear();
+    task_io_.clear();
+    task_logs_.clear();
     heartbeat_.reset();
     reader_done_ = false;
     shutdown_received_ = false;
@@ -196,6 +198,16 @@ void HeadConnection::TasksReleased(std::vector<uint64_t> task_ids) {
   for (uint64_t id : task_ids) released_.push_back(id);
 }
 
+void HeadConnection::TaskIO(std::vector<v1::TaskIOFrame> frames) {
+  absl::MutexLock l(&mu_);
+  for (auto& f : frames) task_io_.push_back(std::move(f));
+}
+
+void HeadConnection::TaskLogs(v1::TaskLogsAnswer answer) {
+  absl::MutexLock l(&mu_);
+  task_logs_.push_back(std::move(answer));
+}
+
 void HeadConnection::ReaderLoop(TaskHandler* handler) {
   v1::HeadToAgent msg;
   while (stream_->Read(&msg)) {
@@ -240,6 +252,15 @@ void HeadConnection::ReaderLoop(TaskHandler* handler) {
         shutdown_reason_ = msg.shutdown().reason();
         break;
       }
+      case v1::HeadToAgent::kTaskIo: {
+        std::vector<v1::TaskIOFrame> frames;
+        for (auto& f : *msg.mutable_task_io()->mutable_frames()) frames.emplace_back().Swap(&f);
+        handler->TaskIO(std::move(frames));
+        break;
+      }
+      case v1::HeadToAgent::kTaskLogs:
+        handler->TaskLogs(std::move(*msg.mutable_task_logs()));
+        break;
       case v1::HeadToAgent::kRegistered:
         spdlog::warn("head sent Registered again; ignored");
         break;
@@ -270,13 +291,15 @@ absl::Status HeadConnection::Run(TaskHandler* handler) {
 
   auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return stop_ || reader_done_ || shutdown_received_ || !started_.empty() || !results_.empty() ||
-           !released_.empty() || heartbeat_.has_value();
+           !released_.empty() || heartbeat_.has_value() || !task_io_.empty() ||
+           !task_logs_.empty();
   };
   // Holding results back is free only while the pool has work queued for
   // every slot that frees up; re-checked on every event the pool reports.
   auto flush_now = [this, handler]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return stop_ || reader_done_ || shutdown_received_ || handler->QueuedTasks() == 0 ||
-           results_.size() >= options_.coalesce_max_results || heartbeat_.has_value();
+           results_.size() >= options_.coalesce_max_results || heartbeat_.has_value() ||
+           !task_io_.empty() || !task_logs_.empty();
   };
   absl::Time last_update = absl::InfinitePast();
   while (true) {
@@ -308,9 +331,14 @@ absl::Status HeadConnection::Run(TaskHandler* handler) {
       // Everything queued since the last write goes out as one message.
       v1::AgentUpdate update;
       if (TakeUpdate(&started_, &results_, options_.max_update_bytes, &update) ||
-          !released_.empty()) {
+          !released_.empty() || !task_io_.empty() || !task_logs_.empty()) {
         for (uint64_t id : released_) update.add_released(id);
         released_.clear();
+        // TaskIO frames are small (a window of 256 KiB per job at most).
+        for (auto& f : task_io_) update.add_task_io()->Swap(&f);
+        task_io_.clear();
+        for (auto& a : task_logs_) update.add_task_logs()->Swap(&a);
+        task_logs_.clear();
         *msg.mutable_update() = std::move(update);
       }
     }

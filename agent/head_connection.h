@@ -79,6 +79,8 @@ class HeadConnection : public TaskEventSink {
                   std::vector<v1::TaskResult> results) override;
   void Heartbeat(v1::Heartbeat beat) override;
   void TasksReleased(std::vector<uint64_t> task_ids) override;
+  void TaskIO(std::vector<v1::TaskIOFrame> frames) override;
+  void TaskLogs(v1::TaskLogsAnswer answer) override;
 
  private:
   using Stream = grpc::ClientReaderWriter<v1::AgentMessage, v1::HeadToAgent>;
@@ -97,6 +99,8 @@ class HeadConnection : public TaskEventSink {
   std::vector<v1::TaskStarted> started_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::TaskResult> results_ ABSL_GUARDED_BY(mu_);
   std::vector<uint64_t> released_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::TaskIOFrame> task_io_ ABSL_GUARDED_BY(mu_);      // sent at once
+  std::vector<v1::TaskLogsAnswer> task_logs_ ABSL_GUARDED_BY(mu_);
   std::optional<v1::Heartbeat> heartbeat_ ABSL_GUARDED_BY(mu_);  // to send
   absl::Time last_ping_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

@@ -33,6 +33,10 @@ class TaskEventSink {
   virtual void Heartbeat(v1::Heartbeat beat) = 0;
   // Tasks given back after TaskHandler::ReclaimTasks (never started here).
   virtual void TasksReleased(std::vector<uint64_t> task_ids) = 0;
+  // MPI jobs' TaskIO frames toward their clients (agent/mpi_launcher.h).
+  virtual void TaskIO(std::vector<v1::TaskIOFrame> frames) {}
+  // The answer to a TaskLogsQuery (dragonctl logs).
+  virtual void TaskLogs(v1::TaskLogsAnswer answer) {}
 };
 
 // What the head connection asks of the pool. Thread-safe, never blocks on
@@ -47,6 +51,10 @@ class TaskHandler {
   virtual void ReclaimTasks(std::vector<uint64_t> task_ids) = 0;
   // Answer with TaskEventSink::Heartbeat(seq) from the task loop.
   virtual void Ping(uint64_t seq) = 0;
+  // TaskIO frames from clients of MPI jobs led here (stdin, acks, attach).
+  virtual void TaskIO(std::vector<v1::TaskIOFrame> frames) {}
+  // dragonctl logs: answer with TaskEventSink::TaskLogs.
+  virtual void TaskLogs(v1::TaskLogsQuery query) {}
   virtual int BusyWorkers() const = 0;
   // Tasks received and waiting for a free slot. While it is > 0 no slot
   // idles for want of a task, so the head connection may hold results back
