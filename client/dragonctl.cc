@@ -39,6 +39,7 @@
 #include "client/dragonctl_flags.h"
 #include "client/format.h"
 #include "client/head_client.h"
+#include "client/logs_format.h"
 #include "common/head_locator.h"
 
 ABSL_FLAG(std::string, head, "",
@@ -60,6 +61,8 @@ ABSL_FLAG(dragon::client::StateFlag, state, dragon::client::StateFlag{},
           "ps: only tasks in STATE, one of pending, scheduled, running, done, failed, cancelled");
 ABSL_FLAG(dragon::client::LimitFlag, limit, dragon::client::LimitFlag{},
           "ps: at most N tasks (0 = the head's default, 1000)");
+ABSL_FLAG(int, rank, -1, "logs: only this MPI rank's files (default: every rank's)");
+ABSL_FLAG(int64_t, bytes, 1 << 20, "logs: at most the last N bytes of each file");
 ABSL_FLAG(bool, wait, false,
           "nodes remove: wait until the node is gone (its running tasks ended and its agent "
           "left), saying every 5 s what it still runs; exit 1 if it is lost instead");
@@ -153,6 +156,15 @@ const std::vector<Command> kCommands = {
      "killed (and replaced) and the task ends CANCELLED. Cancelling a task that\n"
      "already ended changes nothing and says so.\n",
      true},
+    {"logs", "TASK [--rank R] [--bytes N]", "show a task's output",
+     "Shows what task TASK wrote, as the agent that ran it keeps it: for an MPI\n"
+     "job (@mpi_app) every rank's stdout and stderr files and the launcher's log\n"
+     "(--rank R: rank R's only), for an executable its captured stdout and\n"
+     "stderr, for a Python task what its worker wrote to its log while it ran the\n"
+     "task. Each file comes under a header naming rank, stream, host, path and\n"
+     "size; --bytes N shows the last N bytes of each (default 1 MiB). A task whose\n"
+     "node is gone cannot be read (the error names the host and where it was).\n",
+     true},
     {"help", "[COMMAND]", "show this help, or the help of COMMAND", "", false},
 };
 
@@ -165,7 +177,7 @@ struct FlagDisplay {
 const FlagDisplay kFlagDisplay[] = {
     {"head", "HOST:PORT"}, {"run_dir", "DIR"}, {"token_file", "FILE"}, {"tls_ca", "FILE"},
     {"json", ""},          {"timeout", "SECS"}, {"state", "STATE"},    {"limit", "N"},
-    {"wait", ""},
+    {"wait", ""},          {"rank", "R"},       {"bytes", "N"},
 };
 
 // `text` wrapped to lines of at most `width` characters, each after `indent`.
@@ -343,6 +355,14 @@ int Run(const std::vector<std::string>& positional, bool help) {
     return Usage(absl::StrCat(state ? "--state" : "--limit", " is a flag of 'ps', not of '", name,
                               "'"));
   }
+  const int rank_flag = absl::GetFlag(FLAGS_rank);
+  const int64_t bytes_flag = absl::GetFlag(FLAGS_bytes);
+  if (name != "logs" && (rank_flag != -1 || bytes_flag != (1 << 20))) {
+    return Usage(absl::StrCat(rank_flag != -1 ? "--rank" : "--bytes", " is a flag of 'logs', not of '",
+                              name, "'"));
+  }
+  if (rank_flag < -1) return Usage(absl::StrCat("--rank must be a rank >= 0, not ", rank_flag));
+  if (bytes_flag < 1) return Usage(absl::StrCat("--bytes must be >= 1, not ", bytes_flag));
   const bool wait = absl::GetFlag(FLAGS_wait);
   const std::string sub = name == "nodes" && !args.empty() ? args[0] : "";
   if (wait && sub != "remove") {
@@ -446,6 +466,11 @@ int Run(const std::vector<std::string>& positional, bool help) {
   }
   if (name == "show") {
     return emit(head.GetTask(task_id), [&](const auto& r) { return FormatTask(r, now_us()); });
+  }
+  if (name == "logs") {
+    return emit(head.TaskLogs(task_id, rank_flag >= 0 ? std::optional<int32_t>(rank_flag) : std::nullopt,
+                              static_cast<uint64_t>(bytes_flag)),
+                [](const auto& r) { return FormatLogs(r); });
   }
   if (name == "cancel") {
     return emit(head.Cancel(task_id), [&](const auto& r) { return FormatCancel(task_id, r); });

@@ -241,6 +241,21 @@ absl::StatusOr<dragon::v1::CancelReply> HeadClient::Cancel(uint64_t task_id) {
   return reply;
 }
 
+absl::StatusOr<dragon::v1::TaskLogsReply> HeadClient::TaskLogs(uint64_t task_id,
+                                                               std::optional<int32_t> rank,
+                                                               uint64_t max_bytes) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  dragon::v1::TaskLogsRequest request;
+  request.set_task_id(task_id);
+  if (rank) request.set_rank(*rank);
+  request.set_max_bytes(max_bytes);
+  dragon::v1::TaskLogsReply reply;
+  absl::Status s = Translate(stub_->TaskLogs(&context, request, &reply), "TaskLogs", task_id);
+  if (!s.ok()) return s;
+  return reply;
+}
+
 absl::StatusOr<dragon::v1::NodeInfo> HeadClient::DrainNode(const std::string& node_id,
                                                            bool drain) {
   grpc::ClientContext context;

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -60,6 +61,12 @@ class HeadClient {
   // NotFound "no task ID in this run" for an id the head does not know.
   absl::StatusOr<dragon::v1::TaskInfo> GetTask(uint64_t task_id);
   absl::StatusOr<dragon::v1::CancelReply> Cancel(uint64_t task_id);
+  // A task's output, read by the agent that ran it (dragonctl logs): an MPI
+  // job's per-rank files (`rank`: one rank only), an executable's captured
+  // tails, a Python task's worker log lines; each file's last `max_bytes`
+  // (0: the head's default, 1 MiB).
+  absl::StatusOr<dragon::v1::TaskLogsReply> TaskLogs(uint64_t task_id, std::optional<int32_t> rank,
+                                                     uint64_t max_bytes);
   // Stops (drain) or resumes (!drain) placement of tasks on `node_id`; the
   // node as it is afterwards. NotFound (the head's "no node 'ID' in this
   // run") for a node the head does not know.
