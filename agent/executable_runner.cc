@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/close_range.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -17,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "agent/process_tree.h"
 #include "agent/worker_process.h"
 
 extern char** environ;
@@ -34,7 +36,12 @@ constexpr int64_t kSlowExitRecheckUs = 50'000;
 constexpr int64_t kSlowAfterUs = 1'000'000;
 
 // What the child reports through the error pipe before _exit(127).
-enum ChildStage : char { kStageChdir = 'c', kStageExec = 'e', kStageSetup = 's' };
+enum ChildStage : char {
+  kStageChdir = 'c',
+  kStageExec = 'e',
+  kStageSetup = 's',
+  kStageAffinity = 'a'
+};
 
 void CloseFd(int* fd) {
   if (*fd >= 0) {
@@ -54,9 +61,13 @@ void CloseFd(int* fd) {
 
 [[noreturn]] void RunChild(pid_t parent, int null_fd, int out_fd, int err_fd, int report_fd,
                            const char* cwd, const char* path, char* const* argv,
-                           char* const* envp) {
+                           char* const* envp, const cpu_set_t* cpus) {
   if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) _exit(1);
   setpgid(0, 0);  // also done by the parent, whichever runs first
+  // Its grant's CPUs (inherited by everything it starts).
+  if (cpus != nullptr && sched_setaffinity(0, sizeof(cpu_set_t), cpus) != 0) {
+    ChildFail(report_fd, kStageAffinity, errno);
+  }
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -157,6 +168,12 @@ ExecutableRunner::~ExecutableRunner() {
 }
 
 absl::StatusOr<int> ExecutableRunner::Start(const v1::TaskAssignment& task) {
+  return Start(task, {}, {});
+}
+
+absl::StatusOr<int> ExecutableRunner::Start(
+    const v1::TaskAssignment& task, const std::vector<int>& cpus,
+    const std::vector<std::pair<std::string, std::string>>& extra_env) {
   v1::ExecutableSpec spec;
   if (!spec.ParseFromString(task.payload())) {
     return absl::InvalidArgumentError("the payload is not a serialized ExecutableSpec");
@@ -166,15 +183,31 @@ absl::StatusOr<int> ExecutableRunner::Start(const v1::TaskAssignment& task) {
   }
   // Everything the child needs is prepared before fork (no allocation after).
   std::vector<std::string> env_strings;
+  auto extra = [&extra_env](absl::string_view key) {
+    for (const auto& [k, v] : extra_env) {
+      if (k == key) return true;
+    }
+    return false;
+  };
   for (char** e = environ; *e != nullptr; ++e) {
     absl::string_view entry(*e);
     const size_t eq = entry.find('=');
-    if (eq != absl::string_view::npos && spec.env().count(std::string(entry.substr(0, eq)))) {
-      continue;  // replaced by the spec
+    if (eq != absl::string_view::npos &&
+        (spec.env().count(std::string(entry.substr(0, eq))) || extra(entry.substr(0, eq)))) {
+      continue;  // replaced by the spec or the grant
     }
     env_strings.emplace_back(entry);
   }
-  for (const auto& [key, value] : spec.env()) env_strings.push_back(absl::StrCat(key, "=", value));
+  for (const auto& [key, value] : spec.env()) {
+    if (!extra(key)) env_strings.push_back(absl::StrCat(key, "=", value));
+  }
+  for (const auto& [key, value] : extra_env) env_strings.push_back(absl::StrCat(key, "=", value));
+  cpu_set_t cpu_set;
+  CPU_ZERO(&cpu_set);
+  for (int c : cpus) {
+    if (c >= 0 && c < CPU_SETSIZE) CPU_SET(c, &cpu_set);
+  }
+  const cpu_set_t* pin = CPU_COUNT(&cpu_set) > 0 ? &cpu_set : nullptr;
   std::string path_var;
   if (auto it = spec.env().find("PATH"); it != spec.env().end()) {
     path_var = it->second;
@@ -235,7 +268,7 @@ absl::StatusOr<int> ExecutableRunner::Start(const v1::TaskAssignment& task) {
   }
   if (pid == 0) {
     RunChild(parent, null_fd, out_pipe[1], err_pipe[1], report_pipe[1], cwd.c_str(),
-             path->c_str(), argv.data(), envp.data());
+             path->c_str(), argv.data(), envp.data(), pin);
   }
   // Also here, so a Kill() right after Start() reaches the whole group.
   setpgid(pid, pid);
@@ -265,7 +298,7 @@ void ExecutableRunner::Kill(uint64_t task_id) {
   Proc* p = it->second.get();
   p->killed = true;
   if (!p->wait_status) {
-    killpg(p->pid, SIGKILL);
+    KillTree(p->pid);  // its group, and whatever left the group
   }
 }
 
@@ -335,6 +368,10 @@ std::optional<ExecutableOutcome> ExecutableRunner::TryFinish(Proc* p, int64_t no
         break;
       case kStageExec:
         o.error = absl::StrCat("cannot execute '", p->argv0, "': ", strerror(err));
+        break;
+      case kStageAffinity:
+        o.error = absl::StrCat("cannot start '", p->argv0, "' on its granted CPUs: ",
+                               strerror(err));
         break;
       default:
         o.error = absl::StrCat("cannot start '", p->argv0, "': ", strerror(err));

@@ -20,6 +20,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -56,9 +57,15 @@ class ExecutableRunner {
   // names its own cwd. Returns the pid; an error (bad spec, argv[0] not
   // found or not executable, fork failure) means nothing was started.
   absl::StatusOr<int> Start(const v1::TaskAssignment& task);
+  // The same, pinned to `cpus` (CPU numbers; empty: the agent's affinity)
+  // and with `env` set on top of the agent's and the spec's environment (a
+  // grant's variables win over the spec's).
+  absl::StatusOr<int> Start(const v1::TaskAssignment& task, const std::vector<int>& cpus,
+                            const std::vector<std::pair<std::string, std::string>>& env);
 
-  // SIGKILLs the task's process group; its end is still reported by
-  // Collect() (with killed_by_request set). Unknown ids are ignored.
+  // SIGKILLs the task's process group and every descendant that left it;
+  // its end is still reported by Collect() (with killed_by_request set).
+  // Unknown ids are ignored.
   void Kill(uint64_t task_id);
 
   // The fds to poll for input; Collect() reads whatever is readable.

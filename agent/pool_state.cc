@@ -19,7 +19,10 @@ PoolState::PoolState(PoolOptions options, WorkerControl* control, TaskEventSink*
       control_(control),
       sink_(sink),
       now_us_(std::move(now_us)),
-      slots_(std::max(1, options_.slots)) {}
+      slots_(std::max(1, options_.slots)) {
+  budget_ = std::max(options_.cores, slots());
+  cpu_taken_.assign(std::max(options_.cores, 1), false);
+}
 
 void PoolState::StartAll() {
   for (int i = 0; i < slots(); ++i) {
@@ -69,6 +72,17 @@ void PoolState::Submit(v1::TaskAssignment task) {
                         v1::TaskKind_Name(task.kind())));
     return;
   }
+  if (task.has_grant() && task.grant().hold_only()) {
+    Hold(task);
+    return;
+  }
+  if (task.has_grant() && task.grant().cpus_size() > 0) {
+    if (placed_.count(id) != 0) {
+      spdlog::warn("task {} submitted again while it holds cores here; ignored", id);
+      return;
+    }
+    PlacedArrived(task);
+  }
   queued_ids_.insert(id);
   queue_.push_back(std::move(task));
   FailQueuedIfBroken();
@@ -80,7 +94,9 @@ void PoolState::Cancel(uint64_t task_id, const std::string& reason) {
   if (queued_ids_.erase(task_id) != 0) {
     // Left in queue_ and skipped by Dispatch: erasing from the middle of a
     // long deque for each cancel of a big batch would be quadratic.
+    PlacedEnded(task_id);
     Report(task_id, v1::CANCELED, v1::FAILURE_CANCELLED, why);
+    Dispatch();
     return;
   }
   if (auto exe = exe_running_.find(task_id); exe != exe_running_.end()) {
@@ -167,8 +183,12 @@ std::vector<uint64_t> PoolState::Reclaim(const std::vector<uint64_t>& task_ids) 
   std::vector<uint64_t> released;
   for (uint64_t id : task_ids) {
     // Left in queue_ and skipped by Dispatch, as for a cancel.
-    if (queued_ids_.erase(id) != 0) released.push_back(id);
+    if (queued_ids_.erase(id) != 0) {
+      PlacedEnded(id);
+      released.push_back(id);
+    }
   }
+  if (!released.empty()) Dispatch();
   return released;
 }
 
@@ -227,6 +247,12 @@ void PoolState::OnExecutableDone(uint64_t task_id, v1::Outcome outcome, std::str
   const RunningExecutable exe = it->second;
   exe_running_.erase(it);
   --busy_;
+  NoteLimits(exe.limits, -1);
+  if (exe.limits.cores > 0) {
+    PlacedEnded(task_id);
+  } else {
+    --plain_running_;
+  }
   if (!exe.cancelled) {
     v1::TaskResult r;
     r.set_task_id(task_id);
@@ -244,6 +270,7 @@ void PoolState::OnExecutableDone(uint64_t task_id, v1::Outcome outcome, std::str
 
 void PoolState::Tick() {
   const int64_t now = now_us_();
+  if (limited_deadline_ + limited_memory_ > 0) EnforceLimits(now);
   for (int i = 0; i < slots(); ++i) {
     Slot& s = slots_[i];
     if (s.state == SlotState::kDown && s.restart_at_us <= now) {
@@ -267,6 +294,18 @@ std::optional<int64_t> PoolState::NextWakeUs() const {
       at = s.started_at_us + options_.ready_timeout_us;
     }
     if (at && (!next || *at < *next)) next = at;
+  }
+  auto consider = [&next](int64_t at) {
+    if (!next || at < *next) next = at;
+  };
+  if (limited_memory_ > 0) consider(next_memory_check_us_);
+  if (limited_deadline_ > 0) {
+    for (const Slot& s : slots_) {
+      if (s.state == SlotState::kBusy && s.limits.deadline_us != 0) consider(s.limits.deadline_us);
+    }
+    for (const auto& [id, exe] : exe_running_) {
+      if (!exe.cancelled && exe.limits.deadline_us != 0) consider(exe.limits.deadline_us);
+    }
   }
   return next;
 }
@@ -319,6 +358,7 @@ void PoolState::FailQueuedIfBroken() {
       continue;
     }
     queued_ids_.erase(id);
+    PlacedEnded(id);
     Report(id, v1::SYSTEM_ERROR, v1::FAILURE_WORKER_START,
            absl::StrCat(TaskPrefix(id), "no worker could start: ", last_start_failure_));
   }
@@ -328,37 +368,56 @@ void PoolState::FailQueuedIfBroken() {
 void PoolState::Dispatch() {
   // FIFO over both kinds while a slot is free. A Python task at the front
   // with no ready worker (workers still starting) does not hold back the
-  // executables behind it: they need only a slot.
+  // executables behind it: they need only a slot. A placed task waits until
+  // plain tasks leave its cores (none starts while it waits: its cores count
+  // from its arrival); placed tasks behind it may start before it if theirs
+  // are free.
   size_t i = 0;
-  while (i < queue_.size() && busy_ < slots()) {
+  while (i < queue_.size()) {
+    // Nothing can start: no room for plain tasks and no placed task waiting.
+    if (placed_queued_ == 0 && (busy_ >= slots() || !PlainRoom())) break;
     v1::TaskAssignment& front = queue_[i];
     const uint64_t id = front.task_id();
     if (queued_ids_.count(id) == 0) {  // cancelled while queued
       queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(i));
       continue;
     }
-    if (front.kind() == v1::EXECUTABLE) {
-      v1::TaskAssignment task = std::move(front);
-      queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(i));
-      queued_ids_.erase(id);
-      StartExecutable(std::move(task));
-      continue;
-    }
-    if (idle_.empty()) {
-      ++i;  // look for executables behind it
+    const int cores = front.has_grant() ? front.grant().cpus_size() : 0;
+    const bool room = cores > 0 ? PlacedRoom(cores) : busy_ < slots() && PlainRoom();
+    if (!room || (front.kind() == v1::PYTHON && idle_.empty())) {
+      ++i;  // look for what can start behind it
       continue;
     }
     v1::TaskAssignment task = std::move(front);
     queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(i));
     queued_ids_.erase(id);
+    if (task.kind() == v1::EXECUTABLE) {
+      StartExecutable(std::move(task));
+      continue;
+    }
     const int slot = idle_.back();
     idle_.pop_back();
     Slot& s = slots_[slot];
     s.state = SlotState::kBusy;
     s.task_id = id;
     s.start_us = now_us_();
+    s.limits = LimitsOf(task, s.start_us);
+    // A Python task's memory is what its processes hold beyond the worker's own.
+    if (s.limits.memory_bytes != 0) s.limits.baseline_bytes = control_->TreeMemoryBytes(s.pid);
+    NoteLimits(s.limits, +1);
     ++busy_;
     running_[id] = slot;
+    if (s.limits.cores > 0) {
+      PlacedStarted(id);
+      control_->PinWorker(slot, placed_[id].cpus);
+      s.pinned_version = -1;
+    } else {
+      ++plain_running_;
+      if (s.pinned_version != plain_version_) {
+        control_->PinWorker(slot, plain_cpus_);
+        s.pinned_version = plain_version_;
+      }
+    }
     v1::TaskStarted started;
     started.set_task_id(id);
     started.set_worker_pid(s.pid);
@@ -370,8 +429,13 @@ void PoolState::Dispatch() {
 
 void PoolState::StartExecutable(v1::TaskAssignment task) {
   const uint64_t id = task.task_id();
+  const bool placed = task.has_grant() && task.grant().cpus_size() > 0;
+  // Its cores are taken before it starts, so that plain executables started
+  // from now on keep off them.
+  if (placed) PlacedStarted(id);
   absl::StatusOr<int> pid = control_->StartExecutable(task);
   if (!pid.ok()) {
+    if (placed) PlacedEnded(id);
     spdlog::warn("task {}: {}", id, std::string(pid.status().message()));
     Report(id, v1::SYSTEM_ERROR, v1::FAILURE_KIND_UNSPECIFIED,
            absl::StrCat(TaskPrefix(id), pid.status().message()));
@@ -380,6 +444,9 @@ void PoolState::StartExecutable(v1::TaskAssignment task) {
   RunningExecutable& exe = exe_running_[id];
   exe.pid = *pid;
   exe.start_us = now_us_();
+  exe.limits = LimitsOf(task, exe.start_us);
+  NoteLimits(exe.limits, +1);
+  if (!placed) ++plain_running_;
   ++busy_;
   v1::TaskStarted started;
   started.set_task_id(id);
@@ -403,10 +470,195 @@ void PoolState::FinishRunning(int slot, v1::Outcome outcome, v1::FailureKind fai
   r.set_end_us(now_us_());
   running_.erase(s.task_id);
   --busy_;
+  NoteLimits(s.limits, -1);
+  if (s.limits.cores > 0) {
+    PlacedEnded(s.task_id);
+  } else {
+    --plain_running_;
+  }
+  s.limits = Limits{};
   // The caller sets the slot's next state; kIdle here would be wrong for a
   // killed or dead worker.
   s.state = SlotState::kKilled;
   sink_->TaskFinished(std::move(r));
+}
+
+PoolState::Limits PoolState::LimitsOf(const v1::TaskAssignment& task, int64_t now) {
+  Limits l;
+  if (!task.has_grant()) return l;
+  const v1::ResourceGrant& g = task.grant();
+  l.walltime_s = g.walltime_s();
+  if (g.walltime_s() > 0) l.deadline_us = now + int64_t{g.walltime_s()} * 1'000'000;
+  l.memory_bytes = g.memory_bytes();
+  l.cores = g.hold_only() ? 0 : g.cpus_size();
+  return l;
+}
+
+void PoolState::NoteLimits(const Limits& limits, int delta) {
+  if (limits.deadline_us != 0) limited_deadline_ += delta;
+  if (limits.memory_bytes != 0) {
+    if (delta > 0 && limited_memory_ == 0) next_memory_check_us_ = now_us_() + options_.memory_check_us;
+    limited_memory_ += delta;
+  }
+}
+
+void PoolState::PlacedArrived(const v1::TaskAssignment& task) {
+  Placed& p = placed_[task.task_id()];
+  p.cpus.assign(task.grant().cpus().begin(), task.grant().cpus().end());
+  p.running = false;
+  held_all_ += static_cast<int>(p.cpus.size());
+  ++placed_queued_;
+}
+
+void PoolState::PlacedStarted(uint64_t task_id) {
+  auto it = placed_.find(task_id);
+  if (it == placed_.end() || it->second.running) return;
+  it->second.running = true;
+  --placed_queued_;
+  held_running_ += static_cast<int>(it->second.cpus.size());
+  for (uint32_t c : it->second.cpus) {
+    if (c >= cpu_taken_.size()) cpu_taken_.resize(c + 1, false);
+    cpu_taken_[c] = true;
+  }
+  PlainCpusChanged();
+}
+
+void PoolState::PlacedEnded(uint64_t task_id) {
+  auto it = placed_.find(task_id);
+  if (it == placed_.end()) return;
+  const int cores = static_cast<int>(it->second.cpus.size());
+  held_all_ -= cores;
+  if (it->second.running) {
+    held_running_ -= cores;
+    for (uint32_t c : it->second.cpus) cpu_taken_[c] = false;
+    placed_.erase(it);
+    PlainCpusChanged();
+  } else {
+    --placed_queued_;
+    placed_.erase(it);
+  }
+  holds_.erase(task_id);
+}
+
+bool PoolState::Hold(const v1::TaskAssignment& task) {
+  const uint64_t id = task.task_id();
+  if (placed_.count(id) != 0) return false;
+  Placed& p = placed_[id];
+  p.cpus.assign(task.grant().cpus().begin(), task.grant().cpus().end());
+  p.running = true;
+  held_all_ += static_cast<int>(p.cpus.size());
+  held_running_ += static_cast<int>(p.cpus.size());
+  for (uint32_t c : p.cpus) {
+    if (c >= cpu_taken_.size()) cpu_taken_.resize(c + 1, false);
+    cpu_taken_[c] = true;
+  }
+  holds_.insert(id);
+  PlainCpusChanged();
+  return true;
+}
+
+void PoolState::EndHold(uint64_t task_id) {
+  if (holds_.count(task_id) == 0) return;
+  PlacedEnded(task_id);
+  Dispatch();
+}
+
+void PoolState::PlainCpusChanged() {
+  ++plain_version_;
+  plain_cpus_.clear();
+  bool any = false;
+  for (size_t c = 0; c < cpu_taken_.size(); ++c) {
+    if (cpu_taken_[c]) {
+      any = true;
+    } else {
+      plain_cpus_.push_back(static_cast<uint32_t>(c));
+    }
+  }
+  // Nothing placed runs (or it all is): plain tasks may use every CPU.
+  if (!any || plain_cpus_.empty()) plain_cpus_.clear();
+  control_->SetPlainCpus(plain_cpus_);
+  for (int slot = 0; slot < slots(); ++slot) {
+    Slot& s = slots_[slot];
+    if (s.state != SlotState::kBusy || s.limits.cores > 0) continue;
+    control_->PinWorker(slot, plain_cpus_);
+    s.pinned_version = plain_version_;
+  }
+}
+
+std::string PoolState::StartedTaskText(uint64_t task_id, int pid, bool worker) const {
+  return absl::StrCat(worker ? "worker pid " : "its process pid ", pid,
+                      " and every process it started were killed");
+}
+
+void PoolState::EnforceLimits(int64_t now) {
+  const bool check_memory = limited_memory_ > 0 && now >= next_memory_check_us_;
+  if (check_memory) next_memory_check_us_ = now + options_.memory_check_us;
+  struct Kill {
+    uint64_t task_id;
+    int slot;  // -1: an executable
+    v1::FailureKind kind;
+    std::string why;
+  };
+  std::vector<Kill> kills;
+  auto judge = [&](uint64_t id, int slot, int pid, const Limits& l) {
+    if (l.deadline_us != 0 && now >= l.deadline_us) {
+      kills.push_back({id, slot, v1::FAILURE_TIMED_OUT,
+                       absl::StrCat(TaskPrefix(id), "ran past its walltime of ", l.walltime_s,
+                                    " s (parsl_resource_specification 'walltime' / "
+                                    "'running_time_min'); ",
+                                    StartedTaskText(id, pid, slot >= 0))});
+      return;
+    }
+    if (!check_memory || l.memory_bytes == 0 || pid <= 0) return;
+    const uint64_t tree = control_->TreeMemoryBytes(pid);
+    const uint64_t used = tree > l.baseline_bytes ? tree - l.baseline_bytes : 0;
+    if (used <= l.memory_bytes) return;
+    kills.push_back(
+        {id, slot, v1::FAILURE_OUT_OF_MEMORY,
+         absl::StrCat(TaskPrefix(id), "its processes used ", used >> 20,
+                      " MiB of resident memory",
+                      l.baseline_bytes > 0
+                          ? absl::StrCat(" beyond the ", l.baseline_bytes >> 20,
+                                         " MiB its Python worker held before it")
+                          : std::string(),
+                      ", over its memory limit of ", l.memory_bytes >> 20, " MiB (",
+                      l.memory_bytes, " bytes; parsl_resource_specification 'memory'); ",
+                      StartedTaskText(id, pid, slot >= 0))});
+  };
+  for (int slot = 0; slot < slots(); ++slot) {
+    const Slot& s = slots_[slot];
+    if (s.state == SlotState::kBusy && (s.limits.deadline_us != 0 || s.limits.memory_bytes != 0)) {
+      judge(s.task_id, slot, s.pid, s.limits);
+    }
+  }
+  for (const auto& [id, exe] : exe_running_) {
+    if (!exe.cancelled && (exe.limits.deadline_us != 0 || exe.limits.memory_bytes != 0)) {
+      judge(id, -1, exe.pid, exe.limits);
+    }
+  }
+  for (Kill& k : kills) KillForLimit(k.task_id, k.slot, k.kind, k.why);
+}
+
+void PoolState::KillForLimit(uint64_t task_id, int slot, v1::FailureKind kind,
+                             const std::string& why) {
+  spdlog::warn("{}", why);
+  if (slot >= 0) {
+    Slot& s = slots_[slot];
+    if (s.state != SlotState::kBusy || s.task_id != task_id) return;
+    FinishRunning(slot, v1::SYSTEM_ERROR, kind, "", why);
+    s.state = SlotState::kKilled;
+    control_->KillWorker(slot);  // replaced once its exit is seen
+    return;
+  }
+  auto it = exe_running_.find(task_id);
+  if (it == exe_running_.end() || it->second.cancelled) return;
+  RunningExecutable& exe = it->second;
+  exe.cancelled = true;  // reported here; its end frees the cores and the slot
+  NoteLimits(exe.limits, -1);
+  exe.limits.deadline_us = 0;
+  exe.limits.memory_bytes = 0;
+  Report(task_id, v1::SYSTEM_ERROR, kind, why, exe.pid, exe.start_us);
+  control_->KillExecutable(task_id);
 }
 
 void PoolState::RemoveIdle(int slot) {

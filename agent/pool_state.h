@@ -45,6 +45,15 @@ class WorkerControl {
   }
   // SIGKILLs a running executable's process group; its end is still reported.
   virtual void KillExecutable(uint64_t task_id) {}
+  // Sets the CPU affinity of the worker in `slot` (every thread) to these
+  // CPU indices of the node (indices into the agent's own CPU set; empty:
+  // all of them). Before a placed task: its grant; before a plain task: the
+  // CPUs no placed task holds.
+  virtual void PinWorker(int slot, const std::vector<uint32_t>& cpus) {}
+  // The CPU indices plain executables start on from now on (empty: all).
+  virtual void SetPlainCpus(const std::vector<uint32_t>& cpus) {}
+  // Resident memory (bytes) of the process tree of `pid` (the memory watchdog).
+  virtual uint64_t TreeMemoryBytes(int pid) { return 0; }
 };
 
 struct PoolOptions {
@@ -63,10 +72,26 @@ struct PoolOptions {
   // The largest result a task may return (the head's payload limit), for
   // the error of one that is larger.
   uint64_t max_result_bytes = 256ull << 20;
+  // The node's cores as registered (what grants index). Placed tasks and
+  // plain ones share max(cores, slots): a placed task holds its cores from
+  // its arrival, a plain task counts one.
+  int cores = 0;
+  // How often the resident memory of tasks with a memory limit is measured.
+  int64_t memory_check_us = 100'000;
 };
 
 class PoolState {
  public:
+  // What is enforced on a running task.
+  struct Limits {
+    int64_t deadline_us = 0;  // 0 = none
+    uint32_t walltime_s = 0;
+    uint64_t memory_bytes = 0;  // 0 = none
+    // What the idle Python worker held when the task started: not the task's.
+    uint64_t baseline_bytes = 0;
+    int cores = 0;              // placed: its granted CPUs; 0 = a plain task
+  };
+
   enum class SlotState {
     kDown,      // no process; restart at restart_at_us
     kStarting,  // started, READY not yet received
@@ -82,7 +107,16 @@ class PoolState {
   // Starts every slot's worker.
   void StartAll();
 
+  // A task from the head. Placed tasks (grant.cpus) wait until their cores
+  // are free of plain tasks (no plain task starts meanwhile), are pinned to
+  // them, and are killed past their walltime or memory limit (failing with
+  // FAILURE_TIMED_OUT / FAILURE_OUT_OF_MEMORY); a plain task with a
+  // walltime likewise.
   void Submit(v1::TaskAssignment task);
+  // This node's hold-only share of an MPI gang led elsewhere: its cores are
+  // held (for no task here) until EndHold. Returns false for a repeat.
+  bool Hold(const v1::TaskAssignment& task);
+  void EndHold(uint64_t task_id);
   // A queued task is dropped and a running one's worker killed; either way the
   // task is reported CANCELED with `reason`. Unknown ids (already finished)
   // are ignored: the head decides what a late cancel means.
@@ -125,6 +159,10 @@ class PoolState {
   int busy() const { return busy_; }
   int executables_running() const { return static_cast<int>(exe_running_.size()); }
   int idle() const { return static_cast<int>(idle_.size()); }
+  // Cores placed tasks hold (queued, running, held) and those running or held.
+  int held_cores() const { return held_all_; }
+  int held_running_cores() const { return held_running_; }
+  int plain_running() const { return plain_running_; }
   size_t queued() const { return queued_ids_.size(); }
   SlotState slot_state(int slot) const { return slots_[slot].state; }
   int slot_pid(int slot) const { return slots_[slot].pid; }
@@ -141,12 +179,21 @@ class PoolState {
     uint64_t task_id = 0;  // valid in kBusy
     int64_t start_us = 0;  // valid in kBusy
     bool exiting = false;  // see OnWorkerExiting
+    Limits limits;         // valid in kBusy
+    // The plain CPU set version the worker is pinned to; -1: a grant's.
+    int64_t pinned_version = 0;
   };
 
   struct RunningExecutable {
     int pid = 0;
     int64_t start_us = 0;
     bool cancelled = false;  // reported CANCELED; waiting for its end to free the slot
+    Limits limits;
+  };
+  // A placed task's cores (or a hold's), from its arrival to its end.
+  struct Placed {
+    std::vector<uint32_t> cpus;
+    bool running = false;  // running or held: its CPUs are taken
   };
 
   void Dispatch();
@@ -165,7 +212,27 @@ class PoolState {
               int worker_pid = 0, int64_t start_us = 0);
   std::string TaskPrefix(uint64_t task_id) const;
 
+  bool PlainRoom() const { return plain_running_ + held_all_ < budget_; }
+  bool PlacedRoom(int cores) const {
+    return plain_running_ + held_running_ + cores <= budget_ ||
+           (plain_running_ + held_running_ == 0);  // larger than the node: alone
+  }
+  static Limits LimitsOf(const v1::TaskAssignment& task, int64_t now);
+  // Cores of a placed task arriving, starting, ending (any way).
+  void PlacedArrived(const v1::TaskAssignment& task);
+  void PlacedStarted(uint64_t task_id);
+  void PlacedEnded(uint64_t task_id);
+  // The CPUs no running placed task holds changed: new version, re-pin busy
+  // plain workers.
+  void PlainCpusChanged();
+  void NoteLimits(const Limits& limits, int delta);
+  // Kills tasks past their walltime or memory limit.
+  void EnforceLimits(int64_t now);
+  void KillForLimit(uint64_t task_id, int slot, v1::FailureKind kind, const std::string& why);
+  std::string StartedTaskText(uint64_t task_id, int pid, bool worker) const;
+
   PoolOptions options_;
+  int budget_ = 1;
   WorkerControl* control_;
   TaskEventSink* sink_;
   Clock now_us_;
@@ -182,6 +249,21 @@ class PoolState {
   // Failed starts since a worker last became ready, and the latest reason.
   int start_failures_ = 0;
   std::string last_start_failure_;
+
+  // Placed tasks (queued, running) and holds, by task id.
+  std::unordered_map<uint64_t, Placed> placed_;
+  std::unordered_set<uint64_t> holds_;
+  int held_all_ = 0;      // cores of everything in placed_
+  int held_running_ = 0;  // cores of those running or held
+  int plain_running_ = 0;
+  size_t placed_queued_ = 0;
+  std::vector<bool> cpu_taken_;   // by CPU index: a running placed task or a hold has it
+  std::vector<uint32_t> plain_cpus_;  // the others; empty = all (nothing placed runs)
+  int64_t plain_version_ = 0;     // 0: plain tasks run on every CPU, unpinned
+  // Running tasks with a walltime or memory limit (Tick skips the scan when 0).
+  int limited_deadline_ = 0;
+  int limited_memory_ = 0;
+  int64_t next_memory_check_us_ = 0;
 };
 
 }  // namespace dragon::agent

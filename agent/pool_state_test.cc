@@ -29,6 +29,14 @@ class ScriptedControl : public WorkerControl {
     return next_pid++;
   }
   void KillExecutable(uint64_t task_id) override { exe_killed.push_back(task_id); }
+  void PinWorker(int slot, const std::vector<uint32_t>& cpus) override {
+    pins.push_back({slot, cpus});
+  }
+  void SetPlainCpus(const std::vector<uint32_t>& cpus) override { plain_cpus = cpus; }
+  uint64_t TreeMemoryBytes(int pid) override { return memory[pid]; }
+  std::vector<std::pair<int, std::vector<uint32_t>>> pins;
+  std::vector<uint32_t> plain_cpus;
+  std::map<int, uint64_t> memory;
   std::vector<uint64_t> exe_started;
   std::vector<uint64_t> exe_killed;
   std::string WorkerLogPath(int slot) const override {
@@ -69,11 +77,13 @@ v1::TaskAssignment Exe(uint64_t id, std::string payload = "spec") {
 }
 
 struct Fixture {
-  explicit Fixture(int slots) : state(Options(slots), &control, &sink, [this] { return now; }) {}
-  static PoolOptions Options(int slots) {
+  explicit Fixture(int slots, int cores = 0)
+      : state(Options(slots, cores), &control, &sink, [this] { return now; }) {}
+  static PoolOptions Options(int slots, int cores) {
     PoolOptions o;
     o.node_id = "n1";
     o.slots = slots;
+    o.cores = cores;
     return o;
   }
   int64_t now = 1'000'000;
@@ -450,6 +460,168 @@ TEST_CASE("reclaim drops queued tasks without reporting them; running ones stay"
   f.state.OnTaskOutput(0, 2, v1::OK, "r");
   CHECK(f.control.sent.size() == 2);  // 3 never runs
   CHECK(f.sink.results.count(3) == 0);
+}
+
+v1::TaskAssignment PlacedTask(uint64_t id, std::vector<uint32_t> cpus, uint32_t walltime = 0,
+                              uint64_t memory = 0, v1::TaskKind kind = v1::PYTHON) {
+  v1::TaskAssignment t = kind == v1::PYTHON ? Task(id) : Exe(id);
+  for (uint32_t c : cpus) t.mutable_grant()->add_cpus(c);
+  t.mutable_grant()->set_walltime_s(walltime);
+  t.mutable_grant()->set_memory_bytes(memory);
+  return t;
+}
+
+TEST_CASE("a placed task waits for plain tasks to leave its cores; no plain task starts "
+          "meanwhile",
+          "[resources]") {
+  Fixture f(4, 4);
+  f.state.StartAll();
+  for (int i = 0; i < 4; ++i) f.state.OnReady(i);
+  for (uint64_t id = 1; id <= 4; ++id) f.state.Submit(Task(id));
+  CHECK(f.state.plain_running() == 4);
+  f.state.Submit(PlacedTask(10, {0, 1}));
+  f.state.Submit(Task(5));
+  CHECK(f.state.held_cores() == 2);
+  CHECK(f.control.sent.size() == 4);
+  f.state.OnTaskOutput(f.control.sent[0].first, 1, v1::OK, "r");
+  CHECK(f.control.sent.size() == 4);  // 3 plain + 2 placed > 4: it waits, and so does task 5
+  f.state.OnTaskOutput(f.control.sent[1].first, 2, v1::OK, "r");
+  REQUIRE(f.control.sent.size() == 5);
+  CHECK(f.control.sent[4].second == 10);
+  CHECK(f.state.held_running_cores() == 2);
+  // Pinned to its grant; the plain workers still running moved off those CPUs.
+  bool pinned_to_grant = false;
+  for (auto& [slot, cpus] : f.control.pins) {
+    if (slot == f.control.sent[4].first && cpus == std::vector<uint32_t>{0, 1}) pinned_to_grant = true;
+  }
+  CHECK(pinned_to_grant);
+  CHECK(f.control.plain_cpus == std::vector<uint32_t>{2, 3});
+  // Task 5 waits for a plain task to end: 2 plain + 2 held = 4.
+  f.state.OnTaskOutput(f.control.sent[2].first, 3, v1::OK, "r");
+  REQUIRE(f.control.sent.size() == 6);
+  CHECK(f.control.sent[5].second == 5);
+  // The placed task ends: its CPUs are plain again.
+  f.state.OnTaskOutput(f.control.sent[4].first, 10, v1::OK, "r");
+  CHECK(f.state.held_cores() == 0);
+  CHECK(f.control.plain_cpus.empty());
+}
+
+TEST_CASE("walltime: a Python task past it fails TIMED_OUT, its worker is killed", "[resources]") {
+  Fixture f(1, 1);
+  f.state.StartAll();
+  f.state.OnReady(0);
+  f.state.Submit(PlacedTask(1, {0}, /*walltime=*/2));
+  REQUIRE(f.control.sent.size() == 1);
+  REQUIRE(f.state.NextWakeUs().has_value());
+  CHECK(*f.state.NextWakeUs() <= f.now + 2'000'000);
+  f.now += 1'999'999;
+  f.state.Tick();
+  CHECK(f.sink.results.empty());
+  f.now += 1;
+  f.state.Tick();
+  REQUIRE(f.sink.results.count(1) == 1);
+  CHECK(f.sink.results[1].failure() == v1::FAILURE_TIMED_OUT);
+  CHECK(f.sink.results[1].error().find("walltime of 2 s") != std::string::npos);
+  CHECK(f.control.killed == std::vector<int>{0});
+  CHECK(f.state.held_cores() == 0);
+  // The exit that follows is not a second failure.
+  f.state.OnWorkerExit(0, "killed by signal 9 SIGKILL");
+  CHECK(f.sink.results.size() == 1);
+}
+
+TEST_CASE("walltime on a plain task (no cores granted) is enforced too", "[resources]") {
+  Fixture f(1);
+  f.state.StartAll();
+  f.state.OnReady(0);
+  f.state.Submit(PlacedTask(1, {}, /*walltime=*/1));
+  f.now += 1'000'000;
+  f.state.Tick();
+  REQUIRE(f.sink.results.count(1) == 1);
+  CHECK(f.sink.results[1].failure() == v1::FAILURE_TIMED_OUT);
+}
+
+TEST_CASE("memory: a task whose tree goes over its limit fails OUT_OF_MEMORY naming it",
+          "[resources]") {
+  Fixture f(2, 2);
+  f.state.StartAll();
+  f.state.OnReady(0);
+  f.state.OnReady(1);
+  f.control.memory[1001] = 70 << 20;  // the first worker's own memory when task 1 starts
+  f.state.Submit(PlacedTask(1, {0}, 0, /*memory=*/100 << 20));
+  f.state.Submit(PlacedTask(2, {1}, 0, /*memory=*/100 << 20));
+  const int pid1 = f.state.slot_pid(f.control.sent[0].first);
+  const int pid2 = f.state.slot_pid(f.control.sent[1].first);
+  // Worker baselines (0 before the tasks started): what the task adds counts.
+  REQUIRE(pid1 == 1001);
+  f.control.memory[pid1] = 220 << 20;  // 150 MiB beyond the worker's 70
+  f.control.memory[pid2] = 50 << 20;
+  f.state.Tick();  // not yet time to measure
+  CHECK(f.sink.results.empty());
+  f.now += 100'000;
+  f.state.Tick();
+  REQUIRE(f.sink.results.count(1) == 1);
+  CHECK(f.sink.results[1].failure() == v1::FAILURE_OUT_OF_MEMORY);
+  CHECK(f.sink.results[1].error().find("used 150 MiB of resident memory beyond the 70 MiB") !=
+        std::string::npos);
+  CHECK(f.sink.results[1].error().find("limit of 100 MiB") != std::string::npos);
+  CHECK(f.sink.results.count(2) == 0);
+}
+
+TEST_CASE("an executable past its walltime is reported once, when killed", "[resources]") {
+  Fixture f(1, 1);
+  f.state.StartAll();
+  f.state.Submit(PlacedTask(1, {0}, 1, 0, v1::EXECUTABLE));
+  REQUIRE(f.control.exe_started == std::vector<uint64_t>{1});
+  CHECK(f.state.held_running_cores() == 1);
+  f.now += 1'000'000;
+  f.state.Tick();
+  REQUIRE(f.sink.results.count(1) == 1);
+  CHECK(f.sink.results[1].failure() == v1::FAILURE_TIMED_OUT);
+  CHECK(f.control.exe_killed == std::vector<uint64_t>{1});
+  f.sink.results.clear();
+  f.state.OnExecutableDone(1, v1::APP_EXCEPTION, "", "");
+  CHECK(f.sink.results.empty());
+  CHECK(f.state.held_cores() == 0);
+  CHECK(f.state.busy() == 0);
+}
+
+TEST_CASE("a hold takes its cores from plain tasks until it ends", "[resources]") {
+  Fixture f(2, 2);
+  f.state.StartAll();
+  f.state.OnReady(0);
+  f.state.OnReady(1);
+  v1::TaskAssignment hold = PlacedTask(7, {1});
+  hold.mutable_grant()->set_hold_only(true);
+  hold.clear_payload();
+  f.state.Submit(hold);  // a hold-only task is held, never run
+  CHECK(f.control.sent.empty());
+  CHECK(f.control.plain_cpus == std::vector<uint32_t>{0});
+  CHECK_FALSE(f.state.Hold(hold));  // a repeat
+  f.state.Submit(Task(1));
+  f.state.Submit(Task(2));
+  CHECK(f.control.sent.size() == 1);  // one core left
+  f.state.EndHold(7);
+  CHECK(f.control.sent.size() == 2);
+  CHECK(f.sink.results.count(7) == 0);  // a hold reports nothing
+}
+
+TEST_CASE("cancel and reclaim of a queued placed task give its cores back", "[resources]") {
+  Fixture f(2, 2);
+  f.state.StartAll();
+  f.state.OnReady(0);
+  f.state.OnReady(1);
+  f.state.Submit(Task(1));
+  f.state.Submit(Task(2));
+  f.state.Submit(PlacedTask(3, {0, 1}));
+  f.state.Submit(PlacedTask(4, {0, 1}));
+  CHECK(f.state.held_cores() == 4);
+  f.state.Cancel(3, "user");
+  CHECK(f.state.held_cores() == 2);
+  CHECK(f.state.Reclaim({4}) == std::vector<uint64_t>{4});
+  CHECK(f.state.held_cores() == 0);
+  f.state.Submit(Task(5));
+  f.state.OnTaskOutput(f.control.sent[0].first, 1, v1::OK, "r");
+  CHECK(f.control.sent.back().second == 5);
 }
 
 }  // namespace

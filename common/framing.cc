@@ -46,6 +46,8 @@ std::string FrameTypeName(uint8_t type) {
       return "APP_EXCEPTION";
     case FrameType::kResultTooLarge:
       return "RESULT_TOO_LARGE";
+    case FrameType::kRunEnv:
+      return "RUN_ENV";
   }
   return absl::StrCat("type ", type);
 }
@@ -71,6 +73,28 @@ void AppendRunFrame(std::string* out, uint64_t task_id, absl::string_view cwd,
   PutU32(out, static_cast<uint32_t>(kMinFrameLength + body_size));
   out->push_back(static_cast<char>(FrameType::kRun));
   PutU64(out, task_id);
+  PutU32(out, static_cast<uint32_t>(cwd.size()));
+  out->append(cwd.data(), cwd.size());
+  out->append(payload.data(), payload.size());
+}
+
+void AppendRunEnvFrame(std::string* out, uint64_t task_id,
+                       const std::vector<std::pair<std::string, std::string>>& env,
+                       absl::string_view cwd, absl::string_view payload) {
+  size_t env_size = 0;
+  for (const auto& [k, v] : env) env_size += k.size() + 1 + v.size() + 1;
+  const size_t body_size = 4 + env_size + 4 + cwd.size() + payload.size();
+  out->reserve(out->size() + kFrameHeaderSize + body_size);
+  PutU32(out, static_cast<uint32_t>(kMinFrameLength + body_size));
+  out->push_back(static_cast<char>(FrameType::kRunEnv));
+  PutU64(out, task_id);
+  PutU32(out, static_cast<uint32_t>(env_size));
+  for (const auto& [k, v] : env) {
+    out->append(k);
+    out->push_back('=');
+    out->append(v);
+    out->push_back('\0');
+  }
   PutU32(out, static_cast<uint32_t>(cwd.size()));
   out->append(cwd.data(), cwd.size());
   out->append(payload.data(), payload.size());

@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -28,6 +30,10 @@ enum class FrameType : uint8_t {
   // worker -> agent: the task's result (or exception) would be larger than
   // $DRAGON_MAX_RESULT_BYTES and was not sent; body = its size, in decimal.
   kResultTooLarge = 5,
+  // agent -> worker: a RUN with environment variables the worker sets for
+  // the task's duration (its grant: GPUs, MPI placement): u32 env_len, env
+  // ("NAME=VALUE\0" each), then a RUN body.
+  kRunEnv = 6,
 };
 
 // Name for logs and error messages ("READY", ..., or "type 17").
@@ -53,6 +59,11 @@ std::string EncodeFrame(FrameType type, uint64_t task_id, absl::string_view body
 // so it is copied exactly once, straight into the frame.
 void AppendRunFrame(std::string* out, uint64_t task_id, absl::string_view cwd,
                     absl::string_view payload);
+
+// A RUN_ENV frame: `env` set for the task, then what a RUN frame holds.
+void AppendRunEnvFrame(std::string* out, uint64_t task_id,
+                       const std::vector<std::pair<std::string, std::string>>& env,
+                       absl::string_view cwd, absl::string_view payload);
 
 struct RunBody {
   absl::string_view cwd;

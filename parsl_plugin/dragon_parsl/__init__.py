@@ -35,9 +35,15 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
     from dragon_parsl.executor import DragonExecutor
+    from dragon_parsl.mpi import MpiJob, MpiJobFailed, Policy, TaskIOError, mpi_app
 
 __all__ = [
     "DragonExecutor",
+    "mpi_app",
+    "Policy",
+    "MpiJob",
+    "MpiJobFailed",
+    "TaskIOError",
     "AuthenticationFailed",
     "CredentialsError",
     "DragonError",
@@ -63,8 +69,15 @@ __all__ = [
 ]
 
 
+# The talk's MPI apps (dragon_parsl.mpi), also imported lazily.
+_MPI_NAMES = ("mpi_app", "Policy", "MpiJob", "MpiJobFailed", "TaskIOError")
+
+
 def __getattr__(name: str) -> Any:
     if name == "DragonExecutor":
         from dragon_parsl.executor import DragonExecutor
         return DragonExecutor
+    if name in _MPI_NAMES:
+        from dragon_parsl import mpi
+        return getattr(mpi, name)
     raise AttributeError(f"module 'dragon_parsl' has no attribute {name!r}")

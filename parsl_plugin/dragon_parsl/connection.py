@@ -60,6 +60,10 @@ class Submission:
     client_ref: int
     payload: bytes
     name: str
+    # parsl_resource_specification as dragond's request (dragon_parsl.resources); None: none.
+    resources: Optional["common_pb2.ResourceRequest"] = None
+    # EXECUTABLE: payload is an ExecutableSpec (dragon_parsl.mpi's jobs).
+    kind: int = common_pb2.PYTHON
 
 
 class Session:
@@ -176,8 +180,10 @@ class Session:
             size = 0
             closing = False
             while True:
-                tasks.append(head_pb2.TaskSubmission(client_ref=item.client_ref, kind=common_pb2.PYTHON,
+                tasks.append(head_pb2.TaskSubmission(client_ref=item.client_ref, kind=item.kind,
                                                      payload=item.payload, name=item.name))
+                if item.resources is not None:
+                    tasks[-1].resources.CopyFrom(item.resources)
                 size += len(item.payload) + 64
                 if len(tasks) >= max_tasks:
                     break

@@ -165,6 +165,16 @@ class HeadShutDown(TaskFailed):
     """The head shut down before the task finished (FAILURE_SHUTDOWN)."""
 
 
+class TaskOutOfMemory(TaskFailed):
+    """The task's processes went over the memory it asked for (parsl_resource_specification
+    'memory') and were killed (FAILURE_OUT_OF_MEMORY); the message names the limit."""
+
+
+class ResourcesUnsatisfiable(TaskRefused):
+    """No node or set of nodes of the head could ever hold what the task asks for
+    (FAILURE_UNSATISFIABLE); the message names the request and the largest node."""
+
+
 class PayloadTooLarge(TaskTooLarge):
     """Refused by this client before sending: the task's packed payload exceeds the
     head's max_payload_bytes (the head would refuse it with FAILURE_TOO_LARGE)."""
@@ -198,6 +208,8 @@ FAILURE_CLASSES: Dict[str, type] = {
     "FAILURE_WORKER_START": WorkerStartFailed,
     "FAILURE_SHUTDOWN": HeadShutDown,
     "FAILURE_INTERNAL": TaskFailed,
+    "FAILURE_OUT_OF_MEMORY": TaskOutOfMemory,
+    "FAILURE_UNSATISFIABLE": ResourcesUnsatisfiable,
 }
 
 

@@ -388,6 +388,10 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
 
     def submit(self, func: Callable, resource_specification: Dict[str, Any], *args: Any,
                **kwargs: Any) -> cf.Future:
+        if getattr(func, "dragon_mpi_launch", None) or hasattr(func, "__wrapped__"):
+            from dragon_parsl import mpi  # @mpi_app: run here, launched by the leader agent
+            if mpi.launch_of(func) is not None:
+                return mpi.submit_job(self, func, resource_specification, args, kwargs)
         self.validate_resource_spec(resource_specification)
         session = self.session
         if session is None:
@@ -450,6 +454,9 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         fut = self._tasks.get(client_ref)
         if fut is not None:
             fut.dragon_task_id = task_id  # type: ignore[attr-defined]
+            on_accepted = getattr(fut, "dragon_on_accepted", None)  # dragon_parsl.mpi
+            if on_accepted is not None:
+                on_accepted(task_id)
 
     def _on_result(self, r: "head_pb2.ClientResult") -> None:
         # No self._lock here: dict.pop is atomic under the GIL, and a contended lock on the
@@ -467,6 +474,12 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
                 self.shm.discard_result(r.result.data)
             return
         fut.dragon_task_id = r.task_id  # type: ignore[attr-defined]
+        if getattr(fut, "dragon_raw_result", False):  # dragon_parsl.mpi decodes its own results
+            try:
+                fut.set_result(r)
+            except cf.InvalidStateError:
+                pass
+            return
         res = r.result
         outcome = res.outcome
         try:

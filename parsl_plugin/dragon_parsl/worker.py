@@ -37,6 +37,7 @@ RUN = 2
 RESULT = 3
 APP_EXCEPTION = 4
 RESULT_TOO_LARGE = 5  # body: the size of what was not sent, in decimal
+RUN_ENV = 6  # a RUN with environment variables for the task: u32 env_len, "NAME=VALUE\0"..., RUN body
 
 _HEADER = struct.Struct("<IBQ")  # length, type, task_id
 _HEADER_SIZE = _HEADER.size  # 13
@@ -272,6 +273,40 @@ def _run_one(body: Any, task_id: int = 0) -> tuple[int, Any]:
         return APP_EXCEPTION, _wrap_current_exception()
 
 
+def split_run_env(body: Any) -> tuple[dict, Any]:
+    """(the variables, the RUN body) of a RUN_ENV body."""
+    (env_len,) = _U32.unpack_from(body, 0)
+    env: dict = {}
+    for entry in bytes(body[4:4 + env_len]).split(b"\0"):
+        if entry:
+            name, _, value = entry.partition(b"=")
+            env[name.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+    return env, memoryview(body)[4 + env_len:]
+
+
+class TaskEnvironment:
+    """Sets a task's variables (its grant: GPUs, MPI placement) in ``os.environ`` for
+    the task's duration; on exit every variable is as it was before (set again, or
+    removed when it was not set)."""
+
+    def __init__(self, env: dict) -> None:
+        self.env = env
+        self.saved: dict = {}
+
+    def __enter__(self) -> "TaskEnvironment":
+        for name, value in self.env.items():
+            self.saved[name] = os.environ.get(name)
+            os.environ[name] = value
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for name, old in self.saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+
+
 def max_result_bytes() -> int:
     """The head's per-task limit, told by the agent ($DRAGON_MAX_RESULT_BYTES); 0 = none."""
     try:
@@ -298,11 +333,17 @@ def main() -> int:
         if frame is None:
             return 0  # the agent closed fd 3: it is done with us
         ftype, task_id, body = frame
-        if ftype != RUN:
+        if ftype == RUN:
+            rtype, rbody = _run_one(body, task_id)
+        elif ftype == RUN_ENV:
+            env, run_body = split_run_env(body)
+            with TaskEnvironment(env):
+                rtype, rbody = _run_one(run_body, task_id)
+            del run_body
+        else:
             print(f"dragon worker {os.getpid()}: unexpected frame type {ftype} for task {task_id}",
                   file=sys.stderr, flush=True)
             return 2
-        rtype, rbody = _run_one(body, task_id)
         del body, frame  # let a large payload go before the next read
         size = body_size(rbody)
         if limit and size > limit:
