@@ -23,12 +23,15 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "agent/head_connection.h"
 #include "agent/incarnations.h"
 #include "agent/node_resources.h"
+#include "agent/process_tree.h"
+#include "agent/task_env.h"
 #include "agent/simulated_pool.h"
 #include "agent/worker_pool.h"
 #include "common/dashed_flags.h"
@@ -254,6 +257,19 @@ int Main(int argc, char** argv) {
   if (!gpus.ok()) return Fail(std::string(gpus.status().message()));
   const std::string host = common::Hostname();
   const uint64_t memory = UsableMemoryBytes();
+  // Grants index these CPU numbers (the first `cores` of this process's
+  // affinity); placed tasks are pinned to theirs (agent/task_env.h).
+  std::vector<int> cpu_ids = AffinityCpus();
+  if (cpu_ids.size() > cores) cpu_ids.resize(cores);
+  const MpiPrefixConfig mpi_prefix = MpiPrefixConfigFrom(
+      [](const char* name) { return static_cast<const char*>(std::getenv(name)); }, common::SelfDir(),
+      [](const std::string& program) {
+        const char* path = std::getenv("PATH");
+        for (absl::string_view dir : absl::StrSplit(path == nullptr ? "" : path, ':')) {
+          if (!dir.empty() && access(absl::StrCat(dir, "/", program).c_str(), X_OK) == 0) return true;
+        }
+        return false;
+      });
   if (simulate > 0) {
     spdlog::warn("dragon-agent {} pid {} node {} on {}: head {}, SIMULATED workers: {} slots, "
                  "{} us per task; no task is really run (benchmark/test mode)",
@@ -264,6 +280,11 @@ int Main(int argc, char** argv) {
                  kAgentVersion, getpid(), node_id, host, head, workers, cores, memory >> 20,
                  absl::StrJoin(*gpus, ","), absl::GetFlag(FLAGS_python),
                  token.empty() ? "none" : "given");
+    spdlog::info("placed tasks are pinned to CPUs [{}] (grant indices 0..{}); $PARSL_MPI_PREFIX "
+                 "launches with {}{}",
+                 absl::StrJoin(cpu_ids, ","), cpu_ids.empty() ? 0 : cpu_ids.size() - 1,
+                 mpi_prefix.Describe(),
+                 mpi_prefix.binder.empty() ? "" : absl::StrCat(", ranks bound by ", mpi_prefix.binder));
   }
   if (!block_id.empty() || job_end_us > 0) {
     const int64_t left_s = job_end_us > 0 ? job_end_us / 1'000'000 - absl::ToUnixSeconds(absl::Now()) : 0;
@@ -325,6 +346,11 @@ int Main(int argc, char** argv) {
       popts.node_id = node_id;
       popts.run_dir = run_dir;
       popts.workers = workers;
+      popts.cores = static_cast<int>(cores);
+      popts.node_env.run_id = registered.run_id();
+      popts.node_env.has_gpus = !gpus->empty();
+      popts.node_env.cpu_ids = cpu_ids;
+      popts.node_env.mpi = mpi_prefix;
       popts.worker_argv = {absl::GetFlag(FLAGS_python), "-m", "dragon_parsl.worker"};
       if (registered.max_payload_bytes() > 0) popts.max_result_bytes = registered.max_payload_bytes();
       popts.ready_timeout_us = int64_t{absl::GetFlag(FLAGS_worker_ready_timeout)} * 1'000'000;

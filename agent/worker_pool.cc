@@ -14,6 +14,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "agent/process_tree.h"
+#include "agent/task_env.h"
 #include "spdlog/spdlog.h"
 
 namespace dragon::agent {
@@ -50,6 +52,8 @@ class WorkerPool::Control : public WorkerControl {
     // Output of a worker that is then SIGKILLed is otherwise lost in
     // Python's buffer: exactly the output needed to understand why.
     if (getenv("PYTHONUNBUFFERED") == nullptr) spec.env.emplace_back("PYTHONUNBUFFERED", "1");
+    // On a GPU node a task sees only the GPUs granted to it (RUN_ENV frames).
+    for (auto& kv : WorkerBaseEnvironment(o.node_env)) spec.env.push_back(std::move(kv));
     absl::StatusOr<std::unique_ptr<WorkerProcess>> proc = WorkerProcess::Start(spec);
     if (!proc.ok()) return proc.status();
     const int pid = (*proc)->pid();
@@ -65,13 +69,22 @@ class WorkerPool::Control : public WorkerControl {
   void SendTask(int slot, v1::TaskAssignment task) override {
     Worker* w = pool_->workers_[slot].get();
     if (w == nullptr || w->proc->to_worker_fd() < 0) return;  // dying; its exit fails the task
-    common::AppendRunFrame(&w->out, task.task_id(), task.cwd(), task.payload());
+    // A grant's GPUs and MPI placement: set by the worker for this task only.
+    EnvList env = TaskEnvironment(task, pool_->options_.node_env, /*plain_gpu_hiding=*/false);
+    if (env.empty()) {
+      common::AppendRunFrame(&w->out, task.task_id(), task.cwd(), task.payload());
+    } else {
+      common::AppendRunEnvFrame(&w->out, task.task_id(), env, task.cwd(), task.payload());
+    }
     pool_->WriteTo(slot);  // most frames fit the pipe: no extra poll round
   }
 
   void KillWorker(int slot) override {
     Worker* w = pool_->workers_[slot].get();
     if (w == nullptr) return;
+    // The worker and whatever its task started (a bash_app's processes, an
+    // mpiexec): nothing of the task may outlive it.
+    if (!w->proc->reaped()) KillTree(w->proc->pid());
     absl::Status s = w->proc->Signal(SIGKILL);
     if (!s.ok()) spdlog::error("slot {}: {}", slot, std::string(s.message()));
     // Nothing it says from now on matters, and its exit is found by reaping.
@@ -83,8 +96,36 @@ class WorkerPool::Control : public WorkerControl {
   std::string WorkerLogPath(int slot) const override { return pool_->WorkerLogPath(slot); }
 
   absl::StatusOr<int> StartExecutable(const v1::TaskAssignment& task) override {
-    return pool_->runner_->Start(task);
+    const NodeEnv& node = pool_->options_.node_env;
+    const std::vector<int> cpus = task.grant().cpus_size() > 0
+                                      ? GrantedCpus(task.grant(), node.cpu_ids)
+                                      : pool_->plain_cpus_;
+    return pool_->runner_->Start(task, cpus, TaskEnvironment(task, node, /*plain_gpu_hiding=*/true));
   }
+
+  void PinWorker(int slot, const std::vector<uint32_t>& cpus) override {
+    Worker* w = pool_->workers_[slot].get();
+    if (w == nullptr || w->proc->reaped()) return;
+    const std::vector<int>& all = pool_->options_.node_env.cpu_ids;
+    std::vector<int> numbers;
+    for (uint32_t i : cpus) {
+      if (i < all.size()) numbers.push_back(all[i]);
+    }
+    if (numbers.empty()) numbers = all;
+    if (numbers.empty()) return;
+    absl::Status s = SetProcessAffinity(w->proc->pid(), numbers);
+    if (!s.ok()) spdlog::warn("slot {}: {}", slot, std::string(s.message()));
+  }
+
+  void SetPlainCpus(const std::vector<uint32_t>& cpus) override {
+    const std::vector<int>& all = pool_->options_.node_env.cpu_ids;
+    pool_->plain_cpus_.clear();
+    for (uint32_t i : cpus) {
+      if (i < all.size()) pool_->plain_cpus_.push_back(all[i]);
+    }
+  }
+
+  uint64_t TreeMemoryBytes(int pid) override { return TreeRssBytes(pid); }
 
   void KillExecutable(uint64_t task_id) override { pool_->runner_->Kill(task_id); }
 
@@ -100,6 +141,7 @@ WorkerPool::WorkerPool(WorkerPoolOptions options, TaskEventSink* sink)
   PoolOptions po;
   po.node_id = options_.node_id;
   po.slots = options_.workers;
+  po.cores = options_.cores;
   po.ready_timeout_us = options_.ready_timeout_us;
   po.max_result_bytes = options_.max_result_bytes;
   state_ = std::make_unique<PoolState>(po, control_.get(), sink_, NowUs);

@@ -20,6 +20,7 @@
 #include "agent/executable_runner.h"
 #include "agent/interfaces.h"
 #include "agent/pool_state.h"
+#include "agent/task_env.h"
 #include "agent/worker_process.h"
 #include "common/framing.h"
 
@@ -29,6 +30,11 @@ struct WorkerPoolOptions {
   std::string node_id;
   std::string run_dir;
   int workers = 1;
+  // The node's cores as registered (what grants index; PoolOptions::cores).
+  int cores = 0;
+  // CPU numbers, GPUs and the MPI launcher, for placed tasks' affinity and
+  // environment (agent/task_env.h).
+  NodeEnv node_env;
   // e.g. {"/usr/bin/python3", "-m", "dragon_parsl.worker"}
   std::vector<std::string> worker_argv;
   // Largest result a task may return (the head's payload limit, told at
@@ -105,6 +111,8 @@ class WorkerPool : public TaskHandler {
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<char> read_buf_;
   std::unique_ptr<ExecutableRunner> runner_;  // pool thread only
+  // CPU numbers plain executables start on (empty: all); pool thread only.
+  std::vector<int> plain_cpus_;
   void CollectExecutables();
 
   int event_fd_ = -1;

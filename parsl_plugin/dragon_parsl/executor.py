@@ -37,14 +37,15 @@ from dragon_parsl.errors import (
     task_error,
 )
 from dragon_parsl.local_head import LocalHead, find_binary
+from dragon_parsl.resources import RESOURCE_KEYS, resource_request
 from dragon_parsl.worker import deserialize_view, pack_apply, serialize_parts, tune_malloc
 from dragon_parsl._proto import common_pb2, head_pb2, head_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
-# Resource specification keys this executor understands. dragond has no
-# per-task resources yet, so none: every key is refused rather than ignored.
-SUPPORTED_RESOURCE_KEYS: frozenset = frozenset()
+# Resource specification keys this executor understands (dragon_parsl.resources):
+# anything else is refused at submit rather than ignored.
+SUPPORTED_RESOURCE_KEYS: frozenset = RESOURCE_KEYS
 
 # Node states (NodeInfo.state) of agents that may still run tasks; "lost" and "gone" may not.
 LIVE_NODE_STATES = frozenset({"joining", "ready", "draining"})
@@ -377,14 +378,8 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
 
     # ------------------------------------------------------------------ submit
     def validate_resource_spec(self, resource_specification: Dict[str, Any]) -> None:
-        if not resource_specification:
-            return
-        unsupported = set(resource_specification) - SUPPORTED_RESOURCE_KEYS
-        if unsupported:
-            raise InvalidResourceSpecification(
-                unsupported,
-                f"DragonExecutor supports no parsl_resource_specification keys yet; "
-                f"unsupported: {', '.join(sorted(unsupported))}")
+        """Refuses (InvalidResourceSpecification naming the key) unknown keys and bad values."""
+        resource_request(resource_specification)
 
     def submit(self, func: Callable, resource_specification: Dict[str, Any], *args: Any,
                **kwargs: Any) -> cf.Future:
@@ -392,7 +387,7 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
             from dragon_parsl import mpi  # @mpi_app: run here, launched by the leader agent
             if mpi.launch_of(func) is not None:
                 return mpi.submit_job(self, func, resource_specification, args, kwargs)
-        self.validate_resource_spec(resource_specification)
+        resources = resource_request(resource_specification)  # refuses bad keys and values
         session = self.session
         if session is None:
             if self._broken is not None:
@@ -439,7 +434,7 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
                 self._tasks[ref] = fut
                 if arg_file is not None:
                     self._arg_files[ref] = arg_file
-                session.submit(Submission(ref, payload, name))
+                session.submit(Submission(ref, payload, name, resources))
         except BaseException:
             self._discard_arg_file(arg_file)
             raise
