@@ -5,7 +5,15 @@ imported lazily so that ``python -m dragon_parsl.worker`` stays light.
 """
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
+
+# gRPC's fork handlers are of no use here (no process this package forks uses gRPC), and with
+# them gRPC logs "Other threads are currently calling into gRPC, skipping fork() handlers" on
+# stderr at every fork made while a stream is open: with a provider, at every status poll of
+# the batch system (Parsl runs its commands with preexec_fn, which forks). Read by gRPC when it
+# is first imported; a value the user set is kept.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from dragon_parsl.errors import (
     AuthenticationFailed,

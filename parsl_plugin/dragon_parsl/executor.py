@@ -7,6 +7,7 @@ import functools
 import itertools
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -14,23 +15,26 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import grpc
 from parsl.app.errors import RemoteExceptionWrapper
-from parsl.executors.base import ParslExecutor
-from parsl.executors.errors import InvalidResourceSpecification
+from parsl.executors.errors import BadStateException, InvalidResourceSpecification
+from parsl.executors.status_handling import BlockProviderExecutor
+from parsl.jobs.states import JobState, JobStatus
 from parsl.monitoring.radios.base import RadioConfig
 from parsl.monitoring.radios.filesystem import FilesystemRadio
+from parsl.providers.base import ExecutionProvider
 from parsl.serialize import deserialize
 from parsl.serialize.errors import DeserializationError, SerializationError
 from parsl.utils import RepresentationMixin
 
-from dragon_parsl import _affinity, _cwd, shm, transport
+from dragon_parsl import _affinity, _cwd, blocks, shm, transport
 from dragon_parsl.connection import PROTOCOL_VERSION, Session, Submission, default_client_name
 from dragon_parsl.errors import (
     AuthenticationFailed,
     DragonError,
+    LocalHeadError,
     PayloadTooLarge,
     TaskCancelled,
     TaskFailed,
@@ -53,9 +57,26 @@ LIVE_NODE_STATES = frozenset({"joining", "ready", "draining"})
 # How long the answer to "are all agents on this host?" (ListNodes) is trusted.
 AGENT_HOSTS_RECHECK_S = 5.0
 
+# With a provider: the head's view of the blocks' agents (ListNodes) is re-read at most this often.
+BLOCK_NODES_RECHECK_S = 1.0
+# With a provider: tasks that wait while no block runs or is pending and none is started (a
+# strategy that starts none, max_blocks=0, ...) put the executor in Parsl's bad state after this long.
+NO_BLOCK_GRACE_S = 120.0
+# With a provider the embedded head never fails queued work for want of nodes by itself (its
+# --node-grace, at its maximum): blocks come and go, and the executor decides (block failures).
+PROVIDER_NODE_GRACE_S = 86400
 
-class DragonExecutor(ParslExecutor, RepresentationMixin):
+
+class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
     """Runs Parsl apps on dragond's workers.
+
+    Three ways to get workers: no ``provider`` and no ``address`` starts a private dragond with
+    one agent on this node (the embedded default); ``address`` uses a head started by hand
+    (``dragond start``, in a job or from a login node); ``provider`` (any Parsl
+    ExecutionProvider) runs the head beside the workflow and gets nodes in blocks, one batch
+    job each, that Parsl's strategy grows and shrinks (``init_blocks``, ``min_blocks``,
+    ``max_blocks``, ``parallelism``, ``Config(max_idletime=...)``), as for Parsl's
+    HighThroughputExecutor.
 
     Parameters
     ----------
@@ -89,7 +110,8 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         The dragond binary for the embedded head; default ``$DRAGON_BIN_DIR/dragond``, then PATH.
     head_run_dir : str, optional
         Run directory of the embedded head; default ``<parsl run dir>/dragon``
-        (a temporary directory when used outside a DataFlowKernel). Named so
+        (``dragon-<label>`` for another label than "dragon"; a temporary directory
+        when used outside a DataFlowKernel). Named so
         because Parsl itself sets ``executor.run_dir``.
     max_batch_tasks, max_batch_bytes : int
         Caps of one SubmitBatch message. Whatever is queued is sent at once;
@@ -153,6 +175,41 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
     storage_access, working_dir, remote_monitoring_radio
         As for Parsl's other executors. Tasks run in the directory the
         workflow was in when it submitted them.
+    provider : parsl.providers.base.ExecutionProvider, optional
+        Gets nodes in blocks (SlurmProvider, PBSProProvider, LocalProvider, ...). The head runs
+        beside the workflow (an embedded dragond with ``--launcher none``, listening on
+        ``head_listen``); each block's job runs, through the provider's own launcher
+        (SrunLauncher, MpiExecLauncher, SingleNodeLauncher, SimpleLauncher, ...), one
+        ``dragon-agent --head ADDR --run-dir RUN --token-file RUN/token --block-id B --python PY
+        [--workers N] [--job-end ...]`` per node; the agents dial back with the run's token, read
+        from the run directory's 0600 token file (``head_run_dir`` must be on a filesystem the
+        compute nodes share; the token is never on a command line). ``dragon-agent`` and the
+        workers' Python must be at the same paths on the nodes. Scale-in drains a block's
+        agents (no new tasks, running ones finish, prefetched ones go back to the queue), then
+        cancels its job. Excludes ``address``.
+    head_listen : str, optional
+        With a provider: where the head listens, an address, host name or interface (``ib0``);
+        the compute nodes dial it. Default: ``127.0.0.1`` for LocalProvider, for SlurmProvider
+        the address that routes to its partition's nodes (``sinfo``), otherwise the address of
+        this host's name; ``start()`` fails, saying so, when that is a loopback address.
+    drain_before_end : float
+        With a provider: seconds before a block's job ends (its walltime, or
+        ``$SLURM_JOB_END_TIME``) from which the head places no new task on its nodes; tasks
+        sent there and not started go back to the queue, running ones may finish (those still
+        running at the end run again elsewhere, as infrastructure retries). Such a block is
+        reported HELD, so that the strategy can start its replacement. Default 60.
+    block_connect_timeout : float
+        With a provider: a block whose job runs (or ended) without any of its agents
+        registering within this many seconds is reported FAILED, with the provider's words, the
+        end of the agents' logs and of the job's output; its job is cancelled. Default 120.
+    block_error_handler : bool or callable
+        With a provider: True (default): every task fails with Parsl's BadStateException, and
+        new ones at once, once every block failed (at least ``max(1, init_blocks)`` of them) or
+        the last 3 blocks failed in a row, naming each failure; False: never; or a callable
+        ``(executor, {block_id: JobStatus})`` as for HighThroughputExecutor.
+    worker_python : str, optional
+        With a provider: the Python the agents run their workers with on the compute nodes;
+        default this workflow's ``sys.executable``.
     """
 
     def __init__(self, address: Optional[str] = None, label: str = "dragon",
@@ -167,8 +224,34 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
                  shm_dir: str = shm.DEFAULT_DIR, batch_linger_ms: float = 10.0,
                  batch_linger_in_flight: int = 64, client_cpu: Optional[int] = None,
                  token: Optional[str] = None, tls_ca: Optional[str] = None,
-                 infra_retries: Optional[int] = None) -> None:
-        super().__init__()
+                 infra_retries: Optional[int] = None,
+                 provider: Optional[ExecutionProvider] = None, head_listen: Optional[str] = None,
+                 drain_before_end: float = 60.0, block_connect_timeout: float = 120.0,
+                 block_error_handler: Union[bool, Callable[[BlockProviderExecutor, Dict[str, JobStatus]],
+                                                           None]] = True,
+                 worker_python: Optional[str] = None) -> None:
+        if provider is not None:
+            if not isinstance(provider, ExecutionProvider):
+                raise ValueError(f"DragonExecutor: provider must be a Parsl ExecutionProvider (SlurmProvider, "
+                                 f"PBSProProvider, LocalProvider, ...), not {type(provider).__name__}")
+            if address is not None:
+                raise ValueError("DragonExecutor: give provider= (blocks of nodes, with a head beside the "
+                                 "workflow) or address= (a head started by hand), not both")
+        for option, value in (("drain_before_end", drain_before_end),
+                              ("block_connect_timeout", block_connect_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
+                    or (option == "block_connect_timeout" and value <= 0):
+                raise ValueError(f"DragonExecutor: {option} must be a number of seconds "
+                                 f"{'> 0' if option == 'block_connect_timeout' else '>= 0'}, not {value!r}")
+        if head_listen is not None and (not isinstance(head_listen, str) or not head_listen.strip()):
+            raise ValueError(f"DragonExecutor: head_listen must be an address, host name or interface, "
+                             f"not {head_listen!r}")
+        handler = blocks.dragon_block_error_handler if block_error_handler is True else block_error_handler
+        super().__init__(provider=provider, block_error_handler=handler)
+        self.head_listen = head_listen
+        self.drain_before_end = float(drain_before_end)
+        self.block_connect_timeout = float(block_connect_timeout)
+        self.worker_python = worker_python
         self.address = address
         if token is not None:  # the messages never show the value: it is a secret
             if not isinstance(token, str):
@@ -195,7 +278,10 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
                 raise ValueError(f"DragonExecutor: infra_retries must be below 2**32, not {infra_retries!r}")
         self.infra_retries = infra_retries
         self.label = label
-        self.workers_per_node = workers_per_node
+        if workers_per_node is not None:
+            _require_whole_number("workers_per_node", workers_per_node, 1, "a number of workers >= 1 (None: "
+                                  "one per core)")
+        self.workers_per_node = workers_per_node  # the property's setter
         self.dragond_path = dragond_path
         self.head_run_dir = head_run_dir
         self.max_batch_tasks = max_batch_tasks
@@ -245,6 +331,42 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         self._arg_files: Dict[int, str] = {}
         self._agents_local = False
         self._agents_checked_at = float("-inf")
+        # With a provider: each block, the command its job runs, the head's view of the nodes.
+        self._blocks: Dict[str, blocks.Block] = {}
+        self._blocks_lock = threading.RLock()
+        self._launch_cmd: Optional[str] = None
+        self._nodes_read_at = float("-inf")
+        self._idle_without_blocks_since: Optional[float] = None
+        self._repr = threading.local()
+
+    # ------------------------------------------------------------------ workers_per_node
+    @property
+    def workers_per_node(self) -> Any:
+        """Workers per node. What was configured (None: one per core); with a provider, what
+        Parsl's strategy counts per node of a block: the configured number, else the most
+        workers an agent of a block registered, else the provider's ``cores_per_node``, else 1."""
+        configured = self._workers_per_node_config
+        if configured is not None or self.provider is None or getattr(self._repr, "active", False):
+            return configured
+        with self._blocks_lock:
+            seen = [n.workers for b in self._blocks.values() for n in b.nodes.values() if n.workers]
+        if seen:
+            return max(seen)
+        cores = getattr(self.provider, "cores_per_node", None)
+        return cores if isinstance(cores, int) and cores > 0 else 1
+
+    @workers_per_node.setter
+    def workers_per_node(self, value: Optional[int]) -> None:
+        self._workers_per_node_config = value
+
+    def __repr__(self) -> str:
+        # RepresentationMixin shows each constructor argument as given (workers_per_node=None,
+        # not what the strategy counts).
+        self._repr.active = True
+        try:
+            return RepresentationMixin.__repr__(self)
+        finally:
+            self._repr.active = False
 
     # ------------------------------------------------------------------ start
     def _resolve_address(self) -> Tuple[Optional[str], Optional["transport.common_pb2.RunInfo"]]:
@@ -264,7 +386,10 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         if self.head_run_dir:
             return Path(self.head_run_dir).resolve()
         if self.run_id is not None:  # inside a DFK, which set run_dir
-            return Path(self.run_dir) / "dragon"
+            # One directory per executor: two DragonExecutors of one Config (two heads) must not
+            # share a token file or agent logs.
+            name = "dragon" if self.label == "dragon" else "dragon-" + re.sub(r"[^A-Za-z0-9._-]", "_", self.label)
+            return Path(self.run_dir) / name
         self._temp_run_dir = tempfile.mkdtemp(prefix="dragon-parsl-")
         return Path(self._temp_run_dir)
 
@@ -272,21 +397,33 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
         if self._started:
             raise DragonError(f"DragonExecutor {self.label!r} is already started")
         self._started = True
+        super().start()  # BlockProviderExecutor: block monitoring messages
         if self.tune_malloc:
             tune_malloc()
-        address, run_info = self._resolve_address()
+        if self.provider is not None:
+            address, run_info = None, None  # blocks dial a head of this executor's own
+            if os.environ.get("DRAGON_HEAD", "").strip():
+                logger.warning("DragonExecutor %s: $DRAGON_HEAD is ignored with a provider, which runs its "
+                               "own head", self.label)
+        else:
+            address, run_info = self._resolve_address()
         if address is None:
             dragond = find_binary("dragond", self.dragond_path)
             extra = ["--prefetch", str(int(self.prefetch))] if self.prefetch is not None else []
-            self.local_head = LocalHead(self._embedded_run_dir(), dragond, workers=self.workers_per_node,
+            workers = self._workers_per_node_config
+            if self.provider is not None:
+                listen = self.head_listen or blocks.default_head_listen(self.provider)
+                extra += ["--launcher", "none", "--listen", listen, "--node-grace", str(PROVIDER_NODE_GRACE_S)]
+                workers = None  # the blocks' agents get it (--workers in their command)
+            self.local_head = LocalHead(self._embedded_run_dir(), dragond, workers=workers,
                                         python=sys.executable, extra_args=extra)
             address = self.local_head.start(self.head_start_timeout)
             if self.token is not None or self.tls_ca is not None:
                 logger.warning("DragonExecutor %s: token and tls_ca are ignored with the embedded head, which "
                                "makes its own token", self.label)
-        elif self.workers_per_node is not None or self.prefetch is not None:
+        elif self._workers_per_node_config is not None or self.prefetch is not None:
             logger.warning("DragonExecutor %s: workers_per_node=%s, prefetch=%s are ignored with an existing "
-                           "head (%s)", self.label, self.workers_per_node, self.prefetch, address)
+                           "head (%s)", self.label, self._workers_per_node_config, self.prefetch, address)
         self.head_address = address
         from dragon_parsl import __version__
         try:
@@ -309,6 +446,12 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
             self._stop_local_head()
             raise
         self.max_payload_bytes = int(self.welcome.max_payload_bytes)
+        if self.provider is not None:
+            try:
+                self._launch_cmd = self._agent_command(dragond)
+            except BaseException:
+                self.shutdown()
+                raise
         self._open_shm_directory()
         self._pin_client_threads()
         logger.info("DragonExecutor %s: session %d with dragond %s at %s (run %s, protocol %d, "
@@ -347,7 +490,10 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
     def _agents_share_this_host(self) -> bool:
         """True when every connected agent runs on this host, so workers can read
         argument files written here. Asked of the head (ListNodes) at most every
-        few seconds; an embedded head's agent is always local."""
+        few seconds; an embedded head's agent is always local. With a provider, only
+        LocalProvider's blocks are (others may join any time, on other hosts)."""
+        if self.provider is not None:
+            return type(self.provider).__name__ == "LocalProvider"
         if self.local_head is not None:
             return True
         now = time.monotonic()
@@ -387,6 +533,8 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
             from dragon_parsl import mpi  # @mpi_app: run here, launched by the leader agent
             if mpi.launch_of(func) is not None:
                 return mpi.submit_job(self, func, resource_specification, args, kwargs)
+        if self.bad_state_is_set:
+            raise self.executor_exception
         resources = resource_request(resource_specification)  # refuses bad keys and values
         session = self.session
         if session is None:
@@ -580,6 +728,302 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
     def monitor_resources(self) -> bool:
         return True
 
+    # ------------------------------------------------------------------ blocks (provider)
+    def _agent_command(self, dragond: str) -> str:
+        """The command each block's job runs (``{block_id}`` left in), from what the head
+        started with: its address, run dir and token file."""
+        assert self.local_head is not None and self.local_head.run_info is not None
+        agent = Path(dragond).resolve().parent / "dragon-agent"
+        if not (agent.is_file() and os.access(agent, os.X_OK)):
+            raise LocalHeadError(f"DragonExecutor {self.label!r}: no dragon-agent next to {dragond} (at {agent}); "
+                                 f"blocks run it on their nodes from that path")
+        info = self.local_head.run_info
+        if not info.token_file:
+            raise LocalHeadError(f"DragonExecutor {self.label!r}: the embedded head names no token file "
+                                 f"(head.json of {self.local_head.run_dir})")
+        walltime = blocks.walltime_seconds(self.provider)
+        cmd = blocks.agent_command(str(agent), info.address, str(self.local_head.run_dir), info.token_file,
+                                   self.worker_python or sys.executable, self._workers_per_node_config,
+                                   self.drain_before_end, walltime)
+        logger.info("DragonExecutor %s: blocks of %s run (through %s): %s", self.label,
+                    type(self.provider).__name__, type(getattr(self.provider, "launcher", None)).__name__, cmd)
+        if walltime is not None and walltime <= self.drain_before_end:
+            logger.warning("DragonExecutor %s: the provider's walltime (%d s) is not longer than drain_before_end "
+                           "(%g s): its blocks drain as soon as they start and run no task", self.label, walltime,
+                           self.drain_before_end)
+        return cmd
+
+    def _get_launch_command(self, block_id: str) -> str:
+        if self._launch_cmd is None:
+            raise DragonError(f"DragonExecutor {self.label!r} is not started with a provider")
+        return self._launch_cmd.replace("{block_id}", block_id)
+
+    def _launch_block(self, block_id: str) -> Any:
+        job_id = super()._launch_block(block_id)
+        with self._blocks_lock:
+            self._blocks[block_id] = blocks.Block(block_id, job_id)
+        logger.info("DragonExecutor %s: block %s submitted as job %s", self.label, block_id, job_id)
+        return job_id
+
+    def connected_blocks(self) -> List[str]:
+        """Blocks with at least one agent that may run tasks (joining, ready, draining)."""
+        self._refresh_blocks(force=True)
+        with self._blocks_lock:
+            return [b.block_id for b in self._blocks.values() if b.live]
+
+    def _refresh_blocks(self, force: bool = False) -> bool:
+        """Reads the head's nodes (ListNodes, at most every BLOCK_NODES_RECHECK_S unless forced)
+        into the blocks. True when the provider's status should be read again now: a block's
+        agents connected or all left, a block began to drain before its end, a running block's
+        agents are overdue, or a connected block has no agent left and its job still runs."""
+        now = time.monotonic()
+        if not force and now - self._nodes_read_at < BLOCK_NODES_RECHECK_S:
+            return False
+        if self.session is None or self._shut_down:
+            return False
+        try:
+            nodes = self._unary("ListNodes", head_pb2.ListNodesRequest(),
+                                timeout=min(self.connect_timeout, 10.0)).nodes
+        except Exception as e:  # noqa: BLE001  (a head that is gone breaks the session: reported there)
+            logger.warning("DragonExecutor %s: ListNodes failed: %s", self.label, e)
+            return False
+        self._nodes_read_at = now
+        by_block: Dict[str, Dict[str, Any]] = {}
+        for n in nodes:
+            if n.block_id:
+                by_block.setdefault(n.block_id, {})[n.node_id] = n
+        now_us = int(time.time() * 1e6)
+        changed = False
+        with self._blocks_lock:
+            for b in self._blocks.values():
+                b.nodes = by_block.get(b.block_id, {})
+                live = [n for n in b.nodes.values() if n.state in blocks.LIVE]
+                if b.nodes and b.connected_at is None:
+                    b.connected_at = now
+                    if b.running_since is None:
+                        b.running_since = now
+                    changed = True
+                    logger.info("DragonExecutor %s: block %s (job %s) connected: %s", self.label, b.block_id,
+                                b.job_id, ", ".join(sorted(b.nodes)))
+                if bool(live) != bool(b.live):
+                    changed = True
+                b.live = len(live)
+                b.job_end_us = max((n.job_end_us for n in b.nodes.values()), default=0)
+                ending = bool(live) and all(
+                    n.state == "draining" and not n.removing and n.job_end_us > 0
+                    and n.job_end_us - now_us <= self.drain_before_end * 1e6 for n in live)
+                if ending and not b.draining_for_end:
+                    changed = True
+                b.draining_for_end = ending
+                if b.scaled_in or b.failure is not None:
+                    continue
+                if (b.connected_at is None and b.running_since is not None
+                        and now - b.running_since > self.block_connect_timeout):
+                    changed = True
+                if b.connected_at is not None and not b.live:
+                    st = self._status.get(b.block_id)
+                    if st is not None and not st.terminal:
+                        changed = True  # its agents are gone: has its job ended?
+        return changed
+
+    def status(self) -> Dict[str, JobStatus]:
+        """The provider's status of each block, refined with what the head knows: a PENDING
+        block whose agents registered is RUNNING; a block whose job runs but whose agents have
+        not registered within ``block_connect_timeout``, or whose job ended before any did, is
+        FAILED (naming why: the provider's words, the agents' logs, the job's output; a job
+        still running is cancelled); a block whose every agent drains before its job's end is
+        HELD (the strategy may replace it)."""
+        status = super().status()
+        if self.provider is None:
+            return status
+        self._refresh_blocks(force=True)
+        now = time.monotonic()
+        to_cancel: List[blocks.Block] = []
+        with self._blocks_lock:
+            for block_id, js in list(status.items()):
+                b = self._blocks.get(block_id)
+                if b is None or b.scaled_in:
+                    continue
+                if b.failure is not None:
+                    status[block_id] = b.failure
+                    continue
+                if js.state == JobState.PENDING and b.live:
+                    js = status[block_id] = JobStatus(JobState.RUNNING, stdout_path=js.stdout_path,
+                                                      stderr_path=js.stderr_path)
+                if js.state == JobState.RUNNING:
+                    if b.running_since is None:
+                        b.running_since = now
+                    if b.connected_at is None and now - b.running_since > self.block_connect_timeout:
+                        b.failure = JobStatus(
+                            JobState.FAILED,
+                            f"block {block_id} (job {b.job_id}): its job has run for {now - b.running_since:.0f} s "
+                            f"but none of its agents registered with the head at {self.head_address} "
+                            f"(DragonExecutor(block_connect_timeout={self.block_connect_timeout:g})); its job is "
+                            f"cancelled; {blocks.failure_details(self, b, js)}",
+                            stdout_path=js.stdout_path, stderr_path=js.stderr_path)
+                        status[block_id] = b.failure
+                        to_cancel.append(b)
+                    elif b.draining_for_end:
+                        left = max(0.0, b.job_end_us / 1e6 - time.time())
+                        status[block_id] = JobStatus(
+                            JobState.HELD, f"block {block_id} (job {b.job_id}): its allocation ends in {left:.0f} s; "
+                            f"its nodes take no new task (drain_before_end={self.drain_before_end:g})",
+                            stdout_path=js.stdout_path, stderr_path=js.stderr_path)
+                elif js.terminal and b.connected_at is None:
+                    b.failure = JobStatus(
+                        JobState.FAILED,
+                        f"block {block_id} (job {b.job_id}) ended ({js.state.name}) before any of its agents "
+                        f"registered with the head at {self.head_address}: {blocks.failure_details(self, b, js)}",
+                        exit_code=js.exit_code, stdout_path=js.stdout_path, stderr_path=js.stderr_path)
+                    status[block_id] = b.failure
+                if b.failure is not None and status[block_id] is b.failure and js is not b.failure:
+                    logger.error("DragonExecutor %s: %s", self.label, b.failure.message)
+        for b in to_cancel:
+            self._cancel_job(b)
+        return status
+
+    def poll_facade(self) -> None:
+        """The poller's step: the provider's status (read now, not at the provider's own polling
+        interval, when the head saw something change), then the scale-ins that wait for their
+        agents to leave, then the check that tasks do not wait with no block at all."""
+        if self.provider is not None and self._refresh_blocks():
+            self._last_poll_time = 0.0
+        super().poll_facade()
+        if self.provider is not None:
+            self._finish_scale_in()
+            self._check_blocks_exist()
+
+    def scale_in(self, blocks_count: int, max_idletime: Optional[float] = None) -> List[str]:
+        """Scales in by ``blocks_count`` blocks without killing running work: blocks whose
+        agents have not connected go first (their jobs are cancelled at once), then idle ones,
+        then the least busy; each chosen block's agents are drained (RemoveNode: no new tasks,
+        prefetched ones go back to the queue, running ones finish, then the agent leaves) and
+        its job is cancelled once they are gone. With ``max_idletime``, only idle blocks."""
+        if self.provider is None:
+            return []
+        self._refresh_blocks(force=True)
+        with self._blocks_lock:
+            candidates = []
+            for block_id, b in self._blocks.items():
+                st = self._status.get(block_id)
+                if b.scaled_in or b.failure is not None or (st is not None and st.terminal):
+                    continue
+                busy = sum(n.assigned_tasks for n in b.nodes.values() if n.state in blocks.LIVE)
+                if max_idletime is not None and busy:
+                    continue
+                candidates.append((b.live > 0, busy, b.job_end_us or float("inf"),
+                                   blocks._block_order(block_id), b))
+            candidates.sort(key=lambda c: c[:4])
+            chosen = [c[-1] for c in candidates[:max(0, int(blocks_count))]]
+            for b in chosen:
+                b.scaled_in = True
+        for b in chosen:
+            self._drain_block(b)
+        return [b.block_id for b in chosen]
+
+    def _drain_block(self, b: blocks.Block) -> None:
+        live = [n for n in b.nodes.values() if n.state in blocks.LIVE and not n.removing]
+        if not b.live:
+            logger.info("DragonExecutor %s: scaling in block %s: no agent of it runs; cancelling job %s",
+                        self.label, b.block_id, b.job_id)
+            self._cancel_job(b)
+            return
+        logger.info("DragonExecutor %s: scaling in block %s: draining its agents (%s): running tasks finish, "
+                    "then job %s is cancelled", self.label, b.block_id, ", ".join(n.node_id for n in live),
+                    b.job_id)
+        for n in live:
+            self._remove_node(n.node_id)
+
+    def _remove_node(self, node_id: str) -> None:
+        try:
+            self._unary("RemoveNode", head_pb2.RemoveNodeRequest(node_id=node_id),
+                        timeout=min(self.connect_timeout, 10.0))
+        except grpc.RpcError as e:
+            # Gone or lost meanwhile: nothing left to drain.
+            logger.info("DragonExecutor %s: RemoveNode %s: %s", self.label, node_id, e.details() or e.code())
+        except Exception as e:  # noqa: BLE001
+            logger.warning("DragonExecutor %s: RemoveNode %s failed: %s", self.label, node_id, e)
+
+    def _finish_scale_in(self) -> None:
+        """Blocks being scaled in: an agent that registered late is drained too; once none of a
+        block's agents is left, its job is cancelled (it usually ended by itself already)."""
+        with self._blocks_lock:
+            pending = [b for b in self._blocks.values() if b.scaled_in and not b.cancelled]
+        for b in pending:
+            late = [n for n in b.nodes.values() if n.state in blocks.LIVE and not n.removing]
+            for n in late:
+                self._remove_node(n.node_id)
+            if not b.live:
+                self._cancel_job(b, unless_ended=True)
+
+    def _cancel_job(self, b: blocks.Block, unless_ended: bool = False) -> None:
+        """provider.cancel of the block's job, once; with ``unless_ended`` not for a job the
+        provider already sees ended (its agents left, so its launcher returned)."""
+        with self._blocks_lock:
+            if b.cancelled:
+                return
+            b.cancelled = True
+        try:
+            if unless_ended:
+                st = self.provider.status([b.job_id])[0]
+                if st is not None and st.terminal:
+                    logger.info("DragonExecutor %s: block %s: its agents left and job %s ended (%s)", self.label,
+                                b.block_id, b.job_id, st.state.name)
+                    return
+                logger.info("DragonExecutor %s: block %s: its agents left; cancelling job %s", self.label,
+                            b.block_id, b.job_id)
+            self.provider.cancel([b.job_id])
+        except Exception as e:  # noqa: BLE001  (logged, never fatal: the job ends with its agents anyway)
+            logger.warning("DragonExecutor %s: cancelling job %s of block %s failed: %s", self.label, b.job_id,
+                           b.block_id, e)
+
+    def _check_blocks_exist(self) -> None:
+        """Tasks wait, no agent is live and no block runs or is pending, for NO_BLOCK_GRACE_S:
+        nothing will run them (the strategy starts no block: strategy='none', max_blocks=0, ...):
+        Parsl's bad state, saying so, instead of a workflow that waits forever."""
+        if self.bad_state_is_set or self._shut_down or not self.outstanding():
+            self._idle_without_blocks_since = None
+            return
+        with self._blocks_lock:
+            live = any(b.live for b in self._blocks.values())
+        active = any(st.state in (JobState.PENDING, JobState.RUNNING) for st in self._status.values())
+        if live or active:
+            self._idle_without_blocks_since = None
+            return
+        now = time.monotonic()
+        if self._idle_without_blocks_since is None:
+            self._idle_without_blocks_since = now
+            return
+        if now - self._idle_without_blocks_since > NO_BLOCK_GRACE_S:
+            provider = self.provider
+            self.set_bad_state_and_fail_all(DragonError(
+                f"DragonExecutor {self.label!r}: {self.outstanding()} task(s) waited {NO_BLOCK_GRACE_S:.0f} s while no "
+                f"block ran or was pending and none was started (the provider's max_blocks="
+                f"{getattr(provider, 'max_blocks', '?')}, and the Config's strategy); blocks so far: "
+                f"{', '.join(f'{k}: {v.state.name}' for k, v in sorted(self._status.items())) or 'none'}"))
+
+    def set_bad_state_and_fail_all(self, exception: Exception) -> None:
+        """Parsl's bad state (from the block error handler): every outstanding task fails with
+        BadStateException naming ``exception``, and every later submit raises it. The session
+        is closed, so that the head cancels what it still holds of them."""
+        logger.error("DragonExecutor %s: bad state: %s", self.label, exception)
+        self._executor_exception = exception
+        self._executor_bad_state.set()
+        with self._lock:
+            tasks, self._tasks = self._tasks, {}
+            arg_files, self._arg_files = self._arg_files, {}
+        for path in list(arg_files.values()):
+            self._discard_arg_file(path)
+        for fut in list(tasks.values()):
+            try:
+                fut.set_exception(BadStateException(self, exception))
+            except cf.InvalidStateError:
+                pass
+        session = self.session
+        if session is not None:
+            threading.Thread(target=session.close, kwargs={"timeout": 5.0}, daemon=True,
+                             name=f"dragon-bad-state-{self.label}").start()
+
     # ------------------------------------------------------------------ shutdown
     def shutdown(self) -> None:
         logger.info("DragonExecutor %s: shutting down", self.label)
@@ -599,12 +1043,47 @@ class DragonExecutor(ParslExecutor, RepresentationMixin):
             except cf.InvalidStateError:
                 pass
         self._stop_local_head()
+        if self.provider is not None:
+            # After the head told the agents to leave (their jobs end by themselves): every job
+            # that still runs or waits in the queue is cancelled.
+            self._cancel_remaining_jobs()
         if self.shm is not None:
             # After the head (and with it an embedded head's workers) stopped:
             # nothing is left that would still read or write these files.
             self.shm.remove()
         super().shutdown()
         logger.info("DragonExecutor %s: shut down", self.label)
+
+    def _cancel_remaining_jobs(self, wait_s: float = 10.0) -> None:
+        with self._blocks_lock:
+            left = [b for b in self._blocks.values() if not b.cancelled]
+        if not left:
+            return
+        try:
+            states = self.provider.status([b.job_id for b in left])
+        except Exception as e:  # noqa: BLE001
+            logger.warning("DragonExecutor %s: provider status failed at shutdown (%s): cancelling every job",
+                           self.label, e)
+            states = [None] * len(left)
+        for b, st in zip(left, states):
+            if st is not None and st.terminal:
+                b.cancelled = True
+                continue
+            logger.info("DragonExecutor %s: shutdown: cancelling job %s of block %s", self.label, b.job_id,
+                        b.block_id)
+            self._cancel_job(b)
+        if type(self.provider).__name__ != "LocalProvider":
+            return
+        # LocalProvider's jobs are processes of this host: wait (briefly) for them to end.
+        deadline = time.monotonic() + wait_s
+        jobs = [b.job_id for b in left]
+        while time.monotonic() < deadline:
+            try:
+                if all(st is None or st.terminal for st in self.provider.status(jobs)):
+                    return
+            except Exception:  # noqa: BLE001
+                return
+            time.sleep(0.1)
 
     def _stop_local_head(self) -> None:
         head = self.local_head
