@@ -41,9 +41,9 @@ sys.path.insert(0, str(BENCH))
 import parsl_bench  # noqa: E402
 from parsl_bench import BENCHES, DRAGONHPC, EXECUTORS  # noqa: E402
 
-HOOKS = ("native", "head_scale", "liveness", "auth_cost")  # bench/<HOOK_FILES[name]>
+HOOKS = ("native", "head_scale", "liveness", "auth_cost", "mpi")  # bench/<HOOK_FILES[name]>
 HOOK_FILES = {"native": "native_bench.py", "head_scale": "head_scale.py", "liveness": "liveness.py",
-              "auth_cost": "auth_cost.py"}
+              "auth_cost": "auth_cost.py", "mpi": "mpi_bench.py"}
 ONLY = BENCHES + HOOKS
 
 QUICK = dict(tasks=300, samples=20, images=16, image_size=64, rounds=1, parsl_logging=["default"])
