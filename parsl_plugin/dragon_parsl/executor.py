@@ -611,8 +611,10 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         # The task is over (done, failed or cancelled): no worker reads its arguments any more.
         self._discard_arg_file(arg_file)
         if fut is None:
-            logger.warning("DragonExecutor %s: result for unknown client_ref %d (task %d)", self.label,
-                           r.client_ref, r.task_id)
+            # In Parsl's bad state every future has failed already and the head cancels the rest.
+            (logger.debug if self.bad_state_is_set else logger.warning)(
+                "DragonExecutor %s: result for unknown client_ref %d (task %d)", self.label, r.client_ref,
+                r.task_id)
             if self.shm is not None and r.result.outcome == common_pb2.OK:
                 self.shm.discard_result(r.result.data)
             return
@@ -779,8 +781,8 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         now = time.monotonic()
         if not force and now - self._nodes_read_at < BLOCK_NODES_RECHECK_S:
             return False
-        if self.session is None or self._shut_down:
-            return False
+        if self.session is None or self._shut_down or self.bad_state_is_set:
+            return False  # (in bad state the session is closed: nothing left to learn)
         try:
             nodes = self._unary("ListNodes", head_pb2.ListNodesRequest(),
                                 timeout=min(self.connect_timeout, 10.0)).nodes
