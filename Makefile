@@ -13,16 +13,16 @@ deps:
 	bash deploy/install-deps.sh
 
 build: deps
-	$(BAZEL) build //daemon:dragond //agent:dragon-agent //agent:dragon-mpi-rank //client:dragonctl
+	$(BAZEL) build //daemon:dragond //agent:dragon-agent //agent:dragon-mpi-rank //agent:dragon-mpi-bind //client:dragonctl
 	mkdir -p $(BIN)
-	install -m 755 bazel-bin/daemon/dragond bazel-bin/agent/dragon-agent bazel-bin/agent/dragon-mpi-rank bazel-bin/client/dragonctl $(BIN)/
+	install -m 755 bazel-bin/daemon/dragond bazel-bin/agent/dragon-agent bazel-bin/agent/dragon-mpi-rank bazel-bin/agent/dragon-mpi-bind bazel-bin/client/dragonctl $(BIN)/
 
 python: deps
 	$(PYTHON) parsl_plugin/generate_stubs.py
 	$(PYTHON) -m pip install -q --no-build-isolation --no-deps -e parsl_plugin
 
 install: build python
-	install -m 755 $(BIN)/dragond $(BIN)/dragon-agent $(BIN)/dragon-mpi-rank $(BIN)/dragonctl $(PREFIX)/bin/
+	install -m 755 $(BIN)/dragond $(BIN)/dragon-agent $(BIN)/dragon-mpi-rank $(BIN)/dragon-mpi-bind $(BIN)/dragonctl $(PREFIX)/bin/
 
 example: install
 	$(PYTHON) examples/workflow.py

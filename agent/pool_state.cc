@@ -506,6 +506,7 @@ void PoolState::PlacedArrived(const v1::TaskAssignment& task) {
   Placed& p = placed_[task.task_id()];
   p.cpus.assign(task.grant().cpus().begin(), task.grant().cpus().end());
   p.running = false;
+  p.mpi = task.grant().has_mpi();
   held_all_ += static_cast<int>(p.cpus.size());
   ++placed_queued_;
 }
@@ -520,6 +521,7 @@ void PoolState::PlacedStarted(uint64_t task_id) {
     if (c >= cpu_taken_.size()) cpu_taken_.resize(c + 1, false);
     cpu_taken_[c] = true;
   }
+  if (it->second.mpi) control_->MpiShareHeld(task_id, it->second.cpus);
   PlainCpusChanged();
 }
 
@@ -531,6 +533,7 @@ void PoolState::PlacedEnded(uint64_t task_id) {
   if (it->second.running) {
     held_running_ -= cores;
     for (uint32_t c : it->second.cpus) cpu_taken_[c] = false;
+    if (it->second.mpi) control_->MpiShareReleased(task_id);
     placed_.erase(it);
     PlainCpusChanged();
   } else {
@@ -546,6 +549,7 @@ bool PoolState::Hold(const v1::TaskAssignment& task) {
   Placed& p = placed_[id];
   p.cpus.assign(task.grant().cpus().begin(), task.grant().cpus().end());
   p.running = true;
+  p.mpi = task.grant().has_mpi();
   held_all_ += static_cast<int>(p.cpus.size());
   held_running_ += static_cast<int>(p.cpus.size());
   for (uint32_t c : p.cpus) {
@@ -553,6 +557,7 @@ bool PoolState::Hold(const v1::TaskAssignment& task) {
     cpu_taken_[c] = true;
   }
   holds_.insert(id);
+  if (p.mpi) control_->MpiShareHeld(id, p.cpus);
   PlainCpusChanged();
   return true;
 }

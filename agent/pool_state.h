@@ -54,6 +54,10 @@ class WorkerControl {
   virtual void SetPlainCpus(const std::vector<uint32_t>& cpus) {}
   // Resident memory (bytes) of the process tree of `pid` (the memory watchdog).
   virtual uint64_t TreeMemoryBytes(int pid) { return 0; }
+  // This node's share of an MPI task (leader or hold-only member) is held
+  // from now on, on these CPU indices / no longer (dragon-mpi-bind reads it).
+  virtual void MpiShareHeld(uint64_t task_id, const std::vector<uint32_t>& cpus) {}
+  virtual void MpiShareReleased(uint64_t task_id) {}
 };
 
 struct PoolOptions {
@@ -194,6 +198,7 @@ class PoolState {
   struct Placed {
     std::vector<uint32_t> cpus;
     bool running = false;  // running or held: its CPUs are taken
+    bool mpi = false;      // an MPI task's share (grant.mpi)
   };
 
   void Dispatch();

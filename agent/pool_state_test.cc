@@ -34,6 +34,11 @@ class ScriptedControl : public WorkerControl {
   }
   void SetPlainCpus(const std::vector<uint32_t>& cpus) override { plain_cpus = cpus; }
   uint64_t TreeMemoryBytes(int pid) override { return memory[pid]; }
+  void MpiShareHeld(uint64_t task_id, const std::vector<uint32_t>& cpus) override {
+    shares[task_id] = cpus;
+  }
+  void MpiShareReleased(uint64_t task_id) override { shares.erase(task_id); }
+  std::map<uint64_t, std::vector<uint32_t>> shares;
   std::vector<std::pair<int, std::vector<uint32_t>>> pins;
   std::vector<uint32_t> plain_cpus;
   std::map<int, uint64_t> memory;
@@ -592,6 +597,7 @@ TEST_CASE("a hold takes its cores from plain tasks until it ends", "[resources]"
   f.state.OnReady(1);
   v1::TaskAssignment hold = PlacedTask(7, {1});
   hold.mutable_grant()->set_hold_only(true);
+  hold.mutable_grant()->mutable_mpi()->add_hosts("leader");
   hold.clear_payload();
   f.state.Submit(hold);  // a hold-only task is held, never run
   CHECK(f.control.sent.empty());
@@ -600,7 +606,9 @@ TEST_CASE("a hold takes its cores from plain tasks until it ends", "[resources]"
   f.state.Submit(Task(1));
   f.state.Submit(Task(2));
   CHECK(f.control.sent.size() == 1);  // one core left
+  CHECK(f.control.shares[7] == std::vector<uint32_t>{1});  // for dragon-mpi-bind
   f.state.EndHold(7);
+  CHECK(f.control.shares.empty());
   CHECK(f.control.sent.size() == 2);
   CHECK(f.sink.results.count(7) == 0);  // a hold reports nothing
 }

@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "agent/grant_files.h"
 #include "agent/process_tree.h"
 #include "agent/task_env.h"
 #include "spdlog/spdlog.h"
@@ -126,6 +127,20 @@ class WorkerPool::Control : public WorkerControl {
   }
 
   uint64_t TreeMemoryBytes(int pid) override { return TreeRssBytes(pid); }
+
+  void MpiShareHeld(uint64_t task_id, const std::vector<uint32_t>& cpus) override {
+    const WorkerPoolOptions& o = pool_->options_;
+    std::vector<int> numbers;
+    for (uint32_t i : cpus) {
+      if (i < o.node_env.cpu_ids.size()) numbers.push_back(o.node_env.cpu_ids[i]);
+    }
+    absl::Status s = WriteGrantFile(o.node_env.run_id, o.node_id, task_id, numbers);
+    if (!s.ok()) spdlog::warn("task {}: its ranks here will not be bound: {}", task_id, std::string(s.message()));
+  }
+
+  void MpiShareReleased(uint64_t task_id) override {
+    RemoveGrantFile(pool_->options_.node_env.run_id, pool_->options_.node_id, task_id);
+  }
 
   void KillExecutable(uint64_t task_id) override { pool_->runner_->Kill(task_id); }
 
@@ -503,6 +518,7 @@ void WorkerPool::StopAll() {
   busy_.store(0);
   ready_.store(0);
   queued_.store(0);
+  RemoveGrantDir(options_.node_env.run_id);  // its files went with their tasks
 }
 
 }  // namespace dragon::agent

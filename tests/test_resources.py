@@ -190,7 +190,7 @@ def test_bad_specs_fail_at_submit_and_unsatisfiable_fails_at_once(worker_pythonp
         with pytest.raises(InvalidResourceSpecification) as e:
             where(parsl_resource_specification={"num_ranks": 0}).result(timeout=60)
         assert "num_ranks" in str(e.value)
-        assert where(parsl_resource_specification={"cores": 1, "memory": 1}).result(timeout=60)["cpus"]
+        assert where(parsl_resource_specification={"cores": 1, "memory": 64}).result(timeout=60)["cpus"]
         cores = os.cpu_count()
         t0 = time.monotonic()
         with pytest.raises(ResourcesUnsatisfiable) as e:
@@ -380,12 +380,27 @@ def test_parsl_mpi_environment_and_a_real_mpi_run(worker_pythonpath, tmp_path, m
                 stdout=str(out), stderr=str(tmp_path / "mpi.err")).result(timeout=120)
         lines = sorted(l for l in out.read_text().splitlines() if l.startswith("rank"))
         assert len(lines) == 2 and all("sum=1" in l for l in lines), out.read_text()
+        # With the rank binder (dragon-mpi-bind, the default when it is installed next to
+        # dragon-agent): each rank on its own share of the grant.
+        monkeypatch.delenv("DRAGON_MPI_BIND")
+        if (Path(binary("dragon-agent")).parent / "dragon-mpi-bind").exists() and len(os.sched_getaffinity(0)) >= 2:
+            dfk.cleanup()
+            import parsl
+            parsl.clear()
+            dfk, _ = load_parsl(tmp_path / "bound", workers_per_node=2)
+            bound = tmp_path / "bound.out"
+            mpi_run(hello_mpi, parsl_resource_specification={"num_nodes": 1, "ranks_per_node": 2, "cores": 1},
+                    stdout=str(bound), stderr=str(tmp_path / "bound.err")).result(timeout=120)
+            cpus = [l.split("cpus=")[1].split()[0] for l in bound.read_text().splitlines() if l.startswith("rank")]
+            assert len(cpus) == 2 and all("," not in c for c in cpus) and len(set(cpus)) == 2, bound.read_text()
         env_file = tmp_path / "env.txt"
         mpi_env(str(env_file), parsl_resource_specification={"num_ranks": 2,
                                                              "launcher_options": "-bind-to none"}).result(timeout=60)
         env = dict(l.split("=", 1) for l in env_file.read_text().splitlines())
         assert env["PARSL_LAUNCHER_OPTIONS"] == "-bind-to none"
-        assert env["PARSL_MPI_PREFIX"].endswith("-bind-to none")
+        prefix = env["PARSL_MPI_PREFIX"]
+        assert "-hosts " in prefix and " -bind-to none" in prefix, prefix
+        assert prefix.endswith(" --") and "dragon-mpi-bind" in prefix, prefix  # the binder, last
     finally:
         dfk.cleanup()
 
