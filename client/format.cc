@@ -335,6 +335,38 @@ std::string FormatTasks(const dragon::v1::ListTasksReply& reply, int64_t now_us)
   return out;
 }
 
+std::string FormatRequest(const dragon::v1::ResourceRequest& r) {
+  std::vector<std::string> parts;
+  if (r.cores() > 0) parts.push_back(absl::StrCat("cores ", r.cores()));
+  if (r.memory_bytes() > 0) parts.push_back(absl::StrCat("memory ", FormatBytes(r.memory_bytes())));
+  if (r.gpus() > 0) parts.push_back(absl::StrCat("gpus ", r.gpus()));
+  if (r.walltime_s() > 0) parts.push_back(absl::StrCat("walltime ", r.walltime_s(), " s"));
+  if (r.priority() != 0) parts.push_back(absl::StrCat("priority ", r.priority()));
+  if (r.nodes() > 0) parts.push_back(absl::StrCat("nodes ", r.nodes()));
+  if (r.ranks_per_node() > 0) parts.push_back(absl::StrCat("ranks per node ", r.ranks_per_node()));
+  if (r.ranks() > 0) parts.push_back(absl::StrCat("ranks ", r.ranks()));
+  if (!r.launcher_options().empty()) {
+    parts.push_back(absl::StrCat("launcher options '", r.launcher_options(), "'"));
+  }
+  if (r.hosts_size() > 0) parts.push_back(absl::StrCat("hosts ", absl::StrJoin(r.hosts(), ",")));
+  if (r.oversubscribe()) parts.push_back("oversubscribe");
+  return parts.empty() ? "-" : absl::StrJoin(parts, ", ");
+}
+
+std::string FormatGrant(const dragon::v1::ResourceGrant& g) {
+  std::vector<std::string> parts;
+  if (g.cpus_size() > 0) parts.push_back(absl::StrCat("cpus ", absl::StrJoin(g.cpus(), ",")));
+  if (g.gpus_size() > 0) parts.push_back(absl::StrCat("gpus ", absl::StrJoin(g.gpus(), ",")));
+  if (g.memory_bytes() > 0) parts.push_back(absl::StrCat("memory ", FormatBytes(g.memory_bytes())));
+  if (g.walltime_s() > 0) parts.push_back(absl::StrCat("walltime ", g.walltime_s(), " s"));
+  if (g.has_mpi()) {
+    parts.push_back(absl::StrCat("MPI ", g.mpi().ranks(), " rank(s), ", g.mpi().ranks_per_node(),
+                                 " per node on ", absl::StrJoin(g.mpi().hosts(), ",")));
+  }
+  if (g.hold_only()) parts.push_back("hold only");
+  return parts.empty() ? "-" : absl::StrJoin(parts, "; ");
+}
+
 std::string FormatTask(const dragon::v1::TaskInfo& task, int64_t now_us) {
   const auto& t = task.times();
   std::vector<std::pair<std::string, std::string>> items = {
@@ -355,6 +387,9 @@ std::string FormatTask(const dragon::v1::TaskInfo& task, int64_t now_us) {
   if (task.failure() != dragon::v1::FAILURE_KIND_UNSPECIFIED) {
     items.insert(items.begin() + 3, {"failure", FailureName(task.failure())});
   }
+  // What it asked for and what it got (the leader's share of a gang).
+  if (task.has_resources()) items.push_back({"resources", FormatRequest(task.resources())});
+  if (task.has_grant()) items.push_back({"grant", FormatGrant(task.grant())});
   if (task.infra_attempts() != 0) {
     items.push_back({"infra attempts",
                      absl::StrCat(task.infra_attempts(), " (run again after its node was lost)")});

@@ -43,6 +43,11 @@ std::string FormatTable(const std::vector<std::vector<std::string>>& rows);
 std::string FormatStatus(const dragon::v1::StatusReply& reply, int64_t now_us);
 std::string FormatNodes(const dragon::v1::ListNodesReply& reply, int64_t now_us);
 std::string FormatTasks(const dragon::v1::ListTasksReply& reply, int64_t now_us);
+// A task's resource request and grant, one line each ("cores 2, memory 1.0 GiB";
+// "cpus 0,1; gpus 1; MPI 4 rank(s), 2 per node on h1,h2").
+std::string FormatRequest(const dragon::v1::ResourceRequest& request);
+std::string FormatGrant(const dragon::v1::ResourceGrant& grant);
+
 std::string FormatTask(const dragon::v1::TaskInfo& task, int64_t now_us);
 std::string FormatCancel(uint64_t task_id, const dragon::v1::CancelReply& reply);
 // What `dragonctl nodes drain|undrain NODE` prints: the node's new state.

@@ -363,6 +363,25 @@ TEST_CASE("show: a pending task has unreached transitions and a running total") 
   CHECK(out.find("error:") == std::string::npos);
 }
 
+TEST_CASE("show: a task's resource request and grant") {
+  dragon::v1::TaskInfo task;
+  task.mutable_resources()->set_cores(2);
+  task.mutable_resources()->set_memory_bytes(uint64_t{1} << 30);
+  task.mutable_resources()->set_nodes(2);
+  task.mutable_grant()->add_cpus(0);
+  task.mutable_grant()->add_cpus(1);
+  task.mutable_grant()->add_gpus("1");
+  task.mutable_grant()->mutable_mpi()->add_hosts("h1");
+  task.mutable_grant()->mutable_mpi()->add_hosts("h2");
+  task.mutable_grant()->mutable_mpi()->set_ranks(4);
+  task.mutable_grant()->mutable_mpi()->set_ranks_per_node(2);
+  const std::string out = FormatTask(task, kT0);
+  CHECK(out.find("resources:   cores 2, memory 1.0 GiB, nodes 2\n") != std::string::npos);
+  CHECK(out.find("grant:       cpus 0,1; gpus 1; MPI 4 rank(s), 2 per node on h1,h2\n") !=
+        std::string::npos);
+  CHECK(FormatTask(dragon::v1::TaskInfo(), kT0).find("grant:") == std::string::npos);
+}
+
 TEST_CASE("show: multi-line errors stay under their key") {
   dragon::v1::TaskInfo task;
   task.set_error("first line\nsecond line\n");
