@@ -66,6 +66,17 @@ class Block:
     failure: Optional[JobStatus] = None      # the executor's own verdict (agents never came)
 
 
+def is_local(provider: Any) -> bool:
+    """A LocalProvider (or a subclass): its blocks run on this host."""
+    from parsl.providers import LocalProvider
+    return isinstance(provider, LocalProvider)
+
+
+def is_slurm(provider: Any) -> bool:
+    from parsl.providers import SlurmProvider
+    return isinstance(provider, SlurmProvider)
+
+
 def walltime_seconds(provider: Any) -> Optional[int]:
     """The provider's walltime (``HH:MM:SS``) in seconds as its batch system gets it, or None
     (LocalProvider and others without one). SlurmProvider hands sbatch whole minutes."""
@@ -79,7 +90,7 @@ def walltime_seconds(provider: Any) -> Optional[int]:
     while len(parts) < 3:
         parts.insert(0, 0)
     hours, minutes, seconds = parts[-3:]
-    if type(provider).__name__ == "SlurmProvider":
+    if is_slurm(provider):
         seconds = 0  # parsl.utils.wtime_to_minutes: sbatch --time in minutes
     total = hours * 3600 + minutes * 60 + seconds
     return total if total > 0 else None
@@ -144,10 +155,10 @@ def default_head_listen(provider: Any) -> str:
     nodes (``sinfo``); otherwise this host's name's address. Raises DragonError, saying what to
     give instead, when that would be a loopback address or cannot be found."""
     kind = type(provider).__name__
-    if kind == "LocalProvider":
+    if is_local(provider):
         return "127.0.0.1"
     tried: List[str] = []
-    if kind == "SlurmProvider":
+    if is_slurm(provider):
         partition = getattr(provider, "partition", None)
         nodes = _slurm_nodes(partition) or (_slurm_nodes(None) if partition else [])
         for node in nodes[:8]:
@@ -272,4 +283,5 @@ def dragon_block_error_handler(executor: Any, status: Dict[str, JobStatus]) -> N
 
 
 __all__ = ["Block", "BLOCK_FAILURES_IN_A_ROW", "agent_command", "agent_logs", "default_head_listen",
-           "dragon_block_error_handler", "failure_details", "job_output", "walltime_seconds"]
+           "dragon_block_error_handler", "failure_details", "is_local", "is_slurm", "job_output",
+           "walltime_seconds"]

@@ -493,7 +493,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         few seconds; an embedded head's agent is always local. With a provider, only
         LocalProvider's blocks are (others may join any time, on other hosts)."""
         if self.provider is not None:
-            return type(self.provider).__name__ == "LocalProvider"
+            return blocks.is_local(self.provider)
         if self.local_head is not None:
             return True
         now = time.monotonic()
@@ -1074,7 +1074,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             logger.info("DragonExecutor %s: shutdown: cancelling job %s of block %s", self.label, b.job_id,
                         b.block_id)
             self._cancel_job(b)
-        if type(self.provider).__name__ != "LocalProvider":
+        if not blocks.is_local(self.provider):
             return
         # LocalProvider's jobs are processes of this host: wait (briefly) for them to end.
         deadline = time.monotonic() + wait_s
