@@ -142,23 +142,32 @@ def _alive(pid: int) -> bool:
         return False
 
 
+# Everything this test session starts inherits this variable (dragond, its agents, their
+# launchers and ranks; remote agents get it through dragond's --agent-env): the leftover check
+# looks only at processes carrying it, never at other sessions' MPI jobs on a shared machine.
+SESSION_ENV = "DRAGON_TEST_SESSION"
+SESSION_TAG = os.environ.setdefault(SESSION_ENV, f"{os.getpid()}-{time.time_ns()}")
+
+
 def mpi_processes(marker: str = "") -> list[str]:
-    """Live processes of MPI jobs on this machine (every network namespace shares its /proc):
-    those carrying DRAGON_MPI_TASK (=`marker` when given) in their environment, and any
-    hydra_pmi_proxy or mpiexec. "pid: command line" each."""
+    """Live processes of this session's MPI jobs on this machine (every network namespace shares
+    its /proc): those carrying DRAGON_MPI_TASK (=`marker` when given) and this session's tag in
+    their environment, and this session's hydra_pmi_proxy or mpiexec processes. "pid: command
+    line" each."""
     found = []
     want = f"DRAGON_MPI_TASK={marker}".encode()
+    ours = f"{SESSION_ENV}={SESSION_TAG}".encode()
     for d in Path("/proc").iterdir():
         if not d.name.isdigit() or int(d.name) == os.getpid():
             continue
         try:
-            env = (d / "environ").read_bytes()
+            env = (d / "environ").read_bytes().split(b"\0")
             cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
-        if not _alive(int(d.name)):
+        if ours not in env or not _alive(int(d.name)):
             continue
-        marked = any(e == want or (not marker and e.startswith(b"DRAGON_MPI_TASK=")) for e in env.split(b"\0"))
+        marked = any(e == want or (not marker and e.startswith(b"DRAGON_MPI_TASK=")) for e in env)
         launcher = "hydra_pmi_proxy" in cmd or cmd.startswith(("mpiexec", "/usr/bin/mpiexec"))
         if marked or (launcher and not marker):
             found.append(f"{d.name}: {cmd}")
@@ -166,7 +175,8 @@ def mpi_processes(marker: str = "") -> list[str]:
 
 
 def assert_no_mpi_left(marker: str = "", timeout: float = 10.0) -> None:
-    """Fails (after killing them) if MPI processes are still there after `timeout` seconds."""
+    """Fails (after killing them) if MPI processes of this session are still there after
+    `timeout` seconds."""
     deadline = time.monotonic() + timeout
     left = mpi_processes(marker)
     while left and time.monotonic() < deadline:

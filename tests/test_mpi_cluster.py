@@ -39,7 +39,8 @@ def mpi_heads(netns_hosts, ssh_heads, monkeypatch):
     monkeypatch.setenv("HYDRA_IFACE", netns_hosts.head_iface)
 
     def start(hosts):
-        head = ssh_heads(hosts, "--agent-env", "PYTHONPATH,HYDRA_LAUNCHER_EXEC,HYDRA_IFACE")
+        head = ssh_heads(hosts, "--agent-env",
+                         f"PYTHONPATH,HYDRA_LAUNCHER_EXEC,HYDRA_IFACE,{mpi_programs.SESSION_ENV}")
         head.wait_ready()
         return head
     yield start
