@@ -345,6 +345,8 @@ int Main(int argc, char** argv) {
       WorkerPoolOptions popts;
       popts.node_id = node_id;
       popts.run_dir = run_dir;
+      popts.run_id = registered.run_id();
+      popts.host = host;
       popts.workers = workers;
       popts.cores = static_cast<int>(cores);
       popts.node_env.run_id = registered.run_id();

@@ -17,6 +17,7 @@
 #include "agent/grant_files.h"
 #include "agent/process_tree.h"
 #include "agent/task_env.h"
+#include "common/host.h"
 #include "spdlog/spdlog.h"
 
 namespace dragon::agent {
@@ -70,6 +71,7 @@ class WorkerPool::Control : public WorkerControl {
   void SendTask(int slot, v1::TaskAssignment task) override {
     Worker* w = pool_->workers_[slot].get();
     if (w == nullptr || w->proc->to_worker_fd() < 0) return;  // dying; its exit fails the task
+    pool_->logs_.PythonStarted(task.task_id(), slot, pool_->WorkerLogPath(slot));
     // A grant's GPUs and MPI placement: set by the worker for this task only.
     EnvList env = TaskEnvironment(task, pool_->options_.node_env, /*plain_gpu_hiding=*/false);
     if (env.empty()) {
@@ -97,6 +99,13 @@ class WorkerPool::Control : public WorkerControl {
   std::string WorkerLogPath(int slot) const override { return pool_->WorkerLogPath(slot); }
 
   absl::StatusOr<int> StartExecutable(const v1::TaskAssignment& task) override {
+    if (MpiLauncher::IsMpiJob(task)) {
+      if (pool_->mpi_ == nullptr) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("this agent cannot launch MPI jobs: ", pool_->mpi_config_error_));
+      }
+      return pool_->mpi_->Start(task);
+    }
     const NodeEnv& node = pool_->options_.node_env;
     const std::vector<int> cpus = task.grant().cpus_size() > 0
                                       ? GrantedCpus(task.grant(), node.cpu_ids)
@@ -142,17 +151,40 @@ class WorkerPool::Control : public WorkerControl {
     RemoveGrantFile(pool_->options_.node_env.run_id, pool_->options_.node_id, task_id);
   }
 
-  void KillExecutable(uint64_t task_id) override { pool_->runner_->Kill(task_id); }
+  void KillExecutable(uint64_t task_id) override {
+    if (pool_->mpi_ != nullptr && pool_->mpi_->Owns(task_id)) {
+      pool_->mpi_->Kill(task_id);
+      return;
+    }
+    pool_->runner_->Kill(task_id);
+  }
 
  private:
   WorkerPool* pool_;
 };
 
 WorkerPool::WorkerPool(WorkerPoolOptions options, TaskEventSink* sink)
-    : options_(std::move(options)), sink_(sink), read_buf_(1 << 20) {
+    : options_(std::move(options)),
+      sink_(sink),
+      read_buf_(1 << 20),
+      logs_(options_.host.empty() ? common::Hostname() : options_.host) {
   if (options_.workers < 1) options_.workers = 1;
+  if (options_.host.empty()) options_.host = common::Hostname();
   control_ = std::make_unique<Control>(this);
   runner_ = std::make_unique<ExecutableRunner>(&NowUs);
+  absl::StatusOr<MpiLauncherConfig> mpi_config = MpiLauncherConfigFromEnv();
+  if (mpi_config.ok()) {
+    MpiLauncherOptions mo;
+    mo.node_id = options_.node_id;
+    mo.host = options_.host;
+    mo.run_dir = options_.run_dir;
+    mo.run_id = options_.run_id;
+    mo.config = *std::move(mpi_config);
+    mpi_ = std::make_unique<MpiLauncher>(std::move(mo), &NowUs);
+  } else {
+    mpi_config_error_ = std::string(mpi_config.status().message());
+    spdlog::error("MPI jobs cannot run on this node: {}", mpi_config_error_);
+  }
   PoolOptions po;
   po.node_id = options_.node_id;
   po.slots = options_.workers;
@@ -228,6 +260,19 @@ void WorkerPool::Ping(uint64_t seq) {
   Push(std::move(c));
 }
 
+void WorkerPool::TaskIO(std::vector<v1::TaskIOFrame> frames) {
+  if (frames.empty()) return;
+  Command c;
+  c.io = std::move(frames);
+  Push(std::move(c));
+}
+
+void WorkerPool::TaskLogs(v1::TaskLogsQuery query) {
+  Command c;
+  c.logs.push_back(std::move(query));
+  Push(std::move(c));
+}
+
 void WorkerPool::Shutdown() {
   {
     absl::MutexLock l(&mu_);
@@ -252,8 +297,44 @@ void WorkerPool::RunCommands() {
   }
   // In arrival order: a cancel must see the submit that preceded it.
   for (Command& c : commands) {
-    for (v1::TaskAssignment& t : c.tasks) state_->Submit(std::move(t));
-    for (uint64_t id : c.cancel_ids) state_->Cancel(id, c.reason);
+    for (v1::TaskAssignment& t : c.tasks) {
+      if (t.grant().hold_only()) {
+        // This node's share of an MPI gang led elsewhere: its ranks are
+        // started here by the leader's launcher; nothing runs until then.
+        holds_[t.task_id()] = MpiTaskMarker(options_.run_id, t.task_id());
+        state_->Hold(t);  // its cores: no plain task here uses them meanwhile
+        spdlog::info("task {}: holding this node's share of an MPI gang led by {}", t.task_id(),
+                     t.grant().mpi().hosts_size() > 0 ? t.grant().mpi().hosts(0) : "another node");
+        continue;
+      }
+      state_->Submit(std::move(t));
+    }
+    for (uint64_t id : c.cancel_ids) {
+      if (auto hold = holds_.find(id); hold != holds_.end()) {
+        // The gang's job ended (or was cancelled): nothing of it may stay here.
+        std::vector<int> killed = KillMarkedProcesses(hold->second);
+        spdlog::info("task {}: hold of its MPI gang ended ({}); {} process(es) of it left here "
+                     "killed",
+                     id, c.reason, killed.size());
+        holds_.erase(hold);
+        state_->EndHold(id);
+        continue;
+      }
+      state_->Cancel(id, c.reason);
+    }
+    for (v1::TaskIOFrame& f : c.io) {
+      if (mpi_ != nullptr) {
+        mpi_->OnTaskIO(std::move(f));
+      } else if (f.open()) {
+        v1::TaskIOFrame err;
+        err.set_task_id(f.task_id());
+        err.set_channel(f.channel());
+        err.set_error(absl::StrCat("node ", options_.node_id, " cannot launch MPI jobs: ",
+                                   mpi_config_error_));
+        sink_->TaskIO({std::move(err)});
+      }
+    }
+    for (const v1::TaskLogsQuery& q : c.logs) sink_->TaskLogs(logs_.Answer(q, mpi_.get()));
     if (!c.reclaim_ids.empty()) {
       std::vector<uint64_t> released = state_->Reclaim(c.reclaim_ids);
       spdlog::info("head asked back {} task(s); {} had not started and are given back",
@@ -321,9 +402,11 @@ void WorkerPool::ReadFrom(int slot) {
           state_->OnReady(slot);
           break;
         case common::FrameType::kResult:
+          logs_.PythonEnded(frame->task_id);
           state_->OnTaskOutput(slot, frame->task_id, v1::OK, std::move(frame->body));
           break;
         case common::FrameType::kAppException:
+          logs_.PythonEnded(frame->task_id);
           state_->OnTaskOutput(slot, frame->task_id, v1::APP_EXCEPTION, std::move(frame->body));
           break;
         case common::FrameType::kResultTooLarge: {
@@ -392,10 +475,24 @@ void WorkerPool::CheckExits(bool poll_all) {
 }
 
 void WorkerPool::CollectExecutables() {
-  if (runner_->running() == 0) return;
-  for (ExecutableOutcome& done : runner_->Collect()) {
-    state_->OnExecutableDone(done.task_id, done.outcome, std::move(done.data),
-                             std::move(done.error));
+  if (runner_->running() > 0) {
+    for (ExecutableOutcome& done : runner_->Collect()) {
+      if (done.outcome == v1::OK || done.outcome == v1::APP_EXCEPTION) {
+        logs_.ExecutableEnded(done.task_id, done.data);
+      }
+      state_->OnExecutableDone(done.task_id, done.outcome, std::move(done.data),
+                               std::move(done.error));
+    }
+  }
+  if (mpi_ != nullptr) {
+    if (mpi_->running() > 0) {
+      for (ExecutableOutcome& done : mpi_->Collect()) {
+        state_->OnExecutableDone(done.task_id, done.outcome, std::move(done.data),
+                                 std::move(done.error));
+      }
+    }
+    std::vector<v1::TaskIOFrame> io = mpi_->TakeTaskIO();
+    if (!io.empty()) sink_->TaskIO(std::move(io));
   }
 }
 
@@ -436,9 +533,12 @@ void WorkerPool::Loop() {
     }
     const size_t exe_fds_begin = fds.size();
     runner_->AppendPollFds(&fds);
+    if (mpi_ != nullptr) mpi_->AppendPollFds(&fds);
     fd_slot.resize(fds.size(), -2);  // -2: an executable's output pipe
     int timeout_ms = reaping ? 5 : kIdlePollMs;
-    for (std::optional<int64_t> wake : {state_->NextWakeUs(), runner_->NextWakeUs()}) {
+    for (std::optional<int64_t> wake :
+         {state_->NextWakeUs(), runner_->NextWakeUs(),
+          mpi_ != nullptr ? mpi_->NextWakeUs() : std::optional<int64_t>()}) {
       if (!wake) continue;
       const int64_t until = (*wake - NowUs() + 999) / 1000;
       timeout_ms = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(timeout_ms, until)));
@@ -485,6 +585,12 @@ void WorkerPool::StopAll() {
     spdlog::info("worker pool: killing {} running executable(s)", runner_->running());
   }
   runner_.reset();  // SIGKILLs and reaps their process groups
+  if (mpi_ != nullptr && mpi_->running() > 0) {
+    spdlog::info("worker pool: killing {} running MPI job(s)", mpi_->running());
+  }
+  mpi_.reset();  // likewise, and every process marked as theirs
+  for (const auto& [id, marker] : holds_) KillMarkedProcesses(marker);
+  holds_.clear();
   int live = 0;
   for (auto& w : workers_) {
     if (w == nullptr) continue;

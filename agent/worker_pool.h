@@ -18,9 +18,11 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "agent/executable_runner.h"
+#include "agent/mpi_launcher.h"
 #include "agent/interfaces.h"
 #include "agent/pool_state.h"
 #include "agent/task_env.h"
+#include "agent/task_logs.h"
 #include "agent/worker_process.h"
 #include "common/framing.h"
 
@@ -29,6 +31,10 @@ namespace dragon::agent {
 struct WorkerPoolOptions {
   std::string node_id;
   std::string run_dir;
+  // The run's id (Registered.run_id): it marks the processes of MPI jobs
+  // (DRAGON_MPI_TASK), also on the other nodes of a gang.
+  std::string run_id;
+  std::string host;  // this host as MPI placements name it; "" = the host name
   int workers = 1;
   // The node's cores as registered (what grants index; PoolOptions::cores).
   int cores = 0;
@@ -62,6 +68,8 @@ class WorkerPool : public TaskHandler {
   void CancelTasks(std::vector<uint64_t> task_ids, std::string reason) override;
   void ReclaimTasks(std::vector<uint64_t> task_ids) override;
   void Ping(uint64_t seq) override;
+  void TaskIO(std::vector<v1::TaskIOFrame> frames) override;
+  void TaskLogs(v1::TaskLogsQuery query) override;
   int BusyWorkers() const override { return busy_.load(std::memory_order_relaxed); }
   int QueuedTasks() const override { return queued_.load(std::memory_order_relaxed); }
 
@@ -92,6 +100,8 @@ class WorkerPool : public TaskHandler {
     std::string reason;
     std::vector<uint64_t> reclaim_ids;      // give back if not started, or
     uint64_t ping_seq = 0;                  // answer this ping
+    std::vector<v1::TaskIOFrame> io;        // MPI jobs' TaskIO frames
+    std::vector<v1::TaskLogsQuery> logs;    // dragonctl logs
   };
   void Push(Command command);
 
@@ -113,6 +123,13 @@ class WorkerPool : public TaskHandler {
   std::unique_ptr<ExecutableRunner> runner_;  // pool thread only
   // CPU numbers plain executables start on (empty: all); pool thread only.
   std::vector<int> plain_cpus_;
+  // MPI jobs led here (EXECUTABLE tasks with grant.mpi); pool thread only.
+  std::unique_ptr<MpiLauncher> mpi_;
+  std::string mpi_config_error_;  // why no MPI job can be launched here ("" = they can)
+  // Hold-only shares of gangs led elsewhere: task id -> DRAGON_MPI_TASK marker;
+  // when the hold ends (the head cancels it) the job's processes here are killed.
+  std::map<uint64_t, std::string> holds_;
+  TaskLogIndex logs_;  // what dragonctl logs reads
   void CollectExecutables();
 
   int event_fd_ = -1;
