@@ -554,7 +554,7 @@ def test_cancel_pending_and_running_tasks(head1, tmp_path):
     (["ps", "--state", "sleeping"], f"dragonctl: bad --state 'sleeping': expected one of {STATES}"),
     (["ps", "--limit", "many"], "dragonctl: bad --limit 'many': expected a whole number >= 0"),
     (["ps", "--limit=-1"], "dragonctl: bad --limit '-1'"),
-    (["frobnicate"], "dragonctl: unknown command 'frobnicate'; commands: status, nodes, ps, show, cancel, help"),
+    (["frobnicate"], "dragonctl: unknown command 'frobnicate'; commands: status, nodes, ps, show, cancel, logs, help"),
     (["status", "--verbose"], "dragonctl: unknown flag '--verbose' (see 'dragonctl --help')"),
     (["--run-dirr", "x", "status"], "dragonctl: unknown flag '--run-dirr'"),
     (["--head", "localhost", "status"], "dragonctl: bad --head address 'localhost': expected HOST:PORT"),

@@ -126,15 +126,21 @@ def test_real_head_refuses_other_protocol_version(tmp_path, monkeypatch):
 @pytest.mark.timeout(120)
 def test_unsupported_resource_specification(parsl_dfk):
     dfk, executor, head = parsl_dfk
+    # Keys DragonExecutor does not know are refused, naming them and the keys it takes.
     with pytest.raises(InvalidResourceSpecification) as info:
-        echo(1, parsl_resource_specification={"cores": 2, "gpus": 1}).result(timeout=30)
-    assert info.value.invalid_keys == {"cores", "gpus"}
-    assert "cores" in str(info.value) and "gpus" in str(info.value)
+        echo(1, parsl_resource_specification={"colour": 2, "flavour": 1}).result(timeout=30)
+    assert info.value.invalid_keys == {"colour", "flavour"}
+    assert "colour" in str(info.value) and "it takes: cores" in str(info.value)
+    # A known key with a bad value is refused too, naming the key and the value.
+    with pytest.raises(InvalidResourceSpecification) as info:
+        echo(1, parsl_resource_specification={"cores": -1}).result(timeout=30)
+    assert info.value.invalid_keys == {"cores"} and "not -1" in str(info.value)
     # Direct submit raises at once.
     with pytest.raises(InvalidResourceSpecification):
-        executor.submit(len, {"walltime": 1}, "abc")
-    # An empty specification is accepted.
+        executor.submit(len, {"walltime": "soon"}, "abc")
+    # An empty specification is accepted, and so is a valid one.
     assert echo(5, parsl_resource_specification={}).result(timeout=30) == 5
+    assert echo(6, parsl_resource_specification={"cores": 1, "walltime": 60}).result(timeout=30) == 6
 
 
 # ------------------------------------------------------------------ payload size

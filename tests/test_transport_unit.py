@@ -36,9 +36,11 @@ from dragon_parsl import (
     NoNodesAvailable,
     PayloadTooLarge,
     ProtocolMismatch,
+    ResourcesUnsatisfiable,
     TaskCancelled,
     TaskError,
     TaskFailed,
+    TaskOutOfMemory,
     TaskRefused,
     TaskTimedOut,
     TaskTooLarge,
@@ -559,6 +561,8 @@ EXPECTED_CLASS = {
     "FAILURE_WORKER_START": WorkerStartFailed,
     "FAILURE_SHUTDOWN": HeadShutDown,
     "FAILURE_INTERNAL": TaskFailed,
+    "FAILURE_OUT_OF_MEMORY": TaskOutOfMemory,
+    "FAILURE_UNSATISFIABLE": ResourcesUnsatisfiable,
 }
 
 
