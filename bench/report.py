@@ -41,8 +41,9 @@ def first_error(errors: list) -> str:
 # ---------------------------------------------------------------- markdown
 HOOK_TITLES = (("native", "Native throughput (C++ client, no Parsl)"), ("head_scale", "Scale of the head"),
                ("liveness", "Agent failure detection (issue 10)"),
-               ("auth_cost", "Cost of authentication (issue 10)"))
-OPTIONAL_HOOKS = ("liveness", "auth_cost")
+               ("auth_cost", "Cost of authentication (issue 10)"),
+               ("cluster_start", "Agents on many nodes: start times and no-op throughput (issue 11)"))
+OPTIONAL_HOOKS = ("liveness", "auth_cost", "cluster_start")
 
 
 def markdown(res: dict) -> str:

@@ -11,8 +11,9 @@ round-trip latency and the image batch, on DragonExecutor, ThreadPoolExecutor,
 HighThroughputExecutor and, when PyPI's dragonhpc is installed, its DragonBatchPoolExecutor and
 DragonPoolExecutor (run under its `dragon` launcher). Every executor gets the same number of
 workers and the same Parsl logging settings. Then bench/native_bench.py, bench/head_scale.py,
-bench/liveness.py (agent failure detection) and bench/auth_cost.py (authentication on next to off)
-if present (`python bench/<name>.py --quick|--full --json-out FILE`); their JSON is embedded
+bench/liveness.py (agent failure detection), bench/auth_cost.py (authentication on next to off)
+and bench/cluster_start.py (agents on many nodes: start times over ssh and Slurm, no-op throughput
+with agents on 4 hosts next to 1; needs root, brings the test beds up and down) if present (`python bench/<name>.py --quick|--full --json-out FILE`); their JSON is embedded
 verbatim. A benchmark that fails is reported with its reason; the run goes on.
 """
 from __future__ import annotations
@@ -41,9 +42,9 @@ sys.path.insert(0, str(BENCH))
 import parsl_bench  # noqa: E402
 from parsl_bench import BENCHES, DRAGONHPC, EXECUTORS  # noqa: E402
 
-HOOKS = ("native", "head_scale", "liveness", "auth_cost", "mpi")  # bench/<HOOK_FILES[name]>
+HOOKS = ("native", "head_scale", "liveness", "auth_cost", "cluster_start", "mpi")  # bench/<HOOK_FILES[name]>
 HOOK_FILES = {"native": "native_bench.py", "head_scale": "head_scale.py", "liveness": "liveness.py",
-              "auth_cost": "auth_cost.py", "mpi": "mpi_bench.py"}
+              "auth_cost": "auth_cost.py", "cluster_start": "cluster_start.py", "mpi": "mpi_bench.py"}
 ONLY = BENCHES + HOOKS
 
 QUICK = dict(tasks=300, samples=20, images=16, image_size=64, rounds=1, parsl_logging=["default"])
@@ -147,16 +148,26 @@ def kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def run_process(cmd: list, env: dict, timeout: float, log_path: Path) -> tuple[int | None, str]:
+def run_process(cmd: list, env: dict, timeout: float, log_path: Path, grace: float = 60) -> tuple[int | None, str]:
     """Runs cmd in its own session (so that everything it starts can be killed), output to log_path.
+    On a timeout or Ctrl-C it first gets SIGTERM and up to `grace` s to clean up (cluster_start.py
+    takes its test beds down), then its session is killed.
     Returns (exit code or None on timeout, tail of its output)."""
     with open(log_path, "w") as logf:
         proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=str(REPO))
         try:
             rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except (subprocess.TimeoutExpired, KeyboardInterrupt) as e:
             rc = None
+            proc.terminate()
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+            if isinstance(e, KeyboardInterrupt):
+                kill_group(proc)
+                raise
         kill_group(proc)  # leftovers (HTEX interchange, pools) of a finished or timed-out run
         if rc is None:
             proc.wait()
@@ -219,6 +230,11 @@ def run_hook(name: str, quick: bool, env: dict, workdir: Path, timeout: float) -
     wall = time.perf_counter() - t0
     if rc != 0:
         why = f"timed out after {timeout:.0f} s" if rc is None else f"exited with code {rc}"
+        try:  # a hook that wrote its JSON anyway may say why (cluster_start.py: "errors")
+            errors = json.loads(out.read_text()).get("errors") or []
+        except (OSError, ValueError, AttributeError):
+            errors = []
+        why += f" ({'; '.join(map(str, errors))[:300]})" if errors else ""
         return {"status": f"not available: {' '.join(cmd[1:3])} {why}", "output_tail": tail[-2000:],
                 "elapsed_s": wall}
     data = None
@@ -450,6 +466,9 @@ def parse_args(argv=None):
                         "a smoke run of a few minutes; the hooks get --quick")
     p.add_argument("--only", nargs="+", choices=ONLY, metavar="BENCH",
                    help=f"run only these: {', '.join(ONLY)} (default: all)")
+    p.add_argument("--skip", nargs="+", choices=ONLY, default=[], metavar="BENCH",
+                   help="leave these out (e.g. --skip cluster_start, which needs root and brings up the "
+                        "test beds; tests/test_bench_smoke.py skips it: it has its own smoke test)")
     p.add_argument("--out", help="output directory (default bench/results/<date-time>/)")
     p.add_argument("--executors", nargs="+", choices=EXECUTORS, default=list(EXECUTORS),
                    help="Parsl executors to compare (dragonhpc ones are skipped when it is not installed)")
@@ -481,8 +500,8 @@ def parse_args(argv=None):
                         "own processes keep every CPU. Default: no pinning")
     p.add_argument("--timeout", type=float, default=0, help="seconds per executor process (default: from the counts)")
     p.add_argument("--hook-timeout", type=float, default=0,
-                   help="seconds for each of native_bench.py, head_scale.py, liveness.py and auth_cost.py "
-                        "(default 150 quick, 1800 full)")
+                   help="seconds for each of native_bench.py, head_scale.py, liveness.py, auth_cost.py and "
+                        "cluster_start.py (default 150 quick, 1800 full)")
     args = p.parse_args(argv)
     if args.pin_client is not None and args.pin_client not in os.sched_getaffinity(0):
         p.error(f"--pin-client {args.pin_client}: not a CPU this process may run on "
@@ -496,7 +515,7 @@ def main(argv=None) -> int:
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    only = list(args.only or ONLY)
+    only = [b for b in (args.only or ONLY) if b not in args.skip]
     benches = [b for b in BENCHES if b in only]
     hooks = [h for h in HOOKS if h in only]
     window = args.window or 8 * args.workers
@@ -546,7 +565,7 @@ def main(argv=None) -> int:
 
     for h in HOOKS:
         if h not in hooks:
-            results[h] = {"status": "not run (--only)"}
+            results[h] = {"status": "not run (--only, --skip)"}
             continue
         log(f"bench: running bench/{HOOK_FILES[h]} ...")
         ht = args.hook_timeout or (150 if args.quick else 1800)

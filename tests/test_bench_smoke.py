@@ -31,7 +31,9 @@ def test_bench_quick(tmp_path):
     out = tmp_path / "results"
     env = dict(os.environ, DRAGON_BIN_DIR=str(BIN_DIR), MPLBACKEND="Agg")
     env.pop("DRAGON_HEAD", None)
-    cp = subprocess.run([sys.executable, str(RUN), "--quick", "--out", str(out), "--hook-timeout", "60"],
+    # cluster_start brings up the test beds (root, their lock): tests/test_bench_cluster_start.py runs it
+    cp = subprocess.run([sys.executable, str(RUN), "--quick", "--out", str(out), "--hook-timeout", "60",
+                         "--skip", "cluster_start"],
                         env=env, capture_output=True, text=True, timeout=230, cwd=str(REPO))
     assert cp.returncode == 0, f"bench/run.py --quick exited {cp.returncode}\n{cp.stdout[-4000:]}\n{cp.stderr[-4000:]}"
 
