@@ -19,6 +19,8 @@ from conftest import binary, start_head, stop_head, wait_for
 CHUNK = 4096        # TaskTable chunk: tasks are forgotten a whole chunk at a time
 KEEP = 5000
 FLOOD = 40_000      # tasks per head_scale run
+WARM_FLOODS = 3
+MEASURED_FLOODS = 8
 
 
 def vm_rss_kib(pid: int) -> int:
@@ -52,15 +54,18 @@ def test_old_finished_tasks_are_forgotten_and_memory_stays_flat(tmp_path, head_s
              "--connect-timeout", "60"],
             env=head.agent_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: head.ctl_json("status")["workers"] == 8, 30, "the simulated agent")
-        # Two floods warm up gRPC's buffers and the allocator; four more would
-        # add ~40 MB to a head that kept everything (~250 B per task).
-        flood(head_scale_bin, head)
-        flood(head_scale_bin, head)
+        # Three floods warm up gRPC's buffers and the allocator; eight more would
+        # add ~80 MB to a head that kept everything (~250 B per task). A head that
+        # forgets grows 2-4 MiB here, but once in CI (a loaded machine: a backlog
+        # held by gRPC and malloc arenas that are not given back) 15.5 MiB: the
+        # bound sits between that and what keeping everything would cost.
+        for _ in range(WARM_FLOODS):
+            flood(head_scale_bin, head)
         rss_warm = vm_rss_kib(head.proc.pid)
-        for _ in range(4):
+        for _ in range(MEASURED_FLOODS):
             flood(head_scale_bin, head)
         rss_end = vm_rss_kib(head.proc.pid)
-        total = 6 * FLOOD
+        total = (WARM_FLOODS + MEASURED_FLOODS) * FLOOD
 
         status = head.ctl_json("status")
         kept = int(status["tasks_by_state"]["DONE"])
@@ -95,7 +100,7 @@ def test_old_finished_tasks_are_forgotten_and_memory_stays_flat(tmp_path, head_s
         assert ids == list(range(total, total - kept, -1))
 
         growth_mib = (rss_end - rss_warm) / 1024
-        assert growth_mib < 15, (f"head RSS grew {growth_mib:.1f} MiB over {4 * FLOOD} tasks "
+        assert growth_mib < 25, (f"head RSS grew {growth_mib:.1f} MiB over {MEASURED_FLOODS * FLOOD} tasks "
                                  f"({rss_warm} -> {rss_end} KiB)")
     finally:
         try:
