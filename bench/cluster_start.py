@@ -74,8 +74,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cluster_start_beds import (BENCH, HOSTS, REPO, SIGNALS, BenchError, Beds, Interrupted,  # noqa: E402
                                 OtherLoad, SessionLock, bed_leftovers, log, processes_with)
-from cluster_start_cases import (HEAD_IFACE, PARSL_CONFIGS, PARSL_LABELS, SALLOC_ARGS, Ctx,  # noqa: E402
-                                 parsl_noop, slurm_start, ssh_start, ssh_true, wait_workers)
+from cluster_start_cases import (HEAD_IFACE, PARSL_CONFIGS, PARSL_LABELS, SALLOC_ARGS,  # noqa: E402
+                                 WORKERS_TIMEOUT_S, Ctx, parsl_noop, slurm_start, ssh_start, ssh_true,
+                                 wait_workers)
 from cluster_start_report import GOAL_S, describe, plots, ssh_label, summarize, table, targets  # noqa: E402
 
 QUICK = dict(rounds=2, tasks=500, parsl_configs=["1x1", "4x1"], workers_ready=False)
@@ -164,7 +165,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.internal_wait_workers:
-        return 0 if wait_workers(Path(args.internal_wait_workers), args.agents, 60) else 1
+        return 0 if wait_workers(Path(args.internal_wait_workers), args.agents, WORKERS_TIMEOUT_S) else 1
     cfg = dict(QUICK if args.quick else FULL)
     for k in ("rounds", "tasks", "parsl_configs", "workers_ready"):
         if getattr(args, k) is not None:
@@ -268,14 +269,20 @@ def main(argv=None) -> int:
         log(f"FAILED: {e}; tearing down")
         code = 1
     finally:
-        with SIGNALS.ignored():
-            teardown(ctx if "ctx" in locals() else None, tmp, beds, lock, result, args.keep_tmp)
+        # from here on a signal is only noted: the teardown must finish and the JSON line must still
+        # be written after it (a signal raised while finish() runs would lose it to a traceback)
+        SIGNALS.ignore()
+        teardown(ctx if "ctx" in locals() else None, tmp, beds, lock, result, args.keep_tmp)
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     if code == 0 and (result["errors"] or result["leftovers"]
                       or any("error" in r for part in ("ssh", "slurm", "parsl") for r in result[part]["runs"])
                       or any("error" in r for r in result["ssh"]["ssh_true"])):
         code = 1
-    return finish(result, args, code)
+    if SIGNALS.late:
+        result.setdefault("interrupted", f"{signal.Signals(SIGNALS.late).name} during the teardown")
+        code = 130
+    code = finish(result, args, code)
+    return 130 if SIGNALS.late else code   # one while the result was written: exit as interrupted
 
 
 def teardown(ctx: Ctx | None, tmp: Path, beds: Beds, lock: SessionLock, result: dict, keep: bool) -> None:

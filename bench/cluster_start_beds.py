@@ -39,7 +39,7 @@ class BenchError(RuntimeError):
 
 
 class Interrupted(BaseException):
-    """SIGINT/SIGTERM/SIGHUP: unwinds to the teardown (during which signals are ignored)."""
+    """SIGINT/SIGTERM/SIGHUP: unwinds to the teardown (from which on signals are only noted)."""
 
 
 # ---------------------------------------------------------------- signals
@@ -51,6 +51,7 @@ class Signals:
         self.depth = 0
         self.pending: int | None = None
         self.received: int | None = None
+        self.late: int | None = None      # the first signal once they are ignored (see ignore())
 
     def install(self) -> None:
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -74,18 +75,16 @@ class Signals:
             s, self.pending = self.pending, None
             raise Interrupted(signal.Signals(s).name)
 
-    @contextlib.contextmanager
-    def ignored(self):
-        """For the teardown, which must finish: signals are ignored (still noted in `received`)."""
-        old = {s: signal.signal(s, self._note) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-        try:
-            yield
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+    def ignore(self) -> None:
+        """From the teardown to the end: signals are only noted (in `received` and `late`), never
+        raised, and not restored after the teardown: the JSON line must still be written after it."""
+        self.late = None
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, self._note)
 
     def _note(self, signum, frame):
         self.received = self.received or signum
+        self.late = self.late or signum
 
 
 SIGNALS = Signals()
@@ -292,11 +291,21 @@ class Beds:
             took = self._script(NETNS_SH, "up", extra_env={"TB_SSH_SKIP_BASHRC": "1" if skip_bashrc else "0"})
         self.record.setdefault("netns_up_s", []).append(round(took, 3))
         # one untimed login per host: the first ssh after `up` reads cold files
-        procs = [subprocess.Popen([str(TB_DIR / "ssh"), h, "true"], stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-                 for h in HOSTS]
-        for p in procs:
-            p.wait(timeout=30)
+        procs: list[subprocess.Popen] = []
+        try:
+            for h in HOSTS:
+                procs.append(subprocess.Popen([str(TB_DIR / "ssh"), h, "true"], stdin=subprocess.DEVNULL,
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                              start_new_session=True))
+            for p in procs:
+                p.wait(timeout=30)
+        finally:
+            # on a hung login (or a signal) the others too: they have the plain environment, without
+            # the run's temp dir, so the teardown's check for what is left would not find them
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
 
     def slurm(self) -> None:
         if not self.owned or self.slurm_up:

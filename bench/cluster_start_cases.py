@@ -21,6 +21,8 @@ PARSL_CONFIGS = {  # name: (hosts, workers per host)
 PARSL_LABELS = {"1x1": "1 host x 1 worker", "4x1": "4 hosts x 1 worker", "1x2": "1 host x 2 workers",
                 "2x1": "2 hosts x 1 worker"}
 
+WORKERS_TIMEOUT_S = 60   # a start's wait for every worker's READY (also inside the salloc script)
+
 LOG_RE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\] ")
 
 
@@ -133,6 +135,22 @@ def start_events(rd: Path, t0: float) -> dict:
     return ev
 
 
+def add_error(rec: dict, msg: str) -> None:
+    """One more error of a case, after those it has ("; "): a later one (a failed stop after workers
+    that were not ready) must not hide the first cause."""
+    if msg:
+        rec["error"] = f"{rec['error']}; {msg}" if rec.get("error") else msg
+
+
+def workers_missing(rd: Path, agents: int) -> str:
+    """The error of a wait for the workers that timed out: how many of how many were ready."""
+    w = workers_ready(rd)
+    msg = f"workers not ready within {WORKERS_TIMEOUT_S} s: {w['seen']} of {w['expected']} ready"
+    if w["agents"] < agents:   # an agent that logged no header: its workers are not counted
+        msg += f" ({agents - w['agents']} of {agents} agent(s) logged no worker count)"
+    return msg
+
+
 def workers_ready(rd: Path) -> dict:
     """Agents' logs of a run: every agent's header ("..., N workers (...") and its "slot K: worker pid
     X ready" lines. complete: every agent that wrote a header has all of its workers ready."""
@@ -185,47 +203,59 @@ def ssh_start(ctx: Ctx, hosts: list[str], skip_bashrc: bool, rnd: int, workers: 
         cp = run(argv, ctx.env, 90)
     except subprocess.TimeoutExpired:
         rec["error"] = "dragond start timed out after 90 s"
-        ctx.stop(rd)
+        add_error(rec, ctx.stop(rd)[1])
         return rec
     rec["wall_s"] = time.perf_counter() - t0
     rec["output"] = cp.stdout.strip()[-400:]
     if cp.returncode != 0 or f"{len(hosts)} of {len(hosts)} agent(s) ready" not in cp.stdout:
         rec["error"] = f"dragond start exited {cp.returncode}: {cp.stdout.strip()[-300:]} {cp.stderr.strip()[-800:]}"
-        ctx.stop(rd)
+        add_error(rec, ctx.stop(rd)[1])
         return rec
     m = re.search(r"head listening on (\S+) ", cp.stdout)
     rec["address"] = m.group(1) if m else None
-    if (wait or keep) and not wait_workers(rd, len(hosts), 60):
-        rec["error"] = f"workers not ready within 60 s: {workers_ready(rd)}"
+    if (wait or keep) and not wait_workers(rd, len(hosts), WORKERS_TIMEOUT_S):
+        add_error(rec, workers_missing(rd, len(hosts)))
     rec.update(start_events(rd, t_epoch))
     if not (wait or keep):
         rec.pop("workers_ready_s", None)
     if not keep:
         rec["stop_s"], err = ctx.stop(rd)
-        if err:
-            rec["error"] = err
+        add_error(rec, err)
     return rec
 
 
-def ssh_true(hosts: list[str], bashrc: bool, rnd: int) -> dict:
+def ssh_true(hosts: list[str], bashrc: bool, rnd: int, timeout: float = 30) -> dict:
     """The floor under an ssh start: `ssh HOST true` to the same hosts at once (the bed's ssh wrapper),
-    wall time until the last returns."""
+    wall time until the last returns. One that does not return within `timeout` s fails this case
+    only (the run goes on); every ssh is reaped and its pipe closed whatever happens."""
     rec: dict = {"round": rnd, "hosts": len(hosts), "bashrc": bashrc}
+    procs: dict[str, subprocess.Popen] = {}
     t0 = time.perf_counter()
-    procs = [subprocess.Popen([str(TB_DIR / "ssh"), h, "true"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, start_new_session=True) for h in hosts]
+    deadline = time.monotonic() + timeout
     try:
-        codes = [p.wait(timeout=30) for p in procs]
+        for h in hosts:
+            procs[h] = subprocess.Popen([str(TB_DIR / "ssh"), h, "true"], stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        codes: dict[str, int | None] = {}
+        for h, p in procs.items():
+            try:
+                codes[h] = p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                codes[h] = None
+        rec["wall_s"] = time.perf_counter() - t0
+        hung = [h for h, c in codes.items() if c is None]
+        if hung:
+            add_error(rec, f"no answer within {timeout:.0f} s from {', '.join(hung)}")
+        for h, c in codes.items():
+            if c:   # exited: its stderr is complete (a hung one's is not read, it may never end)
+                err = procs[h].stderr.read().decode(errors="replace").strip()
+                add_error(rec, f"ssh {h} exited {c}: {err[-300:]!r}")
     finally:
-        for p in procs:
+        for p in procs.values():
             if p.poll() is None:
                 p.kill()
-                p.wait()
-    rec["wall_s"] = time.perf_counter() - t0
-    if any(codes):
-        rec["error"] = f"ssh exited {codes}: {procs[codes.index(next(c for c in codes if c))].stderr.read()[-300:]!r}"
-    for p in procs:
-        p.stderr.close()
+            p.wait()
+            p.stderr.close()
     return rec
 
 
@@ -251,7 +281,8 @@ ENTRY_POINT = BENCH / "cluster_start.py"
 
 def slurm_start(ctx: Ctx, nodes: int, rnd: int, wait: bool = True) -> dict:
     rd = ctx.run_dir(f"slurm{nodes}-r{rnd}")
-    env = dict(ctx.env, SLURM_CONF=SLURM_CONF, CS_DRAGOND=ctx.bins["dragond"], CS_RD=str(rd), CS_PY=ctx.py,
+    # LC_ALL=C: under e.g. LC_NUMERIC=de_DE bash prints $EPOCHREALTIME with a decimal comma
+    env = dict(ctx.env, LC_ALL="C", SLURM_CONF=SLURM_CONF, CS_DRAGOND=ctx.bins["dragond"], CS_RD=str(rd), CS_PY=ctx.py,
                CS_SCRIPT=str(ENTRY_POINT), CS_N=str(nodes), CS_WAIT="1" if wait else "0")
     rec: dict = {"round": rnd, "nodes": nodes, "run_dir": str(rd)}
     t0 = time.perf_counter()
@@ -259,28 +290,28 @@ def slurm_start(ctx: Ctx, nodes: int, rnd: int, wait: bool = True) -> dict:
         cp = run(["salloc", f"-N{nodes}", *SALLOC_ARGS, "bash", "-c", SALLOC_SCRIPT], env, 150)
     except subprocess.TimeoutExpired:
         rec["error"] = "salloc timed out after 150 s"
-        ctx.stop(rd)
+        add_error(rec, ctx.stop(rd)[1])
         return rec
     rec["salloc_wall_s"] = time.perf_counter() - t0
     m = re.search(r"CS_START rc=(\d+) t0=([\d.]+) t1=([\d.]+) job=(\d*)", cp.stdout)
     if cp.returncode != 0 or not m or m.group(1) != "0":
         rec["error"] = f"salloc exited {cp.returncode}: {cp.stdout.strip()[-600:]} {cp.stderr.strip()[-800:]}"
-        ctx.stop(rd)
+        add_error(rec, ctx.stop(rd)[1])
         return rec
     t_epoch = float(m.group(2))
     rec["wall_s"] = float(m.group(3)) - t_epoch
     rec["job_id"] = m.group(4)
     rec["output"] = next((ln for ln in cp.stdout.splitlines() if "head listening on" in ln), "")
     if f"{nodes} of {nodes} agent(s) ready (slurm: " not in cp.stdout:
-        rec["error"] = f"not every agent ready: {cp.stdout.strip()[-600:]}"
+        add_error(rec, f"not every agent ready: {cp.stdout.strip()[-600:]}")
     w = re.search(r"CS_WORKERS rc=(\d+)", cp.stdout)
     if wait and (not w or w.group(1) != "0"):
-        rec["error"] = f"workers not ready within 60 s: {workers_ready(rd)}"
+        add_error(rec, workers_missing(rd, nodes))
     s = re.search(r"CS_STOP rc=(\d+) t2=([\d.]+) t3=([\d.]+)", cp.stdout)
     if s:
         rec["stop_s"] = float(s.group(3)) - float(s.group(2))
         if s.group(1) != "0":
-            rec["error"] = f"dragond stop exited {s.group(1)}"
+            add_error(rec, f"dragond stop exited {s.group(1)}")
     g = re.search(r"Granted job allocation \d+", cp.stderr)
     rec["granted"] = bool(g)
     rec.update(start_events(rd, t_epoch))
@@ -298,7 +329,9 @@ def parsl_noop(ctx: Ctx, config: str, rnd: int, tasks: int, timeout: float) -> d
     rec["start"] = {k: start.get(k) for k in ("wall_s", "launch_to_ready_s", "workers_ready_s", "error")}
     try:
         if "error" in start:
-            rec["error"] = f"head did not start: {start['error']}"
+            # "address": dragond start returned with every agent ready, so only the workers failed
+            rec["error"] = (f"head and agents up, but {start['error']}" if "address" in start
+                            else f"head did not start: {start['error']}")
             return rec
         cmd = [ctx.py, BENCH / "parsl_bench.py", "--executor", "dragon", "--benches", "noop", "--tasks", str(tasks),
                "--workers", str(nh * wph), "--parsl-logging", "off",
@@ -327,5 +360,4 @@ def parsl_noop(ctx: Ctx, config: str, rnd: int, tasks: int, timeout: float) -> d
         return rec
     finally:
         rec["stop_s"], err = ctx.stop(rd)
-        if err and "error" not in rec:
-            rec["error"] = err
+        add_error(rec, err)
