@@ -1,0 +1,154 @@
+"""DragonExecutor's submit path: resource specifications, and whether a task's arguments go
+through shared memory (every agent on this host) or inline through gRPC."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import copy
+import functools
+import logging
+import os
+import socket
+import time
+from typing import Any, Callable, Dict, Optional
+
+from parsl.serialize.errors import SerializationError
+
+from dragon_parsl import _cwd, blocks, shm
+from dragon_parsl.connection import Submission
+from dragon_parsl.errors import DragonError, PayloadTooLarge
+from dragon_parsl.resources import RESOURCE_KEYS, resource_request
+from dragon_parsl.worker import pack_apply, serialize_parts
+from dragon_parsl._proto import head_pb2
+
+# The executor's logger, as before the executor was split into modules: logging
+# configurations and filters that name "dragon_parsl.executor" see every message.
+logger = logging.getLogger("dragon_parsl.executor")
+
+# Resource specification keys this executor understands (dragon_parsl.resources):
+# anything else is refused at submit rather than ignored.
+SUPPORTED_RESOURCE_KEYS: frozenset = RESOURCE_KEYS
+
+# Node states (NodeInfo.state) of agents that may still run tasks; "lost" and "gone" may not.
+LIVE_NODE_STATES = frozenset({"joining", "ready", "draining"})
+
+# How long the answer to "are all agents on this host?" (ListNodes) is trusted.
+AGENT_HOSTS_RECHECK_S = 5.0
+
+
+class SubmitPathMixin:
+    """submit(): a Parsl app call made a task of the session, its large arguments through shared
+    memory where the workers can read them."""
+
+    # A part of DragonExecutor: the attributes it uses are set by DragonExecutor.__init__.
+
+    def validate_resource_spec(self, resource_specification: Dict[str, Any]) -> None:
+        """Refuses (InvalidResourceSpecification naming the key) unknown keys and bad values."""
+        resource_request(resource_specification)
+
+    def submit(self, func: Callable, resource_specification: Dict[str, Any], *args: Any,
+               **kwargs: Any) -> cf.Future:
+        if getattr(func, "dragon_mpi_launch", None) or hasattr(func, "__wrapped__"):
+            from dragon_parsl import mpi  # @mpi_app: run here, launched by the leader agent
+            if mpi.launch_of(func) is not None:
+                return mpi.submit_job(self, func, resource_specification, args, kwargs)
+        if self.bad_state_is_set:
+            raise self.executor_exception
+        resources = resource_request(resource_specification)  # refuses bad keys and values
+        session = self.session
+        if session is None:
+            if self._broken is not None:
+                raise self._broken
+            raise DragonError(f"DragonExecutor {self.label!r} is not started (or already shut down)")
+        if self._shut_down:
+            raise DragonError(f"DragonExecutor {self.label!r} is shut down")
+        name = getattr(func, "__name__", None) or type(func).__name__
+        try:
+            cwd = _cwd.current_dir()
+        except OSError:
+            cwd = session.cwd
+        call: Callable = func
+        if cwd != session.cwd:
+            # The session's tasks run in the directory of the Hello; a workflow
+            # that changed directory since gets its tasks run where it is now.
+            call = functools.partial(_cwd.run_in_dir, cwd, func)
+        arg_file: Optional[str] = None
+        try:
+            if self.shm is not None:
+                payload, arg_file = self.shm.pack_task(shm.Part.from_parsl(serialize_parts(call)), args,
+                                                       kwargs, allow_file=self._agents_share_this_host())
+            else:
+                # Byte for byte parsl.serialize.pack_apply_message, with one copy of large
+                # arguments instead of several (and no per-task "exceeds buffer threshold"
+                # warning: the payload limit below is what counts).
+                payload = pack_apply(call, args, kwargs)
+        except TypeError:
+            raise SerializationError(name)
+
+        fut: cf.Future = cf.Future()
+        fut.dragon_task_id = None  # type: ignore[attr-defined]
+        if self.max_payload_bytes and len(payload) > self.max_payload_bytes:
+            fut.set_exception(PayloadTooLarge(name, len(payload), self.max_payload_bytes))
+            return fut
+        try:
+            with self._lock:
+                if self._broken is not None:
+                    raise copy.copy(self._broken)
+                if self._shut_down:
+                    raise DragonError(f"DragonExecutor {self.label!r} is shut down")
+                ref = next(self._refs)
+                fut.parsl_executor_task_id = ref  # type: ignore[attr-defined]
+                self._tasks[ref] = fut
+                if arg_file is not None:
+                    self._arg_files[ref] = arg_file
+                session.submit(Submission(ref, payload, name, resources))
+        except BaseException:
+            self._discard_arg_file(arg_file)
+            raise
+        return fut
+
+    def _discard_arg_file(self, path: Optional[str]) -> None:
+        if path is not None and self.shm is not None:
+            self.shm.discard(path)
+
+    def _agents_share_this_host(self) -> bool:
+        """True when every connected agent runs on this host, so workers can read
+        argument files written here. Asked of the head (ListNodes) at most every
+        few seconds; an embedded head's agent is always local. With a provider, only
+        LocalProvider's blocks are (others may join any time, on other hosts)."""
+        if self.provider is not None:
+            return blocks.is_local(self.provider)
+        if self.local_head is not None:
+            return True
+        now = time.monotonic()
+        if now - self._agents_checked_at < AGENT_HOSTS_RECHECK_S:
+            return self._agents_local
+        try:
+            nodes = self._unary("ListNodes", head_pb2.ListNodesRequest(),
+                                timeout=min(self.connect_timeout, 5.0)).nodes
+        except Exception as e:  # noqa: BLE001  (any failure: be safe, send inline)
+            logger.warning("DragonExecutor %s: ListNodes failed (%s): task arguments go inline", self.label, e)
+            nodes = None
+        connected = [n for n in nodes or [] if n.state in LIVE_NODE_STATES]
+        self._agents_local = bool(connected) and all(_is_local_agent(n) for n in connected)
+        self._agents_checked_at = now
+        return self._agents_local
+
+    def shm_counters(self) -> Dict[str, Any]:
+        """Tasks and bytes that went through shared memory and inline (arguments and
+        results), and ``dir``: the executor's directory (None when the path is off)."""
+        if self.shm is None:
+            return {"dir": None}
+        return {"dir": self.shm.path, **vars(self.shm.counters)}
+
+
+
+def _is_local_agent(node: "head_pb2.NodeInfo") -> bool:
+    """An agent on this host, run by this user: its workers can read this client's
+    files. The pid check also tells apart a same-named host (or a container) that
+    would not see this /dev/shm."""
+    if node.host != socket.gethostname() or node.agent_pid <= 0:
+        return False
+    try:
+        return os.stat(f"/proc/{node.agent_pid}").st_uid == os.getuid()
+    except OSError:
+        return False
