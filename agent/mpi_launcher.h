@@ -31,15 +31,20 @@
 //
 // Never blocks; driven by the pool thread like ExecutableRunner (poll fds,
 // Collect, NextWakeUs). Not thread-safe.
+//
+// The parts, each in its own target: the node's launcher config
+// (mpi_launcher_config.h), the command line (mpi_command_line.h), the
+// launcher process (mpi_launcher_process.h), rank 0's TaskIO
+// (mpi_rank0_io.h), the ranks' reports (mpi_rank_reports.h), the job's
+// marker (mpi_job_marker.h), its state (mpi_job.h) and its result
+// (mpi_job_result.h); this class takes each job through its life with them.
 #ifndef DRAGON_AGENT_MPI_LAUNCHER_H_
 #define DRAGON_AGENT_MPI_LAUNCHER_H_
 
 #include <poll.h>
-#include <sys/types.h>
 
 #include <cstdint>
 #include <deque>
-#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -48,94 +53,14 @@
 
 #include "absl/status/statusor.h"
 #include "agent/executable_runner.h"
+#include "agent/mpi_launcher_config.h"
+#include "agent/mpi_rank0_io.h"
 #include "proto/agent.pb.h"
 #include "proto/common.pb.h"
 
 namespace dragon::agent {
 
-// Unacknowledged TaskIO data allowed each way (stdin toward rank 0, stdout
-// toward the client); the head refuses a client that sends more.
-inline constexpr uint64_t kTaskIOWindow = 256u << 10;
-
-enum class MpiLauncherKind { kHydra, kSrun, kCommand };
-
-// How MPI jobs are launched on this node. From the agent's environment
-// (MpiLauncherConfigFromEnv), so that dragond's launchers can pass it on
-// (dragond start --agent-env NAME):
-//   DRAGON_MPI_LAUNCHER     "hydra" (MPICH's mpiexec; the default outside
-//                           Slurm), "srun" (the default inside a Slurm job),
-//                           or a command line of the user's, whose words may
-//                           hold {ranks} {ranks_per_node} {nodes} {hosts}
-//                           (comma-separated) and {hostfile} (one host per
-//                           rank), e.g. "mpirun -np {ranks} --host {hosts}"
-//   DRAGON_MPIEXEC          hydra's mpiexec (default mpiexec.hydra, else mpiexec)
-//   DRAGON_MPI_RANK_WRAPPER dragon-mpi-rank (default: next to dragon-agent);
-//                           "none": no wrapper (no per-rank exit codes)
-//   HYDRA_LAUNCHER_EXEC     hydra's bootstrap to other hosts (default ssh);
-//                           read by hydra itself, passed as -launcher-exec
-struct MpiLauncherConfig {
-  MpiLauncherKind kind = MpiLauncherKind::kHydra;
-  std::string mpiexec = "mpiexec.hydra";
-  std::string srun = "srun";
-  std::vector<std::string> command;  // kCommand: the template's words
-  std::string rank_wrapper;          // "" = none
-  std::string launcher_exec;         // hydra -launcher-exec; "" = hydra's default
-
-  // "hydra (mpiexec.hydra, bootstrap ssh)" etc., for logs and errors.
-  std::string Describe() const;
-};
-
-using GetEnv = std::function<const char*(const char*)>;
-// `self_dir`: where dragon-agent is (the wrapper's default place); `in_path`
-// says whether a program is found in PATH.
-absl::StatusOr<MpiLauncherConfig> MpiLauncherConfigFromEnv(
-    const GetEnv& getenv, const std::string& self_dir,
-    const std::function<bool(const std::string&)>& in_path);
-absl::StatusOr<MpiLauncherConfig> MpiLauncherConfigFromEnv();  // this process's
-
-// Words of a command line ("a 'b c' d\ e" -> a, b c, d e); no shell expansion.
-absl::StatusOr<std::vector<std::string>> SplitCommandLine(const std::string& line);
-
-// The host of each rank under `placement` (hydra's -ppn block placement:
-// ranks 0..P-1 on hosts[0], ...; P = ranks_per_node, or ranks spread evenly).
-std::vector<std::string> RankHosts(const v1::MpiPlacement& placement);
-// Ranks per node the launcher is told: placement.ranks_per_node, else
-// ceil(ranks / hosts).
-uint32_t RanksPerNode(const v1::MpiPlacement& placement);
-
-// The launcher with its placement, up to the program: what an app puts in
-// front of its program (PARSL_MPI_PREFIX). `hostfile` replaces {hostfile}
-// in a user's command line ("" = refused when the template uses it).
-absl::StatusOr<std::vector<std::string>> MpiLaunchPrefix(const MpiLauncherConfig& config,
-                                                         const v1::MpiPlacement& placement,
-                                                         const std::string& hostfile = "");
-
-// A job's whole command: the prefix, the per-rank output files in `dir`
-// (hydra, srun), launcher_options, the wrapper with `tag`, then `program`.
-absl::StatusOr<std::vector<std::string>> MpiJobArgv(const MpiLauncherConfig& config,
-                                                    const v1::MpiPlacement& placement,
-                                                    const std::string& dir, const std::string& tag,
-                                                    const std::vector<std::string>& program);
-
-// A rank's report as dragon-mpi-rank writes it (see agent/mpi_rank.cc).
-struct RankReport {
-  uint32_t rank = 0;
-  std::string host;
-  int pid = 0;
-  std::string state;  // "exited", "signaled", "stopped", "unstarted"
-  int exit_code = 0;
-  int signal = 0;
-  std::string text;   // the line, without the tag
-};
-// Every report tagged `tag` in `text` (complete lines only).
-std::vector<RankReport> ParseRankReports(const std::string& text, const std::string& tag);
-
-// The value of DRAGON_MPI_TASK for a job: "<run_id>/<task_id>".
-std::string MpiTaskMarker(const std::string& run_id, uint64_t task_id);
-// SIGKILLs every process of this host (that this user may signal) whose
-// environment holds DRAGON_MPI_TASK=`marker`, except `spare` (e.g. the agent);
-// returns the pids killed.
-std::vector<int> KillMarkedProcesses(const std::string& marker, const std::string& proc_dir = "/proc");
+struct MpiJob;
 
 struct MpiLauncherOptions {
   std::string node_id;
@@ -186,27 +111,21 @@ class MpiLauncher {
   const MpiLauncherOptions& options() const { return options_; }
 
  private:
-  struct Job;
-  struct Finished;
-
-  void Pump(Job* job);           // stdin writes, stdout sends
-  void SendStdout(Job* job);
-  void WriteStdin(Job* job);
-  void ScanErrors(Job* job, int rank_file);
+  void ScanErrors(MpiJob* job);
   void ReadInotify();
-  void Escalate(Job* job, int64_t now);
-  void BeginStop(Job* job, int64_t now, const char* why);
-  ExecutableOutcome Finish(Job* job, int wait_status, int64_t now);
-  void Remember(std::unique_ptr<Job> job);
-  void Error(uint64_t task_id, uint64_t channel, const std::string& error);
-  v1::TaskIOStarted StartedOf(const Job& job) const;
+  void Escalate(MpiJob* job, int64_t now);
+  void BeginStop(MpiJob* job, int64_t now, const char* why);
+  ExecutableOutcome Finish(MpiJob* job, int wait_status, int64_t now);
+  void Remember(std::unique_ptr<MpiJob> job);
+  v1::TaskIOStarted StartedOf(const MpiJob& job) const;
+  MpiJob* Find(uint64_t task_id) const;  // running or remembered; nullptr if neither
 
   MpiLauncherOptions options_;
   Clock now_us_;
   int inotify_fd_ = -1;
-  std::map<uint64_t, std::unique_ptr<Job>> jobs_;       // running, by task id
-  std::map<int, uint64_t> watches_;                     // inotify wd -> task id
-  std::map<uint64_t, std::unique_ptr<Job>> finished_;   // ended, remembered
+  std::map<uint64_t, std::unique_ptr<MpiJob>> jobs_;      // running, by task id
+  std::map<int, uint64_t> watches_;                       // inotify wd -> task id
+  std::map<uint64_t, std::unique_ptr<MpiJob>> finished_;  // ended, remembered
   std::deque<uint64_t> finished_order_;
   std::vector<v1::TaskIOFrame> io_out_;
 };

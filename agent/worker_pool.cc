@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "agent/grant_files.h"
+#include "agent/mpi_job_marker.h"
 #include "agent/process_tree.h"
 #include "agent/task_env.h"
 #include "common/host.h"
