@@ -19,9 +19,9 @@ PoolState::PoolState(PoolOptions options, WorkerControl* control, TaskEventSink*
       control_(control),
       sink_(sink),
       now_us_(std::move(now_us)),
-      slots_(std::max(1, options_.slots)) {
+      slots_(std::max(1, options_.slots)),
+      cores_(options_.cores) {
   budget_ = std::max(options_.cores, slots());
-  cpu_taken_.assign(std::max(options_.cores, 1), false);
 }
 
 void PoolState::StartAll() {
@@ -77,11 +77,11 @@ void PoolState::Submit(v1::TaskAssignment task) {
     return;
   }
   if (task.has_grant() && task.grant().cpus_size() > 0) {
-    if (placed_.count(id) != 0) {
+    if (cores_.Has(id)) {
       spdlog::warn("task {} submitted again while it holds cores here; ignored", id);
       return;
     }
-    PlacedArrived(task);
+    cores_.Arrive(task);
   }
   queued_ids_.insert(id);
   queue_.push_back(std::move(task));
@@ -375,7 +375,7 @@ void PoolState::Dispatch() {
   size_t i = 0;
   while (i < queue_.size()) {
     // Nothing can start: no room for plain tasks and no placed task waiting.
-    if (placed_queued_ == 0 && (busy_ >= slots() || !PlainRoom())) break;
+    if (cores_.queued() == 0 && (busy_ >= slots() || !PlainRoom())) break;
     v1::TaskAssignment& front = queue_[i];
     const uint64_t id = front.task_id();
     if (queued_ids_.count(id) == 0) {  // cancelled while queued
@@ -401,7 +401,7 @@ void PoolState::Dispatch() {
     s.state = SlotState::kBusy;
     s.task_id = id;
     s.start_us = now_us_();
-    s.limits = LimitsOf(task, s.start_us);
+    s.limits = TaskLimitsOf(task, s.start_us);
     // A Python task's memory is what its processes hold beyond the worker's own.
     if (s.limits.memory_bytes != 0) s.limits.baseline_bytes = control_->TreeMemoryBytes(s.pid);
     NoteLimits(s.limits, +1);
@@ -409,13 +409,13 @@ void PoolState::Dispatch() {
     running_[id] = slot;
     if (s.limits.cores > 0) {
       PlacedStarted(id);
-      control_->PinWorker(slot, placed_[id].cpus);
+      control_->PinWorker(slot, cores_.Cpus(id));
       s.pinned_version = -1;
     } else {
       ++plain_running_;
-      if (s.pinned_version != plain_version_) {
-        control_->PinWorker(slot, plain_cpus_);
-        s.pinned_version = plain_version_;
+      if (s.pinned_version != cores_.plain_version()) {
+        control_->PinWorker(slot, cores_.plain_cpus());
+        s.pinned_version = cores_.plain_version();
       }
     }
     v1::TaskStarted started;
@@ -444,7 +444,7 @@ void PoolState::StartExecutable(v1::TaskAssignment task) {
   RunningExecutable& exe = exe_running_[id];
   exe.pid = *pid;
   exe.start_us = now_us_();
-  exe.limits = LimitsOf(task, exe.start_us);
+  exe.limits = TaskLimitsOf(task, exe.start_us);
   NoteLimits(exe.limits, +1);
   if (!placed) ++plain_running_;
   ++busy_;
@@ -483,17 +483,6 @@ void PoolState::FinishRunning(int slot, v1::Outcome outcome, v1::FailureKind fai
   sink_->TaskFinished(std::move(r));
 }
 
-PoolState::Limits PoolState::LimitsOf(const v1::TaskAssignment& task, int64_t now) {
-  Limits l;
-  if (!task.has_grant()) return l;
-  const v1::ResourceGrant& g = task.grant();
-  l.walltime_s = g.walltime_s();
-  if (g.walltime_s() > 0) l.deadline_us = now + int64_t{g.walltime_s()} * 1'000'000;
-  l.memory_bytes = g.memory_bytes();
-  l.cores = g.hold_only() ? 0 : g.cpus_size();
-  return l;
-}
-
 void PoolState::NoteLimits(const Limits& limits, int delta) {
   if (limits.deadline_us != 0) limited_deadline_ += delta;
   if (limits.memory_bytes != 0) {
@@ -502,97 +491,43 @@ void PoolState::NoteLimits(const Limits& limits, int delta) {
   }
 }
 
-void PoolState::PlacedArrived(const v1::TaskAssignment& task) {
-  Placed& p = placed_[task.task_id()];
-  p.cpus.assign(task.grant().cpus().begin(), task.grant().cpus().end());
-  p.running = false;
-  p.mpi = task.grant().has_mpi();
-  held_all_ += static_cast<int>(p.cpus.size());
-  ++placed_queued_;
-}
-
 void PoolState::PlacedStarted(uint64_t task_id) {
-  auto it = placed_.find(task_id);
-  if (it == placed_.end() || it->second.running) return;
-  it->second.running = true;
-  --placed_queued_;
-  held_running_ += static_cast<int>(it->second.cpus.size());
-  for (uint32_t c : it->second.cpus) {
-    if (c >= cpu_taken_.size()) cpu_taken_.resize(c + 1, false);
-    cpu_taken_[c] = true;
-  }
-  if (it->second.mpi) control_->MpiShareHeld(task_id, it->second.cpus);
+  const PlacedCores::Entry* placed = cores_.Start(task_id);
+  if (placed == nullptr) return;
+  if (placed->mpi) control_->MpiShareHeld(task_id, placed->cpus);
   PlainCpusChanged();
 }
 
 void PoolState::PlacedEnded(uint64_t task_id) {
-  auto it = placed_.find(task_id);
-  if (it == placed_.end()) return;
-  const int cores = static_cast<int>(it->second.cpus.size());
-  held_all_ -= cores;
-  if (it->second.running) {
-    held_running_ -= cores;
-    for (uint32_t c : it->second.cpus) cpu_taken_[c] = false;
-    if (it->second.mpi) control_->MpiShareReleased(task_id);
-    placed_.erase(it);
-    PlainCpusChanged();
-  } else {
-    --placed_queued_;
-    placed_.erase(it);
-  }
-  holds_.erase(task_id);
+  std::optional<PlacedCores::Entry> placed = cores_.End(task_id);
+  if (!placed || !placed->running) return;
+  if (placed->mpi) control_->MpiShareReleased(task_id);
+  PlainCpusChanged();
 }
 
 bool PoolState::Hold(const v1::TaskAssignment& task) {
-  const uint64_t id = task.task_id();
-  if (placed_.count(id) != 0) return false;
-  Placed& p = placed_[id];
-  p.cpus.assign(task.grant().cpus().begin(), task.grant().cpus().end());
-  p.running = true;
-  p.mpi = task.grant().has_mpi();
-  held_all_ += static_cast<int>(p.cpus.size());
-  held_running_ += static_cast<int>(p.cpus.size());
-  for (uint32_t c : p.cpus) {
-    if (c >= cpu_taken_.size()) cpu_taken_.resize(c + 1, false);
-    cpu_taken_[c] = true;
-  }
-  holds_.insert(id);
-  if (p.mpi) control_->MpiShareHeld(id, p.cpus);
+  const PlacedCores::Entry* held = cores_.Hold(task);
+  if (held == nullptr) return false;
+  if (held->mpi) control_->MpiShareHeld(task.task_id(), held->cpus);
   PlainCpusChanged();
   return true;
 }
 
 void PoolState::EndHold(uint64_t task_id) {
-  if (holds_.count(task_id) == 0) return;
+  if (!cores_.IsHold(task_id)) return;
   PlacedEnded(task_id);
   Dispatch();
 }
 
 void PoolState::PlainCpusChanged() {
-  ++plain_version_;
-  plain_cpus_.clear();
-  bool any = false;
-  for (size_t c = 0; c < cpu_taken_.size(); ++c) {
-    if (cpu_taken_[c]) {
-      any = true;
-    } else {
-      plain_cpus_.push_back(static_cast<uint32_t>(c));
-    }
-  }
-  // Nothing placed runs (or it all is): plain tasks may use every CPU.
-  if (!any || plain_cpus_.empty()) plain_cpus_.clear();
-  control_->SetPlainCpus(plain_cpus_);
+  const std::vector<uint32_t>& plain = cores_.RecomputePlainCpus();
+  control_->SetPlainCpus(plain);
   for (int slot = 0; slot < slots(); ++slot) {
     Slot& s = slots_[slot];
     if (s.state != SlotState::kBusy || s.limits.cores > 0) continue;
-    control_->PinWorker(slot, plain_cpus_);
-    s.pinned_version = plain_version_;
+    control_->PinWorker(slot, plain);
+    s.pinned_version = cores_.plain_version();
   }
-}
-
-std::string PoolState::StartedTaskText(uint64_t task_id, int pid, bool worker) const {
-  return absl::StrCat(worker ? "worker pid " : "its process pid ", pid,
-                      " and every process it started were killed");
 }
 
 void PoolState::EnforceLimits(int64_t now) {
@@ -601,47 +536,25 @@ void PoolState::EnforceLimits(int64_t now) {
   struct Kill {
     uint64_t task_id;
     int slot;  // -1: an executable
-    v1::FailureKind kind;
-    std::string why;
+    LimitBreach breach;
   };
   std::vector<Kill> kills;
+  auto tree_memory_bytes = [this](int pid) { return control_->TreeMemoryBytes(pid); };
   auto judge = [&](uint64_t id, int slot, int pid, const Limits& l) {
-    if (l.deadline_us != 0 && now >= l.deadline_us) {
-      kills.push_back({id, slot, v1::FAILURE_TIMED_OUT,
-                       absl::StrCat(TaskPrefix(id), "ran past its walltime of ", l.walltime_s,
-                                    " s (parsl_resource_specification 'walltime' / "
-                                    "'running_time_min'); ",
-                                    StartedTaskText(id, pid, slot >= 0))});
-      return;
-    }
-    if (!check_memory || l.memory_bytes == 0 || pid <= 0) return;
-    const uint64_t tree = control_->TreeMemoryBytes(pid);
-    const uint64_t used = tree > l.baseline_bytes ? tree - l.baseline_bytes : 0;
-    if (used <= l.memory_bytes) return;
-    kills.push_back(
-        {id, slot, v1::FAILURE_OUT_OF_MEMORY,
-         absl::StrCat(TaskPrefix(id), "its processes used ", used >> 20,
-                      " MiB of resident memory",
-                      l.baseline_bytes > 0
-                          ? absl::StrCat(" beyond the ", l.baseline_bytes >> 20,
-                                         " MiB its Python worker held before it")
-                          : std::string(),
-                      ", over its memory limit of ", l.memory_bytes >> 20, " MiB (",
-                      l.memory_bytes, " bytes; parsl_resource_specification 'memory'); ",
-                      StartedTaskText(id, pid, slot >= 0))});
+    std::optional<LimitBreach> breach =
+        CheckLimits(l, now, check_memory, pid, slot >= 0, tree_memory_bytes);
+    if (breach) kills.push_back({id, slot, *std::move(breach)});
   };
   for (int slot = 0; slot < slots(); ++slot) {
     const Slot& s = slots_[slot];
-    if (s.state == SlotState::kBusy && (s.limits.deadline_us != 0 || s.limits.memory_bytes != 0)) {
-      judge(s.task_id, slot, s.pid, s.limits);
-    }
+    if (s.state == SlotState::kBusy && s.limits.any()) judge(s.task_id, slot, s.pid, s.limits);
   }
   for (const auto& [id, exe] : exe_running_) {
-    if (!exe.cancelled && (exe.limits.deadline_us != 0 || exe.limits.memory_bytes != 0)) {
-      judge(id, -1, exe.pid, exe.limits);
-    }
+    if (!exe.cancelled && exe.limits.any()) judge(id, -1, exe.pid, exe.limits);
   }
-  for (Kill& k : kills) KillForLimit(k.task_id, k.slot, k.kind, k.why);
+  for (Kill& k : kills) {
+    KillForLimit(k.task_id, k.slot, k.breach.kind, absl::StrCat(TaskPrefix(k.task_id), k.breach.why));
+  }
 }
 
 void PoolState::KillForLimit(uint64_t task_id, int slot, v1::FailureKind kind,

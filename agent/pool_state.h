@@ -19,6 +19,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "agent/interfaces.h"
+#include "agent/placed_cores.h"
+#include "agent/task_limits.h"
 #include "proto/common.pb.h"
 
 namespace dragon::agent {
@@ -86,15 +88,7 @@ struct PoolOptions {
 
 class PoolState {
  public:
-  // What is enforced on a running task.
-  struct Limits {
-    int64_t deadline_us = 0;  // 0 = none
-    uint32_t walltime_s = 0;
-    uint64_t memory_bytes = 0;  // 0 = none
-    // What the idle Python worker held when the task started: not the task's.
-    uint64_t baseline_bytes = 0;
-    int cores = 0;              // placed: its granted CPUs; 0 = a plain task
-  };
+  using Limits = TaskLimits;  // what is enforced on a running task
 
   enum class SlotState {
     kDown,      // no process; restart at restart_at_us
@@ -164,8 +158,8 @@ class PoolState {
   int executables_running() const { return static_cast<int>(exe_running_.size()); }
   int idle() const { return static_cast<int>(idle_.size()); }
   // Cores placed tasks hold (queued, running, held) and those running or held.
-  int held_cores() const { return held_all_; }
-  int held_running_cores() const { return held_running_; }
+  int held_cores() const { return cores_.held_all(); }
+  int held_running_cores() const { return cores_.held_running(); }
   int plain_running() const { return plain_running_; }
   size_t queued() const { return queued_ids_.size(); }
   SlotState slot_state(int slot) const { return slots_[slot].state; }
@@ -194,12 +188,6 @@ class PoolState {
     bool cancelled = false;  // reported CANCELED; waiting for its end to free the slot
     Limits limits;
   };
-  // A placed task's cores (or a hold's), from its arrival to its end.
-  struct Placed {
-    std::vector<uint32_t> cpus;
-    bool running = false;  // running or held: its CPUs are taken
-    bool mpi = false;      // an MPI task's share (grant.mpi)
-  };
 
   void Dispatch();
   void StartExecutable(v1::TaskAssignment task);
@@ -217,14 +205,13 @@ class PoolState {
               int worker_pid = 0, int64_t start_us = 0);
   std::string TaskPrefix(uint64_t task_id) const;
 
-  bool PlainRoom() const { return plain_running_ + held_all_ < budget_; }
+  bool PlainRoom() const { return plain_running_ + cores_.held_all() < budget_; }
   bool PlacedRoom(int cores) const {
-    return plain_running_ + held_running_ + cores <= budget_ ||
-           (plain_running_ + held_running_ == 0);  // larger than the node: alone
+    return plain_running_ + cores_.held_running() + cores <= budget_ ||
+           (plain_running_ + cores_.held_running() == 0);  // larger than the node: alone
   }
-  static Limits LimitsOf(const v1::TaskAssignment& task, int64_t now);
-  // Cores of a placed task arriving, starting, ending (any way).
-  void PlacedArrived(const v1::TaskAssignment& task);
+  // Cores of a placed task starting, ending (any way): taken or freed, and
+  // the process layer told.
   void PlacedStarted(uint64_t task_id);
   void PlacedEnded(uint64_t task_id);
   // The CPUs no running placed task holds changed: new version, re-pin busy
@@ -234,7 +221,6 @@ class PoolState {
   // Kills tasks past their walltime or memory limit.
   void EnforceLimits(int64_t now);
   void KillForLimit(uint64_t task_id, int slot, v1::FailureKind kind, const std::string& why);
-  std::string StartedTaskText(uint64_t task_id, int pid, bool worker) const;
 
   PoolOptions options_;
   int budget_ = 1;
@@ -255,16 +241,9 @@ class PoolState {
   int start_failures_ = 0;
   std::string last_start_failure_;
 
-  // Placed tasks (queued, running) and holds, by task id.
-  std::unordered_map<uint64_t, Placed> placed_;
-  std::unordered_set<uint64_t> holds_;
-  int held_all_ = 0;      // cores of everything in placed_
-  int held_running_ = 0;  // cores of those running or held
+  // Placed tasks (queued, running) and holds.
+  PlacedCores cores_;
   int plain_running_ = 0;
-  size_t placed_queued_ = 0;
-  std::vector<bool> cpu_taken_;   // by CPU index: a running placed task or a hold has it
-  std::vector<uint32_t> plain_cpus_;  // the others; empty = all (nothing placed runs)
-  int64_t plain_version_ = 0;     // 0: plain tasks run on every CPU, unpinned
   // Running tasks with a walltime or memory limit (Tick skips the scan when 0).
   int limited_deadline_ = 0;
   int limited_memory_ = 0;
