@@ -5,7 +5,6 @@
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/spawn.h"
 #include "daemon/launchers/agent_command.h"
 
 extern char** environ;
@@ -42,57 +42,23 @@ absl::StatusOr<pid_t> ForkExec(const std::vector<std::string>& argv_in,
                                const std::vector<std::pair<std::string, std::string>>& env_in,
                                int in_fd, int out_fd, int err_fd, bool die_with_parent) {
   if (argv_in.empty() || argv_in[0].empty()) return absl::InvalidArgumentError("empty command");
-  // Everything below is prepared before fork: the child may only exec.
-  std::vector<std::string> args = argv_in;
-  std::vector<std::string> env = MergeEnvironment(environ, env_in);
-  std::vector<char*> argv, envp;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  for (auto& e : env) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  // The child reports an exec failure through this close-on-exec pipe.
-  int report[2];
-  if (pipe2(report, O_CLOEXEC) != 0) {
-    return absl::InternalError(absl::StrCat("pipe failed: ", strerror(errno)));
-  }
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid < 0) {
-    close(report[0]);
-    close(report[1]);
-    return absl::InternalError(absl::StrCat("fork failed: ", strerror(errno)));
-  }
-  if (pid == 0) {
-    if (die_with_parent) {
-      prctl(PR_SET_PDEATHSIG, SIGTERM);
-      if (getppid() != parent) _exit(1);
-    }
-    dup2(in_fd, 0);
-    dup2(out_fd, 1);
-    dup2(err_fd, 2);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    signal(SIGPIPE, SIG_DFL);  // dragond ignores it; what it starts must not inherit that
-    execvpe(argv[0], argv.data(), envp.data());
-    const int err = errno;
-    (void)!write(report[1], &err, sizeof(err));
-    _exit(127);
-  }
-  close(report[1]);
-  int child_errno = 0;
-  ssize_t n;
-  while ((n = read(report[0], &child_errno, sizeof(child_errno))) < 0 && errno == EINTR) {
-  }
-  close(report[0]);
-  if (n == sizeof(child_errno)) {
-    int status;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-    return absl::NotFoundError(
-        absl::StrCat("cannot run ", argv_in[0], ": ", strerror(child_errno)));
-  }
-  return pid;
+  common::SpawnSpec spec;
+  // argv[0] may be a bare name: execvpe looks it up in dragond's PATH.
+  spec.path = argv_in[0];
+  spec.search_path = true;
+  spec.argv = argv_in;
+  spec.env = MergeEnvironment(environ, env_in);
+  if (die_with_parent) spec.death_signal = SIGTERM;
+  spec.default_signals = {SIGPIPE};  // dragond ignores it; what it starts must not inherit that
+  spec.fds = {common::ChildFd::Dup(in_fd), common::ChildFd::Dup(out_fd),
+              common::ChildFd::Dup(err_fd)};
+  // dragond opens everything O_CLOEXEC; launchers never closed the rest.
+  spec.other_fds = common::SpawnSpec::OtherFds::kLeave;
+  // Returns once it exec'd; otherwise "cannot run ARGV0: <errno text>", as before.
+  spec.report = common::ChildReport::kWait;
+  absl::StatusOr<common::Spawned> spawned = common::Spawn(spec);
+  if (!spawned.ok()) return spawned.status();
+  return spawned->pid;
 }
 
 }  // namespace
