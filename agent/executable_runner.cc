@@ -2,24 +2,19 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/close_range.h>
-#include <sched.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
 #include "agent/process_tree.h"
 #include "agent/worker_process.h"
+#include "common/spawn.h"
 
 extern char** environ;
 
@@ -35,82 +30,11 @@ constexpr int64_t kExitRecheckUs = 1'000;
 constexpr int64_t kSlowExitRecheckUs = 50'000;
 constexpr int64_t kSlowAfterUs = 1'000'000;
 
-// What the child reports through the error pipe before _exit(127).
-enum ChildStage : char {
-  kStageChdir = 'c',
-  kStageExec = 'e',
-  kStageSetup = 's',
-  kStageAffinity = 'a'
-};
-
 void CloseFd(int* fd) {
   if (*fd >= 0) {
     close(*fd);
     *fd = -1;
   }
-}
-
-// Async-signal-safe: the agent is multithreaded, the child may not allocate.
-[[noreturn]] void ChildFail(int err_fd, char stage, int err) {
-  char msg[1 + sizeof(int)];
-  msg[0] = stage;
-  memcpy(msg + 1, &err, sizeof(int));
-  (void)!write(err_fd, msg, sizeof(msg));
-  _exit(127);
-}
-
-[[noreturn]] void RunChild(pid_t parent, int null_fd, int out_fd, int err_fd, int report_fd,
-                           const char* cwd, const char* path, char* const* argv,
-                           char* const* envp, const cpu_set_t* cpus) {
-  if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) _exit(1);
-  setpgid(0, 0);  // also done by the parent, whichever runs first
-  // Its grant's CPUs (inherited by everything it starts).
-  if (cpus != nullptr && sched_setaffinity(0, sizeof(cpu_set_t), cpus) != 0) {
-    ChildFail(report_fd, kStageAffinity, errno);
-  }
-  sigset_t none;
-  sigemptyset(&none);
-  sigprocmask(SIG_SETMASK, &none, nullptr);
-  for (int sig : {SIGPIPE, SIGTERM, SIGINT, SIGHUP}) signal(sig, SIG_DFL);
-  // Move the fds above 2 first so that dup2 cannot clobber one of them.
-  int fds[4] = {null_fd, out_fd, err_fd, report_fd};
-  for (int& fd : fds) {
-    fd = fcntl(fd, F_DUPFD_CLOEXEC, 10);
-    if (fd < 0) ChildFail(report_fd, kStageSetup, errno);
-  }
-  report_fd = fds[3];
-  if (dup2(fds[0], 0) < 0 || dup2(fds[1], 1) < 0 || dup2(fds[2], 2) < 0) {
-    ChildFail(report_fd, kStageSetup, errno);
-  }
-  // Nothing of the agent's (worker pipes, sockets) may leak into the
-  // program; the report pipe closes by itself when exec succeeds.
-  if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
-    for (int fd = 3; fd < 4096; ++fd) fcntl(fd, F_SETFD, FD_CLOEXEC);
-  }
-  if (cwd[0] != '\0' && chdir(cwd) != 0) ChildFail(report_fd, kStageChdir, errno);
-  execve(path, argv, envp);
-  ChildFail(report_fd, kStageExec, errno);
-}
-
-// argv0 resolved like execvp would, with `path_var` (the program's PATH).
-// Error text names argv0 and the errno text.
-absl::StatusOr<std::string> Resolve(const std::string& argv0, const std::string& path_var) {
-  if (argv0.find('/') != std::string::npos) {
-    if (access(argv0.c_str(), X_OK) != 0) {
-      return absl::NotFoundError(absl::StrCat("cannot execute '", argv0, "': ", strerror(errno)));
-    }
-    return argv0;
-  }
-  int first_err = ENOENT;
-  for (absl::string_view dir : absl::StrSplit(path_var, ':')) {
-    std::string candidate = absl::StrCat(dir.empty() ? "." : dir, "/", argv0);
-    struct stat st {};
-    if (stat(candidate.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
-    if (access(candidate.c_str(), X_OK) == 0) return candidate;
-    first_err = errno;
-  }
-  return absl::NotFoundError(absl::StrCat("cannot execute '", argv0, "': ", strerror(first_err),
-                                          " (searched PATH=", path_var, ")"));
 }
 
 }  // namespace
@@ -181,7 +105,7 @@ absl::StatusOr<int> ExecutableRunner::Start(
   if (spec.argv_size() == 0 || spec.argv(0).empty()) {
     return absl::InvalidArgumentError("ExecutableSpec has an empty argv");
   }
-  // Everything the child needs is prepared before fork (no allocation after).
+  // The program's environment: the agent's, then the spec's, then the grant's.
   std::vector<std::string> env_strings;
   auto extra = [&extra_env](absl::string_view key) {
     for (const auto& [k, v] : extra_env) {
@@ -202,12 +126,6 @@ absl::StatusOr<int> ExecutableRunner::Start(
     if (!extra(key)) env_strings.push_back(absl::StrCat(key, "=", value));
   }
   for (const auto& [key, value] : extra_env) env_strings.push_back(absl::StrCat(key, "=", value));
-  cpu_set_t cpu_set;
-  CPU_ZERO(&cpu_set);
-  for (int c : cpus) {
-    if (c >= 0 && c < CPU_SETSIZE) CPU_SET(c, &cpu_set);
-  }
-  const cpu_set_t* pin = CPU_COUNT(&cpu_set) > 0 ? &cpu_set : nullptr;
   std::string path_var;
   if (auto it = spec.env().find("PATH"); it != spec.env().end()) {
     path_var = it->second;
@@ -216,35 +134,18 @@ absl::StatusOr<int> ExecutableRunner::Start(
   } else {
     path_var = "/usr/local/bin:/usr/bin:/bin";
   }
-  absl::StatusOr<std::string> path = Resolve(spec.argv(0), path_var);
+  absl::StatusOr<std::string> path = common::ResolveProgram(spec.argv(0), path_var);
   if (!path.ok()) return path.status();
-
-  std::vector<char*> envp;
-  envp.reserve(env_strings.size() + 1);
-  for (auto& s : env_strings) envp.push_back(s.data());
-  envp.push_back(nullptr);
-  std::vector<std::string> argv_strings(spec.argv().begin(), spec.argv().end());
-  std::vector<char*> argv;
-  for (auto& s : argv_strings) argv.push_back(s.data());
-  argv.push_back(nullptr);
-  const std::string cwd = spec.cwd().empty() ? task.cwd() : spec.cwd();
 
   const uint32_t limit = spec.capture_limit_bytes() == 0
                              ? kDefaultCaptureLimitBytes
                              : std::min(spec.capture_limit_bytes(), kMaxCaptureLimitBytes);
-  auto proc = std::make_unique<Proc>(limit);
-  int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  int out_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1}, report_pipe[2] = {-1, -1};
+  int out_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1};
   auto cleanup = [&] {
-    CloseFd(&null_fd);
-    for (int* fd : {&out_pipe[0], &out_pipe[1], &err_pipe[0], &err_pipe[1], &report_pipe[0],
-                    &report_pipe[1]}) {
-      CloseFd(fd);
-    }
+    for (int* fd : {&out_pipe[0], &out_pipe[1], &err_pipe[0], &err_pipe[1]}) CloseFd(fd);
   };
-  if (null_fd < 0 || pipe2(out_pipe, O_CLOEXEC | O_NONBLOCK) != 0 ||
-      pipe2(err_pipe, O_CLOEXEC | O_NONBLOCK) != 0 ||
-      pipe2(report_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+  if (pipe2(out_pipe, O_CLOEXEC | O_NONBLOCK) != 0 ||
+      pipe2(err_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
     const int err = errno;
     cleanup();
     return absl::ResourceExhaustedError(
@@ -253,32 +154,45 @@ absl::StatusOr<int> ExecutableRunner::Start(
   // The child's ends must block (a program expects ordinary stdout).
   fcntl(out_pipe[1], F_SETFL, 0);
   fcntl(err_pipe[1], F_SETFL, 0);
-  fcntl(report_pipe[1], F_SETFL, 0);
 
-  const pid_t parent = getpid();
+  common::SpawnSpec spawn;
+  spawn.path = *std::move(path);
+  spawn.argv.assign(spec.argv().begin(), spec.argv().end());
+  spawn.env = std::move(env_strings);
+  spawn.cwd = spec.cwd().empty() ? task.cwd() : spec.cwd();
+  // Own group: cancel and timeout kill the whole group.
+  spawn.group = common::SpawnSpec::Group::kNewGroup;
+  spawn.cpus = cpus;  // its grant's CPUs (inherited by everything it starts)
+  spawn.death_signal = SIGKILL;
+  spawn.default_signals = {SIGPIPE, SIGTERM, SIGINT, SIGHUP};
+  spawn.fds = {common::ChildFd::DevNull(O_RDONLY), common::ChildFd::Dup(out_pipe[1]),
+               common::ChildFd::Dup(err_pipe[1])};
+  // Nothing of the agent's (worker pipes, sockets) may leak into the program.
+  spawn.other_fds = common::SpawnSpec::OtherFds::kCloseOnExec;
   // vfork: the child shares our memory until it execs, so no page tables
   // are copied (fork of the agent, gRPC threads and all, took ~1 ms here).
-  // Everything it touches was prepared above, and it only makes syscalls.
-  const pid_t pid = vfork();
-  if (pid < 0) {
-    const int err = errno;
+  spawn.use_vfork = true;
+  // Start() never waits: a failed chdir/exec/affinity is read from the
+  // report pipe once the process has exited, and becomes a SYSTEM_ERROR.
+  spawn.report = common::ChildReport::kDeferred;
+  common::SpawnError error;
+  absl::StatusOr<common::Spawned> spawned = common::Spawn(spawn, &error);
+  if (!spawned.ok()) {
     cleanup();
+    // The texts Start() always had: /dev/null and the report pipe count as "pipes".
+    const char* what = error.stage == common::SpawnError::kFork ? "fork" : "pipes";
     return absl::ResourceExhaustedError(
-        absl::StrCat("cannot start '", spec.argv(0), "': fork: ", strerror(err)));
+        absl::StrCat("cannot start '", spec.argv(0), "': ", what, ": ", strerror(error.err)));
   }
-  if (pid == 0) {
-    RunChild(parent, null_fd, out_pipe[1], err_pipe[1], report_pipe[1], cwd.c_str(),
-             path->c_str(), argv.data(), envp.data(), pin);
-  }
-  // Also here, so a Kill() right after Start() reaches the whole group.
-  setpgid(pid, pid);
+  const pid_t pid = spawned->pid;
+  auto proc = std::make_unique<Proc>(limit);
   proc->task_id = task.task_id();
   proc->pid = pid;
   proc->argv0 = spec.argv(0);
   proc->out_fd = out_pipe[0];
   proc->err_fd = err_pipe[0];
-  proc->report_fd = report_pipe[0];
-  out_pipe[0] = err_pipe[0] = report_pipe[0] = -1;
+  proc->report_fd = spawned->report_fd;
+  out_pipe[0] = err_pipe[0] = -1;
   // Readable once the process has exited, so the exit is seen at once
   // (without it, only the pipes' EOF and periodic waitpid tell).
   proc->pid_fd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
@@ -346,8 +260,7 @@ std::optional<ExecutableOutcome> ExecutableRunner::TryFinish(Proc* p, int64_t no
   ReadAvailable(p);
   CloseFd(&p->out_fd);
   CloseFd(&p->err_fd);
-  char report[1 + sizeof(int)] = {};
-  const ssize_t got = p->report_fd >= 0 ? read(p->report_fd, report, sizeof(report)) : 0;
+  const std::optional<common::ChildFailure> failure = common::ReadChildFailure(p->report_fd);
   CloseFd(&p->report_fd);
   CloseFd(&p->pid_fd);
 
@@ -357,19 +270,18 @@ std::optional<ExecutableOutcome> ExecutableRunner::TryFinish(Proc* p, int64_t no
   o.start_us = p->start_us;
   o.end_us = now;
   o.killed_by_request = p->killed;
-  if (got == static_cast<ssize_t>(sizeof(report))) {
-    int err;
-    memcpy(&err, report + 1, sizeof(int));
+  if (failure) {
+    const int err = failure->err;
     o.outcome = v1::SYSTEM_ERROR;
-    switch (report[0]) {
-      case kStageChdir:
+    switch (failure->step) {
+      case common::SpawnStep::kChdir:
         o.error = absl::StrCat("cannot start '", p->argv0, "': cannot change to its working "
                                "directory: ", strerror(err));
         break;
-      case kStageExec:
+      case common::SpawnStep::kExec:
         o.error = absl::StrCat("cannot execute '", p->argv0, "': ", strerror(err));
         break;
-      case kStageAffinity:
+      case common::SpawnStep::kAffinity:
         o.error = absl::StrCat("cannot start '", p->argv0, "' on its granted CPUs: ",
                                strerror(err));
         break;

@@ -8,12 +8,14 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 namespace dragon::common {
 namespace {
@@ -192,7 +194,6 @@ absl::StatusOr<Spawned> Spawn(const SpawnSpec& spec, SpawnError* error) {
     CloseIfOpen(&report[0]);
     CloseIfOpen(&report[1]);
   };
-  int null_fd = -1;
   for (size_t i = 0; i < spec.fds.size(); ++i) {
     const ChildFd& f = spec.fds[i];
     switch (f.kind) {
@@ -201,20 +202,19 @@ absl::StatusOr<Spawned> Spawn(const SpawnSpec& spec, SpawnError* error) {
       case ChildFd::kFd:
         sources[i] = f.fd;
         break;
-      case ChildFd::kDevNull:
-        if (null_fd < 0) {
-          null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
-          if (null_fd < 0) {
-            *error = {SpawnError::kOpen, errno};
-            const absl::Status s = absl::InternalError(
-                absl::StrCat("cannot open /dev/null: ", strerror(errno)));
-            cleanup();
-            return s;
-          }
-          opened.push_back(null_fd);
+      case ChildFd::kDevNull: {
+        const int fd = open("/dev/null", f.flags | O_CLOEXEC);
+        if (fd < 0) {
+          *error = {SpawnError::kOpen, errno};
+          const absl::Status s =
+              absl::InternalError(absl::StrCat("cannot open /dev/null: ", strerror(errno)));
+          cleanup();
+          return s;
         }
-        sources[i] = null_fd;
+        opened.push_back(fd);
+        sources[i] = fd;
         break;
+      }
       case ChildFd::kAppendFile: {
         const int flags = O_WRONLY | O_APPEND | O_CLOEXEC | (f.create_mode != 0 ? O_CREAT : 0);
         const int fd = open(f.path.c_str(), flags, f.create_mode);
@@ -320,6 +320,25 @@ std::optional<ChildFailure> ReadChildFailure(int report_fd) {
   ChildFailure failure{static_cast<SpawnStep>(msg[0]), 0};
   memcpy(&failure.err, msg + 1, sizeof(int));
   return failure;
+}
+
+absl::StatusOr<std::string> ResolveProgram(const std::string& argv0, const std::string& path_var) {
+  if (argv0.find('/') != std::string::npos) {
+    if (access(argv0.c_str(), X_OK) != 0) {
+      return absl::NotFoundError(absl::StrCat("cannot execute '", argv0, "': ", strerror(errno)));
+    }
+    return argv0;
+  }
+  int first_err = ENOENT;
+  for (absl::string_view dir : absl::StrSplit(path_var, ':')) {
+    std::string candidate = absl::StrCat(dir.empty() ? "." : dir, "/", argv0);
+    struct stat st {};
+    if (stat(candidate.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    if (access(candidate.c_str(), X_OK) == 0) return candidate;
+    first_err = errno;
+  }
+  return absl::NotFoundError(absl::StrCat("cannot execute '", argv0, "': ", strerror(first_err),
+                                          " (searched PATH=", path_var, ")"));
 }
 
 }  // namespace dragon::common

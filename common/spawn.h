@@ -10,6 +10,7 @@
 #ifndef DRAGON_COMMON_SPAWN_H_
 #define DRAGON_COMMON_SPAWN_H_
 
+#include <fcntl.h>
 #include <sys/types.h>
 
 #include <optional>
@@ -25,7 +26,7 @@ namespace dragon::common {
 struct ChildFd {
   enum Kind {
     kInherit,     // left as it is in the parent
-    kDevNull,     // /dev/null (opened O_RDWR by Spawn)
+    kDevNull,     // /dev/null (opened by Spawn with `flags`, O_RDWR unless told)
     kFd,          // a dup of `fd` (the caller's; Spawn does not close it)
     kAppendFile,  // `path` opened O_WRONLY|O_APPEND (created with `create_mode` unless 0)
   };
@@ -33,9 +34,10 @@ struct ChildFd {
   int fd = -1;
   std::string path;
   int create_mode = 0;
+  int flags = 0;  // kDevNull: O_RDONLY, O_WRONLY or O_RDWR
 
   static ChildFd Inherit() { return {}; }
-  static ChildFd DevNull() { return {kDevNull}; }
+  static ChildFd DevNull(int flags = O_RDWR) { return {kDevNull, -1, "", 0, flags}; }
   static ChildFd Dup(int fd) { return {kFd, fd}; }
   static ChildFd AppendTo(std::string path, int create_mode) {
     return {kAppendFile, -1, std::move(path), create_mode};
@@ -75,7 +77,7 @@ using ChildFailureNote = void (*)(SpawnStep step, int err, const char* argv0);
 struct SpawnSpec {
   // The program: a path (execve), or with search_path a name looked up by
   // execvpe in the *parent's* PATH (which also runs shebang-less scripts
-  // through /bin/sh).
+  // through /bin/sh). ResolveProgram() resolves with another PATH first.
   std::string path;
   bool search_path = false;
   std::vector<std::string> argv;
@@ -129,6 +131,10 @@ absl::StatusOr<Spawned> Spawn(const SpawnSpec& spec, SpawnError* error = nullptr
 // Reads a report fd (ChildReport::kDeferred): the failure, if the child
 // reported one. Call it once the child has exited.
 std::optional<ChildFailure> ReadChildFailure(int report_fd);
+
+// argv0 resolved as execvp would, with `path_var` (the program's PATH):
+// NotFound "cannot execute 'ARGV0': <strerror>[ (searched PATH=...)]".
+absl::StatusOr<std::string> ResolveProgram(const std::string& argv0, const std::string& path_var);
 
 }  // namespace dragon::common
 

@@ -223,5 +223,19 @@ TEST_CASE("an append file that cannot be opened is Spawn's error; nothing runs")
   CHECK(error.stage == SpawnError::kOpen);
 }
 
+TEST_CASE("ResolveProgram looks in the given PATH like execvp") {
+  absl::StatusOr<std::string> p = ResolveProgram("sh", "/nonexistent:/bin");
+  REQUIRE(p.ok());
+  CHECK(*p == "/bin/sh");
+  CHECK(ResolveProgram("/bin/sh", "").value() == "/bin/sh");
+  p = ResolveProgram("no-such-program", "/bin");
+  REQUIRE_FALSE(p.ok());
+  CHECK(std::string(p.status().message()) ==
+        "cannot execute 'no-such-program': No such file or directory (searched PATH=/bin)");
+  p = ResolveProgram("/nonexistent/x", "/bin");
+  CHECK(std::string(p.status().message()) ==
+        "cannot execute '/nonexistent/x': No such file or directory");
+}
+
 }  // namespace
 }  // namespace dragon::common
