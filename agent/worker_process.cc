@@ -4,14 +4,14 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/spawn.h"
 
 extern char** environ;
 
@@ -38,8 +38,8 @@ void CloseIfOpen(int* fd) {
   }
 }
 
-// Only async-signal-safe calls from here to exec: the agent is
-// multithreaded (gRPC), so the child may not touch malloc or locks.
+// Only async-signal-safe calls (they run in the child between fork and
+// exec): the agent is multithreaded (gRPC), so no malloc or locks.
 void WriteAll(int fd, const char* s) {
   size_t n = strlen(s);
   while (n > 0) {
@@ -64,57 +64,24 @@ void WriteInt(int fd, int v) {
   WriteAll(fd, buf + i);
 }
 
-[[noreturn]] void ChildFail(const char* what, int err) {
+// What the worker's log (or, before its fds are in place, the agent's
+// stderr) says when the child could not start it; it then exits 127.
+void WorkerFailureNote(common::SpawnStep step, int err, const char* argv0) {
+  if (step == common::SpawnStep::kExec) {
+    WriteAll(2, "dragon-agent: cannot execute ");
+    WriteAll(2, argv0);
+    WriteAll(2, ": ");
+    WriteAll(2, err == ENOENT ? "not found" : err == EACCES ? "permission denied" : "exec failed");
+    WriteAll(2, " (errno ");
+    WriteInt(2, err);
+    WriteAll(2, ")\n");
+    return;
+  }
   WriteAll(2, "dragon-agent: worker start failed: ");
-  WriteAll(2, what);
+  WriteAll(2, step == common::SpawnStep::kMoveFds ? "fcntl(F_DUPFD)" : "dup2");
   WriteAll(2, ": errno ");
   WriteInt(2, err);
   WriteAll(2, "\n");
-  _exit(127);
-}
-
-[[noreturn]] void RunChild(pid_t parent, int run_read, int result_write, int log_fd, int null_fd,
-                           char* const* argv, char* const* envp, int max_fd) {
-  // Die with the agent; if it is already gone, do not start at all.
-  if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) _exit(1);
-  // Own process group: a Ctrl-C aimed at whoever started the agent must not
-  // hit workers mid-task; the agent stops them itself.
-  setpgid(0, 0);
-  // Signal mask and ignored dispositions survive exec; the agent blocks
-  // SIGTERM/SIGINT and ignores SIGPIPE, the worker must not inherit that.
-  sigset_t none;
-  sigemptyset(&none);
-  sigprocmask(SIG_SETMASK, &none, nullptr);
-  signal(SIGPIPE, SIG_DFL);
-  signal(SIGTERM, SIG_DFL);
-  signal(SIGINT, SIG_DFL);
-
-  // Move every fd we need above 4 first: a pipe end may itself be 3 or 4,
-  // and dup2 onto it would clobber it.
-  int fds[4] = {run_read, result_write, log_fd, null_fd};
-  for (int& fd : fds) {
-    fd = fcntl(fd, F_DUPFD_CLOEXEC, 10);
-    if (fd < 0) ChildFail("fcntl(F_DUPFD)", errno);
-  }
-  // dup2 clears close-on-exec on the target, so exactly 0-4 survive exec.
-  if (dup2(fds[3], 0) < 0 || dup2(fds[2], 1) < 0 || dup2(fds[2], 2) < 0 ||
-      dup2(fds[0], 3) < 0 || dup2(fds[1], 4) < 0) {
-    ChildFail("dup2", errno);
-  }
-  // Anything else without close-on-exec (e.g. a library's fd) goes too.
-  if (close_range(5, ~0U, 0) != 0) {
-    for (int fd = 5; fd < max_fd; ++fd) close(fd);
-  }
-  execvpe(argv[0], argv, envp);
-  int err = errno;
-  WriteAll(2, "dragon-agent: cannot execute ");
-  WriteAll(2, argv[0]);
-  WriteAll(2, ": ");
-  WriteAll(2, err == ENOENT ? "not found" : err == EACCES ? "permission denied" : "exec failed");
-  WriteAll(2, " (errno ");
-  WriteInt(2, err);
-  WriteAll(2, ")\n");
-  _exit(127);
 }
 
 }  // namespace
@@ -136,7 +103,7 @@ std::string DescribeExit(int wait_status) {
 absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const WorkerSpec& spec) {
   if (spec.argv.empty()) return absl::InvalidArgumentError("worker command line is empty");
 
-  // Everything the child needs is prepared before fork (no allocation after).
+  // The agent's environment with spec.env in place of same-named entries.
   std::vector<std::string> env_strings;
   for (char** e = environ; *e != nullptr; ++e) {
     absl::string_view entry(*e);
@@ -151,36 +118,15 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const Worker
     if (!overridden) env_strings.emplace_back(entry);
   }
   for (const auto& [key, value] : spec.env) env_strings.push_back(absl::StrCat(key, "=", value));
-  std::vector<char*> envp;
-  for (auto& s : env_strings) envp.push_back(s.data());
-  envp.push_back(nullptr);
-  std::vector<std::string> argv_strings(spec.argv);
-  std::vector<char*> argv;
-  for (auto& s : argv_strings) argv.push_back(s.data());
-  argv.push_back(nullptr);
-
-  struct rlimit nofile {};
-  int max_fd = 65536;
-  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY &&
-      nofile.rlim_cur < 65536) {
-    max_fd = static_cast<int>(nofile.rlim_cur);
-  }
 
   int log_fd = open(spec.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (log_fd < 0) return ErrnoError(absl::StrCat("cannot open worker log ", spec.log_path), errno);
-  int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   int run_pipe[2] = {-1, -1};     // agent writes [1], worker reads [0] as fd 3
   int result_pipe[2] = {-1, -1};  // worker writes [1] as fd 4, agent reads [0]
   auto cleanup = [&] {
     CloseIfOpen(&log_fd);
-    CloseIfOpen(&null_fd);
     for (int* fd : {&run_pipe[0], &run_pipe[1], &result_pipe[0], &result_pipe[1]}) CloseIfOpen(fd);
   };
-  if (null_fd < 0) {
-    absl::Status s = ErrnoError("cannot open /dev/null", errno);
-    cleanup();
-    return s;
-  }
   if (pipe2(run_pipe, O_CLOEXEC) != 0 || pipe2(result_pipe, O_CLOEXEC) != 0) {
     absl::Status s = ErrnoError("pipe2", errno);
     cleanup();
@@ -189,17 +135,35 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const Worker
   fcntl(run_pipe[1], F_SETPIPE_SZ, kPipeSize);
   fcntl(result_pipe[1], F_SETPIPE_SZ, kPipeSize);
 
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid < 0) {
-    absl::Status s = ErrnoError("fork", errno);
+  common::SpawnSpec spawn;
+  spawn.path = spec.argv[0];
+  spawn.search_path = true;  // execvpe: a bare name is looked up in the agent's PATH
+  spawn.argv = spec.argv;
+  spawn.env = std::move(env_strings);
+  // Own process group: a Ctrl-C aimed at whoever started the agent must not
+  // hit workers mid-task; the agent stops them itself.
+  spawn.group = common::SpawnSpec::Group::kNewGroup;
+  spawn.death_signal = SIGKILL;  // die with the agent; if it is already gone, do not start
+  // The agent blocks SIGTERM/SIGINT and ignores SIGPIPE; the worker must not inherit that.
+  spawn.default_signals = {SIGPIPE, SIGTERM, SIGINT};
+  spawn.fds = {common::ChildFd::DevNull(O_RDONLY), common::ChildFd::Dup(log_fd),
+               common::ChildFd::Dup(log_fd), common::ChildFd::Dup(run_pipe[0]),
+               common::ChildFd::Dup(result_pipe[1])};
+  // Exactly 0-4 survive: anything else (e.g. a library's fd without
+  // close-on-exec) is closed.
+  spawn.other_fds = common::SpawnSpec::OtherFds::kClose;
+  // fork, and no report pipe: an exec failure is exit code 127 with the
+  // reason in the worker's log (the pool reports the worker's death).
+  spawn.report = common::ChildReport::kNone;
+  spawn.note = WorkerFailureNote;
+  common::SpawnError error;
+  absl::StatusOr<common::Spawned> spawned = common::Spawn(spawn, &error);
+  if (!spawned.ok()) {
     cleanup();
-    return s;
+    if (error.stage == common::SpawnError::kFork) return ErrnoError("fork", error.err);
+    return spawned.status();  // "cannot open /dev/null: ..."
   }
-  if (pid == 0) {
-    RunChild(parent, run_pipe[0], result_pipe[1], log_fd, null_fd, argv.data(), envp.data(),
-             max_fd);
-  }
+  const pid_t pid = spawned->pid;
   const int to_fd = run_pipe[1];
   const int from_fd = result_pipe[0];
   run_pipe[1] = result_pipe[0] = -1;  // kept; the rest belongs to the child now
