@@ -7,7 +7,7 @@
 // `dragon-mpi-bind TASK_ID -- ./prog args`, on every node of the gang. The
 // agent holding the node's share writes the CPU numbers it granted to
 //   /dev/shm/dragon-grants-<uid>/<run id>/<task id>.<node id>
-// (agent/grant_files.h); the run id comes from $DRAGON_MPI_TASK
+// (common/grant_files.h); the run id comes from $DRAGON_MPI_TASK
 // (<run id>/<task id>), which the launcher forwards to every rank. The rank's
 // place on its node comes from the launcher: MPI_LOCALRANKID (hydra),
 // SLURM_LOCALID (srun), OMPI_COMM_WORLD_LOCAL_RANK, PALS_LOCAL_RANKID; the

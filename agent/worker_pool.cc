@@ -14,7 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "agent/grant_files.h"
+#include "common/grant_files.h"
 #include "agent/mpi_job_marker.h"
 #include "agent/process_tree.h"
 #include "agent/task_env.h"
@@ -144,12 +144,12 @@ class WorkerPool::Control : public WorkerControl {
     for (uint32_t i : cpus) {
       if (i < o.node_env.cpu_ids.size()) numbers.push_back(o.node_env.cpu_ids[i]);
     }
-    absl::Status s = WriteGrantFile(o.node_env.run_id, o.node_id, task_id, numbers);
+    absl::Status s = common::WriteGrantFile(o.node_env.run_id, o.node_id, task_id, numbers);
     if (!s.ok()) spdlog::warn("task {}: its ranks here will not be bound: {}", task_id, std::string(s.message()));
   }
 
   void MpiShareReleased(uint64_t task_id) override {
-    RemoveGrantFile(pool_->options_.node_env.run_id, pool_->options_.node_id, task_id);
+    common::RemoveGrantFile(pool_->options_.node_env.run_id, pool_->options_.node_id, task_id);
   }
 
   void KillExecutable(uint64_t task_id) override {
@@ -171,6 +171,11 @@ WorkerPool::WorkerPool(WorkerPoolOptions options, TaskEventSink* sink)
       logs_(options_.host.empty() ? common::Hostname() : options_.host) {
   if (options_.workers < 1) options_.workers = 1;
   if (options_.host.empty()) options_.host = common::Hostname();
+  // An agent killed on this node (kill -9, a lost node's fencing) left its MPI
+  // grant files in /dev/shm: the first agent after it removes them.
+  if (const int swept = common::SweepStaleGrants(); swept > 0) {
+    spdlog::info("removed {} grant file(s) of agents that are gone from /dev/shm", swept);
+  }
   control_ = std::make_unique<Control>(this);
   runner_ = std::make_unique<ExecutableRunner>(&NowUs);
   absl::StatusOr<MpiLauncherConfig> mpi_config = MpiLauncherConfigFromEnv();
@@ -625,7 +630,9 @@ void WorkerPool::StopAll() {
   busy_.store(0);
   ready_.store(0);
   queued_.store(0);
-  RemoveGrantDir(options_.node_env.run_id);  // its files went with their tasks
+  common::RemoveGrantDir(options_.node_env.run_id, options_.node_id);  // its files went with their tasks
+  // And what agents killed on this node before could not remove.
+  common::SweepStaleGrants();
 }
 
 }  // namespace dragon::agent

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/grant_files.h"
 #include "common/head_locator.h"
 #include "common/host.h"
 #include "common/token.h"
@@ -358,6 +359,11 @@ int Serve(const StartConfig& config, const std::string& run_dir, const std::stri
   RemoveRunInfo(home, run_dir);
   // The token of a stopped head opens nothing; it is not left lying around.
   if (!token.empty()) unlink(token_path.c_str());
+  // Agents of this host killed with kill -9 could not remove their MPI grant
+  // files from /dev/shm; the files of agents that are gone go now.
+  if (const int swept = common::SweepStaleGrants(); swept > 0) {
+    spdlog::info("removed {} grant file(s) of agents that are gone from /dev/shm", swept);
+  }
   spdlog::info("dragond stopped");
   spdlog::shutdown();
   return 0;

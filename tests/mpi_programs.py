@@ -189,3 +189,45 @@ def assert_no_mpi_left(marker: str = "", timeout: float = 10.0) -> None:
             except (OSError, ValueError):
                 pass
         raise AssertionError("MPI processes left behind:\n  " + "\n  ".join(left))
+
+
+def assert_no_stale_grants() -> None:
+    """Once the heads are stopped: no MPI grant file in /dev/shm of an agent that is gone (an
+    agent killed with kill -9 cannot remove its own; the next agent on the node or dragond's exit
+    does: common/grant_files.h)."""
+    stale = stale_grant_files()
+    assert not stale, ("MPI grant files left in /dev/shm by agents that are gone:\n  "
+                       + "\n  ".join(stale))
+
+
+def _start_time(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat[stat.rfind(")") + 2:].split()[19]  # field 22
+
+
+def stale_grant_files() -> list[str]:
+    """Grant files (/dev/shm/dragon-grants-UID/RUN/TASK.NODE and owner.NODE) whose owner, as
+    owner.NODE names it (pid and start time), is no longer running; other sessions' live agents'
+    files are not stale."""
+    top = Path(f"/dev/shm/dragon-grants-{os.getuid()}")
+    stale = []
+    for run in (top.iterdir() if top.is_dir() else []):
+        files = list(run.iterdir()) if run.is_dir() else []
+        live = set()
+        for f in files:
+            if f.name.startswith("owner.") and not f.name.endswith(".tmp"):
+                try:
+                    pid, start = f.read_text().split()
+                except (OSError, ValueError):
+                    continue
+                if _start_time(int(pid)) == start:
+                    live.add(f.name[len("owner."):])
+        for f in files:
+            name = f.name[:-4] if f.name.endswith(".tmp") else f.name
+            node = name.split(".", 1)[1] if "." in name else ""
+            if node not in live:
+                stale.append(str(f))
+    return stale

@@ -29,6 +29,7 @@ def programs(tmp_path_factory):
 def no_mpi_left():
     yield
     mpi_programs.assert_no_mpi_left()
+    mpi_programs.assert_no_stale_grants()  # every head of the test is stopped by now
 
 
 def run_id(head) -> str:

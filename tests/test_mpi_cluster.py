@@ -32,6 +32,14 @@ def programs(tmp_path_factory):
     return mpi_programs.build(tmp_path_factory.mktemp("mpi-programs"))
 
 
+@pytest.fixture(autouse=True)
+def no_stale_grants():
+    """Torn down after the test's heads are stopped (autouse fixtures are set up first): the
+    agent killed with kill -9 cannot remove its MPI grant files; dragond's exit does."""
+    yield
+    mpi_programs.assert_no_stale_grants()
+
+
 @pytest.fixture
 def mpi_heads(netns_hosts, ssh_heads, monkeypatch):
     """ssh_heads whose agents launch MPI jobs with hydra over the bed's ssh."""

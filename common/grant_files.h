@@ -4,8 +4,13 @@
 // one line, comma-separated. Written by the agent while it holds the share
 // (the leader's task runs, or a hold-only member holds), removed when it ends.
 // Node-local (tmpfs), so a run directory shared between nodes is no problem.
-#ifndef DRAGON_AGENT_GRANT_FILES_H_
-#define DRAGON_AGENT_GRANT_FILES_H_
+// Beside them, owner.<node id> names the agent that wrote them (its pid and
+// the process's start time, so that a reused pid is not taken for it): an
+// agent killed with kill -9 cannot remove its files, so whoever comes next on
+// the node (the next agent to start, an agent leaving, dragond at its exit)
+// removes the files of owners that are gone (SweepStaleGrants).
+#ifndef DRAGON_COMMON_GRANT_FILES_H_
+#define DRAGON_COMMON_GRANT_FILES_H_
 
 #include <cstdint>
 #include <string>
@@ -13,7 +18,7 @@
 
 #include "absl/status/status.h"
 
-namespace dragon::agent {
+namespace dragon::common {
 
 std::string GrantDir(const std::string& run_id, const std::string& root = "/dev/shm");
 std::string GrantFile(const std::string& run_id, const std::string& node_id, uint64_t task_id,
@@ -24,9 +29,15 @@ absl::Status WriteGrantFile(const std::string& run_id, const std::string& node_i
                             const std::string& root = "/dev/shm");
 void RemoveGrantFile(const std::string& run_id, const std::string& node_id, uint64_t task_id,
                      const std::string& root = "/dev/shm");
-// The run's directory, once empty (agent shutdown).
-void RemoveGrantDir(const std::string& run_id, const std::string& root = "/dev/shm");
+// This agent's owner file and the run's directory, once empty (agent shutdown).
+void RemoveGrantDir(const std::string& run_id, const std::string& node_id,
+                    const std::string& root = "/dev/shm");
 
-}  // namespace dragon::agent
+// Removes, in every run directory of this user, the grant files and owner file
+// of each node whose owner process is no longer running, then the directories
+// left empty. Files of live agents are kept. Returns how many files it removed.
+int SweepStaleGrants(const std::string& root = "/dev/shm");
 
-#endif  // DRAGON_AGENT_GRANT_FILES_H_
+}  // namespace dragon::common
+
+#endif  // DRAGON_COMMON_GRANT_FILES_H_
