@@ -1,45 +1,12 @@
 #include "agent/task_logs.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "agent/file_range.h"
 #include "agent/mpi_launcher.h"
 
 namespace dragon::agent {
-namespace {
-
-uint64_t FileSize(const std::string& path) {
-  struct stat st {};
-  return stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
-}
-
-std::string ReadRange(const std::string& path, uint64_t from, uint64_t to) {
-  std::string out;
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0 || to <= from) {
-    if (fd >= 0) close(fd);
-    return out;
-  }
-  out.resize(to - from);
-  size_t got = 0;
-  while (got < out.size()) {
-    const ssize_t n = pread(fd, out.data() + got, out.size() - got, static_cast<off_t>(from + got));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    got += static_cast<size_t>(n);
-  }
-  out.resize(got);
-  close(fd);
-  return out;
-}
-
-}  // namespace
-
 void TaskLogIndex::PythonStarted(uint64_t task_id, int slot, const std::string& log_path) {
   if (keep_python_ == 0) return;
   PythonRun& run = python_[task_id];
@@ -117,7 +84,7 @@ v1::TaskLogsAnswer TaskLogIndex::Answer(const v1::TaskLogsQuery& query, const Mp
     f->set_stream("worker");
     f->set_path(run.log_path);
     f->set_host(host_);
-    f->set_data(ReadRange(run.log_path, from, end));
+    f->set_data(ReadFileRange(run.log_path, from, end));
     f->set_size(end - std::min(run.start, end));
     f->set_truncated(from > run.start);
     a.set_note(absl::StrCat("what worker slot ", run.slot, " wrote while it ran task ", id,
