@@ -18,6 +18,7 @@
 #include "daemon/launchers/batch_launcher.h"
 #include "daemon/launchers/launcher_factory.h"
 #include "daemon/launchers/pbs_batch.h"
+#include "daemon/launchers/launcher_test_util.h"
 #include "daemon/launchers/pbs_launcher.h"
 #include "daemon/launchers/slurm_batch.h"
 #include "daemon/launchers/slurm_launcher.h"
@@ -26,13 +27,6 @@ namespace dragon::daemon {
 namespace {
 
 constexpr char kToken[] = "0123456789abcdef0123456789abcdef";
-
-std::string TempDir() {
-  const char* base = getenv("TEST_TMPDIR");
-  std::string templ = std::string(base ? base : "/tmp") + "/batch_launchers_XXXXXX";
-  REQUIRE(mkdtemp(templ.data()) != nullptr);
-  return templ;
-}
 
 AgentLaunchSpec Spec(const std::string& run_dir = "/runs/r 1") {
   AgentLaunchSpec spec;
@@ -175,7 +169,7 @@ TEST_CASE("pbsdsh: one per host with its node id; mpiexec: one for all; the toke
 }
 
 TEST_CASE("the factory: inside a job, from a login node, and what is missing") {
-  const std::string dir = TempDir();
+  const std::string dir = testutil::MakeTempDir("batch_launchers");
   // A fake Slurm: scontrol show hostnames prints the job's nodes.
   for (const char* tool : {"srun", "sbatch", "squeue", "scancel", "sinfo"}) {
     std::ofstream(dir + "/" + tool) << "#!/bin/sh\nexit 0\n";
@@ -322,32 +316,6 @@ class ScriptedSystem : public BatchSystem {
   int queries = 0;
 };
 
-class Recorder : public LaunchObserver {
- public:
-  void Progress(const std::string& m) override {
-    std::lock_guard<std::mutex> l(mu);
-    progress.push_back(m);
-  }
-  void NodeFailed(const std::string& node, const std::string& why) override {
-    std::lock_guard<std::mutex> l(mu);
-    failed[node] = why;
-  }
-  void Problem(const std::string& p) override {
-    std::lock_guard<std::mutex> l(mu);
-    problem = p;
-  }
-  std::string All() {
-    std::lock_guard<std::mutex> l(mu);
-    std::string all;
-    for (const auto& p : progress) all += p + "\n";
-    return all;
-  }
-  std::mutex mu;
-  std::vector<std::string> progress;
-  std::map<std::string, std::string> failed;
-  std::string problem;
-};
-
 using S = ScriptedSystem;
 
 BatchLauncherOptions Fast() {
@@ -359,14 +327,14 @@ BatchLauncherOptions Fast() {
 }
 
 TEST_CASE("a job that runs: progress while pending, then its nodes; the token in the environment") {
-  const std::string dir = TempDir();
+  const std::string dir = testutil::MakeTempDir("batch_launchers");
   auto system = std::make_unique<S>();
   S* s = system.get();
   s->Set({S::Status("PENDING", "Priority", JobPhase::kPending),
           S::Status("PENDING", "Resources", JobPhase::kPending),
           S::Status("RUNNING", "None", JobPhase::kRunning)});
   BatchLauncher launcher(std::move(system), Fast());
-  Recorder rec;
+  testutil::RecordingObserver rec;
   REQUIRE(launcher.Launch(Spec(dir), &rec).ok());
   CHECK(launcher.ExpectedNodes() == std::vector<std::string>{"n1", "n2"});
   CHECK(launcher.job_id() == "17");
@@ -389,7 +357,7 @@ TEST_CASE("a job that runs: progress while pending, then its nodes; the token in
 }
 
 TEST_CASE("a job that cannot start, ends before running, or takes too long is cancelled") {
-  const std::string dir = TempDir();
+  const std::string dir = testutil::MakeTempDir("batch_launchers");
   SECTION("hopeless reason") {
     auto system = std::make_unique<S>();
     S* s = system.get();
@@ -454,13 +422,13 @@ TEST_CASE("a job that cannot start, ends before running, or takes too long is ca
 }
 
 TEST_CASE("a job that ends while the head runs is reported; Stop cancels one that stays") {
-  const std::string dir = TempDir();
+  const std::string dir = testutil::MakeTempDir("batch_launchers");
   SECTION("ended outside the service") {
     auto system = std::make_unique<S>();
     S* s = system.get();
     s->Set({S::Status("RUNNING", "None", JobPhase::kRunning)});
     BatchLauncher launcher(std::move(system), Fast());
-    Recorder rec;
+    testutil::RecordingObserver rec;
     REQUIRE(launcher.Launch(Spec(dir), &rec).ok());
     s->Set({S::Status("CANCELLED", "", JobPhase::kEnded)});
     for (int i = 0; i < 300; ++i) {
@@ -479,7 +447,7 @@ TEST_CASE("a job that ends while the head runs is reported; Stop cancels one tha
     S* s = system.get();
     s->Set({S::Status("RUNNING", "None", JobPhase::kRunning)});
     BatchLauncher launcher(std::move(system), Fast());
-    Recorder rec;
+    testutil::RecordingObserver rec;
     REQUIRE(launcher.Launch(Spec(dir), &rec).ok());
     launcher.Stop(absl::Milliseconds(200));
     CHECK(s->cancels == 1);

@@ -12,36 +12,10 @@
 #include <mutex>
 
 #include "absl/time/clock.h"
+#include "daemon/launchers/launcher_test_util.h"
 
 namespace dragon::daemon {
 namespace {
-
-std::string TempDir() {
-  const char* base = getenv("TEST_TMPDIR");
-  std::string templ = std::string(base ? base : "/tmp") + "/command_group_XXXXXX";
-  REQUIRE(mkdtemp(templ.data()) != nullptr);
-  return templ;
-}
-
-class Observer : public LaunchObserver {
- public:
-  void Progress(const std::string&) override {}
-  void NodeFailed(const std::string& node, const std::string& why) override {
-    std::lock_guard<std::mutex> l(mu);
-    failed[node] = why;
-  }
-  void Problem(const std::string& p) override {
-    std::lock_guard<std::mutex> l(mu);
-    problem = p;
-  }
-  size_t Failed() {
-    std::lock_guard<std::mutex> l(mu);
-    return failed.size();
-  }
-  std::mutex mu;
-  std::map<std::string, std::string> failed;
-  std::string problem;
-};
 
 GroupCommand Command(const std::string& label, const std::string& script,
                      std::vector<std::string> nodes, const std::string& log) {
@@ -54,8 +28,8 @@ GroupCommand Command(const std::string& label, const std::string& script,
 }
 
 TEST_CASE("a command that ends fails every node it carried, with its output") {
-  const std::string dir = TempDir();
-  Observer observer;
+  const std::string dir = testutil::MakeTempDir("command_group");
+  testutil::RecordingObserver observer;
   CommandGroup group;
   std::vector<GroupCommand> commands;
   commands.push_back(Command("the step", "echo 'srun: error: n2: task 1: Exited'; exit 3",
@@ -82,8 +56,8 @@ TEST_CASE("a command that ends fails every node it carried, with its output") {
 }
 
 TEST_CASE("a command that ignores SIGTERM is killed; a custom end is used") {
-  const std::string dir = TempDir();
-  Observer observer;
+  const std::string dir = testutil::MakeTempDir("command_group");
+  testutil::RecordingObserver observer;
   CommandGroup group;
   std::vector<GroupCommand> commands;
   commands.push_back(Command("stubborn", "trap '' TERM; while :; do sleep 0.05; done", {"n1"},
@@ -100,8 +74,8 @@ TEST_CASE("a command that ignores SIGTERM is killed; a custom end is used") {
 }
 
 TEST_CASE("a command that cannot start names itself; those before it are ended") {
-  const std::string dir = TempDir();
-  Observer observer;
+  const std::string dir = testutil::MakeTempDir("command_group");
+  testutil::RecordingObserver observer;
   CommandGroup group;
   std::vector<GroupCommand> commands;
   commands.push_back(Command("first", "exec sleep 60", {"n1"}, dir + "/a.log"));

@@ -13,26 +13,10 @@
 #include <map>
 #include <mutex>
 
+#include "daemon/launchers/launcher_test_util.h"
+
 namespace dragon::daemon {
 namespace {
-
-std::string TempDir() {
-  const char* base = getenv("TEST_TMPDIR");
-  std::string templ = std::string(base ? base : "/tmp") + "/ssh_launcher_XXXXXX";
-  REQUIRE(mkdtemp(templ.data()) != nullptr);
-  return templ;
-}
-
-class Observer : public LaunchObserver {
- public:
-  void Progress(const std::string&) override {}
-  void NodeFailed(const std::string& node, const std::string& why) override {
-    std::lock_guard<std::mutex> l(mu);
-    failed[node] = why;
-  }
-  std::mutex mu;
-  std::map<std::string, std::string> failed;
-};
 
 // A fake ssh: ignores options, takes the host, runs the command through sh
 // (with the host in FAKE_SSH_HOST), or fails like an unreachable host for "down".
@@ -56,7 +40,7 @@ TEST_CASE("the remote command reads the token from stdin and carries no secret")
   options.hosts = {"h1"};
   SshLauncher launcher(options);
   // RemoteCommand needs the spec: launch against a fake ssh that runs nothing.
-  const std::string dir = TempDir();
+  const std::string dir = testutil::MakeTempDir("ssh_launcher");
   AgentLaunchSpec spec;
   spec.agent_binary = dir + "/agent";
   spec.head_address = "10.0.0.1:4000";
@@ -72,7 +56,7 @@ TEST_CASE("the remote command reads the token from stdin and carries no secret")
   SshLauncherOptions fake = options;
   fake.ssh_command = {WriteFakeSsh(dir)};
   SshLauncher run(fake);
-  Observer observer;
+  testutil::RecordingObserver observer;
   REQUIRE(run.Launch(spec, &observer).ok());
   const std::string command = run.RemoteCommand("h1");
   CHECK(command.find(spec.token) == std::string::npos);
@@ -96,7 +80,7 @@ TEST_CASE("the remote command reads the token from stdin and carries no secret")
 }
 
 TEST_CASE("an unreachable host is reported with what ssh said") {
-  const std::string dir = TempDir();
+  const std::string dir = testutil::MakeTempDir("ssh_launcher");
   SshLauncherOptions options;
   options.hosts = {"down"};
   options.ssh_command = {WriteFakeSsh(dir)};
@@ -104,7 +88,7 @@ TEST_CASE("an unreachable host is reported with what ssh said") {
   AgentLaunchSpec spec;
   spec.agent_binary = "/bin/true";
   spec.run_dir = dir;
-  Observer observer;
+  testutil::RecordingObserver observer;
   REQUIRE(launcher.Launch(spec, &observer).ok());
   for (int i = 0; i < 200; ++i) {
     {
@@ -120,7 +104,7 @@ TEST_CASE("an unreachable host is reported with what ssh said") {
 }
 
 TEST_CASE("an agent that does not leave is ended on its node at Stop") {
-  const std::string dir = TempDir();
+  const std::string dir = testutil::MakeTempDir("ssh_launcher");
   SshLauncherOptions options;
   options.hosts = {"h1"};
   options.ssh_command = {WriteFakeSsh(dir)};
@@ -133,7 +117,7 @@ TEST_CASE("an agent that does not leave is ended on its node at Stop") {
   }
   chmod(spec.agent_binary.c_str(), 0755);
   spec.run_dir = dir;
-  Observer observer;
+  testutil::RecordingObserver observer;
   REQUIRE(launcher.Launch(spec, &observer).ok());
   int pid = 0;
   for (int i = 0; i < 200 && pid == 0; ++i) {
