@@ -36,8 +36,8 @@ import pytest
 
 from conftest import wait_for, worker_pythonpath  # noqa: F401
 from testbed_fixtures import netns_hosts, no_service_left  # noqa: F401
-from test_ssh_cluster import (WORKERS, agents_in, assert_nothing_of_run_left, parsl_client,  # noqa: F401
-                              results_of, service_on, ssh_heads, where)
+from test_ssh_cluster import (WORKERS, agents_in, parsl_client, results_of, service_on,  # noqa: F401
+                              ssh_heads, stop_and_check_nothing_left, where)
 
 TESTS_DIR = Path(__file__).resolve().parent
 N_TASKS = 2000
@@ -120,16 +120,6 @@ def retried_and_requeued(line: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def finish(head, tb) -> None:
-    """dragond stop, then nothing of the run anywhere: not here, not in any host's namespace."""
-    run_dir = head.run_dir
-    stop = head.stop()
-    assert stop is not None and stop.returncode == 0, stop
-    assert_nothing_of_run_left(run_dir)
-    for h in tb.names:
-        assert service_on(tb, h) == {}, h
-
-
 # ---------------------------------------------------------------- kill -9 of a remote agent
 
 @pytest.mark.timeout(180)
@@ -173,7 +163,7 @@ def test_kill_9_of_a_remote_agent_mid_run(netns_hosts, ssh_heads, tmp_path):
     assert_no_duplicate_results(warnings)
     # Its workers died with it (PR_SET_PDEATHSIG): nothing of the service left on h3.
     wait_for(lambda: service_on(tb, "h3") == {}, 10, "h3's workers to exit")
-    finish(head, tb)
+    stop_and_check_nothing_left(head, tb)
 
 
 # ---------------------------------------------------------------- a host cut off for 20 s
@@ -246,7 +236,7 @@ def test_link_of_a_host_cut_for_20s_then_restored(netns_hosts, ssh_heads, tmp_pa
     assert re.search(r"agent h2 registered: incarnation 2", head.log())
     # Nothing incarnation 1 still had to say was delivered: the only result of every task is the
     # one its future got (checked above); the head ignored whatever came late.
-    finish(head, tb)
+    stop_and_check_nothing_left(head, tb)
 
 
 # ---------------------------------------------------------------- kill -9 of the Parsl client
@@ -327,4 +317,4 @@ def test_kill_9_of_the_parsl_client_mid_run(netns_hosts, ssh_heads, tmp_path):
     assert set(hosts) == set(tb.names), hosts
     assert_no_duplicate_results(warnings)
     assert head.counts()["DONE"] == counts["DONE"] + 400
-    finish(head, tb)
+    stop_and_check_nothing_left(head, tb)

@@ -115,6 +115,16 @@ def assert_nothing_of_run_left(run_dir: Path, grace: float = 15) -> None:
     assert not (run_dir / "token").exists()
 
 
+def stop_and_check_nothing_left(head, tb) -> None:
+    """dragond stop, then nothing of the run anywhere: not here, not in any host's namespace."""
+    run_dir = head.run_dir
+    stop = head.stop()
+    assert stop is not None and stop.returncode == 0, stop
+    assert_nothing_of_run_left(run_dir)
+    for h in tb.names:
+        assert service_on(tb, h) == {}, h
+
+
 def nodes_json(env: dict) -> list[dict]:
     cp = dragonctl("nodes", "--json", env=env, timeout=30)
     assert cp.returncode == 0, cp
@@ -291,12 +301,7 @@ def test_parsl_workflow_of_2000_tasks_runs_on_all_four_hosts(netns_hosts, ssh_he
     done = {h: n["tasks_done"] for h, n in head.nodes().items()}
     assert done == {h: int(py_hosts.get(h, 0) + sh_hosts.get(h, 0)) for h in tb.names}, done
 
-    run_dir = head.run_dir
-    stop = head.stop()
-    assert stop is not None and stop.returncode == 0, stop
-    assert_nothing_of_run_left(run_dir)
-    for h in tb.names:
-        assert service_on(tb, h) == {}, h
+    stop_and_check_nothing_left(head, tb)
 
 
 # ---------------------------------------------------------------- starting: hostfile, unreachable hosts
@@ -491,12 +496,7 @@ def test_nodes_add_and_remove_while_tasks_run(netns_hosts, ssh_heads, tmp_path):
                                                                 "h3": "ready", "h4": "ready"}
 
     # dragond stop ends every agent it started, the added one too: nothing left on any host.
-    run_dir = head.run_dir
-    stop = head.stop()
-    assert stop is not None and stop.returncode == 0, stop
-    assert_nothing_of_run_left(run_dir)
-    for h in tb.names:
-        assert service_on(tb, h) == {}, h
+    stop_and_check_nothing_left(head, tb)
     assert_no_service_left(grace=0, kill=False)
 
 
