@@ -193,6 +193,21 @@ void BatchLauncher::Watch() {
     absl::StatusOr<JobStatus> status = system_->Query(id);
     if (status.ok() && status->phase != JobPhase::kEnded) continue;
     if (!status.ok() && !absl::IsNotFound(status.status())) continue;  // ask again
+    // A job being cancelled reads COMPLETING for a moment; the user wants to
+    // know why it ended (CANCELLED, TIMEOUT, NODE_FAIL), so wait a bounded
+    // while for the final state before saying.
+    const absl::Time settle_by = absl::Now() + options_.settle;
+    while (status.ok() && !system_->Settled(*status) && absl::Now() < settle_by) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (stopping_) return;
+      }
+      absl::SleepFor(std::min(options_.watch, absl::Milliseconds(200)));
+      absl::StatusOr<JobStatus> again = system_->Query(id);
+      if (!again.ok() && !absl::IsNotFound(again.status())) continue;  // ask again
+      if (again.ok()) status = std::move(again);
+      else break;  // gone from the queue: say what was seen last
+    }
     std::vector<std::string> nodes;
     {
       std::lock_guard<std::mutex> lock(mu_);

@@ -65,6 +65,7 @@ struct BatchLauncherOptions {
   absl::Duration start_timeout = absl::Seconds(120);  // for the job to run
   absl::Duration poll = absl::Seconds(1);             // while waiting (faster the first 2 s)
   absl::Duration watch = absl::Seconds(1);            // while the head runs
+  absl::Duration settle = absl::Seconds(10);          // for an ended job's final state
 };
 
 class BatchLauncher final : public Launcher {

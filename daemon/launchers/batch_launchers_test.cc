@@ -293,7 +293,9 @@ class ScriptedSystem : public BatchSystem {
     return std::vector<std::string>{"n1", "n2"};
   }
   std::vector<std::string> PartitionHosts() override { return {"n1"}; }
-  bool Settled(const JobStatus& s) const override { return s.phase == JobPhase::kEnded; }
+  bool Settled(const JobStatus& s) const override {
+    return s.phase == JobPhase::kEnded && s.state != "COMPLETING";
+  }
   static absl::StatusOr<JobStatus> Status(const std::string& state, const std::string& reason,
                                           JobPhase phase) {
     JobStatus s;
@@ -431,6 +433,27 @@ TEST_CASE("a job that ends while the head runs is reported; Stop cancels one tha
     testutil::RecordingObserver rec;
     REQUIRE(launcher.Launch(Spec(dir), &rec).ok());
     s->Set({S::Status("CANCELLED", "", JobPhase::kEnded)});
+    for (int i = 0; i < 300; ++i) {
+      {
+        std::lock_guard<std::mutex> l(rec.mu);
+        if (!rec.problem.empty()) break;
+      }
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    std::lock_guard<std::mutex> l(rec.mu);
+    CHECK(absl::StrContains(rec.problem, "Slurm job 17 ended outside the service: CANCELLED"));
+    CHECK(rec.failed.size() == 2);
+  }
+  SECTION("a cancelled job is reported by its final state, not COMPLETING") {
+    auto system = std::make_unique<S>();
+    S* s = system.get();
+    s->Set({S::Status("RUNNING", "None", JobPhase::kRunning)});
+    BatchLauncher launcher(std::move(system), Fast());
+    testutil::RecordingObserver rec;
+    REQUIRE(launcher.Launch(Spec(dir), &rec).ok());
+    s->Set({S::Status("COMPLETING", "", JobPhase::kEnded),
+            S::Status("COMPLETING", "", JobPhase::kEnded),
+            S::Status("CANCELLED", "", JobPhase::kEnded)});
     for (int i = 0; i < 300; ++i) {
       {
         std::lock_guard<std::mutex> l(rec.mu);
