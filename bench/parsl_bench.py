@@ -25,9 +25,18 @@ import time
 import traceback
 from collections import deque
 
-EXECUTORS = ("dragon", "threadpool", "htex", "dragonhpc-batch", "dragonhpc-pool", "dragon-prefetch")
+EXECUTORS = ("dragon", "threadpool", "htex", "dragonhpc-batch", "dragonhpc-pool", "dragon-prefetch",
+             "dfk-floor-inline", "dfk-floor-thread")
 BENCHES = ("latency", "noop", "images")  # the order they run in within one process
 DRAGONHPC = ("dragonhpc-batch", "dragonhpc-pool")
+# Executors that run nothing (FloorExecutor): what Parsl's DataFlowKernel alone allows. Their tasks
+# return None, so they measure no-op throughput and latency only, never the image batch.
+FLOOR = ("dfk-floor-inline", "dfk-floor-thread")
+
+
+def benches_for(name: str, benches) -> list:
+    """The benchmarks an executor takes part in: the floor executors run no work, so no images."""
+    return [b for b in benches if not (name in FLOOR and b == "images")]
 
 
 # ---------------------------------------------------------------- the work
@@ -90,6 +99,85 @@ def calibrate(size: int, compute_ms: float, tile: int, reps: int = 9) -> dict:
 
 
 # ---------------------------------------------------------------- executors
+def floor_executor_class():
+    """FloorExecutor, defined on first use (parsl is imported inside the benchmark process only)."""
+    import queue
+    import threading
+    from concurrent.futures import Future
+
+    from parsl.executors.base import ParslExecutor
+
+    class FloorExecutor(ParslExecutor):
+        """A Parsl executor that runs nothing: every task's future completes with None, so a no-op
+        benchmark through it measures what the DataFlowKernel alone allows (its bookkeeping, its
+        logging, the AppFuture's completion), with no serialization, no other process and no work.
+
+        mode "inline": submit returns a future that is already done (the DFK's done-callback runs
+        inside submit, in the submitting thread). mode "thread": submit queues the future and one
+        thread completes them, taking everything queued at once (a batch) each time it wakes, as
+        an executor's result thread would; the DFK's completion then runs in that thread."""
+
+        def __init__(self, label: str = "dfk_floor", mode: str = "inline"):
+            super().__init__()
+            if mode not in ("inline", "thread"):
+                raise ValueError(f"FloorExecutor mode {mode!r}: 'inline' or 'thread'")
+            self.label = label
+            self.mode = mode
+            self.storage_access = None  # Parsl's default staging, as for the other executors
+            self.completed = 0
+            self.batches = 0
+            self._queue: queue.SimpleQueue | None = None
+            self._thread: threading.Thread | None = None
+
+        def start(self) -> None:
+            if self.mode == "thread":
+                self._queue = queue.SimpleQueue()
+                self._thread = threading.Thread(target=self._complete, name=f"{self.label}-completer",
+                                                daemon=True)
+                self._thread.start()
+
+        def submit(self, func, resource_specification, *args, **kwargs) -> Future:
+            fut: Future = Future()
+            if self._queue is None:
+                self.completed += 1
+                self.batches += 1
+                fut.set_result(None)
+            else:
+                self._queue.put(fut)
+            return fut
+
+        def _complete(self) -> None:
+            q = self._queue
+            while True:
+                batch = [q.get()]
+                while True:  # everything queued meanwhile joins this batch
+                    try:
+                        batch.append(q.get_nowait())
+                    except queue.Empty:
+                        break
+                stop = any(f is None for f in batch)
+                futures = [f for f in batch if f is not None]
+                for f in futures:
+                    if f.set_running_or_notify_cancel():
+                        f.set_result(None)
+                self.completed += len(futures)
+                self.batches += 1 if futures else 0
+                if stop:
+                    return
+
+        def monitor_resources(self) -> bool:
+            return False  # nothing runs, nothing to monitor
+
+        def shutdown(self) -> None:
+            if self._thread is not None:
+                self._queue.put(None)
+                self._thread.join(timeout=30)
+                self._thread = None
+            super().shutdown()
+
+    return FloorExecutor
+
+
 def make_executor(name: str, workers: int, spec: dict):
     if name == "dragon":
         from dragon_parsl import DragonExecutor
@@ -120,6 +208,8 @@ def make_executor(name: str, workers: int, spec: dict):
         from dragon.workflows.parsl_executor import DragonPoolExecutor
 
         return DragonPoolExecutor(label="dragonhpc_pool", max_processes=workers)
+    if name in FLOOR:
+        return floor_executor_class()(label=name.replace("-", "_"), mode=name.rsplit("-", 1)[1])
     raise SystemExit(f"unknown executor {name!r}; choose from {', '.join(EXECUTORS)}")
 
 
@@ -228,7 +318,12 @@ def cpu_delta(a, b, ta: dict | None = None, tb: dict | None = None) -> dict:
 
 
 # ---------------------------------------------------------------- benchmarks
-def bench_noop(app, n: int, workers: int) -> dict:
+def expected(i: int, floor: bool):
+    """What no-op task i returns: its argument, or None from an executor that runs nothing."""
+    return None if floor else i
+
+
+def bench_noop(app, n: int, workers: int, floor: bool = False) -> dict:
     [f.result() for f in [app(i) for i in range(4 * workers)]]  # warm: workers up, code cached
     ta = tree_cpu()
     a = cpu_snapshot()
@@ -236,7 +331,7 @@ def bench_noop(app, n: int, workers: int) -> dict:
     submitted = time.perf_counter()
     for i, f in enumerate(futures):
         r = f.result()
-        if r != i:
+        if r != expected(i, floor):
             raise RuntimeError(f"no-op task {i} returned {r!r}")
     b = cpu_snapshot()
     tb = tree_cpu()
@@ -261,7 +356,8 @@ def latency_stats(samples_ms: list) -> dict:
             "max_ms": s[-1] if s else float("nan")}
 
 
-def bench_latency(app, n: int, workers: int, slow_ms: float = 100.0, slow_cap: int = 50) -> dict:
+def bench_latency(app, n: int, workers: int, slow_ms: float = 100.0, slow_cap: int = 50,
+                  floor: bool = False) -> dict:
     for i in range(2 * workers + 5):
         app(i).result()
     samples = []
@@ -270,7 +366,7 @@ def bench_latency(app, n: int, workers: int, slow_ms: float = 100.0, slow_cap: i
         t = time.perf_counter()
         r = app(i).result()
         samples.append((time.perf_counter() - t) * 1000)
-        if r != i:
+        if r != expected(i, floor):
             raise RuntimeError(f"latency task {i} returned {r!r}")
         if len(samples) == 10 and n > slow_cap and statistics.median(samples) > slow_ms:
             n = slow_cap
@@ -373,7 +469,7 @@ def run(spec: dict) -> dict:
         per_bench = name == "dragonhpc-batch"
         loaded = None
         try:
-            for bench in [b for b in BENCHES if b in spec["benches"]]:
+            for bench in [b for b in BENCHES if b in benches_for(name, spec["benches"])]:
                 t0 = time.perf_counter()
                 try:
                     if loaded is None or per_bench:
@@ -385,9 +481,9 @@ def run(spec: dict) -> dict:
                         if bs:
                             result.setdefault("batch_size", {})[bench] = bs
                     if bench == "noop":
-                        r = bench_noop(noop, spec["tasks"], workers)
+                        r = bench_noop(noop, spec["tasks"], workers, floor=name in FLOOR)
                     elif bench == "latency":
-                        r = bench_latency(noop, spec["samples"], workers)
+                        r = bench_latency(noop, spec["samples"], workers, floor=name in FLOOR)
                     else:
                         r = bench_images(work, spec, workers)
                 except Exception as e:  # noqa: BLE001  (recorded, the other benchmarks still run)
@@ -398,6 +494,9 @@ def run(spec: dict) -> dict:
                     r["dragon_submit_batches_total"] = session.batches_sent
                     r["dragon_lingers_total"] = getattr(session, "lingers", None)
                     r["dragon_result_batches_total"] = getattr(session, "result_batches_received", None)
+                if loaded is not None and name in FLOOR:
+                    r["floor_completed_total"] = loaded.executor.completed
+                    r["floor_batches_total"] = loaded.executor.batches
                 if loaded is not None and hasattr(loaded.executor, "shm_counters"):  # DragonExecutor
                     r["dragon_shm_total"] = loaded.executor.shm_counters()  # since the DFK started
                 result[bench] = r

@@ -17,11 +17,15 @@ NAMES = {
     "htex": "HighThroughputExecutor",
     "dragonhpc-batch": "dragonhpc DragonBatchPoolExecutor",
     "dragonhpc-pool": "dragonhpc DragonPoolExecutor",
+    "dfk-floor-inline": "DFK floor: futures completed at submit",
+    "dfk-floor-thread": "DFK floor: futures completed by a thread",
 }
 SHORT = {"dragon": "Dragon", "dragon-prefetch": "Dragon\nprefetch", "threadpool": "ThreadPool", "htex": "HTEX",
-         "dragonhpc-batch": "dragonhpc\nBatchPool", "dragonhpc-pool": "dragonhpc\nPool"}
+         "dragonhpc-batch": "dragonhpc\nBatchPool", "dragonhpc-pool": "dragonhpc\nPool",
+         "dfk-floor-inline": "DFK floor\ninline", "dfk-floor-thread": "DFK floor\nthread"}
 COLORS = {"dragon": "#1f77b4", "dragon-prefetch": "#17becf", "threadpool": "#2ca02c", "htex": "#d62728",
-          "dragonhpc-batch": "#9467bd", "dragonhpc-pool": "#8c564b"}
+          "dragonhpc-batch": "#9467bd", "dragonhpc-pool": "#8c564b", "dfk-floor-inline": "#7f7f7f",
+          "dfk-floor-thread": "#bcbd22"}
 
 
 def fmt(x, digits: int = 0, suffix: str = "") -> str:
@@ -197,7 +201,7 @@ def parsl_markdown(parsl: dict, s: dict, cond: str) -> list:
                  "diagnostic: efficiency from the tasks' own compute time (their ms/image) |")
         L.append("|---|---|---|---|---|---|---|---|---|---|")
         ir = rat.get("images_time", {})
-        for e in execs:
+        for e in [e for e in execs if e in ims]:  # the DFK floor executors run no images
             x = ims.get(e, {})
             if x.get("efficiency") is None:
                 L.append(f"| {NAMES.get(e, e)} | failed: {first_error(x.get('errors', []))} | | | | | | | | |")

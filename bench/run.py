@@ -40,7 +40,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import parsl_bench  # noqa: E402
-from parsl_bench import BENCHES, DRAGONHPC, EXECUTORS  # noqa: E402
+from parsl_bench import BENCHES, DRAGONHPC, EXECUTORS, FLOOR, benches_for  # noqa: E402
 
 HOOKS = ("native", "head_scale", "liveness", "auth_cost", "cluster_start", "mpi")  # bench/<HOOK_FILES[name]>
 HOOK_FILES = {"native": "native_bench.py", "head_scale": "head_scale.py", "liveness": "liveness.py",
@@ -182,7 +182,7 @@ def shm_entries() -> set:
 def run_executor(name: str, spec: dict, env: dict, workdir: Path, timeout: float, rnd: int,
                  tag: str = "") -> dict:
     stem = f"r{rnd}-{name}{tag}"
-    spec = dict(spec, executor=name, out=str(workdir / f"{stem}.json"))
+    spec = dict(spec, executor=name, out=str(workdir / f"{stem}.json"), benches=benches_for(name, spec["benches"]))
     spec_path = workdir / f"{stem}-spec.json"
     spec_path.write_text(json.dumps(spec))
     script = str(BENCH / "parsl_bench.py")
@@ -292,7 +292,7 @@ def summarize(runs: list, executors: list, benches: list) -> dict:
         summary["latency"] = s
     if "images" in benches:
         s = {}
-        for e in executors:
+        for e in [e for e in executors if e not in FLOOR]:  # the floor executors run no images
             rs = [r for r in runs if r["executor"] == e and ok(r, "images")]
             s[e] = {"efficiency": median([r["images"]["efficiency"] for r in rs]),
                     "runs": [r["images"]["efficiency"] for r in rs],
@@ -438,7 +438,7 @@ def run_parsl_rounds(section: dict, spec: dict, executors: list, benches: list, 
         for name in order:
             r = run_executor(name, rspec, env, work, timeout, rnd, tag)
             runs.append(r)
-            log(f"round {rnd} (Parsl logging {mode}): {name:16s} " + describe_run(r, benches)
+            log(f"round {rnd} (Parsl logging {mode}): {name:16s} " + describe_run(r, benches_for(name, benches))
                 + f"  [{r['process_s']:.0f} s]")
             save()
 
