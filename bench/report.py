@@ -43,11 +43,13 @@ def first_error(errors: list) -> str:
 
 
 # ---------------------------------------------------------------- markdown
-HOOK_TITLES = (("native", "Native throughput (C++ client, no Parsl)"), ("head_scale", "Scale of the head"),
+HOOK_TITLES = (("native", "Native throughput (C++ client, no Parsl)"),
+               ("native_py", "Native Python APIs, no Parsl: DragonPoolExecutor, ProcessPoolExecutor, Ray (issue 15)"),
+               ("head_scale", "Scale of the head"),
                ("liveness", "Agent failure detection (issue 10)"),
                ("auth_cost", "Cost of authentication (issue 10)"),
                ("cluster_start", "Agents on many nodes: start times and no-op throughput (issue 11)"))
-OPTIONAL_HOOKS = ("liveness", "auth_cost", "cluster_start")
+OPTIONAL_HOOKS = ("native_py", "liveness", "auth_cost", "cluster_start")
 
 
 def markdown(res: dict) -> str:
@@ -71,24 +73,17 @@ def markdown(res: dict) -> str:
     L.append("")
 
     tg = res.get("targets", [])
-    if tg:
-        L.append("## Targets (issue 4)")
-        L.append("")
-        L.append("| target | goal | measured | result | how |")
-        L.append("|---|---|---|---|---|")
-        for t in tg:
-            meas = t["measured"]
-            if isinstance(meas, (int, float)):
-                meas_s = f"{meas:,.0f}" if abs(meas) >= 100 else f"{meas:.2f}"
-            else:
-                meas_s = str(meas if meas is not None else "-")
-            L.append(f"| {t['target']} | {t['goal']} | {meas_s} | **{t['status']}** | "
-                     f"{t.get('detail', '')}{' (' + t['source'] + ')' if t.get('source') else ''} |")
-        L.append("")
+    i15 = sorted((t for t in tg if t.get("issue") == 15), key=lambda t: t.get("source") == "native_py")
+    if i15:
+        L += targets_table("## Targets (issue 15)", i15, ISSUE15_NOTE)
+    rest = [t for t in tg if t.get("issue") != 15]
+    if rest:
+        L += targets_table("## Targets (issue 4" + (", and the hooks' own)" if any(t.get("source") for t in rest)
+                                                    else ")"), rest)
 
     sections = parsl_sections(res)
     for key, parsl, mode in sections:
-        L += parsl_markdown(parsl, s, f" (Parsl logging {mode})" if len(sections) > 1 else "")
+        L += parsl_markdown(parsl, section_settings(s, parsl), section_condition(key, parsl, mode, sections))
 
     for h, title in HOOK_TITLES:
         if h in OPTIONAL_HOOKS and h not in res:
@@ -107,7 +102,52 @@ def markdown(res: dict) -> str:
         if isinstance(data.get("table_md"), str):
             L.append(data["table_md"].rstrip())
             L.append("")
+        if h == "native_py":
+            L += native_py_vs_cpp(data, res)
     return "\n".join(L) + "\n"
+
+
+ISSUE15_NOTE = ("Measured side by side in this run. The no-op goal is >= 1.2x dragonhpc's DragonBatchPoolExecutor, "
+                "or, where 1.2x that executor is beyond what Parsl's DataFlowKernel allows here (the best of the "
+                "two DFK floor executors, which run nothing, is below 1.2x the batch executor), >= 0.95x that "
+                "floor: **PASS (floor)**. The image rows compare DragonExecutor with ThreadPool, HTEX and "
+                "dragonhpc's batch executor (those in the run).")
+
+
+def targets_table(title: str, rows: list, note: str = "") -> list:
+    L = [title, ""] + ([note, ""] if note else [])
+    L.append("| target | goal | measured | result | how |")
+    L.append("|---|---|---|---|---|")
+    for t in rows:
+        meas = t["measured"]
+        if isinstance(meas, (int, float)):
+            meas_s = f"{meas:,.0f}" if abs(meas) >= 100 else f"{meas:.2f}"
+        else:
+            meas_s = str(meas if meas is not None else "-")
+        L.append(f"| {t['target']} | {t['goal']} | {meas_s} | **{t['status']}** | "
+                 f"{t.get('detail', '')}{' (' + t['source'] + ')' if t.get('source') else ''} |")
+    L.append("")
+    return L
+
+
+def native_py_vs_cpp(data: dict, res: dict) -> list:
+    """DragonPoolExecutor next to the C++ client's native_bench (bench/native_bench.py), when both ran in
+    this run with the same number of workers."""
+    try:
+        d = data["summary"]["dragon-pool"]
+        w = str(data["config"]["workers"])
+        cpp = res["native"]["result"]["summary"]["python"][w]
+        tps, cpp_tps = float(d["tasks_per_s"]), float(cpp["tasks_per_s"])
+    except (KeyError, TypeError, ValueError):
+        return []
+    line = (f"DragonPoolExecutor vs the C++ client (bench/native_bench.py in this run, {w} workers, "
+            f"{cpp_tps:,.0f} no-op Python tasks/s): throughput {tps / cpp_tps:.2f}x")
+    try:
+        p50, cpp_p50 = float(d["latency"]["p50_ms"]), float(cpp["latency"]["p50_us"]) / 1000
+        line += f", round-trip p50 {p50 / cpp_p50:.2f}x ({p50:.3f} ms against {cpp_p50:.3f} ms)"
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        pass
+    return [line + ".", ""]
 
 
 def logging_modes(settings: dict) -> str:
@@ -119,12 +159,31 @@ def parsl_sections(res: dict) -> list:
     """(key, section, logging mode) of every Parsl configuration in a results.json: "parsl" first,
     then "parsl_logging_<mode>" (older results have only "parsl")."""
     out = []
-    for key in ["parsl"] + sorted(k for k in res if k.startswith("parsl_logging_")):
+    images = sorted((k for k in res if k.startswith("parsl_images_")), key=lambda k: float(k[13:-2]))
+    for key in ["parsl"] + sorted(k for k in res if k.startswith("parsl_logging_")) + images:
         if isinstance(res.get(key), dict):
             sec = res[key]
             mode = sec.get("logging") or (logging_modes(res["settings"]) if key == "parsl" else key[14:])
             out.append((key, sec, mode))
     return out
+
+
+def section_settings(s: dict, parsl: dict) -> dict:
+    """The run's settings, with the image count and compute time of this section (a run with
+    --compute-ms 10,100 has a section per compute time)."""
+    return dict(s, **{k: parsl[k] for k in ("images", "compute_ms") if parsl.get(k) is not None})
+
+
+def section_condition(key: str, parsl: dict, mode: str, sections: list) -> str:
+    """What sets a section apart in headings besides its image compute time (which the image headings
+    show): its logging mode, when the run had more than one."""
+    modes = {m for k, _, m in sections if not k.startswith("parsl_images_")}
+    return f" (Parsl logging {mode})" if len(modes) > 1 else ""
+
+
+FLOOR = ("dfk-floor-inline", "dfk-floor-thread")
+NOOP_COLUMNS = (("threadpool", "vs ThreadPool"), ("htex", "vs HTEX"), ("dragonhpc-batch", "vs dragonhpc batch"),
+                ("dfk-floor", "vs DFK floor (best)"))
 
 
 def parsl_markdown(parsl: dict, s: dict, cond: str) -> list:
@@ -137,24 +196,35 @@ def parsl_markdown(parsl: dict, s: dict, cond: str) -> list:
         ns = summ["noop"]
         L.append(f"## No-op python_app throughput through Parsl ({s['tasks']:,} tasks submitted at once){cond}")
         L.append("")
-        L.append("| executor | median tasks/s | each round (tasks/s) | vs ThreadPool | vs HTEX | "
-                 "client CPU us/task | machine CPU us/task |")
-        L.append("|---|---|---|---|---|---|---|")
+        # vs ThreadPool and vs HTEX always (the issue-4 columns); dragonhpc's batch executor and the best
+        # DFK floor (issue 15) when they ran
+        cols = [(ref, head) for ref, head in NOOP_COLUMNS if ref in ("threadpool", "htex") or ref in execs
+                or (ref == "dfk-floor" and any(f in execs for f in FLOOR))]
+        L.append("| executor | median tasks/s | each round (tasks/s) | " + " | ".join(h for _, h in cols)
+                 + " | client CPU us/task | machine CPU us/task |")
+        L.append("|---|---|---|" + "---|" * len(cols) + "---|---|")
         nr = rat.get("noop_tasks_per_s", {})
         for e in execs:
             x = ns.get(e, {})
             if x.get("tasks_per_s") is None:
-                L.append(f"| {NAMES.get(e, e)} | failed: {first_error(x.get('errors', []))} | | | | | |")
+                L.append(f"| {NAMES.get(e, e)} | failed: {first_error(x.get('errors', []))} | |"
+                         + " |" * len(cols) + " | |")
                 continue
-            vs_tp = nr.get(f"{e}/threadpool", {}).get("median") if e != "threadpool" else 1.0
-            vs_h = nr.get(f"{e}/htex", {}).get("median") if e != "htex" else 1.0
+            vs = [1.0 if e == ref else nr.get(f"{e}/{ref}", {}).get("median") for ref, _ in cols]
             L.append(f"| {NAMES.get(e, e)} | {fmt(x['tasks_per_s'])} | {', '.join(fmt(r) for r in x['runs'])} | "
-                     f"{ratio(vs_tp)} | {ratio(vs_h)} | {fmt(x['client_cpu_us_per_task'])} | "
-                     f"{fmt(x['machine_cpu_us_per_task'])} |")
+                     + " | ".join(ratio(v) for v in vs)
+                     + f" | {fmt(x['client_cpu_us_per_task'])} | {fmt(x['machine_cpu_us_per_task'])} |")
         L.append("")
         L.append("Ratios are medians of the per-round ratios (each round runs every executor back to back). "
                  "Client CPU is the workflow process (DFK + executor client); machine CPU is all busy CPU of "
                  "the machine during the run (workers, daemons, and anything else running).")
+        if any(f in execs for f in FLOOR):
+            fl = nr.get("dragon/dfk-floor", {})
+            L.append("The DFK floor executors run nothing (every future completes with None: at submit, or from "
+                     "another thread in batches): their rate is what Parsl's DataFlowKernel alone allows under this "
+                     "configuration. \"vs DFK floor (best)\" divides by the faster of the two in each round"
+                     + (f" (the faster, round by round: {', '.join(fl['best_floor'])})" if fl.get("best_floor")
+                        else "") + ".")
         L.append("")
 
     if "latency" in summ:
@@ -368,11 +438,10 @@ def write_report(res: dict, out: Path) -> str:
     plot_errors = []
     sections = parsl_sections(res)
     for key, parsl, mode in sections:
-        several = len(sections) > 1
         for fn in (plot_noop, plot_latency, plot_images):
             try:
-                plots += fn(parsl, res["settings"], out, f" (Parsl logging {mode})" if several else "",
-                            f"_logging_{mode}" if several and key != "parsl" else "")
+                plots += fn(parsl, section_settings(res["settings"], parsl), out,
+                            section_condition(key, parsl, mode, sections), "" if key == "parsl" else key[5:])
             except Exception as e:  # noqa: BLE001
                 plot_errors.append(f"{fn.__name__} ({key}): {type(e).__name__}: {e}")
     for h, _ in HOOK_TITLES:

@@ -7,10 +7,13 @@ Writes into --out (default bench/results/<date-time>/):
 
 Through Parsl (bench/parsl_bench.py, one process per executor and round; executors alternate
 round by round, in a rotating order, since the machine drifts): no-op throughput, sequential
-round-trip latency and the image batch, on DragonExecutor, ThreadPoolExecutor,
-HighThroughputExecutor and, when PyPI's dragonhpc is installed, its DragonBatchPoolExecutor and
-DragonPoolExecutor (run under its `dragon` launcher). Every executor gets the same number of
-workers and the same Parsl logging settings. Then bench/native_bench.py, bench/head_scale.py,
+round-trip latency and the image batch (at each --compute-ms), on DragonExecutor, ThreadPoolExecutor,
+HighThroughputExecutor, two "DFK floor" executors that run nothing (what Parsl's DataFlowKernel
+alone allows; no-op and latency only) and, when PyPI's dragonhpc is installed, its
+DragonBatchPoolExecutor and DragonPoolExecutor (run under its `dragon` launcher). Every executor
+gets the same number of workers and the same Parsl logging settings. Summaries, ratios and the
+issues' targets: bench/run_summary.py. Then bench/native_bench.py, bench/native_py_bench.py
+(DragonPoolExecutor, ProcessPoolExecutor and Ray's tasks from one Python process), bench/head_scale.py,
 bench/liveness.py (agent failure detection), bench/auth_cost.py (authentication on next to off)
 and bench/cluster_start.py (agents on many nodes: start times over ssh and Slurm, no-op throughput
 with agents on 4 hosts next to 1; needs root, brings the test beds up and down) if present (`python bench/<name>.py --quick|--full --json-out FILE`); their JSON is embedded
@@ -27,7 +30,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,9 +43,12 @@ sys.path.insert(0, str(BENCH))
 
 import parsl_bench  # noqa: E402
 from parsl_bench import BENCHES, DRAGONHPC, EXECUTORS, FLOOR, benches_for  # noqa: E402
+from run_summary import (hook_targets, issue15_targets, native_targets, ratios, summarize,  # noqa: E402
+                         targets)
 
-HOOKS = ("native", "head_scale", "liveness", "auth_cost", "cluster_start", "mpi")  # bench/<HOOK_FILES[name]>
-HOOK_FILES = {"native": "native_bench.py", "head_scale": "head_scale.py", "liveness": "liveness.py",
+HOOKS = ("native", "native_py", "head_scale", "liveness", "auth_cost", "cluster_start", "mpi")  # bench/<HOOK_FILES[name]>
+HOOK_FILES = {"native": "native_bench.py", "native_py": "native_py_bench.py", "head_scale": "head_scale.py",
+              "liveness": "liveness.py",
               "auth_cost": "auth_cost.py", "cluster_start": "cluster_start.py", "mpi": "mpi_bench.py"}
 ONLY = BENCHES + HOOKS
 
@@ -257,156 +262,6 @@ def run_hook(name: str, quick: bool, env: dict, workdir: Path, timeout: float) -
             "result": data}
 
 
-# ---------------------------------------------------------------- summaries
-def median(xs: list) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-
-def summarize(runs: list, executors: list, benches: list) -> dict:
-    summary: dict = {}
-    ok = lambda r, b: isinstance(r.get(b), dict) and "error" not in r[b]  # noqa: E731
-    if "noop" in benches:
-        s = {}
-        for e in executors:
-            rs = [r for r in runs if r["executor"] == e and ok(r, "noop")]
-            errs = [r["noop"]["error"] for r in runs if r["executor"] == e and not ok(r, "noop")]
-            s[e] = {"tasks_per_s": median([r["noop"]["tasks_per_s"] for r in rs]),
-                    "runs": [r["noop"]["tasks_per_s"] for r in rs],
-                    "client_cpu_us_per_task": median([r["noop"]["client_cpu_s"] / r["noop"]["tasks"] * 1e6
-                                                      for r in rs]),
-                    "machine_cpu_us_per_task": median([r["noop"]["machine_busy_cpu_s"] / r["noop"]["tasks"] * 1e6
-                                                       for r in rs]),
-                    "errors": errs}
-        summary["noop"] = s
-    if "latency" in benches:
-        s = {}
-        for e in executors:
-            rs = [r for r in runs if r["executor"] == e and ok(r, "latency")]
-            pooled = [x for r in rs for x in r["latency"].get("raw_ms", [])]
-            st = parsl_bench.latency_stats(pooled) if pooled else {}
-            st["round_p50_ms"] = [r["latency"]["p50_ms"] for r in rs]
-            st["notes"] = sorted({r["latency"]["note"] for r in rs if r["latency"].get("note")})
-            st["errors"] = [r["latency"]["error"] for r in runs if r["executor"] == e and not ok(r, "latency")]
-            s[e] = st
-        summary["latency"] = s
-    if "images" in benches:
-        s = {}
-        for e in [e for e in executors if e not in FLOOR]:  # the floor executors run no images
-            rs = [r for r in runs if r["executor"] == e and ok(r, "images")]
-            s[e] = {"efficiency": median([r["images"]["efficiency"] for r in rs]),
-                    "runs": [r["images"]["efficiency"] for r in rs],
-                    "runs_own_basis": [r["images"].get("ideal_basis") == "tasks' own compute" for r in rs],
-                    "efficiency_task_compute": median([r["images"].get("efficiency_task_compute") for r in rs]),
-                    "task_compute_ms": median([r["images"].get("task_compute_ms") for r in rs]),
-                    "total_s": median([r["images"]["total_s"] for r in rs]),
-                    "ideal_s": median([r["images"]["ideal_s"] for r in rs]),
-                    "images_per_s": median([r["images"]["images_per_s"] for r in rs]),
-                    "client_cpu_ms_per_image": median([r["images"]["client_cpu_s"] / r["images"]["images"] * 1e3
-                                                       for r in rs]),
-                    "errors": [r["images"]["error"] for r in runs if r["executor"] == e and not ok(r, "images")]}
-        summary["images"] = s
-    return summary
-
-
-def round_ratios(runs: list, bench: str, key: str, a: str, b: str) -> dict:
-    """a/b of `key` within each round where both ran, and their median."""
-    per = []
-    for rnd in sorted({r["round"] for r in runs}):
-        ra = next((r for r in runs if r["round"] == rnd and r["executor"] == a), None)
-        rb = next((r for r in runs if r["round"] == rnd and r["executor"] == b), None)
-        try:
-            per.append(ra[bench][key] / rb[bench][key])
-        except (TypeError, KeyError, ZeroDivisionError):
-            continue
-    return {"median": median(per), "rounds": per}
-
-
-def ratios(runs: list, summary: dict, executors: list) -> dict:
-    out: dict = {}
-    if "noop" in summary:
-        out["noop_tasks_per_s"] = {f"{e}/{ref}": round_ratios(runs, "noop", "tasks_per_s", e, ref)
-                                   for e in executors for ref in ("threadpool", "htex")
-                                   if ref in executors and e != ref}
-    if "latency" in summary:
-        lat = summary["latency"]
-        out["latency_p50"] = {}
-        for e in executors:
-            for ref in ("threadpool", "htex"):
-                if ref in executors and e != ref and lat.get(e, {}).get("p50_ms") and lat[ref].get("p50_ms"):
-                    out["latency_p50"][f"{e}/{ref}"] = lat[e]["p50_ms"] / lat[ref]["p50_ms"]
-    if "images" in summary:
-        out["images_time"] = {f"{e}/{ref}": round_ratios(runs, "images", "total_s", e, ref)
-                              for e in executors for ref in ("threadpool", "htex")
-                              if ref in executors and e != ref}
-    return out
-
-
-def targets(summary: dict, rat: dict, condition: str = "") -> list:
-    """The issue's Parsl-level targets; `condition` (e.g. "Parsl logging off") is appended to
-    each target's name when the run measured more than one Parsl configuration."""
-    rows = []
-
-    def add(name, goal, measured, ok, detail):
-        name = f"{name} ({condition})" if condition else name
-        rows.append({"target": name, "goal": goal, "measured": measured,
-                     "status": "n/a" if measured is None else ("PASS" if ok else "MISS"), "detail": detail})
-
-    nr = rat.get("noop_tasks_per_s", {})
-    for d, label in (("dragon", "DragonExecutor"), ("dragon-prefetch", "DragonExecutor, prefetch")):
-        if d not in summary.get("noop", summary.get("latency", summary.get("images", {}))):
-            continue
-        if "noop" in summary:
-            m = nr.get(f"{d}/htex", {}).get("median")
-            add(f"{label}: no-op throughput through Parsl vs HighThroughputExecutor", ">= 1.5x", m,
-                m is not None and m >= 1.5, "median over rounds of the per-round ratio of tasks/s")
-            m = nr.get(f"{d}/threadpool", {}).get("median")
-            add(f"{label}: no-op throughput through Parsl vs ThreadPoolExecutor (DFK ceiling)", ">= 0.8x", m,
-                m is not None and m >= 0.8, "median over rounds of the per-round ratio of tasks/s")
-        if "latency" in summary:
-            m = rat.get("latency_p50", {}).get(f"{d}/threadpool")
-            add(f"{label}: sequential latency p50 through Parsl vs ThreadPoolExecutor", "<= 1.5x", m,
-                m is not None and m <= 1.5, "p50 of all samples of all rounds, ratio")
-        if "images" in summary:
-            m = summary["images"].get(d, {}).get("efficiency")
-            add(f"{label}: image batch efficiency", ">= 0.90", m, m is not None and m >= 0.9,
-                "ideal (images x compute / workers) / measured, median over rounds")
-    return rows
-
-
-def hook_targets(source: str, res: dict) -> list:
-    """Optional "targets" of a hook's JSON, as a list or a dict of rows with "target" and
-    "status" (PASS/MISS) or "met" (bool)."""
-    t = res.get("targets")
-    rows = list(t.values()) if isinstance(t, dict) else t if isinstance(t, list) else []
-    out = []
-    for r in rows:
-        if not isinstance(r, dict) or "target" not in r:
-            continue
-        status = r.get("status") or ({True: "PASS", False: "MISS"}.get(r.get("met"), "n/a"))
-        out.append({"target": str(r["target"]), "goal": str(r.get("goal", "")), "measured": r.get("measured"),
-                    "status": status, "detail": str(r.get("detail", "")), "source": source})
-    return out
-
-
-def native_targets(results: dict, workers: int) -> list:
-    """The issue's native targets (>= 10,000 no-op Python tasks/s, >= 5x HTEX through Parsl), if
-    native_bench.py's JSON has summary.python[<workers>].tasks_per_s (read defensively)."""
-    try:
-        tps = float(results["native"]["result"]["summary"]["python"][str(workers)]["tasks_per_s"])
-    except (KeyError, TypeError, ValueError):
-        return []
-    rows = [{"target": f"native no-op Python tasks/s ({workers} workers)", "goal": ">= 10,000", "measured": tps,
-             "status": "PASS" if tps >= 10_000 else "MISS", "detail": "bench/native_bench.py median",
-             "source": "native"}]
-    htex = results["parsl"].get("summary", {}).get("noop", {}).get("htex", {}).get("tasks_per_s")
-    if htex:
-        rows.append({"target": "native no-op throughput vs HighThroughputExecutor through Parsl", "goal": ">= 5x",
-                     "measured": tps / htex, "status": "PASS" if tps / htex >= 5 else "MISS",
-                     "detail": f"{tps:,.0f} native / {htex:,.0f} HTEX (this run)", "source": "native"})
-    return rows
-
-
 def parsl_key(mode: str, index: int) -> str:
     """results.json key of one Parsl logging mode: the first mode run is "parsl" (what the
     report's headline and the native-vs-HTEX ratio use), any other "parsl_logging_<mode>"."""
@@ -419,26 +274,25 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def run_parsl_rounds(section: dict, spec: dict, executors: list, benches: list, args, env: dict, work: Path,
-                     timeout: float, tag: str, save) -> None:
+                     timeout: float, tag: str, save, label: str) -> None:
     """Every round of every executor for one Parsl configuration, into section["runs"]."""
     runs = section["runs"]
-    mode = spec["parsl_logging"]
     for rnd in range(1, args.rounds + 1):
         rspec = dict(spec)
         if "images" in benches:
-            cal = parsl_bench.calibrate(args.image_size, args.compute_ms, min(128, args.image_size))
+            cal = parsl_bench.calibrate(args.image_size, spec["compute_ms"], min(128, args.image_size))
             cal["round"] = rnd
             section["calibration"].append(cal)
             rspec["calibration"] = cal
-            log(f"round {rnd} (Parsl logging {mode}): image work calibrated: {cal['iterations']} FFT passes "
+            log(f"round {rnd} ({label}): image work calibrated: {cal['iterations']} FFT passes "
                 f"on {cal['tile']}x{cal['tile']} tiles = {cal['measured_ms']:.2f} ms per image "
-                f"(target {args.compute_ms:g} ms)")
+                f"(target {spec['compute_ms']:g} ms)")
         k = (rnd - 1) % len(executors)
         order = executors[k:] + executors[:k]  # rotate: no executor always runs first
         for name in order:
             r = run_executor(name, rspec, env, work, timeout, rnd, tag)
             runs.append(r)
-            log(f"round {rnd} (Parsl logging {mode}): {name:16s} " + describe_run(r, benches_for(name, benches))
+            log(f"round {rnd} ({label}): {name:16s} " + describe_run(r, benches_for(name, benches))
                 + f"  [{r['process_s']:.0f} s]")
             save()
 
@@ -459,6 +313,21 @@ def describe_run(r: dict, benches: list) -> str:
 
 
 # ---------------------------------------------------------------- main
+def number_list(kind):
+    def parse(text: str) -> list:
+        try:
+            xs = [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers") from None
+        if not xs or any(x <= 0 for x in xs):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected positive numbers")
+        return xs
+    return parse
+
+
+int_list, float_list = number_list(int), number_list(float)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
@@ -476,9 +345,13 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, help="rounds of the Parsl benchmarks (default 2; --quick 1)")
     p.add_argument("--tasks", type=int, help="no-op tasks per measurement (default 100000; --quick 300)")
     p.add_argument("--samples", type=int, help="sequential latency samples (default 500; --quick 20)")
-    p.add_argument("--images", type=int, help="images in the batch (default 4096; --quick 16)")
+    p.add_argument("--images", type=int_list, help="images in the batch (default 4096; --quick 16); a comma-separated "
+                   "list gives each --compute-ms its own count, e.g. --compute-ms 10,100 --images 4096,512")
     p.add_argument("--image-size", type=int, help="image side in pixels, float64 (default 512; --quick 64)")
-    p.add_argument("--compute-ms", type=float, default=10.0, help="compute time per image (default 10 ms)")
+    p.add_argument("--compute-ms", type=float_list, default=[10.0],
+                   help="compute time per image (default 10 ms); a comma-separated list (e.g. 10,100) runs the "
+                        "image batch at each: the first with the other benchmarks under every --parsl-logging "
+                        "mode, each further one in rounds of its own under the first mode")
     p.add_argument("--window", type=int, default=0,
                    help="images in flight at once (default 8 per worker); bounds memory: the client "
                         "submits the next image as each result arrives")
@@ -503,6 +376,8 @@ def parse_args(argv=None):
                    help="seconds for each of native_bench.py, head_scale.py, liveness.py, auth_cost.py and "
                         "cluster_start.py (default 150 quick, 1800 full)")
     args = p.parse_args(argv)
+    if args.images is not None and len(args.images) not in (1, len(args.compute_ms)):
+        p.error(f"--images: one count, or one per --compute-ms ({len(args.compute_ms)}), not {len(args.images)}")
     if args.pin_client is not None and args.pin_client not in os.sched_getaffinity(0):
         p.error(f"--pin-client {args.pin_client}: not a CPU this process may run on "
                 f"(allowed: {sorted(os.sched_getaffinity(0))})")
@@ -515,6 +390,10 @@ def main(argv=None) -> int:
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    counts = args.images if isinstance(args.images, list) else [args.images]
+    # (compute ms, images) of every image batch: the first runs with the other benchmarks
+    image_batches = [(c, counts[i] if len(counts) > 1 else counts[0]) for i, c in enumerate(args.compute_ms)]
+    args.compute_ms, args.images = image_batches[0]
     only = [b for b in (args.only or ONLY) if b not in args.skip]
     benches = [b for b in BENCHES if b in only]
     hooks = [h for h in HOOKS if h in only]
@@ -540,9 +419,14 @@ def main(argv=None) -> int:
             "window": window, "parsl_logging": args.parsl_logging,
             "dragonhpc_batch_size": args.dragonhpc_batch_size, "dragon_prefetch": args.dragon_prefetch,
             "pin_client": args.pin_client}
-    timeout = args.timeout or (120 + args.tasks / 100 + args.samples * 0.5
-                               + args.images * args.compute_ms / 1000 * 15)
+
+    def timeout_for(images: int, compute_ms: float, others: bool = True) -> float:
+        return args.timeout or ((120 + args.tasks / 100 + args.samples * 0.5) * others + 60 * (not others)
+                                + images * compute_ms / 1000 * 15)
+
+    timeout = timeout_for(args.images, args.compute_ms)
     settings = dict(spec, rounds=args.rounds, quick=args.quick, executors=executors,
+                    image_batches=[{"compute_ms": c, "images": n} for c, n in image_batches],
                     skipped_executors=skipped, timeout_per_process_s=timeout, only=only,
                     command=" ".join([os.path.relpath(sys.argv[0], REPO) if sys.argv[0] else "bench/run.py",
                                       *(argv if argv is not None else sys.argv[1:])]))
@@ -550,18 +434,36 @@ def main(argv=None) -> int:
 
     t_start = time.perf_counter()
     modes = list(dict.fromkeys(args.parsl_logging))  # in the order given, once each
+    issue15: list = []  # issue 15's targets: after issue 4's in results["targets"]
     for i, mode in enumerate(modes):
         key = parsl_key(mode, i)
-        section = results[key] = {"logging": mode, "runs": [], "calibration": []}
+        section = results[key] = {"logging": mode, "compute_ms": args.compute_ms, "images": args.images,
+                                  "runs": [], "calibration": []}
         if benches and executors:
             run_parsl_rounds(section, dict(spec, parsl_logging=mode), executors, benches, args, env, work,
                              timeout, tag="" if i == 0 else f"-logging-{mode}",
-                             save=lambda: write_json(out / "results.json", results))
+                             save=lambda: write_json(out / "results.json", results), label=f"Parsl logging {mode}")
         section["executors"] = executors
         section["summary"] = summarize(section["runs"], executors, benches)
         section["ratios"] = ratios(section["runs"], section["summary"], executors)
         condition = f"Parsl logging {mode}" if len(modes) > 1 else ""
         results["targets"] += targets(section["summary"], section["ratios"], condition)
+        issue15 += issue15_targets(section["summary"], section["ratios"], condition, args.compute_ms)
+    img_execs = [e for e in executors if e not in FLOOR]  # the floor executors run no images
+    for c, n in image_batches[1:] if "images" in benches and img_execs else []:
+        key, mode = f"parsl_images_{c:g}ms", modes[0]
+        section = results[key] = {"logging": mode, "compute_ms": c, "images": n, "runs": [], "calibration": []}
+        run_parsl_rounds(section, dict(spec, benches=["images"], parsl_logging=mode, compute_ms=c, images=n),
+                         img_execs, ["images"], args, env, work, timeout_for(n, c, others=False),
+                         tag=f"-images-{c:g}ms", save=lambda: write_json(out / "results.json", results),
+                         label=f"images at {c:g} ms, Parsl logging {mode}")
+        section["executors"] = img_execs
+        section["summary"] = summarize(section["runs"], img_execs, ["images"])
+        section["ratios"] = ratios(section["runs"], section["summary"], img_execs)
+        condition = f"{c:g} ms per image" + (f", Parsl logging {mode}" if len(modes) > 1 else "")
+        results["targets"] += targets(section["summary"], section["ratios"], condition)
+        issue15 += issue15_targets(section["summary"], section["ratios"],
+                                   f"Parsl logging {mode}" if len(modes) > 1 else "", c)
 
     for h in HOOKS:
         if h not in hooks:
@@ -573,6 +475,7 @@ def main(argv=None) -> int:
         log(f"bench: {h}: {results[h]['status']}")
         results["targets"] += hook_targets(h, results[h].get("result") or {})
     results["targets"] += native_targets(results, args.workers)
+    results["targets"] += issue15
 
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["elapsed_s"] = time.perf_counter() - t_start
