@@ -121,7 +121,7 @@ def machine_info(env: dict) -> dict:
             "python": platform.python_version(), "parsl": version("parsl"),
             "dragon_parsl": dp[0] if dp else None, "dragon_parsl_path": dp[1] if len(dp) > 1 else None,
             "dragonhpc": version("dragonhpc"), "numpy": version("numpy"), "grpcio": version("grpcio"),
-            "protobuf": version("protobuf"), "matplotlib": version("matplotlib"),
+            "protobuf": version("protobuf"), "matplotlib": version("matplotlib"), "ray": version("ray"),
         },
         "git_commit": git_commit(),
         "dragond": dragond if os.path.exists(dragond) else shutil.which("dragond", path=env.get("PATH")),
