@@ -225,6 +225,13 @@ def parsl_markdown(parsl: dict, s: dict, cond: str) -> list:
                      "configuration. \"vs DFK floor (best)\" divides by the faster of the two in each round"
                      + (f" (the faster, round by round: {', '.join(fl['best_floor'])})" if fl.get("best_floor")
                         else "") + ".")
+            floor_best = max((ns.get(f, {}).get("tasks_per_s") or 0) for f in FLOOR)
+            above = [f"{NAMES.get(e, e)} ({fmt(ns[e]['tasks_per_s'])}/s)" for e in execs if e not in FLOOR
+                     and (ns.get(e, {}).get("tasks_per_s") or 0) > floor_best > 0]
+            if above:
+                L.append(f"Above the best floor's median ({fmt(floor_best)}/s) in this run: {', '.join(above)}: "
+                         "there the floor is no bound: noise (the machine drifts), or that executor's way of completing "
+                         "futures suits the DFK better than either floor's; read the per-round ratios.")
         L.append("")
 
     if "latency" in summ:
