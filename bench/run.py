@@ -373,8 +373,8 @@ def parse_args(argv=None):
                         "own processes keep every CPU. Default: no pinning")
     p.add_argument("--timeout", type=float, default=0, help="seconds per executor process (default: from the counts)")
     p.add_argument("--hook-timeout", type=float, default=0,
-                   help="seconds for each of native_bench.py, head_scale.py, liveness.py, auth_cost.py and "
-                        "cluster_start.py (default 150 quick, 1800 full)")
+                   help="seconds for each of native_bench.py, native_py_bench.py, head_scale.py, liveness.py, "
+                        "auth_cost.py, cluster_start.py and mpi_bench.py (default 150 quick, 1800 full)")
     args = p.parse_args(argv)
     if args.images is not None and len(args.images) not in (1, len(args.compute_ms)):
         p.error(f"--images: one count, or one per --compute-ms ({len(args.compute_ms)}), not {len(args.images)}")
