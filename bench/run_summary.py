@@ -241,7 +241,7 @@ def issue15_targets(summary: dict, rat: dict, condition: str = "", compute_ms: f
         add("DragonExecutor: sequential round trip p50 through Parsl", f"<= {ISSUE15_P50_MS} ms", p50,
             "n/a" if p50 is None else ("PASS" if p50 <= ISSUE15_P50_MS else "MISS"),
             "ms, p50 of the samples of all rounds" + "".join(
-                f"; {f}: {summary['latency'][f]['p50_ms']:.2f}" for f in FLOOR
+                f"; {f} p50 {summary['latency'][f]['p50_ms']:.2f} ms" for f in FLOOR
                 if summary["latency"].get(f, {}).get("p50_ms") is not None))
     ims = summary.get("images", {})
     if ims.get("dragon", {}).get("efficiency") is not None:
