@@ -46,10 +46,11 @@ from parsl_bench import BENCHES, DRAGONHPC, EXECUTORS, FLOOR, benches_for  # noq
 from run_summary import (hook_targets, issue15_targets, native_targets, ratios, summarize,  # noqa: E402
                          targets)
 
-HOOKS = ("native", "native_py", "head_scale", "liveness", "auth_cost", "cluster_start", "mpi")  # bench/<HOOK_FILES[name]>
+# bench/<HOOK_FILES[name]>, run in this order
+HOOKS = ("native", "native_py", "head_scale", "liveness", "auth_cost", "cluster_start", "mpi")
 HOOK_FILES = {"native": "native_bench.py", "native_py": "native_py_bench.py", "head_scale": "head_scale.py",
-              "liveness": "liveness.py",
-              "auth_cost": "auth_cost.py", "cluster_start": "cluster_start.py", "mpi": "mpi_bench.py"}
+              "liveness": "liveness.py", "auth_cost": "auth_cost.py", "cluster_start": "cluster_start.py",
+              "mpi": "mpi_bench.py"}
 ONLY = BENCHES + HOOKS
 
 QUICK = dict(tasks=300, samples=20, images=16, image_size=64, rounds=1, parsl_logging=["default"])
