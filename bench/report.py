@@ -230,8 +230,8 @@ def parsl_markdown(parsl: dict, s: dict, cond: str) -> list:
                      and (ns.get(e, {}).get("tasks_per_s") or 0) > floor_best > 0]
             if above:
                 L.append(f"Above the best floor's median ({fmt(floor_best)}/s) in this run: {', '.join(above)}: "
-                         "there the floor is no bound: noise (the machine drifts), or that executor's way of completing "
-                         "futures suits the DFK better than either floor's; read the per-round ratios.")
+                         "there the floor is no bound: noise (the machine drifts), or that executor's way of "
+                         "completing futures suits the DFK better than either floor's; read the per-round ratios.")
         L.append("")
 
     if "latency" in summ:
