@@ -1,6 +1,7 @@
 """dragon_parsl: Parsl executor for the Dragon task service.
 
-``from dragon_parsl import DragonExecutor``. The executor (and gRPC) is
+``from dragon_parsl import DragonExecutor`` (Parsl), or ``DragonPoolExecutor`` (a
+``concurrent.futures.Executor`` without Parsl's DataFlowKernel). The executors (and gRPC) are
 imported lazily so that ``python -m dragon_parsl.worker`` stays light.
 """
 from __future__ import annotations
@@ -45,10 +46,13 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
     from dragon_parsl.executor import DragonExecutor
+    from dragon_parsl.pool_executor import DragonPoolExecutor, DragonPoolFuture
     from dragon_parsl.mpi import MpiJob, MpiJobFailed, Policy, TaskIOError, mpi_app
 
 __all__ = [
     "DragonExecutor",
+    "DragonPoolExecutor",
+    "DragonPoolFuture",
     "mpi_app",
     "Policy",
     "MpiJob",
@@ -89,6 +93,9 @@ def __getattr__(name: str) -> Any:
     if name == "DragonExecutor":
         from dragon_parsl.executor import DragonExecutor
         return DragonExecutor
+    if name in ("DragonPoolExecutor", "DragonPoolFuture"):
+        from dragon_parsl import pool_executor
+        return getattr(pool_executor, name)
     if name in _MPI_NAMES:
         from dragon_parsl import mpi
         return getattr(mpi, name)
