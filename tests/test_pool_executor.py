@@ -4,7 +4,8 @@ library's interface: submit/result, map (order, timeout, an abandoned iterator c
 as_completed, wait (FIRST_COMPLETED, ALL_COMPLETED), the function's exception with its type and
 remote traceback, lambdas and closures (dill), a 5 MiB argument through shared memory;
 cancel of a queued task (also before the head accepted it) and of a running one (the head
-reports it cancelled, its worker is killed and a worker is free again within seconds), the
+reports it cancelled, its worker is killed and a worker is free again within seconds), a
+cancel whose call to the head fails (logged; cancel() neither waits nor raises), the
 context manager and shutdown(wait=True) waiting, submit after shutdown, shutdown(cancel_futures=
 True) against a head started by hand (address and token); and nothing of the run left in
 /dev/shm. Functions are of this module: the workers import it (tests/ on their PYTHONPATH)."""
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -21,7 +23,7 @@ import traceback
 import pytest
 
 from conftest import BIN_DIR, TESTS_DIR, binary, processes_of_run, wait_for, wait_for_workers
-from dragon_parsl import DragonPoolExecutor
+from dragon_parsl import DragonError, DragonPoolExecutor
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -241,6 +243,23 @@ def test_cancel_running_task_frees_its_worker(pool):
     assert state_of(pool, task_id(sleepers[1])) == "RUNNING"
     assert not quick.cancel() and not quick.cancelled()  # done: nothing to cancel
     assert sleepers[1].cancel()
+
+
+def test_cancel_never_raises_or_hangs_on_a_head_error(pool, caplog, monkeypatch):
+    def unreachable(fut, timeout=10.0):
+        time.sleep(1)
+        raise DragonError("head unreachable (test)")
+
+    monkeypatch.setattr(pool.executor, "cancel_task", unreachable)
+    f = pool.submit(sleep_return, 1, "x")
+    task_id(f)
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="dragon_parsl.pool_executor"):
+        assert f.cancel()
+        assert time.monotonic() - t0 < 0.5
+        assert f.cancelled()
+        wait_for(lambda: "head unreachable (test)" in caplog.text, 10, "the failed cancel to be logged")
+    assert "could not ask the head to cancel task" in caplog.text
 
 
 def test_context_manager_shutdown_waits_and_refuses_new_work(worker_env, shm_base, tmp_path):

@@ -126,6 +126,7 @@ class DragonPoolExecutor(cf.Executor):
         self._shutdown = False
         self._closed = False
         self._closer: Optional[threading.Thread] = None
+        self._close_error: Optional[Exception] = None
         self._cancels: "queue.Queue[Optional[cf.Future]]" = queue.Queue()
         self._cancel_thread: Optional[threading.Thread] = None
         self._executor.start()
@@ -232,6 +233,8 @@ class DragonPoolExecutor(cf.Executor):
                 closer.start()
         if wait:
             closer.join()
+            if self._close_error is not None:
+                raise self._close_error
 
     def _close(self, outstanding: Set[DragonPoolFuture]) -> None:
         cf.wait(outstanding)
@@ -241,4 +244,8 @@ class DragonPoolExecutor(cf.Executor):
         if cancel_thread is not None:
             self._cancels.put(None)
             cancel_thread.join(CANCEL_DRAIN_S)
-        self._executor.shutdown()
+        try:
+            self._executor.shutdown()
+        except Exception as e:  # noqa: BLE001  (raised by shutdown(wait=True); logged for wait=False)
+            logger.error("DragonPoolExecutor: shutting down its DragonExecutor failed: %s: %s", type(e).__name__, e)
+            self._close_error = e
