@@ -6,6 +6,7 @@
 #include <climits>
 #include <utility>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "common/head_locator.h"
 #include "common/transport.h"
@@ -21,6 +22,21 @@ std::string GrpcText(const grpc::Status& s) {
 
 absl::StatusCode ToAbsl(grpc::StatusCode code) {
   return static_cast<absl::StatusCode>(static_cast<int>(code));
+}
+
+// An error whose message names the head, with `detail` (what went wrong,
+// without the address) as a payload for callers that compose their own text.
+absl::Status Error(absl::StatusCode code, std::string message, const std::string& detail) {
+  absl::Status s(code, std::move(message));
+  s.SetPayload(kDetailPayload, absl::Cord(detail));
+  return s;
+}
+
+// An error from a gRPC status the head or the transport ended the stream with.
+absl::Status FromGrpc(const grpc::Status& st, absl::StatusCode code, std::string message) {
+  absl::Status s = Error(code, std::move(message), GrpcText(st));
+  s.SetPayload(kGrpcStatusPayload, absl::Cord("1"));
+  return s;
 }
 
 std::string CurrentDir() {
@@ -68,13 +84,16 @@ absl::Status SessionClient::Open() {
   grpc_connectivity_state state = channel_->GetState(true);
   while (state != GRPC_CHANNEL_READY) {
     if (state == GRPC_CHANNEL_TRANSIENT_FAILURE) {
-      return absl::UnavailableError(
-          absl::StrCat("cannot reach dragond at ", addr, ": connection failed"));
+      return Error(absl::StatusCode::kUnavailable,
+                   absl::StrCat("cannot reach dragond at ", addr, ": connection failed"),
+                   "connection failed");
     }
     if (!channel_->WaitForStateChange(state, absl::ToChronoTime(deadline))) {
-      return absl::UnavailableError(absl::StrCat("cannot reach dragond at ", addr,
-                                                 ": no connection within ",
-                                                 absl::FormatDuration(options_.connect_timeout)));
+      const std::string why = absl::StrCat("no connection within ",
+                                           absl::FormatDuration(options_.connect_timeout),
+                                           " (is dragond running there?)");
+      return Error(absl::StatusCode::kUnavailable,
+                   absl::StrCat("cannot reach dragond at ", addr, ": ", why), why);
     }
     state = channel_->GetState(true);
   }
@@ -82,13 +101,14 @@ absl::Status SessionClient::Open() {
   stream_ = stub_->Session(&context_);
   dragon::v1::ClientMessage hello_msg;
   auto* hello = hello_msg.mutable_hello();
-  hello->set_protocol_version(kSessionProtocolVersion);
+  hello->set_protocol_version(options_.protocol_version);
   hello->set_client_name(options_.client_name);
   hello->set_cwd(options_.cwd);
   char host[256] = {};
   gethostname(host, sizeof(host) - 1);
   hello->set_client_host(host);
   hello->set_client_pid(getpid());
+  if (options_.infra_retries.has_value()) hello->set_infra_retries(*options_.infra_retries);
 
   // A head that accepts the connection but never answers must not hang us.
   std::mutex wd_mu;
@@ -113,34 +133,45 @@ absl::Status SessionClient::Open() {
   if (!ok) {
     const grpc::Status st = stream_->Finish();
     if (timed_out) {
-      return absl::DeadlineExceededError(
-          absl::StrCat("dragond at ", addr, " did not answer Hello within ",
-                       absl::FormatDuration(options_.connect_timeout)));
+      const std::string why =
+          absl::StrCat("no Welcome within ", absl::FormatDuration(options_.connect_timeout),
+                       " after Hello");
+      return Error(absl::StatusCode::kDeadlineExceeded,
+                   absl::StrCat("dragond at ", addr, " did not answer Hello within ",
+                                absl::FormatDuration(options_.connect_timeout)),
+                   why);
     }
     if (st.error_code() == grpc::StatusCode::UNAVAILABLE) {
-      return absl::UnavailableError(absl::StrCat("cannot reach dragond at ", addr, ": ", GrpcText(st)));
+      return FromGrpc(st, absl::StatusCode::kUnavailable,
+                      absl::StrCat("cannot reach dragond at ", addr, ": ", GrpcText(st)));
     }
     if (st.ok()) {
-      return absl::UnavailableError(
-          absl::StrCat("dragond at ", addr, " ended the session before sending Welcome"));
+      return Error(absl::StatusCode::kUnavailable,
+                   absl::StrCat("dragond at ", addr, " ended the session before sending Welcome"),
+                   "dragond ended the session before sending Welcome");
     }
-    return absl::Status(ToAbsl(st.error_code()),
-                        absl::StrCat("dragond at ", addr, " refused the session: ", GrpcText(st)));
+    return FromGrpc(st, ToAbsl(st.error_code()),
+                    absl::StrCat("dragond at ", addr, " refused the session: ", GrpcText(st)));
   }
   if (!reply.has_welcome()) {
     context_.TryCancel();
     stream_->Finish();
-    return absl::FailedPreconditionError(
-        absl::StrCat("dragond at ", addr, " answered Hello with something other than Welcome; "
-                     "is it a dragond of the same version?"));
+    const std::string why =
+        "it answered Hello with something other than Welcome; is it a dragond of the same version?";
+    return Error(absl::StatusCode::kFailedPrecondition,
+                 absl::StrCat("dragond at ", addr, " answered Hello with something other than "
+                              "Welcome; is it a dragond of the same version?"),
+                 why);
   }
   welcome_ = reply.welcome();
-  if (welcome_.protocol_version() != kSessionProtocolVersion) {
+  if (welcome_.protocol_version() != options_.protocol_version) {
     context_.TryCancel();
     stream_->Finish();
-    return absl::FailedPreconditionError(absl::StrCat(
+    absl::Status mismatch = absl::FailedPreconditionError(absl::StrCat(
         "dragond at ", addr, " (", welcome_.head_version(), ") speaks protocol version ",
-        welcome_.protocol_version(), " but this client speaks version ", kSessionProtocolVersion));
+        welcome_.protocol_version(), " but this client speaks version ", options_.protocol_version));
+    mismatch.SetPayload(kHeadProtocolPayload, absl::Cord(absl::StrCat(welcome_.protocol_version())));
+    return mismatch;
   }
   sender_ = std::thread([this] { SenderLoop(); });
   receiver_ = std::thread([this] { ReceiverLoop(); });
@@ -148,7 +179,9 @@ absl::Status SessionClient::Open() {
 }
 
 SessionClient::~SessionClient() {
-  if (!joined_ && stream_ != nullptr && sender_.joinable()) (void)Close(absl::Seconds(2));
+  // The receiver joins the sender when the stream ends: the receiver is
+  // what is left to join (a joinable std::thread must not be destroyed).
+  if (!joined_ && receiver_.joinable()) (void)Close(absl::Seconds(2));
 }
 
 void SessionClient::Fail(absl::Status status) {
@@ -166,7 +199,7 @@ absl::Status SessionClient::AcceptingLocked() const {
 
 absl::Status SessionClient::CheckSize(const dragon::v1::TaskSubmission& task) const {
   const uint64_t limit = welcome_.max_payload_bytes();
-  if (limit == 0 || task.payload().size() <= limit) return absl::OkStatus();
+  if (limit == 0 || !size_check_.load() || task.payload().size() <= limit) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(
       "task '", task.name(), "' (client_ref ", task.client_ref(), "): its payload is ",
       task.payload().size(), " bytes, more than the ", limit, " bytes dragond at ",
@@ -181,6 +214,7 @@ absl::Status SessionClient::Submit(dragon::v1::TaskSubmission task) {
     if (absl::Status st = AcceptingLocked(); !st.ok()) return st;
     was_empty = queue_.empty();
     queue_.push_back(std::move(task));
+    ++submitted_;
   }
   if (was_empty) send_cv_.notify_one();
   return absl::OkStatus();
@@ -196,6 +230,7 @@ absl::Status SessionClient::SubmitMany(std::vector<dragon::v1::TaskSubmission> t
     std::lock_guard<std::mutex> l(mu_);
     if (absl::Status st = AcceptingLocked(); !st.ok()) return st;
     was_empty = queue_.empty();
+    submitted_ += tasks.size();
     if (was_empty) {
       queue_.swap(tasks);
     } else {
@@ -217,6 +252,16 @@ void SessionClient::SenderLoop() {
         return !queue_.empty() || closing_ || receiver_done_ || !error_.ok();
       });
       if (queue_.empty() || receiver_done_ || !error_.ok()) break;
+      if (ShouldLingerLocked()) {
+        // The workers have plenty to do: let the burst gather (Close, an
+        // error or a full message ends the wait early).
+        ++lingers_;
+        const size_t full = options_.max_batch_tasks;
+        send_cv_.wait_for(l, absl::ToChronoMicroseconds(options_.linger), [this, full] {
+          return closing_ || receiver_done_ || !error_.ok() || queue_.size() >= full;
+        });
+        if (receiver_done_ || !error_.ok()) break;
+      }
       // Everything queued now; never wait for more to arrive.
       taken.swap(queue_);
     }
@@ -259,9 +304,14 @@ void SessionClient::ReceiverLoop() {
   dragon::v1::HeadMessage msg;
   while (stream_->Read(&msg)) {
     switch (msg.body_case()) {
-      case dragon::v1::HeadMessage::kResults:
+      case dragon::v1::HeadMessage::kResults: {
+        {
+          std::lock_guard<std::mutex> l(mu_);
+          finished_ += static_cast<uint64_t>(msg.results().results_size());
+        }
         if (callbacks_.on_results) callbacks_.on_results(msg.mutable_results());
         break;
+      }
       case dragon::v1::HeadMessage::kAccepted:
         if (callbacks_.on_accepted) callbacks_.on_accepted(msg.accepted());
         break;
@@ -284,16 +334,20 @@ void SessionClient::ReceiverLoop() {
     std::lock_guard<std::mutex> l(mu_);
     if (st.ok()) {
       if (!closing_) {
-        end = absl::UnavailableError(
-            absl::StrCat("dragond at ", options_.address, " ended the session (shutting down?)"));
+        end = Error(absl::StatusCode::kUnavailable,
+                    absl::StrCat("dragond at ", options_.address,
+                                 " ended the session (shutting down?)"),
+                    "dragond ended the session stream (shutting down?)");
       }
     } else if (closing_ && st.error_code() == grpc::StatusCode::CANCELLED) {
-      end = absl::DeadlineExceededError(absl::StrCat(
-          "dragond at ", options_.address, " did not end the session in time after Close"));
+      end = Error(absl::StatusCode::kDeadlineExceeded,
+                  absl::StrCat("dragond at ", options_.address,
+                               " did not end the session in time after Close"),
+                  "dragond did not end the session in time after close");
     } else {
-      end = absl::Status(ToAbsl(st.error_code()),
-                         absl::StrCat("the session with dragond at ", options_.address,
-                                      " broke: ", GrpcText(st)));
+      end = FromGrpc(st, ToAbsl(st.error_code()),
+                     absl::StrCat("the session with dragond at ", options_.address, " broke: ",
+                                  GrpcText(st)));
     }
     if (!end.ok()) Fail(end);
     end_status_ = end;
@@ -330,6 +384,19 @@ absl::Status SessionClient::status() const {
 uint64_t SessionClient::batches_sent() const {
   std::lock_guard<std::mutex> l(mu_);
   return batches_sent_;
+}
+
+uint64_t SessionClient::lingers() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return lingers_;
+}
+
+bool SessionClient::ShouldLingerLocked() const {
+  if (options_.linger <= absl::ZeroDuration() || closing_) return false;
+  if (queue_.size() >= options_.max_batch_tasks) return false;  // a full message waits already
+  // Sent and not finished: what keeps the workers busy while the burst gathers.
+  const uint64_t sent = submitted_ - queue_.size();
+  return sent > finished_ && sent - finished_ >= options_.linger_in_flight;
 }
 
 uint64_t SessionClient::tasks_sent() const {

@@ -17,12 +17,14 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -50,7 +52,28 @@ struct SessionOptions {
   // (a single task larger than max_batch_bytes still goes, alone).
   size_t max_batch_tasks = 1000;
   size_t max_batch_bytes = 4u << 20;
+  // The protocol version spoken in the Hello; another than this build's only
+  // to test how a head answers a client of another version.
+  uint32_t protocol_version = kSessionProtocolVersion;
+  // Infrastructure retries asked for in the Hello; unset: the head's default.
+  std::optional<uint32_t> infra_retries;
+  // With at least linger_in_flight tasks outstanding (submitted, no result
+  // yet), the sender waits `linger` before taking what is queued, so that a
+  // burst leaves in one message instead of one per wake-up of the sender,
+  // the head and the agent; the workers have work meanwhile. Zero: never.
+  absl::Duration linger = absl::ZeroDuration();
+  size_t linger_in_flight = 64;
 };
+
+// Payloads on the errors of Connect and of a broken stream, so that callers
+// (the Python binding) build their own errors from fields, never from text:
+// - kDetailPayload: what went wrong, without the head's address;
+// - kGrpcStatusPayload ("1"): the detail is the gRPC status text the head or
+//   the transport ended the stream with (the code is the status's code);
+// - kHeadProtocolPayload: the head's protocol version when it speaks another.
+inline constexpr char kDetailPayload[] = "type.dragon/detail";
+inline constexpr char kGrpcStatusPayload[] = "type.dragon/grpc_status";
+inline constexpr char kHeadProtocolPayload[] = "type.dragon/head_protocol_version";
 
 struct SessionCallbacks {
   // Called on the receiver thread, one call per ResultBatch message; the
@@ -94,12 +117,17 @@ class SessionClient {
   // Idempotent.
   absl::Status Close(absl::Duration timeout = absl::Seconds(10));
 
+  // Off: tasks over the head's limit are sent anyway, for the head to refuse
+  // (tests of the head's own check). On by default.
+  void set_size_check(bool on) { size_check_.store(on); }
+
   // OK while the stream is healthy, else why it is not.
   absl::Status status() const;
 
   // Counters (for benchmarks and tests).
   uint64_t batches_sent() const;
   uint64_t tasks_sent() const;
+  uint64_t lingers() const;  // sends that waited for a burst to gather
 
  private:
   using Stream = grpc::ClientReaderWriter<dragon::v1::ClientMessage, dragon::v1::HeadMessage>;
@@ -111,10 +139,13 @@ class SessionClient {
   void Fail(absl::Status status);
   // Why no task can be queued now (an earlier error, or Close() called); OK if one can. mu_ held.
   absl::Status AcceptingLocked() const;
+  // Whether the sender should let a burst gather before taking the queue. mu_ held.
+  bool ShouldLingerLocked() const;
   // OK, or why the head would refuse the task for its size.
   absl::Status CheckSize(const dragon::v1::TaskSubmission& task) const;
 
   const SessionOptions options_;
+  std::atomic<bool> size_check_{true};
   const SessionCallbacks callbacks_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<dragon::v1::HeadService::Stub> stub_;
@@ -133,6 +164,9 @@ class SessionClient {
   absl::Status end_status_;    // how the stream ended (valid once receiver_done_)
   uint64_t batches_sent_ = 0;
   uint64_t tasks_sent_ = 0;
+  uint64_t lingers_ = 0;
+  uint64_t submitted_ = 0;  // tasks queued by Submit/SubmitMany
+  uint64_t finished_ = 0;   // results received
 
   std::thread sender_;
   std::thread receiver_;

@@ -25,7 +25,8 @@ using dragon::v1::HeadService;
 // Echoes every submission back as an OK result whose data is the payload.
 class TestHead final : public HeadService::Service {
  public:
-  enum class Mode { kEcho, kRefuse, kWrongVersion, kSilent, kBreakAfterFirstBatch };
+  // kHold: accepts tasks and never sends their results (they stay in flight).
+  enum class Mode { kEcho, kRefuse, kWrongVersion, kSilent, kBreakAfterFirstBatch, kHold };
   std::atomic<Mode> mode{Mode::kEcho};
   std::mutex mu;
   std::vector<int> batch_sizes;     // tasks per SubmitBatch received
@@ -86,7 +87,7 @@ class TestHead final : public HeadService::Service {
         return grpc::Status(grpc::StatusCode::INTERNAL, "head exploded");
       }
       stream->Write(accepted);
-      stream->Write(results);
+      if (mode != Mode::kHold) stream->Write(results);
     }
     stream_ended = true;
     return grpc::Status::OK;
@@ -207,6 +208,7 @@ TEST_CASE("Hello/Welcome, then thousands of tasks in capped batches, every resul
   // Batched: far fewer messages than tasks.
   CHECK(server.service.batch_sizes.size() < kTasks / 5);
   CHECK((*session)->tasks_sent() == kTasks);
+  CHECK((*session)->lingers() == 0);  // linger is off by default
 }
 
 TEST_CASE("a lone task leaves at once (no waiting for a batch to fill)") {
@@ -291,6 +293,10 @@ TEST_CASE("a Welcome with another protocol version is refused") {
   const std::string msg(session.status().message());
   INFO(msg);
   CHECK(msg.find("protocol version 99") != std::string::npos);
+  // The binding builds its ProtocolMismatch from this field, not from the text.
+  auto head_version = session.status().GetPayload(kHeadProtocolPayload);
+  REQUIRE(head_version.has_value());
+  CHECK(std::string(*head_version) == "99");
 }
 
 TEST_CASE("a head that never answers Hello times out") {
@@ -326,6 +332,89 @@ TEST_CASE("a broken stream is reported to on_end and to later submissions") {
   CHECK(later.message() == got.end_status.message());
   CHECK(!(*session)->Close().ok());
   CHECK(!(*session)->status().ok());
+}
+
+TEST_CASE("a broken stream carries the gRPC status text as a field") {
+  Server server;
+  server.service.mode = TestHead::Mode::kBreakAfterFirstBatch;
+  Collector got;
+  SessionOptions o;
+  o.address = server.address;
+  auto session = SessionClient::Connect(o, got.Callbacks());
+  REQUIRE(session.ok());
+  REQUIRE((*session)->Submit(Task(1, "x")).ok());
+  REQUIRE(got.WaitEnded(std::chrono::seconds(5)));
+  auto detail = got.end_status.GetPayload(kDetailPayload);
+  REQUIRE(detail.has_value());
+  CHECK(std::string(*detail).find("head exploded") != std::string::npos);
+  CHECK(got.end_status.GetPayload(kGrpcStatusPayload).has_value());
+}
+
+TEST_CASE("a client whose stream broke can be destroyed without Close") {
+  Server server;
+  server.service.mode = TestHead::Mode::kBreakAfterFirstBatch;
+  Collector got;
+  SessionOptions o;
+  o.address = server.address;
+  auto session = SessionClient::Connect(o, got.Callbacks());
+  REQUIRE(session.ok());
+  REQUIRE((*session)->Submit(Task(1, "x")).ok());
+  REQUIRE(got.WaitEnded(std::chrono::seconds(5)));
+  session->reset();  // joins the receiver; a joinable thread left behind would abort
+  CHECK(got.ended);
+}
+
+TEST_CASE("with tasks in flight the sender lets a trickle gather into one message") {
+  Server server;
+  server.service.mode = TestHead::Mode::kHold;
+  SessionOptions o;
+  o.address = server.address;
+  o.linger = absl::Hours(1);  // only Close ends this linger: no timing in the test
+  o.linger_in_flight = 1;
+  auto session = SessionClient::Connect(o, {});
+  REQUIRE(session.ok());
+  // Nothing in flight: the first task leaves at once.
+  REQUIRE((*session)->Submit(Task(1, "a")).ok());
+  for (int i = 0; i < 500 && (*session)->tasks_sent() < 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE((*session)->tasks_sent() == 1);
+  CHECK((*session)->lingers() == 0);
+  // One in flight, no result: the next ones wait for each other.
+  for (int i = 2; i <= 11; ++i) REQUIRE((*session)->Submit(Task(i, "b")).ok());
+  for (int i = 0; i < 500 && (*session)->lingers() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK((*session)->lingers() == 1);
+  CHECK((*session)->tasks_sent() == 1);  // still gathering
+  CHECK((*session)->Close(absl::Seconds(10)).ok());
+  std::lock_guard<std::mutex> l(server.service.mu);
+  CHECK(server.service.batch_sizes == std::vector<int>{1, 10});
+}
+
+TEST_CASE("a full message already queued goes without lingering") {
+  Server server;
+  server.service.mode = TestHead::Mode::kHold;
+  SessionOptions o;
+  o.address = server.address;
+  o.linger = absl::Hours(1);
+  o.linger_in_flight = 1;
+  o.max_batch_tasks = 100;
+  auto session = SessionClient::Connect(o, {});
+  REQUIRE(session.ok());
+  REQUIRE((*session)->Submit(Task(1, "a")).ok());
+  for (int i = 0; i < 500 && (*session)->tasks_sent() < 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  std::vector<dragon::v1::TaskSubmission> burst;
+  for (int i = 2; i <= 151; ++i) burst.push_back(Task(i, "b"));
+  REQUIRE((*session)->SubmitMany(std::move(burst)).ok());
+  for (int i = 0; i < 500 && (*session)->tasks_sent() < 151; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK((*session)->tasks_sent() == 151);
+  CHECK((*session)->lingers() == 0);
+  CHECK((*session)->Close(absl::Seconds(10)).ok());
 }
 
 }  // namespace
