@@ -6,6 +6,9 @@ PYTHON ?= python3
 PREFIX ?= /usr/local
 BAZEL ?= bazel
 BIN := build-out/bin
+# The client core's Python binding is built for this interpreter (third_party/python_headers.bzl).
+export DRAGON_PYTHON := $(shell $(PYTHON) -c 'import sys; print(sys.executable)' 2>/dev/null)
+CORE_MODULE = parsl_plugin/dragon_parsl/_core$(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 
 .PHONY: deps build install python example test unit-test integration-test parsl-suite bench bench-deps clean
 
@@ -18,6 +21,8 @@ build: deps
 	install -m 755 bazel-bin/daemon/dragond bazel-bin/agent/dragon-agent bazel-bin/agent/dragon-mpi-rank bazel-bin/agent/dragon-mpi-bind bazel-bin/client/dragonctl $(BIN)/
 
 python: deps
+	$(BAZEL) build //client/python:_core.so
+	install -m 644 bazel-bin/client/python/_core.so $(CORE_MODULE)
 	$(PYTHON) parsl_plugin/generate_stubs.py
 	$(PYTHON) -m pip install -q --no-build-isolation --no-deps -e parsl_plugin
 

@@ -9,6 +9,9 @@ APT_PACKAGES=(
   build-essential pkg-config
   protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev libgrpc-dev
   libabsl-dev libspdlog-dev libfmt-dev catch2 libucx-dev
+  # the Python binding of the C++ client core (client/python/); Python's own headers come from
+  # the interpreter that runs the workflow (third_party/python_headers.bzl)
+  pybind11-dev
   procps psmisc iproute2 openssl
   # test beds (tests/testbed/): four ssh hosts in network namespaces, a real Slurm cluster
   # with the torque (qsub) wrappers; MPICH and UCX tools for the MPI work
