@@ -166,6 +166,7 @@ def test_payload_over_the_limit(worker_pythonpath, tmp_path):
         # Without the client-side check the head refuses it itself (FAILURE_TOO_LARGE); the future
         # still fails, alone.
         executor.max_payload_bytes = 0
+        executor.session._core.set_size_check(False)  # nor the client core's
         with pytest.raises(TaskTooLarge) as info2:
             length(b"z" * (2 << 20)).result(timeout=30)
         assert not isinstance(info2.value, PayloadTooLarge)  # the head's refusal, not the client's

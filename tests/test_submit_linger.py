@@ -1,104 +1,17 @@
 """The sender's linger (DragonExecutor batch_linger_ms / batch_linger_in_flight).
 
-The first tests drive Session's request iterator directly, with no head: they
-check which messages it yields while submissions trickle in. The last one runs
-a real dragond and checks that lingering loses nothing and leaves a lone task
-alone.
+The client core's sender does the lingering (client/session_client.cc); its unit tests
+(client/session_client_test.cc) drive it message by message against a test head. Here: the
+options are checked, and a real dragond shows that lingering loses nothing and leaves a lone
+task alone.
 """
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
 from conftest import start_head, stop_head
-from dragon_parsl.connection import Session, Submission
-
-TRICKLE = 40           # submissions, one every TRICKLE_GAP_S
-TRICKLE_GAP_S = 0.002  # 40 submissions over ~80 ms
-LINGER_S = 0.5         # far longer than the trickle, so that timing noise cannot split it
-
-
-def session(in_flight: int, linger_s: float, linger_in_flight: int = 64) -> Session:
-    return Session("127.0.0.1:1", "test", on_accepted=lambda *a: None, on_result=lambda r: None,
-                   on_broken=lambda e: None, cwd="/", in_flight=lambda: in_flight, linger_s=linger_s,
-                   linger_in_flight=linger_in_flight)
-
-
-def trickle(s: Session) -> threading.Thread:
-    def run():
-        for i in range(TRICKLE):
-            s.submit(Submission(i + 1, b"x" * 10, "noop"))
-            time.sleep(TRICKLE_GAP_S)
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
-
-
-def first_batch(s: Session) -> list[int]:
-    """The client refs of the first SubmitBatch the iterator yields."""
-    requests = s._requests()
-    assert next(requests).WhichOneof("body") == "hello"
-    msg = next(requests)
-    assert msg.WhichOneof("body") == "submit"
-    return [t.client_ref for t in msg.submit.tasks]
-
-
-@pytest.mark.timeout(30)
-def test_a_deep_backlog_gathers_a_trickle_into_one_message():
-    s = session(in_flight=1000, linger_s=LINGER_S)
-    t = trickle(s)
-    refs = first_batch(s)
-    t.join(10)
-    assert refs == list(range(1, TRICKLE + 1)), f"the linger should have gathered all {TRICKLE}, got {refs}"
-    assert s.lingers == 1
-
-
-@pytest.mark.timeout(30)
-def test_a_shallow_backlog_sends_at_once():
-    s = session(in_flight=3, linger_s=LINGER_S)
-    t = trickle(s)
-    started = time.monotonic()
-    refs = first_batch(s)
-    waited = time.monotonic() - started
-    t.join(10)
-    assert s.lingers == 0
-    assert refs[0] == 1 and len(refs) < TRICKLE, f"no linger expected, got one batch of {len(refs)}"
-    assert waited < LINGER_S / 2, f"the first task waited {waited:.3f}s with 3 in flight"
-
-
-@pytest.mark.timeout(30)
-def test_a_full_message_already_queued_goes_without_lingering():
-    s = Session("127.0.0.1:1", "test", on_accepted=lambda *a: None, on_result=lambda r: None,
-                on_broken=lambda e: None, cwd="/", in_flight=lambda: 10**6, linger_s=LINGER_S,
-                linger_in_flight=64, max_batch_tasks=100)
-    for i in range(150):
-        s.submit(Submission(i + 1, b"x", "noop"))
-    started = time.monotonic()
-    refs = first_batch(s)
-    assert refs == list(range(1, 101))
-    assert s.lingers == 0 and time.monotonic() - started < LINGER_S / 2
-
-
-@pytest.mark.timeout(30)
-def test_linger_zero_is_off_whatever_the_backlog():
-    s = session(in_flight=10**6, linger_s=0.0)
-    t = trickle(s)
-    refs = first_batch(s)
-    t.join(10)
-    assert s.lingers == 0 and len(refs) < TRICKLE
-
-
-@pytest.mark.timeout(30)
-def test_a_failing_in_flight_count_does_not_break_the_stream():
-    def broken() -> int:
-        raise RuntimeError("boom")
-    s = Session("127.0.0.1:1", "test", on_accepted=lambda *a: None, on_result=lambda r: None,
-                on_broken=lambda e: None, cwd="/", in_flight=broken, linger_s=LINGER_S)
-    s.submit(Submission(7, b"x", "noop"))
-    assert first_batch(s) == [7]
-    assert s.lingers == 0
 
 
 @pytest.mark.timeout(30)

@@ -324,9 +324,9 @@ class DragonExecutor(HeadStartMixin, SubmitPathMixin, TaskResultsMixin, BlockSca
         return len(self._tasks)
 
     def _stub(self) -> head_pb2_grpc.HeadServiceStub:
-        if self.session is None or self.session._channel is None:
+        if self.session is None or self.session.welcome is None:
             raise DragonError(f"DragonExecutor {self.label!r} is not connected")
-        return head_pb2_grpc.HeadServiceStub(self.session._channel)
+        return head_pb2_grpc.HeadServiceStub(self.session.channel())
 
     def _unary(self, method: str, request: Any, timeout: float) -> Any:
         """One HeadService call; a refused token is an AuthenticationFailed, not a bare RpcError."""

@@ -100,7 +100,7 @@ class HeadStartMixin:
                                    on_accepted=self._on_accepted, on_result=self._on_result,
                                    on_broken=self._on_broken, max_batch_tasks=self.max_batch_tasks,
                                    max_batch_bytes=self.max_batch_bytes,
-                                   in_flight=self.outstanding, linger_s=self.batch_linger_ms / 1000.0,
+                                   linger_s=self.batch_linger_ms / 1000.0,
                                    linger_in_flight=self.batch_linger_in_flight,
                                    credentials=self.credentials, infra_retries=self.infra_retries)
             self.welcome = self.session.connect(self.connect_timeout)

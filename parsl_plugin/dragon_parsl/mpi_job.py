@@ -137,7 +137,6 @@ class MpiJob:
     def _submit(self, payload: bytes, request: "common_pb2.ResourceRequest") -> None:
         ex = self.executor
         raw = self._raw
-        raw.dragon_raw_result = True  # type: ignore[attr-defined]  (executor: hand over the ClientResult)
         raw.dragon_on_accepted = self._on_accepted  # type: ignore[attr-defined]
         raw.add_done_callback(self._on_raw_done)
         session = ex.session
@@ -152,7 +151,8 @@ class MpiJob:
             raw.parsl_executor_task_id = ref  # type: ignore[attr-defined]
             self._app_future.parsl_executor_task_id = ref  # type: ignore[attr-defined]
             ex._tasks[ref] = raw
-            session.submit(Submission(ref, payload, self.name, resources=request, kind=common_pb2.EXECUTABLE))
+            session.submit(Submission(ref, payload, self.name, resources=request, kind=common_pb2.EXECUTABLE,
+                                      whole_result=True))  # the ClientResult, for the ranks' reports
 
     def _on_accepted(self, task_id: int) -> None:
         self.task_id = task_id

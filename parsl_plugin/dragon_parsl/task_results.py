@@ -5,7 +5,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import copy
 import logging
-from typing import Any
+from typing import Any, Optional
 
 from parsl.app.errors import RemoteExceptionWrapper
 from parsl.serialize import deserialize
@@ -34,51 +34,52 @@ class TaskResultsMixin:
             if on_accepted is not None:
                 on_accepted(task_id)
 
-    def _on_result(self, r: "head_pb2.ClientResult") -> None:
+    def _on_result(self, client_ref: int, task_id: int, outcome: int, data: bytes, failure: int,
+                   error: str, node: str, worker_pid: int, whole: Optional[bytes]) -> None:
+        """One ClientResult, as the client core hands it over (dragon_parsl.connection)."""
         # No self._lock here: dict.pop is atomic under the GIL, and a contended lock on the
         # receiver thread would hand the GIL to the submitting thread once per result. A
         # future that shutdown() fails at the same moment is caught as InvalidStateError;
         # shutdown() swaps both dicts, so a file is discarded by one side only.
-        fut = self._tasks.pop(r.client_ref, None)
-        arg_file = self._arg_files.pop(r.client_ref, None)
+        fut = self._tasks.pop(client_ref, None)
+        arg_file = self._arg_files.pop(client_ref, None)
         # The task is over (done, failed or cancelled): no worker reads its arguments any more.
-        self._discard_arg_file(arg_file)
+        if arg_file is not None:
+            self._discard_arg_file(arg_file)
         if fut is None:
             # In Parsl's bad state every future has failed already and the head cancels the rest.
             (logger.debug if self.bad_state_is_set else logger.warning)(
-                "DragonExecutor %s: result for unknown client_ref %d (task %d)", self.label, r.client_ref,
-                r.task_id)
-            if self.shm is not None and r.result.outcome == common_pb2.OK:
-                self.shm.discard_result(r.result.data)
+                "DragonExecutor %s: result for unknown client_ref %d (task %d)", self.label, client_ref,
+                task_id)
+            if self.shm is not None and outcome == common_pb2.OK:
+                self.shm.discard_result(data)
             return
-        fut.dragon_task_id = r.task_id  # type: ignore[attr-defined]
-        if getattr(fut, "dragon_raw_result", False):  # dragon_parsl.mpi decodes its own results
+        fut.dragon_task_id = task_id  # type: ignore[attr-defined]
+        if whole is not None:  # dragon_parsl.mpi decodes its own results
             try:
-                fut.set_result(r)
+                fut.set_result(head_pb2.ClientResult.FromString(whole))
             except cf.InvalidStateError:
                 pass
             return
-        res = r.result
-        outcome = res.outcome
         try:
             if outcome == common_pb2.OK:
                 try:
-                    value = self._result_value(res.data)
+                    value = self._result_value(data)
                 except Exception as e:
                     fut.set_exception(DeserializationError(
-                        f"result of task {r.task_id} (node {res.node}): {type(e).__name__}: {e}"))
+                        f"result of task {task_id} (node {node}): {type(e).__name__}: {e}"))
                 else:
                     fut.set_result(value)
             elif outcome == common_pb2.APP_EXCEPTION:
-                fut.set_exception(self._app_exception(r))
+                fut.set_exception(self._app_exception(task_id, node, data))
             elif outcome == common_pb2.SYSTEM_ERROR or outcome == common_pb2.CANCELED:
                 # The failure kind picks the class; the message is the head's, never parsed.
-                fut.set_exception(task_error(_failure_name(res.failure), res.error, r.task_id, res.node,
-                                             res.worker_pid, cancelled=outcome == common_pb2.CANCELED))
+                fut.set_exception(task_error(_failure_name(failure), error, task_id, node, worker_pid,
+                                             cancelled=outcome == common_pb2.CANCELED))
             else:
                 fut.set_exception(TaskFailed(
-                    f"task {r.task_id}: dragond reported unknown outcome {outcome} ({res.error})",
-                    task_id=r.task_id, node=res.node, worker_pid=res.worker_pid))
+                    f"task {task_id}: dragond reported unknown outcome {outcome} ({error})",
+                    task_id=task_id, node=node, worker_pid=worker_pid))
         except cf.InvalidStateError:
             pass  # the user cancelled the future; nothing to deliver
 
@@ -90,21 +91,21 @@ class TaskResultsMixin:
         self.shm.count_inline_result(len(data))
         return deserialize_view(data)
 
-    def _app_exception(self, r: "head_pb2.ClientResult") -> BaseException:
+    def _app_exception(self, task_id: int, node: str, data: bytes) -> BaseException:
         try:
-            s = deserialize(r.result.data)
+            s = deserialize(data)
         except Exception as e:
-            return DeserializationError(f"exception of task {r.task_id} (node {r.result.node}) could not be "
+            return DeserializationError(f"exception of task {task_id} (node {node}) could not be "
                                         f"deserialized: {type(e).__name__}: {e}")
         if isinstance(s, RemoteExceptionWrapper):
             try:
                 s.reraise()
             except BaseException as e:  # the app's own exception, with its remote traceback
                 return e
-            return DeserializationError(f"task {r.task_id}: RemoteExceptionWrapper did not raise")
+            return DeserializationError(f"task {task_id}: RemoteExceptionWrapper did not raise")
         if isinstance(s, BaseException):
             return s
-        return DeserializationError(f"task {r.task_id}: unknown exception-like type received: {type(s)}")
+        return DeserializationError(f"task {task_id}: unknown exception-like type received: {type(s)}")
 
     def _on_broken(self, error: DragonError) -> None:
         with self._lock:

@@ -310,19 +310,25 @@ class TokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientI
         return continuation(self._details(details), requests)
 
 
+def read_tls_ca(path: str) -> bytes:
+    """The PEM of the CA file ``path``; CredentialsError naming the file when it cannot be
+    read or is empty (both client cores check it here, before connecting)."""
+    try:
+        pem = Path(path).read_bytes()
+    except OSError as e:
+        raise CredentialsError(f"cannot read the TLS CA certificate {path}: {e.strerror}", path) from None
+    if not pem.strip():
+        raise CredentialsError(f"the TLS CA certificate {path} is empty", path)
+    return pem
+
+
 def make_channel(address: str, credentials: Optional[Credentials] = None) -> grpc.Channel:
     """A channel to ``address`` (HOST:PORT) with the token interceptor (when there is a token),
     TLS when ``credentials.tls_ca`` is set, keepalive and no message limits. Raises
     CredentialsError naming the CA file when it cannot be read."""
     credentials = credentials or Credentials()
     if credentials.tls_ca:
-        try:
-            pem = Path(credentials.tls_ca).read_bytes()
-        except OSError as e:
-            raise CredentialsError(f"cannot read the TLS CA certificate {credentials.tls_ca}: {e.strerror}",
-                                   credentials.tls_ca) from None
-        if not pem.strip():
-            raise CredentialsError(f"the TLS CA certificate {credentials.tls_ca} is empty", credentials.tls_ca)
+        pem = read_tls_ca(credentials.tls_ca)
         channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=pem),
                                       options=CHANNEL_OPTIONS)
     else:
@@ -335,6 +341,6 @@ def make_channel(address: str, credentials: Optional[Credentials] = None) -> grp
 __all__ = [
     "AUTH_METADATA_KEY", "BEARER_PREFIX", "CHANNEL_OPTIONS", "Credentials", "Secret", "TLS_CA_ENV",
     "TOKEN_ENV", "TokenInterceptor", "current_run_info", "dragon_home", "find_credentials",
-    "find_run_info_for", "host_port_problem", "make_channel", "read_run_info", "read_token_file",
+    "find_run_info_for", "host_port_problem", "make_channel", "read_tls_ca", "read_run_info", "read_token_file",
     "run_credentials", "token_problem",
 ]
