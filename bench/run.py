@@ -195,7 +195,10 @@ def run_executor(name: str, spec: dict, env: dict, workdir: Path, timeout: float
     if name in DRAGONHPC:
         # The dragon launcher hangs if it is a session leader: `timeout` leads the session instead
         # (setsid timeout N dragon ... works, see shared BASELINES.md).
-        cmd = ["timeout", "-k", "10", str(int(timeout)), "dragon", script, str(spec_path)]
+        # --single-node-override: with Slurm's tools installed (the test beds) but no job,
+        # dragonhpc otherwise refuses to start ("no active job allocations were found").
+        cmd = ["timeout", "-k", "10", str(int(timeout)), "dragon", "--single-node-override", script,
+               str(spec_path)]
         shm_before = shm_entries()
     else:
         cmd = [sys.executable, script, str(spec_path)]
