@@ -252,12 +252,11 @@ void SessionClient::SenderLoop() {
         return !queue_.empty() || closing_ || receiver_done_ || !error_.ok();
       });
       if (queue_.empty() || receiver_done_ || !error_.ok()) break;
-      if (ShouldLingerLocked()) {
-        // The workers have plenty to do: let the burst gather (Close, an
-        // error or a full message ends the wait early).
-        ++lingers_;
+      if (const absl::Duration wait = GatherLocked(); wait > absl::ZeroDuration()) {
+        // The workers have work: let the burst gather (Close, an error or a
+        // full message ends the wait early).
         const size_t full = options_.max_batch_tasks;
-        send_cv_.wait_for(l, absl::ToChronoMicroseconds(options_.linger), [this, full] {
+        send_cv_.wait_for(l, absl::ToChronoMicroseconds(wait), [this, full] {
           return closing_ || receiver_done_ || !error_.ok() || queue_.size() >= full;
         });
         if (receiver_done_ || !error_.ok()) break;
@@ -391,12 +390,17 @@ uint64_t SessionClient::lingers() const {
   return lingers_;
 }
 
-bool SessionClient::ShouldLingerLocked() const {
-  if (options_.linger <= absl::ZeroDuration() || closing_) return false;
-  if (queue_.size() >= options_.max_batch_tasks) return false;  // a full message waits already
+absl::Duration SessionClient::GatherLocked() {
+  if (closing_ || queue_.size() >= options_.max_batch_tasks) return absl::ZeroDuration();
   // Sent and not finished: what keeps the workers busy while the burst gathers.
   const uint64_t sent = submitted_ - queue_.size();
-  return sent > finished_ && sent - finished_ >= options_.linger_in_flight;
+  const uint64_t in_flight = sent > finished_ ? sent - finished_ : 0;
+  if (in_flight == 0) return absl::ZeroDuration();  // a lone task goes at once
+  if (options_.linger > absl::ZeroDuration() && in_flight >= options_.linger_in_flight) {
+    ++lingers_;
+    return options_.linger;
+  }
+  return options_.gather;
 }
 
 uint64_t SessionClient::tasks_sent() const {

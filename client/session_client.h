@@ -63,6 +63,12 @@ struct SessionOptions {
   // the head and the agent; the workers have work meanwhile. Zero: never.
   absl::Duration linger = absl::ZeroDuration();
   size_t linger_in_flight = 64;
+  // With fewer in flight but at least one (the workers are busy, a stream of
+  // submissions is under way), the sender waits this long before taking the
+  // queue: without it a submitter that queues one task at a time (Parsl's
+  // DataFlowKernel) has each task sent alone, and the head and the agent are
+  // woken once per task. A lone task with nothing in flight goes at once.
+  absl::Duration gather = absl::Microseconds(1000);
 };
 
 // Payloads on the errors of Connect and of a broken stream, so that callers
@@ -139,8 +145,9 @@ class SessionClient {
   void Fail(absl::Status status);
   // Why no task can be queued now (an earlier error, or Close() called); OK if one can. mu_ held.
   absl::Status AcceptingLocked() const;
-  // Whether the sender should let a burst gather before taking the queue. mu_ held.
-  bool ShouldLingerLocked() const;
+  // How long the sender should let a burst gather before taking the queue
+  // (zero: not at all). Counts lingers. mu_ held.
+  absl::Duration GatherLocked();
   // OK, or why the head would refuse the task for its size.
   absl::Status CheckSize(const dragon::v1::TaskSubmission& task) const;
 
