@@ -11,6 +11,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <functional>
 #include <map>
 #include <string>
 #include <thread>
@@ -164,6 +165,12 @@ struct Collector {
     return cv.wait_for(l, within, [&] { return ended; });
   }
 };
+
+// Polls `done` for up to 5 s: the sender is a real thread, its progress is
+// seen from outside (the checks after the call say what was expected).
+void WaitUntil(const std::function<bool()>& done) {
+  for (int i = 0; i < 500 && !done(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+}
 
 dragon::v1::TaskSubmission Task(uint64_t ref, std::string payload) {
   dragon::v1::TaskSubmission t;
@@ -375,16 +382,12 @@ TEST_CASE("with tasks in flight the sender lets a trickle gather into one messag
   REQUIRE(session.ok());
   // Nothing in flight: the first task leaves at once.
   REQUIRE((*session)->Submit(Task(1, "a")).ok());
-  for (int i = 0; i < 500 && (*session)->tasks_sent() < 1; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  WaitUntil([&] { return (*session)->tasks_sent() >= 1; });
   REQUIRE((*session)->tasks_sent() == 1);
   CHECK((*session)->lingers() == 0);
   // One in flight, no result: the next ones wait for each other.
   for (int i = 2; i <= 11; ++i) REQUIRE((*session)->Submit(Task(i, "b")).ok());
-  for (int i = 0; i < 500 && (*session)->lingers() == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  WaitUntil([&] { return (*session)->lingers() > 0; });
   CHECK((*session)->lingers() == 1);
   CHECK((*session)->tasks_sent() == 1);  // still gathering
   CHECK((*session)->Close(absl::Seconds(10)).ok());
@@ -403,15 +406,11 @@ TEST_CASE("a full message already queued goes without lingering") {
   auto session = SessionClient::Connect(o, {});
   REQUIRE(session.ok());
   REQUIRE((*session)->Submit(Task(1, "a")).ok());
-  for (int i = 0; i < 500 && (*session)->tasks_sent() < 1; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  WaitUntil([&] { return (*session)->tasks_sent() >= 1; });
   std::vector<dragon::v1::TaskSubmission> burst;
   for (int i = 2; i <= 151; ++i) burst.push_back(Task(i, "b"));
   REQUIRE((*session)->SubmitMany(std::move(burst)).ok());
-  for (int i = 0; i < 500 && (*session)->tasks_sent() < 151; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  WaitUntil([&] { return (*session)->tasks_sent() >= 151; });
   CHECK((*session)->tasks_sent() == 151);
   CHECK((*session)->lingers() == 0);
   CHECK((*session)->Close(absl::Seconds(10)).ok());
