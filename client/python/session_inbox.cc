@@ -47,11 +47,15 @@ InboxBatch SessionInbox::Take(absl::Duration timeout) {
 void SessionInbox::WantWhole(uint64_t client_ref) {
   std::lock_guard<std::mutex> l(mu_);
   whole_.insert(client_ref);
+  whole_count_.store(whole_.size());
 }
 
 bool SessionInbox::TakeWantsWhole(uint64_t client_ref) {
+  if (whole_count_.load() == 0) return false;  // no lock per result when none is wanted
   std::lock_guard<std::mutex> l(mu_);
-  return !whole_.empty() && whole_.erase(client_ref) > 0;
+  const bool wanted = whole_.erase(client_ref) > 0;
+  whole_count_.store(whole_.size());
+  return wanted;
 }
 
 }  // namespace dragon::client

@@ -7,6 +7,7 @@
 #ifndef DRAGON_CLIENT_PYTHON_SESSION_INBOX_H_
 #define DRAGON_CLIENT_PYTHON_SESSION_INBOX_H_
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -52,6 +53,9 @@ class SessionInbox {
   InboxBatch pending_;
   std::optional<absl::Status> end_;
   std::unordered_set<uint64_t> whole_;
+  // whole_.size(), read without the lock: most sessions never want a whole
+  // result, and TakeWantsWhole runs once per result.
+  std::atomic<size_t> whole_count_{0};
 };
 
 }  // namespace dragon::client
