@@ -1,5 +1,9 @@
 #include "agent/task_logs.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
@@ -7,12 +11,42 @@
 #include "agent/mpi_launcher.h"
 
 namespace dragon::agent {
-void TaskLogIndex::PythonStarted(uint64_t task_id, int slot, const std::string& log_path) {
+
+TaskLogIndex::~TaskLogIndex() {
+  for (SlotLog& s : slots_) {
+    if (s.fd >= 0) close(s.fd);
+  }
+}
+
+void TaskLogIndex::WorkerStarted(int slot, const std::string& log_path) {
+  if (slot < 0) return;
+  if (static_cast<size_t>(slot) >= slots_.size()) slots_.resize(slot + 1);
+  SlotLog& s = slots_[slot];
+  // Reopened at every start: the file may have been removed and made anew.
+  if (s.fd >= 0) close(s.fd);
+  s.path = log_path;
+  s.fd = open(log_path.c_str(), O_RDONLY | O_CLOEXEC);
+}
+
+uint64_t TaskLogIndex::SlotLogSize(int slot) const {
+  if (slot < 0 || static_cast<size_t>(slot) >= slots_.size()) return 0;
+  const SlotLog& s = slots_[slot];
+  if (s.fd < 0) return FileSize(s.path);
+  struct stat st {};
+  return fstat(s.fd, &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+}
+
+const std::string& TaskLogIndex::SlotLogPath(int slot) const {
+  static const std::string kNone;
+  if (slot < 0 || static_cast<size_t>(slot) >= slots_.size()) return kNone;
+  return slots_[slot].path;
+}
+
+void TaskLogIndex::PythonStarted(uint64_t task_id, int slot) {
   if (keep_python_ == 0) return;
   PythonRun& run = python_[task_id];
   run.slot = slot;
-  run.log_path = log_path;
-  run.start = FileSize(log_path);
+  run.start = SlotLogSize(slot);
   run.end = 0;
   run.ended = false;
   python_order_.push_back(task_id);
@@ -25,7 +59,7 @@ void TaskLogIndex::PythonStarted(uint64_t task_id, int slot, const std::string& 
 void TaskLogIndex::PythonEnded(uint64_t task_id) {
   auto it = python_.find(task_id);
   if (it == python_.end() || it->second.ended) return;
-  it->second.end = FileSize(it->second.log_path);
+  it->second.end = SlotLogSize(it->second.slot);
   it->second.ended = true;
 }
 
@@ -76,15 +110,16 @@ v1::TaskLogsAnswer TaskLogIndex::Answer(const v1::TaskLogsQuery& query, const Mp
   }
   if (auto it = python_.find(id); it != python_.end()) {
     const PythonRun& run = it->second;
-    const uint64_t size = FileSize(run.log_path);
+    const std::string& path = SlotLogPath(run.slot);
+    const uint64_t size = SlotLogSize(run.slot);
     const uint64_t end = run.ended ? std::min(run.end, size) : size;
     const uint64_t from = end - std::min(end - std::min(run.start, end), max);
     v1::TaskLogFile* f = a.add_files();
     f->set_rank(-1);
     f->set_stream("worker");
-    f->set_path(run.log_path);
+    f->set_path(path);
     f->set_host(host_);
-    f->set_data(ReadFileRange(run.log_path, from, end));
+    f->set_data(ReadFileRange(path, from, end));
     f->set_size(end - std::min(run.start, end));
     f->set_truncated(from > run.start);
     a.set_note(absl::StrCat("what worker slot ", run.slot, " wrote while it ran task ", id,

@@ -60,6 +60,7 @@ class WorkerPool::Control : public WorkerControl {
     absl::StatusOr<std::unique_ptr<WorkerProcess>> proc = WorkerProcess::Start(spec);
     if (!proc.ok()) return proc.status();
     const int pid = (*proc)->pid();
+    pool_->logs_.WorkerStarted(slot, spec.log_path);
     // Headroom over the limit: the worker checks the limit on the result's
     // pickled size; a frame past this is a worker ignoring it.
     const uint64_t max_frame = std::min<uint64_t>(o.max_result_bytes + (1u << 20), UINT32_MAX);
@@ -72,7 +73,7 @@ class WorkerPool::Control : public WorkerControl {
   void SendTask(int slot, v1::TaskAssignment task) override {
     Worker* w = pool_->workers_[slot].get();
     if (w == nullptr || w->proc->to_worker_fd() < 0) return;  // dying; its exit fails the task
-    pool_->logs_.PythonStarted(task.task_id(), slot, pool_->WorkerLogPath(slot));
+    pool_->logs_.PythonStarted(task.task_id(), slot);
     // A grant's GPUs and MPI placement: set by the worker for this task only.
     EnvList env = TaskEnvironment(task, pool_->options_.node_env, /*plain_gpu_hiding=*/false);
     if (env.empty()) {
