@@ -3,7 +3,9 @@ payloads the worker cannot unpickle. Integration tests use the real binaries; th
 against a tiny in-test gRPC server is in test_transport_unit.py."""
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import sys
 import textwrap
 import time
@@ -12,7 +14,7 @@ import pytest
 from parsl import python_app
 from parsl.executors.errors import InvalidResourceSpecification
 
-from conftest import head_and_dfk, start_head, stop_head
+from conftest import head_and_dfk, start_head, stop_head, wait_for
 
 from dragon_parsl import DragonExecutor, HeadNotFound, HeadUnreachable, PayloadTooLarge, ProtocolMismatch
 from dragon_parsl import TaskTooLarge, connection
@@ -241,3 +243,39 @@ def test_shutdown_with_outstanding_tasks_does_not_hang(tmp_path):
     finally:
         stop_head(head)
 
+
+
+@pytest.mark.timeout(120)
+def test_workflow_that_exits_without_shutdown_exits_with_its_own_error(tmp_path):
+    """A script whose first failed result ends it, with the executor never shut down and tasks
+    still in flight, exits as Python does (its traceback, status 1): the receiver thread waiting
+    in the client core at interpreter exit must not abort the process ("terminate called ...",
+    status 134), and the embedded head it started goes away with it."""
+    script = tmp_path / "no_shutdown.py"
+    script.write_text(textwrap.dedent("""\
+        import os
+        from dragon_parsl import DragonExecutor
+        ex = DragonExecutor(label="no_shutdown", workers_per_node=2, head_run_dir=os.environ["RUN_DIR"])
+        ex.run_id = None; ex.run_dir = os.getcwd(); ex.log_config = None; ex.monitoring_messages = None
+        ex.start()
+        print("head pid", ex.local_head.proc.pid, flush=True)
+        assert [f.result() for f in [ex.submit(abs, {}, -i) for i in range(50)]] == list(range(50))
+        [f.result() for f in [ex.submit(abs, {}, "not a number") for _ in range(200)]]
+        """))
+    for attempt in range(3):  # the abort came at every exit; three tries make a pass meaningful
+        run_dir = tmp_path / f"run{attempt}"
+        p = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=90, env={**os.environ, "RUN_DIR": str(run_dir)})
+        assert p.returncode == 1, f"exit status {p.returncode}; stderr:\n{p.stderr[-3000:]}"
+        assert "terminate called" not in p.stderr
+        assert p.stderr.rstrip().endswith("TypeError: bad operand type for abs(): 'str'"), p.stderr[-3000:]
+        head_pid = int(p.stdout.split("head pid", 1)[1].split()[0])
+        wait_for(lambda: not pid_alive(head_pid), 30, f"the embedded head (pid {head_pid}) to exit")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

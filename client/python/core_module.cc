@@ -10,6 +10,7 @@
 // classes, so that the error classes and texts live in one place.
 #include <pybind11/pybind11.h>
 
+#include <exception>
 #include <memory>
 #include <optional>
 #include <string>
@@ -52,6 +53,28 @@ py::tuple ErrorTuple(const absl::Status& s) {
 
 absl::Duration Seconds(double s) { return absl::Seconds(s > 0 ? s : 0); }
 
+// Runs fn() with the interpreter lock released and returns what it returns.
+// Not py::gil_scoped_release: when the interpreter exits while a daemon thread
+// waits here (a workflow that ends without shutting its executor down), that
+// thread is ended with pthread_exit as it asks for the lock back, and doing so
+// inside a destructor, which is noexcept, aborts the whole process
+// ("terminate called without an active exception") instead of letting it exit.
+template <typename Fn>
+auto WithoutGil(Fn&& fn) -> decltype(fn()) {
+  using Result = decltype(fn());
+  PyThreadState* state = PyEval_SaveThread();
+  std::optional<Result> result;
+  std::exception_ptr error;
+  try {
+    result.emplace(fn());
+  } catch (...) {
+    error = std::current_exception();
+  }
+  PyEval_RestoreThread(state);  // here, not in a destructor (see above)
+  if (error) std::rethrow_exception(error);
+  return std::move(*result);
+}
+
 class CoreSession {
  public:
   CoreSession(std::string address, std::string token, std::string tls_ca, std::string client_name,
@@ -80,11 +103,8 @@ class CoreSession {
     callbacks.on_accepted = [inbox](const dragon::v1::Accepted& a) { inbox->AddAccepted(a); };
     callbacks.on_results = [inbox](dragon::v1::ResultBatch* b) { inbox->AddResults(b); };
     callbacks.on_end = [inbox](const absl::Status& s) { inbox->End(s); };
-    absl::StatusOr<std::unique_ptr<SessionClient>> client;
-    {
-      py::gil_scoped_release unlocked;
-      client = SessionClient::Connect(options_, std::move(callbacks));
-    }
+    absl::StatusOr<std::unique_ptr<SessionClient>> client =
+        WithoutGil([&] { return SessionClient::Connect(options_, std::move(callbacks)); });
     if (!client.ok()) return py::make_tuple("error", ErrorTuple(client.status()));
     client_ = *std::move(client);
     return py::make_tuple("welcome", py::bytes(client_->welcome().SerializeAsString()));
@@ -121,11 +141,7 @@ class CoreSession {
   // whole) with whole the serialized ClientResult for refs submitted with
   // whole_result, else None; end is "ok" after close(), else an error tuple.
   py::tuple Take(double timeout_s) {
-    InboxBatch batch;
-    {
-      py::gil_scoped_release unlocked;
-      batch = inbox_.Take(Seconds(timeout_s));
-    }
+    InboxBatch batch = WithoutGil([&] { return inbox_.Take(Seconds(timeout_s)); });
     py::list accepted(batch.accepted.size());
     for (size_t i = 0; i < batch.accepted.size(); ++i) {
       accepted[i] = py::make_tuple(batch.accepted[i].first, batch.accepted[i].second);
@@ -149,11 +165,7 @@ class CoreSession {
   // head), joins the core's threads. None, or how the stream ended badly.
   py::object Close(double timeout_s) {
     if (client_ == nullptr) return py::none();
-    absl::Status st;
-    {
-      py::gil_scoped_release unlocked;
-      st = client_->Close(Seconds(timeout_s));
-    }
+    absl::Status st = WithoutGil([&] { return client_->Close(Seconds(timeout_s)); });
     if (st.ok()) return py::none();
     return ErrorTuple(st);
   }
@@ -168,8 +180,11 @@ class CoreSession {
 
   ~CoreSession() {
     if (client_ != nullptr) {
-      py::gil_scoped_release unlocked;  // the core's threads never take the lock
-      client_.reset();
+      // The core's threads never take the lock; joining them must not hold it.
+      WithoutGil([&] {
+        client_.reset();
+        return true;
+      });
     }
   }
 
