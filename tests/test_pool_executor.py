@@ -101,7 +101,7 @@ def worker_env():
 
 
 def cancel_all_and_shutdown(pool: DragonPoolExecutor) -> None:
-    for fut in list(pool._outstanding):
+    for fut in pool._outstanding():
         fut.cancel()
     pool.shutdown(wait=True)
 

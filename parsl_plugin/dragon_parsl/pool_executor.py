@@ -11,12 +11,11 @@ so lambdas and closures work). What it adds is the standard library's interface:
 from __future__ import annotations
 
 import concurrent.futures as cf
-import functools
 import logging
 import os
 import queue
 import threading
-from typing import Any, Callable, Optional, Set
+from typing import Any, Callable, List, Optional, Set
 
 from dragon_parsl.executor import DragonExecutor
 from dragon_parsl._proto import common_pb2, head_pb2
@@ -33,19 +32,16 @@ CANCEL_DRAIN_S = 10.0
 
 
 class DragonPoolFuture(cf.Future):
-    """The future of one task. It never enters the RUNNING state of ``concurrent.futures``: until
-    its result arrives ``cancel()`` succeeds, for a queued task as for a running one, and the head
-    is asked to cancel the task (a running task's worker is killed and replaced)."""
+    """The future of one task, completed by the session's receiver thread itself (no second
+    future chained behind it). It never enters the RUNNING state of ``concurrent.futures``:
+    until its result arrives ``cancel()`` succeeds, for a queued task as for a running one, and
+    the head is asked to cancel the task (a running task's worker is killed and replaced)."""
 
-    def __init__(self, pool: "DragonPoolExecutor", inner: cf.Future) -> None:
+    def __init__(self, pool: "DragonPoolExecutor") -> None:
         super().__init__()
         self._pool = pool
-        self._inner = inner  # DragonExecutor's future of the task
-
-    @property
-    def dragon_task_id(self) -> Optional[int]:
-        """The head's id of the task, once the head accepted it (None before)."""
-        return getattr(self._inner, "dragon_task_id", None) or None
+        # The head's id of the task once it accepted it (None before); set by DragonExecutor.
+        self.dragon_task_id: Optional[int] = None
 
     def cancel(self) -> bool:
         if not super().cancel():
@@ -59,24 +55,8 @@ class DragonPoolFuture(cf.Future):
                 self.set_running_or_notify_cancel()
             except RuntimeError:
                 pass  # another thread's cancel() notified it first
-        self._pool._cancel_on_head(self._inner)
+        self._pool._cancel_on_head(self)
         return True
-
-
-def _deliver(outer: DragonPoolFuture, inner: cf.Future) -> None:
-    """inner's outcome (value, or the exception: the app's own, or a dragon_parsl.errors class)
-    onto outer; nothing when outer was cancelled first."""
-    if inner.cancelled():
-        outer.cancel()
-        return
-    try:
-        exc = inner.exception()
-        if exc is not None:
-            outer.set_exception(exc)
-        else:
-            outer.set_result(inner.result())
-    except cf.InvalidStateError:
-        pass  # cancelled by the user meanwhile: the late result is dropped
 
 
 class DragonPoolExecutor(cf.Executor):
@@ -122,7 +102,6 @@ class DragonPoolExecutor(cf.Executor):
         self._executor.log_config = None
         self._executor.monitoring_messages = None
         self._lock = threading.Lock()
-        self._outstanding: Set[DragonPoolFuture] = set()
         self._shutdown = False
         self._closed = False
         self._closer: Optional[threading.Thread] = None
@@ -138,42 +117,41 @@ class DragonPoolExecutor(cf.Executor):
 
     def __repr__(self) -> str:
         return (f"DragonPoolExecutor(head={self._executor.head_address!r}, "
-                f"{'shut down' if self._shutdown else 'running'}, {len(self._outstanding)} outstanding)")
+                f"{'shut down' if self._shutdown else 'running'}, {len(self._outstanding())} outstanding)")
 
     # ------------------------------------------------------------------ submit
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> DragonPoolFuture:
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            inner = self._executor.submit(fn, {}, *args, **kwargs)
-            outer = DragonPoolFuture(self, inner)
-            self._outstanding.add(outer)
-        outer.add_done_callback(self._forget)
-        inner.add_done_callback(functools.partial(_deliver, outer))
-        return outer
+            # The executor completes this very future from its receiver thread: one future and
+            # no done-callback per task.
+            return self._executor._submit_call(fn, {}, args, kwargs, DragonPoolFuture(self))
 
-    def _forget(self, fut: cf.Future) -> None:
-        with self._lock:
-            self._outstanding.discard(fut)
+    def _outstanding(self) -> List[DragonPoolFuture]:
+        """Futures whose result has not arrived (cancelled ones included: their task may still
+        be on the head). The executor's table of tasks in flight is the one record of them."""
+        return [f for f in list(self._executor._tasks.values()) if isinstance(f, DragonPoolFuture)]
 
     # ------------------------------------------------------------------ cancel
-    def _cancel_on_head(self, inner: cf.Future) -> None:
-        """Asks the head, once, to cancel inner's task: now if the head has accepted it, else from
+    def _cancel_on_head(self, fut: DragonPoolFuture) -> None:
+        """Asks the head, once, to cancel fut's task: now if the head has accepted it, else from
         the Accepted message (task_results calls ``dragon_on_accepted``). Never blocks: the call
         is made on the cancel thread."""
         asked = threading.Lock()  # taken by whichever of the two paths comes first
 
         def ask(_task_id: int = 0) -> None:
             if asked.acquire(blocking=False):
-                self._queue_cancel(inner)
+                self._queue_cancel(fut)
 
-        inner.dragon_on_accepted = ask  # type: ignore[attr-defined]
-        if getattr(inner, "dragon_task_id", None):  # accepted already (set before the hook is read)
+        fut.dragon_on_accepted = ask  # type: ignore[attr-defined]
+        if fut.dragon_task_id:  # accepted already (set before the hook is read)
             ask()
 
-    def _queue_cancel(self, inner: cf.Future) -> None:
-        if inner.done():
-            return  # its result came meanwhile: nothing to cancel
+    def _queue_cancel(self, fut: DragonPoolFuture) -> None:
+        ref = getattr(fut, "parsl_executor_task_id", None)
+        if ref is None or self._executor._tasks.get(ref) is not fut:
+            return  # its result came meanwhile (or it never reached the session): nothing to cancel
         with self._lock:
             if self._closed:
                 return  # the session is closed: the head cancelled what it left unfinished
@@ -181,23 +159,23 @@ class DragonPoolExecutor(cf.Executor):
                 self._cancel_thread = threading.Thread(target=self._cancel_loop, daemon=True,
                                                        name=f"dragon-pool-cancel-{self._executor.label}")
                 self._cancel_thread.start()
-            self._cancels.put(inner)
+            self._cancels.put(fut)
 
     def _cancel_loop(self) -> None:
         while True:
-            inner = self._cancels.get()
-            if inner is None:
+            fut = self._cancels.get()
+            if fut is None:
                 return
-            task_id = getattr(inner, "dragon_task_id", None)
+            task_id = fut.dragon_task_id
             try:
-                reply = self._executor.cancel_task(inner, timeout=CANCEL_TIMEOUT_S)
+                reply = self._executor.cancel_task(fut, timeout=CANCEL_TIMEOUT_S)
                 logger.debug("DragonPoolExecutor: task %s cancelled (was %s)", task_id,
                              common_pb2.TaskState.Name(reply.previous_state))
             except Exception as e:  # noqa: BLE001  (the future is cancelled already; say why the head was not told)
                 logger.warning("DragonPoolExecutor: could not ask the head to cancel task %s: %s: %s", task_id,
                                type(e).__name__, e)
 
-    def _running(self, futures: Set[DragonPoolFuture]) -> Set[DragonPoolFuture]:
+    def _running(self, futures: List[DragonPoolFuture]) -> Set[DragonPoolFuture]:
         """Those of ``futures`` whose task a worker is running now (asked of the head); on a head
         error, none (every one is then cancelled)."""
         ex = self._executor
@@ -220,11 +198,12 @@ class DragonPoolExecutor(cf.Executor):
         and an embedded head stopped."""
         with self._lock:
             self._shutdown = True
-            outstanding = set(self._outstanding)
+        outstanding = self._outstanding()  # no submit can add to it now
         if cancel_futures and outstanding:
             running = self._running(outstanding)
-            for fut in outstanding - running:
-                fut.cancel()
+            for fut in outstanding:
+                if fut not in running:
+                    fut.cancel()
         with self._lock:
             closer = self._closer
             if closer is None:
@@ -236,7 +215,7 @@ class DragonPoolExecutor(cf.Executor):
             if self._close_error is not None:
                 raise self._close_error
 
-    def _close(self, outstanding: Set[DragonPoolFuture]) -> None:
+    def _close(self, outstanding: List[DragonPoolFuture]) -> None:
         cf.wait(outstanding)
         with self._lock:
             self._closed = True

@@ -51,6 +51,12 @@ class SubmitPathMixin:
             from dragon_parsl import mpi  # @mpi_app: run here, launched by the leader agent
             if mpi.launch_of(func) is not None:
                 return mpi.submit_job(self, func, resource_specification, args, kwargs)
+        return self._submit_call(func, resource_specification, args, kwargs, cf.Future())
+
+    def _submit_call(self, func: Callable, resource_specification: Dict[str, Any], args: Any, kwargs: Any,
+                     fut: cf.Future) -> cf.Future:
+        """submit() of a Python call whose outcome goes to ``fut`` (a new, pending future: a
+        DragonPoolFuture for dragon_parsl.pool_executor, so that no second future is chained)."""
         if self.bad_state_is_set:
             raise self.executor_exception
         resources = resource_request(resource_specification)  # refuses bad keys and values
@@ -84,7 +90,6 @@ class SubmitPathMixin:
         except TypeError:
             raise SerializationError(name)
 
-        fut: cf.Future = cf.Future()
         fut.dragon_task_id = None  # type: ignore[attr-defined]
         if self.max_payload_bytes and len(payload) > self.max_payload_bytes:
             fut.set_exception(PayloadTooLarge(name, len(payload), self.max_payload_bytes))
