@@ -39,7 +39,12 @@ constexpr uint64_t kLayoutVersion = 1;
 // before reaches the next locker of the mutex through the kernel's robust
 // futex handling and that locker's acquire. A signal fence orders the
 // compiler without costing a CPU barrier.
-inline void CommitPoint() { std::atomic_signal_fence(std::memory_order_seq_cst); }
+std::atomic<BuddyCommitHook> commit_hook{nullptr};
+
+inline void CommitPoint() {
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  if (BuddyCommitHook hook = commit_hook.load(std::memory_order_relaxed)) hook();
+}
 
 std::string Describe(const BlockRef& ref) {
   return absl::StrCat("block at offset ", ref.offset, " (length ", ref.length, ", generation ",
@@ -47,6 +52,8 @@ std::string Describe(const BlockRef& ref) {
 }
 
 }  // namespace
+
+void SetBuddyCommitHookForTest(BuddyCommitHook hook) { commit_hook.store(hook); }
 
 std::string BlockRef::Encode() const {
   std::string out(kEncodedSize, '\0');
@@ -79,8 +86,8 @@ absl::StatusOr<BuddyAllocator> BuddyAllocator::Format(void* metadata, uint64_t m
                                                       uint64_t capacity_bytes,
                                                       uint64_t unit_bytes) {
   if (unit_bytes < 8 || (unit_bytes & (unit_bytes - 1)) != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the block unit must be a power of two of at least 8 bytes, not ", unit_bytes));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the block unit must be a power of two of at least 8 bytes, not ", unit_bytes));
   }
   const uint64_t num_units = capacity_bytes / unit_bytes;
   if (num_units == 0 || num_units >= kNoUnit) {
@@ -143,7 +150,8 @@ absl::StatusOr<BuddyAllocator> BuddyAllocator::Open(void* metadata, uint64_t met
 
 uint32_t BuddyAllocator::LargestOrderAt(uint64_t index) const {
   uint32_t order = header_->top_order;
-  while (order > 0 && (index % UnitsOf(order) != 0 || index + UnitsOf(order) > header_->num_units)) {
+  while (order > 0 &&
+         (index % UnitsOf(order) != 0 || index + UnitsOf(order) > header_->num_units)) {
     --order;
   }
   return order;

@@ -96,6 +96,12 @@ struct BuddyStats {
   uint64_t largest_free_block = 0;  // bytes; far below free_bytes means fragmented
 };
 
+// Test-only: called at every point where a call's change to the unit table
+// becomes real (see buddy_allocator.cc), so that a test can stop a call
+// there, as a killed process would, and check what Rebuild makes of it.
+using BuddyCommitHook = void (*)();
+void SetBuddyCommitHookForTest(BuddyCommitHook hook);
+
 class BuddyAllocator {
  public:
   // How large the caller's region must be for a capacity of `num_units`.

@@ -300,5 +300,72 @@ TEST_CASE("Rebuild repairs what a process killed mid-call leaves") {
   CHECK(arena.allocator.Verify().ok());
 }
 
+// A call stopped at each of its commit points in turn, as a process killed
+// there leaves it: Rebuild must make a pool that passes Verify, keeps every
+// other block, and is whole again once the dead caller's blocks are reclaimed.
+struct Stopped {};
+int stop_at = 0;
+int commits_seen = 0;
+void StopAtCommit() {
+  if (++commits_seen == stop_at) throw Stopped{};
+}
+
+TEST_CASE("a call stopped at any commit point is repaired by Rebuild") {
+  enum Call { kAllocateSplitting, kFreeMerging, kReclaimSeveral };
+  for (Call call : {kAllocateSplitting, kFreeMerging, kReclaimSeveral}) {
+    INFO("call " << call);
+    bool completed = false;
+    for (stop_at = 1; !completed; ++stop_at) {
+      INFO("stopped at commit point " << stop_at);
+      Arena arena(64 * kUnit);
+      std::vector<BlockRef> kept;  // blocks the call does not touch
+      BlockRef target;             // the block the call frees
+      if (call == kAllocateSplitting) {
+        kept.push_back(MustAllocate(arena.allocator, 32 * kUnit, 1));
+      } else {
+        // Free blocks of 1, 2, 4 and 8 units beside `target` (unit 0): freeing
+        // it merges four times; the 16-unit block at 16 stays allocated.
+        target = MustAllocate(arena.allocator, kUnit, 2);
+        std::vector<BlockRef> gaps;
+        for (uint64_t units : {1, 2, 4, 8}) {
+          gaps.push_back(MustAllocate(arena.allocator, units * kUnit, 1));
+        }
+        kept.push_back(MustAllocate(arena.allocator, 16 * kUnit, 1));
+        REQUIRE(arena.allocator.Free(gaps[0]).ok());  // unit 1 stays free: 2, 4, 8 too
+        for (size_t i = 1; i < gaps.size(); ++i) REQUIRE(arena.allocator.Free(gaps[i]).ok());
+        REQUIRE(arena.allocator.Verify().ok());
+      }
+      commits_seen = 0;
+      SetBuddyCommitHookForTest(StopAtCommit);
+      bool call_succeeded = false;  // checked outside: Catch2's macros catch exceptions
+      try {
+        if (call == kAllocateSplitting) {
+          call_succeeded = arena.allocator.Allocate(1, 3).has_value();
+        } else if (call == kFreeMerging) {
+          call_succeeded = arena.allocator.Free(target).ok();
+        } else {
+          call_succeeded =
+              arena.allocator.ReclaimOwner(2) > 0 && arena.allocator.ReclaimOwner(1) > 0;
+        }
+        completed = true;
+      } catch (const Stopped&) {
+      }
+      SetBuddyCommitHookForTest(nullptr);
+      if (completed) CHECK(call_succeeded);
+      REQUIRE(arena.allocator.Rebuild().ok());
+      REQUIRE(arena.allocator.Verify().ok());
+      if (call != kReclaimSeveral) {
+        for (const BlockRef& ref : kept) CHECK(arena.allocator.Check(ref).ok());
+      }
+      if (call == kFreeMerging) CHECK_FALSE(arena.allocator.Check(target).ok());
+      for (int32_t owner : {1, 2, 3}) arena.allocator.ReclaimOwner(owner);
+      CHECK(arena.allocator.Stats().free_bytes == 64 * kUnit);
+      CHECK(arena.allocator.Stats().largest_free_block == 64 * kUnit);
+      CHECK(arena.allocator.Verify().ok());
+    }
+    CHECK(stop_at > 3);  // the call did pass several commit points
+  }
+}
+
 }  // namespace
 }  // namespace dragon::common
