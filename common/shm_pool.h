@@ -1,0 +1,142 @@
+// The shared-memory pool of a node (issue 14, "Managed memory"): one file in
+// /dev/shm that the agent creates and its workers and a client on the node
+// attach by path, holding a buddy allocator (buddy_allocator.h) and the data.
+// Blocks travel between processes as BlockRefs (24 bytes, fit a protobuf
+// field); a reference that was freed, reused or forged out of range is an
+// error, never someone else's data.
+//
+// Every call is safe from any thread of any process that mapped the pool:
+// the allocator's state sits behind one robust process-shared mutex. A
+// process killed while holding it costs nothing but its own blocks: the next
+// locker repairs the allocator (BuddyAllocator::Rebuild), and the agent frees
+// a dead process's blocks with ReclaimOwner.
+//
+// File layout: a header (magic, version, creator pid, the mutex, the wait
+// sequence), the allocator's metadata, then the data, aligned to the block
+// unit (and to 2 MiB when huge pages were asked for).
+#ifndef DRAGON_COMMON_SHM_POOL_H_
+#define DRAGON_COMMON_SHM_POOL_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "common/buddy_allocator.h"
+
+namespace dragon::common {
+
+// Named in every error about the pool being too small.
+inline constexpr char kShmPoolSizeOption[] = "--shm-pool-mb";
+
+struct ShmPoolOptions {
+  std::string dir = "/dev/shm";
+  // The file's name in `dir`, e.g. "dragon-pool-<run>-<host>"; no '/'.
+  std::string name;
+  // Rounded down to whole blocks of `min_block`.
+  uint64_t size_bytes = 0;
+  // The smallest block and the alignment of every block: a power of two of
+  // at least 64 bytes (a cache line, so two blocks never share one).
+  uint64_t min_block = 4096;
+  // Fault in every page at creation (and set up the creator's page tables),
+  // so the first task using a block does not pay for it.
+  bool prefault = false;
+  // Ask for transparent huge pages (MADV_HUGEPAGE). Whether the kernel allows
+  // them for shared memory is ShmPool::huge_pages(); refusal is not an error.
+  bool huge_pages = false;
+};
+
+struct ShmPoolStats {
+  uint64_t capacity_bytes = 0;
+  uint64_t free_bytes = 0;
+  uint64_t blocks_in_use = 0;
+  uint64_t largest_free_block = 0;      // far below free_bytes: fragmented
+  uint64_t largest_possible_block = 0;  // the largest request that can ever succeed
+  uint64_t waiters = 0;                 // threads waiting in Allocate for space
+  uint64_t repairs = 0;                 // times a process died holding the lock
+};
+
+class ShmPoolTestPeer;
+
+class ShmPool {
+ public:
+  // Creates `options.dir`/`options.name` (mode 0600; an existing file is an
+  // error, not reused) with all of its space reserved now: a pool that does
+  // not fit in the directory's file system fails here, naming the size and
+  // the option, instead of killing a process with SIGBUS later.
+  static absl::StatusOr<std::unique_ptr<ShmPool>> Create(const ShmPoolOptions& options);
+  // Maps the pool at `path` that another process created. Errors name the
+  // path: missing, not a pool, another layout version, still being created.
+  static absl::StatusOr<std::unique_ptr<ShmPool>> Attach(const std::string& path);
+  // Removes the pool files in `dir` whose names start with `prefix` and whose
+  // creator is dead (a crashed agent's); returns how many. Pools of live
+  // creators, pools made in another pid namespace (where the pid means
+  // nothing here), other users' files and files that are not pools are left
+  // alone.
+  static int RemoveStale(const std::string& dir, const std::string& prefix);
+
+  // Unmaps; the creating process also removes the file (processes that
+  // attached keep their mapping until they drop it).
+  ~ShmPool();
+  ShmPool(const ShmPool&) = delete;
+  ShmPool& operator=(const ShmPool&) = delete;
+
+  // A block of at least `size` bytes, owned by this process. When no block is
+  // free, waits up to `wait` for one to be freed, then fails
+  // ResourceExhausted naming the size, the pool's size and free bytes, and
+  // kShmPoolSizeOption; a size no block can ever hold fails at once.
+  absl::StatusOr<BlockRef> Allocate(uint64_t size, absl::Duration wait = absl::ZeroDuration());
+  absl::Status Free(const BlockRef& ref);
+  // The block's `ref.length` bytes in this process's mapping; valid until
+  // the block is freed (by anyone: the pool cannot revoke a pointer).
+  absl::StatusOr<absl::Span<char>> Resolve(const BlockRef& ref);
+  // Hands the block to `owner` (a worker's result, to be read by the client
+  // that asked for it): ReclaimOwner of the old owner no longer frees it.
+  absl::Status SetOwner(const BlockRef& ref, pid_t owner);
+  // Frees every block owned by `owner`, a process that died; returns the
+  // bytes freed.
+  absl::StatusOr<uint64_t> ReclaimOwner(pid_t owner);
+  absl::StatusOr<ShmPoolStats> Stats();
+
+  const std::string& path() const { return path_; }
+  bool creator() const { return creator_; }
+  pid_t creator_pid() const;
+  uint64_t capacity_bytes() const { return allocator_.capacity_bytes(); }
+  // Huge pages were asked for and the kernel allows them for shared memory.
+  bool huge_pages() const { return huge_pages_; }
+
+ private:
+  friend class ShmPoolTestPeer;
+  struct Header;
+
+  ShmPool(std::string path, bool creator, char* mapping, uint64_t mapping_bytes,
+          BuddyAllocator allocator);
+
+  // Takes the pool's mutex, repairing the allocator first when its last
+  // holder died with it.
+  absl::Status Lock();
+  void Unlock();
+  Header* header() const { return reinterpret_cast<Header*>(mapping_); }
+  absl::Status WithPath(const absl::Status& status) const;
+  std::string Describe(const BuddyStats& stats) const;
+  void WakeWaiters();
+
+  std::string path_;
+  bool creator_;
+  bool huge_pages_ = false;
+  dev_t device_ = 0;  // of the file the creator made: never unlink a successor
+  ino_t inode_ = 0;
+  char* mapping_;
+  uint64_t mapping_bytes_;
+  char* data_ = nullptr;
+  BuddyAllocator allocator_;
+};
+
+}  // namespace dragon::common
+
+#endif  // DRAGON_COMMON_SHM_POOL_H_
