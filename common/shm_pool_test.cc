@@ -268,6 +268,40 @@ TEST_CASE("a full pool makes Allocate wait for a free, then fail naming --shm-po
   ExpectWhole(*pool);
 }
 
+TEST_CASE("a waiter killed in its wait is not counted, and frees still wake the others") {
+  NoLeftovers check;
+  std::unique_ptr<ShmPool> pool = MustCreate(1 << 20);
+  absl::StatusOr<BlockRef> whole = pool->Allocate(1 << 20);
+  REQUIRE(whole.ok());
+  const std::string path = pool->path();
+  auto waiter = [&path]() -> int {
+    absl::StatusOr<std::unique_ptr<ShmPool>> mine = ShmPool::Attach(path);
+    if (!mine.ok()) return 2;
+    absl::StatusOr<BlockRef> ref = (*mine)->Allocate(4 << 10, absl::Seconds(20));
+    return ref.ok() && (*mine)->Free(*ref).ok() ? 0 : 3;
+  };
+  const pid_t doomed = ForkChild(waiter);
+  for (int polls = 0; pool->Stats()->waiters == 0; ++polls) {
+    REQUIRE(polls < 10000);
+    usleep(1000);
+  }
+  KillChild(doomed);
+  CHECK(pool->Stats()->waiters == 1);  // the pool cannot know until told
+  REQUIRE(pool->ReclaimOwner(doomed).ok());
+  CHECK(pool->Stats()->waiters == 0);
+
+  const pid_t survivor = ForkChild(waiter);
+  for (int polls = 0; pool->Stats()->waiters == 0; ++polls) {
+    REQUIRE(polls < 10000);
+    usleep(1000);
+  }
+  const absl::Time freed_at = absl::Now();
+  REQUIRE(pool->Free(*whole).ok());
+  ExpectExit0(survivor);
+  CHECK(absl::Now() - freed_at < absl::Seconds(5));
+  ExpectWhole(*pool);
+}
+
 TEST_CASE("a process killed holding the pool's lock: the next locker repairs and goes on") {
   NoLeftovers check;
   std::unique_ptr<ShmPool> pool = MustCreate(1 << 20);
