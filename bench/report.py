@@ -19,13 +19,15 @@ NAMES = {
     "dragonhpc-pool": "dragonhpc DragonPoolExecutor",
     "dfk-floor-inline": "DFK floor: futures completed at submit",
     "dfk-floor-thread": "DFK floor: futures completed by a thread",
+    "dfk-floor-gather": "DFK floor: futures completed by a thread, in gathered batches",
 }
 SHORT = {"dragon": "Dragon", "dragon-prefetch": "Dragon\nprefetch", "threadpool": "ThreadPool", "htex": "HTEX",
          "dragonhpc-batch": "dragonhpc\nBatchPool", "dragonhpc-pool": "dragonhpc\nPool",
-         "dfk-floor-inline": "DFK floor\ninline", "dfk-floor-thread": "DFK floor\nthread"}
+         "dfk-floor-inline": "DFK floor\ninline", "dfk-floor-thread": "DFK floor\nthread",
+         "dfk-floor-gather": "DFK floor\ngather"}
 COLORS = {"dragon": "#1f77b4", "dragon-prefetch": "#17becf", "threadpool": "#2ca02c", "htex": "#d62728",
           "dragonhpc-batch": "#9467bd", "dragonhpc-pool": "#8c564b", "dfk-floor-inline": "#7f7f7f",
-          "dfk-floor-thread": "#bcbd22"}
+          "dfk-floor-thread": "#bcbd22", "dfk-floor-gather": "#e377c2"}
 
 
 def fmt(x, digits: int = 0, suffix: str = "") -> str:
@@ -181,7 +183,7 @@ def section_condition(key: str, parsl: dict, mode: str, sections: list) -> str:
     return f" (Parsl logging {mode})" if len(modes) > 1 else ""
 
 
-FLOOR = ("dfk-floor-inline", "dfk-floor-thread")
+FLOOR = ("dfk-floor-inline", "dfk-floor-thread", "dfk-floor-gather")
 NOOP_COLUMNS = (("threadpool", "vs ThreadPool"), ("htex", "vs HTEX"), ("dragonhpc-batch", "vs dragonhpc batch"),
                 ("dfk-floor", "vs DFK floor (best)"))
 

@@ -33,7 +33,7 @@ def summarize(runs: list, executors: list, benches: list) -> dict:
         summary["noop"] = s
     if "latency" in benches:
         s = {}
-        for e in executors:
+        for e in [e for e in executors if parsl_bench.benches_for(e, ["latency"])]:  # not the gather floor
             rs = [r for r in runs if r["executor"] == e and ok(r, "latency")]
             pooled = [x for r in rs for x in r["latency"].get("raw_ms", [])]
             st = parsl_bench.latency_stats(pooled) if pooled else {}
@@ -233,8 +233,8 @@ def issue15_targets(summary: dict, rat: dict, condition: str = "", compute_ms: f
         add("DragonExecutor: no-op tasks/s through Parsl vs dragonhpc DragonBatchPoolExecutor, or vs the DFK floor",
             f">= {ISSUE15_BATCH_RATIO}x batch, or >= {ISSUE15_FLOOR_RATIO}x floor if the floor < "
             f"{ISSUE15_BATCH_RATIO}x batch", "; ".join(parts), status,
-            "medians of per-round ratios; floor = the faster of dfk-floor-inline and dfk-floor-thread in each "
-            f"round; best floor / batch = {'-' if fb is None else f'{fb:.2f}x'}; medians: {rates or '-'}")
+            "medians of per-round ratios; floor = the fastest of the DFK floor executors (inline, thread, "
+            f"gather) in each round; best floor / batch = {'-' if fb is None else f'{fb:.2f}x'}; medians: {rates or '-'}")
     lat = summary.get("latency", {}).get("dragon", {})
     if "latency" in summary:
         p50 = lat.get("p50_ms")
