@@ -1,0 +1,486 @@
+// UcxNode between two processes on this host, over TCP on loopback.
+//
+// Every test sets UCX_TLS=tcp,self before it makes a node, so the bytes
+// really go through TCP sockets (UCX would otherwise pick shared memory
+// between two processes on one host, and a killed peer would look
+// different). Tests between hosts (network namespaces, a cut link, a hung
+// host) belong to the pytest suites on the netns test bed
+// (shared/TESTBED-NETNS.md), not here.
+//
+// Each test forks its child before it makes any node (UCX is not fork-safe
+// once its threads run). The child reports through its exit status and
+// stderr and has an alarm; the parent waits for it with a bound and kills it
+// on a hang.
+#include "common/ucx_node.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstring>
+#include <functional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+
+namespace dragon::common {
+namespace {
+
+constexpr int kChildAlarmSeconds = 25;
+const absl::Duration kChildWait = absl::Seconds(28);
+const absl::Duration kOpTimeout = absl::Seconds(10);
+
+void UseTcpOnLoopback() {
+  setenv("UCX_TLS", "tcp,self", 1);
+}
+
+// Entries of /dev/shm that UCX made: its posix transport's segments are
+// "ucx_shm_posix_<id>". Only those are compared, because other suites'
+// pools come and go in /dev/shm while this test runs.
+std::set<std::string> UcxShmFiles() {
+  std::set<std::string> names;
+  DIR* dir = opendir("/dev/shm");
+  if (dir == nullptr) return names;
+  while (dirent* entry = readdir(dir)) {
+    if (std::strncmp(entry->d_name, "ucx", 3) == 0) names.insert(entry->d_name);
+  }
+  closedir(dir);
+  return names;
+}
+
+// Checks at the end of a test that UCX left nothing new in /dev/shm.
+struct ShmLeakCheck {
+  std::set<std::string> before = UcxShmFiles();
+  ~ShmLeakCheck() {
+    std::set<std::string> after = UcxShmFiles();
+    for (const std::string& name : after) {
+      CHECK_MSG(before.count(name) == 1, "left in /dev/shm: " + name);
+    }
+  }
+  static void CHECK_MSG(bool ok, const std::string& message) {
+    INFO(message);
+    CHECK(ok);
+  }
+};
+
+// Length-prefixed frames on a pipe, for the worker addresses.
+void WriteFrame(int fd, const std::string& data) {
+  uint64_t n = data.size();
+  std::string frame(reinterpret_cast<const char*>(&n), sizeof(n));
+  frame += data;
+  size_t off = 0;
+  while (off < frame.size()) {
+    ssize_t w = write(fd, frame.data() + off, frame.size() - off);
+    if (w <= 0) return;
+    off += static_cast<size_t>(w);
+  }
+}
+
+bool ReadExactly(int fd, char* out, size_t n, absl::Time deadline) {
+  size_t off = 0;
+  while (off < n) {
+    pollfd p{fd, POLLIN, 0};
+    int ms = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
+    if (ms <= 0 || poll(&p, 1, ms) <= 0) return false;
+    ssize_t r = read(fd, out + off, n - off);
+    if (r <= 0) return false;
+    off += static_cast<size_t>(r);
+  }
+  return true;
+}
+
+bool ReadFrame(int fd, std::string* data, absl::Duration timeout = absl::Seconds(10)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  uint64_t n = 0;
+  if (!ReadExactly(fd, reinterpret_cast<char*>(&n), sizeof(n), deadline)) return false;
+  data->resize(n);
+  return ReadExactly(fd, data->data(), n, deadline);
+}
+
+// The child's side of a test: fails with a message on stderr and exit 1.
+[[noreturn]] void ChildFail(const std::string& what) {
+  fprintf(stderr, "child: %s\n", what.c_str());
+  _exit(1);
+}
+void ChildCheck(bool ok, const std::string& what) {
+  if (!ok) ChildFail(what);
+}
+template <typename T>
+T ChildValue(absl::StatusOr<T> value, const std::string& what) {
+  if (!value.ok()) ChildFail(what + ": " + value.status().ToString());
+  return *std::move(value);
+}
+void ChildOk(const absl::Status& status, const std::string& what) {
+  if (!status.ok()) ChildFail(what + ": " + status.ToString());
+}
+
+// A forked process with a node of its own, connected to the parent's node.
+struct Child {
+  pid_t pid = -1;
+  int to_child = -1;
+  int from_child = -1;
+};
+
+// Forks; the child makes a node, swaps addresses with the parent over
+// pipes, connects to it as "parent", runs `body` and exits 0.
+Child StartChild(const std::function<void(UcxNode&, UcxPeer)>& body) {
+  int down[2], up[2];
+  REQUIRE(pipe2(down, O_CLOEXEC) == 0);
+  REQUIRE(pipe2(up, O_CLOEXEC) == 0);
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    alarm(kChildAlarmSeconds);  // watchdog: a hang ends in SIGALRM
+    close(down[1]);
+    close(up[0]);
+    UcxNodeOptions options;
+    options.name = "child";
+    std::unique_ptr<UcxNode> node = ChildValue(UcxNode::Create(options), "Create");
+    WriteFrame(up[1], node->address());
+    std::string parent_address;
+    ChildCheck(ReadFrame(down[0], &parent_address), "no address from the parent");
+    UcxPeer parent = ChildValue(node->Connect(parent_address, "parent"), "Connect");
+    body(*node, parent);
+    node.reset();
+    _exit(0);
+  }
+  close(down[0]);
+  close(up[1]);
+  return Child{pid, down[1], up[0]};
+}
+
+// The parent's side: its node connected to the child as "child".
+UcxPeer ConnectToChild(UcxNode& node, const Child& child) {
+  std::string child_address;
+  REQUIRE(ReadFrame(child.from_child, &child_address));
+  WriteFrame(child.to_child, node.address());
+  absl::StatusOr<UcxPeer> peer = node.Connect(child_address, "child");
+  REQUIRE(peer.ok());
+  return *peer;
+}
+
+// Bounded waitpid: a child still running after `timeout` is killed and the
+// test fails saying so. Returns the wait status.
+int WaitChild(Child& child, absl::Duration timeout = kChildWait) {
+  const absl::Time deadline = absl::Now() + timeout;
+  int status = 0;
+  for (;;) {
+    pid_t r = waitpid(child.pid, &status, WNOHANG);
+    if (r == child.pid) break;
+    if (absl::Now() > deadline) {
+      kill(child.pid, SIGKILL);
+      waitpid(child.pid, &status, 0);
+      FAIL("child did not finish within " << absl::FormatDuration(timeout) << "; killed");
+    }
+    usleep(10 * 1000);
+  }
+  close(child.to_child);
+  close(child.from_child);
+  child.pid = -1;
+  return status;
+}
+
+void ExpectChildSucceeded(Child& child) {
+  int status = WaitChild(child);
+  INFO("child wait status " << status);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+}
+
+std::string Pattern(size_t size, uint8_t seed) {
+  std::string data(size, '\0');
+  for (size_t i = 0; i < size; ++i) data[i] = static_cast<char>((i * 131 + seed + (i >> 12)) & 0xff);
+  return data;
+}
+
+std::unique_ptr<UcxNode> MakeNode(const std::string& name) {
+  UcxNodeOptions options;
+  options.name = name;
+  absl::StatusOr<std::unique_ptr<UcxNode>> node = UcxNode::Create(options);
+  INFO(node.status().ToString());
+  REQUIRE(node.ok());
+  return *std::move(node);
+}
+
+std::string Sequence(uint32_t i) { return std::string(reinterpret_cast<const char*>(&i), 4); }
+
+TEST_CASE("messages of 16 B and 64 MiB go both ways; 10,000 small ones arrive in order") {
+  UseTcpOnLoopback();
+  ShmLeakCheck shm;
+  constexpr size_t kLarge = 64 << 20;
+  constexpr uint32_t kMany = 10000;
+  Child child = StartChild([](UcxNode& node, UcxPeer parent) {
+    std::string small = ChildValue(node.Receive(parent, 1, kOpTimeout), "receive small");
+    ChildCheck(small == "hello from parent", "small message: " + small);
+    ChildOk(node.Send(parent, 2, "hello from child!", kOpTimeout), "send small");
+    std::string large = ChildValue(node.Receive(parent, 3, kOpTimeout), "receive large");
+    ChildCheck(large == Pattern(kLarge, 7), "64 MiB from the parent differs");
+    std::string mine = Pattern(kLarge, 9);
+    ChildOk(node.Send(parent, 4, mine, kOpTimeout), "send large");
+    for (uint32_t i = 0; i < kMany; ++i) {
+      std::string m = ChildValue(node.Receive(parent, 5, kOpTimeout), "receive many");
+      ChildCheck(m == Sequence(i), absl::StrCat("message ", i, " out of order"));
+    }
+    for (uint32_t i = 0; i < kMany; ++i) {
+      ChildOk(node.Send(parent, 6, Sequence(i), kOpTimeout), "send many");
+    }
+    ChildValue(node.Receive(parent, 7, kOpTimeout), "receive bye");
+  });
+  {
+    std::unique_ptr<UcxNode> node = MakeNode("parent");
+    UcxPeer peer = ConnectToChild(*node, child);
+    REQUIRE(node->Send(peer, 1, "hello from parent", kOpTimeout).ok());
+    absl::StatusOr<std::string> small = node->Receive(peer, 2, kOpTimeout);
+    REQUIRE(small.ok());
+    CHECK(*small == "hello from child!");
+
+    std::string large = Pattern(kLarge, 7);
+    absl::Status sent = node->Send(peer, 3, large, kOpTimeout);
+    INFO(sent.ToString());
+    REQUIRE(sent.ok());
+    absl::StatusOr<std::string> back = node->Receive(peer, 4, kOpTimeout);
+    INFO(back.status().ToString());
+    REQUIRE(back.ok());
+    CHECK(back->size() == kLarge);
+    CHECK(*back == Pattern(kLarge, 9));
+
+    for (uint32_t i = 0; i < kMany; ++i) REQUIRE(node->Send(peer, 5, Sequence(i), kOpTimeout).ok());
+    uint32_t in_order = 0;
+    for (uint32_t i = 0; i < kMany; ++i) {
+      absl::StatusOr<std::string> m = node->Receive(peer, 6, kOpTimeout);
+      REQUIRE(m.ok());
+      if (*m == Sequence(i)) ++in_order;
+    }
+    CHECK(in_order == kMany);
+    REQUIRE(node->Send(peer, 7, "bye", kOpTimeout).ok());
+    ExpectChildSucceeded(child);
+  }
+}
+
+TEST_CASE("Get pulls 16 MiB from a region the peer registered") {
+  UseTcpOnLoopback();
+  ShmLeakCheck shm;
+  constexpr size_t kSize = 16 << 20;
+  Child child = StartChild([](UcxNode& node, UcxPeer parent) {
+    std::string region_bytes = Pattern(kSize, 3);
+    std::unique_ptr<UcxMemoryRegion> region =
+        ChildValue(node.RegisterMemory(region_bytes.data(), kSize), "register");
+    uint64_t address = region->address();
+    std::string announce(reinterpret_cast<const char*>(&address), sizeof(address));
+    announce += region->packed_rkey();
+    ChildOk(node.Send(parent, 10, announce, kOpTimeout), "send rkey");
+    // The parent's Get is served by this node's progress thread meanwhile.
+    ChildValue(node.Receive(parent, 11, kOpTimeout), "receive done");
+  });
+  {
+    std::unique_ptr<UcxNode> node = MakeNode("parent");
+    UcxPeer peer = ConnectToChild(*node, child);
+    absl::StatusOr<std::string> announce = node->Receive(peer, 10, kOpTimeout);
+    REQUIRE(announce.ok());
+    REQUIRE(announce->size() > sizeof(uint64_t));
+    uint64_t address;
+    std::memcpy(&address, announce->data(), sizeof(address));
+    std::string rkey = announce->substr(sizeof(address));
+    std::string local(kSize, '\0');
+    absl::Status got = node->Get(peer, address, rkey, local.data(), kSize, kOpTimeout);
+    INFO(got.ToString());
+    REQUIRE(got.ok());
+    CHECK(local == Pattern(kSize, 3));
+    // A part of it, at an offset.
+    std::string part(4096, '\0');
+    REQUIRE(node->Get(peer, address + 12345, rkey, part.data(), part.size(), kOpTimeout).ok());
+    CHECK(part == Pattern(kSize, 3).substr(12345, 4096));
+    REQUIRE(node->Send(peer, 11, "done", kOpTimeout).ok());
+    ExpectChildSucceeded(child);
+  }
+}
+
+// Kills the child `delay` after it is called, on a thread, and records when.
+struct DelayedKill {
+  std::atomic<int64_t> killed_at_us{0};
+  std::thread thread;
+  DelayedKill(pid_t pid, absl::Duration delay)
+      : thread([this, pid, delay] {
+          absl::SleepFor(delay);
+          kill(pid, SIGKILL);
+          killed_at_us = absl::ToUnixMicros(absl::Now());
+        }) {}
+  ~DelayedKill() { thread.join(); }
+  absl::Duration SinceKill() const {
+    return absl::Now() - absl::FromUnixMicros(killed_at_us.load());
+  }
+};
+
+void ExpectNamesLostChild(const absl::Status& status) {
+  INFO(status.ToString());
+  CHECK(status.code() == absl::StatusCode::kUnavailable);
+  CHECK(std::string(status.message()).find("UCX peer child: connection lost") == 0);
+}
+
+TEST_CASE("a peer killed while we wait in Receive fails the Receive within 2 s, and later Sends at once") {
+  UseTcpOnLoopback();
+  ShmLeakCheck shm;
+  Child child = StartChild([](UcxNode& node, UcxPeer parent) {
+    ChildOk(node.Send(parent, 20, "ready", kOpTimeout), "send ready");
+    pause();  // until killed
+  });
+  {
+    std::unique_ptr<UcxNode> node = MakeNode("parent");
+    UcxPeer peer = ConnectToChild(*node, child);
+    REQUIRE(node->Receive(peer, 20, kOpTimeout).ok());
+    absl::Status status;
+    absl::Duration detected;
+    {
+      DelayedKill killer(child.pid, absl::Milliseconds(300));
+      status = node->Receive(peer, 21, absl::Seconds(20)).status();
+      detected = killer.SinceKill();
+    }
+    ExpectNamesLostChild(status);
+    INFO("detected " << absl::FormatDuration(detected) << " after the kill");
+    CHECK(detected < absl::Seconds(2));
+
+    const absl::Time start = absl::Now();
+    absl::Status later = node->Send(peer, 22, "anyone there?", kOpTimeout);
+    CHECK(absl::Now() - start < absl::Milliseconds(100));
+    ExpectNamesLostChild(later);
+    ExpectNamesLostChild(node->PeerStatus(peer));
+    int wait_status = WaitChild(child);
+    CHECK(WIFSIGNALED(wait_status));
+    CHECK(WTERMSIG(wait_status) == SIGKILL);
+  }
+}
+
+TEST_CASE("a peer killed during a large Get fails the Get within 2 s") {
+  UseTcpOnLoopback();
+  ShmLeakCheck shm;
+  constexpr size_t kSize = 256 << 20;
+  Child child = StartChild([](UcxNode& node, UcxPeer parent) {
+    std::string region_bytes(kSize, 'x');
+    std::unique_ptr<UcxMemoryRegion> region =
+        ChildValue(node.RegisterMemory(region_bytes.data(), kSize), "register");
+    uint64_t address = region->address();
+    std::string announce(reinterpret_cast<const char*>(&address), sizeof(address));
+    announce += region->packed_rkey();
+    ChildOk(node.Send(parent, 30, announce, kOpTimeout), "send rkey");
+    pause();  // serving Gets until killed
+  });
+  {
+    std::unique_ptr<UcxNode> node = MakeNode("parent");
+    UcxPeer peer = ConnectToChild(*node, child);
+    absl::StatusOr<std::string> announce = node->Receive(peer, 30, kOpTimeout);
+    REQUIRE(announce.ok());
+    uint64_t address;
+    std::memcpy(&address, announce->data(), sizeof(address));
+    std::string rkey = announce->substr(sizeof(address));
+    std::vector<char> local(kSize);
+    absl::Status status;
+    absl::Duration detected;
+    int gets = 0;
+    {
+      DelayedKill killer(child.pid, absl::Milliseconds(100));
+      // Gets one after another until the kill lands inside one of them.
+      while (status.ok() && gets < 1000) {
+        status = node->Get(peer, address, rkey, local.data(), kSize, kOpTimeout);
+        ++gets;
+      }
+      detected = killer.SinceKill();
+    }
+    ExpectNamesLostChild(status);
+    INFO("detected " << absl::FormatDuration(detected) << " after the kill, in Get " << gets);
+    CHECK(detected < absl::Seconds(2));
+    const absl::Time start = absl::Now();
+    ExpectNamesLostChild(node->Send(peer, 31, "anyone there?", kOpTimeout));
+    CHECK(absl::Now() - start < absl::Milliseconds(100));
+    int wait_status = WaitChild(child);
+    CHECK(WIFSIGNALED(wait_status));
+  }
+}
+
+TEST_CASE("Receive with nothing sent returns DeadlineExceeded after its timeout") {
+  UseTcpOnLoopback();
+  ShmLeakCheck shm;
+  std::unique_ptr<UcxNode> node = MakeNode("alone");
+  absl::Time start = absl::Now();
+  absl::StatusOr<std::string> message = node->Receive(42, absl::Milliseconds(100));
+  absl::Duration took = absl::Now() - start;
+  CHECK(message.status().code() == absl::StatusCode::kDeadlineExceeded);
+  CHECK(took >= absl::Milliseconds(100));
+  CHECK(took < absl::Milliseconds(500));
+
+  char buffer[64];
+  start = absl::Now();
+  absl::StatusOr<size_t> into =
+      node->ReceiveInto(42, absl::MakeSpan(buffer), absl::Milliseconds(100));
+  took = absl::Now() - start;
+  CHECK(into.status().code() == absl::StatusCode::kDeadlineExceeded);
+  CHECK(took >= absl::Milliseconds(100));
+  CHECK(took < absl::Milliseconds(500));
+}
+
+TEST_CASE("two nodes in one process: ReceiveInto, a too-small buffer, Disconnect") {
+  UseTcpOnLoopback();
+  ShmLeakCheck shm;
+  std::unique_ptr<UcxNode> a = MakeNode("a");
+  std::unique_ptr<UcxNode> b = MakeNode("b");
+  absl::StatusOr<UcxPeer> a_to_b = a->Connect(b->address(), "b");
+  REQUIRE(a_to_b.ok());
+  REQUIRE(a->Send(*a_to_b, 1, "twelve bytes", kOpTimeout).ok());
+  char buffer[64];
+  absl::StatusOr<size_t> n = b->ReceiveInto(1, absl::MakeSpan(buffer), kOpTimeout);
+  REQUIRE(n.ok());
+  CHECK(std::string(buffer, *n) == "twelve bytes");
+
+  REQUIRE(a->Send(*a_to_b, 2, std::string(100, 'y'), kOpTimeout).ok());
+  n = b->ReceiveInto(2, absl::MakeSpan(buffer), kOpTimeout);
+  CHECK(n.status().code() == absl::StatusCode::kOutOfRange);
+
+  CHECK(a->Connect("", "nobody").status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(a->PeerStatus(UcxPeer{99}).code() == absl::StatusCode::kNotFound);
+  CHECK(a->Disconnect(*a_to_b).ok());
+  absl::Status after = a->Send(*a_to_b, 3, "x", kOpTimeout);
+  CHECK(after.code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(std::string(after.message()) == "UCX peer b: disconnected");
+}
+
+double CpuSeconds() {
+  rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_utime.tv_sec + usage.ru_utime.tv_usec / 1e6 + usage.ru_stime.tv_sec +
+         usage.ru_stime.tv_usec / 1e6;
+}
+
+TEST_CASE("an idle node sleeps: under 5% of a CPU over a second") {
+  UseTcpOnLoopback();
+  ShmLeakCheck shm;
+  // Two connected nodes that have talked, so their workers have live
+  // connections (and keepalive rounds) while idle.
+  std::unique_ptr<UcxNode> a = MakeNode("a");
+  std::unique_ptr<UcxNode> b = MakeNode("b");
+  absl::StatusOr<UcxPeer> a_to_b = a->Connect(b->address(), "b");
+  REQUIRE(a_to_b.ok());
+  REQUIRE(a->Send(*a_to_b, 1, "wake up", kOpTimeout).ok());
+  REQUIRE(b->Receive(1, kOpTimeout).ok());
+  absl::SleepFor(absl::Milliseconds(100));
+  const double before = CpuSeconds();
+  absl::SleepFor(absl::Seconds(1));
+  const double used = CpuSeconds() - before;
+  INFO("CPU over the idle second: " << used << " s");
+  CHECK(used < 0.05);
+}
+
+}  // namespace
+}  // namespace dragon::common
