@@ -32,6 +32,8 @@ struct UcxNode::Op {
   void* request = nullptr;  // UCX's, until freed
   bool done = false;
   bool orphaned = false;
+  // A send or get: UCX may have to keep pushing it out from progress.
+  bool is_transfer = false;
   ucs_status_t status = UCS_OK;
   size_t length = 0;   // bytes received
   std::string buffer;  // Receive's message

@@ -44,12 +44,16 @@ absl::Status UcxNode::WaitLocked(Op* op, const Peer* peer, absl::Time deadline) 
   // then ours): the difference between a round trip near UCX's own and one
   // several times slower.
   const absl::Time spin_end = std::min(deadline, absl::Now() + options_.busy_poll);
-  bool progressed = false;
-  while (!finished() && absl::Now() < spin_end) progressed |= ProgressLocked();
+  bool more = false;  // the last progress call did something: maybe more to do
+  while (!finished() && absl::Now() < spin_end) more = ProgressLocked();
   if (!finished()) {
-    // Whatever we started or half-progressed must not wait for an event
-    // that UCX will not signal: make the progress thread take over.
-    if (progressed || op->request != nullptr) WakeProgressThread();
+    // Work that UCX may still have queued (our last progress call was not
+    // idle, or a send or get we started is still being pushed out) must
+    // not wait for an event UCX will not signal: the progress thread takes
+    // over. A posted receive needs no such push; its message's arrival
+    // signals the event fd, and not waking the thread saves two context
+    // switches on every round trip that outlasts busy_poll.
+    if (more || op->is_transfer) WakeProgressThread();
     mu_.AwaitWithDeadline(absl::Condition(&finished), deadline);
   }
   if (op->done) return absl::OkStatus();
@@ -73,6 +77,7 @@ absl::Status UcxNode::Send(UcxPeer handle, uint64_t tag, absl::string_view data,
   if (!found.ok()) return found.status();
   Peer* peer = *found;
   Op* op = new Op;
+  op->is_transfer = true;
   ucp_request_param_t param;
   std::memset(&param, 0, sizeof(param));
   param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
@@ -127,7 +132,7 @@ absl::StatusOr<std::string> UcxNode::Receive(UcxPeer from, uint64_t tag, absl::D
     peer = *found;
   }
   const absl::Time spin_end = absl::Now() + options_.busy_poll;
-  bool progressed = false;
+  bool more = false;
   ucp_tag_recv_info_t info;
   ucp_tag_message_h message;
   for (;;) {
@@ -141,11 +146,11 @@ absl::StatusOr<std::string> UcxNode::Receive(UcxPeer from, uint64_t tag, absl::D
           "UCX: no message with tag ", tag, " within ", absl::FormatDuration(timeout)));
     }
     if (now < spin_end) {
-      progressed |= ProgressLocked();
+      more = ProgressLocked();
       continue;
     }
-    if (progressed) WakeProgressThread();
-    progressed = false;
+    if (more) WakeProgressThread();  // as in WaitLocked
+    more = false;
     const uint64_t seen = progress_epoch_;
     auto changed = [this, seen, peer]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return progress_epoch_ != seen || (peer != nullptr && !peer->failure.ok());
@@ -270,6 +275,7 @@ absl::Status UcxNode::Get(UcxPeer handle, uint64_t remote_address, absl::string_
         peer->name, absl::StrCat("bad remote key (", ucs_status_string(status), ")")));
   }
   Op* op = new Op;
+  op->is_transfer = true;
   ucp_request_param_t param;
   std::memset(&param, 0, sizeof(param));
   param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
