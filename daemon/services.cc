@@ -12,36 +12,11 @@
 #include "absl/strings/str_join.h"
 #include "daemon/grpc_status.h"
 #include "daemon/message_batching.h"
+#include "daemon/session_stream.h"
 #include "spdlog/spdlog.h"
 
 namespace dragon::daemon {
 
-namespace {
-
-// Runs on its own thread for the life of one stream: writes whatever the
-// Head queued, merged. After a failed write (peer gone) it keeps draining
-// so that producers never block, and the reader notices the broken stream.
-template <typename Message, typename Stream, typename Merge>
-void WriterLoop(Outbox<Message>* outbox, Stream* stream, Merge merge, const std::string& who) {
-  std::vector<Message> drained;
-  bool broken = false;
-  while (outbox->Drain(&drained)) {
-    if (broken) {
-      drained.clear();
-      continue;
-    }
-    for (auto& msg : merge(&drained)) {
-      if (!stream->Write(msg)) {
-        spdlog::info("{}: write failed, peer gone", who);
-        broken = true;
-        break;
-      }
-    }
-    drained.clear();
-  }
-}
-
-}  // namespace
 
 HeadServiceImpl::HeadServiceImpl(Head* head, const common::TokenCheck* auth,
                                  std::function<void(const std::string&)> request_shutdown,
@@ -54,56 +29,9 @@ HeadServiceImpl::HeadServiceImpl(Head* head, const common::TokenCheck* auth,
       run_dir_(std::move(run_dir)),
       cancel_wait_(cancel_wait) {}
 
-grpc::Status HeadServiceImpl::Session(
-    grpc::ServerContext* context,
-    grpc::ServerReaderWriter<dragon::v1::HeadMessage, dragon::v1::ClientMessage>* stream) {
-  if (grpc::Status refused = auth_->Check(*context); !refused.ok()) return refused;
-  dragon::v1::ClientMessage msg;
-  if (!stream->Read(&msg)) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "session closed before Hello");
-  }
-  if (!msg.has_hello()) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        "the first message of a session must be Hello");
-  }
-  auto outbox = std::make_shared<SessionOutbox>();
-  auto welcome = head_->OpenSession(msg.hello(), outbox, context->peer());
-  if (!welcome.ok()) {
-    spdlog::warn("session from {} refused: {}", context->peer(), std::string(welcome.status().message()));
-    if (absl::IsFailedPrecondition(welcome.status())) {
-      // A protocol mismatch: the client reads this head's version from a
-      // Welcome field, then the stream's error says the rest.
-      dragon::v1::HeadMessage version;
-      version.mutable_welcome()->set_protocol_version(kProtocolVersion);
-      stream->Write(version);
-    }
-    return ToGrpcStatus(welcome.status());
-  }
-  const SessionId id = welcome->session_id();
-  dragon::v1::HeadMessage welcome_msg;
-  *welcome_msg.mutable_welcome() = *welcome;
-  grpc::Status status = grpc::Status::OK;
-  if (!stream->Write(welcome_msg)) {
-    head_->CloseSession(id, "could not send Welcome");
-    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "client went away");
-  }
-  const std::string who = absl::StrCat("session ", id);
-  std::thread writer([&] { WriterLoop(outbox.get(), stream, [](auto* v) { return MergeForClient(v); }, who); });
-  std::string why = "client closed the stream";
-  while (stream->Read(&msg)) {
-    if (msg.has_submit()) {
-      head_->Submit(id, msg.mutable_submit());
-    } else {
-      why = "protocol error: unexpected message after Hello";
-      status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                            "only SubmitBatch messages may follow Hello");
-      break;
-    }
-  }
-  if (context->IsCancelled()) why = "stream cancelled";
-  head_->CloseSession(id, why);  // also closes the outbox, ending the writer
-  writer.join();
-  return status;
+grpc::ServerBidiReactor<dragon::v1::ClientMessage, dragon::v1::HeadMessage>* HeadServiceImpl::Session(
+    grpc::CallbackServerContext* context) {
+  return new SessionStream(head_, auth_, context);
 }
 
 grpc::Status HeadServiceImpl::Cancel(grpc::ServerContext* context,

@@ -1,7 +1,6 @@
-// gRPC front end of the Head for clients: HeadService. Each session stream
-// gets a reader (the handler thread gRPC gives it) and one writer thread that
-// drains the stream's outbox; neither is per task. (Agents, which can be
-// hundreds, are served without threads of their own: agent_stream.h.)
+// gRPC front end of the Head for clients: HeadService. Session streams are on
+// gRPC's callback API, without threads of their own (session_stream.h, as
+// agents' streams: agent_stream.h); the other calls are plain sync handlers.
 #ifndef DRAGON_DAEMON_SERVICES_H_
 #define DRAGON_DAEMON_SERVICES_H_
 
@@ -15,7 +14,8 @@
 
 namespace dragon::daemon {
 
-class HeadServiceImpl final : public dragon::v1::HeadService::Service {
+class HeadServiceImpl final
+    : public dragon::v1::HeadService::WithCallbackMethod_Session<dragon::v1::HeadService::Service> {
  public:
   // `request_shutdown` is called (once per Shutdown RPC) to stop dragond;
   // it must not block on the server.
@@ -39,10 +39,8 @@ class HeadServiceImpl final : public dragon::v1::HeadService::Service {
     address_ = address;
   }
 
-  grpc::Status Session(
-      grpc::ServerContext* context,
-      grpc::ServerReaderWriter<dragon::v1::HeadMessage, dragon::v1::ClientMessage>* stream)
-      override;
+  grpc::ServerBidiReactor<dragon::v1::ClientMessage, dragon::v1::HeadMessage>* Session(
+      grpc::CallbackServerContext* context) override;
   grpc::Status Cancel(grpc::ServerContext* context, const dragon::v1::CancelRequest* request,
                       dragon::v1::CancelReply* reply) override;
   grpc::Status GetTask(grpc::ServerContext* context, const dragon::v1::GetTaskRequest* request,
