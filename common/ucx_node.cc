@@ -4,12 +4,15 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <stdlib.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <utility>
+#include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/ucx_node_internal.h"
 
@@ -23,6 +26,15 @@ absl::Status UcxError(absl::string_view what, ucs_status_t status) {
 // A duration as UCX's configuration parser reads it.
 std::string UcxTime(absl::Duration d) {
   return absl::StrCat(absl::ToInt64Microseconds(d), "us");
+}
+
+// UCX_TLS lets the tcp transport in: unset, "all", an exclusion list
+// ("^posix"), or a list naming tcp.
+bool TcpMayBeUsed() {
+  const char* tls = getenv("UCX_TLS");
+  if (tls == nullptr || tls[0] == '\0' || tls[0] == '^') return true;
+  absl::string_view list(tls);
+  return absl::StrContains(list, "tcp") || absl::StrContains(list, "all");
 }
 
 // Frees UCX objects made before a later step of Create failed.
@@ -45,11 +57,11 @@ absl::StatusOr<std::unique_ptr<UcxNode>> UcxNode::Create(const UcxNodeOptions& o
   SetupGuard guard;
   ucs_status_t status = ucp_config_read(nullptr, nullptr, &guard.config);
   if (status != UCS_OK) return UcxError("UCX: reading the configuration", status);
-  const std::pair<const char*, std::string> settings[] = {
+  // Transport settings go by their names without the transport's prefix
+  // (UCX_TCP_KEEPIDLE is "KEEPIDLE" here): ucp_config_modify hands names it
+  // does not know to each transport's table.
+  std::vector<std::pair<const char*, std::string>> settings = {
       {"KEEPALIVE_INTERVAL", UcxTime(options.keepalive_interval)},
-      {"KEEPIDLE", UcxTime(options.tcp_keepalive_idle)},
-      {"KEEPINTVL", UcxTime(options.tcp_keepalive_interval)},
-      {"KEEPCNT", std::to_string(options.tcp_keepalive_count)},
       // The posix shared-memory transport names its segments
       // /dev/shm/ucx_shm_posix_<id>. With the proc link, each file is
       // unlinked right after it is opened and peers map it through
@@ -58,6 +70,11 @@ absl::StatusOr<std::unique_ptr<UcxNode>> UcxNode::Create(const UcxNodeOptions& o
       // It is UCX's default; set here so that an environment cannot turn it off.
       {"USE_PROC_LINK", "y"},
   };
+  if (TcpMayBeUsed()) {  // else UCX warns that the settings went unused
+    settings.push_back({"KEEPIDLE", UcxTime(options.tcp_keepalive_idle)});
+    settings.push_back({"KEEPINTVL", UcxTime(options.tcp_keepalive_interval)});
+    settings.push_back({"KEEPCNT", std::to_string(options.tcp_keepalive_count)});
+  }
   for (const auto& [name, value] : settings) {
     status = ucp_config_modify(guard.config, name, value.c_str());
     if (status != UCS_OK) {

@@ -159,6 +159,7 @@ absl::StatusOr<std::string> UcxNode::Receive(UcxPeer from, uint64_t tag, absl::D
   }
 
   Op* op = new Op;
+  op->is_transfer = true;  // a rendezvous reply may need pushing out
   op->buffer.resize(info.length);
   ucp_request_param_t param;
   std::memset(&param, 0, sizeof(param));
