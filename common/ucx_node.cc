@@ -74,6 +74,8 @@ absl::StatusOr<std::unique_ptr<UcxNode>> UcxNode::Create(const UcxNodeOptions& o
     settings.push_back({"KEEPIDLE", UcxTime(options.tcp_keepalive_idle)});
     settings.push_back({"KEEPINTVL", UcxTime(options.tcp_keepalive_interval)});
     settings.push_back({"KEEPCNT", std::to_string(options.tcp_keepalive_count)});
+    settings.push_back({"TX_SEG_SIZE", std::to_string(options.tcp_segment_size)});
+    settings.push_back({"RX_SEG_SIZE", std::to_string(options.tcp_segment_size)});
   }
   for (const auto& [name, value] : settings) {
     status = ucp_config_modify(guard.config, name, value.c_str());

@@ -63,6 +63,12 @@ struct UcxNodeOptions {
   absl::Duration tcp_keepalive_idle = absl::Seconds(2);
   absl::Duration tcp_keepalive_interval = absl::Seconds(1);
   int tcp_keepalive_count = 3;
+  // UCX_TCP_TX_SEG_SIZE and RX_SEG_SIZE (default 8 KiB): the unit of UCX's
+  // copied sends over TCP, which is what a Get is made of (TCP has no
+  // one-sided read; the peer's progress thread answers in segments).
+  // 64 KiB made a 1 MiB Get 2.5x faster on loopback (1.0 -> 2.6 GB/s), for
+  // 128 KiB of buffers per connection.
+  size_t tcp_segment_size = 64 << 10;
   // How long a caller waiting for its own operation drives UCX itself before
   // it sleeps and leaves progress to the node's thread. Zero: always sleep.
   absl::Duration busy_poll = absl::Microseconds(50);
@@ -196,6 +202,8 @@ class UcxNode {
   // Waits (without a deadline: UCX completes cancelled and force-closed
   // requests at once) until `op` is done, then frees its request.
   void FinishLocked(Op* op) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Lets other threads have mu_ and the CPU for a moment while spinning.
+  void YieldLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Closes every endpoint at shutdown, flushing each for up to close_timeout.
   void CloseAllEndpoints();
   absl::StatusOr<Peer*> UsablePeerLocked(UcxPeer peer) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -1,5 +1,7 @@
 // UcxNode's operations: Send, Receive, ReceiveInto, Get, and how a caller
 // waits for one (WaitLocked).
+#include <sched.h>
+
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -37,6 +39,17 @@ void UcxNode::OnReceiveDone(void* request, ucs_status_t status, const ucp_tag_re
   }
 }
 
+// While a caller spins for busy_poll, the thread that will answer it (the
+// peer's, or our own progress thread) may be waiting for this very CPU: on
+// a machine with few cores, spinning without letting go measured round
+// trips of 140 us instead of 11. So each idle turn lets go of the lock and
+// of the CPU.
+void UcxNode::YieldLocked() {
+  mu_.Unlock();
+  sched_yield();
+  mu_.Lock();
+}
+
 absl::Status UcxNode::WaitLocked(Op* op, const Peer* peer, absl::Time deadline) {
   auto finished = [op, peer] { return op->done || (peer != nullptr && !peer->failure.ok()); };
   // Driving UCX ourselves for a few microseconds catches a reply that is
@@ -45,7 +58,10 @@ absl::Status UcxNode::WaitLocked(Op* op, const Peer* peer, absl::Time deadline) 
   // several times slower.
   const absl::Time spin_end = std::min(deadline, absl::Now() + options_.busy_poll);
   bool more = false;  // the last progress call did something: maybe more to do
-  while (!finished() && absl::Now() < spin_end) more = ProgressLocked();
+  while (!finished() && absl::Now() < spin_end) {
+    more = ProgressLocked();
+    if (!more) YieldLocked();
+  }
   if (!finished()) {
     // Work that UCX may still have queued (our last progress call was not
     // idle, or a send or get we started is still being pushed out) must
@@ -147,6 +163,7 @@ absl::StatusOr<std::string> UcxNode::Receive(UcxPeer from, uint64_t tag, absl::D
     }
     if (now < spin_end) {
       more = ProgressLocked();
+      if (!more) YieldLocked();
       continue;
     }
     if (more) WakeProgressThread();  // as in WaitLocked

@@ -546,9 +546,19 @@ double CpuSeconds() {
          usage.ru_stime.tv_usec / 1e6;
 }
 
-TEST_CASE("an idle node sleeps: under 5% of a CPU over a second") {
+int ThreadCount() {
+  int n = 0;
+  DIR* dir = opendir("/proc/self/task");
+  if (dir == nullptr) return -1;
+  while (dirent* entry = readdir(dir)) n += entry->d_name[0] != '.';
+  closedir(dir);
+  return n;
+}
+
+TEST_CASE("an idle node sleeps: under 5% of a CPU over a second; no thread outlives the nodes") {
   UseTcpOnLoopback();
   ShmLeakCheck shm;
+  const int threads_before = ThreadCount();
   // Two connected nodes that have talked, so their workers have live
   // connections (and keepalive rounds) while idle.
   std::unique_ptr<UcxNode> a = MakeNode("a");
@@ -563,6 +573,10 @@ TEST_CASE("an idle node sleeps: under 5% of a CPU over a second") {
   const double used = CpuSeconds() - before;
   INFO("CPU over the idle second: " << used << " s");
   CHECK(used < 0.05);
+  CHECK(ThreadCount() > threads_before);  // progress threads (and UCX's async thread)
+  a.reset();
+  b.reset();
+  CHECK(ThreadCount() == threads_before);
 }
 
 }  // namespace
