@@ -64,20 +64,8 @@ def log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------- statistics
-def percentile(sorted_values: list, q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    k = (len(sorted_values) - 1) * q
-    lo = int(k)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
-
-
-def latency_stats(samples_ms: list) -> dict:
-    s = sorted(samples_ms)
-    return {"samples": len(s), "p50_ms": percentile(s, 0.5), "p99_ms": percentile(s, 0.99),
-            "mean_ms": statistics.fmean(s) if s else None, "min_ms": s[0] if s else None,
-            "max_ms": s[-1] if s else None}
+# The same percentiles as the Parsl benchmarks' (parsl_bench.py: stdlib only at import).
+from parsl_bench import latency_stats  # noqa: E402
 
 
 def median(xs: list):
