@@ -82,7 +82,8 @@ class WorkerPool : public TaskHandler {
   void Shutdown();
 
  private:
-  class Control;  // PoolState's WorkerControl over real processes
+  class Control;  // PoolState's WorkerControl over real processes (worker_pool_control.h)
+  static int64_t NowUs();
 
   struct Worker {
     explicit Worker(std::unique_ptr<WorkerProcess> p, uint32_t max_frame)
