@@ -296,6 +296,9 @@ absl::StatusOr<UcxNode::Peer*> UcxNode::UsablePeerLocked(UcxPeer peer) const {
   absl::StatusOr<Peer*> p = PeerLocked(peer);
   if (!p.ok()) return p;
   if (!(*p)->failure.ok()) return (*p)->failure;
+  if ((*p)->closing) {
+    return absl::FailedPreconditionError(PeerMessage((*p)->name, "disconnected"));
+  }
   return p;
 }
 
@@ -304,34 +307,60 @@ absl::Status UcxNode::PeerStatus(UcxPeer peer) const {
   return UsablePeerLocked(peer).status();
 }
 
+bool UcxNode::AwaitRequestLocked(void* request, absl::Time deadline) {
+  auto finished = [request] { return ucp_request_check_status(request) != UCS_INPROGRESS; };
+  if (finished()) return true;
+  // The progress thread drives it; mu_ is free for everyone else meanwhile.
+  WakeProgressThread();
+  return mu_.AwaitWithDeadline(absl::Condition(&finished), deadline);
+}
+
 absl::Status UcxNode::Disconnect(UcxPeer handle) {
   absl::MutexLock lock(&mu_);
   absl::StatusOr<Peer*> found = PeerLocked(handle);
   if (!found.ok()) return found.status();
   Peer* peer = *found;
-  if (peer->failure.ok()) {
-    peer->failure = absl::FailedPreconditionError(PeerMessage(peer->name, "disconnected"));
+  const absl::Status disconnected =
+      absl::FailedPreconditionError(PeerMessage(peer->name, "disconnected"));
+  if (peer->ep == nullptr || !peer->failure.ok() || peer->closing) {
+    if (peer->failure.ok()) peer->failure = disconnected;
+    return absl::OkStatus();
   }
-  if (peer->ep == nullptr) return absl::OkStatus();
+  // No new operations from here; those in flight may finish during the
+  // flush. Flush first, with a bound: a close in flush mode cannot be turned
+  // into a forced one later, and a hung peer would hold it (and the
+  // callers still waiting on this peer) indefinitely.
+  peer->closing = true;
+  const absl::Time deadline = absl::Now() + options_.close_timeout;
   ucp_request_param_t param;
   std::memset(&param, 0, sizeof(param));
-  ucs_status_ptr_t request = ucp_ep_close_nbx(peer->ep, &param);  // flush, then close
-  peer->ep = nullptr;
-  if (!UCS_PTR_IS_PTR(request)) return absl::OkStatus();
-  const absl::Time deadline = absl::Now() + options_.close_timeout;
-  while (ucp_request_check_status(request) == UCS_INPROGRESS && absl::Now() < deadline) {
-    ProgressLocked();
+  ucs_status_ptr_t flush = ucp_ep_flush_nbx(peer->ep, &param);
+  bool flushed = !UCS_PTR_IS_PTR(flush) || AwaitRequestLocked(flush, deadline);
+  // Lost meanwhile (UCX's error callback): leave its failure, it says more.
+  if (peer->failure.ok()) peer->failure = disconnected;
+  absl::Status result;
+  if (peer->ep == nullptr) {
+    // Lost during the flush; UCX's error path has closed it already.
+  } else if (flushed) {
+    ucs_status_ptr_t close = ucp_ep_close_nbx(peer->ep, &param);  // flush mode: nothing left
+    peer->ep = nullptr;
+    // Should the peer vanish now, the close goes on without us; UCX
+    // releases the request when it ends (at the latest with the worker).
+    if (UCS_PTR_IS_PTR(close)) {
+      AwaitRequestLocked(close, deadline);
+      ucp_request_free(close);
+    }
+  } else {
+    // Completes whatever is still pending on the peer (UCS_ERR_CANCELED):
+    // the callers waiting for it return the peer's failure.
+    ForceCloseLocked(peer);
+    result = absl::DeadlineExceededError(PeerMessage(
+        peer->name, absl::StrCat("not flushed within ",
+                                 absl::FormatDuration(options_.close_timeout),
+                                 "; connection closed by force")));
   }
-  ucs_status_t status = ucp_request_check_status(request);
-  // Released by UCX when the close completes; a close still flushing after
-  // close_timeout goes on without us (the worker's destruction ends it).
-  ucp_request_free(request);
-  if (status == UCS_INPROGRESS) {
-    return absl::DeadlineExceededError(PeerMessage(
-        peer->name, absl::StrCat("not flushed within ", absl::FormatDuration(
-                                                            options_.close_timeout))));
-  }
-  return absl::OkStatus();
+  if (UCS_PTR_IS_PTR(flush)) ucp_request_free(flush);
+  return result;
 }
 
 void UcxNode::CloseAllEndpoints() {

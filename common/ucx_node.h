@@ -138,8 +138,13 @@ class UcxNode {
   // is what every error about this peer names. Returns at once; the
   // connection is set up by the first operation.
   absl::StatusOr<UcxPeer> Connect(absl::string_view peer_address, absl::string_view peer_name);
-  // Flushes and closes the endpoint (by force after close_timeout). Pending
-  // operations fail; later ones fail with FailedPrecondition.
+  // Flushes and closes the endpoint; a peer that does not take what is in
+  // flight within close_timeout (hung, cut off) is closed by force and
+  // Disconnect returns DeadlineExceeded. Either way, operations still
+  // pending on the peer (in other threads) fail at once, and later ones fail
+  // with FailedPrecondition("UCX peer <name>: disconnected"). This is what
+  // the agent calls when the control plane declares the peer's node lost.
+  // Returns within close_timeout.
   absl::Status Disconnect(UcxPeer peer);
   // OK while the peer is usable; else why not (lost, disconnected, unknown).
   absl::Status PeerStatus(UcxPeer peer) const;
@@ -162,7 +167,12 @@ class UcxNode {
   absl::StatusOr<std::string> Receive(UcxPeer from, uint64_t tag, absl::Duration timeout);
   // Receives the next message with `tag` into `buffer` (e.g. a pool block),
   // returning its length. A message longer than `buffer` is consumed and
-  // fails OutOfRange. `from` as for Receive (nullptr: any peer).
+  // fails OutOfRange. `from` as for Receive (nullptr: any peer). Since UCX
+  // writes into `buffer`, a message still arriving when the deadline passes
+  // is waited for: up to close_timeout, then `from`'s connection is closed
+  // by force; without `from`, until UCX ends the transfer (its sender's
+  // connection fails or is Disconnected). Receive has no such wait: its
+  // buffer is its own.
   absl::StatusOr<size_t> ReceiveInto(uint64_t tag, absl::Span<char> buffer,
                                      absl::Duration timeout, const UcxPeer* from = nullptr);
 
@@ -206,6 +216,9 @@ class UcxNode {
   void YieldLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Closes every endpoint at shutdown, flushing each for up to close_timeout.
   void CloseAllEndpoints();
+  // Waits, with mu_ released and the progress thread driving, until UCX's
+  // `request` completes (true) or `deadline` passes (false).
+  bool AwaitRequestLocked(void* request, absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<Peer*> UsablePeerLocked(UcxPeer peer) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<Peer*> PeerLocked(UcxPeer peer) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Deregister(UcxMemoryRegion* region);

@@ -23,6 +23,8 @@ struct UcxNode::Peer {
   ucp_ep_h ep = nullptr;
   // OK while usable; else what every operation on it returns.
   absl::Status failure;
+  // Being disconnected: no new operations, those in flight may finish.
+  bool closing = false;
 };
 
 // One UCX request a caller waits for. Lives on the heap: a Receive that gives

@@ -78,9 +78,15 @@ absl::Status UcxNode::WaitLocked(Op* op, const Peer* peer, absl::Time deadline) 
 }
 
 void UcxNode::FinishLocked(Op* op) {
-  // Only called once the request was cancelled or its endpoint closed by
-  // force, which UCX completes at once (UCS_ERR_CANCELED).
-  while (!op->done) ProgressLocked();
+  // Called once the request completed, was cancelled, or its endpoint was
+  // closed by force: UCX completes the last two at once (UCS_ERR_CANCELED).
+  // The one exception, a receive already matched to a message whose sender
+  // stalls, waits here with mu_ released, so that only its caller waits.
+  if (!op->done) ProgressLocked();
+  if (!op->done) {
+    WakeProgressThread();
+    mu_.Await(absl::Condition(&op->done));
+  }
   if (op->request != nullptr) ucp_request_free(op->request);
   delete op;
 }

@@ -316,8 +316,9 @@ struct DelayedKill {
   DelayedKill(pid_t pid, absl::Duration delay)
       : thread([this, pid, delay] {
           absl::SleepFor(delay);
-          kill(pid, SIGKILL);
+          // Before the kill: the victim's peer may notice before kill returns.
           killed_at_us = absl::ToUnixMicros(absl::Now());
+          kill(pid, SIGKILL);
         }) {}
   ~DelayedKill() { thread.join(); }
   absl::Duration SinceKill() const {
@@ -448,6 +449,46 @@ TEST_CASE("a hung peer fails a Get at its deadline, and the peer for later opera
     absl::Status later = node->Send(peer, 41, "x", kOpTimeout);
     CHECK(later.code() == absl::StatusCode::kUnavailable);
     CHECK(std::string(later.message()).find("UCX peer child: ") == 0);
+    kill(child.pid, SIGKILL);
+    WaitChild(child);
+  }
+}
+
+// What the agent does when the control plane declares a peer's node lost:
+// Disconnect, which must not wait for a hung peer longer than close_timeout
+// and must release the callers still waiting on it.
+TEST_CASE("Disconnect of a hung peer returns within close_timeout and fails a Send pending on it") {
+  UseTcpOnLoopback();
+  ShmLeakCheck shm;
+  Child child = StartChild([](UcxNode& node, UcxPeer parent) {
+    ChildOk(node.Send(parent, 60, "ready", kOpTimeout), "send ready");
+    pause();
+  });
+  {
+    std::unique_ptr<UcxNode> node = MakeNode("parent");
+    UcxPeer peer = ConnectToChild(*node, child);
+    REQUIRE(node->Receive(peer, 60, kOpTimeout).ok());
+    REQUIRE(kill(child.pid, SIGSTOP) == 0);
+    // 64 MiB go by rendezvous: the Send waits for the (stopped) receiver.
+    std::string large(64 << 20, 'l');
+    absl::Status sent;
+    absl::Time send_returned;
+    std::thread sender([&] {
+      sent = node->Send(peer, 61, large, absl::Seconds(20));
+      send_returned = absl::Now();
+    });
+    absl::SleepFor(absl::Milliseconds(200));
+    const absl::Time start = absl::Now();
+    absl::Status disconnected = node->Disconnect(peer);
+    const absl::Duration took = absl::Now() - start;
+    sender.join();
+    INFO(disconnected.ToString() << " after " << absl::FormatDuration(took) << "; Send: "
+                                 << sent.ToString());
+    CHECK(disconnected.code() == absl::StatusCode::kDeadlineExceeded);
+    CHECK(took < absl::Milliseconds(1500));  // close_timeout is 1 s
+    CHECK(sent.code() == absl::StatusCode::kFailedPrecondition);
+    CHECK(std::string(sent.message()) == "UCX peer child: disconnected");
+    CHECK(send_returned - start < absl::Milliseconds(1500));
     kill(child.pid, SIGKILL);
     WaitChild(child);
   }
