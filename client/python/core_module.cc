@@ -20,6 +20,8 @@
 #include "absl/strings/cord.h"
 #include "absl/time/time.h"
 #include "client/python/session_inbox.h"
+#include "client/python/shm_pool_binding.h"
+#include "client/python/without_gil.h"
 #include "client/session_client.h"
 
 namespace py = pybind11;
@@ -52,28 +54,6 @@ py::tuple ErrorTuple(const absl::Status& s) {
 }
 
 absl::Duration Seconds(double s) { return absl::Seconds(s > 0 ? s : 0); }
-
-// Runs fn() with the interpreter lock released and returns what it returns.
-// Not py::gil_scoped_release: when the interpreter exits while a daemon thread
-// waits here (a workflow that ends without shutting its executor down), that
-// thread is ended with pthread_exit as it asks for the lock back, and doing so
-// inside a destructor, which is noexcept, aborts the whole process
-// ("terminate called without an active exception") instead of letting it exit.
-template <typename Fn>
-auto WithoutGil(Fn&& fn) -> decltype(fn()) {
-  using Result = decltype(fn());
-  PyThreadState* state = PyEval_SaveThread();
-  std::optional<Result> result;
-  std::exception_ptr error;
-  try {
-    result.emplace(fn());
-  } catch (...) {
-    error = std::current_exception();
-  }
-  PyEval_RestoreThread(state);  // here, not in a destructor (see above)
-  if (error) std::rethrow_exception(error);
-  return std::move(*result);
-}
 
 class CoreSession {
  public:
@@ -217,4 +197,5 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("batches_sent", &CoreSession::batches_sent)
       .def_property_readonly("tasks_sent", &CoreSession::tasks_sent)
       .def_property_readonly("lingers", &CoreSession::lingers);
+  dragon::client::RegisterShmPool(m);
 }

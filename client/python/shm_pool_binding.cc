@@ -1,0 +1,179 @@
+#include "client/python/shm_pool_binding.h"
+
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "client/python/without_gil.h"
+#include "common/shm_pool.h"
+
+namespace py = pybind11;
+
+namespace dragon::client {
+namespace {
+
+using common::BlockRef;
+using common::ShmPool;
+
+// Set by RegisterShmPool; the module keeps them alive.
+PyObject* g_pool_error = nullptr;
+PyObject* g_pool_full = nullptr;
+PyObject* g_block_error = nullptr;
+
+[[noreturn]] void Raise(const absl::Status& s) {
+  PyObject* type = g_pool_error;
+  if (absl::IsResourceExhausted(s)) {
+    type = g_pool_full;
+  } else if (absl::IsInvalidArgument(s) || absl::IsNotFound(s) || absl::IsOutOfRange(s)) {
+    type = g_block_error;
+  }
+  PyErr_SetString(type, std::string(s.message()).c_str());
+  throw py::error_already_set();
+}
+
+template <typename T>
+T Value(absl::StatusOr<T> v) {
+  if (!v.ok()) Raise(v.status());
+  return *std::move(v);
+}
+
+void Check(const absl::Status& s) {
+  if (!s.ok()) Raise(s);
+}
+
+BlockRef Ref(const py::bytes& encoded) {
+  return Value(BlockRef::Decode(std::string(encoded)));
+}
+
+// One block's bytes, writable, for memoryview()/numpy.frombuffer(). It holds
+// the pool, so the mapping outlives every view of it; the block itself stays
+// valid until someone frees it (the pool cannot revoke a pointer).
+struct ShmBlock {
+  std::shared_ptr<ShmPool> pool;
+  BlockRef ref;
+  absl::Span<char> bytes;
+};
+
+// The pool as Python holds it: close() lets it go (the creator's file is
+// removed once no block view is left either).
+class PoolHandle {
+ public:
+  explicit PoolHandle(std::unique_ptr<ShmPool> pool) : pool_(std::move(pool)) {}
+
+  ShmPool& pool() const {
+    if (pool_ == nullptr) {
+      PyErr_SetString(g_pool_error, "the shared-memory pool is closed");
+      throw py::error_already_set();
+    }
+    return *pool_;
+  }
+  const std::shared_ptr<ShmPool>& shared() const {
+    pool();
+    return pool_;
+  }
+  void close() { pool_.reset(); }
+
+ private:
+  std::shared_ptr<ShmPool> pool_;
+};
+
+py::dict StatsDict(const common::ShmPoolStats& s) {
+  py::dict d;
+  d["capacity_bytes"] = s.capacity_bytes;
+  d["free_bytes"] = s.free_bytes;
+  d["blocks_in_use"] = s.blocks_in_use;
+  d["largest_free_block"] = s.largest_free_block;
+  d["largest_possible_block"] = s.largest_possible_block;
+  d["waiters"] = s.waiters;
+  d["repairs"] = s.repairs;
+  return d;
+}
+
+}  // namespace
+
+void RegisterShmPool(py::module_& m) {
+  static py::exception<std::runtime_error> pool_error(m, "ShmPoolError", PyExc_RuntimeError);
+  static py::exception<std::runtime_error> pool_full(m, "ShmPoolFull", pool_error.ptr());
+  static py::exception<std::runtime_error> block_error(m, "ShmBlockError", pool_error.ptr());
+  g_pool_error = pool_error.ptr();
+  g_pool_full = pool_full.ptr();
+  g_block_error = block_error.ptr();
+
+  py::class_<ShmBlock>(m, "ShmBlock", py::buffer_protocol())
+      .def_buffer([](ShmBlock& b) {
+        return py::buffer_info(b.bytes.data(), 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(b.bytes.size())}, {1},
+                               /*readonly=*/false);
+      })
+      .def("__len__", [](const ShmBlock& b) { return b.bytes.size(); })
+      .def_property_readonly("ref", [](const ShmBlock& b) { return py::bytes(b.ref.Encode()); });
+
+  py::class_<PoolHandle>(m, "ShmPool")
+      .def_static(
+          "create",
+          [](const std::string& dir, const std::string& name, uint64_t size_bytes,
+             uint64_t min_block, bool prefault) {
+            common::ShmPoolOptions o;
+            o.dir = dir;
+            o.name = name;
+            o.size_bytes = size_bytes;
+            o.min_block = min_block;
+            o.prefault = prefault;
+            return PoolHandle(Value(WithoutGil([&] { return ShmPool::Create(o); })));
+          },
+          py::arg("dir"), py::arg("name"), py::arg("size_bytes"), py::arg("min_block") = 4096,
+          py::arg("prefault") = false,
+          "Creates DIR/NAME (mode 0600) with its space reserved now; removed when closed.")
+      .def_static(
+          "attach",
+          [](const std::string& path) { return PoolHandle(Value(ShmPool::Attach(path))); },
+          py::arg("path"), "Maps the pool another process created at PATH.")
+      .def_static("remove_stale", &ShmPool::RemoveStale, py::arg("dir"), py::arg("prefix"),
+                  "Removes pool files in DIR starting with PREFIX whose creator is dead.")
+      .def(
+          "allocate",
+          [](const PoolHandle& h, uint64_t size, double wait_s) {
+            ShmPool& pool = h.pool();
+            const absl::Duration wait = absl::Seconds(wait_s > 0 ? wait_s : 0);
+            BlockRef ref = Value(WithoutGil([&] { return pool.Allocate(size, wait); }));
+            return py::bytes(ref.Encode());
+          },
+          py::arg("size"), py::arg("wait_s") = 0.0,
+          "A block of at least SIZE bytes (its 24-byte reference); waits up to WAIT_S for space, "
+          "then raises ShmPoolFull.")
+      .def(
+          "block",
+          [](const PoolHandle& h, const py::bytes& encoded) {
+            const std::shared_ptr<ShmPool>& pool = h.shared();
+            BlockRef ref = Ref(encoded);
+            absl::Span<char> bytes = Value(pool->Resolve(ref));
+            return ShmBlock{pool, ref, bytes};
+          },
+          py::arg("ref"), "The block's bytes, writable (memoryview(pool.block(ref))).")
+      .def(
+          "free", [](const PoolHandle& h, const py::bytes& ref) { Check(h.pool().Free(Ref(ref))); },
+          py::arg("ref"))
+      .def(
+          "set_owner",
+          [](const PoolHandle& h, const py::bytes& ref, int pid) {
+            Check(h.pool().SetOwner(Ref(ref), pid));
+          },
+          py::arg("ref"), py::arg("pid"))
+      .def(
+          "reclaim_owner",
+          [](const PoolHandle& h, int pid) { return Value(h.pool().ReclaimOwner(pid)); },
+          py::arg("pid"), "Frees every block of PID (a dead process); the bytes freed.")
+      .def("stats", [](const PoolHandle& h) { return StatsDict(Value(h.pool().Stats())); })
+      .def_property_readonly("path", [](const PoolHandle& h) { return h.pool().path(); })
+      .def_property_readonly("capacity_bytes",
+                             [](const PoolHandle& h) { return h.pool().capacity_bytes(); })
+      .def_property_readonly("creator", [](const PoolHandle& h) { return h.pool().creator(); })
+      .def("close", &PoolHandle::close,
+           "Lets the pool go; the creator's file is removed once no block view is left.");
+}
+
+}  // namespace dragon::client
