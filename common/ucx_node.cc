@@ -25,6 +25,7 @@ absl::Status UcxError(absl::string_view what, ucs_status_t status) {
 
 // A duration as UCX's configuration parser reads it.
 std::string UcxTime(absl::Duration d) {
+  if (d == absl::InfiniteDuration()) return "inf";
   return absl::StrCat(absl::ToInt64Microseconds(d), "us");
 }
 
@@ -183,10 +184,11 @@ void UcxNode::WakeProgressThread() {
 // slip in between them unseen. What UCX does not signal on the event fd is
 // work that callers start (a send that could not go out at once, a new
 // endpoint's wire-up): those callers write the wake fd before they sleep,
-// and this loop progresses again. UCX's keepalive rounds run inside
-// ucp_worker_progress; with UCP_FEATURE_WAKEUP, UCX adds a timer fd to the
-// event fd that fires each keepalive interval, so the rounds happen while
-// we sleep here without a poll timeout of our own.
+// and this loop progresses again. UCX's keepalive rounds (when enabled,
+// see UcxNodeOptions) run inside ucp_worker_progress; with
+// UCP_FEATURE_WAKEUP, UCX adds a timer fd to the event fd that fires each
+// keepalive interval, so the rounds happen while we sleep here without a
+// poll timeout of our own. TCP keepalive is the kernel's and needs nothing.
 void UcxNode::ProgressLoop() {
   for (;;) {
     {

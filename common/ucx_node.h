@@ -9,10 +9,12 @@
 // deadline: a caller never blocks forever. A peer that dies (its process
 // killed: its TCP connection resets) fails every pending and later operation
 // on it with Unavailable("UCX peer <name>: connection lost (...)") within
-// milliseconds. A peer that hangs or is cut off is not seen by UCX over TCP
-// (the kernel still acknowledges, or retransmits for ~15 minutes); it is
-// caught by the deadline of the operation waiting on it, which then closes
-// the connection so that the peer is failed for everyone (see Send).
+// milliseconds. A peer cut off while the connection is idle is failed the
+// same way by TCP keepalive within seconds (UcxNodeOptions). A peer that
+// hangs, or is cut off with data in flight, is not seen by UCX over TCP (the
+// kernel still acknowledges, or retransmits for ~15 minutes); it is caught
+// by the deadline of the operation waiting on it, which then closes the
+// connection so that the peer is failed for everyone (see Send).
 //
 // Progress: a thread per node sleeps on the worker's event fd and drives UCX
 // only when something happens, so an idle node uses no CPU. A caller waiting
@@ -49,20 +51,31 @@ namespace dragon::common {
 struct UcxNodeOptions {
   // This node's name, in UCX's own logs (the worker's name).
   std::string name = "dragon";
-  // UCX's endpoint keepalive round (UCX_KEEPALIVE_INTERVAL, default 20 s):
-  // each round sends a keepalive message on every endpoint, so a peer whose
-  // host came back without the process (its kernel answers with a reset) is
-  // failed within about one interval even when nothing else is sent. The
-  // worker wakes for each round (UCX adds a timer fd to the event fd), a
-  // cost of one wake-up per interval.
-  absl::Duration keepalive_interval = absl::Seconds(1);
+  // Liveness of a peer that is not killed but hung or cut off (a killed
+  // process is seen at once: its kernel resets the connection).
+  //
   // TCP keepalive on UCX's sockets (UCX_TCP_KEEPIDLE/KEEPINTVL/KEEPCNT): a
-  // connection with nothing in flight to a host that vanished (cable, power)
-  // fails after idle + interval * count. It does nothing while data waits
-  // for acknowledgement; there the operation's own deadline decides.
+  // connection with nothing in flight whose peer host vanished (cable,
+  // power, partition) fails after about idle + interval * count; measured
+  // 4.0 s with these values between two network namespaces, the link cut
+  // on an idle connection. Only on the side that opened the TCP connection:
+  // UCX 1.13 sets SO_KEEPALIVE on the sockets it connects, not on those it
+  // accepts (measured: the accepting side noticed nothing in 20 s).
+  // Keepalive cannot work while data waits for an
+  // acknowledgement (the kernel retransmits for ~15 min instead), and a
+  // hung process's kernel still answers it: there the deadline of the
+  // operation waiting on the peer decides (see Send), or the control
+  // plane's node liveness, followed by Disconnect.
   absl::Duration tcp_keepalive_idle = absl::Seconds(2);
   absl::Duration tcp_keepalive_interval = absl::Seconds(1);
   int tcp_keepalive_count = 3;
+  // UCX's own endpoint keepalive (UCX_KEEPALIVE_INTERVAL, UCX's default
+  // 20 s): off by default. Over TCP it only sends a message each round and
+  // notices nothing but a reset, and those messages keep the connection
+  // from ever being idle, which disables TCP keepalive: with a 1 s round,
+  // the cut link above went unnoticed for the 19 s measured. Set it for
+  // transports without their own liveness checks.
+  absl::Duration keepalive_interval = absl::InfiniteDuration();
   // UCX_TCP_TX_SEG_SIZE and RX_SEG_SIZE (default 8 KiB): the unit of UCX's
   // copied sends over TCP, which is what a Get is made of (TCP has no
   // one-sided read; the peer's progress thread answers in segments).
