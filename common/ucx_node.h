@@ -133,7 +133,11 @@ class UcxNode {
   // Sets up the context (tags and RMA, with wake-up events), the worker, and
   // the progress thread. UCX reads its UCX_* environment variables here
   // (UCX_TLS chooses the transports); the options override the keepalive
-  // settings.
+  // and TCP segment settings. With peer error handling, UCX 1.13 will not
+  // use its shared-memory transports (posix, sysv, cma: "no peer failure
+  // handler") unless UCX_POSIX_ERROR_HANDLING=y, so two processes on one
+  // host talk over TCP on loopback; within a node, agents share data
+  // through the pool (shm_pool.h), not UCX.
   static absl::StatusOr<std::unique_ptr<UcxNode>> Create(const UcxNodeOptions& options);
 
   // Closes every endpoint (flushing for up to close_timeout, then by force),
