@@ -111,7 +111,7 @@ def markdown(res: dict) -> str:
 
 ISSUE15_NOTE = ("Measured side by side in this run. The no-op goal is >= 1.2x dragonhpc's DragonBatchPoolExecutor, "
                 "or, where 1.2x that executor is beyond what Parsl's DataFlowKernel allows here (the best of the "
-                "two DFK floor executors, which run nothing, is below 1.2x the batch executor), >= 0.95x that "
+                "DFK floor executors, which run nothing, is below 1.2x the batch executor), >= 0.95x that "
                 "floor: **PASS (floor)**. The image rows compare DragonExecutor with ThreadPool, HTEX and "
                 "dragonhpc's batch executor (those in the run).")
 
@@ -224,7 +224,7 @@ def parsl_markdown(parsl: dict, s: dict, cond: str) -> list:
             fl = nr.get("dragon/dfk-floor", {})
             L.append("The DFK floor executors run nothing (every future completes with None: at submit, or from "
                      "another thread in batches): their rate is what Parsl's DataFlowKernel alone allows under this "
-                     "configuration. \"vs DFK floor (best)\" divides by the faster of the two in each round"
+                     "configuration. \"vs DFK floor (best)\" divides by the fastest floor in each round"
                      + (f" (the faster, round by round: {', '.join(fl['best_floor'])})" if fl.get("best_floor")
                         else "") + ".")
             floor_best = max((ns.get(f, {}).get("tasks_per_s") or 0) for f in FLOOR)
@@ -233,7 +233,7 @@ def parsl_markdown(parsl: dict, s: dict, cond: str) -> list:
             if above:
                 L.append(f"Above the best floor's median ({fmt(floor_best)}/s) in this run: {', '.join(above)}: "
                          "there the floor is no bound: noise (the machine drifts), or that executor's way of "
-                         "completing futures suits the DFK better than either floor's; read the per-round ratios.")
+                         "completing futures suits the DFK better than any floor's; read the per-round ratios.")
         L.append("")
 
     if "latency" in summ:
@@ -244,8 +244,8 @@ def parsl_markdown(parsl: dict, s: dict, cond: str) -> list:
                  "p50 vs HTEX |")
         L.append("|---|---|---|---|---|---|---|---|---|")
         lr = rat.get("latency_p50", {})
-        for e in execs:
-            x = ls.get(e, {})
+        for e in [e for e in execs if e in ls]:  # not those that run no latency (the gather floor)
+            x = ls[e]
             if not x.get("samples"):
                 L.append(f"| {NAMES.get(e, e)} | failed: {first_error(x.get('errors', []))} | | | | | | | |")
                 continue
