@@ -226,6 +226,10 @@ class UcxNode {
   // with op done, or not done and the reason to stop waiting.
   absl::Status WaitLocked(Op* op, const Peer* peer, absl::Time deadline)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // What a UCX call that started `op` returned: done at once (or failed),
+  // recorded in op; else a request, waited for as by WaitLocked.
+  absl::Status StartedLocked(Op* op, ucs_status_ptr_t request, const Peer* peer,
+                             absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Waits (without a deadline: UCX completes cancelled and force-closed
   // requests at once) until `op` is done, then frees its request.
   void FinishLocked(Op* op) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

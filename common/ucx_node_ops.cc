@@ -50,6 +50,17 @@ void UcxNode::YieldLocked() {
   mu_.Lock();
 }
 
+absl::Status UcxNode::StartedLocked(Op* op, ucs_status_ptr_t request, const Peer* peer,
+                                    absl::Time deadline) {
+  if (!UCS_PTR_IS_PTR(request)) {  // done at once, or failed to start
+    op->done = true;
+    op->status = UCS_PTR_STATUS(request);
+    return absl::OkStatus();
+  }
+  op->request = request;
+  return WaitLocked(op, peer, deadline);
+}
+
 absl::Status UcxNode::WaitLocked(Op* op, const Peer* peer, absl::Time deadline) {
   auto finished = [op, peer] { return op->done || (peer != nullptr && !peer->failure.ok()); };
   // Driving UCX ourselves for a few microseconds catches a reply that is
@@ -191,24 +202,18 @@ absl::StatusOr<std::string> UcxNode::Receive(UcxPeer from, uint64_t tag, absl::D
   param.user_data = op;
   ucs_status_ptr_t request =
       ucp_tag_msg_recv_nbx(worker_, op->buffer.data(), info.length, message, &param);
-  if (!UCS_PTR_IS_PTR(request)) {
-    op->done = true;
-    op->status = UCS_PTR_STATUS(request);
-  } else {
-    op->request = request;
-    absl::Status waited = WaitLocked(op, peer, deadline);
-    if (!op->done) {
-      // The message is ours but still coming; its sender is lost or slow.
-      // The Op owns the buffer UCX writes into: leave both to the callback,
-      // which frees them when UCX finishes or fails the transfer.
-      op->orphaned = true;
-      if (waited.code() == absl::StatusCode::kDeadlineExceeded) {
-        return absl::DeadlineExceededError(
-            absl::StrCat("UCX: message with tag ", tag, " (", Bytes(info.length),
-                         ") not received completely within ", absl::FormatDuration(timeout)));
-      }
-      return waited;
+  absl::Status waited = StartedLocked(op, request, peer, deadline);
+  if (!op->done) {
+    // The message is ours but still coming; its sender is lost or slow.
+    // The Op owns the buffer UCX writes into: leave both to the callback,
+    // which frees them when UCX finishes or fails the transfer.
+    op->orphaned = true;
+    if (waited.code() == absl::StatusCode::kDeadlineExceeded) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("UCX: message with tag ", tag, " (", Bytes(info.length),
+                       ") not received completely within ", absl::FormatDuration(timeout)));
     }
+    return waited;
   }
   const ucs_status_t status = op->status;
   std::string data = std::move(op->buffer);
@@ -246,23 +251,16 @@ absl::StatusOr<size_t> UcxNode::ReceiveInto(uint64_t tag, absl::Span<char> buffe
   // and the data lands in `buffer` with no stop in UCX's unexpected queue.
   ucs_status_ptr_t request =
       ucp_tag_recv_nbx(worker_, buffer.data(), buffer.size(), tag, kWholeTag, &param);
-  absl::Status waited;
-  if (!UCS_PTR_IS_PTR(request)) {
-    op->done = true;
-    op->status = UCS_PTR_STATUS(request);
-  } else {
-    op->request = request;
-    waited = WaitLocked(op, peer, deadline);
-    if (!op->done) {
-      // Unmatched, the receive is cancelled at once. Matched to a message
-      // still arriving, it completes when the transfer ends or its
-      // connection fails: with `from`, we close that connection after
-      // close_timeout; without, we wait for UCX (it has the only handle).
-      ucp_request_cancel(worker_, request);
-      const absl::Time grace = absl::Now() + options_.close_timeout;
-      while (!op->done && absl::Now() < grace) ProgressLocked();
-      if (!op->done && peer != nullptr) ForceCloseLocked(peer);
-    }
+  absl::Status waited = StartedLocked(op, request, peer, deadline);
+  if (!op->done) {
+    // Unmatched, the receive is cancelled at once. Matched to a message
+    // still arriving, it completes when the transfer ends or its
+    // connection fails: with `from`, we close that connection after
+    // close_timeout; without, we wait for UCX (it has the only handle).
+    ucp_request_cancel(worker_, request);
+    const absl::Time grace = absl::Now() + options_.close_timeout;
+    while (!op->done && absl::Now() < grace) ProgressLocked();
+    if (!op->done && peer != nullptr) ForceCloseLocked(peer);
   }
   const ucs_status_t status = op->done ? op->status : UCS_ERR_CANCELED;
   const size_t length = op->length;
@@ -306,23 +304,16 @@ absl::Status UcxNode::Get(UcxPeer handle, uint64_t remote_address, absl::string_
   param.cb.send = &UcxNode::OnSendDone;
   param.user_data = op;
   ucs_status_ptr_t request = ucp_get_nbx(peer->ep, local, length, remote_address, rkey, &param);
-  absl::Status waited;
-  if (!UCS_PTR_IS_PTR(request)) {
-    op->done = true;
-    op->status = UCS_PTR_STATUS(request);
-  } else {
-    op->request = request;
-    waited = WaitLocked(op, peer, deadline);
-    if (!op->done) {
-      if (waited.code() == absl::StatusCode::kDeadlineExceeded) {
-        waited = absl::DeadlineExceededError(PeerMessage(
-            peer->name, absl::StrCat("get of ", Bytes(length), " not done within ",
-                                     absl::FormatDuration(timeout),
-                                     " (peer hung or unreachable); connection closed")));
-        peer->failure = absl::UnavailableError(waited.message());
-      }
-      ForceCloseLocked(peer);  // completes the get: nothing writes `local` after we return
+  absl::Status waited = StartedLocked(op, request, peer, deadline);
+  if (!op->done) {
+    if (waited.code() == absl::StatusCode::kDeadlineExceeded) {
+      waited = absl::DeadlineExceededError(PeerMessage(
+          peer->name, absl::StrCat("get of ", Bytes(length), " not done within ",
+                                   absl::FormatDuration(timeout),
+                                   " (peer hung or unreachable); connection closed")));
+      peer->failure = absl::UnavailableError(waited.message());
     }
+    ForceCloseLocked(peer);  // completes the get: nothing writes `local` after we return
   }
   status = op->done ? op->status : UCS_ERR_CANCELED;
   FinishLocked(op);
