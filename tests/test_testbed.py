@@ -138,6 +138,13 @@ def test_pids_in_and_the_leftover_check(netns_hosts):
     assert service_processes_in_testbeds() == {}
     # a fake agent (argv[0] "dragon-agent") started over ssh, as a launcher would
     tb.run_on("h2", "nohup bash -c 'exec -a dragon-agent sleep 60' >/dev/null 2>&1 &")
+    # ssh returns once the job is in the background, maybe before it has exec'd: wait to see it,
+    # so that the check below is the one that finds it (on a busy machine it once came later, the
+    # check passed, and the leftover failed the next test).
+    deadline = time.monotonic() + 10
+    while not any(w == "tb-h2: dragon-agent 60" for w in service_processes_in_testbeds().values()):
+        assert time.monotonic() < deadline, "the fake agent did not start on h2 within 10 s"
+        time.sleep(0.05)
     with pytest.raises(AssertionError, match=r"tb-h2: dragon-agent 60"):
         assert_no_service_left(grace=0.5)
     assert_no_service_left(grace=5)                    # it was killed
