@@ -228,6 +228,7 @@ class UcxNode {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // What a UCX call that started `op` returned: done at once (or failed),
   // recorded in op; else a request, waited for as by WaitLocked.
+  static ucp_request_param_t SendParams(Op* op);
   absl::Status StartedLocked(Op* op, ucs_status_ptr_t request, const Peer* peer,
                              absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Waits (without a deadline: UCX completes cancelled and force-closed

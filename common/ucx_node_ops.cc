@@ -50,6 +50,17 @@ void UcxNode::YieldLocked() {
   mu_.Lock();
 }
 
+// The parameters of an operation that completes through OnSendDone (a send,
+// a get): its Op as user data.
+ucp_request_param_t UcxNode::SendParams(Op* op) {
+  ucp_request_param_t param;
+  std::memset(&param, 0, sizeof(param));
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  param.cb.send = &UcxNode::OnSendDone;
+  param.user_data = op;
+  return param;
+}
+
 absl::Status UcxNode::StartedLocked(Op* op, ucs_status_ptr_t request, const Peer* peer,
                                     absl::Time deadline) {
   if (!UCS_PTR_IS_PTR(request)) {  // done at once, or failed to start
@@ -111,11 +122,7 @@ absl::Status UcxNode::Send(UcxPeer handle, uint64_t tag, absl::string_view data,
   Peer* peer = *found;
   Op* op = new Op;
   op->is_transfer = true;
-  ucp_request_param_t param;
-  std::memset(&param, 0, sizeof(param));
-  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-  param.cb.send = &UcxNode::OnSendDone;
-  param.user_data = op;
+  ucp_request_param_t param = SendParams(op);
   ucs_status_ptr_t request = ucp_tag_send_nbx(peer->ep, data.data(), data.size(), tag, &param);
   if (!UCS_PTR_IS_PTR(request)) {  // done at once (eager), or failed
     delete op;
@@ -298,11 +305,7 @@ absl::Status UcxNode::Get(UcxPeer handle, uint64_t remote_address, absl::string_
   }
   Op* op = new Op;
   op->is_transfer = true;
-  ucp_request_param_t param;
-  std::memset(&param, 0, sizeof(param));
-  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-  param.cb.send = &UcxNode::OnSendDone;
-  param.user_data = op;
+  ucp_request_param_t param = SendParams(op);
   ucs_status_ptr_t request = ucp_get_nbx(peer->ep, local, length, remote_address, rkey, &param);
   absl::Status waited = StartedLocked(op, request, peer, deadline);
   if (!op->done) {
