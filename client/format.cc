@@ -274,10 +274,12 @@ std::string FormatNodes(const dragon::v1::ListNodesReply& reply, int64_t now_us)
   if (reply.nodes().empty()) return "no nodes connected\n";
   // Agents of a Parsl provider's blocks (DragonExecutor(provider=...)) show their block, and
   // when their allocation ends; a run without any keeps the table as it was.
-  bool blocks = false, ends = false;
+  // Likewise the shared-memory pool (used/capacity) only when some agent has one.
+  bool blocks = false, ends = false, pools = false;
   for (const auto& n : reply.nodes()) {
     blocks |= !n.block_id().empty();
     ends |= n.job_end_us() > 0;
+    pools |= n.shm_pool_bytes() > 0;
   }
   std::vector<std::string> header = {"NODE", "HOST"};
   if (blocks) header.push_back("BLOCK");
@@ -285,6 +287,7 @@ std::string FormatNodes(const dragon::v1::ListNodesReply& reply, int64_t now_us)
                         "QUEUED", "DONE", "HEARTBEAT"}) {
     header.push_back(h);
   }
+  if (pools) header.push_back("SHM POOL");
   if (ends) header.push_back("ENDS IN");
   std::vector<std::vector<std::string>> rows = {header};
   std::string reasons;
@@ -301,6 +304,13 @@ std::string FormatNodes(const dragon::v1::ListNodesReply& reply, int64_t now_us)
           n.last_heartbeat_us() ? absl::StrCat(FormatDuration(now_us - n.last_heartbeat_us()), " ago")
                                 : std::string("-")}) {
       row.push_back(std::move(cell));
+    }
+    if (pools) {
+      const uint64_t capacity = n.shm_pool_bytes();
+      const uint64_t used = capacity - std::min(capacity, n.shm_pool_free_bytes());
+      row.push_back(capacity == 0 ? "-"
+                                  : absl::StrCat(FormatBytesShort(used), "/",
+                                                 FormatBytesShort(capacity)));
     }
     if (ends) {
       row.push_back(n.job_end_us() <= 0          ? "-"

@@ -192,6 +192,32 @@ TEST_CASE("nodes: agents of a provider's blocks show their block and when their 
         "-            -\n");
 }
 
+TEST_CASE("nodes: a pool column (used/capacity) only when some agent has a shared-memory pool") {
+  dragon::v1::ListNodesReply reply;
+  auto* a = reply.add_nodes();
+  a->set_node_id("a");
+  a->set_host("h");
+  a->set_state("ready");
+  a->set_shm_pool_path("/dev/shm/dragon-pool-1000-a-42");
+  a->set_shm_pool_bytes(512ull << 20);
+  a->set_shm_pool_free_bytes((512ull << 20) - (3ull << 20));
+  a->set_shm_pool_blocks(3);
+  auto* b = reply.add_nodes();
+  b->set_node_id("b");
+  b->set_host("h");
+  b->set_state("ready");
+  CHECK(FormatNodes(reply, kT0) ==
+        "NODE  HOST  STATE  INC  CORES  MEM  GPUS  WORKERS  READY  RUNNING  QUEUED  DONE  "
+        "HEARTBEAT  SHM POOL\n"
+        "a     h     ready  -    -      -    0     0        0      0        0       0     "
+        "-          3.0MiB/512.0MiB\n"
+        "b     h     ready  -    -      -    0     0        0      0        0       0     "
+        "-          -\n");
+  reply.mutable_nodes()->RemoveLast();
+  reply.mutable_nodes(0)->clear_shm_pool_bytes();
+  CHECK(FormatNodes(reply, kT0).find("SHM POOL") == std::string::npos);
+}
+
 TEST_CASE("drain and undrain say the node's new state") {
   dragon::v1::NodeInfo node;
   node.set_node_id("local-0");

@@ -84,6 +84,8 @@ absl::StatusOr<AgentRegistration> Head::RegisterAgent(const dragon::v1::Register
   agent.link.outbox->Push(std::move(registered));
   // No task until its task loop has answered a ping (joining -> ready).
   scheduler_.AddAgent(index, static_cast<int>(reg.workers()), /*paused=*/true);
+  // Until its first heartbeat says otherwise, its pool is empty.
+  membership_.SetPoolUsage(index, reg.shm_pool_bytes(), 0);
   scheduler_.SetAgentResources(index, reg.cores(), reg.memory_bytes(),
                                static_cast<uint32_t>(reg.gpus_size()), reg.host(), reg.node_id());
   for (auto [due, seq] : membership_.TakeDuePings()) PingLocked(due, seq);
@@ -122,6 +124,7 @@ void Head::Heartbeat(AgentIndex index, const dragon::v1::Heartbeat& beat) {
   membership_.Answered(index, beat.ping_seq());
   agent.last_heartbeat_us = NowMicros();
   agent.ready_workers = beat.ready_workers();
+  membership_.SetPoolUsage(index, beat.shm_pool_free_bytes(), beat.shm_pool_blocks());
   if (before == NodeState::kJoining && membership_.Schedulable(index)) {
     scheduler_.SetPaused(index, false);
     spdlog::info("agent {} (incarnation {}) ready", agent.info.node_id(), agent.incarnation);

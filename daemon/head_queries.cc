@@ -62,6 +62,12 @@ void Head::FillNodeInfoLocked(AgentIndex index, dragon::v1::NodeInfo* node) cons
   node->set_removing(agent.removing);
   node->set_block_id(agent.info.block_id());
   node->set_job_end_us(agent.info.job_end_us());
+  if (!agent.info.shm_pool_path().empty()) {
+    node->set_shm_pool_path(agent.info.shm_pool_path());
+    node->set_shm_pool_bytes(agent.info.shm_pool_bytes());
+    node->set_shm_pool_free_bytes(member.shm_pool_free_bytes);
+    node->set_shm_pool_blocks(member.shm_pool_blocks);
+  }
   if (!live) node->set_lost_reason(member.reason);
 }
 

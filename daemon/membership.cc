@@ -73,6 +73,12 @@ void Membership::Answered(AgentIndex index, uint64_t seq) {
   }
 }
 
+void Membership::SetPoolUsage(AgentIndex index, uint64_t free_bytes, uint64_t blocks) {
+  Member& m = members_[index];
+  m.shm_pool_free_bytes = free_bytes;
+  m.shm_pool_blocks = blocks;
+}
+
 bool Membership::End(AgentIndex index, NodeState to, const std::string& reason) {
   Member& m = members_[index];
   if (!IsLive(m)) return false;

@@ -65,6 +65,10 @@ struct Member {
   absl::Time allocation_end = absl::InfiniteFuture();
   absl::Time drain_at = absl::InfiniteFuture();
   bool drained_for_end = false;  // TakeEnding returned it (once)
+  // Its shared-memory pool as of its last heartbeat (for NodeInfo; the pool's
+  // path and capacity are in its registration).
+  uint64_t shm_pool_free_bytes = 0;
+  uint64_t shm_pool_blocks = 0;
 };
 
 // What Admit decided.
@@ -97,6 +101,8 @@ class Membership {
   // The member answered ping `seq` from its task loop: also alive, and a
   // joining member becomes ready (or draining, if that was asked meanwhile).
   void Answered(AgentIndex index, uint64_t seq);
+  // What the member's heartbeat said of its shared-memory pool.
+  void SetPoolUsage(AgentIndex index, uint64_t free_bytes, uint64_t blocks);
 
   // The member's stream ended or it was fenced: live -> lost. False if it
   // was not live (already lost or gone).
