@@ -1,5 +1,6 @@
 #include "common/buddy_allocator.h"
 
+#include <algorithm>
 #include <atomic>
 #include <vector>
 
@@ -307,6 +308,16 @@ uint64_t BuddyAllocator::ReclaimOwner(int32_t owner) {
   uint64_t freed = 0;
   for (uint32_t index : owned) freed += Release(index);
   return freed;
+}
+
+std::vector<int32_t> BuddyAllocator::Owners() const {
+  std::vector<int32_t> owners;
+  for (uint64_t i = 0; i < header_->num_units; i += UnitsOf(units_[i].order)) {
+    if (units_[i].state == BuddyUnitState::kAllocated) owners.push_back(units_[i].owner);
+  }
+  std::sort(owners.begin(), owners.end());
+  owners.erase(std::unique(owners.begin(), owners.end()), owners.end());
+  return owners;
 }
 
 absl::Status BuddyAllocator::CheckTiling() const {

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -128,6 +129,9 @@ class BuddyAllocator {
   absl::StatusOr<int32_t> Owner(const BlockRef& ref) const;
   // Frees every block of `owner`; returns the bytes freed.
   uint64_t ReclaimOwner(int32_t owner);
+  // The distinct owners of allocated blocks, ascending (a janitor's list of
+  // processes to check). O(blocks): the walk jumps a block at a time.
+  std::vector<int32_t> Owners() const;
 
   // After a process died in the middle of a call: recomputes the free lists
   // and counters from the unit table, merges free buddies it left unmerged,

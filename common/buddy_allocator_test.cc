@@ -245,6 +245,22 @@ TEST_CASE("ReclaimOwner frees exactly the blocks of that owner") {
   CHECK(arena.allocator.Verify().ok());
 }
 
+TEST_CASE("Owners lists each owner of an allocated block once, and none of free ones") {
+  Arena arena(64 * kUnit);
+  CHECK(arena.allocator.Owners().empty());
+  BlockRef big = MustAllocate(arena.allocator, 16 * kUnit, 300);
+  MustAllocate(arena.allocator, kUnit, 100);
+  BlockRef gone = MustAllocate(arena.allocator, 2 * kUnit, 200);
+  MustAllocate(arena.allocator, 4 * kUnit, 100);
+  CHECK(arena.allocator.Owners() == std::vector<int32_t>{100, 200, 300});
+  REQUIRE(arena.allocator.Free(gone).ok());
+  REQUIRE(arena.allocator.SetOwner(big, 100).ok());
+  CHECK(arena.allocator.Owners() == std::vector<int32_t>{100});
+  arena.allocator.ReclaimOwner(100);
+  CHECK(arena.allocator.Owners().empty());
+  CHECK(arena.allocator.Verify().ok());
+}
+
 // The states a process killed inside a call can leave (see the write order in
 // buddy_allocator.cc), made by hand: Rebuild must turn each into a pool that
 // passes Verify and loses nothing but what the dead process owned.

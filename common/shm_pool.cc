@@ -1,5 +1,6 @@
 #include "common/shm_pool.h"
 
+#include <fcntl.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sys/syscall.h>
@@ -83,7 +84,7 @@ std::string ShmPool::Describe(const BuddyStats& stats) const {
                       " option");
 }
 
-absl::StatusOr<BlockRef> ShmPool::Allocate(uint64_t size, absl::Duration wait) {
+absl::StatusOr<BlockRef> ShmPool::Allocate(uint64_t size, absl::Duration wait, pid_t owner) {
   if (size == 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("cannot allocate 0 bytes from shared-memory pool ", path_));
@@ -97,10 +98,17 @@ absl::StatusOr<BlockRef> ShmPool::Allocate(uint64_t size, absl::Duration wait) {
         allocator_.largest_possible_block(), " bytes in ", Describe(stats)));
   }
   const pid_t self = getpid();
+  if (owner == 0) owner = self;
   const absl::Duration deadline = MonotonicNow() + wait;
   for (;;) {
-    if (std::optional<BlockRef> ref = allocator_.Allocate(size, self)) {
+    if (std::optional<BlockRef> ref = allocator_.Allocate(size, owner)) {
+      const uint64_t block_bytes = allocator_.BlockBytes(size);
       Unlock();
+      if (!reserved_) {
+        if (absl::Status reserved = ReserveBlock(*ref, size, block_bytes); !reserved.ok()) {
+          return reserved;
+        }
+      }
       return *ref;
     }
     if (MonotonicNow() >= deadline) {
@@ -121,6 +129,49 @@ absl::StatusOr<BlockRef> ShmPool::Allocate(uint64_t size, absl::Duration wait) {
     if (absl::Status locked = Lock(); !locked.ok()) return locked;
     header()->RemoveWaiter(self);
   }
+}
+
+// Outside the mutex: fallocate of megabytes the first time takes a while,
+// and nobody else can free this block or hand it out before its reference
+// is returned. Reserving a range twice (a block reused) costs only the check
+// that its pages exist.
+absl::Status ShmPool::ReserveBlock(const BlockRef& ref, uint64_t size, uint64_t block_bytes) {
+  // A block covers whole aligned power-of-two runs of units, so each word of
+  // the map is either wholly in it or holds all of it.
+  const uint64_t first = ref.offset / allocator_.unit_bytes();
+  const uint64_t units = block_bytes / allocator_.unit_bytes();
+  const uint64_t mask = units >= 64 ? ~uint64_t{0} : ((uint64_t{1} << units) - 1) << (first % 64);
+  const uint64_t words = (units + 63) / 64;
+  std::atomic<uint64_t>* map = backed_ + first / 64;
+  // Relaxed: a bit stands for the kernel's state (the pages exist), which
+  // fallocate made true for every process before the bit was set.
+  bool backed = true;
+  for (uint64_t w = 0; w < words && backed; ++w) {
+    backed = (map[w].load(std::memory_order_relaxed) & mask) == mask;
+  }
+  if (backed) return absl::OkStatus();
+  const off_t at = static_cast<off_t>(header()->data_offset + ref.offset);
+  int result;
+  do {
+    result = fallocate(fd_, 0, at, static_cast<off_t>(block_bytes));
+  } while (result != 0 && errno == EINTR);  // tmpfs stops at a pending signal
+  if (result == 0 || errno == EOPNOTSUPP) {
+    for (uint64_t w = 0; w < words; ++w) map[w].fetch_or(mask, std::memory_order_relaxed);
+    return absl::OkStatus();
+  }
+  const int err = errno;
+  // The block goes back: nobody saw it. (Were the lock lost to a dead
+  // process's damage, the block stays allocated to its owner.)
+  if (Lock().ok()) {
+    if (allocator_.Free(ref).ok() && header()->Waiters() > 0) WakeWaiters();
+    Unlock();
+  }
+  const size_t slash = path_.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : path_.substr(0, slash);
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "cannot allocate ", size, " bytes: reserving its block of ", block_bytes, " bytes in pool ",
+      path_, " failed: ", strerror(err), shm_pool_internal::FreeSpaceOf(dir),
+      "; lower dragon-agent's ", kShmPoolSizeOption, " or make ", dir, " larger"));
 }
 
 absl::Status ShmPool::Free(const BlockRef& ref) {
@@ -144,6 +195,49 @@ absl::Status ShmPool::SetOwner(const BlockRef& ref, pid_t owner) {
   absl::Status set = allocator_.SetOwner(ref, owner);
   Unlock();
   return WithPath(set);
+}
+
+absl::StatusOr<bool> ShmPool::FreeIfOwner(const BlockRef& ref, pid_t owner) {
+  if (absl::Status locked = Lock(); !locked.ok()) return locked;
+  absl::StatusOr<int32_t> actual = allocator_.Owner(ref);
+  if (!actual.ok()) {
+    Unlock();
+    // NotFound is a stale reference (its generation moved on); a forged one
+    // is out of range or of a length its block does not have.
+    if (absl::IsNotFound(actual.status())) return false;
+    return WithPath(actual.status());
+  }
+  if (*actual != owner) {
+    Unlock();
+    return false;
+  }
+  absl::Status freed = allocator_.Free(ref);
+  if (freed.ok() && header()->Waiters() > 0) WakeWaiters();
+  Unlock();
+  if (!freed.ok()) return WithPath(freed);
+  return true;
+}
+
+absl::Status ShmPool::TransferOwner(const BlockRef& ref, pid_t from, pid_t to) {
+  if (absl::Status locked = Lock(); !locked.ok()) return locked;
+  absl::StatusOr<int32_t> actual = allocator_.Owner(ref);
+  absl::Status result = actual.status();
+  if (actual.ok() && *actual != from) {
+    result = absl::FailedPreconditionError(absl::StrCat(
+        "block at offset ", ref.offset, " (length ", ref.length, ", generation ", ref.generation,
+        ") is owned by pid ", *actual, ", not by pid ", from, ": not handed to pid ", to));
+  } else if (actual.ok()) {
+    result = allocator_.SetOwner(ref, to);
+  }
+  Unlock();
+  return WithPath(result);
+}
+
+absl::StatusOr<std::vector<pid_t>> ShmPool::Owners() {
+  if (absl::Status locked = Lock(); !locked.ok()) return locked;
+  const std::vector<int32_t> owners = allocator_.Owners();
+  Unlock();
+  return std::vector<pid_t>(owners.begin(), owners.end());
 }
 
 absl::StatusOr<uint64_t> ShmPool::ReclaimOwner(pid_t owner) {

@@ -12,16 +12,19 @@
 // a dead process's blocks with ReclaimOwner.
 //
 // File layout: a header (magic, version, creator pid, the mutex, the wait
-// sequence), the allocator's metadata, then the data, aligned to the block
+// sequence), the allocator's metadata, for a lazily backed pool a bitmap of
+// the units whose pages are reserved, then the data, aligned to the block
 // unit (and to 2 MiB when huge pages were asked for).
 #ifndef DRAGON_COMMON_SHM_POOL_H_
 #define DRAGON_COMMON_SHM_POOL_H_
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -49,6 +52,14 @@ struct ShmPoolOptions {
   // Ask for transparent huge pages (MADV_HUGEPAGE). Whether the kernel allows
   // them for shared memory is ShmPool::huge_pages(); refusal is not an error.
   bool huge_pages = false;
+  // true: the whole file is reserved (fallocated) at Create, so a pool that
+  // does not fit fails there. false: Create reserves only the header and the
+  // allocator's metadata, and Allocate reserves each block's range before
+  // returning it, so /dev/shm holds only what was ever used (the high-water
+  // mark: freed blocks keep their pages) and a full /dev/shm is an error of
+  // that Allocate, never a SIGBUS in whoever touches the block. Incompatible
+  // with `prefault`, which would touch (and so reserve) every page.
+  bool reserve = true;
 };
 
 struct ShmPoolStats {
@@ -66,9 +77,10 @@ class ShmPoolTestPeer;
 class ShmPool {
  public:
   // Creates `options.dir`/`options.name` (mode 0600; an existing file is an
-  // error, not reused) with all of its space reserved now: a pool that does
-  // not fit in the directory's file system fails here, naming the size and
-  // the option, instead of killing a process with SIGBUS later.
+  // error, not reused) with all of its space reserved now (unless
+  // `options.reserve` is false): a pool that does not fit in the directory's
+  // file system fails here, naming the size and the option, instead of
+  // killing a process with SIGBUS later.
   static absl::StatusOr<std::unique_ptr<ShmPool>> Create(const ShmPoolOptions& options);
   // Maps the pool at `path` that another process created. Errors name the
   // path: missing, not a pool, another layout version, still being created.
@@ -86,21 +98,39 @@ class ShmPool {
   ShmPool(const ShmPool&) = delete;
   ShmPool& operator=(const ShmPool&) = delete;
 
-  // A block of at least `size` bytes, owned by this process. When no block is
-  // free, waits up to `wait` for one to be freed, then fails
+  // A block of at least `size` bytes, owned by `owner` (0: this process).
+  // When no block is free, waits up to `wait` for one to be freed, then fails
   // ResourceExhausted naming the size, the pool's size and free bytes, and
-  // kShmPoolSizeOption; a size no block can ever hold fails at once.
-  absl::StatusOr<BlockRef> Allocate(uint64_t size, absl::Duration wait = absl::ZeroDuration());
+  // kShmPoolSizeOption; a size no block can ever hold fails at once. In a
+  // pool made with reserve=false, also ResourceExhausted (naming the
+  // directory's free bytes) when the block's pages cannot be reserved.
+  // A caller that dies inside Allocate leaves the block to `owner`: with
+  // another process as owner it is freed only when that one is reclaimed.
+  absl::StatusOr<BlockRef> Allocate(uint64_t size, absl::Duration wait = absl::ZeroDuration(),
+                                    pid_t owner = 0);
   absl::Status Free(const BlockRef& ref);
+  // Frees the block and returns true if it is allocated and owned by
+  // `owner`; false, and nothing changes, if it is someone else's or the
+  // reference is stale (the block was freed, perhaps handed out again). An
+  // error only for a forged or out-of-range reference or a damaged pool.
+  // For a holder that may have lost the block to a transfer or a reclaim.
+  absl::StatusOr<bool> FreeIfOwner(const BlockRef& ref, pid_t owner);
   // The block's `ref.length` bytes in this process's mapping; valid until
   // the block is freed (by anyone: the pool cannot revoke a pointer).
   absl::StatusOr<absl::Span<char>> Resolve(const BlockRef& ref);
   // Hands the block to `owner` (a worker's result, to be read by the client
   // that asked for it): ReclaimOwner of the old owner no longer frees it.
   absl::Status SetOwner(const BlockRef& ref, pid_t owner);
+  // SetOwner, but only from the owner the caller believes it has:
+  // FailedPrecondition naming the block, its actual owner and `from`
+  // otherwise (nothing changes). Stale and forged references fail as in Free.
+  absl::Status TransferOwner(const BlockRef& ref, pid_t from, pid_t to);
   // Frees every block owned by `owner`, a process that died; returns the
   // bytes freed.
   absl::StatusOr<uint64_t> ReclaimOwner(pid_t owner);
+  // The distinct owners of allocated blocks, ascending: for the agent's
+  // janitor, which reclaims those that died.
+  absl::StatusOr<std::vector<pid_t>> Owners();
   absl::StatusOr<ShmPoolStats> Stats();
 
   const std::string& path() const { return path_; }
@@ -109,12 +139,14 @@ class ShmPool {
   uint64_t capacity_bytes() const { return allocator_.capacity_bytes(); }
   // Huge pages were asked for and the kernel allows them for shared memory.
   bool huge_pages() const { return huge_pages_; }
+  // Whether the whole file was reserved at creation (ShmPoolOptions::reserve).
+  bool reserved() const { return reserved_; }
 
  private:
   friend class ShmPoolTestPeer;
   struct Header;
 
-  ShmPool(std::string path, bool creator, char* mapping, uint64_t mapping_bytes,
+  ShmPool(std::string path, bool creator, int fd, char* mapping, uint64_t mapping_bytes,
           BuddyAllocator allocator);
 
   // Takes the pool's mutex, repairing the allocator first when its last
@@ -125,10 +157,19 @@ class ShmPool {
   absl::Status WithPath(const absl::Status& status) const;
   std::string Describe(const BuddyStats& stats) const;
   void WakeWaiters();
+  // reserve=false: reserves the pages of `ref`'s block of `block_bytes`
+  // (ours, allocated, not yet handed out); on failure frees it again and
+  // returns ResourceExhausted for a request of `size` bytes.
+  absl::Status ReserveBlock(const BlockRef& ref, uint64_t size, uint64_t block_bytes);
 
   std::string path_;
   bool creator_;
   bool huge_pages_ = false;
+  bool reserved_ = true;
+  std::atomic<uint64_t>* backed_ = nullptr;  // reserve=false: Header::backed_map_offset
+  // The pool file, open for the mapping's lifetime: a lazily backed pool
+  // reserves blocks through it (fallocate).
+  int fd_;
   dev_t device_ = 0;  // of the file the creator made: never unlink a successor
   ino_t inode_ = 0;
   char* mapping_;

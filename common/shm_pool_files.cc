@@ -26,7 +26,9 @@ namespace dragon::common {
 namespace {
 
 using shm_pool_internal::kCreatingMagic;
+using shm_pool_internal::FreeSpaceOf;
 using shm_pool_internal::kHugePagesFlag;
+using shm_pool_internal::kLazyFlag;
 using shm_pool_internal::kMagic;
 using shm_pool_internal::kVersion;
 using shm_pool_internal::ProcessAlive;
@@ -107,10 +109,18 @@ bool shm_pool_internal::ProcessAlive(pid_t pid, uint64_t start_time) {
   return start_time == 0 || ProcessStartTime(pid) == start_time;
 }
 
-ShmPool::ShmPool(std::string path, bool creator, char* mapping, uint64_t mapping_bytes,
+std::string shm_pool_internal::FreeSpaceOf(const std::string& dir) {
+  struct statvfs fs;
+  if (statvfs(dir.c_str(), &fs) != 0) return "";
+  return absl::StrCat(" (", dir, " has ", static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize,
+                      " bytes free)");
+}
+
+ShmPool::ShmPool(std::string path, bool creator, int fd, char* mapping, uint64_t mapping_bytes,
                  BuddyAllocator allocator)
     : path_(std::move(path)),
       creator_(creator),
+      fd_(fd),
       mapping_(mapping),
       mapping_bytes_(mapping_bytes),
       data_(mapping + reinterpret_cast<Header*>(mapping)->data_offset),
@@ -125,6 +135,7 @@ ShmPool::~ShmPool() {
     unlink(path_.c_str());
   }
   munmap(mapping_, mapping_bytes_);
+  close(fd_);
 }
 
 absl::StatusOr<std::unique_ptr<ShmPool>> ShmPool::Create(const ShmPoolOptions& options) {
@@ -141,13 +152,20 @@ absl::StatusOr<std::unique_ptr<ShmPool>> ShmPool::Create(const ShmPoolOptions& o
         " pool 1 to 2^32-2 units; got ", options.size_bytes, " bytes in units of ", min_block,
         " (set by dragon-agent's ", kShmPoolSizeOption, ")"));
   }
+  if (options.prefault && !options.reserve) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "shared-memory pool ", path, ": prefault touches every page, which reserves them all;",
+        " it cannot be combined with reserve=false"));
+  }
   const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   const uint64_t num_units = options.size_bytes / min_block;
   const uint64_t metadata_offset = RoundUp(sizeof(Header), page);
   const uint64_t metadata_bytes = BuddyAllocator::MetadataBytes(num_units);
   uint64_t data_align = std::max(page, min_block);
   if (options.huge_pages) data_align = std::max(data_align, kHugePageBytes);
-  const uint64_t data_offset = RoundUp(metadata_offset + metadata_bytes, data_align);
+  const uint64_t backed_map_offset = RoundUp(metadata_offset + metadata_bytes, 8);
+  const uint64_t backed_map_bytes = options.reserve ? 0 : RoundUp(num_units, 64) / 8;
+  const uint64_t data_offset = RoundUp(backed_map_offset + backed_map_bytes, data_align);
   const uint64_t data_bytes = num_units * min_block;
   const uint64_t file_bytes = RoundUp(data_offset + data_bytes, page);
 
@@ -188,18 +206,14 @@ absl::StatusOr<std::unique_ptr<ShmPool>> ShmPool::Create(const ShmPoolOptions& o
   header->magic.store(kCreatingMagic, std::memory_order_release);
 
   // tmpfs hands out pages when they are first touched; without this a pool
-  // larger than what /dev/shm has left would SIGBUS some process later.
-  if (fallocate(fd, 0, 0, static_cast<off_t>(file_bytes)) != 0 && errno != EOPNOTSUPP) {
+  // larger than what /dev/shm has left would SIGBUS some process later. A
+  // lazily backed pool reserves its metadata now and each block in Allocate.
+  const uint64_t reserved_bytes = options.reserve ? file_bytes : data_offset;
+  if (fallocate(fd, 0, 0, static_cast<off_t>(reserved_bytes)) != 0 && errno != EOPNOTSUPP) {
     const int err = errno;
-    struct statvfs fs;
-    std::string room;
-    if (statvfs(options.dir.c_str(), &fs) == 0) {
-      room = absl::StrCat(" (", options.dir, " has ",
-                          static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize, " bytes free)");
-    }
     return fail(absl::StatusCode::kResourceExhausted,
-                absl::StrCat(Errno(err), room, "; lower dragon-agent's ", kShmPoolSizeOption,
-                             " or make ", options.dir, " larger"));
+                absl::StrCat(Errno(err), FreeSpaceOf(options.dir), "; lower dragon-agent's ",
+                             kShmPoolSizeOption, " or make ", options.dir, " larger"));
   }
   bool huge_pages = false;
   if (options.huge_pages) {
@@ -219,12 +233,14 @@ absl::StatusOr<std::unique_ptr<ShmPool>> ShmPool::Create(const ShmPoolOptions& o
     }
   }
 
-  header->flags = huge_pages ? kHugePagesFlag : 0;
+  header->flags = (huge_pages ? kHugePagesFlag : 0) | (options.reserve ? 0 : kLazyFlag);
   header->file_bytes = file_bytes;
   header->metadata_offset = metadata_offset;
   header->metadata_bytes = metadata_bytes;
   header->data_offset = data_offset;
   header->data_bytes = data_bytes;
+  header->backed_map_offset = backed_map_offset;  // its bits are zero: a new file's are
+  header->backed_map_bytes = backed_map_bytes;
   header->repairs = 0;
   header->wake_sequence.store(0);
   pthread_mutexattr_t attributes;
@@ -241,9 +257,12 @@ absl::StatusOr<std::unique_ptr<ShmPool>> ShmPool::Create(const ShmPoolOptions& o
 
   struct stat made;
   fstat(fd, &made);
-  close(fd);
-  std::unique_ptr<ShmPool> pool(new ShmPool(path, true, mapping, file_bytes, *allocator));
+  std::unique_ptr<ShmPool> pool(new ShmPool(path, true, fd, mapping, file_bytes, *allocator));
   pool->huge_pages_ = huge_pages;
+  pool->reserved_ = options.reserve;
+  if (!options.reserve) {
+    pool->backed_ = reinterpret_cast<std::atomic<uint64_t>*>(mapping + backed_map_offset);
+  }
   pool->device_ = made.st_dev;
   pool->inode_ = made.st_ino;
   return pool;
@@ -310,8 +329,21 @@ absl::StatusOr<std::unique_ptr<ShmPool>> ShmPool::Attach(const std::string& path
                                  : std::string(allocator.status().message()),
                   mapping, file_bytes);
   }
-  close(fd);
-  std::unique_ptr<ShmPool> pool(new ShmPool(path, false, mapping, file_bytes, *allocator));
+  const uint64_t num_units = allocator->capacity_bytes() / allocator->unit_bytes();
+  const bool lazy = (header->flags & kLazyFlag) != 0;
+  if (lazy && !(header->backed_map_offset % 8 == 0 &&
+                header->backed_map_offset >= header->metadata_offset + header->metadata_bytes &&
+                header->backed_map_offset <= header->data_offset &&
+                header->backed_map_bytes <= header->data_offset - header->backed_map_offset &&
+                header->backed_map_bytes / 8 >= (num_units + 63) / 64)) {
+    return refuse(absl::StatusCode::kDataLoss, "its map of reserved blocks does not fit",
+                  mapping, file_bytes);
+  }
+  std::unique_ptr<ShmPool> pool(new ShmPool(path, false, fd, mapping, file_bytes, *allocator));
+  pool->reserved_ = !lazy;
+  if (lazy) {
+    pool->backed_ = reinterpret_cast<std::atomic<uint64_t>*>(mapping + header->backed_map_offset);
+  }
   if (header->flags & kHugePagesFlag) {
     pool->huge_pages_ =
         madvise(mapping + header->data_offset, header->data_bytes, MADV_HUGEPAGE) == 0;
@@ -347,7 +379,10 @@ int ShmPool::RemoveStale(const std::string& dir, const std::string& prefix) {
     memcpy(&pid_namespace, bytes + offsetof(Header, creator_pid_namespace), sizeof(pid_namespace));
     // A file without the creator's pid yet is left alone: it may be a pool
     // that a live process is creating right now.
-    if ((magic != kMagic && magic != kCreatingMagic) || version != kVersion) continue;
+    // Versions 1 and 2 differ only in a flag: the fields read here are the same.
+    if ((magic != kMagic && magic != kCreatingMagic) || version < 1 || version > kVersion) {
+      continue;
+    }
     if (pid_namespace != 0 && our_pid_namespace != 0 && pid_namespace != our_pid_namespace) {
       continue;
     }

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <string>
 
 #include "common/shm_pool.h"
 
@@ -17,13 +18,20 @@ namespace shm_pool_internal {
 
 inline constexpr uint64_t kMagic = 0x4c4f4f504e474452;          // "DRGNPOOL" in the file
 inline constexpr uint64_t kCreatingMagic = 0x54494e494e474452;  // "DRGNINIT": not ready yet
-inline constexpr uint32_t kVersion = 1;
+// 2: kLazyFlag. A program that knows only version 1 would use a lazily
+// backed pool without reserving its blocks, so it is refused.
+inline constexpr uint32_t kVersion = 2;
 inline constexpr uint32_t kHugePagesFlag = 1;
+inline constexpr uint32_t kLazyFlag = 2;  // ShmPoolOptions::reserve was false
 inline constexpr int kWaiterSlots = 64;
 
 // Whether `pid` runs and, when `start_time` is known (not 0), is the process
 // that started then rather than a later one given the same pid.
 bool ProcessAlive(pid_t pid, uint64_t start_time);
+
+// " (<dir> has <n> bytes free)", or "" when statvfs fails: for the errors of
+// a directory that cannot hold the pool.
+std::string FreeSpaceOf(const std::string& dir);
 
 }  // namespace shm_pool_internal
 
@@ -58,6 +66,13 @@ struct ShmPool::Header {
     int32_t pid;
     uint32_t count;
   } waiters[shm_pool_internal::kWaiterSlots];
+  // Lazily backed pools (kLazyFlag): one bit per unit of the data, set once
+  // that unit's pages are reserved (they are never given back), so that
+  // Allocate of a range that any process reserved before skips fallocate,
+  // which tmpfs makes walk every page (~50 us for 2 MiB). A bit not set yet
+  // only costs a redundant fallocate. Between the metadata and the data.
+  uint64_t backed_map_offset;
+  uint64_t backed_map_bytes;
 
   void AddWaiter(pid_t pid) {
     for (auto& slot : waiters) {
@@ -100,6 +115,7 @@ struct ShmPool::Header {
   }
 };
 static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t), "the futex word is the counter");
+static_assert(std::atomic<uint64_t>::is_always_lock_free, "the map of reserved units is shared");
 
 }  // namespace dragon::common
 
