@@ -39,6 +39,9 @@ ABSL_FLAG(std::string, host, "", "start: the same as --listen (older name)");
 ABSL_FLAG(int, port, 0, "start: port to listen on (0 = any free port)");
 ABSL_FLAG(std::string, run_dir, "", "start: run directory (default $DRAGON_HOME/runs/<run id>); stop: the run to stop");
 ABSL_FLAG(int, workers, 0, "start: Python workers per agent (0 = one per core)");
+ABSL_FLAG(int, shm_pool_mb, -1,
+          "start: each agent's shared-memory pool for task data, in MiB (dragon-agent "
+          "--shm-pool-mb; -1 = the agent's default, 0 = no pool)");
 ABSL_FLAG(std::string, launcher, "auto",
           "start: how agents are started: auto (slurm inside a Slurm job, pbs inside a PBS job, "
           "else local), local (one on this node), ssh (--hosts/--hostfile), slurm, pbs, or none "
@@ -196,6 +199,7 @@ absl::StatusOr<StartConfig> StartConfigFromFlags() {
   c.port = absl::GetFlag(FLAGS_port);
   c.run_dir = absl::GetFlag(FLAGS_run_dir);
   c.workers = absl::GetFlag(FLAGS_workers);
+  c.shm_pool_mb = absl::GetFlag(FLAGS_shm_pool_mb);
   c.python = absl::GetFlag(FLAGS_python);
   c.exit_with_parent = absl::GetFlag(FLAGS_exit_with_parent);
   c.no_current = absl::GetFlag(FLAGS_no_current);
@@ -262,6 +266,7 @@ int Agents() {
     c.agent_binary = self.substr(0, self.rfind('/') + 1) + "dragon-agent";
   }
   c.workers = absl::GetFlag(FLAGS_workers);
+  c.shm_pool_mb = absl::GetFlag(FLAGS_shm_pool_mb);
   c.python = absl::GetFlag(FLAGS_python);
   c.log_level = absl::GetFlag(FLAGS_log_level);
   c.tls_ca = absl::GetFlag(FLAGS_tls_ca);

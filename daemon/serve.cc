@@ -286,6 +286,7 @@ int Serve(const StartConfig& config, const std::string& run_dir, const std::stri
     spec.run_dir = run_dir;
     spec.python = config.python;
     spec.workers_per_node = config.workers;
+    spec.shm_pool_mb = config.shm_pool_mb;
     spec.log_level = config.log_level;
     spec.token = token;
     spec.tls_ca = config.tls_ca;

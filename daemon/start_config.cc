@@ -31,6 +31,7 @@ absl::Status StartConfig::Validate() const {
   absl::Status checks[] = {
       InRange("--port", port, 0, 65535),
       InRange("--workers", workers, 0, 4096),
+      InRange("--shm-pool-mb", shm_pool_mb, -1, 1 << 24),
       InRange("--max-payload-mb", max_payload_mb, 1, 1900),
       InRange("--prefetch", prefetch, 0, 1000),
       InRange("--heartbeat-interval-ms", heartbeat_interval_ms, 50, 60000),

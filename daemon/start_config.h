@@ -17,6 +17,9 @@ struct StartConfig {
   int port = 0;
   std::string run_dir;
   int workers = 0;
+  // Each agent's shared-memory pool in MiB (dragon-agent --shm-pool-mb); -1 =
+  // the agent's default, 0 = no pool.
+  int shm_pool_mb = -1;
   std::string python;
   bool exit_with_parent = false;
   bool no_current = false;

@@ -52,6 +52,9 @@ TEST_CASE("each bad value is refused naming its flag") {
   c = StartConfig{};
   c.keep_finished = -5;
   CHECK(Problem(c).find("--keep-finished") != std::string::npos);
+  c = StartConfig{};
+  c.shm_pool_mb = -2;
+  CHECK(Problem(c).find("--shm-pool-mb -2") != std::string::npos);
 }
 
 }  // namespace

@@ -15,6 +15,7 @@ AgentCommand BuildAgentCommand(const AgentLaunchSpec& spec, const std::string& n
   cmd.argv.insert(cmd.argv.end(), {absl::StrCat("--run-dir=", spec.run_dir),
                                    absl::StrCat("--workers=", spec.workers_per_node),
                                    absl::StrCat("--log-level=", spec.log_level)});
+  if (spec.shm_pool_mb >= 0) cmd.argv.push_back(absl::StrCat("--shm-pool-mb=", spec.shm_pool_mb));
   if (!spec.python.empty()) cmd.argv.push_back(absl::StrCat("--python=", spec.python));
   if (!spec.tls_ca.empty()) cmd.argv.push_back(absl::StrCat("--tls-ca=", spec.tls_ca));
   if (!spec.token.empty()) cmd.env.emplace_back(common::kTokenEnv, spec.token);

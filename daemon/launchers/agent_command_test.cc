@@ -40,7 +40,11 @@ TEST_CASE("optional flags appear only when set") {
   for (const std::string& arg : plain.argv) {
     CHECK_FALSE(absl::StartsWith(arg, "--python"));
     CHECK_FALSE(absl::StartsWith(arg, "--tls-ca"));
+    CHECK_FALSE(absl::StartsWith(arg, "--shm-pool-mb"));  // -1: the agent's own default
   }
+  spec.shm_pool_mb = 0;
+  AgentCommand no_pool = BuildAgentCommand(spec, "n1");
+  CHECK(std::find(no_pool.argv.begin(), no_pool.argv.end(), "--shm-pool-mb=0") != no_pool.argv.end());
   spec.python = "/usr/bin/python3";
   spec.tls_ca = "/etc/ca.pem";
   AgentCommand full = BuildAgentCommand(spec, "n1");

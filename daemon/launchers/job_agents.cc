@@ -89,6 +89,7 @@ int RunJobAgents(const JobAgentsConfig& config) {
   spec.run_dir = config.run_dir;
   spec.python = config.python;
   spec.workers_per_node = config.workers;
+  spec.shm_pool_mb = config.shm_pool_mb;
   spec.log_level = config.log_level;
   spec.token = token;
   spec.tls_ca = config.tls_ca;

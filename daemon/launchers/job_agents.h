@@ -24,6 +24,7 @@ struct JobAgentsConfig {
   LauncherConfig launcher;  // kind auto, slurm or pbs; pbs_exec, ssh_command
   std::string agent_binary;
   int workers = 0;
+  int shm_pool_mb = -1;  // dragon-agent --shm-pool-mb; -1 = the agent's default
   std::string python;
   std::string log_level = "info";
   std::string tls_ca;

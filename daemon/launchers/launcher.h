@@ -23,6 +23,7 @@ struct AgentLaunchSpec {
   std::string run_dir;
   std::string python;        // interpreter for the workers ("" = agent default)
   int workers_per_node = 0;  // 0 = one per core
+  int shm_pool_mb = -1;      // dragon-agent --shm-pool-mb; -1 = the agent's default
   std::string log_level;
   // The run's token: handed to the agent in its environment (or on the stdin
   // of a remote shell), never on its command line, which every user on the

@@ -66,6 +66,7 @@ std::string PbsBatch::Script(const AgentLaunchSpec& spec) const {
                                    absl::StrCat("--agent-binary=", spec.agent_binary),
                                    absl::StrCat("--workers=", spec.workers_per_node),
                                    absl::StrCat("--log-level=", spec.log_level)};
+  if (spec.shm_pool_mb >= 0) argv.push_back(absl::StrCat("--shm-pool-mb=", spec.shm_pool_mb));
   if (!spec.python.empty()) argv.push_back(absl::StrCat("--python=", spec.python));
   if (!spec.tls_ca.empty()) argv.push_back(absl::StrCat("--tls-ca=", spec.tls_ca));
   absl::StrAppend(&s, "exec");
