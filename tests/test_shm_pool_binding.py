@@ -1,7 +1,9 @@
 """dragon_parsl._core.ShmPool: the node's shared-memory pool (common/shm_pool.h, issue 14) from
 Python, across real processes: blocks written in one process and read in place in another,
 back-pressure with the interpreter lock released, a killed owner's blocks reclaimed, stale and
-malformed references refused, a crashed creator's file removed, nothing left behind."""
+malformed references refused, a crashed creator's file removed, an owning block freed with its last
+view, blocks handed between processes (transfer, free_if_owner, owners), a pool with reserve=False,
+nothing left behind."""
 from __future__ import annotations
 
 import os
@@ -165,3 +167,109 @@ def test_the_pool_of_a_crashed_creator_is_removed_by_remove_stale(pool_dir):
         assert sorted(os.listdir(pool_dir)) == ["stale-live"]
     finally:
         live.close()
+
+
+def test_an_owning_block_is_freed_when_its_last_view_goes_and_not_before(pool_dir):
+    pool = _core.ShmPool.create(str(pool_dir), "p6", 4 * MiB)
+    try:
+        ref = pool.allocate(MiB)
+        array = np.frombuffer(pool.block(ref, free_on_release=True), dtype=np.uint8)
+        view = memoryview(pool.block(ref))  # not owning: its release frees nothing
+        array[:3] = (1, 2, 3)
+        del view
+        assert pool.stats()["blocks_in_use"] == 1  # the array still holds its ShmBlock
+        part = array[1:3]                          # a slice holds the array, which holds the block
+        del array
+        assert pool.stats()["blocks_in_use"] == 1 and bytes(part) == b"\x02\x03"
+        del part
+        assert pool.stats()["blocks_in_use"] == 0
+        with pytest.raises(_core.ShmBlockError):
+            pool.block(ref)
+
+        ref = pool.allocate(MiB)
+        m = memoryview(pool.block(ref, free_on_release=True))
+        pool.close()                               # the block's own hold keeps the pool mapped
+        m[:2] = b"ok"
+        del m                                      # freed into the closed pool: no error
+        # A block handed to another pid is not freed by this process's release.
+        pool = _core.ShmPool.create(str(pool_dir), "p6b", 4 * MiB)
+        ref = pool.allocate(MiB)
+        pool.transfer(ref, os.getpid(), 1)
+        m = memoryview(pool.block(ref, free_on_release=True))
+        del m
+        assert pool.stats()["blocks_in_use"] == 1
+        assert pool.free_if_owner(ref, 1)
+    finally:
+        pool.close()
+
+
+def test_transfer_free_if_owner_and_owners_across_processes(pool_dir):
+    pool = _core.ShmPool.create(str(pool_dir), "p7", 8 * MiB)
+    try:
+        me = os.getpid()
+        p = child("""
+            import os, sys
+            from dragon_parsl import _core
+            pool = _core.ShmPool.attach(sys.argv[1])
+            kept = pool.allocate(1 << 20)                    # this process's own
+            result = pool.allocate(1 << 16)
+            memoryview(pool.block(result))[:6] = b"result"
+            pool.transfer(result, os.getpid(), int(sys.argv[2]))
+            assert not pool.free_if_owner(result, os.getpid())  # not ours any more
+            mine = pool.allocate(1 << 12, owner=int(sys.argv[2]))  # allocated for the parent
+            print(result.hex(), mine.hex(), flush=True)
+            sys.stdin.readline()                             # held until the parent says
+            """, pool.path, str(me))
+        line = p.stdout.readline().split()     # empty only if the child failed
+        assert len(line) == 2, p.stderr.read()
+        result, mine = (bytes.fromhex(x) for x in line)
+        assert pool.owners() == sorted([me, p.pid])
+        assert bytes(memoryview(pool.block(result))[:6]) == b"result"
+        with pytest.raises(_core.ShmPoolError, match=f"owned by pid {me}, not by pid {p.pid}"):
+            pool.transfer(result, p.pid, me)
+        assert not pool.free_if_owner(result, p.pid)
+        assert pool.free_if_owner(result, me)
+        assert not pool.free_if_owner(result, me)         # stale now: no error
+        with pytest.raises(_core.ShmBlockError):
+            pool.free_if_owner((1 << 40).to_bytes(8, "little") + result[8:], me)  # out of range
+        p.stdin.close()
+        p.wait(timeout=30)
+        assert p.returncode == 0, p.stderr.read()
+        assert pool.reclaim_owner(p.pid) == MiB
+        assert pool.owners() == [me]
+        pool.free(mine)
+        assert pool.owners() == []
+        assert pool.stats()["free_bytes"] == pool.capacity_bytes
+    finally:
+        pool.close()
+
+
+def test_a_pool_made_with_reserve_false_reserves_blocks_as_they_are_allocated(pool_dir):
+    with pytest.raises(_core.ShmPoolError, match="reserve"):
+        _core.ShmPool.create(str(pool_dir), "p8", 64 * MiB, prefault=True, reserve=False)
+    pool = _core.ShmPool.create(str(pool_dir), "p8", 64 * MiB, reserve=False)
+    try:
+        before = os.stat(pool.path).st_blocks * 512
+        assert before < MiB
+        ref = pool.allocate(8 * MiB)
+        assert os.stat(pool.path).st_blocks * 512 >= before + 8 * MiB
+        data = np.arange(8 * MiB, dtype=np.uint8)
+        np.frombuffer(pool.block(ref), dtype=np.uint8)[:] = data
+        p = child("""
+            import sys
+            import numpy as np
+            from dragon_parsl import _core
+            pool = _core.ShmPool.attach(sys.argv[1])
+            block = np.frombuffer(pool.block(bytes.fromhex(sys.argv[2])), dtype=np.uint8)
+            assert (block == np.arange(block.size, dtype=np.uint8)).all()
+            ref = pool.allocate(16 << 20)                    # reserved by this process
+            np.frombuffer(pool.block(ref), dtype=np.uint8)[:] = 7
+            pool.free(ref)
+            """, pool.path, ref.hex())
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        assert os.stat(pool.path).st_blocks * 512 >= before + 24 * MiB
+        pool.free(ref)
+        assert pool.stats()["free_bytes"] == pool.capacity_bytes
+    finally:
+        pool.close()

@@ -1,6 +1,7 @@
 #include "client/python/shm_pool_binding.h"
 
 #include <pybind11/stl.h>
+#include <unistd.h>
 
 #include <memory>
 #include <string>
@@ -52,10 +53,28 @@ BlockRef Ref(const py::bytes& encoded) {
 // One block's bytes, writable, for memoryview()/numpy.frombuffer(). It holds
 // the pool, so the mapping outlives every view of it; the block itself stays
 // valid until someone frees it (the pool cannot revoke a pointer).
+//
+// With free_on_release, the block is freed when this object goes, which is
+// when the last memoryview or numpy array made from it goes (each holds its
+// exporter). Freed only if the releasing process owns it then: a block handed
+// on (transfer), reclaimed, or released in a forked child is left alone.
 struct ShmBlock {
+  ShmBlock(std::shared_ptr<ShmPool> p, BlockRef r, absl::Span<char> b, bool free)
+      : pool(std::move(p)), ref(r), bytes(b), free_on_release(free) {}
+  ShmBlock(const ShmBlock&) = delete;
+  ShmBlock& operator=(const ShmBlock&) = delete;
+  ~ShmBlock() {
+    // Runs with the interpreter lock held, as Python drops the object; the
+    // pool's mutex is only ever held for a few table updates, never while
+    // waiting. Errors are dropped: a destructor has nobody to tell, and a
+    // stale or damaged pool changes nothing for the caller.
+    if (free_on_release) (void)pool->FreeIfOwner(ref, getpid());
+  }
+
   std::shared_ptr<ShmPool> pool;
   BlockRef ref;
   absl::Span<char> bytes;
+  bool free_on_release;
 };
 
 // The pool as Python holds it: close() lets it go (the creator's file is
@@ -116,18 +135,20 @@ void RegisterShmPool(py::module_& m) {
       .def_static(
           "create",
           [](const std::string& dir, const std::string& name, uint64_t size_bytes,
-             uint64_t min_block, bool prefault) {
+             uint64_t min_block, bool prefault, bool reserve) {
             common::ShmPoolOptions o;
             o.dir = dir;
             o.name = name;
             o.size_bytes = size_bytes;
             o.min_block = min_block;
             o.prefault = prefault;
+            o.reserve = reserve;
             return PoolHandle(Value(WithoutGil([&] { return ShmPool::Create(o); })));
           },
           py::arg("dir"), py::arg("name"), py::arg("size_bytes"), py::arg("min_block") = 4096,
-          py::arg("prefault") = false,
-          "Creates DIR/NAME (mode 0600) with its space reserved now; removed when closed.")
+          py::arg("prefault") = false, py::arg("reserve") = true,
+          "Creates DIR/NAME (mode 0600) with its space reserved now (with reserve=False, each "
+          "block's space is reserved when it is allocated); removed when closed.")
       .def_static(
           "attach",
           [](const std::string& path) { return PoolHandle(Value(ShmPool::Attach(path))); },
@@ -136,24 +157,26 @@ void RegisterShmPool(py::module_& m) {
                   "Removes pool files in DIR starting with PREFIX whose creator is dead.")
       .def(
           "allocate",
-          [](const PoolHandle& h, uint64_t size, double wait_s) {
+          [](const PoolHandle& h, uint64_t size, double wait_s, int owner) {
             ShmPool& pool = h.pool();
             const absl::Duration wait = absl::Seconds(wait_s > 0 ? wait_s : 0);
-            BlockRef ref = Value(WithoutGil([&] { return pool.Allocate(size, wait); }));
+            BlockRef ref = Value(WithoutGil([&] { return pool.Allocate(size, wait, owner); }));
             return py::bytes(ref.Encode());
           },
-          py::arg("size"), py::arg("wait_s") = 0.0,
-          "A block of at least SIZE bytes (its 24-byte reference); waits up to WAIT_S for space, "
-          "then raises ShmPoolFull.")
+          py::arg("size"), py::arg("wait_s") = 0.0, py::arg("owner") = 0,
+          "A block of at least SIZE bytes (its 24-byte reference), owned by OWNER (0: this "
+          "process); waits up to WAIT_S for space, then raises ShmPoolFull.")
       .def(
           "block",
-          [](const PoolHandle& h, const py::bytes& encoded) {
+          [](const PoolHandle& h, const py::bytes& encoded, bool free_on_release) {
             const std::shared_ptr<ShmPool>& pool = h.shared();
             BlockRef ref = Ref(encoded);
             absl::Span<char> bytes = Value(pool->Resolve(ref));
-            return ShmBlock{pool, ref, bytes};
+            return std::make_unique<ShmBlock>(pool, ref, bytes, free_on_release);
           },
-          py::arg("ref"), "The block's bytes, writable (memoryview(pool.block(ref))).")
+          py::arg("ref"), py::arg("free_on_release") = false,
+          "The block's bytes, writable (memoryview(pool.block(ref))). With FREE_ON_RELEASE the "
+          "block is freed when the last view of it is gone, if this process owns it then.")
       .def(
           "free", [](const PoolHandle& h, const py::bytes& ref) { Check(h.pool().Free(Ref(ref))); },
           py::arg("ref"))
@@ -163,6 +186,24 @@ void RegisterShmPool(py::module_& m) {
             Check(h.pool().SetOwner(Ref(ref), pid));
           },
           py::arg("ref"), py::arg("pid"))
+      .def(
+          "transfer",
+          [](const PoolHandle& h, const py::bytes& ref, int from_pid, int to_pid) {
+            Check(h.pool().TransferOwner(Ref(ref), from_pid, to_pid));
+          },
+          py::arg("ref"), py::arg("from_pid"), py::arg("to_pid"),
+          "Hands the block from FROM_PID to TO_PID; ShmPoolError if FROM_PID does not own it.")
+      .def(
+          "free_if_owner",
+          [](const PoolHandle& h, const py::bytes& ref, int pid) {
+            return Value(h.pool().FreeIfOwner(Ref(ref), pid));
+          },
+          py::arg("ref"), py::arg("pid"),
+          "Frees the block if PID owns it (True); False if another process owns it or the "
+          "reference is stale.")
+      .def(
+          "owners", [](const PoolHandle& h) { return Value(h.pool().Owners()); },
+          "The pids owning allocated blocks, ascending.")
       .def(
           "reclaim_owner",
           [](const PoolHandle& h, int pid) { return Value(h.pool().ReclaimOwner(pid)); },
