@@ -26,7 +26,11 @@ import traceback
 from collections import deque
 
 EXECUTORS = ("dragon", "threadpool", "htex", "dragonhpc-batch", "dragonhpc-pool", "dragon-prefetch",
-             "dfk-floor-inline", "dfk-floor-thread", "dfk-floor-gather")
+             "dfk-floor-inline", "dfk-floor-thread", "dfk-floor-gather", "dragon-files")
+# Chosen by name only (--executors), not in bench/run.py's default list: "dragon-files" differs from
+# "dragon" only in how large task data travels (files in /dev/shm instead of the agent's pool), which
+# only the image batch shows; no-op and latency runs of it would repeat "dragon".
+OPT_IN = ("dragon-files",)
 BENCHES = ("latency", "noop", "images")  # the order they run in within one process
 DRAGONHPC = ("dragonhpc-batch", "dragonhpc-pool")
 # Executors that run nothing (FloorExecutor): what Parsl's DataFlowKernel alone allows. Their tasks
@@ -194,6 +198,11 @@ def make_executor(name: str, workers: int, spec: dict):
         from dragon_parsl import DragonExecutor
 
         return DragonExecutor(label="dragon", workers_per_node=workers, **spec.get("dragon_options", {}))
+    if name == "dragon-files":  # the same, large task data through one file per task in /dev/shm
+        from dragon_parsl import DragonExecutor
+
+        return DragonExecutor(label="dragon", workers_per_node=workers,
+                              **dict({"shm_path": "files"}, **spec.get("dragon_options", {})))
     if name == "dragon-prefetch":  # the same with tasks queued ahead on each worker's agent
         from dragon_parsl import DragonExecutor
 
@@ -552,7 +561,7 @@ def main() -> int:
         p.add_argument("--pin-client", type=int, default=None, metavar="CPU",
                        help="move this process's threads onto CPU once the DFK is loaded")
         p.add_argument("--dragon-option", action="append", default=[], metavar="NAME=VALUE",
-                       help="a DragonExecutor option for --executor dragon, e.g. batch_linger_ms=0 "
+                       help="a DragonExecutor option for --executor dragon or dragon-files, e.g. batch_linger_ms=0 "
                             "(VALUE is a Python literal); repeatable")
         p.add_argument("--out")
         a = p.parse_args()

@@ -42,7 +42,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import parsl_bench  # noqa: E402
-from parsl_bench import BENCHES, DRAGONHPC, EXECUTORS, FLOOR, benches_for  # noqa: E402
+from parsl_bench import BENCHES, DRAGONHPC, EXECUTORS, FLOOR, OPT_IN, benches_for  # noqa: E402
 from run_summary import (hook_targets, issue15_targets, native_targets, ratios, summarize,  # noqa: E402
                          targets)
 
@@ -343,8 +343,11 @@ def parse_args(argv=None):
                    help="leave these out (e.g. --skip cluster_start, which needs root and brings up the "
                         "test beds; tests/test_bench_smoke.py skips it: it has its own smoke test)")
     p.add_argument("--out", help="output directory (default bench/results/<date-time>/)")
-    p.add_argument("--executors", nargs="+", choices=EXECUTORS, default=list(EXECUTORS),
-                   help="Parsl executors to compare (dragonhpc ones are skipped when it is not installed)")
+    p.add_argument("--executors", nargs="+", choices=EXECUTORS,
+                   default=[e for e in EXECUTORS if e not in OPT_IN],
+                   help="Parsl executors to compare (dragonhpc ones are skipped when it is not installed); "
+                        f"default: all but {', '.join(OPT_IN)}, which run only when named "
+                        "(dragon-files: DragonExecutor with shm_path='files', for the image batch)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="workers of every executor")
     p.add_argument("--rounds", type=int, help="rounds of the Parsl benchmarks (default 2; --quick 1)")
     p.add_argument("--tasks", type=int, help="no-op tasks per measurement (default 100000; --quick 300)")
