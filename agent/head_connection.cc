@@ -189,6 +189,7 @@ void HeadConnection::TaskEvents(std::vector<v1::TaskStarted> started,
 }
 
 void HeadConnection::Heartbeat(v1::Heartbeat beat) {
+  if (options_.fill_heartbeat) options_.fill_heartbeat(&beat);
   absl::MutexLock l(&mu_);
   heartbeat_ = std::move(beat);  // only the latest answer matters
 }

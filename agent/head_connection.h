@@ -8,6 +8,7 @@
 #define DRAGON_AGENT_HEAD_CONNECTION_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -43,6 +44,9 @@ struct HeadConnectionOptions {
   absl::Duration coalesce = absl::Microseconds(1000);
   // ...but never holds more results than this.
   size_t coalesce_max_results = 1024;
+  // Adds what the pool does not know to each heartbeat before it is queued
+  // (the shared-memory pool's use); must not block. Called on the pool's thread.
+  std::function<void(v1::Heartbeat*)> fill_heartbeat;
 };
 
 class HeadConnection : public TaskEventSink {

@@ -27,6 +27,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "agent/agent_pool.h"
 #include "agent/head_connection.h"
 #include "agent/incarnations.h"
 #include "agent/node_resources.h"
@@ -89,6 +90,14 @@ ABSL_FLAG(int, simulate_workers, 0,
 ABSL_FLAG(int64_t, simulate_task_us, 0,
           "with --simulate-workers: microseconds each simulated task occupies its slot "
           "(timers, no thread per task); 0 = ends at once");
+ABSL_FLAG(std::string, shm_pool_mb, "auto",
+          "size in MiB of the node's shared-memory pool for task data, a file in --shm-dir that "
+          "clients and workers on the node attach; 0 = no pool. auto (default): 1/8 of the "
+          "node's memory (MemTotal), at most half of the size of --shm-dir's file system, "
+          "rounded down to MiB. Lazily backed: it costs memory only for the blocks in use");
+ABSL_FLAG(std::string, shm_dir, "/dev/shm",
+          "directory (a tmpfs) of the shared-memory pool; pools of dead agents in it are removed "
+          "at start");
 
 namespace dragon::agent {
 namespace {
@@ -168,7 +177,7 @@ int Main(int argc, char** argv) {
       "runs Python workers for dragond on one node (started by dragond, not "
       "normally by hand).\n"
       "Usage: dragon-agent --head HOST:PORT --node-id ID --run-dir DIR [--workers N] "
-      "[--python PATH] [--log-level info]\n"
+      "[--python PATH] [--log-level info] [--shm-pool-mb MB|auto|0] [--shm-dir /dev/shm]\n"
       "In a Parsl provider's block: dragon-agent --head HOST:PORT --run-dir DIR --token-file "
       "DIR/token --block-id B [--job-end UNIX_SECONDS] [--drain-before-end S]\n"
       "Benchmark mode (no Python, results are fake and marked as such): "
@@ -297,6 +306,32 @@ int Main(int argc, char** argv) {
                  drain_before_end);
   }
 
+  // The node's shared-memory pool; removed when this function returns (also
+  // after SIGTERM/SIGINT/SIGHUP, which end RunIncarnations below).
+  std::unique_ptr<AgentPool> shm_pool;
+  {
+    const std::string shm_dir = absl::GetFlag(FLAGS_shm_dir);
+    absl::StatusOr<uint64_t> mem_total = MemTotalBytes();
+    absl::StatusOr<uint64_t> pool_bytes =
+        PoolBytesFromFlag(absl::GetFlag(FLAGS_shm_pool_mb), mem_total.ok() ? *mem_total : 0,
+                          FileSystemBytes(shm_dir), shm_dir);
+    if (!pool_bytes.ok()) return Fail(std::string(pool_bytes.status().message()));
+    if (*pool_bytes == 0) {
+      spdlog::info("no shared-memory pool (--shm-pool-mb {})", absl::GetFlag(FLAGS_shm_pool_mb));
+    } else {
+      AgentPoolOptions shm_options;
+      shm_options.dir = shm_dir;
+      shm_options.node_id = node_id;
+      shm_options.size_bytes = *pool_bytes;
+      absl::StatusOr<std::unique_ptr<AgentPool>> started = AgentPool::Start(shm_options);
+      if (!started.ok()) {
+        return Fail(absl::StrCat("cannot create the shared-memory pool: ",
+                                 started.status().message()));
+      }
+      shm_pool = *std::move(started);
+    }
+  }
+
   HeadConnectionOptions copts;
   copts.head_address = head;
   copts.token = token;
@@ -315,6 +350,15 @@ int Main(int argc, char** argv) {
   reg.set_block_id(block_id);
   reg.set_job_end_us(job_end_us);
   reg.set_drain_before_end_ms(static_cast<uint32_t>(drain_before_end) * 1000u);
+  if (shm_pool != nullptr) {
+    reg.set_shm_pool_path(shm_pool->path());
+    reg.set_shm_pool_bytes(shm_pool->capacity_bytes());
+    copts.fill_heartbeat = [pool = shm_pool.get()](v1::Heartbeat* beat) {
+      const PoolUsage usage = pool->usage();  // the janitor's last measure: never waits
+      beat->set_shm_pool_free_bytes(usage.free_bytes);
+      beat->set_shm_pool_blocks(usage.blocks);
+    };
+  }
   HeadConnection conn(copts);
 
   std::thread([&conn, stop_signals] {
