@@ -130,6 +130,48 @@ def test_sigkilled_agents_pool_is_removed_at_the_next_start(tmp_path, shm_dir):
         stop_head(head)
 
 
+def test_janitor_reclaims_the_blocks_of_a_killed_client(tmp_path, shm_dir):
+    """A process on the node attaches the agent's pool and allocates a block, then is SIGKILLed:
+    within about a second the agent's janitor frees the block (NodeInfo and the log say so)."""
+    head = start_head(tmp_path, "--agents", "none")
+    agent = client = None
+    try:
+        agent = start_agent(head, "a", shm_dir, "--shm-pool-mb", "32")
+        path = ready(head, "a")["shm_pool_path"]
+        client = subprocess.Popen(
+            [sys.executable, "-c",
+             "import sys, time\n"
+             "from dragon_parsl import _core\n"
+             "pool = _core.ShmPool.attach(sys.argv[1])\n"
+             "pool.allocate(1 << 20)\n"
+             "print('allocated', flush=True)\n"
+             "time.sleep(600)\n", path],
+            stdout=subprocess.PIPE, text=True)
+        assert client.stdout.readline().strip() == "allocated"
+        n = wait_for(lambda: (lambda n: n if int(n.get("shm_pool_blocks", 0)) == 1 else None)(
+            node(head, "a")), 30, "the heartbeat to show the client's block")
+        assert int(n["shm_pool_free_bytes"]) == 31 * MiB
+        assert "1.0MiB/32.0MiB" in head.ctl("nodes").stdout
+        client.kill()
+        client.wait(timeout=30)
+        wait_for(lambda: int(node(head, "a").get("shm_pool_blocks", 0)) == 0, 30,
+                 "the janitor to free the dead client's block")
+        assert int(node(head, "a")["shm_pool_free_bytes"]) == 32 * MiB
+        line = f"reclaimed {1 << 20} bytes of dead process {client.pid} from the shared-memory pool"
+        wait_for(lambda: line in (head.run_dir / "agent-a.log").read_text(), 10,
+                 "the agent's log to say so")
+    finally:
+        if client is not None and client.poll() is None:
+            client.kill()
+            client.wait()
+        if client is not None:
+            client.stdout.close()
+        if agent is not None:
+            stop_agent(agent)
+        stop_head(head)
+    assert pools(shm_dir) == []
+
+
 def test_zero_means_no_pool(tmp_path, shm_dir):
     head = start_head(tmp_path, "--agents", "none")
     agent = None
