@@ -283,11 +283,11 @@ std::string FormatNodes(const dragon::v1::ListNodesReply& reply, int64_t now_us)
   }
   std::vector<std::string> header = {"NODE", "HOST"};
   if (blocks) header.push_back("BLOCK");
-  for (const char* h : {"STATE", "INC", "CORES", "MEM", "GPUS", "WORKERS", "READY", "RUNNING",
-                        "QUEUED", "DONE", "HEARTBEAT"}) {
+  for (const char* h : {"STATE", "INC", "CORES", "MEM"}) header.push_back(h);
+  if (pools) header.push_back("SHM");  // one word: the cells have no spaces either
+  for (const char* h : {"GPUS", "WORKERS", "READY", "RUNNING", "QUEUED", "DONE", "HEARTBEAT"}) {
     header.push_back(h);
   }
-  if (pools) header.push_back("SHM POOL");
   if (ends) header.push_back("ENDS IN");
   std::vector<std::vector<std::string>> rows = {header};
   std::string reasons;
@@ -297,20 +297,23 @@ std::string FormatNodes(const dragon::v1::ListNodesReply& reply, int64_t now_us)
     for (std::string cell :
          {OrDash(n.state()), n.incarnation() ? absl::StrCat(n.incarnation()) : "-",
           n.cores() ? absl::StrCat(n.cores()) : "-",
-          n.memory_bytes() ? FormatBytesShort(n.memory_bytes()) : "-",
-          absl::StrCat(n.gpus_size()), absl::StrCat(n.workers()), absl::StrCat(n.ready_workers()),
-          absl::StrCat(n.running_tasks()), absl::StrCat(n.queued_tasks()),
-          absl::StrCat(n.tasks_done()),
-          n.last_heartbeat_us() ? absl::StrCat(FormatDuration(now_us - n.last_heartbeat_us()), " ago")
-                                : std::string("-")}) {
+          n.memory_bytes() ? FormatBytesShort(n.memory_bytes()) : "-"}) {
       row.push_back(std::move(cell));
     }
-    if (pools) {
+    if (pools) {  // used/capacity
       const uint64_t capacity = n.shm_pool_bytes();
       const uint64_t used = capacity - std::min(capacity, n.shm_pool_free_bytes());
       row.push_back(capacity == 0 ? "-"
                                   : absl::StrCat(FormatBytesShort(used), "/",
                                                  FormatBytesShort(capacity)));
+    }
+    for (std::string cell :
+         {absl::StrCat(n.gpus_size()), absl::StrCat(n.workers()), absl::StrCat(n.ready_workers()),
+          absl::StrCat(n.running_tasks()), absl::StrCat(n.queued_tasks()),
+          absl::StrCat(n.tasks_done()),
+          n.last_heartbeat_us() ? absl::StrCat(FormatDuration(now_us - n.last_heartbeat_us()), " ago")
+                                : std::string("-")}) {
+      row.push_back(std::move(cell));
     }
     if (ends) {
       row.push_back(n.job_end_us() <= 0          ? "-"

@@ -207,15 +207,15 @@ TEST_CASE("nodes: a pool column (used/capacity) only when some agent has a share
   b->set_host("h");
   b->set_state("ready");
   CHECK(FormatNodes(reply, kT0) ==
-        "NODE  HOST  STATE  INC  CORES  MEM  GPUS  WORKERS  READY  RUNNING  QUEUED  DONE  "
-        "HEARTBEAT  SHM POOL\n"
-        "a     h     ready  -    -      -    0     0        0      0        0       0     "
-        "-          3.0MiB/512.0MiB\n"
-        "b     h     ready  -    -      -    0     0        0      0        0       0     "
-        "-          -\n");
+        "NODE  HOST  STATE  INC  CORES  MEM  SHM              GPUS  WORKERS  READY  RUNNING  "
+        "QUEUED  DONE  HEARTBEAT\n"
+        "a     h     ready  -    -      -    3.0MiB/512.0MiB  0     0        0      0        "
+        "0       0     -\n"
+        "b     h     ready  -    -      -    -                0     0        0      0        "
+        "0       0     -\n");
   reply.mutable_nodes()->RemoveLast();
   reply.mutable_nodes(0)->clear_shm_pool_bytes();
-  CHECK(FormatNodes(reply, kT0).find("SHM POOL") == std::string::npos);
+  CHECK(FormatNodes(reply, kT0).find("SHM") == std::string::npos);
 }
 
 TEST_CASE("drain and undrain say the node's new state") {

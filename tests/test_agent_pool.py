@@ -90,7 +90,7 @@ def test_pool_exists_is_listed_and_goes_with_the_agent(tmp_path, shm_dir, sig):
                               else None)(node(head, "a")), 30, "the pool's free bytes")
         assert int(n.get("shm_pool_blocks", 0)) == 0
         text = head.ctl("nodes").stdout
-        assert "SHM POOL" in text.splitlines()[0], text
+        assert "SHM" in text.splitlines()[0].split(), text
         assert "0B/64.0MiB" in text, text
 
         assert stop_agent(agent, sig) == 0
@@ -181,7 +181,7 @@ def test_zero_means_no_pool(tmp_path, shm_dir):
         assert n.get("shm_pool_path", "") == ""
         assert int(n.get("shm_pool_bytes", 0)) == 0
         assert pools(shm_dir) == []
-        assert "SHM POOL" not in head.ctl("nodes").stdout
+        assert "SHM" not in head.ctl("nodes").stdout.splitlines()[0].split()
         wait_for(lambda: "no shared-memory pool (--shm-pool-mb 0)" in
                  (head.run_dir / "agent-a.log").read_text(), 10, "the agent's log to say so")
     finally:
