@@ -110,8 +110,9 @@ const std::vector<Command> kCommands = {
      false},
     {"nodes", "[drain NODE | undrain NODE]", "list the nodes, or stop/resume placing tasks on one",
      "'dragonctl nodes' lists the nodes (one agent each), one row per node:\n"
-     "  NODE HOST STATE INC CORES MEM GPUS WORKERS READY RUNNING QUEUED DONE HEARTBEAT\n"
-     "STATE is joining (registered, first heartbeat not yet answered), ready,\n"
+     "  NODE HOST STATE INC CORES MEM SHM GPUS WORKERS READY RUNNING QUEUED DONE HEARTBEAT\n"
+     "SHM is the agent's shared-memory pool for task data, used/capacity\n"
+     "(dragon-agent --shm-pool-mb; shown when some node has one). STATE is joining (registered, first heartbeat not yet answered), ready,\n"
      "draining (no new tasks), lost (heartbeats stopped) or gone (left); INC is the\n"
      "incarnation (1 for the node's first agent, +1 each time it registers again);\n"
      "READY counts workers ready to run a task, RUNNING the tasks running there,\n"

@@ -25,7 +25,7 @@ from conftest import binary, start_head, stop_head, wait_for, wait_for_workers, 
 from dragon_parsl.errors import TaskCancelled
 
 TESTS_DIR = Path(__file__).resolve().parent
-NODES_HEADER = ["NODE", "HOST", "STATE", "INC", "CORES", "MEM", "GPUS", "WORKERS", "READY", "RUNNING",
+NODES_HEADER = ["NODE", "HOST", "STATE", "INC", "CORES", "MEM", "SHM", "GPUS", "WORKERS", "READY", "RUNNING",
                 "QUEUED", "DONE", "HEARTBEAT"]
 ISO_TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
 STATES = "pending, scheduled, running, done, failed, cancelled"

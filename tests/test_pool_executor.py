@@ -190,7 +190,7 @@ def test_large_argument_through_shared_memory(pool):
     before = pool.executor.shm_counters()
     assert pool.submit(echo, data).result(timeout=60) == data
     after = pool.executor.shm_counters()
-    assert after["dir"].startswith(pool.executor.shm_dir)
+    assert after["dir"] and os.path.exists(after["dir"])  # the agent's pool
     assert after["args_shm_tasks"] == before["args_shm_tasks"] + 1
     assert after["results_shm"] == before["results_shm"] + 1
 

@@ -71,7 +71,7 @@ def shm_base():
 @pytest.fixture
 def shm_dfk(worker_pythonpath, tmp_path, shm_base):
     """A head with 2 workers on this host and a DFK whose executor uses shm under shm_base."""
-    with head_and_dfk(tmp_path, shm_dir=shm_base) as (dfk, executor, _):
+    with head_and_dfk(tmp_path, shm_dir=shm_base, shm_path="files") as (dfk, executor, _):
         yield dfk, executor
 
 
@@ -97,7 +97,7 @@ def test_large_argument_and_result_round_trip_through_shm(shm_dfk):
 
 
 def test_embedded_head_uses_shm_and_removes_its_directory(worker_pythonpath, tmp_path, shm_base):
-    dfk, executor = load_parsl(tmp_path, workers_per_node=1, shm_dir=shm_base)
+    dfk, executor = load_parsl(tmp_path, workers_per_node=1, shm_dir=shm_base, shm_path="files")
     try:
         shm_dir = executor.shm.path
         img = image(1)
@@ -160,7 +160,7 @@ def test_worker_killed_mid_task_with_a_large_argument(shm_dfk):
 
 
 def test_threshold_zero_sends_everything_through_grpc(worker_pythonpath, tmp_path, shm_base):
-    with head_and_dfk(tmp_path, shm_dir=shm_base, shm_threshold=0) as (dfk, executor, _):
+    with head_and_dfk(tmp_path, shm_dir=shm_base, shm_path="files", shm_threshold=0) as (dfk, executor, _):
         assert executor.shm is None and executor.shm_counters() == {"dir": None}
         img = image(7)
         assert np.array_equal(scaled(img, 2.0).result(timeout=60), img * 2.0)
@@ -175,7 +175,7 @@ def length(data):
 def test_large_arguments_through_shm_are_not_bound_by_the_heads_payload_limit(worker_pythonpath, tmp_path,
                                                                                shm_base):
     with head_and_dfk(tmp_path, ["--workers", "1", "--max-payload-mb", "1"],
-                      shm_dir=shm_base) as (dfk, executor, _):
+                      shm_dir=shm_base, shm_path="files") as (dfk, executor, _):
         assert length(b"x" * (2 << 20)).result(timeout=60) == 2 << 20  # a long bytes object: in-band, in the file
         assert executor.shm_counters()["args_shm_tasks"] == 1
 
@@ -190,7 +190,7 @@ def slow_sum(a):
     time.sleep(60)
     return a.sum()
 
-ex = DragonExecutor(workers_per_node=1, shm_dir=sys.argv[1], head_run_dir=sys.argv[2])
+ex = DragonExecutor(workers_per_node=1, shm_dir=sys.argv[1], shm_path="files", head_run_dir=sys.argv[2])
 ex.start()
 ex.submit(slow_sum, {}, np.ones(1 << 18))
 print(ex.shm.path, flush=True)
@@ -209,7 +209,7 @@ def test_directory_of_a_killed_client_is_swept_by_the_next_executor(worker_pytho
         client.kill()  # SIGKILL: no shutdown, the directory stays
         client.wait()
     assert os.path.isdir(left_behind)
-    dfk, executor = load_parsl(tmp_path, workers_per_node=1, shm_dir=shm_base)
+    dfk, executor = load_parsl(tmp_path, workers_per_node=1, shm_dir=shm_base, shm_path="files")
     try:
         assert left_behind in executor.shm.swept and not os.path.exists(left_behind)
         assert os.listdir(shm_base) == [os.path.basename(executor.shm.path)]

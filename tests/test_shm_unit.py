@@ -266,8 +266,8 @@ def test_arguments_use_shm_only_when_every_agent_is_on_this_host(nodes, error, e
     stub = _FakeHeadStub([_node(hostname if h == "self" else h, pids[p], *rest) for h, p, *rest in nodes], error)
     ex = DragonExecutor(address="127.0.0.1:1")
     monkeypatch.setattr(ex, "_stub", lambda: stub)
-    assert ex._agents_share_this_host() is expected
-    assert ex._agents_share_this_host() is expected and stub.calls == 1  # the answer is kept for a while
+    assert (ex._local_agents() is not None) is expected
+    assert (ex._local_agents() is not None) is expected and stub.calls == 1  # the answer is kept for a while
 
 
 def test_result_of_an_unknown_task_is_deleted_unread(client_dir):

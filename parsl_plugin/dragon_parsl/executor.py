@@ -24,7 +24,7 @@ from parsl.monitoring.radios.filesystem import FilesystemRadio
 from parsl.providers.base import ExecutionProvider
 from parsl.utils import RepresentationMixin
 
-from dragon_parsl import blocks, shm, transport
+from dragon_parsl import blocks, shm, shm_pool_path, transport
 from dragon_parsl.connection import Session
 from dragon_parsl.errors import AuthenticationFailed, DragonError, TaskCancelled
 from dragon_parsl.local_head import LocalHead
@@ -156,17 +156,29 @@ class DragonExecutor(HeadStartMixin, SubmitPathMixin, TaskResultsMixin, BlockSca
     shm_threshold : int, optional
         Task arguments and results holding buffers (numpy arrays, ...) of at
         least this many bytes, or pickling to at least this many bytes, go
-        through a file on the node-local ``shm_dir`` instead of gRPC; the task
-        message carries only a small envelope naming it (docs/INTERFACES.md).
-        Arguments take this path only when every agent of the head runs on this
-        host (always so for the embedded head); results whenever the worker is
-        on this host. Default 64 KiB; 0 or None turns the shared-memory path off
-        (every byte through gRPC, as with dragond's ``--max-payload-mb`` limit).
+        through shared memory instead of gRPC; the task message carries only a
+        small envelope naming where (docs/INTERFACES.md). Arguments take this
+        path only when every agent of the head runs on this host (always so for
+        the embedded head); results whenever the worker is on this host.
+        Default 64 KiB; 0 or None turns the shared-memory path off (every byte
+        through gRPC, as with dragond's ``--max-payload-mb`` limit).
+    shm_path : str
+        ``"pool"`` (default): task data goes into the shared-memory pool of an
+        agent on this host (``dragon-agent --shm-pool-mb``, ``dragond start
+        --shm-pool-mb``), written once and read in place by the worker; a result
+        stays in the pool until its value is garbage collected. ``"files"``: one
+        file per task in a directory of ``shm_dir`` (the older path, kept to
+        compare against).
+    shm_pool_wait_s : float
+        How long a submit waits for room in a full pool before the task fails
+        with ShmPoolFull, which names the pool's size and ``--shm-pool-mb``.
+        Default 10.
     shm_dir : str
-        Where the executor makes its directory of task data files,
-        ``dragon-<user>-<pid>.<start>-<random>``; it must be node-local (a tmpfs,
-        so that files are memory). Default ``/dev/shm``. Removed at shutdown;
-        directories left by dead clients are removed when an executor starts.
+        With ``shm_path="files"``: where the executor makes its directory of task
+        data files, ``dragon-<user>-<pid>.<start>-<random>``; it must be
+        node-local (a tmpfs, so that files are memory). Default ``/dev/shm``.
+        Removed at shutdown; directories left by dead clients are removed when
+        an executor starts.
     storage_access, working_dir, remote_monitoring_radio
         As for Parsl's other executors. Tasks run in the directory the
         workflow was in when it submitted them.
@@ -216,7 +228,8 @@ class DragonExecutor(HeadStartMixin, SubmitPathMixin, TaskResultsMixin, BlockSca
                  remote_monitoring_radio: Optional[RadioConfig] = None, tune_malloc: bool = False,
                  prefetch: Optional[int] = None,
                  shm_threshold: Optional[int] = shm.DEFAULT_THRESHOLD,
-                 shm_dir: str = shm.DEFAULT_DIR, batch_linger_ms: float = 10.0,
+                 shm_dir: str = shm.DEFAULT_DIR, shm_path: str = "pool",
+                 shm_pool_wait_s: float = shm_pool_path.DEFAULT_WAIT_S, batch_linger_ms: float = 10.0,
                  batch_linger_in_flight: int = 64, client_cpu: Optional[int] = None,
                  token: Optional[str] = None, tls_ca: Optional[str] = None,
                  infra_retries: Optional[int] = None,
@@ -228,7 +241,8 @@ class DragonExecutor(HeadStartMixin, SubmitPathMixin, TaskResultsMixin, BlockSca
         check_options(address=address, provider=provider, drain_before_end=drain_before_end,
                       block_connect_timeout=block_connect_timeout, head_listen=head_listen, token=token,
                       tls_ca=tls_ca, infra_retries=infra_retries, workers_per_node=workers_per_node,
-                      shm_threshold=shm_threshold, batch_linger_ms=batch_linger_ms,
+                      shm_threshold=shm_threshold, shm_path=shm_path, shm_pool_wait_s=shm_pool_wait_s,
+                      batch_linger_ms=batch_linger_ms,
                       batch_linger_in_flight=batch_linger_in_flight, client_cpu=client_cpu)
         handler = blocks.dragon_block_error_handler if block_error_handler is True else block_error_handler
         super().__init__(provider=provider, block_error_handler=handler)
@@ -254,6 +268,8 @@ class DragonExecutor(HeadStartMixin, SubmitPathMixin, TaskResultsMixin, BlockSca
         self.prefetch = prefetch
         self.shm_threshold = shm_threshold
         self.shm_dir = shm_dir
+        self.shm_path = shm_path
+        self.shm_pool_wait_s = float(shm_pool_wait_s)
         self.batch_linger_ms = float(batch_linger_ms)
         self.batch_linger_in_flight = batch_linger_in_flight
         self.client_cpu = client_cpu
@@ -277,9 +293,9 @@ class DragonExecutor(HeadStartMixin, SubmitPathMixin, TaskResultsMixin, BlockSca
         self._temp_run_dir: Optional[str] = None
         # The shared-memory data path: this executor's directory (None when off),
         # each outstanding task's argument file, and whether all agents share this host.
-        self.shm: Optional[shm.ClientDirectory] = None
-        self._arg_files: Dict[int, str] = {}
-        self._agents_local = False
+        self.shm: Optional[Union[shm_pool_path.PoolDataPath, shm.ClientDirectory]] = None
+        self._arg_files: Dict[int, Any] = {}
+        self._agents_local: Optional[List[Any]] = None
         self._agents_checked_at = float("-inf")
         # With a provider: each block, the command its job runs, the head's view of the nodes.
         self._blocks: Dict[str, blocks.Block] = {}

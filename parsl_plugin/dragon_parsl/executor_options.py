@@ -12,7 +12,8 @@ from dragon_parsl import transport
 
 def check_options(*, address: Optional[str], provider: Optional[ExecutionProvider], drain_before_end: Any,
                   block_connect_timeout: Any, head_listen: Any, token: Any, tls_ca: Any, infra_retries: Any,
-                  workers_per_node: Any, shm_threshold: Any, batch_linger_ms: Any, batch_linger_in_flight: Any,
+                  workers_per_node: Any, shm_threshold: Any, shm_path: Any, shm_pool_wait_s: Any,
+                  batch_linger_ms: Any, batch_linger_in_flight: Any,
                   client_cpu: Any) -> None:
     """Raises ValueError for the first bad option, in the order of DragonExecutor's checks."""
     if provider is not None:
@@ -56,6 +57,13 @@ def check_options(*, address: Optional[str], provider: Optional[ExecutionProvide
     # silently turn the shared-memory path off.
     if shm_threshold is not None:
         _require_whole_number("shm_threshold", shm_threshold, 0, "a byte count >= 0 (0 or None: off)")
+    if shm_path not in ("pool", "files"):
+        raise ValueError(f"DragonExecutor: shm_path must be \"pool\" (the agent's shared-memory pool) or "
+                         f"\"files\" (one file per task in shm_dir), not {shm_path!r}")
+    if isinstance(shm_pool_wait_s, bool) or not isinstance(shm_pool_wait_s, (int, float)) \
+            or not 0 <= shm_pool_wait_s <= 3600:
+        raise ValueError(f"DragonExecutor: shm_pool_wait_s must be a number of seconds in [0, 3600], "
+                         f"not {shm_pool_wait_s!r}")
     if isinstance(batch_linger_ms, bool) or not isinstance(batch_linger_ms, (int, float)) \
             or not 0 <= batch_linger_ms <= 1000:
         raise ValueError(f"DragonExecutor: batch_linger_ms must be a number of milliseconds in [0, 1000] "

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Tuple
 
-from dragon_parsl import _affinity, blocks, shm, transport
+from dragon_parsl import _affinity, blocks, shm, shm_pool_path, transport
 from dragon_parsl.connection import PROTOCOL_VERSION, Session, default_client_name
 from dragon_parsl.errors import DragonError, LocalHeadError
 from dragon_parsl.local_head import LocalHead, find_binary
@@ -138,6 +138,11 @@ class HeadStartMixin:
 
     def _open_shm_directory(self) -> None:
         if not self.shm_threshold or self.shm_threshold <= 0:
+            return
+        if self.shm_path == "pool":
+            self.shm = shm_pool_path.PoolDataPath(int(self.shm_threshold), self.shm_pool_wait_s)
+            logger.info("DragonExecutor %s: task data of %d bytes or more goes through the shared-memory pool "
+                        "of an agent on this host", self.label, self.shm.threshold)
             return
         try:
             self.shm = shm.ClientDirectory(self.shm_dir, int(self.shm_threshold))

@@ -53,7 +53,7 @@ _PAD = bytes(_ALIGN)
 _IOV_CHUNK = 512
 _PICKLE_ID = b"01"  # Parsl's serializer identifiers
 _DILL_ID = b"02"
-_NEVER_OUT_OF_BAND = 1 << 62  # an oob_min no buffer reaches: everything in-band
+NEVER_OUT_OF_BAND = 1 << 62  # an oob_min no buffer reaches: everything in-band
 
 
 # ---------------------------------------------------------------- identity
@@ -230,6 +230,11 @@ class Envelope:
     size: int = 0
     parts: List[dict] = field(default_factory=list)
     inline: Any = b""
+    # The pool data path (dragon_parsl.shm_pool_path): the agent's pool, the block
+    # (hex of its 24-byte reference) and the client's pid, which owns what it allocated.
+    pool: str = ""
+    ref: str = ""
+    client: int = 0
 
 
 def is_envelope(buf: Any) -> bool:
@@ -260,16 +265,17 @@ def decode_envelope(buf: Any) -> Envelope:
             header = json.loads(raw)
         except ValueError as e:
             raise SharedMemoryError(f"malformed shared-memory envelope header: {e}") from None
-        if "file" not in header and len(_parsed_headers) < _MAX_PARSED_HEADERS:
+        if "file" not in header and "ref" not in header and len(_parsed_headers) < _MAX_PARSED_HEADERS:
             _parsed_headers[raw] = header
     return Envelope(host=header.get("host", ""), reply_dir=header.get("dir", ""),
                     threshold=int(header.get("threshold", 0)), file=header.get("file", ""),
                     size=int(header.get("size", 0)), parts=header.get("parts", []),
-                    inline=view[start + end + 1:])
+                    inline=view[start + end + 1:], pool=header.get("pool", ""), ref=header.get("ref", ""),
+                    client=int(header.get("client", 0)))
 
 
 # ---------------------------------------------------------------- files
-def _layout(parts: Sequence[Part]) -> Tuple[List[Any], List[dict], int]:
+def layout(parts: Sequence[Part]) -> Tuple[List[Any], List[dict], int]:
     """The pieces to write (with alignment padding), the parts' descriptors and the file size."""
     pieces: List[Any] = []
     descriptors: List[dict] = []
@@ -323,7 +329,7 @@ def _writev_all(fd: int, views: List[memoryview]) -> None:
 def write_parts(path: str, parts: Sequence[Part], writer: Callable[[str, Sequence[Any]], None] = write_pieces
                 ) -> Tuple[int, List[dict]]:
     """Writes the parts into a new file; returns its size and the parts' descriptors."""
-    pieces, descriptors, size = _layout(parts)
+    pieces, descriptors, size = layout(parts)
     writer(path, pieces)
     return size, descriptors
 
@@ -351,12 +357,17 @@ def map_file(path: str, expected_size: int, host: str) -> memoryview:
         os.close(fd)
 
 
-def load_parts(envelope: Envelope, view: memoryview) -> List[Any]:
-    """Deserializes the parts of an envelope from the mapped file, buffers as views of it."""
+def load_parts(envelope: Envelope, view: memoryview, copy_buffers: bool = False) -> List[Any]:
+    """Deserializes the parts of an envelope from the mapped file or block, buffers as views
+    of it (or, with ``copy_buffers``, as copies that own their memory: nothing made from
+    them refers to ``view`` afterwards)."""
     out = []
     for d in envelope.parts:
         (bo, bl) = d["body"]
-        buffers = [view[o:o + n] for o, n in d["buffers"]]
+        if copy_buffers:
+            buffers = [bytearray(view[o:o + n]) for o, n in d["buffers"]]
+        else:
+            buffers = [view[o:o + n] for o, n in d["buffers"]]
         out.append(deserialize_part(d["ser"].encode("ascii"), view[bo:bo + bl], buffers))
     return out
 
@@ -376,8 +387,9 @@ def is_large(part: Part, threshold: int) -> bool:
 def check_readable_here(envelope: Envelope) -> None:
     """A worker on another machine cannot see the client's tmpfs: fail clearly, never hang."""
     if envelope.host != host_identity():
+        where = envelope.file or f"pool {envelope.pool}"
         raise SharedMemoryError(
-            f"task data is in shared memory at {envelope.file} on host {envelope.host}, but this worker runs "
+            f"task data is in shared memory at {where} on host {envelope.host}, but this worker runs "
             f"on {host_identity()}: the shared-memory data path works only on the client's node (cross-node "
             f"transfer is not supported); use DragonExecutor(shm_threshold=0) with workers on other nodes")
 
@@ -495,7 +507,7 @@ class ClientDirectory:
         arrives (None if all inline). ``allow_file`` is False when some worker may
         be on another host: then everything is inline (still with the header, so
         that a worker on this host can return a large result through shm)."""
-        oob_min = self.threshold if allow_file else _NEVER_OUT_OF_BAND
+        oob_min = self.threshold if allow_file else NEVER_OUT_OF_BAND
         parts = [func_part, serialize_data(args, oob_min), serialize_data(kwargs, oob_min)]
         if allow_file and any(is_large(p, self.threshold) for p in parts):
             path = self._next_path("a")
@@ -507,8 +519,8 @@ class ClientDirectory:
                 with self._lock:
                     self.counters.args_fallbacks += 1
                 # Pickled again, in-band: the out-of-band buffers have nowhere to go.
-                parts = [func_part, serialize_data(args, _NEVER_OUT_OF_BAND),
-                         serialize_data(kwargs, _NEVER_OUT_OF_BAND)]
+                parts = [func_part, serialize_data(args, NEVER_OUT_OF_BAND),
+                         serialize_data(kwargs, NEVER_OUT_OF_BAND)]
             else:
                 with self._lock:
                     self.counters.args_shm_tasks += 1

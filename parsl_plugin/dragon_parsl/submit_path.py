@@ -9,11 +9,11 @@ import logging
 import os
 import socket
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from parsl.serialize.errors import SerializationError
 
-from dragon_parsl import _cwd, blocks, shm
+from dragon_parsl import _cwd, blocks, shm, shm_pool_path
 from dragon_parsl.connection import Submission
 from dragon_parsl.errors import DragonError, PayloadTooLarge
 from dragon_parsl.resources import RESOURCE_KEYS, resource_request
@@ -33,6 +33,8 @@ LIVE_NODE_STATES = frozenset({"joining", "ready", "draining"})
 
 # How long the answer to "are all agents on this host?" (ListNodes) is trusted.
 AGENT_HOSTS_RECHECK_S = 5.0
+# How soon it is asked again while no agent is connected.
+AGENT_WAIT_RECHECK_S = 0.2
 
 
 class SubmitPathMixin:
@@ -81,7 +83,7 @@ class SubmitPathMixin:
         try:
             if self.shm is not None:
                 payload, arg_file = self.shm.pack_task(shm.Part.from_parsl(serialize_parts(call)), args,
-                                                       kwargs, allow_file=self._agents_share_this_host())
+                                                       kwargs, self._task_data_place())
             else:
                 # Byte for byte parsl.serialize.pack_apply_message, with one copy of large
                 # arguments instead of several (and no per-task "exceeds buffer threshold"
@@ -115,15 +117,22 @@ class SubmitPathMixin:
         if path is not None and self.shm is not None:
             self.shm.discard(path)
 
-    def _agents_share_this_host(self) -> bool:
-        """True when every connected agent runs on this host, so workers can read
-        argument files written here. Asked of the head (ListNodes) at most every
-        few seconds; an embedded head's agent is always local. With a provider, only
-        LocalProvider's blocks are (others may join any time, on other hosts)."""
-        if self.provider is not None:
-            return blocks.is_local(self.provider)
-        if self.local_head is not None:
-            return True
+    def _task_data_place(self) -> Any:
+        """Where large task arguments may go: for the pool path (``shm_path="pool"``) the pool of
+        an agent on this host, for the files path whether files may be used at all; None/False
+        (inline) when some agent may be on another host."""
+        local = self._local_agents()
+        if isinstance(self.shm, shm_pool_path.PoolDataPath):
+            return self.shm.place_for(local)
+        return local is not None
+
+    def _local_agents(self) -> Optional[List[Any]]:
+        """The live agents (NodeInfo) when every one of them runs on this host, so that workers
+        can read task data written here; None otherwise. Asked of the head (ListNodes) at most
+        every few seconds. With a provider, only LocalProvider's blocks may be all local (others
+        may join any time, on other hosts)."""
+        if self.provider is not None and not blocks.is_local(self.provider):
+            return None
         now = time.monotonic()
         if now - self._agents_checked_at < AGENT_HOSTS_RECHECK_S:
             return self._agents_local
@@ -134,8 +143,12 @@ class SubmitPathMixin:
             logger.warning("DragonExecutor %s: ListNodes failed (%s): task arguments go inline", self.label, e)
             nodes = None
         connected = [n for n in nodes or [] if n.state in LIVE_NODE_STATES]
-        self._agents_local = bool(connected) and all(_is_local_agent(n) for n in connected)
-        self._agents_checked_at = now
+        all_local = bool(connected) and all(_is_local_agent(n) for n in connected)
+        if not connected and self.local_head is not None:
+            all_local = True  # the embedded head's agent is local; it has not registered yet
+        self._agents_local = connected if all_local else None
+        # No agent yet: ask again soon (its pool is not known until it registers).
+        self._agents_checked_at = now if connected else now - AGENT_HOSTS_RECHECK_S + AGENT_WAIT_RECHECK_S
         return self._agents_local
 
     def shm_counters(self) -> Dict[str, Any]:

@@ -228,6 +228,18 @@ def _wrap_current_exception() -> bytes:
             return serialize(RemoteExceptionWrapper(*sys.exc_info()))
 
 
+def _drop_tracebacks(error: Any) -> None:
+    """Cuts the tracebacks of a task's exception (and of its causes) once it is serialized.
+    A wrapper returned by Parsl's wrap_error keeps the exception, whose traceback keeps the
+    app's frames, whose f_back keeps _run_one's frame, which keeps the wrapper: a cycle that
+    would hold the task's arguments (a shared-memory pool block) until the next GC."""
+    seen = set()
+    while isinstance(error, BaseException) and id(error) not in seen:
+        seen.add(id(error))
+        error.__traceback__ = None
+        error = error.__cause__ or error.__context__
+
+
 def _load_task(payload: Any) -> tuple[List[Any], "shm.Envelope | None"]:
     """([func, args, kwargs], the envelope if the payload is one)."""
     if not shm.is_envelope(payload):
@@ -235,19 +247,35 @@ def _load_task(payload: Any) -> tuple[List[Any], "shm.Envelope | None"]:
     envelope = shm.decode_envelope(payload)
     if envelope.file:
         return shm.load_task(envelope), envelope
+    if envelope.ref:
+        from dragon_parsl import shm_pool_path  # only workers that see a pool import its binding
+        return shm_pool_path.load_task(envelope), envelope
     return unpack_apply_view(envelope.inline), envelope
 
 
 def _result_body(result: Any, envelope: "shm.Envelope | None", task_id: int) -> Any:
-    """The RESULT body: through the client's shm directory when the envelope allows, else inline."""
+    """The RESULT body: through the client's pool or shm directory when the envelope allows, else inline."""
     if envelope is not None:
-        body = shm.write_result(envelope, result, task_id)
+        if envelope.pool:
+            from dragon_parsl import shm_pool_path
+            body = shm_pool_path.write_result(envelope, result, task_id)
+        else:
+            body = shm.write_result(envelope, result, task_id)
         if body is not None:
             return body
     return serialize_parts(result)
 
 
 def _run_one(body: Any, task_id: int = 0) -> tuple[int, Any]:
+    """Runs the task in a RUN body; returns (frame type, frame body or its parts)."""
+    try:
+        return _run_task(body, task_id)
+    finally:
+        if "dragon_parsl.shm_pool_path" in sys.modules:
+            sys.modules["dragon_parsl.shm_pool_path"].after_task()
+
+
+def _run_task(body: Any, task_id: int = 0) -> tuple[int, Any]:
     """Runs the task in a RUN body; returns (frame type, frame body or its parts)."""
     try:
         (cwd_len,) = _U32.unpack_from(body, 0)
@@ -267,7 +295,9 @@ def _run_one(body: Any, task_id: int = 0) -> tuple[int, Any]:
             # Parsl's python_app wraps apps (parsl.app.errors.wrap_error) so
             # that what they raise is *returned* as a wrapper: that is still
             # the app's exception, and the head must record APP_EXCEPTION.
-            return APP_EXCEPTION, serialize(result)
+            body = serialize(result)
+            _drop_tracebacks(result.e_value)
+            return APP_EXCEPTION, body
         return RESULT, _result_body(result, envelope, task_id)
     except BaseException:  # noqa: BLE001  (SystemExit/KeyboardInterrupt from a task are its failure too)
         return APP_EXCEPTION, _wrap_current_exception()

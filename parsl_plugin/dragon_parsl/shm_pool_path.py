@@ -1,0 +1,295 @@
+"""Task data through the agent's shared-memory pool (issue 14, "Managed memory").
+
+Each dragon-agent owns one pool on its node (``dragon-agent --shm-pool-mb``), a
+file in /dev/shm holding a buddy allocator that every process on the node may
+attach (dragon_parsl._core.ShmPool, common/shm_pool.h). Large task arguments and
+results are written once into a block of it, and the task message carries a
+small envelope naming the pool and the block (docs/INTERFACES.md,
+"Shared-memory envelopes"); the reader maps the block and unpickles from it, so
+a numpy argument or result is never copied on its way in.
+
+Who frees a block is decided by its owner pid, changed atomically in the pool:
+
+- arguments: the client allocates the block (owner: the client). The worker
+  that runs the task takes it over (``transfer(client -> worker)``) before it
+  reads it and frees it when the last view of it is gone (the task's arguments
+  dropped). When the task ends, the client frees the block only if it still
+  owns it (``free_if_owner``): a task cancelled or failed before any worker read
+  its arguments. Exactly one of the two frees it.
+- results: the worker allocates, writes, and hands the block to the client
+  (``transfer(worker -> client)``) before sending the envelope; the client copies
+  the result out and frees the block as it reads it.
+- a process that dies owning blocks (a killed client or worker) loses them to
+  the agent's janitor, which frees the blocks of dead owners every second.
+
+A full pool makes the submit wait (``wait_s``) and then fail the task with
+ShmPoolFull naming the pool's size and ``--shm-pool-mb``; a result that finds
+no room goes inline through gRPC instead (never lost).
+
+The worker imports this module lazily, only for a task that uses a pool.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import threading
+import weakref
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from dragon_parsl import shm
+from dragon_parsl.errors import SharedMemoryError
+
+logger = logging.getLogger(__name__)
+
+# How long a submit waits for space in a full pool before the task fails.
+DEFAULT_WAIT_S = 10.0
+
+_pools: Dict[str, Any] = {}
+_pools_lock = threading.Lock()
+
+
+def _core() -> Any:
+    from dragon_parsl import _core  # the C++ extension: imported only once a pool is used
+    return _core
+
+
+def attach(path: str) -> Any:
+    """The pool at ``path``, attached once per process."""
+    pool = _pools.get(path)
+    if pool is not None:
+        return pool
+    with _pools_lock:
+        pool = _pools.get(path)
+        if pool is None:
+            try:
+                pool = _core().ShmPool.attach(path)
+            except RuntimeError as e:  # ShmPoolError and subclasses
+                raise SharedMemoryError(f"cannot attach the shared-memory pool {path}: {e} (its agent "
+                                        f"stopped or restarted?)") from None
+            _pools[path] = pool
+    return pool
+
+
+def forget(path: str) -> None:
+    """Drops this process's handle of a pool (blocks still viewed keep the mapping alive)."""
+    with _pools_lock:
+        pool = _pools.pop(path, None)
+    if pool is not None:
+        pool.close()
+
+
+def _write_into(pool: Any, ref: bytes, pieces: Sequence[Any]) -> None:
+    """Copies the laid-out pieces (shm.layout) into the block, one after another."""
+    block = memoryview(pool.block(ref))
+    at = 0
+    for piece in pieces:
+        view = memoryview(piece).cast("B")
+        block[at:at + view.nbytes] = view
+        at += view.nbytes
+
+
+def _allocate_and_write(pool: Any, pieces: Sequence[Any], size: int, wait_s: float) -> bytes:
+    ref = pool.allocate(max(size, 1), wait_s)
+    try:
+        _write_into(pool, ref, pieces)
+    except BaseException:
+        pool.free(ref)
+        raise
+    return ref
+
+
+# The argument blocks of the task running in this worker, to check that they went with it.
+_task_blocks: List["weakref.ref[Any]"] = []
+
+
+def _block_view(pool: Any, ref: bytes, size: int, what: str) -> memoryview:
+    """A view of the first ``size`` bytes of a block this process owns; the block is
+    freed once the view and everything made from it are gone."""
+    try:
+        block = pool.block(ref, free_on_release=True)
+    except RuntimeError as e:
+        raise SharedMemoryError(f"{what} in shared-memory pool {pool.path}: {e}") from None
+    _task_blocks.append(weakref.ref(block))
+    view = memoryview(block)
+    if view.nbytes < size:
+        raise SharedMemoryError(f"{what}: block of {view.nbytes} bytes in {pool.path}, the envelope says {size}")
+    return view[:size]
+
+
+# ---------------------------------------------------------------- worker side
+def load_task(envelope: shm.Envelope) -> List[Any]:
+    """[func, args, kwargs] of a task whose arguments are in a pool block: the block is
+    taken over from the client, read in place, and freed once the arguments are gone."""
+    shm.check_readable_here(envelope)
+    pool = attach(envelope.pool)
+    ref = bytes.fromhex(envelope.ref)
+    try:
+        pool.transfer(ref, envelope.client, os.getpid())
+    except RuntimeError as e:
+        raise SharedMemoryError(
+            f"the task's arguments in shared-memory pool {envelope.pool} are no longer there: {e} "
+            f"(the task was cancelled, or its client is gone)") from None
+    view = _block_view(pool, ref, envelope.size, "task arguments")
+    return shm.load_parts(envelope, view)
+
+
+def after_task() -> None:
+    """Called by the worker once a task is over and its arguments dropped. An argument block
+    still alive is held by a reference cycle (a traceback, an object graph of the app's):
+    a collection frees it now rather than whenever the next one runs. One the app really
+    keeps (a global) stays until the app lets it go or the worker exits."""
+    global _task_blocks
+    if not _task_blocks:
+        return
+    if any(r() is not None for r in _task_blocks):
+        gc.collect()
+    _task_blocks = [r for r in _task_blocks if r() is not None]
+
+
+def write_result(envelope: shm.Envelope, result: Any, task_id: int) -> Optional[Any]:
+    """The RESULT body for a task whose client (on this host) offered a pool: an envelope
+    naming a block when the result is large, its parts inline when it is small, None
+    when it cannot go through the pool (send it inline the classic way)."""
+    if envelope.threshold <= 0 or envelope.host != shm.host_identity():
+        return None
+    part = shm.serialize_data(result, envelope.threshold)
+    if not shm.is_large(part, envelope.threshold):
+        return [part.identifier + b"\n", part.body]
+    pieces, descriptors, size = shm.layout([part])
+    try:
+        pool = attach(envelope.pool)
+        ref = _allocate_and_write(pool, pieces, size, 0.0)
+        pool.transfer(ref, os.getpid(), envelope.client)
+    except (RuntimeError, SharedMemoryError) as e:
+        logger.warning("task %d: its %d-byte result does not go through shared-memory pool %s (%s); "
+                       "sending it inline", task_id, part.nbytes, envelope.pool, e)
+        return None
+    return shm.encode_header(host=shm.host_identity(), pool=envelope.pool, ref=ref.hex(), size=size,
+                             parts=descriptors)
+
+
+# ---------------------------------------------------------------- client side
+class PoolDataPath:
+    """The client's side: large arguments into the pool of an agent on this host, large
+    results read from it. Same interface as shm.ClientDirectory (DragonExecutor's
+    ``self.shm``), with ``place`` a pool path (or None: everything inline)."""
+
+    def __init__(self, threshold: int, wait_s: float = DEFAULT_WAIT_S) -> None:
+        self.threshold = threshold
+        self.wait_s = wait_s
+        self.path: Optional[str] = None  # the pool last used
+        self.swept: List[str] = []
+        self.counters = shm.Counters()
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._reply_headers: Dict[Optional[str], bytes] = {}
+
+    @staticmethod
+    def place_for(nodes: Optional[Sequence[Any]]) -> Optional[str]:
+        """The pool to use when ``nodes`` (live NodeInfos, all on this host; None when
+        some agent is elsewhere) are the agents: the first one's that has a pool."""
+        for node in sorted(nodes or [], key=lambda n: n.node_id):
+            if node.shm_pool_path:
+                return node.shm_pool_path
+        return None
+
+    def _reply_header(self, place: Optional[str]) -> bytes:
+        header = self._reply_headers.get(place)
+        if header is None:
+            fields: Dict[str, Any] = {"host": shm.host_identity()}
+            if place is not None:  # a worker on this host may return a large result through it
+                fields.update(pool=place, client=self._pid, threshold=self.threshold)
+            header = shm.encode_header(**fields)
+            self._reply_headers[place] = header
+        return header
+
+    # ------------------------------------------------------------ arguments
+    def pack_task(self, func_part: shm.Part, args: Any, kwargs: Any, place: Optional[str]
+                  ) -> Tuple[bytes, Optional[Tuple[str, bytes]]]:
+        """The payload of a task, and the argument block to free when its result arrives."""
+        oob_min = self.threshold if place else shm.NEVER_OUT_OF_BAND
+        parts = [func_part, shm.serialize_data(args, oob_min), shm.serialize_data(kwargs, oob_min)]
+        if place and any(shm.is_large(p, self.threshold) for p in parts):
+            pieces, descriptors, size = shm.layout(parts)
+            pool = attach(place)
+            self.path = place
+            # ShmPoolFull (naming the pool's size and --shm-pool-mb) after wait_s fails this task.
+            ref = _allocate_and_write(pool, pieces, size, self.wait_s)
+            with self._lock:
+                self.counters.args_shm_tasks += 1
+                self.counters.args_shm_bytes += size
+            header = shm.encode_header(host=shm.host_identity(), pool=place, client=self._pid,
+                                       threshold=self.threshold, ref=ref.hex(), size=size, parts=descriptors)
+            return header, (place, ref)
+        payload = self._reply_header(place) + b"".join(
+            b"%d\n%s\n%s" % (len(p.identifier) + 1 + len(p.body), p.identifier, p.body) for p in parts)
+        with self._lock:
+            self.counters.args_inline_tasks += 1
+            self.counters.args_inline_bytes += len(payload)
+        return payload, None
+
+    def discard(self, block: Optional[Tuple[str, bytes]]) -> None:
+        """The task is over: frees its argument block unless a worker took it over."""
+        if block is None:
+            return
+        path, ref = block
+        try:
+            attach(path).free_if_owner(ref, self._pid)
+        except (RuntimeError, SharedMemoryError) as e:
+            logger.debug("argument block in %s not freed: %s", path, e)
+
+    # ------------------------------------------------------------ results
+    def load_result(self, data: Any) -> Any:
+        """The value of a result in a pool block. Its buffers are copied out and the block is
+        freed at once: a value's lifetime is the workflow's (Parsl's futures and task records
+        form reference cycles that only a full GC collects), and a pool block held that long
+        would fill the pool. One copy costs about what mapping a file and faulting its pages
+        in did on the files path."""
+        envelope = shm.decode_envelope(data)
+        if not envelope.pool or not envelope.ref:
+            raise SharedMemoryError(f"result envelope names no pool block (file {envelope.file!r}): this "
+                                    f"executor reads results from its agent's pool")
+        shm.check_readable_here(envelope)
+        pool = attach(envelope.pool)
+        ref = bytes.fromhex(envelope.ref)
+        try:
+            try:
+                block = memoryview(pool.block(ref))
+            except RuntimeError as e:
+                raise SharedMemoryError(f"task result in shared-memory pool {pool.path}: {e}") from None
+            if block.nbytes < envelope.size:
+                raise SharedMemoryError(f"task result: block of {block.nbytes} bytes in {pool.path}, the "
+                                        f"envelope says {envelope.size}")
+            (value,) = shm.load_parts(envelope, block[:envelope.size], copy_buffers=True)
+            del block
+        finally:
+            pool.free_if_owner(ref, self._pid)
+        with self._lock:
+            self.counters.results_shm += 1
+            self.counters.results_shm_bytes += envelope.size
+        return value
+
+    def count_inline_result(self, nbytes: int) -> None:
+        with self._lock:
+            self.counters.results_inline += 1
+            self.counters.results_inline_bytes += nbytes
+
+    def discard_result(self, data: Any) -> None:
+        """Frees the block of a result nobody will read (its task is unknown)."""
+        if not shm.is_envelope(data):
+            return
+        try:
+            envelope = shm.decode_envelope(data)
+            if envelope.pool and envelope.ref:
+                attach(envelope.pool).free_if_owner(bytes.fromhex(envelope.ref), self._pid)
+        except (RuntimeError, SharedMemoryError, ValueError) as e:
+            logger.warning("could not free the block of an unread result: %s", e)
+
+    def data_files(self) -> List[str]:
+        return []
+
+    def remove(self) -> None:
+        """Nothing of the client's stays in the pool: argument blocks were discarded with
+        their tasks, result blocks go with their values (or the agent's janitor frees
+        them once this process is gone)."""

@@ -1,0 +1,259 @@
+"""Task data through the agent's shared-memory pool (shm_path="pool", the default), end to
+end: real dragond, dragon-agent (which owns the pool) and Python workers, a Parsl
+DataFlowKernel with DragonExecutor. Large numpy arguments and results travel as pool
+blocks (asserted through the executor's counters and the pool's own statistics), every
+block is freed once its task is over and its result value gone, including after a
+killed worker and a killed client, and a full pool gives back-pressure, then a clear
+error naming --shm-pool-mb. The file path (shm_path="files"): test_shm_data_path.py."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from parsl import python_app
+
+from conftest import head_and_dfk, start_head, stop_head, wait_for
+from dragon_parsl import WorkerLost
+from dragon_parsl._core import ShmPool, ShmPoolFull
+
+pytestmark = pytest.mark.timeout(300)
+
+SIDE = 512  # 512x512 float64: 2 MiB, as in the image benchmark
+
+
+@python_app
+def scaled(img, factor):
+    return img * factor
+
+
+@python_app
+def mutate_in_place_and_sum(img):
+    img += 1.0
+    img[0, 0] = -1.0
+    return float(img.sum())
+
+
+@python_app
+def echo(x):
+    return x
+
+
+@python_app
+def fail_with_large_argument(img):
+    raise ValueError(f"bad image of shape {img.shape}")
+
+
+@python_app
+def fail_keeping_a_cycle(img):
+    class Node:
+        pass
+    a, b = Node(), Node()
+    a.other, b.other, a.img = b, a, img  # a reference cycle holding the argument
+    raise ValueError("failed with a cycle")
+
+
+@python_app
+def die_holding(img):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@python_app
+def hold(data, seconds):
+    import time
+    time.sleep(seconds)
+    return len(data)
+
+
+def image(i: int) -> np.ndarray:
+    return np.random.default_rng(i).random((SIDE, SIDE))
+
+
+def blocks_in_use(path: str) -> int:
+    return ShmPool.attach(path).stats()["blocks_in_use"]
+
+
+def agent_pools(head) -> list:
+    return [n["shm_pool_path"] for n in head.ctl_json("nodes")["nodes"] if n.get("shm_pool_path")]
+
+
+@pytest.fixture
+def pool_dfk(worker_pythonpath, tmp_path):
+    """A head with 2 workers on this host (one agent, with its pool) and a DFK on it."""
+    with head_and_dfk(tmp_path) as (dfk, executor, head):
+        yield dfk, executor, head
+
+
+def test_large_argument_and_result_round_trip_through_the_pool(pool_dfk):
+    dfk, executor, head = pool_dfk
+    imgs = [image(i) for i in range(6)]
+    results = [f.result(timeout=60) for f in [scaled(img, 3.0) for img in imgs]]
+    for img, r in zip(imgs, results):
+        assert r.shape == img.shape and r.dtype == img.dtype and np.array_equal(r, img * 3.0)
+    c = executor.shm_counters()
+    assert c["args_shm_tasks"] == 6 and c["results_shm"] == 6
+    assert c["args_shm_bytes"] >= 6 * img.nbytes and c["results_shm_bytes"] >= 6 * img.nbytes
+    pool = c["dir"]
+    assert pool in agent_pools(head), (pool, agent_pools(head))
+    # Argument blocks are freed by the workers that read them, result blocks by the client
+    # as it reads them (the values own copies: no pool block waits for a GC).
+    assert blocks_in_use(pool) == 0
+    assert ShmPool.attach(pool).owners() == []
+
+
+def test_app_may_mutate_its_argument_in_place(pool_dfk):
+    dfk, executor, _ = pool_dfk
+    img = image(2)
+    before = img.copy()
+    total = mutate_in_place_and_sum(img).result(timeout=60)
+    expected = before + 1.0
+    expected[0, 0] = -1.0
+    assert total == pytest.approx(float(expected.sum()))
+    assert np.array_equal(img, before)  # the client's array is untouched
+    assert executor.shm_counters()["args_shm_tasks"] == 1
+    assert blocks_in_use(executor.shm_counters()["dir"]) == 0
+
+
+def test_mixed_small_and_large_tasks(pool_dfk):
+    dfk, executor, _ = pool_dfk
+    inputs = [image(i) if i % 2 else i for i in range(20)]
+    outputs = [f.result(timeout=60) for f in [echo(x) for x in inputs]]
+    for x, y in zip(inputs, outputs):
+        if isinstance(x, np.ndarray):
+            assert np.array_equal(x, y)
+        else:
+            assert x == y
+    c = executor.shm_counters()
+    assert c["args_shm_tasks"] == 10 and c["results_shm"] == 10
+    assert c["args_inline_tasks"] == 10 and c["results_inline"] == 10
+    assert blocks_in_use(c["dir"]) == 0
+
+
+def test_app_exception_with_a_large_argument_frees_its_block(pool_dfk):
+    dfk, executor, _ = pool_dfk
+    with pytest.raises(ValueError, match=r"bad image of shape \(512, 512\)"):
+        fail_with_large_argument(image(3)).result(timeout=60)
+    assert executor.shm_counters()["args_shm_tasks"] == 1
+    assert blocks_in_use(executor.shm_counters()["dir"]) == 0
+    assert np.array_equal(scaled(image(4), 1.0).result(timeout=60), image(4))
+
+
+def test_argument_block_held_by_a_cycle_is_freed_when_the_task_ends(pool_dfk):
+    dfk, executor, _ = pool_dfk
+    with pytest.raises(ValueError, match="failed with a cycle"):
+        fail_keeping_a_cycle(image(9)).result(timeout=60)
+    assert blocks_in_use(executor.shm_counters()["dir"]) == 0
+
+
+def test_block_of_a_worker_killed_mid_task_is_reclaimed(pool_dfk):
+    dfk, executor, _ = pool_dfk
+    with pytest.raises(WorkerLost):
+        die_holding(image(5)).result(timeout=60)
+    pool = executor.shm_counters()["dir"]
+    # The worker had taken the block over: the agent's janitor frees it (once a second).
+    wait_for(lambda: blocks_in_use(pool) == 0, 10, "the dead worker's block to be reclaimed")
+    assert np.array_equal(scaled(image(6), 2.0).result(timeout=60), image(6) * 2.0)
+
+
+KILLED_CLIENT = """
+import sys, time
+import numpy as np
+from dragon_parsl import DragonExecutor
+
+def slow_sum(a):
+    import time
+    time.sleep(60)
+    return a.sum()
+
+def big(n):
+    import numpy as np
+    return np.ones(n)
+
+ex = DragonExecutor(address=sys.argv[1], token=sys.argv[2])
+ex.start()
+done = ex.submit(big, {}, 1 << 18)
+done.result(timeout=60)  # a result through the pool: its block is freed as it is read
+running = ex.submit(slow_sum, {}, np.ones(1 << 18))
+queued = ex.submit(slow_sum, {}, np.ones(1 << 18))
+print(ex.shm_counters()["dir"], flush=True)
+time.sleep(120)
+"""
+
+
+def test_blocks_of_a_killed_client_are_reclaimed(worker_pythonpath, tmp_path):
+    head = start_head(tmp_path, "--workers", "1")
+    try:
+        client = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, head.address, head.token],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            pool = client.stdout.readline().strip()
+            assert pool in agent_pools(head), (pool, agent_pools(head))
+            # The running task's arguments (taken over by the worker), the queued one's (the client's).
+            wait_for(lambda: blocks_in_use(pool) == 2 and len(ShmPool.attach(pool).owners()) == 2, 30,
+                     "two argument blocks, of a worker and of the client")
+        finally:
+            client.kill()
+            client.wait()
+        wait_for(lambda: blocks_in_use(pool) == 0, 30, "the killed client's blocks to be freed")
+    finally:
+        stop_head(head)
+
+
+def test_full_pool_waits_for_room_then_fails_naming_the_option(worker_pythonpath, tmp_path):
+    # 8 MiB: two blocks of 4 MiB (a 3 MiB argument takes a whole power-of-two block).
+    # Three workers: a third task waits for room in the pool, not for a worker.
+    with head_and_dfk(tmp_path, ["--workers", "3", "--shm-pool-mb", "8"],
+                      shm_pool_wait_s=30) as (dfk, executor, head):
+        data = [np.full(3 << 17, i, dtype=np.float64) for i in range(3)]  # 3 MiB each
+        t0 = time.monotonic()
+        first = [hold(d, 3) for d in data[:2]]
+        third = hold(data[2], 0)  # its submit waits until one of the first two is over
+        assert third.result(timeout=60) == 3 << 17
+        waited = time.monotonic() - t0
+        assert [f.result(timeout=60) for f in first] == [3 << 17] * 2
+        assert waited > 2.5, f"the third task did not wait for room in the pool ({waited:.2f} s)"
+        with pytest.raises(ShmPoolFull, match="--shm-pool-mb"):
+            hold(np.ones(2 << 20), 0).result(timeout=60)  # 16 MiB: larger than the whole pool
+        executor.shm.wait_s = 0.5
+        busy = [hold(d, 5) for d in data[:2]]
+        wait_for(lambda: blocks_in_use(executor.shm_counters()["dir"]) == 2, 10, "both blocks taken")
+        with pytest.raises(ShmPoolFull, match="within"):
+            hold(data[2], 0).result(timeout=60)
+        assert [f.result(timeout=60) for f in busy] == [3 << 17] * 2
+        wait_for(lambda: blocks_in_use(executor.shm_counters()["dir"]) == 0, 10, "every block freed")
+
+
+def test_two_thousand_2mib_tasks_byte_for_byte(pool_dfk):
+    dfk, executor, _ = pool_dfk
+    base = image(7)
+    futures = [scaled(base, float(i)) for i in range(2000)]
+    for i, f in enumerate(futures):
+        r = f.result(timeout=120)
+        assert np.array_equal(r, base * float(i)), f"task {i}: wrong result"
+    c = executor.shm_counters()
+    # All 2,000 submitted at once: 4 MiB blocks fill the pool, and submit waits for room
+    # (a result finding the pool full goes inline).
+    assert c["args_shm_tasks"] == 2000 and c["results_shm"] + c["results_inline"] == 2000
+    assert c["results_shm"] >= 1000, c
+    assert blocks_in_use(c["dir"]) == 0
+
+
+def test_no_pool_sends_large_data_inline(worker_pythonpath, tmp_path):
+    with head_and_dfk(tmp_path, ["--workers", "1", "--shm-pool-mb", "0"]) as (dfk, executor, head):
+        img = image(8)
+        assert np.array_equal(scaled(img, 2.0).result(timeout=60), img * 2.0)
+        c = executor.shm_counters()
+        assert c["args_shm_tasks"] == 0 and c["results_shm"] == 0 and c["args_inline_tasks"] == 1
+        assert agent_pools(head) == []
+
+
+def test_dragond_stop_leaves_no_pool(worker_pythonpath, tmp_path):
+    head = start_head(tmp_path, "--workers", "1")
+    pools = agent_pools(head)
+    assert len(pools) == 1 and os.path.exists(pools[0])
+    stop_head(head)
+    assert not os.path.exists(pools[0])
