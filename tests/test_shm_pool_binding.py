@@ -273,3 +273,21 @@ def test_a_pool_made_with_reserve_false_reserves_blocks_as_they_are_allocated(po
         assert pool.stats()["free_bytes"] == pool.capacity_bytes
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize("size", [0, 100, 300 << 10, 33 << 20])  # bytes, malloc'd, malloc'd without the GIL, mapped
+def test_copy_buffer_is_an_independent_writable_copy(size):
+    import numpy as np
+    from dragon_parsl._core import copy_buffer
+
+    source = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
+    copy = copy_buffer(source)
+    view = np.frombuffer(copy, dtype=np.uint8)
+    assert len(copy) == size and np.array_equal(view, source)
+    if size:
+        view[0] ^= 0xFF  # writable, and not the source's memory
+        assert view[0] != source[0]
+    with pytest.raises(ValueError, match="contiguous"):
+        copy_buffer(np.zeros((4, 4), dtype=np.uint8)[:, ::2])
+    with pytest.raises(ValueError, match="contiguous"):
+        copy_buffer(np.zeros((4, 4), dtype=np.uint8)[::2, :])

@@ -94,6 +94,8 @@ def test_large_argument_and_result_round_trip_through_the_pool(pool_dfk):
     results = [f.result(timeout=60) for f in [scaled(img, 3.0) for img in imgs]]
     for img, r in zip(imgs, results):
         assert r.shape == img.shape and r.dtype == img.dtype and np.array_equal(r, img * 3.0)
+        assert r.flags.writeable  # the result owns its copy
+    results[0][0, 0] = 7.0
     c = executor.shm_counters()
     assert c["args_shm_tasks"] == 6 and c["results_shm"] == 6
     assert c["args_shm_bytes"] >= 6 * img.nbytes and c["results_shm_bytes"] >= 6 * img.nbytes

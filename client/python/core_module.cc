@@ -20,6 +20,7 @@
 #include "absl/strings/cord.h"
 #include "absl/time/time.h"
 #include "client/python/session_inbox.h"
+#include "client/python/owned_buffer.h"
 #include "client/python/shm_pool_binding.h"
 #include "client/python/without_gil.h"
 #include "client/session_client.h"
@@ -198,4 +199,5 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("tasks_sent", &CoreSession::tasks_sent)
       .def_property_readonly("lingers", &CoreSession::lingers);
   dragon::client::RegisterShmPool(m);
+  dragon::client::RegisterOwnedBuffer(m);
 }

@@ -357,15 +357,15 @@ def map_file(path: str, expected_size: int, host: str) -> memoryview:
         os.close(fd)
 
 
-def load_parts(envelope: Envelope, view: memoryview, copy_buffers: bool = False) -> List[Any]:
+def load_parts(envelope: Envelope, view: memoryview, copy: Optional[Callable[[Any], Any]] = None) -> List[Any]:
     """Deserializes the parts of an envelope from the mapped file or block, buffers as views
-    of it (or, with ``copy_buffers``, as copies that own their memory: nothing made from
+    of it (or as ``copy(view)`` of each, copies that own their memory: nothing made from
     them refers to ``view`` afterwards)."""
     out = []
     for d in envelope.parts:
         (bo, bl) = d["body"]
-        if copy_buffers:
-            buffers = [bytearray(view[o:o + n]) for o, n in d["buffers"]]
+        if copy is not None:
+            buffers = [copy(view[o:o + n]) for o, n in d["buffers"]]
         else:
             buffers = [view[o:o + n] for o, n in d["buffers"]]
         out.append(deserialize_part(d["ser"].encode("ascii"), view[bo:bo + bl], buffers))

@@ -170,6 +170,19 @@ def write_result(envelope: shm.Envelope, result: Any, task_id: int) -> Optional[
 
 
 # ---------------------------------------------------------------- client side
+_COPY_IN_C_AT_LEAST = 256 << 10
+
+
+def _copy_out(view: memoryview) -> Any:
+    """A copy of a result's buffer that owns its memory: bytearray for small ones,
+    _core.copy_buffer (no interpreter lock while copying; huge pages, populated at once,
+    for the largest) from 256 KiB on."""
+    if view.nbytes < _COPY_IN_C_AT_LEAST:
+        return bytearray(view)
+    return _core().copy_buffer(view)
+
+
+
 class PoolDataPath:
     """The client's side: large arguments into the pool of an agent on this host, large
     results read from it. Same interface as shm.ClientDirectory (DragonExecutor's
@@ -261,7 +274,7 @@ class PoolDataPath:
             if block.nbytes < envelope.size:
                 raise SharedMemoryError(f"task result: block of {block.nbytes} bytes in {pool.path}, the "
                                         f"envelope says {envelope.size}")
-            (value,) = shm.load_parts(envelope, block[:envelope.size], copy_buffers=True)
+            (value,) = shm.load_parts(envelope, block[:envelope.size], copy=_copy_out)
             del block
         finally:
             pool.free_if_owner(ref, self._pid)

@@ -1,0 +1,102 @@
+#include "client/python/owned_buffer.h"
+
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <cstring>
+#include <new>
+#include <string>
+
+#include "client/python/without_gil.h"
+
+namespace py = pybind11;
+
+namespace dragon::client {
+namespace {
+
+constexpr size_t kHugePage = size_t{2} << 20;
+
+// Below this, malloc: glibc raises its mmap threshold as large chunks are freed
+// (up to 32 MiB), so repeated copies reuse heap memory without faults; a fresh
+// mapping per copy would cost more. Above it, malloc maps and unmaps every time.
+constexpr size_t kMapAtLeast = size_t{32} << 20;
+
+// Copies this large run without the interpreter lock.
+constexpr size_t kReleaseGilAtLeast = size_t{256} << 10;
+
+class OwnedBuffer {
+ public:
+  explicit OwnedBuffer(size_t size) : size_(size) {
+    if (size < kMapAtLeast) {
+      data_ = static_cast<char*>(::operator new(size == 0 ? 1 : size));
+      return;
+    }
+    // Whole huge pages, so that the kernel may back all of it with them.
+    mapped_ = size >= kHugePage ? (size + kHugePage - 1) / kHugePage * kHugePage : size;
+    void* p = mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    if (mapped_ >= kHugePage) madvise(p, mapped_, MADV_HUGEPAGE);  // a hint: refusal is fine
+#ifdef MADV_POPULATE_WRITE
+    madvise(p, mapped_, MADV_POPULATE_WRITE);  // one call instead of a fault per page
+#endif
+    data_ = static_cast<char*>(p);
+  }
+  ~OwnedBuffer() {
+    if (mapped_ > 0) {
+      munmap(data_, mapped_);
+    } else {
+      ::operator delete(data_);
+    }
+  }
+  OwnedBuffer(const OwnedBuffer&) = delete;
+  OwnedBuffer& operator=(const OwnedBuffer&) = delete;
+
+  char* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  size_t size_;
+  size_t mapped_ = 0;  // 0: from operator new
+  char* data_ = nullptr;
+};
+
+}  // namespace
+
+void RegisterOwnedBuffer(py::module_& m) {
+  py::class_<OwnedBuffer>(m, "OwnedBuffer", py::buffer_protocol())
+      .def_buffer([](OwnedBuffer& b) {
+        return py::buffer_info(b.data(), 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(b.size())}, {1}, /*readonly=*/false);
+      })
+      .def("__len__", &OwnedBuffer::size);
+  m.def(
+      "copy_buffer",
+      [](const py::buffer& source) {
+        py::buffer_info in = source.request();
+        py::ssize_t expected = in.itemsize;  // C order: each dimension's stride
+        for (py::ssize_t d = in.ndim - 1; d >= 0; --d) {
+          if (in.shape[d] > 1 && in.strides[d] != expected) {
+            throw py::value_error("copy_buffer: the source must be contiguous");
+          }
+          expected *= in.shape[d];
+        }
+        const size_t size = static_cast<size_t>(in.size * in.itemsize);
+        auto copy = std::make_unique<OwnedBuffer>(size);
+        const char* from = static_cast<const char*>(in.ptr);
+        char* to = copy->data();
+        if (size >= kReleaseGilAtLeast) {
+          WithoutGil([&] {
+            std::memcpy(to, from, size);
+            return true;  // WithoutGil returns a value
+          });
+        } else if (size > 0) {
+          std::memcpy(to, from, size);
+        }
+        return copy;
+      },
+      py::arg("source"),
+      "A writable copy of SOURCE (any contiguous buffer) in memory of its own: populated in one "
+      "call, huge pages where allowed, copied with the interpreter lock released.");
+}
+
+}  // namespace dragon::client

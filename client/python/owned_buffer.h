@@ -1,0 +1,22 @@
+// A copy of a buffer in memory of its own, for results read out of the
+// shared-memory pool (dragon_parsl.shm_pool_path): the pool block is freed at
+// once and the value keeps the copy for as long as it lives.
+//
+// Why not a bytearray: a large bytearray is fresh anonymous memory that the
+// copy then faults in 4 KiB at a time (16 MiB: ~4,000 faults, which cost more
+// than the copy itself). This buffer maps its memory populated in one call,
+// with transparent huge pages where the kernel allows them for an madvise'd
+// region, and copies with the interpreter lock released.
+#ifndef DRAGON_CLIENT_PYTHON_OWNED_BUFFER_H_
+#define DRAGON_CLIENT_PYTHON_OWNED_BUFFER_H_
+
+#include <pybind11/pybind11.h>
+
+namespace dragon::client {
+
+// Registers _core.OwnedBuffer and _core.copy_buffer(src) -> OwnedBuffer.
+void RegisterOwnedBuffer(pybind11::module_& m);
+
+}  // namespace dragon::client
+
+#endif  // DRAGON_CLIENT_PYTHON_OWNED_BUFFER_H_
