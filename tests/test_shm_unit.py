@@ -323,3 +323,20 @@ def test_a_bad_shm_threshold_is_refused_naming_the_option(bad):
 
     with pytest.raises(ValueError, match=r"shm_threshold must be a byte count >= 0"):
         DragonExecutor(shm_threshold=bad)
+
+
+def test_layout_keeps_small_bodies_inline_so_a_power_of_two_array_fills_its_block_exactly():
+    a = np.ones(1 << 18)  # 2 MiB
+    parts = [func_part(), shm.serialize_data((a,), THRESHOLD), shm.serialize_data({}, THRESHOLD)]
+    pieces, descriptors, size = shm.layout(parts, THRESHOLD)
+    assert size == a.nbytes  # only the array's buffer is in the block
+    assert all("ibody" in d and "body" not in d for d in descriptors)
+    inline = shm.inline_bodies(parts, THRESHOLD)
+    assert len(inline) == sum(len(p.body) for p in parts)
+    block = memoryview(bytearray(b"".join(bytes(p) for p in pieces)))
+    envelope = shm.Envelope(host="h", parts=descriptors, inline=memoryview(inline))
+    f, args, kwargs = shm.load_parts(envelope, block)
+    assert np.array_equal(args[0], a) and kwargs == {}
+    big_body = shm.Part(b"01", b"x" * THRESHOLD)  # a body this large goes into the block
+    _, descriptors, size = shm.layout([big_body], THRESHOLD)
+    assert "body" in descriptors[0] and size == THRESHOLD

@@ -60,6 +60,16 @@ class OwnedBuffer {
   char* data_ = nullptr;
 };
 
+void CheckContiguous(const py::buffer_info& b, const char* what) {
+  py::ssize_t expected = b.itemsize;  // C order: each dimension's stride
+  for (py::ssize_t d = b.ndim - 1; d >= 0; --d) {
+    if (b.shape[d] > 1 && b.strides[d] != expected) {
+      throw py::value_error(std::string("the ") + what + " must be contiguous");
+    }
+    expected *= b.shape[d];
+  }
+}
+
 }  // namespace
 
 void RegisterOwnedBuffer(py::module_& m) {
@@ -73,13 +83,7 @@ void RegisterOwnedBuffer(py::module_& m) {
       "copy_buffer",
       [](const py::buffer& source) {
         py::buffer_info in = source.request();
-        py::ssize_t expected = in.itemsize;  // C order: each dimension's stride
-        for (py::ssize_t d = in.ndim - 1; d >= 0; --d) {
-          if (in.shape[d] > 1 && in.strides[d] != expected) {
-            throw py::value_error("copy_buffer: the source must be contiguous");
-          }
-          expected *= in.shape[d];
-        }
+        CheckContiguous(in, "source");
         const size_t size = static_cast<size_t>(in.size * in.itemsize);
         auto copy = std::make_unique<OwnedBuffer>(size);
         const char* from = static_cast<const char*>(in.ptr);
@@ -97,6 +101,34 @@ void RegisterOwnedBuffer(py::module_& m) {
       py::arg("source"),
       "A writable copy of SOURCE (any contiguous buffer) in memory of its own: populated in one "
       "call, huge pages where allowed, copied with the interpreter lock released.");
+  m.def(
+      "copy_into",
+      [](const py::buffer& destination, size_t offset, const py::buffer& source) {
+        py::buffer_info out = destination.request(/*writable=*/true);
+        py::buffer_info in = source.request();
+        CheckContiguous(out, "destination");
+        CheckContiguous(in, "source");
+        const size_t size = static_cast<size_t>(in.size * in.itemsize);
+        const size_t room = static_cast<size_t>(out.size * out.itemsize);
+        if (offset > room || size > room - offset) {
+          throw py::value_error("copy_into: " + std::to_string(size) + " bytes at offset " +
+                                std::to_string(offset) + " do not fit in " + std::to_string(room));
+        }
+        char* to = static_cast<char*>(out.ptr) + offset;
+        const char* from = static_cast<const char*>(in.ptr);
+        if (size >= kReleaseGilAtLeast) {
+          WithoutGil([&] {
+            std::memcpy(to, from, size);
+            return true;  // WithoutGil returns a value
+          });
+        } else if (size > 0) {
+          std::memcpy(to, from, size);
+        }
+        return size;
+      },
+      py::arg("destination"), py::arg("offset"), py::arg("source"),
+      "Copies SOURCE into DESTINATION at OFFSET (both contiguous buffers), without the "
+      "interpreter lock from 256 KiB on; returns the bytes copied.");
 }
 
 }  // namespace dragon::client

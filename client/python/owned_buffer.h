@@ -14,7 +14,8 @@
 
 namespace dragon::client {
 
-// Registers _core.OwnedBuffer and _core.copy_buffer(src) -> OwnedBuffer.
+// Registers _core.OwnedBuffer, _core.copy_buffer(src) -> OwnedBuffer and
+// _core.copy_into(dst, offset, src): copies without the interpreter lock.
 void RegisterOwnedBuffer(pybind11::module_& m);
 
 }  // namespace dragon::client

@@ -275,11 +275,16 @@ def decode_envelope(buf: Any) -> Envelope:
 
 
 # ---------------------------------------------------------------- files
-def layout(parts: Sequence[Part]) -> Tuple[List[Any], List[dict], int]:
-    """The pieces to write (with alignment padding), the parts' descriptors and the file size."""
+def layout(parts: Sequence[Part], inline_below: int = 0) -> Tuple[List[Any], List[dict], int]:
+    """The pieces to write (with alignment padding), the parts' descriptors and the file size.
+    With ``inline_below``, bodies shorter than that stay out of the pieces: their descriptor
+    says ``"ibody": [offset, length]`` into the bytes that follow the envelope's header, which
+    :func:`inline_bodies` makes (a pool block then holds just the large buffers: a 2 MiB array
+    takes a 2 MiB block, not a 4 MiB one for 2 MiB and a few hundred bytes)."""
     pieces: List[Any] = []
     descriptors: List[dict] = []
     offset = 0
+    inline_at = 0
 
     def place(data: Any) -> List[int]:
         nonlocal offset
@@ -294,10 +299,20 @@ def layout(parts: Sequence[Part]) -> Tuple[List[Any], List[dict], int]:
         return where
 
     for part in parts:
-        body = place(part.body)
-        buffers = [place(b) for b in part.buffers]
-        descriptors.append({"ser": part.identifier.decode("ascii"), "body": body, "buffers": buffers})
+        d: Dict[str, Any] = {"ser": part.identifier.decode("ascii")}
+        if len(part.body) < inline_below:
+            d["ibody"] = [inline_at, len(part.body)]
+            inline_at += len(part.body)
+        else:
+            d["body"] = place(part.body)
+        d["buffers"] = [place(b) for b in part.buffers]
+        descriptors.append(d)
     return pieces, descriptors, offset
+
+
+def inline_bodies(parts: Sequence[Part], inline_below: int) -> bytes:
+    """The bodies :func:`layout` left inline, in order: what follows the envelope's header."""
+    return b"".join(p.body for p in parts if len(p.body) < inline_below)
 
 
 def write_pieces(path: str, pieces: Sequence[Any]) -> None:
@@ -363,12 +378,17 @@ def load_parts(envelope: Envelope, view: memoryview, copy: Optional[Callable[[An
     them refers to ``view`` afterwards)."""
     out = []
     for d in envelope.parts:
-        (bo, bl) = d["body"]
+        if "ibody" in d:
+            (bo, bl) = d["ibody"]
+            body = envelope.inline[bo:bo + bl]
+        else:
+            (bo, bl) = d["body"]
+            body = view[bo:bo + bl]
         if copy is not None:
             buffers = [copy(view[o:o + n]) for o, n in d["buffers"]]
         else:
             buffers = [view[o:o + n] for o, n in d["buffers"]]
-        out.append(deserialize_part(d["ser"].encode("ascii"), view[bo:bo + bl], buffers))
+        out.append(deserialize_part(d["ser"].encode("ascii"), body, buffers))
     return out
 
 

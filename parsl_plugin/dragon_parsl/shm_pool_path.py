@@ -81,12 +81,11 @@ def forget(path: str) -> None:
 
 def _write_into(pool: Any, ref: bytes, pieces: Sequence[Any]) -> None:
     """Copies the laid-out pieces (shm.layout) into the block, one after another."""
-    block = memoryview(pool.block(ref))
+    block = pool.block(ref)
+    copy_into = _core().copy_into  # no interpreter lock while copying a large piece
     at = 0
     for piece in pieces:
-        view = memoryview(piece).cast("B")
-        block[at:at + view.nbytes] = view
-        at += view.nbytes
+        at += copy_into(block, at, memoryview(piece).cast("B"))
 
 
 def _allocate_and_write(pool: Any, pieces: Sequence[Any], size: int, wait_s: float) -> bytes:
@@ -156,7 +155,7 @@ def write_result(envelope: shm.Envelope, result: Any, task_id: int) -> Optional[
     part = shm.serialize_data(result, envelope.threshold)
     if not shm.is_large(part, envelope.threshold):
         return [part.identifier + b"\n", part.body]
-    pieces, descriptors, size = shm.layout([part])
+    pieces, descriptors, size = shm.layout([part], envelope.threshold)
     try:
         pool = attach(envelope.pool)
         ref = _allocate_and_write(pool, pieces, size, 0.0)
@@ -165,8 +164,9 @@ def write_result(envelope: shm.Envelope, result: Any, task_id: int) -> Optional[
         logger.warning("task %d: its %d-byte result does not go through shared-memory pool %s (%s); "
                        "sending it inline", task_id, part.nbytes, envelope.pool, e)
         return None
-    return shm.encode_header(host=shm.host_identity(), pool=envelope.pool, ref=ref.hex(), size=size,
-                             parts=descriptors)
+    header = shm.encode_header(host=shm.host_identity(), pool=envelope.pool, ref=ref.hex(), size=size,
+                               parts=descriptors)
+    return [header, shm.inline_bodies([part], envelope.threshold)]
 
 
 # ---------------------------------------------------------------- client side
@@ -224,7 +224,7 @@ class PoolDataPath:
         oob_min = self.threshold if place else shm.NEVER_OUT_OF_BAND
         parts = [func_part, shm.serialize_data(args, oob_min), shm.serialize_data(kwargs, oob_min)]
         if place and any(shm.is_large(p, self.threshold) for p in parts):
-            pieces, descriptors, size = shm.layout(parts)
+            pieces, descriptors, size = shm.layout(parts, self.threshold)
             pool = attach(place)
             self.path = place
             # ShmPoolFull (naming the pool's size and --shm-pool-mb) after wait_s fails this task.
@@ -234,7 +234,7 @@ class PoolDataPath:
                 self.counters.args_shm_bytes += size
             header = shm.encode_header(host=shm.host_identity(), pool=place, client=self._pid,
                                        threshold=self.threshold, ref=ref.hex(), size=size, parts=descriptors)
-            return header, (place, ref)
+            return header + shm.inline_bodies(parts, self.threshold), (place, ref)
         payload = self._reply_header(place) + b"".join(
             b"%d\n%s\n%s" % (len(p.identifier) + 1 + len(p.body), p.identifier, p.body) for p in parts)
         with self._lock:
