@@ -1,5 +1,6 @@
 #include "agent/agent_pool.h"
 
+#include <dirent.h>
 #include <signal.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -153,10 +154,65 @@ void PoolJanitor::Measure() {
   blocks_ = stats->blocks_in_use;
 }
 
+std::vector<std::string> PredecessorPools(const std::string& dir, uid_t uid,
+                                          const std::string& node_id) {
+  // PoolFileName with the pid cut off: exactly this node's names, not those
+  // of a node whose id merely starts with this one ("n1" and "n1-b2").
+  std::string prefix = PoolFileName(uid, node_id, 0);
+  prefix.pop_back();
+  std::vector<std::string> paths;
+  DIR* listing = opendir(dir.c_str());
+  if (listing == nullptr) return paths;
+  while (dirent* entry = readdir(listing)) {
+    absl::string_view name = entry->d_name;
+    uint32_t pid = 0;
+    if (absl::ConsumePrefix(&name, prefix) && !name.empty() &&
+        std::all_of(name.begin(), name.end(), absl::ascii_isdigit) &&
+        absl::SimpleAtoi(name, &pid)) {
+      paths.push_back(absl::StrCat(dir, "/", entry->d_name));
+    }
+  }
+  closedir(listing);
+  std::sort(paths.begin(), paths.end());
+  return paths;
+}
+
+namespace {
+
+// The pool of this node's previous agent (killed, and started again by its
+// launcher), if one is left and has the size asked for: its blocks of live
+// processes (a client's task arguments; tasks the head runs again) stay valid.
+std::unique_ptr<common::ShmPool> AdoptPredecessor(const AgentPoolOptions& options) {
+  for (const std::string& path : PredecessorPools(options.dir, geteuid(), options.node_id)) {
+    absl::StatusOr<std::unique_ptr<common::ShmPool>> pool = common::ShmPool::Adopt(path);
+    if (!pool.ok()) continue;  // its agent lives, or it is not a pool: RemoveStale decides
+    const uint64_t wanted = options.size_bytes / 4096 * 4096;
+    if ((*pool)->capacity_bytes() != wanted) {
+      spdlog::info("not adopting shared-memory pool {} of a previous agent: {} where {} is asked "
+                   "for; it is removed",
+                   path, MiB((*pool)->capacity_bytes()), MiB(wanted));
+      continue;  // ours now: its destructor removes the file
+    }
+    return *std::move(pool);
+  }
+  return nullptr;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<AgentPool>> AgentPool::Start(const AgentPoolOptions& options) {
+  std::unique_ptr<common::ShmPool> adopted = AdoptPredecessor(options);
   const int removed = common::ShmPool::RemoveStale(options.dir, kAgentPoolPrefix);
   spdlog::info("removed {} stale shared-memory pool(s) of dead agents from {}", removed,
                options.dir);
+  if (adopted != nullptr) {
+    std::unique_ptr<AgentPool> agent_pool(new AgentPool(std::move(adopted), options));
+    spdlog::info("shared-memory pool {}: {}, adopted from this node's previous agent (its blocks "
+                 "of live processes are kept, those of dead ones freed)",
+                 agent_pool->path(), MiB(agent_pool->capacity_bytes()));
+    agent_pool->janitor()->Sweep();
+    return agent_pool;
+  }
   common::ShmPoolOptions popts;
   popts.dir = options.dir;
   popts.name = PoolFileName(geteuid(), options.node_id, getpid());

@@ -19,6 +19,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -98,6 +99,10 @@ class PoolJanitor {
   std::atomic<uint64_t> reclaimed_bytes_{0};
 };
 
+// The pool files in `dir` of earlier agents of `node_id` (any pid), sorted.
+std::vector<std::string> PredecessorPools(const std::string& dir, uid_t uid,
+                                          const std::string& node_id);
+
 struct AgentPoolOptions {
   std::string dir = "/dev/shm";
   std::string node_id;
@@ -111,8 +116,10 @@ struct AgentPoolOptions {
 
 class AgentPool {
  public:
-  // Removes pools of dead agents in `dir` (logging how many), creates this
-  // agent's pool (lazily backed) and starts the janitor.
+  // Adopts the pool of this node's previous agent if it died leaving one of
+  // the size asked for (ShmPool::Adopt), else creates one (lazily backed);
+  // removes the pools of other dead agents in `dir` (logging how many), and
+  // starts the janitor.
   static absl::StatusOr<std::unique_ptr<AgentPool>> Start(const AgentPoolOptions& options);
 
   // Stops the janitor and removes the pool's file.

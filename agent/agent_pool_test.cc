@@ -186,5 +186,77 @@ TEST_CASE("start removes pools of dead agents; the pool's file goes with the Age
   CHECK(dir.Files() == 0);
 }
 
+// A crashed agent of `node`: creates its pool, allocates a block for this
+// process holding `text`, and dies without running destructors.
+std::pair<std::string, common::BlockRef> CrashedAgentPool(const ShmDir& dir, const std::string& node,
+                                                          uint64_t size_bytes, const char* text) {
+  const pid_t parent = getpid();
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    common::ShmPoolOptions popts;
+    popts.dir = dir.path;
+    popts.name = PoolFileName(geteuid(), node, getpid());
+    popts.size_bytes = size_bytes;
+    popts.reserve = false;
+    absl::StatusOr<std::unique_ptr<common::ShmPool>> pool = common::ShmPool::Create(popts);
+    if (!pool.ok()) _exit(1);
+    absl::StatusOr<common::BlockRef> ref = (*pool)->Allocate(4096, absl::ZeroDuration(), parent);
+    if (!ref.ok()) _exit(2);
+    memcpy((*pool)->Resolve(*ref)->data(), text, strlen(text));
+    const std::string line = absl::StrCat((*pool)->path(), "\n", ref->Encode());
+    if (write(fds[1], line.data(), line.size()) != static_cast<ssize_t>(line.size())) _exit(3);
+    _exit(0);
+  }
+  close(fds[1]);
+  std::string got;
+  char buf[512];
+  for (ssize_t n; (n = read(fds[0], buf, sizeof(buf))) > 0;) got.append(buf, n);
+  close(fds[0]);
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  const size_t newline = got.find('\n');
+  REQUIRE(newline != std::string::npos);
+  absl::StatusOr<common::BlockRef> ref = common::BlockRef::Decode(got.substr(newline + 1));
+  REQUIRE(ref.ok());
+  return {got.substr(0, newline), *ref};
+}
+
+TEST_CASE("an agent started again adopts its node's dead pool: live owners' blocks are kept") {
+  ShmDir dir;
+  auto [mine, ref] = CrashedAgentPool(dir, "n1", 4 * kMiB, "task arguments");
+  auto [other, unused] = CrashedAgentPool(dir, "n1-b2", 4 * kMiB, "x");  // not n1's
+  CHECK(PredecessorPools(dir.path, geteuid(), "n1") == std::vector<std::string>{mine});
+
+  AgentPoolOptions options;
+  options.dir = dir.path;
+  options.node_id = "n1";
+  options.size_bytes = 4 * kMiB;
+  options.janitor_thread = false;
+  {
+    absl::StatusOr<std::unique_ptr<AgentPool>> started = AgentPool::Start(options);
+    REQUIRE(started.ok());
+    CHECK((*started)->path() == mine);
+    CHECK(access(other.c_str(), F_OK) != 0);  // another node's dead pool: removed
+    absl::StatusOr<absl::Span<char>> kept = (*started)->pool()->Resolve(ref);
+    REQUIRE(kept.ok());
+    CHECK(std::string(kept->data(), 14) == "task arguments");
+    CHECK(dir.Files() == 1);
+  }
+  CHECK(dir.Files() == 0);  // the adopter removes it at exit
+
+  // One of another size is not adopted: a new pool replaces it.
+  auto [small, small_ref] = CrashedAgentPool(dir, "n1", 2 * kMiB, "y");
+  absl::StatusOr<std::unique_ptr<AgentPool>> started = AgentPool::Start(options);
+  REQUIRE(started.ok());
+  CHECK((*started)->path() != small);
+  CHECK(access(small.c_str(), F_OK) != 0);
+  CHECK((*started)->capacity_bytes() == 4 * kMiB);
+}
+
 }  // namespace
 }  // namespace dragon::agent

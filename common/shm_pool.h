@@ -85,12 +85,21 @@ class ShmPool {
   // Maps the pool at `path` that another process created. Errors name the
   // path: missing, not a pool, another layout version, still being created.
   static absl::StatusOr<std::unique_ptr<ShmPool>> Attach(const std::string& path);
+  // Attaches the pool at `path` whose creator is dead and becomes its creator:
+  // the file is this process's to remove now, and RemoveStale leaves it alone.
+  // For an agent started again on its node (the launcher restarts a killed
+  // one): blocks of processes still alive (a client's task arguments, a task
+  // being run again) stay valid; the dead ones' are reclaimed as usual.
+  // FailedPrecondition while the creator lives; Attach's errors otherwise.
+  static absl::StatusOr<std::unique_ptr<ShmPool>> Adopt(const std::string& path);
   // Removes the pool files in `dir` whose names start with `prefix` and whose
   // creator is dead (a crashed agent's); returns how many. Pools of live
   // creators, pools made in another pid namespace (where the pid means
   // nothing here), other users' files and files that are not pools are left
   // alone.
   static int RemoveStale(const std::string& dir, const std::string& prefix);
+  // The same for one file: true if it was a pool of a dead creator, now removed.
+  static bool RemoveIfStale(const std::string& path);
 
   // Unmaps; the creating process also removes the file (processes that
   // attached keep their mapping until they drop it).

@@ -351,42 +351,73 @@ absl::StatusOr<std::unique_ptr<ShmPool>> ShmPool::Attach(const std::string& path
   return pool;
 }
 
+absl::StatusOr<std::unique_ptr<ShmPool>> ShmPool::Adopt(const std::string& path) {
+  absl::StatusOr<std::unique_ptr<ShmPool>> pool = Attach(path);
+  if (!pool.ok()) return pool.status();
+  struct stat file;
+  if (fstat((*pool)->fd_, &file) != 0) {
+    return absl::InternalError(absl::StrCat("cannot adopt shared-memory pool ", path, ": ",
+                                            Errno(errno)));
+  }
+  // Under the pool's mutex, so that two processes adopting at once cannot
+  // both see the creator dead: the second sees the first alive.
+  if (absl::Status locked = (*pool)->Lock(); !locked.ok()) return locked;
+  Header* header = (*pool)->header();
+  if (ProcessAlive(header->creator_pid, header->creator_start_time)) {
+    const pid_t creator = header->creator_pid;
+    (*pool)->Unlock();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot adopt shared-memory pool ", path, ": its creator, pid ", creator, ", is alive"));
+  }
+  header->creator_pid = getpid();
+  header->creator_start_time = ProcessStartTime(getpid());
+  header->creator_pid_namespace = PidNamespace();
+  (*pool)->Unlock();
+  (*pool)->creator_ = true;
+  (*pool)->device_ = file.st_dev;
+  (*pool)->inode_ = file.st_ino;
+  return pool;
+}
+
+bool ShmPool::RemoveIfStale(const std::string& path) {
+  const int fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return false;
+  struct stat file;
+  alignas(Header) char bytes[sizeof(Header)];
+  const bool readable = fstat(fd, &file) == 0 && S_ISREG(file.st_mode) &&
+                        file.st_uid == geteuid() &&
+                        pread(fd, bytes, sizeof(bytes), 0) == static_cast<ssize_t>(sizeof(bytes));
+  close(fd);
+  if (!readable) return false;
+  uint64_t magic, start_time, pid_namespace;
+  uint32_t version;
+  int32_t pid;
+  memcpy(&magic, bytes + offsetof(Header, magic), sizeof(magic));
+  memcpy(&version, bytes + offsetof(Header, version), sizeof(version));
+  memcpy(&pid, bytes + offsetof(Header, creator_pid), sizeof(pid));
+  memcpy(&start_time, bytes + offsetof(Header, creator_start_time), sizeof(start_time));
+  memcpy(&pid_namespace, bytes + offsetof(Header, creator_pid_namespace), sizeof(pid_namespace));
+  // A file without the creator's pid yet is left alone: it may be a pool
+  // that a live process is creating right now.
+  // Versions 1 and 2 differ only in a flag: the fields read here are the same.
+  if ((magic != kMagic && magic != kCreatingMagic) || version < 1 || version > kVersion) {
+    return false;
+  }
+  const uint64_t our_pid_namespace = PidNamespace();
+  if (pid_namespace != 0 && our_pid_namespace != 0 && pid_namespace != our_pid_namespace) {
+    return false;
+  }
+  return !ProcessAlive(pid, start_time) && unlink(path.c_str()) == 0;
+}
+
 int ShmPool::RemoveStale(const std::string& dir, const std::string& prefix) {
   DIR* listing = opendir(dir.c_str());
   if (listing == nullptr) return 0;
-  const uint64_t our_pid_namespace = PidNamespace();
   int removed = 0;
   while (dirent* entry = readdir(listing)) {
     const std::string name = entry->d_name;
     if (name.compare(0, prefix.size(), prefix) != 0 || name == "." || name == "..") continue;
-    const std::string path = absl::StrCat(dir, "/", name);
-    const int fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) continue;
-    struct stat file;
-    alignas(Header) char bytes[sizeof(Header)];
-    const bool readable = fstat(fd, &file) == 0 && S_ISREG(file.st_mode) &&
-                          file.st_uid == geteuid() &&
-                          pread(fd, bytes, sizeof(bytes), 0) == static_cast<ssize_t>(sizeof(bytes));
-    close(fd);
-    if (!readable) continue;
-    uint64_t magic, start_time, pid_namespace;
-    uint32_t version;
-    int32_t pid;
-    memcpy(&magic, bytes + offsetof(Header, magic), sizeof(magic));
-    memcpy(&version, bytes + offsetof(Header, version), sizeof(version));
-    memcpy(&pid, bytes + offsetof(Header, creator_pid), sizeof(pid));
-    memcpy(&start_time, bytes + offsetof(Header, creator_start_time), sizeof(start_time));
-    memcpy(&pid_namespace, bytes + offsetof(Header, creator_pid_namespace), sizeof(pid_namespace));
-    // A file without the creator's pid yet is left alone: it may be a pool
-    // that a live process is creating right now.
-    // Versions 1 and 2 differ only in a flag: the fields read here are the same.
-    if ((magic != kMagic && magic != kCreatingMagic) || version < 1 || version > kVersion) {
-      continue;
-    }
-    if (pid_namespace != 0 && our_pid_namespace != 0 && pid_namespace != our_pid_namespace) {
-      continue;
-    }
-    if (!ProcessAlive(pid, start_time) && unlink(path.c_str()) == 0) ++removed;
+    if (RemoveIfStale(absl::StrCat(dir, "/", name))) ++removed;
   }
   closedir(listing);
   return removed;

@@ -274,5 +274,51 @@ TEST_CASE("a block handed from one process to another is freed by the receiver o
   ExpectWhole(*pool);
 }
 
+TEST_CASE("Adopt takes over the pool of a dead creator, blocks of live owners intact") {
+  NoLeftovers check;
+  const std::string name = UniqueName();
+  const std::string path = absl::StrCat(kShm, "/", name);
+  const pid_t parent = getpid();
+  Pipe refs, go;
+  // The creator allocates a block for us, writes it, and dies without cleaning up.
+  const pid_t creator = ForkChild([&]() -> int {
+    ShmPoolOptions options;
+    options.name = name;
+    options.size_bytes = kMiB;
+    options.reserve = false;
+    absl::StatusOr<std::unique_ptr<ShmPool>> pool = ShmPool::Create(options);
+    if (!pool.ok()) return 2;
+    absl::StatusOr<BlockRef> ours = (*pool)->Allocate(8 << 10, absl::ZeroDuration(), parent);
+    absl::StatusOr<BlockRef> its = (*pool)->Allocate(8 << 10);
+    if (!ours.ok() || !its.ok()) return 3;
+    memcpy((*pool)->Resolve(*ours)->data(), "kept", 4);
+    if (write(refs.fds[1], ours->Encode().data(), BlockRef::kEncodedSize) != 24) return 4;
+    char wait;
+    if (read(go.fds[0], &wait, 1) != 1) return 5;  // alive until the parent has tried
+    _exit(0);  // with the pool still open: the file stays, as after a SIGKILL
+  });
+  absl::StatusOr<BlockRef> ours = BlockRef::Decode(Receive(refs.fds[0], BlockRef::kEncodedSize));
+  REQUIRE(ours.ok());
+  absl::StatusOr<std::unique_ptr<ShmPool>> early = ShmPool::Adopt(path);
+  CHECK(absl::IsFailedPrecondition(early.status()));
+  CHECK(absl::StrContains(early.status().message(), absl::StrCat("pid ", creator, ", is alive")));
+  REQUIRE(write(go.fds[1], "x", 1) == 1);
+  ExpectExit0(creator);
+  REQUIRE(Exists(path));
+
+  absl::StatusOr<std::unique_ptr<ShmPool>> adopted = ShmPool::Adopt(path);
+  INFO(adopted.status().ToString());
+  REQUIRE(adopted.ok());
+  CHECK((*adopted)->creator());
+  CHECK((*adopted)->creator_pid() == getpid());
+  CHECK(ShmPool::RemoveStale(kShm, Prefix()) == 0);  // its creator is alive again: us
+  CHECK(std::string((*adopted)->Resolve(*ours)->data(), 4) == "kept");
+  CHECK(*(*adopted)->ReclaimOwner(creator) == 8 << 10);  // the dead creator's own block
+  CHECK(*(*adopted)->FreeIfOwner(*ours, parent));
+  ExpectWhole(**adopted);
+  adopted->reset();  // the adopter removes the file, as the creator would have
+  CHECK_FALSE(Exists(path));
+}
+
 }  // namespace
 }  // namespace dragon::common::shm_pool_test

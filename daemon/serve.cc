@@ -17,6 +17,7 @@
 #include "common/grant_files.h"
 #include "common/head_locator.h"
 #include "common/host.h"
+#include "common/shm_pool.h"
 #include "common/token.h"
 #include "common/transport.h"
 #include "daemon/agent_startup.h"
@@ -364,6 +365,16 @@ int Serve(const StartConfig& config, const std::string& run_dir, const std::stri
   // files from /dev/shm; the files of agents that are gone go now.
   if (const int swept = common::SweepStaleGrants(); swept > 0) {
     spdlog::info("removed {} grant file(s) of agents that are gone from /dev/shm", swept);
+  }
+  // Likewise their shared-memory pools, which an agent started again on the
+  // node would have adopted: none will be now. (A live agent's, or one on
+  // another machine, is not this host's to remove: RemoveIfStale checks.)
+  const dragon::v1::ListNodesReply nodes = head.ListNodes();
+  for (const dragon::v1::NodeInfo& node : nodes.nodes()) {
+    if (!node.shm_pool_path().empty() && common::ShmPool::RemoveIfStale(node.shm_pool_path())) {
+      spdlog::info("removed the shared-memory pool {} of node {}, whose agent is gone",
+                   node.shm_pool_path(), node.node_id());
+    }
   }
   spdlog::info("dragond stopped");
   spdlog::shutdown();

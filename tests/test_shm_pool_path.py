@@ -14,10 +14,11 @@ import sys
 import time
 
 import numpy as np
+import parsl
 import pytest
 from parsl import python_app
 
-from conftest import head_and_dfk, start_head, stop_head, wait_for
+from conftest import head_and_dfk, load_parsl, start_head, stop_head, wait_for
 from dragon_parsl import WorkerLost
 from dragon_parsl._core import ShmPool, ShmPoolFull
 
@@ -58,8 +59,30 @@ def fail_keeping_a_cycle(img):
 
 
 @python_app
+def keep_argument(img):
+    import dragon_parsl.shm_pool_path as p
+    p.kept_for_test = img  # the app keeps its argument after the task
+    return float(img[0, 0])
+
+
+@python_app
+def drop_kept():
+    import dragon_parsl.shm_pool_path as p
+    img = p.kept_for_test
+    del p.kept_for_test
+    return float(img.sum())
+
+
+@python_app
 def die_holding(img):
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@python_app
+def slow_scaled(img, factor):
+    import time
+    time.sleep(0.1)
+    return img * factor
 
 
 @python_app
@@ -75,6 +98,14 @@ def image(i: int) -> np.ndarray:
 
 def blocks_in_use(path: str) -> int:
     return ShmPool.attach(path).stats()["blocks_in_use"]
+
+
+def agent_nodes(run_dir) -> list:
+    from conftest import binary
+    import json
+    out = subprocess.run([binary("dragonctl"), "--run-dir", str(run_dir), "--json", "nodes"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    return [n for n in json.loads(out)["nodes"] if n["state"] in ("joining", "ready")]
 
 
 def agent_pools(head) -> list:
@@ -151,13 +182,27 @@ def test_argument_block_held_by_a_cycle_is_freed_when_the_task_ends(pool_dfk):
     assert blocks_in_use(executor.shm_counters()["dir"]) == 0
 
 
-def test_block_of_a_worker_killed_mid_task_is_reclaimed(pool_dfk):
+def test_argument_kept_by_the_app_stays_intact_until_it_lets_go(worker_pythonpath, tmp_path):
+    with head_and_dfk(tmp_path, ["--workers", "1"]) as (dfk, executor, head):
+        img = image(10)
+        assert keep_argument(img).result(timeout=60) == img[0, 0]
+        pool = executor.shm_counters()["dir"]
+        assert blocks_in_use(pool) == 1  # taken over by the worker, not freed by the client
+        owners = ShmPool.attach(pool).owners()
+        assert os.getpid() not in owners and len(owners) == 1
+        for i in range(5):  # other tasks reuse the pool meanwhile
+            assert np.array_equal(scaled(image(i), 2.0).result(timeout=60), image(i) * 2.0)
+        assert drop_kept().result(timeout=60) == pytest.approx(float(img.sum()))  # still intact
+        wait_for(lambda: blocks_in_use(pool) == 0, 10, "the kept block to be freed once dropped")
+
+
+def test_block_of_a_task_whose_worker_was_killed_is_freed_with_its_failure(pool_dfk):
     dfk, executor, _ = pool_dfk
     with pytest.raises(WorkerLost):
         die_holding(image(5)).result(timeout=60)
     pool = executor.shm_counters()["dir"]
-    # The worker had taken the block over: the agent's janitor frees it (once a second).
-    wait_for(lambda: blocks_in_use(pool) == 0, 10, "the dead worker's block to be reclaimed")
+    # The block stays the client's while the task may still run again; freed with its failure.
+    assert blocks_in_use(pool) == 0
     assert np.array_equal(scaled(image(6), 2.0).result(timeout=60), image(6) * 2.0)
 
 
@@ -194,9 +239,8 @@ def test_blocks_of_a_killed_client_are_reclaimed(worker_pythonpath, tmp_path):
         try:
             pool = client.stdout.readline().strip()
             assert pool in agent_pools(head), (pool, agent_pools(head))
-            # The running task's arguments (taken over by the worker), the queued one's (the client's).
-            wait_for(lambda: blocks_in_use(pool) == 2 and len(ShmPool.attach(pool).owners()) == 2, 30,
-                     "two argument blocks, of a worker and of the client")
+            # The running and the queued task's arguments, both the client's.
+            wait_for(lambda: blocks_in_use(pool) == 2, 30, "two argument blocks")
         finally:
             client.kill()
             client.wait()
@@ -259,3 +303,42 @@ def test_dragond_stop_leaves_no_pool(worker_pythonpath, tmp_path):
     assert len(pools) == 1 and os.path.exists(pools[0])
     stop_head(head)
     assert not os.path.exists(pools[0])
+
+
+def test_agent_killed_mid_run_tasks_with_pool_data_complete_once(worker_pythonpath, tmp_path):
+    # The embedded default: its launcher starts a new agent, the head runs the lost tasks again.
+    dfk, executor = load_parsl(tmp_path, workers_per_node=2)
+    try:
+        run_dir = executor.local_head.run_dir
+        imgs = [image(i % 4) for i in range(40)]
+        futures = [slow_scaled(img, float(i)) for i, img in enumerate(imgs)]
+        wait_for(lambda: 4 <= sum(f.done() for f in futures) < 30, 60, "the run to be under way", interval=0.01)
+        pool = executor.shm_counters()["dir"]
+        agent = agent_nodes(run_dir)[0]
+        os.kill(int(agent["agent_pid"]), signal.SIGKILL)
+        for i, (img, f) in enumerate(zip(imgs, futures)):
+            assert np.array_equal(f.result(timeout=120), img * float(i)), f"task {i}"
+        after = agent_nodes(run_dir)[0]
+        assert int(after["incarnation"]) >= 2 and after["shm_pool_path"]
+        new_pool = after["shm_pool_path"]
+        wait_for(lambda: blocks_in_use(new_pool) == 0, 10, "every block of the run freed")
+        assert new_pool == pool or not os.path.exists(pool), "the dead agent's pool was left behind"
+    finally:
+        dfk.cleanup()
+        parsl.clear()
+    assert not [p for p in os.listdir("/dev/shm") if p.startswith("dragon-pool-") and
+                (p in os.path.basename(pool) or p in os.path.basename(new_pool))]
+
+
+def test_dragond_stop_removes_the_pool_of_a_killed_agent_that_was_not_restarted(worker_pythonpath, tmp_path):
+    head = start_head(tmp_path, "--workers", "1", "--agent-restarts", "0")
+    try:
+        (pool,) = agent_pools(head)
+        agent_pid = int(head.ctl_json("nodes")["nodes"][0]["agent_pid"])
+        os.kill(agent_pid, signal.SIGKILL)
+        wait_for(lambda: head.ctl_json("nodes")["nodes"][0]["state"] == "lost", 30, "the agent to be lost")
+        assert os.path.exists(pool)  # nobody to remove it yet
+    finally:
+        stop_head(head)
+    assert not os.path.exists(pool)
+    assert f"removed the shared-memory pool {pool}" in (head.run_dir / "dragond.log").read_text()

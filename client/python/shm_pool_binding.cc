@@ -129,7 +129,10 @@ void RegisterShmPool(py::module_& m) {
                                /*readonly=*/false);
       })
       .def("__len__", [](const ShmBlock& b) { return b.bytes.size(); })
-      .def_property_readonly("ref", [](const ShmBlock& b) { return py::bytes(b.ref.Encode()); });
+      .def_property_readonly("ref", [](const ShmBlock& b) { return py::bytes(b.ref.Encode()); })
+      .def_readwrite("free_on_release", &ShmBlock::free_on_release,
+                     "Free the block when this object goes, if this process owns it then: set "
+                     "by a worker that took over a block its task's app still refers to.");
 
   py::class_<PoolHandle>(m, "ShmPool")
       .def_static(

@@ -10,12 +10,14 @@ a numpy argument or result is never copied on its way in.
 
 Who frees a block is decided by its owner pid, changed atomically in the pool:
 
-- arguments: the client allocates the block (owner: the client). The worker
-  that runs the task takes it over (``transfer(client -> worker)``) before it
-  reads it and frees it when the last view of it is gone (the task's arguments
-  dropped). When the task ends, the client frees the block only if it still
-  owns it (``free_if_owner``): a task cancelled or failed before any worker read
-  its arguments. Exactly one of the two frees it.
+- arguments: the client allocates the block (owner: the client) and frees it
+  when the task is over (done, failed or cancelled). The worker reads it in
+  place without owning it, so a task run again after its worker or agent died
+  finds its arguments where they were. An app that keeps a reference to its
+  argument after the task makes its worker take the block over
+  (``transfer(client -> worker)``) before the result goes back; the worker
+  then frees it when the app lets go, and the client's ``free_if_owner``
+  leaves it alone.
 - results: the worker allocates, writes, and hands the block to the client
   (``transfer(worker -> client)``) before sending the envelope; the client copies
   the result out and frees the block as it reads it.
@@ -35,6 +37,7 @@ import logging
 import os
 import threading
 import weakref
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from dragon_parsl import shm
@@ -98,52 +101,74 @@ def _allocate_and_write(pool: Any, pieces: Sequence[Any], size: int, wait_s: flo
     return ref
 
 
-# The argument blocks of the task running in this worker, to check that they went with it.
-_task_blocks: List["weakref.ref[Any]"] = []
-
-
-def _block_view(pool: Any, ref: bytes, size: int, what: str) -> memoryview:
-    """A view of the first ``size`` bytes of a block this process owns; the block is
-    freed once the view and everything made from it are gone."""
+def _block_view(pool: Any, ref: bytes, size: int, what: str, free_on_release: bool = True) -> Any:
+    """(the block object, a view of its first ``size`` bytes). With ``free_on_release``
+    (a block this process owns) the block is freed once the view and everything made from
+    it are gone."""
     try:
-        block = pool.block(ref, free_on_release=True)
+        block = pool.block(ref, free_on_release=free_on_release)
     except RuntimeError as e:
         raise SharedMemoryError(f"{what} in shared-memory pool {pool.path}: {e}") from None
-    _task_blocks.append(weakref.ref(block))
     view = memoryview(block)
     if view.nbytes < size:
         raise SharedMemoryError(f"{what}: block of {view.nbytes} bytes in {pool.path}, the envelope says {size}")
-    return view[:size]
+    return block, view[:size]
 
 
 # ---------------------------------------------------------------- worker side
+@dataclass
+class _TaskBlock:
+    """An argument block the running task reads: the client's until the task is over."""
+    block: "weakref.ref[Any]"
+    pool: Any
+    ref: bytes
+    client: int
+
+
+# The argument blocks of the task running in this worker.
+_task_blocks: List[_TaskBlock] = []
+
+
 def load_task(envelope: shm.Envelope) -> List[Any]:
-    """[func, args, kwargs] of a task whose arguments are in a pool block: the block is
-    taken over from the client, read in place, and freed once the arguments are gone."""
+    """[func, args, kwargs] of a task whose arguments are in a pool block, read in place. The
+    block stays the client's, which frees it when the task is over: a task run again (its
+    worker or agent died) finds its arguments where they were."""
     shm.check_readable_here(envelope)
     pool = attach(envelope.pool)
     ref = bytes.fromhex(envelope.ref)
-    try:
-        pool.transfer(ref, envelope.client, os.getpid())
-    except RuntimeError as e:
-        raise SharedMemoryError(
-            f"the task's arguments in shared-memory pool {envelope.pool} are no longer there: {e} "
-            f"(the task was cancelled, or its client is gone)") from None
-    view = _block_view(pool, ref, envelope.size, "task arguments")
+    block, view = _block_view(pool, ref, envelope.size, "task arguments (was the task cancelled, or is its "
+                              "client gone?)", free_on_release=False)
+    _task_blocks.append(_TaskBlock(weakref.ref(block), pool, ref, envelope.client))
     return shm.load_parts(envelope, view)
 
 
 def after_task() -> None:
-    """Called by the worker once a task is over and its arguments dropped. An argument block
-    still alive is held by a reference cycle (a traceback, an object graph of the app's):
-    a collection frees it now rather than whenever the next one runs. One the app really
-    keeps (a global) stays until the app lets it go or the worker exits."""
+    """Called by the worker once a task is over and its arguments dropped, before its result
+    goes back (after which the client frees the argument block). A block still referred to is
+    held by a reference cycle (a traceback, an object graph of the app's): a collection frees
+    it. One the app really keeps (a global) is taken over from the client, so that the client
+    does not free it under the app: it is freed when the app lets it go, or when this worker
+    exits (the agent's janitor)."""
     global _task_blocks
     if not _task_blocks:
         return
-    if any(r() is not None for r in _task_blocks):
-        gc.collect()
-    _task_blocks = [r for r in _task_blocks if r() is not None]
+    blocks, _task_blocks = _task_blocks, []
+    if all(b.block() is None for b in blocks):
+        return
+    gc.collect()
+    for b in blocks:
+        block = b.block()
+        if block is None:
+            continue
+        try:
+            b.pool.transfer(b.ref, b.client, os.getpid())
+        except RuntimeError as e:  # the client freed it already (cancelled): nothing to keep
+            logger.warning("the task keeps a reference to its argument block, which is no longer its "
+                           "client's: %s", e)
+            continue
+        block.free_on_release = True
+        logger.warning("the task's app keeps a reference to its %d-byte argument after the task: its "
+                       "shared-memory block stays with this worker until the app drops it", len(block))
 
 
 def write_result(envelope: shm.Envelope, result: Any, task_id: int) -> Optional[Any]:
