@@ -1,0 +1,129 @@
+#include "common/shm_barrier.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "common/shm_pool_test_util.h"
+
+namespace dragon::common::shm_pool_test {
+namespace {
+
+const absl::Duration kLong = absl::Seconds(20);
+
+ShmBarrier MustCreateBarrier(ShmPool& pool, uint32_t parties) {
+  absl::StatusOr<BlockRef> ref = ShmBarrier::Create(pool, parties);
+  REQUIRE(ref.ok());
+  absl::StatusOr<ShmBarrier> barrier = ShmBarrier::Open(pool, *ref);
+  REQUIRE(barrier.ok());
+  return *barrier;
+}
+
+TEST_CASE("barrier: 4 processes x 100 rounds in lockstep") {
+  NoLeftovers check;
+  std::unique_ptr<ShmPool> pool = MustCreate(1 << 20);
+  {
+    ShmBarrier barrier = MustCreateBarrier(*pool, 4);
+    CHECK(barrier.parties() == 4);
+    // Arrivals, counted before each Wait: after round r's Wait every party
+    // has arrived r+1 times, and none can be past round r+1 yet.
+    BlockRef counter_ref = *pool->Allocate(sizeof(uint64_t));
+    auto* arrivals = reinterpret_cast<std::atomic<uint64_t>*>(pool->Resolve(counter_ref)->data());
+    arrivals->store(0);
+    std::vector<pid_t> parties;
+    for (int p = 0; p < 4; ++p) {
+      parties.push_back(ForkChild([&] {
+        for (uint64_t round = 0; round < 100; ++round) {
+          arrivals->fetch_add(1);
+          if (!barrier.Wait(kLong).ok()) return 1;
+          const uint64_t seen = arrivals->load();
+          if (seen < 4 * (round + 1) || seen > 4 * (round + 2)) return 2;
+        }
+        return 0;
+      }));
+    }
+    for (pid_t pid : parties) ExpectExit0(pid);
+    CHECK(*barrier.n_waiting() == 0);
+    REQUIRE(pool->Free(counter_ref).ok());
+    REQUIRE(barrier.Destroy().ok());
+  }
+  ExpectWhole(*pool);
+}
+
+TEST_CASE("barrier: a timeout breaks it for everyone until reset") {
+  NoLeftovers check;
+  std::unique_ptr<ShmPool> pool = MustCreate(1 << 20);
+  ShmBarrier barrier = MustCreateBarrier(*pool, 3);
+  Pipe ready;
+  const pid_t other = ForkChild([&] {
+    if (write(ready.fds[1], "r", 1) != 1) return 1;
+    absl::Status broken = barrier.Wait(kLong);
+    return absl::IsFailedPrecondition(broken) && absl::StrContains(broken.message(), "broken")
+               ? 0
+               : 2;
+  });
+  Receive(ready.fds[0], 1);
+  const absl::Duration start = shm_object::MonotonicNow();
+  absl::Status timed_out = barrier.Wait(absl::Milliseconds(200));
+  CHECK(shm_object::MonotonicNow() - start >= absl::Milliseconds(200));
+  CHECK(timed_out.code() == absl::StatusCode::kDeadlineExceeded);
+  ExpectExit0(other);
+  CHECK(*barrier.broken());
+  CHECK(barrier.Wait(kLong).code() == absl::StatusCode::kFailedPrecondition);
+
+  REQUIRE(barrier.Reset().ok());
+  CHECK_FALSE(*barrier.broken());
+  std::vector<pid_t> parties;
+  for (int p = 0; p < 2; ++p) {
+    parties.push_back(ForkChild([&] { return barrier.Wait(kLong).ok() ? 0 : 1; }));
+  }
+  CHECK(barrier.Wait(kLong).ok());
+  for (pid_t pid : parties) ExpectExit0(pid);
+  REQUIRE(barrier.Destroy().ok());
+  ExpectWhole(*pool);
+}
+
+TEST_CASE("barrier: abort wakes the waiters; a dead creator is noticed") {
+  NoLeftovers check;
+  std::unique_ptr<ShmPool> pool = MustCreate(1 << 20);
+  ShmBarrier barrier = MustCreateBarrier(*pool, 2);
+  Pipe ready, hold;
+  const pid_t waiter = ForkChild([&] {
+    if (write(ready.fds[1], "r", 1) != 1) return 1;
+    return absl::IsFailedPrecondition(barrier.Wait(kLong)) ? 0 : 2;
+  });
+  Receive(ready.fds[0], 1);
+  {
+    // Until the waiter sleeps in Wait; the pause is a bounded futex wait.
+    ShmChannel idle = *ShmChannel::Open(*pool, *ShmChannel::Create(*pool, 1));
+    while (*barrier.n_waiting() == 0) (void)idle.Receive(absl::Milliseconds(1));
+    REQUIRE(idle.Destroy().ok());
+  }
+  REQUIRE(barrier.Abort().ok());
+  ExpectExit0(waiter);
+  REQUIRE(barrier.Destroy().ok());
+
+  const pid_t creator = ForkChild([&] {
+    absl::StatusOr<BlockRef> ref = ShmBarrier::Create(*pool, 2);
+    if (!ref.ok() || write(ready.fds[1], &*ref, sizeof(BlockRef)) != sizeof(BlockRef)) return 1;
+    char byte;
+    return read(hold.fds[0], &byte, 1) == 1 ? 0 : 1;
+  });
+  BlockRef ref;
+  memcpy(&ref, Receive(ready.fds[0], sizeof(BlockRef)).data(), sizeof(BlockRef));
+  absl::StatusOr<ShmBarrier> theirs = ShmBarrier::Open(*pool, ref);
+  REQUIRE(theirs.ok());
+  kill(creator, SIGKILL);
+  absl::Status gone = theirs->Wait(kLong);
+  CHECK(gone.code() == absl::StatusCode::kUnavailable);
+  KillChild(creator);
+  REQUIRE(*pool->ReclaimOwner(creator) > 0);
+  ExpectWhole(*pool);
+}
+
+}  // namespace
+}  // namespace dragon::common::shm_pool_test

@@ -1,0 +1,141 @@
+// A channel of the node's shared-memory pool (issue 14, "Channels and
+// communication objects"): a bounded queue of byte messages that any number
+// of processes on the node send to and receive from. The channel lives in one
+// pool block (header + a ring of slots); each message is a pool block of its
+// own, so the ring holds only references and a message of any size moves
+// without a second copy of the queue.
+//
+// Safe across processes: one robust process-shared mutex guards the ring,
+// waiting is a futex on a sequence word (see shm_pool_layout.h for why not a
+// condition variable), and nobody waits for a dead process: a waiter wakes at
+// least every kLivenessInterval and fails Unavailable when the channel's
+// creator (or the caller's `peer`) exited, NotFound when the channel is gone.
+//
+// Who owns a message's block (ShmPool owners, reclaimed by the agent's
+// janitor when their process dies):
+//   sender (while copying and waiting for room) -> channel's creator (from
+//   the moment it is in the ring) -> receiver (once Receive returns it).
+// So a sender killed before its message is queued loses only its own block,
+// one killed after loses nothing, and a receiver killed after Receive loses
+// only what it was given.
+#ifndef DRAGON_COMMON_SHM_CHANNEL_H_
+#define DRAGON_COMMON_SHM_CHANNEL_H_
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "common/shm_pool.h"
+
+namespace dragon::common {
+
+// What ShmChannel and ShmBarrier share: liveness of processes and of the
+// object's block, the robust lock, and bounded futex waits.
+namespace shm_object {
+
+// Longest single sleep of a waiter: how late a dead creator or peer is noticed.
+inline constexpr absl::Duration kLivenessInterval = absl::Milliseconds(100);
+
+// /proc/<pid>/stat field 22 (0 when the process is gone), as ShmPool records it.
+uint64_t ProcessStartTime(pid_t pid);
+// Runs (not a zombie) and, if `start_time` != 0, is the process started then.
+bool ProcessRuns(pid_t pid, uint64_t start_time);
+absl::Duration MonotonicNow();
+// Sleeps while *word == seen, at most until `until` (monotonic).
+void FutexWait(const void* word, uint32_t seen, absl::Duration until);
+void FutexWake(const void* word, int how_many);
+// Initializes a robust process-shared mutex in shared memory.
+void InitRobustMutex(void* mutex);
+// Locks it; `*repaired` is set when the last holder died with it (the caller
+// repairs its state, then it is made consistent by this call's caller via
+// MarkConsistent).
+absl::Status LockRobust(void* mutex, bool* repaired, const char* what);
+void MarkConsistent(void* mutex);
+void UnlockRobust(void* mutex);
+
+// Checks, for a waiter's wake-up: the object's block is still allocated, its
+// creator runs, and `peer` (0: none) runs.
+absl::Status CheckAlive(ShmPool& pool, const BlockRef& ref, const char* what, pid_t creator,
+                        uint64_t creator_start, pid_t peer);
+
+}  // namespace shm_object
+
+struct ShmChannelStats {
+  uint64_t count = 0;
+  uint64_t capacity = 0;
+  bool closed = false;
+  uint64_t repairs = 0;  // times a process died holding the channel's lock
+};
+
+// A received message: its own pool block (now the receiver's: Resolve it,
+// read `size` bytes, Free it) and its size (may be 0; the block is >= 1 byte).
+struct ShmMessage {
+  BlockRef block;
+  uint64_t size = 0;
+};
+
+class ShmChannelTestPeer;
+
+class ShmChannel {
+ public:
+  // A channel of `capacity` slots in a block of `pool`, owned by this process
+  // (its creator). The channel lives until Destroy or its creator's death.
+  static absl::StatusOr<BlockRef> Create(ShmPool& pool, uint32_t capacity);
+  // The channel `ref` names; NotFound when it is gone (destroyed, or its
+  // creator exited and its blocks were reclaimed). `pool` must outlive it.
+  static absl::StatusOr<ShmChannel> Open(ShmPool& pool, BlockRef ref);
+
+  // Copies `bytes` into a block of its own and queues it; waits up to
+  // `timeout` (for pool space, then for a free slot): ResourceExhausted (the
+  // pool), DeadlineExceeded "channel full", FailedPrecondition when closed,
+  // Unavailable when the creator or `peer` exited.
+  absl::Status Send(absl::Span<const char> bytes, absl::Duration timeout, pid_t peer = 0);
+  // The oldest message, waiting up to `timeout`: DeadlineExceeded, OutOfRange
+  // once closed and drained (end of stream), Unavailable as in Send.
+  absl::StatusOr<ShmMessage> Receive(absl::Duration timeout, pid_t peer = 0);
+  // Resolves, copies out into `out` (resized) and frees a received message.
+  absl::Status ReceiveInto(std::string& out, absl::Duration timeout, pid_t peer = 0);
+  // No more sends; receivers drain what is queued, then get OutOfRange.
+  absl::Status Close();
+  // Creator only: frees the queued messages and the channel's block.
+  absl::Status Destroy();
+  absl::StatusOr<ShmChannelStats> Stats();
+
+  const BlockRef& ref() const { return ref_; }
+  pid_t creator_pid() const;
+
+ private:
+  friend class ShmChannelTestPeer;
+  struct Header;
+  struct Slot;
+
+  ShmChannel(ShmPool& pool, BlockRef ref, Header* header) : pool_(&pool), ref_(ref), h_(header) {}
+  absl::Status Lock();
+  void Unlock();
+  // Puts right what a process killed holding the lock left half done.
+  void Repair();
+  // Waits (lock released) on `word` whose value under the lock was `seen`.
+  absl::Status WaitOn(std::atomic<uint32_t>& word, uint32_t seen, absl::Duration deadline,
+                      absl::Duration& next_check, pid_t peer);
+  // Under the lock, the two halves of a send and a receive before their
+  // commit (see Slot in shm_channel.cc): fill the slot at tail and hand the
+  // block to the creator; take the message at head over and clear its slot.
+  absl::Status StageSend(const BlockRef& block, uint64_t size);
+  absl::Status TakeHead(ShmMessage& message);
+  Slot* slots() const;
+  static uint64_t SlotsOffset();
+
+  ShmPool* pool_;
+  BlockRef ref_;
+  Header* h_;
+};
+
+}  // namespace dragon::common
+
+#endif  // DRAGON_COMMON_SHM_CHANNEL_H_
