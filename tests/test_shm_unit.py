@@ -1,6 +1,6 @@
-"""Unit tests of the shared-memory data path (dragon_parsl.shm) without any binary:
-envelope encoding, files, the worker's handling of envelopes, fallbacks and errors.
-The end-to-end behaviour with real dragond, agents and workers is in
+"""Unit tests of the shared-memory data path (dragon_parsl.shm; its files path,
+dragon_parsl.shm_files) without any binary: envelope encoding, files, the worker's
+handling of envelopes, fallbacks and errors. The end-to-end behaviour with real dragond, agents and workers is in
 test_shm_data_path.py."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from parsl.app.errors import RemoteExceptionWrapper
 from parsl.serialize import deserialize
 
-from dragon_parsl import SharedMemoryError, shm, worker
+from dragon_parsl import SharedMemoryError, shm, shm_files, worker
 from dragon_parsl.worker import APP_EXCEPTION, RESULT, serialize_parts
 
 THRESHOLD = 64 * 1024
@@ -23,7 +23,7 @@ THRESHOLD = 64 * 1024
 
 @pytest.fixture
 def client_dir(tmp_path):
-    d = shm.ClientDirectory(str(tmp_path), THRESHOLD)
+    d = shm_files.ClientDirectory(str(tmp_path), THRESHOLD)
     yield d
     d.remove()
 
@@ -98,22 +98,22 @@ def test_file_round_trip_is_aligned_zero_copy_and_copy_on_write(tmp_path):
     a = np.random.default_rng(0).random((300, 300))
     parts = [shm.serialize_data((a, {"k": a[:2]}), THRESHOLD), shm.serialize_data({"x": 1}, THRESHOLD)]
     path = str(tmp_path / "f")
-    size, descriptors = shm.write_parts(path, parts)
+    size, descriptors = shm_files.write_parts(path, parts)
     assert os.path.getsize(path) == size
     assert all(off % 64 == 0 for d in descriptors for off, _ in d["buffers"])
     env = shm.Envelope(host=shm.host_identity(), file=path, size=size, parts=descriptors)
-    (got, extra), kwargs = shm.load_parts(env, shm.map_file(path, size, env.host))
+    (got, extra), kwargs = shm.load_parts(env, shm_files.map_file(path, size, env.host))
     assert np.array_equal(got, a) and np.array_equal(extra["k"], a[:2]) and kwargs == {"x": 1}
     assert got.flags.writeable
     got += 1  # the mapping is private: the file keeps the original
-    (again, _), _ = shm.load_parts(env, shm.map_file(path, size, env.host))
+    (again, _), _ = shm.load_parts(env, shm_files.map_file(path, size, env.host))
     assert np.array_equal(again, a)
 
 
 def test_missing_file_names_the_path(tmp_path):
     path = str(tmp_path / "gone")
     with pytest.raises(SharedMemoryError, match="does not exist") as info:
-        shm.map_file(path, 10, "h/b")
+        shm_files.map_file(path, 10, "h/b")
     assert path in str(info.value)
 
 
@@ -155,9 +155,9 @@ def test_write_failure_falls_back_to_inline_with_one_warning(tmp_path, caplog):
     def full_tmpfs(path, pieces):
         raise OSError(errno.ENOSPC, "No space left on device", path)
 
-    d = shm.ClientDirectory(str(tmp_path), THRESHOLD, writer=full_tmpfs)
+    d = shm_files.ClientDirectory(str(tmp_path), THRESHOLD, writer=full_tmpfs)
     a = np.arange(THRESHOLD, dtype=np.float64)
-    with caplog.at_level(logging.WARNING, logger="dragon_parsl.shm"):
+    with caplog.at_level(logging.WARNING, logger="dragon_parsl.shm_files"):
         payload, arg_file = d.pack_task(func_part(), (a,), {"b": a[:10]}, allow_file=True)
     assert arg_file is None and d.counters.args_fallbacks == 1 and d.counters.args_inline_tasks == 1
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -169,12 +169,12 @@ def test_write_failure_falls_back_to_inline_with_one_warning(tmp_path, caplog):
 
 def test_result_that_cannot_be_written_goes_inline(tmp_path):
     env = shm.Envelope(host=shm.host_identity(), reply_dir=str(tmp_path / "no-such-dir"), threshold=THRESHOLD)
-    assert shm.write_result(env, np.ones(THRESHOLD), task_id=1) is None  # worker.py then sends it inline
+    assert shm_files.write_result(env, np.ones(THRESHOLD), task_id=1) is None  # worker.py then sends it inline
 
 
 def test_result_goes_inline_when_the_client_is_on_another_host(tmp_path):
     env = shm.Envelope(host="elsewhere/other-boot", reply_dir=str(tmp_path), threshold=THRESHOLD)
-    assert shm.write_result(env, np.ones(THRESHOLD), task_id=1) is None and os.listdir(tmp_path) == []
+    assert shm_files.write_result(env, np.ones(THRESHOLD), task_id=1) is None and os.listdir(tmp_path) == []
 
 
 def test_worker_on_another_host_fails_the_task_naming_host_and_path(client_dir, monkeypatch):
@@ -207,17 +207,17 @@ def test_result_file_outside_the_directory_is_refused(client_dir, tmp_path):
 def test_directories_of_dead_clients_are_swept(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    user = shm._safe_user()
+    user = shm_files._safe_user()
     stale = tmp_path / f"dragon-{user}-{dead.pid}.12345-abcd"
     reused_pid = tmp_path / f"dragon-{user}-{os.getpid()}.1-abcd"  # our pid, but another start time
     other_user = tmp_path / f"dragon-someoneelse-{dead.pid}.12345-abcd"
     for d in (stale, reused_pid, other_user):
         d.mkdir()
         (d / "a1").write_bytes(b"x")
-    live = shm.ClientDirectory(str(tmp_path), THRESHOLD)
+    live = shm_files.ClientDirectory(str(tmp_path), THRESHOLD)
     assert sorted(live.swept) == sorted([str(stale), str(reused_pid)])
     assert not stale.exists() and not reused_pid.exists() and other_user.exists()
-    assert shm.sweep_stale_directories(str(tmp_path)) == []  # the live client's directory stays
+    assert shm_files.sweep_stale_directories(str(tmp_path)) == []  # the live client's directory stays
     assert os.path.isdir(live.path)
     live.remove()
     assert not os.path.exists(live.path)

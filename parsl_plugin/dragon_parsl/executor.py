@@ -24,7 +24,7 @@ from parsl.monitoring.radios.filesystem import FilesystemRadio
 from parsl.providers.base import ExecutionProvider
 from parsl.utils import RepresentationMixin
 
-from dragon_parsl import blocks, shm, shm_pool_path, transport
+from dragon_parsl import blocks, shm, shm_files, shm_pool_path, transport
 from dragon_parsl.connection import Session
 from dragon_parsl.errors import AuthenticationFailed, DragonError, TaskCancelled
 from dragon_parsl.local_head import LocalHead
@@ -293,7 +293,7 @@ class DragonExecutor(HeadStartMixin, SubmitPathMixin, TaskResultsMixin, BlockSca
         self._temp_run_dir: Optional[str] = None
         # The shared-memory data path: this executor's directory (None when off),
         # each outstanding task's argument file, and whether all agents share this host.
-        self.shm: Optional[Union[shm_pool_path.PoolDataPath, shm.ClientDirectory]] = None
+        self.shm: Optional[Union[shm_pool_path.PoolDataPath, shm_files.ClientDirectory]] = None
         self._arg_files: Dict[int, Any] = {}
         self._agents_local: Optional[List[Any]] = None
         self._agents_checked_at = float("-inf")

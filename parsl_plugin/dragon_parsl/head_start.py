@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Tuple
 
-from dragon_parsl import _affinity, blocks, shm, shm_pool_path, transport
+from dragon_parsl import _affinity, blocks, shm_files, shm_pool_path, transport
 from dragon_parsl.connection import PROTOCOL_VERSION, Session, default_client_name
 from dragon_parsl.errors import DragonError, LocalHeadError
 from dragon_parsl.local_head import LocalHead, find_binary
@@ -145,7 +145,7 @@ class HeadStartMixin:
                         "of an agent on this host", self.label, self.shm.threshold)
             return
         try:
-            self.shm = shm.ClientDirectory(self.shm_dir, int(self.shm_threshold))
+            self.shm = shm_files.ClientDirectory(self.shm_dir, int(self.shm_threshold))
         except OSError as e:
             logger.warning("DragonExecutor %s: cannot create a directory in %s (%s): large task data goes "
                            "through gRPC", self.label, self.shm_dir, e)

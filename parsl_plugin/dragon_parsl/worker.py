@@ -6,10 +6,11 @@ APP_EXCEPTION frames to fd 4. The frame format is in docs/INTERFACES.md
 ("Worker pipe protocol"); the C++ side is common/framing.h.
 
 A payload may be a shared-memory envelope (dragon_parsl.shm): the task's
-large arguments are then mapped from the client's file, and a large result is
-written into the client's directory instead of the pipe.
+large arguments are then read from the agent's pool (dragon_parsl.shm_pool_path)
+or mapped from the client's file (dragon_parsl.shm_files), and a large result
+goes back the same way instead of through the pipe.
 
-This module imports only the light parts of dragon_parsl (shm, errors): the
+This module imports only the light parts of dragon_parsl (shm, shm_files, errors): the
 agent starts it with whatever interpreter it was given, and importing the
 executor (grpc, stubs) would only add start-up time to every worker.
 """
@@ -27,7 +28,7 @@ from parsl.app.errors import RemoteExceptionWrapper
 from parsl.serialize import deserialize, serialize
 from parsl.serialize import facade as _facade
 
-from dragon_parsl import shm
+from dragon_parsl import shm, shm_files
 
 IN_FD = 3
 OUT_FD = 4
@@ -246,7 +247,7 @@ def _load_task(payload: Any) -> tuple[List[Any], "shm.Envelope | None"]:
         return unpack_apply_view(payload), None
     envelope = shm.decode_envelope(payload)
     if envelope.file:
-        return shm.load_task(envelope), envelope
+        return shm_files.load_task(envelope), envelope
     if envelope.ref:
         from dragon_parsl import shm_pool_path  # only workers that see a pool import its binding
         return shm_pool_path.load_task(envelope), envelope
@@ -260,7 +261,7 @@ def _result_body(result: Any, envelope: "shm.Envelope | None", task_id: int) -> 
             from dragon_parsl import shm_pool_path
             body = shm_pool_path.write_result(envelope, result, task_id)
         else:
-            body = shm.write_result(envelope, result, task_id)
+            body = shm_files.write_result(envelope, result, task_id)
         if body is not None:
             return body
     return serialize_parts(result)
