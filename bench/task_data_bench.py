@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Task data throughput through Parsl and DragonExecutor: the shared-memory pool, files, inline (issue 14).
 
-    python bench/task_data_bench.py --quick --json-out task_data.json   # 1 round, ~64 MiB per measurement
-    python bench/task_data_bench.py --full  --json-out task_data.json   # 3 rounds, ~512 MiB per measurement
+    python bench/task_data_bench.py --quick --json-out task_data.json   # a smoke run: 1 round, 3 sizes, ~16 MiB
+    python bench/task_data_bench.py --full  --json-out task_data.json   # 3 rounds, 6 sizes, ~512 MiB per measurement
 
 One `python_app` that returns its argument, a numpy uint8 array (data in and out, like the image
-batch's 2 MiB in and out), at 64 KiB, 256 KiB, 1 MiB, 4 MiB, 16 MiB and 64 MiB, through
+batch's 2 MiB in and out), at 64 KiB, 256 KiB, 1 MiB, 4 MiB, 16 MiB and 64 MiB (--quick: 64 KiB,
+1 MiB and 16 MiB, a small and a large size on every path, the paths at the same time: ~10 s), through
 DragonExecutor(workers_per_node=2) (the embedded head) with each of its task data paths:
   pool    shm_path="pool" (the default): blocks of the agent's shared-memory pool, read in place
   files   shm_path="files": one file per task in a directory of /dev/shm
@@ -14,7 +15,7 @@ DragonExecutor(workers_per_node=2) (the embedded head) with each of its task dat
 For each size: a few distinct arrays made once (outside the clock), a warm-up of one window of
 tasks (outside the clock), then N tasks with at most 2 x workers in flight (the next is submitted
 as each result arrives). N is scaled so that a measurement moves --mib each way (full 512, quick
-64; at least 16 tasks, quick 8, at most 2,000). Every result is checked: its shape, dtype and a few bytes at
+16; at least 16 tasks, quick 8, at most 2,000). Every result is checked: its shape, dtype and a few bytes at
 fixed positions (first, last and six between) against what was sent. Recorded: tasks/s, MiB/s each
 way, this process's CPU per task (the workflow process: Parsl's DFK and the executor's client),
 the CPU of dragond, the agent and the workers, and the executor's shm_counters() over the clocked
@@ -24,11 +25,14 @@ task that has nothing to do with the data.
 
 Each path runs in its own process (`task_data_bench.py --child SPEC.json`, its own session, killed
 as a group afterwards), so one path's memory (a grown heap, a pool) does not affect the next; once
-per round, in an order rotated from round to round (the machine drifts). Ratios pool/files and
-pool/inline are medians of the per-round ratios. Issue 14's target: the pool faster than files at
-every size (ratio > 1.0), PASS/MISS per size in "targets"; a size where the pool path did not
-actually put the data in the pool is n/a. The "memcpy" row is numpy's copy of an array of each
-size (np.copyto, in this process, best of 3), the machine's ceiling for one copy.
+per round, in an order rotated from round to round (the machine drifts). --quick runs the three
+processes at the same time (--no-concurrent: one after the other): most of a path's time is its
+start and stop (Parsl, dragond, the agent, the workers), and a smoke run's numbers are not
+results. Ratios pool/files and pool/inline are medians of the per-round ratios. Issue 14's target:
+the pool faster than files at every size (ratio > 1.0), PASS/MISS per size in "targets"; a size
+where the pool path did not actually put the data in the pool is n/a. The "memcpy" row is numpy's
+copy of an array of each size (np.copyto, in this process, best of 3), the machine's ceiling for
+one copy.
 
 The last stdout line is one JSON object (also written to --json-out): settings, machine, every
 run, "summary", "ratios", "targets", "table_md" and "plots" for bench/run.py (hook `task_data`).
@@ -62,7 +66,10 @@ PATH_NAMES = {"pool": "pool (shm_path=\"pool\")", "files": "files (shm_path=\"fi
               "inline": "inline (shm_threshold=0)"}
 KIB, MIB = 1024, 1024 * 1024
 SIZES = (64 * KIB, 256 * KIB, MIB, 4 * MIB, 16 * MIB, 64 * MIB)
-QUICK = dict(rounds=1, mib=64, min_tasks=8)   # at least two windows of tasks
+# --quick is a smoke run (bench/run.py --quick, tests/test_bench_smoke.py): every path, a small and a
+# large size, few tasks; its numbers are not results.
+QUICK_SIZES = (64 * KIB, MIB, 16 * MIB)
+QUICK = dict(rounds=1, mib=16, min_tasks=8)   # at least two windows of tasks
 FULL = dict(rounds=3, mib=512, min_tasks=16)
 MAX_TASKS = 2000
 DISTINCT = 4          # distinct arrays per size, sent in turn
@@ -447,7 +454,9 @@ def table(summary: dict, rat: dict, mem: dict, cfg: dict) -> str:
     L = [f"Parsl + DragonExecutor (embedded head, {cfg['workers']} workers), a python_app returning its numpy "
          f"uint8 argument (data in and out), {cfg['window']} tasks in flight; ~{cfg['mib']:g} MiB each way per "
          f"measurement ({cfg['min_tasks']} to {MAX_TASKS:,} tasks); {cfg['rounds']} round(s), one process per path and "
-         "round, paths in a rotating order. MiB/s each way = tasks x size / time (median over rounds); memcpy: "
+         + ("round, the paths' processes at the same time (a smoke run: they compete for the machine). "
+            if cfg.get("concurrent") else "round, paths in a rotating order. ")
+         + "MiB/s each way = tasks x size / time (median over rounds); memcpy: "
          "numpy's copy of one array of the size in one process, the machine's ceiling for one copy."
          + (f" inline: every byte through gRPC, within dragond's --max-payload-mb ({cfg['max_payload_mib']:g} MiB "
             "per message, the default): a size whose task would not fit is not run, saying so."
@@ -525,25 +534,31 @@ def main() -> int:
         return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="1 round, ~64 MiB each way per measurement (default)")
+    mode.add_argument("--quick", action="store_true", help="1 round, 64 KiB, 1 MiB and 16 MiB, ~16 MiB each way per "
+                      "measurement: a smoke run (default)")
     mode.add_argument("--full", action="store_true", help="3 rounds, ~512 MiB each way per measurement")
     p.add_argument("--json-out", help="also write the JSON object here")
     p.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
-    p.add_argument("--sizes-kib", type=int, nargs="+", help="array sizes in KiB (default 64 256 1024 4096 16384 65536)")
+    p.add_argument("--sizes-kib", type=int, nargs="+", help="array sizes in KiB (default 64 256 1024 4096 16384 65536; "
+                   "--quick 64 1024 16384)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rounds", type=int)
     p.add_argument("--mib", type=float, help="MiB each way per measurement (tasks = this / size, 16..2,000; "
                    "--quick 8..2,000)")
     p.add_argument("--no-memcpy", action="store_true", help="leave out the memcpy row")
+    p.add_argument("--concurrent", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the paths' processes of a round at the same time (default with --quick: a smoke "
+                        "run, the paths compete for the machine; --full: one after the other)")
     p.add_argument("--timeout", type=float, default=0, help="seconds per path process (default from the counts)")
     p.add_argument("--work-dir", help="keep each process's spec, JSON and log here (default: a temp dir)")
     args = p.parse_args()
-    cfg = dict(FULL if args.full else QUICK, workers=args.workers, full=bool(args.full))
+    cfg = dict(FULL if args.full else QUICK, workers=args.workers, full=bool(args.full),
+               concurrent=(not args.full) if args.concurrent is None else args.concurrent)
     if args.rounds:
         cfg["rounds"] = args.rounds
     if args.mib:
         cfg["mib"] = args.mib
-    sizes = [k * KIB for k in args.sizes_kib] if args.sizes_kib else list(SIZES)
+    sizes = [k * KIB for k in args.sizes_kib] if args.sizes_kib else list(SIZES if args.full else QUICK_SIZES)
     paths = list(dict.fromkeys(args.paths))
     cfg.update(paths=paths, sizes=sizes, window=2 * args.workers,
                tasks={str(s): tasks_for(s, cfg["mib"], cfg["min_tasks"]) for s in sizes}, parsl_logging="off",
@@ -561,11 +576,16 @@ def main() -> int:
             if not args.no_memcpy:
                 result["memcpy_rounds"].append(memcpy(sizes, cfg["mib"]))
             k = (rnd - 1) % len(paths)
-            for path in paths[k:] + paths[:k]:
-                r = run_child({"path": path, "round": rnd, "workers": cfg["workers"], "sizes": sizes,
-                               "tasks": cfg["tasks"], "window": cfg["window"]}, work, timeout)
+            specs = [{"path": path, "round": rnd, "workers": cfg["workers"], "sizes": sizes,
+                      "tasks": cfg["tasks"], "window": cfg["window"]} for path in paths[k:] + paths[:k]]
+            if cfg["concurrent"]:
+                with cf.ThreadPoolExecutor(len(specs)) as pool:
+                    done = list(pool.map(lambda spec: run_child(spec, work, timeout), specs))
+            else:
+                done = (run_child(spec, work, timeout) for spec in specs)
+            for r in done:
                 result["runs"].append(r)
-                log(f"round {rnd}: {path}: {r.get('status')} [{r['process_s']:.0f} s]"
+                log(f"round {rnd}: {r['path']}: {r.get('status')} [{r['process_s']:.0f} s]"
                     + (f"; left in /dev/shm: {r['shm_leftovers']}" if r["shm_leftovers"] else ""))
     finally:
         if tmp is not None:
