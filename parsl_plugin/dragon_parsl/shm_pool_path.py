@@ -210,7 +210,7 @@ def _copy_out(view: memoryview) -> Any:
 
 class PoolDataPath:
     """The client's side: large arguments into the pool of an agent on this host, large
-    results read from it. Same interface as shm.ClientDirectory (DragonExecutor's
+    results read from it. Same interface as shm_files.ClientDirectory (DragonExecutor's
     ``self.shm``), with ``place`` a pool path (or None: everything inline)."""
 
     def __init__(self, threshold: int, wait_s: float = DEFAULT_WAIT_S) -> None:
