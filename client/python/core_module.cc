@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/cord.h"
 #include "absl/time/time.h"
+#include "client/python/channel_binding.h"
 #include "client/python/session_inbox.h"
 #include "client/python/owned_buffer.h"
 #include "client/python/shm_pool_binding.h"
@@ -200,4 +201,5 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("lingers", &CoreSession::lingers);
   dragon::client::RegisterShmPool(m);
   dragon::client::RegisterOwnedBuffer(m);
+  dragon::client::RegisterChannels(m);  // after the two above: it raises ShmPoolFull, uses copy_buffer
 }

@@ -114,6 +114,10 @@ py::dict StatsDict(const common::ShmPoolStats& s) {
 
 }  // namespace
 
+std::shared_ptr<ShmPool> SharedPool(py::handle pool) {
+  return pool.cast<const PoolHandle&>().shared();
+}
+
 void RegisterShmPool(py::module_& m) {
   static py::exception<std::runtime_error> pool_error(m, "ShmPoolError", PyExc_RuntimeError);
   static py::exception<std::runtime_error> pool_full(m, "ShmPoolFull", pool_error.ptr());
