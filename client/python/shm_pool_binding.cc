@@ -220,6 +220,9 @@ void RegisterShmPool(py::module_& m) {
       .def_property_readonly("capacity_bytes",
                              [](const PoolHandle& h) { return h.pool().capacity_bytes(); })
       .def_property_readonly("creator", [](const PoolHandle& h) { return h.pool().creator(); })
+      .def_property_readonly("creator_pid",
+                             [](const PoolHandle& h) { return h.pool().creator_pid(); },
+                             "The pid of the process that created (or adopted) the pool: its agent.")
       .def("close", &PoolHandle::close,
            "Lets the pool go; the creator's file is removed once no block view is left.");
 }
