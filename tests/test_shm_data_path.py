@@ -8,7 +8,6 @@ binaries: test_shm_unit.py."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,38 +19,10 @@ import pytest
 from parsl import python_app
 
 from conftest import head_and_dfk, load_parsl, wait_for
+from shm_apps import die_holding, echo, fail_with_large_argument, image, mutate_in_place_and_sum, scaled
 from dragon_parsl import WorkerLost
 
 pytestmark = pytest.mark.timeout(180)
-
-SIDE = 512  # 512x512 float64: 2 MiB, as in the image benchmark
-
-
-@python_app
-def scaled(img, factor):
-    return img * factor
-
-
-@python_app
-def mutate_in_place_and_sum(img):
-    img += 1.0  # the argument is a private copy-on-write mapping: allowed, invisible to the client
-    img[0, 0] = -1.0
-    return float(img.sum())
-
-
-@python_app
-def echo(x):
-    return x
-
-
-@python_app
-def fail_with_large_argument(img):
-    raise ValueError(f"bad image of shape {img.shape}")
-
-
-@python_app
-def die_holding(img):
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @pytest.fixture
@@ -73,10 +44,6 @@ def shm_dfk(worker_pythonpath, tmp_path, shm_base):
     """A head with 2 workers on this host and a DFK whose executor uses shm under shm_base."""
     with head_and_dfk(tmp_path, shm_dir=shm_base, shm_path="files") as (dfk, executor, _):
         yield dfk, executor
-
-
-def image(i: int) -> np.ndarray:
-    return np.random.default_rng(i).random((SIDE, SIDE))
 
 
 def test_large_argument_and_result_round_trip_through_shm(shm_dfk):

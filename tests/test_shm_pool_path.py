@@ -19,34 +19,11 @@ import pytest
 from parsl import python_app
 
 from conftest import head_and_dfk, load_parsl, start_head, stop_head, wait_for
+from shm_apps import die_holding, echo, fail_with_large_argument, image, mutate_in_place_and_sum, scaled
 from dragon_parsl import WorkerLost
 from dragon_parsl._core import ShmPool, ShmPoolFull
 
 pytestmark = pytest.mark.timeout(300)
-
-SIDE = 512  # 512x512 float64: 2 MiB, as in the image benchmark
-
-
-@python_app
-def scaled(img, factor):
-    return img * factor
-
-
-@python_app
-def mutate_in_place_and_sum(img):
-    img += 1.0
-    img[0, 0] = -1.0
-    return float(img.sum())
-
-
-@python_app
-def echo(x):
-    return x
-
-
-@python_app
-def fail_with_large_argument(img):
-    raise ValueError(f"bad image of shape {img.shape}")
 
 
 @python_app
@@ -74,11 +51,6 @@ def drop_kept():
 
 
 @python_app
-def die_holding(img):
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-@python_app
 def slow_scaled(img, factor):
     import time
     time.sleep(0.1)
@@ -90,10 +62,6 @@ def hold(data, seconds):
     import time
     time.sleep(seconds)
     return len(data)
-
-
-def image(i: int) -> np.ndarray:
-    return np.random.default_rng(i).random((SIDE, SIDE))
 
 
 def blocks_in_use(path: str) -> int:

@@ -70,6 +70,18 @@ void CheckContiguous(const py::buffer_info& b, const char* what) {
   }
 }
 
+// memcpy, without the interpreter lock when it is long enough to matter.
+void CopyBytes(char* to, const char* from, size_t size) {
+  if (size >= kReleaseGilAtLeast) {
+    WithoutGil([&] {
+      std::memcpy(to, from, size);
+      return true;  // WithoutGil returns a value
+    });
+  } else if (size > 0) {
+    std::memcpy(to, from, size);
+  }
+}
+
 }  // namespace
 
 void RegisterOwnedBuffer(py::module_& m) {
@@ -88,14 +100,7 @@ void RegisterOwnedBuffer(py::module_& m) {
         auto copy = std::make_unique<OwnedBuffer>(size);
         const char* from = static_cast<const char*>(in.ptr);
         char* to = copy->data();
-        if (size >= kReleaseGilAtLeast) {
-          WithoutGil([&] {
-            std::memcpy(to, from, size);
-            return true;  // WithoutGil returns a value
-          });
-        } else if (size > 0) {
-          std::memcpy(to, from, size);
-        }
+        CopyBytes(to, from, size);
         return copy;
       },
       py::arg("source"),
@@ -116,14 +121,7 @@ void RegisterOwnedBuffer(py::module_& m) {
         }
         char* to = static_cast<char*>(out.ptr) + offset;
         const char* from = static_cast<const char*>(in.ptr);
-        if (size >= kReleaseGilAtLeast) {
-          WithoutGil([&] {
-            std::memcpy(to, from, size);
-            return true;  // WithoutGil returns a value
-          });
-        } else if (size > 0) {
-          std::memcpy(to, from, size);
-        }
+        CopyBytes(to, from, size);
         return size;
       },
       py::arg("destination"), py::arg("offset"), py::arg("source"),
