@@ -15,7 +15,8 @@ gets the same number of workers and the same Parsl logging settings. Summaries, 
 issues' targets: bench/run_summary.py. Then bench/native_bench.py, bench/native_py_bench.py
 (DragonPoolExecutor, ProcessPoolExecutor and Ray's tasks from one Python process),
 bench/task_data_bench.py (large task arguments and results through DragonExecutor's shared-memory pool,
-its files and inline, 64 KiB to 64 MiB), bench/head_scale.py,
+its files and inline, 64 KiB to 64 MiB), bench/comm_bench.py (dragon_parsl.comm's Queue, Pipe and
+Barrier next to multiprocessing's), bench/head_scale.py,
 bench/liveness.py (agent failure detection), bench/auth_cost.py (authentication on next to off)
 and bench/cluster_start.py (agents on many nodes: start times over ssh and Slurm, no-op throughput
 with agents on 4 hosts next to 1; needs root, brings the test beds up and down) if present (`python bench/<name>.py --quick|--full --json-out FILE`); their JSON is embedded
@@ -49,13 +50,16 @@ from run_summary import (hook_targets, issue15_targets, native_targets, ratios, 
                          targets)
 
 # bench/<HOOK_FILES[name]>, run in this order
-HOOKS = ("native", "native_py", "task_data", "head_scale", "liveness", "auth_cost", "cluster_start", "mpi")
+HOOKS = ("native", "native_py", "task_data", "comm", "head_scale", "liveness", "auth_cost", "cluster_start", "mpi")
 HOOK_FILES = {"native": "native_bench.py", "native_py": "native_py_bench.py", "task_data": "task_data_bench.py",
+              "comm": "comm_bench.py",
               "head_scale": "head_scale.py", "liveness": "liveness.py", "auth_cost": "auth_cost.py",
               "cluster_start": "cluster_start.py", "mpi": "mpi_bench.py"}
 # Hooks that bench/report.py does not title (yet): their table_md joins results.md under this title.
 EXTRA_HOOK_TITLES = (("task_data", "Task data through Parsl + DragonExecutor: shared-memory pool, files, inline "
-                                   "(issue 14)"),)
+                                   "(issue 14)"),
+                     ("comm", "Communication objects within a node: dragon_parsl.comm Queue, Pipe, Barrier next to "
+                              "multiprocessing's (issue 14)"))
 ONLY = BENCHES + HOOKS
 
 QUICK = dict(tasks=300, samples=20, images=16, image_size=64, rounds=1, parsl_logging=["default"])
@@ -385,8 +389,9 @@ def parse_args(argv=None):
                         "own processes keep every CPU. Default: no pinning")
     p.add_argument("--timeout", type=float, default=0, help="seconds per executor process (default: from the counts)")
     p.add_argument("--hook-timeout", type=float, default=0,
-                   help="seconds for each of native_bench.py, native_py_bench.py, task_data_bench.py, head_scale.py, "
-                        "liveness.py, auth_cost.py, cluster_start.py and mpi_bench.py (default 150 quick, 1800 full)")
+                   help="seconds for each of native_bench.py, native_py_bench.py, task_data_bench.py, "
+                        "comm_bench.py, head_scale.py, liveness.py, auth_cost.py, cluster_start.py and mpi_bench.py "
+                        "(default 150 quick, 1800 full)")
     args = p.parse_args(argv)
     if args.images is not None and len(args.images) not in (1, len(args.compute_ms)):
         p.error(f"--images: one count, or one per --compute-ms ({len(args.compute_ms)}), not {len(args.images)}")
