@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <sys/mman.h>
 #include <pthread.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -187,7 +188,36 @@ absl::StatusOr<absl::Span<char>> ShmPool::Resolve(const BlockRef& ref) {
   absl::Status valid = allocator_.Check(ref);
   Unlock();
   if (!valid.ok()) return WithPath(valid);
+  MapPages(ref);
   return absl::Span<char>(data_ + ref.offset, ref.length);
+}
+
+// A process that first touches a block's pages takes a page fault per 4 KiB
+// (64 MiB: 16,384 faults, ~50 ms, more than the copy itself); one
+// MADV_POPULATE_WRITE maps the whole range in a single call. The pages exist
+// (fallocated when the block was allocated, or at creation), so this adds no
+// memory. Each process remembers what it has mapped: blocks are reused, and
+// from then on their pages stay in its page tables.
+void ShmPool::MapPages(const BlockRef& ref) {
+#ifdef MADV_POPULATE_WRITE
+  if (ref.length == 0 || mapped_ == nullptr) return;
+  const uint64_t unit = allocator_.unit_bytes();
+  const uint64_t first = ref.offset / unit;
+  const uint64_t last = (ref.offset + ref.length - 1) / unit;
+  bool mapped = true;
+  for (uint64_t u = first; u <= last && mapped; ++u) {
+    mapped = (mapped_[u / 64].load(std::memory_order_relaxed) >> (u % 64)) & 1;
+  }
+  if (mapped) return;
+  if (madvise(data_ + first * unit, (last - first + 1) * unit, MADV_POPULATE_WRITE) != 0) {
+    return;  // a hint: the pages fault in one by one instead
+  }
+  for (uint64_t u = first; u <= last; ++u) {
+    mapped_[u / 64].fetch_or(uint64_t{1} << (u % 64), std::memory_order_relaxed);
+  }
+#else
+  (void)ref;
+#endif
 }
 
 absl::Status ShmPool::SetOwner(const BlockRef& ref, pid_t owner) {

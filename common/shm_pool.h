@@ -170,12 +170,17 @@ class ShmPool {
   // (ours, allocated, not yet handed out); on failure frees it again and
   // returns ResourceExhausted for a request of `size` bytes.
   absl::Status ReserveBlock(const BlockRef& ref, uint64_t size, uint64_t block_bytes);
+  // Maps the pages of `ref` into this process's page tables in one call the
+  // first time it resolves them (see shm_pool.cc).
+  void MapPages(const BlockRef& ref);
 
   std::string path_;
   bool creator_;
   bool huge_pages_ = false;
   bool reserved_ = true;
   std::atomic<uint64_t>* backed_ = nullptr;  // reserve=false: Header::backed_map_offset
+  // This process's own map of the units whose pages it has mapped (MapPages).
+  std::unique_ptr<std::atomic<uint64_t>[]> mapped_;
   // The pool file, open for the mapping's lifetime: a lazily backed pool
   // reserves blocks through it (fallocate).
   int fd_;

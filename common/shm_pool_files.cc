@@ -124,7 +124,10 @@ ShmPool::ShmPool(std::string path, bool creator, int fd, char* mapping, uint64_t
       mapping_(mapping),
       mapping_bytes_(mapping_bytes),
       data_(mapping + reinterpret_cast<Header*>(mapping)->data_offset),
-      allocator_(allocator) {}
+      allocator_(allocator) {
+  const uint64_t words = (allocator_.capacity_bytes() / allocator_.unit_bytes() + 63) / 64;
+  mapped_ = std::make_unique<std::atomic<uint64_t>[]>(words);  // value-initialized: zeros
+}
 
 ShmPool::~ShmPool() {
   // A forked child holds a copy of this object: only the creating process

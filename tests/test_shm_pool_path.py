@@ -310,3 +310,29 @@ def test_dragond_stop_removes_the_pool_of_a_killed_agent_that_was_not_restarted(
         stop_head(head)
     assert not os.path.exists(pool)
     assert f"removed the shared-memory pool {pool}" in (head.run_dir / "dragond.log").read_text()
+
+
+def _same(x):
+    return x
+
+
+def test_large_results_are_read_in_place_within_a_quarter_of_the_pool(worker_pythonpath, tmp_path):
+    # DragonPoolExecutor: no DataFlowKernel, whose task records keep results alive a while.
+    from dragon_parsl import DragonPoolExecutor
+    # A 256 MiB pool: a budget of 64 MiB of results held in place; 40 MiB results.
+    head = start_head(tmp_path, "--workers", "1", "--shm-pool-mb", "256")
+    try:
+        with DragonPoolExecutor(address=head.address, token=head.token) as ex:
+            data = [np.full(40 << 20, i, dtype=np.uint8) for i in range(2)]
+            first = ex.submit(_same, data[0]).result(timeout=60)
+            pool = ex.executor.shm_counters()["dir"]
+            assert blocks_in_use(pool) == 1  # read in place: its block lives with the value
+            second = ex.submit(_same, data[1]).result(timeout=60)  # over budget while `first` lives
+            assert blocks_in_use(pool) == 1  # so it was copied out
+            assert np.array_equal(first, data[0]) and np.array_equal(second, data[1])
+            first[0] = 9  # a result read in place is the caller's to modify
+            assert ex.executor.shm_counters()["results_shm"] == 2
+            del first
+            assert blocks_in_use(pool) == 0
+    finally:
+        stop_head(head)

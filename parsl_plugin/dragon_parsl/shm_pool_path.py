@@ -20,7 +20,8 @@ Who frees a block is decided by its owner pid, changed atomically in the pool:
   leaves it alone.
 - results: the worker allocates, writes, and hands the block to the client
   (``transfer(worker -> client)``) before sending the envelope; the client copies
-  the result out and frees the block as it reads it.
+  the result out and frees the block as it reads it (from 32 MiB on, it reads the
+  result in place and the block goes with the value, within a budget).
 - a process that dies owning blocks (a killed client or worker) loses them to
   the agent's janitor, which frees the blocks of dead owners every second.
 
@@ -196,6 +197,8 @@ def write_result(envelope: shm.Envelope, result: Any, task_id: int) -> Optional[
 
 # ---------------------------------------------------------------- client side
 _COPY_IN_C_AT_LEAST = 256 << 10
+# Results this large are read in place, not copied out (PoolDataPath.load_result).
+_READ_IN_PLACE_AT = 32 << 20
 
 
 def _copy_out(view: memoryview) -> Any:
@@ -222,6 +225,7 @@ class PoolDataPath:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._reply_headers: Dict[Optional[str], bytes] = {}
+        self._held_bytes = 0  # of results read in place whose values are alive
 
     @staticmethod
     def place_for(nodes: Optional[Sequence[Any]]) -> Optional[str]:
@@ -279,11 +283,13 @@ class PoolDataPath:
 
     # ------------------------------------------------------------ results
     def load_result(self, data: Any) -> Any:
-        """The value of a result in a pool block. Its buffers are copied out and the block is
-        freed at once: a value's lifetime is the workflow's (Parsl's futures and task records
-        form reference cycles that only a full GC collects), and a pool block held that long
-        would fill the pool. One copy costs about what mapping a file and faulting its pages
-        in did on the files path."""
+        """The value of a result in a pool block. Up to 32 MiB its buffers are copied out and the
+        block is freed at once: a value's lifetime is the workflow's (Parsl's futures and task
+        records form reference cycles that only a full GC collects), and blocks held that long
+        would fill the pool; the copy costs about what mapping a file and faulting its pages in
+        did on the files path. A larger result is read in place (its copy would cost more than
+        the rest of its trip), within a budget of a quarter of the pool: past it, a collection
+        frees values that are garbage, and if that is not enough the result is copied too."""
         envelope = shm.decode_envelope(data)
         if not envelope.pool or not envelope.ref:
             raise SharedMemoryError(f"result envelope names no pool block (file {envelope.file!r}): this "
@@ -291,22 +297,34 @@ class PoolDataPath:
         shm.check_readable_here(envelope)
         pool = attach(envelope.pool)
         ref = bytes.fromhex(envelope.ref)
-        try:
+        if envelope.size >= _READ_IN_PLACE_AT and self._may_hold(pool, envelope.size):
+            block, view = _block_view(pool, ref, envelope.size, "task result")  # freed with the value
+            with self._lock:
+                self._held_bytes += envelope.size
+            weakref.finalize(block, self._released, envelope.size)
+            (value,) = shm.load_parts(envelope, view)
+        else:
             try:
-                block = memoryview(pool.block(ref))
-            except RuntimeError as e:
-                raise SharedMemoryError(f"task result in shared-memory pool {pool.path}: {e}") from None
-            if block.nbytes < envelope.size:
-                raise SharedMemoryError(f"task result: block of {block.nbytes} bytes in {pool.path}, the "
-                                        f"envelope says {envelope.size}")
-            (value,) = shm.load_parts(envelope, block[:envelope.size], copy=_copy_out)
-            del block
-        finally:
-            pool.free_if_owner(ref, self._pid)
+                _, view = _block_view(pool, ref, envelope.size, "task result", free_on_release=False)
+                (value,) = shm.load_parts(envelope, view, copy=_copy_out)
+                del view
+            finally:
+                pool.free_if_owner(ref, self._pid)
         with self._lock:
             self.counters.results_shm += 1
             self.counters.results_shm_bytes += envelope.size
         return value
+
+    def _may_hold(self, pool: Any, size: int) -> bool:
+        budget = pool.capacity_bytes // 4
+        if self._held_bytes + size <= budget:
+            return True
+        gc.collect()  # results dropped, but kept by reference cycles, let their blocks go
+        return self._held_bytes + size <= budget
+
+    def _released(self, size: int) -> None:
+        with self._lock:
+            self._held_bytes -= size
 
     def count_inline_result(self, nbytes: int) -> None:
         with self._lock:
