@@ -325,6 +325,21 @@ def test_a_bad_shm_threshold_is_refused_naming_the_option(bad):
         DragonExecutor(shm_threshold=bad)
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("option, bad, message", [
+    ("shm_path", "shm", r"shm_path must be \"pool\" .* or \"files\""),
+    ("shm_path", None, r"shm_path must be"),
+    ("shm_pool_wait_s", -1, r"shm_pool_wait_s must be a number of seconds in \[0, 3600\]"),
+    ("shm_pool_wait_s", "10", r"shm_pool_wait_s must be"),
+    ("shm_pool_wait_s", True, r"shm_pool_wait_s must be"),
+])
+def test_bad_pool_options_are_refused_naming_the_option(option, bad, message):
+    from dragon_parsl import DragonExecutor
+
+    with pytest.raises(ValueError, match=message):
+        DragonExecutor(**{option: bad})
+
+
 def test_layout_keeps_small_bodies_inline_so_a_power_of_two_array_fills_its_block_exactly():
     a = np.ones(1 << 18)  # 2 MiB
     parts = [func_part(), shm.serialize_data((a,), THRESHOLD), shm.serialize_data({}, THRESHOLD)]
