@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -100,7 +101,8 @@ struct Barrier {
   ShmBarrier barrier;
 };
 
-py::object Receive(Channel& c, const std::optional<double>& timeout_s, int peer_pid) {
+py::object Receive(Channel& c, const std::optional<double>& timeout_s, int peer_pid,
+                   bool as_bytes) {
   const absl::Duration timeout = Timeout(timeout_s);
   const absl::Duration deadline = common::shm_object::MonotonicNow() + timeout;
   common::ShmMessage message;
@@ -129,6 +131,18 @@ py::object Receive(Channel& c, const std::optional<double>& timeout_s, int peer_
   try {
     if (message.size < kOwnedBufferAtLeast) {
       result = py::bytes(span->data(), message.size);
+    } else if (as_bytes) {
+      // One copy, straight into the bytes object, which nobody else sees yet:
+      // no interpreter lock needed while copying.
+      result = py::reinterpret_steal<py::object>(
+          PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(message.size)));
+      if (!result) throw py::error_already_set();
+      char* to = PyBytes_AS_STRING(result.ptr());
+      const char* from = span->data();
+      WithoutGil([&] {
+        std::memcpy(to, from, message.size);
+        return true;  // WithoutGil returns a value
+      });
     } else {
       py::object view = py::reinterpret_steal<py::object>(PyMemoryView_FromMemory(
           span->data(), static_cast<Py_ssize_t>(message.size), PyBUF_READ));
@@ -198,8 +212,10 @@ void RegisterChannels(py::module_& m) {
           "ever) for pool space and a free slot. ChannelTimeout, ChannelClosed, ShmPoolFull, "
           "ChannelPeerLost (PEER_PID or the creator exited).")
       .def("recv_bytes", &Receive, py::arg("timeout_s") = py::none(), py::arg("peer_pid") = 0,
-           "The oldest message: bytes, or from 256 KiB on an OwnedBuffer. ChannelTimeout, "
-           "ChannelClosed once closed and drained, ChannelPeerLost.")
+           py::arg("as_bytes") = false,
+           "The oldest message: bytes, or from 256 KiB on an OwnedBuffer (AS_BYTES: always "
+           "bytes, still one copy). ChannelTimeout, ChannelClosed once closed and drained, "
+           "ChannelPeerLost.")
       .def(
           "close", [](Channel& c) { Check(c.channel.Close()); },
           "No more sends; receivers drain the queue, then get ChannelClosed.")

@@ -125,6 +125,7 @@ class Connection(_Shared):
         c._send_ch, c._recv_ch, c._pids_ref, c._end = send, recv, pids, end
         c._lookahead: List[Any] = []
         c._closed = False
+        c._peer_pid: Optional[int] = None
         return c
 
     def __reduce__(self) -> Tuple[Any, ...]:
@@ -132,10 +133,14 @@ class Connection(_Shared):
                                    self._send_ch.ref if self._send_ch else None,
                                    self._recv_ch.ref if self._recv_ch else None, self._pids_ref, self._end))
 
-    def _peer(self) -> int:
-        pids = memoryview(self._pool.block(self._pids_ref))[:_PIDS.size]
-        peer = _PIDS.unpack(pids)[1 - self._end]
-        return 0 if peer == os.getpid() else peer
+    def _peer(self, fresh: bool = False) -> int:
+        """The other end's process (0: this one). Read from the pool at most every wait slice:
+        the end may move to an app while this one waits, and the next slice then watches it."""
+        if fresh or self._peer_pid is None:
+            pids = memoryview(self._pool.block(self._pids_ref))[:_PIDS.size]
+            peer = _PIDS.unpack(pids)[1 - self._end]
+            self._peer_pid = 0 if peer == os.getpid() else peer
+        return self._peer_pid
 
     def _claim_end(self) -> None:
         pids = memoryview(self._pool.block(self._pids_ref))
@@ -162,14 +167,14 @@ class Connection(_Shared):
     def send(self, obj: Any) -> None:
         self.send_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
-    def _next(self, timeout: Optional[float]) -> Any:
+    def _next(self, timeout: Optional[float], as_bytes: bool = False) -> Any:
         if self._lookahead:
             item = self._lookahead.pop()
             if isinstance(item, BaseException):
                 raise item
             return item
         ch = self._check_open("recv")
-        return self._with_peer(lambda wait, peer: ch.recv_bytes(wait, peer), timeout)
+        return self._with_peer(lambda wait, peer: ch.recv_bytes(wait, peer, as_bytes), timeout)
 
     # How long a wait goes before the other end's process is looked up again: the end may be
     # passed to an app after this wait began, and that app's process is then the one to watch.
@@ -178,20 +183,28 @@ class Connection(_Shared):
     def _with_peer(self, call: Any, timeout: Optional[float]) -> Any:
         """call(wait_s, peer_pid) in slices, the peer read again before each, until ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        timeout_error = _core().ChannelTimeout
+        core = _core()
+        fresh = False
         while True:
             left = self._PEER_RECHECK_S if deadline is None else max(0.0, deadline - time.monotonic())
+            peer = self._peer(fresh)
             try:
-                return call(min(left, self._PEER_RECHECK_S), self._peer())
-            except timeout_error:
+                return call(min(left, self._PEER_RECHECK_S), peer)
+            except core.ChannelTimeout:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
+            except core.ChannelPeerLost:
+                # The process remembered may no longer hold the other end (it went to another
+                # app): an error only if the one on record now is the one that exited.
+                if fresh or self._peer(True) == peer:
+                    raise
+            fresh = True
 
     def recv_bytes(self, maxlength: Optional[int] = None) -> bytes:
-        data = self._next(None)
+        data = self._next(None, as_bytes=True)
         if maxlength is not None and len(data) > maxlength:
             raise OSError(f"bad message length: {len(data)} bytes, maxlength {maxlength}")
-        return bytes(data)
+        return data if type(data) is bytes else bytes(data)  # one poll()ed ahead may be a buffer
 
     def recv(self) -> Any:
         return pickle.loads(self._next(None))
