@@ -59,6 +59,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 # stdlib only at import (parsl_bench imports Parsl lazily)
+import liveness  # noqa: E402  (its walk of /proc for the service's processes)
 from parsl_bench import cpu_snapshot, tree_cpu  # noqa: E402
 
 PATHS = ("pool", "files", "inline")
@@ -184,26 +185,6 @@ def measure_size(app, ex, size: int, n: int, window: int, np) -> dict:
             "shm": delta, "took": took(delta, n), "status": "ok"}
 
 
-def descendants() -> list:
-    """Pids of every process descended from this one."""
-    children: dict = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(d))
-    out, stack = [], list(children.get(os.getpid(), []))
-    while stack:
-        pid = stack.pop()
-        out.append(pid)
-        stack.extend(children.get(pid, []))
-    return sorted(out)
-
-
 def executor_options(path: str) -> dict:
     if path == "pool":
         return {"shm_path": "pool"}
@@ -262,7 +243,7 @@ def child(spec: dict) -> dict:
                         f"{r['mib_per_s']:,.0f} MiB/s each way, {r['tasks_per_s']:,.0f} tasks/s ({r['took']})"
                         if r["status"] == "ok" else r["status"]))
                 out["shm_total"] = ex.shm_counters()
-                out["service_pids"] = descendants()  # dragond, the agent (its pool is named by its pid)
+                out["service_pids"] = sorted(liveness.descendants(os.getpid()))  # dragond, the agent (its pool is named by its pid)
                 out["shm_dir"] = out["shm_total"].get("dir")  # the pool's is known once it is used
             finally:
                 dfk.cleanup()
