@@ -142,6 +142,16 @@ class ShmPool {
   absl::StatusOr<std::vector<pid_t>> Owners();
   absl::StatusOr<ShmPoolStats> Stats();
 
+  // The pool's whole data region in this process's mapping, capacity_bytes()
+  // long: every BlockRef's offset is relative to its start. For handing the
+  // pool to a transport in one piece (the agents' data plane registers it
+  // with UCX so that other agents can Get blocks out of it, at the region's
+  // address plus a block's offset). Reading or writing through it skips the
+  // allocator's checks: use Resolve to reach one block.
+  absl::Span<char> data_region() const {
+    return absl::Span<char>(data_, allocator_.capacity_bytes());
+  }
+
   const std::string& path() const { return path_; }
   bool creator() const { return creator_; }
   pid_t creator_pid() const;
