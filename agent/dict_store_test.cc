@@ -1,0 +1,165 @@
+#include "agent/dict_store.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/shm_pool.h"
+
+namespace dragon::agent {
+namespace {
+
+// A pool in a private directory under /dev/shm, removed with it.
+struct TestPool {
+  explicit TestPool(uint64_t bytes) {
+    char name[] = "/dev/shm/dragon-dict-store-test-XXXXXX";
+    REQUIRE(mkdtemp(name) != nullptr);
+    dir = name;
+    common::ShmPoolOptions options;
+    options.dir = dir;
+    options.name = "pool";
+    options.size_bytes = bytes;
+    options.reserve = false;
+    auto created = common::ShmPool::Create(options);
+    REQUIRE(created.ok());
+    pool = *std::move(created);
+  }
+  ~TestPool() {
+    pool.reset();
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+  uint64_t Blocks() { return pool->Stats()->blocks_in_use; }
+  std::string dir;
+  std::unique_ptr<common::ShmPool> pool;
+};
+
+v1::DictRequest Request(v1::DictRequest::Op op, const std::string& dict = "d1") {
+  v1::DictRequest r;
+  r.set_dict_id(dict);
+  r.set_op(op);
+  return r;
+}
+
+v1::DictReply Must(DictStore& store, const v1::DictRequest& request) {
+  absl::StatusOr<v1::DictReply> reply = store.Apply(request);
+  INFO(reply.status().ToString());
+  REQUIRE(reply.ok());
+  return *reply;
+}
+
+TEST_CASE("put, get, replace, delete, keys, length and destroy; values live in pool blocks") {
+  TestPool tp(64 << 20);
+  DictStore store(tp.pool.get());
+  v1::DictRequest put = Request(v1::DictRequest::PUT);
+  for (int i = 0; i < 100; ++i) {
+    put.add_keys(absl::StrCat("k", i));
+    put.add_values(std::string(i * 100, static_cast<char>('a' + i % 26)));
+  }
+  CHECK(Must(store, put).count() == 100);
+  CHECK(tp.Blocks() == 100);  // one block per value, an empty one included
+  CHECK(store.value_bytes() == 100 * 99 * 100 / 2);
+
+  v1::DictRequest get = Request(v1::DictRequest::GET);
+  get.add_keys("k42");
+  v1::DictReply got = Must(store, get);
+  REQUIRE(got.found(0));
+  CHECK(got.values(0) == std::string(4200, 'a' + 42 % 26));
+
+  v1::DictRequest replace = Request(v1::DictRequest::PUT);
+  replace.add_keys("k42");
+  replace.add_values("new");
+  CHECK(Must(store, replace).count() == 100);
+  CHECK(Must(store, get).values(0) == "new");
+  CHECK(tp.Blocks() == 100);  // the old value's block was freed
+
+  v1::DictRequest many = Request(v1::DictRequest::GET_MANY);
+  many.add_keys("k1");
+  many.add_keys("missing");
+  many.add_keys("k2");
+  v1::DictReply both = Must(store, many);
+  REQUIRE(both.found_size() == 3);
+  CHECK(both.found(0));
+  CHECK_FALSE(both.found(1));
+  CHECK(both.values_size() == 2);
+  CHECK(both.values(1) == std::string(200, 'c'));
+
+  v1::DictRequest del = Request(v1::DictRequest::DELETE);
+  del.add_keys("k42");
+  CHECK(Must(store, del).found(0));
+  CHECK_FALSE(Must(store, del).found(0));
+  CHECK_FALSE(Must(store, get).found(0));
+  CHECK(Must(store, Request(v1::DictRequest::LENGTH)).count() == 99);
+  CHECK(Must(store, Request(v1::DictRequest::KEYS)).keys_size() == 99);
+
+  // Another Dictionary's shard is separate.
+  CHECK(Must(store, Request(v1::DictRequest::LENGTH, "d2")).count() == 0);
+  CHECK(Must(store, Request(v1::DictRequest::DESTROY)).count() == 99);
+  CHECK(tp.Blocks() == 0);
+  CHECK(store.shards() == 0);
+  CHECK(store.value_bytes() == 0);
+}
+
+TEST_CASE("a value larger than the smallest block takes one block of its size") {
+  TestPool tp(64 << 20);
+  DictStore store(tp.pool.get());
+  v1::DictRequest put = Request(v1::DictRequest::PUT);
+  put.add_keys("big");
+  put.add_values(std::string(5 << 20, 'x'));
+  Must(store, put);
+  v1::DictRequest get = Request(v1::DictRequest::GET);
+  get.add_keys("big");
+  CHECK(Must(store, get).values(0).size() == (5u << 20));
+  CHECK(tp.pool->Stats()->free_bytes == (64u << 20) - (8u << 20));
+}
+
+TEST_CASE("a full pool fails the put naming --shm-pool-mb and how many items were stored") {
+  TestPool tp(1 << 20);
+  DictStore store(tp.pool.get(), absl::ZeroDuration());
+  v1::DictRequest put = Request(v1::DictRequest::PUT);
+  for (int i = 0; i < 3; ++i) {
+    put.add_keys(absl::StrCat("k", i));
+    put.add_values(std::string(400 << 10, 'v'));
+  }
+  absl::StatusOr<v1::DictReply> reply = store.Apply(put);
+  REQUIRE(reply.status().code() == absl::StatusCode::kResourceExhausted);
+  CHECK(absl::StrContains(reply.status().message(), "2 of 3 items stored"));
+  CHECK(absl::StrContains(reply.status().message(), common::kShmPoolSizeOption));
+  CHECK(Must(store, Request(v1::DictRequest::LENGTH)).count() == 2);
+}
+
+TEST_CASE("bad requests are refused naming what is wrong") {
+  TestPool tp(1 << 20);
+  DictStore store(tp.pool.get());
+  CHECK(absl::StrContains(store.Apply(Request(v1::DictRequest::PUT, "")).status().message(),
+                          "no dict_id"));
+  v1::DictRequest unpaired = Request(v1::DictRequest::PUT);
+  unpaired.add_keys("a");
+  CHECK(absl::StrContains(store.Apply(unpaired).status().message(), "1 keys and 0 values"));
+  CHECK(absl::StrContains(store.Apply(Request(v1::DictRequest::GET)).status().message(),
+                          "wants 1 key, got 0"));
+  CHECK(store.Apply(Request(v1::DictRequest::OP_UNSPECIFIED)).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("the store frees every value when it goes") {
+  TestPool tp(16 << 20);
+  {
+    DictStore store(tp.pool.get());
+    v1::DictRequest put = Request(v1::DictRequest::PUT);
+    put.add_keys("a");
+    put.add_values("1");
+    Must(store, put);
+    CHECK(tp.Blocks() == 1);
+  }
+  CHECK(tp.Blocks() == 0);
+}
+
+}  // namespace
+}  // namespace dragon::agent
