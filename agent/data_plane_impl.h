@@ -1,0 +1,119 @@
+// DataPlane's insides, shared by data_plane.cc (start, peers, Pull, Push)
+// and data_plane_requests.cc (the threads that serve other agents' Push
+// requests). Not for use outside those two files.
+#ifndef DRAGON_AGENT_DATA_PLANE_IMPL_H_
+#define DRAGON_AGENT_DATA_PLANE_IMPL_H_
+
+#include <sys/types.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "agent/data_plane.h"
+#include "common/buddy_allocator.h"
+#include "common/shm_pool.h"
+#include "common/ucx_node.h"
+
+namespace dragon::agent {
+
+// "block (offset 4096, 8192 bytes, generation 3)", for messages and logs.
+std::string DescribeBlock(const common::BlockRef& ref);
+// `status` with `context` before its message ("<context>: <message>").
+absl::Status WithContext(const absl::Status& status, absl::string_view context);
+// FailedPrecondition naming `owner` and `node_id` when no process `owner`
+// lives on this node (a new block would belong to nobody until the janitor
+// noticed); OK for 0 (this process) and for processes of other users.
+absl::Status CheckOwnerAlive(pid_t owner, const std::string& node_id);
+
+class DataPlane::Impl {
+ public:
+  Impl(common::ShmPool* pool, PeerDirectory* directory, const DataPlaneOptions& options,
+       std::unique_ptr<common::UcxNode> node, std::unique_ptr<common::UcxMemoryRegion> region);
+  // Stops the request threads (after failing what they are waiting on),
+  // then deregisters the pool and closes the node.
+  ~Impl();
+
+  void StartRequestThreads();
+
+  const std::string& ucx_address() const { return node_->address(); }
+  const std::string& pool_rkey() const { return region_->packed_rkey(); }
+  uint64_t pool_address() const { return region_->address(); }
+
+  absl::StatusOr<common::BlockRef> Pull(const std::string& node_id, const common::BlockRef& ref,
+                                        uint64_t size, pid_t owner, absl::Duration timeout);
+  absl::StatusOr<common::BlockRef> Push(const std::string& node_id, const common::BlockRef& ref,
+                                        uint64_t size, pid_t owner, absl::Duration timeout);
+
+ private:
+  // An open endpoint to another node's agent and what the directory said
+  // about it when it was opened.
+  struct Connection {
+    PeerInfo info;
+    common::UcxPeer peer;
+  };
+  using PeerOperation = std::function<absl::StatusOr<common::BlockRef>(const Connection&)>;
+
+  absl::Time DeadlineOf(absl::Duration timeout) const;
+
+  // The connection to `node_id`: the one in use, else a new one to where the
+  // directory says the node is (asked afresh when the last one was lost).
+  absl::StatusOr<Connection> ConnectionTo(const std::string& node_id);
+  // Connects to `info` and keeps the connection for `node_id`, unless
+  // another thread got there first (then theirs is used).
+  absl::StatusOr<Connection> Install(const std::string& node_id, const PeerInfo& info);
+  // When `connection` is no longer usable (lost, closed after a deadline),
+  // forgets it, disconnects it, and makes the next ConnectionTo ask the
+  // directory afresh. Returns whether it was unusable.
+  bool DropIfUnusable(const std::string& node_id, const Connection& connection);
+  // Runs `operation` on the connection to `node_id`. If it fails because the
+  // peer was lost and the directory now has the node elsewhere (its agent
+  // restarted), runs it once more there.
+  absl::StatusOr<common::BlockRef> OnPeer(const std::string& node_id, absl::Time deadline,
+                                          const PeerOperation& operation);
+
+  absl::StatusOr<common::BlockRef> PullLocal(const common::BlockRef& ref, uint64_t size,
+                                             pid_t owner);
+  absl::StatusOr<common::BlockRef> PullRemote(const Connection& connection,
+                                              const common::BlockRef& ref, uint64_t size,
+                                              pid_t owner, absl::Time deadline);
+  absl::StatusOr<common::BlockRef> PushRemote(const Connection& connection,
+                                              const common::BlockRef& ref, uint64_t size,
+                                              pid_t owner, absl::Time deadline);
+  // Frees a block this data plane allocated and nobody will learn of.
+  void Discard(const common::BlockRef& ref, absl::string_view why);
+
+  // data_plane_requests.cc: the request threads' loop, one request, and
+  // the reply to its sender.
+  void ServeRequests();
+  void Serve(absl::string_view message);
+  void Reply(const std::string& requester, uint64_t request_id,
+             const absl::StatusOr<common::BlockRef>& result, absl::Time deadline);
+
+  common::ShmPool* const pool_;
+  PeerDirectory* const directory_;
+  const DataPlaneOptions options_;
+  std::unique_ptr<common::UcxNode> node_;
+  std::unique_ptr<common::UcxMemoryRegion> region_;
+
+  absl::Mutex mu_;
+  std::map<std::string, Connection> connections_ ABSL_GUARDED_BY(mu_);
+  // Nodes whose last connection was lost: the directory is asked afresh.
+  std::set<std::string> stale_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+
+  std::vector<std::thread> request_threads_;
+};
+
+}  // namespace dragon::agent
+
+#endif  // DRAGON_AGENT_DATA_PLANE_IMPL_H_

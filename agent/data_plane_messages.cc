@@ -1,0 +1,112 @@
+#include "agent/data_plane_messages.h"
+
+#include <atomic>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace dragon::agent::data_plane_messages {
+namespace {
+
+constexpr uint8_t kVersion = 1;
+// version, request id, ref, size, owner, timeout: all before the node id.
+constexpr size_t kRequestFixedBytes = 1 + 8 + common::BlockRef::kEncodedSize + 8 + 8 + 8;
+constexpr size_t kReplyHeaderBytes = 2;  // version, status code
+
+void PutU64(std::string* out, uint64_t value) {
+  for (int b = 0; b < 8; ++b) out->push_back(static_cast<char>((value >> (8 * b)) & 0xff));
+}
+
+// Reads 8 bytes at `*at` and moves past them; the caller checked the length.
+uint64_t TakeU64(absl::string_view bytes, size_t* at) {
+  uint64_t value = 0;
+  for (int b = 0; b < 8; ++b) {
+    value |= uint64_t{static_cast<unsigned char>(bytes[*at + b])} << (8 * b);
+  }
+  *at += 8;
+  return value;
+}
+
+}  // namespace
+
+uint64_t NextRequestId() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed) & kRequestIdMask;
+}
+
+std::string EncodePushRequest(const PushRequest& request) {
+  std::string out;
+  out.reserve(kRequestFixedBytes + request.node_id.size());
+  out.push_back(static_cast<char>(kVersion));
+  PutU64(&out, request.request_id);
+  out += request.ref.Encode();
+  PutU64(&out, request.size);
+  PutU64(&out, static_cast<uint64_t>(static_cast<int64_t>(request.owner)));
+  const int64_t timeout_ms = absl::ToInt64Milliseconds(request.timeout);
+  PutU64(&out, static_cast<uint64_t>(timeout_ms < 0 ? 0 : timeout_ms));
+  out += request.node_id;
+  return out;
+}
+
+absl::StatusOr<PushRequest> DecodePushRequest(absl::string_view bytes) {
+  if (bytes.size() <= kRequestFixedBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("malformed push request: ", bytes.size(),
+                                                    " bytes, at least ", kRequestFixedBytes + 1,
+                                                    " expected (with a node id)"));
+  }
+  if (static_cast<uint8_t>(bytes[0]) != kVersion) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("push request of version ", static_cast<int>(static_cast<uint8_t>(bytes[0])),
+                     ", this agent speaks version ", kVersion));
+  }
+  PushRequest request;
+  size_t at = 1;
+  request.request_id = TakeU64(bytes, &at);
+  absl::StatusOr<common::BlockRef> ref =
+      common::BlockRef::Decode(bytes.substr(at, common::BlockRef::kEncodedSize));
+  if (!ref.ok()) return ref.status();
+  request.ref = *ref;
+  at += common::BlockRef::kEncodedSize;
+  request.size = TakeU64(bytes, &at);
+  request.owner = static_cast<pid_t>(static_cast<int64_t>(TakeU64(bytes, &at)));
+  request.timeout = absl::Milliseconds(static_cast<int64_t>(TakeU64(bytes, &at)));
+  request.node_id = std::string(bytes.substr(at));
+  return request;
+}
+
+std::string EncodePushReply(const absl::StatusOr<common::BlockRef>& result) {
+  std::string out;
+  out.push_back(static_cast<char>(kVersion));
+  out.push_back(static_cast<char>(result.status().code()));
+  if (result.ok()) {
+    out += result->Encode();
+  } else {
+    out += std::string(result.status().message());
+  }
+  return out;
+}
+
+absl::StatusOr<common::BlockRef> DecodePushReply(absl::string_view bytes) {
+  if (bytes.size() < kReplyHeaderBytes || static_cast<uint8_t>(bytes[0]) != kVersion) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("malformed push reply (", bytes.size(), " bytes, version ",
+                     bytes.empty() ? -1 : static_cast<int>(static_cast<uint8_t>(bytes[0])), ")"));
+  }
+  const int code = static_cast<uint8_t>(bytes[1]);
+  const absl::string_view rest = bytes.substr(kReplyHeaderBytes);
+  if (code == 0) {
+    absl::StatusOr<common::BlockRef> ref = common::BlockRef::Decode(rest);
+    if (!ref.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("malformed push reply: ", ref.status().message()));
+    }
+    return *ref;
+  }
+  if (code > static_cast<int>(absl::StatusCode::kUnauthenticated)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("malformed push reply: unknown status code ", code, ": ", rest));
+  }
+  return absl::Status(static_cast<absl::StatusCode>(code), rest);
+}
+
+}  // namespace dragon::agent::data_plane_messages

@@ -1,0 +1,76 @@
+// What agents' data planes (data_plane.h) say to each other over UCX for a
+// Push, and the tags it travels with. A Pull needs no message: it is a UCX
+// Get from the other agent's registration of its pool.
+//
+// Tag layout (64 bits): the top 8 bits are the kind of message, the low 56
+// bits the request id of a reply (0 in a request):
+//
+//   kPushRequestTag      = 1 << 56        every Push request; the serving
+//                                         threads of an agent receive this tag
+//   PushReplyTag(id)     = 2 << 56 | id   the answer to request `id`, sent to
+//                                         the requester
+//
+// A reply's tag names its request, so a requester receives exactly its own
+// answer while other Pushes of the same process wait for theirs. Request ids
+// come from a per-process counter (56 bits never wrap); one agent is one
+// process, so an id is unique among the replies a data plane can receive.
+//
+// Encoding: our own compact little-endian binary, not protobuf: a handful of
+// fixed fields between agents of one build, where a schema buys nothing; a
+// version byte makes anything else a clear error instead of a misreading.
+//
+//   PushRequest: u8 version (1), u64 request id, 24 B BlockRef (its Encode),
+//                u64 size, i64 owner pid, u64 timeout in ms, then the
+//                requester's node id (the rest of the message).
+//   PushReply:   u8 version (1), u8 absl::StatusCode (0: OK), then the new
+//                block's 24 B BlockRef (OK) or the error's message (the rest).
+#ifndef DRAGON_AGENT_DATA_PLANE_MESSAGES_H_
+#define DRAGON_AGENT_DATA_PLANE_MESSAGES_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "common/buddy_allocator.h"
+
+namespace dragon::agent::data_plane_messages {
+
+inline constexpr int kKindShift = 56;
+inline constexpr uint64_t kRequestIdMask = (uint64_t{1} << kKindShift) - 1;
+inline constexpr uint64_t kPushRequestTag = uint64_t{1} << kKindShift;
+inline constexpr uint64_t PushReplyTag(uint64_t request_id) {
+  return (uint64_t{2} << kKindShift) | (request_id & kRequestIdMask);
+}
+
+// A request id for the next Push of this process (never 0).
+uint64_t NextRequestId();
+
+// "Pull `size` bytes of block `ref` of my pool (I am node `node_id`) into a
+// new block of yours owned by `owner`, within `timeout`."
+struct PushRequest {
+  uint64_t request_id = 0;
+  std::string node_id;
+  common::BlockRef ref;
+  uint64_t size = 0;
+  pid_t owner = 0;
+  absl::Duration timeout;  // whole milliseconds on the wire
+};
+
+std::string EncodePushRequest(const PushRequest& request);
+// InvalidArgument describing what is wrong with `bytes` (short, another
+// version, no node id).
+absl::StatusOr<PushRequest> DecodePushRequest(absl::string_view bytes);
+
+// The answer: the new block, or why not (code and message).
+std::string EncodePushReply(const absl::StatusOr<common::BlockRef>& result);
+// The reply's block or its error as sent; InvalidArgument (saying the reply
+// is malformed) when `bytes` is not a reply.
+absl::StatusOr<common::BlockRef> DecodePushReply(absl::string_view bytes);
+
+}  // namespace dragon::agent::data_plane_messages
+
+#endif  // DRAGON_AGENT_DATA_PLANE_MESSAGES_H_

@@ -1,0 +1,113 @@
+// DataPlane's serving side: the threads that take other agents' Push
+// requests (data_plane_messages.h), Pull the block from the requester, and
+// answer with the new block or why not.
+#include <errno.h>
+#include <signal.h>
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "agent/data_plane.h"
+#include "agent/data_plane_impl.h"
+#include "agent/data_plane_messages.h"
+#include "spdlog/spdlog.h"
+
+namespace dragon::agent {
+namespace {
+
+namespace messages = data_plane_messages;
+using common::BlockRef;
+
+// How long a request thread waits for a request before it looks whether the
+// data plane is stopping: the destructor's wait for the threads.
+constexpr absl::Duration kRequestPoll = absl::Milliseconds(100);
+// The least time an answer gets to leave, even past the requester's deadline
+// (it may still be waiting: its clock is not ours). Answers are small and
+// leave at once, unless their connection is new and still being set up.
+constexpr absl::Duration kReplyMinTimeout = absl::Seconds(2);
+
+}  // namespace
+
+absl::Status CheckOwnerAlive(pid_t owner, const std::string& node_id) {
+  if (owner <= 0 || kill(owner, 0) == 0 || errno != ESRCH) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "owner process ", owner, " of the new block is not alive on node ", node_id));
+}
+
+void DataPlane::Impl::StartRequestThreads() {
+  for (int i = 0; i < options_.request_threads; ++i) {
+    request_threads_.emplace_back([this] { ServeRequests(); });
+  }
+}
+
+void DataPlane::Impl::ServeRequests() {
+  for (;;) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return;
+    }
+    absl::StatusOr<std::string> message = node_->Receive(messages::kPushRequestTag, kRequestPoll);
+    if (message.ok()) {
+      Serve(*message);
+    } else if (!absl::IsDeadlineExceeded(message.status())) {
+      // A request whose sender was lost while it arrived: nobody to answer.
+      spdlog::warn("data plane of node {}: receiving a push request failed: {}", options_.node_id,
+                   message.status().ToString());
+    }
+  }
+}
+
+void DataPlane::Impl::Serve(absl::string_view message) {
+  absl::StatusOr<messages::PushRequest> request = messages::DecodePushRequest(message);
+  if (!request.ok()) {
+    // Without a well-formed request there is no requester to answer.
+    spdlog::warn("data plane of node {}: dropped a push request: {}", options_.node_id,
+                 request.status().ToString());
+    return;
+  }
+  const absl::Time deadline = absl::Now() + request->timeout;
+  spdlog::debug("data plane of node {}: push request {} from node {}: {} bytes of {} for pid {}",
+                options_.node_id, request->request_id, request->node_id, request->size,
+                DescribeBlock(request->ref), request->owner);
+  absl::StatusOr<BlockRef> result = absl::UnknownError("not served");
+  if (absl::Status alive = CheckOwnerAlive(request->owner, options_.node_id); !alive.ok()) {
+    result = alive;
+  } else if (request->timeout <= absl::ZeroDuration()) {
+    result = absl::DeadlineExceededError("the request came with no time left");
+  } else {
+    result = Pull(request->node_id, request->ref, request->size, request->owner, request->timeout);
+  }
+  if (result.ok() && absl::Now() >= deadline) {
+    // The requester is about to give up: an answer now could arrive after it
+    // stopped waiting, and the block would belong to nobody who knows of it.
+    Discard(*result, "pulled too late for its requester");
+    result = absl::DeadlineExceededError(
+        absl::StrCat("pulled too late: the requester allowed ",
+                     absl::FormatDuration(request->timeout)));
+  }
+  Reply(request->node_id, request->request_id, result, deadline);
+}
+
+void DataPlane::Impl::Reply(const std::string& requester, uint64_t request_id,
+                            const absl::StatusOr<BlockRef>& result, absl::Time deadline) {
+  const absl::Duration timeout = std::max(deadline - absl::Now(), kReplyMinTimeout);
+  absl::StatusOr<Connection> connection = ConnectionTo(requester);
+  absl::Status sent = connection.status();
+  if (connection.ok()) {
+    sent = node_->Send(connection->peer, messages::PushReplyTag(request_id),
+                       messages::EncodePushReply(result), timeout);
+  }
+  if (sent.ok()) {
+    spdlog::debug("data plane of node {}: answered push request {} of node {}: {}",
+                  options_.node_id, request_id, requester,
+                  result.ok() ? DescribeBlock(*result) : result.status().ToString());
+    return;
+  }
+  if (connection.ok()) DropIfUnusable(requester, *connection);
+  spdlog::warn("data plane of node {}: cannot answer push request {} of node {}: {}",
+               options_.node_id, request_id, requester, sent.ToString());
+  if (result.ok()) Discard(*result, "its requester cannot be told of it");
+}
+
+}  // namespace dragon::agent
