@@ -67,6 +67,11 @@ void Head::FillNodeInfoLocked(AgentIndex index, dragon::v1::NodeInfo* node) cons
     node->set_shm_pool_bytes(agent.info.shm_pool_bytes());
     node->set_shm_pool_free_bytes(member.shm_pool_free_bytes);
     node->set_shm_pool_blocks(member.shm_pool_blocks);
+    // The data plane (agent/data_plane.h): how other agents reach this pool.
+    node->set_ucx_address(agent.info.ucx_address());
+    node->set_shm_pool_rkey(agent.info.shm_pool_rkey());
+    node->set_shm_pool_address(agent.info.shm_pool_address());
+    node->set_data_socket(agent.info.data_socket());
   }
   if (!live) node->set_lost_reason(member.reason);
 }
