@@ -5,6 +5,17 @@
 //   bazel run //common:ucx_node_bench -- [--tls=tcp,self] [--iters=1000]
 //       [--size=1048576] [--lat_iters=10000] [--perftest]
 //
+// Between two hosts (issue 14: "between two test hosts next to ucx_perftest
+// over the same link"): run it on one host with `--peer_cmd` the prefix that
+// runs a command on the other, e.g. on the netns test bed
+//   ip netns exec tb-h2 env UCX_NET_DEVICES=tb0 ucx_node_bench \
+//       --peer_cmd="ip netns exec tb-h1" --perftest --perftest_host=10.201.0.1
+// The serving side is then this binary again (`--serve`, started through the
+// prefix instead of forked), and the two exchange their UCX addresses over
+// two pipes it inherits as fds 3 and 4 (a pipe crosses network namespaces;
+// its stdout might carry UCX's log lines). ucx_perftest's server is started
+// through the same prefix and its client connects to --perftest_host.
+//
 // Measured (MB/s as ucx_perftest counts them, 2^20 bytes per MB):
 //  - send_mbps: `iters` Sends of `size` bytes, the child receiving each into
 //    one buffer (ReceiveInto) and acknowledging the last; like tag_bw.
@@ -50,6 +61,14 @@ ABSL_FLAG(bool, perftest, false, "also run ucx_perftest tag_bw and tag_lat on lo
 ABSL_FLAG(int, perftest_port, 13517, "ucx_perftest's port");
 ABSL_FLAG(int, threads, 4, "callers at once in the concurrent Send and Get runs");
 ABSL_FLAG(int, busy_poll_us, 50, "UcxNodeOptions::busy_poll, in microseconds");
+ABSL_FLAG(std::string, peer_cmd, "",
+          "space-separated prefix that runs the serving side (and ucx_perftest's server) on "
+          "another host, e.g. 'ip netns exec tb-h1'; empty: a forked child on this host");
+ABSL_FLAG(std::string, perftest_host, "127.0.0.1",
+          "where ucx_perftest's client connects (the serving host's address with --peer_cmd)");
+ABSL_FLAG(bool, serve, false,
+          "internal: be the serving side started through --peer_cmd (the peer's address on "
+          "fd 3, ours written to fd 4)");
 
 extern char** environ;
 
@@ -175,17 +194,76 @@ std::string RunCapture(std::vector<std::string> argv, pid_t* pid_out, bool captu
   return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? text : "";
 }
 
+// --peer_cmd as argv words (empty: the serving side runs on this host).
+std::vector<std::string> PeerCommandPrefix() {
+  return absl::StrSplit(absl::GetFlag(FLAGS_peer_cmd), ' ', absl::SkipEmpty());
+}
+
+// The fds the serving side reads the measuring side's address from and
+// writes its own to, when started through --peer_cmd.
+constexpr int kServeInFd = 3, kServeOutFd = 4;
+
+UcxNodeOptions NodeOptions(const char* name) {
+  UcxNodeOptions options;
+  options.name = name;
+  options.busy_poll = absl::Microseconds(absl::GetFlag(FLAGS_busy_poll_us));
+  return options;
+}
+
+// The serving side in this process: publish our address on `out_fd`,
+// connect to the one read from `in_fd`, serve, exit.
+[[noreturn]] void RunServer(int in_fd, int out_fd, int iters, size_t size, int lat_iters,
+                            int threads) {
+  alarm(300);  // a hung run ends
+  std::unique_ptr<UcxNode> node = Value(UcxNode::Create(NodeOptions("bench-server")), "create");
+  WriteAll(out_fd, node->address());
+  UcxPeer parent = Value(node->Connect(ReadFrame(in_fd), "bench-client"), "connect");
+  Serve(*node, parent, iters, size, lat_iters, threads);
+  node.reset();
+  _exit(0);
+}
+
+// Starts the serving side through --peer_cmd: this binary with --serve and
+// the same settings, `to_server` as its fd 3 and `from_server` as its fd 4.
+pid_t SpawnServer(int to_server, int from_server, const std::string& tls, int iters, size_t size,
+                  int lat_iters, int threads) {
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0) Die("readlink /proc/self/exe");
+  self[n] = '\0';
+  std::vector<std::string> argv = PeerCommandPrefix();
+  argv.insert(argv.end(),
+              {self, "--serve", absl::StrCat("--tls=", tls), absl::StrCat("--iters=", iters),
+               absl::StrCat("--size=", size), absl::StrCat("--lat_iters=", lat_iters),
+               absl::StrCat("--threads=", threads),
+               absl::StrCat("--busy_poll_us=", absl::GetFlag(FLAGS_busy_poll_us))});
+  std::vector<char*> args;
+  for (std::string& a : argv) args.push_back(a.data());
+  args.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, to_server, kServeInFd);
+  posix_spawn_file_actions_adddup2(&actions, from_server, kServeOutFd);
+  pid_t pid;
+  const int rc = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) Die(absl::StrCat("--peer_cmd: cannot run ", argv[0], ": ", strerror(rc)));
+  return pid;
+}
+
 // The numbers of ucx_perftest's "Final:" line: iterations, then latency
 // p50/average/overall (us), bandwidth average/overall (MB/s), message rate.
 std::vector<double> PerftestFinal(const std::vector<std::string>& test_args) {
   const std::string port = std::to_string(absl::GetFlag(FLAGS_perftest_port));
   for (int attempt = 0; attempt < 3; ++attempt) {
     pid_t server;
-    RunCapture({"ucx_perftest", "-p", port}, &server, /*capture=*/false);
+    std::vector<std::string> server_argv = PeerCommandPrefix();
+    server_argv.insert(server_argv.end(), {"ucx_perftest", "-p", port});
+    RunCapture(server_argv, &server, /*capture=*/false);
     usleep(300 * 1000);  // until it listens
     std::vector<std::string> client = {"ucx_perftest", "-p", port};
     client.insert(client.end(), test_args.begin(), test_args.end());
-    client.push_back("127.0.0.1");
+    client.push_back(absl::GetFlag(FLAGS_perftest_host));
     std::string out = RunCapture(client, nullptr, /*capture=*/true);
     // The server ends with its client; make sure of it.
     for (int i = 0; i < 50 && waitpid(server, nullptr, WNOHANG) == 0; ++i) usleep(100 * 1000);
@@ -215,26 +293,23 @@ int Main() {
   const int threads = std::max(1, absl::GetFlag(FLAGS_threads));
   setenv("UCX_TLS", tls.c_str(), 1);
 
+  if (absl::GetFlag(FLAGS_serve)) RunServer(kServeInFd, kServeOutFd, iters, size, lat_iters, threads);
+
   int down[2], up[2];
   if (pipe2(down, O_CLOEXEC) != 0 || pipe2(up, O_CLOEXEC) != 0) Die("pipe");
-  pid_t child = fork();
-  if (child < 0) Die("fork");
-  if (child == 0) {
-    alarm(300);  // a hung run ends
-    UcxNodeOptions options;
-    options.name = "bench-server";
-    options.busy_poll = absl::Microseconds(absl::GetFlag(FLAGS_busy_poll_us));
-    std::unique_ptr<UcxNode> node = Value(UcxNode::Create(options), "create");
-    WriteAll(up[1], node->address());
-    UcxPeer parent = Value(node->Connect(ReadFrame(down[0]), "bench-client"), "connect");
-    Serve(*node, parent, iters, size, lat_iters, threads);
-    node.reset();
-    _exit(0);
+  const bool remote = !PeerCommandPrefix().empty();
+  pid_t child;
+  if (remote) {
+    child = SpawnServer(down[0], up[1], tls, iters, size, lat_iters, threads);
+  } else {
+    child = fork();
+    if (child < 0) Die("fork");
+    if (child == 0) RunServer(down[0], up[1], iters, size, lat_iters, threads);
   }
-  UcxNodeOptions options;
-  options.name = "bench-client";
-  options.busy_poll = absl::Microseconds(absl::GetFlag(FLAGS_busy_poll_us));
-  std::unique_ptr<UcxNode> node = Value(UcxNode::Create(options), "create");
+  // Ours closed: a serving side that dies makes ReadFrame fail instead of hang.
+  close(down[0]);
+  close(up[1]);
+  std::unique_ptr<UcxNode> node = Value(UcxNode::Create(NodeOptions("bench-client")), "create");
   std::string child_address = ReadFrame(up[0]);
   WriteAll(down[1], node->address());
   UcxPeer peer = Value(node->Connect(child_address, "bench-server"), "connect");
@@ -271,6 +346,7 @@ int Main() {
   const double rtt_switches = static_cast<double>(ContextSwitches() - switches) / lat_iters;
   std::sort(rtts.begin(), rtts.end());
   const double rtt_p50 = rtts[rtts.size() / 2];
+  const double rtt_p99 = rtts[std::min(rtts.size() - 1, rtts.size() * 99 / 100)];
 
   std::string announce = Value(node->Receive(peer, kRkey, kTimeout), "rkey");
   uint64_t address;
@@ -302,7 +378,8 @@ int Main() {
       ",\"get_mbps\":", static_cast<int64_t>(get_mbps), ",\"threads\":", threads,
       ",\"send_mbps_threads\":", static_cast<int64_t>(send_mbps_threads),
       ",\"get_mbps_threads\":", static_cast<int64_t>(get_mbps_threads),
-      ",\"rtt_us_p50\":", rtt_p50, ",\"switches_per_send\":", send_switches,
+      ",\"rtt_us_p50\":", rtt_p50, ",\"rtt_us_p99\":", rtt_p99,
+      ",\"peer_cmd\":\"", absl::GetFlag(FLAGS_peer_cmd), "\"", ",\"switches_per_send\":", send_switches,
       ",\"switches_per_rtt\":", rtt_switches);
   if (absl::GetFlag(FLAGS_perftest)) {
     std::vector<double> bw = PerftestFinal(
