@@ -355,3 +355,168 @@ def test_layout_keeps_small_bodies_inline_so_a_power_of_two_array_fills_its_bloc
     big_body = shm.Part(b"01", b"x" * THRESHOLD)  # a body this large goes into the block
     _, descriptors, size = shm.layout([big_body], THRESHOLD)
     assert "body" in descriptors[0] and size == THRESHOLD
+
+
+# ---------------------------------------------------------------- across nodes (issue 14): a fake data plane
+# Two real pools in a temporary directory stand for the client's node ("n1") and the worker's
+# ("n2"); _core.agent_pull/agent_push are replaced by copies between them (the agents' UCX
+# transfer is tested by test_shm_cross_node.py on the test bed). The worker is made to see
+# another host by its host identity.
+CLIENT_HOST, WORKER_HOST = shm.host_identity(), "n2-host/other-boot"
+
+
+class _FakeDataPlane:
+    def __init__(self, pools: dict, here: str):
+        self.pools, self.here, self.calls = pools, here, []
+        self.fail_with = None
+
+    def _copy(self, src: str, dst: str, ref: bytes, size: int, owner: int) -> bytes:
+        from dragon_parsl import shm_pool_path
+        if self.fail_with is not None:
+            raise self.fail_with
+        source, dest = shm_pool_path.attach(self.pools[src]), shm_pool_path.attach(self.pools[dst])
+        new = dest.allocate(size, 0.0, owner)
+        memoryview(dest.block(new))[:size] = memoryview(source.block(ref))[:size]
+        return new
+
+    def agent_pull(self, sock, node, ref, size, owner, timeout_s):
+        self.calls.append(("pull", node, size, owner))
+        return self._copy(node, self.here, ref, size, owner)
+
+    def agent_push(self, sock, node, ref, size, owner, timeout_s):
+        self.calls.append(("push", node, size, owner))
+        return self._copy(self.here, node, ref, size, owner)
+
+
+@pytest.fixture
+def two_nodes(tmp_path, monkeypatch):
+    """(client PoolDataPath with its PoolPlace on n1, the fake data plane, {node: pool}); the
+    worker's environment is n2's (DRAGON_SHM_POOL, DRAGON_AGENT_DATA_SOCKET, DRAGON_NODE_ID)."""
+    from dragon_parsl import _core, shm_pool_path
+    pools = {n: _core.ShmPool.create(str(tmp_path), f"pool-{n}", 64 << 20) for n in ("n1", "n2")}
+    paths = {n: p.path for n, p in pools.items()}
+    plane = _FakeDataPlane(paths, "n2")
+    monkeypatch.setattr(_core, "agent_pull", plane.agent_pull, raising=False)
+    monkeypatch.setattr(_core, "agent_push", plane.agent_push, raising=False)
+    monkeypatch.setenv(shm.NODE_ENV, "n2")
+    monkeypatch.setenv(shm.POOL_ENV, paths["n2"])
+    monkeypatch.setenv(shm.DATA_SOCKET_ENV, str(tmp_path / "data.sock"))
+    monkeypatch.setattr(shm_pool_path, "worker_counters", shm.Counters())
+    client = shm_pool_path.PoolDataPath(THRESHOLD)
+    yield client, shm_pool_path.PoolPlace(paths["n1"], "n1"), plane, pools
+    for p in pools.values():
+        shm_pool_path.forget(p.path)
+        p.close()
+
+
+def run_as_worker_on_n2(payload: bytes, monkeypatch):
+    monkeypatch.setattr(shm, "_host_identity", WORKER_HOST)
+    try:
+        return worker._run_one(run_body(payload), task_id=5)
+    finally:
+        monkeypatch.setattr(shm, "_host_identity", CLIENT_HOST)
+
+
+def ones(n):
+    return np.ones(n)
+
+
+def test_envelopes_name_their_node_and_old_ones_still_decode():
+    env = shm.decode_envelope(shm.encode_header(host="h/b", pool="/dev/shm/p", ref="ab", node="n1", from_node="n2"))
+    assert (env.node, env.from_node, env.pool, env.ref) == ("n1", "n2", "/dev/shm/p", "ab")
+    old = shm.decode_envelope(shm.encode_header(host="h/b", pool="/dev/shm/p", ref="ab", client=7))
+    assert (old.node, old.from_node, old.client) == ("", "", 7)
+
+
+@pytest.mark.timeout(60)
+def test_arguments_are_pulled_and_a_large_result_pushed_across_nodes(two_nodes, monkeypatch):
+    client, place, plane, pools = two_nodes
+    a = np.random.default_rng(1).random(THRESHOLD)
+    payload, block = client.pack_task(func_part(), (a,), {}, place)
+    assert block == (place.path, block[1]) and shm.decode_envelope(payload).node == "n1"
+    rtype, body = run_as_worker_on_n2(payload, monkeypatch)
+    assert rtype == RESULT, raised_by(body)
+    me = os.getpid()
+    assert plane.calls == [("pull", "n1", a.nbytes, me), ("push", "n1", a.nbytes, me)]
+    # The pulled copy and the local result block are gone; the pushed block is the client's.
+    assert pools["n2"].stats()["blocks_in_use"] == 0
+    envelope = shm.decode_envelope(frame_body_bytes(body))
+    assert (envelope.host, envelope.pool, envelope.node, envelope.from_node) == (CLIENT_HOST, place.path, "n1", "n2")
+    client.discard(block)
+    assert np.array_equal(client.load_result(frame_body_bytes(body)), a + 1)
+    assert pools["n1"].stats()["blocks_in_use"] == 0
+    from dragon_parsl import shm_pool_path
+    w, c = shm_pool_path.worker_counters, client.counters
+    assert (w.args_pulled, w.results_pushed, w.results_push_fallbacks) == (1, 1, 0)
+    assert (c.args_shm_tasks, c.results_shm, c.results_pushed) == (1, 1, 1)
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_push_sends_the_result_inline_and_frees_the_local_block(two_nodes, monkeypatch, caplog):
+    client, place, plane, pools = two_nodes
+    payload, block = client.pack_task(func_part(ones), (THRESHOLD,), {}, place)  # small arguments: inline
+    assert block is None
+    plane.fail_with = RuntimeError("UNAVAILABLE: node n1 is lost")
+    with caplog.at_level(logging.WARNING, logger="dragon_parsl.shm_pool_path"):
+        rtype, body = run_as_worker_on_n2(payload, monkeypatch)
+    assert rtype == RESULT and not shm.is_envelope(frame_body_bytes(body))  # inline: never lost
+    assert np.array_equal(worker.deserialize_view(frame_body_bytes(body)), np.ones(THRESHOLD))
+    assert plane.calls == [("push", "n1", THRESHOLD * 8, os.getpid())]
+    assert "could not be pushed to node n1" in caplog.text and "UNAVAILABLE" in caplog.text
+    from dragon_parsl import shm_pool_path
+    assert shm_pool_path.worker_counters.results_push_fallbacks == 1
+    assert pools["n2"].stats()["blocks_in_use"] == 0 and pools["n1"].stats()["blocks_in_use"] == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", ["no socket", "source has none", "pull fails"])
+def test_worker_that_cannot_fetch_arguments_fails_the_task_saying_why(two_nodes, monkeypatch, case):
+    client, place, plane, pools = two_nodes
+    payload, block = client.pack_task(func_part(), (np.ones(THRESHOLD),), {}, place)
+    if case == "no socket":
+        monkeypatch.delenv(shm.DATA_SOCKET_ENV)
+    elif case == "source has none":
+        plane.fail_with = RuntimeError("NOT_FOUND: node n1 has no data plane")
+    else:
+        plane.fail_with = RuntimeError("RESOURCE_EXHAUSTED: pool full (--shm-pool-mb)")
+    rtype, body = run_as_worker_on_n2(payload, monkeypatch)
+    error = raised_by(body)
+    assert rtype == APP_EXCEPTION and isinstance(error, SharedMemoryError), error
+    text = str(error)
+    assert place.path in text and "node n1" in text, text
+    if case == "pull fails":
+        assert "could not be pulled" in text and "RESOURCE_EXHAUSTED" in text
+    else:
+        assert "node n2" in text and "no data plane" in text and "shm_threshold=0" in text and "--noucx" in text
+        assert (shm.DATA_SOCKET_ENV in text) is (case == "no socket")
+    assert pools["n2"].stats()["blocks_in_use"] == 0
+    client.discard(block)
+    assert pools["n1"].stats()["blocks_in_use"] == 0
+
+
+def _pool_node(host, pid, data_socket="", state="ready"):
+    from dragon_parsl._proto import head_pb2
+    return head_pb2.NodeInfo(node_id=f"node-{host}-{data_socket or 'x'}", host=host, agent_pid=pid, state=state,
+                             shm_pool_path=f"/dev/shm/pool-{host}", data_socket=data_socket)
+
+
+@pytest.mark.parametrize("nodes, pool, files", [
+    ([("self", "")], "/dev/shm/pool-self", True),                                     # all local
+    ([("self", ""), ("other-host", "/s")], None, False),                     # no data plane here: inline
+    ([("self", "/s"), ("other-host", "/s")], "/dev/shm/pool-self", False),   # the local pool, pulled elsewhere
+    ([("other-host", "/s")], None, False),                                   # a login node: inline
+])
+def test_client_uses_its_local_pool_with_agents_elsewhere_only_with_a_data_plane(nodes, pool, files, monkeypatch):
+    import socket
+
+    from dragon_parsl import DragonExecutor, shm_pool_path
+    hostname = socket.gethostname()
+    stub = _FakeHeadStub([_pool_node(hostname if h == "self" else h, os.getpid(), s) for h, s in nodes])
+    ex = DragonExecutor(address="127.0.0.1:1")
+    monkeypatch.setattr(ex, "_stub", lambda: stub)
+    ex.shm = shm_pool_path.PoolDataPath(THRESHOLD)
+    place = ex._task_data_place()
+    assert (place.path if place else None) == (pool and pool.replace("self", hostname))
+    assert place is None or place.node.startswith(f"node-{hostname}")
+    ex.shm = shm_files.ClientDirectory.__new__(shm_files.ClientDirectory)  # the files path's policy
+    assert ex._task_data_place() is files and stub.calls == 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import socket
 import sys
@@ -209,6 +210,12 @@ class Envelope:
     pool: str = ""
     ref: str = ""
     client: int = 0
+    # The node id of the agent whose pool is ``pool``: where a block named by ``ref`` is
+    # (a worker on another host pulls it from there), and in the reply fields of a task the
+    # client's node (a worker on another host pushes a large result there).
+    node: str = ""
+    # A result pushed from another node's pool: that node (the client counts these).
+    from_node: str = ""
 
 
 def is_envelope(buf: Any) -> bool:
@@ -245,7 +252,8 @@ def decode_envelope(buf: Any) -> Envelope:
                     threshold=int(header.get("threshold", 0)), file=header.get("file", ""),
                     size=int(header.get("size", 0)), parts=header.get("parts", []),
                     inline=view[start + end + 1:], pool=header.get("pool", ""), ref=header.get("ref", ""),
-                    client=int(header.get("client", 0)))
+                    client=int(header.get("client", 0)), node=header.get("node", ""),
+                    from_node=header.get("from_node", ""))
 
 
 # ---------------------------------------------------------------- layout of parts in a file or block
@@ -314,13 +322,58 @@ def is_large(part: Part, threshold: int) -> bool:
 
 
 def check_readable_here(envelope: Envelope) -> None:
-    """A worker on another machine cannot see the client's tmpfs: fail clearly, never hang."""
+    """A process on another machine cannot see the client's tmpfs: fail clearly, never hang.
+    (A worker reaches a pool block of another node through its agent: :func:`needs_pull`.)"""
     if envelope.host != host_identity():
         where = envelope.file or f"pool {envelope.pool}"
         raise SharedMemoryError(
-            f"task data is in shared memory at {where} on host {envelope.host}, but this worker runs "
-            f"on {host_identity()}: the shared-memory data path works only on the client's node (cross-node "
-            f"transfer is not supported); use DragonExecutor(shm_threshold=0) with workers on other nodes")
+            f"task data is in shared memory at {where} on host {envelope.host}, but this process runs "
+            f"on {host_identity()}: files of shm_path=\"files\" are read only on the client's node (pool "
+            f"blocks cross nodes through the agents' data plane); use DragonExecutor(shm_threshold=0) with "
+            f"workers on other nodes")
+
+
+# What an agent gives its workers (dragon-agent; docs/INTERFACES.md): its node id, the path of
+# its pool, and the Unix socket of its AgentData service (empty or unset: no data plane).
+NODE_ENV = "DRAGON_NODE_ID"
+POOL_ENV = "DRAGON_SHM_POOL"
+DATA_SOCKET_ENV = "DRAGON_AGENT_DATA_SOCKET"
+
+
+def local_data_plane() -> Optional[Tuple[str, str]]:
+    """(the local pool's path, the agent's data socket) when this process runs under an
+    agent with a pool and a data plane; None otherwise."""
+    pool, sock = os.environ.get(POOL_ENV, ""), os.environ.get(DATA_SOCKET_ENV, "")
+    return (pool, sock) if pool and sock else None
+
+
+def no_data_plane_error(envelope: Envelope, why: str) -> SharedMemoryError:
+    """The error of a task whose arguments are in another node's pool, which this worker
+    cannot fetch: says where the data is, where the worker is, why, and what to do."""
+    here = os.environ.get(NODE_ENV, "") or "?"
+    return SharedMemoryError(
+        f"task data is in shared-memory pool {envelope.pool} of node {envelope.node or '?'} on host "
+        f"{envelope.host}, but this worker runs on node {here}, host {host_identity()}, and cannot fetch "
+        f"it: {why}. Start every agent with a pool and its UCX data plane (no --noucx, --shm-pool-mb "
+        f"not 0), or use DragonExecutor(shm_threshold=0) when workers run on nodes without one")
+
+
+def needs_pull(envelope: Envelope) -> bool:
+    """For a worker reading a task's pool block: False when the block is in a pool of this host
+    (read it in place), True when it is in another node's pool and this worker's agent can pull
+    it (a data plane here and a node named by the envelope); raises SharedMemoryError saying why
+    not otherwise (the node itself having no data plane shows when the pull is refused)."""
+    if envelope.host == host_identity():
+        return False
+    if not envelope.ref:
+        check_readable_here(envelope)  # files: never across nodes
+    if not envelope.node:
+        raise no_data_plane_error(envelope, "the envelope names no node to pull the block from (a client "
+                                            "older than the cross-node data path)")
+    if local_data_plane() is None:
+        raise no_data_plane_error(envelope, f"this worker's agent has no data plane ({DATA_SOCKET_ENV} or "
+                                            f"{POOL_ENV} unset: no pool, --noucx, or UCX failed to start)")
+    return True
 
 
 # ---------------------------------------------------------------- counters
@@ -336,3 +389,11 @@ class Counters:
     results_shm_bytes: int = 0
     results_inline: int = 0
     results_inline_bytes: int = 0
+    # Across nodes (the pool path with a data plane). A worker counts what it pulled and
+    # pushed (and pushes that failed, their results sent inline); the client counts the
+    # results it received pushed from another node (results_pushed, results_pushed_bytes).
+    args_pulled: int = 0
+    args_pulled_bytes: int = 0
+    results_pushed: int = 0
+    results_pushed_bytes: int = 0
+    results_push_fallbacks: int = 0

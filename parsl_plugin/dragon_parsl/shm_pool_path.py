@@ -25,6 +25,16 @@ Who frees a block is decided by its owner pid, changed atomically in the pool:
 - a process that dies owning blocks (a killed client or worker) loses them to
   the agent's janitor, which frees the blocks of dead owners every second.
 
+Across nodes (the client's node and the worker's are different hosts; each agent
+with a pool runs a UCX data plane, agent/data_plane.h): the worker asks its agent
+(``_core.agent_pull``, over the agent's Unix socket) to copy the argument block
+from the client's node into a new block of its own pool, owned by the worker,
+which reads it in place there and frees it when the task lets go of it; the
+client's block stays the client's, as above. A large result is written into a
+block of the worker's pool and pushed (``_core.agent_push``) into a new block of
+the client's pool, owned by the client, which reads it as any local result; the
+worker frees its local block at once. A push that fails sends the result inline.
+
 A full pool makes the submit wait (``wait_s``) and then fail the task with
 ShmPoolFull naming the pool's size and ``--shm-pool-mb``; a result that finds
 no room goes inline through gRPC instead (never lost).
@@ -39,7 +49,7 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from dragon_parsl import shm
 from dragon_parsl.errors import SharedMemoryError
@@ -48,6 +58,13 @@ logger = logging.getLogger(__name__)
 
 # How long a submit waits for space in a full pool before the task fails.
 DEFAULT_WAIT_S = 10.0
+# How long a worker waits for its agent to pull arguments from, or push a result to, another
+# node (the agent's own deadline; a dead peer fails much sooner, UCX peer error handling).
+TRANSFER_TIMEOUT_S = 60.0
+
+# What this worker moved across nodes (args_pulled, results_pushed, results_push_fallbacks):
+# read by apps or tests running in the worker; the client has its own Counters.
+worker_counters = shm.Counters()
 
 _pools: Dict[str, Any] = {}
 _pools_lock = threading.Lock()
@@ -130,17 +147,69 @@ class _TaskBlock:
 _task_blocks: List[_TaskBlock] = []
 
 
+# Copies of argument blocks pulled from other nodes for the running task: this worker's own,
+# freed when the last view goes (after_task collects cycles that would keep them).
+_pulled_blocks: List["weakref.ref[Any]"] = []
+
+
 def load_task(envelope: shm.Envelope) -> List[Any]:
     """[func, args, kwargs] of a task whose arguments are in a pool block, read in place. The
     block stays the client's, which frees it when the task is over: a task run again (its
-    worker or agent died) finds its arguments where they were."""
-    shm.check_readable_here(envelope)
+    worker or agent died) finds its arguments where they were. A block in another node's pool
+    is pulled into this node's first (:func:`_load_pulled`)."""
+    if shm.needs_pull(envelope):
+        return _load_pulled(envelope)
     pool = attach(envelope.pool)
     ref = bytes.fromhex(envelope.ref)
     block, view = _block_view(pool, ref, envelope.size, "task arguments (was the task cancelled, or is its "
                               "client gone?)", free_on_release=False)
     _task_blocks.append(_TaskBlock(weakref.ref(block), pool, ref, envelope.client))
     return shm.load_parts(envelope, view)
+
+
+def _load_pulled(envelope: shm.Envelope) -> List[Any]:
+    """[func, args, kwargs] from a copy of the task's argument block pulled by this node's agent
+    from the client's node into this node's pool. The copy is this worker's: freed once nothing
+    refers to it (the app may keep its arguments: they stay valid), or by the agent's janitor
+    if the worker dies."""
+    pool_path, _ = shm.local_data_plane()
+    pool = attach(pool_path)
+    ref = _pull(envelope)
+    try:
+        block, view = _block_view(pool, ref, envelope.size, f"task arguments pulled from node {envelope.node}",
+                                  free_on_release=False)
+    except BaseException:
+        pool.free(ref)
+        raise
+    block.free_on_release = True
+    _pulled_blocks.append(weakref.ref(block))
+    worker_counters.args_pulled += 1
+    worker_counters.args_pulled_bytes += envelope.size
+    return shm.load_parts(envelope, view)
+
+
+def _is_not_found(error: BaseException) -> bool:
+    """A data plane error that means "no such node, or it has no data plane" (gRPC NotFound)."""
+    text = str(error).upper().replace(" ", "_")
+    return "NOT_FOUND" in text or "NOTFOUND" in text
+
+
+def _pull(envelope: shm.Envelope) -> bytes:
+    """The task's argument block copied from node ``envelope.node`` into this node's pool
+    (owner: this worker); SharedMemoryError naming the node and the cause if it cannot be."""
+    core = _core()
+    _, data_socket = shm.local_data_plane()
+    if not hasattr(core, "agent_pull"):
+        raise shm.no_data_plane_error(envelope, "this dragon_parsl._core has no data plane binding "
+                                                "(rebuild it: make python)")
+    try:
+        return core.agent_pull(data_socket, envelope.node, bytes.fromhex(envelope.ref), envelope.size,
+                               os.getpid(), TRANSFER_TIMEOUT_S)
+    except RuntimeError as e:  # _core.DataPlaneError
+        if _is_not_found(e):
+            raise shm.no_data_plane_error(envelope, f"node {envelope.node} has no data plane ({e})") from None
+        raise SharedMemoryError(f"task arguments ({envelope.size} bytes in pool {envelope.pool} of node "
+                                f"{envelope.node}) could not be pulled into this node's pool: {e}") from None
 
 
 def after_task() -> None:
@@ -150,13 +219,19 @@ def after_task() -> None:
     it. One the app really keeps (a global) is taken over from the client, so that the client
     does not free it under the app: it is freed when the app lets it go, or when this worker
     exits (the agent's janitor)."""
-    global _task_blocks
-    if not _task_blocks:
+    global _task_blocks, _pulled_blocks
+    if not _task_blocks and not _pulled_blocks:
         return
     blocks, _task_blocks = _task_blocks, []
-    if all(b.block() is None for b in blocks):
+    pulled, _pulled_blocks = _pulled_blocks, []
+    if all(b.block() is None for b in blocks) and all(p() is None for p in pulled):
         return
     gc.collect()
+    kept = [block for block in (p() for p in pulled) if block is not None]
+    if kept:  # this worker's own copies: they go when the app lets go of them
+        logger.warning("the task's app keeps a reference to its %d-byte argument (pulled from another "
+                       "node) after the task: its copy stays in this node's pool until the app drops it",
+                       sum(len(block) for block in kept))
     for b in blocks:
         block = b.block()
         if block is None:
@@ -173,15 +248,26 @@ def after_task() -> None:
 
 
 def write_result(envelope: shm.Envelope, result: Any, task_id: int) -> Optional[Any]:
-    """The RESULT body for a task whose client (on this host) offered a pool: an envelope
-    naming a block when the result is large, its parts inline when it is small, None
-    when it cannot go through the pool (send it inline the classic way)."""
-    if envelope.threshold <= 0 or envelope.host != shm.host_identity():
+    """The RESULT body for a task whose client offered a pool: an envelope naming a block of the
+    client's pool when the result is large, its parts inline when it is small, None when it
+    cannot go through the pool (send it inline the classic way). A client on another host gets
+    its large result pushed into its node's pool (:func:`_push_result`)."""
+    if envelope.threshold <= 0:
+        return None
+    remote = envelope.host != shm.host_identity()
+    if remote and not _can_push(envelope):
         return None
     part = shm.serialize_data(result, envelope.threshold)
     if not shm.is_large(part, envelope.threshold):
         return [part.identifier + b"\n", part.body]
     pieces, descriptors, size = shm.layout([part], envelope.threshold)
+    if remote:
+        ref = _push_result(envelope, pieces, size, part.nbytes, task_id)
+        if ref is None:
+            return None
+        header = shm.encode_header(host=envelope.host, node=envelope.node, pool=envelope.pool, ref=ref.hex(),
+                                   size=size, parts=descriptors, from_node=os.environ.get(shm.NODE_ENV) or "?")
+        return [header, shm.inline_bodies([part], envelope.threshold)]
     try:
         pool = attach(envelope.pool)
         ref = _allocate_and_write(pool, pieces, size, 0.0)
@@ -190,9 +276,40 @@ def write_result(envelope: shm.Envelope, result: Any, task_id: int) -> Optional[
         logger.warning("task %d: its %d-byte result does not go through shared-memory pool %s (%s); "
                        "sending it inline", task_id, part.nbytes, envelope.pool, e)
         return None
-    header = shm.encode_header(host=shm.host_identity(), pool=envelope.pool, ref=ref.hex(), size=size,
-                               parts=descriptors)
+    header = shm.encode_header(host=shm.host_identity(), node=envelope.node, pool=envelope.pool, ref=ref.hex(),
+                               size=size, parts=descriptors)
     return [header, shm.inline_bodies([part], envelope.threshold)]
+
+
+def _can_push(envelope: shm.Envelope) -> bool:
+    """A result for a client on another host may be pushed to its node: the client named its
+    node, pool and pid, and this worker's agent has a data plane (and the binding has it)."""
+    return bool(envelope.node and envelope.pool and envelope.client and shm.local_data_plane()
+                and hasattr(_core(), "agent_push"))
+
+
+def _push_result(envelope: shm.Envelope, pieces: Sequence[Any], size: int, nbytes: int,
+                 task_id: int) -> Optional[bytes]:
+    """Writes the result into a block of this node's pool and has this node's agent push it into
+    a new block of the client's pool (owner: the client); frees the local block either way.
+    Returns the new block's reference, or None (logged) when it cannot: the result goes inline."""
+    pool_path, data_socket = shm.local_data_plane()
+    try:
+        pool = attach(pool_path)
+        local_ref = _allocate_and_write(pool, pieces, size, 0.0)
+        try:
+            ref = _core().agent_push(data_socket, envelope.node, local_ref, size, envelope.client,
+                                     TRANSFER_TIMEOUT_S)
+        finally:
+            pool.free(local_ref)
+    except (RuntimeError, SharedMemoryError) as e:  # full pool here or there, peer lost, ...
+        worker_counters.results_push_fallbacks += 1
+        logger.warning("task %d: its %d-byte result could not be pushed to node %s (pool %s, client pid %d): "
+                       "%s; sending it inline", task_id, nbytes, envelope.node, envelope.pool, envelope.client, e)
+        return None
+    worker_counters.results_pushed += 1
+    worker_counters.results_pushed_bytes += size
+    return ref
 
 
 # ---------------------------------------------------------------- client side
@@ -211,10 +328,18 @@ def _copy_out(view: memoryview) -> Any:
 
 
 
+class PoolPlace(NamedTuple):
+    """Where a client puts large task data: the pool of an agent on its host, and that agent's
+    node id (named in envelopes: workers on other nodes pull from it and push results to it;
+    and the submission's data_node, which the scheduler prefers)."""
+    path: str
+    node: str
+
+
 class PoolDataPath:
     """The client's side: large arguments into the pool of an agent on this host, large
     results read from it. Same interface as shm_files.ClientDirectory (DragonExecutor's
-    ``self.shm``), with ``place`` a pool path (or None: everything inline)."""
+    ``self.shm``), with ``place`` a PoolPlace (or None: everything inline)."""
 
     def __init__(self, threshold: int, wait_s: float = DEFAULT_WAIT_S) -> None:
         self.threshold = threshold
@@ -228,42 +353,44 @@ class PoolDataPath:
         self._held_bytes = 0  # of results read in place whose values are alive
 
     @staticmethod
-    def place_for(nodes: Optional[Sequence[Any]]) -> Optional[str]:
-        """The pool to use when ``nodes`` (live NodeInfos, all on this host; None when
-        some agent is elsewhere) are the agents: the first one's that has a pool."""
+    def place_for(nodes: Optional[Sequence[Any]]) -> Optional[PoolPlace]:
+        """The pool to use when ``nodes`` (live NodeInfos on this host whose pools every worker
+        can reach; None when there are none) are the local agents: the first one's that has a pool."""
         for node in sorted(nodes or [], key=lambda n: n.node_id):
             if node.shm_pool_path:
-                return node.shm_pool_path
+                return PoolPlace(node.shm_pool_path, node.node_id)
         return None
 
-    def _reply_header(self, place: Optional[str]) -> bytes:
+    def _reply_header(self, place: Optional[PoolPlace]) -> bytes:
         header = self._reply_headers.get(place)
         if header is None:
             fields: Dict[str, Any] = {"host": shm.host_identity()}
-            if place is not None:  # a worker on this host may return a large result through it
-                fields.update(pool=place, client=self._pid, threshold=self.threshold)
+            if place is not None:  # a worker may return a large result through it (pushed, from another node)
+                fields.update(pool=place.path, node=place.node, client=self._pid, threshold=self.threshold)
             header = shm.encode_header(**fields)
             self._reply_headers[place] = header
         return header
 
     # ------------------------------------------------------------ arguments
-    def pack_task(self, func_part: shm.Part, args: Any, kwargs: Any, place: Optional[str]
+    def pack_task(self, func_part: shm.Part, args: Any, kwargs: Any, place: Optional[PoolPlace]
                   ) -> Tuple[bytes, Optional[Tuple[str, bytes]]]:
-        """The payload of a task, and the argument block to free when its result arrives."""
+        """The payload of a task, and the argument block to free when its result arrives (None:
+        the arguments went inline; else they are in ``place``'s pool, on node ``place.node``)."""
         oob_min = self.threshold if place else shm.NEVER_OUT_OF_BAND
         parts = [func_part, shm.serialize_data(args, oob_min), shm.serialize_data(kwargs, oob_min)]
         if place and any(shm.is_large(p, self.threshold) for p in parts):
             pieces, descriptors, size = shm.layout(parts, self.threshold)
-            pool = attach(place)
-            self.path = place
+            pool = attach(place.path)
+            self.path = place.path
             # ShmPoolFull (naming the pool's size and --shm-pool-mb) after wait_s fails this task.
             ref = _allocate_and_write(pool, pieces, size, self.wait_s)
             with self._lock:
                 self.counters.args_shm_tasks += 1
                 self.counters.args_shm_bytes += size
-            header = shm.encode_header(host=shm.host_identity(), pool=place, client=self._pid,
-                                       threshold=self.threshold, ref=ref.hex(), size=size, parts=descriptors)
-            return header + shm.inline_bodies(parts, self.threshold), (place, ref)
+            header = shm.encode_header(host=shm.host_identity(), pool=place.path, node=place.node,
+                                       client=self._pid, threshold=self.threshold, ref=ref.hex(), size=size,
+                                       parts=descriptors)
+            return header + shm.inline_bodies(parts, self.threshold), (place.path, ref)
         payload = self._reply_header(place) + b"".join(
             b"%d\n%s\n%s" % (len(p.identifier) + 1 + len(p.body), p.identifier, p.body) for p in parts)
         with self._lock:
@@ -313,6 +440,9 @@ class PoolDataPath:
         with self._lock:
             self.counters.results_shm += 1
             self.counters.results_shm_bytes += envelope.size
+            if envelope.from_node:  # written on another node, pushed here by the agents
+                self.counters.results_pushed += 1
+                self.counters.results_pushed_bytes += envelope.size
         return value
 
     def _may_hold(self, pool: Any, size: int) -> bool:

@@ -1,5 +1,7 @@
 """DragonExecutor's submit path: resource specifications, and whether a task's arguments go
-through shared memory (every agent on this host) or inline through gRPC."""
+through shared memory (the pool of an agent on this host, which workers on other nodes reach
+through the agents' data plane; the files path only when every agent is on this host) or
+inline through gRPC."""
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -80,10 +82,14 @@ class SubmitPathMixin:
             # that changed directory since gets its tasks run where it is now.
             call = functools.partial(_cwd.run_in_dir, cwd, func)
         arg_file: Optional[str] = None
+        data_node = ""  # the node whose pool holds the arguments: the scheduler prefers it
         try:
             if self.shm is not None:
+                place = self._task_data_place()
                 payload, arg_file = self.shm.pack_task(shm.Part.from_parsl(serialize_parts(call)), args,
-                                                       kwargs, self._task_data_place())
+                                                       kwargs, place)
+                if arg_file is not None and isinstance(place, shm_pool_path.PoolPlace):
+                    data_node = place.node
             else:
                 # Byte for byte parsl.serialize.pack_apply_message, with one copy of large
                 # arguments instead of several (and no per-task "exceeds buffer threshold"
@@ -117,21 +123,29 @@ class SubmitPathMixin:
         if path is not None and self.shm is not None:
             self.shm.discard(path)
 
+    # Whether some live agent runs on another host (set by _local_agents): the files path is
+    # then off, the pool path needs a local agent with a data plane.
+    _agents_elsewhere: bool = True
+
     def _task_data_place(self) -> Any:
         """Where large task arguments may go: for the pool path (``shm_path="pool"``) the pool of
-        an agent on this host, for the files path whether files may be used at all; None/False
-        (inline) when some agent may be on another host."""
+        an agent on this host (a PoolPlace) that every worker can reach, for the files path
+        whether files may be used at all (every agent on this host); None/False: inline."""
         local = self._local_agents()
         if isinstance(self.shm, shm_pool_path.PoolDataPath):
             return self.shm.place_for(local)
-        return local is not None
+        return local is not None and not self._agents_elsewhere
 
     def _local_agents(self) -> Optional[List[Any]]:
-        """The live agents (NodeInfo) when every one of them runs on this host, so that workers
-        can read task data written here; None otherwise. Asked of the head (ListNodes) at most
-        every few seconds. With a provider, only LocalProvider's blocks may be all local (others
-        may join any time, on other hosts)."""
+        """The live agents (NodeInfo) on this host whose pools every worker can reach: all of
+        them when every live agent runs on this host; when some run on other hosts, the local
+        ones with a data plane (NodeInfo.data_socket: workers elsewhere pull from their pools
+        and push results into them). None when there is none: task data goes inline (also on a
+        node without an agent, e.g. a login node). Asked of the head (ListNodes) at most every
+        few seconds. With a provider, only LocalProvider's blocks may be all local (others may
+        join any time, on other hosts, and the client has no agent of its own)."""
         if self.provider is not None and not blocks.is_local(self.provider):
+            self._agents_elsewhere = True
             return None
         now = time.monotonic()
         if now - self._agents_checked_at < AGENT_HOSTS_RECHECK_S:
@@ -143,10 +157,15 @@ class SubmitPathMixin:
             logger.warning("DragonExecutor %s: ListNodes failed (%s): task arguments go inline", self.label, e)
             nodes = None
         connected = [n for n in nodes or [] if n.state in LIVE_NODE_STATES]
-        all_local = bool(connected) and all(_is_local_agent(n) for n in connected)
-        if not connected and self.local_head is not None:
-            all_local = True  # the embedded head's agent is local; it has not registered yet
-        self._agents_local = connected if all_local else None
+        local = [n for n in connected if _is_local_agent(n)]
+        self._agents_elsewhere = len(local) < len(connected) or (not connected and self.local_head is None)
+        if not connected:
+            # The embedded head's agent is local; it has not registered yet. Else nothing is known.
+            self._agents_local = [] if self.local_head is not None else None
+        elif not self._agents_elsewhere:
+            self._agents_local = connected
+        else:
+            self._agents_local = [n for n in local if n.data_socket and n.shm_pool_path] or None
         # No agent yet: ask again soon (its pool is not known until it registers).
         self._agents_checked_at = now if connected else now - AGENT_HOSTS_RECHECK_S + AGENT_WAIT_RECHECK_S
         return self._agents_local
