@@ -27,7 +27,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "agent/agent_data_plane.h"
 #include "agent/agent_pool.h"
+#include "agent/data_service.h"
 #include "agent/head_connection.h"
 #include "agent/incarnations.h"
 #include "agent/node_resources.h"
@@ -98,6 +100,13 @@ ABSL_FLAG(std::string, shm_pool_mb, "auto",
 ABSL_FLAG(std::string, shm_dir, "/dev/shm",
           "directory (a tmpfs) of the shared-memory pool; pools of dead agents in it are removed "
           "at start");
+ABSL_FLAG(bool, ucx, true,
+          "run the node's data plane: a UCX worker through which agents copy blocks of each "
+          "other's shared-memory pools (task data produced on another node), and the AgentData "
+          "service on the Unix socket <pool file>.sock for this node's workers and clients. "
+          "Needs a pool (--shm-pool-mb). UCX honours its UCX_* variables, e.g. UCX_TLS=tcp,self "
+          "to force TCP between nodes. --noucx: no data plane; task data across nodes then goes "
+          "inline through the head. If UCX cannot start, the agent warns and runs without it");
 
 namespace dragon::agent {
 namespace {
@@ -156,6 +165,34 @@ absl::Status SetUpLogging(const std::string& path, const std::string& level_name
   return absl::OkStatus();
 }
 
+// The data plane when this agent has a pool and --ucx, else none; a data
+// plane that cannot start is a warning, never the agent's end (task data
+// across nodes then goes inline).
+std::unique_ptr<AgentDataPlane> StartDataPlane(AgentPool* pool, const std::string& node_id,
+                                               const std::string& head, const std::string& token,
+                                               const std::string& tls_ca, bool simulated) {
+  if (pool == nullptr || simulated) return nullptr;
+  if (!absl::GetFlag(FLAGS_ucx)) {
+    spdlog::info("no data plane (--noucx): task data across nodes goes inline");
+    return nullptr;
+  }
+  AgentDataPlaneOptions options;
+  options.node_id = node_id;
+  options.head_address = head;
+  options.token = token;
+  options.tls_ca = tls_ca;
+  options.pool_path = pool->path();
+  absl::StatusOr<std::unique_ptr<AgentDataPlane>> started =
+      AgentDataPlane::Start(pool->pool(), options);
+  if (!started.ok()) {
+    spdlog::warn("running without a data plane (task data across nodes goes inline): {} (--noucx "
+                 "turns it off; UCX_* variables tune UCX)",
+                 started.status().ToString());
+    return nullptr;
+  }
+  return *std::move(started);
+}
+
 int Main(int argc, char** argv) {
   // Debian's Abseil is built with lock-order (deadlock) tracking on, and
   // gRPC's own mutexes are absl::Mutex: every lock paid for a graph lookup
@@ -177,7 +214,8 @@ int Main(int argc, char** argv) {
       "runs Python workers for dragond on one node (started by dragond, not "
       "normally by hand).\n"
       "Usage: dragon-agent --head HOST:PORT --node-id ID --run-dir DIR [--workers N] "
-      "[--python PATH] [--log-level info] [--shm-pool-mb MB|auto|0] [--shm-dir /dev/shm]\n"
+      "[--python PATH] [--log-level info] [--shm-pool-mb MB|auto|0] [--shm-dir /dev/shm] "
+      "[--noucx]\n"
       "In a Parsl provider's block: dragon-agent --head HOST:PORT --run-dir DIR --token-file "
       "DIR/token --block-id B [--job-end UNIX_SECONDS] [--drain-before-end S]\n"
       "Benchmark mode (no Python, results are fake and marked as such): "
@@ -330,7 +368,12 @@ int Main(int argc, char** argv) {
       }
       shm_pool = *std::move(started);
     }
+    const int orphans = RemoveOrphanDataSockets(shm_dir, kAgentPoolPrefix);
+    if (orphans > 0) spdlog::info("removed {} data socket(s) of dead agents from {}", orphans, shm_dir);
   }
+  // After the pool, so that it goes first (service, data plane, then pool).
+  std::unique_ptr<AgentDataPlane> data_plane = StartDataPlane(
+      shm_pool.get(), node_id, head, token, absl::GetFlag(FLAGS_tls_ca), simulate > 0);
 
   HeadConnectionOptions copts;
   copts.head_address = head;
@@ -353,6 +396,7 @@ int Main(int argc, char** argv) {
   if (shm_pool != nullptr) {
     reg.set_shm_pool_path(shm_pool->path());
     reg.set_shm_pool_bytes(shm_pool->capacity_bytes());
+    if (data_plane != nullptr) data_plane->FillRegister(&reg);
     copts.fill_heartbeat = [pool = shm_pool.get()](v1::Heartbeat* beat) {
       const PoolUsage usage = pool->usage();  // the janitor's last measure: never waits
       beat->set_shm_pool_free_bytes(usage.free_bytes);
@@ -397,6 +441,9 @@ int Main(int argc, char** argv) {
       popts.node_env.has_gpus = !gpus->empty();
       popts.node_env.cpu_ids = cpu_ids;
       popts.node_env.mpi = mpi_prefix;
+      popts.node_env.node_id = node_id;
+      if (shm_pool != nullptr) popts.node_env.shm_pool_path = shm_pool->path();
+      if (data_plane != nullptr) popts.node_env.data_socket = data_plane->socket_path();
       popts.worker_argv = {absl::GetFlag(FLAGS_python), "-m", "dragon_parsl.worker"};
       if (registered.max_payload_bytes() > 0) popts.max_result_bytes = registered.max_payload_bytes();
       popts.ready_timeout_us = int64_t{absl::GetFlag(FLAGS_worker_ready_timeout)} * 1'000'000;
