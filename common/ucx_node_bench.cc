@@ -8,8 +8,9 @@
 // Between two hosts (issue 14: "between two test hosts next to ucx_perftest
 // over the same link"): run it on one host with `--peer_cmd` the prefix that
 // runs a command on the other, e.g. on the netns test bed
-//   ip netns exec tb-h2 env UCX_NET_DEVICES=tb0 ucx_node_bench \
+//   ip netns exec tb-h2 env UCX_NET_DEVICES=tb0 ucx_node_bench
 //       --peer_cmd="ip netns exec tb-h1" --perftest --perftest_host=10.201.0.1
+// (one command line)
 // The serving side is then this binary again (`--serve`, started through the
 // prefix instead of forked), and the two exchange their UCX addresses over
 // two pipes it inherits as fds 3 and 4 (a pipe crosses network namespaces;
@@ -51,6 +52,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/perftest_runner.h"
 #include "common/ucx_node.h"
 
 ABSL_FLAG(std::string, tls, "tcp,self", "UCX_TLS for both processes (and ucx_perftest)");
@@ -163,37 +165,6 @@ double MBps(double bytes, absl::Duration d) {
   return bytes / (1 << 20) / absl::ToDoubleSeconds(d);
 }
 
-// Runs `argv` with UCX_TLS set, returning its stdout ("" if it failed).
-std::string RunCapture(std::vector<std::string> argv, pid_t* pid_out, bool capture) {
-  std::vector<char*> args;
-  for (std::string& a : argv) args.push_back(a.data());
-  args.push_back(nullptr);
-  int out[2];
-  if (pipe2(out, O_CLOEXEC) != 0) Die("pipe");
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, out[1], 1);
-  posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
-  pid_t pid;
-  int rc = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  close(out[1]);
-  if (rc != 0) Die(absl::StrCat("cannot run ", argv[0], ": ", strerror(rc)));
-  if (pid_out != nullptr) *pid_out = pid;
-  std::string text;
-  if (!capture) {
-    close(out[0]);
-    return text;
-  }
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(out[0], buf, sizeof(buf))) > 0) text.append(buf, static_cast<size_t>(n));
-  close(out[0]);
-  int status;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? text : "";
-}
-
 // --peer_cmd as argv words (empty: the serving side runs on this host).
 std::vector<std::string> PeerCommandPrefix() {
   return absl::StrSplit(absl::GetFlag(FLAGS_peer_cmd), ' ', absl::SkipEmpty());
@@ -251,38 +222,13 @@ pid_t SpawnServer(int to_server, int from_server, const std::string& tls, int it
   return pid;
 }
 
-// The numbers of ucx_perftest's "Final:" line: iterations, then latency
-// p50/average/overall (us), bandwidth average/overall (MB/s), message rate.
-std::vector<double> PerftestFinal(const std::vector<std::string>& test_args) {
-  const std::string port = std::to_string(absl::GetFlag(FLAGS_perftest_port));
-  for (int attempt = 0; attempt < 3; ++attempt) {
-    pid_t server;
-    std::vector<std::string> server_argv = PeerCommandPrefix();
-    server_argv.insert(server_argv.end(), {"ucx_perftest", "-p", port});
-    RunCapture(server_argv, &server, /*capture=*/false);
-    usleep(300 * 1000);  // until it listens
-    std::vector<std::string> client = {"ucx_perftest", "-p", port};
-    client.insert(client.end(), test_args.begin(), test_args.end());
-    client.push_back(absl::GetFlag(FLAGS_perftest_host));
-    std::string out = RunCapture(client, nullptr, /*capture=*/true);
-    // The server ends with its client; make sure of it.
-    for (int i = 0; i < 50 && waitpid(server, nullptr, WNOHANG) == 0; ++i) usleep(100 * 1000);
-    if (waitpid(server, nullptr, WNOHANG) == 0) {
-      kill(server, SIGKILL);
-      waitpid(server, nullptr, 0);
-    }
-    std::istringstream lines(out);
-    std::string line;
-    while (std::getline(lines, line)) {
-      if (line.rfind("Final:", 0) != 0) continue;
-      std::vector<double> values;
-      for (absl::string_view field : absl::StrSplit(line.substr(6), ' ', absl::SkipEmpty())) {
-        values.push_back(std::atof(std::string(field).c_str()));
-      }
-      if (values.size() >= 6) return values;
-    }
-  }
-  Die("ucx_perftest gave no result");
+// One ucx_perftest run (see perftest_runner.h), its server through --peer_cmd.
+PerftestFinal Perftest(const std::vector<std::string>& test_args) {
+  PerftestSetup setup;
+  setup.server_prefix = PeerCommandPrefix();
+  setup.host = absl::GetFlag(FLAGS_perftest_host);
+  setup.port = absl::GetFlag(FLAGS_perftest_port);
+  return Value(RunPerftest(setup, test_args), "--perftest");
 }
 
 int Main() {
@@ -382,18 +328,17 @@ int Main() {
       ",\"peer_cmd\":\"", absl::GetFlag(FLAGS_peer_cmd), "\"", ",\"switches_per_send\":", send_switches,
       ",\"switches_per_rtt\":", rtt_switches);
   if (absl::GetFlag(FLAGS_perftest)) {
-    std::vector<double> bw = PerftestFinal(
-        {"-t", "tag_bw", "-s", std::to_string(size), "-n", std::to_string(iters)});
-    std::vector<double> lat =
-        PerftestFinal({"-t", "tag_lat", "-s", "8", "-n", std::to_string(lat_iters)});
-    std::vector<double> get = PerftestFinal(
-        {"-t", "ucp_get", "-s", std::to_string(size), "-n", std::to_string(iters)});
-    const double perftest_mbps = bw[5];      // overall bandwidth
-    const double perftest_rtt = 2 * lat[1];  // p50 of half round trips
+    PerftestFinal bw =
+        Perftest({"-t", "tag_bw", "-s", std::to_string(size), "-n", std::to_string(iters)});
+    PerftestFinal lat = Perftest({"-t", "tag_lat", "-s", "8", "-n", std::to_string(lat_iters)});
+    PerftestFinal get =
+        Perftest({"-t", "ucp_get", "-s", std::to_string(size), "-n", std::to_string(iters)});
+    const double perftest_mbps = bw.bandwidth_overall_mbps;
+    const double perftest_rtt = 2 * lat.latency_p50_us;  // p50 of half round trips
     absl::StrAppend(&json, ",\"perftest_tag_bw_mbps\":", static_cast<int64_t>(perftest_mbps),
-                    ",\"perftest_ucp_get_mbps\":", static_cast<int64_t>(get[5]),
+                    ",\"perftest_ucp_get_mbps\":", static_cast<int64_t>(get.bandwidth_overall_mbps),
                     ",\"perftest_rtt_us_p50\":", perftest_rtt,
-                    ",\"get_vs_perftest_ucp_get\":", get_mbps / get[5],
+                    ",\"get_vs_perftest_ucp_get\":", get_mbps / get.bandwidth_overall_mbps,
                     ",\"send_vs_perftest\":", send_mbps / perftest_mbps,
                     ",\"get_vs_perftest\":", get_mbps / perftest_mbps,
                     ",\"send_threads_vs_perftest\":", send_mbps_threads / perftest_mbps,
