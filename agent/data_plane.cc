@@ -238,9 +238,14 @@ absl::StatusOr<BlockRef> DataPlane::Impl::PullRemote(const Connection& connectio
     Discard(*local, "cannot resolve it");
     return target.status();
   }
+  // Allocating and mapping a large new block takes a while (64 MiB: ~20 ms).
+  const absl::Duration remaining = deadline - absl::Now();
+  if (remaining <= absl::ZeroDuration()) {
+    Discard(*local, "no time left to fill it");
+    return absl::DeadlineExceededError(what + ": no time left after allocating its block");
+  }
   absl::Status got = node_->Get(connection.peer, connection.info.pool_address + ref.offset,
-                                connection.info.pool_rkey, target->data(), size,
-                                deadline - absl::Now());
+                                connection.info.pool_rkey, target->data(), size, remaining);
   if (!got.ok()) {
     Discard(*local, "its pull failed");
     return WithContext(got, what);

@@ -12,20 +12,15 @@
 #include "agent/data_plane.h"
 
 #include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
-#include <filesystem>
 #include <functional>
-#include <map>
-#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -33,172 +28,14 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "agent/data_plane_messages.h"
+#include "agent/data_plane_test_util.h"
 #include "common/shm_pool.h"
 
-namespace dragon::agent {
+namespace dragon::agent::data_plane_test {
 namespace {
-
-using common::BlockRef;
-using common::ShmPool;
-
-constexpr uint64_t kKiB = uint64_t{1} << 10;
-constexpr uint64_t kMiB = uint64_t{1} << 20;
-constexpr uint64_t kPoolBytes = 256 * kMiB;
-const absl::Duration kCallTimeout = absl::Seconds(10);
-constexpr unsigned kChildAlarmSeconds = 30;
-
-void UseTcpOnLoopback() { setenv("UCX_TLS", "tcp,self", 1); }
-
-// A private directory under /dev/shm for the pools of one test; the test
-// checks that it is empty before it goes.
-struct ShmDir {
-  ShmDir() {
-    char name[] = "/dev/shm/dragon-data-plane-test-XXXXXX";
-    REQUIRE(mkdtemp(name) != nullptr);
-    path = name;
-  }
-  ~ShmDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  size_t Files() const {
-    size_t n = 0;
-    for (const auto& e : std::filesystem::directory_iterator(path)) n += e.is_regular_file();
-    return n;
-  }
-  std::string path;
-};
-
-std::unique_ptr<ShmPool> MakePool(const ShmDir& dir, const std::string& name,
-                                  uint64_t size = kPoolBytes) {
-  common::ShmPoolOptions options;
-  options.dir = dir.path;
-  options.name = name;
-  options.size_bytes = size;
-  absl::StatusOr<std::unique_ptr<ShmPool>> pool = ShmPool::Create(options);
-  INFO(pool.status().ToString());
-  REQUIRE(pool.ok());
-  return *std::move(pool);
-}
-
-uint64_t BlocksInUse(ShmPool& pool) {
-  absl::StatusOr<common::ShmPoolStats> stats = pool.Stats();
-  REQUIRE(stats.ok());
-  return stats->blocks_in_use;
-}
-
-// Bytes no other block of a test holds: `seed` tells blocks apart.
-std::string Pattern(uint64_t size, uint8_t seed) {
-  std::string bytes(size, '\0');
-  for (uint64_t i = 0; i < size; ++i) {
-    bytes[i] = static_cast<char>((i * 131 + seed + (i >> 12)) & 0xff);
-  }
-  return bytes;
-}
-
-// A block of `pool` holding Pattern(size, seed), owned by this process.
-BlockRef WriteBlock(ShmPool& pool, uint64_t size, uint8_t seed) {
-  absl::StatusOr<BlockRef> ref = pool.Allocate(size);
-  INFO(ref.status().ToString());
-  REQUIRE(ref.ok());
-  absl::StatusOr<absl::Span<char>> span = pool.Resolve(*ref);
-  REQUIRE(span.ok());
-  const std::string pattern = Pattern(size, seed);
-  std::copy(pattern.begin(), pattern.end(), span->data());
-  return *ref;
-}
-
-bool Holds(ShmPool& pool, const BlockRef& ref, uint64_t size, uint8_t seed) {
-  absl::StatusOr<absl::Span<char>> span = pool.Resolve(ref);
-  if (!span.ok() || span->size() < size) return false;
-  return absl::string_view(span->data(), size) == Pattern(size, seed);
-}
-
-// The directory of a test: node id -> what its data plane published.
-class FakeDirectory : public PeerDirectory {
- public:
-  absl::StatusOr<PeerInfo> Lookup(const std::string& node_id, bool refresh) override {
-    absl::MutexLock lock(&mu_);
-    refreshes_ += refresh;
-    auto found = nodes_.find(node_id);
-    if (found == nodes_.end()) {
-      return absl::NotFoundError(absl::StrCat("no node ", node_id, " with a data plane"));
-    }
-    return found->second;
-  }
-  void Set(const PeerInfo& info) {
-    absl::MutexLock lock(&mu_);
-    nodes_[info.node_id] = info;
-  }
-  void Publish(const std::string& node_id, const DataPlane& plane) {
-    Set(PeerInfo{node_id, plane.ucx_address(), plane.pool_rkey(), plane.pool_address()});
-  }
-  int refreshes() {
-    absl::MutexLock lock(&mu_);
-    return refreshes_;
-  }
-
- private:
-  absl::Mutex mu_;
-  std::map<std::string, PeerInfo> nodes_;
-  int refreshes_ = 0;
-};
-
-DataPlaneOptions Options(const std::string& node_id) {
-  DataPlaneOptions options;
-  options.node_id = node_id;
-  options.ucx.name = node_id;
-  options.request_threads = 2;
-  options.default_timeout = kCallTimeout;
-  return options;
-}
-
-std::unique_ptr<DataPlane> MustStart(ShmPool* pool, PeerDirectory* directory,
-                                     const std::string& node_id) {
-  absl::StatusOr<std::unique_ptr<DataPlane>> plane =
-      DataPlane::Start(pool, directory, Options(node_id));
-  INFO(plane.status().ToString());
-  REQUIRE(plane.ok());
-  return *std::move(plane);
-}
-
-// Two nodes in this process: h1 over pool_a, h2 over pool_b, each in the
-// directory. Destroyed planes first, then pools; then nothing may be left.
-struct TwoNodes {
-  explicit TwoNodes(bool start = true) {
-    UseTcpOnLoopback();
-    if (start) StartPlanes();
-  }
-  void StartPlanes() {
-    a = MustStart(pool_a.get(), &directory, "h1");
-    b = MustStart(pool_b.get(), &directory, "h2");
-    directory.Publish("h1", *a);
-    directory.Publish("h2", *b);
-  }
-  ~TwoNodes() {
-    a.reset();
-    b.reset();
-    pool_a.reset();
-    pool_b.reset();
-    CHECK(dir.Files() == 0);
-  }
-  ShmDir dir;
-  std::unique_ptr<ShmPool> pool_a = MakePool(dir, "pool-a");
-  std::unique_ptr<ShmPool> pool_b = MakePool(dir, "pool-b");
-  FakeDirectory directory;
-  std::unique_ptr<DataPlane> a, b;
-};
-
-// Frees `ref` of `pool` if `owner` owns it: fails the test otherwise.
-void ExpectOwnedAndFree(ShmPool& pool, const BlockRef& ref, pid_t owner) {
-  absl::StatusOr<bool> freed = pool.FreeIfOwner(ref, owner);
-  REQUIRE(freed.ok());
-  CHECK(*freed);
-}
 
 TEST_CASE("push messages: encode and decode, malformed ones refused") {
   namespace m = data_plane_messages;
@@ -469,75 +306,6 @@ TEST_CASE("a restarted peer (same node, new address in the directory) is reached
   CHECK(BlocksInUse(*nodes.pool_b) == 0);
 }
 
-// --- A peer in a forked child -------------------------------------------
-
-void WriteAll(int fd, const std::string& bytes) {
-  size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = write(fd, bytes.data() + done, bytes.size() - done);
-    if (n <= 0) return;
-    done += static_cast<size_t>(n);
-  }
-}
-
-bool ReadAll(int fd, char* out, size_t size, absl::Time deadline) {
-  size_t done = 0;
-  while (done < size) {
-    pollfd p{fd, POLLIN, 0};
-    const int ms = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
-    if (ms <= 0 || poll(&p, 1, ms) <= 0) return false;
-    const ssize_t n = read(fd, out + done, size - done);
-    if (n <= 0) return false;
-    done += static_cast<size_t>(n);
-  }
-  return true;
-}
-
-void WriteString(int fd, const std::string& s) {
-  const uint64_t n = s.size();
-  WriteAll(fd, std::string(reinterpret_cast<const char*>(&n), sizeof(n)) + s);
-}
-
-bool ReadString(int fd, std::string* s, absl::Time deadline) {
-  uint64_t n = 0;
-  if (!ReadAll(fd, reinterpret_cast<char*>(&n), sizeof(n), deadline)) return false;
-  s->resize(n);
-  return ReadAll(fd, s->data(), n, deadline);
-}
-
-void WritePeerInfo(int fd, const PeerInfo& info) {
-  WriteString(fd, info.node_id);
-  WriteString(fd, info.ucx_address);
-  WriteString(fd, info.pool_rkey);
-  WriteString(fd, std::to_string(info.pool_address));
-}
-
-bool ReadPeerInfo(int fd, PeerInfo* info, absl::Duration timeout = absl::Seconds(10)) {
-  const absl::Time deadline = absl::Now() + timeout;
-  std::string address;
-  if (!ReadString(fd, &info->node_id, deadline) || !ReadString(fd, &info->ucx_address, deadline) ||
-      !ReadString(fd, &info->pool_rkey, deadline) || !ReadString(fd, &address, deadline)) {
-    return false;
-  }
-  info->pool_address = std::stoull(address);
-  return true;
-}
-
-// Bounded waitpid; a child still running is killed and fails the test.
-int WaitChild(pid_t pid, absl::Duration limit = absl::Seconds(kChildAlarmSeconds + 5)) {
-  const absl::Time deadline = absl::Now() + limit;
-  int status = 0;
-  while (waitpid(pid, &status, WNOHANG) != pid) {
-    if (absl::Now() > deadline) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      FAIL("child " << pid << " still running after " << absl::FormatDuration(limit));
-    }
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  return status;
-}
-
 TEST_CASE("a peer SIGKILLed: Pull and Push fail Unavailable naming it within 2 s, nothing leaked") {
   UseTcpOnLoopback();
   ShmDir dir;
@@ -620,6 +388,44 @@ TEST_CASE("a peer SIGKILLed: Pull and Push fail Unavailable naming it within 2 s
   CHECK(dir.Files() == 0);
 }
 
+TEST_CASE("too short a timeout: DeadlineExceeded, nothing left in either pool, next calls work") {
+  TwoNodes nodes;
+  const BlockRef in_b = WriteBlock(*nodes.pool_b, 64 * kMiB, 1);
+  const BlockRef in_a = WriteBlock(*nodes.pool_a, 64 * kMiB, 2);
+  // 64 MiB take ~40 ms over loopback TCP.
+  absl::StatusOr<BlockRef> pulled = nodes.a->Pull("h2", in_b, 64 * kMiB, 0, absl::Milliseconds(2));
+  INFO(pulled.status().ToString());
+  CHECK(absl::IsDeadlineExceeded(pulled.status()));
+  CHECK(absl::StrContains(pulled.status().message(), "node h2"));
+  CHECK(BlocksInUse(*nodes.pool_a) == 1);
+  // Whether the deadline passed before the Get or closed its connection
+  // during it, the next call works.
+  absl::StatusOr<BlockRef> again = nodes.a->Pull("h2", in_b, 64 * kMiB, 0, kCallTimeout);
+  INFO(again.status().ToString());
+  REQUIRE(again.ok());
+  CHECK(Holds(*nodes.pool_a, *again, 64 * kMiB, 1));
+  REQUIRE(nodes.pool_a->Free(*again).ok());
+
+  absl::StatusOr<BlockRef> pushed = nodes.a->Push("h2", in_a, 64 * kMiB, 0, absl::Milliseconds(2));
+  INFO(pushed.status().ToString());
+  CHECK(absl::IsDeadlineExceeded(pushed.status()));
+  // h2 may still be serving it: once its threads are joined, whatever it
+  // pulled for the request must be gone.
+  nodes.b.reset();
+  CHECK(BlocksInUse(*nodes.pool_b) == 1);
+  nodes.b = MustStart(nodes.pool_b.get(), &nodes.directory, "h2");
+  nodes.directory.Publish("h2", *nodes.b);
+  absl::StatusOr<BlockRef> pushed_again = nodes.a->Push("h2", in_a, 64 * kMiB, 0, kCallTimeout);
+  INFO(pushed_again.status().ToString());
+  REQUIRE(pushed_again.ok());
+  CHECK(Holds(*nodes.pool_b, *pushed_again, 64 * kMiB, 2));
+  REQUIRE(nodes.pool_b->Free(*pushed_again).ok());
+  REQUIRE(nodes.pool_a->Free(in_a).ok());
+  REQUIRE(nodes.pool_b->Free(in_b).ok());
+  CHECK(BlocksInUse(*nodes.pool_a) == 0);
+  CHECK(BlocksInUse(*nodes.pool_b) == 0);
+}
+
 // Not a check: numbers for the report, in the test's log.
 TEST_CASE("timing: 64 MiB Pull and Push, 4 KiB Pull round trip (loopback TCP)") {
   TwoNodes nodes;
@@ -672,4 +478,4 @@ TEST_CASE("timing: 64 MiB Pull and Push, 4 KiB Pull round trip (loopback TCP)") 
 }
 
 }  // namespace
-}  // namespace dragon::agent
+}  // namespace dragon::agent::data_plane_test
