@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/cord.h"
 #include "absl/time/time.h"
+#include "client/python/agent_data_binding.h"
 #include "client/python/channel_binding.h"
 #include "client/python/session_inbox.h"
 #include "client/python/owned_buffer.h"
@@ -202,4 +203,5 @@ PYBIND11_MODULE(_core, m) {
   dragon::client::RegisterShmPool(m);
   dragon::client::RegisterOwnedBuffer(m);
   dragon::client::RegisterChannels(m);  // after the two above: it raises ShmPoolFull, uses copy_buffer
+  dragon::client::RegisterAgentData(m);
 }

@@ -1,0 +1,192 @@
+#include "client/python/agent_data_binding.h"
+
+#include <grpcpp/grpcpp.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "client/python/without_gil.h"
+#include "proto/agent.grpc.pb.h"
+
+namespace py = pybind11;
+
+namespace dragon::client {
+namespace {
+
+PyObject* g_data_plane_error = nullptr;  // set by RegisterAgentData; the module keeps it
+
+// Beyond the transfer's own timeout, for the call around it (the service
+// answers DeadlineExceeded itself; this only bounds a service that hangs).
+constexpr double kCallMarginS = 5;
+// The deadline of a call whose timeout is 0 (the agent's default, 30 s).
+constexpr double kDefaultCallS = 60;
+
+const char* CodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::OK: return "OK";
+    case grpc::StatusCode::CANCELLED: return "CANCELLED";
+    case grpc::StatusCode::UNKNOWN: return "UNKNOWN";
+    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
+    case grpc::StatusCode::ALREADY_EXISTS: return "ALREADY_EXISTS";
+    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
+    case grpc::StatusCode::ABORTED: return "ABORTED";
+    case grpc::StatusCode::OUT_OF_RANGE: return "OUT_OF_RANGE";
+    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL: return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS: return "DATA_LOSS";
+    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
+    default: return "UNKNOWN";
+  }
+}
+
+// One channel per socket path, for the life of the process: a worker makes
+// many transfers through its one agent.
+class Channels {
+ public:
+  std::shared_ptr<grpc::Channel> Get(const std::string& socket) {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::shared_ptr<grpc::Channel>& channel = channels_[socket];
+    if (channel == nullptr) {
+      grpc::ChannelArguments args;
+      // A restarted agent is reached again soon, not after gRPC's growing
+      // reconnect backoff (up to 2 minutes).
+      args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+      args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+      channel = grpc::CreateCustomChannel(absl::StrCat("unix:", socket),
+                                          grpc::InsecureChannelCredentials(), args);
+    }
+    return channel;
+  }
+  // After the socket could not be reached: the next call starts afresh.
+  void Forget(const std::string& socket) {
+    std::lock_guard<std::mutex> lock(mu_);
+    channels_.erase(socket);
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, std::shared_ptr<grpc::Channel>> channels_;
+};
+
+Channels& AllChannels() {
+  static Channels* channels = new Channels();  // never destroyed: used until exit
+  return *channels;
+}
+
+// The outcome of one call, made without the interpreter lock.
+struct Outcome {
+  grpc::Status status;
+  std::string ref;
+  bool unreachable = false;  // the socket, not the service, failed
+};
+
+Outcome Call(bool push, const std::string& socket, const v1::BlockTransfer& request,
+             double timeout_s) {
+  Outcome out;
+  struct stat st {};
+  if (stat(socket.c_str(), &st) != 0) {
+    out.unreachable = true;
+    out.status = grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                              "no such socket (is the node's agent running with a data plane?)");
+    return out;
+  }
+  std::shared_ptr<grpc::Channel> channel = AllChannels().Get(socket);
+  std::unique_ptr<v1::AgentData::Stub> stub = v1::AgentData::NewStub(channel);
+  grpc::ClientContext context;
+  const double call_s = timeout_s > 0 ? timeout_s + kCallMarginS : kDefaultCallS;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::microseconds(static_cast<int64_t>(call_s * 1e6)));
+  v1::BlockTransferred reply;
+  out.status = push ? stub->Push(&context, request, &reply) : stub->Pull(&context, request, &reply);
+  if (out.status.ok()) {
+    out.ref = reply.ref();
+  } else if (out.status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+             channel->GetState(false) != GRPC_CHANNEL_READY) {
+    // The service's own Unavailable (a peer node lost) comes over a ready
+    // channel; a channel that is not ready never reached the service.
+    out.unreachable = true;
+    AllChannels().Forget(socket);
+  }
+  return out;
+}
+
+[[noreturn]] void RaiseDataPlaneError(const std::string& message, grpc::StatusCode code) {
+  PyObject* error = PyObject_CallFunction(g_data_plane_error, "s", message.c_str());
+  if (error == nullptr) throw py::error_already_set();
+  PyObject_SetAttrString(error, "code", py::str(CodeName(code)).ptr());
+  PyErr_SetObject(g_data_plane_error, error);
+  Py_DECREF(error);
+  throw py::error_already_set();
+}
+
+py::bytes Transfer(bool push, const std::string& socket, const std::string& node_id,
+                   const py::bytes& ref, uint64_t size, int64_t owner_pid, double timeout_s) {
+  if (timeout_s < 0) throw py::value_error("timeout_s must be >= 0 (0: the agent's default)");
+  if (owner_pid <= 0 || owner_pid > INT32_MAX) {
+    throw py::value_error(absl::StrCat("owner_pid ", owner_pid, " is not a process id"));
+  }
+  v1::BlockTransfer request;
+  request.set_node_id(node_id);
+  request.set_ref(std::string(ref));
+  request.set_size(size);
+  request.set_owner_pid(static_cast<int32_t>(owner_pid));
+  request.set_timeout_ms(static_cast<uint32_t>(std::min(timeout_s * 1000.0, 4.0e9)));
+  Outcome out = WithoutGil([&] { return Call(push, socket, request, timeout_s); });
+  if (out.status.ok()) return py::bytes(out.ref);
+  const char* code = CodeName(out.status.error_code());
+  if (out.unreachable) {
+    RaiseDataPlaneError(absl::StrCat("cannot reach the agent's data service at ", socket, ": ",
+                                     code, ": ", out.status.error_message()),
+                        out.status.error_code());
+  }
+  RaiseDataPlaneError(absl::StrCat("agent ", push ? "push to" : "pull from", " node ", node_id,
+                                   " failed: ", code, ": ", out.status.error_message()),
+                      out.status.error_code());
+}
+
+}  // namespace
+
+void RegisterAgentData(py::module_& m) {
+  static py::exception<std::runtime_error> data_plane_error(m, "DataPlaneError",
+                                                             PyExc_RuntimeError);
+  g_data_plane_error = data_plane_error.ptr();
+  m.def(
+      "agent_pull",
+      [](const std::string& socket, const std::string& node_id, const py::bytes& ref,
+         uint64_t size, int64_t owner_pid, double timeout_s) {
+        return Transfer(false, socket, node_id, ref, size, owner_pid, timeout_s);
+      },
+      py::arg("socket"), py::arg("node_id"), py::arg("ref"), py::arg("size"),
+      py::arg("owner_pid"), py::arg("timeout_s"),
+      "Has the agent serving `socket` copy the first `size` bytes of block `ref` of node "
+      "`node_id`'s pool into a new block of its own pool owned by `owner_pid`; returns the new "
+      "block's 24-byte ref. timeout_s 0: the agent's default. Raises DataPlaneError.");
+  m.def(
+      "agent_push",
+      [](const std::string& socket, const std::string& node_id, const py::bytes& ref,
+         uint64_t size, int64_t owner_pid, double timeout_s) {
+        return Transfer(true, socket, node_id, ref, size, owner_pid, timeout_s);
+      },
+      py::arg("socket"), py::arg("node_id"), py::arg("ref"), py::arg("size"),
+      py::arg("owner_pid"), py::arg("timeout_s"),
+      "Has node `node_id`'s agent copy the first `size` bytes of block `ref` of this node's pool "
+      "into a new block of its pool, owned there by `owner_pid`; returns that block's 24-byte ref "
+      "(in node_id's pool). The source block is left as it is. Raises DataPlaneError.");
+}
+
+}  // namespace dragon::client
