@@ -128,8 +128,14 @@ void Head::Submit(SessionId session_id, dragon::v1::SubmitBatch* batch) {
     }
     accepted->add_client_refs(sub.client_ref());
     accepted->add_task_ids(id);
-    if (task == nullptr) {
-      scheduler_.Enqueue(id);  // the plain fast path
+    AgentIndex data_agent = kNoAgent;
+    if (!sub.data_node().empty()) {
+      data_agent = DataAgentLocked(sub.data_node());
+      if (task == nullptr) task = table_.Find(id);
+      task->data_agent = data_agent;
+    }
+    if (task == nullptr || !task->resources) {
+      scheduler_.Enqueue(id, 0, data_agent);  // the plain fast path
     } else {
       EnqueueLocked(task, /*front=*/false);
     }
@@ -305,6 +311,13 @@ absl::Status Head::TaskNotFoundLocked(TaskId id) const {
         kTaskChunkSize, "-task chunks)"));
   }
   return absl::NotFoundError(absl::StrCat("no task ", id, " in this run"));
+}
+
+AgentIndex Head::DataAgentLocked(const std::string& node_id) const {
+  const AgentIndex agent = membership_.Latest(node_id);
+  // Unknown, lost or gone: the data is no reason to wait for it.
+  if (agent == kNoAgent || !membership_.Live(agent)) return kNoAgent;
+  return agent;
 }
 
 const std::string& Head::NodeNameLocked(AgentIndex agent) const {

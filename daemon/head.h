@@ -204,6 +204,9 @@ class Head {
                     int64_t now, ResultsBySession* results);
   void SendResultsLocked(ResultsBySession* results);
   const std::string& NodeNameLocked(AgentIndex agent) const;
+  // The live agent serving `node_id` (TaskSubmission.data_node), or kNoAgent
+  // for a node unknown, lost or gone: then the task has no preference.
+  AgentIndex DataAgentLocked(const std::string& node_id) const;
   // How an incarnation ended, which decides what EndAgentLocked does.
   enum class AgentEnd {
     kStreamEnded,    // its stream ended (broke, closed): lost; the launcher is told

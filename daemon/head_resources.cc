@@ -80,7 +80,8 @@ std::string Head::UnsatisfiableTextLocked(const Task& task) const {
 
 void Head::EnqueueLocked(Task* task, bool front) {
   if (!task->resources) {
-    front ? scheduler_.Requeue(task->id) : scheduler_.Enqueue(task->id);
+    front ? scheduler_.Requeue(task->id, 0, task->data_agent)
+          : scheduler_.Enqueue(task->id, 0, task->data_agent);
     return;
   }
   TaskResources& r = *task->resources;
@@ -92,9 +93,9 @@ void Head::EnqueueLocked(Task* task, bool front) {
   if (r.placed) {
     scheduler_.EnqueuePlaced(task->id, r.need, r.priority, front);
   } else if (front) {
-    scheduler_.Requeue(task->id, r.priority);
+    scheduler_.Requeue(task->id, r.priority, task->data_agent);
   } else {
-    scheduler_.Enqueue(task->id, r.priority);
+    scheduler_.Enqueue(task->id, r.priority, task->data_agent);
   }
 }
 

@@ -111,19 +111,22 @@ void Scheduler::ReleasePlaced(TaskId task) {
   for (AgentIndex a : pool_.Release(task)) SyncHeld(a);
 }
 
-TaskId Scheduler::PopPlain() {
+std::deque<TaskId>& Scheduler::NextQueue() {
   if (other_queued_ > 0) {
     auto it = other_queues_.begin();  // the highest priority
-    if (it->first > 0 || queue_.empty()) {
-      const TaskId t = it->second.front();
-      it->second.pop_front();
-      if (it->second.empty()) other_queues_.erase(it);
-      --other_queued_;
-      return t;
-    }
+    if (it->first > 0 || queue_.empty()) return it->second;
   }
-  const TaskId t = queue_.front();
-  queue_.pop_front();
+  return queue_;
+}
+
+TaskId Scheduler::PopPlain() {
+  std::deque<TaskId>& queue = NextQueue();
+  const TaskId t = queue.front();
+  queue.pop_front();
+  if (&queue != &queue_) {
+    --other_queued_;
+    if (queue.empty()) other_queues_.erase(other_queues_.begin());
+  }
   return t;
 }
 
@@ -132,6 +135,7 @@ std::vector<TaskId> Scheduler::TakeQueued() {
   out.reserve(queued());
   while (plain_queued() > 0) out.push_back(PopPlain());
   for (TaskId t : pool_.TakeQueued()) out.push_back(t);
+  data_agent_.clear();
   return out;
 }
 
@@ -144,19 +148,39 @@ void Scheduler::Release(AgentIndex agent) {
 
 std::vector<Assignment> Scheduler::Assign(const std::function<bool(TaskId)>& still_pending) {
   std::vector<Assignment> out;
-  while (plain_queued() > 0 && !open_.empty()) {
-    const AgentIndex best = open_.begin()->agent;
+  while (plain_queued() > 0) {
+    // With no agent room for a batch, only a task at the head of the queue
+    // whose data agent has a free slot can still go out.
+    const AgentIndex best = open_.empty() ? kNoAgent : open_.begin()->agent;
+    if (best == kNoAgent && data_agent_.empty()) break;
     // One batch in a row to the least loaded agent (room for it is what
     // put the agent in open_); the Head sends the run as one message.
-    const int want = agents_[best].batch;
+    const int want = best == kNoAgent ? 0 : agents_[best].batch;
     int given = 0;
-    while (given < want && plain_queued() > 0) {
-      const TaskId task = PopPlain();
+    while (plain_queued() > 0 && (best == kNoAgent || given < want)) {
+      const TaskId task = NextQueue().front();
+      // Tasks without a data agent (the flood) cost no lookup while no
+      // queued task has one.
+      auto preference = data_agent_.empty() ? data_agent_.end() : data_agent_.find(task);
+      const AgentIndex data = preference == data_agent_.end() ? kNoAgent : preference->second;
+      AgentIndex to = best;
+      if (data != kNoAgent && data != best && HasFreeSlot(data)) {
+        to = data;
+      } else if (best == kNoAgent) {
+        break;  // the head of the queue has nowhere to go yet
+      }
+      PopPlain();
+      if (preference != data_agent_.end()) data_agent_.erase(preference);
       if (!still_pending(task)) continue;
-      out.push_back({best, task});
-      ++given;
+      out.push_back({to, task});
+      if (to == best) {
+        ++given;
+      } else {
+        Update(to, [](Slot& slot) { ++slot.assigned; });
+      }
     }
-    if (given == 0) break;  // only cancelled tasks were left
+    if (best == kNoAgent) break;
+    if (given == 0) break;  // the queue ran empty (the rest was cancelled or went elsewhere)
     Update(best, [given](Slot& slot) { slot.assigned += given; });
   }
   return out;

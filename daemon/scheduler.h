@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <set>
+#include <unordered_map>
 #include <vector>
 
 #include "daemon/resources.h"
@@ -64,10 +65,19 @@ class Scheduler {
   void SetPaused(AgentIndex agent, bool paused);
 
   // Plain tasks: higher priority first, then in order of arrival.
-  void Enqueue(TaskId task, int32_t priority = 0) { QueueOf(priority).push_back(task); }
+  // `data_agent`: the agent whose node holds the task's data (its arguments
+  // in that node's shared-memory pool), which Assign prefers; kNoAgent for
+  // none, the common case, which costs nothing more than before.
+  void Enqueue(TaskId task, int32_t priority = 0, AgentIndex data_agent = kNoAgent) {
+    QueueOf(priority).push_back(task);
+    NotePreference(task, data_agent);
+  }
   // For tasks that were assigned but never started (their node was lost):
   // they go first among their priority, since they have waited longest.
-  void Requeue(TaskId task, int32_t priority = 0) { QueueOf(priority).push_front(task); }
+  void Requeue(TaskId task, int32_t priority = 0, AgentIndex data_agent = kNoAgent) {
+    QueueOf(priority).push_front(task);
+    NotePreference(task, data_agent);
+  }
 
   // Placed tasks (see ResourcePool::Enqueue).
   void EnqueuePlaced(TaskId task, const ResourceNeed& need, int32_t priority, bool front = false) {
@@ -91,6 +101,17 @@ class Scheduler {
   // evenly. Tasks for which `still_pending` is false (cancelled while queued)
   // are dropped. Each assignment costs O(log agents with room), not
   // O(agents): the agents with room are kept ordered by load.
+  //
+  // Locality: a task with a data agent goes to that agent whenever it has a
+  // free slot (capacity - assigned >= 1, active, not paused), even one too
+  // few for a whole batch; otherwise to the least loaded agent like any
+  // other task. A preference, never a constraint: a busy data node does not
+  // keep tasks waiting while other nodes have room, and a drained, paused or
+  // removed one is simply no preference. Tasks still leave the queue in its
+  // order (FIFO within a priority): a preferring task at the head whose node
+  // is full takes the next batch's slot rather than being skipped, so a
+  // flood of preferring tasks cannot starve the others or be starved by
+  // them. Tasks without a preference still go out in whole batches.
   std::vector<Assignment> Assign(const std::function<bool(TaskId)>& still_pending);
 
   size_t queued() const { return plain_queued() + pool_.queued(); }
@@ -102,6 +123,8 @@ class Scheduler {
   int batch(AgentIndex agent) const;
   // Agents that can take at least one more batch.
   size_t agents_with_room() const { return open_.size(); }
+  // Queued tasks that prefer a data agent.
+  size_t queued_with_preference() const { return data_agent_.size(); }
 
  private:
   struct Slot {
@@ -140,12 +163,23 @@ class Scheduler {
   static bool HasRoom(const Slot& slot) {
     return slot.active && !slot.paused && slot.capacity - slot.assigned >= slot.batch;
   }
-
+  // Room for one more task, if not for a batch: enough for a task that
+  // prefers this agent.
+  bool HasFreeSlot(AgentIndex agent) const {
+    if (agent < 0 || static_cast<size_t>(agent) >= agents_.size()) return false;
+    const Slot& slot = agents_[agent];
+    return slot.active && !slot.paused && slot.assigned < slot.capacity;
+  }
+  void NotePreference(TaskId task, AgentIndex data_agent) {
+    if (data_agent != kNoAgent) data_agent_[task] = data_agent;
+  }
   std::deque<TaskId>& QueueOf(int32_t priority) {
     if (priority == 0) return queue_;
     ++other_queued_;
     return other_queues_[priority];
   }
+  // The queue the next plain task comes from (call only when plain_queued()).
+  std::deque<TaskId>& NextQueue();
   // Removes and returns the next plain task (call only when plain_queued()).
   TaskId PopPlain();
   void SyncHeld(AgentIndex agent);
@@ -156,6 +190,9 @@ class Scheduler {
   // Other priorities, highest first (empty deques are erased).
   std::map<int32_t, std::deque<TaskId>, std::greater<int32_t>> other_queues_;
   size_t other_queued_ = 0;
+  // The data agent of each queued plain task that has one; tasks without
+  // one (nearly all of a flood) are not here, so they cost no memory.
+  std::unordered_map<TaskId, AgentIndex> data_agent_;
   ResourcePool pool_;
   std::vector<Slot> agents_;  // indexed by AgentIndex
   std::set<Load, LessLoaded> open_;  // active agents with room for a batch

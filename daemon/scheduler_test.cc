@@ -344,5 +344,156 @@ TEST_CASE("deep prefetch: a burst smaller than a batch still goes out", "[schedu
   CHECK(s.assigned(0) == 7);
 }
 
+// --- locality: a task prefers the agent whose node holds its data ---------
+
+TEST_CASE("locality: the data agent gets the task when it has room", "[scheduler][locality]") {
+  Scheduler s(0);
+  s.AddAgent(0, 2);
+  s.AddAgent(1, 2);
+  // Both idle: without a preference the tie goes to agent 0.
+  s.Enqueue(1, 0, /*data_agent=*/1);
+  s.Enqueue(2, 0, /*data_agent=*/1);
+  s.Enqueue(3);
+  auto a = s.Assign(kAll);
+  REQUIRE(a.size() == 3);
+  CHECK(a[0].agent == 1);
+  CHECK(a[1].agent == 1);
+  CHECK(a[2].agent == 0);
+  CHECK(s.assigned(1) == 2);
+  CHECK(s.queued_with_preference() == 0);
+}
+
+TEST_CASE("locality: a full data agent leaves the task to another", "[scheduler][locality]") {
+  Scheduler s(0);
+  s.AddAgent(0, 1);
+  s.AddAgent(1, 1);
+  s.Enqueue(1, 0, 1);
+  s.Enqueue(2, 0, 1);  // agent 1 is full by now: agent 0 must not stay idle
+  s.Enqueue(3, 0, 1);  // nobody has room: it waits
+  auto a = s.Assign(kAll);
+  REQUIRE(a.size() == 2);
+  CHECK(a[0].agent == 1);
+  CHECK(a[0].task == 1);
+  CHECK(a[1].agent == 0);
+  CHECK(a[1].task == 2);
+  CHECK(s.queued() == 1);
+  // Agent 0 frees up first: the task still waiting goes there, not to wait
+  // for its data agent.
+  s.Release(0);
+  auto b = s.Assign(kAll);
+  REQUIRE(b.size() == 1);
+  CHECK(b[0].agent == 0);
+  CHECK(b[0].task == 3);
+}
+
+TEST_CASE("locality: a removed, paused or unknown data agent is no preference",
+          "[scheduler][locality]") {
+  Scheduler s(0);
+  s.AddAgent(0, 4);
+  s.AddAgent(1, 4);
+  s.AddAgent(2, 4);
+  s.RemoveAgent(1);  // its node was lost
+  s.SetPaused(2, true);  // draining
+  s.Enqueue(1, 0, 1);
+  s.Enqueue(2, 0, 2);
+  s.Enqueue(3, 0, 7);  // never registered
+  auto a = s.Assign(kAll);
+  REQUIRE(a.size() == 3);
+  for (auto& x : a) CHECK(x.agent == 0);
+  CHECK(s.assigned(1) == 0);
+  CHECK(s.assigned(2) == 0);
+  // Undrained, it is preferred again.
+  s.SetPaused(2, false);
+  s.Enqueue(4, 0, 2);
+  auto b = s.Assign(kAll);
+  REQUIRE(b.size() == 1);
+  CHECK(b[0].agent == 2);
+}
+
+TEST_CASE("locality: a re-queued task keeps its preference; TakeQueued forgets it",
+          "[scheduler][locality]") {
+  Scheduler s(0);
+  s.AddAgent(0, 1);
+  s.AddAgent(1, 1);
+  s.Requeue(5, 0, 1);
+  auto a = s.Assign(kAll);
+  REQUIRE(a.size() == 1);
+  CHECK(a[0].agent == 1);
+  s.Enqueue(6, 0, 1);
+  s.Enqueue(7, 3, 0);  // another priority
+  CHECK(s.queued_with_preference() == 2);
+  CHECK(s.TakeQueued().size() == 2);
+  CHECK(s.queued_with_preference() == 0);
+}
+
+TEST_CASE("locality: tasks without a preference still go out in whole batches",
+          "[scheduler][locality][scale]") {
+  Scheduler s(1, 16);
+  constexpr int kAgents = 8;
+  for (AgentIndex a = 0; a < kAgents; ++a) {
+    s.AddAgent(a, 8);
+    for (int i = 0; i < 10; ++i) s.ObserveRuntime(a, 0);
+    REQUIRE(s.batch(a) == 60);
+  }
+  // One task in ten holds its data on agent 5: 60 of them, 540 without.
+  for (TaskId t = 1; t <= 600; ++t) s.Enqueue(t, 0, t % 10 == 0 ? 5 : kNoAgent);
+  auto a = s.Assign(kAll);
+  REQUIRE(a.size() == 600);
+  // The queue's order is kept: assignments come out in task order.
+  for (size_t i = 0; i < a.size(); ++i) CHECK(a[i].task == i + 1);
+  // Every preferring task found room on agent 5 (capacity 136).
+  for (auto& x : a) {
+    if (x.task % 10 == 0) CHECK(x.agent == 5);
+  }
+  // The others go in runs of a whole batch (60) to the least loaded agent,
+  // as without preferences: the preferring tasks sent to agent 5 meanwhile
+  // do not split them (when agent 5 is the one given a batch, its preferring
+  // tasks count in it). Only the last run, where the queue ran out, is short.
+  std::vector<int> runs;
+  AgentIndex run_agent = kNoAgent;
+  for (auto& x : a) {
+    if (x.task % 10 == 0 && x.agent != run_agent) continue;  // to its data agent
+    if (x.agent != run_agent) runs.push_back(0);
+    ++runs.back();
+    run_agent = x.agent;
+  }
+  REQUIRE(runs.size() >= 9);
+  for (size_t i = 0; i + 1 < runs.size(); ++i) CHECK(runs[i] == 60);
+  CHECK(runs.back() <= 60);
+  for (AgentIndex i = 0; i < kAgents; ++i) CHECK(s.assigned(i) <= s.capacity(i));
+}
+
+TEST_CASE("locality: FIFO holds when no agent has room for a batch", "[scheduler][locality]") {
+  Scheduler s(1, 16);
+  s.AddAgent(0, 8);
+  s.AddAgent(1, 8);
+  for (AgentIndex a = 0; a < 2; ++a) {
+    for (int i = 0; i < 10; ++i) s.ObserveRuntime(a, 0);
+  }
+  // Two batches of 60 each: 120 of 136, room for 16, less than a batch.
+  for (TaskId t = 1; t <= 250; ++t) s.Enqueue(t);
+  REQUIRE(s.Assign(kAll).size() == 240);
+  REQUIRE(s.agents_with_room() == 0);
+  // The 10 left are plain tasks, which wait for a batch's room; a preferring
+  // task behind them waits too: the queue's order is kept.
+  s.Enqueue(900, 0, 1);
+  CHECK(s.Assign(kAll).empty());
+  CHECK(s.queued() == 11);
+  // At the head of the queue, preferring tasks go to their data agent's free
+  // slots at once; the plain task behind them waits for a batch's room.
+  CHECK(s.TakeQueued().size() == 11);
+  s.Enqueue(901, 0, 1);
+  s.Enqueue(902, 0, 1);
+  s.Enqueue(903);
+  auto b = s.Assign(kAll);
+  REQUIRE(b.size() == 2);
+  CHECK(b[0].task == 901);
+  CHECK(b[0].agent == 1);
+  CHECK(b[1].task == 902);
+  CHECK(b[1].agent == 1);
+  CHECK(s.queued() == 1);
+  CHECK(s.assigned(1) == 122);
+}
+
 }  // namespace
 }  // namespace dragon::daemon

@@ -86,6 +86,11 @@ struct Task {
   dragon::v1::FailureKind failure = dragon::v1::FAILURE_KIND_UNSPECIFIED;
   // Times it went back to the queue because its node was lost while it ran.
   uint8_t infra_attempts = 0;
+  // The agent serving the node whose shared-memory pool holds its arguments
+  // (TaskSubmission.data_node, resolved at submission), which the scheduler
+  // prefers; kNoAgent for none (or a node unknown or lost by then). Fits in
+  // the padding after infra_attempts: a queued task costs no more.
+  AgentIndex data_agent = kNoAgent;
   // Null unless it was submitted with a ResourceRequest.
   std::unique_ptr<TaskResources> resources;
 

@@ -22,6 +22,14 @@ TEST_CASE("tasks get dense ids and start pending", "[task_table]") {
   CHECK(table.CountInState(dragon::v1::PENDING) == 2);
 }
 
+TEST_CASE("a task's data agent costs no memory", "[task_table]") {
+  // data_agent sits in the padding after infra_attempts; a deep queue costs
+  // sizeof(Task) per task (bench/HEAD_SCALE.md), which it must not grow.
+  CHECK(sizeof(Task) <= 176);
+  Task task;
+  CHECK(task.data_agent == kNoAgent);
+}
+
 TEST_CASE("a task moves through its life with a timestamp per step", "[task_table]") {
   TaskTable table;
   TaskId id = table.Add(dragon::v1::PYTHON, "f", 1, 1, "p", 1);
