@@ -94,8 +94,10 @@ class CoreSession {
   }
 
   // None, or the error tuple (closed, broken, or larger than the head accepts).
+  // data_node: the node whose shared-memory pool holds the arguments, which
+  // the head prefers ("" for none).
   py::object Submit(uint64_t client_ref, int kind, py::bytes payload, const std::string& name,
-                    py::object resources, bool whole_result) {
+                    py::object resources, bool whole_result, const std::string& data_node) {
     if (client_ == nullptr) throw std::logic_error("submit() before connect()");
     dragon::v1::TaskSubmission task;
     task.set_client_ref(client_ref);
@@ -105,6 +107,7 @@ class CoreSession {
     if (PyBytes_AsStringAndSize(payload.ptr(), &data, &size) != 0) throw py::error_already_set();
     task.set_payload(data, static_cast<size_t>(size));
     task.set_name(name);
+    if (!data_node.empty()) task.set_data_node(data_node);
     if (!resources.is_none()) {
       char* r = nullptr;
       Py_ssize_t rsize = 0;
@@ -193,7 +196,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("protocol_version") = dragon::client::kSessionProtocolVersion)
       .def("connect", &CoreSession::Connect, py::arg("timeout_s"))
       .def("submit", &CoreSession::Submit, py::arg("client_ref"), py::arg("kind"),
-           py::arg("payload"), py::arg("name"), py::arg("resources"), py::arg("whole_result"))
+           py::arg("payload"), py::arg("name"), py::arg("resources"), py::arg("whole_result"),
+           py::arg("data_node") = "")
       .def("take", &CoreSession::Take, py::arg("timeout_s"))
       .def("close", &CoreSession::Close, py::arg("timeout_s"))
       .def("set_size_check", &CoreSession::set_size_check, py::arg("on"))
