@@ -46,7 +46,7 @@ std::string CurrentDir() {
 }
 
 size_t ApproxBytes(const dragon::v1::TaskSubmission& t) {
-  return t.payload().size() + t.name().size() + 24;
+  return t.payload().size() + t.name().size() + t.data_node().size() + 24;
 }
 
 }  // namespace

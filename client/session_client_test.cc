@@ -32,6 +32,7 @@ class TestHead final : public HeadService::Service {
   std::mutex mu;
   std::vector<int> batch_sizes;     // tasks per SubmitBatch received
   std::vector<size_t> batch_bytes;  // payload bytes per SubmitBatch
+  std::map<uint64_t, std::string> data_node_by_ref;  // TaskSubmission.data_node received
   std::string hello_cwd;
   std::atomic<bool> stream_ended{false};
 
@@ -83,6 +84,7 @@ class TestHead final : public HeadService::Service {
         std::lock_guard<std::mutex> l(mu);
         batch_sizes.push_back(msg.submit().tasks_size());
         batch_bytes.push_back(bytes);
+        for (const auto& t : msg.submit().tasks()) data_node_by_ref[t.client_ref()] = t.data_node();
       }
       if (mode == Mode::kBreakAfterFirstBatch) {
         return grpc::Status(grpc::StatusCode::INTERNAL, "head exploded");
@@ -230,6 +232,24 @@ TEST_CASE("a lone task leaves at once (no waiting for a batch to fill)") {
   REQUIRE(got.WaitFor(1, std::chrono::seconds(5)));
   CHECK(std::chrono::steady_clock::now() - start < std::chrono::milliseconds(500));
   CHECK((*session)->Close().ok());
+}
+
+TEST_CASE("a task's data node reaches the head as submitted") {
+  Server server;
+  Collector got;
+  SessionOptions o;
+  o.address = server.address;
+  auto session = SessionClient::Connect(o, got.Callbacks());
+  REQUIRE(session.ok());
+  dragon::v1::TaskSubmission near = Task(1, "x");
+  near.set_data_node("node-7");
+  REQUIRE((*session)->Submit(std::move(near)).ok());
+  REQUIRE((*session)->Submit(Task(2, "y")).ok());
+  REQUIRE(got.WaitFor(2, std::chrono::seconds(5)));
+  CHECK((*session)->Close().ok());
+  std::lock_guard<std::mutex> l(server.service.mu);
+  CHECK(server.service.data_node_by_ref[1] == "node-7");
+  CHECK(server.service.data_node_by_ref[2].empty());
 }
 
 TEST_CASE("batches stop growing at the byte cap; a bigger task goes alone") {
