@@ -305,7 +305,13 @@ absl::StatusOr<BlockRef> DataPlane::Impl::PushRemote(const Connection& connectio
   if (!sent.ok()) return WithContext(sent, what);
   absl::StatusOr<std::string> reply = node_->Receive(
       connection.peer, messages::PushReplyTag(request.request_id), deadline - absl::Now());
-  if (!reply.ok()) return WithContext(reply.status(), what + ": waiting for the answer");
+  if (!reply.ok()) {
+    if (absl::IsDeadlineExceeded(reply.status())) {
+      absl::MutexLock lock(&abandoned_mu_);
+      abandoned_replies_[request.request_id] = absl::Now();
+    }
+    return WithContext(reply.status(), what + ": waiting for the answer");
+  }
   absl::StatusOr<BlockRef> pushed = messages::DecodePushReply(*reply);
   if (!pushed.ok()) return WithContext(pushed.status(), absl::StrCat("node ", node_id));
   spdlog::debug("data plane of node {}: pushed {} bytes of {} to node {}, now its {}, in {}",

@@ -95,6 +95,9 @@ class DataPlane::Impl {
   // data_plane_requests.cc: the request threads' loop, one request, and
   // the reply to its sender.
   void ServeRequests();
+  // Takes the answers that came after their Push stopped waiting (UCX would
+  // keep them forever otherwise); gives up on an id after a while.
+  void DrainAbandonedReplies();
   void Serve(absl::string_view message);
   void Reply(const std::string& requester, uint64_t request_id,
              const absl::StatusOr<common::BlockRef>& result, absl::Time deadline);
@@ -112,6 +115,10 @@ class DataPlane::Impl {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 
   std::vector<std::thread> request_threads_;
+
+  // Pushes that stopped waiting for their answer: request id -> when.
+  absl::Mutex abandoned_mu_;
+  std::map<uint64_t, absl::Time> abandoned_replies_ ABSL_GUARDED_BY(abandoned_mu_);
 };
 
 }  // namespace dragon::agent

@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <iterator>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -26,6 +27,9 @@ constexpr absl::Duration kRequestPoll = absl::Milliseconds(100);
 // (it may still be waiting: its clock is not ours). Answers are small and
 // leave at once, unless their connection is new and still being set up.
 constexpr absl::Duration kReplyMinTimeout = absl::Seconds(2);
+// How long an answer nobody waits for any more is looked for: past this its
+// server is gone or has dropped it.
+constexpr absl::Duration kAbandonedReplyWatch = absl::Minutes(5);
 
 }  // namespace
 
@@ -50,12 +54,43 @@ void DataPlane::Impl::ServeRequests() {
     absl::StatusOr<std::string> message = node_->Receive(messages::kPushRequestTag, kRequestPoll);
     if (message.ok()) {
       Serve(*message);
-    } else if (!absl::IsDeadlineExceeded(message.status())) {
+    } else if (absl::IsDeadlineExceeded(message.status())) {
+      DrainAbandonedReplies();  // idle: a moment for the housekeeping
+    } else {
       // A request whose sender was lost while it arrived: nobody to answer.
       spdlog::warn("data plane of node {}: receiving a push request failed: {}", options_.node_id,
                    message.status().ToString());
     }
   }
+}
+
+void DataPlane::Impl::DrainAbandonedReplies() {
+  // One thread at a time; the others have requests to wait for.
+  if (!abandoned_mu_.TryLock()) return;
+  const absl::Time now = absl::Now();
+  for (auto it = abandoned_replies_.begin(); it != abandoned_replies_.end();) {
+    const uint64_t request_id = it->first;
+    absl::StatusOr<std::string> late =
+        node_->Receive(messages::PushReplyTag(request_id), absl::ZeroDuration());
+    if (!late.ok()) {
+      it = now - it->second > kAbandonedReplyWatch ? abandoned_replies_.erase(it) : std::next(it);
+      continue;
+    }
+    it = abandoned_replies_.erase(it);
+    absl::StatusOr<BlockRef> block = messages::DecodePushReply(*late);
+    if (block.ok()) {
+      // Rare: the server stops short of our deadline (ReplyMargin), so only
+      // a slow answer gets here. The block stays its owner's until that
+      // process frees it or dies (the janitor reclaims it then).
+      spdlog::warn("data plane of node {}: push request {} was answered after it gave up: {} "
+                   "was made for it on the other node",
+                   options_.node_id, request_id, DescribeBlock(*block));
+    } else {
+      spdlog::debug("data plane of node {}: late answer to push request {}: {}",
+                    options_.node_id, request_id, block.status().ToString());
+    }
+  }
+  abandoned_mu_.Unlock();
 }
 
 void DataPlane::Impl::Serve(absl::string_view message) {
