@@ -76,6 +76,9 @@ class Submission:
     kind: int = common_pb2.PYTHON
     # The result is handed over as a whole ClientResult (dragon_parsl.mpi reads its ranks' reports).
     whole_result: bool = False
+    # The node whose shared-memory pool holds the arguments (a NodeInfo node_id): the head's
+    # scheduler prefers it, so the data need not cross the network. "": no preference.
+    data_node: str = ""
 
 
 class Session:
@@ -162,7 +165,12 @@ class Session:
         if self._closing:
             raise DragonError(f"the session to dragond at {self.address} is closed")
         resources = sub.resources.SerializeToString() if sub.resources is not None else None
-        err = self._core.submit(sub.client_ref, sub.kind, sub.payload, sub.name, resources, sub.whole_result)
+        if sub.data_node:
+            err = self._core.submit(sub.client_ref, sub.kind, sub.payload, sub.name, resources,
+                                    sub.whole_result, data_node=sub.data_node)
+        else:  # the flood of small tasks: the call as it always was
+            err = self._core.submit(sub.client_ref, sub.kind, sub.payload, sub.name, resources,
+                                    sub.whole_result)
         if err is not None:
             if self.broken is not None:
                 raise copy.copy(self.broken)
