@@ -16,7 +16,9 @@ issues' targets: bench/run_summary.py. Then bench/native_bench.py, bench/native_
 (DragonPoolExecutor, ProcessPoolExecutor and Ray's tasks from one Python process),
 bench/task_data_bench.py (large task arguments and results through DragonExecutor's shared-memory pool,
 its files and inline, 64 KiB to 64 MiB), bench/comm_bench.py (dragon_parsl.comm's Queue, Pipe and
-Barrier next to multiprocessing's), bench/head_scale.py,
+Barrier next to multiprocessing's), bench/channel_bench.py (ShmChannel within a node and UcxNode between two
+hosts of the netns test bed, next to memcpy and ucx_perftest; brings the bed up and down under its lock, or
+reports that part skipped), bench/head_scale.py,
 bench/liveness.py (agent failure detection), bench/auth_cost.py (authentication on next to off)
 and bench/cluster_start.py (agents on many nodes: start times over ssh and Slurm, no-op throughput
 with agents on 4 hosts next to 1; needs root, brings the test beds up and down) if present (`python bench/<name>.py --quick|--full --json-out FILE`); their JSON is embedded
@@ -50,16 +52,19 @@ from run_summary import (hook_targets, issue15_targets, native_targets, ratios, 
                          targets)
 
 # bench/<HOOK_FILES[name]>, run in this order
-HOOKS = ("native", "native_py", "task_data", "comm", "head_scale", "liveness", "auth_cost", "cluster_start", "mpi")
+HOOKS = ("native", "native_py", "task_data", "comm", "channel", "head_scale", "liveness", "auth_cost", "cluster_start",
+         "mpi")
 HOOK_FILES = {"native": "native_bench.py", "native_py": "native_py_bench.py", "task_data": "task_data_bench.py",
-              "comm": "comm_bench.py",
+              "comm": "comm_bench.py", "channel": "channel_bench.py",
               "head_scale": "head_scale.py", "liveness": "liveness.py", "auth_cost": "auth_cost.py",
               "cluster_start": "cluster_start.py", "mpi": "mpi_bench.py"}
 # Hooks that bench/report.py does not title (yet): their table_md joins results.md under this title.
 EXTRA_HOOK_TITLES = (("task_data", "Task data through Parsl + DragonExecutor: shared-memory pool, files, inline "
                                    "(issue 14)"),
                      ("comm", "Communication objects within a node: dragon_parsl.comm Queue, Pipe, Barrier next to "
-                              "multiprocessing's (issue 14)"))
+                              "multiprocessing's (issue 14)"),
+                     ("channel", "Channels within a node and between two hosts, next to memcpy and ucx_perftest "
+                                 "(issue 14)"))
 ONLY = BENCHES + HOOKS
 
 QUICK = dict(tasks=300, samples=20, images=16, image_size=64, rounds=1, parsl_logging=["default"])
@@ -390,7 +395,7 @@ def parse_args(argv=None):
     p.add_argument("--timeout", type=float, default=0, help="seconds per executor process (default: from the counts)")
     p.add_argument("--hook-timeout", type=float, default=0,
                    help="seconds for each of native_bench.py, native_py_bench.py, task_data_bench.py, "
-                        "comm_bench.py, head_scale.py, liveness.py, auth_cost.py, cluster_start.py and mpi_bench.py "
+                        "comm_bench.py, channel_bench.py, head_scale.py, liveness.py, auth_cost.py, cluster_start.py and mpi_bench.py "
                         "(default 150 quick, 1800 full)")
     args = p.parse_args(argv)
     if args.images is not None and len(args.images) not in (1, len(args.compute_ms)):
