@@ -252,6 +252,7 @@ def summarize(part: dict, keys: tuple) -> dict:
 
 
 IN_NODE_KEYS = ("send_mbps", "send_by_ref_mbps", "rtt_us_p50", "rtt_us_p99", "futex_rtt_us_p50", "spin_rtt_us_p50",
+                "send_receive_local_us",
                 "memcpy_cached_mbps", "memcpy_large_mbps", "perftest_tag_bw_mbps", "perftest_rtt_us_p50",
                 "send_vs_perftest", "send_by_ref_vs_perftest", "rtt_vs_perftest", "send_vs_memcpy_cached",
                 "send_vs_memcpy_large")
@@ -310,6 +311,8 @@ def table(result: dict) -> str:
         L.append(f"| round trip p50 / p99 (us) | {fmt(i.get('rtt_us_p50'), 2)} / {fmt(i.get('rtt_us_p99'), 2)} | "
                  f"{fmt(i.get('perftest_rtt_us_p50'), 2)} | {fmt(i.get('rtt_vs_perftest'), 1)}x | floors: futex "
                  f"{fmt(i.get('futex_rtt_us_p50'), 2)} | spin {fmt(i.get('spin_rtt_us_p50'), 2)} |")
+        L.append(f"| one 8 B Send + ReceiveInto in one process, no wait (us) | "
+                 f"{fmt(i.get('send_receive_local_us'), 2)} | | | | |")
     else:
         L.append(f"| {result['in_node']['status']} | | | | | |")
     L += ["", "| between two hosts (netns, veth, tcp) | UcxNode | ucx_perftest | ratio |", "|---|---|---|---|"]

@@ -22,6 +22,9 @@
 //    receiver reading the block in place starts from.
 //  - rtt_us_p50/p99: round trips of 8 bytes, ping through one channel and
 //    the echo through another (the child's ReceiveInto + Send).
+//  - send_receive_local_us: one 8 B Send and its ReceiveInto in one process,
+//    nobody waiting: the channel's own work per message (lock, pool block,
+//    ownership hand-over), without any wake-up.
 //  - futex_rtt_us_p50, spin_rtt_us_p50: the floors of a round trip between
 //    two processes that sleep in a futex (as a ShmChannel receiver does) or
 //    spin (as ucx_perftest does): a counter in a shared page, no channel.
@@ -292,6 +295,16 @@ int Main() {
   int status = 0;
   waitpid(child, &status, 0);
   g_child = 0;
+
+  // The channel's own work per 8 B message, with nobody waiting: Send then
+  // ReceiveInto in this process. Twice this plus the spin floor is what a
+  // round trip would cost if the receiver spun instead of sleeping.
+  const absl::Time local_start = absl::Now();
+  for (int i = 0; i < lat_iters; ++i) {
+    Check(c.ping.Send(absl::MakeConstSpan(ping, sizeof(ping)), kTimeout), "local send");
+    Check(c.ping.ReceiveInto(pong, kTimeout), "local receive");
+  }
+  const double local_us = absl::ToDoubleMicroseconds(absl::Now() - local_start) / lat_iters;
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) Die("the receiving child failed");
   for (ShmChannel* channel : {&c.data, &c.ack, &c.ping, &c.pong}) {
     Check(channel->Destroy(), "destroy a channel");
@@ -319,6 +332,7 @@ int Main() {
       {"send_by_ref_mbps", send_by_ref_mbps},
       {"rtt_us_p50", rtt_p50},
       {"rtt_us_p99", rtt_p99},
+      {"send_receive_local_us", local_us},
       {"futex_rtt_us_p50", futex_rtt_p50},
       {"spin_rtt_us_p50", spin_rtt_p50},
       {"memcpy_cached_mbps", memcpy_cached_mbps},
