@@ -60,7 +60,7 @@ SESSION_LOCK = Path("/run/lock/dragon-testbeds.session")  # = tests/testbed_fixt
 SERVER_HOST, CLIENT_HOST = "h1", "h2"                     # netns.sh: namespace tb-hN, 10.201.0.N on tb0
 SERVER_IP, TEST_IF, NS_PREFIX = "10.201.0.1", "tb0", "tb-"
 
-QUICK = dict(rounds=1, iters=200, lat_iters=2000, lock_wait=20, sweep=False)
+QUICK = dict(rounds=1, iters=200, lat_iters=2000, lock_wait=10, sweep=False)
 FULL = dict(rounds=3, iters=1000, lat_iters=10000, lock_wait=900, sweep=True)
 BW_GOAL, RTT_GOAL = 0.7, 2.0
 
@@ -351,7 +351,7 @@ def parse_args(argv=None):
     p.add_argument("--use-running-bed", action="store_true",
                    help="the netns test bed is up and held by the caller: run on it, neither up nor down")
     p.add_argument("--lock-wait", type=float, help="seconds to wait for the test beds' session lock "
-                   "(default 20 quick, 900 full); then the cross-host part is skipped")
+                   "(default 10 quick, 900 full); then the cross-host part is skipped")
     return p.parse_args(argv)
 
 
