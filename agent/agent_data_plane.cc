@@ -47,7 +47,7 @@ absl::StatusOr<std::unique_ptr<AgentDataPlane>> AgentDataPlane::Start(
   popts.ucx.name = options.node_id;
   absl::StatusOr<std::unique_ptr<DataPlane>> plane =
       DataPlane::Start(pool, self->directory_.get(), popts);
-  if (!plane.ok()) return Prefixed("UCX", plane.status());
+  if (!plane.ok()) return plane.status();  // names the node and the UCX call
   self->plane_ = *std::move(plane);
   self->mover_ = std::make_unique<DataPlaneMover>(self->plane_.get());
 

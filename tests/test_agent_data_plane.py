@@ -249,6 +249,40 @@ def test_noucx_gives_a_node_without_a_data_plane(tmp_path, shm_dir):
     assert files(shm_dir) == []
 
 
+@pytest.mark.parametrize("why", ["bad-ucx-tls", "socket-path-too-long"])
+def test_a_data_plane_that_cannot_start_is_a_warning_not_a_failed_agent(tmp_path, shm_dir, why):
+    head = start_head(tmp_path, "--agents", "none")
+    agent = None
+    shm = shm_dir
+    env_extra = {}
+    if why == "bad-ucx-tls":
+        env_extra["UCX_TLS"] = "no_such_transport"
+    else:
+        shm = shm_dir / ("d" * 100)  # <pool file>.sock is longer than a Unix socket path may be
+        shm.mkdir()
+    try:
+        agent = subprocess.Popen(
+            [binary("dragon-agent"), "--head", head.address, "--node-id", "a", "--run-dir",
+             str(head.run_dir), "--workers", "1", "--python", sys.executable, "--shm-dir", str(shm),
+             "--shm-pool-mb", "16"],
+            env=head.agent_env(**env_extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        n = ready(head, "a")
+        assert n["shm_pool_path"]
+        assert not n.get("ucx_address") and not n.get("data_socket")
+        wait_for(lambda: "running without a data plane (task data across nodes goes inline)" in
+                 agent_log(head, "a"), 10, "the agent's warning")
+        if why == "socket-path-too-long":
+            assert "more than a Unix socket's" in agent_log(head, "a")
+        env = wait_for(lambda: worker_environ("a") or None, 60, "a worker of node a")
+        assert "DRAGON_AGENT_DATA_SOCKET" not in env
+        assert stop_agent(agent) == 0
+        assert [p.name for p in shm.iterdir()] == []
+    finally:
+        if agent is not None and agent.poll() is None:
+            stop_agent(agent)
+        stop_head(head)
+
+
 def test_sigkilled_agents_socket_is_removed_at_the_next_start(tmp_path, shm_dir):
     head = start_head(tmp_path, "--agents", "none")
     agents = []
