@@ -365,6 +365,13 @@ def test_layout_keeps_small_bodies_inline_so_a_power_of_two_array_fills_its_bloc
 CLIENT_HOST, WORKER_HOST = shm.host_identity(), "n2-host/other-boot"
 
 
+def data_plane_error(code: str, message: str) -> RuntimeError:
+    """Like _core.DataPlaneError: a RuntimeError with the gRPC code as .code and in its message."""
+    error = RuntimeError(f"agent pull from node n1 failed: {code}: {message}")
+    error.code = code
+    return error
+
+
 class _FakeDataPlane:
     def __init__(self, pools: dict, here: str):
         self.pools, self.here, self.calls = pools, here, []
@@ -456,7 +463,7 @@ def test_a_failed_push_sends_the_result_inline_and_frees_the_local_block(two_nod
     client, place, plane, pools = two_nodes
     payload, block = client.pack_task(func_part(ones), (THRESHOLD,), {}, place)  # small arguments: inline
     assert block is None
-    plane.fail_with = RuntimeError("UNAVAILABLE: node n1 is lost")
+    plane.fail_with = data_plane_error("UNAVAILABLE", "node n1 is lost")
     with caplog.at_level(logging.WARNING, logger="dragon_parsl.shm_pool_path"):
         rtype, body = run_as_worker_on_n2(payload, monkeypatch)
     assert rtype == RESULT and not shm.is_envelope(frame_body_bytes(body))  # inline: never lost
@@ -476,9 +483,9 @@ def test_worker_that_cannot_fetch_arguments_fails_the_task_saying_why(two_nodes,
     if case == "no socket":
         monkeypatch.delenv(shm.DATA_SOCKET_ENV)
     elif case == "source has none":
-        plane.fail_with = RuntimeError("NOT_FOUND: node n1 has no data plane")
+        plane.fail_with = data_plane_error("NOT_FOUND", "node n1 has no data plane (no pool, or --noucx)")
     else:
-        plane.fail_with = RuntimeError("RESOURCE_EXHAUSTED: pool full (--shm-pool-mb)")
+        plane.fail_with = data_plane_error("RESOURCE_EXHAUSTED", "pool full (--shm-pool-mb)")
     rtype, body = run_as_worker_on_n2(payload, monkeypatch)
     error = raised_by(body)
     assert rtype == APP_EXCEPTION and isinstance(error, SharedMemoryError), error

@@ -189,9 +189,12 @@ def _load_pulled(envelope: shm.Envelope) -> List[Any]:
 
 
 def _is_not_found(error: BaseException) -> bool:
-    """A data plane error that means "no such node, or it has no data plane" (gRPC NotFound)."""
-    text = str(error).upper().replace(" ", "_")
-    return "NOT_FOUND" in text or "NOTFOUND" in text
+    """A data plane error that means "no such node, or it has no data plane" (the AgentData
+    service's NotFound: _core.DataPlaneError.code, also in its message)."""
+    code = getattr(error, "code", None)
+    if isinstance(code, str):
+        return code == "NOT_FOUND"
+    return "NOT_FOUND" in str(error)
 
 
 def _pull(envelope: shm.Envelope) -> bytes:

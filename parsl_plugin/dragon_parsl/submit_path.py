@@ -113,7 +113,7 @@ class SubmitPathMixin:
                 self._tasks[ref] = fut
                 if arg_file is not None:
                     self._arg_files[ref] = arg_file
-                session.submit(Submission(ref, payload, name, resources))
+                session.submit(Submission(ref, payload, name, resources, data_node=data_node))
         except BaseException:
             self._discard_arg_file(arg_file)
             raise

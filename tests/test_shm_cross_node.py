@@ -1,0 +1,323 @@
+"""Large task data across nodes (issue 14, "UCX between nodes"): a Parsl workflow on h1 whose
+tasks run on h2, the arguments in h1's pool, pulled by h2's agent over UCX into h2's pool, the
+results pushed back into h1's pool, on the netns test bed (tests/testbed_fixtures.py). Real
+dragond (root namespace, agents over ssh), dragon-agent with their pools and data planes, Python
+workers, Parsl; no mocks (the worker's and client's logic with a fake data plane is unit-tested
+in test_shm_unit.py).
+
+UCX picks shared memory between namespaces of one machine unless told not to
+(shared/TESTBED-NETNS.md): the head and its agents run with ``UCX_TLS=tcp,self`` and
+``UCX_NET_DEVICES=tb0`` (``--agent-env PYTHONPATH,UCX_TLS,UCX_NET_DEVICES``), so blocks really
+cross the veths. The workflow runs inside h1's namespace (and UTS name: its local agent is h1's),
+as a script written by the test; h1 is drained before it submits, so every task runs on h2 while
+its arguments are in h1's pool (the client still writes there: a local agent with a data plane).
+
+- 2,000 tasks with a 2 MiB numpy argument and a 2 MiB result, submitted at once: every result
+  byte-for-byte right, every task ran on h2, each worker pulled every argument it ran (its own
+  counter, returned by the app), the client sent every argument through its pool and received
+  every result pushed into it; afterwards no block in either pool, and after ``dragond stop``
+  no pool (nor data socket) left in /dev/shm;
+- a worker on h2 SIGKILLed mid-run (its pulled copy freed by h2's janitor), then h2's agent
+  SIGKILLed (h2 lost; h1 is undrained so that the rest can run): every task ends done and right,
+  or failed with an error naming what happened; none hangs; no block left in h1's pool;
+- the workflow process SIGKILLed with tasks in flight: h1's janitor frees its argument blocks
+  and the results pushed to it, h2's pulled copies are freed; nothing left after stop.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_for, worker_pythonpath  # noqa: F401
+from testbed_fixtures import netns_hosts, no_service_left  # noqa: F401
+from test_ssh_cluster import WORKERS, agents_in, ssh_heads, stop_and_check_nothing_left  # noqa: F401
+
+TESTS_DIR = Path(__file__).resolve().parent
+UCX_ENV = {"UCX_TLS": "tcp,self", "UCX_NET_DEVICES": "tb0"}
+# Room for every argument of the 2,000-task run at once (4,000 MiB in 2 MiB blocks) and the
+# results pushed back: a lazily backed pool costs only the blocks in use.
+POOL_MB = 5120
+
+# The workflow, run as a script inside h1's namespace (its apps are pickled by value: the
+# workers on h2 need not import anything of the tests). Writes a JSON summary to --out.
+WORKFLOW = textwrap.dedent('''
+    import argparse, json, os, sys, time
+    import numpy as np
+    import parsl
+    from parsl import python_app
+    from parsl.config import Config
+    from dragon_parsl import DragonExecutor
+
+
+    def scaled_where(img, factor, sleep_s):
+        """(host, worker pid, arguments this worker pulled, results it pushed before, img * factor)"""
+        import os, socket, sys, time
+        if sleep_s:
+            time.sleep(sleep_s)
+        m = sys.modules.get("dragon_parsl.shm_pool_path")
+        c = m.worker_counters if m is not None else None
+        return (socket.gethostname(), os.getpid(), c.args_pulled if c else -1,
+                c.results_pushed if c else -1, img * factor)
+
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--address", required=True)
+    p.add_argument("--tasks", type=int, required=True)
+    p.add_argument("--sleep", type=float, default=0.0)
+    p.add_argument("--timeout", type=float, default=150.0)
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    executor = DragonExecutor(label="dragon", address=a.address, token=os.environ["DRAGON_TOKEN"],
+                              shm_pool_wait_s=60)
+    dfk = parsl.load(Config(executors=[executor], strategy="none",
+                            run_dir=os.path.join(os.path.dirname(a.out), "runinfo")))
+    app = python_app(scaled_where, executors=["dragon"])
+    base = np.random.default_rng(14).random((512, 512))  # 2 MiB, the same object for every task
+    t0 = time.monotonic()
+    futures = [app(base, float(i), a.sleep) for i in range(a.tasks)]
+    submitted = time.monotonic() - t0
+    summary = {"tasks": a.tasks, "ok": 0, "wrong": [], "failed": {}, "hung": [], "hosts": {}, "pids": {}}
+    deadline = time.monotonic() + a.timeout
+    for i, f in enumerate(futures):
+        futures[i] = None  # each 2 MiB result goes once checked
+        try:
+            host, pid, pulled, pushed_before, r = f.result(timeout=max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            summary["hung"].append(i)
+            continue
+        except Exception as e:  # noqa: BLE001  (the test judges the errors)
+            summary["failed"][i] = f"{type(e).__name__}: {e}"
+            continue
+        if r.shape != base.shape or not np.array_equal(r, base * float(i)):
+            summary["wrong"].append(i)
+            continue
+        summary["ok"] += 1
+        summary["hosts"][host] = summary["hosts"].get(host, 0) + 1
+        count, max_pulled, max_pushed = summary["pids"].get(str(pid), (0, 0, 0))
+        summary["pids"][str(pid)] = (count + 1, max(max_pulled, pulled), max(max_pushed, pushed_before))
+        del r
+    summary["submit_s"] = submitted
+    summary["seconds"] = time.monotonic() - t0
+    summary["counters"] = executor.shm_counters()
+    dfk.cleanup()
+    with open(a.out, "w") as f:
+        json.dump(summary, f)
+''')
+
+
+# ---------------------------------------------------------------- helpers
+
+class Workflow:
+    """The workflow script running in h1's namespace (a Popen whose pid is python's own)."""
+
+    def __init__(self, tb, head, tmp_path: Path, tasks: int, sleep_s: float = 0.0, timeout: float = 150.0):
+        d = tmp_path / f"workflow-{time.monotonic_ns()}"
+        d.mkdir()
+        script = d / "workflow.py"
+        script.write_text(WORKFLOW)
+        self.out, self.log = d / "summary.json", d / "workflow.log"
+        env = dict(os.environ, DRAGON_TOKEN=head.head.token,
+                   PYTHONPATH=str(TESTS_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env.pop("DRAGON_HEAD", None)
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                tb.exec_argv("h1", sys.executable, str(script), "--address", head.address, "--tasks", str(tasks),
+                             "--sleep", str(sleep_s), "--timeout", str(timeout), "--out", str(self.out)),
+                env=env, cwd=d, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        self.timeout = timeout
+
+    def summary(self) -> dict:
+        try:
+            rc = self.proc.wait(timeout=self.timeout + 30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"the workflow did not end within {self.timeout + 30}s:\n{self.tail()}") from None
+        assert rc == 0 and self.out.exists(), f"the workflow exited {rc}:\n{self.tail()}"
+        return json.loads(self.out.read_text())
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def tail(self, chars: int = 6000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+
+def pools_of(head) -> dict[str, str]:
+    """{node: its pool's path}; each node must have a pool and a data plane."""
+    nodes = head.nodes()
+    for h, n in nodes.items():
+        assert n.get("shm_pool_path") and n.get("data_socket"), f"{h} has no pool or no data plane: {n}"
+    return {h: n["shm_pool_path"] for h, n in nodes.items()}
+
+
+def blocks_in(path: str) -> int:
+    """Blocks in use in the pool at `path` (attached here: /dev/shm is one for every namespace)."""
+    from dragon_parsl._core import ShmPool
+    pool = ShmPool.attach(path)
+    try:
+        return pool.stats()["blocks_in_use"]
+    finally:
+        pool.close()
+
+
+def owners_in(path: str) -> list[int]:
+    from dragon_parsl._core import ShmPool
+    pool = ShmPool.attach(path)
+    try:
+        return pool.owners()
+    finally:
+        pool.close()
+
+
+def wait_pools_empty(paths: list[str], timeout: float = 15) -> None:
+    try:
+        wait_for(lambda: all(blocks_in(p) == 0 for p in paths), timeout, "every pool block freed")
+    except AssertionError:
+        raise AssertionError(f"blocks left: {[(p, blocks_in(p), owners_in(p)) for p in paths]}") from None
+
+
+def pool_files_left(pools: dict[str, str]) -> list[str]:
+    """The pools (and their data sockets) of this run still in /dev/shm."""
+    return [f for p in pools.values() for f in (p, p + ".sock") if os.path.exists(f)]
+
+
+def veth_bytes(tb, host: str) -> int:
+    """Bytes through `host`'s link both ways (its bridge-side veth, in this namespace)."""
+    stats = Path("/sys/class/net", tb.veth(host), "statistics")
+    return int((stats / "rx_bytes").read_text()) + int((stats / "tx_bytes").read_text())
+
+
+def check_no_pool_file_left(pools: dict[str, str], killed_agent_node: str = "") -> None:
+    """Nothing of the run's pools in /dev/shm after dragond stop. The one known gap: the data
+    socket of an agent killed with kill -9 (its pool is removed by dragond stop, its socket only
+    by the next agent started on that machine): an expected failure, named, while it lasts."""
+    left = pool_files_left(pools)
+    if killed_agent_node and left == [pools[killed_agent_node] + ".sock"]:
+        os.unlink(left[0])
+        pytest.xfail(f"dragond stop removed the pool of {killed_agent_node}'s killed agent but left its data "
+                     f"socket {left[0]} (daemon/serve.cc removes stale pools, not NodeInfo.data_socket)")
+    assert left == []
+
+
+def workers_in(tb, host: str) -> list[int]:
+    return [p for p, c in tb.processes_in(host).items() if "dragon_parsl.worker" in c]
+
+
+@pytest.fixture
+def cross_head(netns_hosts, ssh_heads, monkeypatch):
+    """A head with agents on h1 and h2 (pools and data planes over TCP), ready, h1 drained."""
+    for k, v in UCX_ENV.items():
+        monkeypatch.setenv(k, v)
+    head = ssh_heads(["h1", "h2"], "--agent-env", "PYTHONPATH," + ",".join(UCX_ENV),
+                     "--shm-pool-mb", str(POOL_MB))
+    head.wait_ready()
+    head.ctl("nodes", "drain", "h1")
+    wait_for(lambda: head.nodes()["h1"]["state"] == "draining", 10, "h1 draining")
+    return head
+
+
+# ---------------------------------------------------------------- 2,000 tasks, data from h1, run on h2
+
+N_TASKS = 2000
+
+
+@pytest.mark.timeout(240)
+def test_2000_tasks_with_2mib_arguments_and_results_cross_between_pools(netns_hosts, cross_head, tmp_path):
+    tb, head = netns_hosts, cross_head
+    pools = pools_of(head)
+    link_before = veth_bytes(tb, "h2")
+    s = Workflow(tb, head, tmp_path, N_TASKS, timeout=180).summary()
+    on_link = veth_bytes(tb, "h2") - link_before
+    print(f"\n{N_TASKS} tasks, 2 MiB each way between h1's and h2's pools over UCX tcp: {s['seconds']:.1f}s "
+          f"(submitted in {s['submit_s']:.1f}s), {on_link / 1e9:.2f} GB through h2's link; workers {s['pids']}; "
+          f"client counters {s['counters']}")
+    assert s["ok"] == N_TASKS and not s["wrong"] and not s["failed"] and not s["hung"], \
+        {k: s[k] for k in ("ok", "wrong", "hung")} | {"failed": list(s["failed"].items())[:5]}
+    assert s["hosts"] == {"h2": N_TASKS}
+    # Each worker pulled every argument it ran (its counter when running its last task), and
+    # pushed every result before that one.
+    assert len(s["pids"]) <= WORKERS and all(len(agents_in(tb, h)) == 1 for h in ("h1", "h2"))
+    for pid, (count, pulled, pushed_before) in s["pids"].items():
+        assert pulled == count and pushed_before == count - 1, (pid, count, pulled, pushed_before)
+    c = s["counters"]
+    assert c["dir"] == pools["h1"]
+    assert c["args_shm_tasks"] == N_TASKS and c["args_inline_tasks"] == 0, c
+    assert c["results_shm"] == N_TASKS and c["results_pushed"] == N_TASKS and c["results_inline"] == 0, c
+    assert c["results_pushed_bytes"] >= N_TASKS * (2 << 20), c
+    # The blocks crossed the network (UCX_TLS=tcp,self), not shared memory between namespaces:
+    # every argument and every result through h2's link.
+    assert on_link >= 2 * N_TASKS * (2 << 20), on_link
+    wait_pools_empty(list(pools.values()))
+    stop_and_check_nothing_left(head, tb)
+    check_no_pool_file_left(pools)
+
+
+# ---------------------------------------------------------------- a worker, then h2's agent, killed mid-run
+
+FAULT_TASKS = 300
+FAULT_SLEEP_S = 0.05
+
+
+@pytest.mark.timeout(180)
+def test_worker_and_agent_killed_mid_run_every_task_ends_and_no_block_leaks(netns_hosts, cross_head, tmp_path):
+    tb, head = netns_hosts, cross_head
+    pools = pools_of(head)
+    wf = Workflow(tb, head, tmp_path, FAULT_TASKS, sleep_s=FAULT_SLEEP_S, timeout=120)
+    try:
+        wait_for(lambda: head.counts().get("DONE", 0) >= 40 and head.nodes()["h2"]["running_tasks"] > 0, 60,
+                 "the run under way on h2")
+        victim = workers_in(tb, "h2")[0]
+        os.kill(victim, signal.SIGKILL)
+        # Its pulled copy (owned by it, in h2's pool) goes to h2's janitor.
+        wait_for(lambda: victim not in owners_in(pools["h2"]), 10, f"the killed worker {victim}'s blocks freed")
+        wait_for(lambda: head.counts().get("DONE", 0) >= 120 and head.nodes()["h2"]["running_tasks"] > 0, 60,
+                 "the run under way again on h2")
+        (agent,) = agents_in(tb, "h2")
+        os.kill(agent, signal.SIGKILL)
+        wait_for(lambda: head.nodes()["h2"]["state"] == "lost", 10, "h2 lost")
+        head.ctl("nodes", "undrain", "h1")  # the rest runs on h1, its data local there
+        s = wf.summary()
+    finally:
+        wf.kill()
+    print(f"\nworker {victim} and then h2's agent killed: {s['ok']} done, {len(s['failed'])} failed "
+          f"{list(s['failed'].values())[:3]}; by host {s['hosts']}; client counters {s['counters']}")
+    assert not s["hung"] and not s["wrong"], s
+    assert s["ok"] + len(s["failed"]) == FAULT_TASKS
+    for i, error in s["failed"].items():  # a task may fail with its worker or node, saying so
+        assert any(w in error for w in ("worker", "node", "agent", "lost")), (i, error)
+    assert s["hosts"].get("h2", 0) >= 100 and s["counters"]["results_pushed"] >= 100, s
+    counts = head.counts()
+    assert counts.get("DONE", 0) + counts.get("FAILED", 0) == FAULT_TASKS, counts
+    wait_pools_empty([pools["h1"]])
+    stop_and_check_nothing_left(head, tb)
+    check_no_pool_file_left(pools, killed_agent_node="h2")
+
+
+# ---------------------------------------------------------------- the client killed with tasks in flight
+
+@pytest.mark.timeout(120)
+def test_client_killed_with_tasks_in_flight_leaves_no_block(netns_hosts, cross_head, tmp_path):
+    tb, head = netns_hosts, cross_head
+    pools = pools_of(head)
+    wf = Workflow(tb, head, tmp_path, FAULT_TASKS, sleep_s=FAULT_SLEEP_S, timeout=120)
+    try:
+        wait_for(lambda: head.counts().get("DONE", 0) >= 40 and head.nodes()["h2"]["running_tasks"] > 0, 60,
+                 "the run under way on h2")
+        assert blocks_in(pools["h1"]) > 0  # arguments of the tasks in flight
+    finally:
+        wf.kill()
+    # h1's janitor frees the dead client's argument blocks and results pushed to it; h2's pulled
+    # copies go with the tasks the head cancels (their workers' or the janitor's).
+    wait_pools_empty(list(pools.values()))
+    stop_and_check_nothing_left(head, tb)
+    check_no_pool_file_left(pools)
