@@ -441,7 +441,6 @@ int Main(int argc, char** argv) {
       popts.node_env.has_gpus = !gpus->empty();
       popts.node_env.cpu_ids = cpu_ids;
       popts.node_env.mpi = mpi_prefix;
-      popts.node_env.node_id = node_id;
       if (shm_pool != nullptr) popts.node_env.shm_pool_path = shm_pool->path();
       if (data_plane != nullptr) popts.node_env.data_socket = data_plane->socket_path();
       popts.worker_argv = {absl::GetFlag(FLAGS_python), "-m", "dragon_parsl.worker"};

@@ -159,7 +159,6 @@ EnvList WorkerBaseEnvironment(const NodeEnv& node) {
     env.emplace_back("CUDA_VISIBLE_DEVICES", "");
     env.emplace_back("ROCR_VISIBLE_DEVICES", "");
   }
-  if (!node.node_id.empty()) env.emplace_back("DRAGON_NODE_ID", node.node_id);
   if (!node.shm_pool_path.empty()) env.emplace_back("DRAGON_SHM_POOL", node.shm_pool_path);
   if (!node.data_socket.empty()) env.emplace_back("DRAGON_AGENT_DATA_SOCKET", node.data_socket);
   return env;

@@ -60,10 +60,10 @@ struct NodeEnv {
   bool has_gpus = false;       // this node hands out GPUs
   std::vector<int> cpu_ids;    // the agent's CPU numbers; grants index them
   MpiPrefixConfig mpi;
-  // Given to every Python worker (WorkerBaseEnvironment) as DRAGON_NODE_ID,
-  // DRAGON_SHM_POOL and DRAGON_AGENT_DATA_SOCKET; "" = not set (no pool, no
-  // data plane).
-  std::string node_id;
+  // Given to every Python worker (WorkerBaseEnvironment) as DRAGON_SHM_POOL
+  // and DRAGON_AGENT_DATA_SOCKET; "" = not set (no pool, no data plane).
+  // (DRAGON_NODE_ID, the third thing a worker needs for task data across
+  // nodes, it has from WorkerPool, with its slot and run dir.)
   std::string shm_pool_path;
   std::string data_socket;
 };
@@ -85,7 +85,7 @@ EnvList TaskEnvironment(const v1::TaskAssignment& task, const NodeEnv& node,
                         bool plain_gpu_hiding);
 
 // The variables every Python worker starts with on this node: GPU hiding,
-// and where the node's task data lives (its id, pool and data socket).
+// and where the node's task data lives (its pool and data socket).
 EnvList WorkerBaseEnvironment(const NodeEnv& node);
 
 }  // namespace dragon::agent
