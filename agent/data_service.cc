@@ -113,6 +113,9 @@ absl::StatusOr<std::unique_ptr<DataService>> DataService::Start(const std::strin
   builder.AddListeningPort(absl::StrCat("unix:", socket_path), grpc::InsecureServerCredentials(),
                            &listening);
   builder.RegisterService(impl.get());
+  // No receive limit (gRPC's default is 4 MiB): only this user's processes of
+  // this node can send, and Dictionary values (Dict PUT) may be large.
+  builder.SetMaxReceiveMessageSize(-1);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || listening == 0) {
     return absl::UnavailableError(

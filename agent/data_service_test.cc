@@ -197,7 +197,15 @@ TEST_CASE("Dict without a handler is Unimplemented; with one, its answer") {
     CHECK(stub->Dict(&context, v1::DictRequest(), &reply).error_code() ==
           grpc::StatusCode::INVALID_ARGUMENT);
   }
-  CHECK(calls == 2);
+  {
+    // A large value (a Dictionary PUT) is over gRPC's default 4 MiB limit.
+    v1::DictRequest put;
+    put.set_dict_id("d1");
+    put.add_values(std::string(8 << 20, 'v'));
+    grpc::ClientContext context;
+    REQUIRE(stub->Dict(&context, put, &reply).ok());
+  }
+  CHECK(calls == 3);
 
   auto plain = DataService::Start(dir.path + "/p.sock", &mover);
   REQUIRE(plain.ok());
