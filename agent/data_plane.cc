@@ -76,6 +76,7 @@ DataPlane::Impl::~Impl() {
     node_->Disconnect(connection.peer).IgnoreError();  // a close forced by its timeout is fine here
   }
   for (std::thread& thread : request_threads_) thread.join();
+  for (std::thread& thread : call_threads_) thread.join();
   region_.reset();  // before the node, as UcxMemoryRegion requires
   node_.reset();
   spdlog::info("data plane of node {} stopped", options_.node_id);
@@ -155,25 +156,19 @@ bool DataPlane::Impl::DropIfUnusable(const std::string& node_id, const Connectio
   return true;
 }
 
-absl::StatusOr<BlockRef> DataPlane::Impl::OnPeer(const std::string& node_id, absl::Time deadline,
-                                                 const PeerOperation& operation) {
-  absl::StatusOr<Connection> connection = ConnectionTo(node_id);
-  if (!connection.ok()) return connection.status();
-  absl::StatusOr<BlockRef> result = operation(*connection);
-  if (result.ok() || !DropIfUnusable(node_id, *connection)) return result;
-  if (!IsPeerLoss(result.status()) || absl::Now() >= deadline) return result;
+std::optional<absl::StatusOr<DataPlane::Impl::Connection>> DataPlane::Impl::RetryAfterLoss(
+    const std::string& node_id, absl::Time deadline, const Connection& failed,
+    const absl::Status& error) {
+  if (!DropIfUnusable(node_id, failed)) return std::nullopt;
+  if (!IsPeerLoss(error) || absl::Now() >= deadline) return std::nullopt;
   // Lost. Only a restarted agent (the node published elsewhere) is worth a
   // second try within this call; the same address is the same dead peer.
   absl::StatusOr<PeerInfo> fresh = directory_->Lookup(node_id, /*refresh=*/true);
-  if (!fresh.ok() || fresh->ucx_address == connection->info.ucx_address) return result;
+  if (!fresh.ok() || fresh->ucx_address == failed.info.ucx_address) return std::nullopt;
   spdlog::info("data plane of node {}: node {} has a new address (its agent restarted?); "
                "trying again there",
                options_.node_id, node_id);
-  absl::StatusOr<Connection> again = Install(node_id, *fresh);
-  if (!again.ok()) return again.status();
-  result = operation(*again);
-  if (!result.ok()) DropIfUnusable(node_id, *again);
-  return result;
+  return Install(node_id, *fresh);
 }
 
 void DataPlane::Impl::Discard(const BlockRef& ref, absl::string_view why) {
@@ -195,7 +190,7 @@ absl::StatusOr<BlockRef> DataPlane::Impl::Pull(const std::string& node_id, const
   absl::StatusOr<BlockRef> pulled =
       node_id == options_.node_id
           ? PullLocal(ref, size, owner)
-          : OnPeer(node_id, deadline, [&](const Connection& connection) {
+          : OnPeer<BlockRef>(node_id, deadline, [&](const Connection& connection) {
               return PullRemote(connection, ref, size, owner, deadline);
             });
   if (!pulled.ok()) {
@@ -267,7 +262,7 @@ absl::StatusOr<BlockRef> DataPlane::Impl::Push(const std::string& node_id, const
   if (absl::Status source = pool_->Resolve(ref).status(); !source.ok()) {
     pushed = source;
   } else if (node_id != options_.node_id) {
-    pushed = OnPeer(node_id, deadline, [&](const Connection& connection) {
+    pushed = OnPeer<BlockRef>(node_id, deadline, [&](const Connection& connection) {
       return PushRemote(connection, ref, size, owner, deadline);
     });
   } else if (absl::Status alive = CheckOwnerAlive(owner, node_id); !alive.ok()) {
@@ -334,6 +329,10 @@ absl::StatusOr<std::unique_ptr<DataPlane>> DataPlane::Start(common::ShmPool* poo
         absl::StrCat("DataPlaneOptions.request_threads must be at least 1, not ",
                      options.request_threads));
   }
+  if (options.call_threads < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "DataPlaneOptions.call_threads must be at least 1, not ", options.call_threads));
+  }
   absl::StatusOr<std::unique_ptr<common::UcxNode>> node = common::UcxNode::Create(options.ucx);
   if (!node.ok()) {
     return WithContext(node.status(),
@@ -350,6 +349,7 @@ absl::StatusOr<std::unique_ptr<DataPlane>> DataPlane::Start(common::ShmPool* poo
   }
   auto impl = std::make_unique<Impl>(pool, peers, options, *std::move(node), *std::move(registered));
   impl->StartRequestThreads();
+  impl->StartCallThreads();
   spdlog::info("data plane of node {}: pool {} ({} bytes) registered with UCX, {} request threads",
                options.node_id, pool->path(), region.size(), options.request_threads);
   return std::unique_ptr<DataPlane>(new DataPlane(std::move(impl)));
@@ -370,6 +370,11 @@ absl::StatusOr<BlockRef> DataPlane::Pull(const std::string& node_id, const Block
 absl::StatusOr<BlockRef> DataPlane::Push(const std::string& node_id, const BlockRef& ref,
                                          uint64_t size, pid_t owner, absl::Duration timeout) {
   return impl_->Push(node_id, ref, size, owner, timeout);
+}
+
+absl::StatusOr<std::string> DataPlane::Call(const std::string& node_id, std::string payload,
+                                            absl::Duration timeout) {
+  return impl_->Call(node_id, std::move(payload), timeout);
 }
 
 }  // namespace dragon::agent

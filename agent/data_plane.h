@@ -26,6 +26,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -56,6 +57,12 @@ class PeerDirectory {
   virtual absl::StatusOr<PeerInfo> Lookup(const std::string& node_id, bool refresh) = 0;
 };
 
+// Answers another agent's Call (see DataPlane::Call): `from_node` sent
+// `payload`; the returned bytes, or the error's code and message, go back.
+// Runs on one of the data plane's call threads: it may block (briefly).
+using CallHandler =
+    std::function<absl::StatusOr<std::string>(const std::string& from_node, std::string payload)>;
+
 struct DataPlaneOptions {
   std::string node_id;  // this node's (names it in the requests it sends)
   common::UcxNodeOptions ucx;
@@ -64,6 +71,11 @@ struct DataPlaneOptions {
   int request_threads = 4;
   // The deadline of a call made with a zero timeout.
   absl::Duration default_timeout = absl::Seconds(30);
+  // What this agent answers to other agents' Calls (the Dictionary's shard
+  // operations); none: every Call is refused Unimplemented. The threads that
+  // run it, apart from the Push threads so that neither waits on the other.
+  CallHandler call_handler;
+  int call_threads = 2;
 };
 
 class DataPlane {
@@ -104,6 +116,16 @@ class DataPlane {
   absl::StatusOr<common::BlockRef> Push(const std::string& node_id, const common::BlockRef& ref,
                                         uint64_t size, pid_t owner,
                                         absl::Duration timeout = absl::ZeroDuration());
+
+  // A request and its answer, to node `node_id`'s agent: its call_handler
+  // gets `payload` and this node's id, and what it returns comes back (an
+  // error with its code, the message prefixed by the node). `node_id` ==
+  // this node: this agent's handler, called here. Errors of the exchange
+  // itself as for Push (NotFound, Unavailable naming the node,
+  // DeadlineExceeded). Used to forward the Dictionary's operations to the
+  // agent that holds a key's shard.
+  absl::StatusOr<std::string> Call(const std::string& node_id, std::string payload,
+                                   absl::Duration timeout = absl::ZeroDuration());
 
  private:
   class Impl;

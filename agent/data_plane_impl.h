@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -54,6 +55,11 @@ class DataPlane::Impl {
   absl::StatusOr<common::BlockRef> Push(const std::string& node_id, const common::BlockRef& ref,
                                         uint64_t size, pid_t owner, absl::Duration timeout);
 
+  // data_plane_calls.cc: DataPlane::Call and the threads that answer others'.
+  void StartCallThreads();
+  absl::StatusOr<std::string> Call(const std::string& node_id, std::string payload,
+                                   absl::Duration timeout);
+
  private:
   // An open endpoint to another node's agent and what the directory said
   // about it when it was opened.
@@ -61,7 +67,6 @@ class DataPlane::Impl {
     PeerInfo info;
     common::UcxPeer peer;
   };
-  using PeerOperation = std::function<absl::StatusOr<common::BlockRef>(const Connection&)>;
 
   absl::Time DeadlineOf(absl::Duration timeout) const;
 
@@ -78,8 +83,28 @@ class DataPlane::Impl {
   // Runs `operation` on the connection to `node_id`. If it fails because the
   // peer was lost and the directory now has the node elsewhere (its agent
   // restarted), runs it once more there.
-  absl::StatusOr<common::BlockRef> OnPeer(const std::string& node_id, absl::Time deadline,
-                                          const PeerOperation& operation);
+  template <typename T>
+  absl::StatusOr<T> OnPeer(const std::string& node_id, absl::Time deadline,
+                           const std::function<absl::StatusOr<T>(const Connection&)>& operation) {
+    absl::StatusOr<Connection> connection = ConnectionTo(node_id);
+    if (!connection.ok()) return connection.status();
+    absl::StatusOr<T> result = operation(*connection);
+    if (result.ok()) return result;
+    std::optional<absl::StatusOr<Connection>> again =
+        RetryAfterLoss(node_id, deadline, *connection, result.status());
+    if (!again.has_value()) return result;
+    if (!again->ok()) return again->status();
+    result = operation(**again);
+    if (!result.ok()) DropIfUnusable(node_id, **again);
+    return result;
+  }
+  // After `failed` (the connection `error` came from): nothing when the
+  // operation is not worth a second try (not a loss, no time left, or the
+  // node has not moved), else the connection to try again on (or why none).
+  std::optional<absl::StatusOr<Connection>> RetryAfterLoss(const std::string& node_id,
+                                                           absl::Time deadline,
+                                                           const Connection& failed,
+                                                           const absl::Status& error);
 
   absl::StatusOr<common::BlockRef> PullLocal(const common::BlockRef& ref, uint64_t size,
                                              pid_t owner);
@@ -115,6 +140,17 @@ class DataPlane::Impl {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 
   std::vector<std::thread> request_threads_;
+
+  // data_plane_calls.cc.
+  absl::StatusOr<std::string> CallRemote(const Connection& connection, const std::string& payload,
+                                         absl::Time deadline);
+  absl::StatusOr<std::string> Answer(const std::string& from_node, std::string payload);
+  void ServeCalls();
+  void ServeCall(absl::string_view message);
+  void DrainAbandonedCalls();
+  std::vector<std::thread> call_threads_;
+  absl::Mutex abandoned_calls_mu_;
+  std::map<uint64_t, absl::Time> abandoned_calls_ ABSL_GUARDED_BY(abandoned_calls_mu_);
 
   // Pushes that stopped waiting for their answer: request id -> when.
   absl::Mutex abandoned_mu_;

@@ -109,4 +109,80 @@ absl::StatusOr<common::BlockRef> DecodePushReply(absl::string_view bytes) {
   return absl::Status(static_cast<absl::StatusCode>(code), rest);
 }
 
+namespace {
+
+constexpr size_t kCallFixedBytes = 1 + 8 + 8 + 4;  // version, id, timeout, node id length
+
+// The status a reply's code byte and message stand for; InvalidArgument
+// (naming `what`) for a code absl does not have.
+absl::Status ReplyStatus(int code, absl::string_view message, absl::string_view what) {
+  if (code > static_cast<int>(absl::StatusCode::kUnauthenticated)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("malformed ", what, ": unknown status code ", code, ": ", message));
+  }
+  return absl::Status(static_cast<absl::StatusCode>(code), message);
+}
+
+}  // namespace
+
+std::string EncodeCallRequest(const CallRequest& request) {
+  std::string out;
+  out.reserve(kCallFixedBytes + request.node_id.size() + request.payload.size());
+  out.push_back(static_cast<char>(kVersion));
+  PutU64(&out, request.request_id);
+  const int64_t timeout_ms = absl::ToInt64Milliseconds(request.timeout);
+  PutU64(&out, static_cast<uint64_t>(timeout_ms < 0 ? 0 : timeout_ms));
+  const uint32_t id_bytes = static_cast<uint32_t>(request.node_id.size());
+  for (int b = 0; b < 4; ++b) out.push_back(static_cast<char>((id_bytes >> (8 * b)) & 0xff));
+  out += request.node_id;
+  out += request.payload;
+  return out;
+}
+
+absl::StatusOr<CallRequest> DecodeCallRequest(absl::string_view bytes) {
+  if (bytes.size() < kCallFixedBytes || static_cast<uint8_t>(bytes[0]) != kVersion) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "malformed call request (", bytes.size(), " bytes, version ",
+        bytes.empty() ? -1 : static_cast<int>(static_cast<uint8_t>(bytes[0])), ")"));
+  }
+  CallRequest request;
+  size_t at = 1;
+  request.request_id = TakeU64(bytes, &at);
+  request.timeout = absl::Milliseconds(static_cast<int64_t>(TakeU64(bytes, &at)));
+  uint32_t id_bytes = 0;
+  for (int b = 0; b < 4; ++b) {
+    id_bytes |= uint32_t{static_cast<unsigned char>(bytes[at + b])} << (8 * b);
+  }
+  at += 4;
+  if (id_bytes == 0 || bytes.size() - at < id_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("malformed call request: node id of ",
+                                                    id_bytes, " bytes in ", bytes.size()));
+  }
+  request.node_id = std::string(bytes.substr(at, id_bytes));
+  request.payload = std::string(bytes.substr(at + id_bytes));
+  return request;
+}
+
+std::string EncodeCallReply(const absl::StatusOr<std::string>& result) {
+  std::string out;
+  const absl::string_view rest = result.ok() ? absl::string_view(*result) : result.status().message();
+  out.reserve(kReplyHeaderBytes + rest.size());
+  out.push_back(static_cast<char>(kVersion));
+  out.push_back(static_cast<char>(result.status().code()));
+  out.append(rest.data(), rest.size());
+  return out;
+}
+
+absl::StatusOr<std::string> DecodeCallReply(absl::string_view bytes) {
+  if (bytes.size() < kReplyHeaderBytes || static_cast<uint8_t>(bytes[0]) != kVersion) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("malformed call reply (", bytes.size(), " bytes, version ",
+                     bytes.empty() ? -1 : static_cast<int>(static_cast<uint8_t>(bytes[0])), ")"));
+  }
+  const int code = static_cast<uint8_t>(bytes[1]);
+  const absl::string_view rest = bytes.substr(kReplyHeaderBytes);
+  if (code == 0) return std::string(rest);
+  return ReplyStatus(code, rest, "call reply");
+}
+
 }  // namespace dragon::agent::data_plane_messages

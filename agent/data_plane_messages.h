@@ -9,6 +9,9 @@
 //                                         threads of an agent receive this tag
 //   PushReplyTag(id)     = 2 << 56 | id   the answer to request `id`, sent to
 //                                         the requester
+//   kCallRequestTag      = 3 << 56        every Call request (DataPlane::Call);
+//                                         the call threads receive this tag
+//   CallReplyTag(id)     = 4 << 56 | id   the answer to Call `id`
 //
 // A reply's tag names its request, so a requester receives exactly its own
 // answer while other Pushes of the same process wait for theirs. Request ids
@@ -24,6 +27,11 @@
 //                requester's node id (the rest of the message).
 //   PushReply:   u8 version (1), u8 absl::StatusCode (0: OK), then the new
 //                block's 24 B BlockRef (OK) or the error's message (the rest).
+//   CallRequest: u8 version (1), u64 request id, u64 timeout in ms, u32
+//                length of the requester's node id, the node id, then the
+//                payload (the rest).
+//   CallReply:   u8 version (1), u8 absl::StatusCode, then the answer (OK) or
+//                the error's message (the rest).
 #ifndef DRAGON_AGENT_DATA_PLANE_MESSAGES_H_
 #define DRAGON_AGENT_DATA_PLANE_MESSAGES_H_
 
@@ -46,7 +54,12 @@ inline constexpr uint64_t PushReplyTag(uint64_t request_id) {
   return (uint64_t{2} << kKindShift) | (request_id & kRequestIdMask);
 }
 
-// A request id for the next Push of this process (never 0).
+inline constexpr uint64_t kCallRequestTag = uint64_t{3} << kKindShift;
+inline constexpr uint64_t CallReplyTag(uint64_t request_id) {
+  return (uint64_t{4} << kKindShift) | (request_id & kRequestIdMask);
+}
+
+// A request id for the next Push or Call of this process (never 0).
 uint64_t NextRequestId();
 
 // "Pull `size` bytes of block `ref` of my pool (I am node `node_id`) into a
@@ -70,6 +83,22 @@ std::string EncodePushReply(const absl::StatusOr<common::BlockRef>& result);
 // The reply's block or its error as sent; InvalidArgument (saying the reply
 // is malformed) when `bytes` is not a reply.
 absl::StatusOr<common::BlockRef> DecodePushReply(absl::string_view bytes);
+
+// "Answer `payload` (I am node `node_id`) within `timeout`."
+struct CallRequest {
+  uint64_t request_id = 0;
+  std::string node_id;
+  absl::Duration timeout;  // whole milliseconds on the wire
+  std::string payload;
+};
+
+std::string EncodeCallRequest(const CallRequest& request);
+// InvalidArgument describing what is wrong with `bytes`.
+absl::StatusOr<CallRequest> DecodeCallRequest(absl::string_view bytes);
+
+std::string EncodeCallReply(const absl::StatusOr<std::string>& result);
+// The answer or its error as sent; InvalidArgument for a malformed reply.
+absl::StatusOr<std::string> DecodeCallReply(absl::string_view bytes);
 
 }  // namespace dragon::agent::data_plane_messages
 
