@@ -217,7 +217,8 @@ int Serve(Channels& c, int messages, int pings) {
 
 // `count` messages of `data` through the data channel, then the child's
 // acknowledgement: MB/s of the last `timed` of them (the first ones fault
-// the pool's pages in, in both processes).
+// the pool's pages in, in both processes). Conservative: the clock starts
+// with up to `capacity` untimed messages still queued for the receiver.
 double SendRun(Channels& c, const std::string& data, int count, int timed, pid_t child) {
   std::string ack;
   absl::Time start = absl::Now();
