@@ -119,14 +119,18 @@ std::deque<TaskId>& Scheduler::NextQueue() {
   return queue_;
 }
 
-TaskId Scheduler::PopPlain() {
-  std::deque<TaskId>& queue = NextQueue();
-  const TaskId t = queue.front();
+void Scheduler::PopFront(std::deque<TaskId>& queue) {
   queue.pop_front();
   if (&queue != &queue_) {
     --other_queued_;
     if (queue.empty()) other_queues_.erase(other_queues_.begin());
   }
+}
+
+TaskId Scheduler::PopPlain() {
+  std::deque<TaskId>& queue = NextQueue();
+  const TaskId t = queue.front();
+  PopFront(queue);
   return t;
 }
 
@@ -158,7 +162,8 @@ std::vector<Assignment> Scheduler::Assign(const std::function<bool(TaskId)>& sti
     const int want = best == kNoAgent ? 0 : agents_[best].batch;
     int given = 0;
     while (plain_queued() > 0 && (best == kNoAgent || given < want)) {
-      const TaskId task = NextQueue().front();
+      std::deque<TaskId>& queue = NextQueue();
+      const TaskId task = queue.front();
       // Tasks without a data agent (the flood) cost no lookup while no
       // queued task has one.
       auto preference = data_agent_.empty() ? data_agent_.end() : data_agent_.find(task);
@@ -169,7 +174,7 @@ std::vector<Assignment> Scheduler::Assign(const std::function<bool(TaskId)>& sti
       } else if (best == kNoAgent) {
         break;  // the head of the queue has nowhere to go yet
       }
-      PopPlain();
+      PopFront(queue);
       if (preference != data_agent_.end()) data_agent_.erase(preference);
       if (!still_pending(task)) continue;
       out.push_back({to, task});

@@ -180,6 +180,8 @@ class Scheduler {
   }
   // The queue the next plain task comes from (call only when plain_queued()).
   std::deque<TaskId>& NextQueue();
+  // Removes the front of `queue` (NextQueue()'s, not empty).
+  void PopFront(std::deque<TaskId>& queue);
   // Removes and returns the next plain task (call only when plain_queued()).
   TaskId PopPlain();
   void SyncHeld(AgentIndex agent);
