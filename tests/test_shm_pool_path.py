@@ -7,6 +7,7 @@ killed worker and a killed client, and a full pool gives back-pressure, then a c
 error naming --shm-pool-mb. The file path (shm_path="files"): test_shm_data_path.py."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -80,10 +81,30 @@ def agent_pools(head) -> list:
     return [n["shm_pool_path"] for n in head.ctl_json("nodes")["nodes"] if n.get("shm_pool_path")]
 
 
+def started_head(tmp_path, *head_args):
+    """start_head, then until its agent has registered: a client's first task that raced the
+    registration would find no agent (nor pool) yet and go inline, by design."""
+    head = start_head(tmp_path, *head_args)
+    try:
+        wait_for(lambda: agent_nodes(head.run_dir), 30, "the agent to register")
+    except BaseException:
+        stop_head(head)
+        raise
+    return head
+
+
+@contextlib.contextmanager
+def pool_head_and_dfk(tmp_path, head_args=("--workers", "2"), **executor_kwargs):
+    """head_and_dfk, yielding once the agent has registered (see started_head)."""
+    with head_and_dfk(tmp_path, head_args, **executor_kwargs) as (dfk, executor, head):
+        wait_for(lambda: agent_nodes(head.run_dir), 30, "the agent to register")
+        yield dfk, executor, head
+
+
 @pytest.fixture
 def pool_dfk(worker_pythonpath, tmp_path):
     """A head with 2 workers on this host (one agent, with its pool) and a DFK on it."""
-    with head_and_dfk(tmp_path) as (dfk, executor, head):
+    with pool_head_and_dfk(tmp_path) as (dfk, executor, head):
         yield dfk, executor, head
 
 
@@ -151,7 +172,7 @@ def test_argument_block_held_by_a_cycle_is_freed_when_the_task_ends(pool_dfk):
 
 
 def test_argument_kept_by_the_app_stays_intact_until_it_lets_go(worker_pythonpath, tmp_path):
-    with head_and_dfk(tmp_path, ["--workers", "1"]) as (dfk, executor, head):
+    with pool_head_and_dfk(tmp_path, ["--workers", "1"]) as (dfk, executor, head):
         img = image(10)
         assert keep_argument(img).result(timeout=60) == img[0, 0]
         pool = executor.shm_counters()["dir"]
@@ -200,7 +221,7 @@ time.sleep(120)
 
 
 def test_blocks_of_a_killed_client_are_reclaimed(worker_pythonpath, tmp_path):
-    head = start_head(tmp_path, "--workers", "1")
+    head = started_head(tmp_path, "--workers", "1")
     try:
         client = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, head.address, head.token],
                                   stdout=subprocess.PIPE, text=True)
@@ -220,7 +241,7 @@ def test_blocks_of_a_killed_client_are_reclaimed(worker_pythonpath, tmp_path):
 def test_full_pool_waits_for_room_then_fails_naming_the_option(worker_pythonpath, tmp_path):
     # 8 MiB: two blocks of 4 MiB (a 3 MiB argument takes a whole power-of-two block).
     # Three workers: a third task waits for room in the pool, not for a worker.
-    with head_and_dfk(tmp_path, ["--workers", "3", "--shm-pool-mb", "8"],
+    with pool_head_and_dfk(tmp_path, ["--workers", "3", "--shm-pool-mb", "8"],
                       shm_pool_wait_s=30) as (dfk, executor, head):
         data = [np.full(3 << 17, i, dtype=np.float64) for i in range(3)]  # 3 MiB each
         t0 = time.monotonic()
@@ -257,7 +278,7 @@ def test_two_thousand_2mib_tasks_byte_for_byte(pool_dfk):
 
 
 def test_no_pool_sends_large_data_inline(worker_pythonpath, tmp_path):
-    with head_and_dfk(tmp_path, ["--workers", "1", "--shm-pool-mb", "0"]) as (dfk, executor, head):
+    with pool_head_and_dfk(tmp_path, ["--workers", "1", "--shm-pool-mb", "0"]) as (dfk, executor, head):
         img = image(8)
         assert np.array_equal(scaled(img, 2.0).result(timeout=60), img * 2.0)
         c = executor.shm_counters()
@@ -266,7 +287,7 @@ def test_no_pool_sends_large_data_inline(worker_pythonpath, tmp_path):
 
 
 def test_dragond_stop_leaves_no_pool(worker_pythonpath, tmp_path):
-    head = start_head(tmp_path, "--workers", "1")
+    head = started_head(tmp_path, "--workers", "1")
     pools = agent_pools(head)
     assert len(pools) == 1 and os.path.exists(pools[0])
     stop_head(head)
@@ -299,7 +320,7 @@ def test_agent_killed_mid_run_tasks_with_pool_data_complete_once(worker_pythonpa
 
 
 def test_dragond_stop_removes_the_pool_of_a_killed_agent_that_was_not_restarted(worker_pythonpath, tmp_path):
-    head = start_head(tmp_path, "--workers", "1", "--agent-restarts", "0")
+    head = started_head(tmp_path, "--workers", "1", "--agent-restarts", "0")
     try:
         (pool,) = agent_pools(head)
         agent_pid = int(head.ctl_json("nodes")["nodes"][0]["agent_pid"])
@@ -320,7 +341,7 @@ def test_large_results_are_read_in_place_within_a_quarter_of_the_pool(worker_pyt
     # DragonPoolExecutor: no DataFlowKernel, whose task records keep results alive a while.
     from dragon_parsl import DragonPoolExecutor
     # A 256 MiB pool: a budget of 64 MiB of results held in place; 40 MiB results.
-    head = start_head(tmp_path, "--workers", "1", "--shm-pool-mb", "256")
+    head = started_head(tmp_path, "--workers", "1", "--shm-pool-mb", "256")
     try:
         with DragonPoolExecutor(address=head.address, token=head.token) as ex:
             data = [np.full(40 << 20, i, dtype=np.uint8) for i in range(2)]
