@@ -1,6 +1,7 @@
 #include "daemon/serve.h"
 
 #include <limits.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -374,6 +375,12 @@ int Serve(const StartConfig& config, const std::string& run_dir, const std::stri
     if (!node.shm_pool_path().empty() && common::ShmPool::RemoveIfStale(node.shm_pool_path())) {
       spdlog::info("removed the shared-memory pool {} of node {}, whose agent is gone",
                    node.shm_pool_path(), node.node_id());
+      // Its AgentData socket (<pool>.sock) went unserved with it.
+      struct stat st {};
+      if (!node.data_socket().empty() && lstat(node.data_socket().c_str(), &st) == 0 &&
+          S_ISSOCK(st.st_mode) && unlink(node.data_socket().c_str()) == 0) {
+        spdlog::info("removed the data socket {} of node {}", node.data_socket(), node.node_id());
+      }
     }
   }
   spdlog::info("dragond stopped");

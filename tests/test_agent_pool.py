@@ -56,7 +56,9 @@ def ready(head: Head, node_id: str) -> dict:
 
 
 def pools(shm: Path) -> list[str]:
-    return sorted(p.name for p in shm.iterdir() if p.name.startswith("dragon-pool-"))
+    # Pool files only: an agent with a data plane also has its socket "<pool>.sock" there.
+    return sorted(p.name for p in shm.iterdir()
+                  if p.name.startswith("dragon-pool-") and not p.name.endswith(".sock"))
 
 
 def stop_agent(agent: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
