@@ -41,18 +41,27 @@ absl::StatusOr<std::unique_ptr<AgentDataPlane>> AgentDataPlane::Start(
   absl::StatusOr<std::unique_ptr<HeadPeerDirectory>> directory = HeadPeerDirectory::Connect(dopts);
   if (!directory.ok()) return Prefixed("the peer directory (the head's node list)", directory.status());
   self->directory_ = *std::move(directory);
+  self->dictionary_ = std::make_unique<AgentDictionary>(
+      options.node_id, pool, [directory = self->directory_.get()] {
+        return directory->NodesWithDataPlane();
+      });
 
   DataPlaneOptions popts;
   popts.node_id = options.node_id;
   popts.ucx.name = options.node_id;
+  popts.call_handler = self->dictionary_->Handler();
   absl::StatusOr<std::unique_ptr<DataPlane>> plane =
       DataPlane::Start(pool, self->directory_.get(), popts);
   if (!plane.ok()) return plane.status();  // names the node and the UCX call
   self->plane_ = *std::move(plane);
   self->mover_ = std::make_unique<DataPlaneMover>(self->plane_.get());
+  self->dictionary_->SetPlane(self->plane_.get());
 
   absl::StatusOr<std::unique_ptr<DataService>> service = DataService::Start(
-      absl::StrCat(options.pool_path, ".sock"), self->mover_.get(), options.dict);
+      absl::StrCat(options.pool_path, ".sock"), self->mover_.get(),
+      [dictionary = self->dictionary_.get()](const v1::DictRequest& request) {
+        return dictionary->Route(request);
+      });
   if (!service.ok()) return Prefixed("the AgentData service", service.status());
   self->service_ = *std::move(service);
   spdlog::info("data plane of node {}: UCX address {} bytes, pool registered at 0x{:x} (rkey {} "
@@ -65,7 +74,8 @@ absl::StatusOr<std::unique_ptr<AgentDataPlane>> AgentDataPlane::Start(
 AgentDataPlane::~AgentDataPlane() {
   service_.reset();
   mover_.reset();
-  plane_.reset();
+  plane_.reset();       // no more calls from other agents
+  dictionary_.reset();  // frees the shards' values in the pool
   directory_.reset();
 }
 

@@ -1,7 +1,8 @@
 // dragon-agent's data plane as one piece (issue 14): the directory of other
 // nodes' data planes (the head's node list), the DataPlane moving pool
-// blocks over UCX, and the AgentData service through which the node's
-// processes ask for transfers (the socket `<pool path>.sock`). What the
+// blocks over UCX, the Dictionary shards it holds (agent_dictionary.h), and
+// the AgentData service through which the node's processes ask for
+// transfers and Dictionary operations (the socket `<pool path>.sock`). What the
 // agent publishes about it goes into its Register.
 //
 // Optional by design: an agent whose data plane cannot start (no UCX
@@ -14,6 +15,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "agent/agent_dictionary.h"
 #include "agent/data_plane.h"
 #include "agent/data_service.h"
 #include "agent/peer_directory.h"
@@ -30,8 +32,6 @@ struct AgentDataPlaneOptions {
   std::string tls_ca;
   // The node's pool file; the socket is this + ".sock".
   std::string pool_path;
-  // AgentData.Dict's handler (none: Unimplemented).
-  DictHandler dict;
 };
 
 class AgentDataPlane {
@@ -54,6 +54,7 @@ class AgentDataPlane {
   AgentDataPlane() = default;
 
   std::unique_ptr<HeadPeerDirectory> directory_;
+  std::unique_ptr<AgentDictionary> dictionary_;
   std::unique_ptr<DataPlane> plane_;
   std::unique_ptr<BlockMover> mover_;
   std::unique_ptr<DataService> service_;

@@ -119,4 +119,21 @@ absl::StatusOr<PeerInfo> HeadPeerDirectory::Lookup(const std::string& node_id, b
   return FromCache(node_id);
 }
 
+absl::StatusOr<std::vector<std::string>> HeadPeerDirectory::NodesWithDataPlane() {
+  // A refreshing lookup of no node fills the cache from a fresh ListNodes
+  // (shared with one in flight); its NotFound for "" means nothing.
+  absl::StatusOr<PeerInfo> refreshed = Lookup("", /*refresh=*/true);
+  absl::MutexLock lock(&mu_);
+  if (!last_error_.ok()) {
+    return absl::UnavailableError(absl::StrCat("cannot list the nodes with a data plane: ListNodes "
+                                               "on dragond at ", head_address_, " failed: ",
+                                               last_error_.message()));
+  }
+  std::vector<std::string> nodes;
+  for (const auto& [node_id, info] : cache_) {
+    if (info.ok()) nodes.push_back(node_id);
+  }
+  return nodes;  // std::map: sorted
+}
+
 }  // namespace dragon::agent

@@ -16,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -49,6 +50,11 @@ class HeadPeerDirectory : public PeerDirectory {
   // no data plane (...)", or "node X is lost/gone"; Unavailable naming the
   // head when ListNodes fails.
   absl::StatusOr<PeerInfo> Lookup(const std::string& node_id, bool refresh) override;
+
+  // The nodes that have a data plane now (a fresh ListNodes), sorted: where a
+  // new Dictionary's shards may go. Unavailable naming the head when
+  // ListNodes fails.
+  absl::StatusOr<std::vector<std::string>> NodesWithDataPlane();
 
   // ListNodes calls made so far (for tests and logs).
   uint64_t list_calls() const;

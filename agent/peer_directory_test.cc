@@ -165,5 +165,24 @@ TEST_CASE("lookups sharing a failed ListNodes each get Unavailable naming their 
   CHECK(dir.list_calls() == 1);
 }
 
+TEST_CASE("NodesWithDataPlane asks the head afresh and lists the nodes that have one, sorted") {
+  FakeHead head;
+  head.Set({Node("n2", "addr2"), Node("n1", "addr1"), Node("n3", ""), Node("n4", "addr4", "lost")});
+  HeadPeerDirectory dir("head:1", head.Fn());
+  absl::StatusOr<std::vector<std::string>> nodes = dir.NodesWithDataPlane();
+  REQUIRE(nodes.ok());
+  CHECK(*nodes == std::vector<std::string>{"n1", "n2"});
+  head.Set({Node("n1", "addr1"), Node("n5", "addr5")});
+  CHECK(*dir.NodesWithDataPlane() == std::vector<std::string>{"n1", "n5"});
+  CHECK(dir.list_calls() == 2);
+  {
+    absl::MutexLock lock(&head.mu);
+    head.error = absl::UnavailableError("connection refused");
+  }
+  absl::StatusOr<std::vector<std::string>> failed = dir.NodesWithDataPlane();
+  CHECK(failed.status().code() == absl::StatusCode::kUnavailable);
+  CHECK(absl::StrContains(failed.status().message(), "dragond at head:1"));
+}
+
 }  // namespace
 }  // namespace dragon::agent
