@@ -67,6 +67,8 @@ class Channels {
       // reconnect backoff (up to 2 minutes).
       args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
       args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+      // Dictionary values of any size come back (gRPC's default is 4 MiB).
+      args.SetMaxReceiveMessageSize(-1);
       channel = grpc::CreateCustomChannel(absl::StrCat("unix:", socket),
                                           grpc::InsecureChannelCredentials(), args);
     }
@@ -91,12 +93,15 @@ Channels& AllChannels() {
 // The outcome of one call, made without the interpreter lock.
 struct Outcome {
   grpc::Status status;
-  std::string ref;
+  std::string reply;         // the new block's ref (Pull/Push), the DictReply (Dict)
   bool unreachable = false;  // the socket, not the service, failed
 };
 
-Outcome Call(bool push, const std::string& socket, const v1::BlockTransfer& request,
-             double timeout_s) {
+// Makes one AgentData call, `rpc(stub, context, &reply)`, to the agent
+// serving `socket`, and tells an unreachable socket from the service's own
+// errors.
+template <typename Rpc>
+Outcome CallAgent(const std::string& socket, double timeout_s, Rpc rpc) {
   Outcome out;
   struct stat st {};
   if (stat(socket.c_str(), &st) != 0) {
@@ -111,18 +116,27 @@ Outcome Call(bool push, const std::string& socket, const v1::BlockTransfer& requ
   const double call_s = timeout_s > 0 ? timeout_s + kCallMarginS : kDefaultCallS;
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::microseconds(static_cast<int64_t>(call_s * 1e6)));
-  v1::BlockTransferred reply;
-  out.status = push ? stub->Push(&context, request, &reply) : stub->Pull(&context, request, &reply);
-  if (out.status.ok()) {
-    out.ref = reply.ref();
-  } else if (out.status.error_code() == grpc::StatusCode::UNAVAILABLE &&
-             channel->GetState(false) != GRPC_CHANNEL_READY) {
+  out.status = rpc(*stub, &context, &out.reply);
+  if (!out.status.ok() && out.status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+      channel->GetState(false) != GRPC_CHANNEL_READY) {
     // The service's own Unavailable (a peer node lost) comes over a ready
     // channel; a channel that is not ready never reached the service.
     out.unreachable = true;
     AllChannels().Forget(socket);
   }
   return out;
+}
+
+Outcome Call(bool push, const std::string& socket, const v1::BlockTransfer& request,
+             double timeout_s) {
+  return CallAgent(socket, timeout_s,
+                   [&](v1::AgentData::Stub& stub, grpc::ClientContext* context, std::string* ref) {
+                     v1::BlockTransferred reply;
+                     grpc::Status status = push ? stub.Push(context, request, &reply)
+                                                : stub.Pull(context, request, &reply);
+                     *ref = reply.ref();
+                     return status;
+                   });
 }
 
 [[noreturn]] void RaiseDataPlaneError(const std::string& message, grpc::StatusCode code) {
@@ -147,7 +161,7 @@ py::bytes Transfer(bool push, const std::string& socket, const std::string& node
   request.set_owner_pid(static_cast<int32_t>(owner_pid));
   request.set_timeout_ms(static_cast<uint32_t>(std::min(timeout_s * 1000.0, 4.0e9)));
   Outcome out = WithoutGil([&] { return Call(push, socket, request, timeout_s); });
-  if (out.status.ok()) return py::bytes(out.ref);
+  if (out.status.ok()) return py::bytes(out.reply);
   const char* code = CodeName(out.status.error_code());
   if (out.unreachable) {
     RaiseDataPlaneError(absl::StrCat("cannot reach the agent's data service at ", socket, ": ",
@@ -156,6 +170,35 @@ py::bytes Transfer(bool push, const std::string& socket, const std::string& node
   }
   RaiseDataPlaneError(absl::StrCat("agent ", push ? "push to" : "pull from", " node ", node_id,
                                    " failed: ", code, ": ", out.status.error_message()),
+                      out.status.error_code());
+}
+
+// A Dictionary operation (dragon_parsl.comm_dict): the serialized
+// DictRequest in, the serialized DictReply out.
+py::bytes Dict(const std::string& socket, const py::bytes& request_bytes, double timeout_s) {
+  if (timeout_s < 0) throw py::value_error("timeout_s must be >= 0 (0: the agent's default)");
+  v1::DictRequest request;
+  if (!request.ParseFromString(std::string(request_bytes))) {
+    throw py::value_error("request: not a serialized dragon.v1.DictRequest");
+  }
+  Outcome out = WithoutGil([&] {
+    return CallAgent(socket, timeout_s,
+                     [&](v1::AgentData::Stub& stub, grpc::ClientContext* context,
+                         std::string* serialized) {
+                       v1::DictReply reply;
+                       grpc::Status status = stub.Dict(context, request, &reply);
+                       if (status.ok()) *serialized = reply.SerializeAsString();
+                       return status;
+                     });
+  });
+  if (out.status.ok()) return py::bytes(out.reply);
+  const char* code = CodeName(out.status.error_code());
+  if (out.unreachable) {
+    RaiseDataPlaneError(absl::StrCat("cannot reach the agent's data service at ", socket, ": ",
+                                     code, ": ", out.status.error_message()),
+                        out.status.error_code());
+  }
+  RaiseDataPlaneError(absl::StrCat(code, ": ", out.status.error_message()),
                       out.status.error_code());
 }
 
@@ -187,6 +230,10 @@ void RegisterAgentData(py::module_& m) {
       "Has node `node_id`'s agent copy the first `size` bytes of block `ref` of this node's pool "
       "into a new block of its pool, owned there by `owner_pid`; returns that block's 24-byte ref "
       "(in node_id's pool). The source block is left as it is. Raises DataPlaneError.");
+  m.def("agent_dict", &Dict, py::arg("socket"), py::arg("request"), py::arg("timeout_s"),
+        "Sends a serialized dragon.v1.DictRequest to the agent serving `socket` (which applies "
+        "it to its shard or forwards it to the node named in it) and returns the serialized "
+        "DictReply. Raises DataPlaneError (.code: the gRPC code's name).");
 }
 
 }  // namespace dragon::client

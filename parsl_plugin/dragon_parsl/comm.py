@@ -12,8 +12,9 @@ processes they start.
   about 100 ms, and every object fails the same way once the process that created it exits.
 - An object lives until its creator calls ``close()`` or exits (the agent then frees its memory):
   create them in the workflow, for the run.
-- Cross-node use is not implemented: an object passed to an app on another host fails there with
-  ``SharedMemoryError`` naming both hosts.
+- Cross-node use is not implemented for these: an object passed to an app on another host fails
+  there with ``SharedMemoryError`` naming both hosts. ``Dictionary`` (dragon_parsl.comm_dict) is
+  sharded across the nodes' agents and works from any node with an agent.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from typing import Any, List, Optional, Tuple
 from dragon_parsl import shm, shm_pool_path
 from dragon_parsl.errors import SharedMemoryError
 
-__all__ = ["Pipe", "Connection", "Queue", "Barrier", "default_pool"]
+__all__ = ["Pipe", "Connection", "Queue", "Barrier", "Dictionary", "DictionaryError", "default_pool"]
 
 # Messages a Queue(maxsize=0) holds before put() waits (multiprocessing's is unbounded; a ring in
 # shared memory is not). 16,384 slots are 512 KiB of the pool.
@@ -378,3 +379,8 @@ def _open_barrier(pool: str, host: str, creator: int, ref: bytes, timeout: Optio
     b._b = _core().ShmBarrier.open(b._pool, ref)
     b._timeout = timeout
     return b
+
+
+# The Dictionary lives in its own module (agents' shards, not one node's pool); it is one of the
+# communication objects, so it is importable from here too.
+from dragon_parsl.comm_dict import Dictionary, DictionaryError  # noqa: E402

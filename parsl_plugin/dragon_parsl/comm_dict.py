@@ -1,0 +1,264 @@
+"""``Dictionary``: a key-value store sharded across the dragon-agents' shared-memory pools
+(issue 14), used as a mapping from the workflow and from apps on any node.
+
+    d = Dictionary()            # shards on every node with a data plane
+    d["x"] = big_array          # pickled; the value lives in a block of its shard's pool
+    total = use.remote(d)       # passed to apps: it pickles to a reference
+    d.update({k: v for ...})    # batched: one request per shard and per few MiB
+    d.close()                   # the creator frees every shard (else they go with the agents)
+
+How it works: each key belongs to one node (a CRC-32 of its pickle, modulo the Dictionary's
+nodes, fixed at creation). A call goes to the agent of the caller's node over its Unix socket
+(``AgentData.Dict``); that agent applies it to its own shard (agent/dict_store.h: the value in a
+block of its pool) or forwards it over UCX to the agent of the key's node, which does. So a
+process needs an agent with a data plane on its node (not a login node); a node whose agent is
+lost makes the calls for its keys fail with ``DictionaryError`` naming it, never hang.
+
+Keys must pickle to the same bytes wherever they are made: str, bytes, int, float, bool, None
+and tuples of them do; objects whose pickle depends on the process (sets of str, most classes)
+do not and are refused.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import uuid
+import zlib
+from collections.abc import MutableMapping
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+from dragon_parsl import shm
+from dragon_parsl.errors import SharedMemoryError
+
+__all__ = ["Dictionary", "DictionaryError"]
+
+# A batch (update, items) is cut into requests of at most this many bytes or items, so that no
+# request holds up an agent for long or nears gRPC's message limits.
+BATCH_BYTES = 4 << 20
+BATCH_ITEMS = 4096
+DEFAULT_TIMEOUT_S = 30.0
+
+_KEY_TYPES = (str, bytes, int, float, bool, type(None))
+
+
+class DictionaryError(RuntimeError):
+    """A Dictionary operation the agents could not do: the message names the node and why (a lost
+    node, a full pool naming --shm-pool-mb, no data plane on this node)."""
+
+
+def _core() -> Any:
+    from dragon_parsl import _core
+    return _core
+
+
+def _pb() -> Any:
+    from dragon_parsl._proto import agent_pb2
+    return agent_pb2
+
+
+def _check_key(key: Any) -> None:
+    if isinstance(key, tuple):
+        for part in key:
+            _check_key(part)
+    elif not isinstance(key, _KEY_TYPES):
+        raise TypeError(f"Dictionary keys are str, bytes, numbers, None or tuples of them (they must pickle "
+                        f"the same in every process), not {type(key).__name__}")
+
+
+def _key_bytes(key: Any) -> bytes:
+    _check_key(key)
+    return pickle.dumps(key, protocol=5)
+
+
+def data_socket(wait_s: float = 10.0) -> str:
+    """The AgentData socket of this node's agent: ``$DRAGON_AGENT_DATA_SOCKET`` (set for workers),
+    else the one beside the pool of a dragon-agent running on this host."""
+    path = os.environ.get("DRAGON_AGENT_DATA_SOCKET")
+    if path:
+        return path
+    from dragon_parsl import comm  # the pool lookup of the other communication objects
+    pool = comm.default_pool(wait_s)
+    path = pool + ".sock"
+    if not os.path.exists(path):
+        raise SharedMemoryError(f"the dragon-agent of pool {pool} has no data plane (no socket {path}): it was "
+                                f"started with --noucx or UCX failed to start (see its log); a Dictionary needs it")
+    return path
+
+
+class Dictionary(MutableMapping):
+    """A mapping whose items live in the agents' pools, shared by every process of the run that
+    holds it (see the module's documentation)."""
+
+    def __init__(self, nodes: Optional[Sequence[str]] = None, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        self._socket: Optional[str] = data_socket()
+        self._timeout = float(timeout)
+        if nodes is None:
+            nodes = self._ask_nodes()
+        self._nodes: Tuple[str, ...] = tuple(nodes)
+        if not self._nodes:
+            raise DictionaryError("no node has a data plane to hold a Dictionary (every agent runs with --noucx, "
+                                  "or UCX failed to start on each: see their logs)")
+        self._id = f"{shm.host_identity()}-{os.getpid()}-{uuid.uuid4().hex[:16]}"
+        self._creator = (shm.host_identity(), os.getpid())
+        # Only the object made here frees the shards: an unpickled reference (an app's, or a
+        # copy in this very process) closes just itself.
+        self._owner = True
+        self._closed = False
+
+    # ------------------------------------------------------------ pickling (a reference)
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (_reopen, (self._id, self._nodes, self._creator, self._timeout))
+
+    # ------------------------------------------------------------ requests
+    def _call(self, node: str, op: int, keys: Sequence[bytes] = (), values: Sequence[bytes] = ()) -> Any:
+        if self._closed:
+            raise DictionaryError(f"Dictionary {self._id} is closed")
+        pb = _pb()
+        request = pb.DictRequest(node_id=node, dict_id=self._id, op=op, keys=keys, values=values,
+                                 timeout_ms=int(self._timeout * 1000))
+        try:
+            raw = _core().agent_dict(self._data_socket(), request.SerializeToString(), self._timeout)
+        except RuntimeError as e:  # _core.DataPlaneError: the code and the agent's message
+            raise DictionaryError(f"Dictionary {self._id} on node {node}: {e}") from None
+        reply = pb.DictReply()
+        reply.ParseFromString(raw)
+        return reply
+
+    def _data_socket(self) -> str:
+        # Found where the Dictionary is first used, not where it is unpickled.
+        if self._socket is None:
+            self._socket = data_socket()
+        return self._socket
+
+    def _ask_nodes(self) -> List[str]:
+        pb = _pb()
+        request = pb.DictRequest(dict_id="-", op=pb.DictRequest.NODES)
+        try:
+            raw = _core().agent_dict(self._socket, request.SerializeToString(), self._timeout)
+        except RuntimeError as e:
+            raise DictionaryError(f"cannot list the nodes for a Dictionary: {e}") from None
+        reply = pb.DictReply()
+        reply.ParseFromString(raw)
+        return sorted(k.decode() for k in reply.keys)
+
+    def _node_of(self, kb: bytes) -> str:
+        return self._nodes[zlib.crc32(kb) % len(self._nodes)]
+
+    # ------------------------------------------------------------ the mapping
+    def __setitem__(self, key: Any, value: Any) -> None:
+        kb = _key_bytes(key)
+        self._call(self._node_of(kb), _pb().DictRequest.PUT, [kb], [pickle.dumps(value, protocol=5)])
+
+    def __getitem__(self, key: Any) -> Any:
+        kb = _key_bytes(key)
+        reply = self._call(self._node_of(kb), _pb().DictRequest.GET, [kb])
+        if not reply.found[0]:
+            raise KeyError(key)
+        return pickle.loads(reply.values[0])
+
+    def __delitem__(self, key: Any) -> None:
+        kb = _key_bytes(key)
+        reply = self._call(self._node_of(kb), _pb().DictRequest.DELETE, [kb])
+        if not reply.found[0]:
+            raise KeyError(key)
+
+    def __contains__(self, key: Any) -> bool:
+        try:
+            kb = _key_bytes(key)
+        except TypeError:
+            return False
+        return bool(self._call(self._node_of(kb), _pb().DictRequest.GET_MANY, [kb]).found[0])
+
+    def __len__(self) -> int:
+        return sum(self._call(node, _pb().DictRequest.LENGTH).count for node in self._nodes)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.keys())
+
+    def keys(self) -> List[Any]:  # type: ignore[override]
+        """Every key, shard by shard (a snapshot: a list, not a view)."""
+        out: List[Any] = []
+        for node in self._nodes:
+            out.extend(pickle.loads(k) for k in self._call(node, _pb().DictRequest.KEYS).keys)
+        return out
+
+    def items(self) -> List[Tuple[Any, Any]]:  # type: ignore[override]
+        """Every (key, value), fetched in batches per shard (a snapshot list). A key deleted
+        between the listing and the fetch is left out."""
+        out: List[Tuple[Any, Any]] = []
+        pb = _pb()
+        for node in self._nodes:
+            kbs = list(self._call(node, pb.DictRequest.KEYS).keys)
+            for chunk in _chunks(kbs, BATCH_ITEMS):
+                reply = self._call(node, pb.DictRequest.GET_MANY, chunk)
+                values = iter(reply.values)
+                out.extend((pickle.loads(kb), pickle.loads(next(values)))
+                           for kb, found in zip(chunk, reply.found) if found)
+        return out
+
+    def values(self) -> List[Any]:  # type: ignore[override]
+        return [v for _, v in self.items()]
+
+    def update(self, other: Any = (), **kwargs: Any) -> None:  # type: ignore[override]
+        """Stores many items in one request per shard (and per BATCH_BYTES/BATCH_ITEMS)."""
+        items: Iterable[Tuple[Any, Any]] = other.items() if hasattr(other, "items") else other
+        by_node: Dict[str, List[Tuple[bytes, bytes]]] = {}
+        for key, value in list(items) + list(kwargs.items()):
+            kb = _key_bytes(key)
+            by_node.setdefault(self._node_of(kb), []).append((kb, pickle.dumps(value, protocol=5)))
+        put = _pb().DictRequest.PUT
+        for node, pairs in by_node.items():
+            batch: List[Tuple[bytes, bytes]] = []
+            size = 0
+            for kb, vb in pairs:
+                if batch and (size + len(kb) + len(vb) > BATCH_BYTES or len(batch) >= BATCH_ITEMS):
+                    self._call(node, put, [k for k, _ in batch], [v for _, v in batch])
+                    batch, size = [], 0
+                batch.append((kb, vb))
+                size += len(kb) + len(vb)
+            if batch:
+                self._call(node, put, [k for k, _ in batch], [v for _, v in batch])
+
+    def clear(self) -> None:
+        for node in self._nodes:
+            self._call(node, _pb().DictRequest.DESTROY)
+
+    # ------------------------------------------------------------ lifetime
+    @property
+    def nodes(self) -> Tuple[str, ...]:
+        return self._nodes
+
+    def close(self) -> None:
+        """The Dictionary's creator (the object Dictionary() returned) frees every shard; a reference
+        unpickled anywhere closes only itself."""
+        if self._closed:
+            return
+        if self._owner:
+            self.clear()
+        self._closed = True
+
+    def __enter__(self) -> "Dictionary":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Dictionary {self._id} over {len(self._nodes)} node(s)>"
+
+
+def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+def _reopen(dict_id: str, nodes: Tuple[str, ...], creator: Tuple[str, int], timeout: float) -> Dictionary:
+    d = Dictionary.__new__(Dictionary)
+    d._socket = None
+    d._timeout = timeout
+    d._nodes = tuple(nodes)
+    d._id = dict_id
+    d._creator = tuple(creator)
+    d._owner = False
+    d._closed = False
+    return d

@@ -1,0 +1,123 @@
+"""dragon_parsl.comm.Dictionary on one node, end to end: a real dragond, its agent (the shard's
+values in its pool, agent/dict_store.h), Parsl apps in real workers that read and write it, and
+the workflow. Across nodes (four agents, 100,000 keys, a killed agent): test_comm_dict_cluster.py;
+the agents' C++ underneath: agent/dict_store_test.cc, agent/agent_dictionary_test.cc."""
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+from parsl import python_app
+
+from conftest import head_and_dfk
+from dragon_parsl import shm_pool_path
+from dragon_parsl.comm import Dictionary, DictionaryError, default_pool
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@python_app
+def write_squares(d, lo, hi):
+    d.update({i: i * i for i in range(lo, hi)})
+    return hi - lo
+
+
+@python_app
+def read_and_tag(d, key):
+    value = d[key]
+    d[("seen", key)] = os.getpid()
+    return value
+
+
+@python_app
+def array_sum(d, key):
+    return float(d[key].sum())
+
+
+@pytest.fixture(scope="module")
+def dfk(worker_pythonpath_module, tmp_path_factory):
+    with head_and_dfk(tmp_path_factory.mktemp("comm_dict")) as (dfk, executor, head):
+        yield dfk
+
+
+@pytest.fixture(scope="module")
+def worker_pythonpath_module():
+    from conftest import BIN_DIR, TESTS_DIR
+    mp = pytest.MonkeyPatch()
+    old = os.environ.get("PYTHONPATH")
+    mp.setenv("PYTHONPATH", str(TESTS_DIR) + (os.pathsep + old if old else ""))
+    mp.setenv("DRAGON_BIN_DIR", str(BIN_DIR))
+    mp.delenv("DRAGON_HEAD", raising=False)
+    yield
+    mp.undo()
+
+
+def agent_holds_values() -> bool:
+    """Whether the pool has blocks owned by its agent: the Dictionary's values (nothing else of
+    the agent's lives in its pool)."""
+    pool = shm_pool_path.attach(default_pool())
+    return pool.creator_pid in pool.owners()
+
+
+def test_mapping_from_the_workflow(dfk):
+    with Dictionary() as d:
+        assert len(d.nodes) == 1
+        d["a"] = 1
+        d[("t", 2)] = {"nested": [1, 2, 3]}
+        d[b"raw"] = None
+        assert d["a"] == 1 and d[("t", 2)] == {"nested": [1, 2, 3]} and d[b"raw"] is None
+        assert "a" in d and "zz" not in d and object() not in d
+        assert len(d) == 3
+        assert sorted(map(repr, d.keys())) == sorted(map(repr, ["a", ("t", 2), b"raw"]))
+        d["a"] = "replaced"
+        assert d["a"] == "replaced" and len(d) == 3
+        del d["a"]
+        with pytest.raises(KeyError):
+            d["a"]
+        with pytest.raises(KeyError):
+            del d["a"]
+        assert d.get("a", "default") == "default"
+        with pytest.raises(TypeError, match="Dictionary keys are"):
+            d[frozenset({1})] = 1
+        assert agent_holds_values()
+    assert not agent_holds_values()  # close() by the creator freed every value
+
+
+def test_apps_read_and_write_it(dfk):
+    d = Dictionary()
+    try:
+        counts = [write_squares(d, lo, lo + 2500) for lo in range(0, 20000, 2500)]
+        assert sum(f.result(timeout=120) for f in counts) == 20000
+        assert len(d) == 20000
+        items = dict(d.items())
+        assert len(items) == 20000 and all(items[i] == i * i for i in range(20000))
+        got = [read_and_tag(d, k).result(timeout=60) for k in (3, 77, 19999)]
+        assert got == [9, 77 * 77, 19999 * 19999]
+        assert len(d) == 20003 and isinstance(d[("seen", 77)], int)
+        # A value larger than many blocks: one block of its size, read by an app.
+        big = np.arange(8 << 20, dtype=np.float64)  # 64 MiB
+        d["big"] = big
+        assert array_sum(d, "big").result(timeout=120) == float(big.sum())
+        assert np.array_equal(d["big"], big)
+    finally:
+        d.close()
+    assert not agent_holds_values()
+    with pytest.raises(DictionaryError, match="closed"):
+        d["x"] = 1
+
+
+def test_pickles_to_a_reference(dfk):
+    with Dictionary() as d:
+        d["k"] = "v"
+        copy = pickle.loads(pickle.dumps(d))
+        assert copy["k"] == "v" and copy.nodes == d.nodes
+        copy.close()  # not the creator: only this handle closes
+        assert d["k"] == "v"
+
+
+def test_an_unknown_node_is_an_error_naming_it(dfk):
+    d = Dictionary(nodes=["no-such-node"])
+    with pytest.raises(DictionaryError, match="no-such-node"):
+        d["x"] = 1
