@@ -21,7 +21,9 @@ its arguments are in h1's pool (the client still writes there: a local agent wit
   SIGKILLed (h2 lost; h1 is undrained so that the rest can run): every task ends done and right,
   or failed with an error naming what happened; none hangs; no block left in h1's pool;
 - the workflow process SIGKILLed with tasks in flight: h1's janitor frees its argument blocks
-  and the results pushed to it, h2's pulled copies are freed; nothing left after stop.
+  and the results pushed to it, h2's pulled copies are freed; nothing left after stop;
+- locality: with both nodes ready, tasks submitted one at a time run on the node whose pool holds
+  their arguments (the submission's data_node), from a workflow on h1 and from one on h2.
 """
 from __future__ import annotations
 
@@ -73,6 +75,7 @@ WORKFLOW = textwrap.dedent('''
     p.add_argument("--tasks", type=int, required=True)
     p.add_argument("--sleep", type=float, default=0.0)
     p.add_argument("--timeout", type=float, default=150.0)
+    p.add_argument("--sequential", action="store_true")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     executor = DragonExecutor(label="dragon", address=a.address, token=os.environ["DRAGON_TOKEN"],
@@ -82,7 +85,11 @@ WORKFLOW = textwrap.dedent('''
     app = python_app(scaled_where, executors=["dragon"])
     base = np.random.default_rng(14).random((512, 512))  # 2 MiB, the same object for every task
     t0 = time.monotonic()
-    futures = [app(base, float(i), a.sleep) for i in range(a.tasks)]
+    futures = []
+    for i in range(a.tasks):
+        futures.append(app(base, float(i), a.sleep))
+        if a.sequential:  # one task at a time: every node idle when it is placed
+            futures[-1].exception(timeout=60)
     submitted = time.monotonic() - t0
     summary = {"tasks": a.tasks, "ok": 0, "wrong": [], "failed": {}, "hung": [], "hosts": {}, "pids": {}}
     deadline = time.monotonic() + a.timeout
@@ -116,9 +123,10 @@ WORKFLOW = textwrap.dedent('''
 # ---------------------------------------------------------------- helpers
 
 class Workflow:
-    """The workflow script running in h1's namespace (a Popen whose pid is python's own)."""
+    """The workflow script running in `host`'s namespace (a Popen whose pid is python's own)."""
 
-    def __init__(self, tb, head, tmp_path: Path, tasks: int, sleep_s: float = 0.0, timeout: float = 150.0):
+    def __init__(self, tb, head, tmp_path: Path, tasks: int, sleep_s: float = 0.0, timeout: float = 150.0,
+                 host: str = "h1", sequential: bool = False):
         d = tmp_path / f"workflow-{time.monotonic_ns()}"
         d.mkdir()
         script = d / "workflow.py"
@@ -129,8 +137,9 @@ class Workflow:
         env.pop("DRAGON_HEAD", None)
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
-                tb.exec_argv("h1", sys.executable, str(script), "--address", head.address, "--tasks", str(tasks),
-                             "--sleep", str(sleep_s), "--timeout", str(timeout), "--out", str(self.out)),
+                tb.exec_argv(host, sys.executable, str(script), "--address", head.address, "--tasks", str(tasks),
+                             "--sleep", str(sleep_s), "--timeout", str(timeout), "--out", str(self.out),
+                             *(["--sequential"] if sequential else [])),
                 env=env, cwd=d, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         self.timeout = timeout
 
@@ -214,13 +223,20 @@ def workers_in(tb, host: str) -> list[int]:
 
 
 @pytest.fixture
-def cross_head(netns_hosts, ssh_heads, monkeypatch):
-    """A head with agents on h1 and h2 (pools and data planes over TCP), ready, h1 drained."""
+def two_host_head(netns_hosts, ssh_heads, monkeypatch):
+    """A head with agents on h1 and h2 (pools and data planes over TCP), ready."""
     for k, v in UCX_ENV.items():
         monkeypatch.setenv(k, v)
     head = ssh_heads(["h1", "h2"], "--agent-env", "PYTHONPATH," + ",".join(UCX_ENV),
                      "--shm-pool-mb", str(POOL_MB))
     head.wait_ready()
+    return head
+
+
+@pytest.fixture
+def cross_head(two_host_head):
+    """two_host_head with h1 drained: tasks of a workflow on h1 run on h2."""
+    head = two_host_head
     head.ctl("nodes", "drain", "h1")
     wait_for(lambda: head.nodes()["h1"]["state"] == "draining", 10, "h1 draining")
     return head
@@ -318,6 +334,30 @@ def test_client_killed_with_tasks_in_flight_leaves_no_block(netns_hosts, cross_h
         wf.kill()
     # h1's janitor frees the dead client's argument blocks and results pushed to it; h2's pulled
     # copies go with the tasks the head cancels (their workers' or the janitor's).
+    wait_pools_empty(list(pools.values()))
+    stop_and_check_nothing_left(head, tb)
+    check_no_pool_file_left(pools)
+
+
+# ---------------------------------------------------------------- locality: tasks go where their data is
+
+LOCAL_TASKS = 20
+
+
+@pytest.mark.timeout(120)
+def test_tasks_run_on_the_node_whose_pool_holds_their_arguments(netns_hosts, two_host_head, tmp_path):
+    # One task at a time, both nodes idle: the head places each on the node its submission names
+    # (data_node: the client's local agent). A workflow on h1, then one on h2: whichever node a
+    # tie would favour, one of the two runs shows the preference.
+    tb, head = netns_hosts, two_host_head
+    pools = pools_of(head)
+    for host in ("h1", "h2"):
+        s = Workflow(tb, head, tmp_path, LOCAL_TASKS, host=host, sequential=True, timeout=60).summary()
+        assert s["ok"] == LOCAL_TASKS and not s["failed"] and not s["hung"], s
+        assert s["hosts"] == {host: LOCAL_TASKS}, (host, s["hosts"])
+        c = s["counters"]
+        assert c["dir"] == pools[host] and c["args_shm_tasks"] == LOCAL_TASKS, c
+        assert c["results_shm"] == LOCAL_TASKS and c["results_pushed"] == 0, c  # read where written
     wait_pools_empty(list(pools.values()))
     stop_and_check_nothing_left(head, tb)
     check_no_pool_file_left(pools)
