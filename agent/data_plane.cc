@@ -224,6 +224,13 @@ absl::StatusOr<BlockRef> DataPlane::Impl::PullRemote(const Connection& connectio
   const std::string what =
       absl::StrCat("pull of ", size, " bytes of ", DescribeBlock(ref), " from node ", node_id);
   const absl::Time started = absl::Now();
+  // A forged or stale reference must not make the other agent's UCX read
+  // outside the region it registered.
+  const uint64_t pool_bytes = connection.info.pool_bytes;
+  if (pool_bytes > 0 && (ref.offset > pool_bytes || size > pool_bytes - ref.offset)) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": past the end of its pool (",
+                                                   pool_bytes, " bytes)"));
+  }
   // A Get that times out closes its connection: never start one without time.
   if (started >= deadline) return absl::DeadlineExceededError(what + ": no time left");
   absl::StatusOr<BlockRef> local = pool_->Allocate(size, absl::ZeroDuration(), owner);

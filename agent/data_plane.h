@@ -44,6 +44,10 @@ struct PeerInfo {
   std::string ucx_address;     // Register.ucx_address
   std::string pool_rkey;       // Register.shm_pool_rkey
   uint64_t pool_address = 0;   // Register.shm_pool_address
+  // Register.shm_pool_bytes, the size of the registered region: a Pull of a
+  // range past it is refused before UCX reads anything (0: not known, no
+  // check).
+  uint64_t pool_bytes = 0;
 };
 
 // Where the data planes of other nodes are. Implementations: the head's node
@@ -102,7 +106,8 @@ class DataPlane {
   // node), and returns the new block. `node_id` == this node: a local copy.
   // Errors: NotFound (the directory's), Unavailable (the peer is lost,
   // naming it), ResourceExhausted (this pool has no room: ShmPool's error),
-  // InvalidArgument (size larger than the block), DeadlineExceeded. On any
+  // InvalidArgument (size larger than the block, or a block past the end of
+  // the other node's pool), DeadlineExceeded. On any
   // error no new block is left allocated.
   absl::StatusOr<common::BlockRef> Pull(const std::string& node_id, const common::BlockRef& ref,
                                         uint64_t size, pid_t owner,

@@ -172,6 +172,29 @@ TEST_CASE("a size larger than the block, or 0, is refused naming both") {
   CHECK(BlocksInUse(*nodes.pool_b) == 0);
 }
 
+TEST_CASE("a reference past the end of the other node's pool is refused before anything is read") {
+  TwoNodes nodes(/*start=*/false);
+  nodes.directory.SetPoolBytes(nodes.pool_b->capacity_bytes());
+  nodes.StartPlanes();
+  BlockRef forged;
+  forged.offset = nodes.pool_b->capacity_bytes() - 4 * kKiB;
+  forged.length = 64 * kKiB;
+  absl::StatusOr<BlockRef> pulled = nodes.a->Pull("h2", forged, 64 * kKiB, 0, kCallTimeout);
+  INFO(pulled.status().ToString());
+  REQUIRE(absl::IsInvalidArgument(pulled.status()));
+  CHECK(absl::StrContains(pulled.status().message(), "past the end of its pool"));
+  forged.offset = ~uint64_t{0} - 100;  // an offset + size that would wrap around
+  CHECK(absl::IsInvalidArgument(nodes.a->Pull("h2", forged, 64 * kKiB, 0, kCallTimeout).status()));
+  CHECK(BlocksInUse(*nodes.pool_a) == 0);
+  // A reference inside the pool still works.
+  const BlockRef source = WriteBlock(*nodes.pool_b, 64 * kKiB, 9);
+  absl::StatusOr<BlockRef> good = nodes.a->Pull("h2", source, 64 * kKiB, 0, kCallTimeout);
+  REQUIRE(good.ok());
+  CHECK(Holds(*nodes.pool_a, *good, 64 * kKiB, 9));
+  REQUIRE(nodes.pool_a->Free(*good).ok());
+  REQUIRE(nodes.pool_b->Free(source).ok());
+}
+
 TEST_CASE("an unknown node: the directory's NotFound passes through") {
   TwoNodes nodes;
   const BlockRef source = WriteBlock(*nodes.pool_a, 4 * kKiB, 1);

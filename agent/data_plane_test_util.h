@@ -121,7 +121,13 @@ class FakeDirectory : public PeerDirectory {
     nodes_[info.node_id] = info;
   }
   void Publish(const std::string& node_id, const DataPlane& plane) {
-    Set(PeerInfo{node_id, plane.ucx_address(), plane.pool_rkey(), plane.pool_address()});
+    Set(PeerInfo{node_id, plane.ucx_address(), plane.pool_rkey(), plane.pool_address(),
+                 pool_bytes});
+  }
+  // The pool size Publish announces (0: none, no bounds check).
+  void SetPoolBytes(uint64_t bytes) {
+    absl::MutexLock lock(&mu_);
+    pool_bytes = bytes;
   }
   int refreshes() {
     absl::MutexLock lock(&mu_);
@@ -132,6 +138,7 @@ class FakeDirectory : public PeerDirectory {
   absl::Mutex mu_;
   std::map<std::string, PeerInfo> nodes_;
   int refreshes_ = 0;
+  uint64_t pool_bytes = 0;
 };
 
 inline DataPlaneOptions Options(const std::string& node_id) {

@@ -29,6 +29,7 @@ absl::StatusOr<PeerInfo> PeerOf(const v1::NodeInfo& node) {
   info.ucx_address = node.ucx_address();
   info.pool_rkey = node.shm_pool_rkey();
   info.pool_address = node.shm_pool_address();
+  info.pool_bytes = node.shm_pool_bytes();
   return info;
 }
 
