@@ -206,16 +206,10 @@ def veth_bytes(tb, host: str) -> int:
     return int((stats / "rx_bytes").read_text()) + int((stats / "tx_bytes").read_text())
 
 
-def check_no_pool_file_left(pools: dict[str, str], killed_agent_node: str = "") -> None:
-    """Nothing of the run's pools in /dev/shm after dragond stop. The one known gap: the data
-    socket of an agent killed with kill -9 (its pool is removed by dragond stop, its socket only
-    by the next agent started on that machine): an expected failure, named, while it lasts."""
-    left = pool_files_left(pools)
-    if killed_agent_node and left == [pools[killed_agent_node] + ".sock"]:
-        os.unlink(left[0])
-        pytest.xfail(f"dragond stop removed the pool of {killed_agent_node}'s killed agent but left its data "
-                     f"socket {left[0]} (daemon/serve.cc removes stale pools, not NodeInfo.data_socket)")
-    assert left == []
+def check_no_pool_file_left(pools: dict[str, str]) -> None:
+    """Nothing of the run's pools in /dev/shm after dragond stop: a killed agent's pool and data
+    socket are removed by dragond stop, the others' by their agents."""
+    assert pool_files_left(pools) == []
 
 
 def workers_in(tb, host: str) -> list[int]:
@@ -316,7 +310,7 @@ def test_worker_and_agent_killed_mid_run_every_task_ends_and_no_block_leaks(netn
     assert counts.get("DONE", 0) + counts.get("FAILED", 0) == FAULT_TASKS, counts
     wait_pools_empty([pools["h1"]])
     stop_and_check_nothing_left(head, tb)
-    check_no_pool_file_left(pools, killed_agent_node="h2")
+    check_no_pool_file_left(pools)
 
 
 # ---------------------------------------------------------------- the client killed with tasks in flight
