@@ -22,6 +22,8 @@ its arguments are in h1's pool (the client still writes there: a local agent wit
   or failed with an error naming what happened; none hangs; no block left in h1's pool;
 - the workflow process SIGKILLed with tasks in flight: h1's janitor frees its argument blocks
   and the results pushed to it, h2's pulled copies are freed; nothing left after stop;
+- h1's pool full (filled by the test): results pushed to it find no room, go inline instead,
+  every one right, each fallback logged in its worker's log;
 - locality: with both nodes ready, tasks submitted one at a time run on the node whose pool holds
   their arguments (the submission's data_node), from a workflow on h1 and from one on h2.
 """
@@ -70,24 +72,39 @@ WORKFLOW = textwrap.dedent('''
                 c.results_pushed if c else -1, img * factor)
 
 
+    def made_where(i, sleep_s):
+        """As scaled_where, for a task whose arguments are small (inline) and result large."""
+        import os, socket, sys, time
+        import numpy as np
+        if sleep_s:
+            time.sleep(sleep_s)
+        m = sys.modules.get("dragon_parsl.shm_pool_path")
+        c = m.worker_counters if m is not None else None
+        return (socket.gethostname(), os.getpid(), c.args_pulled if c else -1,
+                c.results_pushed if c else -1, np.full((512, 512), float(i)))
+
+
     p = argparse.ArgumentParser()
     p.add_argument("--address", required=True)
     p.add_argument("--tasks", type=int, required=True)
     p.add_argument("--sleep", type=float, default=0.0)
     p.add_argument("--timeout", type=float, default=150.0)
     p.add_argument("--sequential", action="store_true")
+    p.add_argument("--small-args", action="store_true", help="made_where: only the results are large")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     executor = DragonExecutor(label="dragon", address=a.address, token=os.environ["DRAGON_TOKEN"],
                               shm_pool_wait_s=60)
     dfk = parsl.load(Config(executors=[executor], strategy="none",
                             run_dir=os.path.join(os.path.dirname(a.out), "runinfo")))
-    app = python_app(scaled_where, executors=["dragon"])
+    app = python_app(made_where if a.small_args else scaled_where, executors=["dragon"])
     base = np.random.default_rng(14).random((512, 512))  # 2 MiB, the same object for every task
+    if a.small_args:
+        base = np.ones((512, 512))
     t0 = time.monotonic()
     futures = []
     for i in range(a.tasks):
-        futures.append(app(base, float(i), a.sleep))
+        futures.append(app(i, a.sleep) if a.small_args else app(base, float(i), a.sleep))
         if a.sequential:  # one task at a time: every node idle when it is placed
             futures[-1].exception(timeout=60)
     submitted = time.monotonic() - t0
@@ -126,7 +143,7 @@ class Workflow:
     """The workflow script running in `host`'s namespace (a Popen whose pid is python's own)."""
 
     def __init__(self, tb, head, tmp_path: Path, tasks: int, sleep_s: float = 0.0, timeout: float = 150.0,
-                 host: str = "h1", sequential: bool = False):
+                 host: str = "h1", sequential: bool = False, small_args: bool = False):
         d = tmp_path / f"workflow-{time.monotonic_ns()}"
         d.mkdir()
         script = d / "workflow.py"
@@ -139,7 +156,7 @@ class Workflow:
             self.proc = subprocess.Popen(
                 tb.exec_argv(host, sys.executable, str(script), "--address", head.address, "--tasks", str(tasks),
                              "--sleep", str(sleep_s), "--timeout", str(timeout), "--out", str(self.out),
-                             *(["--sequential"] if sequential else [])),
+                             *(["--sequential"] if sequential else []), *(["--small-args"] if small_args else [])),
                 env=env, cwd=d, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         self.timeout = timeout
 
@@ -352,6 +369,51 @@ def test_tasks_run_on_the_node_whose_pool_holds_their_arguments(netns_hosts, two
         c = s["counters"]
         assert c["dir"] == pools[host] and c["args_shm_tasks"] == LOCAL_TASKS, c
         assert c["results_shm"] == LOCAL_TASKS and c["results_pushed"] == 0, c  # read where written
+    wait_pools_empty(list(pools.values()))
+    stop_and_check_nothing_left(head, tb)
+    check_no_pool_file_left(pools)
+
+
+# ---------------------------------------------------------------- a push that finds no room
+
+PUSH_TASKS = 20
+
+
+def fill(path: str) -> list[bytes]:
+    """Allocates every block of the pool at `path` (owner: this process), largest first."""
+    from dragon_parsl._core import ShmPool, ShmPoolFull
+    pool = ShmPool.attach(path)
+    refs, size = [], 1 << 30
+    try:
+        while size >= 4096:
+            try:
+                refs.append(pool.allocate(size))
+            except ShmPoolFull:
+                size //= 2
+    finally:
+        pool.close()
+    return refs
+
+
+@pytest.mark.timeout(120)
+def test_results_that_cannot_be_pushed_go_inline_and_are_logged(netns_hosts, cross_head, tmp_path):
+    tb, head = netns_hosts, cross_head
+    pools = pools_of(head)
+    refs = fill(pools["h1"])
+    try:
+        s = Workflow(tb, head, tmp_path, PUSH_TASKS, small_args=True, timeout=60).summary()
+    finally:
+        from dragon_parsl._core import ShmPool
+        pool = ShmPool.attach(pools["h1"])
+        for ref in refs:
+            pool.free(ref)
+        pool.close()
+    assert s["ok"] == PUSH_TASKS and not s["failed"] and not s["wrong"] and not s["hung"], s
+    assert s["hosts"] == {"h2": PUSH_TASKS}
+    c = s["counters"]
+    assert c["args_shm_tasks"] == 0 and c["results_inline"] == PUSH_TASKS and c["results_pushed"] == 0, c
+    logs = "".join(p.read_text(errors="replace") for p in (head.run_dir / "workers" / "h2").glob("*.log"))
+    assert logs.count("could not be pushed to node h1") == PUSH_TASKS and "RESOURCE_EXHAUSTED" in logs, logs[-3000:]
     wait_pools_empty(list(pools.values()))
     stop_and_check_nothing_left(head, tb)
     check_no_pool_file_left(pools)
