@@ -512,6 +512,7 @@ def _pool_node(host, pid, data_socket="", state="ready"):
     ([("self", ""), ("other-host", "/s")], None, False),                     # no data plane here: inline
     ([("self", "/s"), ("other-host", "/s")], "/dev/shm/pool-self", False),   # the local pool, pulled elsewhere
     ([("other-host", "/s")], None, False),                                   # a login node: inline
+    ([("self", "/s"), ("other-host", "/s"), ("third-host", "")], None, False),  # one node could not pull
 ])
 def test_client_uses_its_local_pool_with_agents_elsewhere_only_with_a_data_plane(nodes, pool, files, monkeypatch):
     import socket

@@ -140,8 +140,8 @@ class SubmitPathMixin:
         """The live agents (NodeInfo) on this host whose pools every worker can reach: all of
         them when every live agent runs on this host; when some run on other hosts, the local
         ones with a data plane (NodeInfo.data_socket: workers elsewhere pull from their pools
-        and push results into them). None when there is none: task data goes inline (also on a
-        node without an agent, e.g. a login node). Asked of the head (ListNodes) at most every
+        and push results into them), if every agent elsewhere has one too. None when there is
+        none: task data goes inline (also on a node without an agent, e.g. a login node). Asked of the head (ListNodes) at most every
         few seconds. With a provider, only LocalProvider's blocks may be all local (others may
         join any time, on other hosts, and the client has no agent of its own)."""
         if self.provider is not None and not blocks.is_local(self.provider):
@@ -157,15 +157,20 @@ class SubmitPathMixin:
             logger.warning("DragonExecutor %s: ListNodes failed (%s): task arguments go inline", self.label, e)
             nodes = None
         connected = [n for n in nodes or [] if n.state in LIVE_NODE_STATES]
-        local = [n for n in connected if _is_local_agent(n)]
-        self._agents_elsewhere = len(local) < len(connected) or (not connected and self.local_head is None)
+        local: List[Any] = []
+        remote: List[Any] = []
+        for n in connected:
+            (local if _is_local_agent(n) else remote).append(n)
+        self._agents_elsewhere = bool(remote) or (not connected and self.local_head is None)
         if not connected:
             # The embedded head's agent is local; it has not registered yet. Else nothing is known.
             self._agents_local = [] if self.local_head is not None else None
         elif not self._agents_elsewhere:
             self._agents_local = connected
-        else:
+        elif all(n.data_socket for n in remote):
             self._agents_local = [n for n in local if n.data_socket and n.shm_pool_path] or None
+        else:  # a worker there could not fetch the data: inline rather than tasks failing
+            self._agents_local = None
         # No agent yet: ask again soon (its pool is not known until it registers).
         self._agents_checked_at = now if connected else now - AGENT_HOSTS_RECHECK_S + AGENT_WAIT_RECHECK_S
         return self._agents_local
