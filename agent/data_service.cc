@@ -49,7 +49,8 @@ absl::Status ValidateTransfer(const v1::BlockTransfer& request) {
 
 class DataService::Impl final : public v1::AgentData::Service {
  public:
-  Impl(BlockMover* mover, DictHandler dict) : mover_(mover), dict_(std::move(dict)) {}
+  Impl(BlockMover* mover, DictHandler dict, ChannelHandler channel)
+      : mover_(mover), dict_(std::move(dict)), channel_(std::move(channel)) {}
 
   grpc::Status Pull(grpc::ServerContext*, const v1::BlockTransfer* request,
                     v1::BlockTransferred* reply) override {
@@ -66,6 +67,17 @@ class DataService::Impl final : public v1::AgentData::Service {
                           "this agent holds no Dictionary shards (no handler)");
     }
     absl::StatusOr<v1::DictReply> answer = dict_(*request);
+    if (!answer.ok()) return ToGrpcStatus(answer.status());
+    *reply = *std::move(answer);
+    return grpc::Status::OK;
+  }
+  grpc::Status Channel(grpc::ServerContext*, const v1::ChannelRequest* request,
+                       v1::ChannelReply* reply) override {
+    if (!channel_) {
+      return grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                          "this agent serves no channels (no handler)");
+    }
+    absl::StatusOr<v1::ChannelReply> answer = channel_(*request);
     if (!answer.ok()) return ToGrpcStatus(answer.status());
     *reply = *std::move(answer);
     return grpc::Status::OK;
@@ -90,11 +102,13 @@ class DataService::Impl final : public v1::AgentData::Service {
 
   BlockMover* mover_;
   DictHandler dict_;
+  ChannelHandler channel_;
 };
 
 absl::StatusOr<std::unique_ptr<DataService>> DataService::Start(const std::string& socket_path,
                                                                 BlockMover* mover,
-                                                                DictHandler dict) {
+                                                                DictHandler dict,
+                                                                ChannelHandler channel) {
   if (socket_path.size() >= sizeof(sockaddr_un::sun_path)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "data socket path ", socket_path, " is ", socket_path.size(),
@@ -107,7 +121,7 @@ absl::StatusOr<std::unique_ptr<DataService>> DataService::Start(const std::strin
     return absl::FailedPreconditionError(absl::StrCat(
         "cannot remove the old data socket ", socket_path, ": ", std::strerror(errno)));
   }
-  auto impl = std::make_unique<Impl>(mover, std::move(dict));
+  auto impl = std::make_unique<Impl>(mover, std::move(dict), std::move(channel));
   grpc::ServerBuilder builder;
   int listening = 0;
   builder.AddListeningPort(absl::StrCat("unix:", socket_path), grpc::InsecureServerCredentials(),

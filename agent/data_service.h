@@ -1,7 +1,7 @@
 // The AgentData gRPC service (proto/agent.proto) of one agent, for the
 // processes of its node (workers, clients): Pull and Push of pool blocks
 // between nodes, carried out by the agent's data plane (agent/data_plane.h),
-// and Dictionary shard operations when a handler is given.
+// and Dictionary shard and channel operations when handlers are given.
 //
 // It listens on a Unix socket (`unix:<path>`, by convention the pool's path
 // + ".sock", published as Register.data_socket) whose file is made mode 0600
@@ -43,6 +43,9 @@ class BlockMover {
 // AgentData.Dict's handler (agent/dict_store.h's owner sets it); none: the
 // RPC answers Unimplemented.
 using DictHandler = std::function<absl::StatusOr<v1::DictReply>(const v1::DictRequest&)>;
+// AgentData.Channel's handler (agent/agent_channels.h); none: Unimplemented.
+using ChannelHandler =
+    std::function<absl::StatusOr<v1::ChannelReply>(const v1::ChannelRequest&)>;
 
 // The gRPC code of an absl status: the same number (the two enumerations
 // agree code for code), the message kept.
@@ -60,7 +63,8 @@ class DataService {
   // could not listen, chmod failed.
   static absl::StatusOr<std::unique_ptr<DataService>> Start(const std::string& socket_path,
                                                             BlockMover* mover,
-                                                            DictHandler dict = nullptr);
+                                                            DictHandler dict = nullptr,
+                                                            ChannelHandler channel = nullptr);
   // Stops the server (calls in flight are cancelled) and removes the socket file.
   ~DataService();
   DataService(const DataService&) = delete;
