@@ -29,7 +29,29 @@ absl::Status Prefixed(const char* what, const absl::Status& status) {
   return absl::Status(status.code(), absl::StrCat(what, ": ", status.message()));
 }
 
+// Channel calls hold a call thread up to AgentChannels::kMaxWait each (a
+// consumer waiting at home): enough threads that many remote consumers and
+// the Dictionary's calls do not queue behind each other.
+constexpr int kCallThreads = 16;
+
 }  // namespace
+
+CallHandler DispatchCalls(std::map<char, CallHandler> services) {
+  return [services = std::move(services)](const std::string& from_node,
+                                          std::string payload) -> absl::StatusOr<std::string> {
+    if (payload.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("node ", from_node, " sent an empty call"));
+    }
+    auto service = services.find(payload[0]);
+    if (service == services.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("node ", from_node, " sent a call for service byte ",
+                       static_cast<int>(static_cast<unsigned char>(payload[0])),
+                       ", which this agent does not serve"));
+    }
+    return service->second(from_node, std::move(payload));
+  };
+}
 
 absl::StatusOr<std::unique_ptr<AgentDataPlane>> AgentDataPlane::Start(
     common::ShmPool* pool, const AgentDataPlaneOptions& options) {
@@ -46,21 +68,31 @@ absl::StatusOr<std::unique_ptr<AgentDataPlane>> AgentDataPlane::Start(
         return directory->NodesWithDataPlane();
       });
 
+  self->channels_ = std::make_unique<AgentChannels>(options.node_id, pool);
+
   DataPlaneOptions popts;
   popts.node_id = options.node_id;
   popts.ucx.name = options.node_id;
-  popts.call_handler = self->dictionary_->Handler();
+  popts.call_threads = kCallThreads;
+  popts.call_handler = DispatchCalls({
+      {AgentDictionary::kCallService, self->dictionary_->Handler()},
+      {AgentChannels::kCallService, self->channels_->Handler()},
+  });
   absl::StatusOr<std::unique_ptr<DataPlane>> plane =
       DataPlane::Start(pool, self->directory_.get(), popts);
   if (!plane.ok()) return plane.status();  // names the node and the UCX call
   self->plane_ = *std::move(plane);
   self->mover_ = std::make_unique<DataPlaneMover>(self->plane_.get());
   self->dictionary_->SetPlane(self->plane_.get());
+  self->channels_->SetPlane(self->plane_.get());
 
   absl::StatusOr<std::unique_ptr<DataService>> service = DataService::Start(
       absl::StrCat(options.pool_path, ".sock"), self->mover_.get(),
       [dictionary = self->dictionary_.get()](const v1::DictRequest& request) {
         return dictionary->Route(request);
+      },
+      [channels = self->channels_.get()](const v1::ChannelRequest& request) {
+        return channels->Route(request);
       });
   if (!service.ok()) return Prefixed("the AgentData service", service.status());
   self->service_ = *std::move(service);
@@ -76,6 +108,7 @@ AgentDataPlane::~AgentDataPlane() {
   mover_.reset();
   plane_.reset();       // no more calls from other agents
   dictionary_.reset();  // frees the shards' values in the pool
+  channels_.reset();
   directory_.reset();
 }
 

@@ -1,8 +1,9 @@
 // dragon-agent's data plane as one piece (issue 14): the directory of other
 // nodes' data planes (the head's node list), the DataPlane moving pool
-// blocks over UCX, the Dictionary shards it holds (agent_dictionary.h), and
-// the AgentData service through which the node's processes ask for
-// transfers and Dictionary operations (the socket `<pool path>.sock`). What the
+// blocks over UCX, the Dictionary shards it holds (agent_dictionary.h), the
+// channels of its pool used from other nodes (agent_channels.h), and the
+// AgentData service through which the node's processes ask for transfers,
+// Dictionary and channel operations (the socket `<pool path>.sock`). What the
 // agent publishes about it goes into its Register.
 //
 // Optional by design: an agent whose data plane cannot start (no UCX
@@ -11,10 +12,12 @@
 #ifndef DRAGON_AGENT_AGENT_DATA_PLANE_H_
 #define DRAGON_AGENT_AGENT_DATA_PLANE_H_
 
+#include <map>
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "agent/agent_channels.h"
 #include "agent/agent_dictionary.h"
 #include "agent/data_plane.h"
 #include "agent/data_service.h"
@@ -23,6 +26,13 @@
 #include "proto/agent.pb.h"
 
 namespace dragon::agent {
+
+// Other agents' Calls carry, as their first byte, the service they are for
+// (AgentDictionary::kCallService, AgentChannels::kCallService): one
+// DataPlane call_handler that hands each payload, whole, to that service's
+// handler (which checks and skips the byte). An unknown byte is refused
+// InvalidArgument naming it and the sender.
+CallHandler DispatchCalls(std::map<char, CallHandler> services);
 
 struct AgentDataPlaneOptions {
   std::string node_id;
@@ -55,6 +65,7 @@ class AgentDataPlane {
 
   std::unique_ptr<HeadPeerDirectory> directory_;
   std::unique_ptr<AgentDictionary> dictionary_;
+  std::unique_ptr<AgentChannels> channels_;
   std::unique_ptr<DataPlane> plane_;
   std::unique_ptr<BlockMover> mover_;
   std::unique_ptr<DataService> service_;

@@ -19,7 +19,9 @@ void AgentDictionary::SetPlane(DataPlane* plane) {
 CallHandler AgentDictionary::Handler() {
   return [this](const std::string& from_node, std::string payload) -> absl::StatusOr<std::string> {
     v1::DictRequest request;
-    if (!request.ParseFromString(payload)) {
+    // Past the service byte (see DispatchCalls, agent_data_plane.h).
+    if (payload.empty() || payload[0] != kCallService ||
+        !request.ParseFromArray(payload.data() + 1, static_cast<int>(payload.size() - 1))) {
       return absl::InvalidArgumentError(
           absl::StrCat("node ", from_node, " sent a Dictionary request that does not parse"));
     }
@@ -58,9 +60,10 @@ absl::StatusOr<v1::DictReply> AgentDictionary::Route(const v1::DictRequest& requ
     return absl::UnavailableError(absl::StrCat("node ", node_id_, " cannot forward to node ",
                                                request.node_id(), ": its data plane is not up"));
   }
+  std::string payload(1, kCallService);
+  request.AppendToString(&payload);
   absl::StatusOr<std::string> answer =
-      plane->Call(request.node_id(), request.SerializeAsString(),
-                  absl::Milliseconds(request.timeout_ms()));
+      plane->Call(request.node_id(), std::move(payload), absl::Milliseconds(request.timeout_ms()));
   if (!answer.ok()) return answer.status();
   v1::DictReply reply;
   if (!reply.ParseFromString(*answer)) {

@@ -26,10 +26,16 @@ using ListDataPlaneNodes = std::function<absl::StatusOr<std::vector<std::string>
 
 class AgentDictionary {
  public:
+  // First byte of this service's DataPlane::Call payloads (see
+  // DispatchCalls in agent_data_plane.h); added and removed here, so that
+  // AgentData.Dict's callers never see it.
+  static constexpr char kCallService = 'D';
+
   AgentDictionary(std::string node_id, common::ShmPool* pool, ListDataPlaneNodes nodes);
 
-  // For DataPlaneOptions::call_handler: a DictRequest another agent
-  // forwarded, for this node's shard; the serialized DictReply.
+  // For DataPlaneOptions::call_handler (through DispatchCalls): a
+  // DictRequest another agent forwarded (after kCallService), for this
+  // node's shard; the serialized DictReply.
   CallHandler Handler();
   // The plane that forwards requests for other nodes' shards; set once it
   // started (it needs Handler() first). Until then they fail Unavailable.

@@ -126,5 +126,19 @@ TEST_CASE("a node whose agent is gone: its shard's operations fail Unavailable n
   CHECK(nodes.dict_a->Route(Request("h1", v1::DictRequest::LENGTH)).ok());
 }
 
+TEST_CASE("calls carry the Dictionary's service byte: one without it is refused naming the sender") {
+  TwoDictionaryNodes nodes;
+  v1::DictRequest length = Request("h2", v1::DictRequest::LENGTH);
+  absl::StatusOr<std::string> bare = nodes.a->Call("h2", length.SerializeAsString(), absl::Seconds(10));
+  CHECK(absl::IsInvalidArgument(bare.status()));
+  CHECK(absl::StrContains(bare.status().message(), "node h1"));
+  std::string prefixed(1, AgentDictionary::kCallService);
+  length.AppendToString(&prefixed);
+  absl::StatusOr<std::string> answered = nodes.a->Call("h2", prefixed, absl::Seconds(10));
+  REQUIRE(answered.ok());
+  v1::DictReply reply;
+  CHECK(reply.ParseFromString(*answered));
+}
+
 }  // namespace
 }  // namespace dragon::agent::data_plane_test

@@ -1,0 +1,87 @@
+// AgentChannels: what an agent does for channels used across nodes (issue 14;
+// dragon_parsl.comm Pipe and Queue). A channel lives in the pool of one node,
+// its home. A process on another node asks its own agent
+// (AgentData.Channel over the node's socket); that agent forwards the
+// operation over UCX (DataPlane::Call) to the home node's agent, whose call
+// handler does it on its pool (ShmChannel, common/shm_channel.h).
+//
+// Nobody waits long inside an agent: a send or receive waits at home at most
+// kMaxWait and then answers would_block; the caller's process loops until its
+// own timeout. So the agents' call threads are never held by a slow consumer,
+// and a caller's Ctrl-C, timeout or death ends its wait within a slice.
+//
+// Liveness of a Pipe's other end: the block `pids_ref` (see PipeEnds) records
+// which process of which node holds each end. The home agent passes the
+// other end's pid to the channel when that process is on its node (the
+// channel then fails Unavailable once it exits); a process on another node
+// is asked about with PEER_ALIVE, answered by that node's agent.
+#ifndef DRAGON_AGENT_AGENT_CHANNELS_H_
+#define DRAGON_AGENT_AGENT_CHANNELS_H_
+
+#include <sys/types.h>
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "agent/data_plane.h"
+#include "common/shm_pool.h"
+#include "proto/agent.pb.h"
+
+namespace dragon::agent {
+
+// A Pipe's ends block (written by dragon_parsl.comm too): int32 pid of end 0,
+// int32 pid of end 1, then per end a NUL-padded node id of kNodeBytes (empty:
+// the pool's own node).
+struct PipeEnds {
+  static constexpr uint64_t kNodesOffset = 8;
+  static constexpr uint64_t kNodeBytes = 64;
+  static constexpr uint64_t kBytes = kNodesOffset + 2 * kNodeBytes;
+};
+
+class AgentChannels {
+ public:
+  // First byte of this service's DataPlane::Call payloads (see
+  // DispatchCalls in agent_data_plane.h).
+  static constexpr char kCallService = 'C';
+  // Longest wait of one SEND/RECV at home.
+  static constexpr absl::Duration kMaxWait = absl::Milliseconds(200);
+
+  AgentChannels(std::string node_id, common::ShmPool* pool);
+
+  // For DataPlaneOptions::call_handler (through DispatchCalls): a request
+  // another agent forwarded for a channel of this node's pool.
+  CallHandler Handler();
+  // The plane that forwards requests for other nodes; until set they fail
+  // Unavailable.
+  void SetPlane(DataPlane* plane);
+
+  // AgentData.Channel: NODE_ID answered here; this node's channels operated
+  // here; another node's forwarded to it (errors name that node).
+  absl::StatusOr<v1::ChannelReply> Route(const v1::ChannelRequest& request);
+
+  // The operation on this node's pool (the request's node_id is this node).
+  // Errors keep ShmChannel's codes: OutOfRange (closed and drained),
+  // FailedPrecondition (send on a closed channel), Unavailable (the
+  // channel's creator or the Pipe's other end exited), NotFound (the channel
+  // is gone), ResourceExhausted (the pool is full), InvalidArgument (a ref
+  // that is not a channel).
+  absl::StatusOr<v1::ChannelReply> Apply(const v1::ChannelRequest& request);
+
+  const std::string& node_id() const { return node_id_; }
+
+ private:
+  // The other end's process when it runs on this node (0: none, or remote).
+  absl::StatusOr<pid_t> LocalPeer(const v1::ChannelRequest& request);
+  absl::StatusOr<v1::ChannelReply> ClaimEnd(const v1::ChannelRequest& request);
+
+  const std::string node_id_;
+  common::ShmPool* const pool_;
+  absl::Mutex mu_;
+  DataPlane* plane_ ABSL_GUARDED_BY(mu_) = nullptr;
+};
+
+}  // namespace dragon::agent
+
+#endif  // DRAGON_AGENT_AGENT_CHANNELS_H_
