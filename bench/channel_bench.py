@@ -216,7 +216,9 @@ def cross_host(cfg: dict, result: dict) -> None:
             raise RuntimeError("--use-running-bed: the netns test bed is not up")
         cross_host_rounds(cfg, part)
         return
+    t0 = time.monotonic()
     lock = take_session_lock(cfg["lock_wait"])
+    part["lock_wait_s"] = round(time.monotonic() - t0, 1)  # another session's bed: the load it left counts
     if lock is None:
         part["status"] = (f"skipped: another test session held {SESSION_LOCK} for {cfg['lock_wait']:.0f} s "
                           "(the test beds are single-owner)")
