@@ -24,6 +24,8 @@ its arguments are in h1's pool (the client still writes there: a local agent wit
   and the results pushed to it, h2's pulled copies are freed; nothing left after stop;
 - h1's pool full (filled by the test): results pushed to it find no room, go inline instead,
   every one right, each fallback logged in its worker's log;
+- a workflow on a node without an agent (the root namespace: a login node) sends its large data
+  inline through the head, and gets it back inline, right;
 - locality: with both nodes ready, tasks submitted one at a time run on the node whose pool holds
   their arguments (the submission's data_node), from a workflow on h1 and from one on h2.
 """
@@ -143,7 +145,7 @@ class Workflow:
     """The workflow script running in `host`'s namespace (a Popen whose pid is python's own)."""
 
     def __init__(self, tb, head, tmp_path: Path, tasks: int, sleep_s: float = 0.0, timeout: float = 150.0,
-                 host: str = "h1", sequential: bool = False, small_args: bool = False):
+                 host: str | None = "h1", sequential: bool = False, small_args: bool = False):
         d = tmp_path / f"workflow-{time.monotonic_ns()}"
         d.mkdir()
         script = d / "workflow.py"
@@ -153,11 +155,12 @@ class Workflow:
                    PYTHONPATH=str(TESTS_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         env.pop("DRAGON_HEAD", None)
         with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(
-                tb.exec_argv(host, sys.executable, str(script), "--address", head.address, "--tasks", str(tasks),
-                             "--sleep", str(sleep_s), "--timeout", str(timeout), "--out", str(self.out),
-                             *(["--sequential"] if sequential else []), *(["--small-args"] if small_args else [])),
-                env=env, cwd=d, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            argv = [sys.executable, str(script), "--address", head.address, "--tasks", str(tasks),
+                    "--sleep", str(sleep_s), "--timeout", str(timeout), "--out", str(self.out),
+                    *(["--sequential"] if sequential else []), *(["--small-args"] if small_args else [])]
+            # host None: the root namespace, where no agent runs (a login node).
+            self.proc = subprocess.Popen(tb.exec_argv(host, *argv) if host else argv, env=env, cwd=d,
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         self.timeout = timeout
 
     def summary(self) -> dict:
@@ -414,6 +417,27 @@ def test_results_that_cannot_be_pushed_go_inline_and_are_logged(netns_hosts, cro
     assert c["args_shm_tasks"] == 0 and c["results_inline"] == PUSH_TASKS and c["results_pushed"] == 0, c
     logs = "".join(p.read_text(errors="replace") for p in (head.run_dir / "workers" / "h2").glob("*.log"))
     assert logs.count("could not be pushed to node h1") == PUSH_TASKS and "RESOURCE_EXHAUSTED" in logs, logs[-3000:]
+    wait_pools_empty(list(pools.values()))
+    stop_and_check_nothing_left(head, tb)
+    check_no_pool_file_left(pools)
+
+
+# ---------------------------------------------------------------- a login node: no agent of its own
+
+LOGIN_TASKS = 10
+
+
+@pytest.mark.timeout(120)
+def test_workflow_on_a_node_without_an_agent_sends_its_data_inline(netns_hosts, two_host_head, tmp_path):
+    tb, head = netns_hosts, two_host_head
+    pools = pools_of(head)
+    s = Workflow(tb, head, tmp_path, LOGIN_TASKS, host=None, timeout=60).summary()
+    assert s["ok"] == LOGIN_TASKS and not s["failed"] and not s["wrong"] and not s["hung"], s
+    assert set(s["hosts"]) <= {"h1", "h2"}, s["hosts"]
+    c = s["counters"]
+    assert c["dir"] is None and c["args_inline_tasks"] == LOGIN_TASKS and c["args_shm_tasks"] == 0, c
+    assert c["results_inline"] == LOGIN_TASKS and c["results_shm"] == 0, c
+    assert all(pulled == 0 for _, pulled, _ in s["pids"].values()), s["pids"]
     wait_pools_empty(list(pools.values()))
     stop_and_check_nothing_left(head, tb)
     check_no_pool_file_left(pools)
