@@ -255,15 +255,23 @@ def load_parsl(tmp_path: Path, *, retries: int = 0, **executor_kwargs):
 
 
 @contextlib.contextmanager
-def head_and_dfk(tmp_path: Path, head_args=("--workers", "2"), *, retries: int = 0, **executor_kwargs):
+def head_and_dfk(tmp_path: Path, head_args=("--workers", "2"), *, retries: int = 0,
+                 wait_for_agent: bool = False, **executor_kwargs):
     """A head started with `head_args` and a DFK whose DragonExecutor (`executor_kwargs`)
     is connected to it: yields (dfk, executor, head); cleans up both, whatever happened
-    (a test may also have cleaned up the DFK itself)."""
+    (a test may also have cleaned up the DFK itself). `wait_for_agent`: yields only once an
+    agent has registered (a client's first task that races the registration finds no agent on
+    its host yet and sends its data inline, by design: tests that count what went through
+    shared memory need the agent first)."""
     import parsl
 
     head = start_head(tmp_path, *head_args)
     dfk = None
     try:
+        if wait_for_agent:
+            wait_for(lambda: any(n.get("state") in ("joining", "ready")
+                                 for n in head.ctl_json("nodes").get("nodes", [])),
+                     30, "the agent to register")
         if (head.run_dir / "token").exists():  # none with --auth none
             executor_kwargs.setdefault("token", head.token)
         dfk, executor = load_parsl(tmp_path, retries=retries, address=head.address, **executor_kwargs)

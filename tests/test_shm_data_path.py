@@ -42,7 +42,7 @@ def shm_base():
 @pytest.fixture
 def shm_dfk(worker_pythonpath, tmp_path, shm_base):
     """A head with 2 workers on this host and a DFK whose executor uses shm under shm_base."""
-    with head_and_dfk(tmp_path, shm_dir=shm_base, shm_path="files") as (dfk, executor, _):
+    with head_and_dfk(tmp_path, shm_dir=shm_base, shm_path="files", wait_for_agent=True) as (dfk, executor, _):
         yield dfk, executor
 
 
@@ -127,7 +127,8 @@ def test_worker_killed_mid_task_with_a_large_argument(shm_dfk):
 
 
 def test_threshold_zero_sends_everything_through_grpc(worker_pythonpath, tmp_path, shm_base):
-    with head_and_dfk(tmp_path, shm_dir=shm_base, shm_path="files", shm_threshold=0) as (dfk, executor, _):
+    with head_and_dfk(tmp_path, shm_dir=shm_base, shm_path="files", shm_threshold=0,
+                      wait_for_agent=True) as (dfk, executor, _):
         assert executor.shm is None and executor.shm_counters() == {"dir": None}
         img = image(7)
         assert np.array_equal(scaled(img, 2.0).result(timeout=60), img * 2.0)
@@ -142,7 +143,7 @@ def length(data):
 def test_large_arguments_through_shm_are_not_bound_by_the_heads_payload_limit(worker_pythonpath, tmp_path,
                                                                                shm_base):
     with head_and_dfk(tmp_path, ["--workers", "1", "--max-payload-mb", "1"],
-                      shm_dir=shm_base, shm_path="files") as (dfk, executor, _):
+                      shm_dir=shm_base, shm_path="files", wait_for_agent=True) as (dfk, executor, _):
         assert length(b"x" * (2 << 20)).result(timeout=60) == 2 << 20  # a long bytes object: in-band, in the file
         assert executor.shm_counters()["args_shm_tasks"] == 1
 
