@@ -143,44 +143,16 @@ TEST_CASE("Call to a SIGKILLed peer fails Unavailable naming it within 2 s") {
   ShmDir dir;
   auto pool_a = MakePool(dir, "pool-a");
   auto pool_b = MakePool(dir, "pool-b");
-  int down[2], up[2];
-  REQUIRE(pipe2(down, O_CLOEXEC) == 0);
-  REQUIRE(pipe2(up, O_CLOEXEC) == 0);
-  const pid_t child = fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    alarm(kChildAlarmSeconds);
-    FakeDirectory directory;
-    DataPlaneOptions options = Options("h2");
-    options.call_handler = Echo("h2");
-    absl::StatusOr<std::unique_ptr<DataPlane>> plane =
-        DataPlane::Start(pool_b.get(), &directory, options);
-    if (!plane.ok()) _exit(2);
-    WritePeerInfo(up[1], PeerInfo{"h2", (*plane)->ucx_address(), (*plane)->pool_rkey(),
-                                  (*plane)->pool_address()});
-    PeerInfo parent;
-    if (!ReadPeerInfo(down[0], &parent)) _exit(3);
-    directory.Set(parent);
-    WriteString(up[1], "ready");
-    char byte;
-    while (read(down[0], &byte, 1) != 0) {
-    }
-    _exit(4);
-  }
-  close(down[0]);
-  close(up[1]);
+  DataPlaneOptions options = Options("h2");
+  options.call_handler = Echo("h2");
+  ForkedNode h2(pool_b.get(), options);
   FakeDirectory directory;
-  PeerInfo h2;
-  REQUIRE(ReadPeerInfo(up[0], &h2));
-  directory.Set(h2);
+  directory.Set(h2.info());
   auto a = StartWithHandler(pool_a.get(), &directory, "h1", Echo("h1"));
-  WritePeerInfo(down[1], PeerInfo{"h1", a->ucx_address(), a->pool_rkey(), a->pool_address()});
-  std::string ready;
-  REQUIRE(ReadString(up[0], &ready, absl::Now() + absl::Seconds(10)));
+  h2.Join(InfoOf("h1", *a));
   REQUIRE(*a->Call("h2", "alive?", kCallTimeout) == "h2 got 6 bytes from h1: alive?");
 
-  kill(child, SIGKILL);
-  CHECK(WIFSIGNALED(WaitChild(child)));
+  h2.Kill();
   for (int round = 0; round < 2; ++round) {
     INFO("round " << round);
     const absl::Time started = absl::Now();
@@ -191,8 +163,6 @@ TEST_CASE("Call to a SIGKILLed peer fails Unavailable naming it within 2 s") {
     CHECK(absl::Now() - started < absl::Seconds(2));
   }
   a.reset();
-  close(down[1]);
-  close(up[0]);
   pool_a.reset();
   pool_b.reset();
   CHECK(dir.Files() == 0);

@@ -336,39 +336,11 @@ TEST_CASE("a peer SIGKILLed: Pull and Push fail Unavailable naming it within 2 s
   auto pool_b = MakePool(dir, "pool-b");  // the child's node's; we keep it to look inside
   const BlockRef source_b = WriteBlock(*pool_b, 2 * kMiB, 21);
   const BlockRef source_a = WriteBlock(*pool_a, 2 * kMiB, 22);
-  int down[2], up[2];
-  REQUIRE(pipe2(down, O_CLOEXEC) == 0);
-  REQUIRE(pipe2(up, O_CLOEXEC) == 0);
-  const pid_t child = fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    // Node h2: serves until it is killed. No Catch2 here: exit codes.
-    alarm(kChildAlarmSeconds);
-    FakeDirectory directory;
-    absl::StatusOr<std::unique_ptr<DataPlane>> plane =
-        DataPlane::Start(pool_b.get(), &directory, Options("h2"));
-    if (!plane.ok()) _exit(2);
-    WritePeerInfo(up[1], PeerInfo{"h2", (*plane)->ucx_address(), (*plane)->pool_rkey(),
-                                  (*plane)->pool_address()});
-    PeerInfo parent;
-    if (!ReadPeerInfo(down[0], &parent)) _exit(3);
-    directory.Set(parent);
-    WriteString(up[1], "ready");
-    char byte;
-    while (read(down[0], &byte, 1) != 0) {
-    }
-    _exit(4);  // the parent went away without killing us
-  }
-  close(down[0]);
-  close(up[1]);
+  ForkedNode h2(pool_b.get(), Options("h2"));  // node h2: serves until it is killed
   FakeDirectory directory;
-  PeerInfo h2;
-  REQUIRE(ReadPeerInfo(up[0], &h2));
-  directory.Set(h2);
+  directory.Set(h2.info());
   auto a = MustStart(pool_a.get(), &directory, "h1");
-  WritePeerInfo(down[1], PeerInfo{"h1", a->ucx_address(), a->pool_rkey(), a->pool_address()});
-  std::string ready;
-  REQUIRE(ReadString(up[0], &ready, absl::Now() + absl::Seconds(10)));
+  h2.Join(InfoOf("h1", *a));
 
   // Alive: both ways work.
   const pid_t owner = getpid();
@@ -382,9 +354,7 @@ TEST_CASE("a peer SIGKILLed: Pull and Push fail Unavailable naming it within 2 s
   CHECK(Holds(*pool_b, *pushed, 2 * kMiB, 22));
   REQUIRE(pool_b->Free(*pushed).ok());
 
-  kill(child, SIGKILL);
-  const int status = WaitChild(child);
-  CHECK(WIFSIGNALED(status));
+  h2.Kill();
   for (int round = 0; round < 2; ++round) {  // the lost connection, then a new one to nobody
     INFO("round " << round);
     absl::Time started = absl::Now();
@@ -404,8 +374,6 @@ TEST_CASE("a peer SIGKILLed: Pull and Push fail Unavailable naming it within 2 s
   CHECK(BlocksInUse(*pool_a) == 1);  // source_a
   CHECK(BlocksInUse(*pool_b) == 1);  // source_b
   a.reset();
-  close(down[1]);
-  close(up[0]);
   pool_a.reset();
   pool_b.reset();
   CHECK(dir.Files() == 0);

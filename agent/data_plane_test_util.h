@@ -4,6 +4,7 @@
 #ifndef DRAGON_AGENT_DATA_PLANE_TEST_UTIL_H_
 #define DRAGON_AGENT_DATA_PLANE_TEST_UTIL_H_
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -260,6 +261,78 @@ inline int WaitChild(pid_t pid, absl::Duration limit = absl::Seconds(kChildAlarm
     absl::SleepFor(absl::Milliseconds(5));
   }
   return status;
+}
+
+// A node whose data plane runs in a forked child (over `pool`, with
+// `options`) until the test kills it: the way to lose a peer for real. The
+// constructor returns once the child's plane runs; Join() gives it the
+// parent's plane and waits until it knows it. Closing the pipes (the
+// destructor) makes a child that was not killed exit on its own.
+class ForkedNode {
+ public:
+  ForkedNode(ShmPool* pool, const DataPlaneOptions& options) {
+    int down[2], up[2];
+    REQUIRE(pipe2(down, O_CLOEXEC) == 0);
+    REQUIRE(pipe2(up, O_CLOEXEC) == 0);
+    pid_ = fork();
+    REQUIRE(pid_ >= 0);
+    if (pid_ == 0) Serve(pool, options, down[0], up[1]);  // never returns
+    close(down[0]);
+    close(up[1]);
+    down_ = down[1];
+    up_ = up[0];
+    REQUIRE(ReadPeerInfo(up_, &info_));
+  }
+  ~ForkedNode() {
+    close(down_);
+    close(up_);
+    if (!reaped_) WaitChild(pid_);
+  }
+  ForkedNode(const ForkedNode&) = delete;
+  ForkedNode& operator=(const ForkedNode&) = delete;
+
+  // What the child's plane published.
+  const PeerInfo& info() const { return info_; }
+  void Join(const PeerInfo& parent) {
+    WritePeerInfo(down_, parent);
+    std::string ready;
+    REQUIRE(ReadString(up_, &ready, absl::Now() + absl::Seconds(10)));
+  }
+  // SIGKILLs the child and reaps it.
+  void Kill() {
+    kill(pid_, SIGKILL);
+    CHECK(WIFSIGNALED(WaitChild(pid_)));
+    reaped_ = true;
+  }
+
+ private:
+  // The child: no Catch2 here, exit codes only.
+  [[noreturn]] static void Serve(ShmPool* pool, const DataPlaneOptions& options, int down, int up) {
+    alarm(kChildAlarmSeconds);
+    FakeDirectory directory;
+    absl::StatusOr<std::unique_ptr<DataPlane>> plane = DataPlane::Start(pool, &directory, options);
+    if (!plane.ok()) _exit(2);
+    WritePeerInfo(up, PeerInfo{options.node_id, (*plane)->ucx_address(), (*plane)->pool_rkey(),
+                               (*plane)->pool_address()});
+    PeerInfo parent;
+    if (!ReadPeerInfo(down, &parent)) _exit(3);
+    directory.Set(parent);
+    WriteString(up, "ready");
+    char byte;
+    while (read(down, &byte, 1) > 0) {
+    }
+    _exit(4);  // the parent went away without killing us
+  }
+
+  pid_t pid_ = -1;
+  int down_ = -1, up_ = -1;
+  PeerInfo info_;
+  bool reaped_ = false;
+};
+
+// The PeerInfo `plane` publishes as node `node_id`.
+inline PeerInfo InfoOf(const std::string& node_id, const DataPlane& plane) {
+  return PeerInfo{node_id, plane.ucx_address(), plane.pool_rkey(), plane.pool_address()};
 }
 
 }  // namespace dragon::agent::data_plane_test
