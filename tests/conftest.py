@@ -242,6 +242,18 @@ def worker_pythonpath(monkeypatch):
     monkeypatch.delenv("DRAGON_HEAD", raising=False)
 
 
+@pytest.fixture(scope="module")
+def worker_pythonpath_module():
+    """worker_pythonpath for a module-scoped head (one head shared by a module's tests)."""
+    mp = pytest.MonkeyPatch()
+    old = os.environ.get("PYTHONPATH")
+    mp.setenv("PYTHONPATH", str(TESTS_DIR) + (os.pathsep + old if old else ""))
+    mp.setenv("DRAGON_BIN_DIR", str(BIN_DIR))
+    mp.delenv("DRAGON_HEAD", raising=False)
+    yield
+    mp.undo()
+
+
 def load_parsl(tmp_path: Path, *, retries: int = 0, **executor_kwargs):
     """Loads a DFK with one DragonExecutor; returns (dfk, executor). Call dfk.cleanup()."""
     import parsl

@@ -66,19 +66,6 @@ def dfk(worker_pythonpath_module, tmp_path_factory):
         yield dfk
 
 
-@pytest.fixture(scope="module")
-def worker_pythonpath_module():
-    """conftest's worker_pythonpath for a module-scoped head: tests/ importable by its workers."""
-    from conftest import BIN_DIR, TESTS_DIR
-    mp = pytest.MonkeyPatch()
-    old = os.environ.get("PYTHONPATH")
-    mp.setenv("PYTHONPATH", str(TESTS_DIR) + (os.pathsep + old if old else ""))
-    mp.setenv("DRAGON_BIN_DIR", str(BIN_DIR))
-    mp.delenv("DRAGON_HEAD", raising=False)
-    yield
-    mp.undo()
-
-
 def test_pipe_round_trips_objects_and_ends_with_eof(dfk):
     here, there = comm.Pipe()
     served = echo_server(there, 4)

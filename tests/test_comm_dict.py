@@ -41,19 +41,6 @@ def dfk(worker_pythonpath_module, tmp_path_factory):
     with head_and_dfk(tmp_path_factory.mktemp("comm_dict")) as (dfk, executor, head):
         yield dfk
 
-
-@pytest.fixture(scope="module")
-def worker_pythonpath_module():
-    from conftest import BIN_DIR, TESTS_DIR
-    mp = pytest.MonkeyPatch()
-    old = os.environ.get("PYTHONPATH")
-    mp.setenv("PYTHONPATH", str(TESTS_DIR) + (os.pathsep + old if old else ""))
-    mp.setenv("DRAGON_BIN_DIR", str(BIN_DIR))
-    mp.delenv("DRAGON_HEAD", raising=False)
-    yield
-    mp.undo()
-
-
 def agent_holds_values() -> bool:
     """Whether the pool has blocks owned by its agent: the Dictionary's values (nothing else of
     the agent's lives in its pool)."""
