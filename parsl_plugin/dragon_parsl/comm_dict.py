@@ -170,7 +170,17 @@ class Dictionary(MutableMapping):
         return bool(self._call(self._node_of(kb), _pb().DictRequest.GET_MANY, [kb]).found[0])
 
     def __len__(self) -> int:
-        return sum(self._call(node, _pb().DictRequest.LENGTH).count for node in self._nodes)
+        return sum(self.shard_lengths().values())
+
+    def shard_lengths(self) -> Dict[str, int]:
+        """{node: how many keys its shard holds}, in the order of ``nodes`` (how evenly the keys
+        spread; a lost node makes it fail naming that node, as every call for its shard does)."""
+        length = _pb().DictRequest.LENGTH
+        return {node: self._call(node, length).count for node in self._nodes}
+
+    def node_of(self, key: Any) -> str:
+        """The node whose shard holds (or would hold) `key`."""
+        return self._node_of(_key_bytes(key))
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.keys())
@@ -220,8 +230,17 @@ class Dictionary(MutableMapping):
                 self._call(node, put, [k for k, _ in batch], [v for _, v in batch])
 
     def clear(self) -> None:
+        """Removes every item: each shard is freed even when another's node cannot be reached
+        (its values went with its agent, or stay until it answers); then DictionaryError names
+        the shards that were not freed and why."""
+        failed: List[str] = []
         for node in self._nodes:
-            self._call(node, _pb().DictRequest.DESTROY)
+            try:
+                self._call(node, _pb().DictRequest.DESTROY)
+            except DictionaryError as e:
+                failed.append(str(e))
+        if failed:
+            raise DictionaryError(f"{len(failed)} of {len(self._nodes)} shard(s) not freed: " + "; ".join(failed))
 
     # ------------------------------------------------------------ lifetime
     @property
@@ -230,12 +249,17 @@ class Dictionary(MutableMapping):
 
     def close(self) -> None:
         """The Dictionary's creator (the object Dictionary() returned) frees every shard; a reference
-        unpickled anywhere closes only itself."""
+        unpickled anywhere closes only itself. A shard whose node is lost is not freed (its values
+        went with its agent): the others are, and DictionaryError names it."""
         if self._closed:
             return
-        if self._owner:
-            self.clear()
-        self._closed = True
+        try:
+            if self._owner:
+                self.clear()  # frees every shard it can reach, then names those it could not
+        finally:
+            # Closed whatever happened: a lost node's shard cannot be freed by a retry, and the
+            # others are already gone.
+            self._closed = True
 
     def __enter__(self) -> "Dictionary":
         return self
