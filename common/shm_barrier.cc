@@ -113,7 +113,9 @@ absl::Status ShmBarrier::Wait(absl::Duration timeout) {
   for (;;) {
     const uint32_t seen = h_->sequence.load(std::memory_order_acquire);
     Unlock();
-    shm_object::FutexWait(&h_->sequence, seen, std::min(deadline, next_check));
+    if (!shm_object::SpinWhileEqual(h_->sequence, seen, shm_object::kSpinBeforeSleep)) {
+      shm_object::FutexWait(&h_->sequence, seen, std::min(deadline, next_check));
+    }
     if (h_->magic.load(std::memory_order_acquire) != kBarrierMagic) {
       return absl::NotFoundError("the barrier is gone (destroyed, or its creator exited)");
     }

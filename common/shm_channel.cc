@@ -169,7 +169,9 @@ void ShmChannel::Repair() {
 
 absl::Status ShmChannel::WaitOn(std::atomic<uint32_t>& word, uint32_t seen,
                                 absl::Duration deadline, absl::Duration& next_check, pid_t peer) {
-  shm_object::FutexWait(&word, seen, std::min(deadline, next_check));
+  if (!shm_object::SpinWhileEqual(word, seen, shm_object::kSpinBeforeSleep)) {
+    shm_object::FutexWait(&word, seen, std::min(deadline, next_check));
+  }
   // A destroyed channel: its lock may be someone else's data by now.
   if (h_->magic.load(std::memory_order_acquire) != kChannelMagic) {
     return absl::NotFoundError("the channel is gone (closed, or its creator exited)");
@@ -404,6 +406,18 @@ void FutexWait(const void* word, uint32_t seen, absl::Duration until) {
   // Absolute on the monotonic clock (FUTEX_WAIT_BITSET), as ShmPool waits.
   const timespec at = absl::ToTimespec(until);
   syscall(SYS_futex, word, FUTEX_WAIT_BITSET, seen, &at, nullptr, FUTEX_BITSET_MATCH_ANY);
+}
+
+bool SpinWhileEqual(const std::atomic<uint32_t>& word, uint32_t seen, absl::Duration spin) {
+  const absl::Duration until = MonotonicNow() + spin;
+  for (int i = 0;; ++i) {
+    if (word.load(std::memory_order_acquire) != seen) return true;
+    // The clock is read every 64 polls: it costs more than a poll.
+    if ((i & 63) == 63 && MonotonicNow() >= until) return false;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
 }
 
 void FutexWake(const void* word, int how_many) {
