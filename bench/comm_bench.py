@@ -31,10 +31,16 @@ outside the clock), and are killed if still alive at the end (timeout per measur
              warm-up to the last process's last round; dragon_parsl.comm.Barrier(4) vs
              multiprocessing.Barrier(4).
 
+  Dictionary  dragon_parsl.comm.Dictionary's operations per second (set/get of ints one at a time, update
+             of 10,000 items, get of 1 MiB) next to multiprocessing.Manager().dict() and dragonhpc's DDict:
+             bench/comm_dict_bench.py (it starts a private dragond with one agent); JSON key "dictionary",
+             its table appended to table_md.
+
 Rounds: the implementations of a measurement alternate, in an order rotated from round to round.
 "summary" holds medians over rounds; "ratios" dragon_parsl.comm / multiprocessing of the medians
-(for throughputs > 1 is better for comm; for latencies < 1 is). PyPI dragonhpc's Queue/DDict are
-reported "not run" with the reason (they need its `dragon` launcher and runtime). No targets.
+(for throughputs > 1 is better for comm; for latencies < 1 is). PyPI dragonhpc's Queue is reported
+"not run" with the reason (it needs its `dragon` launcher and runtime); its DDict runs under that
+launcher in the Dictionary measurement (or the reason it did not run is recorded). No targets.
 
 The last stdout line is one JSON object (also written to --json-out): settings, machine, runs,
 summary, ratios, targets, table_md, for bench/run.py (hook `comm`).
@@ -357,10 +363,10 @@ LOWER_IS_BETTER = {"p50_us", "p99_us"}
 def dragonhpc() -> dict:
     if importlib.util.find_spec("dragon") is None:
         return {"status": "not run: dragonhpc is not installed"}
-    return {"status": "not run: dragonhpc's Queue/DDict need the program started by its `dragon` launcher "
+    return {"status": "Queue not run: dragonhpc's Queue needs the program started by its `dragon` launcher "
                       "(its runtime, its own pools); this benchmark does not run it (on the machine it was "
                       "written on, `dragon --single-node-override` did not finish a 4-line Queue script "
-                      "within 80 s)"}
+                      "within 80 s). DDict: see the Dictionary measurement (\"dictionary\" → \"ddict\")"}
 
 
 # ---------------------------------------------------------------- summary and table
@@ -457,7 +463,8 @@ def main() -> int:
     mode.add_argument("--full", action="store_true", help="3 rounds, larger counts")
     p.add_argument("--json-out", help="also write the JSON object here")
     p.add_argument("--rounds", type=int)
-    p.add_argument("--only", nargs="+", choices=[b[0] for b in BENCHES], help="these measurements only")
+    p.add_argument("--only", nargs="+", choices=[b[0] for b in BENCHES] + ["dictionary"],
+                   help="these measurements only")
     args = p.parse_args()
     signal.signal(signal.SIGTERM, _sigterm)
     cfg = dict(FULL if args.full else QUICK, full=bool(args.full), pool_bytes=POOL_BYTES, warm=WARM)
@@ -489,6 +496,9 @@ def main() -> int:
         result["memcpy"] = memcpy(mem_sizes, cfg["bw_mib"]) if mem_sizes else {}
     finally:
         pool.close()
+    if not args.only or "dictionary" in args.only:  # its own service (a private dragond), after the rest
+        import comm_dict_bench
+        result["dictionary"] = comm_dict_bench.run(cfg["full"], cfg["rounds"])
     left = [n for n in os.listdir("/dev/shm") if n.startswith(f"comm-bench-{os.getpid()}-")]
     result["shm_leftovers"] = left
     summary = summarize(result["runs"], cfg["benches"])
@@ -498,6 +508,8 @@ def main() -> int:
     result["elapsed_s"] = time.perf_counter() - t_start
     result["machine"]["loadavg_end"] = os.getloadavg()
     result["table_md"] = table(summary, result["ratios"], result["memcpy"], cfg, dh)
+    if "dictionary" in result:
+        result["table_md"] += "\n" + result["dictionary"]["table_md"]
     print(result["table_md"], file=sys.stderr)
     line = json.dumps(result)
     if args.json_out:
