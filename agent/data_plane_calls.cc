@@ -22,6 +22,11 @@ namespace messages = data_plane_messages;
 // How long a call thread waits for a request before it looks whether the
 // data plane is stopping (and drains late answers).
 constexpr absl::Duration kCallPoll = absl::Milliseconds(100);
+// How long a request that has begun to arrive may take to arrive whole (a
+// 64 MiB Dictionary value takes longer than kCallPoll; cut off, it would be
+// lost). A sender lost meanwhile fails it at once; a hung one holds this
+// thread that long at most.
+constexpr absl::Duration kCallTransferTimeout = absl::Seconds(30);
 // The least time an answer gets to leave (as for Push answers).
 constexpr absl::Duration kAnswerMinTimeout = absl::Seconds(2);
 // How long the id of a Call that gave up waiting is remembered, so that its
@@ -91,7 +96,8 @@ void DataPlane::Impl::ServeCalls() {
       absl::MutexLock lock(&mu_);
       if (stopping_) return;
     }
-    absl::StatusOr<std::string> message = node_->Receive(messages::kCallRequestTag, kCallPoll);
+    absl::StatusOr<std::string> message =
+        node_->Receive(messages::kCallRequestTag, kCallPoll, kCallTransferTimeout);
     if (message.ok()) {
       ServeCall(*message);
     } else if (absl::IsDeadlineExceeded(message.status())) {

@@ -138,6 +138,15 @@ TEST_CASE("Call: 8 MiB payloads, and 8 threads x 50 calls at once, each answered
   CHECK(right.load() == 400);
 }
 
+TEST_CASE("Call: a 256 MiB request takes longer to arrive than the serving threads' poll, and arrives") {
+  TwoCallingNodes nodes;
+  const std::string big(256 << 20, 'q');
+  absl::StatusOr<std::string> answer = nodes.a->Call("h2", big, absl::Seconds(60));
+  INFO(answer.status().ToString());
+  REQUIRE(answer.ok());
+  CHECK(*answer == "h2 got 268435456 bytes from h1: qqqqqqqqqqqqqqqq");
+}
+
 TEST_CASE("Call to a SIGKILLed peer fails Unavailable naming it within 2 s") {
   UseTcpOnLoopback();
   ShmDir dir;

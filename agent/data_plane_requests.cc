@@ -51,7 +51,8 @@ void DataPlane::Impl::ServeRequests() {
       absl::MutexLock lock(&mu_);
       if (stopping_) return;
     }
-    absl::StatusOr<std::string> message = node_->Receive(messages::kPushRequestTag, kRequestPoll);
+    absl::StatusOr<std::string> message = node_->Receive(messages::kPushRequestTag, kRequestPoll,
+                                                          /*transfer_timeout=*/absl::Seconds(5));
     if (message.ok()) {
       Serve(*message);
     } else if (absl::IsDeadlineExceeded(message.status())) {

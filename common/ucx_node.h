@@ -180,8 +180,16 @@ class UcxNode {
   // straight into the returned string. DeadlineExceeded when none arrives
   // within `timeout`. With `from`, also fails as soon as that peer is lost:
   // the way to wait for a reply from a particular node.
-  absl::StatusOr<std::string> Receive(uint64_t tag, absl::Duration timeout);
-  absl::StatusOr<std::string> Receive(UcxPeer from, uint64_t tag, absl::Duration timeout);
+  //
+  // `transfer_timeout`: once a message has matched, how long its data may
+  // take to arrive, counted from the match (zero: the same deadline as the
+  // wait for it). A message matched is taken off UCX's queue, so a large one
+  // still arriving when its deadline passes is lost: a server that polls for
+  // requests with a short timeout gives them the time to arrive this way.
+  absl::StatusOr<std::string> Receive(uint64_t tag, absl::Duration timeout,
+                                      absl::Duration transfer_timeout = absl::ZeroDuration());
+  absl::StatusOr<std::string> Receive(UcxPeer from, uint64_t tag, absl::Duration timeout,
+                                      absl::Duration transfer_timeout = absl::ZeroDuration());
   // Receives the next message with `tag` into `buffer` (e.g. a pool block),
   // returning its length. A message longer than `buffer` is consumed and
   // fails OutOfRange. `from` as for Receive (nullptr: any peer). Since UCX

@@ -2,6 +2,7 @@
 // waits for one (WaitLocked).
 #include <sched.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -155,15 +156,17 @@ absl::Status UcxNode::Send(UcxPeer handle, uint64_t tag, absl::string_view data,
                                            ucs_status_string(status), ")")));
 }
 
-absl::StatusOr<std::string> UcxNode::Receive(uint64_t tag, absl::Duration timeout) {
-  return Receive(UcxPeer{0}, tag, timeout);
+absl::StatusOr<std::string> UcxNode::Receive(uint64_t tag, absl::Duration timeout,
+                                             absl::Duration transfer_timeout) {
+  return Receive(UcxPeer{0}, tag, timeout, transfer_timeout);
 }
 
 // Probes for the message first (UCX keeps it in its unexpected queue, or
 // holds the rendezvous announcement of a large one), so the string can be
 // sized to it and the data lands there directly.
-absl::StatusOr<std::string> UcxNode::Receive(UcxPeer from, uint64_t tag, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
+absl::StatusOr<std::string> UcxNode::Receive(UcxPeer from, uint64_t tag, absl::Duration timeout,
+                                             absl::Duration transfer_timeout) {
+  absl::Time deadline = absl::Now() + timeout;
   absl::MutexLock lock(&mu_);
   const Peer* peer = nullptr;
   if (from.id != 0) {
@@ -199,6 +202,8 @@ absl::StatusOr<std::string> UcxNode::Receive(UcxPeer from, uint64_t tag, absl::D
     mu_.AwaitWithDeadline(absl::Condition(&changed), deadline);
   }
 
+  // The message is ours from here: a short wait for it must not cut its data off.
+  deadline = std::max(deadline, absl::Now() + transfer_timeout);
   Op* op = new Op;
   op->is_transfer = true;  // a rendezvous reply may need pushing out
   op->buffer.resize(info.length);
