@@ -2,8 +2,9 @@
 """dragon_parsl.comm (Queue, Pipe, Barrier in a shared-memory pool) next to multiprocessing's, within
 one node (issue 14).
 
-    python bench/comm_bench.py --quick --json-out comm.json   # a smoke run: 1 round, small counts, ~10 s
-    python bench/comm_bench.py --full  --json-out comm.json   # 3 rounds, larger counts, ~1-2 minutes
+    python bench/comm_bench.py --quick --json-out comm.json   # a smoke run: 1 round, small counts, ~30 s
+    python bench/comm_bench.py --full  --json-out comm.json   # 3 rounds, larger counts, ~5 minutes
+    (of which the Dictionary part, dragonhpc's DDict under its launcher most of it: --only to leave it out)
 
 No agent is needed: the benchmark creates its own pool (dragon_parsl._core.ShmPool.create, 1 GiB,
 space reserved as blocks are allocated) in a private directory /dev/shm/comm-bench-<pid>-*, passes
