@@ -32,7 +32,7 @@ absl::Status Prefixed(const char* what, const absl::Status& status) {
 // Channel calls hold a call thread up to AgentChannels::kMaxWait each (a
 // consumer waiting at home): enough threads that many remote consumers and
 // the Dictionary's calls do not queue behind each other.
-constexpr int kCallThreads = 16;
+constexpr int kCallThreads = 32;
 
 }  // namespace
 

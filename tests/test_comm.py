@@ -176,9 +176,16 @@ def test_barrier_timeout_breaks_it(dfk):
 
 
 def test_an_object_from_another_host_is_a_clear_error(dfk):
+    # Objects do work on other hosts through the agents (tests/test_comm_cluster.py), but not a
+    # Barrier, and nothing whose pool's agent has no data plane (home node unknown).
     q = comm.Queue()
     fn, args = q.__reduce__()
-    args = (args[0], "elsewhere/other-boot") + args[2:]
-    with pytest.raises(SharedMemoryError, match="elsewhere/other-boot"):
+    args = (args[0], "elsewhere/other-boot") + args[2:-1] + ("",)
+    with pytest.raises(SharedMemoryError, match="elsewhere/other-boot.*no data plane"):
         fn(*args)
     q.close()
+    b = comm.Barrier(2)
+    fn, args = b.__reduce__()
+    args = (args[0], "elsewhere/other-boot") + args[2:]
+    with pytest.raises(SharedMemoryError, match="Barrier works within one node only"):
+        fn(*args)

@@ -202,6 +202,45 @@ py::bytes Dict(const std::string& socket, const py::bytes& request_bytes, double
                       out.status.error_code());
 }
 
+// A channel operation (dragon_parsl.comm, a Pipe or Queue used on another
+// node): the serialized ChannelRequest in, the serialized ChannelReply out.
+// A message may be 1 GiB: parsed from the bytes object's own buffer (bytes
+// are immutable, so without the interpreter lock), not a copy of it.
+py::bytes Channel(const std::string& socket, const py::bytes& request_bytes, double timeout_s) {
+  if (timeout_s < 0) throw py::value_error("timeout_s must be >= 0 (0: the agent's default)");
+  char* data = nullptr;
+  Py_ssize_t size = 0;
+  if (PyBytes_AsStringAndSize(request_bytes.ptr(), &data, &size) != 0) {
+    throw py::error_already_set();
+  }
+  if (size > INT_MAX) {
+    throw py::value_error(absl::StrCat("request: ", size, " bytes, more than a protobuf message's ",
+                                       INT_MAX, " (send smaller messages)"));
+  }
+  v1::ChannelRequest request;
+  const bool parsed = WithoutGil([&] { return request.ParseFromArray(data, static_cast<int>(size)); });
+  if (!parsed) throw py::value_error("request: not a serialized dragon.v1.ChannelRequest");
+  Outcome out = WithoutGil([&] {
+    return CallAgent(socket, timeout_s,
+                     [&](v1::AgentData::Stub& stub, grpc::ClientContext* context,
+                         std::string* serialized) {
+                       v1::ChannelReply reply;
+                       grpc::Status status = stub.Channel(context, request, &reply);
+                       if (status.ok()) *serialized = reply.SerializeAsString();
+                       return status;
+                     });
+  });
+  if (out.status.ok()) return py::bytes(out.reply);
+  const char* code = CodeName(out.status.error_code());
+  if (out.unreachable) {
+    RaiseDataPlaneError(absl::StrCat("cannot reach the agent's data service at ", socket, ": ",
+                                     code, ": ", out.status.error_message()),
+                        out.status.error_code());
+  }
+  RaiseDataPlaneError(absl::StrCat(code, ": ", out.status.error_message()),
+                      out.status.error_code());
+}
+
 }  // namespace
 
 void RegisterAgentData(py::module_& m) {
@@ -234,6 +273,10 @@ void RegisterAgentData(py::module_& m) {
         "Sends a serialized dragon.v1.DictRequest to the agent serving `socket` (which applies "
         "it to its shard or forwards it to the node named in it) and returns the serialized "
         "DictReply. Raises DataPlaneError (.code: the gRPC code's name).");
+  m.def("agent_channel", &Channel, py::arg("socket"), py::arg("request"), py::arg("timeout_s"),
+        "Sends a serialized dragon.v1.ChannelRequest to the agent serving `socket` (which does it "
+        "on its pool's channel or forwards it to the channel's home node) and returns the "
+        "serialized ChannelReply. Raises DataPlaneError (.code: the gRPC code's name).");
 }
 
 }  // namespace dragon::client

@@ -12,9 +12,13 @@ processes they start.
   about 100 ms, and every object fails the same way once the process that created it exits.
 - An object lives until its creator calls ``close()`` or exits (the agent then frees its memory):
   create them in the workflow, for the run.
-- Cross-node use is not implemented for these: an object passed to an app on another host fails
-  there with ``SharedMemoryError`` naming both hosts. ``Dictionary`` (dragon_parsl.comm_dict) is
-  sharded across the nodes' agents and works from any node with an agent.
+- Across nodes: a ``Connection`` or ``Queue`` passed to an app on another host works there through
+  the agents (dragon_parsl.comm_remote): that node's agent forwards each operation over UCX to the
+  agent of the object's home node (whose pool holds it), which does it there. Same API, same
+  exceptions; both agents need a data plane. A Pipe end held on another node is watched by its
+  agent: the other end's blocking call fails ``ConnectionError`` within about a second once that
+  process exits or its node is lost. ``Barrier`` works within one node only (``SharedMemoryError``
+  elsewhere). ``Dictionary`` (dragon_parsl.comm_dict) is sharded across the nodes' agents.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ import threading
 import time
 from typing import Any, List, Optional, Tuple
 
-from dragon_parsl import shm, shm_pool_path
+from dragon_parsl import comm_remote, shm, shm_pool_path
 from dragon_parsl.errors import SharedMemoryError
 
 __all__ = ["Pipe", "Connection", "Queue", "Barrier", "Dictionary", "DictionaryError", "default_pool"]
@@ -35,6 +39,10 @@ __all__ = ["Pipe", "Connection", "Queue", "Barrier", "Dictionary", "DictionaryEr
 # shared memory is not). 16,384 slots are 512 KiB of the pool.
 DEFAULT_QUEUE_CAPACITY = 16384
 _PIDS = struct.Struct("=ii")  # the processes holding the two ends of a Pipe
+# Then, per end, the NUL-padded node id of the process holding it ("" : the pool's own node); the
+# home agent reads it too (PipeEnds, agent/agent_channels.h).
+_END_NODE_BYTES = 64
+_PIPE_ENDS_BYTES = _PIDS.size + 2 * _END_NODE_BYTES
 
 
 def _core() -> Any:
@@ -83,25 +91,48 @@ def _live_agent_pools() -> List[str]:
 
 
 class _Shared:
-    """What every object carries: the pool it lives in and the host that pool is on."""
+    """What every object carries: the pool it lives in, the host that pool is on, and its home node
+    (that pool's agent's node id, looked up when the object is first pickled; "" without a data
+    plane). On another host, ``_socket`` is this node's agent's data socket (the agent path)."""
 
     def __init__(self, pool: Optional[str]) -> None:
         self._pool_path = pool or default_pool()
         self._host = shm.host_identity()
         self._pool = shm_pool_path.attach(self._pool_path)
         self._creator = os.getpid()
+        self._home: Optional[str] = None
+        self._socket: Optional[str] = None
 
-    def _check_host(self) -> None:
-        if self._host != shm.host_identity():
-            raise SharedMemoryError(
-                f"{type(self).__name__} lives in shared memory on host {self._host}, but this process runs "
-                f"on {shm.host_identity()}: communication objects work within one node (cross-node is "
-                f"not implemented)")
+    @property
+    def _remote(self) -> bool:
+        return self._socket is not None
 
-    def _reopen(self, pool: str, host: str, creator: int) -> None:
-        self._pool_path, self._host, self._creator = pool, host, creator
-        self._check_host()
-        self._pool = shm_pool_path.attach(pool)
+    def _home_node(self) -> str:
+        if not self._home:
+            self._home = comm_remote.node_of_pool(self._pool_path)
+        return self._home
+
+    def _not_here(self, why: str) -> SharedMemoryError:
+        return SharedMemoryError(
+            f"{type(self).__name__} lives in shared memory on host {self._host} (node "
+            f"{self._home or 'unknown'}), but this process runs on {shm.host_identity()}: {why}")
+
+    def _reopen(self, pool: str, host: str, creator: int, home: str, remote_ok: bool = True) -> None:
+        self._pool_path, self._host, self._creator, self._home = pool, host, creator, home
+        self._socket = None
+        if host == shm.host_identity():
+            self._pool = shm_pool_path.attach(pool)
+            return
+        self._pool = None
+        if not remote_ok:
+            raise self._not_here("a Barrier works within one node only")
+        if not home:
+            raise self._not_here("the agent of its pool has no data plane, so it cannot be reached from "
+                                 "another node (started with --noucx, or UCX failed: see its log)")
+        socket = comm_remote.local_data_socket()
+        if not socket:
+            raise self._not_here("this host has no dragon-agent with a data plane to reach it through")
+        self._socket = socket
 
 
 def _timeout_s(block: bool, timeout: Optional[float]) -> Optional[float]:
@@ -126,26 +157,42 @@ class Connection(_Shared):
         c._send_ch, c._recv_ch, c._pids_ref, c._end = send, recv, pids, end
         c._lookahead: List[Any] = []
         c._closed = False
-        c._peer_pid: Optional[int] = None
+        c._peer_pid: Optional[Tuple[int, str]] = None
         return c
 
     def __reduce__(self) -> Tuple[Any, ...]:
         return (_open_connection, (self._pool_path, self._host, self._creator,
                                    self._send_ch.ref if self._send_ch else None,
-                                   self._recv_ch.ref if self._recv_ch else None, self._pids_ref, self._end))
+                                   self._recv_ch.ref if self._recv_ch else None, self._pids_ref, self._end,
+                                   self._home_node()))
 
-    def _peer(self, fresh: bool = False) -> int:
-        """The other end's process (0: this one). Read from the pool at most every wait slice:
-        the end may move to an app while this one waits, and the next slice then watches it."""
+    def _peer(self, fresh: bool = False) -> Tuple[int, str]:
+        """The other end's process (0: this one, or not known here) and its node ("": this pool's
+        node). Read from the pool at most every wait slice: the end may move to an app while this
+        one waits, and the next slice then watches it. On another node than the pool's, the home
+        agent watches the other end: (0, "")."""
+        if self._remote:
+            return 0, ""
         if fresh or self._peer_pid is None:
-            pids = memoryview(self._pool.block(self._pids_ref))[:_PIDS.size]
-            peer = _PIDS.unpack(pids)[1 - self._end]
-            self._peer_pid = 0 if peer == os.getpid() else peer
+            block = memoryview(self._pool.block(self._pids_ref))
+            peer = _PIDS.unpack(block[:_PIDS.size])[1 - self._end]
+            node = b""
+            if block.nbytes >= _PIPE_ENDS_BYTES:
+                at = _PIDS.size + (1 - self._end) * _END_NODE_BYTES
+                node = bytes(block[at:at + _END_NODE_BYTES]).rstrip(b"\0")
+            node_s = node.decode(errors="replace")
+            self._peer_pid = (0 if peer == os.getpid() and not node_s else peer, node_s)
         return self._peer_pid
 
     def _claim_end(self) -> None:
-        pids = memoryview(self._pool.block(self._pids_ref))
-        struct.pack_into("=i", pids, 4 * self._end, os.getpid())
+        if self._remote:
+            comm_remote.claim_end(self._socket, self._home, self._pids_ref, self._end)
+            return
+        block = memoryview(self._pool.block(self._pids_ref))
+        struct.pack_into("=i", block, 4 * self._end, os.getpid())
+        if block.nbytes >= _PIPE_ENDS_BYTES:  # this process is on the pool's node
+            at = _PIDS.size + self._end * _END_NODE_BYTES
+            block[at:at + _END_NODE_BYTES] = bytes(_END_NODE_BYTES)
 
     def _check_open(self, need: str) -> Any:
         if self._closed:
@@ -188,18 +235,29 @@ class Connection(_Shared):
         fresh = False
         while True:
             left = self._PEER_RECHECK_S if deadline is None else max(0.0, deadline - time.monotonic())
-            peer = self._peer(fresh)
+            peer, node = self._peer(fresh)
+            if node and fresh and not self._remote_peer_alive(node, peer):
+                # The other end is a process of another node, which its agent no longer sees (or
+                # that node is lost): the one on record now, if it changed, is watched instead.
+                if self._peer(True) == (peer, node):
+                    raise core.ChannelPeerLost(f"the other end of the Pipe, process {peer} of node {node}, "
+                                               f"exited (or its node's agent is lost)")
+                continue
             try:
-                return call(min(left, self._PEER_RECHECK_S), peer)
+                return call(min(left, self._PEER_RECHECK_S), 0 if node else peer)
             except core.ChannelTimeout:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
             except core.ChannelPeerLost:
                 # The process remembered may no longer hold the other end (it went to another
                 # app): an error only if the one on record now is the one that exited.
-                if fresh or self._peer(True) == peer:
+                if fresh or self._peer(True) == (peer, node):
                     raise
             fresh = True
+
+    def _remote_peer_alive(self, node: str, pid: int) -> bool:
+        # This process is on the pool's node (only there is a peer's node read): its agent's socket.
+        return comm_remote.peer_alive(self._pool_path + ".sock", node, pid)
 
     def recv_bytes(self, maxlength: Optional[int] = None) -> bytes:
         data = self._next(None, as_bytes=True)
@@ -245,12 +303,17 @@ class Connection(_Shared):
 
 
 def _open_connection(pool: str, host: str, creator: int, send_ref: Optional[bytes],
-                     recv_ref: Optional[bytes], pids: bytes, end: int) -> Connection:
+                     recv_ref: Optional[bytes], pids: bytes, end: int, home: str = "") -> Connection:
     shared = _Shared.__new__(_Shared)
-    shared._reopen(pool, host, creator)
-    core = _core()
-    send = core.ShmChannel.open(shared._pool, send_ref) if send_ref is not None else None
-    recv = core.ShmChannel.open(shared._pool, recv_ref) if recv_ref is not None else None
+    shared._reopen(pool, host, creator, home)
+    if shared._remote:
+        def open_channel(ref: bytes) -> Any:
+            return comm_remote.RemoteChannel(shared._socket, home, ref, pids, end)
+    else:
+        def open_channel(ref: bytes) -> Any:
+            return _core().ShmChannel.open(shared._pool, ref)
+    send = open_channel(send_ref) if send_ref is not None else None
+    recv = open_channel(recv_ref) if recv_ref is not None else None
     c = Connection._make(shared, send, recv, pids, end)
     c._claim_end()
     return c
@@ -262,8 +325,9 @@ def Pipe(duplex: bool = True, *, pool: Optional[str] = None) -> Tuple[Connection
     core = _core()
     forward = core.ShmChannel.create(shared._pool, DEFAULT_QUEUE_CAPACITY)
     backward = core.ShmChannel.create(shared._pool, DEFAULT_QUEUE_CAPACITY) if duplex else None
-    pids = shared._pool.allocate(_PIDS.size)
-    memoryview(shared._pool.block(pids))[:_PIDS.size] = _PIDS.pack(os.getpid(), os.getpid())
+    pids = shared._pool.allocate(_PIPE_ENDS_BYTES)
+    ends = memoryview(shared._pool.block(pids))
+    ends[:_PIPE_ENDS_BYTES] = _PIDS.pack(os.getpid(), os.getpid()) + bytes(2 * _END_NODE_BYTES)
     if duplex:
         return (Connection._make(shared, forward, backward, pids, 0),
                 Connection._make(shared, backward, forward, pids, 1))
@@ -284,7 +348,8 @@ class Queue(_Shared):
         self._lock = threading.Lock()
 
     def __reduce__(self) -> Tuple[Any, ...]:
-        return (_open_queue, (self._pool_path, self._host, self._creator, self._ch.ref, self._maxsize))
+        return (_open_queue, (self._pool_path, self._host, self._creator, self._ch.ref, self._maxsize,
+                              self._home_node()))
 
     def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
         data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
@@ -318,17 +383,20 @@ class Queue(_Shared):
     def close(self) -> None:
         """In the creating process: frees the queue (others' calls then fail). Elsewhere: nothing
         (as multiprocessing's, this process is done with it)."""
-        if os.getpid() == self._creator and self._ch is not None:
+        if not self._remote and os.getpid() == self._creator and self._ch is not None:
             self._ch.destroy()
 
     def join_thread(self) -> None:
         """multiprocessing's feeder thread does not exist here: nothing to join."""
 
 
-def _open_queue(pool: str, host: str, creator: int, ref: bytes, maxsize: int) -> Queue:
+def _open_queue(pool: str, host: str, creator: int, ref: bytes, maxsize: int, home: str = "") -> Queue:
     q = Queue.__new__(Queue)
-    q._reopen(pool, host, creator)
-    q._ch = _core().ShmChannel.open(q._pool, ref)
+    q._reopen(pool, host, creator, home)
+    if q._remote:
+        q._ch = comm_remote.RemoteChannel(q._socket, home, ref)
+    else:
+        q._ch = _core().ShmChannel.open(q._pool, ref)
     q._maxsize = maxsize
     q._lock = threading.Lock()
     return q
@@ -347,7 +415,8 @@ class Barrier(_Shared):
         self._timeout = timeout
 
     def __reduce__(self) -> Tuple[Any, ...]:
-        return (_open_barrier, (self._pool_path, self._host, self._creator, self._b.ref, self._timeout))
+        return (_open_barrier, (self._pool_path, self._host, self._creator, self._b.ref, self._timeout,
+                                self._home_node()))
 
     def wait(self, timeout: Optional[float] = None) -> None:
         if timeout is None:
@@ -373,9 +442,10 @@ class Barrier(_Shared):
         return int(self._b.n_waiting)
 
 
-def _open_barrier(pool: str, host: str, creator: int, ref: bytes, timeout: Optional[float]) -> Barrier:
+def _open_barrier(pool: str, host: str, creator: int, ref: bytes, timeout: Optional[float],
+                  home: str = "") -> Barrier:
     b = Barrier.__new__(Barrier)
-    b._reopen(pool, host, creator)
+    b._reopen(pool, host, creator, home, remote_ok=False)
     b._b = _core().ShmBarrier.open(b._pool, ref)
     b._timeout = timeout
     return b

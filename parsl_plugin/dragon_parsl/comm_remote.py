@@ -1,0 +1,189 @@
+"""The agent path of dragon_parsl.comm's Pipe and Queue (issue 14): a channel used on a node other
+than its home (the node whose pool holds it) is operated through the agents. Each call goes to this
+node's agent over its Unix socket (AgentData.Channel, ``_core.agent_channel``), which forwards it
+over UCX to the home node's agent, which does it on its pool (agent/agent_channels.h).
+
+The home agent waits at most ``WAIT_SLICE_S`` per call and answers "would block"; the loops here
+wait until the caller's own timeout, so blocking, timeouts and errors are those of a channel used
+within its node: ``ChannelTimeout``, ``ChannelClosed`` (EOF), ``ChannelPeerLost``
+(ConnectionError: the creator or the Pipe's other end exited, the home node or this node's agent
+was lost), ``ShmPoolFull``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Dict, Optional
+
+__all__ = ["RemoteChannel", "node_of_pool", "local_data_socket", "local_node", "peer_alive", "claim_end",
+           "WAIT_SLICE_S"]
+
+# The home agent's longest wait per call (AgentChannels::kMaxWait): liveness is looked at there
+# after 100 ms of waiting, so a slice is longer than that.
+WAIT_SLICE_S = 0.2
+# A call's deadline beyond its wait: the forwarding both ways, and a large message over the link
+# at a conservative 50 MB/s (a 1 GiB message: about 50 s).
+_CALL_MARGIN_S = 30.0
+_LINK_BYTES_PER_S = 50e6
+
+_node_of_pool: Dict[str, str] = {}
+_node_of_socket: Dict[str, str] = {}
+
+
+def _core() -> Any:
+    from dragon_parsl import _core
+    return _core
+
+
+def _pb() -> Any:
+    from dragon_parsl._proto import agent_pb2
+    return agent_pb2
+
+
+def _ask_node_id(socket: str) -> str:
+    """The node id of the agent serving ``socket`` (NODE_ID), "" when it cannot be asked."""
+    if socket in _node_of_socket:
+        return _node_of_socket[socket]
+    if not os.path.exists(socket):
+        return ""
+    request = _pb().ChannelRequest(op=_pb().ChannelRequest.NODE_ID)
+    try:
+        raw = _core().agent_channel(socket, request.SerializeToString(), 5.0)
+    except _core().DataPlaneError:
+        return ""
+    reply = _pb().ChannelReply()
+    reply.ParseFromString(raw)
+    if reply.node_id:
+        _node_of_socket[socket] = reply.node_id
+    return reply.node_id
+
+
+def node_of_pool(pool_path: str) -> str:
+    """The node whose agent owns ``pool_path`` (the objects' home): ``$DRAGON_NODE_ID`` in a worker of
+    that pool, else asked of the agent at ``<pool>.sock``; "" when that agent has no data plane (the
+    objects then work within their node only)."""
+    if pool_path in _node_of_pool:
+        return _node_of_pool[pool_path]
+    node = ""
+    if os.environ.get("DRAGON_SHM_POOL") == pool_path:
+        node = os.environ.get("DRAGON_NODE_ID", "")
+    if not node:
+        node = _ask_node_id(pool_path + ".sock")
+    if node:
+        _node_of_pool[pool_path] = node
+    return node
+
+
+def local_data_socket() -> str:
+    """This node's agent's AgentData socket ("" when there is none): ``$DRAGON_AGENT_DATA_SOCKET``
+    (set for workers), else the one beside the newest pool of a running agent of this host."""
+    path = os.environ.get("DRAGON_AGENT_DATA_SOCKET")
+    if path:
+        return path
+    from dragon_parsl import comm
+    pools = comm._live_agent_pools()
+    if pools and os.path.exists(pools[-1] + ".sock"):
+        return pools[-1] + ".sock"
+    return ""
+
+
+def local_node(socket: str) -> str:
+    node = os.environ.get("DRAGON_NODE_ID", "")
+    return node or _ask_node_id(socket)
+
+
+def _raise(error: Exception, what: str) -> None:
+    """DataPlaneError (.code: the gRPC code's name) as the exception a local channel raises."""
+    core = _core()
+    code = getattr(error, "code", "")
+    message = f"{what}: {error}"
+    if code == "OUT_OF_RANGE" or code == "FAILED_PRECONDITION":
+        raise core.ChannelClosed(message) from None
+    if code == "RESOURCE_EXHAUSTED":
+        raise core.ShmPoolFull(message) from None
+    if code in ("UNAVAILABLE", "NOT_FOUND", "DEADLINE_EXCEEDED", "CANCELLED"):
+        # The creator or the other end exited, the channel is gone, the home node or this node's
+        # agent is lost, or it did not answer in time: the peer is lost for this caller.
+        raise core.ChannelPeerLost(message) from None
+    raise core.ShmPoolError(message) from None
+
+
+def _call(socket: str, request: Any, what: str, nbytes: int = 0) -> Any:
+    timeout_s = request.wait_ms / 1000.0 + _CALL_MARGIN_S + nbytes / _LINK_BYTES_PER_S
+    request.timeout_ms = int(timeout_s * 1000)
+    core = _core()
+    try:
+        raw = core.agent_channel(socket, request.SerializeToString(), timeout_s + 5.0)
+    except core.DataPlaneError as e:
+        _raise(e, what)
+    reply = _pb().ChannelReply()
+    reply.ParseFromString(raw)
+    return reply
+
+
+def peer_alive(socket: str, node: str, pid: int) -> bool:
+    """Whether process ``pid`` of ``node`` runs (asked of its node's agent; a node that cannot be
+    asked: no)."""
+    pb = _pb()
+    request = pb.ChannelRequest(op=pb.ChannelRequest.PEER_ALIVE, node_id=node, caller_pid=pid)
+    try:
+        return bool(_call(socket, request, f"process {pid} of node {node}").alive)
+    except _core().ChannelPeerLost:
+        return False
+
+
+def claim_end(socket: str, home: str, pids_ref: bytes, end: int) -> None:
+    """Records at home that this process (of this node) holds end ``end`` of a Pipe."""
+    pb = _pb()
+    request = pb.ChannelRequest(op=pb.ChannelRequest.CLAIM_END, node_id=home, pids_ref=pids_ref, end=end,
+                                caller_pid=os.getpid(), caller_node=local_node(socket))
+    _call(socket, request, f"Pipe end of node {home}")
+
+
+class RemoteChannel:
+    """A channel of node ``home``'s pool, through the agents; the methods of ``_core.ShmChannel``
+    that comm.py uses. For a Pipe, ``pids_ref`` and ``end`` let the home agent watch the other end
+    (the ``peer_pid`` arguments are not used: the home agent knows the other end)."""
+
+    def __init__(self, socket: str, home: str, ref: bytes, pids_ref: bytes = b"", end: int = 0) -> None:
+        self.socket, self.home, self.ref = socket, home, ref
+        self._pids_ref, self._end = pids_ref, end
+
+    def _request(self, op: int, **fields: Any) -> Any:
+        return _pb().ChannelRequest(op=op, node_id=self.home, ref=self.ref, pids_ref=self._pids_ref,
+                                    end=self._end, **fields)
+
+    def _what(self) -> str:
+        return f"channel of node {self.home}"
+
+    def _until(self, op: int, timeout_s: Optional[float], message: bytes = b"") -> Any:
+        """SEND/RECV in slices until done or ``timeout_s`` (None: for ever) has passed."""
+        deadline = None if timeout_s is None else time.monotonic() + max(0.0, timeout_s)
+        while True:
+            left = WAIT_SLICE_S if deadline is None else max(0.0, deadline - time.monotonic())
+            request = self._request(op, message=message, wait_ms=int(min(left, WAIT_SLICE_S) * 1000))
+            reply = _call(self.socket, request, self._what(), len(message))
+            if not reply.would_block:
+                return reply
+            if deadline is not None and time.monotonic() >= deadline:
+                core = _core()
+                raise core.ChannelTimeout(
+                    f"{'no room in' if op == _pb().ChannelRequest.SEND else 'no message from'} the "
+                    f"{self._what()} within {timeout_s:g} s")
+
+    def send_bytes(self, data: Any, timeout_s: Optional[float] = None, peer_pid: int = 0) -> None:
+        payload = data if type(data) is bytes else bytes(data)
+        self._until(_pb().ChannelRequest.SEND, timeout_s, payload)
+
+    def recv_bytes(self, timeout_s: Optional[float] = None, peer_pid: int = 0, as_bytes: bool = False) -> bytes:
+        return self._until(_pb().ChannelRequest.RECV, timeout_s).message
+
+    def close(self) -> None:
+        _call(self.socket, self._request(_pb().ChannelRequest.CLOSE), self._what())
+
+    def stats(self) -> Dict[str, Any]:
+        reply = _call(self.socket, self._request(_pb().ChannelRequest.STATS), self._what())
+        return {"count": reply.count, "capacity": reply.capacity, "closed": reply.closed, "repairs": 0}
+
+    def destroy(self) -> None:
+        raise OSError(f"a {self._what()} is destroyed by its creator, on that node")
