@@ -1,0 +1,336 @@
+"""Pipe and Queue across nodes (issue 14, "Channels and communication objects"): objects created by
+a workflow on h1 (in h1's agent's pool) used by apps on h2, through h2's agent, which forwards each
+operation over UCX to h1's agent, which does it on its pool (AgentData.Channel,
+agent/agent_channels.h, dragon_parsl.comm_remote). On the netns test bed with ``UCX_TLS=tcp,self``
+(tests/test_shm_cross_node.py's fixtures: real dragond, agents over ssh, Python workers, Parsl).
+h1 is drained: every app runs on h2.
+
+- a Pipe between the workflow and an app on h2: 200 round trips, poll, then EOF after close;
+- a 1 GiB message from an app on h2 to the workflow on h1, byte for byte;
+- one Queue, 32 producers and 32 consumers: 16 + 16 threads of the workflow on h1 (the pool's
+  node) and 8 + 8 threads in each of two apps on h2; every message received exactly once;
+- a slow consumer: a Queue(maxsize=4) filled by an app on h2 while the workflow takes one item
+  every 50 ms: nothing lost, the producer waited, ``put(timeout=...)`` on the full queue raises
+  ``queue.Full`` on h2;
+- a killed peer: the app on h2 holding the other end of a Pipe SIGKILLed, then h2's agent
+  SIGKILLed: the workflow's blocking ``recv`` fails ``ConnectionError`` within seconds, no hang.
+
+Afterwards nothing of the service on any host and no pool in /dev/shm.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_for, worker_pythonpath  # noqa: F401
+from testbed_fixtures import netns_hosts, no_service_left  # noqa: F401
+from test_shm_cross_node import (POOL_MB, UCX_ENV, check_no_pool_file_left, cross_head, pools_of,  # noqa: F401
+                                 two_host_head, wait_pools_empty)
+from test_ssh_cluster import agents_in, ssh_heads, stop_and_check_nothing_left  # noqa: F401
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+# The workflow, run inside h1's namespace; its apps are pickled by value. Each --step writes its
+# findings into the JSON summary (the test judges them).
+WORKFLOW = textwrap.dedent('''
+    import argparse, faulthandler, hashlib, json, os, queue, signal, sys, threading, time
+    import parsl
+    from parsl import python_app
+    from parsl.config import Config
+    from dragon_parsl import DragonExecutor, comm
+
+    GIB = 1 << 30
+
+
+    def echo(conn):
+        """Doubles what it receives until EOF; (host, count)."""
+        import socket
+        n = 0
+        while True:
+            try:
+                x = conn.recv()
+            except EOFError:
+                return socket.gethostname(), n
+            conn.send(x * 2)
+            n += 1
+
+
+    def big(conn, size):
+        """Sends one message of `size` bytes (a pattern), then its sha256; (host, seconds)."""
+        import hashlib, socket, time
+        data = bytes(range(256)) * (size // 256)
+        digest = hashlib.sha256(data).hexdigest()
+        t0 = time.monotonic()
+        conn.send_bytes(data)
+        del data
+        conn.send(digest)
+        return socket.gethostname(), time.monotonic() - t0
+
+
+    def queue_roles(q, host_tag, producers, consumers, per_producer):
+        """`producers` threads put (tag, producer, seq), then None; `consumers` threads get until
+        their first None.
+        (host, {consumer: [items]}, errors)."""
+        import socket, threading
+        got, errors = {}, []
+
+        def produce(p):
+            try:
+                for i in range(per_producer):
+                    q.put((host_tag, p, i), timeout=60)
+                q.put(None, timeout=60)
+            except Exception as e:
+                errors.append(f"producer {p}: {type(e).__name__}: {e}")
+
+        def consume(c):
+            mine = got.setdefault(c, [])
+            try:
+                while True:
+                    item = q.get(timeout=60)
+                    if item is None:
+                        return
+                    mine.append(item)
+            except Exception as e:
+                errors.append(f"consumer {c}: {type(e).__name__}: {e}")
+
+        threads = [threading.Thread(target=produce, args=(p,)) for p in range(producers)]
+        threads += [threading.Thread(target=consume, args=(c,)) for c in range(consumers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return socket.gethostname(), got, errors
+
+
+    def fill_slowly_consumed(q, n):
+        """Puts n items into a Queue(4) consumed slowly elsewhere; then, the consumer stopped, fills
+        it and checks put(timeout) raises queue.Full. (host, seconds for the n puts, full_raised)."""
+        import queue, socket, time
+        t0 = time.monotonic()
+        for i in range(n):
+            q.put(i)
+        took = time.monotonic() - t0
+        while True:
+            try:
+                q.put("extra", timeout=0.3)
+            except queue.Full:
+                return socket.gethostname(), took, True
+            if time.monotonic() - t0 > 60:
+                return socket.gethostname(), took, False
+
+
+    def hold(conn):
+        """Tells its pid and blocks for ever (until killed)."""
+        import os, time
+        conn.send(os.getpid())
+        while True:
+            time.sleep(1)
+
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--address", required=True)
+    p.add_argument("--pool", required=True)
+    p.add_argument("--step", action="append", required=True)
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    executor = DragonExecutor(label="dragon", address=a.address, token=os.environ["DRAGON_TOKEN"],
+                              shm_pool_wait_s=60)
+    dfk = parsl.load(Config(executors=[executor], strategy="none",
+                            run_dir=os.path.join(os.path.dirname(a.out), "runinfo")))
+    summary = {}
+
+    def app(fn):
+        return python_app(fn, executors=["dragon"])
+
+    def save():
+        with open(a.out + ".part", "w") as f:
+            json.dump(summary, f)
+        os.replace(a.out + ".part", a.out)
+
+    faulthandler.dump_traceback_later(30, repeat=True)  # a step that hangs shows where, in the log
+    for step in a.step:
+        t0 = time.monotonic()
+        print(f"step {step}", flush=True)
+        if step == "pipe":
+            mine, theirs = comm.Pipe(pool=a.pool)
+            f = app(echo)(theirs)
+            wrong = [i for i in range(200) if (mine.send(i), mine.recv())[1] != 2 * i]
+            polled_empty = mine.poll(0.2)  # nothing sent back: no data
+            mine.send("x")
+            polled = mine.poll(30)
+            echoed = mine.recv()
+            mine.close()
+            host, n = f.result(timeout=60)
+            summary["pipe"] = {"wrong": wrong, "host": host, "count": n, "polled_empty": polled_empty,
+                               "polled": polled, "echoed": echoed}
+        elif step == "big":
+            mine, theirs = comm.Pipe(pool=a.pool)
+            f = app(big)(theirs, GIB)
+            while not mine.poll(1):
+                if f.done():
+                    f.result()  # the app failed: its error, not a hang
+            data = mine.recv_bytes()
+            digest = mine.recv()
+            host, send_s = f.result(timeout=120)
+            summary["big"] = {"size": len(data), "same": hashlib.sha256(data).hexdigest() == digest,
+                              "host": host, "send_s": send_s, "total_s": time.monotonic() - t0}
+            del data
+            mine.close()
+        elif step == "queue":
+            # Every producer puts None after its items, and a consumer stops at its first None: 32
+            # Nones for 32 consumers, and the last None put is the last item of the queue, so every
+            # item is taken before the last consumer stops.
+            q = comm.Queue(pool=a.pool)
+            remote = [app(queue_roles)(q, f"h2-{k}", 8, 8, 100) for k in range(2)]
+            local = queue_roles(q, "h1", 16, 16, 100)
+            results = [f.result(timeout=90) for f in remote]
+            summary["queue"] = {"remote": results, "local": local, "seconds": time.monotonic() - t0}
+            q.close()
+        elif step == "slow":
+            q = comm.Queue(4, pool=a.pool)
+            f = app(fill_slowly_consumed)(q, 40)
+            taken, max_seen = [], 0
+            for _ in range(40):
+                max_seen = max(max_seen, q.qsize())
+                taken.append(q.get(timeout=60))
+                time.sleep(0.05)
+            host, put_s, full_raised = f.result(timeout=90)
+            summary["slow"] = {"taken": taken, "max_qsize": max_seen, "host": host, "put_s": put_s,
+                               "full_raised": full_raised}
+            q.close()
+        elif step in ("kill_app", "kill_agent"):
+            mine, theirs = comm.Pipe(pool=a.pool)
+            f = app(hold)(theirs)
+            pid = mine.recv()
+            with open(a.out + f".{step}.pid", "w") as pf:
+                pf.write(str(pid))  # the test kills the app (its worker) or h2's agent
+            t_wait = time.monotonic()
+            outcome, is_connection_error = "no error", False
+            try:
+                mine.recv()
+            except Exception as e:  # noqa: BLE001  (the test judges it)
+                outcome, is_connection_error = f"{type(e).__name__}: {e}", isinstance(e, ConnectionError)
+            summary[step] = {"outcome": outcome, "is_connection_error": is_connection_error,
+                             "waited_s": time.monotonic() - t_wait, "app_pid": pid}
+            mine.close()
+        save()
+    dfk.cleanup()
+    save()
+''')
+
+
+class CommWorkflow:
+    """WORKFLOW running in h1's namespace with its steps."""
+
+    def __init__(self, tb, head, tmp_path: Path, steps: list[str], pool: str):
+        d = tmp_path / f"comm-{time.monotonic_ns()}"
+        d.mkdir()
+        script = d / "workflow.py"
+        script.write_text(WORKFLOW)
+        self.out, self.log = d / "summary.json", d / "workflow.log"
+        env = dict(os.environ, DRAGON_TOKEN=head.head.token, DRAGON_SHM_POOL=pool,
+                   PYTHONPATH=str(TESTS_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env.pop("DRAGON_HEAD", None)
+        argv = [sys.executable, str(script), "--address", head.address, "--pool", pool,
+                "--out", str(self.out)]
+        for s in steps:
+            argv += ["--step", s]
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(tb.exec_argv("h1", *argv), env=env, cwd=d, stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT)
+
+    def pid_file(self, step: str) -> Path:
+        return Path(f"{self.out}.{step}.pid")
+
+    def summary(self, timeout: float) -> dict:
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"the workflow did not end within {timeout}s:\n{self.tail()}") from None
+        assert rc == 0 and self.out.exists(), f"the workflow exited {rc}:\n{self.tail()}"
+        return json.loads(self.out.read_text())
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def tail(self, chars: int = 6000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+
+@pytest.mark.timeout(240)
+def test_pipe_big_message_queue_and_slow_consumer_between_h1_and_h2(netns_hosts, cross_head, tmp_path):
+    tb, head = netns_hosts, cross_head
+    pools = pools_of(head)
+    wf = CommWorkflow(tb, head, tmp_path, ["pipe", "big", "queue", "slow"], pools["h1"])
+    try:
+        s = wf.summary(timeout=200)
+    finally:
+        wf.kill()
+    print(f"\npipe {s['pipe']}; 1 GiB h2 -> h1 {s['big']}; queue of 32 + 32 {s['queue']['seconds']:.1f}s; "
+          f"slow consumer: the producer's 40 puts took {s['slow']['put_s']:.2f}s")
+
+    p = s["pipe"]
+    assert p["wrong"] == [] and p["host"] == "h2" and p["count"] == 201, p
+    assert p["polled_empty"] is False and p["polled"] is True and p["echoed"] == "xx", p
+
+    b = s["big"]
+    assert b["size"] == 1 << 30 and b["same"] and b["host"] == "h2", b
+
+    q = s["queue"]
+    consumed = [tuple(item) for _, got, _ in q["remote"] for items in got.values() for item in items]
+    consumed += [tuple(item) for items in q["local"][1].values() for item in items]
+    errors = [e for _, _, errs in q["remote"] for e in errs] + q["local"][2]
+    assert errors == [], errors[:5]
+    assert {host for host, _, _ in q["remote"]} == {"h2"} and q["local"][0] == "h1"
+    expected = {(tag, p_, i) for tag, n in (("h1", 16), ("h2-0", 8), ("h2-1", 8)) for p_ in range(n)
+                for i in range(100)}
+    assert len(consumed) == len(expected) == 3200 and set(consumed) == expected  # each exactly once
+    consumers_used = sum(1 for _, got, _ in q["remote"] for items in got.values() if items)
+    assert consumers_used > 0  # h2's consumers took some
+
+    sl = s["slow"]
+    assert sl["taken"] == list(range(40)) and sl["host"] == "h2" and sl["full_raised"], sl
+    assert sl["max_qsize"] <= 4 and sl["put_s"] >= 36 * 0.05 * 0.8, sl  # the producer waited
+
+    wait_pools_empty(list(pools.values()))
+    stop_and_check_nothing_left(head, tb)
+    check_no_pool_file_left(pools)
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_peer_on_h2_fails_the_blocking_recv_on_h1_within_seconds(netns_hosts, cross_head, tmp_path):
+    tb, head = netns_hosts, cross_head
+    pools = pools_of(head)
+    wf = CommWorkflow(tb, head, tmp_path, ["kill_app", "kill_agent"], pools["h1"])
+    try:
+        wait_for(lambda: wf.pid_file("kill_app").exists() or wf.proc.poll() is not None, 60, "the app on h2 holding")
+        app_pid = int(wf.pid_file("kill_app").read_text())
+        time.sleep(1)  # the workflow's recv is waiting
+        os.kill(app_pid, 9)
+        wait_for(lambda: wf.pid_file("kill_agent").exists() or wf.proc.poll() is not None, 60,
+                 "the second app on h2 holding")
+        time.sleep(1)
+        (agent,) = agents_in(tb, "h2")
+        os.kill(agent, 9)
+        s = wf.summary(timeout=90)
+    finally:
+        wf.kill()
+    print(f"\nkilled app: {s['kill_app']}; killed agent: {s['kill_agent']}")
+    for step in ("kill_app", "kill_agent"):
+        r = s[step]
+        assert r["is_connection_error"], r
+        assert "node h2" in r["outcome"] or "h2" in r["outcome"], r
+        assert r["waited_s"] < 1 + 10, r  # 1 s before the kill, then within seconds
+    wait_pools_empty([pools["h1"]])
+    stop_and_check_nothing_left(head, tb)
+    check_no_pool_file_left(pools)
