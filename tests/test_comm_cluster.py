@@ -161,7 +161,9 @@ WORKFLOW = textwrap.dedent('''
         if step == "pipe":
             mine, theirs = comm.Pipe(pool=a.pool)
             f = app(echo)(theirs)
+            t_rt = time.monotonic()
             wrong = [i for i in range(200) if (mine.send(i), mine.recv())[1] != 2 * i]
+            round_trip_ms = (time.monotonic() - t_rt) / 200 * 1000
             polled_empty = mine.poll(0.2)  # nothing sent back: no data
             mine.send("x")
             polled = mine.poll(30)
@@ -169,7 +171,7 @@ WORKFLOW = textwrap.dedent('''
             mine.close()
             host, n = f.result(timeout=60)
             summary["pipe"] = {"wrong": wrong, "host": host, "count": n, "polled_empty": polled_empty,
-                               "polled": polled, "echoed": echoed}
+                               "polled": polled, "echoed": echoed, "round_trip_ms": round_trip_ms}
         elif step == "big":
             mine, theirs = comm.Pipe(pool=a.pool)
             f = app(big)(theirs, GIB)

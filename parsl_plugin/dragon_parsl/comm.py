@@ -16,7 +16,7 @@ processes they start.
   the agents (dragon_parsl.comm_remote): that node's agent forwards each operation over UCX to the
   agent of the object's home node (whose pool holds it), which does it there. Same API, same
   exceptions; both agents need a data plane. A Pipe end held on another node is watched by its
-  agent: the other end's blocking call fails ``ConnectionError`` within about a second once that
+  agent: the other end's blocking call fails ``ConnectionError`` within a few seconds once that
   process exits or its node is lost. ``Barrier`` works within one node only (``SharedMemoryError``
   elsewhere). ``Dictionary`` (dragon_parsl.comm_dict) is sharded across the nodes' agents.
 """
