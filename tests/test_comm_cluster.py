@@ -6,7 +6,8 @@ agent/agent_channels.h, dragon_parsl.comm_remote). On the netns test bed with ``
 h1 is drained: every app runs on h2.
 
 - a Pipe between the workflow and an app on h2: 200 round trips, poll, then EOF after close;
-- a 1 GiB message from an app on h2 to the workflow on h1, byte for byte;
+- a 1 GiB message from an app on h2 to the workflow on h1, byte for byte; the app's close() on h2
+  then ends the workflow's recv with EOFError;
 - one Queue, 32 producers and 32 consumers: 16 + 16 threads of the workflow on h1 (the pool's
   node) and 8 + 8 threads in each of two apps on h2; every message received exactly once;
 - a slow consumer: a Queue(maxsize=4) filled by an app on h2 while the workflow takes one item
@@ -71,7 +72,9 @@ WORKFLOW = textwrap.dedent('''
         conn.send_bytes(data)
         del data
         conn.send(digest)
-        return socket.gethostname(), time.monotonic() - t0
+        took = time.monotonic() - t0
+        conn.close()  # from h2: the workflow's next recv raises EOFError
+        return socket.gethostname(), took
 
 
     def queue_roles(q, host_tag, producers, consumers, per_producer):
@@ -181,8 +184,14 @@ WORKFLOW = textwrap.dedent('''
             data = mine.recv_bytes()
             digest = mine.recv()
             host, send_s = f.result(timeout=120)
+            try:
+                mine.recv()
+                eof_from_h2 = False
+            except EOFError:
+                eof_from_h2 = True
             summary["big"] = {"size": len(data), "same": hashlib.sha256(data).hexdigest() == digest,
-                              "host": host, "send_s": send_s, "total_s": time.monotonic() - t0}
+                              "host": host, "send_s": send_s, "total_s": time.monotonic() - t0,
+                              "eof_from_h2": eof_from_h2}
             del data
             mine.close()
         elif step == "queue":
@@ -287,6 +296,7 @@ def test_pipe_big_message_queue_and_slow_consumer_between_h1_and_h2(netns_hosts,
 
     b = s["big"]
     assert b["size"] == 1 << 30 and b["same"] and b["host"] == "h2", b
+    assert b["eof_from_h2"], b  # the app's close() on h2 ended the workflow's recv
 
     q = s["queue"]
     consumed = [tuple(item) for _, got, _ in q["remote"] for items in got.values() for item in items]

@@ -21,10 +21,11 @@ __all__ = ["RemoteChannel", "node_of_pool", "local_data_socket", "local_node", "
 # The home agent's longest wait per call (AgentChannels::kMaxWait): liveness is looked at there
 # after 100 ms of waiting, so a slice is longer than that.
 WAIT_SLICE_S = 0.2
-# A call's deadline beyond its wait: the forwarding both ways, and a large message over the link
-# at a conservative 50 MB/s (a 1 GiB message: about 50 s).
+# A call's deadline beyond its wait: the forwarding both ways, and a large message at a
+# conservative 20 MB/s through the copies and the link (a 1 GiB message took 25 s on a loaded
+# 2-core test bed; its deadline is about 80 s).
 _CALL_MARGIN_S = 30.0
-_LINK_BYTES_PER_S = 50e6
+_LINK_BYTES_PER_S = 20e6
 
 _node_of_pool: Dict[str, str] = {}
 _node_of_socket: Dict[str, str] = {}
