@@ -76,6 +76,7 @@ DataPlane::Impl::~Impl() {
     node_->Disconnect(connection.peer).IgnoreError();  // a close forced by its timeout is fine here
   }
   for (std::thread& thread : request_threads_) thread.join();
+  StopCallThreads();
   for (std::thread& thread : call_threads_) thread.join();
   region_.reset();  // before the node, as UcxMemoryRegion requires
   node_.reset();

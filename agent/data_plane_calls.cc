@@ -23,22 +23,38 @@ namespace messages = data_plane_messages;
 // data plane is stopping (and drains late answers).
 constexpr absl::Duration kCallPoll = absl::Milliseconds(100);
 // How long a request that has begun to arrive may take to arrive whole (a
-// 64 MiB Dictionary value takes longer than kCallPoll; cut off, it would be
-// lost). A sender lost meanwhile fails it at once; a hung one holds this
-// thread that long at most.
-constexpr absl::Duration kCallTransferTimeout = absl::Seconds(30);
+// 64 MiB Dictionary value takes longer than kCallPoll, a 1 GiB channel
+// message ~25 s over the test bed's TCP; cut off, it would be lost). A
+// sender lost meanwhile fails it at once; a hung one holds this thread that
+// long at most.
+constexpr absl::Duration kCallTransferTimeout = absl::Seconds(120);
 // The least time an answer gets to leave (as for Push answers).
 constexpr absl::Duration kAnswerMinTimeout = absl::Seconds(2);
 // How long the id of a Call that gave up waiting is remembered, so that its
 // late answer is taken off UCX's queue rather than kept there forever.
 constexpr absl::Duration kAbandonedCallWatch = absl::Minutes(5);
+// Threads that receive requests (see StartCallThreads).
+constexpr int kCallReceivers = 2;
 
 }  // namespace
 
 void DataPlane::Impl::StartCallThreads() {
-  for (int i = 0; i < options_.call_threads; ++i) {
-    call_threads_.emplace_back([this] { ServeCalls(); });
+  // A few threads receive (each polls UCX every kCallPoll: an idle agent
+  // wakes only that often), `call_threads` answer. Several receivers, so
+  // that a request still arriving (a 1 GiB message takes seconds) does not
+  // hold up the others; answering apart, since an answer may wait (a channel
+  // operation waits at home up to its slice).
+  for (int i = 0; i < kCallReceivers; ++i) {
+    call_threads_.emplace_back([this] { ReceiveCalls(); });
   }
+  for (int i = 0; i < options_.call_threads; ++i) {
+    call_threads_.emplace_back([this] { AnswerCalls(); });
+  }
+}
+
+void DataPlane::Impl::StopCallThreads() {
+  absl::MutexLock lock(&calls_mu_);
+  calls_stopping_ = true;
 }
 
 absl::StatusOr<std::string> DataPlane::Impl::Answer(const std::string& from_node,
@@ -90,22 +106,41 @@ absl::StatusOr<std::string> DataPlane::Impl::CallRemote(const Connection& connec
   return answer;
 }
 
-void DataPlane::Impl::ServeCalls() {
+void DataPlane::Impl::ReceiveCalls() {
   for (;;) {
     {
-      absl::MutexLock lock(&mu_);
-      if (stopping_) return;
+      absl::MutexLock lock(&calls_mu_);
+      if (calls_stopping_) return;
     }
     absl::StatusOr<std::string> message =
         node_->Receive(messages::kCallRequestTag, kCallPoll, kCallTransferTimeout);
     if (message.ok()) {
-      ServeCall(*message);
+      absl::MutexLock lock(&calls_mu_);
+      call_queue_.push_back(*std::move(message));
     } else if (absl::IsDeadlineExceeded(message.status())) {
       DrainAbandonedCalls();
     } else {
       spdlog::warn("data plane of node {}: receiving a call failed: {}", options_.node_id,
                    message.status().ToString());
     }
+  }
+}
+
+void DataPlane::Impl::AnswerCalls() {
+  for (;;) {
+    std::string message;
+    {
+      absl::MutexLock lock(&calls_mu_);
+      calls_mu_.Await(absl::Condition(
+          +[](Impl* impl) ABSL_EXCLUSIVE_LOCKS_REQUIRED(impl->calls_mu_) {
+            return impl->calls_stopping_ || !impl->call_queue_.empty();
+          },
+          this));
+      if (call_queue_.empty()) return;  // stopping, nothing left to answer
+      message = std::move(call_queue_.front());
+      call_queue_.pop_front();
+    }
+    ServeCall(message);
   }
 }
 

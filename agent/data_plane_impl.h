@@ -6,6 +6,7 @@
 
 #include <sys/types.h>
 
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -57,6 +58,9 @@ class DataPlane::Impl {
 
   // data_plane_calls.cc: DataPlane::Call and the threads that answer others'.
   void StartCallThreads();
+  // Makes the call threads return (receivers within kCallPoll; answering
+  // threads once the queue is empty). The destructor joins them.
+  void StopCallThreads();
   absl::StatusOr<std::string> Call(const std::string& node_id, std::string payload,
                                    absl::Duration timeout);
 
@@ -145,10 +149,15 @@ class DataPlane::Impl {
   absl::StatusOr<std::string> CallRemote(const Connection& connection, const std::string& payload,
                                          absl::Time deadline);
   absl::StatusOr<std::string> Answer(const std::string& from_node, std::string payload);
-  void ServeCalls();
+  void ReceiveCalls();
+  void AnswerCalls();
   void ServeCall(absl::string_view message);
   void DrainAbandonedCalls();
   std::vector<std::thread> call_threads_;
+  // Requests received and not yet taken by an answering thread.
+  absl::Mutex calls_mu_;
+  std::deque<std::string> call_queue_ ABSL_GUARDED_BY(calls_mu_);
+  bool calls_stopping_ ABSL_GUARDED_BY(calls_mu_) = false;
   absl::Mutex abandoned_calls_mu_;
   std::map<uint64_t, absl::Time> abandoned_calls_ ABSL_GUARDED_BY(abandoned_calls_mu_);
 
