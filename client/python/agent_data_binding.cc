@@ -148,6 +148,21 @@ Outcome Call(bool push, const std::string& socket, const v1::BlockTransfer& requ
   throw py::error_already_set();
 }
 
+// Raises DataPlaneError for the failed call `out` to the agent at `socket`:
+// naming the socket when it was not reached, else `what` and the service's
+// code and message.
+[[noreturn]] void RaiseFailed(const std::string& socket, const Outcome& out,
+                              const std::string& what) {
+  const char* code = CodeName(out.status.error_code());
+  if (out.unreachable) {
+    RaiseDataPlaneError(absl::StrCat("cannot reach the agent's data service at ", socket, ": ",
+                                     code, ": ", out.status.error_message()),
+                        out.status.error_code());
+  }
+  RaiseDataPlaneError(absl::StrCat(what, code, ": ", out.status.error_message()),
+                      out.status.error_code());
+}
+
 py::bytes Transfer(bool push, const std::string& socket, const std::string& node_id,
                    const py::bytes& ref, uint64_t size, int64_t owner_pid, double timeout_s) {
   if (timeout_s < 0) throw py::value_error("timeout_s must be >= 0 (0: the agent's default)");
@@ -162,83 +177,62 @@ py::bytes Transfer(bool push, const std::string& socket, const std::string& node
   request.set_timeout_ms(static_cast<uint32_t>(std::min(timeout_s * 1000.0, 4.0e9)));
   Outcome out = WithoutGil([&] { return Call(push, socket, request, timeout_s); });
   if (out.status.ok()) return py::bytes(out.reply);
-  const char* code = CodeName(out.status.error_code());
-  if (out.unreachable) {
-    RaiseDataPlaneError(absl::StrCat("cannot reach the agent's data service at ", socket, ": ",
-                                     code, ": ", out.status.error_message()),
-                        out.status.error_code());
-  }
-  RaiseDataPlaneError(absl::StrCat("agent ", push ? "push to" : "pull from", " node ", node_id,
-                                   " failed: ", code, ": ", out.status.error_message()),
-                      out.status.error_code());
+  RaiseFailed(socket, out,
+              absl::StrCat("agent ", push ? "push to" : "pull from", " node ", node_id, " failed: "));
 }
 
-// A Dictionary operation (dragon_parsl.comm_dict): the serialized
-// DictRequest in, the serialized DictReply out.
-py::bytes Dict(const std::string& socket, const py::bytes& request_bytes, double timeout_s) {
-  if (timeout_s < 0) throw py::value_error("timeout_s must be >= 0 (0: the agent's default)");
-  v1::DictRequest request;
-  if (!request.ParseFromString(std::string(request_bytes))) {
-    throw py::value_error("request: not a serialized dragon.v1.DictRequest");
-  }
-  Outcome out = WithoutGil([&] {
-    return CallAgent(socket, timeout_s,
-                     [&](v1::AgentData::Stub& stub, grpc::ClientContext* context,
-                         std::string* serialized) {
-                       v1::DictReply reply;
-                       grpc::Status status = stub.Dict(context, request, &reply);
-                       if (status.ok()) *serialized = reply.SerializeAsString();
-                       return status;
-                     });
-  });
-  if (out.status.ok()) return py::bytes(out.reply);
-  const char* code = CodeName(out.status.error_code());
-  if (out.unreachable) {
-    RaiseDataPlaneError(absl::StrCat("cannot reach the agent's data service at ", socket, ": ",
-                                     code, ": ", out.status.error_message()),
-                        out.status.error_code());
-  }
-  RaiseDataPlaneError(absl::StrCat(code, ": ", out.status.error_message()),
-                      out.status.error_code());
-}
-
-// A channel operation (dragon_parsl.comm, a Pipe or Queue used on another
-// node): the serialized ChannelRequest in, the serialized ChannelReply out.
-// A message may be 1 GiB: parsed from the bytes object's own buffer (bytes
-// are immutable, so without the interpreter lock), not a copy of it.
-py::bytes Channel(const std::string& socket, const py::bytes& request_bytes, double timeout_s) {
+// A call whose request and reply cross as serialized protobufs (Dict,
+// Channel): `rpc(stub, context, request, &reply)`. The request is parsed
+// from the bytes object's own buffer without the interpreter lock (bytes are
+// immutable; a channel message may be 1 GiB), not from a copy of it.
+template <typename Request, typename Reply, typename Rpc>
+py::bytes CallSerialized(const std::string& socket, const py::bytes& request_bytes,
+                         double timeout_s, Rpc rpc) {
   if (timeout_s < 0) throw py::value_error("timeout_s must be >= 0 (0: the agent's default)");
   char* data = nullptr;
   Py_ssize_t size = 0;
   if (PyBytes_AsStringAndSize(request_bytes.ptr(), &data, &size) != 0) {
     throw py::error_already_set();
   }
+  const std::string type = Request::descriptor()->full_name();
   if (size > INT_MAX) {
     throw py::value_error(absl::StrCat("request: ", size, " bytes, more than a protobuf message's ",
                                        INT_MAX, " (send smaller messages)"));
   }
-  v1::ChannelRequest request;
+  Request request;
   const bool parsed = WithoutGil([&] { return request.ParseFromArray(data, static_cast<int>(size)); });
-  if (!parsed) throw py::value_error("request: not a serialized dragon.v1.ChannelRequest");
+  if (!parsed) throw py::value_error(absl::StrCat("request: not a serialized ", type));
   Outcome out = WithoutGil([&] {
     return CallAgent(socket, timeout_s,
                      [&](v1::AgentData::Stub& stub, grpc::ClientContext* context,
                          std::string* serialized) {
-                       v1::ChannelReply reply;
-                       grpc::Status status = stub.Channel(context, request, &reply);
+                       Reply reply;
+                       grpc::Status status = rpc(stub, context, request, &reply);
                        if (status.ok()) *serialized = reply.SerializeAsString();
                        return status;
                      });
   });
   if (out.status.ok()) return py::bytes(out.reply);
-  const char* code = CodeName(out.status.error_code());
-  if (out.unreachable) {
-    RaiseDataPlaneError(absl::StrCat("cannot reach the agent's data service at ", socket, ": ",
-                                     code, ": ", out.status.error_message()),
-                        out.status.error_code());
-  }
-  RaiseDataPlaneError(absl::StrCat(code, ": ", out.status.error_message()),
-                      out.status.error_code());
+  RaiseFailed(socket, out, "");
+}
+
+// A Dictionary operation (dragon_parsl.comm_dict).
+py::bytes Dict(const std::string& socket, const py::bytes& request_bytes, double timeout_s) {
+  return CallSerialized<v1::DictRequest, v1::DictReply>(
+      socket, request_bytes, timeout_s,
+      [](v1::AgentData::Stub& stub, grpc::ClientContext* context, const v1::DictRequest& request,
+         v1::DictReply* reply) { return stub.Dict(context, request, reply); });
+}
+
+// A channel operation (dragon_parsl.comm, a Pipe or Queue used on another
+// node).
+py::bytes Channel(const std::string& socket, const py::bytes& request_bytes, double timeout_s) {
+  return CallSerialized<v1::ChannelRequest, v1::ChannelReply>(
+      socket, request_bytes, timeout_s,
+      [](v1::AgentData::Stub& stub, grpc::ClientContext* context,
+         const v1::ChannelRequest& request, v1::ChannelReply* reply) {
+        return stub.Channel(context, request, reply);
+      });
 }
 
 }  // namespace
