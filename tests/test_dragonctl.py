@@ -308,7 +308,10 @@ def test_json_has_every_field_of_a_fresh_head(head):
 @pytest.mark.timeout(120)
 def test_nodes_of_a_fresh_head(head):
     """The local node is ready, in its first incarnation, with no reason line under the table."""
-    wait_for(lambda: head.ctl_json("nodes")["nodes"][0]["state"] == "ready", 60, "the node to be ready")
+    # The agent registers some time after the head starts (it sets up its pool and data plane
+    # first): an empty node list means not yet.
+    wait_for(lambda: [n["state"] for n in head.ctl_json("nodes")["nodes"]] == ["ready"], 60,
+             "the node to be ready")
     text = head.ctl("nodes").stdout
     header, rows = table(text)
     assert header == NODES_HEADER and len(rows) == 1
