@@ -19,7 +19,7 @@ ucx_perftest's bandwidth at 1 MiB and a small-message round trip within 2x of it
                   through --peer_cmd="ip netns exec tb-h1", UCX_TLS=tcp,self, UCX_NET_DEVICES=tb0.
                   UcxNode Send and Get of 1 MiB and the 8 B round trip, next to ucx_perftest
                   tag_bw, ucp_get and tag_lat (UCX's default settings). --full then runs the round
-                  trip again with UcxNodeOptions::busy_poll at 200 and 1000 us (default 50 us), the
+                  trip again with UcxNodeOptions::busy_poll at 50 and 1000 us (default 200 us), the
                   time a waiting caller spins before it sleeps. The bytes counted on h1's tb0 show the traffic
                   crossed the veth (not /dev/shm). The bed is brought up and taken down here
                   (try/finally, also on SIGTERM), under the test beds' session lock
@@ -181,7 +181,7 @@ def cross_host_round(cfg: dict) -> dict:
     return data
 
 
-BUSY_POLL_SWEEP_US = (200, 1000)  # UcxNodeOptions::busy_poll; the rounds above run its default, 50 us
+BUSY_POLL_SWEEP_US = (50, 1000)  # UcxNodeOptions::busy_poll; the rounds above run its default, 200 us
 
 
 def busy_poll_sweep(cfg: dict, part: dict) -> None:

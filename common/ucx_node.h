@@ -84,7 +84,12 @@ struct UcxNodeOptions {
   size_t tcp_segment_size = 64 << 10;
   // How long a caller waiting for its own operation drives UCX itself before
   // it sleeps and leaves progress to the node's thread. Zero: always sleep.
-  absl::Duration busy_poll = absl::Microseconds(50);
+  // Between two test-bed hosts over TCP (bench/channel_bench.py, quiet): an
+  // 8 B round trip of 27.7 us at 50 us (the peer's answer mostly came after
+  // the caller slept: two context switches more) and 15.6 us at 200 us,
+  // against ucx_perftest's 12.8; 1 MiB Sends 1,551 and 1,609 MB/s. The price
+  // is up to this much CPU per wait for a peer that answers later.
+  absl::Duration busy_poll = absl::Microseconds(200);
   // How long the destructor and Disconnect wait for an endpoint to flush
   // before closing it by force.
   absl::Duration close_timeout = absl::Seconds(1);

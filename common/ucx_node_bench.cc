@@ -62,7 +62,9 @@ ABSL_FLAG(int, lat_iters, 10000, "round trips for the latency");
 ABSL_FLAG(bool, perftest, false, "also run ucx_perftest tag_bw and tag_lat on loopback");
 ABSL_FLAG(int, perftest_port, 13517, "ucx_perftest's port");
 ABSL_FLAG(int, threads, 4, "callers at once in the concurrent Send and Get runs");
-ABSL_FLAG(int, busy_poll_us, 50, "UcxNodeOptions::busy_poll, in microseconds");
+ABSL_FLAG(int, busy_poll_us, -1,
+          "UcxNodeOptions::busy_poll, in microseconds (-1: UcxNodeOptions' default, what the "
+          "agents use)");
 ABSL_FLAG(std::string, peer_cmd, "",
           "space-separated prefix that runs the serving side (and ucx_perftest's server) on "
           "another host, e.g. 'ip netns exec tb-h1'; empty: a forked child on this host");
@@ -177,7 +179,9 @@ constexpr int kServeInFd = 3, kServeOutFd = 4;
 UcxNodeOptions NodeOptions(const char* name) {
   UcxNodeOptions options;
   options.name = name;
-  options.busy_poll = absl::Microseconds(absl::GetFlag(FLAGS_busy_poll_us));
+  if (absl::GetFlag(FLAGS_busy_poll_us) >= 0) {
+    options.busy_poll = absl::Microseconds(absl::GetFlag(FLAGS_busy_poll_us));
+  }
   return options;
 }
 
