@@ -22,7 +22,7 @@ RUN = REPO / "bench" / "run.py"
 HOOK_BINARIES = {"native": "native_bench", "head_scale": "head_scale"}
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(420)
 def test_bench_quick(tmp_path):
     if not (BIN_DIR / "dragond").exists():
         pytest.fail(f"{BIN_DIR}/dragond not found: run 'make build' first")
@@ -34,7 +34,9 @@ def test_bench_quick(tmp_path):
     # cluster_start brings up the test beds (root, their lock): tests/test_bench_cluster_start.py runs it
     cp = subprocess.run([sys.executable, str(RUN), "--quick", "--out", str(out), "--hook-timeout", "60",
                          "--skip", "cluster_start"],
-                        env=env, capture_output=True, text=True, timeout=230, cwd=str(REPO))
+                        # ~4 min on 2 cores with every hook's quick run (the channel and the
+                        # Dictionary hooks of issue 14 made it longer than the 230 s it had)
+                        env=env, capture_output=True, text=True, timeout=400, cwd=str(REPO))
     assert cp.returncode == 0, f"bench/run.py --quick exited {cp.returncode}\n{cp.stdout[-4000:]}\n{cp.stderr[-4000:]}"
 
     res = json.loads((out / "results.json").read_text())
