@@ -13,6 +13,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "client/python/without_gil.h"
@@ -31,27 +32,10 @@ constexpr double kCallMarginS = 5;
 // The deadline of a call whose timeout is 0 (the agent's default, 30 s).
 constexpr double kDefaultCallS = 60;
 
-const char* CodeName(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK: return "OK";
-    case grpc::StatusCode::CANCELLED: return "CANCELLED";
-    case grpc::StatusCode::UNKNOWN: return "UNKNOWN";
-    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
-    case grpc::StatusCode::ALREADY_EXISTS: return "ALREADY_EXISTS";
-    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
-    case grpc::StatusCode::ABORTED: return "ABORTED";
-    case grpc::StatusCode::OUT_OF_RANGE: return "OUT_OF_RANGE";
-    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL: return "INTERNAL";
-    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
-    case grpc::StatusCode::DATA_LOSS: return "DATA_LOSS";
-    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
-    default: return "UNKNOWN";
-  }
+// "UNAVAILABLE", "NOT_FOUND", ...: gRPC and absl number their codes alike,
+// and absl names them as gRPC does.
+std::string CodeName(grpc::StatusCode code) {
+  return absl::StatusCodeToString(static_cast<absl::StatusCode>(static_cast<int>(code)));
 }
 
 // One channel per socket path, for the life of the process: a worker makes
@@ -153,7 +137,7 @@ Outcome Call(bool push, const std::string& socket, const v1::BlockTransfer& requ
 // code and message.
 [[noreturn]] void RaiseFailed(const std::string& socket, const Outcome& out,
                               const std::string& what) {
-  const char* code = CodeName(out.status.error_code());
+  const std::string code = CodeName(out.status.error_code());
   if (out.unreachable) {
     RaiseDataPlaneError(absl::StrCat("cannot reach the agent's data service at ", socket, ": ",
                                      code, ": ", out.status.error_message()),
