@@ -114,6 +114,7 @@ void Head::Submit(SessionId session_id, dragon::v1::SubmitBatch* batch) {
     } else if (sub.payload().empty()) {
       refusal = "empty payload";
     }
+    relayed_task_bytes_ += sub.payload().size();
     TaskId id = table_.Add(sub.kind(), std::move(*sub.mutable_name()), session_id,
                            sub.client_ref(), std::move(*sub.mutable_payload()), now);
     Task* task = nullptr;
@@ -176,6 +177,28 @@ void Head::CloseSession(SessionId session_id, const std::string& why) {
   spdlog::info("session {} closed ({}); {} unfinished task(s) cancelled", session_id, why,
                live.size());
   ForgetOldFinishedLocked();
+}
+
+absl::StatusOr<dragon::v1::DataPeer> Head::PublishDataPeer(SessionId session_id,
+                                                          dragon::v1::DataPeer peer) {
+  if (peer.ucx_address().empty() || peer.shm_pool_rkey().empty() || peer.shm_pool_bytes() == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "session ", session_id, "'s data peer needs a UCX address, a pool rkey and the pool's size"));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  auto session = sessions_.find(session_id);
+  if (session == sessions_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("session ", session_id, " is not open: its data peer is not published"));
+  }
+  // The session id makes it unique in this head's run; "client-" keeps it
+  // apart from agents' node ids in logs and errors.
+  peer.set_peer_id(absl::StrCat("client-", session_id));
+  peer.set_session_id(session_id);
+  spdlog::info("session {}: data peer {} published (pid {} on {}, pool of {} bytes)", session_id,
+               peer.peer_id(), peer.pid(), peer.host(), peer.shm_pool_bytes());
+  session->second.data_peer = peer;
+  return peer;
 }
 
 absl::StatusOr<dragon::v1::CancelReply> Head::Cancel(TaskId id, const std::string& who,
@@ -281,6 +304,7 @@ void Head::FinishLocked(Task* task, TaskState state, Outcome outcome,
   auto* result = out->mutable_result();
   result->set_task_id(task->id);
   result->set_outcome(outcome);
+  relayed_task_bytes_ += data.size();
   result->set_data(std::move(data));
   result->set_error(std::move(error));
   result->set_node(NodeNameLocked(task->agent));

@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -101,8 +102,16 @@ class Head {
                                                   const std::string& peer);
   // Takes the payloads out of `batch`.
   void Submit(SessionId session, dragon::v1::SubmitBatch* batch);
-  // The client went away: its unfinished tasks are cancelled.
+  // The client went away: its unfinished tasks are cancelled (and its data
+  // peer forgotten).
   void CloseSession(SessionId session, const std::string& why);
+  // A client's data plane (a workflow on a host without an agent) for its
+  // open session: listed in ListNodes' data_peers as "client-<session id>"
+  // until the session closes; published again, it replaces the last one.
+  // NotFound naming the session when it is not open; InvalidArgument when
+  // the peer has no UCX address or pool region.
+  absl::StatusOr<dragon::v1::DataPeer> PublishDataPeer(SessionId session,
+                                                       dragon::v1::DataPeer peer);
 
   // --- agents ----------------------------------------------------------------
   // Admits an agent (Membership decides on incarnations and fencing) and
@@ -182,6 +191,7 @@ class Head {
     std::string peer;
     uint32_t infra_retries = 0;
     std::shared_ptr<SessionOutbox> outbox;
+    std::optional<dragon::v1::DataPeer> data_peer;  // PublishDataPeer
   };
   struct Agent {
     dragon::v1::Register info;
@@ -293,6 +303,9 @@ class Head {
   Membership membership_;
   std::map<SessionId, Session> sessions_;
   SessionId next_session_ = 1;
+  // Bytes of task payloads and of result data that went through the head
+  // (StatusReply.relayed_task_bytes).
+  uint64_t relayed_task_bytes_ = 0;
   std::vector<Agent> agents_;  // indexed by AgentIndex (one per incarnation)
   bool shutting_down_ = false;
   std::function<void(const NodeLoss&)> on_node_loss_;

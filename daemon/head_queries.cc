@@ -85,6 +85,9 @@ dragon::v1::ListNodesReply Head::ListNodes() const {
     if (membership_.Latest(agents_[i].info.node_id()) != index) continue;
     FillNodeInfoLocked(index, reply.add_nodes());
   }
+  for (const auto& [id, session] : sessions_) {
+    if (session.data_peer.has_value()) *reply.add_data_peers() = *session.data_peer;
+  }
   return reply;
 }
 
@@ -125,6 +128,7 @@ void Head::FillStatus(dragon::v1::StatusReply* reply) const {
       static_cast<uint32_t>(absl::ToInt64Milliseconds(options_.membership.heartbeat_timeout)));
   reply->set_infra_retries(options_.infra_retries);
   reply->set_launcher(options_.launcher);
+  reply->set_relayed_task_bytes(relayed_task_bytes_);
 }
 
 }  // namespace dragon::daemon

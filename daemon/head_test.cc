@@ -245,6 +245,61 @@ TEST_CASE("closing a session cancels its unfinished tasks", "[head]") {
   CHECK(status.sessions() == 0);
 }
 
+// --- clients' data peers (PublishDataPeer) ---------------------------------
+
+dragon::v1::DataPeer ClientPeer() {
+  dragon::v1::DataPeer peer;
+  peer.set_host("login");
+  peer.set_pid(77);
+  peer.set_ucx_address("ucx-address");
+  peer.set_shm_pool_rkey("rkey");
+  peer.set_shm_pool_address(0x1000);
+  peer.set_shm_pool_bytes(1 << 20);
+  return peer;
+}
+
+TEST_CASE("a session's data peer is listed apart from nodes until the session closes",
+          "[head][data_peer]") {
+  Fixture f;
+  f.AddAgent(1);
+  auto published = f.head.PublishDataPeer(f.session, ClientPeer());
+  REQUIRE(published.ok());
+  CHECK(published->peer_id() == absl::StrCat("client-", f.session));
+  CHECK(published->session_id() == f.session);
+
+  dragon::v1::ListNodesReply listed = f.head.ListNodes();
+  REQUIRE(listed.nodes_size() == 1);  // the agent only: a client is no node
+  CHECK(listed.nodes(0).node_id() == "n1");
+  REQUIRE(listed.data_peers_size() == 1);
+  CHECK(listed.data_peers(0).peer_id() == published->peer_id());
+  CHECK(listed.data_peers(0).ucx_address() == "ucx-address");
+  CHECK(listed.data_peers(0).shm_pool_bytes() == (1u << 20));
+
+  f.head.CloseSession(f.session, "client exited");
+  CHECK(f.head.ListNodes().data_peers_size() == 0);
+}
+
+TEST_CASE("a data peer needs an open session and a whole description", "[head][data_peer]") {
+  Fixture f;
+  auto closed = f.head.PublishDataPeer(f.session + 1, ClientPeer());
+  CHECK(absl::IsNotFound(closed.status()));
+  CHECK(absl::StrContains(closed.status().message(), absl::StrCat("session ", f.session + 1)));
+  dragon::v1::DataPeer empty = ClientPeer();
+  empty.clear_ucx_address();
+  CHECK(absl::IsInvalidArgument(f.head.PublishDataPeer(f.session, empty).status()));
+  CHECK(f.head.ListNodes().data_peers_size() == 0);
+}
+
+TEST_CASE("Status counts the task bytes the head carried", "[head][data_peer]") {
+  Fixture f;
+  f.AddAgent(1);
+  f.Submit(1, std::string(40, 'a'));
+  f.Report(1, dragon::v1::OK, std::string(30, 'r'));
+  dragon::v1::StatusReply status;
+  f.head.FillStatus(&status);
+  CHECK(status.relayed_task_bytes() == 70);
+}
+
 // --- retention (--keep-finished) -------------------------------------------
 
 constexpr int kChunk = static_cast<int>(kTaskChunkSize);

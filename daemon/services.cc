@@ -75,6 +75,18 @@ grpc::Status HeadServiceImpl::ListNodes(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
+grpc::Status HeadServiceImpl::PublishDataPeer(grpc::ServerContext* context,
+                                              const dragon::v1::PublishDataPeerRequest* request,
+                                              dragon::v1::DataPeer* reply) {
+  // The token admits it as it admits the session itself; the session id
+  // must be one that is open.
+  if (grpc::Status refused = auth_->Check(*context); !refused.ok()) return refused;
+  auto peer = head_->PublishDataPeer(request->session_id(), request->peer());
+  if (!peer.ok()) return ToGrpcStatus(peer.status());
+  *reply = *std::move(peer);
+  return grpc::Status::OK;
+}
+
 grpc::Status HeadServiceImpl::Status(grpc::ServerContext* context,
                                      const dragon::v1::StatusRequest*,
                                      dragon::v1::StatusReply* reply) {

@@ -68,6 +68,9 @@ class HeadServiceImpl final
       grpc::ServerReaderWriter<dragon::v1::TaskIOFrame, dragon::v1::TaskIOFrame>* stream) override;
   grpc::Status TaskLogs(grpc::ServerContext* context, const dragon::v1::TaskLogsRequest* request,
                         dragon::v1::TaskLogsReply* reply) override;
+  grpc::Status PublishDataPeer(grpc::ServerContext* context,
+                               const dragon::v1::PublishDataPeerRequest* request,
+                               dragon::v1::DataPeer* reply) override;
 
  private:
   Head* head_;
