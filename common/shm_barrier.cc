@@ -13,7 +13,15 @@
 namespace dragon::common {
 namespace {
 
-inline constexpr uint64_t kBarrierMagic = 0x5252414252474452;  // "DRGBARRR"
+// "DRGBARR2": the layout with break reasons and remote parties' slots.
+inline constexpr uint64_t kBarrierMagic = 0x3252524142475244;
+inline constexpr size_t kWhyBytes = 160;
+
+void CopyTruncated(char* to, size_t capacity, const std::string& from) {
+  const size_t n = std::min(from.size(), capacity - 1);
+  std::memcpy(to, from.data(), n);
+  to[n] = '\0';
+}
 
 }  // namespace
 
@@ -34,15 +42,27 @@ struct ShmBarrier::Header {
   uint64_t breaks;
   uint32_t broken;
   uint32_t unused;
+  char why[kWhyBytes];  // the last break's cause, for every waiter's error
 };
+
+// One per arrival index of the current round (the header is followed by
+// `parties` of them): who arrived there when it was a remote party.
+struct ShmBarrier::Slot {
+  int64_t lease_until_ns;  // MonotonicNow; 0: a party of this node (no lease)
+  int32_t pid;
+  char node[52];
+};
+
+ShmBarrier::Slot* ShmBarrier::slots() { return reinterpret_cast<Slot*>(h_ + 1); }
 
 absl::StatusOr<BlockRef> ShmBarrier::Create(ShmPool& pool, uint32_t parties) {
   if (parties == 0) return absl::InvalidArgumentError("a barrier needs at least 1 party");
-  absl::StatusOr<BlockRef> ref = pool.Allocate(sizeof(Header));
+  const uint64_t bytes = sizeof(Header) + uint64_t{parties} * sizeof(Slot);
+  absl::StatusOr<BlockRef> ref = pool.Allocate(bytes);
   if (!ref.ok()) return ref.status();
   absl::StatusOr<absl::Span<char>> span = pool.Resolve(*ref);
   if (!span.ok()) return span.status();
-  std::memset(span->data(), 0, sizeof(Header));
+  std::memset(span->data(), 0, bytes);
   Header* h = new (span->data()) Header;
   h->parties = parties;
   h->creator_pid = getpid();
@@ -59,7 +79,8 @@ absl::StatusOr<ShmBarrier> ShmBarrier::Open(ShmPool& pool, BlockRef ref) {
   }
   if (!span.ok()) return span.status();
   Header* h = reinterpret_cast<Header*>(span->data());
-  if (span->size() < sizeof(Header) || h->magic.load(std::memory_order_acquire) != kBarrierMagic) {
+  if (span->size() < sizeof(Header) || h->magic.load(std::memory_order_acquire) != kBarrierMagic ||
+      span->size() < sizeof(Header) + uint64_t{h->parties} * sizeof(Slot)) {
     return absl::InvalidArgumentError("that block is not a barrier");
   }
   return ShmBarrier(pool, ref, h);
@@ -82,39 +103,75 @@ void ShmBarrier::Unlock() { shm_object::UnlockRobust(&h_->mutex); }
 
 uint32_t ShmBarrier::parties() const { return h_->parties; }
 
-void ShmBarrier::Break(bool stay_broken) {
+void ShmBarrier::Break(bool stay_broken, const std::string& why) {
   h_->breaks += 1;
   h_->broken = stay_broken ? 1 : 0;
   h_->arrived = 0;
+  CopyTruncated(h_->why, kWhyBytes, why);
   h_->sequence.fetch_add(1, std::memory_order_release);
   shm_object::FutexWake(&h_->sequence, INT32_MAX);
 }
 
-absl::Status ShmBarrier::Wait(absl::Duration timeout) {
-  const absl::Duration start = shm_object::MonotonicNow();
-  const absl::Duration deadline = start + timeout;
-  const absl::Status broken = absl::FailedPreconditionError("the barrier is broken");
-  if (absl::Status locked = Lock(); !locked.ok()) return locked;
-  if (h_->broken != 0) {
-    Unlock();
-    return broken;
+absl::Status ShmBarrier::BrokenError() {
+  if (h_->why[0] == '\0') return absl::FailedPreconditionError("the barrier is broken");
+  return absl::FailedPreconditionError(absl::StrCat("the barrier is broken: ", h_->why));
+}
+
+absl::StatusOr<BarrierTicket> ShmBarrier::ArriveLocked(const RemoteParty* party) {
+  if (h_->broken != 0) return BrokenError();
+  BarrierTicket ticket{h_->generation, h_->breaks, h_->arrived};
+  Slot& slot = slots()[ticket.index];
+  std::memset(&slot, 0, sizeof(Slot));
+  if (party != nullptr) {
+    // Never 0 (0 means "no lease"), even for a lease given as long past.
+    slot.lease_until_ns = std::max<int64_t>(1, absl::ToInt64Nanoseconds(party->lease_until));
+    slot.pid = party->pid;
+    CopyTruncated(slot.node, sizeof(slot.node), party->node);
   }
-  const uint64_t generation = h_->generation;
-  const uint64_t breaks = h_->breaks;
   if (++h_->arrived == h_->parties) {
     h_->arrived = 0;
-    h_->generation = generation + 1;
+    h_->generation += 1;
     h_->sequence.fetch_add(1, std::memory_order_release);
-    Unlock();
     shm_object::FutexWake(&h_->sequence, INT32_MAX);
-    return absl::OkStatus();
   }
-  absl::Duration next_check = start + shm_object::kLivenessInterval;
+  return ticket;
+}
+
+bool ShmBarrier::BreakOnLapsedLease(absl::Duration now) {
+  const int64_t now_ns = absl::ToInt64Nanoseconds(now);
+  for (uint32_t i = 0; i < h_->arrived; ++i) {
+    const Slot& slot = slots()[i];
+    if (slot.lease_until_ns == 0 || now_ns <= slot.lease_until_ns) continue;
+    Break(/*stay_broken=*/true,
+          absl::StrCat("party ", i, " of the round, process ", slot.pid, " of node ", slot.node,
+                       ", stopped renewing its wait ",
+                       absl::FormatDuration(absl::Nanoseconds(now_ns - slot.lease_until_ns)),
+                       " past its lease (it exited, or its node or agent was lost)"));
+    return true;
+  }
+  return false;
+}
+
+absl::Status ShmBarrier::AwaitLocked(const BarrierTicket& ticket, absl::Duration until) {
+  absl::Duration next_check = shm_object::MonotonicNow() + shm_object::kLivenessInterval;
   for (;;) {
+    if (h_->generation != ticket.generation) {
+      Unlock();
+      return absl::OkStatus();
+    }
+    if (h_->breaks != ticket.breaks || BreakOnLapsedLease(shm_object::MonotonicNow())) {
+      absl::Status broken = BrokenError();
+      Unlock();
+      return broken;
+    }
+    if (shm_object::MonotonicNow() >= until) {
+      Unlock();
+      return absl::DeadlineExceededError("the round is still open");
+    }
     const uint32_t seen = h_->sequence.load(std::memory_order_acquire);
     Unlock();
     if (!shm_object::SpinWhileEqual(h_->sequence, seen, shm_object::kSpinBeforeSleep)) {
-      shm_object::FutexWait(&h_->sequence, seen, std::min(deadline, next_check));
+      shm_object::FutexWait(&h_->sequence, seen, std::min(until, next_check));
     }
     if (h_->magic.load(std::memory_order_acquire) != kBarrierMagic) {
       return absl::NotFoundError("the barrier is gone (destroyed, or its creator exited)");
@@ -128,34 +185,81 @@ absl::Status ShmBarrier::Wait(absl::Duration timeout) {
       if (absl::IsNotFound(alive)) return alive;  // its lock is no longer ours to take
     }
     if (absl::Status locked = Lock(); !locked.ok()) return locked;
-    if (h_->generation != generation) break;
-    if (h_->breaks != breaks) {
+    if (!alive.ok() && h_->generation == ticket.generation) {
+      Break(/*stay_broken=*/true, std::string(alive.message()));
       Unlock();
-      return broken;
-    }
-    if (!alive.ok() || now >= deadline) {
-      Break(/*stay_broken=*/true);
-      Unlock();
-      if (!alive.ok()) return alive;
-      return absl::DeadlineExceededError(absl::StrCat(
-          "barrier of ", h_->parties, " parties: not all arrived within ",
-          absl::FormatDuration(timeout), "; it is broken now"));
+      return alive;
     }
   }
+}
+
+absl::Status ShmBarrier::Wait(absl::Duration timeout) { return ArriveAndWait(timeout).status(); }
+
+absl::StatusOr<uint32_t> ShmBarrier::ArriveAndWait(absl::Duration timeout) {
+  const absl::Duration deadline = shm_object::MonotonicNow() + timeout;
+  if (absl::Status locked = Lock(); !locked.ok()) return locked;
+  absl::StatusOr<BarrierTicket> ticket = ArriveLocked(nullptr);
+  if (!ticket.ok()) {
+    Unlock();
+    return ticket.status();
+  }
+  absl::Status done = AwaitLocked(*ticket, deadline);
+  if (absl::IsDeadlineExceeded(done)) done = GiveUp(*ticket, timeout);
+  if (!done.ok()) return done;
+  return ticket->index;
+}
+
+absl::StatusOr<BarrierTicket> ShmBarrier::Arrive(const RemoteParty& party) {
+  if (absl::Status locked = Lock(); !locked.ok()) return locked;
+  absl::StatusOr<BarrierTicket> ticket = ArriveLocked(&party);
   Unlock();
-  return absl::OkStatus();
+  return ticket;
+}
+
+absl::StatusOr<bool> ShmBarrier::AwaitRound(const BarrierTicket& ticket, absl::Duration wait,
+                                            absl::Duration lease_until) {
+  const absl::Duration until = shm_object::MonotonicNow() + wait;
+  if (absl::Status locked = Lock(); !locked.ok()) return locked;
+  if (h_->generation == ticket.generation && h_->breaks == ticket.breaks &&
+      ticket.index < h_->arrived && slots()[ticket.index].lease_until_ns != 0) {
+    slots()[ticket.index].lease_until_ns =
+        std::max<int64_t>(1, absl::ToInt64Nanoseconds(lease_until));
+  }
+  absl::Status done = AwaitLocked(ticket, until);
+  if (absl::IsDeadlineExceeded(done)) return false;
+  if (!done.ok()) return done;
+  return true;
+}
+
+absl::Status ShmBarrier::GiveUp(const BarrierTicket& ticket, absl::Duration timeout) {
+  if (absl::Status locked = Lock(); !locked.ok()) return locked;
+  absl::Status outcome = absl::OkStatus();
+  if (h_->generation != ticket.generation) {
+    // All arrived just as the time ran out: the round is done after all.
+  } else if (h_->breaks != ticket.breaks) {
+    outcome = BrokenError();
+  } else {
+    const std::string why = absl::StrCat("a party's wait (", ticket.index, " of the round) timed out after ",
+                                         absl::FormatDuration(timeout), " with ", h_->arrived, " of ",
+                                         h_->parties, " parties arrived");
+    Break(/*stay_broken=*/true, why);
+    outcome = absl::DeadlineExceededError(absl::StrCat("barrier of ", h_->parties, " parties: not all arrived within ",
+                                                      absl::FormatDuration(timeout), "; it is broken now"));
+  }
+  Unlock();
+  return outcome;
 }
 
 absl::Status ShmBarrier::Abort() {
   if (absl::Status locked = Lock(); !locked.ok()) return locked;
-  Break(/*stay_broken=*/true);
+  Break(/*stay_broken=*/true, "abort() was called");
   Unlock();
   return absl::OkStatus();
 }
 
 absl::Status ShmBarrier::Reset() {
   if (absl::Status locked = Lock(); !locked.ok()) return locked;
-  Break(/*stay_broken=*/false);
+  Break(/*stay_broken=*/false, "reset() was called while it waited");
   Unlock();
   return absl::OkStatus();
 }
@@ -166,7 +270,7 @@ absl::Status ShmBarrier::Destroy() {
         absl::StrCat("only the barrier's creator (pid ", h_->creator_pid, ") destroys it"));
   }
   if (absl::Status locked = Lock(); !locked.ok()) return locked;
-  Break(/*stay_broken=*/true);
+  Break(/*stay_broken=*/true, "it was destroyed");
   h_->magic.store(0, std::memory_order_release);
   Unlock();
   return pool_->Free(ref_);

@@ -7,13 +7,28 @@
 //
 // Broken, as threading.Barrier: a Wait that times out, Abort, or a creator
 // found dead breaks the barrier; everyone waiting then and every later Wait
-// fails FailedPrecondition "broken" until Reset. A party killed while waiting
-// is not noticed (the barrier does not know who is meant to come); the
-// others time out, which breaks it.
+// fails FailedPrecondition "broken: <why>" until Reset. A party of this node
+// killed while waiting is not noticed (the barrier does not know who is meant
+// to come); the others time out, which breaks it.
+//
+// Parties on other nodes (a Barrier used through the agents,
+// agent/agent_barriers.h) cannot block in this process: the home agent
+// waits for them in slices. Such a party Arrives once, which counts it and
+// gives it a ticket (the round it joined, and its arrival index), then calls
+// AwaitRound with the ticket as often as it likes: a retried slice never
+// counts a second arrival. Each AwaitRound renews the party's lease; a
+// remote party whose lease runs out (its process died, its node or agent was
+// lost: nobody renews it) breaks the barrier for everyone, seen by the next
+// waiter that wakes (every kLivenessInterval at the latest). Leases are
+// times on this node's monotonic clock (shm_object::MonotonicNow), the one
+// every process of the node shares.
 #ifndef DRAGON_COMMON_SHM_BARRIER_H_
 #define DRAGON_COMMON_SHM_BARRIER_H_
 
+#include <sys/types.h>
+
 #include <cstdint>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -22,6 +37,23 @@
 #include "common/shm_pool.h"
 
 namespace dragon::common {
+
+// What one arrival is: the round it joined (generation), the breaks seen
+// then, and its arrival index in that round (0 .. parties-1, as
+// threading.Barrier.wait returns).
+struct BarrierTicket {
+  uint64_t generation = 0;
+  uint64_t breaks = 0;
+  uint32_t index = 0;
+};
+
+// A party that waits through the home agent: who it is (for the error when
+// its lease runs out) and until when its arrival holds without a renewal.
+struct RemoteParty {
+  pid_t pid = 0;
+  std::string node;
+  absl::Duration lease_until;  // shm_object::MonotonicNow time
+};
 
 class ShmBarrier {
  public:
@@ -35,6 +67,25 @@ class ShmBarrier {
   // when broken, Unavailable when the creator exited, NotFound when the
   // barrier is gone.
   absl::Status Wait(absl::Duration timeout);
+  // Wait, giving this party's arrival index in its round.
+  absl::StatusOr<uint32_t> ArriveAndWait(absl::Duration timeout);
+
+  // A remote party's arrival, counted once: its ticket. FailedPrecondition
+  // when broken.
+  absl::StatusOr<BarrierTicket> Arrive(const RemoteParty& party);
+  // Waits up to `wait` for the ticket's round: true once it is over, false
+  // when it is still open after `wait` (the party's lease renewed until
+  // `lease_until` first). FailedPrecondition when broken (also when a remote
+  // party's lease ran out, which breaks it), Unavailable and NotFound as
+  // Wait.
+  absl::StatusOr<bool> AwaitRound(const BarrierTicket& ticket, absl::Duration wait,
+                                  absl::Duration lease_until);
+  // The party's own timeout (`timeout`, for the message) passed: Ok if its
+  // round is over after all, else the barrier is broken for everyone and
+  // DeadlineExceeded, as a Wait that times out. FailedPrecondition when it
+  // was broken meanwhile.
+  absl::Status GiveUp(const BarrierTicket& ticket, absl::Duration timeout);
+
   // Breaks the barrier: current and later waiters fail until Reset.
   absl::Status Abort();
   // Back to its first state: current waiters fail "broken", later ones wait.
@@ -50,12 +101,25 @@ class ShmBarrier {
 
  private:
   struct Header;
+  struct Slot;
 
   ShmBarrier(ShmPool& pool, BlockRef ref, Header* header) : pool_(&pool), ref_(ref), h_(header) {}
+  Slot* slots();
   absl::Status Lock();
   void Unlock();
-  // Under the lock: fails the current waiters, and (`stay_broken`) later ones.
-  void Break(bool stay_broken);
+  // Under the lock: fails the current waiters, and (`stay_broken`) later
+  // ones; `why` goes into their errors.
+  void Break(bool stay_broken, const std::string& why);
+  absl::Status BrokenError();
+  // Under the lock: counts an arrival; `party` null for one of this node.
+  absl::StatusOr<BarrierTicket> ArriveLocked(const RemoteParty* party);
+  // Under the lock: breaks the barrier if a remote party's lease ran out.
+  bool BreakOnLapsedLease(absl::Duration now);
+  // Called with the lock held; returns with it released. Waits until the
+  // ticket's round is over (Ok), it is broken (FailedPrecondition), `until`
+  // passed (DeadlineExceeded, nothing changed), or the barrier fails
+  // (Unavailable: its creator exited, now broken; NotFound: gone).
+  absl::Status AwaitLocked(const BarrierTicket& ticket, absl::Duration until);
 
   ShmPool* pool_;
   BlockRef ref_;

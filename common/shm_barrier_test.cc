@@ -125,5 +125,89 @@ TEST_CASE("barrier: abort wakes the waiters; a dead creator is noticed") {
   ExpectWhole(*pool);
 }
 
+RemoteParty Remote(pid_t pid, absl::Duration lease) {
+  return RemoteParty{pid, "h2", shm_object::MonotonicNow() + lease};
+}
+
+TEST_CASE("barrier: a remote party arrives once however often its slice is retried") {
+  NoLeftovers check;
+  std::unique_ptr<ShmPool> pool = MustCreate(1 << 20);
+  ShmBarrier barrier = MustCreateBarrier(*pool, 3);
+  absl::StatusOr<BarrierTicket> first = barrier.Arrive(Remote(101, kLong));
+  REQUIRE(first.ok());
+  CHECK(first->index == 0);
+  for (int slice = 0; slice < 5; ++slice) {
+    absl::StatusOr<bool> done =
+        barrier.AwaitRound(*first, absl::Milliseconds(1), shm_object::MonotonicNow() + kLong);
+    REQUIRE(done.ok());
+    CHECK_FALSE(*done);
+  }
+  CHECK(*barrier.n_waiting() == 1);
+  absl::StatusOr<BarrierTicket> second = barrier.Arrive(Remote(102, kLong));
+  REQUIRE(second.ok());
+  CHECK(second->index == 1);
+  // The last party, of this node, completes the round: its index is 2.
+  absl::StatusOr<uint32_t> last = barrier.ArriveAndWait(kLong);
+  REQUIRE(last.ok());
+  CHECK(*last == 2);
+  CHECK(*barrier.AwaitRound(*first, absl::ZeroDuration(), shm_object::MonotonicNow() + kLong));
+  CHECK(*barrier.AwaitRound(*second, absl::ZeroDuration(), shm_object::MonotonicNow() + kLong));
+  // Its time ran out just as the round ended: done after all, not broken.
+  CHECK(barrier.GiveUp(*first, absl::Seconds(1)).ok());
+  CHECK(*barrier.n_waiting() == 0);
+  CHECK_FALSE(*barrier.broken());
+  REQUIRE(barrier.Destroy().ok());
+  ExpectWhole(*pool);
+}
+
+TEST_CASE("barrier: a remote party's timeout breaks it, reset mends it") {
+  NoLeftovers check;
+  std::unique_ptr<ShmPool> pool = MustCreate(1 << 20);
+  ShmBarrier barrier = MustCreateBarrier(*pool, 2);
+  absl::StatusOr<BarrierTicket> ticket = barrier.Arrive(Remote(101, kLong));
+  REQUIRE(ticket.ok());
+  absl::Status gave_up = barrier.GiveUp(*ticket, absl::Seconds(2));
+  CHECK(absl::IsDeadlineExceeded(gave_up));
+  CHECK(*barrier.broken());
+  absl::Status later = barrier.Wait(kLong);
+  CHECK(absl::IsFailedPrecondition(later));
+  CHECK(absl::StrContains(later.message(), "timed out after 2s"));
+  CHECK(absl::IsFailedPrecondition(barrier.Arrive(Remote(101, kLong)).status()));
+  CHECK(absl::IsFailedPrecondition(
+      barrier.AwaitRound(*ticket, absl::ZeroDuration(), shm_object::MonotonicNow()).status()));
+
+  REQUIRE(barrier.Reset().ok());
+  ticket = barrier.Arrive(Remote(101, kLong));
+  REQUIRE(ticket.ok());
+  CHECK(*barrier.ArriveAndWait(kLong) == 1);
+  CHECK(*barrier.AwaitRound(*ticket, absl::ZeroDuration(), shm_object::MonotonicNow()));
+  REQUIRE(barrier.Destroy().ok());
+  ExpectWhole(*pool);
+}
+
+TEST_CASE("barrier: a remote party whose lease lapses breaks it for the others") {
+  NoLeftovers check;
+  std::unique_ptr<ShmPool> pool = MustCreate(1 << 20);
+  ShmBarrier barrier = MustCreateBarrier(*pool, 4);
+  // Renewed: a lease renewed before it lapses keeps the arrival.
+  absl::StatusOr<BarrierTicket> alive = barrier.Arrive(Remote(101, absl::Milliseconds(1)));
+  REQUIRE(alive.ok());
+  REQUIRE(barrier.AwaitRound(*alive, absl::ZeroDuration(), shm_object::MonotonicNow() + kLong).ok());
+  // Lapsed (a lease that ended a second ago: nobody renewed it): the next
+  // waiter to look breaks the barrier, naming the party.
+  REQUIRE(barrier.Arrive(RemoteParty{202, "h3", shm_object::MonotonicNow() - absl::Seconds(1)}).ok());
+  const absl::Duration start = shm_object::MonotonicNow();
+  absl::Status local = barrier.Wait(kLong);
+  CHECK(shm_object::MonotonicNow() - start < absl::Seconds(5));
+  CHECK(absl::IsFailedPrecondition(local));
+  INFO(local.message());
+  CHECK(absl::StrContains(local.message(), "process 202 of node h3"));
+  CHECK(absl::IsFailedPrecondition(
+      barrier.AwaitRound(*alive, absl::ZeroDuration(), shm_object::MonotonicNow() + kLong).status()));
+  CHECK(*barrier.broken());
+  REQUIRE(barrier.Destroy().ok());
+  ExpectWhole(*pool);
+}
+
 }  // namespace
 }  // namespace dragon::common::shm_pool_test
