@@ -33,6 +33,18 @@ absl::StatusOr<PeerInfo> PeerOf(const v1::NodeInfo& node) {
   return info;
 }
 
+// A client's data plane (ListNodesReply.data_peers): always live while listed
+// (the head drops it when the client's session closes).
+PeerInfo PeerOf(const v1::DataPeer& peer) {
+  PeerInfo info;
+  info.node_id = peer.peer_id();
+  info.ucx_address = peer.ucx_address();
+  info.pool_rkey = peer.shm_pool_rkey();
+  info.pool_address = peer.shm_pool_address();
+  info.pool_bytes = peer.shm_pool_bytes();
+  return info;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<HeadPeerDirectory>> HeadPeerDirectory::Connect(
@@ -74,8 +86,9 @@ int HeadPeerDirectory::waiting_lookups() const {
 absl::StatusOr<PeerInfo> HeadPeerDirectory::FromCache(const std::string& node_id) const {
   auto it = cache_.find(node_id);
   if (it == cache_.end()) {
-    return absl::NotFoundError(
-        absl::StrCat("node ", node_id, " is not in the node list of dragond at ", head_address_));
+    return absl::NotFoundError(absl::StrCat(
+        "node ", node_id, " is not in the node list of dragond at ", head_address_,
+        " (nor a client's data peer: those leave the list when their session closes)"));
   }
   return it->second;
 }
@@ -116,7 +129,12 @@ absl::StatusOr<PeerInfo> HeadPeerDirectory::Lookup(const std::string& node_id, b
   }
   last_error_ = absl::OkStatus();
   cache_.clear();
+  client_peers_.clear();
   for (const v1::NodeInfo& node : reply->nodes()) cache_.emplace(node.node_id(), PeerOf(node));
+  // After the nodes: an id both a node and a client's peer stays the node's.
+  for (const v1::DataPeer& peer : reply->data_peers()) {
+    if (cache_.emplace(peer.peer_id(), PeerOf(peer)).second) client_peers_.insert(peer.peer_id());
+  }
   return FromCache(node_id);
 }
 
@@ -132,7 +150,8 @@ absl::StatusOr<std::vector<std::string>> HeadPeerDirectory::NodesWithDataPlane()
   }
   std::vector<std::string> nodes;
   for (const auto& [node_id, info] : cache_) {
-    if (info.ok()) nodes.push_back(node_id);
+    // Clients' data peers hold no Dictionary shards: nodes only.
+    if (info.ok() && client_peers_.count(node_id) == 0) nodes.push_back(node_id);
   }
   return nodes;  // std::map: sorted
 }

@@ -1,6 +1,9 @@
 // HeadPeerDirectory: where other nodes' data planes are, from the head's node
 // list (HeadService.ListNodes: NodeInfo.ucx_address/shm_pool_rkey/
-// shm_pool_address, which each agent publishes in its Register).
+// shm_pool_address, which each agent publishes in its Register), and the data
+// planes of clients on hosts without an agent (ListNodesReply.data_peers,
+// "client-<session id>", published with PublishDataPeer): agents pull such a
+// client's task arguments from its pool and push its results into it.
 //
 // Answers are cached per node: a DataPlane looks a peer up once and again
 // only when the peer failed (refresh = true: the node's agent may have
@@ -15,6 +18,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -52,7 +56,7 @@ class HeadPeerDirectory : public PeerDirectory {
   absl::StatusOr<PeerInfo> Lookup(const std::string& node_id, bool refresh) override;
 
   // The nodes that have a data plane now (a fresh ListNodes), sorted: where a
-  // new Dictionary's shards may go. Unavailable naming the head when
+  // new Dictionary's shards may go (never a client's data peer). Unavailable naming the head when
   // ListNodes fails.
   absl::StatusOr<std::vector<std::string>> NodesWithDataPlane();
 
@@ -74,6 +78,8 @@ class HeadPeerDirectory : public PeerDirectory {
   mutable absl::Mutex mu_;
   // node id -> its data plane, or why it has none, as of the last answer.
   std::map<std::string, absl::StatusOr<PeerInfo>> cache_ ABSL_GUARDED_BY(mu_);
+  // The ids in cache_ that are clients' data peers, not nodes.
+  std::set<std::string> client_peers_ ABSL_GUARDED_BY(mu_);
   bool listing_ ABSL_GUARDED_BY(mu_) = false;      // a ListNodes is in flight
   absl::CondVar listed_;                           // signalled when it ends
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;   // ListNodes answers (or failures) so far

@@ -184,5 +184,43 @@ TEST_CASE("NodesWithDataPlane asks the head afresh and lists the nodes that have
   CHECK(absl::StrContains(failed.status().message(), "dragond at head:1"));
 }
 
+v1::DataPeer ClientPeer(const std::string& id, const std::string& address) {
+  v1::DataPeer peer;
+  peer.set_peer_id(id);
+  peer.set_ucx_address(address);
+  peer.set_shm_pool_rkey("rkey-" + id);
+  peer.set_shm_pool_address(0x2000);
+  peer.set_shm_pool_bytes(1 << 20);
+  return peer;
+}
+
+TEST_CASE("a client's data peer resolves like a node but holds no Dictionary shards") {
+  FakeHead head;
+  head.Set({Node("n1", "addr1")});
+  {
+    absl::MutexLock lock(&head.mu);
+    *head.reply.add_data_peers() = ClientPeer("client-7", "client-addr");
+  }
+  HeadPeerDirectory dir("head:1", head.Fn());
+  absl::StatusOr<PeerInfo> client = dir.Lookup("client-7", false);
+  REQUIRE(client.ok());
+  CHECK(client->node_id == "client-7");
+  CHECK(client->ucx_address == "client-addr");
+  CHECK(client->pool_rkey == "rkey-client-7");
+  CHECK(client->pool_address == 0x2000);
+  CHECK(client->pool_bytes == (1u << 20));
+  CHECK(*dir.NodesWithDataPlane() == std::vector<std::string>{"n1"});
+
+  // Its session closed: the head lists it no more, and a refresh says so.
+  {
+    absl::MutexLock lock(&head.mu);
+    head.reply.clear_data_peers();
+  }
+  absl::StatusOr<PeerInfo> gone = dir.Lookup("client-7", true);
+  CHECK(gone.status().code() == absl::StatusCode::kNotFound);
+  CHECK(absl::StrContains(gone.status().message(), "client-7"));
+  CHECK(absl::StrContains(gone.status().message(), "session closes"));
+}
+
 }  // namespace
 }  // namespace dragon::agent
