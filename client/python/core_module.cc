@@ -21,6 +21,7 @@
 #include "absl/time/time.h"
 #include "client/python/agent_data_binding.h"
 #include "client/python/channel_binding.h"
+#include "client/python/client_data_plane_binding.h"
 #include "client/python/session_inbox.h"
 #include "client/python/owned_buffer.h"
 #include "client/python/shm_pool_binding.h"
@@ -208,4 +209,5 @@ PYBIND11_MODULE(_core, m) {
   dragon::client::RegisterOwnedBuffer(m);
   dragon::client::RegisterChannels(m);  // after the two above: it raises ShmPoolFull, uses copy_buffer
   dragon::client::RegisterAgentData(m);
+  dragon::client::RegisterClientDataPlane(m);
 }
