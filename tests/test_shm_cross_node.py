@@ -24,8 +24,13 @@ its arguments are in h1's pool (the client still writes there: a local agent wit
   and the results pushed to it, h2's pulled copies are freed; nothing left after stop;
 - h1's pool full (filled by the test): results pushed to it find no room, go inline instead,
   every one right, each fallback logged in its worker's log;
-- a workflow on a node without an agent (the root namespace: a login node) sends its large data
-  inline through the head, and gets it back inline, right;
+- a workflow on a node without an agent (the root namespace: a login node) runs its own data plane
+  (dragon_parsl.client_data_plane): 200 tasks with 2 MiB arguments and results, every argument
+  pulled by the agents from the client's pool over UCX and every result pushed into it, the head
+  carrying only small messages (StatusReply.relayed_task_bytes); the client's pool is never in
+  /dev/shm. The login client SIGKILLed mid-run: no block left in the agents' pools, nothing in
+  /dev/shm. With an agent that has no data plane (--shm-pool-mb 0), its data goes inline
+  through the head, counted (client_plane_fallbacks);
 - locality: with both nodes ready, tasks submitted one at a time run on the node whose pool holds
   their arguments (the submission's data_node), from a workflow on h1 and from one on h2.
 """
@@ -133,7 +138,14 @@ WORKFLOW = textwrap.dedent('''
     summary["submit_s"] = submitted
     summary["seconds"] = time.monotonic() - t0
     summary["counters"] = executor.shm_counters()
+    pool_dir = summary["counters"]["dir"]
+    summary["pool_file_exists"] = bool(pool_dir) and os.path.exists(pool_dir)
+    # Task payload and result bytes the head carried (all of this head's sessions so far).
+    summary["relayed_task_bytes"] = executor.head_status().relayed_task_bytes
+    plane = executor.client_plane
+    summary["client_plane_started"] = plane is not None and plane.running
     dfk.cleanup()
+    summary["client_plane_running_after_shutdown"] = plane is not None and plane.running
     with open(a.out, "w") as f:
         json.dump(summary, f)
 ''')
@@ -424,20 +436,93 @@ def test_results_that_cannot_be_pushed_go_inline_and_are_logged(netns_hosts, cro
 
 # ---------------------------------------------------------------- a login node: no agent of its own
 
-LOGIN_TASKS = 10
+LOGIN_TASKS = 200
+LOGIN_KILL_TASKS = 300
+LOGIN_FALLBACK_TASKS = 10
 
 
-@pytest.mark.timeout(120)
-def test_workflow_on_a_node_without_an_agent_sends_its_data_inline(netns_hosts, two_host_head, tmp_path):
+def client_pool_files() -> list[str]:
+    """Client pools in /dev/shm (one is there only between its creation and its mapping)."""
+    return [str(p) for p in Path("/dev/shm").glob("dragon-client-pool-*")]
+
+
+@pytest.mark.timeout(150)
+def test_workflow_on_a_node_without_an_agent_sends_its_data_over_ucx(netns_hosts, two_host_head, tmp_path):
     tb, head = netns_hosts, two_host_head
     pools = pools_of(head)
-    s = Workflow(tb, head, tmp_path, LOGIN_TASKS, host=None, timeout=60).summary()
-    assert s["ok"] == LOGIN_TASKS and not s["failed"] and not s["wrong"] and not s["hung"], s
-    assert set(s["hosts"]) <= {"h1", "h2"}, s["hosts"]
+    s = Workflow(tb, head, tmp_path, LOGIN_TASKS, host=None, timeout=90).summary()
     c = s["counters"]
-    assert c["dir"] is None and c["args_inline_tasks"] == LOGIN_TASKS and c["args_shm_tasks"] == 0, c
-    assert c["results_inline"] == LOGIN_TASKS and c["results_shm"] == 0, c
-    assert all(pulled == 0 for _, pulled, _ in s["pids"].values()), s["pids"]
+    mb = LOGIN_TASKS * 2 * (2 << 20) / 1e6
+    print(f"\n{LOGIN_TASKS} tasks from the login host (no agent), 2 MiB each way over UCX tcp: {s['seconds']:.1f}s, "
+          f"{mb / s['seconds']:.0f} MB/s of task data; the head carried {s['relayed_task_bytes']} bytes; "
+          f"by host {s['hosts']}; client counters {c}")
+    assert s["ok"] == LOGIN_TASKS and not s["failed"] and not s["wrong"] and not s["hung"], \
+        {k: s[k] for k in ("ok", "wrong", "hung")} | {"failed": list(s["failed"].items())[:5]}
+    assert set(s["hosts"]) <= {"h1", "h2"}, s["hosts"]
+    # Every argument pulled from the client's pool by the worker's agent (each worker's counter
+    # when it ran its last task), every result before it pushed.
+    for pid, (count, pulled, pushed_before) in s["pids"].items():
+        assert pulled == count and pushed_before == count - 1, (pid, count, pulled, pushed_before)
+    assert c["dir"] and os.path.basename(c["dir"]).startswith("dragon-client-pool-"), c
+    assert c["args_shm_tasks"] == LOGIN_TASKS and c["args_inline_tasks"] == 0, c
+    assert c["results_pushed"] == LOGIN_TASKS and c["results_inline"] == 0, c
+    assert c["results_pushed_bytes"] >= LOGIN_TASKS * (2 << 20) and c["client_plane_fallbacks"] == 0, c
+    # The head carried the task messages (envelopes, the pickled app), not the data: far below
+    # the 800 MB that went between the client and the agents.
+    assert s["relayed_task_bytes"] < LOGIN_TASKS * (2 << 20) // 50, s["relayed_task_bytes"]
+    assert s["client_plane_started"] and not s["client_plane_running_after_shutdown"], s
+    assert not s["pool_file_exists"] and client_pool_files() == []
+    assert sorted(head.nodes()) == ["h1", "h2"]  # the client is no node
     wait_pools_empty(list(pools.values()))
     stop_and_check_nothing_left(head, tb)
     check_no_pool_file_left(pools)
+
+
+@pytest.mark.timeout(120)
+def test_login_client_killed_mid_run_leaves_nothing(netns_hosts, two_host_head, tmp_path):
+    tb, head = netns_hosts, two_host_head
+    pools = pools_of(head)
+    wf = Workflow(tb, head, tmp_path, LOGIN_KILL_TASKS, sleep_s=FAULT_SLEEP_S, host=None, timeout=60)
+    try:
+        wait_for(lambda: head.counts().get("DONE", 0) >= 40, 60, "the login workflow's run under way")
+        assert client_pool_files() == []  # its pool lives in its memory only
+        peers = head.head.ctl_json("nodes").get("data_peers", [])
+        assert [p["peer_id"] for p in peers] == ["client-1"], peers  # its data plane, not a node
+    finally:
+        wf.kill()
+    # Its session ends with it, and the head forgets its data plane.
+    wait_for(lambda: not head.head.ctl_json("nodes").get("data_peers"), 15, "the dead client's data peer dropped")
+    # The agents' pulled copies go with the tasks the head cancels (their workers, or the janitor);
+    # a pull from the dead client fails (Unavailable naming it) and leaves no block.
+    wait_pools_empty(list(pools.values()))
+    assert client_pool_files() == []
+    nodes = head.nodes()
+    assert all(nodes[h]["state"] == "ready" for h in ("h1", "h2")), nodes
+    stop_and_check_nothing_left(head, tb)
+    check_no_pool_file_left(pools)
+
+
+@pytest.fixture
+def head_without_data_plane(netns_hosts, ssh_heads, monkeypatch):
+    """A head whose agent on h2 has no pool, hence no data plane (--shm-pool-mb 0)."""
+    for k, v in UCX_ENV.items():
+        monkeypatch.setenv(k, v)
+    head = ssh_heads(["h2"], "--agent-env", "PYTHONPATH," + ",".join(UCX_ENV), "--shm-pool-mb", "0")
+    head.wait_ready()
+    return head
+
+
+@pytest.mark.timeout(120)
+def test_login_workflow_goes_inline_when_an_agent_has_no_data_plane(netns_hosts, head_without_data_plane,
+                                                                     tmp_path):
+    tb, head = netns_hosts, head_without_data_plane
+    s = Workflow(tb, head, tmp_path, LOGIN_FALLBACK_TASKS, host=None, timeout=60).summary()
+    assert s["ok"] == LOGIN_FALLBACK_TASKS and not s["failed"] and not s["wrong"] and not s["hung"], s
+    c = s["counters"]
+    assert c["dir"] is None and c["args_inline_tasks"] == LOGIN_FALLBACK_TASKS and c["args_shm_tasks"] == 0, c
+    assert c["results_inline"] == LOGIN_FALLBACK_TASKS and c["results_shm"] == 0, c
+    assert c["client_plane_fallbacks"] == LOGIN_FALLBACK_TASKS, c
+    assert not s["client_plane_started"], s
+    assert all(pulled == 0 for _, pulled, _ in s["pids"].values()), s["pids"]
+    assert client_pool_files() == []
+    stop_and_check_nothing_left(head, tb)

@@ -24,7 +24,7 @@ from parsl.monitoring.radios.filesystem import FilesystemRadio
 from parsl.providers.base import ExecutionProvider
 from parsl.utils import RepresentationMixin
 
-from dragon_parsl import blocks, shm, shm_files, shm_pool_path, transport
+from dragon_parsl import blocks, client_data_plane, shm, shm_files, shm_pool_path, transport
 from dragon_parsl.connection import Session
 from dragon_parsl.errors import AuthenticationFailed, DragonError, TaskCancelled
 from dragon_parsl.local_head import LocalHead
@@ -173,6 +173,14 @@ class DragonExecutor(HeadStartMixin, SubmitPathMixin, TaskResultsMixin, BlockSca
         How long a submit waits for room in a full pool before the task fails
         with ShmPoolFull, which names the pool's size and ``--shm-pool-mb``.
         Default 10.
+    client_pool_mb : int
+        On a host where no agent runs (a login node, with ``address``) and every agent elsewhere
+        has a data plane: the size in MiB of the client's own shared-memory pool, into which large
+        task arguments are written for the agents to pull over UCX and large results are pushed
+        (dragon_parsl.client_data_plane): no bulk data goes through the head. Lazily backed (only
+        the blocks in use take memory) and started on the first task that needs it; its file is
+        removed from /dev/shm as soon as it is mapped. Default 1024; 0 turns it off (such task
+        data then goes inline through the head).
     shm_dir : str
         With ``shm_path="files"``: where the executor makes its directory of task
         data files, ``dragon-<user>-<pid>.<start>-<random>``; it must be
@@ -237,13 +245,17 @@ class DragonExecutor(HeadStartMixin, SubmitPathMixin, TaskResultsMixin, BlockSca
                  drain_before_end: float = 60.0, block_connect_timeout: float = 120.0,
                  block_error_handler: Union[bool, Callable[[BlockProviderExecutor, Dict[str, JobStatus]],
                                                            None]] = True,
-                 worker_python: Optional[str] = None) -> None:
+                 worker_python: Optional[str] = None,
+                 client_pool_mb: int = client_data_plane.DEFAULT_CLIENT_POOL_MB) -> None:
         check_options(address=address, provider=provider, drain_before_end=drain_before_end,
                       block_connect_timeout=block_connect_timeout, head_listen=head_listen, token=token,
                       tls_ca=tls_ca, infra_retries=infra_retries, workers_per_node=workers_per_node,
                       shm_threshold=shm_threshold, shm_path=shm_path, shm_pool_wait_s=shm_pool_wait_s,
                       batch_linger_ms=batch_linger_ms,
                       batch_linger_in_flight=batch_linger_in_flight, client_cpu=client_cpu)
+        if isinstance(client_pool_mb, bool) or not isinstance(client_pool_mb, int) or client_pool_mb < 0:
+            raise ValueError(f"DragonExecutor: client_pool_mb must be a whole number of MiB >= 0 (0: no pool "
+                             f"of the client's own), not {client_pool_mb!r}")
         handler = blocks.dragon_block_error_handler if block_error_handler is True else block_error_handler
         super().__init__(provider=provider, block_error_handler=handler)
         self.head_listen = head_listen
@@ -270,6 +282,11 @@ class DragonExecutor(HeadStartMixin, SubmitPathMixin, TaskResultsMixin, BlockSca
         self.shm_dir = shm_dir
         self.shm_path = shm_path
         self.shm_pool_wait_s = float(shm_pool_wait_s)
+        self.client_pool_mb = client_pool_mb
+        # On a host without an agent: the client's own pool and data plane (None: off).
+        self.client_plane: Optional[client_data_plane.ClientDataPlane] = (
+            client_data_plane.ClientDataPlane(label, client_pool_mb, self._publish_data_peer)
+            if client_pool_mb else None)
         self.batch_linger_ms = float(batch_linger_ms)
         self.batch_linger_in_flight = batch_linger_in_flight
         self.client_cpu = client_cpu
@@ -355,6 +372,9 @@ class DragonExecutor(HeadStartMixin, SubmitPathMixin, TaskResultsMixin, BlockSca
                 raise AuthenticationFailed(self.head_address or "?", e.details() or "", source) from None
             raise
 
+    def _publish_data_peer(self, request: "head_pb2.PublishDataPeerRequest") -> "head_pb2.DataPeer":
+        return self._unary("PublishDataPeer", request, timeout=min(self.connect_timeout, 10.0))
+
     def head_status(self, timeout: float = 10.0) -> "head_pb2.StatusReply":
         return self._unary("Status", head_pb2.StatusRequest(), timeout=timeout)
 
@@ -412,6 +432,9 @@ class DragonExecutor(HeadStartMixin, SubmitPathMixin, TaskResultsMixin, BlockSca
                     getattr(fut, "dragon_task_id", None) or 0))
             except cf.InvalidStateError:
                 pass
+        if self.client_plane is not None:
+            # The session is closed: the head no longer lists it and no agent pushes into it.
+            self.client_plane.stop()
         self._stop_local_head()
         if self.provider is not None:
             # After the head told the agents to leave (their jobs end by themselves): every job

@@ -397,3 +397,6 @@ class Counters:
     results_pushed: int = 0
     results_pushed_bytes: int = 0
     results_push_fallbacks: int = 0
+    # A client on a host without an agent: tasks whose data went inline because its own data
+    # plane could not be used (it did not start, or an agent elsewhere has no data plane).
+    client_plane_fallbacks: int = 0

@@ -35,6 +35,12 @@ block of the worker's pool and pushed (``_core.agent_push``) into a new block of
 the client's pool, owned by the client, which reads it as any local result; the
 worker frees its local block at once. A push that fails sends the result inline.
 
+On a host without an agent (a login node) the client's own pool and data plane stand in for
+the agent's (dragon_parsl.client_data_plane): the envelopes name the client's peer id as their
+node, every worker pulls its arguments from there and pushes its large results there, and the
+client frees and reads them as above. Nothing of it is in /dev/shm: the pool's file is removed
+once mapped, and its memory goes with the client's process.
+
 A full pool makes the submit wait (``wait_s``) and then fail the task with
 ShmPoolFull naming the pool's size and ``--shm-pool-mb``; a result that finds
 no room goes inline through gRPC instead (never lost).
@@ -90,6 +96,13 @@ def attach(path: str) -> Any:
                                         f"stopped or restarted?)") from None
             _pools[path] = pool
     return pool
+
+
+def adopt(path: str, pool: Any) -> None:
+    """Makes ``pool`` (this process's own, e.g. the client's private pool, whose file is removed
+    once mapped: dragon_parsl.client_data_plane) the one :func:`attach` returns for ``path``."""
+    with _pools_lock:
+        _pools[path] = pool
 
 
 def forget(path: str) -> None:
@@ -334,9 +347,13 @@ def _copy_out(view: memoryview) -> Any:
 class PoolPlace(NamedTuple):
     """Where a client puts large task data: the pool of an agent on its host, and that agent's
     node id (named in envelopes: workers on other nodes pull from it and push results to it;
-    and the submission's data_node, which the scheduler prefers)."""
+    and the submission's data_node, which the scheduler prefers). On a host without an agent:
+    the client's own pool and data-plane peer id (``client-<session id>``,
+    dragon_parsl.client_data_plane), which no worker reads in place: every one pulls."""
     path: str
     node: str
+    # The client's own data-plane peer: not a node the scheduler could prefer.
+    own: bool = False
 
 
 class PoolDataPath:
@@ -386,7 +403,13 @@ class PoolDataPath:
             pool = attach(place.path)
             self.path = place.path
             # ShmPoolFull (naming the pool's size and --shm-pool-mb) after wait_s fails this task.
-            ref = _allocate_and_write(pool, pieces, size, self.wait_s)
+            try:
+                ref = _allocate_and_write(pool, pieces, size, self.wait_s)
+            except _core().ShmPoolFull as e:
+                if not place.own:
+                    raise
+                raise _core().ShmPoolFull(f"{e} (this is the client's own pool, on a host without an agent: "
+                                          f"its size is DragonExecutor(client_pool_mb=...))") from None
             with self._lock:
                 self.counters.args_shm_tasks += 1
                 self.counters.args_shm_bytes += size
@@ -458,6 +481,12 @@ class PoolDataPath:
     def _released(self, size: int) -> None:
         with self._lock:
             self._held_bytes -= size
+
+    def count_client_plane_fallback(self) -> None:
+        """A task from a host without an agent whose data could not use the client's own data
+        plane (it could not start, or an agent elsewhere has none): inline, as before."""
+        with self._lock:
+            self.counters.client_plane_fallbacks += 1
 
     def count_inline_result(self, nbytes: int) -> None:
         with self._lock:

@@ -1,7 +1,7 @@
 """DragonExecutor's submit path: resource specifications, and whether a task's arguments go
 through shared memory (the pool of an agent on this host, which workers on other nodes reach
-through the agents' data plane; the files path only when every agent is on this host) or
-inline through gRPC."""
+through the agents' data plane; on a host without an agent the client's own pool and data plane;
+the files path only when every agent is on this host) or inline through gRPC."""
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -88,7 +88,7 @@ class SubmitPathMixin:
                 place = self._task_data_place()
                 payload, arg_file = self.shm.pack_task(shm.Part.from_parsl(serialize_parts(call)), args,
                                                        kwargs, place)
-                if arg_file is not None and isinstance(place, shm_pool_path.PoolPlace):
+                if arg_file is not None and isinstance(place, shm_pool_path.PoolPlace) and not place.own:
                     data_node = place.node
             else:
                 # Byte for byte parsl.serialize.pack_apply_message, with one copy of large
@@ -127,21 +127,48 @@ class SubmitPathMixin:
     # then off, the pool path needs a local agent with a data plane.
     _agents_elsewhere: bool = True
 
+    # From the last ListNodes: whether a live agent runs on this host, and whether every live
+    # agent elsewhere has a data plane (set by _local_agents).
+    _local_agent_seen: bool = False
+    _remote_data_planes: bool = False
+
     def _task_data_place(self) -> Any:
         """Where large task arguments may go: for the pool path (``shm_path="pool"``) the pool of
-        an agent on this host (a PoolPlace) that every worker can reach, for the files path
-        whether files may be used at all (every agent on this host); None/False: inline."""
+        an agent on this host (a PoolPlace) that every worker can reach, or, on a host without
+        an agent whose agents elsewhere all have a data plane, the client's own pool and data
+        plane (dragon_parsl.client_data_plane); for the files path whether files may be used at
+        all (every agent on this host); None/False: inline."""
         local = self._local_agents()
         if isinstance(self.shm, shm_pool_path.PoolDataPath):
-            return self.shm.place_for(local)
+            place = self.shm.place_for(local)
+            if place is None and self._agents_elsewhere and not self._local_agent_seen:
+                place = self._own_data_place()
+            return place
         return local is not None and not self._agents_elsewhere
+
+    def _own_data_place(self) -> Optional[shm_pool_path.PoolPlace]:
+        """The client's own pool on a host without an agent (started on first need), or None
+        (counted in ``client_plane_fallbacks``): some agent elsewhere has no data plane, or the
+        client's could not start (logged once)."""
+        place = None
+        session = self.session
+        welcome = session.welcome if session is not None else None
+        if self._remote_data_planes and welcome is not None and self.client_plane is not None:
+            credentials = self.credentials
+            place = self.client_plane.place(welcome.session_id, self.head_address or "",
+                                            credentials.token if credentials else None,
+                                            credentials.tls_ca if credentials else None)
+        if place is None and isinstance(self.shm, shm_pool_path.PoolDataPath):
+            self.shm.count_client_plane_fallback()
+        return place
 
     def _local_agents(self) -> Optional[List[Any]]:
         """The live agents (NodeInfo) on this host whose pools every worker can reach: all of
         them when every live agent runs on this host; when some run on other hosts, the local
         ones with a data plane (NodeInfo.data_socket: workers elsewhere pull from their pools
         and push results into them), if every agent elsewhere has one too. None when there is
-        none: task data goes inline (also on a node without an agent, e.g. a login node). Asked of the head (ListNodes) at most every
+        none: task data goes inline, or on a node without an agent (e.g. a login node) through the
+        client's own data plane (_task_data_place). Asked of the head (ListNodes) at most every
         few seconds. With a provider, only LocalProvider's blocks may be all local (others may
         join any time, on other hosts, and the client has no agent of its own)."""
         if self.provider is not None and not blocks.is_local(self.provider):
@@ -162,6 +189,10 @@ class SubmitPathMixin:
         for n in connected:
             (local if _is_local_agent(n) else remote).append(n)
         self._agents_elsewhere = bool(remote) or (not connected and self.local_head is None)
+        self._local_agent_seen = bool(local)
+        # A client on a host without an agent reaches them through its own data plane only if
+        # each can pull from it (a data plane: its socket for workers, its UCX address).
+        self._remote_data_planes = bool(remote) and all(n.data_socket and n.ucx_address for n in remote)
         if not connected:
             # The embedded head's agent is local; it has not registered yet. Else nothing is known.
             self._agents_local = [] if self.local_head is not None else None
