@@ -29,7 +29,8 @@ its arguments are in h1's pool (the client still writes there: a local agent wit
   pulled by the agents from the client's pool over UCX and every result pushed into it, the head
   carrying only small messages (StatusReply.relayed_task_bytes); the client's pool is never in
   /dev/shm. The login client SIGKILLed mid-run: no block left in the agents' pools, nothing in
-  /dev/shm. With an agent that has no data plane (--shm-pool-mb 0), its data goes inline
+  /dev/shm, its data peer dropped by the head; h2's agent SIGKILLed under it: every task done
+  (run again on h1, pulling again from the client) or failed saying why. With an agent that has no data plane (--shm-pool-mb 0), its data goes inline
   through the head, counted (client_plane_fallbacks);
 - locality: with both nodes ready, tasks submitted one at a time run on the node whose pool holds
   their arguments (the submission's data_node), from a workflow on h1 and from one on h2.
@@ -498,6 +499,36 @@ def test_login_client_killed_mid_run_leaves_nothing(netns_hosts, two_host_head, 
     assert client_pool_files() == []
     nodes = head.nodes()
     assert all(nodes[h]["state"] == "ready" for h in ("h1", "h2")), nodes
+    stop_and_check_nothing_left(head, tb)
+    check_no_pool_file_left(pools)
+
+
+@pytest.mark.timeout(120)
+def test_agent_killed_under_a_login_workflow_every_task_ends(netns_hosts, two_host_head, tmp_path):
+    # h2's agent SIGKILLed while its workers pull from and push into the login client's pool: its
+    # tasks run again on h1 (infrastructure retries: the arguments are still in the client's
+    # pool, pulled again there) or fail saying why; none is lost, none hangs.
+    tb, head = netns_hosts, two_host_head
+    pools = pools_of(head)
+    wf = Workflow(tb, head, tmp_path, LOGIN_KILL_TASKS, sleep_s=FAULT_SLEEP_S, host=None, timeout=60)
+    try:
+        wait_for(lambda: head.counts().get("DONE", 0) >= 40 and head.nodes()["h2"]["running_tasks"] > 0, 60,
+                 "the login workflow's run under way on h2")
+        (agent,) = agents_in(tb, "h2")
+        os.kill(agent, signal.SIGKILL)
+        wait_for(lambda: head.nodes()["h2"]["state"] == "lost", 10, "h2 lost")
+        s = wf.summary()
+    finally:
+        wf.kill()
+    print(f"\nh2's agent killed under the login workflow: {s['ok']} done, {len(s['failed'])} failed "
+          f"{list(s['failed'].values())[:3]}; by host {s['hosts']}; client counters {s['counters']}")
+    assert not s["hung"] and not s["wrong"], s
+    assert s["ok"] + len(s["failed"]) == LOGIN_KILL_TASKS
+    for i, error in s["failed"].items():
+        assert any(w in error for w in ("worker", "node", "agent", "lost")), (i, error)
+    assert s["counters"]["args_shm_tasks"] == LOGIN_KILL_TASKS and s["hosts"].get("h1", 0) > 0, s
+    assert client_pool_files() == []
+    wait_pools_empty([pools["h1"]])
     stop_and_check_nothing_left(head, tb)
     check_no_pool_file_left(pools)
 
