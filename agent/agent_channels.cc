@@ -13,8 +13,7 @@ namespace {
 using common::BlockRef;
 using common::ShmChannel;
 
-// Beyond the home agent's own wait: the forwarding, both ways (a 1 GiB
-// message over the link), when the caller gave no timeout.
+// See Route.
 constexpr absl::Duration kDefaultForwardTimeout = absl::Seconds(60);
 
 absl::StatusOr<BlockRef> DecodeRef(const std::string& bytes, const char* field) {
@@ -37,36 +36,17 @@ std::string NodeAt(const char* field) {
 
 }  // namespace
 
-AgentChannels::AgentChannels(std::string node_id, common::ShmPool* pool)
-    : node_id_(std::move(node_id)), pool_(pool) {}
+AgentChannels::AgentChannels(std::string node_id, common::ShmPool* pool,
+                             AgentBarriers::Clock barrier_clock)
+    : node_id_(std::move(node_id)),
+      pool_(pool),
+      barriers_(pool, std::move(barrier_clock)),
+      forwarding_(node_id_, kCallService, "channel",
+                  [this](const v1::ChannelRequest& request) { return Apply(request); }) {}
 
-void AgentChannels::SetPlane(DataPlane* plane) {
-  absl::MutexLock lock(&mu_);
-  plane_ = plane;
-}
+void AgentChannels::SetPlane(DataPlane* plane) { forwarding_.SetPlane(plane); }
 
-CallHandler AgentChannels::Handler() {
-  return [this](const std::string& from_node, std::string payload) -> absl::StatusOr<std::string> {
-    v1::ChannelRequest request;
-    // Parsed past the service byte, in place: a message may be 1 GiB.
-    if (payload.empty() || payload[0] != kCallService ||
-        !request.ParseFromArray(payload.data() + 1, static_cast<int>(payload.size() - 1))) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("node ", from_node, " sent a channel request that does not parse"));
-    }
-    payload.clear();
-    payload.shrink_to_fit();
-    if (request.node_id() != node_id_) {
-      // Never forwarded twice (as the Dictionary's): the sender's bug.
-      return absl::FailedPreconditionError(absl::StrCat("node ", from_node, " forwarded to node ",
-                                                        node_id_, " a request for node ",
-                                                        request.node_id()));
-    }
-    absl::StatusOr<v1::ChannelReply> reply = Apply(request);
-    if (!reply.ok()) return reply.status();
-    return reply->SerializeAsString();
-  };
-}
+CallHandler AgentChannels::Handler() { return forwarding_.Handler(); }
 
 absl::StatusOr<v1::ChannelReply> AgentChannels::Route(const v1::ChannelRequest& request) {
   if (request.op() == v1::ChannelRequest::NODE_ID) {
@@ -77,34 +57,15 @@ absl::StatusOr<v1::ChannelReply> AgentChannels::Route(const v1::ChannelRequest& 
   if (request.node_id().empty()) {
     return absl::InvalidArgumentError("ChannelRequest.node_id is empty: which node's pool?");
   }
-  if (request.node_id() == node_id_) return Apply(request);
-  DataPlane* plane;
-  {
-    absl::MutexLock lock(&mu_);
-    plane = plane_;
-  }
-  if (plane == nullptr) {
-    return absl::UnavailableError(absl::StrCat("node ", node_id_, " cannot forward to node ",
-                                               request.node_id(), ": its data plane is not up"));
-  }
-  std::string payload(1, kCallService);
-  request.AppendToString(&payload);
+  // Beyond the home agent's own wait: the forwarding, both ways (a 1 GiB
+  // message over the link), when the caller gave no timeout.
   const absl::Duration timeout = request.timeout_ms() > 0
                                      ? absl::Milliseconds(request.timeout_ms())
                                      : kDefaultForwardTimeout;
-  absl::StatusOr<std::string> answer = plane->Call(request.node_id(), std::move(payload), timeout);
-  if (!answer.ok()) return answer.status();
-  v1::ChannelReply reply;
-  if (!reply.ParseFromString(*answer)) {
-    return absl::InternalError(absl::StrCat("node ", request.node_id(),
-                                            " answered a channel request with what does not "
-                                            "parse as a ChannelReply"));
-  }
-  return reply;
+  return forwarding_.Route(request, timeout);
 }
 
-absl::StatusOr<pid_t> AgentChannels::LocalPeer(const v1::ChannelRequest& request) {
-  if (request.pids_ref().empty()) return 0;  // a Queue: no peer
+absl::StatusOr<char*> AgentChannels::PipeEndsBlock(const v1::ChannelRequest& request) {
   if (request.end() != 0 && request.end() != 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("ChannelRequest.end is ", request.end(), ": a Pipe has ends 0 and 1"));
@@ -117,35 +78,31 @@ absl::StatusOr<pid_t> AgentChannels::LocalPeer(const v1::ChannelRequest& request
     return absl::InvalidArgumentError(absl::StrCat("the Pipe's ends block has ", block->size(),
                                                    " bytes, fewer than ", PipeEnds::kBytes));
   }
+  return block->data();
+}
+
+absl::StatusOr<pid_t> AgentChannels::LocalPeer(const v1::ChannelRequest& request) {
+  if (request.pids_ref().empty()) return 0;  // a Queue: no peer
+  absl::StatusOr<char*> block = PipeEndsBlock(request);
+  if (!block.ok()) return block.status();
   const int other = 1 - request.end();
   int32_t pid = 0;
-  std::memcpy(&pid, block->data() + 4 * other, sizeof(pid));
-  const std::string node =
-      NodeAt(block->data() + PipeEnds::kNodesOffset + other * PipeEnds::kNodeBytes);
+  std::memcpy(&pid, *block + 4 * other, sizeof(pid));
+  const std::string node = NodeAt(*block + PipeEnds::kNodesOffset + other * PipeEnds::kNodeBytes);
   if (!node.empty() && node != node_id_) return 0;  // watched by its caller (PEER_ALIVE)
   return static_cast<pid_t>(pid);
 }
 
 absl::StatusOr<v1::ChannelReply> AgentChannels::ClaimEnd(const v1::ChannelRequest& request) {
-  if (request.end() != 0 && request.end() != 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("ChannelRequest.end is ", request.end(), ": a Pipe has ends 0 and 1"));
-  }
   if (request.caller_node().size() >= PipeEnds::kNodeBytes) {
     return absl::InvalidArgumentError(absl::StrCat("node id ", request.caller_node(), " is longer than ",
                                                    PipeEnds::kNodeBytes - 1, " bytes"));
   }
-  absl::StatusOr<BlockRef> ref = DecodeRef(request.pids_ref(), "pids_ref");
-  if (!ref.ok()) return ref.status();
-  absl::StatusOr<absl::Span<char>> block = pool_->Resolve(*ref);
+  absl::StatusOr<char*> block = PipeEndsBlock(request);
   if (!block.ok()) return block.status();
-  if (block->size() < PipeEnds::kBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("the Pipe's ends block has ", block->size(),
-                                                   " bytes, fewer than ", PipeEnds::kBytes));
-  }
   const int32_t pid = request.caller_pid();
-  std::memcpy(block->data() + 4 * request.end(), &pid, sizeof(pid));
-  char* node = block->data() + PipeEnds::kNodesOffset + request.end() * PipeEnds::kNodeBytes;
+  std::memcpy(*block + 4 * request.end(), &pid, sizeof(pid));
+  char* node = *block + PipeEnds::kNodesOffset + request.end() * PipeEnds::kNodeBytes;
   std::memset(node, 0, PipeEnds::kNodeBytes);
   std::memcpy(node, request.caller_node().data(), request.caller_node().size());
   return v1::ChannelReply();
@@ -168,6 +125,7 @@ absl::StatusOr<v1::ChannelReply> AgentChannels::Apply(const v1::ChannelRequest& 
   }
   absl::StatusOr<BlockRef> ref = DecodeRef(request.ref(), "ref");
   if (!ref.ok()) return ref.status();
+  if (AgentBarriers::Handles(request.op())) return barriers_.Apply(*ref, request, WaitOf(request));
   // Opened for each request, not cached: a destroyed channel's block may be
   // reused, and Open checks the block's generation (it is cheap).
   absl::StatusOr<ShmChannel> channel = ShmChannel::Open(*pool_, *ref);

@@ -15,6 +15,9 @@
 // other end's pid to the channel when that process is on its node (the
 // channel then fails Unavailable once it exits); a process on another node
 // is asked about with PEER_ALIVE, answered by that node's agent.
+//
+// A Barrier of this node's pool used by a party on another node goes the
+// same way: its BARRIER_* ops are done at home by AgentBarriers.
 #ifndef DRAGON_AGENT_AGENT_CHANNELS_H_
 #define DRAGON_AGENT_AGENT_CHANNELS_H_
 
@@ -23,9 +26,10 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "agent/agent_barriers.h"
 #include "agent/data_plane.h"
+#include "agent/forwarding_service.h"
 #include "common/shm_pool.h"
 #include "proto/agent.pb.h"
 
@@ -48,7 +52,9 @@ class AgentChannels {
   // Longest wait of one SEND/RECV at home.
   static constexpr absl::Duration kMaxWait = absl::Milliseconds(200);
 
-  AgentChannels(std::string node_id, common::ShmPool* pool);
+  // `barrier_clock`: AgentBarriers::Clock (null: the node's monotonic clock).
+  AgentChannels(std::string node_id, common::ShmPool* pool,
+                AgentBarriers::Clock barrier_clock = nullptr);
 
   // For DataPlaneOptions::call_handler (through DispatchCalls): a request
   // another agent forwarded for a channel of this node's pool.
@@ -66,20 +72,23 @@ class AgentChannels {
   // FailedPrecondition (send on a closed channel), Unavailable (the
   // channel's creator or the Pipe's other end exited), NotFound (the channel
   // is gone), ResourceExhausted (the pool is full), InvalidArgument (a ref
-  // that is not a channel).
+  // that is not a channel); the BARRIER_* ops AgentBarriers'.
   absl::StatusOr<v1::ChannelReply> Apply(const v1::ChannelRequest& request);
 
   const std::string& node_id() const { return node_id_; }
 
  private:
+  // The Pipe's ends block (request.pids_ref()), checked: `end` 0 or 1, big
+  // enough.
+  absl::StatusOr<char*> PipeEndsBlock(const v1::ChannelRequest& request);
   // The other end's process when it runs on this node (0: none, or remote).
   absl::StatusOr<pid_t> LocalPeer(const v1::ChannelRequest& request);
   absl::StatusOr<v1::ChannelReply> ClaimEnd(const v1::ChannelRequest& request);
 
   const std::string node_id_;
   common::ShmPool* const pool_;
-  absl::Mutex mu_;
-  DataPlane* plane_ ABSL_GUARDED_BY(mu_) = nullptr;
+  AgentBarriers barriers_;
+  ForwardingService<v1::ChannelRequest, v1::ChannelReply> forwarding_;
 };
 
 }  // namespace dragon::agent

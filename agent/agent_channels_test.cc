@@ -1,7 +1,9 @@
 // AgentChannels on two agents' data planes (loopback TCP), dispatched with
 // the Dictionary's calls as dragon-agent does: a channel of h1's pool used
 // through h2's agent (send, receive, would-block, end of stream), a Pipe's
-// other end dead at home, PEER_ALIVE, a home node gone.
+// other end dead at home, PEER_ALIVE, a home node gone; a Barrier of h1's
+// pool with parties on h2 (one arrival per party however often its slice is
+// retried, rounds, timeout, abort and reset, a party that stops calling).
 #include "agent/agent_channels.h"
 
 #include <sys/wait.h>
@@ -19,11 +21,13 @@
 #include "agent/agent_dictionary.h"
 #include "agent/data_plane.h"
 #include "agent/data_plane_test_util.h"
+#include "common/shm_barrier.h"
 #include "common/shm_channel.h"
 
 namespace dragon::agent::data_plane_test {
 namespace {
 
+using common::ShmBarrier;
 using common::ShmChannel;
 
 v1::ChannelRequest Request(const std::string& node, v1::ChannelRequest::Op op, const BlockRef& ref) {
@@ -37,12 +41,13 @@ v1::ChannelRequest Request(const std::string& node, v1::ChannelRequest::Op op, c
 }
 
 struct TwoChannelNodes {
-  TwoChannelNodes() {
+  // `h1_clock`: h1's AgentBarriers clock (null: the real one).
+  explicit TwoChannelNodes(AgentBarriers::Clock h1_clock = nullptr) {
     UseTcpOnLoopback();
     auto list = [] { return absl::StatusOr<std::vector<std::string>>({"h1", "h2"}); };
     dict_a = std::make_unique<AgentDictionary>("h1", pool_a.get(), list);
     dict_b = std::make_unique<AgentDictionary>("h2", pool_b.get(), list);
-    chan_a = std::make_unique<AgentChannels>("h1", pool_a.get());
+    chan_a = std::make_unique<AgentChannels>("h1", pool_a.get(), std::move(h1_clock));
     chan_b = std::make_unique<AgentChannels>("h2", pool_b.get());
     DataPlaneOptions oa = Options("h1"), ob = Options("h2");
     oa.call_handler = DispatchCalls({{AgentDictionary::kCallService, dict_a->Handler()},
@@ -234,6 +239,108 @@ TEST_CASE("the home node's agent gone: the channel's operations fail Unavailable
   CHECK_FALSE(lost.ok());
   CHECK(absl::StrContains(lost.status().message(), "h1"));
   nodes.Destroy(ref);
+}
+
+// A party of h2 (this process, as h2's) at a Barrier of h1's pool.
+v1::ChannelRequest BarrierOp(v1::ChannelRequest::Op op, const BlockRef& ref) {
+  v1::ChannelRequest r = Request("h1", op, ref);
+  r.set_caller_pid(getpid());
+  r.set_caller_node("h2");
+  r.set_wait_ms(10);
+  return r;
+}
+
+v1::ChannelRequest AwaitOp(const BlockRef& ref, const v1::ChannelReply& arrived) {
+  v1::ChannelRequest r = BarrierOp(v1::ChannelRequest::BARRIER_AWAIT, ref);
+  *r.mutable_ticket() = arrived.ticket();
+  return r;
+}
+
+ShmBarrier BarrierOnH1(TwoChannelNodes& nodes, uint32_t parties) {
+  absl::StatusOr<BlockRef> ref = ShmBarrier::Create(*nodes.pool_a, parties);
+  REQUIRE(ref.ok());
+  absl::StatusOr<ShmBarrier> barrier = ShmBarrier::Open(*nodes.pool_a, *ref);
+  REQUIRE(barrier.ok());
+  return *barrier;
+}
+
+TEST_CASE("a Barrier of h1's pool with parties on h2: one arrival each however often retried") {
+  TwoChannelNodes nodes;
+  ShmBarrier home = BarrierOnH1(nodes, 3);
+  const BlockRef ref = home.ref();
+  for (int round = 0; round < 3; ++round) {
+    absl::StatusOr<v1::ChannelReply> first =
+        nodes.chan_b->Route(BarrierOp(v1::ChannelRequest::BARRIER_ARRIVE, ref));
+    INFO(first.status().ToString());
+    REQUIRE(first.ok());
+    CHECK(first->would_block());
+    CHECK(first->ticket().index() == 0);
+    for (int slice = 0; slice < 3; ++slice) {
+      absl::StatusOr<v1::ChannelReply> again = nodes.chan_b->Route(AwaitOp(ref, *first));
+      REQUIRE(again.ok());
+      CHECK(again->would_block());
+    }
+    absl::StatusOr<v1::ChannelReply> stats =
+        nodes.chan_b->Route(BarrierOp(v1::ChannelRequest::BARRIER_STATS, ref));
+    REQUIRE(stats.ok());
+    CHECK(stats->parties() == 3);
+    CHECK(stats->n_waiting() == 1);
+    CHECK_FALSE(stats->broken());
+    absl::StatusOr<v1::ChannelReply> second =
+        nodes.chan_b->Route(BarrierOp(v1::ChannelRequest::BARRIER_ARRIVE, ref));
+    REQUIRE(second.ok());
+    CHECK(second->ticket().index() == 1);
+    // The third party waits at home, in this process: it ends the round.
+    CHECK(*home.ArriveAndWait(absl::Seconds(20)) == 2);
+    CHECK_FALSE(nodes.chan_b->Route(AwaitOp(ref, *first))->would_block());
+    CHECK_FALSE(nodes.chan_b->Route(AwaitOp(ref, *second))->would_block());
+  }
+  REQUIRE(nodes.chan_b->Route(BarrierOp(v1::ChannelRequest::BARRIER_ABORT, ref)).ok());
+  CHECK(nodes.chan_b->Route(BarrierOp(v1::ChannelRequest::BARRIER_STATS, ref))->broken());
+  absl::StatusOr<v1::ChannelReply> refused =
+      nodes.chan_b->Route(BarrierOp(v1::ChannelRequest::BARRIER_ARRIVE, ref));
+  CHECK(absl::IsFailedPrecondition(refused.status()));
+  CHECK(absl::StrContains(refused.status().message(), "abort"));
+  REQUIRE(nodes.chan_b->Route(BarrierOp(v1::ChannelRequest::BARRIER_RESET, ref)).ok());
+  CHECK_FALSE(*home.broken());
+  REQUIRE(home.Destroy().ok());
+  // Gone: NotFound, with the node named by the forwarding.
+  absl::StatusOr<v1::ChannelReply> gone =
+      nodes.chan_b->Route(BarrierOp(v1::ChannelRequest::BARRIER_STATS, ref));
+  CHECK(absl::IsNotFound(gone.status()));
+  CHECK(absl::StrContains(gone.status().message(), "h1"));
+}
+
+TEST_CASE("a party of h2 that gives up at its timeout breaks the Barrier at home") {
+  TwoChannelNodes nodes;
+  ShmBarrier home = BarrierOnH1(nodes, 2);
+  absl::StatusOr<v1::ChannelReply> arrived =
+      nodes.chan_b->Route(BarrierOp(v1::ChannelRequest::BARRIER_ARRIVE, home.ref()));
+  REQUIRE(arrived.ok());
+  v1::ChannelRequest give_up = AwaitOp(home.ref(), *arrived);
+  give_up.set_op(v1::ChannelRequest::BARRIER_GIVE_UP);
+  give_up.set_party_timeout_ms(1500);
+  CHECK(absl::IsDeadlineExceeded(nodes.chan_b->Route(give_up).status()));
+  absl::Status local = home.Wait(absl::Seconds(20));
+  CHECK(absl::IsFailedPrecondition(local));
+  CHECK(absl::StrContains(local.message(), "timed out after 1.5s"));
+  REQUIRE(home.Destroy().ok());
+}
+
+TEST_CASE("a party of h2 that stops calling breaks the Barrier for the parties at home") {
+  // h1's clock runs two leases behind: a lease it gives has already lapsed,
+  // as when the party's process died, or its node, right after arriving.
+  TwoChannelNodes nodes(
+      [] { return common::shm_object::MonotonicNow() - 2 * AgentBarriers::kLease; });
+  ShmBarrier home = BarrierOnH1(nodes, 3);
+  REQUIRE(nodes.chan_b->Route(BarrierOp(v1::ChannelRequest::BARRIER_ARRIVE, home.ref())).ok());
+  const absl::Duration start = common::shm_object::MonotonicNow();
+  absl::Status local = home.Wait(absl::Seconds(20));
+  CHECK(common::shm_object::MonotonicNow() - start < absl::Seconds(5));
+  INFO(local.message());
+  CHECK(absl::IsFailedPrecondition(local));
+  CHECK(absl::StrContains(local.message(), absl::StrCat("process ", getpid(), " of node h2")));
+  REQUIRE(home.Destroy().ok());
 }
 
 }  // namespace

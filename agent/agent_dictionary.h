@@ -13,9 +13,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "agent/data_plane.h"
 #include "agent/dict_store.h"
+#include "agent/forwarding_service.h"
 #include "common/shm_pool.h"
 #include "proto/agent.pb.h"
 
@@ -48,11 +48,9 @@ class AgentDictionary {
   DictStore* store() { return &store_; }
 
  private:
-  const std::string node_id_;
   const ListDataPlaneNodes nodes_;
   DictStore store_;
-  absl::Mutex mu_;
-  DataPlane* plane_ ABSL_GUARDED_BY(mu_) = nullptr;
+  ForwardingService<v1::DictRequest, v1::DictReply> forwarding_;
 };
 
 }  // namespace dragon::agent
