@@ -137,11 +137,11 @@ absl::StatusOr<BarrierTicket> ShmBarrier::ArriveLocked(const RemoteParty* party)
   return ticket;
 }
 
-bool ShmBarrier::BreakOnLapsedLease(absl::Duration now) {
+bool ShmBarrier::BreakOnLapsedLease(absl::Duration now, uint32_t waiting_index) {
   const int64_t now_ns = absl::ToInt64Nanoseconds(now);
   for (uint32_t i = 0; i < h_->arrived; ++i) {
     const Slot& slot = slots()[i];
-    if (slot.lease_until_ns == 0 || now_ns <= slot.lease_until_ns) continue;
+    if (i == waiting_index || slot.lease_until_ns == 0 || now_ns <= slot.lease_until_ns) continue;
     Break(/*stay_broken=*/true,
           absl::StrCat("party ", i, " of the round, process ", slot.pid, " of node ", slot.node,
                        ", stopped renewing its wait ",
@@ -159,7 +159,7 @@ absl::Status ShmBarrier::AwaitLocked(const BarrierTicket& ticket, absl::Duration
       Unlock();
       return absl::OkStatus();
     }
-    if (h_->breaks != ticket.breaks || BreakOnLapsedLease(shm_object::MonotonicNow())) {
+    if (h_->breaks != ticket.breaks || BreakOnLapsedLease(shm_object::MonotonicNow(), ticket.index)) {
       absl::Status broken = BrokenError();
       Unlock();
       return broken;

@@ -113,8 +113,9 @@ class ShmBarrier {
   absl::Status BrokenError();
   // Under the lock: counts an arrival; `party` null for one of this node.
   absl::StatusOr<BarrierTicket> ArriveLocked(const RemoteParty* party);
-  // Under the lock: breaks the barrier if a remote party's lease ran out.
-  bool BreakOnLapsedLease(absl::Duration now);
+  // Under the lock: breaks the barrier if a remote party's lease ran out,
+  // but for the party at `waiting_index`, which is waiting, so alive.
+  bool BreakOnLapsedLease(absl::Duration now, uint32_t waiting_index);
   // Called with the lock held; returns with it released. Waits until the
   // ticket's round is over (Ok), it is broken (FailedPrecondition), `until`
   // passed (DeadlineExceeded, nothing changed), or the barrier fails
