@@ -44,7 +44,8 @@ class ForwardingService {
   // For DataPlaneOptions::call_handler (through DispatchCalls): a request
   // another agent forwarded, for this node; the serialized Reply.
   CallHandler Handler() {
-    return [this](const std::string& from_node, std::string payload) -> absl::StatusOr<std::string> {
+    return [this](const std::string& from_node,
+                  std::string payload) -> absl::StatusOr<std::string> {
       Request request;
       // Parsed past the service byte, in place: a channel's message may be 1 GiB.
       if (payload.empty() || payload[0] != service_ ||
@@ -83,7 +84,8 @@ class ForwardingService {
     }
     std::string payload(1, service_);
     request.AppendToString(&payload);
-    absl::StatusOr<std::string> answer = plane->Call(request.node_id(), std::move(payload), timeout);
+    absl::StatusOr<std::string> answer =
+        plane->Call(request.node_id(), std::move(payload), timeout);
     if (!answer.ok()) return answer.status();
     Reply reply;
     if (!reply.ParseFromString(*answer)) {

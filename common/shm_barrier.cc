@@ -144,9 +144,10 @@ bool ShmBarrier::BreakOnLapsedLease(absl::Duration now, uint32_t waiting_index) 
     if (i == waiting_index || slot.lease_until_ns == 0 || now_ns <= slot.lease_until_ns) continue;
     Break(/*stay_broken=*/true,
           absl::StrCat("party ", i, " of the round, process ", slot.pid, " of node ", slot.node,
-                       ", stopped renewing its wait ",
-                       absl::FormatDuration(absl::Nanoseconds(now_ns - slot.lease_until_ns)),
-                       " past its lease (it exited, or its node or agent was lost)"));
+                       ", stopped waiting: its lease ran out ",
+                       absl::FormatDuration(absl::Trunc(
+                           absl::Nanoseconds(now_ns - slot.lease_until_ns), absl::Milliseconds(1))),
+                       " ago (it exited, or its node or agent was lost)"));
     return true;
   }
   return false;
@@ -159,7 +160,8 @@ absl::Status ShmBarrier::AwaitLocked(const BarrierTicket& ticket, absl::Duration
       Unlock();
       return absl::OkStatus();
     }
-    if (h_->breaks != ticket.breaks || BreakOnLapsedLease(shm_object::MonotonicNow(), ticket.index)) {
+    if (h_->breaks != ticket.breaks ||
+        BreakOnLapsedLease(shm_object::MonotonicNow(), ticket.index)) {
       absl::Status broken = BrokenError();
       Unlock();
       return broken;
@@ -239,12 +241,13 @@ absl::Status ShmBarrier::GiveUp(const BarrierTicket& ticket, absl::Duration time
   } else if (h_->breaks != ticket.breaks) {
     outcome = BrokenError();
   } else {
-    const std::string why = absl::StrCat("a party's wait (", ticket.index, " of the round) timed out after ",
-                                         absl::FormatDuration(timeout), " with ", h_->arrived, " of ",
-                                         h_->parties, " parties arrived");
-    Break(/*stay_broken=*/true, why);
-    outcome = absl::DeadlineExceededError(absl::StrCat("barrier of ", h_->parties, " parties: not all arrived within ",
-                                                      absl::FormatDuration(timeout), "; it is broken now"));
+    Break(/*stay_broken=*/true,
+          absl::StrCat("party ", ticket.index, " of the round timed out after ",
+                       absl::FormatDuration(timeout), " with ", h_->arrived, " of ", h_->parties,
+                       " parties arrived"));
+    outcome = absl::DeadlineExceededError(
+        absl::StrCat("barrier of ", h_->parties, " parties: not all arrived within ",
+                     absl::FormatDuration(timeout), "; it is broken now"));
   }
   Unlock();
   return outcome;

@@ -192,10 +192,12 @@ TEST_CASE("barrier: a remote party whose lease lapses breaks it for the others")
   // Renewed: a lease renewed before it lapses keeps the arrival.
   absl::StatusOr<BarrierTicket> alive = barrier.Arrive(Remote(101, absl::Milliseconds(1)));
   REQUIRE(alive.ok());
-  REQUIRE(barrier.AwaitRound(*alive, absl::ZeroDuration(), shm_object::MonotonicNow() + kLong).ok());
+  REQUIRE(
+      barrier.AwaitRound(*alive, absl::ZeroDuration(), shm_object::MonotonicNow() + kLong).ok());
   // Lapsed (a lease that ended a second ago: nobody renewed it): the next
   // waiter to look breaks the barrier, naming the party.
-  REQUIRE(barrier.Arrive(RemoteParty{202, "h3", shm_object::MonotonicNow() - absl::Seconds(1)}).ok());
+  const absl::Duration a_second_ago = shm_object::MonotonicNow() - absl::Seconds(1);
+  REQUIRE(barrier.Arrive(RemoteParty{202, "h3", a_second_ago}).ok());
   const absl::Duration start = shm_object::MonotonicNow();
   absl::Status local = barrier.Wait(kLong);
   CHECK(shm_object::MonotonicNow() - start < absl::Seconds(5));
@@ -203,7 +205,8 @@ TEST_CASE("barrier: a remote party whose lease lapses breaks it for the others")
   INFO(local.message());
   CHECK(absl::StrContains(local.message(), "process 202 of node h3"));
   CHECK(absl::IsFailedPrecondition(
-      barrier.AwaitRound(*alive, absl::ZeroDuration(), shm_object::MonotonicNow() + kLong).status()));
+      barrier.AwaitRound(*alive, absl::ZeroDuration(), shm_object::MonotonicNow() + kLong)
+          .status()));
   CHECK(*barrier.broken());
   REQUIRE(barrier.Destroy().ok());
   ExpectWhole(*pool);
