@@ -1,8 +1,9 @@
 """dragon_parsl.comm end to end: Pipe, Queue and Barrier in the agent's shared-memory pool, used
 by a Parsl workflow and its apps (real dragond, dragon-agent and workers), and by many forked
 processes at once: exactly-once delivery, back-pressure, a 1 GiB message, a killed peer (an
-error, not a hang), a barrier that times out. The C++ objects underneath: common/shm_channel_test.cc,
-common/shm_barrier_test.cc; their binding: test_channel_binding.py."""
+error, not a hang), a barrier that times out (and says so to every later wait). The C++ objects
+underneath: common/shm_channel_test.cc, common/shm_barrier_test.cc; their binding:
+test_channel_binding.py."""
 from __future__ import annotations
 
 import multiprocessing
@@ -169,15 +170,16 @@ def test_barrier_timeout_breaks_it(dfk):
     with pytest.raises(threading.BrokenBarrierError):
         barrier.wait(timeout=0.3)
     assert 0.25 < time.monotonic() - t0 < 5
-    with pytest.raises(threading.BrokenBarrierError):
-        barrier.wait(timeout=5)  # broken until reset
+    assert barrier.broken
+    with pytest.raises(threading.BrokenBarrierError, match="timed out after 300ms"):
+        barrier.wait(timeout=5)  # broken until reset, saying why
     barrier.reset()
-    assert barrier.n_waiting == 0 and barrier.parties == 2
+    assert barrier.n_waiting == 0 and barrier.parties == 2 and not barrier.broken
 
 
 def test_an_object_from_another_host_is_a_clear_error(dfk):
-    # Objects do work on other hosts through the agents (tests/test_comm_cluster.py), but not a
-    # Barrier, and nothing whose pool's agent has no data plane (home node unknown).
+    # Objects do work on other hosts through the agents (tests/test_comm_cluster.py), but nothing
+    # whose pool's agent has no data plane (home node unknown).
     q = comm.Queue()
     fn, args = q.__reduce__()
     args = (args[0], "elsewhere/other-boot") + args[2:-1] + ("",)
@@ -186,6 +188,6 @@ def test_an_object_from_another_host_is_a_clear_error(dfk):
     q.close()
     b = comm.Barrier(2)
     fn, args = b.__reduce__()
-    args = (args[0], "elsewhere/other-boot") + args[2:]
-    with pytest.raises(SharedMemoryError, match="Barrier works within one node only"):
+    args = (args[0], "elsewhere/other-boot") + args[2:-1] + ("",)
+    with pytest.raises(SharedMemoryError, match="Barrier lives in .*elsewhere/other-boot.*no data plane"):
         fn(*args)

@@ -1,7 +1,7 @@
-"""Pipe and Queue across nodes (issue 14, "Channels and communication objects"): objects created by
-a workflow on h1 (in h1's agent's pool) used by apps on h2, through h2's agent, which forwards each
-operation over UCX to h1's agent, which does it on its pool (AgentData.Channel,
-agent/agent_channels.h, dragon_parsl.comm_remote). On the netns test bed with ``UCX_TLS=tcp,self``
+"""Pipe, Queue and Barrier across nodes (issue 14, "Channels and communication objects"): objects
+created by a workflow on h1 (in h1's agent's pool) used by apps on h2, through h2's agent, which
+forwards each operation over UCX to h1's agent, which does it on its pool (AgentData.Channel,
+agent/agent_channels.h, agent/agent_barriers.h, dragon_parsl.comm_remote). On the netns test bed with ``UCX_TLS=tcp,self``
 (tests/test_shm_cross_node.py's fixtures: real dragond, agents over ssh, Python workers, Parsl).
 h1 is drained: every app runs on h2.
 
@@ -14,7 +14,12 @@ h1 is drained: every app runs on h2.
   every 50 ms: nothing lost, the producer waited, ``put(timeout=...)`` on the full queue raises
   ``queue.Full`` on h2;
 - a killed peer: the app on h2 holding the other end of a Pipe SIGKILLed, then h2's agent
-  SIGKILLed: the workflow's blocking ``recv`` fails ``ConnectionError`` within seconds, no hang.
+  SIGKILLed: the workflow's blocking ``recv`` fails ``ConnectionError`` within seconds, no hang;
+- a Barrier(4) of two threads of the workflow on h1 (its home) and two apps on h2, 30 rounds in
+  a row, each app's arrival indices distinct in every round; a timeout on h2 breaks it for the
+  workflow on h1, and one on h1 for the app on h2; a party on h2 SIGKILLed while it waits, then
+  h2's agent SIGKILLed under a waiting party: the workflow's waits on h1 fail
+  ``threading.BrokenBarrierError`` within seconds (the party's lease at home lapses), no hang.
 
 Afterwards nothing of the service on any host and no pool in /dev/shm.
 """
@@ -37,6 +42,8 @@ from test_shm_cross_node import (POOL_MB, UCX_ENV, check_no_pool_file_left, cros
 from test_ssh_cluster import agents_in, ssh_heads, stop_and_check_nothing_left  # noqa: F401
 
 TESTS_DIR = Path(__file__).resolve().parent
+# A party on another node that stops calling breaks a Barrier after this (AgentBarriers::kLease).
+AGENT_BARRIER_LEASE_S = 3.0
 
 # The workflow, run inside h1's namespace; its apps are pickled by value. Each --step writes its
 # findings into the JSON summary (the test judges them).
@@ -137,6 +144,35 @@ WORKFLOW = textwrap.dedent('''
             time.sleep(1)
 
 
+    def barrier_rounds(b, rounds):
+        """`rounds` waits at Barrier b; (host, [arrival index per round], seconds from the 2nd)."""
+        import socket, time
+        indices, t1 = [], None
+        for r in range(rounds):
+            indices.append(b.wait(timeout=60))
+            if r == 0:
+                t1 = time.monotonic()
+        return socket.gethostname(), indices, time.monotonic() - t1
+
+
+    def barrier_timeout_here(b, timeout):
+        """Waits at b with `timeout`: (host, raised BrokenBarrierError, seconds, message)."""
+        import socket, threading, time
+        t0 = time.monotonic()
+        try:
+            b.wait(timeout=timeout)
+            return socket.gethostname(), False, time.monotonic() - t0, ""
+        except threading.BrokenBarrierError as e:
+            return socket.gethostname(), True, time.monotonic() - t0, str(e)
+
+
+    def hold_at_barrier(conn, b):
+        """Tells its pid, then waits at b for ever (until killed, or broken)."""
+        import os
+        conn.send(os.getpid())
+        b.wait()
+
+
     p = argparse.ArgumentParser()
     p.add_argument("--address", required=True)
     p.add_argument("--pool", required=True)
@@ -230,6 +266,46 @@ WORKFLOW = textwrap.dedent('''
                 outcome, is_connection_error = f"{type(e).__name__}: {e}", isinstance(e, ConnectionError)
             summary[step] = {"outcome": outcome, "is_connection_error": is_connection_error,
                              "waited_s": time.monotonic() - t_wait, "app_pid": pid}
+            mine.close()
+        elif step == "barrier":
+            rounds = 30
+            b = comm.Barrier(4, pool=a.pool)
+            remote = [app(barrier_rounds)(b, rounds) for _ in range(2)]
+            other = {}
+            helper = threading.Thread(target=lambda: other.update(r=barrier_rounds(b, rounds)))
+            helper.start()
+            local = barrier_rounds(b, rounds)
+            helper.join()
+            results = [f.result(timeout=90) for f in remote]
+            summary["barrier"] = {"remote": results, "local": [local, other["r"]],
+                                  "round_ms": local[2] / (rounds - 1) * 1000, "broken": b.broken}
+        elif step == "barrier_timeout":
+            b = comm.Barrier(3, pool=a.pool)
+            f = app(barrier_timeout_here)(b, 0.5)  # h2 gives up: broken for h1 too
+            h1 = barrier_timeout_here(b, 60)
+            h2 = f.result(timeout=60)
+            b.reset()
+            f = app(barrier_timeout_here)(b, 60)  # waits on h2 until h1 gives up
+            while b.n_waiting == 0 and not f.done():
+                time.sleep(0.05)
+            h1_gives_up = barrier_timeout_here(b, 0.5)
+            h2_broken = f.result(timeout=60)
+            summary[step] = {"h2_timeout": h2, "h1_broken": h1, "h1_timeout": h1_gives_up,
+                             "h2_broken": h2_broken}
+        elif step in ("barrier_kill_app", "barrier_kill_agent"):
+            b = comm.Barrier(3, pool=a.pool)
+            mine, theirs = comm.Pipe(pool=a.pool)
+            f = app(hold_at_barrier)(theirs, b)
+            pid = mine.recv()
+            while b.n_waiting == 0 and not f.done():  # the app arrived (on h2, through the agents)
+                time.sleep(0.05)
+            if f.done():
+                f.result()  # the app failed: its error, not a hang
+            with open(a.out + f".{step}.pid", "w") as pf:
+                pf.write(str(pid))  # the test kills the app (its worker) or h2's agent
+            t_wait = time.monotonic()
+            outcome = barrier_timeout_here(b, 60)  # the third party never comes
+            summary[step] = {"outcome": outcome, "waited_s": time.monotonic() - t_wait, "app_pid": pid}
             mine.close()
         save()
     dfk.cleanup()
@@ -343,6 +419,46 @@ def test_a_killed_peer_on_h2_fails_the_blocking_recv_on_h1_within_seconds(netns_
         assert r["is_connection_error"], r
         assert "node h2" in r["outcome"] or "h2" in r["outcome"], r
         assert r["waited_s"] < 1 + 10, r  # 1 s before the kill, then within seconds
+    wait_pools_empty([pools["h1"]])
+    stop_and_check_nothing_left(head, tb)
+    check_no_pool_file_left(pools)
+
+
+@pytest.mark.timeout(200)
+def test_a_barrier_with_parties_on_h1_and_h2(netns_hosts, cross_head, tmp_path):
+    tb, head = netns_hosts, cross_head
+    pools = pools_of(head)
+    wf = CommWorkflow(tb, head, tmp_path, ["barrier", "barrier_timeout", "barrier_kill_app", "barrier_kill_agent"],
+                      pools["h1"])
+    try:
+        wait_for(lambda: wf.pid_file("barrier_kill_app").exists() or wf.proc.poll() is not None, 120,
+                 "the app on h2 waiting at the barrier")
+        os.kill(int(wf.pid_file("barrier_kill_app").read_text()), 9)
+        wait_for(lambda: wf.pid_file("barrier_kill_agent").exists() or wf.proc.poll() is not None, 60,
+                 "the second app on h2 waiting at the barrier")
+        (agent,) = agents_in(tb, "h2")
+        os.kill(agent, 9)
+        s = wf.summary(timeout=90)
+    finally:
+        wf.kill()
+    b = s["barrier"]
+    print(f"\nBarrier(4) across h1/h2: {b['round_ms']:.2f} ms a round; timeouts {s['barrier_timeout']}; "
+          f"killed app {s['barrier_kill_app']}; killed agent {s['barrier_kill_agent']}")
+    assert [host for host, _, _ in b["remote"]] == ["h2", "h2"] and not b["broken"], b
+    for r in range(30):  # the two parties on h2: distinct arrival indices in every round
+        i, j = (indices[r] for _, indices, _ in b["remote"])
+        assert i != j and {i, j} <= {0, 1, 2, 3}, (r, b["remote"])
+
+    t = s["barrier_timeout"]
+    assert t["h2_timeout"][:2] == ["h2", True], t
+    assert t["h1_broken"][1] and t["h1_broken"][2] < 30 and "timed out" in t["h1_broken"][3], t
+    assert t["h1_timeout"][1] and 0.4 < t["h1_timeout"][2] < 5, t
+    assert t["h2_broken"][:2] == ["h2", True] and t["h2_broken"][2] < 30, t
+
+    for step in ("barrier_kill_app", "barrier_kill_agent"):
+        host, raised, _, message = s[step]["outcome"]
+        assert raised and "node h2" in message, s[step]
+        assert s[step]["waited_s"] < 1 + AGENT_BARRIER_LEASE_S + 5, s[step]  # not the 60 s timeout
     wait_pools_empty([pools["h1"]])
     stop_and_check_nothing_left(head, tb)
     check_no_pool_file_left(pools)

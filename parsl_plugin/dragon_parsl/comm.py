@@ -17,8 +17,13 @@ processes they start.
   agent of the object's home node (whose pool holds it), which does it there. Same API, same
   exceptions; both agents need a data plane. A Pipe end held on another node is watched by its
   agent: the other end's blocking call fails ``ConnectionError`` within a few seconds once that
-  process exits or its node is lost. ``Barrier`` works within one node only (``SharedMemoryError``
-  elsewhere). ``Dictionary`` (dragon_parsl.comm_dict) is sharded across the nodes' agents.
+  process exits or its node is lost. A ``Barrier`` too: a party on another node arrives once through
+  the agents and then waits at home in slices (comm_remote.RemoteBarrier); its timeout breaks the
+  barrier for every party, on every node, as a local one does, and a party on another node that is
+  killed, or whose node or agent is lost, breaks it within a few seconds (its lease at home, 3 s,
+  is no longer renewed): every party's ``wait`` then raises ``threading.BrokenBarrierError``
+  saying which process of which node went silent. ``Dictionary`` (dragon_parsl.comm_dict) is
+  sharded across the nodes' agents.
 """
 from __future__ import annotations
 
@@ -117,15 +122,13 @@ class _Shared:
             f"{type(self).__name__} lives in shared memory on host {self._host} (node "
             f"{self._home or 'unknown'}), but this process runs on {shm.host_identity()}: {why}")
 
-    def _reopen(self, pool: str, host: str, creator: int, home: str, remote_ok: bool = True) -> None:
+    def _reopen(self, pool: str, host: str, creator: int, home: str) -> None:
         self._pool_path, self._host, self._creator, self._home = pool, host, creator, home
         self._socket = None
         if host == shm.host_identity():
             self._pool = shm_pool_path.attach(pool)
             return
         self._pool = None
-        if not remote_ok:
-            raise self._not_here("a Barrier works within one node only")
         if not home:
             raise self._not_here("the agent of its pool has no data plane, so it cannot be reached from "
                                  "another node (started with --noucx, or UCX failed: see its log)")
@@ -405,7 +408,9 @@ def _open_queue(pool: str, host: str, creator: int, ref: bytes, maxsize: int, ho
 class Barrier(_Shared):
     """``parties`` processes wait until all have arrived, as ``threading.Barrier`` (reusable;
     a timeout or ``abort()`` breaks it: waiters and later ``wait`` calls raise
-    ``threading.BrokenBarrierError`` until ``reset()``)."""
+    ``threading.BrokenBarrierError`` until ``reset()``). Parties may be on several nodes: on
+    another node than the one it was created on, it works through the agents (see the module's
+    docstring), and ``wait`` returns the party's arrival index there."""
 
     def __init__(self, parties: int, timeout: Optional[float] = None, *, pool: Optional[str] = None) -> None:
         super().__init__(pool)
@@ -418,12 +423,14 @@ class Barrier(_Shared):
         return (_open_barrier, (self._pool_path, self._host, self._creator, self._b.ref, self._timeout,
                                 self._home_node()))
 
-    def wait(self, timeout: Optional[float] = None) -> None:
+    def wait(self, timeout: Optional[float] = None) -> Optional[int]:
         if timeout is None:
             timeout = self._timeout
+        if self._remote:
+            return self._b.wait(timeout)  # raises BrokenBarrierError itself
         core = _core()
         try:
-            self._b.wait(timeout)
+            return self._b.wait(timeout)
         except (core.BarrierBroken, core.ChannelTimeout) as e:
             raise threading.BrokenBarrierError(str(e)) from None
 
@@ -441,12 +448,19 @@ class Barrier(_Shared):
     def n_waiting(self) -> int:
         return int(self._b.n_waiting)
 
+    @property
+    def broken(self) -> bool:
+        return bool(self._b.broken)
+
 
 def _open_barrier(pool: str, host: str, creator: int, ref: bytes, timeout: Optional[float],
                   home: str = "") -> Barrier:
     b = Barrier.__new__(Barrier)
-    b._reopen(pool, host, creator, home, remote_ok=False)
-    b._b = _core().ShmBarrier.open(b._pool, ref)
+    b._reopen(pool, host, creator, home)
+    if b._remote:
+        b._b = comm_remote.RemoteBarrier(b._socket, home, ref)
+    else:
+        b._b = _core().ShmBarrier.open(b._pool, ref)
     b._timeout = timeout
     return b
 

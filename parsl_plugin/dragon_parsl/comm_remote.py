@@ -1,5 +1,5 @@
-"""The agent path of dragon_parsl.comm's Pipe and Queue (issue 14): a channel used on a node other
-than its home (the node whose pool holds it) is operated through the agents. Each call goes to this
+"""The agent path of dragon_parsl.comm's Pipe, Queue and Barrier (issue 14): a channel or barrier used
+on a node other than its home (the node whose pool holds it) is operated through the agents. Each call goes to this
 node's agent over its Unix socket (AgentData.Channel, ``_core.agent_channel``), which forwards it
 over UCX to the home node's agent, which does it on its pool (agent/agent_channels.h).
 
@@ -8,14 +8,22 @@ wait until the caller's own timeout, so blocking, timeouts and errors are those 
 within its node: ``ChannelTimeout``, ``ChannelClosed`` (EOF), ``ChannelPeerLost``
 (ConnectionError: the creator or the Pipe's other end exited, the home node or this node's agent
 was lost), ``ShmPoolFull``.
+
+A Barrier party waits the same way (``RemoteBarrier``, agent/agent_barriers.h): it arrives once
+(BARRIER_ARRIVE, which gives its ticket) and then waits in slices with the ticket (BARRIER_AWAIT),
+so a slice retried never counts it twice; at its own timeout it gives up (BARRIER_GIVE_UP), which
+breaks the barrier for everyone as a local timeout does. Each slice renews the party's lease at
+home: a party that stops calling (killed, its agent or node lost) breaks the barrier there within
+``AgentBarriers::kLease`` (3 s). Every failure of a wait is ``threading.BrokenBarrierError``.
 """
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any, Dict, Optional
 
-__all__ = ["RemoteChannel", "node_of_pool", "local_data_socket", "local_node", "peer_alive", "claim_end",
+__all__ = ["RemoteChannel", "RemoteBarrier", "node_of_pool", "local_data_socket", "local_node", "peer_alive", "claim_end",
            "WAIT_SLICE_S"]
 
 # The home agent's longest wait per call (AgentChannels::kMaxWait): liveness is looked at there
@@ -188,3 +196,66 @@ class RemoteChannel:
 
     def destroy(self) -> None:
         raise OSError(f"a {self._what()} is destroyed by its creator, on that node")
+
+
+class RemoteBarrier:
+    """A Barrier of node ``home``'s pool, through the agents; what comm.Barrier uses of
+    ``_core.ShmBarrier``, and ``wait`` gives the arrival index (0 .. parties-1)."""
+
+    def __init__(self, socket: str, home: str, ref: bytes) -> None:
+        self.socket, self.home, self.ref = socket, home, ref
+
+    def _what(self) -> str:
+        return f"Barrier of node {self.home}"
+
+    def _call(self, op: int, **fields: Any) -> Any:
+        pb = _pb()
+        request = pb.ChannelRequest(op=op, node_id=self.home, ref=self.ref, caller_pid=os.getpid(),
+                                    caller_node=local_node(self.socket), **fields)
+        return _call(self.socket, request, self._what())
+
+    def wait(self, timeout_s: Optional[float] = None) -> int:
+        pb, core = _pb(), _core()
+        deadline = None if timeout_s is None else time.monotonic() + max(0.0, timeout_s)
+
+        def slice_ms() -> int:
+            left = WAIT_SLICE_S if deadline is None else max(0.0, deadline - time.monotonic())
+            return int(min(left, WAIT_SLICE_S) * 1000)
+
+        try:
+            reply = self._call(pb.ChannelRequest.BARRIER_ARRIVE, wait_ms=slice_ms())
+            ticket = reply.ticket
+            while reply.would_block:
+                if deadline is not None and time.monotonic() >= deadline:
+                    # Ok when the round ended just now; else it breaks the barrier (raises).
+                    self._call(pb.ChannelRequest.BARRIER_GIVE_UP, ticket=ticket,
+                               party_timeout_ms=int(timeout_s * 1000))
+                    break
+                reply = self._call(pb.ChannelRequest.BARRIER_AWAIT, ticket=ticket, wait_ms=slice_ms())
+        except (core.ChannelClosed, core.ChannelPeerLost, core.ShmPoolError) as e:
+            # Broken at home (a timeout, abort(), a party lost), its creator exited, or the home
+            # node or this node's agent cannot be reached: this party's wait failed, as a local
+            # one that the barrier breaks under.
+            raise threading.BrokenBarrierError(str(e)) from None
+        return int(ticket.index)
+
+    def abort(self) -> None:
+        self._call(_pb().ChannelRequest.BARRIER_ABORT)
+
+    def reset(self) -> None:
+        self._call(_pb().ChannelRequest.BARRIER_RESET)
+
+    def _stats(self) -> Any:
+        return self._call(_pb().ChannelRequest.BARRIER_STATS)
+
+    @property
+    def parties(self) -> int:
+        return int(self._stats().parties)
+
+    @property
+    def n_waiting(self) -> int:
+        return int(self._stats().n_waiting)
+
+    @property
+    def broken(self) -> bool:
+        return bool(self._stats().broken)
