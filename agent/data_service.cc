@@ -1,9 +1,7 @@
 #include "agent/data_service.h"
 
 #include <dirent.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -12,7 +10,6 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "proto/agent.grpc.pb.h"
 #include "spdlog/spdlog.h"
 
 namespace dragon::agent {
@@ -25,11 +22,6 @@ bool IsSocket(const std::string& path, struct stat* st) {
 }
 
 }  // namespace
-
-grpc::Status ToGrpcStatus(const absl::Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
-}
 
 absl::Status ValidateTransfer(const v1::BlockTransfer& request) {
   if (request.node_id().empty()) {
@@ -47,45 +39,57 @@ absl::Status ValidateTransfer(const v1::BlockTransfer& request) {
   return absl::OkStatus();
 }
 
-class DataService::Impl final : public v1::AgentData::Service {
+// Decodes a request of `method`, has the right handler answer it, encodes
+// the reply.
+class DataService::Impl {
  public:
   Impl(BlockMover* mover, DictHandler dict, ChannelHandler channel)
       : mover_(mover), dict_(std::move(dict)), channel_(std::move(channel)) {}
 
-  grpc::Status Pull(grpc::ServerContext*, const v1::BlockTransfer* request,
-                    v1::BlockTransferred* reply) override {
-    return Transfer(*request, reply, /*push=*/false);
-  }
-  grpc::Status Push(grpc::ServerContext*, const v1::BlockTransfer* request,
-                    v1::BlockTransferred* reply) override {
-    return Transfer(*request, reply, /*push=*/true);
-  }
-  grpc::Status Dict(grpc::ServerContext*, const v1::DictRequest* request,
-                    v1::DictReply* reply) override {
-    if (!dict_) {
-      return grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
-                          "this agent holds no Dictionary shards (no handler)");
+  absl::StatusOr<std::string> Handle(uint8_t method, absl::string_view body) {
+    switch (static_cast<common::DataMethod>(method)) {
+      case common::DataMethod::kPull:
+      case common::DataMethod::kPush: {
+        v1::BlockTransfer request;
+        if (absl::Status s = Parse(body, &request); !s.ok()) return s;
+        absl::StatusOr<v1::BlockTransferred> reply =
+            Transfer(request, method == static_cast<uint8_t>(common::DataMethod::kPush));
+        if (!reply.ok()) return reply.status();
+        return reply->SerializeAsString();
+      }
+      case common::DataMethod::kDict: {
+        if (!dict_) return absl::UnimplementedError("this agent holds no Dictionary shards (no handler)");
+        v1::DictRequest request;
+        if (absl::Status s = Parse(body, &request); !s.ok()) return s;
+        absl::StatusOr<v1::DictReply> reply = dict_(request);
+        if (!reply.ok()) return reply.status();
+        return reply->SerializeAsString();
+      }
+      case common::DataMethod::kChannel: {
+        if (!channel_) return absl::UnimplementedError("this agent serves no channels (no handler)");
+        v1::ChannelRequest request;
+        if (absl::Status s = Parse(body, &request); !s.ok()) return s;
+        absl::StatusOr<v1::ChannelReply> reply = channel_(request);
+        if (!reply.ok()) return reply.status();
+        return reply->SerializeAsString();
+      }
     }
-    absl::StatusOr<v1::DictReply> answer = dict_(*request);
-    if (!answer.ok()) return ToGrpcStatus(answer.status());
-    *reply = *std::move(answer);
-    return grpc::Status::OK;
-  }
-  grpc::Status Channel(grpc::ServerContext*, const v1::ChannelRequest* request,
-                       v1::ChannelReply* reply) override {
-    if (!channel_) {
-      return grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
-                          "this agent serves no channels (no handler)");
-    }
-    absl::StatusOr<v1::ChannelReply> answer = channel_(*request);
-    if (!answer.ok()) return ToGrpcStatus(answer.status());
-    *reply = *std::move(answer);
-    return grpc::Status::OK;
+    return absl::UnimplementedError(absl::StrCat(
+        "AgentData has no ", common::DataMethodName(method), " (a newer or older client?)"));
   }
 
  private:
-  grpc::Status Transfer(const v1::BlockTransfer& request, v1::BlockTransferred* reply, bool push) {
-    if (absl::Status s = ValidateTransfer(request); !s.ok()) return ToGrpcStatus(s);
+  template <typename Message>
+  static absl::Status Parse(absl::string_view body, Message* out) {
+    if (!out->ParseFromArray(body.data(), static_cast<int>(body.size()))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the request (", body.size(), " bytes) is not a serialized ", Message::descriptor()->full_name()));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<v1::BlockTransferred> Transfer(const v1::BlockTransfer& request, bool push) {
+    if (absl::Status s = ValidateTransfer(request); !s.ok()) return s;
     const common::BlockRef ref = *common::BlockRef::Decode(request.ref());
     const absl::Duration timeout = absl::Milliseconds(request.timeout_ms());
     absl::StatusOr<common::BlockRef> moved =
@@ -94,10 +98,11 @@ class DataService::Impl final : public v1::AgentData::Service {
     if (!moved.ok()) {
       spdlog::debug("AgentData.{} of {} bytes with node {} failed: {}", push ? "Push" : "Pull",
                     request.size(), request.node_id(), moved.status().ToString());
-      return ToGrpcStatus(moved.status());
+      return moved.status();
     }
-    reply->set_ref(moved->Encode());
-    return grpc::Status::OK;
+    v1::BlockTransferred reply;
+    reply.set_ref(moved->Encode());
+    return reply;
   }
 
   BlockMover* mover_;
@@ -108,61 +113,24 @@ class DataService::Impl final : public v1::AgentData::Service {
 absl::StatusOr<std::unique_ptr<DataService>> DataService::Start(const std::string& socket_path,
                                                                 BlockMover* mover,
                                                                 DictHandler dict,
-                                                                ChannelHandler channel) {
-  if (socket_path.size() >= sizeof(sockaddr_un::sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "data socket path ", socket_path, " is ", socket_path.size(),
-        " bytes, more than a Unix socket's ", sizeof(sockaddr_un::sun_path) - 1,
-        " (a shorter --shm-dir or node id)"));
-  }
-  // A dead agent's socket at this path (its pool was adopted) is replaced.
-  struct stat st {};
-  if (IsSocket(socket_path, &st) && unlink(socket_path.c_str()) != 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot remove the old data socket ", socket_path, ": ", std::strerror(errno)));
-  }
+                                                                ChannelHandler channel,
+                                                                DataSocketServerOptions options) {
   auto impl = std::make_unique<Impl>(mover, std::move(dict), std::move(channel));
-  grpc::ServerBuilder builder;
-  int listening = 0;
-  builder.AddListeningPort(absl::StrCat("unix:", socket_path), grpc::InsecureServerCredentials(),
-                           &listening);
-  builder.RegisterService(impl.get());
-  // No receive limit (gRPC's default is 4 MiB): only this user's processes of
-  // this node can send, and Dictionary values (Dict PUT) may be large.
-  builder.SetMaxReceiveMessageSize(-1);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || listening == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot serve AgentData on unix:", socket_path, " (see the log for gRPC's reason)"));
-  }
-  // Same user only (see the header). gRPC creates the file with the umask's
-  // mode (connecting needs write permission, which the usual umask 022
-  // already denies others); 0600 whatever the umask, before the path is
-  // published (Register, after Start returns).
-  if (chmod(socket_path.c_str(), 0600) != 0) {
-    const std::string why = std::strerror(errno);
-    server->Shutdown();
-    unlink(socket_path.c_str());
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot make data socket ", socket_path, " mode 0600: ", why));
-  }
+  absl::StatusOr<std::unique_ptr<DataSocketServer>> server = DataSocketServer::Start(
+      socket_path,
+      [impl = impl.get()](uint8_t method, uint32_t, absl::string_view body) {
+        return impl->Handle(method, body);
+      },
+      options);
+  if (!server.ok()) return server.status();
   spdlog::info("AgentData service on unix:{} (mode 0600)", socket_path);
-  return std::unique_ptr<DataService>(
-      new DataService(socket_path, std::move(impl), std::move(server)));
+  return std::unique_ptr<DataService>(new DataService(std::move(impl), *std::move(server)));
 }
 
-DataService::DataService(std::string socket_path, std::unique_ptr<Impl> impl,
-                         std::unique_ptr<grpc::Server> server)
-    : socket_path_(std::move(socket_path)), impl_(std::move(impl)), server_(std::move(server)) {}
+DataService::DataService(std::unique_ptr<Impl> impl, std::unique_ptr<DataSocketServer> server)
+    : impl_(std::move(impl)), server_(std::move(server)) {}
 
-DataService::~DataService() {
-  // Calls in flight get a short grace, then are cancelled: the data plane
-  // they use is torn down next.
-  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
-  server_->Wait();
-  struct stat st {};
-  if (IsSocket(socket_path_, &st)) unlink(socket_path_.c_str());
-}
+DataService::~DataService() = default;
 
 int RemoveOrphanDataSockets(const std::string& dir, const std::string& pool_prefix) {
   DIR* listing = opendir(dir.c_str());

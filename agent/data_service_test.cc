@@ -13,7 +13,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "proto/agent.grpc.pb.h"
+#include "common/data_socket_client.h"
+#include "proto/agent.pb.h"
 
 namespace dragon::agent {
 namespace {
@@ -60,9 +61,15 @@ struct FakeMover : BlockMover {
   absl::StatusOr<common::BlockRef> answer = common::BlockRef{4096, 8192, 7};
 };
 
-std::unique_ptr<v1::AgentData::Stub> StubFor(const std::string& socket) {
-  return v1::AgentData::NewStub(
-      grpc::CreateChannel(absl::StrCat("unix:", socket), grpc::InsecureChannelCredentials()));
+// Calls `method` of the service at `socket` with `request`; the reply parsed into *reply.
+template <typename Request, typename Reply>
+absl::Status CallService(const std::string& socket, common::DataMethod method, const Request& request,
+                         Reply* reply) {
+  common::DataCallResult r =
+      common::CallDataSocket(socket, method, request.SerializeAsString(), absl::Seconds(10));
+  if (!r.status.ok()) return r.status;
+  REQUIRE(reply->ParseFromString(r.reply));
+  return absl::OkStatus();
 }
 
 v1::BlockTransfer Transfer(const std::string& node, const common::BlockRef& ref, uint64_t size,
@@ -76,11 +83,10 @@ v1::BlockTransfer Transfer(const std::string& node, const common::BlockRef& ref,
   return t;
 }
 
-grpc::Status Call(v1::AgentData::Stub* stub, bool push, const v1::BlockTransfer& request,
+absl::Status Call(const std::string& socket, bool push, const v1::BlockTransfer& request,
                   v1::BlockTransferred* reply) {
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  return push ? stub->Push(&context, request, reply) : stub->Pull(&context, request, reply);
+  return CallService(socket, push ? common::DataMethod::kPush : common::DataMethod::kPull, request,
+                     reply);
 }
 
 TEST_CASE("the service is a mode 0600 socket, passes Pull and Push to the mover, and removes its socket") {
@@ -95,12 +101,11 @@ TEST_CASE("the service is a mode 0600 socket, passes Pull and Push to the mover,
     CHECK(S_ISSOCK(st.st_mode));
     CHECK((st.st_mode & 0777) == 0600);
 
-    auto stub = StubFor(socket);
     const common::BlockRef source{1 << 20, 1 << 20, 3};
     v1::BlockTransferred reply;
-    REQUIRE(Call(stub.get(), false, Transfer("n2", source, 1000, 4242, 1500), &reply).ok());
+    REQUIRE(Call(socket, false, Transfer("n2", source, 1000, 4242, 1500), &reply).ok());
     CHECK(*common::BlockRef::Decode(reply.ref()) == common::BlockRef{4096, 8192, 7});
-    REQUIRE(Call(stub.get(), true, Transfer("n3", source, 10, 77), &reply).ok());
+    REQUIRE(Call(socket, true, Transfer("n3", source, 10, 77), &reply).ok());
     absl::MutexLock lock(&mover.mu);
     REQUIRE(mover.calls.size() == 2);
     CHECK_FALSE(mover.calls[0].push);
@@ -121,23 +126,23 @@ TEST_CASE("the mover's errors come back with the same code and message") {
   FakeMover mover;
   auto service = DataService::Start(dir.path + "/s.sock", &mover);
   REQUIRE(service.ok());
-  auto stub = StubFor(dir.path + "/s.sock");
-  const std::pair<absl::Status, grpc::StatusCode> cases[] = {
-      {absl::ResourceExhaustedError("pool full: raise --shm-pool-mb"), grpc::StatusCode::RESOURCE_EXHAUSTED},
-      {absl::UnavailableError("node n2 lost"), grpc::StatusCode::UNAVAILABLE},
-      {absl::NotFoundError("node n9 has no data plane"), grpc::StatusCode::NOT_FOUND},
-      {absl::DeadlineExceededError("slow"), grpc::StatusCode::DEADLINE_EXCEEDED},
-      {absl::FailedPreconditionError("pid 5 is dead"), grpc::StatusCode::FAILED_PRECONDITION},
+  const std::string socket = dir.path + "/s.sock";
+  const absl::Status cases[] = {
+      absl::ResourceExhaustedError("pool full: raise --shm-pool-mb"),
+      absl::UnavailableError("node n2 lost"),
+      absl::NotFoundError("node n9 has no data plane"),
+      absl::DeadlineExceededError("slow"),
+      absl::FailedPreconditionError("pid 5 is dead"),
   };
-  for (const auto& [status, code] : cases) {
+  for (const absl::Status& status : cases) {
     {
       absl::MutexLock lock(&mover.mu);
       mover.answer = status;
     }
     v1::BlockTransferred reply;
-    grpc::Status got = Call(stub.get(), true, Transfer("n2", {0, 64, 1}, 8, 1), &reply);
-    CHECK(got.error_code() == code);
-    CHECK(got.error_message() == std::string(status.message()));
+    absl::Status got = Call(socket, true, Transfer("n2", {0, 64, 1}, 8, 1), &reply);
+    CHECK(got.code() == status.code());
+    CHECK(got.message() == status.message());
   }
 }
 
@@ -146,25 +151,34 @@ TEST_CASE("bad requests are refused naming the field, and never reach the mover"
   FakeMover mover;
   auto service = DataService::Start(dir.path + "/s.sock", &mover);
   REQUIRE(service.ok());
-  auto stub = StubFor(dir.path + "/s.sock");
+  const std::string socket = dir.path + "/s.sock";
   v1::BlockTransferred reply;
 
   v1::BlockTransfer no_node = Transfer("", {0, 64, 1}, 8, 1);
-  grpc::Status s = Call(stub.get(), false, no_node, &reply);
-  CHECK(s.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
-  CHECK(absl::StrContains(s.error_message(), "node_id"));
+  absl::Status s = Call(socket, false, no_node, &reply);
+  CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(absl::StrContains(s.message(), "node_id"));
 
   v1::BlockTransfer bad_ref = Transfer("n2", {0, 64, 1}, 8, 1);
   bad_ref.set_ref("not a ref");
-  s = Call(stub.get(), false, bad_ref, &reply);
-  CHECK(s.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
-  CHECK(absl::StrContains(s.error_message(), "BlockTransfer.ref"));
+  s = Call(socket, false, bad_ref, &reply);
+  CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(absl::StrContains(s.message(), "BlockTransfer.ref"));
 
-  s = Call(stub.get(), true, Transfer("n2", {0, 64, 1}, 8, 0), &reply);
-  CHECK(s.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
-  CHECK(absl::StrContains(s.error_message(), "owner_pid 0"));
-  s = Call(stub.get(), true, Transfer("n2", {0, 64, 1}, 8, -3), &reply);
-  CHECK(s.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  s = Call(socket, true, Transfer("n2", {0, 64, 1}, 8, 0), &reply);
+  CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(absl::StrContains(s.message(), "owner_pid 0"));
+  s = Call(socket, true, Transfer("n2", {0, 64, 1}, 8, -3), &reply);
+  CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+
+  // Bytes that are not the method's message, and a method the service lacks.
+  common::DataCallResult raw =
+      common::CallDataSocket(socket, common::DataMethod::kPull, "\xff\xff\xff", absl::Seconds(10));
+  CHECK(raw.status.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(absl::StrContains(raw.status.message(), "not a serialized dragon.v1.BlockTransfer"));
+  raw = common::CallDataSocket(socket, static_cast<common::DataMethod>(42), "", absl::Seconds(10));
+  CHECK(raw.status.code() == absl::StatusCode::kUnimplemented);
+  CHECK(absl::StrContains(raw.status.message(), "method 42"));
 
   absl::MutexLock lock(&mover.mu);
   CHECK(mover.calls.empty());
@@ -183,35 +197,29 @@ TEST_CASE("Dict without a handler is Unimplemented; with one, its answer") {
                                       return reply;
                                     });
   REQUIRE(service.ok());
-  auto stub = StubFor(dir.path + "/d.sock");
+  const std::string socket = dir.path + "/d.sock";
   v1::DictRequest request;
   request.set_dict_id("d1");
   v1::DictReply reply;
+  REQUIRE(CallService(socket, common::DataMethod::kDict, request, &reply).ok());
+  CHECK(reply.count() == 3);
+  CHECK(CallService(socket, common::DataMethod::kDict, v1::DictRequest(), &reply).code() ==
+        absl::StatusCode::kInvalidArgument);
   {
-    grpc::ClientContext context;
-    REQUIRE(stub->Dict(&context, request, &reply).ok());
-    CHECK(reply.count() == 3);
-  }
-  {
-    grpc::ClientContext context;
-    CHECK(stub->Dict(&context, v1::DictRequest(), &reply).error_code() ==
-          grpc::StatusCode::INVALID_ARGUMENT);
-  }
-  {
-    // A large value (a Dictionary PUT) is over gRPC's default 4 MiB limit.
+    // A large value (a Dictionary PUT): more than one frame buffer, in one call.
     v1::DictRequest put;
     put.set_dict_id("d1");
     put.add_values(std::string(8 << 20, 'v'));
-    grpc::ClientContext context;
-    REQUIRE(stub->Dict(&context, put, &reply).ok());
+    REQUIRE(CallService(socket, common::DataMethod::kDict, put, &reply).ok());
   }
   CHECK(calls == 3);
 
   auto plain = DataService::Start(dir.path + "/p.sock", &mover);
   REQUIRE(plain.ok());
-  auto plain_stub = StubFor(dir.path + "/p.sock");
-  grpc::ClientContext context;
-  CHECK(plain_stub->Dict(&context, request, &reply).error_code() == grpc::StatusCode::UNIMPLEMENTED);
+  CHECK(CallService(dir.path + "/p.sock", common::DataMethod::kDict, request, &reply).code() ==
+        absl::StatusCode::kUnimplemented);
+  CHECK(CallService(dir.path + "/p.sock", common::DataMethod::kChannel, v1::ChannelRequest(), &reply)
+            .code() == absl::StatusCode::kUnimplemented);
 }
 
 // A Unix socket at `path` that nobody serves, as a SIGKILLed agent leaves it.
@@ -232,9 +240,8 @@ TEST_CASE("a dead agent's socket at the same path is replaced") {
   FakeMover mover;
   auto service = DataService::Start(socket, &mover);
   REQUIRE(service.ok());
-  auto stub = StubFor(socket);
   v1::BlockTransferred reply;
-  CHECK(Call(stub.get(), false, Transfer("n2", {0, 64, 1}, 8, 1), &reply).ok());
+  CHECK(Call(socket, false, Transfer("n2", {0, 64, 1}, 8, 1), &reply).ok());
 }
 
 TEST_CASE("a socket path too long for a Unix socket is refused naming it") {
