@@ -397,6 +397,7 @@ class Counters:
     results_pushed: int = 0
     results_pushed_bytes: int = 0
     results_push_fallbacks: int = 0
-    # A client on a host without an agent: tasks whose data went inline because its own data
-    # plane could not be used (it did not start, or an agent elsewhere has no data plane).
+    # A client on a host without an agent: tasks submitted while its own data plane could not
+    # be used (it did not start, or an agent elsewhere has no data plane), their data, large or
+    # small, inline.
     client_plane_fallbacks: int = 0
