@@ -1,6 +1,7 @@
 #include "agent/dict_store.h"
 
 #include <algorithm>
+#include <optional>
 #include <cstring>
 #include <utility>
 
@@ -19,7 +20,7 @@ absl::Status Invalid(const v1::DictRequest& request, absl::string_view why) {
 }  // namespace
 
 DictStore::DictStore(common::ShmPool* pool, absl::Duration alloc_wait)
-    : pool_(pool), alloc_wait_(alloc_wait) {}
+    : pool_(pool), alloc_wait_(alloc_wait), slabs_(pool) {}
 
 DictStore::~DictStore() {
   absl::MutexLock lock(&mu_);
@@ -40,13 +41,72 @@ uint64_t DictStore::value_bytes() const {
 }
 
 void DictStore::FreeLocked(const Value& value) {
-  if (absl::Status s = pool_->Free(value.block); !s.ok()) {
+  if (value.slot.slab != nullptr) {
+    slabs_.Release(value.slot);
+  } else if (absl::Status s = pool_->Free(value.block); !s.ok()) {
     spdlog::warn("Dictionary: freeing a value's block failed: {}", s.ToString());
   }
   value_bytes_ -= value.size;
 }
 
+void DictStore::StoreLocked(const std::string& dict_id, const std::string& key,
+                            const Value& value) {
+  Shard& shard = shards_[dict_id];
+  auto [it, inserted] = shard.try_emplace(key, value);
+  if (!inserted) {
+    FreeLocked(it->second);
+    it->second = value;
+  }
+  value_bytes_ += value.size;
+}
+
+absl::Status DictStore::PutSmall(const std::string& dict_id, const std::string& key,
+                                 const std::string& data) {
+  auto store = [&](const DictSlabs::Slot& slot) {  // under mu_
+    if (!data.empty()) std::memcpy(slabs_.Data(slot), data.data(), data.size());
+    Value value;
+    value.slot = slot;
+    value.size = data.size();
+    StoreLocked(dict_id, key, value);
+  };
+  {
+    absl::MutexLock lock(&mu_);
+    if (std::optional<DictSlabs::Slot> slot = slabs_.Take(data.size())) {
+      store(*slot);
+      return absl::OkStatus();
+    }
+  }
+  // Every slab of the class is full: a new one, taken without the lock.
+  absl::StatusOr<common::BlockRef> block = pool_->Allocate(DictSlabs::kSlabBytes, alloc_wait_);
+  if (!block.ok()) return block.status();
+  absl::MutexLock lock(&mu_);
+  if (absl::Status s = slabs_.AddSlab(data.size(), *block); !s.ok()) return s;
+  std::optional<DictSlabs::Slot> slot = slabs_.Take(data.size());  // the new slab's, at least
+  store(*slot);
+  return absl::OkStatus();
+}
+
+absl::Status DictStore::Put(const std::string& dict_id, const std::string& key,
+                            const std::string& data) {
+  if (DictSlabs::IsSmall(data.size())) return PutSmall(dict_id, key, data);
+  absl::StatusOr<common::BlockRef> block = pool_->Allocate(data.size(), alloc_wait_);
+  if (!block.ok()) return block.status();
+  absl::StatusOr<absl::Span<char>> bytes = pool_->Resolve(*block);
+  if (!bytes.ok()) {
+    (void)pool_->Free(*block);
+    return bytes.status();
+  }
+  std::memcpy(bytes->data(), data.data(), data.size());
+  Value value;
+  value.block = *block;
+  value.size = data.size();
+  absl::MutexLock lock(&mu_);
+  StoreLocked(dict_id, key, value);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::string> DictStore::ReadLocked(const Value& value) {
+  if (value.slot.slab != nullptr) return std::string(slabs_.Data(value.slot), value.size);
   absl::StatusOr<absl::Span<char>> bytes = pool_->Resolve(value.block);
   if (!bytes.ok()) return bytes.status();
   return std::string(bytes->data(), value.size);
@@ -61,32 +121,12 @@ absl::StatusOr<v1::DictReply> DictStore::Apply(const v1::DictRequest& request) {
         return Invalid(request, absl::StrCat(request.keys_size(), " keys and ",
                                              request.values_size(), " values"));
       }
-      // Each value is written into a new block outside the lock (a full pool
-      // may make Allocate wait), then swapped in under it.
       for (int i = 0; i < request.keys_size(); ++i) {
-        const std::string& data = request.values(i);
-        absl::StatusOr<common::BlockRef> block = pool_->Allocate(std::max<size_t>(data.size(), 1),
-                                                                 alloc_wait_);
-        if (!block.ok()) {
-          return absl::Status(block.status().code(),
-                              absl::StrCat("Dictionary ", request.dict_id(), ": ", i, " of ",
-                                           request.keys_size(), " items stored, then: ",
-                                           block.status().message()));
+        if (absl::Status s = Put(request.dict_id(), request.keys(i), request.values(i)); !s.ok()) {
+          return absl::Status(s.code(), absl::StrCat("Dictionary ", request.dict_id(), ": ", i,
+                                                     " of ", request.keys_size(),
+                                                     " items stored, then: ", s.message()));
         }
-        absl::StatusOr<absl::Span<char>> bytes = pool_->Resolve(*block);
-        if (!bytes.ok()) {
-          (void)pool_->Free(*block);
-          return bytes.status();
-        }
-        if (!data.empty()) std::memcpy(bytes->data(), data.data(), data.size());
-        absl::MutexLock lock(&mu_);
-        Shard& shard = shards_[request.dict_id()];
-        auto [it, inserted] = shard.try_emplace(request.keys(i), Value{*block, data.size()});
-        if (!inserted) {
-          FreeLocked(it->second);
-          it->second = Value{*block, data.size()};
-        }
-        value_bytes_ += data.size();
       }
       absl::MutexLock lock(&mu_);
       auto it = shards_.find(request.dict_id());

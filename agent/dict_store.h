@@ -10,10 +10,12 @@
 // owned by the agent, so a Dictionary's bulk is in shared memory and counted
 // in the pool's use (`dragonctl nodes`, SHM column), and a full pool is an
 // error naming --shm-pool-mb rather than the agent's memory growing. A value
-// of any size takes one block (blocks are any power of two up to the pool),
-// so a value larger than "a block" of the smallest size spans as many as it
-// needs. Everything is freed by DESTROY (the creator's close()) or with the
-// agent.
+// of up to 2 KiB takes a slot in a slab shared with other small values
+// (agent/dict_slabs.h: a pool block per many values, not one each); a larger
+// value takes one block of its own (blocks are any power of two up to the
+// pool), so a value larger than "a block" of the smallest size spans as many
+// as it needs. Everything is freed by DESTROY (the creator's close()) or with
+// the agent.
 #ifndef DRAGON_AGENT_DICT_STORE_H_
 #define DRAGON_AGENT_DICT_STORE_H_
 
@@ -26,6 +28,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "agent/dict_slabs.h"
 #include "common/buddy_allocator.h"
 #include "common/shm_pool.h"
 #include "proto/agent.pb.h"
@@ -54,13 +57,21 @@ class DictStore {
   uint64_t value_bytes() const;
 
  private:
+  // A value in a slab slot (slot.slab set) or in a block of its own.
   struct Value {
     common::BlockRef block;
+    DictSlabs::Slot slot;
     uint64_t size = 0;
   };
   using Shard = absl::flat_hash_map<std::string, Value>;
 
-  absl::Status PutLocked(Shard& shard, const std::string& key, const std::string& value)
+  // Stores one item: a small value in a slab slot (a new slab taken from the
+  // pool outside the lock when its class is full), a larger one in a block
+  // of its own (allocated outside the lock: a full pool may make it wait).
+  absl::Status Put(const std::string& dict_id, const std::string& key, const std::string& data);
+  absl::Status PutSmall(const std::string& dict_id, const std::string& key, const std::string& data);
+  // Puts `value` under `key`, freeing the value it replaces.
+  void StoreLocked(const std::string& dict_id, const std::string& key, const Value& value)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::string> ReadLocked(const Value& value) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FreeLocked(const Value& value) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -68,6 +79,7 @@ class DictStore {
   common::ShmPool* const pool_;
   const absl::Duration alloc_wait_;
   mutable absl::Mutex mu_;
+  DictSlabs slabs_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Shard> shards_ ABSL_GUARDED_BY(mu_);
   uint64_t value_bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };

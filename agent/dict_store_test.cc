@@ -54,7 +54,14 @@ v1::DictReply Must(DictStore& store, const v1::DictRequest& request) {
   return *reply;
 }
 
-TEST_CASE("put, get, replace, delete, keys, length and destroy; values live in pool blocks") {
+// Sizes 0, 100, ..., 9,900: values 0..20 (up to 2,000 bytes) are small and
+// go to slabs of six size classes (32: the empty one; 128; 256; 512: 300 to
+// 500; 1024: 600 to 1,000; 2048: 1,100 to 2,000), values 21..99 take a
+// block each.
+constexpr int kLargeOfHundred = 79;
+constexpr int kSlabsOfHundred = 6;
+
+TEST_CASE("put, get, replace, delete, keys, length and destroy; values live in the pool") {
   TestPool tp(64 << 20);
   DictStore store(tp.pool.get());
   v1::DictRequest put = Request(v1::DictRequest::PUT);
@@ -63,8 +70,11 @@ TEST_CASE("put, get, replace, delete, keys, length and destroy; values live in p
     put.add_values(std::string(i * 100, static_cast<char>('a' + i % 26)));
   }
   CHECK(Must(store, put).count() == 100);
-  CHECK(tp.Blocks() == 100);  // one block per value, an empty one included
+  CHECK(tp.Blocks() == kLargeOfHundred + kSlabsOfHundred);
   CHECK(store.value_bytes() == 100 * 99 * 100 / 2);
+  v1::DictRequest get_small = Request(v1::DictRequest::GET);
+  get_small.add_keys("k7");
+  CHECK(Must(store, get_small).values(0) == std::string(700, 'a' + 7));
 
   v1::DictRequest get = Request(v1::DictRequest::GET);
   get.add_keys("k42");
@@ -77,7 +87,8 @@ TEST_CASE("put, get, replace, delete, keys, length and destroy; values live in p
   replace.add_values("new");
   CHECK(Must(store, replace).count() == 100);
   CHECK(Must(store, get).values(0) == "new");
-  CHECK(tp.Blocks() == 100);  // the old value's block was freed
+  // The old value's block was freed; "new" took a slot of the 32-byte slab.
+  CHECK(tp.Blocks() == kLargeOfHundred - 1 + kSlabsOfHundred);
 
   v1::DictRequest many = Request(v1::DictRequest::GET_MANY);
   many.add_keys("k1");
@@ -132,6 +143,63 @@ TEST_CASE("a full pool fails the put naming --shm-pool-mb and how many items wer
   CHECK(absl::StrContains(reply.status().message(), "2 of 3 items stored"));
   CHECK(absl::StrContains(reply.status().message(), common::kShmPoolSizeOption));
   CHECK(Must(store, Request(v1::DictRequest::LENGTH)).count() == 2);
+}
+
+TEST_CASE("many small values share slabs, and the slabs go back to the pool as they empty") {
+  TestPool tp(64 << 20);
+  DictStore store(tp.pool.get());
+  constexpr int kItems = 10000;
+  v1::DictRequest put = Request(v1::DictRequest::PUT);
+  for (int i = 0; i < kItems; ++i) {
+    put.add_keys(absl::StrCat("k", i));
+    put.add_values(absl::StrCat("v", i));  // 2 to 5 bytes: 32-byte slots
+  }
+  CHECK(Must(store, put).count() == kItems);
+  const uint64_t per_slab = DictSlabs::kSlabBytes / DictSlabs::kMinSlot;
+  CHECK(tp.Blocks() == (kItems + per_slab - 1) / per_slab);  // 5 blocks, not 10,000
+  v1::DictRequest many = Request(v1::DictRequest::GET_MANY);
+  for (int i = 0; i < kItems; i += 997) many.add_keys(absl::StrCat("k", i));
+  v1::DictReply got = Must(store, many);
+  for (int j = 0, i = 0; i < kItems; i += 997, ++j) CHECK(got.values(j) == absl::StrCat("v", i));
+
+  // A value that grows past the small bound moves to a block of its own and back.
+  v1::DictRequest grow = Request(v1::DictRequest::PUT);
+  grow.add_keys("k0");
+  grow.add_values(std::string(DictSlabs::kMaxSmallValue + 1, 'g'));
+  Must(store, grow);
+  v1::DictRequest get = Request(v1::DictRequest::GET);
+  get.add_keys("k0");
+  CHECK(Must(store, get).values(0).size() == DictSlabs::kMaxSmallValue + 1);
+  grow.set_values(0, std::string(DictSlabs::kMaxSmallValue, 's'));
+  Must(store, grow);
+  CHECK(Must(store, get).values(0) == std::string(DictSlabs::kMaxSmallValue, 's'));
+
+  // Deleting every item empties and frees every slab.
+  for (int i = 0; i < kItems; ++i) {
+    v1::DictRequest del = Request(v1::DictRequest::DELETE);
+    del.add_keys(absl::StrCat("k", i));
+    REQUIRE(Must(store, del).found(0));
+  }
+  CHECK(tp.Blocks() == 0);
+  CHECK(store.value_bytes() == 0);
+}
+
+TEST_CASE("small values in a full pool fail naming --shm-pool-mb and how many were stored") {
+  TestPool tp(1 << 20);
+  DictStore store(tp.pool.get(), absl::ZeroDuration());
+  const uint64_t slabs = tp.pool->Stats()->free_bytes / DictSlabs::kSlabBytes;
+  const uint64_t fit = slabs * (DictSlabs::kSlabBytes / 1024);  // 1 KiB slots
+  v1::DictRequest put = Request(v1::DictRequest::PUT);
+  for (uint64_t i = 0; i < fit + 10; ++i) {
+    put.add_keys(absl::StrCat("k", i));
+    put.add_values(std::string(1000, 'v'));
+  }
+  absl::StatusOr<v1::DictReply> reply = store.Apply(put);
+  REQUIRE(reply.status().code() == absl::StatusCode::kResourceExhausted);
+  CHECK(absl::StrContains(reply.status().message(), absl::StrCat(fit, " of ", fit + 10, " items stored")));
+  CHECK(absl::StrContains(reply.status().message(), common::kShmPoolSizeOption));
+  CHECK(Must(store, Request(v1::DictRequest::DESTROY)).count() == fit);
+  CHECK(tp.Blocks() == 0);
 }
 
 TEST_CASE("bad requests are refused naming what is wrong") {
