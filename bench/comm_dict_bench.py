@@ -15,8 +15,9 @@ process; DDict's manager process). Operations, each timed over the whole loop:
 
 dragon_parsl's Dictionary runs against a private dragond with one agent (dragon_parsl.local_head,
 1 worker, its pool and data plane; stopped at the end). One node: every key is in this node's shard,
-so a call is a gRPC round trip over the agent's Unix socket and the shard's work; a remote shard
-adds a UCX round trip (tests/test_comm_dict_cluster.py measures that on the test bed). DDict runs
+so a call is one framed request and reply over the agent's Unix socket (on a connection the thread
+keeps) and the shard's work; a remote shard adds a UCX round trip (tests/test_comm_dict_cluster.py
+measures that on the test bed). DDict runs
 in a child under dragonhpc's launcher (``dragon --single-node-override``), once per round, killed
 after ``ddict_timeout_s``; if it does not run, the reason is recorded.
 """

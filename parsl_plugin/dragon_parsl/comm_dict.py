@@ -9,10 +9,12 @@
 
 How it works: each key belongs to one node (a CRC-32 of its pickle, modulo the Dictionary's
 nodes, fixed at creation). A call goes to the agent of the caller's node over its Unix socket
-(``AgentData.Dict``); that agent applies it to its own shard (agent/dict_store.h: the value in a
-block of its pool) or forwards it over UCX to the agent of the key's node, which does. So a
-process needs an agent with a data plane on its node (not a login node); a node whose agent is
-lost makes the calls for its keys fail with ``DictionaryError`` naming it, never hang.
+(``AgentData.Dict``, one framed request and reply on a connection the calling thread keeps:
+common/data_socket_client.h); that agent applies it to its own shard (agent/dict_store.h: the
+value in its pool, a small one in a slot of a block shared with other small values) or forwards
+it over UCX to the agent of the key's node, which does. So a process needs an agent with a data
+plane on its node (not a login node); a node whose agent is lost makes the calls for its keys
+fail with ``DictionaryError`` naming it, never hang.
 
 Keys must pickle to the same bytes wherever they are made: str, bytes, int, float, bool, None
 and tuples of them do; objects whose pickle depends on the process (sets of str, most classes)
@@ -33,7 +35,7 @@ from dragon_parsl.errors import SharedMemoryError
 __all__ = ["Dictionary", "DictionaryError"]
 
 # A batch (update, items) is cut into requests of at most this many bytes or items, so that no
-# request holds up an agent for long or nears gRPC's message limits.
+# request holds up an agent (or its shard's lock) for long.
 BATCH_BYTES = 4 << 20
 BATCH_ITEMS = 4096
 DEFAULT_TIMEOUT_S = 30.0
