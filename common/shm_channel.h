@@ -1,9 +1,11 @@
 // A channel of the node's shared-memory pool (issue 14, "Channels and
 // communication objects"): a bounded queue of byte messages that any number
 // of processes on the node send to and receive from. The channel lives in one
-// pool block (header + a ring of slots); each message is a pool block of its
-// own, so the ring holds only references and a message of any size moves
-// without a second copy of the queue.
+// pool block (header + a ring of slots). A message of at most
+// ShmChannel::kInlineBytes travels inside its slot (copied in by Send, out by
+// the receiver, no pool block: the small-message round trip is the lock and
+// two copies); a larger one is a pool block of its own, so the ring holds only
+// its reference and it moves without a second copy of the queue.
 //
 // Safe across processes: one robust process-shared mutex guards the ring,
 // waiting is a futex on a sequence word (see shm_pool_layout.h for why not a
@@ -11,13 +13,16 @@
 // least every kLivenessInterval and fails Unavailable when the channel's
 // creator (or the caller's `peer`) exited, NotFound when the channel is gone.
 //
-// Who owns a message's block (ShmPool owners, reclaimed by the agent's
+// Who owns a large message's block (ShmPool owners, reclaimed by the agent's
 // janitor when their process dies):
 //   sender (while copying and waiting for room) -> channel's creator (from
 //   the moment it is in the ring) -> receiver (once Receive returns it).
 // So a sender killed before its message is queued loses only its own block,
 // one killed after loses nothing, and a receiver killed after Receive loses
-// only what it was given.
+// only what it was given. An inline message is in the channel's own block
+// from the moment it is queued: a sender killed before the commit leaves
+// nothing (or, killed after the copy, a whole message that the next locker
+// publishes), a receiver killed after taking it loses only that message.
 #ifndef DRAGON_COMMON_SHM_CHANNEL_H_
 #define DRAGON_COMMON_SHM_CHANNEL_H_
 
@@ -83,15 +88,23 @@ struct ShmChannelStats {
 
 // A received message: its own pool block (now the receiver's: Resolve it,
 // read `size` bytes, Free it) and its size (may be 0; the block is >= 1 byte).
+// From ReceiveSmallInto, a small message is instead in the caller's string
+// (`in_small`) and has no block.
 struct ShmMessage {
   BlockRef block;
   uint64_t size = 0;
+  bool in_small = false;
 };
 
 class ShmChannelTestPeer;
 
 class ShmChannel {
  public:
+  // Messages up to this size are stored in the ring's slot itself (a slot is
+  // 256 bytes: 40 of bookkeeping, the rest the message), larger ones in a
+  // pool block each. 216 B holds a small pickled object or a control message.
+  static constexpr uint64_t kInlineBytes = 216;
+
   // A channel of `capacity` slots in a block of `pool`, owned by this process
   // (its creator). The channel lives until Destroy or its creator's death.
   static absl::StatusOr<BlockRef> Create(ShmPool& pool, uint32_t capacity);
@@ -99,15 +112,23 @@ class ShmChannel {
   // creator exited and its blocks were reclaimed). `pool` must outlive it.
   static absl::StatusOr<ShmChannel> Open(ShmPool& pool, BlockRef ref);
 
-  // Copies `bytes` into a block of its own and queues it; waits up to
-  // `timeout` (for pool space, then for a free slot): ResourceExhausted (the
-  // pool), DeadlineExceeded "channel full", FailedPrecondition when closed,
-  // Unavailable when the creator or `peer` exited.
+  // Copies `bytes` into its slot (up to kInlineBytes) or into a block of its
+  // own, and queues it; waits up to `timeout` (for pool space, then for a
+  // free slot): ResourceExhausted (the pool), DeadlineExceeded "channel
+  // full", FailedPrecondition when closed, Unavailable when the creator or
+  // `peer` exited.
   absl::Status Send(absl::Span<const char> bytes, absl::Duration timeout, pid_t peer = 0);
-  // The oldest message, waiting up to `timeout`: DeadlineExceeded, OutOfRange
-  // once closed and drained (end of stream), Unavailable as in Send.
+  // The oldest message in a block of the caller's, waiting up to `timeout`:
+  // DeadlineExceeded, OutOfRange once closed and drained (end of stream),
+  // Unavailable as in Send. A message that was inline is copied into a new
+  // block (ResourceExhausted, and the message lost, if the pool has no room
+  // for it): readers that copy anyway use ReceiveSmallInto or ReceiveInto.
   absl::StatusOr<ShmMessage> Receive(absl::Duration timeout, pid_t peer = 0);
-  // Resolves, copies out into `out` (resized) and frees a received message.
+  // Receive, but a message of at most kInlineBytes is copied into `small`
+  // (resized) and returned with `in_small` set and no block.
+  absl::StatusOr<ShmMessage> ReceiveSmallInto(std::string& small, absl::Duration timeout,
+                                              pid_t peer = 0);
+  // Copies the oldest message into `out` (resized), freeing its block if it had one.
   absl::Status ReceiveInto(std::string& out, absl::Duration timeout, pid_t peer = 0);
   // No more sends; receivers drain what is queued, then get OutOfRange.
   absl::Status Close();
@@ -122,6 +143,7 @@ class ShmChannel {
   friend class ShmChannelTestPeer;
   struct Header;
   struct Slot;
+  struct WaitWord;
 
   ShmChannel(ShmPool& pool, BlockRef ref, Header* header) : pool_(&pool), ref_(ref), h_(header) {}
   absl::Status Lock();
@@ -129,13 +151,27 @@ class ShmChannel {
   // Puts right what a process killed holding the lock left half done.
   void Repair();
   // Waits (lock released) on `word` whose value under the lock was `seen`.
-  absl::Status WaitOn(std::atomic<uint32_t>& word, uint32_t seen, absl::Duration deadline,
+  absl::Status WaitOn(WaitWord& word, uint32_t seen, absl::Duration deadline,
                       absl::Duration& next_check, pid_t peer);
-  // Under the lock, the two halves of a send and a receive before their
-  // commit (see Slot in shm_channel.cc): fill the slot at tail and hand the
-  // block to the creator; take the message at head over and clear its slot.
+  // Locks and waits until the ring has a free slot: OK with the lock held,
+  // otherwise the lock released.
+  absl::Status LockWithRoom(absl::Duration start, absl::Duration timeout, pid_t peer);
+  // After the commit of a push (a pop): unlocks and wakes one waiter of the
+  // other side if any sleeps or spins.
+  void UnlockAndWake(WaitWord& word, bool someone_waits);
+  // Wakes every waiter of both sides (close, destroy, repair).
+  void WakeAll();
+  absl::Status SendInline(absl::Span<const char> bytes, absl::Duration timeout, pid_t peer);
+  absl::Status SendBlock(absl::Span<const char> bytes, absl::Duration timeout, pid_t peer);
+  // Receive's loop; an inline message goes into `small`.
+  absl::StatusOr<ShmMessage> ReceiveOrCopy(std::string& small, absl::Duration timeout, pid_t peer);
+  // Under the lock, the halves of a send and a receive before their commit
+  // (see Slot in shm_channel.cc): fill the slot at tail (and hand the block
+  // to the creator); take the message at head over (an inline one copied
+  // into `small`) and clear its slot.
   absl::Status StageSend(const BlockRef& block, uint64_t size);
-  absl::Status TakeHead(ShmMessage& message);
+  void StageInline(absl::Span<const char> bytes);
+  absl::Status TakeHead(ShmMessage& message, std::string& small);
   Slot* slots() const;
   static uint64_t SlotsOffset();
 

@@ -106,10 +106,12 @@ py::object Receive(Channel& c, const std::optional<double>& timeout_s, int peer_
   const absl::Duration timeout = Timeout(timeout_s);
   const absl::Duration deadline = common::shm_object::MonotonicNow() + timeout;
   common::ShmMessage message;
+  std::string small;  // a message that travelled in its slot: no block to read or free
   for (;;) {
     const absl::Duration left = deadline - common::shm_object::MonotonicNow();
-    absl::StatusOr<common::ShmMessage> got = WithoutGil(
-        [&] { return c.channel.Receive(std::min(left, kSignalSlice), peer_pid); });
+    absl::StatusOr<common::ShmMessage> got = WithoutGil([&] {
+      return c.channel.ReceiveSmallInto(small, std::min(left, kSignalSlice), peer_pid);
+    });
     if (got.ok()) {
       message = *got;
       break;
@@ -123,6 +125,7 @@ py::object Receive(Channel& c, const std::optional<double>& timeout_s, int peer_
     }
     if (PyErr_CheckSignals() != 0) throw py::error_already_set();
   }
+  if (message.in_small) return py::bytes(small);
   // The block is ours now: copy it out, then free it, whatever happens.
   ShmPool& pool = *c.pool;
   absl::StatusOr<absl::Span<char>> span = pool.Resolve(message.block);
