@@ -145,14 +145,14 @@ WORKFLOW = textwrap.dedent('''
 
 
     def barrier_rounds(b, rounds):
-        """`rounds` waits at Barrier b; (host, [arrival index per round], seconds from the 2nd)."""
+        """`rounds` waits at Barrier b; (host, [arrival index per round], [seconds of each round
+        after the first])."""
         import socket, time
-        indices, t1 = [], None
+        indices, ends = [], []
         for r in range(rounds):
             indices.append(b.wait(timeout=60))
-            if r == 0:
-                t1 = time.monotonic()
-        return socket.gethostname(), indices, time.monotonic() - t1
+            ends.append(time.monotonic())
+        return socket.gethostname(), indices, [t - s for s, t in zip(ends, ends[1:])]
 
 
     def barrier_timeout_here(b, timeout):
@@ -277,8 +277,10 @@ WORKFLOW = textwrap.dedent('''
             local = barrier_rounds(b, rounds)
             helper.join()
             results = [f.result(timeout=90) for f in remote]
-            summary["barrier"] = {"remote": results, "local": [local, other["r"]],
-                                  "round_ms": local[2] / (rounds - 1) * 1000, "broken": b.broken}
+            took = sorted(local[2])
+            summary["barrier"] = {"remote": results, "local": [local, other["r"]], "broken": b.broken,
+                                  "round_ms": {"median": took[len(took) // 2] * 1000, "max": took[-1] * 1000,
+                                               "mean": sum(took) / len(took) * 1000}}
         elif step == "barrier_timeout":
             b = comm.Barrier(3, pool=a.pool)
             f = app(barrier_timeout_here)(b, 0.5)  # h2 gives up: broken for h1 too
@@ -442,7 +444,9 @@ def test_a_barrier_with_parties_on_h1_and_h2(netns_hosts, cross_head, tmp_path):
     finally:
         wf.kill()
     b = s["barrier"]
-    print(f"\nBarrier(4) across h1/h2: {b['round_ms']:.2f} ms a round; timeouts {s['barrier_timeout']}; "
+    ms = b["round_ms"]
+    print(f"\nBarrier(4) across h1/h2, ms a round: median {ms['median']:.2f}, mean {ms['mean']:.2f}, "
+          f"max {ms['max']:.2f}; timeouts {s['barrier_timeout']}; "
           f"killed app {s['barrier_kill_app']}; killed agent {s['barrier_kill_agent']}")
     assert [host for host, _, _ in b["remote"]] == ["h2", "h2"] and not b["broken"], b
     for r in range(30):  # the two parties on h2: distinct arrival indices in every round
