@@ -169,11 +169,8 @@ class SubmitPathMixin:
         and push results into them), if every agent elsewhere has one too. None when there is
         none: task data goes inline, or on a node without an agent (e.g. a login node) through the
         client's own data plane (_task_data_place). Asked of the head (ListNodes) at most every
-        few seconds. With a provider, only LocalProvider's blocks may be all local (others may
-        join any time, on other hosts, and the client has no agent of its own)."""
-        if self.provider is not None and not blocks.is_local(self.provider):
-            self._agents_elsewhere = True
-            return None
+        few seconds, with or without a provider: what counts is where the live agents are and
+        whether they have a data plane, not how they were started."""
         now = time.monotonic()
         if now - self._agents_checked_at < AGENT_HOSTS_RECHECK_S:
             return self._agents_local
@@ -188,23 +185,49 @@ class SubmitPathMixin:
         remote: List[Any] = []
         for n in connected:
             (local if _is_local_agent(n) else remote).append(n)
-        self._agents_elsewhere = bool(remote) or (not connected and self.local_head is None)
-        self._local_agent_seen = bool(local)
-        # A client on a host without an agent reaches them through its own data plane only if
-        # each can pull from it (a data plane: its socket for workers, its UCX address).
-        self._remote_data_planes = bool(remote) and all(n.data_socket and n.ucx_address for n in remote)
         if not connected:
-            # The embedded head's agent is local; it has not registered yet. Else nothing is known.
-            self._agents_local = [] if self.local_head is not None else None
-        elif not self._agents_elsewhere:
-            self._agents_local = connected
-        elif all(n.data_socket for n in remote):
-            self._agents_local = [n for n in local if n.data_socket and n.shm_pool_path] or None
-        else:  # a worker there could not fetch the data: inline rather than tasks failing
-            self._agents_local = None
+            self._expect_agents(known=nodes is not None)
+        else:
+            self._agents_elsewhere = bool(remote)
+            self._local_agent_seen = bool(local)
+            # A client on a host without an agent reaches them through its own data plane only if
+            # each can pull from it (a data plane: its socket for workers, its UCX address).
+            self._remote_data_planes = bool(remote) and all(n.data_socket and n.ucx_address for n in remote)
+            if not self._agents_elsewhere:
+                self._agents_local = connected
+            elif all(n.data_socket for n in remote):
+                self._agents_local = [n for n in local if n.data_socket and n.shm_pool_path] or None
+            else:  # a worker there could not fetch the data: inline rather than tasks failing
+                self._agents_local = None
         # No agent yet: ask again soon (its pool is not known until it registers).
         self._agents_checked_at = now if connected else now - AGENT_HOSTS_RECHECK_S + AGENT_WAIT_RECHECK_S
         return self._agents_local
+
+    def _expect_agents(self, known: bool) -> None:
+        """No live agent (``known``: the head said so; else ListNodes failed): where the next ones
+        will be. The embedded head's own agent, or LocalProvider's blocks, on this host (their pool
+        is known once they register: inline until then). The blocks of any other provider on other
+        hosts, started by this executor with a pool and a data plane (blocks.agent_command): the
+        client's own data plane, so that a burst submitted before the first block starts (Parsl's
+        usual order) does not go through the head. A block whose agents then turn out to have no
+        data plane shows at the next ListNodes (asked again within AGENT_WAIT_RECHECK_S while none
+        is live): later tasks go inline; those already packed for the client's pool and placed on
+        it fail with SharedMemoryError naming the node and the fix (shm.no_data_plane_error)."""
+        provider_elsewhere = self.provider is not None and not blocks.is_local(self.provider)
+        self._local_agent_seen = False
+        if not known:  # nothing is known: inline (counted on a host without an agent)
+            self._agents_elsewhere = self.local_head is None or provider_elsewhere
+            self._remote_data_planes = False
+            self._agents_local = None
+        elif provider_elsewhere:
+            self._agents_elsewhere = True
+            self._remote_data_planes = True
+            self._agents_local = None
+        else:
+            self._agents_elsewhere = self.local_head is None
+            self._remote_data_planes = False
+            # The embedded head's agent is local; it has not registered yet. Else nothing is known.
+            self._agents_local = [] if self.local_head is not None else None
 
     def shm_counters(self) -> Dict[str, Any]:
         """Tasks and bytes that went through shared memory and inline (arguments and
