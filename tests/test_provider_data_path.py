@@ -25,6 +25,9 @@ namespaces of one machine otherwise):
   workers' and the client's counters), no fallback, the head carrying a small fraction of the
   task data (StatusReply.relayed_task_bytes); the client's pool never in /dev/shm, its plane
   stopped at shutdown; nothing left (no agent or worker in any namespace, the queue empty);
+- a block that leaves mid-run (two blocks of one node, block 0's job scancelled): its tasks run
+  again on the other block and pull their arguments again from the client's pool (which holds
+  them until each task ends); no fallback, every result pushed;
 - a block whose agent has no data plane (its UCX cannot start) joining after a burst was packed
   for the client's pool: the head, which does not know where task data is, places those tasks on
   it and each fails with SharedMemoryError naming the node, the client's pool and the fix; later
@@ -40,7 +43,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_providers import provider_dfk, slurm_provider, wait_no_job
+from conftest import wait_for
+from test_providers import nodes_of, provider_dfk, slurm_provider, tasks_of, wait_no_job
 from testbed_fixtures import no_service_left, slurm_cluster  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
@@ -186,10 +190,12 @@ def test_local_provider_waits_for_its_local_agent(clock, monkeypatch):
 
 # ---------------------------------------------------------------- on the Slurm test bed
 
-def scaled_where(img, factor):
+def scaled_where(img, factor, sleep_s=0.0):
     """(host, this worker's pid, arguments it pulled so far, results it pushed before, img * factor)"""
     import socket
     import sys
+    import time
+    time.sleep(sleep_s)
     m = sys.modules.get("dragon_parsl.shm_pool_path")
     c = m.worker_counters if m is not None else None
     return (socket.gethostname(), os.getpid(), c.args_pulled if c else -1, c.results_pushed if c else -1,
@@ -248,9 +254,7 @@ def test_slurm_blocks_pull_arguments_from_the_login_client_and_push_results_into
     print(f"\nSlurmProvider, {TASKS} tasks of 2 MiB each way from the login node: {took:.1f} s from the first "
           f"submit (block start included); the head carried {relayed} bytes; by host {hosts}; counters {c}")
     assert set(hosts) <= set(cluster.nodes), hosts
-    # Each worker pulled every argument it ran from the client's pool, and pushed every result.
-    for pid, (count, pulled, pushed_before) in pids.items():
-        assert pulled == count and pushed_before == count - 1, (pid, count, pulled, pushed_before)
+    check_pulled_and_pushed(pids)
     assert c["dir"] and os.path.basename(c["dir"]).startswith("dragon-client-pool-"), c
     assert c["args_shm_tasks"] == TASKS and c["args_inline_tasks"] == 0, c
     assert c["results_pushed"] == TASKS and c["results_inline"] == 0, c
@@ -258,6 +262,55 @@ def test_slurm_blocks_pull_arguments_from_the_login_client_and_push_results_into
     # The head carried the task messages (envelopes, the pickled app), not the 400 MiB of data.
     assert relayed < TASKS * (2 << 20) // 50, relayed
     assert not plane.running and client_pool_files() == []
+    wait_no_job(cluster)
+
+
+def check_pulled_and_pushed(pids: dict) -> None:
+    """Each worker pulled every argument of the tasks it ran from the client's pool, and pushed
+    every result before its last one."""
+    for pid, (count, pulled, pushed_before) in pids.items():
+        assert pulled == count and pushed_before == count - 1, (pid, count, pulled, pushed_before)
+
+
+LEAVE_TASKS = 40
+
+
+def test_a_block_that_leaves_mid_run_its_tasks_pull_again_elsewhere(slurm_ucx, tmp_path):
+    # Two blocks of one node; block 0's job scancelled while its workers run tasks: those run again
+    # on block 1 (infrastructure retries) and pull their arguments again from the client's pool,
+    # which keeps each argument until its task ends. The replacement block has a data plane too:
+    # no fallback, every result pushed.
+    from parsl import python_app
+
+    from dragon_parsl import DragonExecutor
+    cluster = slurm_ucx
+    ex = DragonExecutor(label="leave", workers_per_node=2, block_connect_timeout=60,
+                        provider=slurm_provider(cluster, nodes_per_block=1, init_blocks=2, min_blocks=2,
+                                                max_blocks=2, worker_init="export UCX_NET_DEVICES=eth0"))
+    app = python_app(scaled_where, executors=["leave"])
+    base = np.random.default_rng(14).random(MIB2)
+    with provider_dfk(tmp_path, [ex]):
+        wait_for(lambda: sorted(ex.connected_blocks()) == ["0", "1"], 60, "both blocks connected")
+        futures = [app(base, float(i), 0.5) for i in range(LEAVE_TASKS)]
+        node0 = next(n for n in nodes_of(ex) if n["block_id"] == "0")
+        running_on_0 = lambda: int(next(n for n in nodes_of(ex) if n["node_id"] == node0["node_id"])  # noqa: E731
+                                   ["running_tasks"])
+        wait_for(lambda: running_on_0() > 0, 30, "tasks running on block 0")
+        cluster.run("scancel", ex.blocks_to_job_id["0"])
+        pids = {}
+        for i, f in enumerate(futures):
+            host, pid, pulled, pushed_before, r = f.result(timeout=90)
+            assert np.array_equal(r, base * float(i)), i
+            count, max_pulled, max_pushed = pids.get(pid, (0, 0, 0))
+            pids[pid] = (count + 1, max(max_pulled, pulled), max(max_pushed, pushed_before))
+        c = ex.shm_counters()
+        rerun = [t for t in tasks_of(ex) if int(t.get("infra_attempts", 0)) > 0]
+    print(f"\nblock 0 scancelled under the login workflow: {len(rerun)} tasks ran again elsewhere; counters {c}")
+    assert rerun and all(t["state"] == "DONE" and t["node"] != node0["node_id"] for t in rerun), rerun
+    check_pulled_and_pushed(pids)
+    assert c["args_shm_tasks"] == LEAVE_TASKS and c["args_inline_tasks"] == 0, c
+    assert c["results_pushed"] == LEAVE_TASKS and c["client_plane_fallbacks"] == 0, c
+    assert client_pool_files() == []
     wait_no_job(cluster)
 
 
