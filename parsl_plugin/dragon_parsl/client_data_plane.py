@@ -14,6 +14,10 @@ The pool's file is removed from /dev/shm as soon as this process has mapped it: 
 goes with the process, so a killed client leaves nothing there. Started lazily, on the first
 task that could use it, and once: if it cannot start (no UCX transport, the head refuses the
 publication) a warning is logged once and task data goes inline through the head, as before.
+
+With a provider whose blocks run on other hosts (SlurmProvider from a login node) the same holds
+for its blocks' agents, and tasks submitted before the first block is up use it too
+(dragon_parsl.submit_path decides, from the head's live agents).
 """
 from __future__ import annotations
 
