@@ -1,17 +1,11 @@
 #include "common/shm_channel.h"
 
-#include <fcntl.h>
-#include <linux/futex.h>
 #include <pthread.h>
-#include <sys/syscall.h>
-#include <time.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <climits>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <new>
 
@@ -23,31 +17,6 @@ namespace {
 // "DRGNCHN2": the layout with inline slots. A program built for the first
 // layout ("DRGNCHNL") refuses these channels instead of misreading them.
 inline constexpr uint64_t kChannelMagic = 0x324e48434e474452;
-
-// /proc/<pid>/stat: the state (field 3) and start time (field 22). Plain
-// read(2): a waiter checks this every 100 ms.
-bool ReadStat(pid_t pid, char* state, uint64_t* start) {
-  char path[64];
-  snprintf(path, sizeof(path), "/proc/%d/stat", static_cast<int>(pid));
-  const int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  char text[1024];
-  const ssize_t n = read(fd, text, sizeof(text) - 1);
-  close(fd);
-  if (n <= 0) return false;
-  text[n] = '\0';
-  const char* at = strrchr(text, ')');  // the command name may hold spaces and ')'
-  if (at == nullptr || at[1] != ' ') return false;
-  *state = at[2];
-  at += 2;
-  for (int field = 3; field < 22; ++field) {  // to the space before field 22
-    at = strchr(at, ' ');
-    if (at == nullptr) return false;
-    ++at;
-  }
-  *start = strtoull(at, nullptr, 10);
-  return true;
-}
 
 }  // namespace
 
@@ -75,15 +44,20 @@ struct alignas(64) ShmChannel::Slot {
   char bytes[ShmChannel::kInlineBytes];
 };
 
-// A futex word and how many sleep on it in the kernel: a waiter spins first,
-// and a wake-up syscall for a spinner would cost the sender more than the
-// whole message. The sleeper adds itself before its futex wait and the waker
-// reads the count after bumping the word, both sequentially consistent: so
-// either the waker sees the sleeper, or the sleeper's futex wait sees the
-// word changed and does not sleep. A sleeper killed in the kernel leaves the
-// count high: a syscall per message from then on, never a lost wake-up.
+// A futex word, who waits for it to change and who of those sleeps in the
+// kernel. A waiter reads `sequence`, adds itself to `waiters`, then looks at
+// the ring again (no lock); the other side commits (tail or head, stored
+// sequentially consistent), then reads `waiters`: so either the waiter sees
+// the commit or the committer sees the waiter and bumps `sequence`. Nobody
+// waiting: no bump, the common case of a busy channel. Likewise a waiter
+// spins first and adds itself to `sleepers` only before its futex wait, and
+// the bumper makes the wake-up syscall only when one sleeps: a syscall for a
+// spinner would cost more than the whole message. A waiter killed while
+// counted leaves a count high: a bump (or a syscall) per message from then
+// on, never a lost wake-up.
 struct ShmChannel::WaitWord {
   std::atomic<uint32_t> sequence;
+  std::atomic<uint32_t> waiters;
   std::atomic<uint32_t> sleepers;
 };
 static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t), "futex words");
@@ -100,16 +74,15 @@ struct ShmChannel::Header {
   std::atomic<uint32_t> closed;
   uint32_t unused;
   uint64_t repairs;
-  // Under the lock, on every message.
+  // Under the lock, on every message (read without it by a receiver that
+  // finds the ring empty).
   alignas(64) pthread_mutex_t mutex;
   std::atomic<uint64_t> head;
   std::atomic<uint64_t> tail;
-  // Waiters, sleeping or spinning: a send (receive) bumps and wakes only
-  // when one is counted. Bumped under the lock before the waiter reads its
-  // word's value; a count left high by a killed waiter costs a syscall per
-  // message, never a lost wake-up.
-  uint32_t receivers_waiting;
-  uint32_t senders_waiting;
+  // The CPU of the last commit of a send and of a receive (-1: none yet):
+  // who is likely to answer a waiter (see SpinWhileEqual).
+  std::atomic<int32_t> sender_cpu;
+  std::atomic<int32_t> receiver_cpu;
   // Bumped after a push / a pop that has a waiter.
   alignas(64) WaitWord not_empty;
   alignas(64) WaitWord not_full;
@@ -140,6 +113,8 @@ absl::StatusOr<BlockRef> ShmChannel::Create(ShmPool& pool, uint32_t capacity) {
   h->creator_pid = getpid();
   h->creator_start = shm_object::ProcessStartTime(getpid());
   shm_object::InitRobustMutex(&h->mutex);
+  h->sender_cpu.store(-1, std::memory_order_relaxed);
+  h->receiver_cpu.store(-1, std::memory_order_relaxed);
   // Last, with release: a process that Opens the ref sees the rest written.
   h->magic.store(kChannelMagic, std::memory_order_release);
   return *ref;
@@ -210,9 +185,33 @@ void ShmChannel::WakeAll() {
   }
 }
 
+namespace {
+
+// How a waiter polls before it sleeps in the kernel (up to
+// kSpinBeforeSleep): plainly while the one expected to answer (the last to
+// commit on the other side) ran on another CPU, with sched_yield between
+// looks when it ran on this one. On a loaded 2-core machine the scheduler
+// tends to wake a sleeper onto its waker's CPU, and then plain spinning only
+// delays the answer it waits for: 8 B round trip ~49 us with 20 us of plain
+// spinning, ~10 us yielding after 2 us, less yielding at once. With nothing
+// else to run, a yield returns at once.
+bool SpinWhileEqual(const std::atomic<uint32_t>& word, uint32_t seen, bool answerer_here) {
+  if (!answerer_here) return shm_object::SpinWhileEqual(word, seen, shm_object::kSpinBeforeSleep);
+  const absl::Duration until = shm_object::MonotonicNow() + shm_object::kSpinBeforeSleep;
+  while (shm_object::MonotonicNow() < until) {
+    sched_yield();
+    if (word.load(std::memory_order_acquire) != seen) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 absl::Status ShmChannel::WaitOn(WaitWord& word, uint32_t seen, absl::Duration deadline,
                                 absl::Duration& next_check, pid_t peer) {
-  if (!shm_object::SpinWhileEqual(word.sequence, seen, shm_object::kSpinBeforeSleep)) {
+  const std::atomic<int32_t>& answerer = &word == &h_->not_empty ? h_->sender_cpu : h_->receiver_cpu;
+  const bool answerer_here = answerer.load(std::memory_order_relaxed) == sched_getcpu();
+  if (!SpinWhileEqual(word.sequence, seen, answerer_here)) {
     word.sleepers.fetch_add(1);  // before the futex checks the word (see WaitWord)
     shm_object::FutexWait(&word.sequence, seen, std::min(deadline, next_check));
     word.sleepers.fetch_sub(1);
@@ -228,15 +227,13 @@ absl::Status ShmChannel::WaitOn(WaitWord& word, uint32_t seen, absl::Duration de
                                 peer);
 }
 
-void ShmChannel::UnlockAndWake(WaitWord& word, bool someone_waits) {
+void ShmChannel::UnlockAndWake(WaitWord& word) {
   Unlock();
-  // After unlocking: a waiter counted before our commit read the word under
-  // the lock, so it sees it changed and does not sleep (or is woken); one
-  // that locks after our commit sees the change itself. Nobody counted:
-  // nothing to bump, the common case of a busy channel. Only spinners: no
-  // syscall.
-  if (!someone_waits) return;
-  word.sequence.fetch_add(1);  // sequentially consistent (see WaitWord)
+  // After our commit (see WaitWord): a waiter counted by now read the
+  // sequence before it, so it sees the bump and does not sleep (or is
+  // woken); one not counted yet will see our commit itself.
+  if (word.waiters.load() == 0) return;
+  word.sequence.fetch_add(1);
   if (word.sleepers.load() > 0) shm_object::FutexWake(&word.sequence, 1);
 }
 
@@ -258,17 +255,14 @@ absl::Status ShmChannel::LockWithRoom(absl::Duration start, absl::Duration timeo
       return absl::DeadlineExceededError(
           absl::StrCat("channel full for ", absl::FormatDuration(timeout)));
     }
-    const uint32_t seen = h_->not_full.sequence.load(std::memory_order_acquire);
-    h_->senders_waiting += 1;
+    // Counted under the lock: a receiver's pop after it sees the count.
+    const uint32_t seen = h_->not_full.sequence.load();
+    h_->not_full.waiters.fetch_add(1);
     Unlock();
     absl::Status alive = WaitOn(h_->not_full, seen, deadline, next_check, peer);
-    if (absl::IsNotFound(alive)) return alive;  // no lock to take any more
+    h_->not_full.waiters.fetch_sub(1);
+    if (!alive.ok()) return alive;
     if (absl::Status locked = Lock(); !locked.ok()) return locked;
-    h_->senders_waiting -= 1;
-    if (!alive.ok()) {
-      Unlock();
-      return alive;
-    }
   }
 }
 
@@ -287,8 +281,9 @@ absl::Status ShmChannel::SendInline(absl::Span<const char> bytes, absl::Duration
   }
   const uint64_t tail = h_->tail.load(std::memory_order_relaxed);
   StageInline(bytes);
-  h_->tail.store(tail + 1, std::memory_order_release);  // the commit (see Slot)
-  UnlockAndWake(h_->not_empty, h_->receivers_waiting > 0);
+  h_->tail.store(tail + 1);  // the commit (see Slot), then `waiters` is read (see WaitWord)
+  h_->sender_cpu.store(sched_getcpu(), std::memory_order_relaxed);
+  UnlockAndWake(h_->not_empty);
   return absl::OkStatus();
 }
 
@@ -326,8 +321,9 @@ absl::Status ShmChannel::SendBlock(absl::Span<const char> bytes, absl::Duration 
     Unlock();
     return fail(staged);
   }
-  h_->tail.store(tail + 1, std::memory_order_release);
-  UnlockAndWake(h_->not_empty, h_->receivers_waiting > 0);
+  h_->tail.store(tail + 1);  // sequentially consistent (see WaitWord)
+  h_->sender_cpu.store(sched_getcpu(), std::memory_order_relaxed);
+  UnlockAndWake(h_->not_empty);
   return absl::OkStatus();
 }
 
@@ -363,13 +359,38 @@ absl::Status ShmChannel::TakeHead(ShmMessage& message, std::string& small) {
   return taken;
 }
 
+bool ShmChannel::LooksEmpty() const {
+  return h_->head.load() == h_->tail.load() && h_->closed.load() == 0;
+}
+
 absl::StatusOr<ShmMessage> ShmChannel::ReceiveOrCopy(std::string& small, absl::Duration timeout,
                                                      pid_t peer) {
   const absl::Duration start = shm_object::MonotonicNow();
   const absl::Duration deadline = start + timeout;
-  if (absl::Status locked = Lock(); !locked.ok()) return locked;
   absl::Duration next_check = start + shm_object::kLivenessInterval;
+  bool look_under_lock = false;
   for (;;) {
+    // An empty ring is waited on without the lock (see WaitWord): a waiting
+    // receiver takes the lock once, to take its message. After a wait that
+    // ended with no change (a liveness check, every 100 ms), one look under
+    // the lock: it repairs what a process killed holding it left, such as a
+    // message staged and not committed.
+    if (!look_under_lock && LooksEmpty()) {
+      if (shm_object::MonotonicNow() >= deadline) {
+        look_under_lock = true;  // the last look, under the lock
+        continue;
+      }
+      const uint32_t seen = h_->not_empty.sequence.load();
+      h_->not_empty.waiters.fetch_add(1);
+      absl::Status alive = absl::OkStatus();
+      if (LooksEmpty()) alive = WaitOn(h_->not_empty, seen, deadline, next_check, peer);
+      h_->not_empty.waiters.fetch_sub(1);
+      if (!alive.ok()) return alive;
+      look_under_lock = h_->not_empty.sequence.load() == seen;
+      continue;
+    }
+    look_under_lock = false;
+    if (absl::Status locked = Lock(); !locked.ok()) return locked;
     uint64_t head = h_->head.load(std::memory_order_relaxed);
     while (head != h_->tail.load(std::memory_order_relaxed)) {
       ShmMessage message;
@@ -378,33 +399,21 @@ absl::StatusOr<ShmMessage> ShmChannel::ReceiveOrCopy(std::string& small, absl::D
         Unlock();  // the pool itself failed: leave the message queued
         return taken;
       }
-      // The commit (see Slot).
-      h_->head.store(++head, std::memory_order_release);
+      // The commit (see Slot), then `waiters` is read (see WaitWord).
+      h_->head.store(++head);
       // A failed transfer: a receiver killed between taking the message over
       // and its commit left it here; it was that receiver's, skip it.
       if (!taken.ok()) continue;
-      UnlockAndWake(h_->not_full, h_->senders_waiting > 0);
+      h_->receiver_cpu.store(sched_getcpu(), std::memory_order_relaxed);
+      UnlockAndWake(h_->not_full);
       return message;
     }
-    if (h_->closed.load(std::memory_order_relaxed) != 0) {
-      Unlock();
-      return absl::OutOfRangeError("the channel is closed and drained");
-    }
+    const bool closed = h_->closed.load(std::memory_order_relaxed) != 0;
+    Unlock();
+    if (closed) return absl::OutOfRangeError("the channel is closed and drained");
     if (shm_object::MonotonicNow() >= deadline) {
-      Unlock();
       return absl::DeadlineExceededError(
           absl::StrCat("no message within ", absl::FormatDuration(timeout)));
-    }
-    const uint32_t seen = h_->not_empty.sequence.load(std::memory_order_acquire);
-    h_->receivers_waiting += 1;
-    Unlock();
-    absl::Status alive = WaitOn(h_->not_empty, seen, deadline, next_check, peer);
-    if (absl::IsNotFound(alive)) return alive;
-    if (absl::Status locked = Lock(); !locked.ok()) return locked;
-    h_->receivers_waiting -= 1;
-    if (!alive.ok()) {
-      Unlock();
-      return alive;
     }
   }
 }
@@ -442,7 +451,7 @@ absl::Status ShmChannel::ReceiveInto(std::string& out, absl::Duration timeout, p
 
 absl::Status ShmChannel::Close() {
   if (absl::Status locked = Lock(); !locked.ok()) return locked;
-  h_->closed.store(1, std::memory_order_release);
+  h_->closed.store(1);  // sequentially consistent: see WaitWord
   Unlock();
   WakeAll();
   return absl::OkStatus();
@@ -454,7 +463,7 @@ absl::Status ShmChannel::Destroy() {
         absl::StrCat("only the channel's creator (pid ", h_->creator_pid, ") destroys it"));
   }
   if (absl::Status locked = Lock(); !locked.ok()) return locked;
-  h_->closed.store(1, std::memory_order_release);
+  h_->closed.store(1);  // sequentially consistent: see WaitWord
   const uint64_t tail = h_->tail.load(std::memory_order_relaxed);
   for (uint64_t at = h_->head.load(std::memory_order_relaxed); at != tail; ++at) {
     Slot& slot = slots()[at % h_->capacity];
@@ -480,91 +489,4 @@ absl::StatusOr<ShmChannelStats> ShmChannel::Stats() {
   return stats;
 }
 
-// What ShmBarrier shares.
-namespace shm_object {
-
-uint64_t ProcessStartTime(pid_t pid) {
-  char state = 0;
-  uint64_t start = 0;
-  return ReadStat(pid, &state, &start) ? start : 0;
-}
-
-bool ProcessRuns(pid_t pid, uint64_t start_time) {
-  char state = 0;
-  uint64_t start = 0;
-  if (pid <= 0 || !ReadStat(pid, &state, &start)) return false;
-  // A zombie has exited: its parent may be the very process waiting here.
-  if (state == 'Z' || state == 'X') return false;
-  return start_time == 0 || start == start_time;
-}
-
-absl::Duration MonotonicNow() {
-  timespec now;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  return absl::DurationFromTimespec(now);
-}
-
-void FutexWait(const void* word, uint32_t seen, absl::Duration until) {
-  // Absolute on the monotonic clock (FUTEX_WAIT_BITSET), as ShmPool waits.
-  const timespec at = absl::ToTimespec(until);
-  syscall(SYS_futex, word, FUTEX_WAIT_BITSET, seen, &at, nullptr, FUTEX_BITSET_MATCH_ANY);
-}
-
-bool SpinWhileEqual(const std::atomic<uint32_t>& word, uint32_t seen, absl::Duration spin) {
-  const absl::Duration until = MonotonicNow() + spin;
-  for (int i = 0;; ++i) {
-    if (word.load(std::memory_order_acquire) != seen) return true;
-    // The clock is read every 64 polls: it costs more than a poll.
-    if ((i & 63) == 63 && MonotonicNow() >= until) return false;
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-  }
-}
-
-void FutexWake(const void* word, int how_many) {
-  syscall(SYS_futex, word, FUTEX_WAKE, how_many, nullptr, nullptr, 0);
-}
-
-void InitRobustMutex(void* mutex) {
-  pthread_mutexattr_t attr;
-  pthread_mutexattr_init(&attr);
-  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-  pthread_mutex_init(static_cast<pthread_mutex_t*>(mutex), &attr);
-  pthread_mutexattr_destroy(&attr);
-}
-
-absl::Status LockRobust(void* mutex, bool* repaired, const char* what) {
-  const int locked = pthread_mutex_lock(static_cast<pthread_mutex_t*>(mutex));
-  *repaired = locked == EOWNERDEAD;
-  if (locked == 0 || locked == EOWNERDEAD) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat("cannot lock the ", what, ": ", strerror(locked)));
-}
-
-void MarkConsistent(void* mutex) {
-  pthread_mutex_consistent(static_cast<pthread_mutex_t*>(mutex));
-}
-
-void UnlockRobust(void* mutex) { pthread_mutex_unlock(static_cast<pthread_mutex_t*>(mutex)); }
-
-absl::Status CheckAlive(ShmPool& pool, const BlockRef& ref, const char* what, pid_t creator,
-                        uint64_t creator_start, pid_t peer) {
-  absl::Status live = pool.Resolve(ref).status();
-  if (absl::IsNotFound(live)) {
-    return absl::NotFoundError(
-        absl::StrCat("the ", what, " is gone (closed, or its creator exited)"));
-  }
-  if (!live.ok()) return live;
-  if (!ProcessRuns(creator, creator_start)) {
-    return absl::UnavailableError(
-        absl::StrCat("the ", what, "'s creator (pid ", creator, ") exited"));
-  }
-  if (peer != 0 && !ProcessRuns(peer, 0)) {
-    return absl::UnavailableError(absl::StrCat("peer process ", peer, " exited"));
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace shm_object
 }  // namespace dragon::common

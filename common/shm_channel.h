@@ -7,9 +7,11 @@
 // two copies); a larger one is a pool block of its own, so the ring holds only
 // its reference and it moves without a second copy of the queue.
 //
-// Safe across processes: one robust process-shared mutex guards the ring,
-// waiting is a futex on a sequence word (see shm_pool_layout.h for why not a
-// condition variable), and nobody waits for a dead process: a waiter wakes at
+// Safe across processes: one robust process-shared mutex guards the ring
+// (a receiver that finds it empty waits without taking it), waiting is a
+// bounded spin then a futex on a sequence word, bumped and woken only when
+// someone waits or sleeps (see shm_pool_layout.h for why not a condition
+// variable), and nobody waits for a dead process: a waiter wakes at
 // least every kLivenessInterval and fails Unavailable when the channel's
 // creator (or the caller's `peer`) exited, NotFound when the channel is gone.
 //
@@ -158,7 +160,9 @@ class ShmChannel {
   absl::Status LockWithRoom(absl::Duration start, absl::Duration timeout, pid_t peer);
   // After the commit of a push (a pop): unlocks and wakes one waiter of the
   // other side if any sleeps or spins.
-  void UnlockAndWake(WaitWord& word, bool someone_waits);
+  void UnlockAndWake(WaitWord& word);
+  // Without the lock: no message queued and not closed.
+  bool LooksEmpty() const;
   // Wakes every waiter of both sides (close, destroy, repair).
   void WakeAll();
   absl::Status SendInline(absl::Span<const char> bytes, absl::Duration timeout, pid_t peer);
