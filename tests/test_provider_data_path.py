@@ -272,7 +272,7 @@ def check_pulled_and_pushed(pids: dict) -> None:
         assert pulled == count and pushed_before == count - 1, (pid, count, pulled, pushed_before)
 
 
-LEAVE_TASKS = 40
+LEAVE_TASKS = 32
 
 
 def test_a_block_that_leaves_mid_run_its_tasks_pull_again_elsewhere(slurm_ucx, tmp_path):
@@ -291,11 +291,11 @@ def test_a_block_that_leaves_mid_run_its_tasks_pull_again_elsewhere(slurm_ucx, t
     base = np.random.default_rng(14).random(MIB2)
     with provider_dfk(tmp_path, [ex]):
         wait_for(lambda: sorted(ex.connected_blocks()) == ["0", "1"], 60, "both blocks connected")
-        futures = [app(base, float(i), 0.5) for i in range(LEAVE_TASKS)]
+        futures = [app(base, float(i), 1.0) for i in range(LEAVE_TASKS)]
         node0 = next(n for n in nodes_of(ex) if n["block_id"] == "0")
         running_on_0 = lambda: int(next(n for n in nodes_of(ex) if n["node_id"] == node0["node_id"])  # noqa: E731
                                    ["running_tasks"])
-        wait_for(lambda: running_on_0() > 0, 30, "tasks running on block 0")
+        wait_for(lambda: running_on_0() >= 2, 30, "both workers of block 0 running tasks")
         cluster.run("scancel", ex.blocks_to_job_id["0"])
         pids = {}
         for i, f in enumerate(futures):
