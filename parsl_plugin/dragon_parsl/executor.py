@@ -174,8 +174,9 @@ class DragonExecutor(HeadStartMixin, SubmitPathMixin, TaskResultsMixin, BlockSca
         with ShmPoolFull, which names the pool's size and ``--shm-pool-mb``.
         Default 10.
     client_pool_mb : int
-        On a host where no agent runs (a login node, with ``address``) and every agent elsewhere
-        has a data plane: the size in MiB of the client's own shared-memory pool, into which large
+        On a host where no agent runs (a login node: with ``address``, or with a provider whose
+        blocks run on other hosts, such as SlurmProvider) and every agent elsewhere has a data
+        plane: the size in MiB of the client's own shared-memory pool, into which large
         task arguments are written for the agents to pull over UCX and large results are pushed
         (dragon_parsl.client_data_plane): no bulk data goes through the head. Lazily backed (only
         the blocks in use take memory) and started on the first task that needs it; its file is
