@@ -11,7 +11,8 @@ ucx_perftest's bandwidth at 1 MiB and a small-message round trip within 2x of it
   within a node   bazel-bin/common/shm_channel_bench --perftest: ShmChannel (common/shm_channel.h)
                   between two processes on a pool in /dev/shm: 1 MiB messages one way (copied out
                   by the receiver, and taken by reference), the 8 B round trip p50/p99, memcpy in
-                  cache and out of it, round-trip floors (futex, spin), and ucx_perftest tag_bw /
+                  cache and out of it, round-trip floors (futex, spin), the round trip's share with
+                  both processes on one CPU and its p50 with them apart, and ucx_perftest tag_bw /
                   tag_lat with UCX_TLS=posix,self on 127.0.0.1.
   between hosts   bazel-bin/common/ucx_node_bench --perftest between hosts h1 and h2 of the netns
                   test bed (tests/testbed/netns.sh: network namespaces on a bridge, one veth each):
@@ -254,7 +255,7 @@ def summarize(part: dict, keys: tuple) -> dict:
 
 
 IN_NODE_KEYS = ("send_mbps", "send_by_ref_mbps", "rtt_us_p50", "rtt_us_p99", "futex_rtt_us_p50", "spin_rtt_us_p50",
-                "send_receive_local_us",
+                "send_receive_local_us", "rtt_same_cpu_share", "rtt_apart_us_p50", "rtt_apart_vs_perftest",
                 "memcpy_cached_mbps", "memcpy_large_mbps", "perftest_tag_bw_mbps", "perftest_rtt_us_p50",
                 "send_vs_perftest", "send_by_ref_vs_perftest", "rtt_vs_perftest", "send_vs_memcpy_cached",
                 "send_vs_memcpy_large")
@@ -313,6 +314,9 @@ def table(result: dict) -> str:
         L.append(f"| round trip p50 / p99 (us) | {fmt(i.get('rtt_us_p50'), 2)} / {fmt(i.get('rtt_us_p99'), 2)} | "
                  f"{fmt(i.get('perftest_rtt_us_p50'), 2)} | {fmt(i.get('rtt_vs_perftest'), 1)}x | floors: futex "
                  f"{fmt(i.get('futex_rtt_us_p50'), 2)} | spin {fmt(i.get('spin_rtt_us_p50'), 2)} |")
+        L.append(f"| round trip p50 with the two processes on different CPUs (us; "
+                 f"{fmt(100 * (1 - i.get('rtt_same_cpu_share', 1)))}% of round trips) | "
+                 f"{fmt(i.get('rtt_apart_us_p50'), 2)} | | {fmt(i.get('rtt_apart_vs_perftest'), 1)}x | | |")
         L.append(f"| one 8 B Send + ReceiveInto in one process, no wait (us) | "
                  f"{fmt(i.get('send_receive_local_us'), 2)} | | | | |")
     else:

@@ -22,6 +22,12 @@
 //    receiver reading the block in place starts from.
 //  - rtt_us_p50/p99: round trips of 8 bytes, ping through one channel and
 //    the echo through another (the child's ReceiveInto + Send).
+//  - rtt_same_cpu_share: the share of those round trips whose echo came
+//    from the parent's own CPU (the child writes its CPU into the echo): on
+//    a loaded machine the scheduler often keeps the pair on one CPU, where
+//    a round trip is a context switch each way, not a spin.
+//    rtt_apart_us_p50: the p50 of the others (each process on a CPU of its
+//    own, as ucx_perftest's two always-spinning processes are); 0 if none.
 //  - send_receive_local_us: one 8 B Send and its ReceiveInto in one process,
 //    nobody waiting: the channel's own work per message (lock, pool block,
 //    ownership hand-over), without any wake-up.
@@ -35,6 +41,7 @@
 // With --perftest, also `ucx_perftest -t tag_bw -s <size> -n <iters>` and
 // `-t tag_lat -s 8 -n <lat_iters>` on 127.0.0.1 with UCX_TLS=posix,self,
 // and the ratios to them (tag_lat reports half a round trip: doubled here).
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/mman.h>
@@ -210,6 +217,8 @@ int Serve(Channels& c, int messages, int pings) {
   std::string ping;
   for (int i = 0; i < pings; ++i) {
     Check(c.ping.ReceiveInto(ping, kTimeout, parent), "ping");
+    const int32_t cpu = sched_getcpu();  // for rtt_same_cpu_share
+    if (ping.size() >= sizeof(cpu)) memcpy(&ping[0], &cpu, sizeof(cpu));
     Check(c.pong.Send(absl::MakeConstSpan(ping.data(), ping.size()), kTimeout, parent), "pong");
   }
   return 0;
@@ -279,16 +288,25 @@ int Main() {
   const double send_mbps = SendRun(c, data, warmup + iters, iters, child);
   const double send_by_ref_mbps = SendRun(c, data, warmup + iters, iters, child);
 
-  std::vector<double> rtts;
+  std::vector<double> rtts, rtts_apart;
   rtts.reserve(lat_iters);
+  rtts_apart.reserve(lat_iters);
   const char ping[8] = {1, 2, 3, 4, 5, 6, 7, 8};
   std::string pong;
   for (int i = 0; i < lat_warmup + lat_iters; ++i) {
     const absl::Time t0 = absl::Now();
     Check(c.ping.Send(absl::MakeConstSpan(ping, sizeof(ping)), kTimeout, child), "ping");
     Check(c.pong.ReceiveInto(pong, kTimeout, child), "pong");
-    if (i >= lat_warmup) rtts.push_back(absl::ToDoubleMicroseconds(absl::Now() - t0));
+    if (i < lat_warmup) continue;
+    const double rtt = absl::ToDoubleMicroseconds(absl::Now() - t0);
+    rtts.push_back(rtt);
+    int32_t their_cpu = -1;
+    if (pong.size() >= sizeof(their_cpu)) memcpy(&their_cpu, pong.data(), sizeof(their_cpu));
+    if (their_cpu != sched_getcpu()) rtts_apart.push_back(rtt);
   }
+  const double same_cpu_share = 1.0 - static_cast<double>(rtts_apart.size()) / rtts.size();
+  std::sort(rtts_apart.begin(), rtts_apart.end());
+  const double rtt_apart_p50 = rtts_apart.empty() ? 0 : rtts_apart[rtts_apart.size() / 2];
   std::sort(rtts.begin(), rtts.end());
   const double rtt_p50 = rtts[rtts.size() / 2];
   const double rtt_p99 = rtts[std::min(rtts.size() - 1, rtts.size() * 99 / 100)];
@@ -333,6 +351,8 @@ int Main() {
       {"send_by_ref_mbps", send_by_ref_mbps},
       {"rtt_us_p50", rtt_p50},
       {"rtt_us_p99", rtt_p99},
+      {"rtt_same_cpu_share", same_cpu_share},
+      {"rtt_apart_us_p50", rtt_apart_p50},
       {"send_receive_local_us", local_us},
       {"futex_rtt_us_p50", futex_rtt_p50},
       {"spin_rtt_us_p50", spin_rtt_p50},
@@ -357,7 +377,8 @@ int Main() {
                                  {"perftest_rtt_us_p50", perftest_rtt},
                                  {"send_vs_perftest", send_mbps / bw.bandwidth_overall_mbps},
                                  {"send_by_ref_vs_perftest", send_by_ref_mbps / bw.bandwidth_overall_mbps},
-                                 {"rtt_vs_perftest", rtt_p50 / perftest_rtt}});
+                                 {"rtt_vs_perftest", rtt_p50 / perftest_rtt},
+                                 {"rtt_apart_vs_perftest", rtt_apart_p50 / perftest_rtt}});
   }
   printf("%s\n", Json(fields).c_str());
   return 0;
