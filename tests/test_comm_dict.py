@@ -4,8 +4,10 @@ the workflow. Across nodes (four agents, 100,000 keys, a killed agent): test_com
 the agents' C++ underneath: agent/dict_store_test.cc, agent/agent_dictionary_test.cc."""
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -102,6 +104,41 @@ def test_pickles_to_a_reference(dfk):
         assert copy["k"] == "v" and copy.nodes == d.nodes
         copy.close()  # not the creator: only this handle closes
         assert d["k"] == "v"
+
+
+def _write_and_check(d, tag, n=300):
+    for i in range(n):
+        d[(tag, i)] = (tag, i * i)
+    return all(d[(tag, i)] == (tag, i * i) for i in range(n))
+
+
+def _child(d, tag):
+    os._exit(0 if _write_and_check(d, tag) else 3)
+
+
+def test_threads_and_forked_children_each_use_their_own_connection(dfk):
+    """The calls of a thread go on a connection it keeps (common/data_socket_client.h): threads at
+    once, and children forked after the parent used it, must never share one (their replies would
+    cross)."""
+    with Dictionary() as d:
+        d["parent"] = 1  # the parent's thread now holds a connection the children inherit
+        ctx = multiprocessing.get_context("fork")
+        children = [ctx.Process(target=_child, args=(d, f"child{i}")) for i in range(3)]
+        for c in children:
+            c.start()
+        results = {}
+        threads = [threading.Thread(target=lambda t=t: results.__setitem__(t, _write_and_check(d, t)))
+                   for t in ("thread0", "thread1", "thread2")]
+        for t in threads:
+            t.start()
+        assert _write_and_check(d, "main")
+        for t in threads:
+            t.join(timeout=120)
+        for c in children:
+            c.join(timeout=120)
+        assert results == {"thread0": True, "thread1": True, "thread2": True}
+        assert [c.exitcode for c in children] == [0, 0, 0]
+        assert len(d) == 1 + 7 * 300 and d["parent"] == 1
 
 
 def test_an_unknown_node_is_an_error_naming_it(dfk):
