@@ -27,7 +27,8 @@
 //    a loaded machine the scheduler often keeps the pair on one CPU, where
 //    a round trip is a context switch each way, not a spin.
 //    rtt_apart_us_p50: the p50 of the others (each process on a CPU of its
-//    own, as ucx_perftest's two always-spinning processes are); 0 if none.
+//    own, as ucx_perftest's two always-spinning processes are), left out
+//    when there were none.
 //  - send_receive_local_us: one 8 B Send and its ReceiveInto in one process,
 //    nobody waiting: the channel's own work per message (lock, pool block,
 //    ownership hand-over), without any wake-up.
@@ -352,7 +353,6 @@ int Main() {
       {"rtt_us_p50", rtt_p50},
       {"rtt_us_p99", rtt_p99},
       {"rtt_same_cpu_share", same_cpu_share},
-      {"rtt_apart_us_p50", rtt_apart_p50},
       {"send_receive_local_us", local_us},
       {"futex_rtt_us_p50", futex_rtt_p50},
       {"spin_rtt_us_p50", spin_rtt_p50},
@@ -362,6 +362,7 @@ int Main() {
       {"llc_bytes", static_cast<double>(LastLevelCacheBytes())},
       {"send_vs_memcpy_cached", send_mbps / memcpy_cached_mbps},
       {"send_vs_memcpy_large", send_mbps / memcpy_large_mbps}};
+  if (!rtts_apart.empty()) fields.push_back({"rtt_apart_us_p50", rtt_apart_p50});
   if (absl::GetFlag(FLAGS_perftest)) {
     setenv("UCX_TLS", "posix,self", 1);
     PerftestSetup setup;
@@ -377,8 +378,8 @@ int Main() {
                                  {"perftest_rtt_us_p50", perftest_rtt},
                                  {"send_vs_perftest", send_mbps / bw.bandwidth_overall_mbps},
                                  {"send_by_ref_vs_perftest", send_by_ref_mbps / bw.bandwidth_overall_mbps},
-                                 {"rtt_vs_perftest", rtt_p50 / perftest_rtt},
-                                 {"rtt_apart_vs_perftest", rtt_apart_p50 / perftest_rtt}});
+                                 {"rtt_vs_perftest", rtt_p50 / perftest_rtt}});
+    if (!rtts_apart.empty()) fields.push_back({"rtt_apart_vs_perftest", rtt_apart_p50 / perftest_rtt});
   }
   printf("%s\n", Json(fields).c_str());
   return 0;
