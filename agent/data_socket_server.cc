@@ -163,22 +163,26 @@ void DataSocketServer::Serve(Conn* conn) {
   const int fd = conn->fd;
   common::SocketReader reader(fd);
   while (!stopping_.load()) {
+    // A request's first byte may take the idle timeout; the rest of it may
+    // not stall.
     char header[common::kDataRequestHeaderSize];
-    absl::Status read = reader.ReadExactly(header, sizeof(header),
-                                           absl::Now() + options_.idle_timeout,
-                                           absl::InfiniteFuture(), options_.stall_timeout);
+    absl::Status read =
+        reader.ReadExactly(header, 1, absl::Now() + options_.idle_timeout, absl::InfiniteFuture());
     if (!read.ok()) {
-      // A clean close or an idle connection is the normal end; a header cut
-      // short is worth a line.
-      if (read.code() == absl::StatusCode::kUnavailable) break;
-      if (read.code() == absl::StatusCode::kDeadlineExceeded && reader.buffered() == 0 &&
-          read.message() == "timed out") {
+      // A clean close or an idle connection is the normal end.
+      if (read.code() == absl::StatusCode::kDeadlineExceeded) {
         spdlog::debug("data socket {}: closing a connection idle for {}", socket_path_,
                       absl::FormatDuration(options_.idle_timeout));
-        break;
+      } else if (read.code() != absl::StatusCode::kUnavailable) {
+        spdlog::warn("data socket {}: dropping a connection: {}", socket_path_, read.ToString());
       }
-      spdlog::warn("data socket {}: dropping a connection: request header: {}", socket_path_,
-                   read.ToString());
+      break;
+    }
+    read = reader.ReadExactly(header + 1, sizeof(header) - 1, absl::Now() + options_.stall_timeout,
+                              absl::InfiniteFuture(), options_.stall_timeout);
+    if (!read.ok()) {
+      spdlog::warn("data socket {}: dropping a connection: a request header cut short: {}",
+                   socket_path_, read.ToString());
       break;
     }
     common::DataRequestHeader request;

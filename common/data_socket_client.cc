@@ -87,7 +87,11 @@ DataCallResult ReadReply(Connection& c, absl::Time deadline, bool* timed_out) {
   absl::Status read = c.reader.ReadExactly(header, sizeof(header), deadline, deadline);
   DataReplyHeader decoded;
   if (read.ok()) read = DecodeDataReplyHeader(header, &decoded);
-  if (read.ok()) read = c.reader.ReadInto(&out.reply, decoded.body_size, deadline);
+  // The agent's word on the size is trusted: the reply is allocated at once.
+  if (read.ok()) {
+    read = c.reader.ReadInto(&out.reply, decoded.body_size, deadline, absl::InfiniteDuration(),
+                             decoded.body_size);
+  }
   if (!read.ok()) {
     if (read.code() == absl::StatusCode::kDeadlineExceeded) {
       *timed_out = true;

@@ -204,15 +204,12 @@ absl::Status SocketReader::ReadExactly(char* dst, size_t n, absl::Time first_byt
 }
 
 absl::Status SocketReader::ReadInto(std::string* out, size_t n, absl::Time deadline,
-                                    absl::Duration stall) {
-  // Grown as the bytes come (doubling from 1 MiB), not sized by the peer's
-  // word: a peer that announces 2 GiB and sends nothing costs nothing.
+                                    absl::Duration stall, size_t allocate_first) {
   out->clear();
+  out->resize(std::min(n, allocate_first));
   size_t got = 0;
   while (got < n) {
-    if (got == out->size()) {
-      out->resize(std::min(n, std::max<size_t>(out->size() * 2, size_t{1} << 20)));
-    }
+    if (got == out->size()) out->resize(std::min(n, std::max<size_t>(out->size() * 2, 4096)));
     absl::StatusOr<size_t> some =
         ReadSome(out->data() + got, out->size() - got, std::min(deadline, absl::Now() + stall));
     if (!some.ok()) {

@@ -95,10 +95,12 @@ class SocketReader {
   // had come, Internal for another errno.
   absl::Status ReadExactly(char* dst, size_t n, absl::Time first_byte_deadline, absl::Time deadline,
                            absl::Duration stall = absl::InfiniteDuration());
-  // Reads `n` bytes into *out, grown as they arrive (a length announced by a
-  // peer is not allocated before its bytes come).
+  // Reads `n` bytes into *out: up to `allocate_first` bytes allocated at
+  // once, the rest grown (doubling) as they arrive, so a length announced by
+  // an untrusted peer costs nothing before its bytes come.
   absl::Status ReadInto(std::string* out, size_t n, absl::Time deadline,
-                        absl::Duration stall = absl::InfiniteDuration());
+                        absl::Duration stall = absl::InfiniteDuration(),
+                        size_t allocate_first = size_t{4} << 20);
 
   // Bytes read from the socket but not returned yet.
   size_t buffered() const { return end_ - begin_; }

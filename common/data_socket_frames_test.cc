@@ -91,6 +91,23 @@ TEST_CASE("parts written gathered are read back exactly, small and larger than t
   writer.join();
 }
 
+TEST_CASE("a body is grown as it arrives when less is allocated first") {
+  SocketPair p;
+  std::string body(5 << 20, '\0');
+  for (size_t i = 0; i < body.size(); ++i) body[i] = static_cast<char>(i * 13);
+  std::thread writer([&] {
+    const absl::string_view parts[] = {body};
+    CHECK(WriteAllParts(p.fds[0], parts, 1, absl::Now() + absl::Seconds(30)).ok());
+  });
+  SocketReader reader(p.fds[1]);
+  std::string got;
+  REQUIRE(reader.ReadInto(&got, body.size(), absl::Now() + absl::Seconds(30),
+                          absl::InfiniteDuration(), /*allocate_first=*/1000)
+              .ok());
+  CHECK(got == body);
+  writer.join();
+}
+
 TEST_CASE("a peer that closes before a frame is Unavailable, in the middle of one DataLoss") {
   {
     SocketPair p;
