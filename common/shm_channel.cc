@@ -313,19 +313,56 @@ absl::Status ShmChannel::SendBlock(absl::Span<const char> bytes, absl::Duration 
   if (!to.ok()) return to.status();
   if (!bytes.empty()) std::memcpy(to->data(), bytes.data(), bytes.size());
 
-  auto fail = [&](absl::Status status) {
-    (void)pool_->FreeIfOwner(*block, self);
-    return status;
-  };
-  if (absl::Status room = LockWithRoom(start, timeout, peer); !room.ok()) return fail(room);
+  absl::Status queued = QueueBlock(*block, bytes.size(), start, timeout, peer);
+  if (!queued.ok()) (void)pool_->FreeIfOwner(*block, self);
+  return queued;
+}
+
+absl::Status ShmChannel::SendOwnedBlock(const BlockRef& block, uint64_t size,
+                                        absl::Duration timeout, pid_t peer) {
+  if (h_->closed.load(std::memory_order_acquire) != 0) {
+    return absl::FailedPreconditionError("the channel is closed");
+  }
+  return QueueBlock(block, size, shm_object::MonotonicNow(), timeout, peer);
+}
+
+absl::Status ShmChannel::QueueBlock(const BlockRef& block, uint64_t size, absl::Duration start,
+                                    absl::Duration timeout, pid_t peer) {
+  if (absl::Status room = LockWithRoom(start, timeout, peer); !room.ok()) return room;
   // The commit order Repair relies on (see Slot): stage, then one store.
   const uint64_t tail = h_->tail.load(std::memory_order_relaxed);
-  if (absl::Status staged = StageSend(*block, bytes.size()); !staged.ok()) {
+  if (absl::Status staged = StageSend(block, size); !staged.ok()) {
     Unlock();
-    return fail(staged);
+    return staged;
   }
   h_->tail.store(tail + 1);  // sequentially consistent (see WaitWord)
   h_->sender_cpu.store(sched_getcpu(), std::memory_order_relaxed);
+  UnlockAndWake(h_->not_empty);
+  return absl::OkStatus();
+}
+
+absl::Status ShmChannel::PutBack(const BlockRef& block, uint64_t size) {
+  if (absl::Status locked = Lock(); !locked.ok()) return locked;
+  const uint64_t head = h_->head.load(std::memory_order_relaxed);
+  if (head == 0 || h_->tail.load(std::memory_order_relaxed) - head >= h_->capacity) {
+    Unlock();
+    return absl::UnavailableError(absl::StrCat("no slot to put a message of ", size,
+                                               " bytes back: senders filled the channel"));
+  }
+  // The slot before head is free (the ring has room). Staged as a send is
+  // (the block the creator's, then one store): a putter killed before the
+  // store leaves the block the creator's, outside the ring, until the
+  // channel goes (or, when that slot is also tail's, Repair publishes it).
+  Slot& slot = slots()[(head - 1) % h_->capacity];
+  slot.block = block;
+  slot.size = size;
+  slot.full.store(kInBlock, std::memory_order_release);
+  if (absl::Status moved = pool_->TransferOwner(block, getpid(), h_->creator_pid); !moved.ok()) {
+    slot.full.store(kEmpty, std::memory_order_relaxed);
+    Unlock();
+    return moved;
+  }
+  h_->head.store(head - 1);  // the commit, then `waiters` is read (see WaitWord)
   UnlockAndWake(h_->not_empty);
   return absl::OkStatus();
 }

@@ -132,6 +132,17 @@ class ShmChannel {
                                               pid_t peer = 0);
   // Copies the oldest message into `out` (resized), freeing its block if it had one.
   absl::Status ReceiveInto(std::string& out, absl::Duration timeout, pid_t peer = 0);
+  // Queues `block` of the channel's pool, a block the caller owns whose first
+  // `size` bytes are the message, without copying it (a message pulled from
+  // another node's pool): waits and fails as Send; on any error the block
+  // stays the caller's. Messages of any size go this way (none inline).
+  absl::Status SendOwnedBlock(const BlockRef& block, uint64_t size, absl::Duration timeout,
+                              pid_t peer = 0);
+  // Puts a message Receive gave the caller back at the head, the oldest
+  // again (its block the creator's again): for a receiver that could not
+  // hand it on. Does not wait: Unavailable when senders filled the slot
+  // meanwhile; on any error the block stays the caller's.
+  absl::Status PutBack(const BlockRef& block, uint64_t size);
   // No more sends; receivers drain what is queued, then get OutOfRange.
   absl::Status Close();
   // Creator only: frees the queued messages and the channel's block.
@@ -167,6 +178,9 @@ class ShmChannel {
   void WakeAll();
   absl::Status SendInline(absl::Span<const char> bytes, absl::Duration timeout, pid_t peer);
   absl::Status SendBlock(absl::Span<const char> bytes, absl::Duration timeout, pid_t peer);
+  // Waits for room and queues `block` (the caller's); on error it stays the caller's.
+  absl::Status QueueBlock(const BlockRef& block, uint64_t size, absl::Duration start,
+                          absl::Duration timeout, pid_t peer);
   // Receive's loop; an inline message goes into `small`.
   absl::StatusOr<ShmMessage> ReceiveOrCopy(std::string& small, absl::Duration timeout, pid_t peer);
   // Under the lock, the halves of a send and a receive before their commit

@@ -333,6 +333,57 @@ TEST_CASE("channel: a receiver learns within ~1 s that its peer or the creator d
   ExpectWhole(*pool);
 }
 
+TEST_CASE("channel: SendOwnedBlock queues a block without a copy; PutBack makes it the oldest again") {
+  NoLeftovers check;
+  std::unique_ptr<ShmPool> pool = MustCreate(16 * kMiB);
+  {
+    ShmChannel c = MustCreateChannel(*pool, 2);
+    // A small message in a block too: queued as a block, received whole.
+    for (const std::string& text : {std::string("tiny"), Text(kMiB, 3)}) {
+      BlockRef block = *pool->Allocate(text.size());
+      std::memcpy(pool->Resolve(block)->data(), text.data(), text.size());
+      REQUIRE(c.SendOwnedBlock(block, text.size(), kLong).ok());
+    }
+    // Full: DeadlineExceeded, and the block is still the caller's to free.
+    BlockRef extra = *pool->Allocate(10);
+    CHECK(absl::IsDeadlineExceeded(c.SendOwnedBlock(extra, 10, absl::Milliseconds(20))));
+    CHECK(pool->FreeIfOwner(extra, getpid()).value());
+
+    absl::StatusOr<ShmMessage> first = c.Receive(kLong);
+    REQUIRE(first.ok());
+    CHECK(std::string(pool->Resolve(first->block)->data(), first->size) == "tiny");
+    // Another send took the free slot: no room to put it back, still ours.
+    REQUIRE(c.Send(Bytes("later"), kLong).ok());
+    CHECK(absl::IsUnavailable(c.PutBack(first->block, first->size)));
+    absl::StatusOr<ShmMessage> second = c.Receive(kLong);
+    REQUIRE(second.ok());
+    CHECK(second->size == kMiB);
+    // Now there is room: put back, it comes out before "later".
+    REQUIRE(c.PutBack(second->block, second->size).ok());
+    REQUIRE(c.PutBack(first->block, first->size).ok() == false);  // ring full again
+    CHECK(pool->FreeIfOwner(first->block, getpid()).value());
+    std::string got;
+    REQUIRE(c.ReceiveInto(got, kLong).ok());
+    CHECK(got == Text(kMiB, 3));
+    REQUIRE(c.ReceiveInto(got, kLong).ok());
+    CHECK(got == "later");
+    // A closed channel refuses new blocks but a put-back still goes in (receivers drain it).
+    REQUIRE(c.Send(Bytes(Text(4096, 9)), kLong).ok());
+    absl::StatusOr<ShmMessage> third = c.Receive(kLong);
+    REQUIRE(third.ok());
+    REQUIRE(c.Close().ok());
+    BlockRef refused = *pool->Allocate(10);
+    CHECK(absl::IsFailedPrecondition(c.SendOwnedBlock(refused, 10, kLong)));
+    CHECK(pool->FreeIfOwner(refused, getpid()).value());
+    REQUIRE(c.PutBack(third->block, third->size).ok());
+    REQUIRE(c.ReceiveInto(got, kLong).ok());
+    CHECK(got == Text(4096, 9));
+    CHECK(absl::IsOutOfRange(c.ReceiveInto(got, absl::Milliseconds(10))));
+    REQUIRE(c.Destroy().ok());
+  }
+  ExpectWhole(*pool);
+}
+
 }  // namespace
 }  // namespace shm_pool_test
 }  // namespace dragon::common
