@@ -1,5 +1,7 @@
 #include "agent/agent_channels.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 #include <utility>
@@ -30,6 +32,12 @@ absl::Duration WaitOf(const v1::ChannelRequest& request) {
   return std::min(absl::Milliseconds(request.wait_ms()), AgentChannels::kMaxWait);
 }
 
+// How long a large message's Pull or Push may take (the call's own timeout).
+absl::Duration TransferTimeout(const v1::ChannelRequest& request) {
+  return request.timeout_ms() > 0 ? absl::Milliseconds(request.timeout_ms())
+                                  : kDefaultForwardTimeout;
+}
+
 std::string NodeAt(const char* field) {
   return std::string(field, strnlen(field, PipeEnds::kNodeBytes));
 }
@@ -44,7 +52,10 @@ AgentChannels::AgentChannels(std::string node_id, common::ShmPool* pool,
       forwarding_(node_id_, kCallService, "channel",
                   [this](const v1::ChannelRequest& request) { return Apply(request); }) {}
 
-void AgentChannels::SetPlane(DataPlane* plane) { forwarding_.SetPlane(plane); }
+void AgentChannels::SetPlane(DataPlane* plane) {
+  forwarding_.SetPlane(plane);
+  plane_.store(plane);
+}
 
 CallHandler AgentChannels::Handler() { return forwarding_.Handler(); }
 
@@ -134,6 +145,7 @@ absl::StatusOr<v1::ChannelReply> AgentChannels::Apply(const v1::ChannelRequest& 
     case v1::ChannelRequest::SEND: {
       absl::StatusOr<pid_t> peer = LocalPeer(request);
       if (!peer.ok()) return peer.status();
+      if (!request.block_ref().empty()) return SendPulled(*channel, request, *peer);
       absl::Status sent = channel->Send(request.message(), WaitOf(request), *peer);
       if (absl::IsDeadlineExceeded(sent)) {
         reply.set_would_block(true);
@@ -145,6 +157,10 @@ absl::StatusOr<v1::ChannelReply> AgentChannels::Apply(const v1::ChannelRequest& 
     case v1::ChannelRequest::RECV: {
       absl::StatusOr<pid_t> peer = LocalPeer(request);
       if (!peer.ok()) return peer.status();
+      if (request.accept_block() && request.caller_pid() > 0 && !request.caller_node().empty() &&
+          request.caller_node() != node_id_ && plane_.load() != nullptr) {
+        return ReceivePushed(*channel, request, *peer);
+      }
       absl::Status got = channel->ReceiveInto(*reply.mutable_message(), WaitOf(request), *peer);
       if (absl::IsDeadlineExceeded(got)) {
         reply.set_would_block(true);
@@ -168,6 +184,81 @@ absl::StatusOr<v1::ChannelReply> AgentChannels::Apply(const v1::ChannelRequest& 
       return absl::InvalidArgumentError(
           absl::StrCat("ChannelRequest.op ", static_cast<int>(request.op()), " is not an operation"));
   }
+}
+
+absl::StatusOr<v1::ChannelReply> AgentChannels::SendPulled(ShmChannel& channel,
+                                                           const v1::ChannelRequest& request,
+                                                           pid_t peer) {
+  DataPlane* plane = plane_.load();
+  if (plane == nullptr) {
+    return absl::UnavailableError(absl::StrCat("node ", node_id_, " cannot pull a message from node ",
+                                               request.block_node(),
+                                               ": its data plane is not up"));
+  }
+  absl::StatusOr<BlockRef> from = DecodeRef(request.block_ref(), "block_ref");
+  if (!from.ok()) return from.status();
+  const uint64_t size = request.block_size();
+  absl::StatusOr<BlockRef> block =
+      plane->Pull(request.block_node(), *from, size, getpid(), TransferTimeout(request));
+  if (!block.ok()) {
+    return absl::Status(block.status().code(),
+                        absl::StrCat("a channel message of ", size, " bytes from node ",
+                                     request.block_node(), ": ", block.status().message()));
+  }
+  v1::ChannelReply reply;
+  absl::Status sent = channel.SendOwnedBlock(*block, size, WaitOf(request), peer);
+  if (!sent.ok()) {
+    (void)pool_->FreeIfOwner(*block, getpid());  // not queued: still this agent's
+    if (!absl::IsDeadlineExceeded(sent)) return sent;
+    reply.set_would_block(true);
+  }
+  return reply;
+}
+
+absl::StatusOr<v1::ChannelReply> AgentChannels::ReceivePushed(ShmChannel& channel,
+                                                              const v1::ChannelRequest& request,
+                                                              pid_t peer) {
+  v1::ChannelReply reply;
+  std::string small;
+  absl::StatusOr<common::ShmMessage> got = channel.ReceiveSmallInto(small, WaitOf(request), peer);
+  if (absl::IsDeadlineExceeded(got.status())) {
+    reply.set_would_block(true);
+    return reply;
+  }
+  if (!got.ok()) return got.status();
+  if (got->in_small) {
+    reply.set_message(std::move(small));
+    return reply;
+  }
+  // The block is this agent's now: freed here unless it goes back in the ring.
+  const common::ShmMessage message = *got;
+  if (message.size < kBlockThreshold) {
+    absl::StatusOr<absl::Span<char>> bytes = pool_->Resolve(message.block);
+    if (bytes.ok()) reply.set_message(bytes->data(), message.size);
+    (void)pool_->Free(message.block);
+    if (!bytes.ok()) return bytes.status();
+    return reply;
+  }
+  const std::string& node = request.caller_node();
+  absl::StatusOr<BlockRef> there = plane_.load()->Push(node, message.block, message.size,
+                                                       request.caller_pid(),
+                                                       TransferTimeout(request));
+  if (there.ok()) {
+    (void)pool_->Free(message.block);
+    reply.set_block_ref(there->Encode());
+    reply.set_block_size(message.size);
+    return reply;
+  }
+  // Not placed on the receiver's node: the message goes back at the head for
+  // the next receive (this receiver's retry, or another's).
+  absl::Status kept = channel.PutBack(message.block, message.size);
+  if (!kept.ok()) (void)pool_->Free(message.block);
+  return absl::Status(
+      there.status().code(),
+      absl::StrCat("a channel message of ", message.size, " bytes could not be placed on node ",
+                   node, " (", there.status().message(), "); ",
+                   kept.ok() ? "it is kept in the channel, first in line"
+                             : absl::StrCat("it is lost: ", kept.message())));
 }
 
 }  // namespace dragon::agent

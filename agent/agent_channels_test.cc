@@ -241,6 +241,114 @@ TEST_CASE("the home node's agent gone: the channel's operations fail Unavailable
   nodes.Destroy(ref);
 }
 
+// A SEND from h2 that names a block of h2's pool holding the message.
+v1::ChannelRequest SendByBlock(const BlockRef& channel, const BlockRef& block, uint64_t size) {
+  v1::ChannelRequest r = Request("h1", v1::ChannelRequest::SEND, channel);
+  r.set_block_node("h2");
+  r.set_block_ref(block.Encode());
+  r.set_block_size(size);
+  return r;
+}
+
+// A RECV of this process as h2's, which takes a large message as a block of h2's pool.
+v1::ChannelRequest RecvAsBlock(const BlockRef& channel) {
+  v1::ChannelRequest r = Request("h1", v1::ChannelRequest::RECV, channel);
+  r.set_accept_block(true);
+  r.set_caller_pid(getpid());
+  r.set_caller_node("h2");
+  return r;
+}
+
+TEST_CASE("large messages by block: pulled into h1's pool on send, pushed into h2's on receive") {
+  TwoChannelNodes nodes;
+  const BlockRef ref = nodes.ChannelOnH1(2);
+  constexpr uint64_t kBig = 8 * kMiB;
+  const BlockRef mine = WriteBlock(*nodes.pool_b, kBig, 11);
+  absl::StatusOr<v1::ChannelReply> sent = nodes.chan_b->Route(SendByBlock(ref, mine, kBig));
+  INFO(sent.status().ToString());
+  REQUIRE(sent.ok());
+  CHECK_FALSE(sent->would_block());
+  CHECK(BlocksInUse(*nodes.pool_b) == 1);  // only the sender's, which it frees
+  REQUIRE(nodes.pool_b->Free(mine).ok());
+  // Below the threshold the message still comes in the reply; inline ones too.
+  v1::ChannelRequest medium = Request("h1", v1::ChannelRequest::SEND, ref);
+  medium.set_message(Pattern(AgentChannels::kBlockThreshold - 1, 12));
+  REQUIRE(nodes.chan_b->Route(medium).ok());
+  // Full: the pulled copy is dropped and the sender told to retry.
+  const BlockRef more = WriteBlock(*nodes.pool_b, kBig, 13);
+  absl::StatusOr<v1::ChannelReply> full = nodes.chan_b->Route(SendByBlock(ref, more, kBig));
+  REQUIRE(full.ok());
+  CHECK(full->would_block());
+  REQUIRE(nodes.pool_b->Free(more).ok());
+
+  absl::StatusOr<v1::ChannelReply> got = nodes.chan_b->Route(RecvAsBlock(ref));
+  INFO(got.status().ToString());
+  REQUIRE(got.ok());
+  REQUIRE(got->block_size() == kBig);
+  CHECK(got->message().empty());
+  absl::StatusOr<BlockRef> there = BlockRef::Decode(got->block_ref());
+  REQUIRE(there.ok());
+  CHECK(Holds(*nodes.pool_b, *there, kBig, 11));
+  REQUIRE(nodes.pool_b->Free(*there).ok());
+  absl::StatusOr<v1::ChannelReply> second = nodes.chan_b->Route(RecvAsBlock(ref));
+  REQUIRE(second.ok());
+  CHECK(second->block_ref().empty());
+  CHECK(second->message() == Pattern(AgentChannels::kBlockThreshold - 1, 12));
+  CHECK(BlocksInUse(*nodes.pool_b) == 0);
+  CHECK(BlocksInUse(*nodes.pool_a) == 1);  // the channel's own block
+  nodes.Destroy(ref);
+}
+
+TEST_CASE("large messages by block: a sender's block that cannot be pulled fails naming its node") {
+  TwoChannelNodes nodes;
+  const BlockRef ref = nodes.ChannelOnH1(2);
+  const BlockRef mine = WriteBlock(*nodes.pool_b, kMiB, 14);
+  // Larger than the block: refused by the Pull, nothing queued.
+  absl::StatusOr<v1::ChannelReply> sent =
+      nodes.chan_b->Route(SendByBlock(ref, mine, 64 * kMiB));
+  INFO(sent.status().ToString());
+  CHECK_FALSE(sent.ok());
+  CHECK(absl::StrContains(sent.status().message(), "node h2"));
+  REQUIRE(nodes.pool_b->Free(mine).ok());
+  absl::StatusOr<v1::ChannelReply> stats =
+      nodes.chan_b->Route(Request("h1", v1::ChannelRequest::STATS, ref));
+  REQUIRE(stats.ok());
+  CHECK(stats->count() == 0);
+  CHECK(BlocksInUse(*nodes.pool_a) == 1);
+  nodes.Destroy(ref);
+}
+
+TEST_CASE("large messages by block: the receiver's node lost after the dequeue keeps the message") {
+  TwoChannelNodes nodes;
+  const BlockRef ref = nodes.ChannelOnH1(2);
+  constexpr uint64_t kBig = 4 * kMiB;
+  const BlockRef mine = WriteBlock(*nodes.pool_b, kBig, 15);
+  REQUIRE(nodes.chan_b->Route(SendByBlock(ref, mine, kBig)).ok());
+  REQUIRE(nodes.pool_b->Free(mine).ok());
+  v1::ChannelRequest after = Request("h1", v1::ChannelRequest::SEND, ref);
+  after.set_message("after");
+  REQUIRE(nodes.chan_b->Route(after).ok());
+  nodes.b.reset();  // h2's data plane is gone: the push to it fails
+  // The home agent takes the message, cannot place it on h2, and puts it back first in line.
+  absl::StatusOr<v1::ChannelReply> lost = nodes.chan_a->Apply(RecvAsBlock(ref));
+  INFO(lost.status().ToString());
+  REQUIRE_FALSE(lost.ok());
+  CHECK(absl::IsUnavailable(lost.status()));
+  CHECK(absl::StrContains(lost.status().message(), "node h2"));
+  CHECK(absl::StrContains(lost.status().message(), "kept in the channel"));
+  // Another receiver (here, at home) gets it whole, then the next one.
+  absl::StatusOr<ShmChannel> channel = ShmChannel::Open(*nodes.pool_a, ref);
+  REQUIRE(channel.ok());
+  std::string got;
+  REQUIRE(channel->ReceiveInto(got, absl::Seconds(5)).ok());
+  CHECK(got == Pattern(kBig, 15));
+  REQUIRE(channel->ReceiveInto(got, absl::Seconds(5)).ok());
+  CHECK(got == "after");
+  CHECK(BlocksInUse(*nodes.pool_a) == 1);
+  CHECK(BlocksInUse(*nodes.pool_b) == 0);
+  nodes.Destroy(ref);
+}
+
 // A party of h2 (this process, as h2's) at a Barrier of h1's pool.
 v1::ChannelRequest BarrierOp(v1::ChannelRequest::Op op, const BlockRef& ref) {
   v1::ChannelRequest r = Request("h1", op, ref);
