@@ -8,6 +8,9 @@ h1 is drained: every app runs on h2.
 - a Pipe between the workflow and an app on h2: 200 round trips, poll, then EOF after close;
 - a 1 GiB message from an app on h2 to the workflow on h1, byte for byte; the app's close() on h2
   then ends the workflow's recv with EOFError;
+- 100 messages of 1 MiB (and one each just below and at 64 KiB) from the workflow on h1 to an app
+  on h2 and 100 back, byte for byte: large messages move pool to pool by the data plane (a block
+  pulled on send, pushed on receive), and no block is left in either pool;
 - one Queue, 32 producers and 32 consumers: 16 + 16 threads of the workflow on h1 (the pool's
   node) and 8 + 8 threads in each of two apps on h2; every message received exactly once;
 - a slow consumer: a Queue(maxsize=4) filled by an app on h2 while the workflow takes one item
@@ -82,6 +85,29 @@ WORKFLOW = textwrap.dedent('''
         took = time.monotonic() - t0
         conn.close()  # from h2: the workflow's next recv raises EOFError
         return socket.gethostname(), took
+
+
+    def rotated(i, size):
+        """Message i of `size` bytes: a byte pattern rotated by i (a misplaced byte shows)."""
+        base = bytes(range(256)) * (size // 256 + 1)
+        return base[i % 256:i % 256 + size]
+
+
+    def mib_both_ways(conn, sizes):
+        """Receives len(sizes) messages (rotated(i, size)), then sends as many back (rotated by
+        i + 1); (host, indices received wrong, seconds receiving, seconds sending)."""
+        import socket, time
+
+        def rotated(i, size):  # the app is pickled by value: its own copy
+            base = bytes(range(256)) * (size // 256 + 1)
+            return base[i % 256:i % 256 + size]
+
+        t0 = time.monotonic()
+        wrong = [i for i, size in enumerate(sizes) if conn.recv_bytes() != rotated(i, size)]
+        t1 = time.monotonic()
+        for i, size in enumerate(sizes):
+            conn.send_bytes(rotated(i + 1, size))
+        return socket.gethostname(), wrong, t1 - t0, time.monotonic() - t1
 
 
     def queue_roles(q, host_tag, producers, consumers, per_producer):
@@ -230,6 +256,25 @@ WORKFLOW = textwrap.dedent('''
                               "eof_from_h2": eof_from_h2}
             del data
             mine.close()
+        elif step == "mib":
+            mine, theirs = comm.Pipe(pool=a.pool)
+            sizes = [(64 << 10) - 1, 64 << 10] + [1 << 20] * 100
+            f = app(mib_both_ways)(theirs, sizes)
+            t_send = time.monotonic()
+            for i, size in enumerate(sizes):
+                mine.send_bytes(rotated(i, size))
+            send_s = time.monotonic() - t_send
+            while not mine.poll(1):
+                if f.done():
+                    f.result()  # the app failed: its error, not a hang
+            back = [mine.recv_bytes() for _ in sizes]
+            host, wrong_there, recv_there_s, send_there_s = f.result(timeout=120)
+            summary["mib"] = {"host": host, "wrong_on_h2": wrong_there,
+                              "wrong_on_h1": [i for i, size in enumerate(sizes) if back[i] != rotated(i + 1, size)],
+                              "count": len(sizes), "h1_send_s": send_s, "h2_recv_s": recv_there_s,
+                              "h2_send_s": send_there_s, "total_s": time.monotonic() - t0}
+            del back
+            mine.close()
         elif step == "queue":
             # Every producer puts None after its items, and a consumer stops at its first None: 32
             # Nones for 32 consumers, and the last None put is the last item of the queue, so every
@@ -360,12 +405,12 @@ class CommWorkflow:
 def test_pipe_big_message_queue_and_slow_consumer_between_h1_and_h2(netns_hosts, cross_head, tmp_path):
     tb, head = netns_hosts, cross_head
     pools = pools_of(head)
-    wf = CommWorkflow(tb, head, tmp_path, ["pipe", "big", "queue", "slow"], pools["h1"])
+    wf = CommWorkflow(tb, head, tmp_path, ["pipe", "big", "mib", "queue", "slow"], pools["h1"])
     try:
         s = wf.summary(timeout=200)
     finally:
         wf.kill()
-    print(f"\npipe {s['pipe']}; 1 GiB h2 -> h1 {s['big']}; queue of 32 + 32 {s['queue']['seconds']:.1f}s; "
+    print(f"\npipe {s['pipe']}; 1 GiB h2 -> h1 {s['big']}; 1 MiB x 100 both ways {s['mib']}; queue of 32 + 32 {s['queue']['seconds']:.1f}s; "
           f"slow consumer: the producer's 40 puts took {s['slow']['put_s']:.2f}s")
 
     p = s["pipe"]
@@ -375,6 +420,9 @@ def test_pipe_big_message_queue_and_slow_consumer_between_h1_and_h2(netns_hosts,
     b = s["big"]
     assert b["size"] == 1 << 30 and b["same"] and b["host"] == "h2", b
     assert b["eof_from_h2"], b  # the app's close() on h2 ended the workflow's recv
+
+    m = s["mib"]
+    assert m["host"] == "h2" and m["wrong_on_h2"] == [] and m["wrong_on_h1"] == [] and m["count"] == 102, m
 
     q = s["queue"]
     consumed = [tuple(item) for _, got, _ in q["remote"] for items in got.values() for item in items]

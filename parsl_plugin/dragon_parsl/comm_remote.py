@@ -9,6 +9,15 @@ within its node: ``ChannelTimeout``, ``ChannelClosed`` (EOF), ``ChannelPeerLost`
 (ConnectionError: the creator or the Pipe's other end exited, the home node or this node's agent
 was lost), ``ShmPoolFull``.
 
+A message of ``BLOCK_THRESHOLD`` bytes or more does not travel inside the call (agent/agent_channels.h): a
+sender writes it into a block of this node's pool (the one beside the agent's socket) and names the
+block in its SEND, the home agent pulls it over UCX and queues it, and the sender frees its block
+when the call returns, whatever the outcome; a receiver asks for a block (``accept_block``), the
+home agent pushes the message into a new block of this node's pool owned by the receiving process,
+and the receiver copies it out and frees it. When that push fails the message stays first in the
+channel and the receive fails (ConnectionError, or ShmPoolFull when this node's pool had no room).
+A sender whose own pool is full, or without a pool beside the socket, sends the message inline.
+
 A Barrier party waits the same way (``RemoteBarrier``, agent/agent_barriers.h): it arrives once
 (BARRIER_ARRIVE, which gives its ticket) and then waits in slices with the ticket (BARRIER_AWAIT),
 so a slice retried never counts it twice; at its own timeout it gives up (BARRIER_GIVE_UP), which
@@ -34,6 +43,12 @@ WAIT_SLICE_S = 0.2
 # 2-core test bed; its deadline is about 80 s).
 _CALL_MARGIN_S = 30.0
 _LINK_BYTES_PER_S = 20e6
+
+# From this size on a message moves pool to pool by the data plane, not in the call: the
+# agents' AgentChannels::kBlockThreshold (a Pull or Push costs a round trip more than inline).
+BLOCK_THRESHOLD = 64 << 10
+# A block's deadline at a conservative 200 MB/s (UCX Get between pools: ~1.9 GB/s on the test bed).
+_BLOCK_BYTES_PER_S = 200e6
 
 _node_of_pool: Dict[str, str] = {}
 _node_of_socket: Dict[str, str] = {}
@@ -117,8 +132,9 @@ def _raise(error: Exception, what: str) -> None:
     raise core.ShmPoolError(message) from None
 
 
-def _call(socket: str, request: Any, what: str, nbytes: int = 0) -> Any:
-    timeout_s = request.wait_ms / 1000.0 + _CALL_MARGIN_S + nbytes / _LINK_BYTES_PER_S
+def _call(socket: str, request: Any, what: str, nbytes: int = 0, by_block: bool = False) -> Any:
+    rate = _BLOCK_BYTES_PER_S if by_block else _LINK_BYTES_PER_S
+    timeout_s = request.wait_ms / 1000.0 + _CALL_MARGIN_S + nbytes / rate
     request.timeout_ms = int(timeout_s * 1000)
     core = _core()
     try:
@@ -165,13 +181,26 @@ class RemoteChannel:
     def _what(self) -> str:
         return f"channel of node {self.home}"
 
-    def _until(self, op: int, timeout_s: Optional[float], message: bytes = b"") -> Any:
+    def _local_pool(self) -> Any:
+        """This node's pool (beside the agent's socket), None when there is none to attach."""
+        if not self.socket.endswith(".sock"):
+            return None
+        from dragon_parsl import shm_pool_path
+        try:
+            return shm_pool_path.attach(self.socket[:-len(".sock")])
+        except Exception:  # SharedMemoryError: no pool here; messages go inline
+            return None
+
+    def _until(self, op: int, timeout_s: Optional[float], message: Any = b"", nbytes: int = 0,
+               **fields: Any) -> Any:
         """SEND/RECV in slices until done or ``timeout_s`` (None: for ever) has passed."""
         deadline = None if timeout_s is None else time.monotonic() + max(0.0, timeout_s)
+        by_block = bool(fields.get("block_ref")) or bool(fields.get("accept_block"))
         while True:
             left = WAIT_SLICE_S if deadline is None else max(0.0, deadline - time.monotonic())
-            request = self._request(op, message=message, wait_ms=int(min(left, WAIT_SLICE_S) * 1000))
-            reply = _call(self.socket, request, self._what(), len(message))
+            request = self._request(op, message=message, wait_ms=int(min(left, WAIT_SLICE_S) * 1000),
+                                    **fields)
+            reply = _call(self.socket, request, self._what(), nbytes or len(message), by_block)
             if not reply.would_block:
                 return reply
             if deadline is not None and time.monotonic() >= deadline:
@@ -181,11 +210,43 @@ class RemoteChannel:
                     f"{self._what()} within {timeout_s:g} s")
 
     def send_bytes(self, data: Any, timeout_s: Optional[float] = None, peer_pid: int = 0) -> None:
-        payload = data if type(data) is bytes else bytes(data)
-        self._until(_pb().ChannelRequest.SEND, timeout_s, payload)
+        view = memoryview(data).cast("B")
+        pool = self._local_pool() if view.nbytes >= BLOCK_THRESHOLD else None
+        ref = None
+        if pool is not None:
+            core = _core()
+            try:
+                ref = pool.allocate(view.nbytes, 0.0)
+            except core.ShmPoolFull:
+                ref = None  # this node's pool is full: the message goes inline
+        if ref is None:
+            payload = data if type(data) is bytes else bytes(view)
+            self._until(_pb().ChannelRequest.SEND, timeout_s, payload)
+            return
+        try:
+            _core().copy_into(pool.block(ref), 0, view)
+            self._until(_pb().ChannelRequest.SEND, timeout_s, nbytes=view.nbytes,
+                        block_node=local_node(self.socket), block_ref=ref, block_size=view.nbytes)
+        finally:
+            pool.free(ref)  # pulled by the home agent or not: the copy here is ours to free
 
-    def recv_bytes(self, timeout_s: Optional[float] = None, peer_pid: int = 0, as_bytes: bool = False) -> bytes:
-        return self._until(_pb().ChannelRequest.RECV, timeout_s).message
+    def recv_bytes(self, timeout_s: Optional[float] = None, peer_pid: int = 0, as_bytes: bool = False) -> Any:
+        pool = self._local_pool()
+        if pool is None:
+            return self._until(_pb().ChannelRequest.RECV, timeout_s).message
+        reply = self._until(_pb().ChannelRequest.RECV, timeout_s, accept_block=True, caller_pid=os.getpid(),
+                            caller_node=local_node(self.socket))
+        if not reply.block_ref:
+            return reply.message
+        # A block of this node's pool, ours: copied out, then freed whatever happens.
+        try:
+            view = memoryview(pool.block(reply.block_ref))[:reply.block_size]
+            try:
+                return bytes(view) if as_bytes else _core().copy_buffer(view)
+            finally:
+                view.release()
+        finally:
+            pool.free(reply.block_ref)
 
     def close(self) -> None:
         _call(self.socket, self._request(_pb().ChannelRequest.CLOSE), self._what())
