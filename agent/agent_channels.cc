@@ -197,6 +197,13 @@ absl::StatusOr<v1::ChannelReply> AgentChannels::SendPulled(ShmChannel& channel,
   }
   absl::StatusOr<BlockRef> from = DecodeRef(request.block_ref(), "block_ref");
   if (!from.ok()) return from.status();
+  v1::ChannelReply reply;
+  // Pulled only once there is room: a full channel costs no transfer.
+  if (absl::Status room = channel.WaitForRoom(WaitOf(request), peer); !room.ok()) {
+    if (!absl::IsDeadlineExceeded(room)) return room;
+    reply.set_would_block(true);
+    return reply;
+  }
   const uint64_t size = request.block_size();
   absl::StatusOr<BlockRef> block =
       plane->Pull(request.block_node(), *from, size, getpid(), TransferTimeout(request));
@@ -205,7 +212,6 @@ absl::StatusOr<v1::ChannelReply> AgentChannels::SendPulled(ShmChannel& channel,
                         absl::StrCat("a channel message of ", size, " bytes from node ",
                                      request.block_node(), ": ", block.status().message()));
   }
-  v1::ChannelReply reply;
   absl::Status sent = channel.SendOwnedBlock(*block, size, WaitOf(request), peer);
   if (!sent.ok()) {
     (void)pool_->FreeIfOwner(*block, getpid());  // not queued: still this agent's

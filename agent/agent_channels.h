@@ -20,9 +20,10 @@
 //  - SEND: the sender writes it into a block of its own node's pool and the
 //    request names that block; the home agent Pulls it (UCX Get) into a
 //    block of its pool and queues that block (ShmChannel::SendOwnedBlock, no
-//    copy). The sender frees its block when the call returns. A full
-//    channel frees the pulled copy and answers would_block (the next slice
-//    pulls again: back-pressure costs a transfer per slice, not a copy held).
+//    copy). The sender frees its block when the call returns. The home
+//    agent pulls only once the channel has room (else it answers
+//    would_block); a sender that takes that slot first leaves the pulled copy
+//    freed and would_block too (the next slice pulls again).
 //  - RECV (accept_block): the home agent takes the message and Pushes its
 //    block into a new block of the receiver's node's pool owned by the
 //    receiving process, and answers with that block, which the receiver reads

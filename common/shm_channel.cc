@@ -341,6 +341,12 @@ absl::Status ShmChannel::QueueBlock(const BlockRef& block, uint64_t size, absl::
   return absl::OkStatus();
 }
 
+absl::Status ShmChannel::WaitForRoom(absl::Duration timeout, pid_t peer) {
+  absl::Status room = LockWithRoom(shm_object::MonotonicNow(), timeout, peer);
+  if (room.ok()) Unlock();
+  return room;
+}
+
 absl::Status ShmChannel::PutBack(const BlockRef& block, uint64_t size) {
   if (absl::Status locked = Lock(); !locked.ok()) return locked;
   const uint64_t head = h_->head.load(std::memory_order_relaxed);

@@ -138,6 +138,10 @@ class ShmChannel {
   // stays the caller's. Messages of any size go this way (none inline).
   absl::Status SendOwnedBlock(const BlockRef& block, uint64_t size, absl::Duration timeout,
                               pid_t peer = 0);
+  // Waits up to `timeout` until the ring has a free slot, which another
+  // sender may still take first: for a sender that fetches its message only
+  // once there is room (a block pulled from another node). Errors as Send's.
+  absl::Status WaitForRoom(absl::Duration timeout, pid_t peer = 0);
   // Puts a message Receive gave the caller back at the head, the oldest
   // again (its block the creator's again): for a receiver that could not
   // hand it on. Does not wait: Unavailable when senders filled the slot

@@ -345,6 +345,7 @@ TEST_CASE("channel: SendOwnedBlock queues a block without a copy; PutBack makes 
       REQUIRE(c.SendOwnedBlock(block, text.size(), kLong).ok());
     }
     // Full: DeadlineExceeded, and the block is still the caller's to free.
+    CHECK(absl::IsDeadlineExceeded(c.WaitForRoom(absl::Milliseconds(20))));
     BlockRef extra = *pool->Allocate(10);
     CHECK(absl::IsDeadlineExceeded(c.SendOwnedBlock(extra, 10, absl::Milliseconds(20))));
     CHECK(pool->FreeIfOwner(extra, getpid()).value());
@@ -353,6 +354,7 @@ TEST_CASE("channel: SendOwnedBlock queues a block without a copy; PutBack makes 
     REQUIRE(first.ok());
     CHECK(std::string(pool->Resolve(first->block)->data(), first->size) == "tiny");
     // Another send took the free slot: no room to put it back, still ours.
+    REQUIRE(c.WaitForRoom(absl::ZeroDuration()).ok());  // a slot is free now
     REQUIRE(c.Send(Bytes("later"), kLong).ok());
     CHECK(absl::IsUnavailable(c.PutBack(first->block, first->size)));
     absl::StatusOr<ShmMessage> second = c.Receive(kLong);
@@ -372,6 +374,7 @@ TEST_CASE("channel: SendOwnedBlock queues a block without a copy; PutBack makes 
     absl::StatusOr<ShmMessage> third = c.Receive(kLong);
     REQUIRE(third.ok());
     REQUIRE(c.Close().ok());
+    CHECK(absl::IsFailedPrecondition(c.WaitForRoom(kLong)));
     BlockRef refused = *pool->Allocate(10);
     CHECK(absl::IsFailedPrecondition(c.SendOwnedBlock(refused, 10, kLong)));
     CHECK(pool->FreeIfOwner(refused, getpid()).value());
