@@ -57,8 +57,7 @@ def recv_once_then_die(conn):
 @python_app
 def meet(barrier):
     import os
-    barrier.wait(timeout=60)
-    return os.getpid()
+    return os.getpid(), barrier.wait(timeout=60)  # its arrival index
 
 
 @pytest.fixture(scope="module")
@@ -159,9 +158,11 @@ def test_peer_killed_is_an_error_not_a_hang(dfk):
 def test_barrier_of_the_workflow_and_two_apps(dfk):
     barrier = comm.Barrier(3)
     apps = [meet(barrier) for _ in range(2)]
-    barrier.wait(timeout=60)
-    pids = [f.result(timeout=60) for f in apps]
+    mine = barrier.wait(timeout=60)
+    pids, indices = zip(*[f.result(timeout=60) for f in apps])
     assert len(set(pids)) == 2 and os.getpid() not in pids
+    # As threading.Barrier.wait: each party's arrival index, one of each.
+    assert sorted([mine, *indices]) == [0, 1, 2], (mine, indices)
 
 
 def test_barrier_timeout_breaks_it(dfk):

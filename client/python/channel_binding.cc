@@ -255,11 +255,14 @@ void RegisterChannels(py::module_& m) {
           "wait",
           [](Barrier& b, std::optional<double> timeout_s) {
             const absl::Duration timeout = Timeout(timeout_s);
-            absl::Status done = WithoutGil([&] { return b.barrier.Wait(timeout); });
-            if (!done.ok()) Raise(done, /*barrier=*/true);
+            absl::StatusOr<uint32_t> index =
+                WithoutGil([&] { return b.barrier.ArriveAndWait(timeout); });
+            if (!index.ok()) Raise(index.status(), /*barrier=*/true);
+            return *index;
           },
           py::arg("timeout_s") = py::none(),
-          "Returns once all parties arrived. ChannelTimeout after TIMEOUT_S (and the barrier is "
+          "Returns once all parties arrived: this party's arrival index (0 .. parties-1, as "
+          "threading.Barrier.wait). ChannelTimeout after TIMEOUT_S (and the barrier is "
           "broken for everyone), BarrierBroken, ChannelPeerLost (its creator exited).")
       .def("abort", [](Barrier& b) { Check(b.barrier.Abort(), true); },
            "Breaks the barrier: waiters and later wait() calls raise BarrierBroken.")
