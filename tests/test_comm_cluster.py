@@ -11,6 +11,8 @@ h1 is drained: every app runs on h2.
 - 100 messages of 1 MiB (and one each just below and at 64 KiB) from the workflow on h1 to an app
   on h2 and 100 back, byte for byte: large messages move pool to pool by the data plane (a block
   pulled on send, pushed on receive), and no block is left in either pool;
+- a receiver on h2 whose pool is full: its receive of a 1 MiB message fails ShmPoolFull, the
+  message stays first in the Pipe, and once the pool has room the next receive gets it whole;
 - one Queue, 32 producers and 32 consumers: 16 + 16 threads of the workflow on h1 (the pool's
   node) and 8 + 8 threads in each of two apps on h2; every message received exactly once;
 - a slow consumer: a Queue(maxsize=4) filled by an app on h2 while the workflow takes one item
@@ -108,6 +110,30 @@ WORKFLOW = textwrap.dedent('''
         for i, size in enumerate(sizes):
             conn.send_bytes(rotated(i + 1, size))
         return socket.gethostname(), wrong, t1 - t0, time.monotonic() - t1
+
+
+    def receive_into_full_pool(conn, size):
+        """Fills this node's pool, receives (the block cannot be placed here), frees the pool and
+        receives again; (host, the first receive's error, it was ShmPoolFull, the second is whole)."""
+        import os, socket
+        from dragon_parsl import _core, shm_pool_path
+        pool = shm_pool_path.attach(os.environ["DRAGON_SHM_POOL"])
+        held, chunk = [], pool.capacity_bytes
+        while chunk >= 4096:
+            try:
+                held.append(pool.allocate(chunk, 0.0))
+            except _core.ShmPoolFull:
+                chunk //= 2
+        error, full = "", False
+        try:
+            conn.recv_bytes()
+        except Exception as e:  # noqa: BLE001  (the test judges it)
+            error, full = f"{type(e).__name__}: {e}", isinstance(e, _core.ShmPoolFull)
+        finally:
+            for ref in held:
+                pool.free(ref)
+        data = conn.recv_bytes()
+        return socket.gethostname(), error, full, data == bytes(range(256)) * (size // 256)
 
 
     def queue_roles(q, host_tag, producers, consumers, per_producer):
@@ -275,6 +301,13 @@ WORKFLOW = textwrap.dedent('''
                               "h2_send_s": send_there_s, "total_s": time.monotonic() - t0}
             del back
             mine.close()
+        elif step == "full_receiver":
+            mine, theirs = comm.Pipe(pool=a.pool)
+            f = app(receive_into_full_pool)(theirs, 1 << 20)
+            mine.send_bytes(bytes(range(256)) * 4096)
+            host, error, was_pool_full, whole = f.result(timeout=120)
+            summary[step] = {"host": host, "error": error, "pool_full": was_pool_full, "whole": whole}
+            mine.close()
         elif step == "queue":
             # Every producer puts None after its items, and a consumer stops at its first None: 32
             # Nones for 32 consumers, and the last None put is the last item of the queue, so every
@@ -440,6 +473,25 @@ def test_pipe_big_message_queue_and_slow_consumer_between_h1_and_h2(netns_hosts,
     assert sl["taken"] == list(range(40)) and sl["host"] == "h2" and sl["full_raised"], sl
     assert sl["max_qsize"] <= 4 and sl["put_s"] >= 36 * 0.05 * 0.8, sl  # the producer waited
 
+    wait_pools_empty(list(pools.values()))
+    stop_and_check_nothing_left(head, tb)
+    check_no_pool_file_left(pools)
+
+
+@pytest.mark.timeout(180)
+def test_a_large_message_that_cannot_be_placed_on_the_receivers_node_stays_in_the_pipe(
+        netns_hosts, cross_head, tmp_path):
+    tb, head = netns_hosts, cross_head
+    pools = pools_of(head)
+    wf = CommWorkflow(tb, head, tmp_path, ["full_receiver"], pools["h1"])
+    try:
+        s = wf.summary(timeout=150)
+    finally:
+        wf.kill()
+    r = s["full_receiver"]
+    print(f"\nreceiver's pool full on h2: {r}")
+    assert r["host"] == "h2" and r["pool_full"] and r["whole"], r
+    assert "node h2" in r["error"] and "kept in the channel" in r["error"], r
     wait_pools_empty(list(pools.values()))
     stop_and_check_nothing_left(head, tb)
     check_no_pool_file_left(pools)
