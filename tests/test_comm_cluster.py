@@ -8,6 +8,7 @@ h1 is drained: every app runs on h2.
 - a Pipe between the workflow and an app on h2: 200 round trips, poll, then EOF after close;
 - a 1 GiB message from an app on h2 to the workflow on h1, byte for byte; the app's close() on h2
   then ends the workflow's recv with EOFError;
+- a 1 GiB message from the workflow on h1 to an app on h2 (pushed into h2's pool), byte for byte;
 - 100 messages of 1 MiB (and one each just below and at 64 KiB) from the workflow on h1 to an app
   on h2 and 100 back, byte for byte: large messages move pool to pool by the data plane (a block
   pulled on send, pushed on receive), and no block is left in either pool;
@@ -87,6 +88,15 @@ WORKFLOW = textwrap.dedent('''
         took = time.monotonic() - t0
         conn.close()  # from h2: the workflow's next recv raises EOFError
         return socket.gethostname(), took
+
+
+    def big_in(conn):
+        """Receives one message; (host, its size, its sha256, seconds)."""
+        import hashlib, socket, time
+        t0 = time.monotonic()
+        data = conn.recv_bytes()
+        took = time.monotonic() - t0
+        return socket.gethostname(), len(data), hashlib.sha256(data).hexdigest(), took
 
 
     def rotated(i, size):
@@ -282,6 +292,18 @@ WORKFLOW = textwrap.dedent('''
                               "eof_from_h2": eof_from_h2}
             del data
             mine.close()
+        elif step == "big_back":
+            mine, theirs = comm.Pipe(pool=a.pool)
+            data = bytes(range(256)) * (GIB // 256)
+            digest = hashlib.sha256(data).hexdigest()
+            f = app(big_in)(theirs)
+            t_send = time.monotonic()
+            mine.send_bytes(data)
+            del data
+            host, size, their_digest, recv_s = f.result(timeout=120)
+            summary[step] = {"host": host, "size": size, "same": their_digest == digest,
+                             "recv_s": recv_s, "send_to_result_s": time.monotonic() - t_send}
+            mine.close()
         elif step == "mib":
             mine, theirs = comm.Pipe(pool=a.pool)
             sizes = [(64 << 10) - 1, 64 << 10] + [1 << 20] * 100
@@ -438,12 +460,12 @@ class CommWorkflow:
 def test_pipe_big_message_queue_and_slow_consumer_between_h1_and_h2(netns_hosts, cross_head, tmp_path):
     tb, head = netns_hosts, cross_head
     pools = pools_of(head)
-    wf = CommWorkflow(tb, head, tmp_path, ["pipe", "big", "mib", "queue", "slow"], pools["h1"])
+    wf = CommWorkflow(tb, head, tmp_path, ["pipe", "big", "big_back", "mib", "queue", "slow"], pools["h1"])
     try:
         s = wf.summary(timeout=200)
     finally:
         wf.kill()
-    print(f"\npipe {s['pipe']}; 1 GiB h2 -> h1 {s['big']}; 1 MiB x 100 both ways {s['mib']}; queue of 32 + 32 {s['queue']['seconds']:.1f}s; "
+    print(f"\npipe {s['pipe']}; 1 GiB h2 -> h1 {s['big']}; 1 GiB h1 -> h2 {s['big_back']}; 1 MiB x 100 both ways {s['mib']}; queue of 32 + 32 {s['queue']['seconds']:.1f}s; "
           f"slow consumer: the producer's 40 puts took {s['slow']['put_s']:.2f}s")
 
     p = s["pipe"]
@@ -453,6 +475,9 @@ def test_pipe_big_message_queue_and_slow_consumer_between_h1_and_h2(netns_hosts,
     b = s["big"]
     assert b["size"] == 1 << 30 and b["same"] and b["host"] == "h2", b
     assert b["eof_from_h2"], b  # the app's close() on h2 ended the workflow's recv
+
+    bb = s["big_back"]
+    assert bb["host"] == "h2" and bb["size"] == 1 << 30 and bb["same"], bb
 
     m = s["mib"]
     assert m["host"] == "h2" and m["wrong_on_h2"] == [] and m["wrong_on_h1"] == [] and m["count"] == 102, m
