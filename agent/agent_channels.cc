@@ -158,9 +158,15 @@ absl::StatusOr<v1::ChannelReply> AgentChannels::Apply(const v1::ChannelRequest& 
       absl::StatusOr<pid_t> peer = LocalPeer(request);
       if (!peer.ok()) return peer.status();
       if (request.accept_block() && request.caller_pid() > 0 && !request.caller_node().empty() &&
-          request.caller_node() != node_id_ && plane_.load() != nullptr) {
-        return ReceivePushed(*channel, request, *peer);
+          request.caller_node() != node_id_ && plane_.load() != nullptr && TakeHold()) {
+        // At most kPutBackSlots messages are out of their rings here at once
+        // (see ShmChannel::kPutBackSlots): each can go back if its push fails.
+        absl::StatusOr<v1::ChannelReply> pushed = ReceivePushed(*channel, request, *peer);
+        held_.fetch_sub(1);
+        return pushed;
       }
+      // No hold free (that many large receives in flight): the message, if
+      // any, comes back inside the reply, as a small one does.
       absl::Status got = channel->ReceiveInto(*reply.mutable_message(), WaitOf(request), *peer);
       if (absl::IsDeadlineExceeded(got)) {
         reply.set_would_block(true);
@@ -221,6 +227,14 @@ absl::StatusOr<v1::ChannelReply> AgentChannels::SendPulled(ShmChannel& channel,
   return reply;
 }
 
+bool AgentChannels::TakeHold() {
+  int held = held_.load();
+  while (held < static_cast<int>(common::ShmChannel::kPutBackSlots)) {
+    if (held_.compare_exchange_weak(held, held + 1)) return true;
+  }
+  return false;
+}
+
 absl::StatusOr<v1::ChannelReply> AgentChannels::ReceivePushed(ShmChannel& channel,
                                                               const v1::ChannelRequest& request,
                                                               pid_t peer) {
@@ -257,6 +271,7 @@ absl::StatusOr<v1::ChannelReply> AgentChannels::ReceivePushed(ShmChannel& channe
   }
   // Not placed on the receiver's node: the message goes back at the head for
   // the next receive (this receiver's retry, or another's).
+  // It has a slot: this agent holds at most kPutBackSlots taken messages.
   absl::Status kept = channel.PutBack(message.block, message.size);
   if (!kept.ok()) (void)pool_->Free(message.block);
   return absl::Status(

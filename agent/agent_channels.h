@@ -30,8 +30,10 @@
 //    and frees. When the push fails (the receiver's node lost or its pool
 //    full) the message is put back at the head of the channel
 //    (ShmChannel::PutBack), so another receive gets it, and the receiver's
-//    call fails with the push's error. Only if senders filled the freed slot
-//    in the meantime is it lost, and the error says so.
+//    call fails with the push's error. It always has a slot to go back to:
+//    the ring has ShmChannel::kPutBackSlots slots senders never use, and this
+//    agent has at most that many messages taken at once (more concurrent
+//    large receives get their message inside the reply instead).
 //
 // A Barrier of this node's pool used by a party on another node goes the
 // same way: its BARRIER_* ops are done at home by AgentBarriers.
@@ -121,6 +123,10 @@ class AgentChannels {
   AgentBarriers barriers_;
   ForwardingService<v1::ChannelRequest, v1::ChannelReply> forwarding_;
   std::atomic<DataPlane*> plane_{nullptr};  // moves large messages' blocks
+  // A hold for one ReceivePushed (a message taken out of its ring that may
+  // have to go back): false when kPutBackSlots are taken.
+  bool TakeHold();
+  std::atomic<int> held_{0};  // ReceivePushed calls in progress
 };
 
 }  // namespace dragon::agent

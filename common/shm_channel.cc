@@ -14,9 +14,10 @@
 namespace dragon::common {
 namespace {
 
-// "DRGNCHN2": the layout with inline slots. A program built for the first
-// layout ("DRGNCHNL") refuses these channels instead of misreading them.
-inline constexpr uint64_t kChannelMagic = 0x324e48434e474452;
+// "DRGNCHN3": the layout with inline slots and the put-back slots. A program
+// built for an earlier layout ("DRGNCHNL", "DRGNCHN2") refuses these channels
+// instead of misreading them.
+inline constexpr uint64_t kChannelMagic = 0x334e48434e474452;
 
 }  // namespace
 
@@ -90,6 +91,8 @@ struct ShmChannel::Header {
 uint64_t ShmChannel::SlotsOffset() {
   static_assert(sizeof(Slot) == 256, "a slot is four cache lines"); return (sizeof(Header) + 63) / 64 * 64; }
 
+uint64_t ShmChannel::SlotCount() const { return uint64_t{h_->capacity} + kPutBackSlots; }
+
 ShmChannel::Slot* ShmChannel::slots() const {
   return reinterpret_cast<Slot*>(reinterpret_cast<char*>(h_) + SlotsOffset());
 }
@@ -98,7 +101,7 @@ pid_t ShmChannel::creator_pid() const { return h_->creator_pid; }
 
 absl::StatusOr<BlockRef> ShmChannel::Create(ShmPool& pool, uint32_t capacity) {
   if (capacity == 0) return absl::InvalidArgumentError("a channel needs a capacity of at least 1");
-  const uint64_t bytes = SlotsOffset() + uint64_t{capacity} * sizeof(Slot);
+  const uint64_t bytes = SlotsOffset() + (uint64_t{capacity} + kPutBackSlots) * sizeof(Slot);
   absl::StatusOr<BlockRef> ref = pool.Allocate(bytes);
   if (!ref.ok()) return ref.status();
   absl::StatusOr<absl::Span<char>> span = pool.Resolve(*ref);
@@ -128,7 +131,7 @@ absl::StatusOr<ShmChannel> ShmChannel::Open(ShmPool& pool, BlockRef ref) {
   if (!span.ok()) return span.status();
   Header* h = reinterpret_cast<Header*>(span->data());
   if (span->size() < SlotsOffset() || h->magic.load(std::memory_order_acquire) != kChannelMagic ||
-      span->size() < SlotsOffset() + uint64_t{h->capacity} * sizeof(Slot)) {
+      span->size() < SlotsOffset() + (uint64_t{h->capacity} + kPutBackSlots) * sizeof(Slot)) {
     return absl::InvalidArgumentError("that block is not a channel");
   }
   return ShmChannel(pool, ref, h);
@@ -150,12 +153,11 @@ void ShmChannel::Unlock() { shm_object::UnlockRobust(&h_->mutex); }
 void ShmChannel::Repair() {
   const uint64_t head = h_->head.load(std::memory_order_relaxed);
   const uint64_t tail = h_->tail.load(std::memory_order_relaxed);
-  const uint32_t cap = h_->capacity;
-  if (head != tail && slots()[head % cap].full.load(std::memory_order_relaxed) == kEmpty) {
+  if (head != tail && slots()[head % SlotCount()].full.load(std::memory_order_relaxed) == kEmpty) {
     // A receiver took the message over and cleared its slot: finish its pop.
     h_->head.store(head + 1, std::memory_order_release);
-  } else if (tail - head < cap) {
-    Slot& slot = slots()[tail % cap];
+  } else if (tail - head < SlotCount()) {  // a send or a put-back may be staged at tail
+    Slot& slot = slots()[tail % SlotCount()];
     const uint64_t state = slot.full.load(std::memory_order_relaxed);
     if (state == kInline) {
       // A sender that died after copying its bytes in (`full` is stored
@@ -291,7 +293,7 @@ absl::Status ShmChannel::SendInline(absl::Span<const char> bytes, absl::Duration
 }
 
 void ShmChannel::StageInline(absl::Span<const char> bytes) {
-  Slot& slot = slots()[h_->tail.load(std::memory_order_relaxed) % h_->capacity];
+  Slot& slot = slots()[h_->tail.load(std::memory_order_relaxed) % SlotCount()];
   slot.size = bytes.size();
   if (!bytes.empty()) std::memcpy(slot.bytes, bytes.data(), bytes.size());
   slot.full.store(kInline, std::memory_order_release);
@@ -350,16 +352,17 @@ absl::Status ShmChannel::WaitForRoom(absl::Duration timeout, pid_t peer) {
 absl::Status ShmChannel::PutBack(const BlockRef& block, uint64_t size) {
   if (absl::Status locked = Lock(); !locked.ok()) return locked;
   const uint64_t head = h_->head.load(std::memory_order_relaxed);
-  if (head == 0 || h_->tail.load(std::memory_order_relaxed) - head >= h_->capacity) {
+  if (head == 0 || h_->tail.load(std::memory_order_relaxed) - head >= SlotCount()) {
     Unlock();
-    return absl::UnavailableError(absl::StrCat("no slot to put a message of ", size,
-                                               " bytes back: senders filled the channel"));
+    return absl::UnavailableError(absl::StrCat(
+        "no slot to put a message of ", size, " bytes back: more than ", kPutBackSlots,
+        " messages taken and put back at once"));
   }
   // The slot before head is free (the ring has room). Staged as a send is
   // (the block the creator's, then one store): a putter killed before the
   // store leaves the block the creator's, outside the ring, until the
   // channel goes (or, when that slot is also tail's, Repair publishes it).
-  Slot& slot = slots()[(head - 1) % h_->capacity];
+  Slot& slot = slots()[(head - 1) % SlotCount()];
   slot.block = block;
   slot.size = size;
   slot.full.store(kInBlock, std::memory_order_release);
@@ -374,7 +377,7 @@ absl::Status ShmChannel::PutBack(const BlockRef& block, uint64_t size) {
 }
 
 absl::Status ShmChannel::StageSend(const BlockRef& block, uint64_t size) {
-  Slot& slot = slots()[h_->tail.load(std::memory_order_relaxed) % h_->capacity];
+  Slot& slot = slots()[h_->tail.load(std::memory_order_relaxed) % SlotCount()];
   slot.block = block;
   slot.size = size;
   slot.full.store(kInBlock, std::memory_order_release);
@@ -384,7 +387,7 @@ absl::Status ShmChannel::StageSend(const BlockRef& block, uint64_t size) {
 }
 
 absl::Status ShmChannel::TakeHead(ShmMessage& message, std::string& small) {
-  Slot& slot = slots()[h_->head.load(std::memory_order_relaxed) % h_->capacity];
+  Slot& slot = slots()[h_->head.load(std::memory_order_relaxed) % SlotCount()];
   const uint64_t state = slot.full.load(std::memory_order_acquire);
   if (state == kEmpty) {
     return absl::NotFoundError("an empty slot");  // a pop Repair did not see finished
@@ -512,7 +515,7 @@ absl::Status ShmChannel::Destroy() {
   h_->closed.store(1);  // sequentially consistent: see WaitWord
   const uint64_t tail = h_->tail.load(std::memory_order_relaxed);
   for (uint64_t at = h_->head.load(std::memory_order_relaxed); at != tail; ++at) {
-    Slot& slot = slots()[at % h_->capacity];
+    Slot& slot = slots()[at % SlotCount()];
     if (slot.full.load(std::memory_order_relaxed) == kInBlock) {
       (void)pool_->FreeIfOwner(slot.block, h_->creator_pid);
     }

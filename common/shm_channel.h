@@ -106,6 +106,11 @@ class ShmChannel {
   // 256 bytes: 40 of bookkeeping, the rest the message), larger ones in a
   // pool block each. 216 B holds a small pickled object or a control message.
   static constexpr uint64_t kInlineBytes = 216;
+  // Slots beyond `capacity` that only PutBack fills: senders see the channel
+  // full at `capacity`, so a taker that puts back at most this many messages
+  // at once (AgentChannels holds at most this many taken messages) always
+  // finds a slot, whatever senders did meanwhile, and never loses one.
+  static constexpr uint32_t kPutBackSlots = 32;
 
   // A channel of `capacity` slots in a block of `pool`, owned by this process
   // (its creator). The channel lives until Destroy or its creator's death.
@@ -144,8 +149,9 @@ class ShmChannel {
   absl::Status WaitForRoom(absl::Duration timeout, pid_t peer = 0);
   // Puts a message Receive gave the caller back at the head, the oldest
   // again (its block the creator's again): for a receiver that could not
-  // hand it on. Does not wait: Unavailable when senders filled the slot
-  // meanwhile; on any error the block stays the caller's.
+  // hand it on. Does not wait; it has room while at most kPutBackSlots
+  // taken messages are put back at once (Unavailable past that); on any
+  // error the block stays the caller's.
   absl::Status PutBack(const BlockRef& block, uint64_t size);
   // No more sends; receivers drain what is queued, then get OutOfRange.
   absl::Status Close();
@@ -195,6 +201,8 @@ class ShmChannel {
   void StageInline(absl::Span<const char> bytes);
   absl::Status TakeHead(ShmMessage& message, std::string& small);
   Slot* slots() const;
+  // capacity + kPutBackSlots: the ring's slots (indexes are modulo this).
+  uint64_t SlotCount() const;
   static uint64_t SlotsOffset();
 
   ShmPool* pool_;

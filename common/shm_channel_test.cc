@@ -353,18 +353,18 @@ TEST_CASE("channel: SendOwnedBlock queues a block without a copy; PutBack makes 
     absl::StatusOr<ShmMessage> first = c.Receive(kLong);
     REQUIRE(first.ok());
     CHECK(std::string(pool->Resolve(first->block)->data(), first->size) == "tiny");
-    // Another send took the free slot: no room to put it back, still ours.
+    // Another send took the free slot: the put-back still has a slot of its
+    // own (kPutBackSlots beyond the capacity), and it is the oldest again.
     REQUIRE(c.WaitForRoom(absl::ZeroDuration()).ok());  // a slot is free now
     REQUIRE(c.Send(Bytes("later"), kLong).ok());
-    CHECK(absl::IsUnavailable(c.PutBack(first->block, first->size)));
-    absl::StatusOr<ShmMessage> second = c.Receive(kLong);
-    REQUIRE(second.ok());
-    CHECK(second->size == kMiB);
-    // Now there is room: put back, it comes out before "later".
-    REQUIRE(c.PutBack(second->block, second->size).ok());
-    REQUIRE(c.PutBack(first->block, first->size).ok() == false);  // ring full again
-    CHECK(pool->FreeIfOwner(first->block, getpid()).value());
+    REQUIRE(c.PutBack(first->block, first->size).ok());
+    CHECK(c.Stats()->count == 3);
+    // Senders still see it full at its capacity.
+    CHECK(absl::IsDeadlineExceeded(c.WaitForRoom(absl::Milliseconds(20))));
     std::string got;
+    REQUIRE(c.ReceiveInto(got, kLong).ok());
+    CHECK(got == "tiny");
+    CHECK(absl::IsDeadlineExceeded(c.WaitForRoom(absl::Milliseconds(20))));  // 2 of 2
     REQUIRE(c.ReceiveInto(got, kLong).ok());
     CHECK(got == Text(kMiB, 3));
     REQUIRE(c.ReceiveInto(got, kLong).ok());
@@ -382,6 +382,42 @@ TEST_CASE("channel: SendOwnedBlock queues a block without a copy; PutBack makes 
     REQUIRE(c.ReceiveInto(got, kLong).ok());
     CHECK(got == Text(4096, 9));
     CHECK(absl::IsOutOfRange(c.ReceiveInto(got, absl::Milliseconds(10))));
+    REQUIRE(c.Destroy().ok());
+  }
+  ExpectWhole(*pool);
+}
+
+TEST_CASE("channel: up to kPutBackSlots taken messages go back into a full channel, never one more") {
+  NoLeftovers check;
+  std::unique_ptr<ShmPool> pool = MustCreate(16 * kMiB);
+  {
+    ShmChannel c = MustCreateChannel(*pool, 2);
+    std::vector<ShmMessage> taken;
+    for (uint32_t i = 0; i <= ShmChannel::kPutBackSlots; ++i) {
+      REQUIRE(c.Send(Bytes(Text(4096, static_cast<int>(i))), kLong).ok());
+      absl::StatusOr<ShmMessage> m = c.Receive(kLong);
+      REQUIRE(m.ok());
+      taken.push_back(*m);
+    }
+    REQUIRE(c.Send(Bytes("a"), kLong).ok());
+    REQUIRE(c.Send(Bytes("b"), kLong).ok());  // full for senders
+    // Put back newest first, so the oldest ends first in line.
+    for (uint32_t i = ShmChannel::kPutBackSlots; i >= 1; --i) {
+      REQUIRE(c.PutBack(taken[i].block, taken[i].size).ok());
+    }
+    absl::Status over = c.PutBack(taken[0].block, taken[0].size);
+    CHECK(absl::IsUnavailable(over));
+    CHECK(absl::StrContains(over.message(), "taken and put back at once"));
+    CHECK(pool->FreeIfOwner(taken[0].block, getpid()).value());  // still the caller's
+    std::string got;
+    for (uint32_t i = 1; i <= ShmChannel::kPutBackSlots; ++i) {
+      REQUIRE(c.ReceiveInto(got, kLong).ok());
+      CHECK(got == Text(4096, static_cast<int>(i)));
+    }
+    REQUIRE(c.ReceiveInto(got, kLong).ok());
+    CHECK(got == "a");
+    REQUIRE(c.ReceiveInto(got, kLong).ok());
+    CHECK(got == "b");
     REQUIRE(c.Destroy().ok());
   }
   ExpectWhole(*pool);
