@@ -126,20 +126,20 @@ def _mp_consumer(q, n, out):
     out.put(sorted(q.get(timeout=120) for _ in range(n)))
 
 
-def test_64_producers_and_consumers_on_one_queue(dfk):
+def test_64_producers_and_64_consumers_on_one_queue(dfk):
     q = comm.Queue(maxsize=64)
     ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
-    per = 200
-    procs = [ctx.Process(target=_mp_producer, args=(q, who, per)) for who in range(32)]
-    procs += [ctx.Process(target=_mp_consumer, args=(q, per, results)) for _ in range(32)]
+    per, n = 100, 64
+    procs = [ctx.Process(target=_mp_producer, args=(q, who, per)) for who in range(n)]
+    procs += [ctx.Process(target=_mp_consumer, args=(q, per, results)) for _ in range(n)]
     for p in procs:
         p.start()
-    got = [item for _ in range(32) for item in results.get(timeout=180)]
+    got = [item for _ in range(n) for item in results.get(timeout=180)]
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    assert sorted(got) == sorted((who, k) for who in range(32) for k in range(per))  # each exactly once
+    assert sorted(got) == sorted((who, k) for who in range(n) for k in range(per))  # each exactly once
     q.close()
 
 
