@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
 #include "common/shm_pool.h"
+#include "common/test_dir.h"
 
 namespace dragon::agent {
 namespace {
@@ -21,22 +22,8 @@ constexpr uint64_t kMiB = uint64_t{1} << 20;
 constexpr uint64_t kGiB = uint64_t{1} << 30;
 
 // A private directory under /dev/shm, removed with everything in it.
-struct ShmDir {
-  ShmDir() {
-    char name[] = "/dev/shm/dragon-agent-pool-test-XXXXXX";
-    REQUIRE(mkdtemp(name) != nullptr);
-    path = name;
-  }
-  ~ShmDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  size_t Files() const {
-    size_t n = 0;
-    for (const auto& e : std::filesystem::directory_iterator(path)) n += e.is_regular_file();
-    return n;
-  }
-  std::string path;
+struct ShmDir : common::TestDir {
+  ShmDir() : TestDir("/dev/shm/dragon-agent-pool-test-") {}
 };
 
 TEST_CASE("the default pool is 1/8 of the memory, at most half of the file system, in MiB") {

@@ -26,6 +26,7 @@
 #include "absl/time/time.h"
 #include "agent/data_plane.h"
 #include "common/shm_pool.h"
+#include "common/test_dir.h"
 
 namespace dragon::agent::data_plane_test {
 
@@ -42,22 +43,8 @@ inline void UseTcpOnLoopback() { setenv("UCX_TLS", "tcp,self", 1); }
 
 // A private directory under /dev/shm for the pools of one test; the test
 // checks that it is empty before it goes.
-struct ShmDir {
-  ShmDir() {
-    char name[] = "/dev/shm/dragon-data-plane-test-XXXXXX";
-    REQUIRE(mkdtemp(name) != nullptr);
-    path = name;
-  }
-  ~ShmDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  size_t Files() const {
-    size_t n = 0;
-    for (const auto& e : std::filesystem::directory_iterator(path)) n += e.is_regular_file();
-    return n;
-  }
-  std::string path;
+struct ShmDir : common::TestDir {
+  ShmDir() : TestDir("/dev/shm/dragon-data-plane-test-") {}
 };
 
 inline std::unique_ptr<ShmPool> MakePool(const ShmDir& dir, const std::string& name,

@@ -15,22 +15,14 @@
 #include "absl/synchronization/mutex.h"
 #include "common/data_socket_client.h"
 #include "proto/agent.pb.h"
+#include "common/test_dir.h"
 
 namespace dragon::agent {
 namespace {
 
 // A private directory, removed with everything in it.
-struct TempDir {
-  TempDir() {
-    char name[] = "/tmp/dragon-data-service-test-XXXXXX";
-    REQUIRE(mkdtemp(name) != nullptr);
-    path = name;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string path;
+struct TempDir : common::TestDir {
+  TempDir() : TestDir("/tmp/dragon-data-service-test-") {}
 };
 
 // Records each call and answers what the test says.

@@ -19,6 +19,7 @@
 #include "absl/synchronization/notification.h"
 #include "common/data_socket_client.h"
 #include "common/data_socket_frames.h"
+#include "common/test_dir.h"
 
 namespace dragon::agent {
 namespace {
@@ -26,17 +27,8 @@ namespace {
 using common::CallDataSocket;
 using common::DataMethod;
 
-struct TempDir {
-  TempDir() {
-    char name[] = "/tmp/dragon-data-socket-test-XXXXXX";
-    REQUIRE(mkdtemp(name) != nullptr);
-    path = name;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string path;
+struct TempDir : common::TestDir {
+  TempDir() : TestDir("/tmp/dragon-data-socket-test-") {}
 };
 
 // Echoes the body with the method in front; "fail:<code>" answers that code.

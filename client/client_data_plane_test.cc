@@ -16,6 +16,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/test_dir.h"
 
 namespace dragon::client {
 namespace {
@@ -46,22 +47,8 @@ class MapDirectory : public agent::PeerDirectory {
   PeerMap* map_;
 };
 
-struct ShmDir {
-  ShmDir() {
-    char name[] = "/dev/shm/dragon-client-plane-test-XXXXXX";
-    REQUIRE(mkdtemp(name) != nullptr);
-    path = name;
-  }
-  ~ShmDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  size_t Files() const {
-    size_t n = 0;
-    for (const auto& e : std::filesystem::directory_iterator(path)) n += e.is_regular_file();
-    return n;
-  }
-  std::string path;
+struct ShmDir : common::TestDir {
+  ShmDir() : TestDir("/dev/shm/dragon-client-plane-test-") {}
 };
 
 size_t Threads() {

@@ -12,21 +12,13 @@
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "common/test_dir.h"
 
 namespace dragon::common {
 namespace {
 
-struct TempDir {
-  TempDir() {
-    char name[] = "/tmp/dragon-data-client-test-XXXXXX";
-    REQUIRE(mkdtemp(name) != nullptr);
-    path = name;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string path;
+struct TempDir : TestDir {
+  TempDir() : TestDir("/tmp/dragon-data-client-test-") {}
 };
 
 // A bound Unix socket at `path`, listening or not (a SIGKILLed agent leaves
