@@ -374,6 +374,9 @@ int Main(int argc, char** argv) {
   // After the pool, so that it goes first (service, data plane, then pool).
   std::unique_ptr<AgentDataPlane> data_plane = StartDataPlane(
       shm_pool.get(), node_id, head, token, absl::GetFlag(FLAGS_tls_ca), simulate > 0);
+  // Tells processes of this node that find the pool that its data socket is
+  // there now, or will never be (no data plane): see comm.default_pool.
+  if (shm_pool != nullptr) shm_pool->pool()->MarkCreatorReady();
 
   HeadConnectionOptions copts;
   copts.head_address = head;

@@ -33,6 +33,17 @@ absl::Duration MonotonicNow() {
 
 pid_t ShmPool::creator_pid() const { return header()->creator_pid; }
 
+// flags is a plain field written once at creation; this bit is added later
+// while other processes may read it, hence the atomic builtins.
+void ShmPool::MarkCreatorReady() {
+  __atomic_fetch_or(&header()->flags, shm_pool_internal::kCreatorReadyFlag, __ATOMIC_RELEASE);
+}
+
+bool ShmPool::creator_ready() const {
+  return (__atomic_load_n(&header()->flags, __ATOMIC_ACQUIRE) &
+          shm_pool_internal::kCreatorReadyFlag) != 0;
+}
+
 absl::Status ShmPool::Lock() {
   const int locked = pthread_mutex_lock(&header()->mutex);
   if (locked == 0) return absl::OkStatus();

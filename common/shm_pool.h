@@ -155,6 +155,12 @@ class ShmPool {
   const std::string& path() const { return path_; }
   bool creator() const { return creator_; }
   pid_t creator_pid() const;
+  // The creator's start-up is over: whatever it serves beside the pool (an
+  // agent's data socket `<pool>.sock`) exists now or never will. A process
+  // that finds a pool as soon as its file appears waits for this instead of
+  // taking a socket that is not there yet for "no data plane".
+  void MarkCreatorReady();
+  bool creator_ready() const;
   uint64_t capacity_bytes() const { return allocator_.capacity_bytes(); }
   // Huge pages were asked for and the kernel allows them for shared memory.
   bool huge_pages() const { return huge_pages_; }

@@ -29,6 +29,7 @@ using shm_pool_internal::kCreatingMagic;
 using shm_pool_internal::FreeSpaceOf;
 using shm_pool_internal::kHugePagesFlag;
 using shm_pool_internal::kLazyFlag;
+using shm_pool_internal::kCreatorReadyFlag;
 using shm_pool_internal::kMagic;
 using shm_pool_internal::kVersion;
 using shm_pool_internal::ProcessAlive;
@@ -375,6 +376,8 @@ absl::StatusOr<std::unique_ptr<ShmPool>> ShmPool::Adopt(const std::string& path)
   header->creator_pid = getpid();
   header->creator_start_time = ProcessStartTime(getpid());
   header->creator_pid_namespace = PidNamespace();
+  // The new creator has not started its services yet (MarkCreatorReady).
+  __atomic_fetch_and(&header->flags, ~kCreatorReadyFlag, __ATOMIC_RELEASE);
   (*pool)->Unlock();
   (*pool)->creator_ = true;
   (*pool)->device_ = file.st_dev;

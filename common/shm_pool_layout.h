@@ -23,6 +23,10 @@ inline constexpr uint64_t kCreatingMagic = 0x54494e494e474452;  // "DRGNINIT": n
 inline constexpr uint32_t kVersion = 2;
 inline constexpr uint32_t kHugePagesFlag = 1;
 inline constexpr uint32_t kLazyFlag = 2;  // ShmPoolOptions::reserve was false
+// Set by the creator once it has finished starting the services beside the
+// pool (an agent's data plane socket): see ShmPool::MarkCreatorReady. Old
+// programs ignore it, so the version stays.
+inline constexpr uint32_t kCreatorReadyFlag = 4;
 inline constexpr int kWaiterSlots = 64;
 
 // Whether `pid` runs and, when `start_time` is known (not 0), is the process

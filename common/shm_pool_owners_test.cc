@@ -292,6 +292,7 @@ TEST_CASE("Adopt takes over the pool of a dead creator, blocks of live owners in
     absl::StatusOr<BlockRef> its = (*pool)->Allocate(8 << 10);
     if (!ours.ok() || !its.ok()) return 3;
     memcpy((*pool)->Resolve(*ours)->data(), "kept", 4);
+    (*pool)->MarkCreatorReady();  // its services were up before it died
     if (write(refs.fds[1], ours->Encode().data(), BlockRef::kEncodedSize) != 24) return 4;
     char wait;
     if (read(go.fds[0], &wait, 1) != 1) return 5;  // alive until the parent has tried
@@ -311,6 +312,7 @@ TEST_CASE("Adopt takes over the pool of a dead creator, blocks of live owners in
   REQUIRE(adopted.ok());
   CHECK((*adopted)->creator());
   CHECK((*adopted)->creator_pid() == getpid());
+  CHECK_FALSE((*adopted)->creator_ready());  // the adopter has not started its own yet
   CHECK(ShmPool::RemoveStale(kShm, Prefix()) == 0);  // its creator is alive again: us
   CHECK(std::string((*adopted)->Resolve(*ours)->data(), 4) == "kept");
   CHECK(*(*adopted)->ReclaimOwner(creator) == 8 << 10);  // the dead creator's own block
@@ -318,6 +320,34 @@ TEST_CASE("Adopt takes over the pool of a dead creator, blocks of live owners in
   ExpectWhole(**adopted);
   adopted->reset();  // the adopter removes the file, as the creator would have
   CHECK_FALSE(Exists(path));
+}
+
+TEST_CASE("MarkCreatorReady is seen by every process attached to the pool, once") {
+  NoLeftovers check;
+  ShmPoolOptions options;
+  options.name = UniqueName();
+  options.size_bytes = kMiB;
+  absl::StatusOr<std::unique_ptr<ShmPool>> pool = ShmPool::Create(options);
+  REQUIRE(pool.ok());
+  absl::StatusOr<std::unique_ptr<ShmPool>> other = ShmPool::Attach((*pool)->path());
+  REQUIRE(other.ok());
+  CHECK_FALSE((*pool)->creator_ready());
+  CHECK_FALSE((*other)->creator_ready());
+  const pid_t child = ForkChild([&]() -> int {
+    absl::StatusOr<std::unique_ptr<ShmPool>> seen = ShmPool::Attach((*pool)->path());
+    if (!seen.ok()) return 2;
+    // Waits for the parent's mark through its own mapping (bounded by the test's timeout).
+    while (!(*seen)->creator_ready()) usleep(1000);
+    return (*seen)->huge_pages() == (*pool)->huge_pages() ? 0 : 3;  // the other flags kept
+  });
+  (*pool)->MarkCreatorReady();
+  (*pool)->MarkCreatorReady();  // idempotent
+  ExpectExit0(child);
+  CHECK((*other)->creator_ready());
+  absl::StatusOr<std::unique_ptr<ShmPool>> later = ShmPool::Attach((*pool)->path());
+  REQUIRE(later.ok());
+  CHECK((*later)->reserved());  // the creation flags are kept beside the new bit
+  CHECK((*later)->creator_ready());
 }
 
 }  // namespace

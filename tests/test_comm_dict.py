@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import pickle
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -145,3 +146,43 @@ def test_an_unknown_node_is_an_error_naming_it(dfk):
     d = Dictionary(nodes=["no-such-node"])
     with pytest.raises(DictionaryError, match="no-such-node"):
         d["x"] = 1
+
+
+def test_a_pool_is_used_once_its_agent_has_finished_starting(tmp_path, monkeypatch):
+    """An agent creates its pool before its data socket (<pool>.sock): a Dictionary made in
+    between must wait for the agent's start-up (ShmPool.creator_ready), not call it "no data
+    plane" (seen in CI right after an executor started). Here this process plays the agent."""
+    from dragon_parsl import _core, comm_dict, shm
+    from dragon_parsl.errors import SharedMemoryError
+    for name in ("DRAGON_SHM_POOL", "DRAGON_AGENT_DATA_SOCKET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(shm, "DEFAULT_DIR", str(tmp_path))
+    pool = _core.ShmPool.create(str(tmp_path), f"dragon-pool-{os.geteuid()}-starting", 1 << 20)
+    socket = pool.path + ".sock"
+    try:
+        assert not pool.creator_ready
+        t0 = time.monotonic()
+        with pytest.raises(SharedMemoryError, match=r"did not finish starting within 0.5 s.*see its log"):
+            comm_dict.data_socket(wait_s=0.5)
+        assert time.monotonic() - t0 >= 0.45
+
+        def start_services():  # the socket first, then the mark, as agent/main.cc does
+            time.sleep(0.3)
+            open(socket, "w").close()
+            pool.mark_creator_ready()
+
+        starter = threading.Thread(target=start_services)
+        t0 = time.monotonic()
+        starter.start()
+        assert comm_dict.data_socket(wait_s=10) == socket
+        assert 0.25 <= time.monotonic() - t0 < 5
+        starter.join()
+
+        os.unlink(socket)  # started, and no data plane (--noucx): said at once, not after wait_s
+        t0 = time.monotonic()
+        with pytest.raises(SharedMemoryError, match="has no data plane.*--noucx"):
+            comm_dict.data_socket(wait_s=10)
+        assert time.monotonic() - t0 < 2
+    finally:
+        shm_pool_path.forget(pool.path)
+        pool.close()

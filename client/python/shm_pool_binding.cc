@@ -223,6 +223,13 @@ void RegisterShmPool(py::module_& m) {
       .def_property_readonly("creator_pid",
                              [](const PoolHandle& h) { return h.pool().creator_pid(); },
                              "The pid of the process that created (or adopted) the pool: its agent.")
+      .def("mark_creator_ready", [](const PoolHandle& h) { h.pool().MarkCreatorReady(); },
+           "Says that the services beside the pool (its <path>.sock) are started, or never "
+           "will be: what an agent does once its data plane is up or failed to start.")
+      .def_property_readonly(
+          "creator_ready", [](const PoolHandle& h) { return h.pool().creator_ready(); },
+          "The creating agent has finished starting: its data socket <path>.sock exists now "
+          "or never will (it has no data plane).")
       .def("close", &PoolHandle::close,
            "Lets the pool go; the creator's file is removed once no block view is left.");
 }

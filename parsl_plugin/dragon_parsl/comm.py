@@ -58,14 +58,16 @@ def _core() -> Any:
 def default_pool(wait_s: float = 10.0) -> str:
     """The pool new objects go to: ``$DRAGON_SHM_POOL``, else the pool of a dragon-agent of this
     user running on this host (the newest, when there are several), waiting up to ``wait_s`` for
-    one (an executor just started: its agent creates its pool as it starts)."""
+    one (an executor just started: its agent creates its pool as it starts) and for its agent to
+    finish starting, so that its data socket, if it has one, is there (ShmPool.creator_ready; an
+    agent still starting at the deadline has its pool returned anyway)."""
     path = os.environ.get("DRAGON_SHM_POOL")
     if path:
         return path
     deadline = time.monotonic() + wait_s
     while True:
         found = _live_agent_pools()
-        if found:
+        if found and (_creator_ready(found[-1]) or time.monotonic() >= deadline):
             return found[-1]
         if time.monotonic() >= deadline:
             raise SharedMemoryError(
@@ -73,6 +75,13 @@ def default_pool(wait_s: float = 10.0) -> str:
                 f"(waited {wait_s:g} s): start the executor (or dragond) first, or name a pool with "
                 f"pool= or $DRAGON_SHM_POOL")
         time.sleep(0.1)
+
+
+def _creator_ready(path: str) -> bool:
+    try:
+        return bool(shm_pool_path.attach(path).creator_ready)
+    except SharedMemoryError:
+        return False
 
 
 def _live_agent_pools() -> List[str]:

@@ -81,6 +81,9 @@ def data_socket(wait_s: float = 10.0) -> str:
     from dragon_parsl import comm  # the pool lookup of the other communication objects
     pool = comm.default_pool(wait_s)
     path = pool + ".sock"
+    if not os.path.exists(path) and not comm._creator_ready(pool):
+        raise SharedMemoryError(f"the dragon-agent of pool {pool} did not finish starting within {wait_s:g} s "
+                                f"(no socket {path} yet); see its log")
     if not os.path.exists(path):
         raise SharedMemoryError(f"the dragon-agent of pool {pool} has no data plane (no socket {path}): it was "
                                 f"started with --noucx or UCX failed to start (see its log); a Dictionary needs it")
