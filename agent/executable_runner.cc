@@ -297,7 +297,10 @@ std::optional<ExecutableOutcome> ExecutableRunner::TryFinish(Proc* p, int64_t no
     result.set_exit_code(WEXITSTATUS(status));
   } else {
     result.set_exit_code(-1);
-    if (status != -1 && WIFSIGNALED(status)) result.set_signal(WTERMSIG(status));
+    if (status != -1 && WIFSIGNALED(status)) {
+      result.set_signal(WTERMSIG(status));
+      if (!p->killed && !p->timed_out) o.external_signal = WTERMSIG(status);
+    }
   }
   result.set_stdout_bytes(p->out.total());
   result.set_stderr_bytes(p->err.total());

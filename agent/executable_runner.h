@@ -44,6 +44,10 @@ struct ExecutableOutcome {
   int64_t start_us = 0;
   int64_t end_us = 0;
   bool killed_by_request = false;  // Kill() was called for it
+  // The signal that killed it when the runner did not send it (neither Kill()
+  // nor its timeout): a stop signal here may be the whole job's end
+  // (held_reports.h).
+  int external_signal = 0;
 };
 
 class ExecutableRunner {

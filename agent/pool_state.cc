@@ -1,5 +1,7 @@
 #include "agent/pool_state.h"
 
+#include <string.h>
+
 #include <algorithm>
 #include <utility>
 
@@ -211,7 +213,7 @@ void PoolState::OnProtocolError(int slot, const absl::Status& error) {
   control_->KillWorker(slot);
 }
 
-void PoolState::OnWorkerExit(int slot, const std::string& how) {
+void PoolState::OnWorkerExit(int slot, const std::string& how, int signal) {
   Slot& s = slots_[slot];
   const SlotState was = s.state;
   if (was == SlotState::kDown) return;
@@ -219,7 +221,7 @@ void PoolState::OnWorkerExit(int slot, const std::string& how) {
     const uint64_t id = s.task_id;
     spdlog::error("worker pid {} (slot {}) died running task {} ({})", s.pid, slot, id, how);
     FinishRunning(slot, v1::SYSTEM_ERROR, v1::FAILURE_WORKER_LOST, "",
-                  absl::StrCat(TaskPrefix(id), "worker pid ", s.pid, " died (", how, ")"));
+                  absl::StrCat(TaskPrefix(id), "worker pid ", s.pid, " died (", how, ")"), signal);
   }
   RemoveIdle(slot);
   s.state = SlotState::kDown;
@@ -241,7 +243,7 @@ void PoolState::OnWorkerExit(int slot, const std::string& how) {
 }
 
 void PoolState::OnExecutableDone(uint64_t task_id, v1::Outcome outcome, std::string data,
-                                 std::string error) {
+                                 std::string error, int signal) {
   auto it = exe_running_.find(task_id);
   if (it == exe_running_.end()) return;
   const RunningExecutable exe = it->second;
@@ -263,13 +265,20 @@ void PoolState::OnExecutableDone(uint64_t task_id, v1::Outcome outcome, std::str
     r.set_worker_pid(exe.pid);
     r.set_start_us(exe.start_us);
     r.set_end_us(now_us_());
-    sink_->TaskFinished(std::move(r));
+    Emit(std::move(r), signal);
   }
   Dispatch();
 }
 
 void PoolState::Tick() {
   const int64_t now = now_us_();
+  if (!held_.empty()) {
+    for (v1::TaskResult& r : held_.TakeDue(now)) {
+      spdlog::warn("task {}: reported now; its process was killed by a stop signal but this agent "
+                   "was not stopped within {} ms", r.task_id(), options_.stop_signal_hold_us / 1000);
+      sink_->TaskFinished(std::move(r));
+    }
+  }
   if (limited_deadline_ + limited_memory_ > 0) EnforceLimits(now);
   for (int i = 0; i < slots(); ++i) {
     Slot& s = slots_[i];
@@ -299,6 +308,7 @@ std::optional<int64_t> PoolState::NextWakeUs() const {
     if (!next || at < *next) next = at;
   };
   if (limited_memory_ > 0) consider(next_memory_check_us_);
+  if (std::optional<int64_t> held = held_.NextReleaseUs()) consider(*held);
   if (limited_deadline_ > 0) {
     for (const Slot& s : slots_) {
       if (s.state == SlotState::kBusy && s.limits.deadline_us != 0) consider(s.limits.deadline_us);
@@ -456,7 +466,7 @@ void PoolState::StartExecutable(v1::TaskAssignment task) {
 }
 
 void PoolState::FinishRunning(int slot, v1::Outcome outcome, v1::FailureKind failure,
-                              std::string data, std::string error) {
+                              std::string data, std::string error, int signal) {
   Slot& s = slots_[slot];
   v1::TaskResult r;
   r.set_task_id(s.task_id);
@@ -480,7 +490,27 @@ void PoolState::FinishRunning(int slot, v1::Outcome outcome, v1::FailureKind fai
   // The caller sets the slot's next state; kIdle here would be wrong for a
   // killed or dead worker.
   s.state = SlotState::kKilled;
-  sink_->TaskFinished(std::move(r));
+  Emit(std::move(r), signal);
+}
+
+void PoolState::Emit(v1::TaskResult result, int signal) {
+  if (!IsStopSignal(signal) || options_.stop_signal_hold_us <= 0) {
+    sink_->TaskFinished(std::move(result));
+    return;
+  }
+  spdlog::warn("task {}: its process pid {} was killed by signal {} ({}), which this agent did not "
+               "send; holding the report {} ms: if the agent is being stopped too (scancel, the "
+               "job's end, Ctrl-C), the task is lost with the node and the head runs it again",
+               result.task_id(), result.worker_pid(), signal,
+               sigabbrev_np(signal) ? sigabbrev_np(signal) : "?", options_.stop_signal_hold_us / 1000);
+  held_.Hold(std::move(result), now_us_() + options_.stop_signal_hold_us);
+}
+
+PoolState::~PoolState() {
+  for (uint64_t id : held_.DropAll()) {
+    spdlog::warn("task {}: not reported: its process was killed by a stop signal and this agent "
+                 "stops too; the head runs it again as its node is lost", id);
+  }
 }
 
 void PoolState::RemoveIdle(int slot) {

@@ -18,6 +18,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "agent/held_reports.h"
 #include "agent/interfaces.h"
 #include "agent/placed_cores.h"
 #include "agent/task_limits.h"
@@ -84,6 +85,9 @@ struct PoolOptions {
   int cores = 0;
   // How often the resident memory of tasks with a memory limit is measured.
   int64_t memory_check_us = 100'000;
+  // How long the end of a task whose process a stop signal killed (one the
+  // agent did not send) is held before it is reported: see held_reports.h.
+  int64_t stop_signal_hold_us = 2'000'000;
 };
 
 class PoolState {
@@ -101,6 +105,9 @@ class PoolState {
   using Clock = std::function<int64_t()>;  // microseconds since the Unix epoch
 
   PoolState(PoolOptions options, WorkerControl* control, TaskEventSink* sink, Clock now_us);
+  // Results still held (held_reports.h) are dropped, and logged: the agent
+  // stops, and the head runs those tasks again as its node is lost.
+  ~PoolState();
 
   // Starts every slot's worker.
   void StartAll();
@@ -135,17 +142,20 @@ class PoolState {
   // The worker in `slot` is known to be dead but frames it wrote before
   // dying are still to be delivered: they count, but it gets no new task.
   void OnWorkerExiting(int slot);
-  // The worker in `slot` has exited and been reaped; `how` is DescribeExit().
-  void OnWorkerExit(int slot, const std::string& how);
+  // The worker in `slot` has exited and been reaped; `how` is DescribeExit(),
+  // `signal` the signal that killed it (0: it exited).
+  void OnWorkerExit(int slot, const std::string& how, int signal = 0);
 
   // A started executable ended (outcome OK / APP_EXCEPTION with data =
   // ExecutableResult, or SYSTEM_ERROR with `error` when it could not run).
-  // Frees its slot; reported unless it was cancelled.
+  // Frees its slot; reported unless it was cancelled. `signal`: the signal
+  // that killed it when the agent did not send it (0 otherwise).
   void OnExecutableDone(uint64_t task_id, v1::Outcome outcome, std::string data,
-                        std::string error);
+                        std::string error, int signal = 0);
 
   // Restarts workers whose restart time has come; kills workers that did
-  // not get ready within ready_timeout_us.
+  // not get ready within ready_timeout_us; reports held results whose hold
+  // ended.
   void Tick();
   // When Tick next has something to do, if ever.
   std::optional<int64_t> NextWakeUs() const;
@@ -195,9 +205,12 @@ class PoolState {
   void StartFailed(int slot, const std::string& what);
   void RemoveIdle(int slot);
   // Reports the end of the task running in `slot`; the caller sets the
-  // slot's next state.
+  // slot's next state. `signal`: see Emit.
   void FinishRunning(int slot, v1::Outcome outcome, v1::FailureKind failure, std::string data,
-                     std::string error);
+                     std::string error, int signal = 0);
+  // Hands `result` to the sink, or holds it when `signal` (what killed the
+  // task's process, not sent by the agent) is a stop signal: held_reports.h.
+  void Emit(v1::TaskResult result, int signal);
   // The slot's worker goes back to idle after the task it ran ended.
   void BackToIdle(int slot);
   void FailQueuedIfBroken();
@@ -248,6 +261,7 @@ class PoolState {
   int limited_deadline_ = 0;
   int limited_memory_ = 0;
   int64_t next_memory_check_us_ = 0;
+  HeldReports held_;
 };
 
 }  // namespace dragon::agent

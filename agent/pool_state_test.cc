@@ -1,5 +1,7 @@
 #include "agent/pool_state.h"
 
+#include <signal.h>
+
 #include <map>
 #include <string>
 #include <vector>
@@ -165,6 +167,63 @@ TEST_CASE("a worker dying mid-task fails only its task, with the documented text
   CHECK(f.control.sent.size() == 2);  // waits for the replacement's READY
   f.state.OnReady(slot7);
   CHECK(f.control.sent.back() == std::make_pair(slot7, uint64_t{9}));
+}
+
+TEST_CASE("a worker killed by a stop signal is reported only after the hold: the agent may be "
+          "stopping too (scancel signals the whole job)") {
+  Fixture f(2);
+  f.state.StartAll();
+  f.state.OnReady(0);
+  f.state.OnReady(1);
+  f.state.Submit(Task(7));
+  const int slot = f.control.sent.back().first;
+  const int pid = f.state.slot_pid(slot);
+  f.state.OnWorkerExit(slot, "killed by signal 15 SIGTERM", SIGTERM);
+  CHECK(f.sink.results.count(7) == 0);
+  // Its slot is free and replaced at once; only the report waits.
+  CHECK(f.state.busy() == 0);
+  CHECK(f.state.slot_state(slot) == S::kStarting);
+  REQUIRE(f.state.NextWakeUs().has_value());
+  CHECK(*f.state.NextWakeUs() == f.now + 2'000'000);
+  f.now += 1'999'999;
+  f.state.Tick();
+  CHECK(f.sink.results.count(7) == 0);
+  f.now += 1;
+  f.state.Tick();
+  REQUIRE(f.sink.results.count(7) == 1);
+  CHECK(f.sink.results[7].failure() == v1::FAILURE_WORKER_LOST);
+  CHECK(f.sink.results[7].error() == "task 7 on node n1: worker pid " + std::to_string(pid) +
+                                         " died (killed by signal 15 SIGTERM)");
+  CHECK(f.sink.results[7].end_us() == 1'000'000);  // when it died, not when reported
+  f.sink.results.clear();
+  f.now += 10'000'000;
+  f.state.Tick();
+  CHECK(f.sink.results.empty());  // reported once
+}
+
+TEST_CASE("SIGKILL and exits are reported at once; held results of a stopping agent are dropped") {
+  std::map<uint64_t, v1::TaskResult> reported;
+  {
+    Fixture f(3);
+    f.state.StartAll();
+    for (int slot = 0; slot < 3; ++slot) f.state.OnReady(slot);
+    f.state.Submit(Task(1));
+    const int slot1 = f.control.sent.back().first;
+    f.state.Submit(Task(2));
+    const int slot2 = f.control.sent.back().first;
+    f.state.Submit(Exe(3));
+    f.state.OnWorkerExit(slot1, "killed by signal 9 SIGKILL", SIGKILL);
+    CHECK(f.sink.results.count(1) == 1);
+    f.state.OnWorkerExit(slot2, "killed by signal 2 SIGINT", SIGINT);
+    f.state.OnExecutableDone(3, v1::APP_EXCEPTION, "result", "", SIGHUP);
+    CHECK(f.sink.results.count(2) == 0);
+    CHECK(f.sink.results.count(3) == 0);
+    CHECK(f.state.busy() == 0);
+    f.now += 1'000'000;
+    f.state.Tick();
+    reported = f.sink.results;
+  }  // the pool ends within the hold, as when the agent's own SIGTERM stops it
+  CHECK(reported.size() == 1);  // 2 and 3 never: the head runs them again with the node lost
 }
 
 TEST_CASE("exit code text is carried into the error") {

@@ -352,7 +352,10 @@ void WorkerPool::CheckExits(bool poll_all) {
     }
     spdlog::info("slot {}: worker pid {} {}", slot, dead->proc->pid(), how);
     dead.reset();
-    state_->OnWorkerExit(slot, how);  // may start the replacement in this slot
+    // The agent kills workers only with SIGKILL (KillWorker), after which the
+    // slot is no longer busy: a stop signal here came from outside.
+    const int signal = WIFSIGNALED(*status) ? WTERMSIG(*status) : 0;
+    state_->OnWorkerExit(slot, how, signal);  // may start the replacement in this slot
   }
 }
 
@@ -363,7 +366,7 @@ void WorkerPool::CollectExecutables() {
         logs_.ExecutableEnded(done.task_id, done.data);
       }
       state_->OnExecutableDone(done.task_id, done.outcome, std::move(done.data),
-                               std::move(done.error));
+                               std::move(done.error), done.external_signal);
     }
   }
   if (mpi_ != nullptr) {
