@@ -141,6 +141,41 @@ def test_stopped_agent_is_lost_within_5s_and_its_tasks_complete(worker_pythonpat
     wait_for(lambda: not processes_of_run(run_dir), 20, "the run's processes to exit")
 
 
+@pytest.mark.timeout(240)
+def test_workers_and_agent_signalled_together_run_their_tasks_again(worker_pythonpath, tmp_path):
+    # What scancel, qdel, the walltime or a Ctrl-C do: SIGTERM to the agent and its workers at
+    # once. Here the workers get theirs 0.3 s before the agent, so the agent reaps them first: it
+    # holds those ends (agent/held_reports.h) until its own SIGTERM stops it, the head loses the
+    # node and runs the tasks again (infrastructure retries, Parsl retries=0): none fails
+    # WorkerLost.
+    dfk = None
+    try:
+        dfk, executor = load_parsl(tmp_path, workers_per_node=2)
+        run_dir = executor.local_head.run_dir
+        ctl = ctl_json_for(run_dir)
+        futures = [work(i, 3) for i in range(2)]
+        wait_for(lambda: any(int(n["running_tasks"]) == 2 for n in nodes(ctl)), 60, "both tasks running")
+        agent_pid = int(nodes(ctl)[0]["agent_pid"])
+        workers = children(agent_pid)
+        assert len(workers) >= 2, workers
+        for pid in workers:
+            os.kill(pid, signal.SIGTERM)
+        time.sleep(0.3)  # the race being tested: the agent reaps its workers before its signal
+        os.kill(agent_pid, signal.SIGTERM)
+        results = [f.result(timeout=120) for f in futures]
+        assert sorted(i for i, _ in results) == [0, 1]
+        tasks = ctl("ps", "--limit", "0")["tasks"]
+        assert all(int(t.get("infra_attempts", 0)) == 1 for t in tasks), tasks
+        agent_log = "\n".join(p.read_text() for p in run_dir.glob("**/agent*.log"))
+        # (Its "not reported" line may be missing: the local launcher SIGKILLs a lost agent.)
+        assert agent_log.count("holding the report") == 2, agent_log[-3000:]
+        assert "reported now" not in agent_log, agent_log[-3000:]
+    finally:
+        if dfk is not None:
+            dfk.cleanup()
+    wait_for(lambda: not processes_of_run(run_dir), 20, "the run's processes to exit")
+
+
 def start_agent(head: Head, node: str, workers: int = 1, *extra: str) -> subprocess.Popen:
     """A dragon-agent started by the test (dragond --agents none), token in its environment."""
     env = dict(head.env, DRAGON_TOKEN=head.token)
