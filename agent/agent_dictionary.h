@@ -48,6 +48,7 @@ class AgentDictionary {
   DictStore* store() { return &store_; }
 
  private:
+  const std::string node_id_;
   const ListDataPlaneNodes nodes_;
   DictStore store_;
   ForwardingService<v1::DictRequest, v1::DictReply> forwarding_;

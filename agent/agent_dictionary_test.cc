@@ -90,6 +90,30 @@ TEST_CASE("a put for the other node's shard lands in its pool; get, delete and k
   CHECK(BlocksInUse(*nodes.pool_b) == 0);
 }
 
+TEST_CASE("blocks go only to the shard of the node whose pool holds them") {
+  TwoDictionaryNodes nodes;
+  v1::DictRequest put = Request("h2", v1::DictRequest::PUT);
+  put.add_keys("k");
+  put.add_values("");
+  put.add_value_refs(std::string(24, 'x'));
+  put.add_value_sizes(1);
+  put.set_writer_pid(getpid());
+  absl::StatusOr<v1::DictReply> refused = nodes.dict_a->Route(put);
+  CHECK(absl::StrContains(refused.status().message(), "cannot take them"));
+  // A reader_pid for another node's shard is dropped: the value comes inline.
+  v1::DictRequest inline_put = Request("h2", v1::DictRequest::PUT);
+  inline_put.add_keys("k");
+  inline_put.add_values(std::string(1 << 20, 'v'));
+  REQUIRE(nodes.dict_a->Route(inline_put).ok());
+  v1::DictRequest get = Request("h2", v1::DictRequest::GET);
+  get.add_keys("k");
+  get.set_reader_pid(getpid());
+  absl::StatusOr<v1::DictReply> got = nodes.dict_a->Route(get);
+  REQUIRE(got.ok());
+  CHECK(got->value_refs_size() == 0);
+  CHECK(got->values(0).size() == 1 << 20);
+}
+
 TEST_CASE("NODES lists the directory's nodes; bad requests are refused naming why") {
   TwoDictionaryNodes nodes;
   absl::StatusOr<v1::DictReply> listed = nodes.dict_a->Route(Request("", v1::DictRequest::NODES));

@@ -1,5 +1,7 @@
 #include "agent/dict_store.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <optional>
 #include <cstring>
@@ -105,6 +107,56 @@ absl::Status DictStore::Put(const std::string& dict_id, const std::string& key,
   return absl::OkStatus();
 }
 
+absl::Status DictStore::PutBlock(const std::string& dict_id, const std::string& key,
+                                 const std::string& ref, uint64_t size, pid_t writer) {
+  absl::StatusOr<common::BlockRef> block = common::BlockRef::Decode(ref);
+  if (!block.ok()) return absl::InvalidArgumentError(absl::StrCat("bad value_refs: ", block.status().message()));
+  absl::StatusOr<absl::Span<char>> bytes = pool_->Resolve(*block);
+  if (!bytes.ok()) return bytes.status();
+  if (size > bytes->size()) {
+    return absl::InvalidArgumentError(absl::StrCat("value_sizes ", size, " is more than its block's ",
+                                                   bytes->size(), " bytes"));
+  }
+  // Only from the owner the writer says it is: a block the writer does not
+  // own (freed, reclaimed after its death, someone else's) is refused.
+  if (absl::Status s = pool_->TransferOwner(*block, writer, getpid()); !s.ok()) return s;
+  Value value;
+  value.block = *block;
+  value.size = size;
+  absl::MutexLock lock(&mu_);
+  StoreLocked(dict_id, key, value);
+  return absl::OkStatus();
+}
+
+absl::Status DictStore::AddValueLocked(const Value& value, pid_t reader, v1::DictReply* reply) {
+  if (reader > 0 && value.slot.slab == nullptr && value.size >= kBlockValueMin) {
+    // No waiting for room under the lock: a full pool answers inline.
+    absl::StatusOr<common::BlockRef> block =
+        pool_->Allocate(value.size, absl::ZeroDuration(), reader);
+    if (block.ok()) {
+      absl::StatusOr<absl::Span<char>> to = pool_->Resolve(*block);
+      absl::StatusOr<absl::Span<char>> from = pool_->Resolve(value.block);
+      if (to.ok() && from.ok()) {
+        std::memcpy(to->data(), from->data(), value.size);
+        reply->add_values();
+        reply->add_value_refs(block->Encode());
+        reply->add_value_sizes(value.size);
+        return absl::OkStatus();
+      }
+      (void)pool_->Free(*block);
+      if (!from.ok()) return from.status();
+    }
+  }
+  absl::StatusOr<std::string> bytes = ReadLocked(value);
+  if (!bytes.ok()) return bytes.status();
+  *reply->add_values() = *std::move(bytes);
+  if (reader > 0) {
+    reply->add_value_refs();
+    reply->add_value_sizes(0);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::string> DictStore::ReadLocked(const Value& value) {
   if (value.slot.slab != nullptr) return std::string(slabs_.Data(value.slot), value.size);
   absl::StatusOr<absl::Span<char>> bytes = pool_->Resolve(value.block);
@@ -121,8 +173,23 @@ absl::StatusOr<v1::DictReply> DictStore::Apply(const v1::DictRequest& request) {
         return Invalid(request, absl::StrCat(request.keys_size(), " keys and ",
                                              request.values_size(), " values"));
       }
+      const bool blocks = request.value_refs_size() > 0;
+      if (blocks && (request.value_refs_size() != request.keys_size() ||
+                     request.value_sizes_size() != request.keys_size() ||
+                     request.writer_pid() <= 0)) {
+        return Invalid(request, absl::StrCat(request.keys_size(), " keys, ",
+                                             request.value_refs_size(), " value_refs, ",
+                                             request.value_sizes_size(),
+                                             " value_sizes and writer_pid ",
+                                             request.writer_pid()));
+      }
       for (int i = 0; i < request.keys_size(); ++i) {
-        if (absl::Status s = Put(request.dict_id(), request.keys(i), request.values(i)); !s.ok()) {
+        absl::Status s =
+            blocks && !request.value_refs(i).empty()
+                ? PutBlock(request.dict_id(), request.keys(i), request.value_refs(i),
+                           request.value_sizes(i), request.writer_pid())
+                : Put(request.dict_id(), request.keys(i), request.values(i));
+        if (!s.ok()) {
           return absl::Status(s.code(), absl::StrCat("Dictionary ", request.dict_id(), ": ", i,
                                                      " of ", request.keys_size(),
                                                      " items stored, then: ", s.message()));
@@ -148,9 +215,15 @@ absl::StatusOr<v1::DictReply> DictStore::Apply(const v1::DictRequest& request) {
         }
         reply.add_found(value != nullptr);
         if (value == nullptr) continue;
-        absl::StatusOr<std::string> bytes = ReadLocked(*value);
-        if (!bytes.ok()) return bytes.status();
-        *reply.add_values() = *std::move(bytes);
+        if (absl::Status s = AddValueLocked(*value, request.reader_pid(), &reply); !s.ok()) {
+          for (const std::string& ref : reply.value_refs()) {  // the reader never sees them
+            if (ref.empty()) continue;
+            if (absl::StatusOr<common::BlockRef> block = common::BlockRef::Decode(ref); block.ok()) {
+              (void)pool_->Free(*block);
+            }
+          }
+          return s;
+        }
       }
       return reply;
     }

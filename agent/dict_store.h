@@ -45,8 +45,15 @@ class DictStore {
   DictStore(const DictStore&) = delete;
   DictStore& operator=(const DictStore&) = delete;
 
+  // Values of at least this many bytes go to a GET's reader in a block of
+  // the pool when it asks (DictRequest.reader_pid), instead of in the reply.
+  static constexpr uint64_t kBlockValueMin = 64 << 10;
+
   // Applies one operation to shard `request.dict_id()` (created by its first
-  // PUT). InvalidArgument naming what is wrong (no dict_id, no op, keys and
+  // PUT). A PUT item given as a block (DictRequest.value_refs) is taken over
+  // from writer_pid, which must own it (FailedPrecondition otherwise); a GET
+  // with reader_pid gets large values in new blocks owned by it (inline when
+  // the pool has no room at once). InvalidArgument naming what is wrong (no dict_id, no op, keys and
   // values that do not pair up, GET/DELETE without exactly one key). A PUT
   // of several items that fails part way keeps the items stored before the
   // failure and says how many.
@@ -70,6 +77,13 @@ class DictStore {
   // of its own (allocated outside the lock: a full pool may make it wait).
   absl::Status Put(const std::string& dict_id, const std::string& key, const std::string& data);
   absl::Status PutSmall(const std::string& dict_id, const std::string& key, const std::string& data);
+  // Stores the value already in `ref` (`size` bytes), taken over from `writer`.
+  absl::Status PutBlock(const std::string& dict_id, const std::string& key,
+                        const std::string& ref, uint64_t size, pid_t writer);
+  // Appends one found value to `reply`: in a new block owned by `reader`
+  // when it is large and reader > 0, else inline.
+  absl::Status AddValueLocked(const Value& value, pid_t reader, v1::DictReply* reply)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Puts `value` under `key`, freeing the value it replaces.
   void StoreLocked(const std::string& dict_id, const std::string& key, const Value& value)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -214,6 +215,73 @@ TEST_CASE("bad requests are refused naming what is wrong") {
                           "wants 1 key, got 0"));
   CHECK(store.Apply(Request(v1::DictRequest::OP_UNSPECIFIED)).status().code() ==
         absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("large values by block: a put takes the writer's block over, a get hands the reader "
+          "a copy in a block it owns") {
+  TestPool tp(16 << 20);
+  DictStore store(tp.pool.get());
+  const pid_t writer = getpid() + 1000000;  // any pid: ownership is bookkeeping here
+  const pid_t reader = getpid() + 2000000;
+  const std::string big(DictStore::kBlockValueMin + 5, 'b');
+  absl::StatusOr<common::BlockRef> block = tp.pool->Allocate(big.size() + 100, absl::ZeroDuration(), writer);
+  REQUIRE(block.ok());
+  std::memcpy(tp.pool->Resolve(*block)->data(), big.data(), big.size());
+  v1::DictRequest put = Request(v1::DictRequest::PUT);
+  put.add_keys("big");
+  put.add_values("");
+  put.add_value_refs(block->Encode());
+  put.add_value_sizes(big.size());
+  put.add_keys("small");
+  put.add_values("s");
+  put.add_value_refs("");
+  put.add_value_sizes(0);
+  put.set_writer_pid(writer);
+  Must(store, put);
+  CHECK(tp.pool->Owners()->size() == 1);  // the writer's block is the store's now
+  CHECK((*tp.pool->Owners())[0] == getpid());
+
+  v1::DictRequest get = Request(v1::DictRequest::GET_MANY);
+  get.add_keys("big");
+  get.add_keys("small");
+  get.set_reader_pid(reader);
+  v1::DictReply got = Must(store, get);
+  REQUIRE(got.value_refs_size() == 2);
+  CHECK(got.values(0).empty());
+  CHECK(got.value_sizes(0) == big.size());
+  absl::StatusOr<common::BlockRef> copy = common::BlockRef::Decode(got.value_refs(0));
+  REQUIRE(copy.ok());
+  CHECK(std::string(tp.pool->Resolve(*copy)->data(), big.size()) == big);
+  CHECK(*tp.pool->FreeIfOwner(*copy, reader));  // the reader's to free
+  CHECK(got.value_refs(1).empty());
+  CHECK(got.values(1) == "s");  // small ones stay inline
+  // Without reader_pid everything is inline, as before.
+  get.clear_reader_pid();
+  got = Must(store, get);
+  CHECK(got.value_refs_size() == 0);
+  CHECK(got.values(0) == big);
+}
+
+TEST_CASE("a block the writer does not own, or too small for its size, is refused") {
+  TestPool tp(4 << 20);
+  DictStore store(tp.pool.get());
+  const pid_t writer = getpid() + 1000000;
+  absl::StatusOr<common::BlockRef> block = tp.pool->Allocate(DictStore::kBlockValueMin, absl::ZeroDuration(), writer);
+  REQUIRE(block.ok());
+  v1::DictRequest put = Request(v1::DictRequest::PUT);
+  put.add_keys("k");
+  put.add_values("");
+  put.add_value_refs(block->Encode());
+  put.add_value_sizes(DictStore::kBlockValueMin + 1);
+  put.set_writer_pid(writer);
+  CHECK(absl::StrContains(store.Apply(put).status().message(), "is more than its block's"));
+  put.set_value_sizes(0, 10);
+  put.set_writer_pid(writer + 1);
+  CHECK(!store.Apply(put).ok());  // not that pid's block
+  CHECK((*tp.pool->Owners())[0] == writer);  // still the writer's
+  put.clear_writer_pid();
+  CHECK(absl::StrContains(store.Apply(put).status().message(), "writer_pid 0"));
+  CHECK(store.shards() == 0);
 }
 
 TEST_CASE("the store frees every value when it goes") {

@@ -98,6 +98,48 @@ def test_apps_read_and_write_it(dfk):
         d["x"] = 1
 
 
+@python_app
+def big_values_in_an_app(d, key):
+    import os
+    value = d[key]
+    d[(key, "back")] = value[::-1]
+    return len(value), os.getpid()
+
+
+def test_large_values_of_this_nodes_shard_go_by_block(dfk):
+    # BLOCK_VALUE_MIN and up: the writer's pool block is taken over by the agent (no copy through
+    # the socket), a reader gets a copy in a block of its own that it frees once unpickled.
+    from dragon_parsl import comm_dict
+    pool = shm_pool_path.attach(default_pool())
+    me = os.getpid()
+    with Dictionary() as d:
+        sizes = [comm_dict.BLOCK_VALUE_MIN - 100, comm_dict.BLOCK_VALUE_MIN, 3 << 20]
+        values = {n: os.urandom(n) for n in sizes}
+        for n, v in values.items():
+            d[n] = v
+        assert me not in pool.owners()  # every block it wrote is the agent's now
+        for n, v in values.items():
+            assert d[n] == v
+        assert me not in pool.owners()  # each copy it read was freed
+        d.update({("u", i): values[3 << 20] for i in range(3)})
+        assert dict(d.items())[("u", 2)] == values[3 << 20]
+        assert me not in pool.owners()
+        length, app_pid = big_values_in_an_app(d, 3 << 20).result(timeout=60)
+        assert length == 3 << 20 and app_pid != me
+        assert d[(3 << 20, "back")] == values[3 << 20][::-1]
+        assert app_pid not in pool.owners()
+
+        # A put the agent refuses leaves no block behind.
+        def refuse(*args, **fields):
+            raise DictionaryError("refused by the test")
+        d._call, call = refuse, d._call
+        with pytest.raises(DictionaryError, match="refused by the test"):
+            d["refused"] = values[3 << 20]
+        d._call = call
+        assert me not in pool.owners()
+        assert "refused" not in d
+
+
 def test_pickles_to_a_reference(dfk):
     with Dictionary() as d:
         d["k"] = "v"

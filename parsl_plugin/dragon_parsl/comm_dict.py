@@ -12,7 +12,9 @@ nodes, fixed at creation). A call goes to the agent of the caller's node over it
 (``AgentData.Dict``, one framed request and reply on a connection the calling thread keeps:
 common/data_socket_client.h); that agent applies it to its own shard (agent/dict_store.h: the
 value in its pool, a small one in a slot of a block shared with other small values) or forwards
-it over UCX to the agent of the key's node, which does. So a process needs an agent with a data
+it over UCX to the agent of the key's node, which does; a large value of the caller's own node's
+shard goes as a block of that node's pool instead of through the socket (BLOCK_VALUE_MIN). So a
+process needs an agent with a data
 plane on its node (not a login node); a node whose agent is lost makes the calls for its keys
 fail with ``DictionaryError`` naming it, never hang.
 
@@ -39,6 +41,10 @@ __all__ = ["Dictionary", "DictionaryError"]
 BATCH_BYTES = 4 << 20
 BATCH_ITEMS = 4096
 DEFAULT_TIMEOUT_S = 30.0
+# A value whose pickle is at least this large goes between a process and its own node's agent in
+# a block of that node's pool, not through the socket: the writer's block is taken over by the
+# agent, a reader gets a copy in a block it owns (agent/dict_store.h, kBlockValueMin).
+BLOCK_VALUE_MIN = 64 << 10
 
 _KEY_TYPES = (str, bytes, int, float, bool, type(None))
 
@@ -109,18 +115,20 @@ class Dictionary(MutableMapping):
         # copy in this very process) closes just itself.
         self._owner = True
         self._closed = False
+        self._local_plane: Optional[Tuple[str, Any]] = None
 
     # ------------------------------------------------------------ pickling (a reference)
     def __reduce__(self) -> Tuple[Any, ...]:
         return (_reopen, (self._id, self._nodes, self._creator, self._timeout))
 
     # ------------------------------------------------------------ requests
-    def _call(self, node: str, op: int, keys: Sequence[bytes] = (), values: Sequence[bytes] = ()) -> Any:
+    def _call(self, node: str, op: int, keys: Sequence[bytes] = (), values: Sequence[bytes] = (),
+              **fields: Any) -> Any:
         if self._closed:
             raise DictionaryError(f"Dictionary {self._id} is closed")
         pb = _pb()
         request = pb.DictRequest(node_id=node, dict_id=self._id, op=op, keys=keys, values=values,
-                                 timeout_ms=int(self._timeout * 1000))
+                                 timeout_ms=int(self._timeout * 1000), **fields)
         try:
             raw = _core().agent_dict(self._data_socket(), request.SerializeToString(), self._timeout)
         except RuntimeError as e:  # _core.DataPlaneError: the code and the agent's message
@@ -149,17 +157,73 @@ class Dictionary(MutableMapping):
     def _node_of(self, kb: bytes) -> str:
         return self._nodes[zlib.crc32(kb) % len(self._nodes)]
 
+    # ------------------------------------------------------------ large values by block
+    def _local_pool(self, node: str) -> Any:
+        """This node's agent's pool when ``node`` is this node (its shard's large values then go
+        by block), else None."""
+        if self._local_plane is None:
+            self._local_plane = ("", None)
+            socket = self._data_socket()
+            if socket.endswith(".sock"):
+                from dragon_parsl import comm_remote, shm_pool_path
+                try:
+                    self._local_plane = (comm_remote.local_node(socket),
+                                         shm_pool_path.attach(socket[:-len(".sock")]))
+                except (SharedMemoryError, RuntimeError):
+                    pass  # no block path: every value through the socket, as for another node
+        return self._local_plane[1] if node == self._local_plane[0] else None
+
+    def _get(self, node: str, op: int, kbs: Sequence[bytes]) -> Any:
+        reader = os.getpid() if self._local_pool(node) is not None else 0
+        return self._call(node, op, kbs, reader_pid=reader)
+
+    def _value(self, node: str, reply: Any, i: int) -> Any:
+        """The i-th value found in a GET/GET_MANY reply: from its block (freed once read) or inline."""
+        if i < len(reply.value_refs) and reply.value_refs[i]:
+            block = self._local_pool(node).block(reply.value_refs[i], free_on_release=True)
+            return pickle.loads(memoryview(block)[:reply.value_sizes[i]])
+        return pickle.loads(reply.values[i])
+
+    def _put(self, node: str, pairs: Sequence[Tuple[bytes, bytes]]) -> Any:
+        pool = self._local_pool(node)
+        keys = [kb for kb, _ in pairs]
+        if pool is None or all(len(vb) < BLOCK_VALUE_MIN for _, vb in pairs):
+            return self._call(node, _pb().DictRequest.PUT, keys, [vb for _, vb in pairs])
+        pid = os.getpid()
+        refs: List[bytes] = []
+        try:
+            values, sizes = [], []
+            for _, vb in pairs:
+                ref = b""
+                if len(vb) >= BLOCK_VALUE_MIN:
+                    try:
+                        ref = pool.allocate(len(vb), 0.0, 0)
+                    except _core().ShmPoolFull:
+                        pass  # no room at once: this one through the socket
+                    else:
+                        memoryview(pool.block(ref))[:len(vb)] = vb
+                refs.append(ref)
+                values.append(b"" if ref else vb)
+                sizes.append(len(vb) if ref else 0)
+            return self._call(node, _pb().DictRequest.PUT, keys, values, value_refs=refs,
+                              value_sizes=sizes, writer_pid=pid)
+        finally:
+            for ref in refs:  # those the agent did not take over (the request failed)
+                if ref:
+                    pool.free_if_owner(ref, pid)
+
     # ------------------------------------------------------------ the mapping
     def __setitem__(self, key: Any, value: Any) -> None:
         kb = _key_bytes(key)
-        self._call(self._node_of(kb), _pb().DictRequest.PUT, [kb], [pickle.dumps(value, protocol=5)])
+        self._put(self._node_of(kb), [(kb, pickle.dumps(value, protocol=5))])
 
     def __getitem__(self, key: Any) -> Any:
         kb = _key_bytes(key)
-        reply = self._call(self._node_of(kb), _pb().DictRequest.GET, [kb])
+        node = self._node_of(kb)
+        reply = self._get(node, _pb().DictRequest.GET, [kb])
         if not reply.found[0]:
             raise KeyError(key)
-        return pickle.loads(reply.values[0])
+        return self._value(node, reply, 0)
 
     def __delitem__(self, key: Any) -> None:
         kb = _key_bytes(key)
@@ -205,10 +269,9 @@ class Dictionary(MutableMapping):
         for node in self._nodes:
             kbs = list(self._call(node, pb.DictRequest.KEYS).keys)
             for chunk in _chunks(kbs, BATCH_ITEMS):
-                reply = self._call(node, pb.DictRequest.GET_MANY, chunk)
-                values = iter(reply.values)
-                out.extend((pickle.loads(kb), pickle.loads(next(values)))
-                           for kb, found in zip(chunk, reply.found) if found)
+                reply = self._get(node, pb.DictRequest.GET_MANY, chunk)
+                found = [kb for kb, there in zip(chunk, reply.found) if there]
+                out.extend((pickle.loads(kb), self._value(node, reply, i)) for i, kb in enumerate(found))
         return out
 
     def values(self) -> List[Any]:  # type: ignore[override]
@@ -221,18 +284,17 @@ class Dictionary(MutableMapping):
         for key, value in list(items) + list(kwargs.items()):
             kb = _key_bytes(key)
             by_node.setdefault(self._node_of(kb), []).append((kb, pickle.dumps(value, protocol=5)))
-        put = _pb().DictRequest.PUT
         for node, pairs in by_node.items():
             batch: List[Tuple[bytes, bytes]] = []
             size = 0
             for kb, vb in pairs:
                 if batch and (size + len(kb) + len(vb) > BATCH_BYTES or len(batch) >= BATCH_ITEMS):
-                    self._call(node, put, [k for k, _ in batch], [v for _, v in batch])
+                    self._put(node, batch)
                     batch, size = [], 0
                 batch.append((kb, vb))
                 size += len(kb) + len(vb)
             if batch:
-                self._call(node, put, [k for k, _ in batch], [v for _, v in batch])
+                self._put(node, batch)
 
     def clear(self) -> None:
         """Removes every item: each shard is freed even when another's node cannot be reached
@@ -290,4 +352,5 @@ def _reopen(dict_id: str, nodes: Tuple[str, ...], creator: Tuple[str, int], time
     d._creator = tuple(creator)
     d._owner = False
     d._closed = False
+    d._local_plane = None
     return d
