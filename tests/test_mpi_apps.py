@@ -99,7 +99,9 @@ def test_factorial_through_mpi_app(worker_pythonpath, tmp_path, programs):
 def test_factorial_with_more_ranks_oversubscribed(worker_pythonpath, tmp_path, programs):
     """4 ranks on a 2-core node: refused at once, naming oversubscribe; allowed with the policy."""
     with head_and_dfk(tmp_path) as (dfk, executor, head):
-        cores = sum(n["cores"] for n in head.ctl_json("nodes")["nodes"])
+        # The agent may register after the executor started (a loaded machine): count its cores.
+        nodes = wait_for(lambda: head.ctl_json("nodes")["nodes"], 60, "the agent to register")
+        cores = sum(n["cores"] for n in nodes)
         ranks = cores + 2
         t0 = time.monotonic()
         with pytest.raises(ResourcesUnsatisfiable, match="oversubscribe"):
