@@ -214,7 +214,7 @@ absl::StatusOr<v1::DictReply> DictStore::Apply(const v1::DictRequest& request) {
           if (it != shard->second.end()) value = &it->second;
         }
         reply.add_found(value != nullptr);
-        if (value == nullptr) continue;
+        if (value == nullptr || request.found_only()) continue;
         if (absl::Status s = AddValueLocked(*value, request.reader_pid(), &reply); !s.ok()) {
           for (const std::string& ref : reply.value_refs()) {  // the reader never sees them
             if (ref.empty()) continue;

@@ -255,6 +255,18 @@ TEST_CASE("large values by block: a put takes the writer's block over, a get han
   CHECK(*tp.pool->FreeIfOwner(*copy, reader));  // the reader's to free
   CHECK(got.value_refs(1).empty());
   CHECK(got.values(1) == "s");  // small ones stay inline
+  // A membership test answers found, without a value or a block.
+  v1::DictRequest has = Request(v1::DictRequest::GET_MANY);
+  has.add_keys("big");
+  has.add_keys("absent");
+  has.set_reader_pid(reader);
+  has.set_found_only(true);
+  v1::DictReply found = Must(store, has);
+  CHECK(found.found_size() == 2);
+  CHECK(found.found(0));
+  CHECK_FALSE(found.found(1));
+  CHECK(found.values_size() == 0);
+  CHECK(found.value_refs_size() == 0);
   // Without reader_pid everything is inline, as before.
   get.clear_reader_pid();
   got = Must(store, get);

@@ -121,6 +121,9 @@ def test_large_values_of_this_nodes_shard_go_by_block(dfk):
         for n, v in values.items():
             assert d[n] == v
         assert me not in pool.owners()  # each copy it read was freed
+        blocks = pool.stats()["blocks_in_use"]
+        assert 3 << 20 in d and "absent" not in d  # membership: no value sent, no block made
+        assert pool.stats()["blocks_in_use"] == blocks
         d.update({("u", i): values[3 << 20] for i in range(3)})
         assert dict(d.items())[("u", 2)] == values[3 << 20]
         assert me not in pool.owners()

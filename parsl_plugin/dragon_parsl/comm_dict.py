@@ -236,7 +236,7 @@ class Dictionary(MutableMapping):
             kb = _key_bytes(key)
         except TypeError:
             return False
-        return bool(self._call(self._node_of(kb), _pb().DictRequest.GET_MANY, [kb]).found[0])
+        return bool(self._call(self._node_of(kb), _pb().DictRequest.GET_MANY, [kb], found_only=True).found[0])
 
     def __len__(self) -> int:
         return sum(self.shard_lengths().values())
