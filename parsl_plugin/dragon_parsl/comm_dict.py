@@ -200,9 +200,9 @@ class Dictionary(MutableMapping):
                         ref = pool.allocate(len(vb), 0.0, 0)
                     except _core().ShmPoolFull:
                         pass  # no room at once: this one through the socket
-                    else:
-                        memoryview(pool.block(ref))[:len(vb)] = vb
-                refs.append(ref)
+                refs.append(ref)  # before writing it: the finally below frees it if anything fails
+                if ref:
+                    memoryview(pool.block(ref))[:len(vb)] = vb
                 values.append(b"" if ref else vb)
                 sizes.append(len(vb) if ref else 0)
             return self._call(node, _pb().DictRequest.PUT, keys, values, value_refs=refs,
