@@ -218,6 +218,13 @@ absl::StatusOr<BarrierTicket> ShmBarrier::Arrive(const RemoteParty& party) {
   return ticket;
 }
 
+absl::StatusOr<BarrierTicket> ShmBarrier::ArriveHere() {
+  if (absl::Status locked = Lock(); !locked.ok()) return locked;
+  absl::StatusOr<BarrierTicket> ticket = ArriveLocked(nullptr);
+  Unlock();
+  return ticket;
+}
+
 absl::StatusOr<bool> ShmBarrier::AwaitRound(const BarrierTicket& ticket, absl::Duration wait,
                                             absl::Duration lease_until) {
   const absl::Duration until = shm_object::MonotonicNow() + wait;
@@ -251,6 +258,15 @@ absl::Status ShmBarrier::GiveUp(const BarrierTicket& ticket, absl::Duration time
   }
   Unlock();
   return outcome;
+}
+
+absl::Status ShmBarrier::Interrupt(const BarrierTicket& ticket, const std::string& why) {
+  if (absl::Status locked = Lock(); !locked.ok()) return locked;
+  if (h_->generation == ticket.generation && h_->breaks == ticket.breaks) {
+    Break(/*stay_broken=*/true, absl::StrCat("party ", ticket.index, " of the round ", why));
+  }
+  Unlock();
+  return absl::OkStatus();
 }
 
 absl::Status ShmBarrier::Abort() {

@@ -9,7 +9,17 @@
 // found dead breaks the barrier; everyone waiting then and every later Wait
 // fails FailedPrecondition "broken: <why>" until Reset. A party of this node
 // killed while waiting is not noticed (the barrier does not know who is meant
-// to come); the others time out, which breaks it.
+// to come); the others time out, which breaks it. A party whose wait is
+// interrupted (Ctrl-C, a Parsl walltime) breaks it too, by Interrupt: its
+// process goes on without the round, so the others would otherwise wait for
+// an arrival that no longer means anything (threading.Barrier would take the
+// arrival back instead; here the arrival index is the party's identity in
+// the round, so it cannot be handed to a later arrival).
+//
+// Parties of this node that must stay responsive (the Python binding, which
+// checks for signals and asynchronous exceptions) wait in slices as remote
+// ones do: ArriveHere, then AwaitRound with the ticket, GiveUp at their
+// timeout, Interrupt when they stop waiting for another reason.
 //
 // Parties on other nodes (a Barrier used through the agents,
 // agent/agent_barriers.h) cannot block in this process: the home agent
@@ -73,6 +83,10 @@ class ShmBarrier {
   // A remote party's arrival, counted once: its ticket. FailedPrecondition
   // when broken.
   absl::StatusOr<BarrierTicket> Arrive(const RemoteParty& party);
+  // The arrival of a party of this node that waits in slices (AwaitRound):
+  // no lease (its process shares the node's fate). FailedPrecondition when
+  // broken.
+  absl::StatusOr<BarrierTicket> ArriveHere();
   // Waits up to `wait` for the ticket's round: true once it is over, false
   // when it is still open after `wait` (the party's lease renewed until
   // `lease_until` first). FailedPrecondition when broken (also when a remote
@@ -85,6 +99,13 @@ class ShmBarrier {
   // DeadlineExceeded, as a Wait that times out. FailedPrecondition when it
   // was broken meanwhile.
   absl::Status GiveUp(const BarrierTicket& ticket, absl::Duration timeout);
+
+  // The party of `ticket` stopped waiting before its round was over (`why`:
+  // what interrupted it, for the others' errors): breaks the barrier, as its
+  // timeout would. Nothing changes when the round is over already or the
+  // barrier broke meanwhile (Ok either way: the party's own exception is
+  // what its caller reports).
+  absl::Status Interrupt(const BarrierTicket& ticket, const std::string& why);
 
   // Breaks the barrier: current and later waiters fail until Reset.
   absl::Status Abort();

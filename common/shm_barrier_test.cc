@@ -212,5 +212,54 @@ TEST_CASE("barrier: a remote party whose lease lapses breaks it for the others")
   ExpectWhole(*pool);
 }
 
+TEST_CASE("barrier: a party of this node waits in slices; its interruption breaks it") {
+  NoLeftovers check;
+  std::unique_ptr<ShmPool> pool = MustCreate(1 << 20);
+  ShmBarrier barrier = MustCreateBarrier(*pool, 3);
+  absl::StatusOr<BarrierTicket> here = barrier.ArriveHere();
+  REQUIRE(here.ok());
+  CHECK(here->index == 0);
+  // No lease to renew or to lapse: slices long after "now" keep the arrival.
+  for (int slice = 0; slice < 3; ++slice) {
+    absl::StatusOr<bool> done =
+        barrier.AwaitRound(*here, absl::Milliseconds(1), shm_object::MonotonicNow());
+    REQUIRE(done.ok());
+    CHECK_FALSE(*done);
+  }
+  CHECK(*barrier.n_waiting() == 1);
+  // Another party waits in a child; the first is interrupted: the child's
+  // wait fails at once with the cause, and later waits too, until Reset.
+  pid_t waiter = ForkChild([&] {
+    absl::Status st = barrier.Wait(kLong);
+    if (!absl::IsFailedPrecondition(st)) return 1;
+    if (!absl::StrContains(st.message(), "party 0 of the round was interrupted by Ctrl-C")) return 2;
+    return 0;
+  });
+  while (*barrier.n_waiting() < 2) usleep(1000);
+  const absl::Duration start = shm_object::MonotonicNow();
+  REQUIRE(barrier.Interrupt(*here, "was interrupted by Ctrl-C").ok());
+  ExpectExit0(waiter);
+  CHECK(shm_object::MonotonicNow() - start < absl::Seconds(5));
+  CHECK(*barrier.broken());
+  CHECK(absl::IsFailedPrecondition(barrier.ArriveHere().status()));
+  // Interrupting again, or after the barrier broke for another reason, changes nothing.
+  REQUIRE(barrier.Reset().ok());
+  REQUIRE(barrier.Interrupt(*here, "late").ok());
+  CHECK_FALSE(*barrier.broken());
+
+  // A round that ended before the interruption stays done.
+  here = barrier.ArriveHere();
+  REQUIRE(here.ok());
+  absl::StatusOr<BarrierTicket> other = barrier.ArriveHere();
+  REQUIRE(other.ok());
+  CHECK(*barrier.ArriveAndWait(kLong) == 2);
+  REQUIRE(barrier.Interrupt(*here, "too late").ok());
+  CHECK_FALSE(*barrier.broken());
+  CHECK(*barrier.AwaitRound(*here, absl::ZeroDuration(), shm_object::MonotonicNow()));
+  CHECK(*barrier.AwaitRound(*other, absl::ZeroDuration(), shm_object::MonotonicNow()));
+  REQUIRE(barrier.Destroy().ok());
+  ExpectWhole(*pool);
+}
+
 }  // namespace
 }  // namespace dragon::common::shm_pool_test
