@@ -8,6 +8,9 @@
 namespace dragon::agent {
 namespace {
 
+// Of BARRIER_INTERRUPT's `why` (the barrier keeps 160 bytes of a cause).
+constexpr size_t kMaxWhyBytes = 100;
+
 using common::BarrierTicket;
 using common::ShmBarrier;
 
@@ -41,6 +44,7 @@ bool AgentBarriers::Handles(v1::ChannelRequest::Op op) {
     case v1::ChannelRequest::BARRIER_ABORT:
     case v1::ChannelRequest::BARRIER_RESET:
     case v1::ChannelRequest::BARRIER_STATS:
+    case v1::ChannelRequest::BARRIER_INTERRUPT:
       return true;
     default:
       return false;
@@ -74,6 +78,18 @@ absl::StatusOr<v1::ChannelReply> AgentBarriers::Apply(const common::BlockRef& re
         return done;
       }
       return reply;
+    case v1::ChannelRequest::BARRIER_INTERRUPT: {
+      // The party's own words, cut short: they travel in every other party's error.
+      const std::string why = request.why().substr(0, kMaxWhyBytes);
+      if (absl::Status done = barrier->Interrupt(
+              TicketOf(request.ticket()),
+              absl::StrCat(why.empty() ? "stopped waiting" : why, " (process ",
+                           request.caller_pid(), " of node ", request.caller_node(), ")"));
+          !done.ok()) {
+        return done;
+      }
+      return reply;
+    }
     case v1::ChannelRequest::BARRIER_ABORT:
       if (absl::Status done = barrier->Abort(); !done.ok()) return done;
       return reply;

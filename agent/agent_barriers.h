@@ -8,7 +8,9 @@
 // slow round), so it waits in slices: BARRIER_ARRIVE counts it once and gives
 // its ticket, then BARRIER_AWAIT with the ticket, each waiting at most
 // AgentChannels::kMaxWait, until the round is over; at its own timeout
-// BARRIER_GIVE_UP breaks the barrier (as a local Wait that times out).
+// BARRIER_GIVE_UP breaks the barrier (as a local Wait that times out). A
+// party whose wait is interrupted (Ctrl-C, a walltime) sends
+// BARRIER_INTERRUPT, which breaks it at once with the party's reason.
 //
 // A remote party that dies, or whose node or agent is lost, is found by a
 // lease rather than by asking its node (as the Pipe's PEER_ALIVE does): every

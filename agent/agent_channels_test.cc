@@ -435,6 +435,27 @@ TEST_CASE("a party of h2 that gives up at its timeout breaks the Barrier at home
   REQUIRE(home.Destroy().ok());
 }
 
+TEST_CASE("a party of h2 interrupted while it waits breaks the Barrier at home at once") {
+  TwoChannelNodes nodes;
+  ShmBarrier home = BarrierOnH1(nodes, 2);
+  absl::StatusOr<v1::ChannelReply> arrived =
+      nodes.chan_b->Route(BarrierOp(v1::ChannelRequest::BARRIER_ARRIVE, home.ref()));
+  REQUIRE(arrived.ok());
+  v1::ChannelRequest interrupt = AwaitOp(home.ref(), *arrived);
+  interrupt.set_op(v1::ChannelRequest::BARRIER_INTERRUPT);
+  // A long reason is cut short; the party's process and node are added.
+  interrupt.set_why("was interrupted by KeyboardInterrupt" + std::string(300, '!'));
+  REQUIRE(nodes.chan_b->Route(interrupt).ok());
+  absl::Status local = home.Wait(absl::Seconds(20));
+  CHECK(absl::IsFailedPrecondition(local));
+  INFO(local.message());
+  CHECK(absl::StrContains(local.message(), "party 0 of the round was interrupted by KeyboardInterrupt"));
+  CHECK(local.message().size() < 300);
+  // Once broken, a late interruption (as from a retried call) is no error.
+  REQUIRE(nodes.chan_b->Route(interrupt).ok());
+  REQUIRE(home.Destroy().ok());
+}
+
 TEST_CASE("a party of h2 that stops calling breaks the Barrier for the parties at home") {
   // h1's clock runs two leases behind: a lease it gives has already lapsed,
   // as when the party's process died, or its node, right after arriving.
