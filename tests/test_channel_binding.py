@@ -224,3 +224,52 @@ def test_a_barrier_timeout_breaks_it_for_everyone(pool):
     with pytest.raises(RuntimeError, match="broken"):
         b.wait()
     b.destroy()
+
+
+def _interrupted_party(pool, ref):
+    import signal
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a main program
+    try:
+        _core.ShmBarrier.open(pool, ref).wait()  # no timeout: only Ctrl-C ends it
+    except KeyboardInterrupt:
+        os._exit(9)
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_interrupts_a_barrier_wait_and_breaks_it_for_the_others(pool):
+    b = _core.ShmBarrier.create(pool, 3)
+    other = run(_interrupted_party, pool, b.ref)
+    waiter = run(_broken_party, pool, b.ref)
+    deadline = time.monotonic() + 30
+    while b.n_waiting < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert b.n_waiting == 2
+    t0 = time.monotonic()
+    os.kill(other.pid, signal.SIGINT)
+    assert joined(other) == 9  # KeyboardInterrupt came out of wait()
+    assert joined(waiter) == 7  # and the other party's wait broke (not its 30 s timeout)
+    assert time.monotonic() - t0 < 10
+    with pytest.raises(_core.BarrierBroken, match=r"party \d of the round was interrupted by a signal \(process "
+                                                  rf"{other.pid}\)"):
+        b.wait(timeout_s=5)
+    b.destroy()
+
+
+@pytest.mark.timeout(60)
+def test_barrier_steps_arrive_await_give_up(pool):
+    b = _core.ShmBarrier.create(pool, 2)
+    ticket = b.arrive()
+    assert ticket[2] == 0 and b.n_waiting == 1
+    assert b.await_round(ticket, 0.01) is False
+    with pytest.raises(ValueError, match="generation, breaks, index"):
+        b.await_round((1, 2), 0.01)
+    assert b.wait(timeout_s=5) == 1  # ends the round
+    assert b.await_round(ticket, 0.0) is True
+    b.interrupt(ticket, "too late")  # its round is over: nothing breaks
+    b.give_up(ticket, 1.0)  # idem
+    assert not b.broken
+    ticket = b.arrive()
+    with pytest.raises(_core.ChannelTimeout, match="not all arrived within 1.5s"):
+        b.give_up(ticket, 1.5)
+    assert b.broken
+    b.destroy()

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import queue
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -176,6 +179,50 @@ def test_barrier_timeout_breaks_it(dfk):
         barrier.wait(timeout=5)  # broken until reset, saying why
     barrier.reset()
     assert barrier.n_waiting == 0 and barrier.parties == 2 and not barrier.broken
+
+
+@python_app
+def wait_past_walltime(barrier, walltime=1):
+    barrier.wait()  # no timeout: only the walltime ends it
+
+
+def test_an_app_whose_walltime_passes_at_a_barrier_breaks_it_for_the_others(dfk):
+    from parsl.app.errors import AppTimeout
+    barrier = comm.Barrier(3)  # the app, this workflow, and a party that never comes
+    app = wait_past_walltime(barrier)
+    t0 = time.monotonic()
+    with pytest.raises(threading.BrokenBarrierError, match=r"party \d of the round was interrupted by AppTimeout "
+                                                           r"\(process \d+\)"):
+        barrier.wait(timeout=60)
+    assert time.monotonic() - t0 < 30  # the app's walltime (1 s) plus its start, not this wait's 60 s
+    with pytest.raises(AppTimeout):
+        app.result(timeout=60)
+
+
+def test_ctrl_c_interrupts_a_barrier_wait_and_breaks_it_for_the_others(dfk, tmp_path):
+    barrier = comm.Barrier(2)
+    (tmp_path / "barrier.pickle").write_bytes(pickle.dumps(barrier))
+    party = subprocess.Popen(
+        [sys.executable, "-c", "import pickle, sys; b = pickle.loads(open(sys.argv[1], 'rb').read()); "
+                               "print('waiting', flush=True); b.wait()", str(tmp_path / "barrier.pickle")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert party.stdout.readline().strip() == "waiting"
+        deadline = time.monotonic() + 30
+        while barrier.n_waiting == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        party.send_signal(signal.SIGINT)
+        _, err = party.communicate(timeout=30)
+        assert "KeyboardInterrupt" in err and party.returncode != 0, err
+        assert time.monotonic() - t0 < 5  # within a slice or so, not at the end of a wait without timeout
+    finally:
+        if party.poll() is None:
+            party.kill()
+            party.wait()
+    with pytest.raises(threading.BrokenBarrierError,
+                       match=rf"party 0 of the round was interrupted by KeyboardInterrupt \(process {party.pid}\)"):
+        barrier.wait(timeout=30)
 
 
 def test_an_object_from_another_host_is_a_clear_error(dfk):

@@ -228,6 +228,12 @@ WORKFLOW = textwrap.dedent('''
             return socket.gethostname(), True, time.monotonic() - t0, str(e)
 
 
+    def barrier_past_walltime(b, walltime=2):
+        """Waits at b without a timeout until its Parsl walltime (an AppTimeout raised in it)
+        interrupts it."""
+        b.wait()
+
+
     def hold_at_barrier(conn, b):
         """Tells its pid, then waits at b for ever (until killed, or broken)."""
         import os
@@ -394,6 +400,19 @@ WORKFLOW = textwrap.dedent('''
             h2_broken = f.result(timeout=60)
             summary[step] = {"h2_timeout": h2, "h1_broken": h1, "h1_timeout": h1_gives_up,
                              "h2_broken": h2_broken}
+        elif step == "barrier_walltime":
+            b = comm.Barrier(3, pool=a.pool)
+            f = app(barrier_past_walltime)(b)
+            while b.n_waiting == 0 and not f.done():  # the app arrived (on h2, through the agents)
+                time.sleep(0.05)
+            t_wait = time.monotonic()
+            outcome = barrier_timeout_here(b, 60)  # the third party never comes
+            try:
+                f.result(timeout=60)
+                app_error = ""
+            except Exception as e:  # noqa: BLE001  (the test judges it)
+                app_error = type(e).__name__
+            summary[step] = {"outcome": outcome, "waited_s": time.monotonic() - t_wait, "app_error": app_error}
         elif step in ("barrier_kill_app", "barrier_kill_agent"):
             b = comm.Barrier(3, pool=a.pool)
             mine, theirs = comm.Pipe(pool=a.pool)
@@ -555,7 +574,8 @@ def test_a_killed_peer_on_h2_fails_the_blocking_recv_on_h1_within_seconds(netns_
 def test_a_barrier_with_parties_on_h1_and_h2(netns_hosts, cross_head, tmp_path):
     tb, head = netns_hosts, cross_head
     pools = pools_of(head)
-    wf = CommWorkflow(tb, head, tmp_path, ["barrier", "barrier_timeout", "barrier_kill_app", "barrier_kill_agent"],
+    wf = CommWorkflow(tb, head, tmp_path,
+                      ["barrier", "barrier_timeout", "barrier_walltime", "barrier_kill_app", "barrier_kill_agent"],
                       pools["h1"])
     try:
         wait_for(lambda: wf.pid_file("barrier_kill_app").exists() or wf.proc.poll() is not None, 120,
@@ -571,7 +591,7 @@ def test_a_barrier_with_parties_on_h1_and_h2(netns_hosts, cross_head, tmp_path):
     b = s["barrier"]
     ms = b["round_ms"]
     print(f"\nBarrier(4) across h1/h2, ms a round: median {ms['median']:.2f}, mean {ms['mean']:.2f}, "
-          f"max {ms['max']:.2f}; timeouts {s['barrier_timeout']}; "
+          f"max {ms['max']:.2f}; timeouts {s['barrier_timeout']}; walltime {s['barrier_walltime']}; "
           f"killed app {s['barrier_kill_app']}; killed agent {s['barrier_kill_agent']}")
     assert [host for host, _, _ in b["remote"]] == ["h2", "h2"] and not b["broken"], b
     for r in range(30):  # the two parties on h2: distinct arrival indices in every round
@@ -584,6 +604,12 @@ def test_a_barrier_with_parties_on_h1_and_h2(netns_hosts, cross_head, tmp_path):
     assert t["h1_timeout"][1] and 0.4 < t["h1_timeout"][2] < 5, t
     assert t["h2_broken"][:2] == ["h2", True] and t["h2_broken"][2] < 30, t
 
+    # The app on h2 interrupted by its walltime tells the home node at once (not its lease's 3 s
+    # later, which would say "lease ran out"), and its own future fails with AppTimeout.
+    w = s["barrier_walltime"]
+    host, raised, _, message = w["outcome"]
+    assert raised and "was interrupted by AppTimeout" in message and "of node h2" in message, w
+    assert w["app_error"] == "AppTimeout" and w["waited_s"] < 2 + 10, w
     for step in ("barrier_kill_app", "barrier_kill_agent"):
         host, raised, _, message = s[step]["outcome"]
         assert raised and "node h2" in message, s[step]

@@ -2,6 +2,8 @@
 
 #include <pybind11/stl.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 #include <memory>
@@ -23,6 +25,7 @@ namespace dragon::client {
 namespace {
 
 using common::BlockRef;
+using common::BarrierTicket;
 using common::ShmBarrier;
 using common::ShmChannel;
 using common::ShmPool;
@@ -100,6 +103,41 @@ struct Barrier {
   std::shared_ptr<ShmPool> pool;
   ShmBarrier barrier;
 };
+
+py::tuple TicketTuple(const BarrierTicket& t) {
+  return py::make_tuple(t.generation, t.breaks, t.index);
+}
+
+BarrierTicket TicketOf(const py::tuple& t) {
+  if (t.size() != 3) throw py::value_error("a barrier ticket is (generation, breaks, index)");
+  return BarrierTicket{t[0].cast<uint64_t>(), t[1].cast<uint64_t>(), t[2].cast<uint32_t>()};
+}
+
+// Barrier.wait of a party of this node: in slices, so that Ctrl-C interrupts
+// it; an interrupted party breaks the barrier for the others (ShmBarrier::
+// Interrupt) before the KeyboardInterrupt propagates.
+uint32_t WaitHere(Barrier& b, const std::optional<double>& timeout_s) {
+  const absl::Duration timeout = Timeout(timeout_s);
+  const absl::Duration deadline = common::shm_object::MonotonicNow() + timeout;
+  const BarrierTicket ticket = Value(b.barrier.ArriveHere(), true);
+  for (;;) {
+    const absl::Duration left = deadline - common::shm_object::MonotonicNow();
+    if (left <= absl::ZeroDuration()) {
+      Check(b.barrier.GiveUp(ticket, timeout), true);  // Ok: the round ended just now
+      return ticket.index;
+    }
+    const absl::Duration slice = std::min(left, kSignalSlice);
+    absl::StatusOr<bool> over =
+        WithoutGil([&] { return b.barrier.AwaitRound(ticket, slice, slice); });
+    if (!over.ok()) Raise(over.status(), /*barrier=*/true);
+    if (*over) return ticket.index;
+    if (PyErr_CheckSignals() != 0) {
+      (void)b.barrier.Interrupt(
+          ticket, absl::StrCat("was interrupted by a signal (process ", getpid(), ")"));
+      throw py::error_already_set();
+    }
+  }
+}
 
 py::object Receive(Channel& c, const std::optional<double>& timeout_s, int peer_pid,
                    bool as_bytes) {
@@ -251,19 +289,47 @@ void RegisterChannels(py::module_& m) {
             return Barrier{shared, Value(ShmBarrier::Open(*shared, Ref(ref)))};
           },
           py::arg("pool"), py::arg("ref"))
+      .def("wait", &WaitHere, py::arg("timeout_s") = py::none(),
+           "Returns once all parties arrived: this party's arrival index (0 .. parties-1, as "
+           "threading.Barrier.wait). ChannelTimeout after TIMEOUT_S (and the barrier is "
+           "broken for everyone), BarrierBroken, ChannelPeerLost (its creator exited). Ctrl-C "
+           "interrupts it and breaks the barrier for the others.")
+      // The wait in steps, for a caller that checks for more than signals between slices
+      // (dragon_parsl.comm.Barrier: asynchronous exceptions such as Parsl's walltime).
       .def(
-          "wait",
-          [](Barrier& b, std::optional<double> timeout_s) {
-            const absl::Duration timeout = Timeout(timeout_s);
-            absl::StatusOr<uint32_t> index =
-                WithoutGil([&] { return b.barrier.ArriveAndWait(timeout); });
-            if (!index.ok()) Raise(index.status(), /*barrier=*/true);
-            return *index;
+          "arrive",
+          [](Barrier& b) { return TicketTuple(Value(b.barrier.ArriveHere(), true)); },
+          "Counts this party in the current round: its ticket (generation, breaks, index). "
+          "BarrierBroken when broken.")
+      .def(
+          "await_round",
+          [](Barrier& b, const py::tuple& ticket, double wait_s) {
+            const BarrierTicket t = TicketOf(ticket);
+            const absl::Duration wait = absl::Seconds(std::max(0.0, wait_s));
+            // A party of this node has no lease: the last argument is not used.
+            return Value(WithoutGil([&] { return b.barrier.AwaitRound(t, wait, wait); }), true);
           },
-          py::arg("timeout_s") = py::none(),
-          "Returns once all parties arrived: this party's arrival index (0 .. parties-1, as "
-          "threading.Barrier.wait). ChannelTimeout after TIMEOUT_S (and the barrier is "
-          "broken for everyone), BarrierBroken, ChannelPeerLost (its creator exited).")
+          py::arg("ticket"), py::arg("wait_s"),
+          "Waits up to WAIT_S for the ticket's round: True once it is over, False while open. "
+          "BarrierBroken, ChannelPeerLost as wait().")
+      .def(
+          "give_up",
+          [](Barrier& b, const py::tuple& ticket, double timeout_s) {
+            Check(b.barrier.GiveUp(TicketOf(ticket), absl::Seconds(std::max(0.0, timeout_s))),
+                  true);
+          },
+          py::arg("ticket"), py::arg("timeout_s"),
+          "The party's TIMEOUT_S passed: returns if its round ended after all, else breaks the "
+          "barrier and raises ChannelTimeout.")
+      .def(
+          "interrupt",
+          [](Barrier& b, const py::tuple& ticket, const std::string& why) {
+            Check(b.barrier.Interrupt(TicketOf(ticket), why), true);
+          },
+          py::arg("ticket"), py::arg("why"),
+          "The party stopped waiting before its round was over (WHY, e.g. 'was interrupted by "
+          "KeyboardInterrupt (process 12)'): breaks the barrier for the others, unless the "
+          "round is over or it broke meanwhile.")
       .def("abort", [](Barrier& b) { Check(b.barrier.Abort(), true); },
            "Breaks the barrier: waiters and later wait() calls raise BarrierBroken.")
       .def("reset", [](Barrier& b) { Check(b.barrier.Reset(), true); },

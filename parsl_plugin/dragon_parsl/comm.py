@@ -22,8 +22,10 @@ processes they start.
   barrier for every party, on every node, as a local one does, and a party on another node that is
   killed, or whose node or agent is lost, breaks it within a few seconds (its lease at home, 3 s,
   is no longer renewed): every party's ``wait`` then raises ``threading.BrokenBarrierError``
-  saying which process of which node went silent. ``Dictionary`` (dragon_parsl.comm_dict) is
-  sharded across the nodes' agents.
+  saying which process of which node went silent. A party whose ``wait`` is interrupted, on any
+  node (Ctrl-C, or an app's Parsl walltime), breaks the barrier at once for the others, whose
+  ``wait`` names the party and what interrupted it (dragon_parsl.barrier_wait).
+  ``Dictionary`` (dragon_parsl.comm_dict) is sharded across the nodes' agents.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ import threading
 import time
 from typing import Any, List, Optional, Tuple
 
-from dragon_parsl import comm_remote, shm, shm_pool_path
+from dragon_parsl import barrier_wait, comm_remote, shm, shm_pool_path
 from dragon_parsl.errors import SharedMemoryError
 
 __all__ = ["Pipe", "Connection", "Queue", "Barrier", "Dictionary", "DictionaryError", "default_pool"]
@@ -437,10 +439,12 @@ class Barrier(_Shared):
             timeout = self._timeout
         if self._remote:
             return self._b.wait(timeout)  # raises BrokenBarrierError itself
-        core = _core()
+        # In slices, in Python: Ctrl-C and a Parsl walltime (an asynchronous exception) end the
+        # wait, and break the barrier for the others (barrier_wait).
+        party = barrier_wait.LocalParty(self._b, _core())
         try:
-            return self._b.wait(timeout)
-        except (core.BarrierBroken, core.ChannelTimeout) as e:
+            return barrier_wait.wait_in_slices(party, timeout)
+        except party.failures as e:
             raise threading.BrokenBarrierError(str(e)) from None
 
     def abort(self) -> None:

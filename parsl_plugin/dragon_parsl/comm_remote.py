@@ -21,8 +21,10 @@ A sender whose own pool is full, or without a pool beside the socket, sends the 
 A Barrier party waits the same way (``RemoteBarrier``, agent/agent_barriers.h): it arrives once
 (BARRIER_ARRIVE, which gives its ticket) and then waits in slices with the ticket (BARRIER_AWAIT),
 so a slice retried never counts it twice; at its own timeout it gives up (BARRIER_GIVE_UP), which
-breaks the barrier for everyone as a local timeout does. Each slice renews the party's lease at
-home: a party that stops calling (killed, its agent or node lost) breaks the barrier there within
+breaks the barrier for everyone as a local timeout does, and a wait interrupted by anything else
+(Ctrl-C, a Parsl walltime) tells the home agent so (BARRIER_INTERRUPT), which breaks it at once
+(dragon_parsl.barrier_wait). Each slice renews the party's lease at home: a party that stops
+calling (killed, its agent or node lost) breaks the barrier there within
 ``AgentBarriers::kLease`` (3 s). Every failure of a wait is ``threading.BrokenBarrierError``.
 """
 from __future__ import annotations
@@ -30,14 +32,18 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
+
+from dragon_parsl import barrier_wait
 
 __all__ = ["RemoteChannel", "RemoteBarrier", "node_of_pool", "local_data_socket", "local_node", "peer_alive", "claim_end",
            "WAIT_SLICE_S"]
 
 # The home agent's longest wait per call (AgentChannels::kMaxWait): liveness is looked at there
 # after 100 ms of waiting, so a slice is longer than that.
-WAIT_SLICE_S = 0.2
+WAIT_SLICE_S = barrier_wait.WAIT_SLICE_S
+# A BARRIER_INTERRUPT's whole call: the party is on its way out and does not wait long for it.
+INTERRUPT_CALL_S = 5.0
 # A call's deadline beyond its wait: the forwarding both ways, and a large message at a
 # conservative 20 MB/s through the copies and the link (a 1 GiB message took 25 s on a loaded
 # 2-core test bed; its deadline is about 80 s).
@@ -132,9 +138,12 @@ def _raise(error: Exception, what: str) -> None:
     raise core.ShmPoolError(message) from None
 
 
-def _call(socket: str, request: Any, what: str, nbytes: int = 0, by_block: bool = False) -> Any:
-    rate = _BLOCK_BYTES_PER_S if by_block else _LINK_BYTES_PER_S
-    timeout_s = request.wait_ms / 1000.0 + _CALL_MARGIN_S + nbytes / rate
+def _call(socket: str, request: Any, what: str, nbytes: int = 0, by_block: bool = False,
+          timeout_s: Optional[float] = None) -> Any:
+    """One request to this node's agent; ``timeout_s`` (None: from the wait and the size) bounds it."""
+    if timeout_s is None:
+        rate = _BLOCK_BYTES_PER_S if by_block else _LINK_BYTES_PER_S
+        timeout_s = request.wait_ms / 1000.0 + _CALL_MARGIN_S + nbytes / rate
     request.timeout_ms = int(timeout_s * 1000)
     core = _core()
     try:
@@ -269,35 +278,46 @@ class RemoteBarrier:
     def _what(self) -> str:
         return f"Barrier of node {self.home}"
 
-    def _call(self, op: int, **fields: Any) -> Any:
+    def _call(self, op: int, call_timeout_s: Optional[float] = None, **fields: Any) -> Any:
         pb = _pb()
         request = pb.ChannelRequest(op=op, node_id=self.home, ref=self.ref, caller_pid=os.getpid(),
                                     caller_node=local_node(self.socket), **fields)
-        return _call(self.socket, request, self._what())
+        return _call(self.socket, request, self._what(), timeout_s=call_timeout_s)
 
     def wait(self, timeout_s: Optional[float] = None) -> int:
-        pb, core = _pb(), _core()
-        deadline = None if timeout_s is None else time.monotonic() + max(0.0, timeout_s)
-
-        def slice_ms() -> int:
-            left = WAIT_SLICE_S if deadline is None else max(0.0, deadline - time.monotonic())
-            return int(min(left, WAIT_SLICE_S) * 1000)
-
         try:
-            reply = self._call(pb.ChannelRequest.BARRIER_ARRIVE, wait_ms=slice_ms())
-            ticket = reply.ticket
-            while reply.would_block:
-                if deadline is not None and time.monotonic() >= deadline:
-                    # Ok when the round ended just now; else it breaks the barrier (raises).
-                    self._call(pb.ChannelRequest.BARRIER_GIVE_UP, ticket=ticket,
-                               party_timeout_ms=int(timeout_s * 1000))
-                    break
-                reply = self._call(pb.ChannelRequest.BARRIER_AWAIT, ticket=ticket, wait_ms=slice_ms())
-        except (core.ChannelClosed, core.ChannelPeerLost, core.ShmPoolError) as e:
-            # Broken at home (a timeout, abort(), a party lost), its creator exited, or the home
-            # node or this node's agent cannot be reached: this party's wait failed, as a local
-            # one that the barrier breaks under.
+            return barrier_wait.wait_in_slices(self, timeout_s)
+        except self.failures as e:
+            # Broken at home (a timeout, abort(), a party lost or interrupted), its creator exited,
+            # or the home node or this node's agent cannot be reached: this party's wait failed, as
+            # a local one that the barrier breaks under.
             raise threading.BrokenBarrierError(str(e)) from None
+
+    # The steps of barrier_wait.wait_in_slices.
+    @property
+    def failures(self) -> Tuple[type, ...]:
+        core = _core()
+        return (core.ChannelClosed, core.ChannelPeerLost, core.ShmPoolError)
+
+    def arrive(self, wait_s: float) -> Tuple[Any, bool]:
+        reply = self._call(_pb().ChannelRequest.BARRIER_ARRIVE, wait_ms=int(wait_s * 1000))
+        return reply.ticket, not reply.would_block
+
+    def await_round(self, ticket: Any, wait_s: float) -> bool:
+        reply = self._call(_pb().ChannelRequest.BARRIER_AWAIT, ticket=ticket, wait_ms=int(wait_s * 1000))
+        return not reply.would_block
+
+    def give_up(self, ticket: Any, timeout_s: float) -> None:
+        # Returns when the round ended just now; else it breaks the barrier (raises).
+        self._call(_pb().ChannelRequest.BARRIER_GIVE_UP, ticket=ticket, party_timeout_ms=int(timeout_s * 1000))
+
+    def interrupt(self, ticket: Any, why: str) -> None:
+        # Short: the party is on its way out (a second Ctrl-C, or the lease, covers a slow agent).
+        self._call(_pb().ChannelRequest.BARRIER_INTERRUPT, ticket=ticket, why=why,
+                   call_timeout_s=INTERRUPT_CALL_S)
+
+    @staticmethod
+    def index(ticket: Any) -> int:
         return int(ticket.index)
 
     def abort(self) -> None:
