@@ -258,7 +258,9 @@ def test_ctrl_c_interrupts_a_barrier_wait_and_breaks_it_for_the_others(pool):
 @pytest.mark.timeout(60)
 def test_barrier_steps_arrive_await_give_up(pool):
     b = _core.ShmBarrier.create(pool, 2)
-    ticket = b.arrive()
+    into = []
+    assert b.arrive(into, 0.01) is False
+    (ticket,) = into
     assert ticket[2] == 0 and b.n_waiting == 1
     assert b.await_round(ticket, 0.01) is False
     with pytest.raises(ValueError, match="generation, breaks, index"):
@@ -268,7 +270,8 @@ def test_barrier_steps_arrive_await_give_up(pool):
     b.interrupt(ticket, "too late")  # its round is over: nothing breaks
     b.give_up(ticket, 1.0)  # idem
     assert not b.broken
-    ticket = b.arrive()
+    assert b.arrive(into) is False  # no wait
+    ticket = into[-1]
     with pytest.raises(_core.ChannelTimeout, match="not all arrived within 1.5s"):
         b.give_up(ticket, 1.5)
     assert b.broken

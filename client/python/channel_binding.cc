@@ -298,8 +298,18 @@ void RegisterChannels(py::module_& m) {
       // (dragon_parsl.comm.Barrier: asynchronous exceptions such as Parsl's walltime).
       .def(
           "arrive",
-          [](Barrier& b) { return TicketTuple(Value(b.barrier.ArriveHere(), true)); },
-          "Counts this party in the current round: its ticket (generation, breaks, index). "
+          [](Barrier& b, py::list& into, double wait_s) {
+            const BarrierTicket t = Value(b.barrier.ArriveHere(), true);
+            // Handed over before anything else can fail: an exception raised as this call
+            // returns (a pending Ctrl-C) must still find the ticket, to break the barrier.
+            into.append(TicketTuple(t));
+            if (wait_s <= 0) return false;
+            const absl::Duration wait = absl::Seconds(wait_s);
+            return Value(WithoutGil([&] { return b.barrier.AwaitRound(t, wait, wait); }), true);
+          },
+          py::arg("into"), py::arg("wait_s") = 0.0,
+          "Counts this party in the current round, appends its ticket (generation, breaks, "
+          "index) to INTO, then waits up to WAIT_S for the round: True once it is over. "
           "BarrierBroken when broken.")
       .def(
           "await_round",

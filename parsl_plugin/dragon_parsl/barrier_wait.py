@@ -16,7 +16,7 @@ is known) cannot be told; its lease at home, no longer renewed, breaks the barri
 
 The same loop serves both kinds of party: ``LocalParty`` (the node's pool, through
 ``_core.ShmBarrier``) and comm_remote.RemoteBarrier (through the agents). A party's steps:
-``arrive(wait_s) -> (ticket, over)``, ``await_round(ticket, wait_s) -> over``,
+``arrive(wait_s, into) -> over`` (appends its ticket to ``into``, then waits), ``await_round(ticket, wait_s) -> over``,
 ``give_up(ticket, timeout_s)``, ``interrupt(ticket, why)``, ``index(ticket)``, and ``failures``:
 the exceptions that mean the barrier itself failed (broken, gone, its node lost), which need no
 interruption.
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 __all__ = ["WAIT_SLICE_S", "LocalParty", "wait_in_slices"]
 
@@ -39,24 +39,29 @@ def wait_in_slices(party: Any, timeout_s: Optional[float]) -> int:
     when the barrier failed or timed out (the caller turns them into BrokenBarrierError), anything
     else after the barrier has been told that this party was interrupted."""
     deadline = None if timeout_s is None else time.monotonic() + max(0.0, timeout_s)
-
-    def slice_s() -> float:
-        left = WAIT_SLICE_S if deadline is None else max(0.0, deadline - time.monotonic())
-        return min(left, WAIT_SLICE_S)
-
-    ticket = None
+    # The ticket goes into this list inside the arrival call, so that an exception raised the
+    # moment that call returns (Python raises a pending signal's or an asynchronous exception
+    # right after a call into C) still finds it.
+    arrived: List[Any] = []
     try:
-        ticket, over = party.arrive(slice_s())
+        over = party.arrive(_slice(deadline), arrived)
+        ticket = arrived[0]
         while not over:
             if deadline is not None and time.monotonic() >= deadline:
                 party.give_up(ticket, timeout_s)  # returns when the round ended just now; else raises
                 break
-            over = party.await_round(ticket, slice_s())
+            over = party.await_round(ticket, _slice(deadline))
     except BaseException as e:
-        if ticket is not None and not isinstance(e, party.failures):
-            _tell_interrupted(party, ticket, e)
+        if arrived and not isinstance(e, party.failures):
+            _tell_interrupted(party, arrived[0], e)
         raise
     return party.index(ticket)
+
+
+def _slice(deadline: Optional[float]) -> float:
+    if deadline is None:
+        return WAIT_SLICE_S
+    return min(max(0.0, deadline - time.monotonic()), WAIT_SLICE_S)
 
 
 def _tell_interrupted(party: Any, ticket: Any, error: BaseException) -> None:
@@ -76,10 +81,8 @@ class LocalParty:
         self.failures: Tuple[type, ...] = (core.BarrierBroken, core.ChannelTimeout, core.ChannelPeerLost,
                                            core.ShmPoolError)
 
-    def arrive(self, wait_s: float) -> Tuple[Any, bool]:
-        # Without waiting: an interruption must find the ticket already in wait_in_slices' hands,
-        # and this call does not block (nor let Python run) between counting and returning it.
-        return self._b.arrive(), False
+    def arrive(self, wait_s: float, into: List[Any]) -> bool:
+        return self._b.arrive(into, wait_s)  # the ticket is in `into` before it waits
 
     def await_round(self, ticket: Any, wait_s: float) -> bool:
         return self._b.await_round(ticket, wait_s)

@@ -428,6 +428,7 @@ class Barrier(_Shared):
         if not isinstance(parties, int) or isinstance(parties, bool) or parties < 1:
             raise ValueError(f"parties must be an int >= 1, not {parties!r}")
         self._b = _core().ShmBarrier.create(self._pool, parties)
+        self._party = barrier_wait.LocalParty(self._b, _core())
         self._timeout = timeout
 
     def __reduce__(self) -> Tuple[Any, ...]:
@@ -441,7 +442,7 @@ class Barrier(_Shared):
             return self._b.wait(timeout)  # raises BrokenBarrierError itself
         # In slices, in Python: Ctrl-C and a Parsl walltime (an asynchronous exception) end the
         # wait, and break the barrier for the others (barrier_wait).
-        party = barrier_wait.LocalParty(self._b, _core())
+        party = self._party
         try:
             return barrier_wait.wait_in_slices(party, timeout)
         except party.failures as e:
@@ -474,6 +475,7 @@ def _open_barrier(pool: str, host: str, creator: int, ref: bytes, timeout: Optio
         b._b = comm_remote.RemoteBarrier(b._socket, home, ref)
     else:
         b._b = _core().ShmBarrier.open(b._pool, ref)
+        b._party = barrier_wait.LocalParty(b._b, _core())
     b._timeout = timeout
     return b
 

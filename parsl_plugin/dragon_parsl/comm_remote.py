@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from dragon_parsl import barrier_wait
 
@@ -274,6 +274,7 @@ class RemoteBarrier:
 
     def __init__(self, socket: str, home: str, ref: bytes) -> None:
         self.socket, self.home, self.ref = socket, home, ref
+        self._failures: Optional[Tuple[type, ...]] = None
 
     def _what(self) -> str:
         return f"Barrier of node {self.home}"
@@ -296,12 +297,15 @@ class RemoteBarrier:
     # The steps of barrier_wait.wait_in_slices.
     @property
     def failures(self) -> Tuple[type, ...]:
-        core = _core()
-        return (core.ChannelClosed, core.ChannelPeerLost, core.ShmPoolError)
+        if self._failures is None:
+            core = _core()
+            self._failures = (core.ChannelClosed, core.ChannelPeerLost, core.ShmPoolError)
+        return self._failures
 
-    def arrive(self, wait_s: float) -> Tuple[Any, bool]:
+    def arrive(self, wait_s: float, into: List[Any]) -> bool:
         reply = self._call(_pb().ChannelRequest.BARRIER_ARRIVE, wait_ms=int(wait_s * 1000))
-        return reply.ticket, not reply.would_block
+        into.append(reply.ticket)
+        return not reply.would_block
 
     def await_round(self, ticket: Any, wait_s: float) -> bool:
         reply = self._call(_pb().ChannelRequest.BARRIER_AWAIT, ticket=ticket, wait_ms=int(wait_s * 1000))
