@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/shm_barrier.h"
+#include "common/utf8.h"
 
 namespace dragon::agent {
 namespace {
@@ -80,7 +81,7 @@ absl::StatusOr<v1::ChannelReply> AgentBarriers::Apply(const common::BlockRef& re
       return reply;
     case v1::ChannelRequest::BARRIER_INTERRUPT: {
       // The party's own words, cut short: they travel in every other party's error.
-      const std::string why = request.why().substr(0, kMaxWhyBytes);
+      const std::string why(common::Utf8Prefix(request.why(), kMaxWhyBytes));
       if (absl::Status done = barrier->Interrupt(
               TicketOf(request.ticket()),
               absl::StrCat(why.empty() ? "stopped waiting" : why, " (process ",

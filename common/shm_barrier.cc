@@ -7,8 +7,10 @@
 #include <climits>
 #include <cstring>
 #include <new>
+#include <string_view>
 
 #include "absl/strings/str_cat.h"
+#include "common/utf8.h"
 
 namespace dragon::common {
 namespace {
@@ -17,10 +19,11 @@ namespace {
 inline constexpr uint64_t kBarrierMagic = 0x3252524142475244;
 inline constexpr size_t kWhyBytes = 160;
 
+// Cut on a character boundary: the text ends up in every waiter's error.
 void CopyTruncated(char* to, size_t capacity, const std::string& from) {
-  const size_t n = std::min(from.size(), capacity - 1);
-  std::memcpy(to, from.data(), n);
-  to[n] = '\0';
+  const std::string_view kept = Utf8Prefix(from, capacity - 1);
+  std::memcpy(to, kept.data(), kept.size());
+  to[kept.size()] = '\0';
 }
 
 }  // namespace

@@ -244,6 +244,20 @@ TEST_CASE("barrier: a party of this node waits in slices; its interruption break
   CHECK(absl::IsFailedPrecondition(barrier.ArriveHere().status()));
   // Interrupting again, or after the barrier broke for another reason, changes nothing.
   REQUIRE(barrier.Reset().ok());
+  // A long reason is kept in part, never cut inside a character ("€" is 3 bytes).
+  here = barrier.ArriveHere();
+  REQUIRE(here.ok());
+  std::string euros = "x";  // so that the cut at 159 bytes falls inside a character
+  for (int i = 0; i < 100; ++i) euros += "\xE2\x82\xAC";
+  REQUIRE(barrier.Interrupt(*here, euros).ok());
+  absl::Status cut = barrier.Wait(kLong);
+  REQUIRE(absl::IsFailedPrecondition(cut));
+  const std::string text(cut.message());
+  const size_t first_euro = text.find("\xE2\x82\xAC");
+  REQUIRE(first_euro != std::string::npos);
+  CHECK((text.size() - first_euro) % 3 == 0);
+  CHECK(text.size() - first_euro < euros.size());
+  REQUIRE(barrier.Reset().ok());
   REQUIRE(barrier.Interrupt(*here, "late").ok());
   CHECK_FALSE(*barrier.broken());
 

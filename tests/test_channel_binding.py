@@ -275,4 +275,10 @@ def test_barrier_steps_arrive_await_give_up(pool):
     with pytest.raises(_core.ChannelTimeout, match="not all arrived within 1.5s"):
         b.give_up(ticket, 1.5)
     assert b.broken
+    b.reset()
+    # A reason too long for the barrier is cut on a character boundary: still a clear error.
+    b.arrive(into)
+    b.interrupt(into[-1], "was interrupted by " + "\u20ac" * 100)
+    with pytest.raises(_core.BarrierBroken, match="interrupted by \u20ac+$"):
+        b.wait(timeout_s=5)
     b.destroy()

@@ -68,7 +68,12 @@ constexpr absl::Duration kSignalSlice = absl::Milliseconds(200);
     default:
       break;
   }
-  PyErr_SetString(type, std::string(s.message()).c_str());
+  // Never fail on the text (a name from another node may not be valid UTF-8).
+  PyObject* text = PyUnicode_DecodeUTF8(s.message().data(),
+                                        static_cast<Py_ssize_t>(s.message().size()), "replace");
+  if (text == nullptr) throw py::error_already_set();
+  PyErr_SetObject(type, text);
+  Py_DECREF(text);
   throw py::error_already_set();
 }
 
