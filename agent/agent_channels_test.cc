@@ -419,14 +419,21 @@ TEST_CASE("a Barrier of h1's pool with parties on h2: one arrival each however o
   CHECK(absl::StrContains(gone.status().message(), "h1"));
 }
 
-TEST_CASE("a party of h2 that gives up at its timeout breaks the Barrier at home") {
-  TwoChannelNodes nodes;
-  ShmBarrier home = BarrierOnH1(nodes, 2);
+// A party of h2 arrives at `home`; then its request `op` with the ticket it got.
+v1::ChannelRequest ArrivedThen(TwoChannelNodes& nodes, const ShmBarrier& home,
+                               v1::ChannelRequest::Op op) {
   absl::StatusOr<v1::ChannelReply> arrived =
       nodes.chan_b->Route(BarrierOp(v1::ChannelRequest::BARRIER_ARRIVE, home.ref()));
   REQUIRE(arrived.ok());
-  v1::ChannelRequest give_up = AwaitOp(home.ref(), *arrived);
-  give_up.set_op(v1::ChannelRequest::BARRIER_GIVE_UP);
+  v1::ChannelRequest then = AwaitOp(home.ref(), *arrived);
+  then.set_op(op);
+  return then;
+}
+
+TEST_CASE("a party of h2 that gives up at its timeout breaks the Barrier at home") {
+  TwoChannelNodes nodes;
+  ShmBarrier home = BarrierOnH1(nodes, 2);
+  v1::ChannelRequest give_up = ArrivedThen(nodes, home, v1::ChannelRequest::BARRIER_GIVE_UP);
   give_up.set_party_timeout_ms(1500);
   CHECK(absl::IsDeadlineExceeded(nodes.chan_b->Route(give_up).status()));
   absl::Status local = home.Wait(absl::Seconds(20));
@@ -438,11 +445,7 @@ TEST_CASE("a party of h2 that gives up at its timeout breaks the Barrier at home
 TEST_CASE("a party of h2 interrupted while it waits breaks the Barrier at home at once") {
   TwoChannelNodes nodes;
   ShmBarrier home = BarrierOnH1(nodes, 2);
-  absl::StatusOr<v1::ChannelReply> arrived =
-      nodes.chan_b->Route(BarrierOp(v1::ChannelRequest::BARRIER_ARRIVE, home.ref()));
-  REQUIRE(arrived.ok());
-  v1::ChannelRequest interrupt = AwaitOp(home.ref(), *arrived);
-  interrupt.set_op(v1::ChannelRequest::BARRIER_INTERRUPT);
+  v1::ChannelRequest interrupt = ArrivedThen(nodes, home, v1::ChannelRequest::BARRIER_INTERRUPT);
   // A long reason is cut short; the party's process and node are added.
   interrupt.set_why("was interrupted by KeyboardInterrupt" + std::string(300, '!'));
   REQUIRE(nodes.chan_b->Route(interrupt).ok());
@@ -450,6 +453,7 @@ TEST_CASE("a party of h2 interrupted while it waits breaks the Barrier at home a
   CHECK(absl::IsFailedPrecondition(local));
   INFO(local.message());
   CHECK(absl::StrContains(local.message(), "party 0 of the round was interrupted by KeyboardInterrupt"));
+  CHECK(absl::StrContains(local.message(), " of node h2)"));
   CHECK(local.message().size() < 300);
   // Once broken, a late interruption (as from a retried call) is no error.
   REQUIRE(nodes.chan_b->Route(interrupt).ok());
