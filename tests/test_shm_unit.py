@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import pickle
 import subprocess
 import sys
 
@@ -314,6 +315,28 @@ def test_plain_and_dill_parts_read_back_the_same_value(value):
         assert (part.identifier == b"01") is expect_plain
         assert shm.deserialize_part(part.identifier, part.body, part.buffers) == value \
             if not isinstance(value, np.ndarray) else True
+
+
+@pytest.mark.timeout(30)
+def test_the_empty_arguments_are_made_once_and_read_back_as_before():
+    # No arguments and no keyword arguments, most small tasks: parts made once, each call its own.
+    for empty in ((), {}):
+        first, again = shm.serialize_data(empty, THRESHOLD), shm.serialize_data(type(empty)(), THRESHOLD)
+        assert first is not again and first.buffers is not again.buffers and not again.buffers
+        assert (first.identifier, first.body) == (again.identifier, again.body) == (b"01", pickle.dumps(empty, 5))
+        assert shm.deserialize_part(again.identifier, again.body, again.buffers) == empty
+        assert type(shm.deserialize_part(again.identifier, again.body, again.buffers)) is type(empty)
+    # Not empty, or a subclass: serialized each time, as before.
+    assert shm.deserialize_part(*_fields(shm.serialize_data((1,), THRESHOLD))) == (1,)
+    assert type(shm.deserialize_part(*_fields(shm.serialize_data(IntTuple(), THRESHOLD)))) is IntTuple
+
+
+def _fields(part):
+    return part.identifier, part.body, part.buffers
+
+
+class IntTuple(tuple):
+    pass
 
 
 @pytest.mark.timeout(30)

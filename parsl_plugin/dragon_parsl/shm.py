@@ -145,12 +145,27 @@ def is_plain_data(obj: Any, depth: int = 0) -> bool:
     return numpy is not None and t is numpy.ndarray and not obj.dtype.hasobject
 
 
+# The parts of the empty tuple and the empty dict, the arguments and keyword arguments of most
+# small tasks: plain data, so always the plain pickle's bytes (made once, on first use).
+_EMPTY_PARTS: Dict[type, Part] = {}
+
+
 def serialize_data(obj: Any, oob_min: int) -> Part:
     """Serializes data (task arguments, a result) as ``parsl.serialize.serialize``
     would, trying Parsl's data serializers in order, with pickle protocol 5 for
     Parsl's pickle and dill serializers: buffers of at least ``oob_min`` bytes
     become out-of-band buffers of the part. Serializers registered by the user
     are used as they are (everything in-band)."""
+    t = type(obj)
+    if (t is tuple or t is dict) and not obj:
+        empty = _EMPTY_PARTS.get(t)
+        if empty is None:
+            empty = _EMPTY_PARTS[t] = _serialize_data(obj, oob_min)
+        return Part(empty.identifier, empty.body)  # its own (empty) buffer list
+    return _serialize_data(obj, oob_min)
+
+
+def _serialize_data(obj: Any, oob_min: int) -> Part:
     error: Optional[BaseException] = None
     methods = list(_facade.methods_for_data.values())
     if is_plain_data(obj):
