@@ -231,3 +231,44 @@ def test_a_pool_is_used_once_its_agent_has_finished_starting(tmp_path, monkeypat
     finally:
         shm_pool_path.forget(pool.path)
         pool.close()
+
+
+def _recording_dictionary(nodes):
+    """A Dictionary whose requests are recorded instead of sent (the routing and batching of
+    update() alone; no agent)."""
+    from dragon_parsl import comm_dict
+    d = comm_dict.Dictionary.__new__(comm_dict.Dictionary)
+    d._nodes, d._closed, d._id, d._timeout, d._local_plane = tuple(nodes), False, "t", 1.0, ("", None)
+    sent = []
+    d._put = lambda node, pairs: sent.append((node, list(pairs)))
+    return d, sent
+
+
+def test_update_routes_each_key_to_its_shard_and_splits_large_requests(monkeypatch):
+    from dragon_parsl import comm_dict
+    monkeypatch.setattr(comm_dict, "BATCH_ITEMS", 7)
+    monkeypatch.setattr(comm_dict, "BATCH_BYTES", 400)
+    d, sent = _recording_dictionary(["n0", "n1", "n2"])
+    items = {f"k{i}": i for i in range(40)}
+    d.update(items, extra=b"x" * 300, more=b"y" * 300)
+    got = {}
+    for node, pairs in sent:
+        assert 1 <= len(pairs) <= 7, (node, len(pairs))
+        # Over the byte limit only as a single item that is itself larger.
+        assert sum(len(k) + len(v) for k, v in pairs) <= 400 or len(pairs) == 1
+        for kb, vb in pairs:
+            assert d._node_of(kb) == node  # the same shard a get of that key asks
+            got[pickle.loads(kb)] = pickle.loads(vb)
+    assert got == {**items, "extra": b"x" * 300, "more": b"y" * 300}
+    # One node: everything to it, in order.
+    d, sent = _recording_dictionary(["only"])
+    d.update((i, -i) for i in range(10))
+    assert [pickle.loads(k) for _, pairs in sent for k, _ in pairs] == list(range(10))
+    assert {node for node, _ in sent} == {"only"}
+
+
+def test_update_with_a_bad_key_sends_nothing():
+    d, sent = _recording_dictionary(["n0", "n1"])
+    with pytest.raises(TypeError, match="Dictionary keys are str, bytes"):
+        d.update([("fine", 1), (("ok", object()), 2)])
+    assert sent == []

@@ -24,6 +24,7 @@ do not and are refused.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import uuid
@@ -73,8 +74,12 @@ def _check_key(key: Any) -> None:
                         f"the same in every process), not {type(key).__name__}")
 
 
+_PLAIN_KEY_TYPES = frozenset(_KEY_TYPES)
+
+
 def _key_bytes(key: Any) -> bytes:
-    _check_key(key)
+    if type(key) not in _PLAIN_KEY_TYPES:  # the common keys skip the walk (update() of many items)
+        _check_key(key)
     return pickle.dumps(key, protocol=5)
 
 
@@ -280,21 +285,27 @@ class Dictionary(MutableMapping):
     def update(self, other: Any = (), **kwargs: Any) -> None:  # type: ignore[override]
         """Stores many items in one request per shard (and per BATCH_BYTES/BATCH_ITEMS)."""
         items: Iterable[Tuple[Any, Any]] = other.items() if hasattr(other, "items") else other
-        by_node: Dict[str, List[Tuple[bytes, bytes]]] = {}
-        for key, value in list(items) + list(kwargs.items()):
-            kb = _key_bytes(key)
-            by_node.setdefault(self._node_of(kb), []).append((kb, pickle.dumps(value, protocol=5)))
-        for node, pairs in by_node.items():
-            batch: List[Tuple[bytes, bytes]] = []
-            size = 0
-            for kb, vb in pairs:
-                if batch and (size + len(kb) + len(vb) > BATCH_BYTES or len(batch) >= BATCH_ITEMS):
-                    self._put(node, batch)
-                    batch, size = [], 0
-                batch.append((kb, vb))
-                size += len(kb) + len(vb)
-            if batch:
-                self._put(node, batch)
+        # Every key is checked and every item pickled before anything is sent. The loop is the
+        # cost of a large update (about 1.4 us an item before it was tightened): no per-item
+        # method calls, the shard by index (_node_of's rule), no crc32 for one shard.
+        nodes = self._nodes
+        count = len(nodes)
+        dumps, crc32, key_bytes = pickle.dumps, zlib.crc32, _key_bytes
+        by_node: List[List[Tuple[bytes, bytes]]] = [[] for _ in nodes]
+        only = by_node[0] if count else None  # (a Dictionary always has a node)
+        for key, value in itertools.chain(items, kwargs.items()):
+            kb = key_bytes(key)
+            (by_node[crc32(kb) % count] if count > 1 else only).append((kb, dumps(value, protocol=5)))
+        for node, pairs in zip(nodes, by_node):
+            start, size = 0, 0
+            for i, (kb, vb) in enumerate(pairs):
+                n = len(kb) + len(vb)
+                if i > start and (size + n > BATCH_BYTES or i - start >= BATCH_ITEMS):
+                    self._put(node, pairs[start:i])
+                    start, size = i, 0
+                size += n
+            if start < len(pairs):
+                self._put(node, pairs[start:])
 
     def clear(self) -> None:
         """Removes every item: each shard is freed even when another's node cannot be reached
