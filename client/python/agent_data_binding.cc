@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "client/python/lenient_text.h"
 #include "client/python/without_gil.h"
 #include "common/data_socket_client.h"
 #include "proto/agent.pb.h"
@@ -43,7 +44,7 @@ DataCallResult CallAgent(const std::string& socket, DataMethod method, absl::str
 }
 
 [[noreturn]] void RaiseDataPlaneError(const std::string& message, absl::StatusCode code) {
-  PyObject* error = PyObject_CallFunction(g_data_plane_error, "s", message.c_str());
+  PyObject* error = PyObject_CallOneArg(g_data_plane_error, LenientText(message).ptr());
   if (error == nullptr) throw py::error_already_set();
   PyObject_SetAttrString(error, "code", py::str(CodeName(code)).ptr());
   PyErr_SetObject(g_data_plane_error, error);

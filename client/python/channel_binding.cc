@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "client/python/lenient_text.h"
 #include "client/python/shm_pool_binding.h"
 #include "client/python/without_gil.h"
 #include "common/shm_barrier.h"
@@ -68,12 +69,7 @@ constexpr absl::Duration kSignalSlice = absl::Milliseconds(200);
     default:
       break;
   }
-  // Never fail on the text (a name from another node may not be valid UTF-8).
-  PyObject* text = PyUnicode_DecodeUTF8(s.message().data(),
-                                        static_cast<Py_ssize_t>(s.message().size()), "replace");
-  if (text == nullptr) throw py::error_already_set();
-  PyErr_SetObject(type, text);
-  Py_DECREF(text);
+  SetErrorText(type, std::string_view(s.message().data(), s.message().size()));
   throw py::error_already_set();
 }
 

@@ -22,6 +22,7 @@
 #include "client/python/agent_data_binding.h"
 #include "client/python/channel_binding.h"
 #include "client/python/client_data_plane_binding.h"
+#include "client/python/lenient_text.h"
 #include "client/python/session_inbox.h"
 #include "client/python/owned_buffer.h"
 #include "client/python/shm_pool_binding.h"
@@ -34,11 +35,7 @@ namespace dragon::client {
 namespace {
 
 // Text from the head or the transport may not be valid UTF-8: never fail on it.
-py::object Text(const std::string& s) {
-  PyObject* o = PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "replace");
-  if (o == nullptr) throw py::error_already_set();
-  return py::reinterpret_steal<py::object>(o);
-}
+py::object Text(const std::string& s) { return LenientText(s); }
 
 py::object Payload(const absl::Status& s, const char* type_url) {
   auto p = s.GetPayload(type_url);

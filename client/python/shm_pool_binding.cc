@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "client/python/lenient_text.h"
 #include "client/python/without_gil.h"
 #include "common/shm_pool.h"
 
@@ -32,7 +33,7 @@ PyObject* g_block_error = nullptr;
   } else if (absl::IsInvalidArgument(s) || absl::IsNotFound(s) || absl::IsOutOfRange(s)) {
     type = g_block_error;
   }
-  PyErr_SetString(type, std::string(s.message()).c_str());
+  SetErrorText(type, std::string_view(s.message().data(), s.message().size()));
   throw py::error_already_set();
 }
 
