@@ -246,6 +246,30 @@ def test_shutdown_with_outstanding_tasks_does_not_hang(tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_shutdown_in_a_flood_warns_of_no_unknown_results(tmp_path, caplog):
+    """shutdown() fails the outstanding futures at once; the results of those tasks that the
+    client core still hands over while the session closes are expected, not "unknown" (a
+    warning per task: thousands of lines at the end of an interrupted flood). Logged at debug."""
+    head = start_head(tmp_path, "--workers", "2")
+    try:
+        ex = DragonExecutor(address=head.address, token=head.token)
+        ex.start()
+        assert ex.submit(sum, {}, [1]).result(timeout=30) == 1
+        futs = [ex.submit(sum, {}, [i]) for i in range(5000)]
+        wait_for(lambda: sum(f.done() for f in futs) >= 500, 60, "the first 500 results")
+        with caplog.at_level("DEBUG", logger="dragon_parsl"):
+            ex.shutdown()
+        assert all(f.done() for f in futs)
+        ended = [f for f in futs if f.exception() is not None]
+        assert ended, "shutdown came after every result: the test needs a longer flood"
+        assert all("was shut down before task" in str(f.exception()) for f in ended)
+        unknown = [r for r in caplog.records if "unknown client_ref" in r.getMessage()]
+        assert not [r for r in unknown if r.levelname != "DEBUG"], unknown[:3]
+    finally:
+        stop_head(head)
+
+
+@pytest.mark.timeout(120)
 def test_workflow_that_exits_without_shutdown_exits_with_its_own_error(tmp_path):
     """A script whose first failed result ends it, with the executor never shut down and tasks
     still in flight, exits as Python does (its traceback, status 1): the receiver thread waiting

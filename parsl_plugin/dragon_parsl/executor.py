@@ -13,7 +13,7 @@ import itertools
 import logging
 import os
 import threading
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Union
 
 import grpc
 from parsl.executors.errors import BadStateException
@@ -303,6 +303,9 @@ class DragonExecutor(HeadStartMixin, SubmitPathMixin, TaskResultsMixin, BlockSca
         self.welcome: Optional[head_pb2.Welcome] = None
         self.max_payload_bytes = 0
         self._tasks: Dict[int, cf.Future] = {}
+        # The tasks shutdown() failed while they ran: their results may still come in while the
+        # session closes, and are then expected (any other unknown ref is a duplicate: warned).
+        self._ended_refs: FrozenSet[int] = frozenset()
         self._lock = threading.Lock()
         self._refs = itertools.count(1)
         self._broken: Optional[DragonError] = None
@@ -421,6 +424,7 @@ class DragonExecutor(HeadStartMixin, SubmitPathMixin, TaskResultsMixin, BlockSca
         with self._lock:
             self._shut_down = True
             leftover, self._tasks = self._tasks, {}
+            self._ended_refs = frozenset(leftover)
         session = self.session
         if session is not None:
             # With tasks still running there is nothing to wait for: end the stream now.

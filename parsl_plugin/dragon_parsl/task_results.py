@@ -47,8 +47,10 @@ class TaskResultsMixin:
         if arg_file is not None:
             self._discard_arg_file(arg_file)
         if fut is None:
-            # In Parsl's bad state every future has failed already and the head cancels the rest.
-            (logger.debug if self.bad_state_is_set else logger.warning)(
+            # In Parsl's bad state every future has failed already and the head cancels the rest;
+            # after shutdown() the results of the tasks it failed may still come in.
+            expected = self.bad_state_is_set or client_ref in self._ended_refs
+            (logger.debug if expected else logger.warning)(
                 "DragonExecutor %s: result for unknown client_ref %d (task %d)", self.label, client_ref,
                 task_id)
             if self.shm is not None and outcome == common_pb2.OK:
