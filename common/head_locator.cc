@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <pwd.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,6 +16,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/host.h"
 #include "common/token.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -124,20 +127,52 @@ absl::StatusOr<dragon::v1::RunInfo> ReadRunInfo(const std::string& path) {
 
 namespace {
 
-// A head.json under $DRAGON_HOME whose address is `address`: current first,
-// then every run directory (a user with several heads on one machine).
-std::optional<dragon::v1::RunInfo> FindRunInfoFor(const std::string& address) {
-  const std::string home = DragonHome();
-  std::vector<std::string> candidates = {JoinPath(JoinPath(home, "current"), "head.json")};
+// The head.json paths of every run directory under HOME/runs.
+std::vector<std::string> RunInfoPaths(const std::string& home) {
+  std::vector<std::string> paths;
   const std::string runs = JoinPath(home, "runs");
   if (DIR* dir = opendir(runs.c_str()); dir != nullptr) {
     while (const dirent* entry = readdir(dir)) {
       const std::string name = entry->d_name;
       if (name == "." || name == "..") continue;
-      candidates.push_back(JoinPath(JoinPath(runs, name), "head.json"));
+      paths.push_back(JoinPath(JoinPath(runs, name), "head.json"));
     }
     closedir(dir);
   }
+  return paths;
+}
+
+}  // namespace
+
+bool HeadProcessAlive(const dragon::v1::RunInfo& info) {
+  if (info.pid() <= 0 || info.host() != Hostname()) return false;
+  if (kill(info.pid(), 0) != 0 && errno != EPERM) return false;
+  std::ifstream comm(absl::StrCat("/proc/", info.pid(), "/comm"));
+  std::string name;
+  if (!std::getline(comm, name)) return true;  // no /proc to ask: the pid exists
+  return name == "dragond";
+}
+
+std::vector<dragon::v1::RunInfo> LiveRuns(const std::string& home, const HeadAlive& alive) {
+  std::vector<dragon::v1::RunInfo> live;
+  for (const std::string& path : RunInfoPaths(home)) {
+    absl::StatusOr<dragon::v1::RunInfo> info = ReadRunInfo(path);
+    if (info.ok() && alive(*info)) live.push_back(*std::move(info));
+  }
+  std::sort(live.begin(), live.end(), [](const auto& a, const auto& b) {
+    return a.started_us() > b.started_us();
+  });
+  return live;
+}
+
+namespace {
+
+// A head.json under $DRAGON_HOME whose address is `address`: current first,
+// then every run directory (a user with several heads on one machine).
+std::optional<dragon::v1::RunInfo> FindRunInfoFor(const std::string& address) {
+  const std::string home = DragonHome();
+  std::vector<std::string> candidates = {JoinPath(JoinPath(home, "current"), "head.json")};
+  for (std::string& path : RunInfoPaths(home)) candidates.push_back(std::move(path));
   for (const std::string& path : candidates) {
     absl::StatusOr<dragon::v1::RunInfo> info = ReadRunInfo(path);
     if (info.ok() && info->address() == address) return *std::move(info);
@@ -202,6 +237,21 @@ absl::StatusOr<HeadLocation> LocateAddress(const LocateOptions& options) {
   const std::string path = JoinPath(dir, "head.json");
   absl::StatusOr<dragon::v1::RunInfo> info = ReadRunInfo(path);
   if (absl::IsNotFound(info.status())) {
+    if (options.run_dir.empty()) {
+      // `current` is gone, yet heads of other runs may run (their owner
+      // started another head and stopped it): name them rather than deny them.
+      std::vector<std::string> heads;
+      for (const auto& run : LiveRuns(DragonHome())) {
+        heads.push_back(absl::StrCat("run ", run.run_id(), " at ", run.address(), " (--run-dir ",
+                                     run.run_dir(), " or --head ", run.address(), ")"));
+      }
+      if (!heads.empty()) {
+        return absl::NotFoundError(absl::StrCat(
+            "no current dragond (no $DRAGON_HEAD and no ", path, "), but ",
+            heads.size() == 1 ? "the head of another run is" : "heads of other runs are",
+            " running: ", absl::StrJoin(heads, "; "), "; say which with --run-dir or --head"));
+      }
+    }
     return absl::NotFoundError(absl::StrCat("no dragond is running (no $DRAGON_HEAD and no ",
                                             path,
                                             "); start one with 'dragond start'"));

@@ -3,8 +3,10 @@
 #ifndef DRAGON_COMMON_HEAD_LOCATOR_H_
 #define DRAGON_COMMON_HEAD_LOCATOR_H_
 
+#include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -51,11 +53,26 @@ absl::Status ValidateHostPort(absl::string_view value, absl::string_view what);
 // parsed or has no valid address.
 absl::StatusOr<dragon::v1::RunInfo> ReadRunInfo(const std::string& path);
 
+// Whether the dragond a head.json describes is running: the head.json names
+// this host, and its pid is a live process called dragond (not one that took
+// over the pid of a head killed without cleaning up).
+bool HeadProcessAlive(const dragon::v1::RunInfo& info);
+
+// The runs under HOME/runs whose head.json describes a head that `alive` says
+// runs, newest first (by started_us). Unreadable head.json files are skipped.
+// Several heads on one machine are allowed; this is how the one that `current`
+// no longer points at is still found.
+using HeadAlive = std::function<bool(const dragon::v1::RunInfo&)>;
+std::vector<dragon::v1::RunInfo> LiveRuns(const std::string& home,
+                                          const HeadAlive& alive = HeadProcessAlive);
+
 // First hit wins: explicit address, $DRAGON_HEAD, --run-dir DIR/head.json,
 // $DRAGON_HOME/current/head.json. When nothing gives an address the error
 // is NotFound with the INTERFACES.md text:
 //   no dragond is running (no $DRAGON_HEAD and no <path>/head.json); start
 //   one with 'dragond start'
+// unless heads of other runs are running (LiveRuns): then it names them and
+// how to reach them (--run-dir, --head).
 //
 // Then the credentials (docs/INTERFACES.md "Authentication"), first hit wins:
 // token: --token-file, $DRAGON_TOKEN, the token_file of the head.json the

@@ -9,6 +9,8 @@
 #include <fstream>
 #include <string>
 
+#include "common/host.h"
+
 namespace dragon::common {
 namespace {
 
@@ -179,6 +181,56 @@ TEST_CASE("LocateHead: nothing running gives the documented message") {
   CHECK(std::string(loc.status().message()) ==
         "no dragond is running (no $DRAGON_HEAD and no " + run.path() +
             "/head.json); start one with 'dragond start'");
+}
+
+// A run directory HOME/runs/NAME whose head.json says `pid`, `host` and `started_us`.
+void WriteRun(const std::string& home, const std::string& name, int pid, const std::string& host,
+              long long started_us) {
+  const std::string run = home + "/runs/" + name;
+  REQUIRE(std::system(("mkdir -p '" + run + "'").c_str()) == 0);
+  WriteFile(run + "/head.json",
+            "{\"run_id\": \"" + name + "\", \"address\": \"127.0.0.1:" + std::to_string(4000 + pid) +
+                "\", \"pid\": " + std::to_string(pid) + ", \"host\": \"" + host +
+                "\", \"started_us\": \"" + std::to_string(started_us) + "\", \"run_dir\": \"" + run +
+                "\"}");
+}
+
+TEST_CASE("LiveRuns: the runs whose head is alive, newest first") {
+  TempDir home;
+  WriteRun(home.path(), "old", 1, "n1", 100);
+  WriteRun(home.path(), "new", 2, "n1", 300);
+  WriteRun(home.path(), "dead", 3, "n1", 200);
+  REQUIRE(std::system(("mkdir -p '" + home.path() + "/runs/empty'").c_str()) == 0);  // no head.json
+  WriteFile(home.path() + "/runs/stray-file", "{");  // not a run directory
+  auto alive = [](const dragon::v1::RunInfo& info) { return info.pid() != 3; };
+  auto live = LiveRuns(home.path(), alive);
+  REQUIRE(live.size() == 2);
+  CHECK(live[0].run_id() == "new");
+  CHECK(live[1].run_id() == "old");
+  CHECK(LiveRuns(home.path() + "/nothing-here", alive).empty());
+}
+
+TEST_CASE("HeadProcessAlive: this host, a live pid, and that process is a dragond") {
+  dragon::v1::RunInfo info;
+  info.set_pid(getpid());
+  info.set_host(Hostname());
+  CHECK_FALSE(HeadProcessAlive(info));  // alive, but this test is not called dragond
+  info.set_pid(0);
+  CHECK_FALSE(HeadProcessAlive(info));
+  info.set_pid(getpid());
+  info.set_host(Hostname() + "-elsewhere");  // cannot be asked from here
+  CHECK_FALSE(HeadProcessAlive(info));
+}
+
+TEST_CASE("LocateHead: no current head, but heads of other runs: names them") {
+  TempDir home;
+  ScopedEnv dragon_home("DRAGON_HOME", home.path().c_str());
+  ScopedEnv dragon_head("DRAGON_HEAD", nullptr);
+  // The runs' heads are not alive here (pid 1 is not a dragond): the documented message.
+  WriteRun(home.path(), "r1", 1, Hostname(), 100);
+  auto s = LocateHead({}).status();
+  CHECK(absl::IsNotFound(s));
+  CHECK(std::string(s.message()).find("no dragond is running") == 0);
 }
 
 TEST_CASE("LocateHead: bad addresses are rejected with their origin") {

@@ -90,15 +90,23 @@ absl::Status UpdateCurrentLink(const std::string& home, const std::string& run_d
   return absl::OkStatus();
 }
 
-void RemoveRunInfo(const std::string& home, const std::string& run_dir) {
+std::optional<dragon::v1::RunInfo> RemoveRunInfo(const std::string& home,
+                                                 const std::string& run_dir,
+                                                 const common::HeadAlive& alive) {
   unlink(absl::StrCat(run_dir, "/head.json").c_str());
   const std::string link = absl::StrCat(home, "/current");
   char target[PATH_MAX];
   ssize_t n = readlink(link.c_str(), target, sizeof(target) - 1);
-  if (n > 0) {
-    target[n] = '\0';
-    if (run_dir == target) unlink(link.c_str());
+  if (n <= 0) return std::nullopt;
+  target[n] = '\0';
+  if (run_dir != target) return std::nullopt;
+  // This run's head.json is gone: LiveRuns cannot name it.
+  for (const auto& run : common::LiveRuns(home, alive)) {
+    if (run.run_dir().empty() || !UpdateCurrentLink(home, run.run_dir()).ok()) continue;
+    return run;
   }
+  unlink(link.c_str());
+  return std::nullopt;
 }
 
 }  // namespace dragon::daemon

@@ -266,6 +266,16 @@ int Serve(const StartConfig& config, const std::string& run_dir, const std::stri
   info.set_launcher(launcher_name);
   if (auto st = WriteRunInfo(info); !st.ok()) return abandon(st);
   if (!config.no_current) {
+    // Several heads may run; the one `current` named keeps running but is no
+    // longer what dragonctl and `dragond stop` find by default: say so.
+    const auto previous = common::ReadRunInfo(home + "/current/head.json");
+    if (previous.ok() && previous->run_dir() != run_dir && common::HeadProcessAlive(*previous)) {
+      reporter.Progress(absl::StrCat("note: the head of run ", previous->run_id(), " at ",
+                                     previous->address(), " still runs; ", home,
+                                     "/current now names this run; reach that one with --run-dir ",
+                                     previous->run_dir(), " (or stop it: dragond stop --run-dir ",
+                                     previous->run_dir(), ")"));
+    }
     if (auto st = MakeDirs(home); !st.ok()) {
       spdlog::warn("{}", std::string(st.message()));
     } else if (auto st2 = UpdateCurrentLink(home, run_dir); !st2.ok()) {
@@ -359,7 +369,10 @@ int Serve(const StartConfig& config, const std::string& run_dir, const std::stri
   ticking = false;
   ticker.join();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  RemoveRunInfo(home, run_dir);
+  if (const auto now_current = RemoveRunInfo(home, run_dir)) {
+    spdlog::info("{}/current now names run {} at {}, whose head still runs", home,
+                 now_current->run_id(), now_current->address());
+  }
   // The token of a stopped head opens nothing; it is not left lying around.
   if (!token.empty()) unlink(token_path.c_str());
   // Agents of this host killed with kill -9 could not remove their MPI grant

@@ -94,6 +94,51 @@ def test_daemon_start_status_stop_leaves_nothing(tmp_path):
     assert "dragond stopped" in (run_dir / "dragond.log").read_text()
 
 
+@pytest.mark.timeout(120)
+def test_a_second_start_leaves_the_first_head_reachable(tmp_path):
+    """`dragond start` twice: the second takes $DRAGON_HOME/current and says that the first
+    still runs and how to reach it; stopping the second points `current` back at the first, so
+    dragonctl and `dragond stop` find it; with `current` gone, both name it instead of saying
+    that no head runs."""
+    env = home_env(tmp_path)
+    home = tmp_path / "home"
+    first = dragond("start", "--agents", "none", env=env)
+    assert first.returncode == 0, first.stderr
+    first_info = json.loads((home / "current" / "head.json").read_text())
+    second_info = None
+    try:
+        second = dragond("start", "--agents", "none", env=env)
+        assert second.returncode == 0, second.stderr
+        second_info = json.loads((home / "current" / "head.json").read_text())
+        assert second_info["run_id"] != first_info["run_id"]
+        assert (f"the head of run {first_info['run_id']} at {first_info['address']} still runs"
+                in second.stderr), second.stderr
+        assert f"--run-dir {first_info['run_dir']}" in second.stderr
+
+        stop = dragond("stop", env=env)
+        assert stop.returncode == 0, stop.stderr
+        assert f"stopped head {second_info['run_id']}" in stop.stdout
+        assert os.readlink(home / "current") == first_info["run_dir"]
+        st = subprocess.run([binary("dragonctl"), "--json", "status"], env=env, capture_output=True,
+                            text=True, timeout=30)
+        assert st.returncode == 0, st.stderr
+        assert first_info["run_id"] in st.stdout
+
+        (home / "current").unlink()  # gone by hand: the head is named, not denied
+        for cmd in ([binary("dragonctl"), "status"], [binary("dragond"), "stop"]):
+            cp = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+            assert cp.returncode == 1
+            assert "no current dragond" in cp.stderr, cp.stderr
+            assert (f"run {first_info['run_id']} at {first_info['address']} "
+                    f"(--run-dir {first_info['run_dir']}" in cp.stderr), cp.stderr
+    finally:
+        for info in (first_info, second_info):
+            if info is not None and (Path(info["run_dir"]) / "head.json").exists():
+                dragond("stop", "--run-dir", info["run_dir"], env=env)
+    wait_for(lambda: not processes_of_run(Path(first_info["run_dir"])), 15, "the first head to exit")
+    assert not (home / "current").exists()
+
+
 @pytest.mark.timeout(60)
 def test_port_in_use_is_a_clear_error(tmp_path):
     h = start_head(tmp_path, "--agents", "none")
