@@ -13,7 +13,11 @@
 // (absl/flags/usage_config.h) is used below to say so in dragonctl's words
 // and exit 2 instead.
 
+#include <signal.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -40,6 +44,7 @@
 #include "client/format.h"
 #include "client/head_client.h"
 #include "client/logs_format.h"
+#include "client/top_command.h"
 #include "common/head_locator.h"
 
 ABSL_FLAG(std::string, head, "",
@@ -63,6 +68,9 @@ ABSL_FLAG(dragon::client::LimitFlag, limit, dragon::client::LimitFlag{},
           "ps: at most N tasks (0 = the head's default, 1000)");
 ABSL_FLAG(int, rank, -1, "logs: only this MPI rank's files (default: every rank's)");
 ABSL_FLAG(int64_t, bytes, 1 << 20, "logs: at most the last N bytes of each file");
+ABSL_FLAG(dragon::client::TimeoutFlag, interval, dragon::client::TimeoutFlag{absl::Seconds(2)},
+          "top: seconds between samples (at least 0.1)");
+ABSL_FLAG(int64_t, iterations, 0, "top: stop after N samples (0 = until Ctrl-C)");
 ABSL_FLAG(bool, wait, false,
           "nodes remove: wait until the node is gone (its running tasks ended and its agent "
           "left), saying every 5 s what it still runs; exit 1 if it is lost instead");
@@ -166,6 +174,20 @@ const std::vector<Command> kCommands = {
      "size; --bytes N shows the last N bytes of each (default 1 MiB). A task whose\n"
      "node is gone cannot be read (the error names the host and where it was).\n",
      true},
+    {"top", "[--interval SECS] [--iterations N]", "watch tasks and nodes live: rates, CPU, memory",
+     "Polls the head every --interval seconds (default 2) and shows, until Ctrl-C\n"
+     "or --iterations samples: the tasks by state and how many were submitted and\n"
+     "finished per second since the previous sample, then a row per node:\n"
+     "  NODE STATE CPU LOAD MEM WORKERS-RSS RUNNING QUEUED DONE/S DONE SHM HEARTBEAT\n"
+     "CPU is the share of the host's CPU time that was busy (and its CPU count), LOAD\n"
+     "its 1-minute load average, MEM used/total memory (total minus available),\n"
+     "WORKERS-RSS the resident memory of the node's Python workers, as its agent\n"
+     "measured them at its last heartbeat (about a second apart); DONE/S is the\n"
+     "tasks the node finished per second. On a terminal each sample replaces the\n"
+     "last; otherwise (a file, a pipe) they follow each other. With --json, one JSON\n"
+     "object per sample and line (rates null where the text shows '-').\n"
+     "Exits 0 after --iterations samples or Ctrl-C, 1 when the head stops answering.\n",
+     false},
     {"help", "[COMMAND]", "show this help, or the help of COMMAND", "", false},
 };
 
@@ -178,7 +200,8 @@ struct FlagDisplay {
 const FlagDisplay kFlagDisplay[] = {
     {"head", "HOST:PORT"}, {"run_dir", "DIR"}, {"token_file", "FILE"}, {"tls_ca", "FILE"},
     {"json", ""},          {"timeout", "SECS"}, {"state", "STATE"},    {"limit", "N"},
-    {"wait", ""},          {"rank", "R"},       {"bytes", "N"},
+    {"wait", ""},          {"rank", "R"},       {"bytes", "N"},        {"interval", "SECS"},
+    {"iterations", "N"},
 };
 
 // `text` wrapped to lines of at most `width` characters, each after `indent`.
@@ -313,6 +336,46 @@ int WaitUntilGone(HeadClient& head, const std::string& node_id, uint64_t incarna
   }
 }
 
+// Set by SIGINT while `top` runs: Ctrl-C ends it between samples, exit 0.
+std::atomic<bool> g_interrupted{false};
+
+extern "C" void OnInterrupt(int) { g_interrupted.store(true); }
+
+int Top(HeadClient& head, absl::Duration interval, uint64_t iterations, bool json) {
+  struct sigaction action = {};
+  action.sa_handler = OnInterrupt;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  TopOptions options;
+  options.interval = interval;
+  options.iterations = iterations;
+  options.json = json;
+  options.redraw = !json && isatty(STDOUT_FILENO);
+  TopSource source;
+  source.now = [] { return absl::Now(); };
+  source.wait_until = [](absl::Time deadline) {
+    // Short naps: Ctrl-C is noticed within a tenth of a second.
+    while (!g_interrupted.load() && absl::Now() < deadline) {
+      absl::SleepFor(std::min(absl::Milliseconds(100), deadline - absl::Now()));
+    }
+    return !g_interrupted.load();
+  };
+  source.sample = [&head]() -> absl::StatusOr<TopSample> {
+    TopSample sample;
+    sample.at_us = absl::ToUnixMicros(absl::Now());
+    absl::StatusOr<dragon::v1::StatusReply> status = head.Status();
+    if (!status.ok()) return status.status();
+    absl::StatusOr<dragon::v1::ListNodesReply> nodes = head.ListNodes();
+    if (!nodes.ok()) return nodes.status();
+    sample.status = *std::move(status);
+    sample.nodes = *std::move(nodes);
+    return sample;
+  };
+  const absl::Status done = RunTop(options, source, std::cout);
+  if (!done.ok()) return Fail(done);
+  return kExitOk;
+}
+
 // `positional` is what absl::ParseCommandLine left: argv[0], the command and
 // its arguments.
 int Run(const std::vector<std::string>& positional, bool help) {
@@ -370,6 +433,17 @@ int Run(const std::vector<std::string>& positional, bool help) {
     return Usage(absl::StrCat("--wait is a flag of 'nodes remove', not of '", name,
                               sub.empty() ? "" : " ", sub, "'"));
   }
+  const absl::Duration interval = absl::GetFlag(FLAGS_interval).value;
+  const int64_t iterations = absl::GetFlag(FLAGS_iterations);
+  if (name != "top" && (interval != absl::Seconds(2) || iterations != 0)) {
+    return Usage(absl::StrCat(iterations != 0 ? "--iterations" : "--interval",
+                              " is a flag of 'top', not of '", name, "'"));
+  }
+  if (interval < absl::Milliseconds(100)) {
+    return Usage(absl::StrCat("--interval must be at least 0.1 seconds, not ",
+                              absl::ToDoubleSeconds(interval)));
+  }
+  if (iterations < 0) return Usage(absl::StrCat("--iterations must be >= 0, not ", iterations));
   uint64_t task_id = 0;
   std::optional<bool> drain;  // nodes drain|undrain NODE
   std::vector<std::string> add_hosts;  // nodes add HOST...
@@ -476,6 +550,7 @@ int Run(const std::vector<std::string>& positional, bool help) {
   if (name == "cancel") {
     return emit(head.Cancel(task_id), [&](const auto& r) { return FormatCancel(task_id, r); });
   }
+  if (name == "top") return Top(head, interval, static_cast<uint64_t>(iterations), json);
   // Every entry of kCommands is handled above.
   return Usage(absl::StrCat("command '", name, "' is not implemented"));
 }

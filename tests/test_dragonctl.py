@@ -557,7 +557,7 @@ def test_cancel_pending_and_running_tasks(head1, tmp_path):
     (["ps", "--state", "sleeping"], f"dragonctl: bad --state 'sleeping': expected one of {STATES}"),
     (["ps", "--limit", "many"], "dragonctl: bad --limit 'many': expected a whole number >= 0"),
     (["ps", "--limit=-1"], "dragonctl: bad --limit '-1'"),
-    (["frobnicate"], "dragonctl: unknown command 'frobnicate'; commands: status, nodes, ps, show, cancel, logs, help"),
+    (["frobnicate"], "dragonctl: unknown command 'frobnicate'; commands: status, nodes, ps, show, cancel, logs, top, help"),
     (["status", "--verbose"], "dragonctl: unknown flag '--verbose' (see 'dragonctl --help')"),
     (["--run-dirr", "x", "status"], "dragonctl: unknown flag '--run-dirr'"),
     (["--head", "localhost", "status"], "dragonctl: bad --head address 'localhost': expected HOST:PORT"),
@@ -573,6 +573,11 @@ def test_cancel_pending_and_running_tasks(head1, tmp_path):
     (["--timeout=soon", "status"], "dragonctl: bad --timeout 'soon'"),
     (["--json=maybe", "status"], "dragonctl: bad --json 'maybe'"),
     ([], "dragonctl: no command given"),
+    (["status", "--interval", "1"], "dragonctl: --interval is a flag of 'top', not of 'status'"),
+    (["nodes", "--iterations", "3"], "dragonctl: --iterations is a flag of 'top', not of 'nodes'"),
+    (["top", "--interval", "0.05"], "dragonctl: --interval must be at least 0.1 seconds, not 0.05"),
+    (["top", "--iterations", "-1"], "dragonctl: --iterations must be >= 0, not -1"),
+    (["top", "now"], "dragonctl: 'top' takes no arguments, got 'now'"),
 ])
 def test_usage_errors_exit_2(tmp_path, args, message):
     cp = run_ctl(no_head_env(tmp_path), *args)
