@@ -45,7 +45,8 @@ struct HeadConnectionOptions {
   // ...but never holds more results than this.
   size_t coalesce_max_results = 1024;
   // Adds what the pool does not know to each heartbeat before it is queued
-  // (the shared-memory pool's use); must not block. Called on the pool's thread.
+  // (the host's load, the shared-memory pool's use); must not block. Called
+  // on the pool's thread.
   std::function<void(v1::Heartbeat*)> fill_heartbeat;
 };
 

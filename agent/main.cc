@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -32,6 +33,7 @@
 #include "agent/data_service.h"
 #include "agent/head_connection.h"
 #include "agent/incarnations.h"
+#include "agent/node_load.h"
 #include "agent/node_resources.h"
 #include "agent/process_tree.h"
 #include "agent/task_env.h"
@@ -400,12 +402,25 @@ int Main(int argc, char** argv) {
     reg.set_shm_pool_path(shm_pool->path());
     reg.set_shm_pool_bytes(shm_pool->capacity_bytes());
     if (data_plane != nullptr) data_plane->FillRegister(&reg);
-    copts.fill_heartbeat = [pool = shm_pool.get()](v1::Heartbeat* beat) {
+  }
+  // Every heartbeat carries the host's load (agent/node_load.h), measured
+  // when it is sent: a few small /proc reads a second on the pool's thread.
+  // The CPU share is that since the previous heartbeat, so one sampler
+  // serves all incarnations. With simulated workers: the host alone.
+  NodeLoadSampler node_load;
+  // The serving incarnation's worker pool, whose workers' memory the
+  // heartbeat adds up; set and cleared around its life (see serve below).
+  std::atomic<const WorkerPool*> live_workers{nullptr};
+  copts.fill_heartbeat = [&node_load, &live_workers, pool = shm_pool.get()](v1::Heartbeat* beat) {
+    const WorkerPool* workers = live_workers.load();
+    *beat->mutable_load() =
+        node_load.Sample(workers != nullptr ? workers->WorkerPids() : std::vector<pid_t>{});
+    if (pool != nullptr) {
       const PoolUsage usage = pool->usage();  // the janitor's last measure: never waits
       beat->set_shm_pool_free_bytes(usage.free_bytes);
       beat->set_shm_pool_blocks(usage.blocks);
-    };
-  }
+    }
+  };
   HeadConnection conn(copts);
 
   std::thread([&conn, stop_signals] {
@@ -451,8 +466,12 @@ int Main(int argc, char** argv) {
       popts.ready_timeout_us = int64_t{absl::GetFlag(FLAGS_worker_ready_timeout)} * 1'000'000;
       WorkerPool pool(popts, &conn);
       if (absl::Status s = pool.Start(); !s.ok()) return s;
+      // Heartbeats answer the pings that conn.Run hands the pool, on the
+      // pool's thread: none before Run, none after Shutdown joined it.
+      live_workers.store(&pool);
       absl::Status status = conn.Run(&pool);
       pool.Shutdown();  // kills and reaps every worker: no orphan either way
+      live_workers.store(nullptr);
       return status;
     };
   }

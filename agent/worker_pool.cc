@@ -100,6 +100,20 @@ absl::Status WorkerPool::Start() {
   return start_status_;
 }
 
+std::vector<pid_t> WorkerPool::WorkerPids() const {
+  absl::MutexLock l(&pids_mu_);
+  return worker_pids_;
+}
+
+void WorkerPool::PublishWorkerPids() {
+  std::vector<pid_t> pids;
+  for (const auto& w : workers_) {
+    if (w != nullptr) pids.push_back(w->proc->pid());
+  }
+  absl::MutexLock l(&pids_mu_);
+  worker_pids_.swap(pids);
+}
+
 void WorkerPool::Wake() {
   uint64_t one = 1;
   // A full counter (never in practice) still leaves the fd readable.
@@ -352,6 +366,7 @@ void WorkerPool::CheckExits(bool poll_all) {
     }
     spdlog::info("slot {}: worker pid {} {}", slot, dead->proc->pid(), how);
     dead.reset();
+    PublishWorkerPids();  // before OnWorkerExit, which may start its replacement
     // The agent kills workers only with SIGKILL (KillWorker), after which the
     // slot is no longer busy: a stop signal here came from outside.
     const int signal = WIFSIGNALED(*status) ? WTERMSIG(*status) : 0;
@@ -506,6 +521,7 @@ void WorkerPool::StopAll() {
     spdlog::debug("slot {}: worker pid {} {}", slot, w->proc->pid(), DescribeExit(status));
     w.reset();
   }
+  PublishWorkerPids();
   busy_.store(0);
   ready_.store(0);
   queued_.store(0);

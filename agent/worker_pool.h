@@ -7,6 +7,8 @@
 #ifndef DRAGON_AGENT_WORKER_POOL_H_
 #define DRAGON_AGENT_WORKER_POOL_H_
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -74,6 +76,10 @@ class WorkerPool : public TaskHandler {
   int QueuedTasks() const override { return queued_.load(std::memory_order_relaxed); }
 
   int ReadyWorkers() const { return ready_.load(std::memory_order_relaxed); }
+  // Pids of the Python workers started and not yet reaped (not executables
+  // or MPI jobs), for the heartbeat's NodeLoad. Thread-safe; as of the pool
+  // thread's last start or reap of a worker.
+  std::vector<pid_t> WorkerPids() const;
   int slots() const { return options_.workers; }
   std::string WorkerLogPath(int slot) const;
 
@@ -111,6 +117,8 @@ class WorkerPool : public TaskHandler {
   void ReadFrom(int slot);
   void WriteTo(int slot);
   void CheckExits(bool poll_all);
+  // Copies the pids in workers_ for WorkerPids(); pool thread, after any change.
+  void PublishWorkerPids();
   void StopAll();
   void Wake();
 
@@ -138,6 +146,9 @@ class WorkerPool : public TaskHandler {
   std::atomic<int> busy_{0};
   std::atomic<int> ready_{0};
   std::atomic<int> queued_{0};
+
+  mutable absl::Mutex pids_mu_;  // apart from mu_: a heartbeat never waits for the inbox
+  std::vector<pid_t> worker_pids_ ABSL_GUARDED_BY(pids_mu_);
 
   absl::Mutex mu_;
   std::vector<Command> inbox_ ABSL_GUARDED_BY(mu_);

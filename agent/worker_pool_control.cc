@@ -37,6 +37,7 @@ absl::StatusOr<int> WorkerPool::Control::StartWorker(int slot) {
   const uint64_t max_frame = std::min<uint64_t>(o.max_result_bytes + (1u << 20), UINT32_MAX);
   pool_->workers_[slot] =
       std::make_unique<Worker>(std::move(*proc), static_cast<uint32_t>(max_frame));
+  pool_->PublishWorkerPids();
   spdlog::debug("slot {}: worker pid {} started", slot, pid);
   return pid;
 }

@@ -201,6 +201,9 @@ class Head {
     int64_t connected_us = 0;
     int64_t last_heartbeat_us = 0;  // wall clock, for people
     uint32_t ready_workers = 0;     // as of the last heartbeat
+    // The host's load as the last heartbeat measured it (live telemetry);
+    // nullopt until a heartbeat carries one (older agents never do).
+    std::optional<dragon::v1::NodeLoad> load;
     bool ended = false;             // EndAgentLocked done: stream dropped, work taken back
     bool removing = false;          // RemoveNode: leaves once it runs nothing
     std::unordered_set<TaskId> tasks;  // assigned and not yet ended

@@ -124,6 +124,11 @@ void Head::Heartbeat(AgentIndex index, const dragon::v1::Heartbeat& beat) {
   membership_.Answered(index, beat.ping_seq());
   agent.last_heartbeat_us = NowMicros();
   agent.ready_workers = beat.ready_workers();
+  if (beat.has_load()) {
+    agent.load = beat.load();
+  } else {
+    agent.load.reset();  // unset: not measured, so nothing old is shown as current
+  }
   membership_.SetPoolUsage(index, beat.shm_pool_free_bytes(), beat.shm_pool_blocks());
   if (before == NodeState::kJoining && membership_.Schedulable(index)) {
     scheduler_.SetPaused(index, false);

@@ -77,6 +77,47 @@ TEST_CASE("the head pings each interval; a silent agent is lost at the timeout",
   CHECK(f.Results().empty());
 }
 
+TEST_CASE("a heartbeat's load shows in ListNodes while its node is live, not once lost",
+          "[liveness][load]") {
+  Fixture f;
+  f.AddAgent(1);
+  CHECK_FALSE(f.head.ListNodes().nodes(0).has_load());  // its first heartbeat had none
+  f.clock.Advance(absl::Seconds(1));
+  f.head.Tick();
+  const uint64_t seq = LastPing(f.agent_box->TakeAll());
+  REQUIRE(seq > 0);
+  dragon::v1::Heartbeat beat;
+  beat.set_ping_seq(seq);
+  beat.set_ready_workers(1);
+  dragon::v1::NodeLoad* load = beat.mutable_load();
+  load->set_cpu_busy_permille(250);
+  load->set_cpus(8);
+  load->set_mem_total_bytes(16ull << 30);
+  load->set_mem_available_bytes(5ull << 30);
+  load->set_load1(1.5);
+  load->set_sampled_us(1'700'000'001'000'000);
+  load->set_workers_rss_bytes(300ull << 20);
+  f.head.Heartbeat(f.agent, beat);
+  auto node = f.head.ListNodes().nodes(0);
+  CHECK(node.state() == "ready");
+  REQUIRE(node.has_load());
+  CHECK(node.load().cpu_busy_permille() == 250);
+  CHECK(node.load().cpus() == 8);
+  CHECK(node.load().mem_total_bytes() == 16ull << 30);
+  CHECK(node.load().mem_available_bytes() == 5ull << 30);
+  CHECK(node.load().load1() == 1.5);
+  CHECK(node.load().sampled_us() == 1'700'000'001'000'000);
+  CHECK(node.load().workers_rss_bytes() == 300ull << 20);
+  // Silent until lost: what it last measured is no longer shown.
+  for (int i = 0; i < 5 && node.state() != "lost"; ++i) {
+    f.clock.Advance(absl::Seconds(1));
+    f.head.Tick();
+    node = f.head.ListNodes().nodes(0);
+  }
+  CHECK(node.state() == "lost");
+  CHECK_FALSE(node.has_load());
+}
+
 TEST_CASE("an agent that keeps answering is never lost", "[liveness]") {
   Fixture f;
   f.AddAgent(1);

@@ -73,6 +73,8 @@ void Head::FillNodeInfoLocked(AgentIndex index, dragon::v1::NodeInfo* node) cons
     node->set_shm_pool_address(agent.info.shm_pool_address());
     node->set_data_socket(agent.info.data_socket());
   }
+  // A lost node's last measure is of a host nobody watches any more.
+  if (live && agent.load.has_value()) *node->mutable_load() = *agent.load;
   if (!live) node->set_lost_reason(member.reason);
 }
 
