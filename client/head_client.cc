@@ -66,6 +66,12 @@ absl::Status TranslateRpcError(const grpc::Status& status, const RpcErrorContext
       return absl::DeadlineExceededError(absl::StrCat("dragond at ", address, " did not answer ",
                                                       method, " within ",
                                                       Seconds(context.timeout)));
+    case grpc::StatusCode::CANCELLED:
+      // This client cancels no call of its own (it has deadlines): the head
+      // ended it, which a head does to the calls in flight when it stops.
+      return absl::UnavailableError(absl::StrCat(
+          "dragond at ", address, " ended ", method,
+          " without an answer (CANCELLED: a head cancels the calls in flight when it stops)"));
     case grpc::StatusCode::UNAUTHENTICATED: {
       // The head says whether the token was missing or wrong and where
       // tokens are read from; only this side knows which one it sent.

@@ -304,6 +304,12 @@ TEST_CASE("error translation without a server") {
                         Context("Status", true));
   CHECK(s.message() == "dragond at h:1 is unavailable (Status): shutting down");
 
+  // A head that stops cancels what it serves ('dragonctl top' sees it as the head goes).
+  s = TranslateRpcError(grpc::Status(grpc::StatusCode::CANCELLED, "CANCELLED"), Context("Status", true));
+  CHECK(absl::IsUnavailable(s));
+  CHECK(s.message() == "dragond at h:1 ended Status without an answer (CANCELLED: a head cancels the "
+                       "calls in flight when it stops)");
+
   s = TranslateRpcError(grpc::Status(grpc::StatusCode::NOT_FOUND, "x"), Context("ListNodes", true));
   CHECK(absl::IsNotFound(s));
   CHECK(s.message() == "ListNodes at h:1 failed: NOT_FOUND: x");

@@ -22,8 +22,8 @@ TopSample Sample(int64_t at_us, uint64_t ids, uint64_t done, uint64_t node_done,
   s.status.set_nodes(1);
   s.status.set_workers(2);
   s.status.set_highest_task_id(ids);
-  (*s.status.mutable_tasks_by_state())["done"] = done;
-  (*s.status.mutable_tasks_by_state())["running"] = 2;
+  (*s.status.mutable_tasks_by_state())["DONE"] = done;
+  (*s.status.mutable_tasks_by_state())["RUNNING"] = 2;
   (*s.status.mutable_nodes_by_state())["ready"] = 1;
   auto* n = s.nodes.add_nodes();
   n->set_node_id("h1");
@@ -47,11 +47,11 @@ TopSample Sample(int64_t at_us, uint64_t ids, uint64_t done, uint64_t node_done,
 
 TEST_CASE("FinishedTasks counts done, failed and cancelled, forgotten ones too") {
   dragon::v1::StatusReply st;
-  (*st.mutable_tasks_by_state())["done"] = 10;
-  (*st.mutable_tasks_by_state())["failed"] = 2;
-  (*st.mutable_tasks_by_state())["running"] = 7;
-  (*st.mutable_forgotten_by_state())["done"] = 100;
-  (*st.mutable_forgotten_by_state())["cancelled"] = 1;
+  (*st.mutable_tasks_by_state())["DONE"] = 10;
+  (*st.mutable_tasks_by_state())["FAILED"] = 2;
+  (*st.mutable_tasks_by_state())["RUNNING"] = 7;
+  (*st.mutable_forgotten_by_state())["DONE"] = 100;
+  (*st.mutable_forgotten_by_state())["CANCELLED"] = 1;
   CHECK(FinishedTasks(st) == 113);
 }
 

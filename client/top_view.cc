@@ -14,9 +14,16 @@
 namespace dragon::client {
 namespace {
 
-constexpr const char* kFinishedStates[] = {"done", "failed", "cancelled"};
-constexpr const char* kShownStates[] = {"pending", "scheduled", "running",
-                                        "done",    "failed",    "cancelled"};
+// The head's keys of tasks_by_state are the TaskState names.
+constexpr const char* kFinishedStates[] = {"DONE", "FAILED", "CANCELLED"};
+constexpr const char* kShownStates[] = {"PENDING", "SCHEDULED", "RUNNING",
+                                        "DONE",    "FAILED",    "CANCELLED"};
+
+std::string Lower(const char* state) {
+  std::string s = state;
+  for (char& c : s) c = static_cast<char>(c - 'A' + 'a');
+  return s;
+}
 
 uint64_t Count(const google::protobuf::Map<std::string, uint64_t>& counts, const std::string& key) {
   auto it = counts.find(key);
@@ -121,7 +128,7 @@ std::string FormatTop(const TopFrame& frame) {
       FormatLocalTime(now.at_us), "\n");
   std::vector<std::string> states;
   for (const char* state : kShownStates) {
-    states.push_back(absl::StrCat(Count(st.tasks_by_state(), state), " ", state));
+    states.push_back(absl::StrCat(Count(st.tasks_by_state(), state), " ", Lower(state)));
   }
   absl::StrAppend(&out, "tasks: ", absl::StrJoin(states, ", "), "; ", frame.finished,
                   " finished in all\n");

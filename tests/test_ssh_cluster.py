@@ -300,6 +300,14 @@ def test_parsl_workflow_of_2000_tasks_runs_on_all_four_hosts(netns_hosts, ssh_he
     assert counts["DONE"] == n_py + n_bash and counts["FAILED"] == 0, counts
     done = {h: n["tasks_done"] for h, n in head.nodes().items()}
     assert done == {h: int(py_hosts.get(h, 0) + sh_hosts.get(h, 0)) for h in tb.names}, done
+    # Live telemetry: every host's agent measured its host and sent it with its heartbeats.
+    cp = head.ctl("--json", "top", "--iterations", "1")
+    (sample,) = [json.loads(line) for line in cp.stdout.splitlines()]
+    assert sorted(n["node_id"] for n in sample["nodes"]) == tb.names
+    assert sample["finished"] == n_py + n_bash
+    for n in sample["nodes"]:
+        assert n["cpus"] >= 1 and 0 < n["mem_available_bytes"] < n["mem_total_bytes"], n
+        assert n["workers_rss_bytes"] > 0 and n["tasks_done"] == done[n["node_id"]], n
 
     stop_and_check_nothing_left(head, tb)
 
