@@ -13,11 +13,9 @@
 // (absl/flags/usage_config.h) is used below to say so in dragonctl's words
 // and exit 2 instead.
 
-#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -336,44 +334,15 @@ int WaitUntilGone(HeadClient& head, const std::string& node_id, uint64_t incarna
   }
 }
 
-// Set by SIGINT while `top` runs: Ctrl-C ends it between samples, exit 0.
-std::atomic<bool> g_interrupted{false};
-
-extern "C" void OnInterrupt(int) { g_interrupted.store(true); }
-
+// `dragonctl top`: samples of `head` until the count, Ctrl-C (exit 0) or a failing call (exit 1).
 int Top(HeadClient& head, absl::Duration interval, uint64_t iterations, bool json) {
-  struct sigaction action = {};
-  action.sa_handler = OnInterrupt;
-  sigemptyset(&action.sa_mask);
-  sigaction(SIGINT, &action, nullptr);
   TopOptions options;
   options.interval = interval;
   options.iterations = iterations;
   options.json = json;
   options.redraw = !json && isatty(STDOUT_FILENO);
-  TopSource source;
-  source.now = [] { return absl::Now(); };
-  source.wait_until = [](absl::Time deadline) {
-    // Short naps: Ctrl-C is noticed within a tenth of a second.
-    while (!g_interrupted.load() && absl::Now() < deadline) {
-      absl::SleepFor(std::min(absl::Milliseconds(100), deadline - absl::Now()));
-    }
-    return !g_interrupted.load();
-  };
-  source.sample = [&head]() -> absl::StatusOr<TopSample> {
-    TopSample sample;
-    sample.at_us = absl::ToUnixMicros(absl::Now());
-    absl::StatusOr<dragon::v1::StatusReply> status = head.Status();
-    if (!status.ok()) return status.status();
-    absl::StatusOr<dragon::v1::ListNodesReply> nodes = head.ListNodes();
-    if (!nodes.ok()) return nodes.status();
-    sample.status = *std::move(status);
-    sample.nodes = *std::move(nodes);
-    return sample;
-  };
-  const absl::Status done = RunTop(options, source, std::cout);
-  if (!done.ok()) return Fail(done);
-  return kExitOk;
+  const absl::Status done = RunTop(options, HeadTopSource(&head), std::cout);
+  return done.ok() ? kExitOk : Fail(done);
 }
 
 // `positional` is what absl::ParseCommandLine left: argv[0], the command and

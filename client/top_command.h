@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "client/head_client.h"
 #include "client/top_view.h"
 
 namespace dragon::client {
@@ -29,6 +30,12 @@ struct TopSource {
   std::function<bool(absl::Time deadline)> wait_until;
   std::function<absl::Time()> now;
 };
+
+// The samples of a real head (Status, then ListNodes) on the wall clock. Its
+// wait_until returns false once SIGINT came: it installs a SIGINT handler for
+// the rest of the process, so that Ctrl-C ends `top` between two samples
+// (noticed within 0.1 s) instead of killing it mid-frame.
+TopSource HeadTopSource(HeadClient* head);
 
 // Shows samples on `out` until the options' count is reached (OK), wait_until
 // says stop (OK: Ctrl-C), or a sample fails (its error, after what was shown).
