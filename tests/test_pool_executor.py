@@ -127,6 +127,23 @@ def test_submit_and_result(pool):
     assert pool.submit(worker_pid).result(timeout=60) != os.getpid()
 
 
+def test_tasks_run_in_the_callers_directory_even_once_it_is_deleted(pool, tmp_path, monkeypatch):
+    from dragon_parsl import _core
+    # The client core's getcwd (asked once per task, keeping the interpreter lock) is os.getcwd().
+    assert _core.getcwd_keeping_gil() == os.getcwd()
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert pool.submit(os.getcwd).result(timeout=60) == str(here)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert _core.getcwd_keeping_gil() is None  # getcwd(3) fails: the directory is gone
+    # The task still runs, in the session's directory, instead of failing at submit.
+    assert pool.submit(os.getcwd).result(timeout=60) == pool._executor.session.cwd
+
+
 def test_map_order_timeout_and_abandoned_iterator(pool):
     assert list(pool.map(sleep_return, [0.4, 0, 0.2, 0], range(4), timeout=60)) == [0, 1, 2, 3]
     assert list(pool.map(abs, [-1, -2], timeout=30, chunksize=5)) == [1, 2]

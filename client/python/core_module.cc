@@ -10,6 +10,8 @@
 // classes, so that the error classes and texts live in one place.
 #include <pybind11/pybind11.h>
 
+#include <unistd.h>
+
 #include <exception>
 #include <memory>
 #include <optional>
@@ -178,6 +180,20 @@ class CoreSession {
   std::unique_ptr<SessionClient> client_;
 };
 
+// The current directory, or None when getcwd(3) fails (a deleted directory, a path
+// longer than the buffer: os.getcwd() then raises the error that says why). Unlike
+// os.getcwd() it keeps the interpreter lock: DragonExecutor asks once per task on the
+// DataFlowKernel's launch thread, and each release hands the lock to a queued thread
+// (see dragon_parsl/_cwd.py); unlike the ctypes call it replaces, it costs about
+// 0.2 us instead of 2.
+py::object GetcwdKeepingGil() {
+  char buf[4096];
+  if (::getcwd(buf, sizeof buf) == nullptr) return py::none();
+  PyObject* text = PyUnicode_DecodeFSDefault(buf);
+  if (text == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(text);
+}
+
 }  // namespace
 }  // namespace dragon::client
 
@@ -202,6 +218,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("batches_sent", &CoreSession::batches_sent)
       .def_property_readonly("tasks_sent", &CoreSession::tasks_sent)
       .def_property_readonly("lingers", &CoreSession::lingers);
+  m.def("getcwd_keeping_gil", &dragon::client::GetcwdKeepingGil,
+        "os.getcwd() without releasing the interpreter lock; None when getcwd(3) fails.");
   dragon::client::RegisterShmPool(m);
   dragon::client::RegisterOwnedBuffer(m);
   dragon::client::RegisterChannels(m);  // after the two above: it raises ShmPoolFull, uses copy_buffer

@@ -11,12 +11,13 @@ import logging
 import os
 import socket
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from parsl.serialize.errors import SerializationError
 
 from dragon_parsl import _cwd, blocks, shm, shm_pool_path
 from dragon_parsl.connection import Submission
+from dragon_parsl import _core  # after connection: its import says how to build a missing core
 from dragon_parsl.errors import DragonError, PayloadTooLarge
 from dragon_parsl.resources import RESOURCE_KEYS, resource_request
 from dragon_parsl.worker import pack_apply, serialize_parts
@@ -29,6 +30,10 @@ logger = logging.getLogger("dragon_parsl.executor")
 # Resource specification keys this executor understands (dragon_parsl.resources):
 # anything else is refused at submit rather than ignored.
 SUPPORTED_RESOURCE_KEYS: frozenset = RESOURCE_KEYS
+
+# The workflow's directory, asked once per task: the client core's getcwd keeps the
+# interpreter lock (as _cwd.current_dir does) for a tenth of the ctypes call's cost.
+_getcwd = _core.getcwd_keeping_gil
 
 # Node states (NodeInfo.state) of agents that may still run tasks; "lost" and "gone" may not.
 LIVE_NODE_STATES = frozenset({"joining", "ready", "draining"})
@@ -72,10 +77,12 @@ class SubmitPathMixin:
         if self._shut_down:
             raise DragonError(f"DragonExecutor {self.label!r} is shut down")
         name = getattr(func, "__name__", None) or type(func).__name__
-        try:
-            cwd = _cwd.current_dir()
-        except OSError:
-            cwd = session.cwd
+        cwd = _getcwd()  # None when getcwd(3) fails: _cwd.current_dir raises the reason
+        if cwd is None:
+            try:
+                cwd = _cwd.current_dir()
+            except OSError:
+                cwd = session.cwd
         call: Callable = func
         if cwd != session.cwd:
             # The session's tasks run in the directory of the Hello; a workflow
@@ -127,6 +134,9 @@ class SubmitPathMixin:
     # then off, the pool path needs a local agent with a data plane.
     _agents_elsewhere: bool = True
 
+    # The last (local agents, place_for(them)): _local_agents returns the same list until it asks again.
+    _place_of_agents: Optional[Tuple[Any, Any]] = None
+
     # From the last ListNodes: whether a live agent runs on this host, and whether every live
     # agent elsewhere has a data plane (set by _local_agents).
     _local_agent_seen: bool = False
@@ -140,7 +150,13 @@ class SubmitPathMixin:
         all (every agent on this host); None/False: inline."""
         local = self._local_agents()
         if isinstance(self.shm, shm_pool_path.PoolDataPath):
-            place = self.shm.place_for(local)
+            # The same list of agents (kept for seconds) gives the same place: not sorted again per task.
+            known = self._place_of_agents
+            if known is not None and known[0] is local:
+                place = known[1]
+            else:
+                place = self.shm.place_for(local)
+                self._place_of_agents = (local, place)
             if place is None and self._agents_elsewhere and not self._local_agent_seen:
                 place = self._own_data_place()
             return place
