@@ -331,6 +331,29 @@ def test_the_empty_arguments_are_made_once_and_read_back_as_before():
     assert type(shm.deserialize_part(*_fields(shm.serialize_data(IntTuple(), THRESHOLD)))) is IntTuple
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("args", [
+    (1,), (1, "a", 2.5, None, b"x", True, 3j), tuple(range(8)),  # the shortcut: up to 8 scalars
+    tuple(range(9)), (IntSubclass(3),), ((1, 2),), (np.arange(3),), (add_one,),  # the general path
+])
+def test_a_tuple_of_scalars_gives_the_general_paths_bytes(args):
+    # serialize_data's shortcut for the arguments of small tasks must be byte for byte what the
+    # general path makes, and read back the same (subclasses and nested values take the general path).
+    fast, general = shm.serialize_data(args, THRESHOLD), shm._serialize_data(args, THRESHOLD)
+    assert (fast.identifier, fast.body) == (general.identifier, general.body)
+    assert [bytes(b) for b in fast.buffers] == [bytes(b) for b in general.buffers]
+    back = shm.deserialize_part(*_fields(fast))
+    assert len(back) == len(args) and [type(x) for x in back] == [type(x) for x in args]
+
+
+@pytest.mark.timeout(30)
+def test_a_large_scalar_argument_still_counts_as_large():
+    # The shortcut puts nothing out of band (a scalar has no buffer), so a large bytes argument
+    # shows by its body's size and still goes to shared memory.
+    part = shm.serialize_data((b"x" * THRESHOLD, 1), THRESHOLD)
+    assert part.identifier == b"01" and not part.buffers and shm.is_large(part, THRESHOLD)
+
+
 def _fields(part):
     return part.identifier, part.body, part.buffers
 

@@ -24,9 +24,9 @@ import threading
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from dragon_parsl.errors import SharedMemoryError
-from dragon_parsl.shm import (NEVER_OUT_OF_BAND, Counters, Envelope, Part, check_readable_here, decode_envelope,
-                              encode_header, host_identity, is_envelope, is_large, layout, load_parts,
-                              serialize_data)
+from dragon_parsl.shm import (NEVER_OUT_OF_BAND, Counters, Envelope, Part, any_large, check_readable_here,
+                              decode_envelope, encode_header, host_identity, inline_segment, is_envelope,
+                              is_large, layout, load_parts, serialize_data)
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ class ClientDirectory:
         that a worker on this host can return a large result through shm)."""
         oob_min = self.threshold if allow_file else NEVER_OUT_OF_BAND
         parts = [func_part, serialize_data(args, oob_min), serialize_data(kwargs, oob_min)]
-        if allow_file and any(is_large(p, self.threshold) for p in parts):
+        if allow_file and any_large(parts, self.threshold):
             path = self._next_path("a")
             try:
                 size, descriptors = write_parts(path, parts, self._writer)
@@ -233,8 +233,9 @@ class ClientDirectory:
                 header = encode_header(host=host_identity(), dir=self.path, threshold=self.threshold,
                                        file=path, size=size, parts=descriptors)
                 return header, path
-        payload = self._reply_header + b"".join(
-            b"%d\n%s\n%s" % (len(p.identifier) + 1 + len(p.body), p.identifier, p.body) for p in parts)
+        func, args_part, kwargs_part = parts
+        payload = b"".join((self._reply_header, inline_segment(func), inline_segment(args_part),
+                            inline_segment(kwargs_part)))
         with self._lock:
             self.counters.args_inline_tasks += 1
             self.counters.args_inline_bytes += len(payload)

@@ -398,7 +398,7 @@ class PoolDataPath:
         the arguments went inline; else they are in ``place``'s pool, on node ``place.node``)."""
         oob_min = self.threshold if place else shm.NEVER_OUT_OF_BAND
         parts = [func_part, shm.serialize_data(args, oob_min), shm.serialize_data(kwargs, oob_min)]
-        if place and any(shm.is_large(p, self.threshold) for p in parts):
+        if place and shm.any_large(parts, self.threshold):
             pieces, descriptors, size = shm.layout(parts, self.threshold)
             pool = attach(place.path)
             self.path = place.path
@@ -417,8 +417,9 @@ class PoolDataPath:
                                        client=self._pid, threshold=self.threshold, ref=ref.hex(), size=size,
                                        parts=descriptors)
             return header + shm.inline_bodies(parts, self.threshold), (place.path, ref)
-        payload = self._reply_header(place) + b"".join(
-            b"%d\n%s\n%s" % (len(p.identifier) + 1 + len(p.body), p.identifier, p.body) for p in parts)
+        func, args_part, kwargs_part = parts  # unrolled: this runs for every small task
+        payload = b"".join((self._reply_header(place), shm.inline_segment(func), shm.inline_segment(args_part),
+                            shm.inline_segment(kwargs_part)))
         with self._lock:
             self.counters.args_inline_tasks += 1
             self.counters.args_inline_bytes += len(payload)
