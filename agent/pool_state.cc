@@ -400,12 +400,14 @@ void PoolState::Dispatch() {
         s.pinned_version = cores_.plain_version();
       }
     }
+    control_->SendTask(slot, std::move(task));
+    // Told after the worker has the task: telling wakes the head connection's writer,
+    // which on a busy node may take this thread's CPU before the task is sent.
     v1::TaskStarted started;
     started.set_task_id(id);
     started.set_worker_pid(s.pid);
     started.set_start_us(s.start_us);
     sink_->TaskStarted(std::move(started));
-    control_->SendTask(slot, std::move(task));
   }
 }
 

@@ -141,11 +141,14 @@ void Head::Submit(SessionId session_id, dragon::v1::SubmitBatch* batch) {
       EnqueueLocked(task, /*front=*/false);
     }
   }
-  if (accepted->client_refs_size() > 0) session->second.outbox->Push(std::move(accepted_msg));
   // With no node left for the grace period, new work fails at once too.
   FailQueuedWithoutNodesLocked(&refused);
-  SendResultsLocked(&refused);
   DispatchLocked();
+  // The client hears of its tasks after their agents do: waking the session's writer
+  // first could cost the dispatch its CPU (two cores, everything busy) while it holds
+  // mu_. Still under mu_, so Accepted stays ahead of any result of these tasks.
+  if (accepted->client_refs_size() > 0) session->second.outbox->Push(std::move(accepted_msg));
+  SendResultsLocked(&refused);
   ForgetOldFinishedLocked();
 }
 

@@ -208,8 +208,10 @@ void Head::ApplyUpdate(AgentIndex index, dragon::v1::AgentUpdate* update) {
     TaskIOUpdateLocked(index, update);
   }
   if (agent.removing) FinishRemovalLocked(index);
-  SendResultsLocked(&results);
+  // New work goes out before the results: waking the sessions' writers first could cost
+  // this thread its CPU (two cores, everything busy) while the freed workers wait.
   DispatchLocked();
+  SendResultsLocked(&results);
   ForgetOldFinishedLocked();
 }
 
