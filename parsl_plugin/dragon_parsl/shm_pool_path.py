@@ -153,19 +153,7 @@ def _block_view(pool: Any, ref: bytes, size: int, what: str, free_on_release: bo
     return block, view[:size]
 
 
-# ---------------------------------------------------------------- worker side
-# In shm_pool_worker, loaded on first use: a client that only submits never loads it, and the
-# worker (worker.py) keeps calling shm_pool_path.load_task, write_result and after_task.
-_WORKER_NAMES = ("load_task", "write_result", "after_task")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WORKER_NAMES:
-        from dragon_parsl import shm_pool_worker
-        value = getattr(shm_pool_worker, name)
-        globals()[name] = value  # found directly from now on: after_task runs after every task
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The worker's side is in dragon_parsl.shm_pool_worker (load_task, write_result, after_task).
 
 
 # ---------------------------------------------------------------- client side

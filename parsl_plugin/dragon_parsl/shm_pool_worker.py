@@ -6,9 +6,8 @@ writing a large result into the client's pool or pushing it there across nodes
 keeps (``after_task``).
 
 It is apart from shm_pool_path, which keeps the pools this process attaches and the client's
-side (PoolDataPath), because only a worker runs this code. Callers keep reaching it as
-``shm_pool_path.load_task``, ``write_result`` and ``after_task`` (worker.py does): shm_pool_path
-loads this module on first use of those names, so a client that only submits never loads it.
+side (PoolDataPath), because only a worker runs this code (worker.py imports it when a task's
+envelope names a pool): a client that only submits never loads it.
 
 Everything shared with the client's side is looked up through shm_pool_path when it is used,
 never copied here at import: the pools (``attach``), the block helpers, the binding (``_core``),

@@ -249,8 +249,8 @@ def _load_task(payload: Any) -> tuple[List[Any], "shm.Envelope | None"]:
     if envelope.file:
         return shm_files.load_task(envelope), envelope
     if envelope.ref:
-        from dragon_parsl import shm_pool_path  # only workers that see a pool import its binding
-        return shm_pool_path.load_task(envelope), envelope
+        from dragon_parsl import shm_pool_worker  # only workers that see a pool import its binding
+        return shm_pool_worker.load_task(envelope), envelope
     return unpack_apply_view(envelope.inline), envelope
 
 
@@ -258,8 +258,8 @@ def _result_body(result: Any, envelope: "shm.Envelope | None", task_id: int) -> 
     """The RESULT body: through the client's pool or shm directory when the envelope allows, else inline."""
     if envelope is not None:
         if envelope.pool:
-            from dragon_parsl import shm_pool_path
-            body = shm_pool_path.write_result(envelope, result, task_id)
+            from dragon_parsl import shm_pool_worker
+            body = shm_pool_worker.write_result(envelope, result, task_id)
         else:
             body = shm_files.write_result(envelope, result, task_id)
         if body is not None:
@@ -272,8 +272,8 @@ def _run_one(body: Any, task_id: int = 0) -> tuple[int, Any]:
     try:
         return _run_task(body, task_id)
     finally:
-        if "dragon_parsl.shm_pool_path" in sys.modules:
-            sys.modules["dragon_parsl.shm_pool_path"].after_task()
+        if "dragon_parsl.shm_pool_worker" in sys.modules:  # some task came through a pool
+            sys.modules["dragon_parsl.shm_pool_worker"].after_task()
 
 
 def _run_task(body: Any, task_id: int = 0) -> tuple[int, Any]:
