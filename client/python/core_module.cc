@@ -185,7 +185,7 @@ class CoreSession {
 // os.getcwd() it keeps the interpreter lock: DragonExecutor asks once per task on the
 // DataFlowKernel's launch thread, and each release hands the lock to a queued thread
 // (see dragon_parsl/_cwd.py); unlike the ctypes call it replaces, it costs about
-// 0.2 us instead of 2.
+// 0.7 us (mostly the syscall) instead of 1.3-2.1.
 py::object GetcwdKeepingGil() {
   char buf[4096];
   if (::getcwd(buf, sizeof buf) == nullptr) return py::none();
