@@ -208,16 +208,54 @@ absl::Status SessionClient::CheckSize(const dragon::v1::TaskSubmission& task) co
 
 absl::Status SessionClient::Submit(dragon::v1::TaskSubmission task) {
   if (absl::Status st = CheckSize(task); !st.ok()) return st;
-  bool was_empty;
+  bool send_inline;
+  bool was_empty = false;
   {
     std::lock_guard<std::mutex> l(mu_);
     if (absl::Status st = AcceptingLocked(); !st.ok()) return st;
-    was_empty = queue_.empty();
-    queue_.push_back(std::move(task));
+    send_inline = MaySendInlineLocked(task);
     ++submitted_;
+    if (send_inline) {
+      writing_ = true;  // the stream is this thread's until SendInline ends
+    } else {
+      was_empty = queue_.empty();
+      queue_.push_back(std::move(task));
+    }
   }
-  if (was_empty) send_cv_.notify_one();
+  if (send_inline) {
+    SendInline(std::move(task));
+  } else if (was_empty) {
+    send_cv_.notify_one();
+  }
   return absl::OkStatus();
+}
+
+bool SessionClient::MaySendInlineLocked(const dragon::v1::TaskSubmission& task) const {
+  if (writing_ || receiver_done_ || !queue_.empty() || !error_.ok()) return false;
+  if (task.payload().size() > kInlineSendMaxBytes) return false;
+  return submitted_ == finished_;  // nothing in flight: the sender would send it alone, at once
+}
+
+void SessionClient::SendInline(dragon::v1::TaskSubmission task) {
+  dragon::v1::ClientMessage msg;
+  *msg.mutable_submit()->add_tasks() = std::move(task);
+  const bool ok = stream_->Write(msg);
+  bool wake_sender;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    writing_ = false;
+    if (ok) {
+      ++batches_sent_;
+      ++tasks_sent_;
+    } else {
+      write_failed_ = true;  // the receiver sees the end of the stream and says why
+    }
+    wake_sender = !queue_.empty() || closing_ || !ok;
+  }
+  // The sender may be waiting for the stream (tasks queued meanwhile, or Close),
+  // and the receiver may be waiting to Finish.
+  if (wake_sender) send_cv_.notify_all();
+  writing_cv_.notify_all();
 }
 
 absl::Status SessionClient::SubmitMany(std::vector<dragon::v1::TaskSubmission> tasks) {
@@ -249,9 +287,10 @@ void SessionClient::SenderLoop() {
     {
       std::unique_lock<std::mutex> l(mu_);
       send_cv_.wait(l, [this] {
-        return !queue_.empty() || closing_ || receiver_done_ || !error_.ok();
+        return ((!queue_.empty() || closing_) && !writing_) || receiver_done_ || !error_.ok() ||
+               write_failed_;
       });
-      if (queue_.empty() || receiver_done_ || !error_.ok()) break;
+      if (queue_.empty() || receiver_done_ || !error_.ok() || write_failed_) break;
       if (const absl::Duration wait = GatherLocked(); wait > absl::ZeroDuration()) {
         // The workers have work: let the burst gather (Close, an error or a
         // full message ends the wait early).
@@ -263,6 +302,7 @@ void SessionClient::SenderLoop() {
       }
       // Everything queued now; never wait for more to arrive.
       taken.swap(queue_);
+      writing_ = true;
     }
     size_t i = 0;
     while (i < taken.size() && !write_failed) {
@@ -287,13 +327,20 @@ void SessionClient::SenderLoop() {
       tasks_sent_ += static_cast<uint64_t>(count);
     }
     taken.clear();
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      writing_ = false;
+    }
+    writing_cv_.notify_all();
     if (write_failed) break;
   }
   if (!write_failed) {
     bool send_done;
     {
-      std::lock_guard<std::mutex> l(mu_);
-      send_done = closing_ && !receiver_done_;
+      std::unique_lock<std::mutex> l(mu_);
+      // Left the loop on Close with nothing queued: no inline send is under way (the
+      // wait above requires !writing_), and none starts once closing_ is set.
+      send_done = closing_ && !receiver_done_ && !write_failed_ && !writing_;
     }
     if (send_done) stream_->WritesDone();
   }
@@ -327,6 +374,11 @@ void SessionClient::ReceiverLoop() {
   }
   send_cv_.notify_all();
   if (sender_.joinable()) sender_.join();
+  {
+    // Nor an inline send from Submit (none starts once receiver_done_ is set).
+    std::unique_lock<std::mutex> l(mu_);
+    writing_cv_.wait(l, [this] { return !writing_; });
+  }
   const grpc::Status st = stream_->Finish();
   absl::Status end;
   {

@@ -234,6 +234,78 @@ TEST_CASE("a lone task leaves at once (no waiting for a batch to fill)") {
   CHECK((*session)->Close().ok());
 }
 
+TEST_CASE("a lone small task is written by Submit itself; with one in flight the sender takes over") {
+  Server server;
+  server.service.mode = TestHead::Mode::kHold;
+  SessionOptions o;
+  o.address = server.address;
+  auto session = SessionClient::Connect(o, {});
+  REQUIRE(session.ok());
+  // Nothing in flight, nothing queued: sent before Submit returns (no sender wake-up).
+  REQUIRE((*session)->Submit(Task(1, "a")).ok());
+  CHECK((*session)->tasks_sent() == 1);
+  CHECK((*session)->batches_sent() == 1);
+  // One in flight (the head holds its result): queued for the sender, in order.
+  REQUIRE((*session)->Submit(Task(2, "b")).ok());
+  REQUIRE((*session)->Submit(Task(3, "c")).ok());
+  WaitUntil([&] { return (*session)->tasks_sent() >= 3; });
+  CHECK((*session)->tasks_sent() == 3);
+  CHECK((*session)->Close(absl::Seconds(10)).ok());
+  std::lock_guard<std::mutex> l(server.service.mu);
+  int total = 0;
+  for (int n : server.service.batch_sizes) total += n;
+  CHECK(total == 3);
+  CHECK(server.service.batch_sizes.front() == 1);
+}
+
+TEST_CASE("a lone task over the inline size goes through the sender") {
+  Server server;
+  server.service.mode = TestHead::Mode::kHold;
+  SessionOptions o;
+  o.address = server.address;
+  auto session = SessionClient::Connect(o, {});
+  REQUIRE(session.ok());
+  // Submit returns without writing (the counter moves only once the sender has sent it).
+  REQUIRE((*session)->Submit(Task(1, std::string(64 << 10, 'x'))).ok());
+  WaitUntil([&] { return (*session)->tasks_sent() >= 1; });
+  CHECK((*session)->tasks_sent() == 1);
+  CHECK((*session)->Close(absl::Seconds(10)).ok());
+}
+
+TEST_CASE("sequential round trips and threads submitting at once: every task sent once, every result in") {
+  Server server;
+  Collector got;
+  SessionOptions o;
+  o.address = server.address;
+  auto session = SessionClient::Connect(o, got.Callbacks());
+  REQUIRE(session.ok());
+  // One at a time: each goes inline (nothing in flight once its result is in).
+  for (int i = 1; i <= 50; ++i) {
+    REQUIRE((*session)->Submit(Task(i, absl::StrCat("s", i))).ok());
+    REQUIRE(got.WaitFor(static_cast<size_t>(i), std::chrono::seconds(5)));
+  }
+  // Four threads at once: inline sends and the sender's batches interleave.
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 500; ++i) {
+        const uint64_t ref = 1000 + static_cast<uint64_t>(t) * 1000 + static_cast<uint64_t>(i);
+        REQUIRE((*session)->Submit(Task(ref, absl::StrCat("t", ref))).ok());
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  REQUIRE(got.WaitFor(50 + 2000, std::chrono::seconds(20)));
+  CHECK((*session)->Close().ok());
+  CHECK(got.data_by_ref.size() == 2050);
+  CHECK(got.data_by_ref[1030] == "t1030");
+  CHECK((*session)->tasks_sent() == 2050);
+  std::lock_guard<std::mutex> l(server.service.mu);
+  int total = 0;
+  for (int n : server.service.batch_sizes) total += n;
+  CHECK(total == 2050);  // none twice
+}
+
 TEST_CASE("a task's data node reaches the head as submitted") {
   Server server;
   Collector got;
