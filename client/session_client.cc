@@ -337,7 +337,7 @@ void SessionClient::SenderLoop() {
   if (!write_failed) {
     bool send_done;
     {
-      std::unique_lock<std::mutex> l(mu_);
+      std::lock_guard<std::mutex> l(mu_);
       // Left the loop on Close with nothing queued: no inline send is under way (the
       // wait above requires !writing_), and none starts once closing_ is set.
       send_done = closing_ && !receiver_done_ && !write_failed_ && !writing_;
