@@ -285,12 +285,9 @@ def cpu_snapshot() -> tuple:
     return time.perf_counter(), time.process_time(), busy, os.times()
 
 
-def tree_cpu() -> dict:
-    """CPU seconds (user+sys, including reaped children) of every process descended from this
-    one, summed by command name: dragond, dragon-agent and the workers of DragonExecutor; HTEX's
-    interchange, pool and workers. Unlike the machine's busy time this excludes whatever else
-    runs on the machine."""
-    tick = os.sysconf("SC_CLK_TCK")
+def _process_tree() -> dict:
+    """{pid: (cmdline parts, /proc/PID/stat fields after the name)} of every process descended
+    from this one."""
     children: dict = {}
     info: dict = {}
     for d in os.listdir("/proc"):
@@ -306,15 +303,63 @@ def tree_cpu() -> dict:
         rest = stat.rsplit(")", 1)[1].split()
         pid, ppid = int(d), int(rest[1])
         children.setdefault(ppid, []).append(pid)
-        info[pid] = (cmd, sum(int(x) for x in rest[11:15]) / tick)
+        info[pid] = (cmd, rest)
     out: dict = {}
     stack = list(children.get(os.getpid(), []))
     while stack:
         pid = stack.pop()
         stack.extend(children.get(pid, []))
-        cmd, cpu = info[pid]
-        out[_proc_name(cmd)] = out.get(_proc_name(cmd), 0.0) + cpu
+        out[pid] = info[pid]
     return out
+
+
+def tree_cpu() -> dict:
+    """CPU seconds (user+sys, including reaped children) of every process descended from this
+    one, summed by command name: dragond, dragon-agent and the workers of DragonExecutor; HTEX's
+    interchange, pool and workers. Unlike the machine's busy time this excludes whatever else
+    runs on the machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict = {}
+    for cmd, rest in _process_tree().values():
+        name = _proc_name(cmd)
+        out[name] = out.get(name, 0.0) + sum(int(x) for x in rest[11:15]) / tick
+    return out
+
+
+def _thread_wakeups(pid) -> int:
+    """Voluntary context switches of the live threads of a process: each time one blocked (on a
+    lock, a condition, a socket, a pipe) and had to be woken again. Preemptions are left out:
+    they count the machine's load, not the work's hand-offs."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total += int(line.split()[-1])
+                        break
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def tree_wakeups() -> dict:
+    """Voluntary context switches of this process ("workflow") and of every process descended
+    from it, by command name, over their live threads: a thread that blocks and is woken again
+    counts one. These are the hand-offs a task pays for."""
+    out = {"workflow": _thread_wakeups("self")}
+    for pid, (cmd, _) in _process_tree().items():
+        name = _proc_name(cmd)
+        out[name] = out.get(name, 0) + _thread_wakeups(pid)
+    return out
+
+
+def wakeups_delta(a: dict, b: dict) -> dict:
+    return {k: b[k] - a.get(k, 0) for k in b if b[k] - a.get(k, 0) > 0}
 
 
 def _proc_name(cmd: list) -> str:
@@ -345,7 +390,7 @@ def expected(i: int, floor: bool):
 
 def bench_noop(app, n: int, workers: int, floor: bool = False) -> dict:
     [f.result() for f in [app(i) for i in range(4 * workers)]]  # warm: workers up, code cached
-    ta = tree_cpu()
+    ta, sa = tree_cpu(), tree_wakeups()
     a = cpu_snapshot()
     futures = [app(i) for i in range(n)]
     submitted = time.perf_counter()
@@ -354,10 +399,10 @@ def bench_noop(app, n: int, workers: int, floor: bool = False) -> dict:
         if r != expected(i, floor):
             raise RuntimeError(f"no-op task {i} returned {r!r}")
     b = cpu_snapshot()
-    tb = tree_cpu()
+    tb, sb = tree_cpu(), tree_wakeups()
     total = b[0] - a[0]
     return {"tasks": n, "submit_s": submitted - a[0], "total_s": total, "tasks_per_s": n / total,
-            **cpu_delta(a, b, ta, tb)}
+            **cpu_delta(a, b, ta, tb), "thread_wakeups": wakeups_delta(sa, sb)}
 
 
 def percentile(sorted_values: list, q: float) -> float:

@@ -29,6 +29,11 @@ def summarize(runs: list, executors: list, benches: list) -> dict:
                                                       for r in rs]),
                     "machine_cpu_us_per_task": median([r["noop"]["machine_busy_cpu_s"] / r["noop"]["tasks"] * 1e6
                                                        for r in rs]),
+                    # The workflow process and every process it started (None for runs before they were
+                    # counted, and for dragonhpc, whose runtime is not started by the workflow process).
+                    "wakeups_per_task": None if e in parsl_bench.DRAGONHPC else median(
+                        [sum(r["noop"]["thread_wakeups"].values()) / r["noop"]["tasks"]
+                         for r in rs if "thread_wakeups" in r["noop"]]),
                     "errors": errs}
         summary["noop"] = s
     if "latency" in benches:

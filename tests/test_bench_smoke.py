@@ -63,6 +63,12 @@ def test_bench_quick(tmp_path):
     for r in parsl["runs"]:
         if r["executor"] in ("dragon", "threadpool", "htex"):
             assert r["noop"]["tasks"] == 300 and r["images"]["images"] == 16 and r["images"]["size"] == 64
+        if r["executor"] == "dragon":
+            # The hand-offs a task pays for: the workflow's threads and the service's, by process.
+            wakeups = r["noop"]["thread_wakeups"]
+            assert wakeups.get("workflow", 0) > 0 and wakeups.get("dragond", 0) > 0, wakeups
+            assert wakeups.get("dragon-agent", 0) > 0, wakeups
+    assert s["noop"]["dragon"]["wakeups_per_task"] > 0, s["noop"]["dragon"]
     for e in ("dragonhpc-batch", "dragonhpc-pool"):
         # Where dragonhpc runs its numbers are there; where it does not, a reason is.
         if e in parsl["executors"]:
@@ -86,6 +92,7 @@ def test_bench_quick(tmp_path):
                     "## Image batch", "## Native throughput", "## Scale of the head"):
         assert heading in md
     assert "| DragonExecutor |" in md and "| HighThroughputExecutor |" in md
+    assert "| thread wake-ups/task |" in md
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert {"noop_throughput.png", "latency.png", "image_efficiency.png"} <= set(pngs), pngs
 
