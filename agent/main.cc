@@ -413,8 +413,12 @@ int Main(int argc, char** argv) {
   std::atomic<const WorkerPool*> live_workers{nullptr};
   copts.fill_heartbeat = [&node_load, &live_workers, pool = shm_pool.get()](v1::Heartbeat* beat) {
     const WorkerPool* workers = live_workers.load();
+    // While executables or MPI jobs run, the memory of everything the agent
+    // started (one scan of /proc); else of its Python workers alone.
     *beat->mutable_load() =
-        node_load.Sample(workers != nullptr ? workers->WorkerPids() : std::vector<pid_t>{});
+        workers == nullptr ? node_load.Sample({})
+                           : node_load.Sample(workers->WorkerPids(),
+                                              workers->RunsExecutables() ? getpid() : 0);
     if (pool != nullptr) {
       const PoolUsage usage = pool->usage();  // the janitor's last measure: never waits
       beat->set_shm_pool_free_bytes(usage.free_bytes);

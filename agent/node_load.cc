@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <unordered_set>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -15,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "agent/process_tree.h"
 #include "spdlog/spdlog.h"
 
 namespace dragon::agent {
@@ -198,7 +200,8 @@ void NodeLoadSampler::WarnOnce(bool* warned, const absl::Status& status) {
                std::string(status.message()));
 }
 
-dragon::v1::NodeLoad NodeLoadSampler::Sample(const std::vector<pid_t>& worker_pids) {
+dragon::v1::NodeLoad NodeLoadSampler::Sample(const std::vector<pid_t>& worker_pids,
+                                             pid_t tree_root) {
   dragon::v1::NodeLoad load;
   bool measured = false;
   absl::MutexLock l(&mu_);
@@ -234,17 +237,39 @@ dragon::v1::NodeLoad NodeLoadSampler::Sample(const std::vector<pid_t>& worker_pi
   }
 
   uint64_t rss = 0;
-  for (pid_t pid : worker_pids) {
-    if (pid <= 0) continue;
-    const std::string path = absl::StrCat(proc_root_, "/", pid, "/statm");
-    text = ReadProcFile(path);
-    if (absl::IsNotFound(text.status())) continue;  // exited meanwhile: holds nothing
-    absl::StatusOr<uint64_t> bytes =
-        text.ok() ? ParseStatmRssBytes(*text, page_size_, path) : text.status();
-    if (bytes.ok()) {
-      rss += *bytes;
-    } else {
-      WarnOnce(&warned_statm_, bytes.status());
+  if (tree_root > 0) {
+    // A scan of /proc is a few hundred small reads: only while executables
+    // run, whose processes the worker pids do not name.
+    const std::vector<ProcInfo> procs = ListProcesses(proc_root_);
+    const std::vector<int> tree = TreeOf(tree_root, procs);
+    const std::unordered_set<int> in_tree(tree.begin(), tree.end());
+    // An executable leads a process group of its own; a process of it whose
+    // parent died has left the tree, not the group.
+    std::unordered_set<int> led_groups;
+    for (const ProcInfo& p : procs) {
+      const bool leads_a_group = p.pgid == p.pid;
+      if (p.pid != tree_root && leads_a_group && in_tree.count(p.pid) != 0) {
+        led_groups.insert(p.pid);
+      }
+    }
+    for (const ProcInfo& p : procs) {
+      if (p.pid != tree_root && (in_tree.count(p.pid) != 0 || led_groups.count(p.pgid) != 0)) {
+        rss += p.rss_pages * page_size_;
+      }
+    }
+  } else {
+    for (pid_t pid : worker_pids) {
+      if (pid <= 0) continue;
+      const std::string path = absl::StrCat(proc_root_, "/", pid, "/statm");
+      text = ReadProcFile(path);
+      if (absl::IsNotFound(text.status())) continue;  // exited meanwhile: holds nothing
+      absl::StatusOr<uint64_t> bytes =
+          text.ok() ? ParseStatmRssBytes(*text, page_size_, path) : text.status();
+      if (bytes.ok()) {
+        rss += *bytes;
+      } else {
+        WarnOnce(&warned_statm_, bytes.status());
+      }
     }
   }
   load.set_workers_rss_bytes(rss);

@@ -67,9 +67,14 @@ class NodeLoadSampler {
                            const common::Clock* clock = common::RealClock());
 
   // The CPU share is that since the previous Sample() that could read
-  // /proc/stat (the first: since boot). `worker_pids`: the agent's Python
-  // workers; one that has exited meanwhile counts 0.
-  dragon::v1::NodeLoad Sample(const std::vector<pid_t>& worker_pids);
+  // /proc/stat (the first: since boot). The resident memory of what the
+  // agent runs: with `tree_root` (the agent, while executables or MPI jobs
+  // run), of every process descended from it or in a process group one of
+  // them leads, found in one scan of /proc (each executable's processes, MPI
+  // launchers and the ranks they start here, the workers and what they
+  // started); else, cheaper, of `worker_pids` alone (the agent's Python
+  // workers; one that has exited meanwhile counts 0).
+  dragon::v1::NodeLoad Sample(const std::vector<pid_t>& worker_pids, pid_t tree_root = 0);
 
  private:
   // Logs `status` unless a file of its kind (`*warned`) was logged before.

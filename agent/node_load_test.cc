@@ -171,6 +171,33 @@ TEST_CASE("the sampler over a proc dir: CPU share from the delta, workers' RSS, 
   CHECK(second.sampled_us() == int64_t{1'800'000'001} * 1'000'000);
 }
 
+// A /proc/PID/stat line with the fields the process tree reads: parent, group, RSS pages.
+std::string StatLine(int pid, int ppid, int pgid, uint64_t rss_pages) {
+  return absl::StrCat(pid, " (p ", pid, ") S ", ppid, " ", pgid, " ", pgid,
+                      " 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 100 1000 ", rss_pages, " x\n");
+}
+
+TEST_CASE("the sampler counts the agent's whole process tree while executables run",
+          "[node_load]") {
+  common::TestDir dir("/tmp/dragon-node-load-test-");
+  const std::filesystem::path proc = dir.path;
+  common::FakeClock clock;
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  Write(proc / "100" / "stat", StatLine(100, 1, 100, 50));    // the agent itself: not counted
+  Write(proc / "101" / "stat", StatLine(101, 100, 100, 10));  // a Python worker
+  Write(proc / "101" / "statm", "1000 10 5 1 0 8 0\n");
+  Write(proc / "102" / "stat", StatLine(102, 100, 102, 5));   // mpiexec, its own group
+  Write(proc / "103" / "stat", StatLine(103, 102, 102, 200)); // a rank on this node
+  Write(proc / "104" / "stat", StatLine(104, 1, 102, 30));    // a rank whose parent died: its group
+  Write(proc / "105" / "stat", StatLine(105, 101, 100, 7));   // what a Python task started
+  Write(proc / "200" / "stat", StatLine(200, 1, 200, 999));   // another user's process
+  NodeLoadSampler sampler(proc.string(), &clock);
+  CHECK(sampler.Sample({101}).workers_rss_bytes() == 10 * page);  // the workers alone: cheap
+  CHECK(sampler.Sample({101}, 100).workers_rss_bytes() == (10 + 5 + 200 + 30 + 7) * page);
+  std::filesystem::remove_all(proc / "103");  // ended meanwhile: holds nothing
+  CHECK(sampler.Sample({101}, 100).workers_rss_bytes() == (10 + 5 + 30 + 7) * page);
+}
+
 TEST_CASE("the sampler: unreadable or malformed files leave their fields 0, never fail",
           "[node_load]") {
   common::TestDir dir("/tmp/dragon-node-load-test-");

@@ -432,6 +432,8 @@ void WorkerPool::Loop() {
       }
     }
     const size_t exe_fds_begin = fds.size();
+    runs_executables_.store(runner_->running() > 0 || (mpi_ != nullptr && mpi_->running() > 0),
+                            std::memory_order_relaxed);
     runner_->AppendPollFds(&fds);
     if (mpi_ != nullptr) mpi_->AppendPollFds(&fds);
     fd_slot.resize(fds.size(), -2);  // -2: an executable's output pipe

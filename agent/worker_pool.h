@@ -80,6 +80,10 @@ class WorkerPool : public TaskHandler {
   // or MPI jobs), for the heartbeat's NodeLoad. Thread-safe; as of the pool
   // thread's last start or reap of a worker.
   std::vector<pid_t> WorkerPids() const;
+  // Whether executable tasks or MPI jobs run: their processes are none of the
+  // workers, so the heartbeat counts the memory of the agent's whole process
+  // tree then. Thread-safe; as of the pool thread's last turn.
+  bool RunsExecutables() const { return runs_executables_.load(std::memory_order_relaxed); }
   int slots() const { return options_.workers; }
   std::string WorkerLogPath(int slot) const;
 
@@ -146,6 +150,7 @@ class WorkerPool : public TaskHandler {
   std::atomic<int> busy_{0};
   std::atomic<int> ready_{0};
   std::atomic<int> queued_{0};
+  std::atomic<bool> runs_executables_{false};
 
   mutable absl::Mutex pids_mu_;  // apart from mu_: a heartbeat never waits for the inbox
   std::vector<pid_t> worker_pids_ ABSL_GUARDED_BY(pids_mu_);

@@ -173,7 +173,8 @@ std::string FormatTop(const TopFrame& frame) {
   }
   absl::StrAppend(&out, FormatTable(rows));
   absl::StrAppend(&out, "\nCPU: the host's busy share / its CPUs; MEM: used (total - available) / total; "
-                        "WORKERS-RSS: the Python workers' resident memory\n");
+                        "WORKERS-RSS: the resident memory of what the agent runs (its Python workers; "
+                        "with executables or MPI jobs, all it started)\n");
   return out;
 }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 import time
 from pathlib import Path
@@ -181,6 +182,31 @@ def test_cancel_of_running_sleep_kills_it(session_head):
     r = s.wait_result(5)
     assert r.result.outcome == common_pb2.CANCELED
     wait_for(lambda: not any(_alive(p) for p in group), 10, "the process group to be gone")
+
+
+def _node_rss(h) -> int:
+    """The node's NodeLoad.workers_rss_bytes (dragonctl top's WORKERS-RSS), as of its agent's
+    last heartbeat."""
+    (node,) = h.ctl_json("nodes")["nodes"]
+    return int(node.get("load", {}).get("workers_rss_bytes", 0))
+
+
+def test_the_nodes_memory_counts_a_running_executable_and_its_children(session_head):
+    """WORKERS-RSS counts what the agent runs: while an executable runs, every process it
+    started, here a shell whose child holds 256 MiB; once it ends, the workers alone again."""
+    s, h = session_head
+    mib = 2**20
+    before = wait_for(lambda: _node_rss(h), 30, "the first heartbeat with the workers' memory")
+    hold = "import sys, time; b = b'x' * (256 << 20); print('held', flush=True); time.sleep(120)"
+    s.submit(8, spec("sh", "-c", f"{sys.executable} -c \"{hold}\" & wait"))
+    tid = s.wait_task_id(8)
+    during = wait_for(lambda: (lambda r: r if r >= before + 240 * mib else None)(_node_rss(h)), 30,
+                      f"the node's memory to count the executable's child ({before} bytes before)")
+    h.ctl("cancel", str(tid))
+    assert s.wait_result(8).result.outcome == common_pb2.CANCELED
+    # The 256 MiB leave the count with the executable (the workers' own may have grown meanwhile).
+    wait_for(lambda: _node_rss(h) <= during - 240 * mib, 30,
+             f"the node's memory to fall back once the executable is gone ({during} bytes during)")
 
 
 def _pgid(pid: int) -> int:
