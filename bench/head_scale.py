@@ -43,6 +43,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dragon_parsl.local_head import LocalHead, LocalHeadError
+from proc_counts import thread_context_switches
 
 REPO = Path(__file__).resolve().parent.parent
 GiB = 1 << 30
@@ -93,20 +94,7 @@ def proc_status(pid: int) -> dict:
 
 def context_switches(pid: int) -> int:
     """Voluntary + involuntary context switches of all of pid's live threads."""
-    total = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                for line in f:
-                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                        total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
+    return thread_context_switches(pid)
 
 
 def cpu_seconds(pid: int) -> float:

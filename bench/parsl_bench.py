@@ -25,6 +25,8 @@ import time
 import traceback
 from collections import deque
 
+from proc_counts import thread_context_switches
+
 EXECUTORS = ("dragon", "threadpool", "htex", "dragonhpc-batch", "dragonhpc-pool", "dragon-prefetch",
              "dfk-floor-inline", "dfk-floor-thread", "dfk-floor-gather", "dragon-files")
 # Chosen by name only (--executors), not in bench/run.py's default list: "dragon-files" differs from
@@ -326,35 +328,14 @@ def tree_cpu() -> dict:
     return out
 
 
-def _thread_wakeups(pid) -> int:
-    """Voluntary context switches of the live threads of a process: each time one blocked (on a
-    lock, a condition, a socket, a pipe) and had to be woken again. Preemptions are left out:
-    they count the machine's load, not the work's hand-offs."""
-    total = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                for line in f:
-                    if line.startswith("voluntary_ctxt_switches:"):
-                        total += int(line.split()[-1])
-                        break
-        except (OSError, ValueError):
-            continue
-    return total
-
-
 def tree_wakeups() -> dict:
     """Voluntary context switches of this process ("workflow") and of every process descended
     from it, by command name, over their live threads: a thread that blocks and is woken again
     counts one. These are the hand-offs a task pays for."""
-    out = {"workflow": _thread_wakeups("self")}
+    out = {"workflow": thread_context_switches("self", voluntary_only=True)}
     for pid, (cmd, _) in _process_tree().items():
         name = _proc_name(cmd)
-        out[name] = out.get(name, 0) + _thread_wakeups(pid)
+        out[name] = out.get(name, 0) + thread_context_switches(pid, voluntary_only=True)
     return out
 
 
