@@ -69,13 +69,14 @@ DataPlane::Impl::~Impl() {
     stopping_ = true;
     connections.swap(connections_);
   }
-  // Disconnecting fails at once whatever a request thread is waiting on
-  // (a Get from its requester, the send of an answer); the threads then see
-  // stopping_ within one receive timeout.
+  // Disconnecting fails at once whatever a request or fetch thread is
+  // waiting on (a Fetch from its requester, the send of an answer or of
+  // data); the threads then see stopping_ within one receive timeout.
   for (const auto& [node_id, connection] : connections) {
     node_->Disconnect(connection.peer).IgnoreError();  // a close forced by its timeout is fine here
   }
   for (std::thread& thread : request_threads_) thread.join();
+  for (std::thread& thread : fetch_threads_) thread.join();
   StopCallThreads();
   for (std::thread& thread : call_threads_) thread.join();
   region_.reset();  // before the node, as UcxMemoryRegion requires
@@ -232,7 +233,7 @@ absl::StatusOr<BlockRef> DataPlane::Impl::PullRemote(const Connection& connectio
     return absl::InvalidArgumentError(absl::StrCat(what, ": past the end of its pool (",
                                                    pool_bytes, " bytes)"));
   }
-  // A Get that times out closes its connection: never start one without time.
+  // A Send that times out closes its connection: never start one without time.
   if (started >= deadline) return absl::DeadlineExceededError(what + ": no time left");
   absl::StatusOr<BlockRef> local = pool_->Allocate(size, absl::ZeroDuration(), owner);
   if (!local.ok()) return local.status();
@@ -247,8 +248,7 @@ absl::StatusOr<BlockRef> DataPlane::Impl::PullRemote(const Connection& connectio
     Discard(*local, "no time left to fill it");
     return absl::DeadlineExceededError(what + ": no time left after allocating its block");
   }
-  absl::Status got = node_->Get(connection.peer, connection.info.pool_address + ref.offset,
-                                connection.info.pool_rkey, target->data(), size, remaining);
+  absl::Status got = FetchRemote(connection, ref, size, *target, deadline);
   if (!got.ok()) {
     Discard(*local, "its pull failed");
     return WithContext(got, what);
@@ -337,6 +337,10 @@ absl::StatusOr<std::unique_ptr<DataPlane>> DataPlane::Start(common::ShmPool* poo
         absl::StrCat("DataPlaneOptions.request_threads must be at least 1, not ",
                      options.request_threads));
   }
+  if (options.fetch_threads < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "DataPlaneOptions.fetch_threads must be at least 1, not ", options.fetch_threads));
+  }
   if (options.call_threads < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "DataPlaneOptions.call_threads must be at least 1, not ", options.call_threads));
@@ -357,9 +361,11 @@ absl::StatusOr<std::unique_ptr<DataPlane>> DataPlane::Start(common::ShmPool* poo
   }
   auto impl = std::make_unique<Impl>(pool, peers, options, *std::move(node), *std::move(registered));
   impl->StartRequestThreads();
+  impl->StartFetchThreads();
   impl->StartCallThreads();
-  spdlog::info("data plane of node {}: pool {} ({} bytes) registered with UCX, {} request threads",
-               options.node_id, pool->path(), region.size(), options.request_threads);
+  spdlog::info(
+      "data plane of node {}: pool {} ({} bytes) registered with UCX, {} push, {} fetch threads",
+      options.node_id, pool->path(), region.size(), options.request_threads, options.fetch_threads);
   return std::unique_ptr<DataPlane>(new DataPlane(std::move(impl)));
 }
 

@@ -3,18 +3,20 @@
 // UCX (common/ucx_node.h), never through the head:
 //
 //  - Pull: a block of another node's pool is copied into a new block of this
-//    node's pool (a UCX Get from the other agent's registration of its pool;
-//    the other agent's CPU is not involved beyond UCX's progress thread).
-//    What a worker does for arguments written on the client's node.
+//    node's pool: this agent asks the other (a Fetch request over UCX) and
+//    the other sends the block's bytes, which UCX writes straight into the
+//    new block. What a worker does for arguments written on the client's
+//    node. (Not a UCX Get: see data_plane_fetch.cc.)
 //  - Push: this agent asks the other node's agent (a request message over
 //    UCX) to Pull a block of this node's pool into its own pool, and waits for
 //    its answer (the new block's reference, or why not). What a worker does
 //    for a result whose client is on another node.
 //
-// Each agent registers its pool's data region with UCX once at start and
-// publishes (through Register, then NodeInfo) its worker address, the packed
-// remote key and the region's address; other agents find them through a
-// PeerDirectory (the head's node list).
+// Each agent publishes (through Register, then NodeInfo) its worker address
+// and its pool's size; other agents find them through a PeerDirectory (the
+// head's node list). The pool's data region is also registered with UCX and
+// its remote key and address published, for one-sided reads; the data plane
+// itself no longer reads that way (data_plane_fetch.cc says why).
 //
 // Failure: a peer that dies fails the operations on it within UCX's
 // detection time (a reset TCP connection: milliseconds); every call has a
@@ -73,6 +75,10 @@ struct DataPlaneOptions {
   // Threads that serve other agents' Push requests (each pulls one block at
   // a time).
   int request_threads = 4;
+  // Threads that send blocks of this pool to the data planes that Pull them
+  // (each sends one block at a time). Apart from the Push threads: a Push is
+  // served by a Pull from its requester, whose fetch threads must be free.
+  int fetch_threads = 4;
   // The deadline of a call made with a zero timeout.
   absl::Duration default_timeout = absl::Seconds(30);
   // What this agent answers to other agents' Calls (the Dictionary's shard

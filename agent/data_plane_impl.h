@@ -1,6 +1,7 @@
-// DataPlane's insides, shared by data_plane.cc (start, peers, Pull, Push)
-// and data_plane_requests.cc (the threads that serve other agents' Push
-// requests). Not for use outside those two files.
+// DataPlane's insides, shared by data_plane.cc (start, peers, Pull, Push),
+// data_plane_requests.cc (the threads that serve other agents' Push
+// requests), data_plane_fetch.cc (a Pull's transfer, both sides) and
+// data_plane_calls.cc (Call). Not for use outside those files.
 #ifndef DRAGON_AGENT_DATA_PLANE_IMPL_H_
 #define DRAGON_AGENT_DATA_PLANE_IMPL_H_
 
@@ -46,6 +47,9 @@ class DataPlane::Impl {
   ~Impl();
 
   void StartRequestThreads();
+  // data_plane_fetch.cc: the threads that send blocks of this pool to the
+  // data planes that Pull them.
+  void StartFetchThreads();
 
   const std::string& ucx_address() const { return node_->address(); }
   const std::string& pool_rkey() const { return region_->packed_rkey(); }
@@ -115,6 +119,10 @@ class DataPlane::Impl {
   absl::StatusOr<common::BlockRef> PullRemote(const Connection& connection,
                                               const common::BlockRef& ref, uint64_t size,
                                               pid_t owner, absl::Time deadline);
+  // data_plane_fetch.cc: has the peer send the first `size` bytes of its
+  // block `ref` into `target` (a block of this pool).
+  absl::Status FetchRemote(const Connection& connection, const common::BlockRef& ref,
+                           uint64_t size, absl::Span<char> target, absl::Time deadline);
   absl::StatusOr<common::BlockRef> PushRemote(const Connection& connection,
                                               const common::BlockRef& ref, uint64_t size,
                                               pid_t owner, absl::Time deadline);
@@ -144,6 +152,23 @@ class DataPlane::Impl {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 
   std::vector<std::thread> request_threads_;
+
+  // data_plane_fetch.cc: the serving side of a Fetch, and the requests that
+  // stopped waiting for the data they asked for.
+  void ServeFetches();
+  void ServeFetch(absl::string_view message);
+  // The bytes (or the refusal) of `request`, sent to its requester.
+  absl::Status SendFetched(const Connection& requester, uint64_t request_id,
+                           const absl::StatusOr<absl::Span<const char>>& data,
+                           absl::Time deadline);
+  void DrainAbandonedFetches();
+  std::vector<std::thread> fetch_threads_;
+  struct AbandonedFetch {
+    absl::Time since;
+    bool served = false;  // its reply came saying the data follows
+  };
+  absl::Mutex abandoned_fetches_mu_;
+  std::map<uint64_t, AbandonedFetch> abandoned_fetches_ ABSL_GUARDED_BY(abandoned_fetches_mu_);
 
   // data_plane_calls.cc.
   absl::StatusOr<std::string> CallRemote(const Connection& connection, const std::string& payload,

@@ -185,4 +185,71 @@ absl::StatusOr<std::string> DecodeCallReply(absl::string_view bytes) {
   return ReplyStatus(code, rest, "call reply");
 }
 
+namespace {
+
+// version, request id, ref, size, timeout: all before the node id.
+constexpr size_t kFetchFixedBytes = 1 + 8 + common::BlockRef::kEncodedSize + 8 + 8;
+
+}  // namespace
+
+std::string EncodeFetchRequest(const FetchRequest& request) {
+  std::string out;
+  out.reserve(kFetchFixedBytes + request.node_id.size());
+  out.push_back(static_cast<char>(kVersion));
+  PutU64(&out, request.request_id);
+  out += request.ref.Encode();
+  PutU64(&out, request.size);
+  const int64_t timeout_ms = absl::ToInt64Milliseconds(request.timeout);
+  PutU64(&out, static_cast<uint64_t>(timeout_ms < 0 ? 0 : timeout_ms));
+  out += request.node_id;
+  return out;
+}
+
+absl::StatusOr<FetchRequest> DecodeFetchRequest(absl::string_view bytes) {
+  if (bytes.size() <= kFetchFixedBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("malformed fetch request: ", bytes.size(),
+                                                    " bytes, at least ", kFetchFixedBytes + 1,
+                                                    " expected (with a node id)"));
+  }
+  if (static_cast<uint8_t>(bytes[0]) != kVersion) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fetch request of version ", static_cast<int>(static_cast<uint8_t>(bytes[0])),
+                     ", this agent speaks version ", kVersion));
+  }
+  FetchRequest request;
+  size_t at = 1;
+  request.request_id = TakeU64(bytes, &at);
+  absl::StatusOr<common::BlockRef> ref =
+      common::BlockRef::Decode(bytes.substr(at, common::BlockRef::kEncodedSize));
+  if (!ref.ok()) return ref.status();
+  request.ref = *ref;
+  at += common::BlockRef::kEncodedSize;
+  request.size = TakeU64(bytes, &at);
+  request.timeout = absl::Milliseconds(static_cast<int64_t>(TakeU64(bytes, &at)));
+  request.node_id = std::string(bytes.substr(at));
+  return request;
+}
+
+std::string EncodeFetchReply(const absl::StatusOr<absl::string_view>& data) {
+  const absl::string_view rest = data.ok() ? *data : data.status().message();
+  std::string out;
+  out.reserve(kReplyHeaderBytes + rest.size());
+  out.push_back(static_cast<char>(kVersion));
+  out.push_back(static_cast<char>(data.status().code()));
+  out.append(rest.data(), rest.size());
+  return out;
+}
+
+absl::StatusOr<absl::string_view> DecodeFetchReply(absl::string_view bytes) {
+  if (bytes.size() < kReplyHeaderBytes || static_cast<uint8_t>(bytes[0]) != kVersion) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "malformed fetch reply (", bytes.size(), " bytes, version ",
+        bytes.empty() ? -1 : static_cast<int>(static_cast<uint8_t>(bytes[0])), ")"));
+  }
+  const int code = static_cast<uint8_t>(bytes[1]);
+  const absl::string_view rest = bytes.substr(kReplyHeaderBytes);
+  if (code == 0) return rest;
+  return ReplyStatus(code, rest, "fetch reply");
+}
+
 }  // namespace dragon::agent::data_plane_messages

@@ -1,6 +1,6 @@
 // What agents' data planes (data_plane.h) say to each other over UCX for a
-// Push, and the tags it travels with. A Pull needs no message: it is a UCX
-// Get from the other agent's registration of its pool.
+// Pull (a Fetch: the block's owner sends it), a Push and a Call, and the tags
+// they travel with.
 //
 // Tag layout (64 bits): the top 8 bits are the kind of message, the low 56
 // bits the request id of a reply (0 in a request):
@@ -12,6 +12,11 @@
 //   kCallRequestTag      = 3 << 56        every Call request (DataPlane::Call);
 //                                         the call threads receive this tag
 //   CallReplyTag(id)     = 4 << 56 | id   the answer to Call `id`
+//   kFetchRequestTag     = 5 << 56        every Fetch request (a Pull's); the
+//                                         fetch threads receive this tag
+//   FetchReplyTag(id)    = 6 << 56 | id   whether Fetch `id` is served
+//   FetchDataTag(id)     = 7 << 56 | id   then its bytes, straight from the
+//                                         owner's pool into the requester's
 //
 // A reply's tag names its request, so a requester receives exactly its own
 // answer while other Pushes of the same process wait for theirs. Request ids
@@ -32,6 +37,13 @@
 //                payload (the rest).
 //   CallReply:   u8 version (1), u8 absl::StatusCode, then the answer (OK) or
 //                the error's message (the rest).
+//   FetchRequest: u8 version (1), u64 request id, 24 B BlockRef, u64 size,
+//                u64 timeout in ms, then the requester's node id (the rest).
+//   FetchReply:  u8 version (1), u8 absl::StatusCode, then the error's
+//                message, or (OK) the data itself when it is at most
+//                kInlineFetchBytes, else nothing: the data follows alone
+//                with FetchDataTag, to be received straight into the block.
+//   FetchData:   the first `size` bytes of the block, nothing else.
 #ifndef DRAGON_AGENT_DATA_PLANE_MESSAGES_H_
 #define DRAGON_AGENT_DATA_PLANE_MESSAGES_H_
 
@@ -59,7 +71,15 @@ inline constexpr uint64_t CallReplyTag(uint64_t request_id) {
   return (uint64_t{4} << kKindShift) | (request_id & kRequestIdMask);
 }
 
-// A request id for the next Push or Call of this process (never 0).
+inline constexpr uint64_t kFetchRequestTag = uint64_t{5} << kKindShift;
+inline constexpr uint64_t FetchReplyTag(uint64_t request_id) {
+  return (uint64_t{6} << kKindShift) | (request_id & kRequestIdMask);
+}
+inline constexpr uint64_t FetchDataTag(uint64_t request_id) {
+  return (uint64_t{7} << kKindShift) | (request_id & kRequestIdMask);
+}
+
+// A request id for the next Push, Call or Fetch of this process (never 0).
 uint64_t NextRequestId();
 
 // "Pull `size` bytes of block `ref` of my pool (I am node `node_id`) into a
@@ -99,6 +119,34 @@ absl::StatusOr<CallRequest> DecodeCallRequest(absl::string_view bytes);
 std::string EncodeCallReply(const absl::StatusOr<std::string>& result);
 // The answer or its error as sent; InvalidArgument for a malformed reply.
 absl::StatusOr<std::string> DecodeCallReply(absl::string_view bytes);
+
+// "Send me (node `node_id`) the first `size` bytes of block `ref` of your
+// pool within `timeout`." A Pull of another node's block is this request;
+// the block's owner sends the bytes (two-sided: see data_plane_fetch.cc for
+// why not a UCX Get).
+struct FetchRequest {
+  uint64_t request_id = 0;
+  std::string node_id;
+  common::BlockRef ref;
+  uint64_t size = 0;
+  absl::Duration timeout;  // whole milliseconds on the wire
+};
+
+// Data up to this size travels in the reply (one message less; UCX copies a
+// message this small through its buffers anyway).
+inline constexpr uint64_t kInlineFetchBytes = 8 << 10;
+
+std::string EncodeFetchRequest(const FetchRequest& request);
+// InvalidArgument describing what is wrong with `bytes`.
+absl::StatusOr<FetchRequest> DecodeFetchRequest(absl::string_view bytes);
+
+// The reply to a Fetch: `data` (empty: it follows with FetchDataTag) or why
+// not, code and message.
+std::string EncodeFetchReply(const absl::StatusOr<absl::string_view>& data);
+// The data in the reply (empty: it follows with FetchDataTag) or the error
+// as sent; InvalidArgument (saying the reply is malformed) when `bytes` is
+// not a reply. The view points into `bytes`.
+absl::StatusOr<absl::string_view> DecodeFetchReply(absl::string_view bytes);
 
 }  // namespace dragon::agent::data_plane_messages
 

@@ -14,9 +14,12 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -257,13 +260,18 @@ inline int WaitChild(pid_t pid, absl::Duration limit = absl::Seconds(kChildAlarm
 // destructor) makes a child that was not killed exit on its own.
 class ForkedNode {
  public:
-  ForkedNode(ShmPool* pool, const DataPlaneOptions& options) {
+  // `work`, if given, runs in `work_threads` threads of the child once it
+  // knows the parent (until the child is killed): a peer busy with the
+  // parent when it dies.
+  ForkedNode(ShmPool* pool, const DataPlaneOptions& options,
+             std::function<void(DataPlane&)> work = nullptr, int work_threads = 0)
+      : work_(std::move(work)), work_threads_(work_threads) {
     int down[2], up[2];
     REQUIRE(pipe2(down, O_CLOEXEC) == 0);
     REQUIRE(pipe2(up, O_CLOEXEC) == 0);
     pid_ = fork();
     REQUIRE(pid_ >= 0);
-    if (pid_ == 0) Serve(pool, options, down[0], up[1]);  // never returns
+    if (pid_ == 0) Serve(pool, options, down[0], up[1], work_, work_threads_);  // never returns
     close(down[0]);
     close(up[1]);
     down_ = down[1];
@@ -294,7 +302,8 @@ class ForkedNode {
 
  private:
   // The child: no Catch2 here, exit codes only.
-  [[noreturn]] static void Serve(ShmPool* pool, const DataPlaneOptions& options, int down, int up) {
+  [[noreturn]] static void Serve(ShmPool* pool, const DataPlaneOptions& options, int down, int up,
+                                 const std::function<void(DataPlane&)>& work, int work_threads) {
     alarm(kChildAlarmSeconds);
     FakeDirectory directory;
     absl::StatusOr<std::unique_ptr<DataPlane>> plane = DataPlane::Start(pool, &directory, options);
@@ -305,12 +314,17 @@ class ForkedNode {
     if (!ReadPeerInfo(down, &parent)) _exit(3);
     directory.Set(parent);
     WriteString(up, "ready");
+    for (int i = 0; work && i < work_threads; ++i) {
+      std::thread([&work, &plane] { work(**plane); }).detach();  // ends with the child
+    }
     char byte;
     while (read(down, &byte, 1) > 0) {
     }
     _exit(4);  // the parent went away without killing us
   }
 
+  std::function<void(DataPlane&)> work_;
+  int work_threads_;
   pid_t pid_ = -1;
   int down_ = -1, up_ = -1;
   PeerInfo info_;

@@ -7,8 +7,8 @@
 // DataPlane the agents run (agent/data_plane.h) on it, with the head's node
 // list as its directory. The client writes a task's large arguments into a
 // block of its pool and names itself (its peer id) in the envelope; the
-// worker's agent pulls the block over UCX (a Get from this pool's
-// registration). A worker's large result is pushed: its agent asks this data
+// worker's agent pulls the block over UCX (this data plane's fetch threads
+// send it from this pool). A worker's large result is pushed: its agent asks this data
 // plane to pull the block into this pool, owned by the client.
 //
 // The pool's file is removed as soon as the client has mapped it

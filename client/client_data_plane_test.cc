@@ -176,6 +176,9 @@ TEST_CASE("a stopped client is Unavailable to the agent, naming it") {
     absl::MutexLock lock(&map.mu);
     map.peers["client-2"] = PeerInfo{"client-2", (*client)->ucx_address(), (*client)->pool_rkey(),
                                      (*client)->pool_address(), (*client)->pool_bytes()};
+    // The client sends its blocks to the agent that pulls them: it must find it.
+    map.peers["n1"] = PeerInfo{"n1", (*agent)->ucx_address(), (*agent)->pool_rkey(),
+                               (*agent)->pool_address(), 16 * kMiB};
   }
   const BlockRef ref = Write(*(*client)->pool(), Pattern(kMiB, 3));
   REQUIRE((*agent)->Pull("client-2", ref, kMiB, getpid()).ok());  // connected

@@ -213,6 +213,13 @@ class UcxNode {
   // (whose packed_rkey() it sent) into `local`. Fails as Send does: the
   // peer's loss, or DeadlineExceeded (closing the connection, since the
   // transfer could otherwise still write into `local` after Get returned).
+  //
+  // Over TCP, UCX emulates the read with messages answered by the peer's
+  // UCX, and UCX 1.13 aborts the *peer's* process (ucs_fatal in
+  // ucp_request_try_send) when an answer cannot be sent because this node
+  // died or its endpoint failed meanwhile. So a Get is safe only between
+  // processes that die together; the agents' data plane sends blocks with
+  // tagged messages instead (agent/data_plane_fetch.cc).
   absl::Status Get(UcxPeer peer, uint64_t remote_address, absl::string_view packed_rkey,
                    void* local, size_t length, absl::Duration timeout);
 
