@@ -165,6 +165,7 @@ absl::Status HeadConnection::Connect(uint64_t previous_incarnation, absl::Durati
 
 void HeadConnection::TaskStarted(v1::TaskStarted started) {
   absl::MutexLock l(&mu_);
+  if (started_.empty()) first_started_ = absl::Now();
   started_.push_back(std::move(started));
 }
 
@@ -176,6 +177,7 @@ void HeadConnection::TaskFinished(v1::TaskResult result) {
 void HeadConnection::TaskEvents(std::vector<v1::TaskStarted> started,
                                 std::vector<v1::TaskResult> results) {
   absl::MutexLock l(&mu_);
+  if (started_.empty() && !started.empty()) first_started_ = absl::Now();
   if (started_.empty()) {
     started_.swap(started);
   } else {
@@ -295,14 +297,22 @@ absl::Status HeadConnection::Run(TaskHandler* handler) {
            !released_.empty() || heartbeat_.has_value() || !task_io_.empty() ||
            !task_logs_.empty();
   };
-  // Holding results back is free only while the pool has work queued for
-  // every slot that frees up; re-checked on every event the pool reports.
-  auto flush_now = [this, handler]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return stop_ || reader_done_ || shutdown_received_ || handler->QueuedTasks() == 0 ||
-           results_.size() >= options_.coalesce_max_results || heartbeat_.has_value() ||
-           !task_io_.empty() || !task_logs_.empty();
-  };
   absl::Time last_update = absl::InfinitePast();
+  // When what is queued should leave (update_hold.h); re-evaluated on every
+  // event the pool reports, since each may change it.
+  auto send_at = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    PendingUpdate pending;
+    pending.urgent = stop_ || reader_done_ || shutdown_received_ || heartbeat_.has_value() ||
+                     !task_io_.empty() || !task_logs_.empty();
+    pending.started = started_.size();
+    pending.results = results_.size();
+    pending.released = released_.size();
+    pending.queued_tasks = handler->QueuedTasks();
+    pending.last_update = last_update;
+    pending.first_started = first_started_;
+    return SendAt(pending, options_.hold);
+  };
+  auto send_now = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return send_at() <= absl::Now(); };
   while (true) {
     v1::AgentMessage beat;
     v1::AgentMessage msg;
@@ -310,9 +320,10 @@ absl::Status HeadConnection::Run(TaskHandler* handler) {
       absl::MutexLock l(&mu_);
       // Wake at least every quarter timeout to look at the head's pings.
       mu_.AwaitWithTimeout(absl::Condition(&has_work), ping_timeout / 4);
-      if (!results_.empty() && options_.coalesce > absl::ZeroDuration()) {
-        const absl::Time until = last_update + options_.coalesce;
-        if (absl::Now() < until) mu_.AwaitWithDeadline(absl::Condition(&flush_now), until);
+      // Held at most until send_at() (a start's linger, the results'
+      // window), both far below the ping timeout.
+      for (absl::Time until = send_at(); absl::Now() < until; until = send_at()) {
+        if (mu_.AwaitWithDeadline(absl::Condition(&send_now), until)) break;
       }
       if (stop_ || reader_done_ || shutdown_received_) break;
       const absl::Duration silent = absl::Now() - last_ping_;

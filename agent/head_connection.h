@@ -21,6 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "agent/interfaces.h"
+#include "agent/update_hold.h"
 #include "proto/agent.grpc.pb.h"
 
 namespace dragon::agent {
@@ -37,13 +38,9 @@ struct HeadConnectionOptions {
   // A single AgentUpdate stops growing past this (it always holds at least
   // one item), so a burst of large results stays below kMaxGrpcMessageBytes.
   size_t max_update_bytes = 64u << 20;
-  // While the pool has tasks queued (no slot idles for want of work), an
-  // update waits until this long after the previous one so that a flood of
-  // short tasks costs one message per many results. An update whose pool has
-  // nothing queued leaves at once, so a lone task's latency is unchanged.
-  absl::Duration coalesce = absl::Microseconds(1000);
-  // ...but never holds more results than this.
-  size_t coalesce_max_results = 1024;
+  // How long updates are held so that one message carries more (results
+  // while the pool has work queued; a start waiting for its result).
+  UpdateHoldOptions hold;
   // Adds what the pool does not know to each heartbeat before it is queued
   // (the host's load, the shared-memory pool's use); must not block. Called
   // on the pool's thread.
@@ -102,6 +99,7 @@ class HeadConnection : public TaskEventSink {
 
   absl::Mutex mu_;
   std::vector<v1::TaskStarted> started_ ABSL_GUARDED_BY(mu_);
+  absl::Time first_started_ ABSL_GUARDED_BY(mu_);  // when started_ last became non-empty
   std::vector<v1::TaskResult> results_ ABSL_GUARDED_BY(mu_);
   std::vector<uint64_t> released_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::TaskIOFrame> task_io_ ABSL_GUARDED_BY(mu_);      // sent at once
