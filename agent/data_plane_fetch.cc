@@ -30,12 +30,9 @@ namespace {
 namespace messages = data_plane_messages;
 using common::BlockRef;
 
-// How long a fetch thread waits for a request before it looks whether the
-// data plane is stopping (and drains data nobody waits for any more).
-constexpr absl::Duration kFetchPoll = absl::Milliseconds(100);
 // The least time an answer and its data get to leave, even past the
 // requester's deadline (its clock is not ours; a requester that gave up
-// takes the data off its queue within one kFetchPoll).
+// takes the data off its queue within one poll of its fetch threads, 100 ms).
 constexpr absl::Duration kSendMinTimeout = absl::Seconds(2);
 // How long the data of a Fetch that stopped waiting may take to arrive
 // whole once it has begun to (a 1 GiB block: ~25 s over the test bed's TCP).
@@ -109,23 +106,9 @@ absl::Status DataPlane::Impl::FetchRemote(const Connection& connection, const Bl
 }
 
 void DataPlane::Impl::ServeFetches() {
-  for (;;) {
-    {
-      absl::MutexLock lock(&mu_);
-      if (stopping_) return;
-    }
-    absl::StatusOr<std::string> message = node_->Receive(messages::kFetchRequestTag, kFetchPoll,
-                                                          /*transfer_timeout=*/absl::Seconds(5));
-    if (message.ok()) {
-      ServeFetch(*message);
-    } else if (absl::IsDeadlineExceeded(message.status())) {
-      DrainAbandonedFetches();  // idle: a moment for the housekeeping
-    } else {
-      // A request whose sender was lost while it arrived: nobody to answer.
-      spdlog::warn("data plane of node {}: receiving a fetch request failed: {}",
-                   options_.node_id, message.status().ToString());
-    }
-  }
+  PollRequests(messages::kFetchRequestTag, "fetch request",
+               [this](absl::string_view message) { ServeFetch(message); },
+               [this] { DrainAbandonedFetches(); });
 }
 
 void DataPlane::Impl::ServeFetch(absl::string_view message) {
@@ -180,7 +163,8 @@ absl::Status DataPlane::Impl::SendFetched(const Connection& requester, uint64_t 
                     : absl::string_view();
   absl::Status answered =
       node_->Send(requester.peer, messages::FetchReplyTag(request_id),
-                  messages::EncodeFetchReply(reply), std::max(deadline - absl::Now(), kSendMinTimeout));
+                  messages::EncodeFetchReply(reply),
+                  std::max(deadline - absl::Now(), kSendMinTimeout));
   if (!answered.ok() || !data.ok() || inline_data) return answered;
   // Large data goes by UCX's rendezvous: this waits until the requester has
   // taken it (or stopped waiting and drained it; or is lost).

@@ -46,11 +46,12 @@ TEST_CASE("fetch messages: encode and decode, malformed ones refused") {
   other_version[0] = 4;
   CHECK(absl::StrContains(m::DecodeFetchRequest(other_version).status().message(), "version 4"));
 
+  const absl::string_view block_bytes("bytes\0of a block", 16);
   const std::string with_data =
-      m::EncodeFetchReply(absl::StatusOr<absl::string_view>(absl::string_view("bytes\0of a block", 16)));
+      m::EncodeFetchReply(absl::StatusOr<absl::string_view>(block_bytes));
   absl::StatusOr<absl::string_view> inline_data = m::DecodeFetchReply(with_data);
   REQUIRE(inline_data.ok());
-  CHECK(*inline_data == absl::string_view("bytes\0of a block", 16));
+  CHECK(*inline_data == block_bytes);
   const std::string data_follows = m::EncodeFetchReply(absl::string_view());
   absl::StatusOr<absl::string_view> follows = m::DecodeFetchReply(data_follows);
   REQUIRE(follows.ok());
@@ -78,7 +79,8 @@ TEST_CASE("Pull of a block its owner has freed: refused by the owner, naming the
     REQUIRE_FALSE(pulled.ok());
     CHECK_FALSE(absl::IsUnavailable(pulled.status()));  // a refusal, not a lost peer
     CHECK(absl::StrContains(pulled.status().message(), "node h2"));
-    CHECK(absl::StrContains(pulled.status().message(), absl::StrCat("block (offset ", source.offset)));
+    CHECK(absl::StrContains(pulled.status().message(),
+                            absl::StrCat("block (offset ", source.offset)));
     CHECK(BlocksInUse(*nodes.pool_a) == 0);
   }
   // The connection is still good.
@@ -149,12 +151,11 @@ TEST_CASE("the node pulling from us is SIGKILLed mid-transfer: we go on serving 
   const pid_t owner = getpid();
   for (int i = 0; i < 20; ++i) {
     INFO("round " << i);
-    absl::StatusOr<BlockRef> to_c = c->Pull("h1", i % 2 ? large : small, (i % 2 ? large : small).length,
-                                            owner, kCallTimeout);
+    const BlockRef& source = i % 2 ? large : small;
+    absl::StatusOr<BlockRef> to_c = c->Pull("h1", source, source.length, owner, kCallTimeout);
     INFO(to_c.status().ToString());
     REQUIRE(to_c.ok());
-    CHECK(Holds(*pool_c, *to_c, to_c->length == large.length ? 16 * kMiB : 2 * kKiB,
-                i % 2 ? 31 : 32));
+    CHECK(Holds(*pool_c, *to_c, source.length, i % 2 ? 31 : 32));
     absl::StatusOr<BlockRef> back = a->Pull("h3", *to_c, 2 * kKiB, owner, kCallTimeout);
     REQUIRE(back.ok());
     REQUIRE(pool_a->Free(*back).ok());

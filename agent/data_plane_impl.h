@@ -132,6 +132,12 @@ class DataPlane::Impl {
   // data_plane_requests.cc: the request threads' loop, one request, and
   // the reply to its sender.
   void ServeRequests();
+  // A request thread's loop: receives requests with `tag` (`what` in logs)
+  // and serves each; between them (every kRequestPoll when idle) runs `idle`
+  // and returns once the data plane stops.
+  void PollRequests(uint64_t tag, absl::string_view what,
+                    const std::function<void(absl::string_view)>& serve,
+                    const std::function<void()>& idle);
   // Takes the answers that came after their Push stopped waiting (UCX would
   // keep them forever otherwise); gives up on an id after a while.
   void DrainAbandonedReplies();

@@ -9,8 +9,6 @@ namespace dragon::agent::data_plane_messages {
 namespace {
 
 constexpr uint8_t kVersion = 1;
-// version, request id, ref, size, owner, timeout: all before the node id.
-constexpr size_t kRequestFixedBytes = 1 + 8 + common::BlockRef::kEncodedSize + 8 + 8 + 8;
 constexpr size_t kReplyHeaderBytes = 2;  // version, status code
 
 void PutU64(std::string* out, uint64_t value) {
@@ -27,6 +25,65 @@ uint64_t TakeU64(absl::string_view bytes, size_t* at) {
   return value;
 }
 
+// Push and Fetch requests share their layout: version, request id, ref,
+// size, the owner pid (Push only), timeout in ms, then the requester's node
+// id (the rest).
+struct BlockRequestFields {
+  uint64_t request_id = 0;
+  common::BlockRef ref;
+  uint64_t size = 0;
+  pid_t owner = 0;  // Push only
+  absl::Duration timeout;
+  std::string node_id;
+};
+
+constexpr size_t BlockRequestFixedBytes(bool with_owner) {
+  return 1 + 8 + common::BlockRef::kEncodedSize + 8 + (with_owner ? 8 : 0) + 8;
+}
+
+std::string EncodeBlockRequest(const BlockRequestFields& f, bool with_owner) {
+  std::string out;
+  out.reserve(BlockRequestFixedBytes(with_owner) + f.node_id.size());
+  out.push_back(static_cast<char>(kVersion));
+  PutU64(&out, f.request_id);
+  out += f.ref.Encode();
+  PutU64(&out, f.size);
+  if (with_owner) PutU64(&out, static_cast<uint64_t>(static_cast<int64_t>(f.owner)));
+  const int64_t timeout_ms = absl::ToInt64Milliseconds(f.timeout);
+  PutU64(&out, static_cast<uint64_t>(timeout_ms < 0 ? 0 : timeout_ms));
+  out += f.node_id;
+  return out;
+}
+
+// `what` ("push request", "fetch request") names the message in errors.
+absl::StatusOr<BlockRequestFields> DecodeBlockRequest(absl::string_view bytes, bool with_owner,
+                                                      absl::string_view what) {
+  const size_t fixed = BlockRequestFixedBytes(with_owner);
+  if (bytes.size() <= fixed) {
+    return absl::InvalidArgumentError(absl::StrCat("malformed ", what, ": ", bytes.size(),
+                                                    " bytes, at least ", fixed + 1,
+                                                    " expected (with a node id)"));
+  }
+  if (static_cast<uint8_t>(bytes[0]) != kVersion) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " of version ", static_cast<int>(static_cast<uint8_t>(bytes[0])),
+                     ", this agent speaks version ", kVersion));
+  }
+  BlockRequestFields f;
+  size_t at = 1;
+  f.request_id = TakeU64(bytes, &at);
+  absl::StatusOr<common::BlockRef> ref =
+      common::BlockRef::Decode(bytes.substr(at, common::BlockRef::kEncodedSize));
+  if (!ref.ok()) return ref.status();
+  f.ref = *ref;
+  at += common::BlockRef::kEncodedSize;
+  f.size = TakeU64(bytes, &at);
+  if (with_owner) f.owner = static_cast<pid_t>(static_cast<int64_t>(TakeU64(bytes, &at)));
+  f.timeout = absl::Milliseconds(static_cast<int64_t>(TakeU64(bytes, &at)));
+  f.node_id = std::string(bytes.substr(at));
+  return f;
+}
+
 }  // namespace
 
 uint64_t NextRequestId() {
@@ -35,42 +92,21 @@ uint64_t NextRequestId() {
 }
 
 std::string EncodePushRequest(const PushRequest& request) {
-  std::string out;
-  out.reserve(kRequestFixedBytes + request.node_id.size());
-  out.push_back(static_cast<char>(kVersion));
-  PutU64(&out, request.request_id);
-  out += request.ref.Encode();
-  PutU64(&out, request.size);
-  PutU64(&out, static_cast<uint64_t>(static_cast<int64_t>(request.owner)));
-  const int64_t timeout_ms = absl::ToInt64Milliseconds(request.timeout);
-  PutU64(&out, static_cast<uint64_t>(timeout_ms < 0 ? 0 : timeout_ms));
-  out += request.node_id;
-  return out;
+  return EncodeBlockRequest({request.request_id, request.ref, request.size, request.owner,
+                             request.timeout, request.node_id},
+                            /*with_owner=*/true);
 }
 
 absl::StatusOr<PushRequest> DecodePushRequest(absl::string_view bytes) {
-  if (bytes.size() <= kRequestFixedBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("malformed push request: ", bytes.size(),
-                                                    " bytes, at least ", kRequestFixedBytes + 1,
-                                                    " expected (with a node id)"));
-  }
-  if (static_cast<uint8_t>(bytes[0]) != kVersion) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("push request of version ", static_cast<int>(static_cast<uint8_t>(bytes[0])),
-                     ", this agent speaks version ", kVersion));
-  }
+  absl::StatusOr<BlockRequestFields> f = DecodeBlockRequest(bytes, true, "push request");
+  if (!f.ok()) return f.status();
   PushRequest request;
-  size_t at = 1;
-  request.request_id = TakeU64(bytes, &at);
-  absl::StatusOr<common::BlockRef> ref =
-      common::BlockRef::Decode(bytes.substr(at, common::BlockRef::kEncodedSize));
-  if (!ref.ok()) return ref.status();
-  request.ref = *ref;
-  at += common::BlockRef::kEncodedSize;
-  request.size = TakeU64(bytes, &at);
-  request.owner = static_cast<pid_t>(static_cast<int64_t>(TakeU64(bytes, &at)));
-  request.timeout = absl::Milliseconds(static_cast<int64_t>(TakeU64(bytes, &at)));
-  request.node_id = std::string(bytes.substr(at));
+  request.request_id = f->request_id;
+  request.node_id = std::move(f->node_id);
+  request.ref = f->ref;
+  request.size = f->size;
+  request.owner = f->owner;
+  request.timeout = f->timeout;
   return request;
 }
 
@@ -185,48 +221,21 @@ absl::StatusOr<std::string> DecodeCallReply(absl::string_view bytes) {
   return ReplyStatus(code, rest, "call reply");
 }
 
-namespace {
-
-// version, request id, ref, size, timeout: all before the node id.
-constexpr size_t kFetchFixedBytes = 1 + 8 + common::BlockRef::kEncodedSize + 8 + 8;
-
-}  // namespace
-
 std::string EncodeFetchRequest(const FetchRequest& request) {
-  std::string out;
-  out.reserve(kFetchFixedBytes + request.node_id.size());
-  out.push_back(static_cast<char>(kVersion));
-  PutU64(&out, request.request_id);
-  out += request.ref.Encode();
-  PutU64(&out, request.size);
-  const int64_t timeout_ms = absl::ToInt64Milliseconds(request.timeout);
-  PutU64(&out, static_cast<uint64_t>(timeout_ms < 0 ? 0 : timeout_ms));
-  out += request.node_id;
-  return out;
+  return EncodeBlockRequest(
+      {request.request_id, request.ref, request.size, 0, request.timeout, request.node_id},
+      /*with_owner=*/false);
 }
 
 absl::StatusOr<FetchRequest> DecodeFetchRequest(absl::string_view bytes) {
-  if (bytes.size() <= kFetchFixedBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("malformed fetch request: ", bytes.size(),
-                                                    " bytes, at least ", kFetchFixedBytes + 1,
-                                                    " expected (with a node id)"));
-  }
-  if (static_cast<uint8_t>(bytes[0]) != kVersion) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("fetch request of version ", static_cast<int>(static_cast<uint8_t>(bytes[0])),
-                     ", this agent speaks version ", kVersion));
-  }
+  absl::StatusOr<BlockRequestFields> f = DecodeBlockRequest(bytes, false, "fetch request");
+  if (!f.ok()) return f.status();
   FetchRequest request;
-  size_t at = 1;
-  request.request_id = TakeU64(bytes, &at);
-  absl::StatusOr<common::BlockRef> ref =
-      common::BlockRef::Decode(bytes.substr(at, common::BlockRef::kEncodedSize));
-  if (!ref.ok()) return ref.status();
-  request.ref = *ref;
-  at += common::BlockRef::kEncodedSize;
-  request.size = TakeU64(bytes, &at);
-  request.timeout = absl::Milliseconds(static_cast<int64_t>(TakeU64(bytes, &at)));
-  request.node_id = std::string(bytes.substr(at));
+  request.request_id = f->request_id;
+  request.node_id = std::move(f->node_id);
+  request.ref = f->ref;
+  request.size = f->size;
+  request.timeout = f->timeout;
   return request;
 }
 

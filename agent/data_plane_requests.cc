@@ -46,21 +46,29 @@ void DataPlane::Impl::StartRequestThreads() {
 }
 
 void DataPlane::Impl::ServeRequests() {
+  PollRequests(messages::kPushRequestTag, "push request",
+               [this](absl::string_view message) { Serve(message); },
+               [this] { DrainAbandonedReplies(); });
+}
+
+void DataPlane::Impl::PollRequests(uint64_t tag, absl::string_view what,
+                                   const std::function<void(absl::string_view)>& serve,
+                                   const std::function<void()>& idle) {
   for (;;) {
     {
       absl::MutexLock lock(&mu_);
       if (stopping_) return;
     }
-    absl::StatusOr<std::string> message = node_->Receive(messages::kPushRequestTag, kRequestPoll,
-                                                          /*transfer_timeout=*/absl::Seconds(5));
+    absl::StatusOr<std::string> message =
+        node_->Receive(tag, kRequestPoll, /*transfer_timeout=*/absl::Seconds(5));
     if (message.ok()) {
-      Serve(*message);
+      serve(*message);
     } else if (absl::IsDeadlineExceeded(message.status())) {
-      DrainAbandonedReplies();  // idle: a moment for the housekeeping
+      idle();  // a moment for the housekeeping
     } else {
       // A request whose sender was lost while it arrived: nobody to answer.
-      spdlog::warn("data plane of node {}: receiving a push request failed: {}", options_.node_id,
-                   message.status().ToString());
+      spdlog::warn("data plane of node {}: receiving a {} failed: {}", options_.node_id,
+                   std::string(what), message.status().ToString());
     }
   }
 }
