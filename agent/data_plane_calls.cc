@@ -19,27 +19,19 @@ namespace {
 
 namespace messages = data_plane_messages;
 
-// How long a call thread waits for a request before it looks whether the
-// data plane is stopping (and drains late answers).
-constexpr absl::Duration kCallPoll = absl::Milliseconds(100);
 // How long a request that has begun to arrive may take to arrive whole (a
-// 64 MiB Dictionary value takes longer than kCallPoll, a 1 GiB channel
+// 64 MiB Dictionary value takes longer than kRequestPoll, a 1 GiB channel
 // message ~25 s over the test bed's TCP; cut off, it would be lost). A
 // sender lost meanwhile fails it at once; a hung one holds this thread that
 // long at most.
 constexpr absl::Duration kCallTransferTimeout = absl::Seconds(120);
-// The least time an answer gets to leave (as for Push answers).
-constexpr absl::Duration kAnswerMinTimeout = absl::Seconds(2);
-// How long the id of a Call that gave up waiting is remembered, so that its
-// late answer is taken off UCX's queue rather than kept there forever.
-constexpr absl::Duration kAbandonedCallWatch = absl::Minutes(5);
 // Threads that receive requests (see StartCallThreads).
 constexpr int kCallReceivers = 2;
 
 }  // namespace
 
 void DataPlane::Impl::StartCallThreads() {
-  // A few threads receive (each polls UCX every kCallPoll: an idle agent
+  // A few threads receive (each polls UCX every kRequestPoll: an idle agent
   // wakes only that often), `call_threads` answer. Several receivers, so
   // that a request still arriving (a 1 GiB message takes seconds) does not
   // hold up the others; answering apart, since an answer may wait (a channel
@@ -113,7 +105,7 @@ void DataPlane::Impl::ReceiveCalls() {
       if (calls_stopping_) return;
     }
     absl::StatusOr<std::string> message =
-        node_->Receive(messages::kCallRequestTag, kCallPoll, kCallTransferTimeout);
+        node_->Receive(messages::kCallRequestTag, kRequestPoll, kCallTransferTimeout);
     if (message.ok()) {
       absl::MutexLock lock(&calls_mu_);
       call_queue_.push_back(*std::move(message));
@@ -181,7 +173,7 @@ void DataPlane::Impl::DrainAbandonedCalls() {
                     it->first);
       it = abandoned_calls_.erase(it);
     } else {
-      it = now - it->second > kAbandonedCallWatch ? abandoned_calls_.erase(it) : std::next(it);
+      it = now - it->second > kAbandonedWatch ? abandoned_calls_.erase(it) : std::next(it);
     }
   }
   abandoned_calls_mu_.Unlock();

@@ -30,17 +30,9 @@ namespace {
 namespace messages = data_plane_messages;
 using common::BlockRef;
 
-// The least time an answer and its data get to leave, even past the
-// requester's deadline (its clock is not ours; a requester that gave up
-// takes the data off its queue within one poll of its fetch threads, 100 ms).
-constexpr absl::Duration kSendMinTimeout = absl::Seconds(2);
 // How long the data of a Fetch that stopped waiting may take to arrive
 // whole once it has begun to (a 1 GiB block: ~25 s over the test bed's TCP).
 constexpr absl::Duration kLateDataTransferTimeout = absl::Seconds(60);
-// How long a Fetch that stopped waiting is remembered, so that its late
-// answer and data are taken off UCX's queue rather than kept there forever
-// (and its owner's send of the data is not left to time out).
-constexpr absl::Duration kAbandonedFetchWatch = absl::Minutes(5);
 
 }  // namespace
 
@@ -164,13 +156,13 @@ absl::Status DataPlane::Impl::SendFetched(const Connection& requester, uint64_t 
   absl::Status answered =
       node_->Send(requester.peer, messages::FetchReplyTag(request_id),
                   messages::EncodeFetchReply(reply),
-                  std::max(deadline - absl::Now(), kSendMinTimeout));
+                  std::max(deadline - absl::Now(), kAnswerMinTimeout));
   if (!answered.ok() || !data.ok() || inline_data) return answered;
   // Large data goes by UCX's rendezvous: this waits until the requester has
   // taken it (or stopped waiting and drained it; or is lost).
   return node_->Send(requester.peer, messages::FetchDataTag(request_id),
                      absl::string_view(data->data(), data->size()),
-                     std::max(deadline - absl::Now(), kSendMinTimeout));
+                     std::max(deadline - absl::Now(), kAnswerMinTimeout));
 }
 
 void DataPlane::Impl::DrainAbandonedFetches() {
@@ -202,7 +194,7 @@ void DataPlane::Impl::DrainAbandonedFetches() {
         continue;
       }
     }
-    it = now - fetch.since > kAbandonedFetchWatch ? abandoned_fetches_.erase(it) : std::next(it);
+    it = now - fetch.since > kAbandonedWatch ? abandoned_fetches_.erase(it) : std::next(it);
   }
   abandoned_fetches_mu_.Unlock();
 }

@@ -29,6 +29,20 @@
 
 namespace dragon::agent {
 
+// The request-serving threads' timing, shared by Push, Fetch and Call:
+// - how long a serving thread waits for a request before it looks whether
+//   the data plane is stopping (the destructor's wait for the threads) and
+//   does its housekeeping;
+inline constexpr absl::Duration kRequestPoll = absl::Milliseconds(100);
+// - the least time an answer (and a Fetch's data) gets to leave, even past
+//   the requester's deadline: its clock is not ours, and a requester that
+//   gave up drains late answers within one kRequestPoll of its threads;
+inline constexpr absl::Duration kAnswerMinTimeout = absl::Seconds(2);
+// - how long a request that stopped waiting is remembered, so that its late
+//   answer is taken off UCX's queue rather than kept there forever (past
+//   this its server is gone or has dropped it).
+inline constexpr absl::Duration kAbandonedWatch = absl::Minutes(5);
+
 // "block (offset 4096, 8192 bytes, generation 3)", for messages and logs.
 std::string DescribeBlock(const common::BlockRef& ref);
 // `status` with `context` before its message ("<context>: <message>").

@@ -20,17 +20,6 @@ namespace {
 namespace messages = data_plane_messages;
 using common::BlockRef;
 
-// How long a request thread waits for a request before it looks whether the
-// data plane is stopping: the destructor's wait for the threads.
-constexpr absl::Duration kRequestPoll = absl::Milliseconds(100);
-// The least time an answer gets to leave, even past the requester's deadline
-// (it may still be waiting: its clock is not ours). Answers are small and
-// leave at once, unless their connection is new and still being set up.
-constexpr absl::Duration kReplyMinTimeout = absl::Seconds(2);
-// How long an answer nobody waits for any more is looked for: past this its
-// server is gone or has dropped it.
-constexpr absl::Duration kAbandonedReplyWatch = absl::Minutes(5);
-
 }  // namespace
 
 absl::Status CheckOwnerAlive(pid_t owner, const std::string& node_id) {
@@ -82,7 +71,7 @@ void DataPlane::Impl::DrainAbandonedReplies() {
     absl::StatusOr<std::string> late =
         node_->Receive(messages::PushReplyTag(request_id), absl::ZeroDuration());
     if (!late.ok()) {
-      it = now - it->second > kAbandonedReplyWatch ? abandoned_replies_.erase(it) : std::next(it);
+      it = now - it->second > kAbandonedWatch ? abandoned_replies_.erase(it) : std::next(it);
       continue;
     }
     it = abandoned_replies_.erase(it);
@@ -135,7 +124,7 @@ void DataPlane::Impl::Serve(absl::string_view message) {
 
 void DataPlane::Impl::Reply(const std::string& requester, uint64_t request_id,
                             const absl::StatusOr<BlockRef>& result, absl::Time deadline) {
-  const absl::Duration timeout = std::max(deadline - absl::Now(), kReplyMinTimeout);
+  const absl::Duration timeout = std::max(deadline - absl::Now(), kAnswerMinTimeout);
   absl::StatusOr<Connection> connection = ConnectionTo(requester);
   absl::Status sent = connection.status();
   if (connection.ok()) {
