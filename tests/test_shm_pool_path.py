@@ -299,6 +299,12 @@ def test_agent_killed_mid_run_tasks_with_pool_data_complete_once(worker_pythonpa
     dfk, executor = load_parsl(tmp_path, workers_per_node=2)
     try:
         run_dir = executor.local_head.run_dir
+        # Tasks submitted before the embedded agent registers go inline, by design (see
+        # started_head): warm up until one's arguments went through the pool, or the kill
+        # below would not test pool data at all.
+        wait_for(lambda: agent_nodes(run_dir), 60, "the agent to register")
+        wait_for(lambda: scaled(image(0), 1.0).result(timeout=60) is not None and
+                 executor.shm_counters()["dir"] is not None, 30, "a task's arguments in the agent's pool")
         imgs = [image(i % 4) for i in range(40)]
         futures = [slow_scaled(img, float(i)) for i, img in enumerate(imgs)]
         wait_for(lambda: 4 <= sum(f.done() for f in futures) < 30, 60, "the run to be under way", interval=0.01)
