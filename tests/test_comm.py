@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -199,11 +200,33 @@ def test_an_app_whose_walltime_passes_at_a_barrier_breaks_it_for_the_others(dfk)
         app.result(timeout=60)
 
 
+def stacks_of(pid: int) -> str:
+    """Every thread's stack of a live process (py-spy, Python and native frames), for the message
+    of a test that found it hanging."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return "(py-spy is not installed: no stacks)"
+    done = subprocess.run([spy, "dump", "--native", "--pid", str(pid)], capture_output=True, text=True,
+                          timeout=60)
+    signals = []
+    for task in sorted(os.listdir(f"/proc/{pid}/task")):
+        with open(f"/proc/{pid}/task/{task}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        signals.append(f"thread {task} {fields['Name'].strip()}: " + " ".join(
+            f"{k}={fields[k].strip()}" for k in ("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")))
+    return done.stdout + done.stderr + "\n".join(signals)
+
+
 def test_ctrl_c_interrupts_a_barrier_wait_and_breaks_it_for_the_others(dfk, tmp_path):
     barrier = comm.Barrier(2)
     (tmp_path / "barrier.pickle").write_bytes(pickle.dumps(barrier))
     party = subprocess.Popen(
-        [sys.executable, "-c", "import pickle, sys; b = pickle.loads(open(sys.argv[1], 'rb').read()); "
+        # Ctrl-C's handler set as in a main program: a command started in the background by a
+        # shell without job control (nohup ... &, some CI runners) inherits SIGINT ignored, and
+        # Python then leaves it ignored (the wait would never see the signal).
+        [sys.executable, "-c", "import pickle, signal, sys; "
+                               "signal.signal(signal.SIGINT, signal.default_int_handler); "
+                               "b = pickle.loads(open(sys.argv[1], 'rb').read()); "
                                "print('waiting', flush=True); b.wait()", str(tmp_path / "barrier.pickle")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -213,7 +236,10 @@ def test_ctrl_c_interrupts_a_barrier_wait_and_breaks_it_for_the_others(dfk, tmp_
             time.sleep(0.01)
         t0 = time.monotonic()
         party.send_signal(signal.SIGINT)
-        _, err = party.communicate(timeout=30)
+        try:
+            _, err = party.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the party did not end within 30 s of its Ctrl-C; its stacks:\n{stacks_of(party.pid)}")
         assert "KeyboardInterrupt" in err and party.returncode != 0, err
         assert time.monotonic() - t0 < 5  # within a slice or so, not at the end of a wait without timeout
     finally:
