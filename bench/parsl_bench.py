@@ -360,6 +360,15 @@ def cpu_delta(a, b, ta: dict | None = None, tb: dict | None = None) -> dict:
            "client_sys_s": b[3].system - a[3].system, "machine_busy_cpu_s": b[2] - a[2]}
     if ta is not None and tb is not None:
         out["service_cpu_s"] = {k: round(tb[k] - ta.get(k, 0.0), 3) for k in tb if tb[k] - ta.get(k, 0.0) > 0}
+        # What the machine spent outside this process and the processes it started, in cores
+        # over the run: another program, a build, a monitoring loop (and the kernel's interrupt
+        # work). Even a few percent of a CPU moved the Parsl no-op rates here by 20-40%
+        # (README.md, "a background loop that made everything faster"), so results show it.
+        # /proc/stat is sampled at the clock tick, the processes' own times are not: on a quiet
+        # machine this comes out a little below 0, shown as 0.
+        wall = b[0] - a[0]
+        outside = out["machine_busy_cpu_s"] - out["client_cpu_s"] - sum(out["service_cpu_s"].values())
+        out["outside_cores"] = round(max(0.0, outside) / wall, 3) if wall > 0 else None
     return out
 
 

@@ -34,6 +34,11 @@ def summarize(runs: list, executors: list, benches: list) -> dict:
                     "wakeups_per_task": None if e in parsl_bench.DRAGONHPC else median(
                         [sum(r["noop"]["thread_wakeups"].values()) / r["noop"]["tasks"]
                          for r in rs if "thread_wakeups" in r["noop"]]),
+                    # CPU outside the benchmark's processes, the most of any round (None for
+                    # dragonhpc, whose own runtime is outside them).
+                    "outside_cores_max": None if e in parsl_bench.DRAGONHPC else max(
+                        [r["noop"]["outside_cores"] for r in rs if r["noop"].get("outside_cores") is not None],
+                        default=None),
                     "errors": errs}
         summary["noop"] = s
     if "latency" in benches:

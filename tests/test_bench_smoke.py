@@ -68,6 +68,8 @@ def test_bench_quick(tmp_path):
             wakeups = r["noop"]["thread_wakeups"]
             assert wakeups.get("workflow", 0) > 0 and wakeups.get("dragond", 0) > 0, wakeups
             assert wakeups.get("dragon-agent", 0) > 0, wakeups
+            # CPU outside the benchmark's processes, in cores: a number, never below 0.
+            assert 0 <= r["noop"]["outside_cores"] <= res["machine"]["cores"], r["noop"]
     assert s["noop"]["dragon"]["wakeups_per_task"] > 0, s["noop"]["dragon"]
     for e in ("dragonhpc-batch", "dragonhpc-pool"):
         # Where dragonhpc runs its numbers are there; where it does not, a reason is.
@@ -92,7 +94,7 @@ def test_bench_quick(tmp_path):
                     "## Image batch", "## Native throughput", "## Scale of the head"):
         assert heading in md
     assert "| DragonExecutor |" in md and "| HighThroughputExecutor |" in md
-    assert "| thread wake-ups/task |" in md
+    assert "| thread wake-ups/task | outside load (cores) |" in md
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert {"noop_throughput.png", "latency.png", "image_efficiency.png"} <= set(pngs), pngs
 
