@@ -10,6 +10,8 @@ import math
 import sys
 from pathlib import Path
 
+import quiet_check
+
 NAMES = {
     "dragon": "DragonExecutor",
     "dragon-prefetch": "DragonExecutor, prefetch",
@@ -64,6 +66,8 @@ def markdown(res: dict) -> str:
              f"kernel {m.get('kernel')}, host {m['host']}; load average at start "
              f"{', '.join(f'{x:.2f}' for x in m['loadavg_start'])}"
              + (f", at end {', '.join(f'{x:.2f}' for x in m['loadavg_end'])}" if m.get("loadavg_end") else ""))
+    if m.get("quiet_check"):
+        L.append(f"- {quiet_check.describe(m['quiet_check'])}")
     L.append(f"- versions: python {v['python']}, parsl {v['parsl']}, dragon_parsl {v['dragon_parsl']}, "
              f"dragonhpc {v['dragonhpc'] or 'not installed'}, numpy {v['numpy']}, grpcio {v['grpcio']}; "
              f"commit {m.get('git_commit')}")
@@ -223,12 +227,13 @@ def parsl_markdown(parsl: dict, s: dict, cond: str) -> list:
                  "the machine during the run (workers, daemons, and anything else running). Thread wake-ups "
                  "count every time a thread of the workflow process or of a process it started (the service, "
                  "the workers) blocked and was woken again (voluntary context switches): the hand-offs a "
-                 "task pays for (not for dragonhpc, whose runtime the workflow process does not start). Outside "
-                 "load is the busy CPU of the machine outside the workflow process and the processes it started, "
-                 "in cores, the most of any round: another program running beside the benchmark (for dragonhpc, "
-                 "its own runtime: not shown). On the 2-core VM of bench/README.md a loop using a few percent "
-                 "of a CPU moved these rates by 20-40% (it showed as 0.22 cores; a quiet machine shows 0-0.06, the "
-                 "machine's counters being sampled at the clock tick): compare rounds only where it stayed near 0.")
+                 "task pays for. Outside load is the busy CPU of the machine outside the workflow process and the"
+                 " processes it started, in cores, the most of any round: another program running beside the "
+                 "benchmark. Neither is shown for dragonhpc and HTEX, some of whose processes are not descendants"
+                 " of the workflow process (dragonhpc's runtime; HTEX's worker pool, which its provider starts in"
+                 " the background). On the 2-core VM of bench/README.md a loop using a few percent of a CPU moved"
+                 " these rates by 20-40% (it showed as 0.22 cores; a quiet machine shows 0-0.06, the machine's "
+                 "counters being sampled at the clock tick): compare rounds only where it stayed near 0.")
         if any(f in execs for f in FLOOR):
             fl = nr.get("dragon/dfk-floor", {})
             L.append("The DFK floor executors run nothing (every future completes with None: at submit, or from "

@@ -47,6 +47,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import parsl_bench  # noqa: E402
+import quiet_check  # noqa: E402
 from parsl_bench import BENCHES, DRAGONHPC, EXECUTORS, FLOOR, OPT_IN, benches_for  # noqa: E402
 from run_summary import (hook_targets, issue15_targets, native_targets, ratios, summarize,  # noqa: E402
                          targets)
@@ -427,8 +428,10 @@ def main(argv=None) -> int:
     work.mkdir(exist_ok=True)
     env = bench_env()
     mach = machine_info(env)
+    mach["quiet_check"] = quiet_check.quiet_check(1.0 if args.quick else 3.0)
     dh = dragonhpc_status()
     log(f"bench: output in {out}")
+    log(f"bench: {quiet_check.describe(mach['quiet_check'])}")
     log(f"bench: {mach['cores']} cores, {mach['cpu_model']}, python {mach['versions']['python']}, "
         f"parsl {mach['versions']['parsl']}, dragon_parsl {mach['versions']['dragon_parsl']} "
         f"({mach['versions']['dragon_parsl_path']})")

@@ -10,6 +10,13 @@ import parsl_bench
 from parsl_bench import FLOOR
 
 
+# Executors some of whose processes the workflow process does not start as its descendants:
+# dragonhpc's runtime (its launcher starts the workflow), and HTEX's worker pool (LocalProvider
+# starts it in the background through a shell that exits: it is reparented). Counts over the
+# workflow's process tree (wake-ups, outside load) would miss or misplace their work.
+NOT_ALL_DESCENDANTS = (*parsl_bench.DRAGONHPC, "htex")
+
+
 def median(xs: list) -> float | None:
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -30,13 +37,12 @@ def summarize(runs: list, executors: list, benches: list) -> dict:
                     "machine_cpu_us_per_task": median([r["noop"]["machine_busy_cpu_s"] / r["noop"]["tasks"] * 1e6
                                                        for r in rs]),
                     # The workflow process and every process it started (None for runs before they were
-                    # counted, and for dragonhpc, whose runtime is not started by the workflow process).
-                    "wakeups_per_task": None if e in parsl_bench.DRAGONHPC else median(
+                    # counted, and where the executor's processes are not all its descendants).
+                    "wakeups_per_task": None if e in NOT_ALL_DESCENDANTS else median(
                         [sum(r["noop"]["thread_wakeups"].values()) / r["noop"]["tasks"]
                          for r in rs if "thread_wakeups" in r["noop"]]),
-                    # CPU outside the benchmark's processes, the most of any round (None for
-                    # dragonhpc, whose own runtime is outside them).
-                    "outside_cores_max": None if e in parsl_bench.DRAGONHPC else max(
+                    # CPU outside the benchmark's processes, the most of any round.
+                    "outside_cores_max": None if e in NOT_ALL_DESCENDANTS else max(
                         [r["noop"]["outside_cores"] for r in rs if r["noop"].get("outside_cores") is not None],
                         default=None),
                     "errors": errs}

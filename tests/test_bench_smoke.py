@@ -95,6 +95,8 @@ def test_bench_quick(tmp_path):
         assert heading in md
     assert "| DragonExecutor |" in md and "| HighThroughputExecutor |" in md
     assert "| thread wake-ups/task | outside load (cores) |" in md
+    assert res["machine"]["quiet_check"]["seconds"] > 0
+    assert "before the run: " in md  # quiet or not, said in the header
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert {"noop_throughput.png", "latency.png", "image_efficiency.png"} <= set(pngs), pngs
 
@@ -162,3 +164,22 @@ def test_channel_bench_quick(tmp_path, request):
     assert all(t["status"] in ("PASS", "MISS") for t in targets.values())
     if not extra:  # the script's own bed: down again
         assert not [n for n in testbed_fixtures.testbed_namespaces() if n.startswith("tb-")]
+
+
+@pytest.mark.timeout(60)
+def test_quiet_check_names_a_process_that_keeps_a_cpu_busy():
+    spec = importlib.util.spec_from_file_location("quiet_check", REPO / "bench" / "quiet_check.py")
+    quiet_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quiet_check)
+
+    spin = subprocess.Popen([sys.executable, "-c", "import os\nwhile True: os.getpid()"])
+    try:
+        check = quiet_check.quiet_check(1.5)
+    finally:
+        spin.kill()
+        spin.wait()
+    assert not check["quiet"] and check["busy_cores"] > 0.3, check
+    spinner = [t for t in check["top"] if t["pid"] == spin.pid]
+    assert spinner and spinner[0]["cores"] > 0.3, check
+    line = quiet_check.describe(check)
+    assert line.startswith("NOT QUIET before the run:") and f"(pid {spin.pid})" in line, line
