@@ -209,11 +209,14 @@ def stacks_of(pid: int) -> str:
     done = subprocess.run([spy, "dump", "--native", "--pid", str(pid)], capture_output=True, text=True,
                           timeout=60)
     signals = []
-    for task in sorted(os.listdir(f"/proc/{pid}/task")):
-        with open(f"/proc/{pid}/task/{task}/status") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
-        signals.append(f"thread {task} {fields['Name'].strip()}: " + " ".join(
-            f"{k}={fields[k].strip()}" for k in ("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")))
+    try:
+        for task in sorted(os.listdir(f"/proc/{pid}/task")):
+            with open(f"/proc/{pid}/task/{task}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            signals.append(f"thread {task} {fields['Name'].strip()}: " + " ".join(
+                f"{k}={fields[k].strip()}" for k in ("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")))
+    except OSError as e:  # it ended (or a thread did) while we looked: say so, keep what we have
+        signals.append(f"(process {pid} or one of its threads is gone: {e})")
     return done.stdout + done.stderr + "\n".join(signals)
 
 
