@@ -25,7 +25,7 @@ import time
 import traceback
 from collections import deque
 
-from proc_counts import thread_context_switches
+from proc_counts import machine_busy_seconds, thread_context_switches
 
 EXECUTORS = ("dragon", "threadpool", "htex", "dragonhpc-batch", "dragonhpc-pool", "dragon-prefetch",
              "dfk-floor-inline", "dfk-floor-thread", "dfk-floor-gather", "dragon-files")
@@ -279,12 +279,7 @@ class Loaded:
 
 def cpu_snapshot() -> tuple:
     """(wall, this process's CPU s, whole machine's busy CPU s, os.times()) now."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    tick = os.sysconf("SC_CLK_TCK")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    busy = (sum(fields[:8]) - idle) / tick
-    return time.perf_counter(), time.process_time(), busy, os.times()
+    return time.perf_counter(), time.process_time(), machine_busy_seconds(), os.times()
 
 
 def _process_tree() -> dict:

@@ -1,4 +1,4 @@
-"""Counts the benchmarks read from /proc about a process's threads."""
+"""Counts the benchmarks read from /proc: a process's threads, every process's CPU, the machine's."""
 from __future__ import annotations
 
 import os
@@ -25,3 +25,30 @@ def thread_context_switches(pid, voluntary_only: bool = False) -> int:
         except (OSError, ValueError):
             continue
     return total
+
+
+def machine_busy_seconds() -> float:
+    """Busy CPU seconds of the whole machine since boot (/proc/stat: all but idle and iowait),
+    sampled at the clock tick."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds() -> dict:
+    """{pid: (name, CPU seconds)} of every process now (user and system, its own threads)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.find("(") + 1:stat.rfind(")")]
+        rest = stat.rsplit(")", 1)[1].split()
+        out[int(d)] = (name, (int(rest[11]) + int(rest[12])) / tick)
+    return out

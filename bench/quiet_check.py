@@ -2,51 +2,27 @@
 window, and the processes that used it.
 
 On the 2-core VM of bench/README.md a loop using a few percent of a CPU moved the Parsl no-op
-rates by 20-40% (README.md, "a background loop that made everything faster"): a run started
-beside a build or a monitoring loop measures that, not the executors. bench/run.py calls this
-before measuring and says so in results.md; the runs themselves report their own outside load.
+rates by 20-40% (README.md, "the head and agent on one CPU"): a run started beside a build or a
+monitoring loop measures that, not the executors. bench/run.py calls this before measuring and
+says so in results.md; the runs themselves report their own outside load.
 """
 from __future__ import annotations
 
-import os
 import time
+
+from proc_counts import machine_busy_seconds, process_cpu_seconds
 
 # Busy cores from which the machine counts as not quiet: the clock-tick sampling of /proc/stat
 # shows a few hundredths on an idle machine.
 NOT_QUIET_CORES = 0.1
 
 
-def _busy_seconds() -> float:
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _process_cpu() -> dict:
-    """{pid: (name, CPU seconds)} of every process now."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        name = stat[stat.find("(") + 1:stat.rfind(")")]
-        rest = stat.rsplit(")", 1)[1].split()
-        out[int(d)] = (name, (int(rest[11]) + int(rest[12])) / tick)
-    return out
-
-
 def quiet_check(seconds: float = 2.0, top: int = 3) -> dict:
     """{"seconds", "busy_cores", "quiet", "top": [{"pid", "name", "cores"}]}: what the machine
     did over `seconds` (this process included, which only sleeps)."""
-    p0, b0, t0 = _process_cpu(), _busy_seconds(), time.perf_counter()
+    p0, b0, t0 = process_cpu_seconds(), machine_busy_seconds(), time.perf_counter()
     time.sleep(seconds)
-    p1, b1, t1 = _process_cpu(), _busy_seconds(), time.perf_counter()
+    p1, b1, t1 = process_cpu_seconds(), machine_busy_seconds(), time.perf_counter()
     wall = t1 - t0
     used = sorted(((cpu - p0[pid][1], pid, name) for pid, (name, cpu) in p1.items() if pid in p0),
                   reverse=True)
