@@ -25,7 +25,7 @@ import time
 import traceback
 from collections import deque
 
-from proc_counts import machine_busy_seconds, thread_context_switches
+from proc_counts import each_process_stat, machine_busy_seconds, thread_context_switches
 
 EXECUTORS = ("dragon", "threadpool", "htex", "dragonhpc-batch", "dragonhpc-pool", "dragon-prefetch",
              "dfk-floor-inline", "dfk-floor-thread", "dfk-floor-gather", "dragon-files")
@@ -287,18 +287,13 @@ def _process_tree() -> dict:
     from this one."""
     children: dict = {}
     info: dict = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
+    for pid, _, rest in each_process_stat():
         try:
-            with open(f"/proc/{d}/stat") as f:
-                stat = f.read()
-            with open(f"/proc/{d}/cmdline", "rb") as f:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().split(b"\0")
         except OSError:
             continue
-        rest = stat.rsplit(")", 1)[1].split()
-        pid, ppid = int(d), int(rest[1])
+        ppid = int(rest[1])
         children.setdefault(ppid, []).append(pid)
         info[pid] = (cmd, rest)
     out: dict = {}

@@ -36,10 +36,9 @@ def machine_busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def process_cpu_seconds() -> dict:
-    """{pid: (name, CPU seconds)} of every process now (user and system, its own threads)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
+def each_process_stat():
+    """(pid, name, the /proc/PID/stat fields after the name) of every process now; one that ends
+    while it is read is left out."""
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -48,7 +47,10 @@ def process_cpu_seconds() -> dict:
                 stat = f.read()
         except OSError:
             continue
-        name = stat[stat.find("(") + 1:stat.rfind(")")]
-        rest = stat.rsplit(")", 1)[1].split()
-        out[int(d)] = (name, (int(rest[11]) + int(rest[12])) / tick)
-    return out
+        yield int(d), stat[stat.find("(") + 1:stat.rfind(")")], stat.rsplit(")", 1)[1].split()
+
+
+def process_cpu_seconds() -> dict:
+    """{pid: (name, CPU seconds)} of every process now (user and system, its own threads)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    return {pid: (name, (int(rest[11]) + int(rest[12])) / tick) for pid, name, rest in each_process_stat()}
