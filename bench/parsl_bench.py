@@ -352,7 +352,7 @@ def cpu_delta(a, b, ta: dict | None = None, tb: dict | None = None) -> dict:
         out["service_cpu_s"] = {k: round(tb[k] - ta.get(k, 0.0), 3) for k in tb if tb[k] - ta.get(k, 0.0) > 0}
         # What the machine spent outside this process and the processes it started, in cores
         # over the run: another program, a build, a monitoring loop (and the kernel's interrupt
-        # work). Even a few percent of a CPU moved the Parsl no-op rates here by 20-40%
+        # work). A loop using a fifth of a CPU moved the Parsl no-op rates here by 20-40%
         # (README.md, "a background loop that made everything faster"), so results show it.
         # /proc/stat is sampled at the clock tick, the processes' own times are not: on a quiet
         # machine this comes out a little below 0, shown as 0.

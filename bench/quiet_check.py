@@ -1,7 +1,7 @@
 """Is the machine quiet before a benchmark starts? Busy CPU of the whole machine over a short
 window, and the processes that used it.
 
-On the 2-core VM of bench/README.md a loop using a few percent of a CPU moved the Parsl no-op
+On the 2-core VM of bench/README.md a loop using a fifth of a CPU moved the Parsl no-op
 rates by 20-40% (README.md, "the head and agent on one CPU"): a run started beside a build or a
 monitoring loop measures that, not the executors. bench/run.py calls this before measuring and
 says so in results.md; the runs themselves report their own outside load.

@@ -231,7 +231,7 @@ def parsl_markdown(parsl: dict, s: dict, cond: str) -> list:
                  " processes it started, in cores, the most of any round: another program running beside the "
                  "benchmark. Neither is shown for dragonhpc and HTEX, some of whose processes are not descendants"
                  " of the workflow process (dragonhpc's runtime; HTEX's worker pool, which its provider starts in"
-                 " the background). On the 2-core VM of bench/README.md a loop using a few percent of a CPU moved"
+                 " the background). On the 2-core VM of bench/README.md a loop using a fifth of a CPU moved"
                  " these rates by 20-40% (it showed as 0.22 cores; a quiet machine shows 0-0.06, the machine's "
                  "counters being sampled at the clock tick): compare rounds only where it stayed near 0.")
         if any(f in execs for f in FLOOR):
