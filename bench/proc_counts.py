@@ -27,6 +27,27 @@ def thread_context_switches(pid, voluntary_only: bool = False) -> int:
     return total
 
 
+def thread_runqueue_wait_seconds(pid) -> float | None:
+    """Seconds a process's live threads have spent runnable but waiting for a CPU (the second
+    field of /proc/PID/task/TID/schedstat), summed; None where the kernel does not keep it. On a
+    busy machine a thread of the workflow that was woken waits here before it runs: the time the
+    CPU counts do not show."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except FileNotFoundError:
+            return None  # a kernel without CONFIG_SCHED_INFO (or a thread gone: counted as none)
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
 def machine_busy_seconds() -> float:
     """Busy CPU seconds of the whole machine since boot (/proc/stat: all but idle and iowait),
     sampled at the clock tick."""

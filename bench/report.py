@@ -207,27 +207,30 @@ def parsl_markdown(parsl: dict, s: dict, cond: str) -> list:
         cols = [(ref, head) for ref, head in NOOP_COLUMNS if ref in ("threadpool", "htex") or ref in execs
                 or (ref == "dfk-floor" and any(f in execs for f in FLOOR))]
         L.append("| executor | median tasks/s | each round (tasks/s) | " + " | ".join(h for _, h in cols)
-                 + " | client CPU us/task | machine CPU us/task | thread wake-ups/task | outside load (cores) |")
-        L.append("|---|---|---|" + "---|" * len(cols) + "---|---|---|---|")
+                 + " | client CPU us/task | machine CPU us/task | thread wake-ups/task | workflow waiting for a CPU us/task"
+                 + " | outside load (cores) |")
+        L.append("|---|---|---|" + "---|" * len(cols) + "---|---|---|---|---|")
         nr = rat.get("noop_tasks_per_s", {})
         for e in execs:
             x = ns.get(e, {})
             if x.get("tasks_per_s") is None:
                 L.append(f"| {NAMES.get(e, e)} | failed: {first_error(x.get('errors', []))} | |"
-                         + " |" * len(cols) + " | | | |")
+                         + " |" * len(cols) + " | | | | |")
                 continue
             vs = [1.0 if e == ref else nr.get(f"{e}/{ref}", {}).get("median") for ref, _ in cols]
             L.append(f"| {NAMES.get(e, e)} | {fmt(x['tasks_per_s'])} | {', '.join(fmt(r) for r in x['runs'])} | "
                      + " | ".join(ratio(v) for v in vs)
                      + f" | {fmt(x['client_cpu_us_per_task'])} | {fmt(x['machine_cpu_us_per_task'])}"
-                     + f" | {fmt(x.get('wakeups_per_task'), 1)} | {fmt(x.get('outside_cores_max'), 2)} |")
+                     + f" | {fmt(x.get('wakeups_per_task'), 1)} | {fmt(x.get('runqueue_wait_us_per_task'))}"
+                     + f" | {fmt(x.get('outside_cores_max'), 2)} |")
         L.append("")
         L.append("Ratios are medians of the per-round ratios (each round runs every executor back to back). "
                  "Client CPU is the workflow process (DFK + executor client); machine CPU is all busy CPU of "
                  "the machine during the run (workers, daemons, and anything else running). Thread wake-ups "
                  "count every time a thread of the workflow process or of a process it started (the service, "
                  "the workers) blocked and was woken again (voluntary context switches): the hand-offs a "
-                 "task pays for. Outside load is the busy CPU of the machine outside the workflow process and the"
+                 "task pays for. Waiting for a CPU is the time the workflow process's threads were runnable but"
+                 " not running (their run-queue wait), per task. Outside load is the busy CPU of the machine outside the workflow process and the"
                  " processes it started, in cores, the most of any round: another program running beside the "
                  "benchmark. Neither is shown for dragonhpc and HTEX, some of whose processes are not descendants"
                  " of the workflow process (dragonhpc's runtime; HTEX's worker pool, which its provider starts in"

@@ -41,6 +41,11 @@ def summarize(runs: list, executors: list, benches: list) -> dict:
                     "wakeups_per_task": None if e in NOT_ALL_DESCENDANTS else median(
                         [sum(r["noop"]["thread_wakeups"].values()) / r["noop"]["tasks"]
                          for r in rs if "thread_wakeups" in r["noop"]]),
+                    # The workflow process's threads runnable but waiting for a CPU (every executor's
+                    # workflow is this process).
+                    "runqueue_wait_us_per_task": median(
+                        [r["noop"]["workflow_runqueue_wait_s"] / r["noop"]["tasks"] * 1e6
+                         for r in rs if r["noop"].get("workflow_runqueue_wait_s") is not None]),
                     # CPU outside the benchmark's processes, the most of any round.
                     "outside_cores_max": None if e in NOT_ALL_DESCENDANTS else max(
                         [r["noop"]["outside_cores"] for r in rs if r["noop"].get("outside_cores") is not None],

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -70,7 +71,12 @@ def test_bench_quick(tmp_path):
             assert wakeups.get("dragon-agent", 0) > 0, wakeups
             # CPU outside the benchmark's processes, in cores: a number, never below 0.
             assert 0 <= r["noop"]["outside_cores"] <= res["machine"]["cores"], r["noop"]
+        # The workflow's threads' run-queue wait over the flood, in seconds: never more than its
+        # threads' count times the flood's length (this kernel keeps schedstat).
+        queued = r["noop"]["workflow_runqueue_wait_s"]
+        assert queued is not None and 0 <= queued <= 64 * r["noop"]["total_s"], r["noop"]
     assert s["noop"]["dragon"]["wakeups_per_task"] > 0, s["noop"]["dragon"]
+    assert s["noop"]["dragon"]["runqueue_wait_us_per_task"] is not None, s["noop"]["dragon"]
     for e in ("dragonhpc-batch", "dragonhpc-pool"):
         # Where dragonhpc runs its numbers are there; where it does not, a reason is.
         if e in parsl["executors"]:
@@ -94,7 +100,7 @@ def test_bench_quick(tmp_path):
                     "## Image batch", "## Native throughput", "## Scale of the head"):
         assert heading in md
     assert "| DragonExecutor |" in md and "| HighThroughputExecutor |" in md
-    assert "| thread wake-ups/task | outside load (cores) |" in md
+    assert "| thread wake-ups/task | workflow waiting for a CPU us/task | outside load (cores) |" in md
     assert res["machine"]["quiet_check"]["seconds"] > 0
     assert "before the run: " in md  # quiet or not, said in the header
     pngs = sorted(p.name for p in out.glob("*.png"))
@@ -182,3 +188,29 @@ def test_quiet_check_names_a_process_that_keeps_a_cpu_busy(monkeypatch):
     assert spinner and spinner[0]["cores"] > 0.3, check
     line = quiet_check.describe(check)
     assert line.startswith("NOT QUIET before the run:") and f"(pid {spin.pid})" in line, line
+
+
+@pytest.mark.timeout(60)
+def test_runqueue_wait_counts_threads_that_share_one_cpu(monkeypatch):
+    """Three busy processes confined to one CPU each wait for it about two thirds of the time; the
+    count the no-op benchmark reports (bench/proc_counts.py) must see that (and not their run
+    time, which is a third)."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import proc_counts
+
+    cpu = min(os.sched_getaffinity(0))
+    spin = "import os\nos.sched_setaffinity(0, {%d})\nwhile True: os.getpid()" % cpu
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(3)]
+    try:
+        time.sleep(0.5)  # both started and confined
+        before = [proc_counts.thread_runqueue_wait_seconds(p.pid) for p in spinners]
+        time.sleep(2.0)
+        after = [proc_counts.thread_runqueue_wait_seconds(p.pid) for p in spinners]
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+    waited = sum(b - a for a, b in zip(before, after))
+    # Over 2 s on one CPU the three wait about 4 s between them, and run 2 s.
+    assert 3.0 < waited < 6.5, (before, after)
+    assert proc_counts.thread_runqueue_wait_seconds(spinners[0].pid) is None  # gone: not a number
