@@ -4,6 +4,23 @@ from __future__ import annotations
 import os
 
 
+def _thread_files(pid, name: str) -> list | None:
+    """The text of /proc/PID/task/TID/NAME for each live thread of a process (`pid` may be
+    "self"); None when the process is gone. A thread that ends while it is read is left out."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    texts = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/{name}") as f:
+                texts.append(f.read())
+        except OSError:
+            continue
+    return texts
+
+
 def thread_context_switches(pid, voluntary_only: bool = False) -> int:
     """Context switches of a process's live threads (`pid` may be "self"). Voluntary ones are a
     thread that blocked and had to be woken again: the hand-offs its work pays for. Involuntary
@@ -12,40 +29,24 @@ def thread_context_switches(pid, voluntary_only: bool = False) -> int:
     fields = ("voluntary_ctxt_switches:",) if voluntary_only else (
         "voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")
     total = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                for line in f:
-                    if line.startswith(fields):
-                        total += int(line.split()[1])
-        except (OSError, ValueError):
-            continue
+    for status in _thread_files(pid, "status") or []:
+        for line in status.splitlines():
+            if line.startswith(fields):
+                total += int(line.split()[1])
     return total
 
 
 def thread_runqueue_wait_seconds(pid) -> float | None:
     """Seconds a process's live threads have spent runnable but waiting for a CPU (the second
-    field of /proc/PID/task/TID/schedstat), summed; None where the kernel does not keep it. On a
-    busy machine a thread of the workflow that was woken waits here before it runs: the time the
-    CPU counts do not show."""
-    total = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
+    field of /proc/PID/task/TID/schedstat), summed; None when the process is gone or the kernel
+    does not keep these counts. On a busy machine a thread of the workflow that was woken waits
+    here before it runs: the time the CPU counts do not show."""
+    if not os.path.exists("/proc/self/schedstat"):  # a kernel without CONFIG_SCHED_INFO
         return None
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[1])
-        except FileNotFoundError:
-            return None  # a kernel without CONFIG_SCHED_INFO (or a thread gone: counted as none)
-        except (OSError, ValueError, IndexError):
-            continue
-    return total / 1e9
+    texts = _thread_files(pid, "schedstat")
+    if texts is None:
+        return None
+    return sum(int(t.split()[1]) for t in texts if len(t.split()) > 1) / 1e9
 
 
 def machine_busy_seconds() -> float:

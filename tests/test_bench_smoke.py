@@ -202,7 +202,7 @@ def test_runqueue_wait_counts_threads_that_share_one_cpu(monkeypatch):
     spin = "import os\nos.sched_setaffinity(0, {%d})\nwhile True: os.getpid()" % cpu
     spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(3)]
     try:
-        time.sleep(0.5)  # both started and confined
+        time.sleep(0.5)  # all three started and confined
         start = time.monotonic()
         before = [proc_counts.thread_runqueue_wait_seconds(p.pid) for p in spinners]
         time.sleep(2.0)
