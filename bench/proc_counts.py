@@ -1,4 +1,5 @@
-"""Counts the benchmarks read from /proc: a process's threads, every process's CPU, the machine's."""
+"""Counts the benchmarks read from /proc: a process's threads, every process's CPU, the machine's;
+and how the machine's idle CPUs sleep (/sys)."""
 from __future__ import annotations
 
 import os
@@ -76,3 +77,32 @@ def process_cpu_seconds() -> dict:
     """{pid: (name, CPU seconds)} of every process now (user and system, its own threads)."""
     tick = os.sysconf("SC_CLK_TCK")
     return {pid: (name, (int(rest[11]) + int(rest[12])) / tick) for pid, name, rest in each_process_stat()}
+
+
+def cpu_idle() -> dict | None:
+    """How idle CPUs sleep: the cpuidle driver and governor, and for haltpoll (KVM guests) how
+    long an idle vCPU polls before it halts. On the 2-core VM of bench/README.md (haltpoll, 0 ns:
+    it halts at once) a poll of 200 us made the DFK floors 1.6-1.8x faster, so results name it.
+    None where the kernel has no cpuidle."""
+    def read(path):
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError:
+            return None
+    driver = read("/sys/devices/system/cpu/cpuidle/current_driver")
+    if driver is None:
+        return None
+    poll = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+    return {"driver": driver, "governor": read("/sys/devices/system/cpu/cpuidle/current_governor"),
+            "halt_poll_ns": int(poll) if poll and poll.isdigit() else None}
+
+
+def describe_cpu_idle(idle: dict | None) -> str:
+    """"idle CPUs: haltpoll, halt after polling 0 ns" for results.md's machine line."""
+    if not idle:
+        return "idle CPUs: not known (no cpuidle)"
+    text = f"idle CPUs: {idle['driver']}"
+    if idle.get("halt_poll_ns") is not None:
+        text += f", halt after polling {idle['halt_poll_ns']:,} ns"
+    return text

@@ -10,6 +10,7 @@ import math
 import sys
 from pathlib import Path
 
+import proc_counts
 import quiet_check
 
 NAMES = {
@@ -63,8 +64,10 @@ def markdown(res: dict) -> str:
     L.append(f"# Benchmark results {m['date']}")
     L.append("")
     L.append(f"- machine: {m['cores']} cores, {m['cpu_model'] or '?'}, {m.get('mem_gib')} GiB, "
-             f"kernel {m.get('kernel')}, host {m['host']}; load average at start "
-             f"{', '.join(f'{x:.2f}' for x in m['loadavg_start'])}"
+             f"kernel {m.get('kernel')}, host {m['host']}"
+             + (f", {proc_counts.describe_cpu_idle(m['cpu_idle'])}" if "cpu_idle" in m else "")
+             + "; load average at start "
+             + f"{', '.join(f'{x:.2f}' for x in m['loadavg_start'])}"
              + (f", at end {', '.join(f'{x:.2f}' for x in m['loadavg_end'])}" if m.get("loadavg_end") else ""))
     if m.get("quiet_check"):
         L.append(f"- {quiet_check.describe(m['quiet_check'])}")

@@ -47,6 +47,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import parsl_bench  # noqa: E402
+import proc_counts  # noqa: E402
 import quiet_check  # noqa: E402
 from parsl_bench import BENCHES, DRAGONHPC, EXECUTORS, FLOOR, OPT_IN, benches_for  # noqa: E402
 from run_summary import (hook_targets, issue15_targets, native_targets, ratios, summarize,  # noqa: E402
@@ -132,7 +133,7 @@ def machine_info(env: dict) -> dict:
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(), "cores": os.cpu_count(), "cpu_model": model, "mem_gib": mem_gib,
-        "kernel": platform.release(), "loadavg_start": os.getloadavg(),
+        "kernel": platform.release(), "loadavg_start": os.getloadavg(), "cpu_idle": proc_counts.cpu_idle(),
         "versions": {
             "python": platform.python_version(), "parsl": version("parsl"),
             "dragon_parsl": dp[0] if dp else None, "dragon_parsl_path": dp[1] if len(dp) > 1 else None,

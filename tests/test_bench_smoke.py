@@ -103,6 +103,8 @@ def test_bench_quick(tmp_path):
     assert "| thread wake-ups/task | workflow waiting for a CPU us/task | outside load (cores) |" in md
     assert res["machine"]["quiet_check"]["seconds"] > 0
     assert "before the run: " in md  # quiet or not, said in the header
+    # How idle CPUs sleep, in the machine line: the DFK floors moved 1.6-1.8x with it here.
+    assert "cpu_idle" in res["machine"] and ", idle CPUs: " in md.splitlines()[2], md.splitlines()[2]
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert {"noop_throughput.png", "latency.png", "image_efficiency.png"} <= set(pngs), pngs
 
