@@ -99,7 +99,7 @@ def cpu_idle() -> dict | None:
 
 
 def describe_cpu_idle(idle: dict | None) -> str:
-    """"idle CPUs: haltpoll, halt after polling 0 ns" for results.md's machine line."""
+    """For results.md's machine line, e.g. "idle CPUs: haltpoll, halt after polling 0 ns"."""
     if not idle:
         return "idle CPUs: not known (no cpuidle)"
     text = f"idle CPUs: {idle['driver']}"
