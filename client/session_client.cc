@@ -109,6 +109,7 @@ absl::Status SessionClient::Open() {
   hello->set_client_host(host);
   hello->set_client_pid(getpid());
   if (options_.infra_retries.has_value()) hello->set_infra_retries(*options_.infra_retries);
+  hello->set_accepted_with_results(options_.accepted_with_results);
 
   // A head that accepts the connection but never answers must not hang us.
   std::mutex wd_mu;
@@ -354,6 +355,11 @@ void SessionClient::ReceiverLoop() {
         {
           std::lock_guard<std::mutex> l(mu_);
           finished_ += static_cast<uint64_t>(msg.results().results_size());
+        }
+        // Ids held by the head (accepted_with_results): before the results, as
+        // an Accepted message would have been.
+        if (msg.results().has_accepted() && callbacks_.on_accepted) {
+          callbacks_.on_accepted(msg.results().accepted());
         }
         if (callbacks_.on_results) callbacks_.on_results(msg.mutable_results());
         break;

@@ -71,6 +71,13 @@ struct SessionOptions {
   // DataFlowKernel) has each task sent alone, and the head and the agent are
   // woken once per task. A lone task with nothing in flight goes at once.
   absl::Duration gather = absl::Microseconds(1000);
+  // Asks the head (Hello.accepted_with_results) to send a Python task's id
+  // with its next message to this session instead of an Accepted of its own:
+  // a task whose result comes first is then never in an Accepted (its result
+  // carries its id), and one of a longer task comes within the head's tick
+  // (100 ms). Half the messages in a flood of short tasks; a caller that
+  // needs each id as soon as the head gives it sets false.
+  bool accepted_with_results = true;
 };
 
 // Payloads on the errors of Connect and of a broken stream, so that callers
@@ -87,7 +94,9 @@ struct SessionCallbacks {
   // Called on the receiver thread, one call per ResultBatch message; the
   // callee may move data out of the batch. Must not call Close().
   std::function<void(dragon::v1::ResultBatch* batch)> on_results;
-  // Called on the receiver thread for each Accepted message (optional).
+  // Called on the receiver thread for each Accepted message, and for the ids
+  // a ResultBatch carries (just before its on_results) (optional). With
+  // SessionOptions::accepted_with_results, not every task's id comes here.
   std::function<void(const dragon::v1::Accepted& accepted)> on_accepted;
   // Called once, on the receiver thread, when the stream has ended: OK after
   // Close(), otherwise the error (optional).

@@ -27,13 +27,23 @@ using dragon::v1::HeadService;
 class TestHead final : public HeadService::Service {
  public:
   // kHold: accepts tasks and never sends their results (they stay in flight).
-  enum class Mode { kEcho, kRefuse, kWrongVersion, kSilent, kBreakAfterFirstBatch, kHold };
+  // kAcceptedInResults: ids in each ResultBatch (as a head holding them does).
+  enum class Mode {
+    kEcho,
+    kRefuse,
+    kWrongVersion,
+    kSilent,
+    kBreakAfterFirstBatch,
+    kHold,
+    kAcceptedInResults
+  };
   std::atomic<Mode> mode{Mode::kEcho};
   std::mutex mu;
   std::vector<int> batch_sizes;     // tasks per SubmitBatch received
   std::vector<size_t> batch_bytes;  // payload bytes per SubmitBatch
   std::map<uint64_t, std::string> data_node_by_ref;  // TaskSubmission.data_node received
   std::string hello_cwd;
+  bool hello_accepted_with_results = false;
   std::atomic<bool> stream_ended{false};
 
   grpc::Status Session(grpc::ServerContext* context,
@@ -46,6 +56,7 @@ class TestHead final : public HeadService::Service {
     {
       std::lock_guard<std::mutex> l(mu);
       hello_cwd = msg.hello().cwd();
+      hello_accepted_with_results = msg.hello().accepted_with_results();
     }
     switch (mode.load()) {
       case Mode::kRefuse:
@@ -88,6 +99,11 @@ class TestHead final : public HeadService::Service {
       }
       if (mode == Mode::kBreakAfterFirstBatch) {
         return grpc::Status(grpc::StatusCode::INTERNAL, "head exploded");
+      }
+      if (mode == Mode::kAcceptedInResults) {
+        *results.mutable_results()->mutable_accepted() = accepted.accepted();
+        stream->Write(results);
+        continue;
       }
       stream->Write(accepted);
       if (mode != Mode::kHold) stream->Write(results);
@@ -134,6 +150,7 @@ struct Collector {
   std::condition_variable cv;
   std::map<uint64_t, std::string> data_by_ref;
   uint64_t accepted = 0;
+  std::string events;  // 'a' per on_accepted, 'r' per on_results, in order
   bool ended = false;
   absl::Status end_status;
 
@@ -141,6 +158,7 @@ struct Collector {
     SessionCallbacks cb;
     cb.on_results = [this](dragon::v1::ResultBatch* batch) {
       std::lock_guard<std::mutex> l(mu);
+      events += 'r';
       for (auto& r : *batch->mutable_results()) {
         data_by_ref[r.client_ref()] = std::move(*r.mutable_result()->mutable_data());
       }
@@ -149,6 +167,7 @@ struct Collector {
     cb.on_accepted = [this](const dragon::v1::Accepted& a) {
       std::lock_guard<std::mutex> l(mu);
       accepted += static_cast<uint64_t>(a.task_ids_size());
+      events += 'a';
     };
     cb.on_end = [this](const absl::Status& s) {
       std::lock_guard<std::mutex> l(mu);
@@ -218,6 +237,40 @@ TEST_CASE("Hello/Welcome, then thousands of tasks in capped batches, every resul
   CHECK(server.service.batch_sizes.size() < kTasks / 5);
   CHECK((*session)->tasks_sent() == kTasks);
   CHECK((*session)->lingers() == 0);  // linger is off by default
+}
+
+TEST_CASE("ids a ResultBatch carries reach on_accepted before its results") {
+  Server server;
+  server.service.mode = TestHead::Mode::kAcceptedInResults;
+  Collector got;
+  SessionOptions o;
+  o.address = server.address;
+  auto session = SessionClient::Connect(o, got.Callbacks());
+  REQUIRE(session.ok());
+  for (int i = 1; i <= 3; ++i) {
+    REQUIRE((*session)->Submit(Task(i, "x")).ok());
+    REQUIRE(got.WaitFor(static_cast<size_t>(i), std::chrono::seconds(5)));
+  }
+  CHECK((*session)->Close().ok());
+  CHECK(got.accepted == 3);
+  CHECK(got.events == "ararar");
+  std::lock_guard<std::mutex> l(server.service.mu);
+  CHECK(server.service.hello_accepted_with_results);  // asked by default
+}
+
+TEST_CASE("a client can ask for every Accepted as the head gives it") {
+  Server server;
+  Collector got;
+  SessionOptions o;
+  o.address = server.address;
+  o.accepted_with_results = false;
+  auto session = SessionClient::Connect(o, got.Callbacks());
+  REQUIRE(session.ok());
+  REQUIRE((*session)->Submit(Task(1, "x")).ok());
+  REQUIRE(got.WaitFor(1, std::chrono::seconds(5)));
+  CHECK((*session)->Close().ok());
+  std::lock_guard<std::mutex> l(server.service.mu);
+  CHECK_FALSE(server.service.hello_accepted_with_results);
 }
 
 TEST_CASE("a lone task leaves at once (no waiting for a batch to fill)") {

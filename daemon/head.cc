@@ -76,6 +76,7 @@ absl::StatusOr<dragon::v1::Welcome> Head::OpenSession(const dragon::v1::Hello& h
   session.infra_retries =
       hello.has_infra_retries() ? hello.infra_retries() : options_.infra_retries;
   session.outbox = std::move(outbox);
+  session.hold_accepted = hello.accepted_with_results();
   spdlog::info("session {} opened by '{}' pid {} on {} ({}), cwd {}, infra retries {}", id,
                hello.client_name(), hello.client_pid(), hello.client_host(), peer, hello.cwd(),
                session.infra_retries);
@@ -127,8 +128,13 @@ void Head::Submit(SessionId session_id, dragon::v1::SubmitBatch* batch) {
                    absl::StrCat("task ", id, " refused: ", refusal), "", now, &refused);
       continue;
     }
-    accepted->add_client_refs(sub.client_ref());
-    accepted->add_task_ids(id);
+    if (session->second.hold_accepted && sub.kind() == dragon::v1::PYTHON) {
+      session->second.held.Hold(sub.client_ref(), id);
+    } else {
+      // An executable (an MPI job) opens its I/O once its id is known: at once.
+      accepted->add_client_refs(sub.client_ref());
+      accepted->add_task_ids(id);
+    }
     AgentIndex data_agent = kNoAgent;
     if (!sub.data_node().empty()) {
       data_agent = DataAgentLocked(sub.data_node());
@@ -147,7 +153,10 @@ void Head::Submit(SessionId session_id, dragon::v1::SubmitBatch* batch) {
   // The client hears of its tasks after their agents do: waking the session's writer
   // first could cost the dispatch its CPU (two cores, everything busy) while it holds
   // mu_. Still under mu_, so Accepted stays ahead of any result of these tasks.
-  if (accepted->client_refs_size() > 0) session->second.outbox->Push(std::move(accepted_msg));
+  if (accepted->client_refs_size() > 0) {
+    session->second.held.MoveTo(accepted);  // a message goes anyway: take the held ids along
+    session->second.outbox->Push(std::move(accepted_msg));
+  }
   SendResultsLocked(&refused);
   ForgetOldFinishedLocked();
 }
@@ -320,9 +329,20 @@ void Head::FinishLocked(Task* task, TaskState state, Outcome outcome,
 void Head::SendResultsLocked(ResultsBySession* results) {
   for (auto& [session_id, msg] : *results) {
     auto session = sessions_.find(session_id);
-    if (session != sessions_.end()) session->second.outbox->Push(std::move(msg));
+    if (session == sessions_.end()) continue;
+    session->second.held.AttachTo(msg.mutable_results());
+    session->second.outbox->Push(std::move(msg));
   }
   results->clear();
+}
+
+void Head::FlushHeldAcceptedLocked() {
+  for (auto& [id, session] : sessions_) {
+    if (session.held.empty()) continue;
+    dragon::v1::HeadMessage msg;
+    session.held.MoveTo(msg.mutable_accepted());
+    session.outbox->Push(std::move(msg));
+  }
 }
 
 void Head::ForgetOldFinishedLocked() {

@@ -26,6 +26,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
+#include "daemon/held_accepted.h"
 #include "daemon/membership.h"
 #include "daemon/outbox.h"
 #include "daemon/scheduler.h"
@@ -192,6 +193,10 @@ class Head {
     uint32_t infra_retries = 0;
     std::shared_ptr<SessionOutbox> outbox;
     std::optional<dragon::v1::DataPeer> data_peer;  // PublishDataPeer
+    // Hello.accepted_with_results: Python tasks' ids wait in `held` for the
+    // next message to this session (results, Accepted, or Tick's flush).
+    bool hold_accepted = false;
+    HeldAccepted held;
   };
   struct Agent {
     dragon::v1::Register info;
@@ -215,7 +220,10 @@ class Head {
   void FinishLocked(Task* task, dragon::v1::TaskState state, dragon::v1::Outcome outcome,
                     dragon::v1::FailureKind failure, std::string error, std::string data,
                     int64_t now, ResultsBySession* results);
+  // Each session's results, with the ids held for it that they do not answer.
   void SendResultsLocked(ResultsBySession* results);
+  // Tick: every held id leaves, so that a long task's id is known within a tick.
+  void FlushHeldAcceptedLocked();
   const std::string& NodeNameLocked(AgentIndex agent) const;
   // The live agent serving `node_id` (TaskSubmission.data_node), or kNoAgent
   // for a node unknown, lost or gone: then the task has no preference.

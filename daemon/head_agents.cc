@@ -386,6 +386,7 @@ void Head::Tick() {
   DrainEndingLocked();
   FailQueuedWithoutNodesLocked(&results);
   SendResultsLocked(&results);
+  FlushHeldAcceptedLocked();
   DispatchLocked();
   ForgetOldFinishedLocked();
 }

@@ -70,11 +70,13 @@ struct Fixture {
   AgentIndex agent = kNoAgent;
   int drops = 0;  // times the head dropped an agent stream
 
-  explicit Fixture(int64_t keep_finished = kDefaultKeepFinished, uint32_t infra_retries = 1)
+  explicit Fixture(int64_t keep_finished = kDefaultKeepFinished, uint32_t infra_retries = 1,
+                   bool accepted_with_results = false)
       : head(TestOptions(keep_finished, infra_retries, &clock)) {
     dragon::v1::Hello hello;
     hello.set_protocol_version(kProtocolVersion);
     hello.set_cwd("/work");
+    hello.set_accepted_with_results(accepted_with_results);
     auto welcome = head.OpenSession(hello, session_box, "test");
     REQUIRE(welcome.ok());
     session = welcome->session_id();

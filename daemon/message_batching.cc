@@ -9,6 +9,11 @@ std::vector<dragon::v1::HeadMessage> MergeForClient(std::vector<dragon::v1::Head
   for (auto& msg : *in) {
     if (msg.has_results() && !out.empty() && out.back().has_results() &&
         open_bytes < soft_limit) {
+      if (msg.results().has_accepted()) {  // held ids: still ahead of these results
+        auto* dst = out.back().mutable_results()->mutable_accepted();
+        dst->mutable_client_refs()->MergeFrom(msg.results().accepted().client_refs());
+        dst->mutable_task_ids()->MergeFrom(msg.results().accepted().task_ids());
+      }
       for (auto& r : *msg.mutable_results()->mutable_results()) {
         open_bytes += r.result().data().size() + r.result().error().size() + 32;
         out.back().mutable_results()->mutable_results()->Add(std::move(r));

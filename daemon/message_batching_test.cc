@@ -41,6 +41,20 @@ TEST_CASE("accepted and results keep their relative order", "[batching]") {
   CHECK(out[2].has_accepted());
 }
 
+TEST_CASE("held ids ride along when result batches merge", "[batching]") {
+  std::vector<dragon::v1::HeadMessage> in;
+  in.push_back(Results(0, 1));
+  in.push_back(Results(1, 1));
+  in[1].mutable_results()->mutable_accepted()->add_client_refs(5);
+  in[1].mutable_results()->mutable_accepted()->add_task_ids(50);
+  auto out = MergeForClient(&in);
+  REQUIRE(out.size() == 1);
+  CHECK(out[0].results().results_size() == 2);
+  REQUIRE(out[0].results().accepted().task_ids_size() == 1);
+  CHECK(out[0].results().accepted().client_refs(0) == 5);
+  CHECK(out[0].results().accepted().task_ids(0) == 50);
+}
+
 TEST_CASE("a batch stops growing at the size limit", "[batching]") {
   std::vector<dragon::v1::HeadMessage> in;
   for (int i = 0; i < 4; ++i) in.push_back(Results(i, 1, 100));

@@ -390,7 +390,11 @@ class DragonExecutor(HeadStartMixin, SubmitPathMixin, TaskResultsMixin, BlockSca
         """Asks dragond to cancel the task behind ``fut`` (its future then fails with TaskCancelled)."""
         task_id = getattr(fut, "dragon_task_id", None)
         if not task_id:
-            raise DragonError("this future has no dragon task id (yet): it was not accepted by dragond")
+            # The head tells a Python task's id with its next message to this session (at most a
+            # tick, 0.1 s, after accepting it) or only with the result (Hello.accepted_with_results).
+            raise DragonError("this future has no dragon task id yet: dragond has not accepted it, or "
+                              "accepted it less than 0.1 s ago and not said so yet (try again, or use "
+                              "DragonPoolExecutor.cancel(), which waits for the id)")
         return self._unary("Cancel", head_pb2.CancelRequest(task_id=task_id), timeout=timeout)
 
     def monitor_resources(self) -> bool:

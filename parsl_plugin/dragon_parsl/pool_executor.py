@@ -135,9 +135,10 @@ class DragonPoolExecutor(cf.Executor):
 
     # ------------------------------------------------------------------ cancel
     def _cancel_on_head(self, fut: DragonPoolFuture) -> None:
-        """Asks the head, once, to cancel fut's task: now if the head has accepted it, else from
-        the Accepted message (task_results calls ``dragon_on_accepted``). Never blocks: the call
-        is made on the cancel thread."""
+        """Asks the head, once, to cancel fut's task: now if its id is known, else when the head
+        tells it (task_results calls ``dragon_on_accepted``; dragond sends a Python task's id
+        with its next message to the session, within its 0.1 s tick). Never blocks: the call is
+        made on the cancel thread."""
         asked = threading.Lock()  # taken by whichever of the two paths comes first
 
         def ask(_task_id: int = 0) -> None:
