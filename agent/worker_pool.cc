@@ -437,15 +437,18 @@ void WorkerPool::Loop() {
     runner_->AppendPollFds(&fds);
     if (mpi_ != nullptr) mpi_->AppendPollFds(&fds);
     fd_slot.resize(fds.size(), -2);  // -2: an executable's output pipe
-    int timeout_ms = reaping ? 5 : kIdlePollMs;
+    // In microseconds: a start held for its result (PoolOptions::start_linger_us)
+    // is due well within a millisecond.
+    int64_t timeout_us = (reaping ? 5 : kIdlePollMs) * int64_t{1000};
     for (std::optional<int64_t> wake :
          {state_->NextWakeUs(), runner_->NextWakeUs(),
           mpi_ != nullptr ? mpi_->NextWakeUs() : std::optional<int64_t>()}) {
       if (!wake) continue;
-      const int64_t until = (*wake - NowUs() + 999) / 1000;
-      timeout_ms = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(timeout_ms, until)));
+      timeout_us = std::max<int64_t>(0, std::min<int64_t>(timeout_us, *wake - NowUs()));
     }
-    int n = poll(fds.data(), fds.size(), timeout_ms);
+    const timespec timeout{static_cast<time_t>(timeout_us / 1'000'000),
+                           static_cast<long>((timeout_us % 1'000'000) * 1000)};
+    int n = ppoll(fds.data(), fds.size(), &timeout, nullptr);
     if (n < 0 && errno != EINTR) {
       spdlog::critical("worker pool: poll failed: {}", strerror(errno));
       break;
