@@ -18,10 +18,6 @@ constexpr uint32_t kProtocolVersion = v1::PROTOCOL_VERSION_CURRENT;
 // we cancel it ourselves (the agent must exit promptly, never hang).
 constexpr absl::Duration kCloseGrace = absl::Seconds(2);
 constexpr absl::Duration kRetryPause = absl::Milliseconds(200);
-// A reporting thread writes an update itself only up to this size: a small
-// write goes straight into the socket, where a large one could wait on the
-// head's flow-control window and hold up the pool's loop.
-constexpr size_t kInlineWriteMaxBytes = 16u << 10;
 
 std::string GrpcError(const grpc::Status& s) {
   std::string text = s.error_message();
@@ -76,10 +72,6 @@ absl::Status HeadConnection::Connect(uint64_t previous_incarnation, absl::Durati
     heartbeat_.reset();
     reader_done_ = false;
     shutdown_received_ = false;
-    serving_ = nullptr;
-    writing_ = false;
-    inline_write_failed_ = false;
-    last_update_ = absl::InfinitePast();
   }
   std::string last_error = "no attempt made";
   for (int attempt = 1;; ++attempt) {
@@ -178,36 +170,24 @@ void HeadConnection::TaskStarted(v1::TaskStarted started) {
 }
 
 void HeadConnection::TaskFinished(v1::TaskResult result) {
-  v1::AgentMessage msg;
-  {
-    absl::MutexLock l(&mu_);
-    results_.push_back(std::move(result));
-    // Taken in the same critical section as the push, so that the writer,
-    // whose wait ends on this unlock if anything is left, is not woken.
-    if (!TakeForInlineWriteLocked(&msg)) return;
-  }
-  WriteInline(msg);
+  absl::MutexLock l(&mu_);
+  results_.push_back(std::move(result));
 }
 
 void HeadConnection::TaskEvents(std::vector<v1::TaskStarted> started,
                                 std::vector<v1::TaskResult> results) {
-  v1::AgentMessage msg;
-  {
-    absl::MutexLock l(&mu_);
-    if (started_.empty() && !started.empty()) first_started_ = absl::Now();
-    if (started_.empty()) {
-      started_.swap(started);
-    } else {
-      for (auto& s : started) started_.push_back(std::move(s));
-    }
-    if (results_.empty()) {
-      results_.swap(results);
-    } else {
-      for (auto& r : results) results_.push_back(std::move(r));
-    }
-    if (!TakeForInlineWriteLocked(&msg)) return;  // as in TaskFinished
+  absl::MutexLock l(&mu_);
+  if (started_.empty() && !started.empty()) first_started_ = absl::Now();
+  if (started_.empty()) {
+    started_.swap(started);
+  } else {
+    for (auto& s : started) started_.push_back(std::move(s));
   }
-  WriteInline(msg);
+  if (results_.empty()) {
+    results_.swap(results);
+  } else {
+    for (auto& r : results) results_.push_back(std::move(r));
+  }
 }
 
 void HeadConnection::Heartbeat(v1::Heartbeat beat) {
@@ -298,67 +278,6 @@ void HeadConnection::ReaderLoop(TaskHandler* handler) {
   reader_done_ = true;
 }
 
-absl::Time HeadConnection::SendAtLocked() {
-  PendingUpdate pending;
-  pending.urgent = stop_ || reader_done_ || shutdown_received_ || heartbeat_.has_value() ||
-                   !task_io_.empty() || !task_logs_.empty();
-  pending.started = started_.size();
-  pending.results = results_.size();
-  pending.released = released_.size();
-  pending.queued_tasks = serving_ != nullptr ? serving_->QueuedTasks() : 0;
-  pending.last_update = last_update_;
-  pending.first_started = first_started_;
-  return SendAt(pending, options_.hold);
-}
-
-bool HeadConnection::TakeUpdateLocked(v1::AgentMessage* msg) {
-  v1::AgentUpdate update;
-  if (!TakeUpdate(&started_, &results_, options_.max_update_bytes, &update) && released_.empty() &&
-      task_io_.empty() && task_logs_.empty()) {
-    return false;
-  }
-  for (uint64_t id : released_) update.add_released(id);
-  released_.clear();
-  // TaskIO frames are small (a window of 256 KiB per job at most).
-  for (auto& f : task_io_) update.add_task_io()->Swap(&f);
-  task_io_.clear();
-  for (auto& a : task_logs_) update.add_task_logs()->Swap(&a);
-  task_logs_.clear();
-  *msg->mutable_update() = std::move(update);
-  ++updates_;
-  last_update_ = absl::Now();
-  return true;
-}
-
-bool HeadConnection::TakeForInlineWriteLocked(v1::AgentMessage* msg) {
-  // Anything but plain results (a heartbeat, task I/O, the stream ending)
-  // is the writer's.
-  if (serving_ == nullptr || writing_ || inline_write_failed_ || stop_ || reader_done_ ||
-      shutdown_received_ || heartbeat_.has_value() || !task_io_.empty() || !task_logs_.empty() ||
-      results_.empty()) {
-    return false;
-  }
-  if (SendAtLocked() > absl::Now()) return false;  // held on purpose (update_hold.h)
-  size_t bytes = 0;
-  for (const auto& r : results_) bytes += r.data().size() + r.error().size();
-  if (bytes > kInlineWriteMaxBytes) return false;
-  if (!TakeUpdateLocked(msg)) return false;
-  writing_ = true;  // the writer waits for it, and the stream is not ended meanwhile
-  return true;
-}
-
-void HeadConnection::WriteInline(const v1::AgentMessage& msg) {
-  spdlog::trace("update (from the pool's thread): {} started, {} results, {} released",
-                msg.update().started_size(), msg.update().results_size(),
-                msg.update().released_size());
-  // stream_ is replaced only by Connect, after Run has waited for !writing_.
-  const bool ok = stream_->Write(msg);
-  absl::MutexLock l(&mu_);
-  writing_ = false;
-  // The writer ends the stream; the reader sees the end and its status says why.
-  if (!ok) inline_write_failed_ = true;
-}
-
 absl::Status HeadConnection::Run(TaskHandler* handler) {
   const absl::Duration ping_timeout =
       registered_.heartbeat_timeout_ms() > 0
@@ -371,26 +290,29 @@ absl::Status HeadConnection::Run(TaskHandler* handler) {
   std::thread reader([this, handler] { ReaderLoop(handler); });
   bool stream_broken = false;
   std::string head_silent;  // set when the head stopped pinging
-  {
-    absl::MutexLock l(&mu_);
-    serving_ = handler;
-  }
+  uint64_t updates = 0;
 
-  auto ending = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return stop_ || reader_done_ || shutdown_received_ || inline_write_failed_;
+  auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stop_ || reader_done_ || shutdown_received_ || !started_.empty() || !results_.empty() ||
+           !released_.empty() || heartbeat_.has_value() || !task_io_.empty() ||
+           !task_logs_.empty();
   };
-  // Work for this thread: nothing while the pool's thread writes (it may be
-  // taking what is queued), except the stream's end.
-  auto has_work = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return ending() ||
-           (!writing_ && (!started_.empty() || !results_.empty() || !released_.empty() ||
-                          heartbeat_.has_value() || !task_io_.empty() || !task_logs_.empty()));
+  absl::Time last_update = absl::InfinitePast();
+  // When what is queued should leave (update_hold.h); re-evaluated on every
+  // event the pool reports, since each may change it.
+  auto send_at = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    PendingUpdate pending;
+    pending.urgent = stop_ || reader_done_ || shutdown_received_ || heartbeat_.has_value() ||
+                     !task_io_.empty() || !task_logs_.empty();
+    pending.started = started_.size();
+    pending.results = results_.size();
+    pending.released = released_.size();
+    pending.queued_tasks = handler->QueuedTasks();
+    pending.last_update = last_update;
+    pending.first_started = first_started_;
+    return SendAt(pending, options_.hold);
   };
-  // Re-evaluated on every event the pool reports, since each may change it.
-  auto send_now = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return ending() || (!writing_ && SendAtLocked() <= absl::Now());
-  };
-  auto not_writing = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !writing_; };
+  auto send_now = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return send_at() <= absl::Now(); };
   while (true) {
     v1::AgentMessage beat;
     v1::AgentMessage msg;
@@ -398,16 +320,12 @@ absl::Status HeadConnection::Run(TaskHandler* handler) {
       absl::MutexLock l(&mu_);
       // Wake at least every quarter timeout to look at the head's pings.
       mu_.AwaitWithTimeout(absl::Condition(&has_work), ping_timeout / 4);
-      // Held at most until SendAtLocked() (a start's linger, the results'
+      // Held at most until send_at() (a start's linger, the results'
       // window), both far below the ping timeout.
-      for (absl::Time until = SendAtLocked(); absl::Now() < until; until = SendAtLocked()) {
+      for (absl::Time until = send_at(); absl::Now() < until; until = send_at()) {
         if (mu_.AwaitWithDeadline(absl::Condition(&send_now), until)) break;
       }
       if (stop_ || reader_done_ || shutdown_received_) break;
-      if (inline_write_failed_) {
-        stream_broken = true;
-        break;
-      }
       const absl::Duration silent = absl::Now() - last_ping_;
       if (silent >= ping_timeout) {
         // Hung head, cut link, or this agent was stopped (SIGSTOP) for that
@@ -418,43 +336,37 @@ absl::Status HeadConnection::Run(TaskHandler* handler) {
                                       absl::ToDoubleSeconds(ping_timeout));
         break;
       }
-      if (writing_) continue;  // the pool's thread is writing: what is left waits for it
       if (heartbeat_) {
         *beat.mutable_heartbeat() = std::move(*heartbeat_);
         heartbeat_.reset();
       }
       // Everything queued since the last write goes out as one message.
-      TakeUpdateLocked(&msg);
-      if (!beat.has_heartbeat() && !msg.has_update()) continue;
-      writing_ = true;
-      if (msg.has_update()) {
-        spdlog::trace("update {}: {} started, {} results, {} released", updates_,
-                      msg.update().started_size(), msg.update().results_size(),
-                      msg.update().released_size());
+      v1::AgentUpdate update;
+      if (TakeUpdate(&started_, &results_, options_.max_update_bytes, &update) ||
+          !released_.empty() || !task_io_.empty() || !task_logs_.empty()) {
+        for (uint64_t id : released_) update.add_released(id);
+        released_.clear();
+        // TaskIO frames are small (a window of 256 KiB per job at most).
+        for (auto& f : task_io_) update.add_task_io()->Swap(&f);
+        task_io_.clear();
+        for (auto& a : task_logs_) update.add_task_logs()->Swap(&a);
+        task_logs_.clear();
+        *msg.mutable_update() = std::move(update);
       }
     }
-    bool ok = !beat.has_heartbeat() || stream_->Write(beat);
-    if (ok && msg.has_update()) ok = stream_->Write(msg);
-    {
-      absl::MutexLock l(&mu_);
-      writing_ = false;
-    }
-    if (!ok) {
-      stream_broken = true;  // the reader sees the end and the status says why
+    if (beat.has_heartbeat() && !stream_->Write(beat)) {
+      stream_broken = true;
       break;
     }
-  }
-  {
-    // No reporting thread starts a write any more; one under way ends before
-    // the stream does (WritesDone and Finish must not race a Write).
-    absl::MutexLock l(&mu_);
-    serving_ = nullptr;
-    if (!head_silent.empty()) context_->TryCancel();
-    if (!mu_.AwaitWithTimeout(absl::Condition(&not_writing), kCloseGrace)) {
-      spdlog::warn("a write to the head did not finish within {} s; cancelling the stream",
-                   absl::ToInt64Seconds(kCloseGrace));
-      context_->TryCancel();
-      mu_.Await(absl::Condition(&not_writing));
+    if (!msg.has_update()) continue;
+    ++updates;
+    last_update = absl::Now();
+    spdlog::trace("update {}: {} started, {} results, {} released", updates,
+                  msg.update().started_size(), msg.update().results_size(),
+                  msg.update().released_size());
+    if (!stream_->Write(msg)) {
+      stream_broken = true;  // the reader sees the end and the status says why
+      break;
     }
   }
 

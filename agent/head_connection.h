@@ -4,9 +4,6 @@
 // reports into one AgentUpdate per write (never one message per task), plus
 // the pool's answers to pings (heartbeats). The writer also watches the
 // head's pings: none for the heartbeat timeout and the head is given up on.
-// A small result that is due at once is written by the thread that reports
-// it (the pool's loop) when no write is under way: waking the writer for it
-// would cost a thread hand-off per task under a trickle of short tasks.
 #ifndef DRAGON_AGENT_HEAD_CONNECTION_H_
 #define DRAGON_AGENT_HEAD_CONNECTION_H_
 
@@ -92,16 +89,6 @@ class HeadConnection : public TaskEventSink {
 
   void ReaderLoop(TaskHandler* handler);
   absl::Status MakeChannel();
-  // When what is queued should leave (update_hold.h).
-  absl::Time SendAtLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Moves everything queued but heartbeats into msg (an AgentUpdate); false
-  // if there was nothing.
-  bool TakeUpdateLocked(v1::AgentMessage* msg) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // After a result is queued: takes the update for the reporting thread to
-  // write itself (WriteInline) if it is due now, small, and no write is
-  // under way; false leaves it to the writer.
-  bool TakeForInlineWriteLocked(v1::AgentMessage* msg) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void WriteInline(const v1::AgentMessage& msg) ABSL_LOCKS_EXCLUDED(mu_);
 
   HeadConnectionOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -126,13 +113,6 @@ class HeadConnection : public TaskEventSink {
   std::string shutdown_reason_ ABSL_GUARDED_BY(mu_);
   // The context of the call in progress, for Stop() to cancel.
   grpc::ClientContext* live_context_ ABSL_GUARDED_BY(mu_) = nullptr;
-  // Run's loop is serving the stream (set after its reader started, cleared
-  // when it leaves): only then may a reporting thread write.
-  TaskHandler* serving_ ABSL_GUARDED_BY(mu_) = nullptr;
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;  // a Write is under way (either thread)
-  bool inline_write_failed_ ABSL_GUARDED_BY(mu_) = false;
-  absl::Time last_update_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();  // when the last left
-  uint64_t updates_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace dragon::agent

@@ -385,10 +385,6 @@ int Main(int argc, char** argv) {
   copts.token = token;
   copts.tls_ca = absl::GetFlag(FLAGS_tls_ca);
   copts.connect_timeout = absl::Seconds(absl::GetFlag(FLAGS_connect_timeout));
-  // The worker pool holds a start for its result itself (PoolOptions::
-  // start_linger_us); the writer holding it again would only add to a longer
-  // task's delay.
-  copts.hold.start_linger = absl::ZeroDuration();
   v1::Register& reg = copts.registration;
   reg.set_node_id(node_id);
   reg.set_host(host);

@@ -53,28 +53,7 @@ void PoolState::Report(uint64_t task_id, v1::Outcome outcome, v1::FailureKind fa
   const int64_t now = now_us_();
   r.set_start_us(start_us != 0 ? start_us : now);
   r.set_end_us(now);
-  ReportFinished(std::move(r));
-}
-
-void PoolState::ReportStarted(v1::TaskStarted started) {
-  if (options_.start_linger_us <= 0) {
-    sink_->TaskStarted(std::move(started));
-    return;
-  }
-  if (starts_.empty()) first_start_us_ = now_us_();
-  starts_.push_back(std::move(started));
-}
-
-void PoolState::ReportFinished(v1::TaskResult result) {
-  if (starts_.empty()) {
-    sink_->TaskFinished(std::move(result));
-    return;
-  }
-  std::vector<v1::TaskResult> results;
-  results.push_back(std::move(result));
-  std::vector<v1::TaskStarted> starts;
-  starts.swap(starts_);
-  sink_->TaskEvents(std::move(starts), std::move(results));
+  sink_->TaskFinished(std::move(r));
 }
 
 void PoolState::Submit(v1::TaskAssignment task) {
@@ -269,13 +248,8 @@ void PoolState::Tick() {
     for (v1::TaskResult& r : held_.TakeDue(now)) {
       spdlog::warn("task {}: reported now; its process was killed by a stop signal but this agent "
                    "was not stopped within {} ms", r.task_id(), options_.stop_signal_hold_us / 1000);
-      ReportFinished(std::move(r));
+      sink_->TaskFinished(std::move(r));
     }
-  }
-  if (!starts_.empty() && now >= first_start_us_ + options_.start_linger_us) {
-    std::vector<v1::TaskStarted> starts;  // no result came for them meanwhile
-    starts.swap(starts_);
-    sink_->TaskEvents(std::move(starts), {});
   }
   if (limited_deadline_ + limited_memory_ > 0) EnforceLimits(now);
   for (int i = 0; i < slots(); ++i) {
@@ -307,7 +281,6 @@ std::optional<int64_t> PoolState::NextWakeUs() const {
   };
   if (limited_memory_ > 0) consider(next_memory_check_us_);
   if (std::optional<int64_t> held = held_.NextReleaseUs()) consider(*held);
-  if (!starts_.empty()) consider(first_start_us_ + options_.start_linger_us);
   if (limited_deadline_ > 0) {
     for (const Slot& s : slots_) {
       if (s.state == SlotState::kBusy && s.limits.deadline_us != 0) consider(s.limits.deadline_us);
@@ -428,14 +401,13 @@ void PoolState::Dispatch() {
       }
     }
     control_->SendTask(slot, std::move(task));
-    // Told (held: start_linger_us) after the worker has the task: telling may wake the head
-    // connection's writer, which on a busy node may take this thread's CPU before the task
-    // is sent.
+    // Told after the worker has the task: telling wakes the head connection's writer,
+    // which on a busy node may take this thread's CPU before the task is sent.
     v1::TaskStarted started;
     started.set_task_id(id);
     started.set_worker_pid(s.pid);
     started.set_start_us(s.start_us);
-    ReportStarted(std::move(started));
+    sink_->TaskStarted(std::move(started));
   }
 }
 
@@ -469,7 +441,7 @@ void PoolState::FinishRunning(int slot, v1::Outcome outcome, v1::FailureKind fai
 
 void PoolState::Emit(v1::TaskResult result, int signal) {
   if (!IsStopSignal(signal) || options_.stop_signal_hold_us <= 0) {
-    ReportFinished(std::move(result));
+    sink_->TaskFinished(std::move(result));
     return;
   }
   spdlog::warn("task {}: its process pid {} was killed by signal {} ({}), which this agent did not "

@@ -88,16 +88,6 @@ struct PoolOptions {
   // How long the end of a task whose process a stop signal killed (one the
   // agent did not send) is held before it is reported: see held_reports.h.
   int64_t stop_signal_hold_us = 2'000'000;
-  // A Python task's start is told to the sink together with its result when
-  // that comes within this long (one report, and one message to the head,
-  // instead of two: the result makes the start redundant), else when this
-  // has passed. It delays the head's RUNNING of a longer task by as much,
-  // and widens by as much the window in which a node lost right after a
-  // start makes the head re-queue that task as never started. Held here, on
-  // the pool's thread, which waits for the result anyway, rather than by the
-  // head connection's writer, which would have to wake to time it. 0: told
-  // at once.
-  int64_t start_linger_us = 300;
 };
 
 class PoolState {
@@ -244,10 +234,6 @@ class PoolState {
   // Kills tasks past their walltime or memory limit.
   void EnforceLimits(int64_t now);
   void KillForLimit(uint64_t task_id, int slot, v1::FailureKind kind, const std::string& why);
-  // To the sink: a start (held, see start_linger_us); a result, with the
-  // held starts ahead of it.
-  void ReportStarted(v1::TaskStarted started);
-  void ReportFinished(v1::TaskResult result);
 
   PoolOptions options_;
   int budget_ = 1;
@@ -276,9 +262,6 @@ class PoolState {
   int limited_memory_ = 0;
   int64_t next_memory_check_us_ = 0;
   HeldReports held_;
-  // Starts held for start_linger_us (oldest first), and when the oldest came.
-  std::vector<v1::TaskStarted> starts_;
-  int64_t first_start_us_ = 0;
 };
 
 }  // namespace dragon::agent

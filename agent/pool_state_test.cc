@@ -61,15 +61,10 @@ class RecordingSink : public TaskEventSink {
  public:
   void TaskStarted(v1::TaskStarted s) override { started.push_back(s); }
   void TaskFinished(v1::TaskResult r) override { results[r.task_id()] = r; }
-  void TaskEvents(std::vector<v1::TaskStarted> s, std::vector<v1::TaskResult> r) override {
-    reports.emplace_back(s.size(), r.size());
-    TaskEventSink::TaskEvents(std::move(s), std::move(r));
-  }
   void Heartbeat(v1::Heartbeat) override {}
   void TasksReleased(std::vector<uint64_t>) override {}
   std::vector<v1::TaskStarted> started;
   std::map<uint64_t, v1::TaskResult> results;
-  std::vector<std::pair<size_t, size_t>> reports;  // TaskEvents calls: starts, results
 };
 
 v1::TaskAssignment Task(uint64_t id) {
@@ -89,15 +84,13 @@ v1::TaskAssignment Exe(uint64_t id, std::string payload = "spec") {
 }
 
 struct Fixture {
-  explicit Fixture(int slots, int cores = 0, int64_t start_linger_us = 0)
-      : state(Options(slots, cores, start_linger_us), &control, &sink, [this] { return now; }) {}
-  // Starts are told at once unless a test asks (the hold has tests of its own).
-  static PoolOptions Options(int slots, int cores, int64_t start_linger_us) {
+  explicit Fixture(int slots, int cores = 0)
+      : state(Options(slots, cores), &control, &sink, [this] { return now; }) {}
+  static PoolOptions Options(int slots, int cores) {
     PoolOptions o;
     o.node_id = "n1";
     o.slots = slots;
     o.cores = cores;
-    o.start_linger_us = start_linger_us;
     return o;
   }
   int64_t now = 1'000'000;
@@ -123,52 +116,6 @@ TEST_CASE("tasks wait until a worker has sent READY") {
   CHECK(f.sink.started[0].start_us() == 1'000'000);
   CHECK(f.state.busy() == 1);
   CHECK(f.state.queued() == 0);
-}
-
-TEST_CASE("a short task's start is told with its result, in one report") {
-  Fixture f(1, 0, /*start_linger_us=*/300);
-  f.state.StartAll();
-  f.state.OnReady(0);
-  f.state.Submit(Task(1));
-  REQUIRE(f.control.sent.size() == 1);
-  CHECK(f.sink.started.empty());  // held
-  CHECK(f.state.NextWakeUs() == std::optional<int64_t>(1'000'300));
-  f.now = 1'000'100;
-  f.state.Tick();
-  CHECK(f.sink.started.empty());
-  f.state.OnTaskOutput(0, 1, v1::OK, "ret");
-  REQUIRE(f.sink.reports.size() == 1);
-  CHECK(f.sink.reports[0] == std::make_pair(size_t{1}, size_t{1}));
-  REQUIRE(f.sink.started.size() == 1);
-  CHECK(f.sink.started[0].task_id() == 1);
-  CHECK(f.sink.started[0].start_us() == 1'000'000);
-  CHECK(f.sink.results.count(1) == 1);
-  CHECK_FALSE(f.state.NextWakeUs().has_value());  // nothing held any more
-}
-
-TEST_CASE("a longer task's start is told once the hold has passed") {
-  Fixture f(2, 0, /*start_linger_us=*/300);
-  f.state.StartAll();
-  f.state.OnReady(0);
-  f.state.OnReady(1);
-  f.state.Submit(Task(1));
-  f.now = 1'000'050;
-  f.state.Submit(Task(2));
-  CHECK(f.state.NextWakeUs() == std::optional<int64_t>(1'000'300));  // from the oldest
-  f.now = 1'000'299;
-  f.state.Tick();
-  CHECK(f.sink.started.empty());
-  f.now = 1'000'300;
-  f.state.Tick();
-  REQUIRE(f.sink.reports.size() == 1);
-  CHECK(f.sink.reports[0] == std::make_pair(size_t{2}, size_t{0}));  // both, no result
-  CHECK(f.sink.started.size() == 2);
-  f.now = 1'002'000;
-  REQUIRE(f.control.sent.size() == 2);
-  REQUIRE(f.control.sent[0].second == 1);
-  f.state.OnTaskOutput(f.control.sent[0].first, 1, v1::OK, "ret");  // nothing held: alone
-  CHECK(f.sink.reports.size() == 1);
-  CHECK(f.sink.results.count(1) == 1);
 }
 
 TEST_CASE("a result frees the worker for the next queued task, in order") {

@@ -27,9 +27,6 @@ struct UpdateHoldOptions {
   // delays the head's RUNNING by as much for a longer task, and widens by
   // as much the window in which an agent lost right after a start makes the
   // head re-queue that task as never started. Zero: starts leave at once.
-  // dragon-agent sets zero: its worker pool holds starts itself
-  // (PoolOptions::start_linger_us), on the thread that waits for the results
-  // anyway, so the writer need not wake to time the hold.
   absl::Duration start_linger = absl::Microseconds(300);
 };
 

@@ -437,18 +437,15 @@ void WorkerPool::Loop() {
     runner_->AppendPollFds(&fds);
     if (mpi_ != nullptr) mpi_->AppendPollFds(&fds);
     fd_slot.resize(fds.size(), -2);  // -2: an executable's output pipe
-    // In microseconds: a start held for its result (PoolOptions::start_linger_us)
-    // is due well within a millisecond.
-    int64_t timeout_us = (reaping ? 5 : kIdlePollMs) * int64_t{1000};
+    int timeout_ms = reaping ? 5 : kIdlePollMs;
     for (std::optional<int64_t> wake :
          {state_->NextWakeUs(), runner_->NextWakeUs(),
           mpi_ != nullptr ? mpi_->NextWakeUs() : std::optional<int64_t>()}) {
       if (!wake) continue;
-      timeout_us = std::max<int64_t>(0, std::min<int64_t>(timeout_us, *wake - NowUs()));
+      const int64_t until = (*wake - NowUs() + 999) / 1000;
+      timeout_ms = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(timeout_ms, until)));
     }
-    const timespec timeout{static_cast<time_t>(timeout_us / 1'000'000),
-                           static_cast<long>((timeout_us % 1'000'000) * 1000)};
-    int n = ppoll(fds.data(), fds.size(), &timeout, nullptr);
+    int n = poll(fds.data(), fds.size(), timeout_ms);
     if (n < 0 && errno != EINTR) {
       spdlog::critical("worker pool: poll failed: {}", strerror(errno));
       break;
