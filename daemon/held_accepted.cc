@@ -1,7 +1,5 @@
 #include "daemon/held_accepted.h"
 
-#include <utility>
-
 #include "absl/container/flat_hash_set.h"
 
 namespace dragon::daemon {
