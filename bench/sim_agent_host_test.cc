@@ -31,8 +31,11 @@ TEST_CASE("hosted agents register, answer every task once, leave on shutdown",
   grpc::ServerBuilder builder;
   REQUIRE(common::ConfigureServer(&builder, "127.0.0.1:0", common::ServerTransport{}, &port).ok());
   builder.RegisterService(&service);
+  daemon::CompletionLoop loop(&builder);
   auto server = builder.BuildAndStart();
   REQUIRE(server != nullptr);
+  loop.Start();
+  service.AcceptOn(&loop);
 
   SimAgentHostOptions options;
   options.head_address = "127.0.0.1:" + std::to_string(port);
@@ -88,7 +91,7 @@ TEST_CASE("hosted agents register, answer every task once, leave on shutdown",
   head.BeginShutdown("test over");
   CHECK(host.Wait().ok());
   CHECK(head.WaitForAgentsGone(absl::Seconds(10)));
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  loop.Stop(server.get(), absl::Seconds(2));
 }
 
 TEST_CASE("an unreachable head is reported, not waited on forever", "[sim_agent_host]") {

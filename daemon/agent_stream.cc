@@ -10,10 +10,18 @@
 
 namespace dragon::daemon {
 
-AgentStream::AgentStream(Head* head, const common::TokenCheck* auth,
-                         grpc::CallbackServerContext* context)
-    : OutboxStream(context, &MergeForAgent), head_(head) {
-  if (grpc::Status refused = auth->Check(*context); !refused.ok()) {
+void AgentStream::AcceptOn(CompletionLoop* loop, Request request, Head* head,
+                           const common::TokenCheck* auth) {
+  auto make = [loop, head, auth]() -> LoopStream* { return new AgentStream(loop, head, auth); };
+  make()->Listen(std::move(request), make);
+}
+
+AgentStream::AgentStream(CompletionLoop* loop, Head* head, const common::TokenCheck* auth)
+    : OutboxStream(loop, &MergeForAgent), head_(head), auth_(auth) {}
+
+void AgentStream::Begin() {
+  peer_ = context_.peer();
+  if (grpc::Status refused = auth_->Check(context_); !refused.ok()) {
     EndWrites(std::move(refused));  // nothing to write: finishes with the refusal
     return;
   }
@@ -22,8 +30,7 @@ AgentStream::AgentStream(Head* head, const common::TokenCheck* auth,
 
 void AgentStream::OnReadDone(bool ok) {
   if (!ok) {
-    EndReads(context_->IsCancelled() ? "agent stream broke" : "agent closed its stream",
-             grpc::Status::OK);
+    EndReads(Cancelled() ? "agent stream broke" : "agent closed its stream", grpc::Status::OK);
     return;
   }
   if (index_ == kNoAgent) {

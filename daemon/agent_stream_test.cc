@@ -26,6 +26,7 @@ struct Server {
   }()};
   common::TokenCheck auth{kToken, "the test"};
   AgentServiceImpl service{&head, &auth};
+  std::unique_ptr<CompletionLoop> loop;
   std::unique_ptr<grpc::Server> server;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<dragon::v1::AgentService::Stub> stub;
@@ -37,9 +38,12 @@ struct Server {
     grpc::ServerBuilder builder;
     REQUIRE(common::ConfigureServer(&builder, "127.0.0.1:0", common::ServerTransport{}, &port).ok());
     builder.RegisterService(&service);
+    loop = std::make_unique<CompletionLoop>(&builder);
     server = builder.BuildAndStart();
     REQUIRE(server != nullptr);
     REQUIRE(port != 0);
+    loop->Start();
+    service.AcceptOn(loop.get());
     stub = Stub(kToken);
     dragon::v1::Hello hello;
     hello.set_protocol_version(kProtocolVersion);
@@ -47,7 +51,7 @@ struct Server {
     REQUIRE(welcome.ok());
     session = welcome->session_id();
   }
-  ~Server() { server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2)); }
+  ~Server() { loop->Stop(server.get(), absl::Seconds(2)); }
 
   std::unique_ptr<dragon::v1::AgentService::Stub> Stub(const std::string& token) {
     common::ClientTransport transport;

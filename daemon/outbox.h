@@ -1,8 +1,8 @@
 // A stream's queue of outgoing messages. Producers (the Head, under its lock)
 // push; the stream's writer takes everything queued at once, so a burst of
 // results leaves in a few large writes rather than many small ones. The
-// writer is either a thread blocked in Drain() or, for streams on gRPC's
-// callback API, a hook run after each Push() and Close().
+// writer is either a thread blocked in Drain() or, for the head's streams
+// on its CompletionLoop, a hook run after each Push() and Close().
 #ifndef DRAGON_DAEMON_OUTBOX_H_
 #define DRAGON_DAEMON_OUTBOX_H_
 

@@ -1,4 +1,4 @@
-// The write side shared by the head's streams on gRPC's callback API
+// The write side shared by the head's streams on the CompletionLoop
 // (AgentStream, SessionStream): whatever the Head pushes into the stream's
 // outbox is written from the pushing thread (or from the previous write's
 // completion), merged, one write in flight at a time; the stream finishes once
@@ -17,6 +17,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "daemon/loop_stream.h"
 #include "daemon/message_batching.h"
 #include "daemon/outbox.h"
 #include "spdlog/spdlog.h"
@@ -24,7 +25,7 @@
 namespace dragon::daemon {
 
 template <typename In, typename Out>
-class OutboxStream : public grpc::ServerBidiReactor<In, Out> {
+class OutboxStream : public LoopStream<In, Out> {
  public:
   // Merges drained messages into as few writes as allowed.
   using Merge = std::vector<Out> (*)(std::vector<Out>*, size_t);
@@ -60,8 +61,8 @@ class OutboxStream : public grpc::ServerBidiReactor<In, Out> {
     OutboxStream* stream = nullptr;
   };
 
-  OutboxStream(grpc::CallbackServerContext* context, Merge merge)
-      : context_(context), peer_(context->peer()), merge_(merge), link_(std::make_shared<Link>()) {
+  OutboxStream(CompletionLoop* loop, Merge merge)
+      : LoopStream<In, Out>(loop), merge_(merge), link_(std::make_shared<Link>()) {
     link_->stream = this;
   }
 
@@ -119,11 +120,10 @@ class OutboxStream : public grpc::ServerBidiReactor<In, Out> {
   // cancelling fails its reads (OnReadDone(false)) and its writes.
   static void Cancel(const std::shared_ptr<Link>& link) {
     std::lock_guard<std::mutex> lock(link->mu);
-    if (link->stream != nullptr) link->stream->context_->TryCancel();
+    if (link->stream != nullptr) link->stream->context_.TryCancel();
   }
 
-  grpc::CallbackServerContext* const context_;
-  const std::string peer_;
+  std::string peer_;  // set by the derived Begin(), before any write
   const std::shared_ptr<Link>& link() const { return link_; }
 
  private:

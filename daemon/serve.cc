@@ -23,6 +23,7 @@
 #include "common/transport.h"
 #include "daemon/agent_startup.h"
 #include "daemon/agent_stream.h"
+#include "daemon/completion_loop.h"
 #include "daemon/head.h"
 #include "daemon/launchers/launcher_factory.h"
 #include "daemon/listen_address.h"
@@ -217,11 +218,16 @@ int Serve(const StartConfig& config, const std::string& run_dir, const std::stri
   AgentServiceImpl agent_service(&head, &auth);
   builder.RegisterService(&head_service);
   builder.RegisterService(&agent_service);
+  // Agents' and sessions' streams run on its thread (completion_loop.h).
+  CompletionLoop stream_loop(&builder);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || selected_port == 0) {
     return fail(absl::UnavailableError(absl::StrCat(
         "cannot listen on ", listen, " (address in use, or not an address of this host?)")));
   }
+  stream_loop.Start();
+  head_service.AcceptSessionsOn(&stream_loop);
+  agent_service.AcceptOn(&stream_loop);
   const std::string address = absl::StrCat(plan->advertise_host, ":", selected_port);
   head_service.set_address(address);
   spdlog::info("dragond {} listening on {} as {} (run {}, run dir {}, launcher {}, auth {}, tls {}, "
@@ -246,7 +252,7 @@ int Serve(const StartConfig& config, const std::string& run_dir, const std::stri
     if (launcher != nullptr) launcher->Stop(absl::Seconds(2));
     ticking = false;
     ticker.join();
-    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    stream_loop.Stop(server.get(), absl::Seconds(1));
     RemoveRunInfo(home, run_dir);
     return fail(st);
   };
@@ -368,7 +374,7 @@ int Serve(const StartConfig& config, const std::string& run_dir, const std::stri
   }
   ticking = false;
   ticker.join();
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  stream_loop.Stop(server.get(), absl::Seconds(2));
   if (const auto now_current = RemoveRunInfo(home, run_dir)) {
     spdlog::info("{}/current now names run {} at {}, whose head still runs", home,
                  now_current->run_id(), now_current->address());

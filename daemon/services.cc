@@ -17,7 +17,6 @@
 
 namespace dragon::daemon {
 
-
 HeadServiceImpl::HeadServiceImpl(Head* head, const common::TokenCheck* auth,
                                  std::function<void(const std::string&)> request_shutdown,
                                  std::string address, std::string run_dir,
@@ -29,9 +28,16 @@ HeadServiceImpl::HeadServiceImpl(Head* head, const common::TokenCheck* auth,
       run_dir_(std::move(run_dir)),
       cancel_wait_(cancel_wait) {}
 
-grpc::ServerBidiReactor<dragon::v1::ClientMessage, dragon::v1::HeadMessage>* HeadServiceImpl::Session(
-    grpc::CallbackServerContext* context) {
-  return new SessionStream(head_, auth_, context);
+void HeadServiceImpl::AcceptSessionsOn(CompletionLoop* loop) {
+  SessionStream::AcceptOn(
+      loop,
+      [this](grpc::ServerContext* context,
+             grpc::ServerAsyncReaderWriter<dragon::v1::HeadMessage, dragon::v1::ClientMessage>*
+                 stream,
+             grpc::ServerCompletionQueue* cq, void* tag) {
+        RequestSession(context, stream, cq, cq, tag);
+      },
+      head_, auth_);
 }
 
 grpc::Status HeadServiceImpl::Cancel(grpc::ServerContext* context,

@@ -1,6 +1,7 @@
 // gRPC front end of the Head for clients: HeadService. Session streams are on
-// gRPC's callback API, without threads of their own (session_stream.h, as
-// agents' streams: agent_stream.h); the other calls are plain sync handlers.
+// the async API, served by the head's CompletionLoop without threads of their
+// own (session_stream.h, as agents' streams: agent_stream.h); the other calls
+// are plain sync handlers.
 #ifndef DRAGON_DAEMON_SERVICES_H_
 #define DRAGON_DAEMON_SERVICES_H_
 
@@ -9,13 +10,14 @@
 #include <string>
 
 #include "common/transport.h"
+#include "daemon/completion_loop.h"
 #include "daemon/head.h"
 #include "proto/head.grpc.pb.h"
 
 namespace dragon::daemon {
 
 class HeadServiceImpl final
-    : public dragon::v1::HeadService::WithCallbackMethod_Session<dragon::v1::HeadService::Service> {
+    : public dragon::v1::HeadService::WithAsyncMethod_Session<dragon::v1::HeadService::Service> {
  public:
   // `request_shutdown` is called (once per Shutdown RPC) to stop dragond;
   // it must not block on the server.
@@ -39,8 +41,9 @@ class HeadServiceImpl final
     address_ = address;
   }
 
-  grpc::ServerBidiReactor<dragon::v1::ClientMessage, dragon::v1::HeadMessage>* Session(
-      grpc::CallbackServerContext* context) override;
+  // Takes Session calls on `loop` until it stops; call once the server is built.
+  void AcceptSessionsOn(CompletionLoop* loop);
+
   grpc::Status Cancel(grpc::ServerContext* context, const dragon::v1::CancelRequest* request,
                       dragon::v1::CancelReply* reply) override;
   grpc::Status GetTask(grpc::ServerContext* context, const dragon::v1::GetTaskRequest* request,

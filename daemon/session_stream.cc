@@ -10,10 +10,18 @@
 
 namespace dragon::daemon {
 
-SessionStream::SessionStream(Head* head, const common::TokenCheck* auth,
-                             grpc::CallbackServerContext* context)
-    : OutboxStream(context, &MergeForClient), head_(head) {
-  if (grpc::Status refused = auth->Check(*context); !refused.ok()) {
+void SessionStream::AcceptOn(CompletionLoop* loop, Request request, Head* head,
+                             const common::TokenCheck* auth) {
+  auto make = [loop, head, auth]() -> LoopStream* { return new SessionStream(loop, head, auth); };
+  make()->Listen(std::move(request), make);
+}
+
+SessionStream::SessionStream(CompletionLoop* loop, Head* head, const common::TokenCheck* auth)
+    : OutboxStream(loop, &MergeForClient), head_(head), auth_(auth) {}
+
+void SessionStream::Begin() {
+  peer_ = context_.peer();
+  if (grpc::Status refused = auth_->Check(context_); !refused.ok()) {
     EndWrites(std::move(refused));  // nothing to write: finishes with the refusal
     return;
   }
@@ -25,8 +33,7 @@ void SessionStream::OnReadDone(bool ok) {
     if (!opened_) {
       EndReads("", grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "session closed before Hello"));
     } else {
-      EndReads(context_->IsCancelled() ? "stream cancelled" : "client closed the stream",
-               grpc::Status::OK);
+      EndReads(Cancelled() ? "stream cancelled" : "client closed the stream", grpc::Status::OK);
     }
     return;
   }
