@@ -20,12 +20,7 @@ AgentStream::AgentStream(CompletionLoop* loop, Head* head, const common::TokenCh
     : OutboxStream(loop, &MergeForAgent), head_(head), auth_(auth) {}
 
 void AgentStream::Begin() {
-  peer_ = context_.peer();
-  if (grpc::Status refused = auth_->Check(context_); !refused.ok()) {
-    EndWrites(std::move(refused));  // nothing to write: finishes with the refusal
-    return;
-  }
-  StartRead(&in_);
+  if (Admit(auth_)) StartRead(&in_);
 }
 
 void AgentStream::OnReadDone(bool ok) {

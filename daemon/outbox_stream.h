@@ -17,6 +17,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "common/transport.h"
 #include "daemon/loop_stream.h"
 #include "daemon/message_batching.h"
 #include "daemon/outbox.h"
@@ -64,6 +65,17 @@ class OutboxStream : public LoopStream<In, Out> {
   OutboxStream(CompletionLoop* loop, Merge merge)
       : LoopStream<In, Out>(loop), merge_(merge), link_(std::make_shared<Link>()) {
     link_->stream = this;
+  }
+
+  // The call has come (Begin()): unless `auth` accepts its token, the
+  // stream finishes at once with UNAUTHENTICATED and this returns false.
+  bool Admit(const common::TokenCheck* auth) {
+    peer_ = this->context_.peer();
+    if (grpc::Status refused = auth->Check(this->context_); !refused.ok()) {
+      EndWrites(std::move(refused));  // nothing to write: finishes with the refusal
+      return false;
+    }
+    return true;
   }
 
   // A new outbox whose pushes this stream writes; drained only once the
@@ -123,7 +135,7 @@ class OutboxStream : public LoopStream<In, Out> {
     if (link->stream != nullptr) link->stream->context_.TryCancel();
   }
 
-  std::string peer_;  // set by the derived Begin(), before any write
+  std::string peer_;  // set by Admit(), before any write
   const std::shared_ptr<Link>& link() const { return link_; }
 
  private:

@@ -20,12 +20,7 @@ SessionStream::SessionStream(CompletionLoop* loop, Head* head, const common::Tok
     : OutboxStream(loop, &MergeForClient), head_(head), auth_(auth) {}
 
 void SessionStream::Begin() {
-  peer_ = context_.peer();
-  if (grpc::Status refused = auth_->Check(context_); !refused.ok()) {
-    EndWrites(std::move(refused));  // nothing to write: finishes with the refusal
-    return;
-  }
-  StartRead(&in_);
+  if (Admit(auth_)) StartRead(&in_);
 }
 
 void SessionStream::OnReadDone(bool ok) {
