@@ -1,9 +1,23 @@
 // The agent's one stream to dragond (AgentService.Connect, proto/agent.proto):
-// registration, a reader thread that hands TaskBatch/CancelTasks/ReclaimTasks
-// and Pings to the pool, and a writer that batches everything the pool
-// reports into one AgentUpdate per write (never one message per task), plus
-// the pool's answers to pings (heartbeats). The writer also watches the
-// head's pings: none for the heartbeat timeout and the head is given up on.
+// registration, then one thread (the caller of Run) that waits in the
+// stream's completion queue and both hands what the head sends
+// (TaskBatch/CancelTasks/ReclaimTasks, Pings) to the pool and writes
+// everything the pool reports, batched into one AgentUpdate per write (never
+// one message per task), plus the pool's answers to pings (heartbeats). It
+// also watches the head's pings: none for the heartbeat timeout and the head
+// is given up on.
+//
+// Why one thread on gRPC's async API rather than a reader and a writer on
+// the sync one: each short task crossed both (a read, then the pool's
+// result handed to the writer), two threads waking per task on the node's
+// busiest cores, and the two threads' sync calls shared one completion
+// queue. Now the pool's thread queues an event and wakes the loop (an alarm
+// due at once) only when it sleeps with no write in flight and what is
+// queued should leave before it would wake anyway: a result held back in a
+// flood (update_hold.h) wakes no one.
+//
+// The loop also watches the head's pings while a write is stuck (a hung head
+// stops reading): the sync writer could not.
 #ifndef DRAGON_AGENT_HEAD_CONNECTION_H_
 #define DRAGON_AGENT_HEAD_CONNECTION_H_
 
@@ -14,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include <grpcpp/alarm.h>
 #include <grpcpp/grpcpp.h>
 
 #include "absl/base/thread_annotations.h"
@@ -74,7 +89,7 @@ class HeadConnection : public TaskEventSink {
 
   const v1::Registered& registered() const { return registered_; }
 
-  // TaskEventSink: queued for the writer; thread-safe.
+  // TaskEventSink: queued for Run's loop to write; thread-safe.
   void TaskStarted(v1::TaskStarted started) override;
   void TaskFinished(v1::TaskResult result) override;
   void TaskEvents(std::vector<v1::TaskStarted> started,
@@ -85,17 +100,62 @@ class HeadConnection : public TaskEventSink {
   void TaskLogs(v1::TaskLogsAnswer answer) override;
 
  private:
-  using Stream = grpc::ClientReaderWriter<v1::AgentMessage, v1::HeadToAgent>;
+  using Stream = grpc::ClientAsyncReaderWriter<v1::AgentMessage, v1::HeadToAgent>;
+  // What a completion in cq_ was for; at most one of each is in flight.
+  enum class Op : uintptr_t { kStart = 1, kRead, kWrite, kWritesDone, kFinish, kWake };
+  static void* Tag(Op op) { return reinterpret_cast<void*>(static_cast<uintptr_t>(op)); }
 
-  void ReaderLoop(TaskHandler* handler);
+  // After we close our side, how long the head gets to end the stream before
+  // we cancel it ourselves (the agent must exit promptly, never hang).
+  static constexpr absl::Duration kCloseGrace = absl::Seconds(2);
+  // A gRPC status's message, or its code when it has none.
+  static std::string GrpcError(const grpc::Status& status);
+
   absl::Status MakeChannel();
+
+  // The current call's operations (head_connection_call.cc); only the thread
+  // in Connect or Run uses them.
+  void StartCall();
+  void StartRead();
+  void StartWrite(const v1::AgentMessage& message);
+  // Takes one completion due by `deadline` and records it; false if none came.
+  bool Pump(absl::Time deadline);
+  // Pumps until `*pending` is false (true) or `deadline` passes (false).
+  bool Await(const bool* pending, absl::Time deadline);
+  bool InFlight();
+  // Waits for every operation in flight, cancelling the call if they are not
+  // all back within `grace`; then asks for the call's status.
+  grpc::Status FinishCall(absl::Duration grace);
+
+  void HandleMessage(v1::HeadToAgent* message, TaskHandler* handler);
+  // When what is queued should leave (update_hold.h).
+  absl::Time SendAtLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Wakes Run's loop if it sleeps past the time what is queued should leave.
+  void WakeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   HeadConnectionOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::AgentService::Stub> stub_;
+  // Declared before the call's objects, destroyed after them: the
+  // destructor shuts it down and drains it first.
+  grpc::CompletionQueue cq_;
+  grpc::Alarm wake_;
   std::unique_ptr<grpc::ClientContext> context_;
   std::unique_ptr<Stream> stream_;
   v1::Registered registered_;
+
+  // The call's state, owned by the thread in Connect or Run.
+  bool start_pending_ = false;
+  bool start_ok_ = false;
+  bool read_pending_ = false;
+  bool read_ok_ = false;        // the last read brought a message (read_message_)
+  bool read_unhandled_ = false;  // ... which Run has not handled yet
+  bool write_pending_ = false;
+  bool write_failed_ = false;
+  bool writes_done_pending_ = false;
+  bool finish_pending_ = false;
+  v1::HeadToAgent read_message_;
+  grpc::Status finish_status_;
 
   absl::Mutex mu_;
   std::vector<v1::TaskStarted> started_ ABSL_GUARDED_BY(mu_);
@@ -108,9 +168,18 @@ class HeadConnection : public TaskEventSink {
   absl::Time last_ping_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::string stop_reason_ ABSL_GUARDED_BY(mu_);
-  bool reader_done_ ABSL_GUARDED_BY(mu_) = false;
   bool shutdown_received_ ABSL_GUARDED_BY(mu_) = false;
   std::string shutdown_reason_ ABSL_GUARDED_BY(mu_);
+  // Run's loop is about to wait with no write in flight, until
+  // loop_wakes_at_: what is queued now wakes it (wake_, due at once) if it
+  // should leave before then. Evaluated by the thread that queues, as an
+  // absl::Condition would be: a result held back in a flood wakes no one.
+  // Cleared when the loop wakes.
+  bool wake_on_event_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time loop_wakes_at_ ABSL_GUARDED_BY(mu_);
+  TaskHandler* handler_ ABSL_GUARDED_BY(mu_) = nullptr;  // Run's (its QueuedTasks)
+  absl::Time last_update_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();  // when the last left
+  bool wake_armed_ ABSL_GUARDED_BY(mu_) = false;  // wake_'s completion is still to come
   // The context of the call in progress, for Stop() to cancel.
   grpc::ClientContext* live_context_ ABSL_GUARDED_BY(mu_) = nullptr;
 };

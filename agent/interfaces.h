@@ -21,8 +21,8 @@ class TaskEventSink {
   virtual void TaskStarted(v1::TaskStarted started) = 0;
   virtual void TaskFinished(v1::TaskResult result) = 0;
   // Many events at once (starts before results). A sink that batches should
-  // take them under one lock, so that its writer wakes once per burst, not
-  // once per event and sends a first update with a single item.
+  // take them under one lock, so that its writing thread wakes once per
+  // burst, not once per event and sends a first update with a single item.
   virtual void TaskEvents(std::vector<v1::TaskStarted> started,
                           std::vector<v1::TaskResult> results) {
     for (auto& s : started) TaskStarted(std::move(s));

@@ -1,4 +1,4 @@
-// When the head connection's writer sends what the pool reported: at once,
+// When the head connection's loop writes what the pool reported: at once,
 // or a little later so that one message carries more. Pure (times are
 // passed in), so it is unit-tested alone; HeadConnection evaluates it under
 // its lock each time something is queued.
@@ -30,7 +30,7 @@ struct UpdateHoldOptions {
   absl::Duration start_linger = absl::Microseconds(300);
 };
 
-// What is queued for the writer when it decides.
+// What is queued for the head connection's loop when it decides.
 struct PendingUpdate {
   // Something that must go now: a heartbeat, task I/O, a logs answer, or
   // the stream is ending.
